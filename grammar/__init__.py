@@ -1,0 +1,1 @@
+"""The .kdl grammar, shipped inside the package as ``kcompile.grammar``."""

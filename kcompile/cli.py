@@ -1,0 +1,127 @@
+"""The ``kcompile`` command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+DESCRIPTION = """\
+kcompile compiles neural-network models written in the .kdl language to ONNX.
+
+commands:
+  check FILE      parse and shape-check every model in FILE; print errors only
+  summary FILE    print a Keras-style table: layer, output shape, parameter count
+  build FILE      compile a model and write DIR/<model>/ (the .onnx, manifest.json,
+                  weights.npz, source.kdl, and an __init__.py so the folder imports)
+
+exit status: 0 on success, 1 when the source has errors, 2 on bad usage.
+Run `kcompile COMMAND --help` for each command's options.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    p = argparse.ArgumentParser(prog="kcompile", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"kcompile {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    check = sub.add_parser("check", help="parse and shape-check a .kdl file",
+                           description="Parse FILE and check the shapes and types of every model in it. "
+                                       "Prints nothing and exits 0 when the file is valid; otherwise prints "
+                                       "every error as file:line:col with the line and a caret, and exits 1.")
+    check.add_argument("file", metavar="FILE", help="the .kdl source file")
+
+    summary = sub.add_parser("summary", help="print a Keras-style summary of a model",
+                             description="Print each layer's output shape and parameter count, and the totals.")
+    summary.add_argument("file", metavar="FILE", help="the .kdl source file")
+    summary.add_argument("--model", metavar="NAME", help="which model, when the file defines several "
+                                                         "(default: all of them)")
+
+    build = sub.add_parser("build", help="compile a model to ONNX and write a build folder",
+                           description="Compile a model of FILE and write DIR/<model>/: <model>.onnx (the "
+                                       "inference graph with initial weights), manifest.json (inputs, outputs, "
+                                       "parameters in Keras order, passes, source hash, versions), weights.npz, "
+                                       "source.kdl and __init__.py (the folder is an importable package: "
+                                       "`import <model>; <model>.load()`).")
+    build.add_argument("file", metavar="FILE", help="the .kdl source file")
+    build.add_argument("-o", "--output", metavar="DIR", default="build", help="output directory (default: build)")
+    build.add_argument("--model", metavar="NAME", help="which model, when the file defines several "
+                                                       "(default: every model in the file)")
+    level = build.add_mutually_exclusive_group()
+    level.add_argument("-O0", dest="opt_level", action="store_const", const=0,
+                       help="no optimization passes (the graph as written)")
+    level.add_argument("-O1", dest="opt_level", action="store_const", const=1,
+                       help="the optimization pipeline (default)")
+    level.add_argument("-O2", dest="opt_level", action="store_const", const=2,
+                       help="the same passes as -O1 today; reserved for costlier ones")
+    build.add_argument("--emit", choices=["ir", "onnx"], default="onnx",
+                       help="onnx (default): write the build folder; ir: print the optimized IR instead")
+    build.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default: 0)")
+    build.add_argument("--report", action="store_true", help="print what each pass changed (node counts)")
+    build.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a traceback for users; KCOMPILE_DEBUG=1 shows it
+        from .errors import KcompileError
+        if isinstance(e, KcompileError):
+            print(e.render(), file=sys.stderr)
+            return 1
+        if os.environ.get("KCOMPILE_DEBUG"):
+            raise
+        print(f"kcompile: internal error: {type(e).__name__}: {e}\n"
+              "(this is a bug in kcompile; rerun with KCOMPILE_DEBUG=1 for details)", file=sys.stderr)
+        return 3
+
+
+def _run(args) -> int:
+    from .driver import check_module, compile_source, parse_source, read_source, write_build
+    from .errors import KcompileError
+    source = read_source(args.file)
+    module = parse_source(source, args.file)
+    if args.command == "check":
+        diagnostics = check_module(module)
+        if diagnostics:
+            raise KcompileError(diagnostics)
+        return 0
+    names = [args.model] if getattr(args, "model", None) else [m.name for m in module.models()]
+    if not names:
+        raise KcompileError(f"{args.file} defines no model")
+    if args.command == "summary":
+        from .driver import manifest_for
+        from .runtime.summary import format_summary
+        for i, name in enumerate(names):
+            compiled = compile_source(source, args.file, name, opt_level=0)
+            print(("\n" if i else "") + format_summary(manifest_for(compiled, seed=0)))
+        return 0
+    # build
+    level = 1 if args.opt_level is None else args.opt_level
+    for name in names:
+        start = time.perf_counter()
+        if args.report:
+            from .passes import PIPELINE  # noqa: F401
+        compiled = compile_source(source, args.file, name, opt_level=level)
+        if args.emit == "ir":
+            print(compiled.graph)
+            continue
+        folder = write_build(compiled, args.output, seed=args.seed)
+        if not args.quiet:
+            n = sum(1 for _ in compiled.graph.nodes())
+            print(f"built {name} -> {folder}/ ({n} ops, -O{level}, {time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

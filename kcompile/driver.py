@@ -1,0 +1,205 @@
+"""The compiler driver: source file -> checked graph -> optimized graph -> ONNX and a build folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import Diagnostic, KcompileError
+from .frontend import ast
+from .frontend.elaborate import Elaborator
+from .frontend.parser import parse
+from .frontend.train import check_train
+from .initializers import make, seeded_rng
+from .ir import Graph
+from .passes import optimize
+
+
+@dataclass
+class Compiled:
+    """A compiled model: the optimized inference graph and what the build folder records."""
+    graph: Graph
+    source_file: str
+    source: str
+    opt_level: int
+    passes: list
+    train: dict | None = None
+    layers: list = field(default_factory=list)
+
+
+def read_source(path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KcompileError(f"no such file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise KcompileError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise KcompileError(f"cannot read {path}: {e.strerror}") from None
+
+
+def parse_source(source: str, file: str) -> ast.Module:
+    return parse(source, file)
+
+
+def check_module(module: ast.Module) -> list[Diagnostic]:
+    """Elaborate every model of the file; return all diagnostics (empty when the file is valid)."""
+    elaborator = Elaborator(module)
+    diagnostics = list(elaborator.diagnostics)
+    if diagnostics:
+        return diagnostics
+    for model in module.models():
+        try:
+            graph = Elaborator(module).model(model.name)
+            check_train(graph, model, module)
+        except KcompileError as e:
+            diagnostics.extend(e.diagnostics)
+    if not module.models():
+        diagnostics.append(Diagnostic("no model in this file", None, "define one: model name { ... }"))
+    return diagnostics
+
+
+def select_model(module: ast.Module, name: str | None) -> str:
+    names = [m.name for m in module.models()]
+    if name is not None:
+        if name not in names:
+            from .errors import did_you_mean
+            raise KcompileError(f"{module.file} has no model {name!r}; it defines: {', '.join(names) or 'none'}",
+                                hint=did_you_mean(name, names))
+        return name
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise KcompileError(f"{module.file} defines no model")
+    raise KcompileError(f"{module.file} defines {len(names)} models ({', '.join(names)}); choose one",
+                        hint="pass model=NAME (Python) or --model NAME (CLI)")
+
+
+def compile_source(source: str, file: str = "<string>", model: str | None = None, opt_level: int = 1) -> Compiled:
+    module = parse_source(source, file)
+    elaborator = Elaborator(module)
+    if elaborator.diagnostics:
+        raise KcompileError(elaborator.diagnostics)
+    name = select_model(module, model)
+    graph = elaborator.model(name)
+    model_ast = next(m for m in module.models() if m.name == name)
+    train = check_train(graph, model_ast, module)
+    graph.meta.pop("env", None)
+    graph.meta.pop("train", None)
+    layers = list(graph.layers)
+    graph, applied = optimize(graph, opt_level)
+    return Compiled(graph, file, source, opt_level, applied, train, layers)
+
+
+def compile_file(path, model: str | None = None, opt_level: int = 1) -> Compiled:
+    return compile_source(read_source(path), str(path), model, opt_level)
+
+
+def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Keras initialisers, seeded per weight: same seed, same weights."""
+    return {name: make(p.initializer, p.type.shape, seeded_rng(seed, name), p.type.dtype)
+            for name, p in graph.params.items()}
+
+
+def manifest_for(compiled: Compiled, seed: int) -> dict:
+    import onnx
+    from .backend import IR_VERSION, OPSET
+    g = compiled.graph
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:  # pragma: no cover
+        ort_version = None
+    return {
+        "format": "kcompile-build",
+        "format_version": 1,
+        "model": g.name,
+        "inputs": [{"name": n, "dtype": g.types[n].dtype, "shape": list(g.types[n].shape)} for n in g.inputs],
+        "outputs": [{"name": o, "dtype": g.types[v].dtype, "shape": list(g.types[v].shape)} for o, v in g.outputs],
+        "parameters": [{"name": p.name, "layer": p.layer, "shape": list(p.type.shape), "dtype": p.type.dtype,
+                        "trainable": p.trainable, "initializer": p.initializer[0]} for p in g.params.values()],
+        "layers": [{"name": r.name, "kind": r.kind, "output_shapes": [list(t.shape) for t in r.output_types],
+                    "params": r.params} for r in compiled.layers],
+        "passes": compiled.passes,
+        "opt_level": compiled.opt_level,
+        "seed": seed,
+        "train": compiled.train,
+        "source": {"file": os.path.basename(compiled.source_file),
+                   "sha256": hashlib.sha256(compiled.source.encode()).hexdigest()},
+        "versions": {"kcompile": __version__, "onnx": onnx.__version__, "onnxruntime": ort_version,
+                     "opset": OPSET, "ir_version": IR_VERSION},
+        "files": {"inference": f"{g.name}.onnx", "weights": "weights.npz", "source": "source.kdl"},
+    }
+
+
+_PACKAGE_INIT = '''"""kcompile build of model {name!r}: ``import {name}; model = {name}.load()``."""
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(device="cpu"):
+    """The compiled model, with its initial weights."""
+    import kcompile
+    return kcompile.load(HERE, device=device)
+'''
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_build(compiled: Compiled, out_dir, seed: int = 0) -> Path:
+    """Write ``out_dir/<model>/``: the .onnx, manifest.json, weights.npz, source.kdl and __init__.py."""
+    import io
+
+    import onnx
+    from .backend import to_onnx
+    g = compiled.graph
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    folder = Path(out_dir) / g.name
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{g.name}."))
+    try:
+        weights = initial_weights(g, seed)
+        model = to_onnx(g, weights, doc=f"kcompile {__version__} build of {g.name}")
+        onnx.checker.check_model(model, full_check=True)
+        (staging / f"{g.name}.onnx").write_bytes(model.SerializeToString())
+        buf = io.BytesIO()
+        np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(weights.values())})
+        (staging / "weights.npz").write_bytes(buf.getvalue())
+        (staging / "manifest.json").write_text(json.dumps(manifest_for(compiled, seed), indent=2) + "\n")
+        (staging / "source.kdl").write_text(compiled.source)
+        (staging / "__init__.py").write_text(_PACKAGE_INIT.format(name=g.name))
+        # Replace the old folder only once the new one is complete.
+        if folder.exists():
+            old = folder.with_name(f".{g.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old)
+        else:
+            staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder

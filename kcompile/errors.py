@@ -1,0 +1,95 @@
+"""Diagnostics: every user-facing error carries a source location.
+
+An error renders as::
+
+    model.kdl:7:5: error: Conv2D expects an input of rank 3 [height, width, channels], got [784]
+        Conv2D(32, 3)
+        ^~~~~~
+    hint: add Reshape((28, 28, 1)) before it
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A span in a source file: 1-based line and column, and the span's length on that line."""
+    file: str
+    line: int
+    col: int
+    length: int = 1
+    source_line: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass
+class Diagnostic:
+    message: str
+    loc: Loc | None = None
+    hint: str | None = None
+    severity: str = "error"
+
+    def render(self) -> str:
+        head = f"{self.loc}: {self.severity}: {self.message}" if self.loc else f"{self.severity}: {self.message}"
+        lines = [head]
+        if self.loc and self.loc.source_line:
+            text = self.loc.source_line.rstrip("\n").expandtabs(4)
+            lines.append("    " + text)
+            width = max(1, min(self.loc.length, len(text) - self.loc.col + 1))
+            lines.append("    " + " " * (self.loc.col - 1) + "^" + "~" * (width - 1))
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class KcompileError(Exception):
+    """One or more diagnostics. ``str(err)`` is the rendered report."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic | str, loc: Loc | None = None,
+                 hint: str | None = None):
+        if isinstance(diagnostics, str):
+            diagnostics = [Diagnostic(diagnostics, loc, hint)]
+        elif isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        super().__init__(self.render())
+
+    @property
+    def first(self) -> Diagnostic:
+        return self.diagnostics[0]
+
+    def render(self) -> str:
+        body = "\n".join(d.render() for d in self.diagnostics)
+        n = len(self.diagnostics)
+        if n > 1:
+            body += f"\n{n} errors"
+        return body
+
+
+class ShapeError(Exception):
+    """Raised by shape rules; the frontend attaches the location of the statement."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.hint = hint
+        super().__init__(message)
+
+
+class ShapeMismatch(ValueError):
+    """Wrong array shape or dtype given at run time (fit/predict); names expected vs given."""
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in candidates}
+        if name.lower() in lowered:
+            close = [lowered[name.lower()]]
+    return f"did you mean {close[0]}?" if close else None
+
+
+def format_shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

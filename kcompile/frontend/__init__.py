@@ -1,0 +1,1 @@
+"""Frontend: .kdl source -> AST (parser) -> graph IR (elaborate), with source locations kept."""

@@ -1,0 +1,665 @@
+"""Elaboration: AST -> graph IR, checking every shape on the way.
+
+Statements run top to bottom. A statement without an explicit input applies its
+layer to the previous statement's value (Sequential); ``Layer(...)(a, b)`` is the
+functional form. Layers, blocks and models called inside a model are built on
+first use (weights created from the input types) and shared on later calls.
+
+Errors are collected, not raised one by one: a statement that fails poisons the
+names it defines, statements reading a poisoned name are skipped silently, and
+the other statements are still checked, so one run reports every independent error.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import ops
+from ..errors import Diagnostic, KcompileError, Loc, ShapeError, did_you_mean, format_shape
+from ..initializers import ALIASES as INIT_ALIASES
+from ..ir import BATCH, DTYPES, Graph, Param, Tensor, TensorType
+from ..ir.graph import LayerRecord
+from ..layers import FUNCTIONS, LAYERS, Layer
+from ..layers.base import ArgError, InitializerArg, InitializerSpec, Symbol, show, snake_case
+from . import ast
+
+
+class _Poisoned(Exception):
+    """A value depends on a statement that already failed: skip quietly."""
+
+
+class _Fail(Exception):
+    """A located error inside elaboration."""
+
+    def __init__(self, message, loc, hint=None):
+        self.diagnostic = Diagnostic(message, loc, hint)
+        super().__init__(message)
+
+
+POISON = object()
+
+
+@dataclass
+class Unapplied:
+    """A layer instance not yet given its inputs: ``Dense(10)`` before ``(x)``."""
+    layer: Layer
+
+
+@dataclass
+class Ref:
+    """A name that denotes something callable: a layer class, block, model, function or initializer."""
+    kind: str  # "layer", "block", "model", "function", "initializer"
+    name: str
+    target: object = None
+
+
+@dataclass
+class Frame:
+    """The scope of one body being elaborated (a model, or a block/model call)."""
+    env: dict = field(default_factory=dict)
+    prev: object = None
+    prefix: str = ""
+    trainable: bool = True
+    owner: Layer | None = None  # the BlockLayer whose body this is (for `weight`)
+    call_loc: Loc | None = None  # where a block/model body was called from
+
+
+class BlockLayer(Layer):
+    """An instance of a user ``block``: its parameters bound, its weights and inner layers shared across calls."""
+
+    def __init__(self, block: ast.Block, params: dict):
+        self.block, self.params = block, params
+        self.sublayers = {}  # id(statement ast) -> Layer, so a second call reuses the first call's layers
+        self.weights = {}
+
+    def kind(self):
+        return self.block.name
+
+    def auto_name(self):
+        return snake_case(self.block.name)
+
+
+class ModelLayer(Layer):
+    """A model called inside another model: its layers' weights named ``<model>/...``."""
+
+    def __init__(self, model: ast.Model, trainable: bool):
+        self.model, self.trainable = model, trainable
+        self.sublayers = {}
+        self.name = model.name
+
+    def kind(self):
+        return "Model"
+
+
+class Builder:
+    """What layers see while they build and call: emit ops, make constants, add weights."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.loc: Loc | None = None
+        self.layer: str | None = None
+        self.record: LayerRecord | None = None
+        self.trainable = True
+
+    def op(self, op: str, *inputs, **attrs):
+        names = [self._tensor(i).name for i in inputs]
+        outs = ops.emit(self.graph, op, names, attrs, loc=self.loc, layer=self.layer)
+        result = [Tensor(o, self.graph.types[o]) for o in outs]
+        return result[0] if len(result) == 1 else result
+
+    def const(self, value, dtype="float32") -> Tensor:
+        name = self.graph.add_const(np.asarray(value, dtype=dtype))
+        return Tensor(name, self.graph.types[name])
+
+    def add_weight(self, layer, short: str, shape, dtype, initializer, trainable=True) -> Tensor:
+        name = f"{layer.name}/{short}"
+        if name in self.graph.params:
+            raise ShapeError(f"weight {name} is defined twice")
+        t = TensorType(dtype, tuple(shape))
+        self.graph.add_param(Param(name, t, initializer, trainable and self.trainable, self.record.name))
+        self.record.params.append(name)
+        return Tensor(name, t)
+
+    def _tensor(self, v) -> Tensor:
+        if isinstance(v, Tensor):
+            return v
+        raise ShapeError(f"expected a tensor, got {show(v)}")
+
+
+class Elaborator:
+    def __init__(self, module: ast.Module):
+        self.module = module
+        self.diagnostics: list[Diagnostic] = []
+        self.blocks, self.models = {}, {}
+        for d in module.definitions:
+            table = self.blocks if isinstance(d, ast.Block) else self.models
+            other = self.models if isinstance(d, ast.Block) else self.blocks
+            if d.name in table or d.name in other:
+                self.diagnostics.append(Diagnostic(f"{d.name} is defined twice", d.loc))
+            elif d.name in LAYERS or d.name in FUNCTIONS:
+                self.diagnostics.append(Diagnostic(f"{d.name} is a built-in name; choose another", d.loc))
+            else:
+                table[d.name] = d
+
+    # ---------------- models ----------------
+    def model(self, name: str) -> Graph:
+        model = self.models[name]
+        graph = Graph(name)
+        self.graph, self.builder = graph, Builder(graph)
+        self.layer_names: set = set()
+        self.submodels: dict = {}
+        self.sublayer_caches: list = []
+        self.stack = [name]
+        frame = Frame()
+        outputs = self.body(model.body, frame, top=True)
+        if not self.diagnostics:
+            if not graph.inputs:
+                self.diagnostics.append(Diagnostic(f"model {name} has no input", model.loc,
+                                                   "declare one, e.g. `input x: float32[8]`"))
+            if outputs is None:
+                if isinstance(frame.prev, Tensor):
+                    outputs = [("output", frame.prev)]
+                else:
+                    self.diagnostics.append(Diagnostic(f"model {name} has no output", model.loc,
+                                                       "add `output <name>`"))
+        if self.diagnostics:
+            raise KcompileError(self.diagnostics)
+        graph.outputs = [(public, t.name) for public, t in outputs]
+        graph.meta["train"] = next((s for s in model.body if isinstance(s, ast.Train)), None)
+        graph.meta["env"] = {k: v for k, v in frame.env.items() if isinstance(v, Tensor)}
+        return graph
+
+    def body(self, statements, frame: Frame, top=False):
+        """Elaborate statements; return the output list [(public name, Tensor)] or None."""
+        outputs = None
+        for stmt in statements:
+            try:
+                result = self.statement(stmt, frame, top)
+                if isinstance(stmt, ast.OutputDecl):
+                    outputs = result
+            except _Poisoned:
+                self._poison(stmt, frame)
+            except _Fail as e:
+                d = e.diagnostic
+                if frame.call_loc is not None and d.hint is None:
+                    d.hint = f"in {frame.prefix.rstrip('/')}, called at {frame.call_loc}"
+                self.diagnostics.append(d)
+                self._poison(stmt, frame)
+                if not top:
+                    raise _Poisoned() from None  # report once, at the innermost statement
+        return outputs
+
+    def _poison(self, stmt, frame):
+        name = getattr(stmt, "name", None)
+        if name and not isinstance(stmt, (ast.Train,)):
+            frame.env[name] = POISON
+        frame.prev = POISON
+
+    def statement(self, stmt, frame: Frame, top: bool):
+        b = self.builder
+        b.loc = stmt.loc
+        if isinstance(stmt, ast.InputDecl):
+            return self.input_decl(stmt, frame, top)
+        if isinstance(stmt, ast.OutputDecl):
+            outs = []
+            for i, e in enumerate(stmt.exprs):
+                t = self.tensor(self.expr(e, frame), e.loc, frame)
+                public = e.id if isinstance(e, ast.Name) else ("output" if len(stmt.exprs) == 1 else f"output_{i}")
+                outs.append((public, t))
+            return outs
+        if isinstance(stmt, ast.WeightDecl):
+            return self.weight_decl(stmt, frame)
+        if isinstance(stmt, ast.LayerDecl):
+            value = self.expr(stmt.expr, frame)
+            if not isinstance(value, Unapplied):
+                raise _Fail(f"`layer {stmt.name} = ...` needs a layer, got {self.describe(value)}", stmt.expr.loc,
+                            f"write `{stmt.name} = ...` to name a value")
+            if not value.layer.name:
+                value.layer.name = self.unique_layer_name(frame.prefix + stmt.name, stmt.loc)
+            self.check_rebind(stmt.name, stmt.loc, frame)
+            frame.env[stmt.name] = value.layer
+            return None
+        if isinstance(stmt, (ast.Assign, ast.ExprStmt)):
+            value = self.statement_value(stmt.expr, frame, stmt)
+            if isinstance(stmt, ast.Assign):
+                self.check_rebind(stmt.name, stmt.loc, frame)
+                frame.env[stmt.name] = value
+            if isinstance(value, (Tensor, tuple)):
+                frame.prev = value
+            return None
+        if isinstance(stmt, ast.Train):
+            if not top:
+                raise _Fail("a train section belongs in a model, not a block", stmt.loc)
+            return None
+        raise AssertionError(stmt)
+
+    def check_rebind(self, name, loc, frame):
+        if name in self.models or name in self.blocks or name in LAYERS:
+            raise _Fail(f"{name} names a {'model' if name in self.models else 'block' if name in self.blocks else 'layer'}"
+                        "; choose another variable name", loc)
+
+    def statement_value(self, expr, frame: Frame, stmt):
+        value = self.expr(expr, frame)
+        if isinstance(value, Unapplied):  # Sequential: apply to the previous value
+            if frame.prev is None:
+                raise _Fail(f"{value.layer.kind()} has no input", expr.loc,
+                            "declare an input first, or call it on a value: Layer(...)(x)")
+            if frame.prev is POISON:
+                raise _Poisoned()
+            prev = frame.prev if isinstance(frame.prev, tuple) else (frame.prev,)
+            value = self.apply(value.layer, list(prev), expr.loc, frame)
+        if isinstance(value, Layer):
+            raise _Fail(f"{value.name} is a layer; call it on a value: {value.name}(x)", expr.loc)
+        return value
+
+    def input_decl(self, stmt: ast.InputDecl, frame: Frame, top: bool):
+        if not top:
+            # A block's inputs are bound by the call; see call_block.
+            raise AssertionError("unreachable")
+        if stmt.type is None:
+            raise _Fail(f"input {stmt.name} needs a type in a model", stmt.loc, f"write `input {stmt.name}: float32[...]`")
+        t = self.tensor_type(stmt.type, frame)
+        if stmt.name in frame.env:
+            raise _Fail(f"{stmt.name} is already defined", stmt.loc)
+        self.check_rebind(stmt.name, stmt.loc, frame)
+        self.graph.add_input(stmt.name, t)
+        tensor = Tensor(stmt.name, t)
+        frame.env[stmt.name] = tensor
+        frame.prev = tensor
+        return None
+
+    def tensor_type(self, texpr: ast.TensorTypeExpr, frame: Frame) -> TensorType:
+        if texpr.dtype not in DTYPES:
+            raise _Fail(f"unknown dtype {texpr.dtype}", texpr.loc,
+                        did_you_mean(texpr.dtype, DTYPES) or "use one of " + ", ".join(DTYPES))
+        dims = []
+        for d in texpr.dims:
+            if isinstance(d, ast.Name) and d.id not in frame.env:
+                dims.append(d.id)  # a named symbolic dimension, e.g. T
+                continue
+            v = self.expr(d, frame)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise _Fail(f"a dimension must be a positive integer or a name, got {show(v)}", d.loc,
+                            "the batch dimension is implicit: leave it out" if v in (-1, 0) or v is None else None)
+            dims.append(v)
+        return TensorType(texpr.dtype, (BATCH,) + tuple(dims))
+
+    def weight_decl(self, stmt: ast.WeightDecl, frame: Frame):
+        owner = frame.owner
+        if owner is None:
+            raise _Fail("`weight` declares a block's own weight; it belongs in a block", stmt.loc,
+                        "move it into a block, or use a layer")
+        if stmt.name in owner.weights:
+            frame.env[stmt.name] = owner.weights[stmt.name]
+            return None
+        shape = []
+        for d in stmt.dims:
+            v = self.expr(d, frame)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise _Fail(f"a weight dimension must be a positive integer, got {show(v)}", d.loc)
+            shape.append(v)
+        init = ("glorot_uniform", ()) if stmt.init is None else self.expr(stmt.init, frame)
+        try:
+            init = InitializerArg()(init) if not isinstance(init, tuple) else init
+        except ArgError as e:
+            raise _Fail(f"weight {stmt.name}: {e}", stmt.init.loc, e.hint) from None
+        t = self.builder.add_weight(owner, stmt.name, shape, "float32", init)
+        owner.weights[stmt.name] = t
+        frame.env[stmt.name] = t
+        return None
+
+    # ---------------- expressions ----------------
+    def expr(self, e, frame: Frame):
+        if isinstance(e, ast.Number):
+            return e.value
+        if isinstance(e, ast.String):
+            return Symbol(e.value)
+        if isinstance(e, ast.Bool):
+            return e.value
+        if isinstance(e, ast.Name):
+            return self.lookup(e, frame)
+        if isinstance(e, ast.Tuple):
+            return tuple(self.expr(i, frame) for i in e.items)
+        if isinstance(e, ast.List):
+            return [self.expr(i, frame) for i in e.items]
+        if isinstance(e, ast.Neg):
+            v = self.expr(e.operand, frame)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return -v
+            return self.located(e.loc, lambda: self.builder.op("Neg", self.tensor(v, e.operand.loc, frame)))
+        if isinstance(e, ast.BinOp):
+            return self.binop(e, frame)
+        if isinstance(e, ast.Call):
+            return self.call(e, frame)
+        raise AssertionError(e)
+
+    def lookup(self, e: ast.Name, frame: Frame):
+        name = e.id
+        if name in frame.env:
+            v = frame.env[name]
+            if v is POISON:
+                raise _Poisoned()
+            return v
+        if name in LAYERS:
+            return Ref("layer", name, LAYERS[name])
+        if name in self.blocks:
+            return Ref("block", name, self.blocks[name])
+        if name in self.models:
+            return Ref("model", name, self.models[name])
+        if name in FUNCTIONS:
+            return Ref("function", name, FUNCTIONS[name])
+        if name in INIT_ALIASES:
+            return Ref("initializer", INIT_ALIASES[name])
+        return Symbol(name)
+
+    def binop(self, e: ast.BinOp, frame: Frame):
+        a, b = self.expr(e.left, frame), self.expr(e.right, frame)
+        numbers = (int, float)
+        if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+            if e.op == "/":
+                if b == 0:
+                    raise _Fail("division by zero", e.loc)
+                return a / b
+            return {"+": a + b, "-": a - b, "*": a * b}[e.op]
+        op = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div"}[e.op]
+        if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+            raise _Fail(f"cannot apply {e.op} to {self.describe(a)} and {self.describe(b)}", e.loc,
+                        self.unknown_hint(a if isinstance(a, Symbol) else b, frame))
+        ta = a if isinstance(a, Tensor) else self.scalar(a, b, e.left.loc, frame)
+        tb = b if isinstance(b, Tensor) else self.scalar(b, a, e.right.loc, frame)
+
+        def emit():
+            try:
+                return self.builder.op(op, ta, tb)
+            except ShapeError as err:
+                raise _Fail(f"cannot apply {e.op} to {format_shape(ta.shape)} and {format_shape(tb.shape)}: "
+                            f"{str(err).split(': ')[-1] if 'broadcast' in str(err) else err}", e.loc,
+                            err.hint or "shapes must be equal or broadcast (numpy rules)") from None
+        return emit()
+
+    def scalar(self, v, other: Tensor, loc, frame) -> Tensor:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Fail(f"expected a tensor or a number, got {self.describe(v)}", loc, self.unknown_hint(v, frame))
+        return self.builder.const(v, other.dtype)
+
+    def call(self, e: ast.Call, frame: Frame):
+        callee = self.expr(e.func, frame)
+        args = [self.expr(a, frame) for a in e.args]
+        kwargs = {}
+        for k in e.kwargs:
+            if k.name in kwargs:
+                raise _Fail(f"argument {k.name} given twice", k.loc)
+            kwargs[k.name] = self.expr(k.value, frame)
+        b = self.builder
+        if isinstance(callee, Ref):
+            if callee.kind in ("layer", "block"):
+                # Inside a block or called model, a layer is made on the first call of the
+                # body and reused by later calls, which so share its weights.
+                cache = self.sublayer_caches[-1] if self.sublayer_caches else None
+                if cache is not None and id(e) in cache:
+                    return Unapplied(cache[id(e)])
+                # A bare word naming a function is an enum here: activation=relu.
+                args = [Symbol(a.name) if isinstance(a, Ref) else a for a in args]
+                kwargs = {k: Symbol(v.name) if isinstance(v, Ref) else v for k, v in kwargs.items()}
+                if callee.kind == "layer":
+                    try:
+                        layer = callee.target.create(args, kwargs)
+                    except ArgError as err:
+                        raise _Fail(str(err), self.arg_loc(e, err), err.hint) from None
+                else:
+                    layer = self.instantiate_block(callee.target, args, kwargs, e)
+                if cache is not None:
+                    cache[id(e)] = layer
+                return Unapplied(layer)
+            if callee.kind == "model":
+                return self.call_model(callee.target, args, kwargs, e, frame)
+            if callee.kind == "function":
+                tensors = [self.tensor(a, e.args[i].loc, frame) if not isinstance(a, (int, float, Symbol)) else a
+                           for i, a in enumerate(args)]
+                if not any(isinstance(t, Tensor) for t in tensors):
+                    raise _Fail(f"{callee.name} needs a tensor argument", e.loc,
+                                f"write {callee.name}(x)" + (f", or Activation({callee.name}) as a layer"
+                                                             if callee.name in ("relu", "sigmoid", "tanh") else ""))
+                b.loc, b.layer = e.loc, None
+                try:
+                    return callee.target(b, *tensors, **kwargs)
+                except TypeError as err:
+                    raise _Fail(f"{callee.name}: {err}".replace("<lambda>() ", "").replace("fn() ", ""), e.loc) from None
+                except (ShapeError, ArgError) as err:
+                    raise _Fail(f"{callee.name}: {err}", e.loc, err.hint) from None
+            if callee.kind == "initializer":
+                if args:
+                    raise _Fail(f"{callee.name} takes keyword arguments only", e.loc)
+                try:
+                    return InitializerSpec(callee.name, kwargs)
+                except ArgError as err:
+                    raise _Fail(str(err), e.loc, err.hint) from None
+        if isinstance(callee, Unapplied):
+            return self.apply(callee.layer, self.tensors(args, e, frame), e.loc, frame, kwargs)
+        if isinstance(callee, Layer):  # a layer bound with `layer name = ...`
+            return self.apply(callee, self.tensors(args, e, frame), e.loc, frame, kwargs)
+        if isinstance(callee, Tensor):
+            raise _Fail(f"{getattr(e.func, 'id', 'this value')} is a tensor, not a layer; it cannot be called", e.loc)
+        if isinstance(callee, Symbol):
+            candidates = list(LAYERS) + list(self.blocks) + list(self.models) + list(FUNCTIONS) + \
+                [k for k, v in frame.env.items() if isinstance(v, Layer)]
+            raise _Fail(f"unknown layer or function {callee}", e.loc,
+                        did_you_mean(callee, candidates))
+        raise _Fail(f"{self.describe(callee)} cannot be called", e.loc)
+
+    def arg_loc(self, e: ast.Call, err: ArgError) -> Loc:
+        """Point at the offending keyword argument when the message names one."""
+        for k in e.kwargs:
+            if f"'{k.name}'" in str(err):
+                return k.loc
+        return e.loc
+
+    def tensors(self, args, e: ast.Call, frame) -> list:
+        return [self.tensor(a, e.args[i].loc, frame) for i, a in enumerate(args)]
+
+    def tensor(self, v, loc, frame) -> Tensor:
+        if isinstance(v, Tensor):
+            return v
+        if isinstance(v, tuple) and v and all(isinstance(i, Tensor) for i in v) and len(v) == 1:
+            return v[0]
+        if isinstance(v, Symbol):
+            raise _Fail(f"unknown name {v}", loc, self.unknown_hint(v, frame))
+        raise _Fail(f"expected a tensor, got {self.describe(v)}", loc)
+
+    def unknown_hint(self, v, frame):
+        if not isinstance(v, Symbol):
+            return None
+        return did_you_mean(v, [k for k, x in frame.env.items() if isinstance(x, Tensor)]) or \
+            did_you_mean(v, list(LAYERS) + list(FUNCTIONS))
+
+    @staticmethod
+    def describe(v) -> str:
+        if isinstance(v, Tensor):
+            return f"a tensor {v.type}"
+        if isinstance(v, Unapplied):
+            return f"a layer {v.layer.kind()}(...)"
+        if isinstance(v, Layer):
+            return f"the layer {v.name}"
+        if isinstance(v, Ref):
+            return f"the {v.kind} {v.name}"
+        if isinstance(v, Symbol):
+            return f"the name {v}"
+        return show(v)
+
+    def located(self, loc, fn):
+        try:
+            return fn()
+        except ShapeError as err:
+            raise _Fail(str(err), loc, err.hint) from None
+
+    # ---------------- layers ----------------
+    def unique_layer_name(self, base: str, loc) -> str:
+        if base in self.layer_names:
+            raise _Fail(f"a layer named {base} already exists", loc)
+        self.layer_names.add(base)
+        return base
+
+    def auto_layer_name(self, layer: Layer, frame: Frame) -> str:
+        base = frame.prefix + layer.auto_name()
+        name, i = base, 0
+        while name in self.layer_names:
+            i += 1
+            name = f"{base}_{i}"
+        self.layer_names.add(name)
+        return name
+
+    def apply(self, layer: Layer, inputs: list, loc: Loc, frame: Frame, kwargs=None):
+        kwargs = dict(kwargs or {})
+        if kwargs:
+            raise _Fail(f"unexpected keyword argument {next(iter(kwargs))} when calling a layer", loc,
+                        "layer arguments go in the first parentheses: Dense(10, activation=relu)(x)")
+        if layer.n_inputs is not None and len(inputs) != layer.n_inputs:
+            raise _Fail(f"{layer.kind()} takes {layer.n_inputs} input{'s' * (layer.n_inputs != 1)}, got {len(inputs)}",
+                        loc, f"use Concatenate() or Add() to merge" if len(inputs) > 1 else None)
+        b = self.builder
+        top = frame.prefix == ""
+        saved = (b.loc, b.layer, b.record, b.trainable)
+        try:
+            if not layer.built:
+                if not layer.name:
+                    layer.name = self.auto_layer_name(layer, frame)
+                if top:
+                    b.record = LayerRecord(layer.name, layer.kind(), loc=loc)
+                    self.graph.layers.append(b.record)
+                b.trainable = frame.trainable
+                b.loc, b.layer = loc, layer.name
+                layer.input_types = [t.type for t in inputs]
+                layer.build(b, *inputs)
+                layer.built = True
+                layer.record = b.record
+            elif [t.type for t in inputs] != layer.input_types:
+                given = ", ".join(str(t.type) for t in inputs)
+                built = ", ".join(str(t) for t in layer.input_types)
+                raise ShapeError(f"layer {layer.name} was built for {built} and is now called on {given}",
+                                 "a shared layer needs inputs of one shape")
+            b.loc, b.layer, b.record = loc, layer.name, layer.record
+            b.trainable = frame.trainable
+            if isinstance(layer, BlockLayer):
+                out = self.call_block(layer, inputs, loc, frame)
+            elif isinstance(layer, ModelLayer):
+                out = self.call_model_body(layer, inputs, loc, frame)
+            else:
+                out = layer.call(b, *inputs)
+            if top and not layer.record.output_types:
+                layer.record.output_types = [t.type for t in (out if isinstance(out, (list, tuple)) else [out])]
+            return tuple(out) if isinstance(out, list) else out
+        except (ShapeError, ArgError) as err:
+            raise _Fail(str(err), loc, err.hint) from None
+        finally:
+            b.loc, b.layer, b.record, b.trainable = saved
+
+    def instantiate_block(self, block: ast.Block, args, kwargs, e: ast.Call) -> BlockLayer:
+        names = [p.name for p in block.params]
+        if len(args) > len(names):
+            raise _Fail(f"{block.name} takes {len(names)} argument{'s' * (len(names) != 1)}, got {len(args)}", e.loc)
+        bound = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise _Fail(f"{block.name} has no parameter {k!r}", e.loc, did_you_mean(k, names))
+            bound[k] = v
+        for p in block.params:
+            if p.name not in bound:
+                if p.default is None:
+                    raise _Fail(f"{block.name} needs the argument {p.name!r}", e.loc)
+                bound[p.name] = self.expr(p.default, Frame())
+            bound[p.name] = self.check_param(block, p, bound[p.name], e.loc)
+        return BlockLayer(block, bound)
+
+    _PARAM_TYPES = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+        "shape": lambda v: isinstance(v, tuple) and all(isinstance(i, int) for i in v),
+        "any": lambda v: True,
+    }
+
+    def check_param(self, block, p: ast.BlockParam, v, loc):
+        check = self._PARAM_TYPES.get(p.type)
+        if check is None:
+            raise _Fail(f"unknown parameter type {p.type}", p.loc,
+                        did_you_mean(p.type, self._PARAM_TYPES) or "use int, float, bool, str, shape or any")
+        if not check(v):
+            raise _Fail(f"{block.name} parameter {p.name} is {p.type}, got {show(v)}", loc)
+        return float(v) if p.type == "float" else v
+
+    def call_block(self, layer: BlockLayer, inputs, loc, frame: Frame):
+        block = layer.block
+        decls = [s for s in block.body if isinstance(s, ast.InputDecl)]
+        if len(decls) != len(inputs):
+            raise ShapeError(f"{block.name} takes {len(decls)} input{'s' * (len(decls) != 1)}, got {len(inputs)}")
+        inner = Frame(env=dict(layer.params), prefix=layer.name + "/", trainable=frame.trainable, owner=layer,
+                      call_loc=loc)
+        for decl, t in zip(decls, inputs):
+            if decl.type is not None:
+                want = self.tensor_type(decl.type, inner)
+                if want.dtype != t.dtype or want.shape[1:] != t.shape[1:]:
+                    raise ShapeError(f"{block.name} input {decl.name} expects {want}, got {t.type}")
+            inner.env[decl.name] = t
+            inner.prev = t
+        body = [s for s in block.body if not isinstance(s, ast.InputDecl)]
+        return self.sub_body(layer, body, inner, f"block {block.name}", block.loc)
+
+    def sub_body(self, layer, body, inner: Frame, what: str, loc):
+        """Elaborate a block's or called model's body, reusing its layers on later calls."""
+        saved = (self.builder.loc, self.builder.layer)
+        self.sublayer_caches.append(layer.sublayers)
+        try:
+            outputs = self.body(body, inner)
+        finally:
+            self.sublayer_caches.pop()
+            self.builder.loc, self.builder.layer = saved
+        if outputs is None:
+            if isinstance(inner.prev, Tensor):
+                return inner.prev
+            raise ShapeError(f"{what} has no output", "add `output <value>` to its body")
+        tensors = [t for _, t in outputs]
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    def call_model(self, model: ast.Model, args, kwargs, e: ast.Call, frame: Frame):
+        if model.name in self.stack:
+            raise _Fail(f"model {model.name} uses itself", e.loc)
+        trainable = kwargs.pop("trainable", True)
+        if not isinstance(trainable, bool):
+            raise _Fail("trainable must be true or false", e.loc)
+        if kwargs:
+            raise _Fail(f"a model call takes only trainable=..., got {next(iter(kwargs))}", e.loc)
+        layer = self.submodels.get(model.name)
+        if layer is None:
+            layer = ModelLayer(model, trainable)
+            self.layer_names.add(model.name)
+            self.submodels[model.name] = layer
+        elif layer.trainable != trainable:
+            raise _Fail(f"model {model.name} is used both trainable and frozen", e.loc)
+        return self.apply(layer, self.tensors(args, e, frame), e.loc, frame)
+
+    def call_model_body(self, layer: ModelLayer, inputs, loc, frame: Frame):
+        model = layer.model
+        decls = [s for s in model.body if isinstance(s, ast.InputDecl)]
+        if len(decls) != len(inputs):
+            raise ShapeError(f"model {model.name} takes {len(decls)} input{'s' * (len(decls) != 1)}, got {len(inputs)}")
+        inner = Frame(prefix=model.name + "/", trainable=frame.trainable and layer.trainable, call_loc=loc)
+        self.stack.append(model.name)
+        try:
+            for decl, t in zip(decls, inputs):
+                want = self.tensor_type(decl.type, inner)
+                if want.dtype != t.dtype or want.shape[1:] != t.shape[1:]:
+                    raise ShapeError(f"model {model.name} input {decl.name} expects {want}, got {t.type}")
+                inner.env[decl.name] = t
+                inner.prev = t
+            body = [s for s in model.body if not isinstance(s, (ast.InputDecl, ast.Train))]
+            return self.sub_body(layer, body, inner, f"model {model.name}", model.loc)
+        finally:
+            self.stack.pop()
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+

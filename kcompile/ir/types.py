@@ -1,0 +1,93 @@
+"""Tensor types: a dtype and a shape whose dimensions are ints or symbols (the batch is "N")."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ShapeError, format_shape
+
+BATCH = "N"  # the symbolic batch dimension, fixed only at run time
+
+DTYPES = {
+    "float32": np.float32, "float64": np.float64, "float16": np.float16,
+    "int64": np.int64, "int32": np.int32, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+}
+FLOAT_DTYPES = ("float32", "float64", "float16")
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def size(self) -> int:
+        """Number of elements; only for static shapes."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def with_shape(self, shape) -> "TensorType":
+        return TensorType(self.dtype, tuple(shape))
+
+    def with_dtype(self, dtype: str) -> "TensorType":
+        return TensorType(dtype, self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}{format_shape(self.shape)}"
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}")
+    return axis % rank
+
+
+def broadcast_shapes(a: tuple, b: tuple) -> tuple:
+    """numpy broadcasting, with symbolic dimensions equal only to themselves."""
+    out = []
+    for i in range(max(len(a), len(b))):
+        da = a[len(a) - 1 - i] if i < len(a) else 1
+        db = b[len(b) - 1 - i] if i < len(b) else 1
+        if da == db or db == 1:
+            out.append(da)
+        elif da == 1:
+            out.append(db)
+        else:
+            raise ShapeError(f"shapes {format_shape(a)} and {format_shape(b)} do not broadcast "
+                             f"(dimension {da} vs {db})")
+    return tuple(reversed(out))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A value of a graph under construction: its name and type (what layers see)."""
+    name: str
+    type: TensorType
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def rank(self) -> int:
+        return self.type.rank
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype

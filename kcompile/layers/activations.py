@@ -1,0 +1,133 @@
+"""Activations by name (``activation=relu``, ``relu(x)``) and the Activation,
+LeakyReLU, ReLU, ELU and Softmax layers. Keras semantics and defaults."""
+
+from .base import ActivationArg, FloatArg, IntArg, Layer, Optional
+
+
+def _unary(op, **attrs):
+    return lambda ctx, x: ctx.op(op, x, **attrs)
+
+
+def _swish(ctx, x):
+    return ctx.op("Mul", x, ctx.op("Sigmoid", x))
+
+
+def _relu6(ctx, x):
+    return ctx.op("Min", ctx.op("Relu", x), ctx.const(6.0, x.dtype))
+
+
+def _mish(ctx, x):
+    return ctx.op("Mul", x, ctx.op("Tanh", ctx.op("Softplus", x)))
+
+
+def _hard_sigmoid(ctx, x):
+    # Keras 3: relu6(x + 3) / 6
+    return ctx.op("HardSigmoid", x, alpha=1.0 / 6.0, beta=0.5)
+
+
+def _hard_swish(ctx, x):
+    return ctx.op("Mul", x, _hard_sigmoid(ctx, x))
+
+
+def softmax(ctx, x, axis=-1):
+    return ctx.op("Softmax", x, axis=axis)
+
+
+def log_softmax(ctx, x, axis=-1):
+    return ctx.op("LogSoftmax", x, axis=axis)
+
+
+# name -> function(ctx, x) -> tensor
+ACTIVATIONS = {
+    "linear": lambda ctx, x: x,
+    "relu": _unary("Relu"),
+    "sigmoid": _unary("Sigmoid"),
+    "tanh": _unary("Tanh"),
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "gelu": _unary("Gelu"),
+    "elu": _unary("Elu", alpha=1.0),
+    "selu": _unary("Selu", alpha=1.6732632423543772, gamma=1.0507009873554805),
+    "softplus": _unary("Softplus"),
+    "softsign": _unary("Softsign"),
+    "swish": _swish,
+    "silu": _swish,
+    "leaky_relu": _unary("LeakyRelu", alpha=0.2),  # keras.activations.leaky_relu default
+    "relu6": _relu6,
+    "hard_sigmoid": _hard_sigmoid,
+    "hard_swish": _hard_swish,
+    "mish": _mish,
+    "exponential": _unary("Exp"),
+}
+
+
+def apply_activation(ctx, name: str, x):
+    return ACTIVATIONS[name](ctx, x)
+
+
+class Activation(Layer):
+    """Applies an activation function.
+
+    Args:
+        activation: the activation's name (relu, sigmoid, tanh, softmax, gelu, elu,
+            selu, softplus, swish, leaky_relu, linear, ...).
+    """
+
+    def __init__(self, activation: ActivationArg() = "linear"):
+        self.activation = activation
+
+    def call(self, ctx, x):
+        return apply_activation(ctx, self.activation, x)
+
+
+class LeakyReLU(Layer):
+    """``x if x > 0 else negative_slope * x``.
+
+    Args:
+        negative_slope: slope for x < 0 (Keras default 0.3).
+    """
+
+    def __init__(self, negative_slope: FloatArg(0.0) = 0.3):
+        self.negative_slope = negative_slope
+
+    def call(self, ctx, x):
+        return ctx.op("LeakyRelu", x, alpha=self.negative_slope)
+
+
+class ReLU(Layer):
+    """Rectified linear unit with Keras's options.
+
+    Args:
+        max_value: upper clip, none by default.
+        negative_slope: slope for x < 0 (0).
+    """
+
+    def __init__(self, max_value: Optional(FloatArg(0.0)) = None, negative_slope: FloatArg(0.0) = 0.0):
+        self.max_value, self.negative_slope = max_value, negative_slope
+
+    def call(self, ctx, x):
+        y = ctx.op("LeakyRelu", x, alpha=self.negative_slope) if self.negative_slope else ctx.op("Relu", x)
+        if self.max_value is not None:
+            y = ctx.op("Min", y, ctx.const(self.max_value, x.dtype))
+        return y
+
+
+class ELU(Layer):
+    """Exponential linear unit. Args: alpha (1.0)."""
+
+    def __init__(self, alpha: FloatArg() = 1.0):
+        self.alpha = alpha
+
+    def call(self, ctx, x):
+        return ctx.op("Elu", x, alpha=self.alpha)
+
+
+class Softmax(Layer):
+    """Softmax along ``axis`` (default -1)."""
+
+    def __init__(self, axis: IntArg() = -1):
+        self.axis = axis
+
+    def call(self, ctx, x):
+        return softmax(ctx, x, self.axis)
+

@@ -1,0 +1,247 @@
+"""The layer base class and the argument types layers declare.
+
+A layer declares its arguments as the annotated parameters of ``__init__``, with
+Keras's names and defaults; the annotation is a converter that checks and
+normalises what the .kdl file gave (``Ints(2)`` turns ``3`` into ``(3, 3)``).
+``build`` creates the weights once the input types are known; ``call`` emits ops.
+"""
+
+import inspect
+import re
+
+from ..errors import ShapeError, did_you_mean
+from .. import initializers as inits
+
+
+class ArgError(Exception):
+    def __init__(self, message, hint=None):
+        self.hint = hint
+        super().__init__(message)
+
+
+class Symbol(str):
+    """A bare word in the source (``relu`` in ``activation=relu``)."""
+
+
+# ---- argument converters: each checks and normalises one argument ----
+class Converter:
+    describe = "a value"
+
+    def __call__(self, v):
+        return v
+
+
+class IntArg(Converter):
+    def __init__(self, minimum=None):
+        self.minimum = minimum
+        self.describe = "an integer" if minimum is None else f"an integer >= {minimum}"
+
+    def __call__(self, v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ArgError(f"expected {self.describe}, got {show(v)}")
+        if self.minimum is not None and v < self.minimum:
+            raise ArgError(f"expected {self.describe}, got {v}")
+        return v
+
+
+class FloatArg(Converter):
+    def __init__(self, lo=None, hi=None):
+        self.lo, self.hi = lo, hi
+        self.describe = "a number" + (f" in [{lo}, {hi})" if lo is not None and hi is not None else "")
+
+    def __call__(self, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ArgError(f"expected {self.describe}, got {show(v)}")
+        if (self.lo is not None and v < self.lo) or (self.hi is not None and v >= self.hi):
+            raise ArgError(f"expected {self.describe}, got {v}")
+        return float(v)
+
+
+class BoolArg(Converter):
+    describe = "true or false"
+
+    def __call__(self, v):
+        if not isinstance(v, bool):
+            raise ArgError(f"expected true or false, got {show(v)}")
+        return v
+
+
+class Ints(Converter):
+    """An int or an n-tuple of ints (kernel_size=3 means (3, 3))."""
+
+    def __init__(self, n, minimum=1):
+        self.n, self.minimum = n, minimum
+        self.describe = f"an integer or a tuple of {n} integers" if n > 1 else "an integer"
+
+    def __call__(self, v):
+        items = tuple(v) if isinstance(v, (tuple, list)) else (v,) * self.n
+        if len(items) != self.n or any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+            raise ArgError(f"expected {self.describe}, got {show(v)}")
+        if any(i < self.minimum for i in items):
+            raise ArgError(f"expected integers >= {self.minimum}, got {show(v)}")
+        return items
+
+
+class Choice(Converter):
+    def __init__(self, *choices):
+        self.choices = choices
+        self.describe = " or ".join(choices)
+
+    def __call__(self, v):
+        if not isinstance(v, str) or v not in self.choices:
+            hint = did_you_mean(v, self.choices) if isinstance(v, str) else None
+            raise ArgError(f"expected {self.describe}, got {show(v)}", hint)
+        return str(v)
+
+
+class ShapeArg(Converter):
+    describe = "a shape tuple such as (7, 7, 128)"
+
+    def __call__(self, v):
+        items = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+        if any(isinstance(i, bool) or not isinstance(i, int) or (i < 1 and i != -1) for i in items):
+            raise ArgError(f"expected {self.describe}, got {show(v)}")
+        return items
+
+
+class Optional(Converter):
+    def __init__(self, inner):
+        self.inner = inner
+        self.describe = inner.describe
+
+    def __call__(self, v):
+        return None if v is None else self.inner(v)
+
+
+class ActivationArg(Converter):
+    describe = "an activation name"
+
+    def __call__(self, v):
+        from .activations import ACTIVATIONS
+        if v is None:
+            return "linear"
+        if not isinstance(v, str) or v not in ACTIVATIONS:
+            hint = did_you_mean(v, ACTIVATIONS) if isinstance(v, str) else None
+            raise ArgError(f"unknown activation {show(v)}", hint or "known: " + ", ".join(sorted(ACTIVATIONS)))
+        return str(v)
+
+
+class InitializerArg(Converter):
+    """A name (``glorot_uniform``), or a call such as ``RandomNormal(stddev=0.02)``."""
+    describe = "an initializer"
+
+    def __call__(self, v):
+        if isinstance(v, InitializerSpec):
+            return (v.name, v.kwargs)
+        if isinstance(v, str):
+            name = inits.ALIASES.get(v, v)
+            if name in inits.INITIALIZERS:
+                return (name, ())
+            raise ArgError(f"unknown initializer {show(v)}", did_you_mean(v, inits.INITIALIZERS))
+        raise ArgError(f"expected an initializer, got {show(v)}")
+
+
+class InitializerSpec:
+    """An initializer called with arguments in the source: ``RandomNormal(stddev=0.02)``."""
+
+    def __init__(self, name, kwargs):
+        allowed = inits.INITIALIZERS[name]
+        for k in kwargs:
+            if k not in allowed:
+                raise ArgError(f"initializer {name} has no argument {k!r}", did_you_mean(k, allowed))
+        self.name, self.kwargs = name, tuple(sorted((k, float(v)) for k, v in kwargs.items()))
+
+
+def show(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, Symbol):
+        return str(v)
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, tuple):
+        return "(" + ", ".join(show(i) for i in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, list):
+        return "[" + ", ".join(show(i) for i in v) + "]"
+    if hasattr(v, "type"):
+        return f"a tensor {v.type}"
+    return str(v)
+
+
+def snake_case(name: str) -> str:
+    s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    s = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", s)
+    return re.sub(r"(\d)_d(?=_|$)", r"\1d", s.lower())
+
+
+# ---- layers ----
+class Layer:
+    """Base of every layer. Subclasses declare arguments on ``__init__`` and define
+    ``build`` (create weights) and ``call`` (emit ops)."""
+
+    n_inputs: int | None = 1  # None: any number (merging layers)
+
+    def __init__(self):
+        pass
+
+    @classmethod
+    def kind(cls) -> str:
+        return cls.__name__
+
+    @classmethod
+    def auto_name(cls) -> str:
+        return snake_case(cls.__name__)
+
+    @classmethod
+    def signature(cls) -> inspect.Signature:
+        return inspect.signature(cls.__init__)
+
+    @classmethod
+    def create(cls, args: list, kwargs: dict):
+        """Bind source arguments to ``__init__``'s parameters, converting each one.
+        Raises ArgError naming the argument."""
+        params = [p for p in cls.signature().parameters.values() if p.name != "self"]
+        names = [p.name for p in params]
+        if len(args) > len(params):
+            raise ArgError(f"{cls.kind()} takes at most {len(params)} positional arguments, got {len(args)}")
+        bound = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise ArgError(f"{cls.kind()} has no argument {k!r}", did_you_mean(k, names))
+            if k in bound:
+                raise ArgError(f"{cls.kind()} got argument {k!r} twice")
+            bound[k] = v
+        for p in params:
+            if p.name not in bound and p.default is inspect.Parameter.empty:
+                raise ArgError(f"{cls.kind()} needs the argument {p.name!r}",
+                               f"write {cls.kind()}({', '.join(q.name + '=...' for q in params if q.default is inspect.Parameter.empty)})")
+        converted = {}
+        for p in params:
+            if p.name in bound:
+                try:
+                    converted[p.name] = p.annotation(bound[p.name]) if isinstance(p.annotation, Converter) else bound[p.name]
+                except ArgError as e:
+                    raise ArgError(f"{cls.kind()} argument {p.name!r}: {e}", e.hint) from None
+        layer = cls(**converted)
+        layer.arguments = {p.name: converted.get(p.name, p.default) for p in params}
+        return layer
+
+    # Filled in by the frontend when the layer is first applied.
+    name: str = ""
+    built: bool = False
+
+    def build(self, ctx, *inputs) -> None:
+        """Create weights with ``ctx.add_weight``; inputs are Tensors (use their types)."""
+
+    def call(self, ctx, *inputs):
+        raise NotImplementedError
+
+    def compute(self, ctx, *inputs):
+        return self.call(ctx, *inputs)
+
+
+def expect_rank(layer: str, x, rank: int, layout: str, hint: str | None = None):
+    if x.rank != rank:
+        from ..errors import format_shape
+        raise ShapeError(f"{layer} expects an input of shape {layout} (without the batch), got "
+                         f"{format_shape(x.shape[1:])}", hint)

@@ -1,0 +1,211 @@
+"""Convolution layers: Conv1D, Conv2D, Conv2DTranspose (channels-last, Keras kernels).
+
+The language keeps images channels-last; ONNX convolves channels-first. Each
+layer wraps its Conv in transposes, and the transpose-sinking pass removes the
+pairs that meet between consecutive layers.
+"""
+from ..errors import ShapeError, format_shape
+from .activations import apply_activation
+from .base import ActivationArg, ArgError, BoolArg, Choice, InitializerArg, IntArg, Ints, Layer, Optional
+
+
+def same_padding(size, kernel, stride, dilation=1):
+    """TensorFlow's SAME: output ceil(size/stride), the odd pixel of padding at the end."""
+    effective = dilation * (kernel - 1) + 1
+    if not isinstance(size, int):
+        if stride != 1:
+            raise ShapeError("padding=same with strides needs a known input size")
+        total = effective - 1
+    else:
+        total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def to_channels_first(ctx, x):
+    n = x.rank
+    return ctx.op("Transpose", x, perm=(0, n - 1) + tuple(range(1, n - 1)))
+
+
+def to_channels_last(ctx, x):
+    n = x.rank
+    return ctx.op("Transpose", x, perm=(0,) + tuple(range(2, n)) + (1,))
+
+
+def kernel_to_onnx(ctx, kernel):
+    """Keras [*k, in, out] -> ONNX [out, in, *k] (for ConvTranspose: [*k, out, in] -> [in, out, *k])."""
+    n = kernel.rank
+    return ctx.op("Transpose", kernel, perm=(n - 1, n - 2) + tuple(range(n - 2)))
+
+
+class _Conv(Layer):
+    rank = 2
+    layout = "[height, width, channels]"
+
+    def __init__(self, filters, kernel_size, strides, padding, dilation_rate, groups, activation, use_bias,
+                 kernel_initializer, bias_initializer):
+        self.filters, self.kernel_size, self.strides, self.padding = filters, kernel_size, strides, padding
+        self.dilation_rate, self.groups, self.activation, self.use_bias = dilation_rate, groups, activation, use_bias
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        if any(s > 1 for s in strides) and any(d > 1 for d in dilation_rate):
+            raise ArgError(f"{self.kind()}: strides > 1 with dilation_rate > 1 is not supported (as in Keras)")
+        if filters % groups:
+            raise ArgError(f"{self.kind()}: filters ({filters}) must be divisible by groups ({groups})")
+
+    def check_input(self, x):
+        if x.rank != self.rank + 2:
+            hint = None
+            if x.rank == 2 and self.rank == 2:
+                hint = "add Reshape((height, width, channels)) before it"
+            raise ShapeError(f"{self.kind()} expects an input of shape {self.layout} (without the batch), "
+                             f"got {format_shape(x.shape[1:])}", hint)
+        if not isinstance(x.shape[-1], int):
+            raise ShapeError(f"{self.kind()} needs a known number of channels")
+
+    def build(self, ctx, x):
+        self.check_input(x)
+        channels = x.shape[-1]
+        if channels % self.groups:
+            raise ShapeError(f"{self.kind()}: input channels ({channels}) must be divisible by groups ({self.groups})")
+        shape = self.kernel_size + (channels // self.groups, self.filters)
+        self.kernel = ctx.add_weight(self, "kernel", shape, x.dtype, self.kernel_initializer)
+        if self.use_bias:
+            self.bias = ctx.add_weight(self, "bias", (self.filters,), x.dtype, self.bias_initializer)
+
+    def pads(self, x):
+        spatial = x.shape[1:-1]
+        if self.padding == "valid":
+            return (0,) * (2 * self.rank)
+        if self.padding == "causal":
+            return tuple(self.dilation_rate[i] * (self.kernel_size[i] - 1) for i in range(self.rank)) + (0,) * self.rank
+        both = [same_padding(spatial[i], self.kernel_size[i], self.strides[i], self.dilation_rate[i])
+                for i in range(self.rank)]
+        return tuple(b for b, _ in both) + tuple(e for _, e in both)
+
+    def call(self, ctx, x):
+        self.check_input(x)
+        y = ctx.op("Conv", to_channels_first(ctx, x), kernel_to_onnx(ctx, self.kernel),
+                   strides=self.strides, pads=self.pads(x), dilations=self.dilation_rate, group=self.groups)
+        y = to_channels_last(ctx, y)
+        if self.use_bias:
+            y = ctx.op("Add", y, self.bias)
+        return apply_activation(ctx, self.activation, y)
+
+
+class Conv2D(_Conv):
+    """2-D convolution over [height, width, channels] images.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: an int or (kh, kw).
+        strides: an int or (sh, sw); 1.
+        padding: valid (no padding) or same (output = ceil(input / stride)).
+        dilation_rate: an int or (dh, dw); 1.
+        groups: channel groups; 1.
+        activation: linear by default.
+        use_bias: true.
+        kernel_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: kernel [kh, kw, in_channels / groups, filters], bias [filters].
+    """
+
+    def __init__(self, filters: IntArg(1), kernel_size: Ints(2), strides: Ints(2) = (1, 1),
+                 padding: Choice("valid", "same") = "valid", dilation_rate: Ints(2) = (1, 1),
+                 groups: IntArg(1) = 1, activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, groups, activation, use_bias,
+                         kernel_initializer, bias_initializer)
+
+
+class Conv1D(_Conv):
+    """1-D convolution over [steps, channels] sequences.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: an int.
+        strides: 1.
+        padding: valid, same or causal (left padding only, for sequence models).
+        dilation_rate: 1.
+        groups: 1.
+        activation: linear by default.
+        use_bias: true.
+        kernel_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: kernel [k, in_channels / groups, filters], bias [filters].
+    """
+    rank = 1
+    layout = "[steps, channels]"
+
+    def __init__(self, filters: IntArg(1), kernel_size: Ints(1), strides: Ints(1) = (1,),
+                 padding: Choice("valid", "same", "causal") = "valid", dilation_rate: Ints(1) = (1,),
+                 groups: IntArg(1) = 1, activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, groups, activation, use_bias,
+                         kernel_initializer, bias_initializer)
+
+
+class Conv2DTranspose(_Conv):
+    """Transposed 2-D convolution (the gradient of Conv2D), upsampling by ``strides``.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: an int or (kh, kw).
+        strides: an int or (sh, sw); 1.
+        padding: valid (output = input * stride + max(k - stride, 0)) or same (input * stride).
+        output_padding: none, or an int or pair added to the output size.
+        dilation_rate: 1.
+        activation: linear by default.
+        use_bias: true.
+        kernel_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: kernel [kh, kw, filters, in_channels] (Keras's layout), bias [filters].
+    """
+
+    def __init__(self, filters: IntArg(1), kernel_size: Ints(2), strides: Ints(2) = (1, 1),
+                 padding: Choice("valid", "same") = "valid", output_padding: Optional(Ints(2, 0)) = None,
+                 dilation_rate: Ints(2) = (1, 1), activation: ActivationArg() = "linear",
+                 use_bias: BoolArg() = True, kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, 1, activation, use_bias,
+                         kernel_initializer, bias_initializer)
+        self.output_padding = output_padding
+
+    def build(self, ctx, x):
+        self.check_input(x)
+        self.kernel = ctx.add_weight(self, "kernel", self.kernel_size + (self.filters, x.shape[-1]), x.dtype,
+                                     self.kernel_initializer)
+        if self.use_bias:
+            self.bias = ctx.add_weight(self, "bias", (self.filters,), x.dtype, self.bias_initializer)
+
+    def geometry(self, x):
+        """ONNX pads and output_padding reproducing Keras's output size (as TensorFlow's
+        conv2d_transpose pads: the gradient of a forward conv with the same padding)."""
+        begin, end, out_pad = [], [], []
+        for i in range(2):
+            size, s = x.shape[1 + i], self.strides[i]
+            k = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1
+            if not isinstance(size, int):
+                raise ShapeError("Conv2DTranspose needs known input height and width")
+            extra = self.output_padding[i] if self.output_padding else None
+            if extra is None:
+                out = size * s if self.padding == "same" else size * s + max(k - s, 0)
+            else:
+                pad = k // 2 if self.padding == "same" else 0
+                out = (size - 1) * s + k - 2 * pad + extra
+            full = (size - 1) * s + k  # the output before any cropping
+            total = max(full - out, 0) if self.padding == "same" else 0
+            begin.append(total // 2)
+            end.append(total - total // 2)
+            out_pad.append(out - (full - total))
+        return tuple(begin + end), tuple(out_pad)
+
+    def call(self, ctx, x):
+        self.check_input(x)
+        pads, out_pad = self.geometry(x)
+        y = ctx.op("ConvTranspose", to_channels_first(ctx, x), kernel_to_onnx(ctx, self.kernel), strides=self.strides,
+                   pads=pads, output_padding=out_pad, dilations=self.dilation_rate)
+        y = to_channels_last(ctx, y)
+        if self.use_bias:
+            y = ctx.op("Add", y, self.bias)
+        return apply_activation(ctx, self.activation, y)

@@ -1,0 +1,67 @@
+"""Core layers: Dense, Embedding."""
+from ..errors import ShapeError
+from .activations import apply_activation
+from .base import ActivationArg, BoolArg, InitializerArg, IntArg, Layer
+
+
+class Dense(Layer):
+    """``activation(x @ kernel + bias)`` on the last axis of the input.
+
+    Args:
+        units: size of the output's last axis.
+        activation: applied to the output; linear by default.
+        use_bias: whether to add a bias (true).
+        kernel_initializer: glorot_uniform.
+        bias_initializer: zeros.
+
+    Weights: kernel [input_dim, units], bias [units].
+    """
+
+    def __init__(self, units: IntArg(1), activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        self.units, self.activation, self.use_bias = units, activation, use_bias
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+
+    def build(self, ctx, x):
+        if x.rank < 2:
+            raise ShapeError("Dense needs an input with a feature axis, got a scalar per batch item")
+        if not isinstance(x.shape[-1], int):
+            raise ShapeError(f"Dense needs a known last dimension, got {x.shape[-1]}")
+        self.kernel = ctx.add_weight(self, "kernel", (x.shape[-1], self.units), x.dtype, self.kernel_initializer)
+        if self.use_bias:
+            self.bias = ctx.add_weight(self, "bias", (self.units,), x.dtype, self.bias_initializer)
+
+    def call(self, ctx, x):
+        y = ctx.op("MatMul", x, self.kernel)
+        if self.use_bias:
+            y = ctx.op("Add", y, self.bias)
+        return apply_activation(ctx, self.activation, y)
+
+
+class Embedding(Layer):
+    """Looks up rows of a table: int ids [..] -> [.., output_dim].
+
+    Args:
+        input_dim: vocabulary size (largest id + 1).
+        output_dim: size of each embedding vector.
+        embeddings_initializer: uniform in [-0.05, 0.05].
+        mask_zero: id 0 is padding (masking arrives with the recurrent layers).
+
+    Weights: embeddings [input_dim, output_dim].
+    """
+
+    def __init__(self, input_dim: IntArg(1), output_dim: IntArg(1),
+                 embeddings_initializer: InitializerArg() = ("uniform", ()), mask_zero: BoolArg() = False):
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.embeddings_initializer, self.mask_zero = embeddings_initializer, mask_zero
+
+    def build(self, ctx, ids):
+        if ids.type.is_float:
+            raise ShapeError(f"Embedding expects integer ids, got {ids.type}",
+                             hint="declare the input as int64[...]")
+        self.embeddings = ctx.add_weight(self, "embeddings", (self.input_dim, self.output_dim), "float32",
+                                         self.embeddings_initializer)
+
+    def call(self, ctx, ids):
+        return ctx.op("Gather", self.embeddings, ids, axis=0)

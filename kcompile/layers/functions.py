@@ -1,0 +1,80 @@
+"""Built-in tensor functions of the language: ``relu(x)``, ``concat(a, b, axis=-1)``, ``mean(x)``...
+
+Each takes the builder context, tensors and keyword arguments. Activations are
+functions too, by their names.
+"""
+from ..errors import ShapeError
+from ..ir.types import DTYPES
+from .activations import ACTIVATIONS, log_softmax, softmax
+from .base import ArgError
+
+
+def _concat(ctx, *xs, axis=-1):
+    if not xs:
+        raise ArgError("concat needs at least one tensor")
+    return xs[0] if len(xs) == 1 else ctx.op("Concat", *xs, axis=axis)
+
+
+def _reduce(op):
+    def fn(ctx, x, axis=None, keepdims=False):
+        if axis is None:
+            axes = tuple(range(x.rank))
+        else:
+            axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+        return ctx.op(op, x, axes=axes, keepdims=int(keepdims))
+    return fn
+
+
+def _unary(op):
+    return lambda ctx, x: ctx.op(op, x)
+
+
+def _square(ctx, x):
+    return ctx.op("Mul", x, x)
+
+
+def _matmul(ctx, a, b):
+    return ctx.op("MatMul", a, b)
+
+
+def _cast(ctx, x, dtype):
+    if str(dtype) not in DTYPES:
+        raise ArgError(f"unknown dtype {dtype}")
+    return ctx.op("Cast", x, to=str(dtype))
+
+
+def _maximum(ctx, a, b):
+    return ctx.op("Max", a, b)
+
+
+def _minimum(ctx, a, b):
+    return ctx.op("Min", a, b)
+
+
+def _transpose(ctx, x, perm=None):
+    perm = tuple(perm) if perm is not None else (0,) + tuple(range(x.rank - 1, 0, -1))
+    if perm[0] != 0:
+        raise ShapeError("transpose cannot move the batch axis")
+    return ctx.op("Transpose", x, perm=perm)
+
+
+FUNCTIONS = {
+    **{name: (lambda f: lambda ctx, x: f(ctx, x))(f) for name, f in ACTIVATIONS.items()},
+    "softmax": lambda ctx, x, axis=-1: softmax(ctx, x, axis),
+    "log_softmax": lambda ctx, x, axis=-1: log_softmax(ctx, x, axis),
+    "concat": _concat,
+    "mean": _reduce("ReduceMean"),
+    "sum": _reduce("ReduceSum"),
+    "max": _reduce("ReduceMax"),
+    "min": _reduce("ReduceMin"),
+    "exp": _unary("Exp"),
+    "log": _unary("Log"),
+    "sqrt": _unary("Sqrt"),
+    "abs": _unary("Abs"),
+    "square": _square,
+    "matmul": _matmul,
+    "maximum": _maximum,
+    "minimum": _minimum,
+    "transpose": _transpose,
+    "cast": _cast,
+}

@@ -1,0 +1,54 @@
+"""The op registry. Each op is defined once: its shape rule (``infer``) and its
+ONNX lowering (``lower``) live together in one class, and the gradient rule
+joins them there when autodiff arrives.
+
+Ops are primitive and close to ONNX; layers (``kcompile.layers``) compose them.
+Images inside ops follow ONNX (channels-first); layers add the transposes that
+the language's channels-last convention needs, and passes remove what they can.
+"""
+from __future__ import annotations
+
+from ..errors import ShapeError, format_shape
+from ..ir import Graph, TensorType
+
+OPS: dict[str, "Op"] = {}
+
+
+def register(cls):
+    """Class decorator: instantiate the op and enter it in the registry under ``cls.name``."""
+    OPS[cls.name] = cls()
+    return cls
+
+
+class Op:
+    name: str = ""
+    onnx_op: str | None = None  # the ONNX op of the default one-to-one lowering
+    # Attributes that do not go to ONNX (compiler bookkeeping) are listed here.
+    ir_only_attrs: tuple = ()
+
+    def infer(self, ins: list[TensorType], attrs: dict) -> list[TensorType]:
+        raise NotImplementedError
+
+    def lower(self, ctx, inputs, outputs, attrs) -> None:
+        """Emit ONNX nodes computing ``outputs`` from ``inputs``."""
+        attrs = {k: v for k, v in attrs.items() if k not in self.ir_only_attrs}
+        ctx.emit(self.onnx_op or self.name, inputs, outputs, **attrs)
+
+    def check_float(self, ins, n=None):
+        for t in ins[:n]:
+            if not t.is_float:
+                raise ShapeError(f"{self.name} needs a floating-point tensor, got {t}",
+                                 hint="cast integer data to float32 first")
+
+
+def emit(graph: Graph, op: str, inputs, attrs=None, loc=None, layer=None, name=None) -> list[str]:
+    """Add a node after checking its input types with the op's shape rule; return its outputs."""
+    definition = OPS[op]
+    attrs = dict(attrs or {})
+    types = definition.infer([graph.types[i] for i in inputs], attrs)
+    return graph.add_node(op, inputs, types, attrs, loc=loc, layer=layer, name=name).outputs
+
+
+def expect_rank(op: str, t: TensorType, rank: int, what: str) -> None:
+    if t.rank != rank:
+        raise ShapeError(f"{op} expects an input of rank {rank} {what}, got {format_shape(t.shape)}")

@@ -1,0 +1,60 @@
+"""Matrix products: MatMul (numpy semantics) and Gemm (x @ W + b, optionally with a fused activation)."""
+from __future__ import annotations
+
+from ..errors import ShapeError, format_shape
+from ..ir import TensorType, broadcast_shapes
+from .base import Op, register
+
+
+def lower_activation(ctx, activation, x, outputs=None):
+    """Emit a fused activation: ``activation`` is (unary op name, ((attr, value), ...)) or None."""
+    from .base import OPS
+    outputs = outputs or [ctx.fresh("activation")]
+    if not activation:
+        ctx.emit("Identity", [x], outputs)
+    else:
+        op, attrs = activation
+        OPS[op].lower(ctx, [x], outputs, dict(attrs))
+    return outputs[0]
+
+
+@register
+class MatMul(Op):
+    name = "MatMul"
+    onnx_op = "MatMul"
+
+    def infer(self, ins, attrs):
+        a, b = ins
+        self.check_float(ins)
+        if a.rank < 1 or b.rank < 1:
+            raise ShapeError("MatMul needs operands of rank >= 1")
+        sa = a.shape if a.rank > 1 else (1,) + a.shape
+        sb = b.shape if b.rank > 1 else b.shape + (1,)
+        if sa[-1] != sb[-2]:
+            raise ShapeError(f"matmul of {format_shape(a.shape)} and {format_shape(b.shape)}: "
+                             f"inner dimensions {sa[-1]} and {sb[-2]} differ")
+        batch = broadcast_shapes(sa[:-2], sb[:-2])
+        out = batch + (sa[-2],) * (a.rank > 1) + (sb[-1],) * (b.rank > 1)
+        return [TensorType(a.dtype, out)]
+
+
+@register
+class Gemm(Op):
+    """y = activation(x @ W + b) for x [M, K], W [K, N], b [N] (optional). attrs: activation."""
+    name = "Gemm"
+
+    def infer(self, ins, attrs):
+        self.check_float(ins)
+        x, w = ins[0], ins[1]
+        if x.rank != 2 or w.rank != 2 or x.shape[1] != w.shape[0]:
+            raise ShapeError(f"Gemm of {format_shape(x.shape)} and {format_shape(w.shape)}")
+        if len(ins) == 3 and ins[2].shape not in ((w.shape[1],), (1, w.shape[1])):
+            raise ShapeError(f"Gemm bias {format_shape(ins[2].shape)} does not match {w.shape[1]} units")
+        return [TensorType(x.dtype, (x.shape[0], w.shape[1]))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        act = attrs.get("activation")
+        out = [ctx.fresh(outputs[0] + "/gemm")] if act else outputs
+        ctx.emit("Gemm", inputs, out)
+        if act:
+            lower_activation(ctx, act, out[0], outputs)

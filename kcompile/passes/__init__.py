@@ -1,0 +1,38 @@
+"""Optimization passes: each a small function ``Graph -> Graph`` (they may edit in place
+and return the graph). ``PIPELINE`` lists them in order, with the level that enables each."""
+from __future__ import annotations
+
+from .dce import dead_code_elimination
+from .dropout import remove_dropout
+from .fold import constant_folding
+from .cse import common_subexpression_elimination
+from .transpose import sink_transposes
+from .fusion import fold_batchnorm, fuse_activation, fuse_bias
+
+# (name, function, minimum -O level)
+PIPELINE = [
+    ("remove-dropout", remove_dropout, 1),
+    ("constant-folding", constant_folding, 1),
+    ("cse", common_subexpression_elimination, 1),
+    ("transpose-sinking", sink_transposes, 1),
+    ("bias-fusion", fuse_bias, 1),
+    ("batchnorm-folding", fold_batchnorm, 1),
+    ("activation-fusion", fuse_activation, 1),
+    ("cse", common_subexpression_elimination, 1),
+    ("dead-code-elimination", dead_code_elimination, 1),
+]
+
+
+def optimize(graph, level: int = 1, report=None):
+    """Run the pipeline at ``-O<level>``; returns (graph, names of the passes applied).
+    ``report``, if given, is called as report(pass_name, nodes_before, nodes_after)."""
+    applied = []
+    for name, fn, minimum in PIPELINE:
+        if level < minimum:
+            continue
+        before = len(graph.nx)
+        graph = fn(graph)
+        applied.append(name)
+        if report:
+            report(name, before, len(graph.nx))
+    return graph, applied

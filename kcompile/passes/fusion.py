@@ -1,0 +1,102 @@
+"""Fusions for inference: bias adds into Conv/Gemm, BatchNormalization into the
+preceding Conv/Gemm, and an element-wise activation into Conv/Gemm.
+
+Folded weights are computed by graph ops on the weights themselves (so the model's
+weights stay in Keras layout and ``set_weights`` keeps working); onnxruntime
+evaluates those ops once when the session starts.
+"""
+from ..ir import Graph
+from ..ops import OPS
+from ..ops.elementwise import Unary
+from .util import add, is_static, replace, sole_consumer
+
+_FUSABLE = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _channel_vector(g: Graph, value: str, channels: int, axis: int, rank: int):
+    """If ``value`` broadcasts as a per-channel vector along ``axis`` of a rank-``rank``
+    tensor, return the length it must be reshaped to; else None."""
+    shape = g.types[value].shape
+    if len(shape) > rank:
+        return None
+    padded = (1,) * (rank - len(shape)) + tuple(shape)
+    others = [d for i, d in enumerate(padded) if i != axis]
+    if all(d == 1 for d in others) and padded[axis] in (channels, 1):
+        return padded[axis]
+    return None
+
+
+def fuse_bias(g: Graph) -> Graph:
+    """MatMul(x, W) + b -> Gemm(x, W, b) for rank-2 x; Conv(x, W) + b -> Conv(x, W, b)."""
+    for node in g.nodes():
+        if node.name not in g.nx or node.op not in ("MatMul", "Conv", "ConvTranspose"):
+            continue
+        if node.op == "MatMul" and (g.types[node.inputs[0]].rank != 2 or g.types[node.inputs[1]].rank != 2):
+            continue
+        if node.op != "MatMul" and len(node.inputs) == 3:
+            continue
+        out = node.outputs[0]
+        user = sole_consumer(g, out)
+        if user is None or user.op != "Add":
+            continue
+        bias = user.inputs[1] if user.inputs[0] == out else user.inputs[0]
+        t = g.types[out]
+        if not is_static(g, bias) or g.types[bias].dtype != t.dtype:
+            continue
+        channels = t.shape[1]
+        if _channel_vector(g, bias, channels, 1, t.rank) != channels:
+            continue
+        if g.types[bias].shape != (channels,):
+            bias = add(g, user, "Reshape", [bias], shape=(channels,))
+        op = "Gemm" if node.op == "MatMul" else node.op
+        fused = add(g, node, op, node.inputs + [bias], **node.attrs)
+        replace(g, user.outputs[0], fused)
+    return g
+
+
+def fold_batchnorm(g: Graph) -> Graph:
+    """Conv/Gemm followed by inference BatchNormalization on its channels -> one Conv/Gemm:
+    W' = W * s, b' = (b - mean) * s + beta, with s = gamma / sqrt(var + epsilon)."""
+    for bn in g.nodes():
+        if bn.name not in g.nx or bn.op != "BatchNormalization":
+            continue
+        x = bn.inputs[0]
+        node = g.producer_of(x)
+        if node is None or node.op not in _FUSABLE or node.attrs.get("activation") or sole_consumer(g, x) is not bn:
+            continue
+        if bn.attrs["axis"] % g.types[x].rank != 1 or not all(is_static(g, v) for v in bn.inputs[1:]):
+            continue
+        if node.op != "Gemm" and node.attrs.get("group", 1) != 1 and node.op == "ConvTranspose":
+            continue
+        gamma, beta, mean, var = bn.inputs[1:]
+        dtype = g.types[x].dtype
+        eps = g.add_const(__import__("numpy").asarray(bn.attrs.get("epsilon", 1e-3), dtype=dtype), base="epsilon")
+        scale = add(g, bn, "Div", [gamma, add(g, bn, "Sqrt", [add(g, bn, "Add", [var, eps])])])
+        w = node.inputs[1]
+        w_rank = g.types[w].rank
+        if node.op == "Gemm":  # W [K, N]: scale columns
+            w_scale = scale
+        else:  # Conv W [O, I, k...] scales axis 0; ConvTranspose W [I, O, k...] axis 1
+            shape = [1] * w_rank
+            shape[0 if node.op == "Conv" else 1] = -1
+            w_scale = add(g, bn, "Reshape", [scale], shape=tuple(shape))
+        new_w = add(g, bn, "Mul", [w, w_scale])
+        shifted = add(g, bn, "Sub", [node.inputs[2], mean]) if len(node.inputs) == 3 else add(g, bn, "Neg", [mean])
+        new_b = add(g, bn, "Add", [add(g, bn, "Mul", [shifted, scale]), beta])
+        fused = add(g, node, node.op, [node.inputs[0], new_w, new_b], **node.attrs)
+        replace(g, bn.outputs[0], fused)
+    return g
+
+
+def fuse_activation(g: Graph) -> Graph:
+    """Conv/Gemm followed by an element-wise activation -> the op with a fused ``activation``."""
+    for node in g.nodes():
+        if node.name not in g.nx or node.op not in _FUSABLE or node.attrs.get("activation"):
+            continue
+        user = sole_consumer(g, node.outputs[0])
+        if user is None or not isinstance(OPS[user.op], Unary):
+            continue
+        activation = (user.op, tuple(sorted(user.attrs.items())))
+        fused = add(g, node, node.op, node.inputs, **{**node.attrs, "activation": activation})
+        replace(g, user.outputs[0], fused)
+    return g

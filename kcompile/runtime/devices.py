@@ -1,0 +1,39 @@
+"""Execution-provider choice: CPU by default, CUDA when asked for and present."""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver sees; 0 without a driver (no onnxruntime noise: we ask the driver)."""
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            cuda = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def cuda_available() -> bool:
+    import onnxruntime as ort
+    return "CUDAExecutionProvider" in ort.get_available_providers() and cuda_device_count() > 0
+
+
+def providers_for(device: str) -> list[str]:
+    """``cpu``, ``cuda`` (error if absent) or ``auto`` (CUDA when present, else CPU, silently)."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device in ("cuda", "gpu"):
+        if not cuda_available():
+            raise RuntimeError("device='cuda' was asked for, but no CUDA GPU is usable here "
+                               "(onnxruntime-gpu and an NVIDIA driver are needed); use device='cpu' or 'auto'")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":
+        return providers_for("cuda") if cuda_available() else ["CPUExecutionProvider"]
+    raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")

@@ -1,0 +1,206 @@
+"""The user-facing Model: predict, summary, weights, ONNX export, on ONNX Runtime."""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ShapeMismatch, format_shape
+from ..ir.types import DTYPES
+from .devices import providers_for
+from .summary import format_summary
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple  # without the batch dimension; None for a symbolic dimension
+
+    def describe(self) -> str:
+        dims = ", ".join("None" if d is None else str(d) for d in (None,) + self.shape)
+        return f"({dims})"
+
+
+def _specs(entries) -> list[TensorSpec]:
+    return [TensorSpec(e["name"], e["dtype"], tuple(d if isinstance(d, int) else None for d in e["shape"][1:]))
+            for e in entries]
+
+
+class Model:
+    """A compiled model. Build it with :func:`kcompile.compile` or :func:`kcompile.load`."""
+
+    def __init__(self, onnx_bytes: bytes, manifest: dict, weights: dict[str, np.ndarray], device: str = "cpu"):
+        self._onnx = onnx_bytes
+        self.manifest = manifest
+        self.name = manifest["model"]
+        self.inputs = _specs(manifest["inputs"])
+        self.outputs = _specs(manifest["outputs"])
+        self._param_names = [p["name"] for p in manifest["parameters"]]
+        self._weights = {n: np.ascontiguousarray(weights[n]) for n in self._param_names}
+        self.device = device
+        self._providers = providers_for(device)
+        self._session = None
+
+    # ---------------- construction ----------------
+    @classmethod
+    def from_compiled(cls, compiled, seed: int = 0, device: str = "cpu") -> "Model":
+        from ..backend import to_onnx
+        from ..driver import initial_weights, manifest_for
+        weights = initial_weights(compiled.graph, seed)
+        proto = to_onnx(compiled.graph, weights)
+        return cls(proto.SerializeToString(), manifest_for(compiled, seed), weights, device)
+
+    @classmethod
+    def load(cls, path, device: str = "cpu") -> "Model":
+        folder = Path(path)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.exists():
+            subdirs = [p for p in folder.glob("*/manifest.json")] if folder.is_dir() else []
+            if len(subdirs) == 1:
+                folder, manifest_path = subdirs[0].parent, subdirs[0]
+            else:
+                raise FileNotFoundError(f"{folder} is not a kcompile build folder (no manifest.json)")
+        manifest = json.loads(manifest_path.read_text())
+        onnx_bytes = (folder / manifest["files"]["inference"]).read_bytes()
+        with np.load(folder / manifest["files"]["weights"]) as data:
+            arrays = [data[k] for k in sorted(data.files)]
+        names = [p["name"] for p in manifest["parameters"]]
+        return cls(onnx_bytes, manifest, dict(zip(names, arrays)), device)
+
+    # ---------------- weights ----------------
+    def get_weights(self) -> list[np.ndarray]:
+        """All weights in Keras's order and layouts (Dense kernel [in, out], Conv2D kernel [kh, kw, in, out])."""
+        return [self._weights[n].copy() for n in self._param_names]
+
+    def set_weights(self, weights) -> None:
+        weights = list(weights)
+        if len(weights) != len(self._param_names):
+            raise ValueError(f"set_weights: the model has {len(self._param_names)} weights, got {len(weights)}")
+        new = {}
+        for name, spec, w in zip(self._param_names, self.manifest["parameters"], weights):
+            w = np.asarray(w)
+            if tuple(w.shape) != tuple(spec["shape"]):
+                raise ShapeMismatch(f"set_weights: weight {name} expects shape {tuple(spec['shape'])}, "
+                                    f"got {tuple(w.shape)}")
+            new[name] = np.ascontiguousarray(w, dtype=spec["dtype"])
+        self._weights = new
+        self._session = None  # rebuilt with the new weights on the next call
+
+    @property
+    def weight_names(self) -> list[str]:
+        return list(self._param_names)
+
+    def count_params(self) -> int:
+        return int(sum(w.size for w in self._weights.values()))
+
+    # ---------------- inference ----------------
+    def _inference_session(self):
+        if self._session is None:
+            import onnxruntime as ort
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Override the file's initializers with the current weights, without re-serializing.
+            self._ort_values = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in self._weights.items()}
+            for name, value in self._ort_values.items():
+                options.add_initializer(name, value)
+            self._session = ort.InferenceSession(self._onnx, options, providers=self._providers)
+        return self._session
+
+    def _prepare(self, x, where: str) -> dict[str, np.ndarray]:
+        """Check and convert inputs: one array for one input, else a dict by name or a list in order."""
+        if isinstance(x, dict):
+            missing = [s.name for s in self.inputs if s.name not in x]
+            extra = [k for k in x if k not in {s.name for s in self.inputs}]
+            if missing or extra:
+                raise ShapeMismatch(f"{where}: the model's inputs are {[s.name for s in self.inputs]}; "
+                                    f"missing {missing}, unknown {extra}")
+            arrays = [x[s.name] for s in self.inputs]
+        elif isinstance(x, (list, tuple)) and len(self.inputs) > 1:
+            if len(x) != len(self.inputs):
+                raise ShapeMismatch(f"{where}: the model has {len(self.inputs)} inputs "
+                                    f"({', '.join(s.name for s in self.inputs)}), got {len(x)} arrays")
+            arrays = list(x)
+        else:
+            if len(self.inputs) > 1:
+                raise ShapeMismatch(f"{where}: the model has {len(self.inputs)} inputs "
+                                    f"({', '.join(s.name for s in self.inputs)}); pass a dict by name")
+            arrays = [x]
+        feeds, batch = {}, None
+        for spec, a in zip(self.inputs, arrays):
+            a = np.asarray(a)
+            if a.dtype.kind not in "biuf":
+                raise ShapeMismatch(f"{where}: input {spec.name!r} expects {spec.dtype} numbers, got dtype {a.dtype}")
+            if a.ndim != len(spec.shape) + 1 or any(d is not None and d != g for d, g in zip(spec.shape, a.shape[1:])):
+                hint = ""
+                if a.ndim >= 1 and a.size and all(d is not None for d in spec.shape) and \
+                        a.size % max(1, int(np.prod(spec.shape))) == 0 and a.shape[0] * int(np.prod(spec.shape)) == a.size:
+                    hint = f"; reshape with x.reshape((-1, {', '.join(map(str, spec.shape))}))"
+                raise ShapeMismatch(f"{where}: input {spec.name!r} expects shape {spec.describe()}, "
+                                    f"got {tuple(a.shape)}{hint}")
+            want = DTYPES[spec.dtype]
+            if a.dtype != want:
+                if np.dtype(want).kind in "iu" and a.dtype.kind == "f" and not np.all(np.mod(a, 1) == 0):
+                    raise ShapeMismatch(f"{where}: input {spec.name!r} expects integer ids ({spec.dtype}), "
+                                        f"got non-integer {a.dtype} values")
+                a = a.astype(want)
+            if batch is not None and a.shape[0] != batch:
+                raise ShapeMismatch(f"{where}: inputs have different batch sizes ({batch} and {a.shape[0]})")
+            batch = a.shape[0]
+            feeds[spec.name] = np.ascontiguousarray(a)
+        return feeds
+
+    def predict(self, x, batch_size: int | None = 32, verbose: int = 0):
+        """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time.
+        Returns an array for a one-output model, else a list in the model's output order."""
+        feeds = self._prepare(x, "predict")
+        session = self._inference_session()
+        n = next(iter(feeds.values())).shape[0]
+        step = n if not batch_size or batch_size >= n else int(batch_size)
+        chunks = []
+        for start in range(0, max(n, 1), max(step, 1)):
+            part = {k: v[start:start + step] for k, v in feeds.items()}
+            chunks.append(session.run(None, part))
+        outs = [np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
+                for i in range(len(self.outputs))]
+        return outs[0] if len(outs) == 1 else outs
+
+    __call__ = predict
+
+    # ---------------- description and export ----------------
+    def summary(self, print_fn=print) -> str:
+        text = format_summary(self.manifest)
+        if print_fn:
+            print_fn(text)
+        return text
+
+    def onnx_model(self):
+        """The inference graph as an onnx.ModelProto holding the current weights."""
+        import onnx
+        from onnx import numpy_helper
+        proto = onnx.load_from_string(self._onnx)
+        by_name = {t.name: i for i, t in enumerate(proto.graph.initializer)}
+        for name, w in self._weights.items():
+            proto.graph.initializer[by_name[name]].CopyFrom(numpy_helper.from_array(w, name))
+        return proto
+
+    def save_onnx(self, path) -> Path:
+        """Write a standalone .onnx (the inference graph with the current weights), atomically."""
+        from ..driver import write_atomic
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, self.onnx_model().SerializeToString())
+        return path
+
+    def weights_npz(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(self.get_weights())})
+        return buf.getvalue()
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.inputs)
+        return f"<kcompile.Model {self.name}({ins}) {self.count_params():,} params on {self.device}>"
