@@ -20,6 +20,7 @@ INITIALIZERS = {
     "truncated_normal": {"mean": 0.0, "stddev": 0.05},
     "orthogonal": {"gain": 1.0},
     "identity": {"gain": 1.0},
+    "unit_forget_bias": {},  # LSTM bias: zeros, ones for the forget gate (second quarter)
 }
 # Keras's CamelCase class names are accepted too.
 ALIASES = {"Zeros": "zeros", "Ones": "ones", "Constant": "constant", "GlorotUniform": "glorot_uniform",
@@ -86,6 +87,10 @@ def make(spec, shape, rng: np.random.Generator, dtype="float32") -> np.ndarray:
         q = q * np.sign(np.diag(r))
         q = q if rows >= cols else q.T
         out = args["gain"] * q[:rows, :cols].reshape(shape)
+    elif name == "unit_forget_bias":
+        out = np.zeros(shape)
+        u = shape[0] // 4
+        out[u:2 * u] = 1.0
     elif name == "identity":
         out = args["gain"] * np.eye(*shape)
     else:

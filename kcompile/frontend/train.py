@@ -1,11 +1,313 @@
-"""Checking of a model's ``train { ... }`` section (compiled to training graphs by a later stage)."""
+"""Checking of a model's ``train { ... }`` section.
+
+The section is checked here against the model (names, arguments, target and
+prediction shapes) and described in the manifest; the training release compiles
+it into gradient and optimizer graphs.
+"""
 from __future__ import annotations
 
+from ..errors import Diagnostic, KcompileError, did_you_mean, format_shape
+from ..ir import BATCH, DTYPES
+from . import ast
 
-def check_train(graph, model_ast, module):
+# loss name -> allowed keyword arguments (defaults as Keras)
+LOSSES = {
+    "mean_squared_error": {}, "mean_absolute_error": {},
+    "huber": {"delta": 1.0},
+    "categorical_crossentropy": {"from_logits": False, "label_smoothing": 0.0},
+    "sparse_categorical_crossentropy": {"from_logits": False},
+    "binary_crossentropy": {"from_logits": False, "label_smoothing": 0.0},
+}
+LOSS_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber_loss": "huber"}
+
+_COMMON = {"clipnorm": None, "clipvalue": None, "global_clipnorm": None}
+OPTIMIZERS = {
+    "SGD": {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False, "weight_decay": None, **_COMMON},
+    "RMSprop": {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False,
+                "weight_decay": None, **_COMMON},
+    "Adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False,
+             "weight_decay": None, **_COMMON},
+    "AdamW": {"learning_rate": 0.001, "weight_decay": 0.004, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+              "amsgrad": False, **_COMMON},
+    "Adagrad": {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 1e-7,
+                "weight_decay": None, **_COMMON},
+}
+SCHEDULES = {
+    "ExponentialDecay": {"initial_learning_rate": None, "decay_steps": None, "decay_rate": None, "staircase": False},
+    "CosineDecay": {"initial_learning_rate": None, "decay_steps": None, "alpha": 0.0},
+    "StepDecay": {"initial_learning_rate": None, "step_size": None, "factor": 0.5},
+}
+METRICS = {"accuracy", "categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy",
+           "mae", "mse", "mean_absolute_error", "mean_squared_error", "precision", "recall", "auc"}
+REGULARIZERS = {"l1", "l2"}
+REDUCTIONS = {"mean", "sum"}
+KEYS = {"loss", "optimizer", "metrics", "loss_weights"}
+
+
+def unparse(e) -> str:
+    """Source text of an expression, normalised."""
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Number):
+        return repr(e.value)
+    if isinstance(e, ast.String):
+        return repr(e.value)
+    if isinstance(e, ast.Bool):
+        return "true" if e.value else "false"
+    if isinstance(e, (ast.Tuple, ast.List)):
+        inner = ", ".join(unparse(i) for i in e.items)
+        return f"({inner})" if isinstance(e, ast.Tuple) else f"[{inner}]"
+    if isinstance(e, ast.Neg):
+        return f"-{unparse(e.operand)}"
+    if isinstance(e, ast.BinOp):
+        return f"({unparse(e.left)} {e.op} {unparse(e.right)})"
+    if isinstance(e, ast.Call):
+        args = [unparse(a) for a in e.args] + [f"{k.name}={unparse(k.value)}" for k in e.kwargs]
+        return f"{unparse(e.func)}({', '.join(args)})"
+    return "?"
+
+
+def _literal(e):
+    if isinstance(e, ast.Number):
+        return e.value
+    if isinstance(e, ast.Bool):
+        return e.value
+    if isinstance(e, ast.Neg) and isinstance(e.operand, ast.Number):
+        return -e.operand.value
+    if isinstance(e, (ast.List, ast.Tuple)):
+        return [_literal(i) for i in e.items]
+    if isinstance(e, (ast.Name, ast.String)):
+        return e.id if isinstance(e, ast.Name) else e.value
+    return unparse(e)
+
+
+class _Checker:
+    def __init__(self, graph, model):
+        self.graph, self.model = graph, model
+        self.diagnostics: list[Diagnostic] = []
+        self.env = dict(graph.meta.get("env", {}))
+        self.outputs = {public: graph.types[v] for public, v in graph.outputs}
+        self.targets = {}
+
+    def error(self, message, loc, hint=None):
+        self.diagnostics.append(Diagnostic(message, loc, hint))
+
+    def value_type(self, e):
+        """The type of a name used in the loss: a target, an output, or a named model value."""
+        if not isinstance(e, ast.Name):
+            self.error("expected the name of an output or a target", e.loc)
+            return None
+        if e.id in self.targets:
+            return self.targets[e.id]
+        if e.id in self.outputs:
+            return self.outputs[e.id]
+        if e.id in self.env:
+            return self.env[e.id].type
+        names = list(self.targets) + list(self.outputs) + list(self.env)
+        self.error(f"unknown name {e.id} in the train section", e.loc,
+                   did_you_mean(e.id, names) or f"outputs: {', '.join(self.outputs)}")
+        return None
+
+    def check(self, train: ast.Train) -> dict:
+        seen = {}
+        for s in train.statements:
+            if isinstance(s, ast.TargetDecl):
+                self.target(s)
+            elif s.name not in KEYS:
+                self.error(f"unknown train setting {s.name}", s.loc,
+                           did_you_mean(s.name, KEYS) or f"settings: {', '.join(sorted(KEYS))}")
+            elif s.name in seen:
+                self.error(f"{s.name} is set twice", s.loc)
+            else:
+                seen[s.name] = s
+        result = {"targets": {n: {"dtype": t.dtype, "shape": list(t.shape)} for n, t in self.targets.items()}}
+        if "loss" not in seen:
+            self.error("the train section needs a loss", train.loc, "e.g. loss = categorical_crossentropy")
+        else:
+            self.loss(seen["loss"].expr, top=True)
+            result["loss"] = unparse(seen["loss"].expr)
+        if "optimizer" not in seen:
+            self.error("the train section needs an optimizer", train.loc, "e.g. optimizer = Adam()")
+        else:
+            result["optimizer"] = self.optimizer(seen["optimizer"].expr)
+        if "metrics" in seen:
+            result["metrics"] = self.metrics(seen["metrics"].expr)
+        if "loss_weights" in seen:
+            result["loss_weights"] = _literal(seen["loss_weights"].expr)
+        return result
+
+    def target(self, s: ast.TargetDecl):
+        t = s.type
+        if t.dtype not in DTYPES:
+            self.error(f"unknown dtype {t.dtype}", t.loc, did_you_mean(t.dtype, DTYPES))
+            return
+        dims = []
+        for d in t.dims:
+            if isinstance(d, ast.Number) and isinstance(d.value, int) and d.value > 0:
+                dims.append(d.value)
+            elif isinstance(d, ast.Name):
+                dims.append(d.id)
+            else:
+                self.error("a dimension must be a positive integer or a name", d.loc)
+                return
+        if s.name in self.outputs or s.name in self.env:
+            self.error(f"target {s.name} has the name of a model value", s.loc)
+        from ..ir import TensorType
+        self.targets[s.name] = TensorType(t.dtype, (BATCH,) + tuple(dims))
+
+    def loss(self, e, top=False):
+        if isinstance(e, ast.Number):
+            return
+        if isinstance(e, ast.BinOp):
+            self.loss(e.left)
+            self.loss(e.right)
+            return
+        if isinstance(e, ast.Neg):
+            self.loss(e.operand)
+            return
+        if isinstance(e, ast.Name):
+            name = LOSS_ALIASES.get(e.id, e.id)
+            if name not in LOSSES:
+                self.error(f"unknown loss {e.id}", e.loc, did_you_mean(e.id, list(LOSSES) + list(LOSS_ALIASES)))
+            elif len(self.outputs) != 1:
+                self.error(f"the model has {len(self.outputs)} outputs; say which this loss is for", e.loc,
+                           f"write {e.id}({next(iter(self.outputs))})")
+            else:
+                self.prediction_ok(name, next(iter(self.outputs.values())), e.loc)
+            return
+        if isinstance(e, ast.Call) and isinstance(e.func, ast.Name):
+            fn = e.func.id
+            if fn in REDUCTIONS:
+                for a in e.args:
+                    self.loss(a)
+                return
+            if fn in REGULARIZERS:
+                if len(e.args) != 1 or not isinstance(e.args[0], ast.Name) or e.args[0].id != "weights":
+                    self.error(f"{fn} takes `weights`: {fn}(weights)", e.loc)
+                return
+            name = LOSS_ALIASES.get(fn, fn)
+            if name not in LOSSES:
+                self.error(f"unknown loss {fn}", e.loc,
+                           did_you_mean(fn, list(LOSSES) + list(LOSS_ALIASES) + list(REDUCTIONS) + list(REGULARIZERS)))
+                return
+            for k in e.kwargs:
+                if k.name not in LOSSES[name]:
+                    self.error(f"{fn} has no argument {k.name!r}", k.loc, did_you_mean(k.name, LOSSES[name]))
+            if len(e.args) == 1:
+                pred = self.value_type(e.args[0])
+                if pred is not None:
+                    self.prediction_ok(name, pred, e.loc)
+            elif len(e.args) == 2:
+                target, pred = self.value_type(e.args[0]), self.value_type(e.args[1])
+                if target is not None and pred is not None:
+                    self.pair_ok(name, target, pred, e.loc)
+            else:
+                self.error(f"{fn} takes (prediction) or (target, prediction), got {len(e.args)} arguments", e.loc)
+            return
+        self.error(f"not a loss expression: {unparse(e)}", e.loc)
+
+    def prediction_ok(self, name, pred, loc):
+        if not pred.is_float:
+            self.error(f"{name} needs a floating-point prediction, got {pred}", loc)
+
+    def pair_ok(self, name, target, pred, loc):
+        self.prediction_ok(name, pred, loc)
+        if name == "sparse_categorical_crossentropy":
+            if target.shape[1:] != pred.shape[1:-1]:
+                self.error(f"{name}: class-index target {format_shape(target.shape[1:])} does not match "
+                           f"prediction {format_shape(pred.shape[1:])} (expected {format_shape(pred.shape[1:-1])})",
+                           loc)
+            elif target.is_float:
+                self.error(f"{name} needs integer class indices as target, got {target}", loc,
+                           "declare it as int64[...]")
+        elif target.shape[1:] != pred.shape[1:]:
+            hint = None
+            if pred.rank > 2 and target.rank == 2:
+                hint = "add Flatten() or GlobalAveragePooling2D() before the last Dense"
+            self.error(f"{name}: target {format_shape(target.shape[1:])} and prediction "
+                       f"{format_shape(pred.shape[1:])} differ", loc, hint)
+
+    def optimizer(self, e) -> dict:
+        name, args, kwargs = (e.id, [], []) if isinstance(e, ast.Name) else \
+            (e.func.id, e.args, e.kwargs) if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) else (None, [], [])
+        if name not in OPTIMIZERS:
+            self.error(f"unknown optimizer {name or unparse(e)}", e.loc,
+                       did_you_mean(name, OPTIMIZERS) if name else "e.g. Adam()")
+            return {}
+        allowed = OPTIMIZERS[name]
+        values = dict(allowed)
+        if len(args) > 1:
+            self.error(f"{name} takes learning_rate as its only positional argument", e.loc)
+        if args:
+            values["learning_rate"] = self.number_or_schedule(args[0])
+        for k in kwargs:
+            if k.name not in allowed:
+                self.error(f"{name} has no argument {k.name!r}", k.loc, did_you_mean(k.name, allowed))
+            elif k.name == "learning_rate":
+                values[k.name] = self.number_or_schedule(k.value)
+            else:
+                v = _literal(k.value)
+                default = allowed[k.name]
+                if isinstance(default, bool) and not isinstance(v, bool):
+                    self.error(f"{name} argument {k.name} is true or false, got {unparse(k.value)}", k.value.loc)
+                elif not isinstance(default, bool) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    self.error(f"{name} argument {k.name} is a number, got {unparse(k.value)}", k.value.loc)
+                elif not isinstance(v, bool) and v < 0:
+                    self.error(f"{name} argument {k.name} must not be negative, got {v}", k.value.loc)
+                values[k.name] = v
+        return {"name": name, "args": values}
+
+    def number_or_schedule(self, e):
+        v = _literal(e)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if v <= 0:
+                self.error(f"learning_rate must be positive, got {v}", e.loc)
+            return float(v)
+        if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in SCHEDULES:
+            allowed = SCHEDULES[e.func.id]
+            names = list(allowed)
+            values = {names[i]: _literal(a) for i, a in enumerate(e.args[:len(names)])}
+            for k in e.kwargs:
+                if k.name not in allowed:
+                    self.error(f"{e.func.id} has no argument {k.name!r}", k.loc, did_you_mean(k.name, allowed))
+                values[k.name] = _literal(k.value)
+            for n, default in allowed.items():
+                if n not in values and default is None:
+                    self.error(f"{e.func.id} needs {n}", e.loc)
+                values.setdefault(n, default)
+            return {"schedule": e.func.id, **values}
+        self.error(f"learning_rate must be a number or a schedule ({', '.join(SCHEDULES)}), got {unparse(e)}",
+                   e.loc)
+        return None
+
+    def metrics(self, e) -> list:
+        items = e.items if isinstance(e, ast.List) else [e]
+        out = []
+        for m in items:
+            name = m.id if isinstance(m, ast.Name) else m.func.id if isinstance(m, ast.Call) and \
+                isinstance(m.func, ast.Name) else None
+            if name not in METRICS:
+                self.error(f"unknown metric {name or unparse(m)}", m.loc,
+                           did_you_mean(name, METRICS) if name else None)
+                continue
+            if isinstance(m, ast.Call):
+                for a in m.args:
+                    self.value_type(a)
+            elif len(self.outputs) != 1:
+                self.error(f"the model has {len(self.outputs)} outputs; say which this metric is for", m.loc,
+                           f"write {name}({next(iter(self.outputs))})")
+            out.append(unparse(m))
+        return out
+
+
+def check_train(graph, model_ast, module=None):
     """Return a JSON-able description of the train section, or None when the model has none.
     Raises KcompileError listing every problem found."""
-    train = next((s for s in model_ast.body if s.__class__.__name__ == "Train"), None)
+    train = next((s for s in model_ast.body if isinstance(s, ast.Train)), None)
     if train is None:
         return None
-    return {"present": True}
+    checker = _Checker(graph, model_ast)
+    result = checker.check(train)
+    if checker.diagnostics:
+        raise KcompileError(sorted(checker.diagnostics, key=lambda d: (d.loc.line, d.loc.col) if d.loc else (0, 0)))
+    return result

@@ -7,6 +7,7 @@ from .merging import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subt
 from .normalization import BatchNormalization
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
                       GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D)
+from .recurrent import LSTM
 from .regularization import Dropout
 from .reshaping import Flatten, Permute, Reshape
 from .functions import FUNCTIONS
@@ -16,6 +17,7 @@ LAYERS = {cls.__name__: cls for cls in [
     Conv1D, Conv2D, Conv2DTranspose,
     MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D,
     GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
+    LSTM,
     BatchNormalization, Dropout,
     Flatten, Reshape, Permute,
     Activation, ReLU, LeakyReLU, ELU, Softmax,

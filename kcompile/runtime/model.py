@@ -44,6 +44,7 @@ class Model:
         self.device = device
         self._providers = providers_for(device)
         self._session = None
+        self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
 
     # ---------------- construction ----------------
     @classmethod
@@ -89,6 +90,7 @@ class Model:
             new[name] = np.ascontiguousarray(w, dtype=spec["dtype"])
         self._weights = new
         self._session = None  # rebuilt with the new weights on the next call
+        self._onnx_weights_current = False
 
     @property
     def weight_names(self) -> list[str]:
@@ -104,11 +106,14 @@ class Model:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Override the file's initializers with the current weights, without re-serializing.
-            self._ort_values = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in self._weights.items()}
-            for name, value in self._ort_values.items():
-                options.add_initializer(name, value)
-            self._session = ort.InferenceSession(self._onnx, options, providers=self._providers)
+            # The weights go into the model bytes rather than SessionOptions.add_initializer:
+            # onnxruntime folds weight-only subgraphs (layout transposes, folded BatchNorm)
+            # from the file's own initializers, before any override would apply.
+            if self._onnx_weights_current:
+                data = self._onnx
+            else:
+                data = self.onnx_model().SerializeToString()
+            self._session = ort.InferenceSession(data, options, providers=self._providers)
         return self._session
 
     def _prepare(self, x, where: str) -> dict[str, np.ndarray]:
