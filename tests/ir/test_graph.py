@@ -1,0 +1,79 @@
+"""The graph IR: types on every value, locations on every node, a printable form."""
+import pytest
+
+from kcompile.driver import compile_source
+from kcompile.errors import ShapeError
+from kcompile.ir import BATCH, TensorType, broadcast_shapes
+
+SRC = """model m {
+    input x: float32[6]
+    h = Dense(4, activation=relu)(x)
+    y = h * 2.0
+    output y
+}"""
+
+
+def test_every_value_typed_every_node_located():
+    g = compile_source(SRC, "m.kdl", opt_level=0).graph
+    for node in g.nodes():
+        assert node.loc is not None and node.loc.file == "m.kdl"
+        for v in node.inputs + node.outputs:
+            assert isinstance(g.types[v], TensorType)
+    lines = {n.op: n.loc.line for n in g.nodes()}
+    assert lines == {"MatMul": 3, "Add": 3, "Relu": 3, "Mul": 4}
+    assert g.types[g.outputs[0][1]] == TensorType("float32", (BATCH, 4))
+
+
+def test_printable_form():
+    text = str(compile_source(SRC, "m.kdl", opt_level=0).graph)
+    assert text.startswith("graph m {")
+    assert "input  %x: float32[N, 6]" in text
+    assert "param  %dense/kernel: float32[6, 4] = glorot_uniform" in text
+    assert "= MatMul(%x, %dense/kernel)  # 3:9" in text
+    assert text.rstrip().endswith("}")
+
+
+def test_broadcasting_rules():
+    assert broadcast_shapes((BATCH, 1, 3), (4, 1)) == (BATCH, 4, 3)
+    assert broadcast_shapes((BATCH, 5), ()) == (BATCH, 5)
+    with pytest.raises(ShapeError, match=r"\[N, 3\] and \[4\] do not broadcast"):
+        broadcast_shapes((BATCH, 3), (4,))
+
+
+def test_shared_layer_has_one_set_of_weights():
+    src = """model m {
+        input a: float32[3]
+        layer d = Dense(2)
+        y = d(a) + d(a * 2.0)
+        output y
+    }"""
+    g = compile_source(src, "m.kdl", opt_level=0).graph
+    assert list(g.params) == ["d/kernel", "d/bias"]
+    assert [n.op for n in g.nodes()].count("MatMul") == 2
+
+
+def test_blocks_and_models_inside_models_name_their_weights():
+    src = """
+    block Scale(units: int) {
+        input x
+        weight gamma: [units] = ones
+        output x * gamma
+    }
+    model inner {
+        input z: float32[3]
+        out = Dense(3)
+        output out
+    }
+    model outer {
+        input x: float32[3]
+        a = Scale(3)(x)
+        b = Scale(3)(a)
+        layer s = Scale(3)
+        c = s(b) + s(a)
+        y = inner(c, trainable=false)
+        output y
+    }"""
+    g = compile_source(src, "m.kdl", model="outer", opt_level=0).graph
+    assert list(g.params) == ["scale/gamma", "scale_1/gamma", "s/gamma", "inner/dense/kernel", "inner/dense/bias"]
+    assert [p.trainable for p in g.params.values()] == [True, True, True, False, False]
+    assert [r.name for r in g.layers] == ["scale", "scale_1", "s", "inner"]

@@ -1,0 +1,175 @@
+"""The Python API: weights, seeds, input checks, ONNX export, build folders, devices."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import kcompile
+from kcompile import ShapeMismatch
+from kcompile.driver import compile_source, write_build
+
+MLP = """
+model mlp {
+    input image: float32[28, 28, 1]
+    Flatten()
+    Dense(32, activation=relu)
+    probs = Dense(10, activation=softmax)
+    output probs
+}
+"""
+
+TWO = """
+model two {
+    input a: float32[4]
+    input ids: int64[3]
+    e = Embedding(10, 2)(ids)
+    f = Flatten()(e)
+    joint = concat(a, f, axis=-1)
+    score = Dense(1)(joint)
+    kind = Dense(3, activation=softmax)(joint)
+    output kind, score
+}
+"""
+
+
+def test_get_weights_in_keras_order_and_layout():
+    m = kcompile.compile_string(MLP)
+    shapes = [w.shape for w in m.get_weights()]
+    assert shapes == [(784, 32), (32,), (32, 10), (10,)]
+    assert m.weight_names == ["dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"]
+    assert m.count_params() == 784 * 32 + 32 + 330
+
+
+def test_set_weights_get_weights_is_identity():
+    m = kcompile.compile_string(MLP, seed=3)
+    x = np.random.default_rng(0).random((5, 28, 28, 1), dtype=np.float32)
+    before = m.predict(x)
+    m.set_weights(m.get_weights())
+    np.testing.assert_array_equal(m.predict(x), before)
+    for a, b in zip(m.get_weights(), kcompile.compile_string(MLP, seed=3).get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    a, b, c = (kcompile.compile_string(MLP, seed=s).get_weights() for s in (7, 7, 8))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_glorot_uniform_limits_and_zero_bias():
+    kernel, bias = kcompile.compile_string(MLP).get_weights()[:2]
+    limit = np.sqrt(6 / (784 + 32))
+    assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
+    assert abs(kernel.mean()) < 0.01 and not bias.any()
+
+
+def test_set_weights_changes_predictions_like_numpy():
+    m = kcompile.compile_string(MLP)
+    rng = np.random.default_rng(1)
+    w = [rng.normal(0, 0.1, s.shape).astype(np.float32) for s in m.get_weights()]
+    m.set_weights(w)
+    x = rng.random((4, 28, 28, 1), dtype=np.float32)
+    h = np.maximum(x.reshape(4, -1) @ w[0] + w[1], 0)
+    z = h @ w[2] + w[3]
+    ref = np.exp(z - z.max(1, keepdims=True))
+    ref /= ref.sum(1, keepdims=True)
+    np.testing.assert_allclose(m.predict(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_set_weights_rejects_wrong_shapes_and_counts():
+    m = kcompile.compile_string(MLP)
+    w = m.get_weights()
+    with pytest.raises(ShapeMismatch, match=r"dense/kernel expects shape \(784, 32\), got \(32, 784\)"):
+        m.set_weights([w[0].T] + w[1:])
+    with pytest.raises(ValueError, match="has 4 weights, got 3"):
+        m.set_weights(w[:3])
+
+
+def test_predict_checks_shapes_and_names_them():
+    m = kcompile.compile_string(MLP)
+    with pytest.raises(ShapeMismatch, match=r"input 'image' expects shape \(None, 28, 28, 1\), got \(2, 784\)"
+                                            r".*reshape"):
+        m.predict(np.zeros((2, 784), np.float32))
+    with pytest.raises(ShapeMismatch, match="expects float32 numbers, got dtype <U1"):
+        m.predict(np.array([["a"]]))
+
+
+def test_predict_batches_and_dynamic_batch():
+    m = kcompile.compile_string(MLP)
+    x = np.random.default_rng(2).random((70, 28, 28, 1), dtype=np.float32)
+    full = m.predict(x, batch_size=None)
+    np.testing.assert_allclose(m.predict(x, batch_size=16), full, rtol=1e-6, atol=1e-7)
+    assert m.predict(x[:1]).shape == (1, 10)
+    np.testing.assert_allclose(m.predict(x.astype(np.float64)), full, rtol=1e-6)  # cast like Keras
+
+
+def test_several_inputs_and_outputs_by_name():
+    m = kcompile.compile_string(TWO)
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.random((3, 4), dtype=np.float32), "ids": rng.integers(0, 10, (3, 3))}
+    kind, score = m.predict(feeds)
+    assert kind.shape == (3, 3) and score.shape == (3, 1)
+    kind2, score2 = m.predict([feeds["a"], feeds["ids"]])
+    np.testing.assert_array_equal(kind, kind2)
+    with pytest.raises(ShapeMismatch, match=r"missing \['ids'\]"):
+        m.predict({"a": feeds["a"]})
+    with pytest.raises(ShapeMismatch, match="different batch sizes"):
+        m.predict({"a": feeds["a"], "ids": feeds["ids"][:2]})
+    with pytest.raises(ShapeMismatch, match="integer ids"):
+        m.predict({"a": feeds["a"], "ids": feeds["ids"] + 0.5})
+
+
+def test_save_onnx_is_standalone_checked_and_named(tmp_path):
+    m = kcompile.compile_string(TWO)
+    w = [x + 0.25 for x in m.get_weights()]
+    m.set_weights(w)
+    path = m.save_onnx(tmp_path / "two.onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.ir_version == 8 and proto.opset_import[0].version == 17
+    assert [i.name for i in proto.graph.input] == ["a", "ids"]
+    assert [o.name for o in proto.graph.output] == ["kind", "score"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"a": np.ones((2, 4), np.float32), "ids": np.ones((2, 3), np.int64)}
+    for got, want in zip(session.run(None, feeds), m.predict(feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_build_folder_round_trip(tmp_path, monkeypatch):
+    compiled = compile_source(MLP.replace("model mlp", "model rt_mlp"), "mlp.kdl")
+    folder = write_build(compiled, tmp_path, seed=5)
+    assert sorted(p.name for p in folder.iterdir()) == ["__init__.py", "manifest.json", "rt_mlp.onnx",
+                                                      "source.kdl", "weights.npz"]
+    loaded = kcompile.load(folder)
+    fresh = kcompile.compile_string(MLP, seed=5)
+    for a, b in zip(loaded.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.manifest["seed"] == 5 and loaded.manifest["passes"][0] == "remove-dropout"
+    assert [p["name"] for p in loaded.manifest["parameters"]] == fresh.weight_names
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import rt_mlp
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    np.testing.assert_array_equal(rt_mlp.load().predict(x), loaded.predict(x))
+    # Rebuilding replaces the folder whole.
+    write_build(compiled, tmp_path, seed=6)
+    assert not np.array_equal(kcompile.load(folder).get_weights()[0], loaded.get_weights()[0])
+
+
+def test_summary_counts_like_keras():
+    text = kcompile.compile_string(MLP).summary(print_fn=None)
+    assert "dense (Dense)" in text and "(None, 32)" in text and "25,120" in text
+    assert "Total params: 25,450" in text
+
+
+def test_devices():
+    from kcompile.runtime.devices import cuda_available, providers_for
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert providers_for("auto")[-1] == "CPUExecutionProvider"
+    with pytest.raises(ValueError, match="unknown device"):
+        providers_for("tpu")
+    if not cuda_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU is usable"):
+            kcompile.compile_string(MLP, device="cuda")
+        m = kcompile.compile_string(MLP, device="auto")
+        assert m.predict(np.zeros((1, 28, 28, 1), np.float32)).shape == (1, 10)
