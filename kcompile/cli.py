@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kcompile summary f.kdl | head`
+        sys.stderr.close()
+        return 0
     except Exception as e:  # never a traceback for users; KCOMPILE_DEBUG=1 shows it
         from .errors import KcompileError
         if isinstance(e, KcompileError):
@@ -110,9 +113,14 @@ def _run(args) -> int:
     level = 1 if args.opt_level is None else args.opt_level
     for name in names:
         start = time.perf_counter()
+        report = None
         if args.report:
-            from .passes import PIPELINE  # noqa: F401
-        compiled = compile_source(source, args.file, name, opt_level=level)
+            print(f"{name}: passes at -O{level} (nodes before -> after)")
+
+            def report(pass_name, before, after):
+                change = "no change" if before == after else f"{before} -> {after} ({after - before:+d})"
+                print(f"  {pass_name:<24} {change}")
+        compiled = compile_source(source, args.file, name, opt_level=level, report=report)
         if args.emit == "ir":
             print(compiled.graph)
             continue

@@ -82,7 +82,9 @@ def select_model(module: ast.Module, name: str | None) -> str:
                         hint="pass model=NAME (Python) or --model NAME (CLI)")
 
 
-def compile_source(source: str, file: str = "<string>", model: str | None = None, opt_level: int = 1) -> Compiled:
+def compile_source(source: str, file: str = "<string>", model: str | None = None, opt_level: int = 1,
+                   report=None) -> Compiled:
+    """Parse, check and optimize one model; ``report(pass, nodes_before, nodes_after)`` sees each pass."""
     module = parse_source(source, file)
     elaborator = Elaborator(module)
     if elaborator.diagnostics:
@@ -94,7 +96,7 @@ def compile_source(source: str, file: str = "<string>", model: str | None = None
     graph.meta.pop("env", None)
     graph.meta.pop("train", None)
     layers = list(graph.layers)
-    graph, applied = optimize(graph, opt_level)
+    graph, applied = optimize(graph, opt_level, report)
     return Compiled(graph, file, source, opt_level, applied, train, layers)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import ops
 from ..errors import Diagnostic, KcompileError, Loc, ShapeError, did_you_mean, format_shape
-from ..initializers import ALIASES as INIT_ALIASES
+from ..initializers import ALIASES as INIT_ALIASES, INITIALIZERS
 from ..ir import BATCH, DTYPES, Graph, Param, Tensor, TensorType
 from ..ir.graph import LayerRecord
 from ..layers import FUNCTIONS, LAYERS, Layer
@@ -69,6 +69,8 @@ class Frame:
 class BlockLayer(Layer):
     """An instance of a user ``block``: its parameters bound, its weights and inner layers shared across calls."""
 
+    n_inputs = None  # as many as the block declares; checked in call_block
+
     def __init__(self, block: ast.Block, params: dict):
         self.block, self.params = block, params
         self.sublayers = {}  # id(statement ast) -> Layer, so a second call reuses the first call's layers
@@ -83,6 +85,8 @@ class BlockLayer(Layer):
 
 class ModelLayer(Layer):
     """A model called inside another model: its layers' weights named ``<model>/...``."""
+
+    n_inputs = None  # as many as the model declares; checked in call_model_body
 
     def __init__(self, model: ast.Model, trainable: bool):
         self.model, self.trainable = model, trainable
@@ -104,6 +108,9 @@ class Builder:
         self.trainable = True
 
     def op(self, op: str, *inputs, **attrs):
+        like = next((i for i in inputs if isinstance(i, Tensor)), None)
+        inputs = [self.const(i, like.dtype) if like is not None and isinstance(i, (int, float))
+                  and not isinstance(i, bool) else i for i in inputs]
         names = [self._tensor(i).name for i in inputs]
         outs = ops.emit(self.graph, op, names, attrs, loc=self.loc, layer=self.layer)
         result = [Tensor(o, self.graph.types[o]) for o in outs]
@@ -183,8 +190,11 @@ class Elaborator:
                 self._poison(stmt, frame)
             except _Fail as e:
                 d = e.diagnostic
-                if frame.call_loc is not None and d.hint is None:
-                    d.hint = f"in {frame.prefix.rstrip('/')}, called at {frame.call_loc}"
+                if frame.call_loc is not None:
+                    where = (f"block {frame.owner.block.name}" if isinstance(frame.owner, BlockLayer)
+                             else f"model {frame.prefix.rstrip('/')}")
+                    site = f"in {where}, called at {frame.call_loc}"
+                    d.hint = site if d.hint is None else f"{d.hint} ({site})"
                 self.diagnostics.append(d)
                 self._poison(stmt, frame)
                 if not top:
@@ -374,8 +384,10 @@ class Elaborator:
             try:
                 return self.builder.op(op, ta, tb)
             except ShapeError as err:
+                msg = str(err)
+                detail = "they do not broadcast " + msg[msg.index("(dimension"):] if "(dimension" in msg else msg
                 raise _Fail(f"cannot apply {e.op} to {format_shape(ta.shape)} and {format_shape(tb.shape)}: "
-                            f"{str(err).split(': ')[-1] if 'broadcast' in str(err) else err}", e.loc,
+                            f"{detail}", e.loc,
                             err.hint or "shapes must be equal or broadcast (numpy rules)") from None
         return emit()
 
@@ -428,7 +440,8 @@ class Elaborator:
                 except TypeError as err:
                     raise _Fail(f"{callee.name}: {err}".replace("<lambda>() ", "").replace("fn() ", ""), e.loc) from None
                 except (ShapeError, ArgError) as err:
-                    raise _Fail(f"{callee.name}: {err}", e.loc, err.hint) from None
+                    msg = str(err) if str(err).startswith(callee.name + " ") else f"{callee.name}: {err}"
+                    raise _Fail(msg, e.loc, err.hint) from None
             if callee.kind == "initializer":
                 if args:
                     raise _Fail(f"{callee.name} takes keyword arguments only", e.loc)
@@ -442,6 +455,13 @@ class Elaborator:
             return self.apply(callee, self.tensors(args, e, frame), e.loc, frame, kwargs)
         if isinstance(callee, Tensor):
             raise _Fail(f"{getattr(e.func, 'id', 'this value')} is a tensor, not a layer; it cannot be called", e.loc)
+        if isinstance(callee, Symbol) and callee in INITIALIZERS:  # random_normal(stddev=0.1)
+            if args:
+                raise _Fail(f"{callee} takes keyword arguments only", e.loc)
+            try:
+                return InitializerSpec(str(callee), kwargs)
+            except ArgError as err:
+                raise _Fail(str(err), e.loc, err.hint) from None
         if isinstance(callee, Symbol):
             candidates = list(LAYERS) + list(self.blocks) + list(self.models) + list(FUNCTIONS) + \
                 [k for k, v in frame.env.items() if isinstance(v, Layer)]
@@ -450,7 +470,13 @@ class Elaborator:
         raise _Fail(f"{self.describe(callee)} cannot be called", e.loc)
 
     def arg_loc(self, e: ast.Call, err: ArgError) -> Loc:
-        """Point at the offending keyword argument when the message names one."""
+        """Point at the offending argument: the one a converter rejected, or a keyword the message names."""
+        position, param = getattr(err, "position", None), getattr(err, "param", None)
+        if position is not None and position < len(e.args):
+            return e.args[position].loc
+        for k in e.kwargs:
+            if param is not None and k.name == param:
+                return k.value.loc
         for k in e.kwargs:
             if f"'{k.name}'" in str(err):
                 return k.loc
@@ -465,7 +491,9 @@ class Elaborator:
         if isinstance(v, tuple) and v and all(isinstance(i, Tensor) for i in v) and len(v) == 1:
             return v[0]
         if isinstance(v, Symbol):
-            raise _Fail(f"unknown name {v}", loc, self.unknown_hint(v, frame))
+            known = [k for k, x in frame.env.items() if isinstance(x, Tensor)]
+            raise _Fail(f"unknown name {v}", loc, self.unknown_hint(v, frame) or
+                        ("defined here: " + ", ".join(known) if known else None))
         raise _Fail(f"expected a tensor, got {self.describe(v)}", loc)
 
     def unknown_hint(self, v, frame):
@@ -569,7 +597,10 @@ class Elaborator:
                 if p.default is None:
                     raise _Fail(f"{block.name} needs the argument {p.name!r}", e.loc)
                 bound[p.name] = self.expr(p.default, Frame())
-            bound[p.name] = self.check_param(block, p, bound[p.name], e.loc)
+            at = next((k.value.loc for k in e.kwargs if k.name == p.name), None)
+            if at is None and names.index(p.name) < len(e.args):
+                at = e.args[names.index(p.name)].loc
+            bound[p.name] = self.check_param(block, p, bound[p.name], at or e.loc)
         return BlockLayer(block, bound)
 
     _PARAM_TYPES = {

@@ -62,31 +62,130 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
     return module
 
 
+_EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE"}
+_STATEMENT_START = {"INPUT", "OUTPUT", "WEIGHT", "LAYER", "TRAIN"}
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH"}
+_KEYWORDS = {"model", "block", "input", "output", "weight", "layer", "train", "target", "true", "false"}
+_CLOSER = {"(": ")", "[": "]", "{": "}"}
+
+
+def _line_col(source: str, pos: int) -> tuple[int, int]:
+    return source.count("\n", 0, pos) + 1, pos - (source.rfind("\n", 0, pos) + 1) + 1
+
+
+def _open_brackets(source: str, end: int) -> list:
+    """The brackets opened before offset ``end`` and not closed, innermost last: [(char, offset)]."""
+    stack, i, quote = [], 0, None
+    while i < end:
+        c = source[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote or c == "\n":
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            nl = source.find("\n", i)
+            i = end if nl < 0 else nl
+            continue
+        elif c in _CLOSER:
+            stack.append((c, i))
+        elif c in ")]}":
+            if stack and _CLOSER[stack[-1][0]] == c:
+                stack.pop()
+        i += 1
+    return stack
+
+
+def _describe_expected(accepts: set) -> list:
+    accepts = {t for t in accepts if not t.startswith("__")}
+    words = []
+    if _STATEMENT_START <= accepts and _EXPR_START <= accepts:
+        accepts -= _STATEMENT_START | _EXPR_START
+        words.append("a statement")
+    elif _EXPR_START <= accepts:
+        accepts -= _EXPR_START
+        words.append("a value")
+    if _OPERATORS <= accepts:
+        accepts -= _OPERATORS
+        words.append("an operator")
+    words += sorted(_TOKEN_WORDS.get(t, repr(t.lower()) if t.isupper() else t) for t in accepts)
+    return words
+
+
 def _syntax_diagnostic(e, source: str, loc) -> Diagnostic:
-    line = getattr(e, "line", None)
-    col = getattr(e, "column", None)
-    if line is None or line < 0:  # end of file
-        lines = source.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
     if isinstance(e, lark.exceptions.UnexpectedCharacters):
-        ch = source[e.pos_in_stream] if e.pos_in_stream < len(source) else "?"
-        return Diagnostic(f"unexpected character {ch!r}", loc(line, col))
+        pos = e.pos_in_stream
+        line, col = _line_col(source, pos)
+        ch = source[pos] if pos < len(source) else "?"
+        if ch in "\"'":
+            end = source.find("\n", pos)
+            length = (len(source) if end < 0 else end) - pos
+            return Diagnostic("unterminated string", loc(line, col, length),
+                              f"close it with {ch} on the same line")
+        return Diagnostic(f"unexpected character {ch!r}", loc(line, col),
+                          "operators are + - * /; '#' starts a comment" if ch in "@%^&|!<>~`$?\\" else None)
     token = getattr(e, "token", None)
-    expected = sorted({_TOKEN_WORDS.get(t, repr(t.lower()) if t.isupper() else t)
-                       for t in getattr(e, "expected", ()) if not t.startswith("__")})
+    try:  # what the parser would really accept here (``expected`` over-approximates it)
+        accepts = e.accepts
+    except Exception:  # pragma: no cover - no interactive parser
+        accepts = None
+    accepts = accepts or getattr(e, "expected", None) or set()
     if token is None or token.type == "$END":
-        what, length = "end of file", 1
-    elif token.type == "_NL":
-        what, length = "end of line", 1
+        end = len(source.rstrip())
+        line, col = _line_col(source, end)
+        what, length, pos = "end of file", 1, len(source)
     else:
-        what, length = repr(str(token)), len(str(token))
+        pos = token.start_pos
+        line, col = token.line, token.column
+        if token.type == "_NL":
+            what, length = "end of line", 1
+        else:
+            what, length = repr(str(token)), len(str(token))
+    if token is not None and token.type in ("NUMBER", "NAME") and pos > 0 and \
+            (source[pos - 1].isalnum() or source[pos - 1] in "._"):
+        # "1.2.3" or "12abc": one malformed number lexed as several tokens.
+        start, stop = pos, pos
+        while start > 0 and (source[start - 1].isalnum() or source[start - 1] in "._"):
+            start -= 1
+        while stop < len(source) and (source[stop].isalnum() or source[stop] in "._"):
+            stop += 1
+        word = source[start:stop]
+        if word[0].isdigit() or (word[0] == "." and word[1:2].isdigit()):
+            return Diagnostic(f"invalid number {word!r}", loc(*_line_col(source, start), len(word)),
+                              "numbers look like 3, 0.5 or 1e-4")
     message = f"unexpected {what}"
     hint = None
-    if expected:
-        if len(expected) <= 6:
-            message += f"; expected {', '.join(expected[:-1]) + ' or ' + expected[-1] if len(expected) > 1 else expected[0]}"
-        if token is not None and token.type == "_NL" and "')'" in expected:
-            hint = "a '(' is not closed"
+    if token is not None and str(token) in _KEYWORDS and token.type != "NAME" and "NAME" in accepts:
+        message = f"unexpected keyword {str(token)!r}"
+        # `model n {` inside a body more likely follows a missing '}' than misuses the keyword.
+        if token.type not in ("MODEL", "BLOCK") or source[token.end_pos:].lstrip(" \t").startswith("="):
+            hint = f"{token} is a keyword; it cannot be used as a name"
+    words = _describe_expected(set(accepts))
+    if words and len(words) <= 6:
+        message += "; expected " + (", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0])
+    if hint is None:
+        opened = _open_brackets(source, pos)
+        prev = source[:pos].rstrip()
+        prev_word = prev.split()[-1] if prev.split() else ""
+        closer = {"(": "RPAR", "[": "RSQB", "{": "RBRACE"}
+        at_eof = token is None or token.type == "$END"
+        kind = None if at_eof else token.type
+        if opened and closer[opened[-1][0]] in accepts and (opened[-1][0] != "{" or at_eof or
+                                                            kind in ("MODEL", "BLOCK")):
+            ch, at = opened[-1]
+            hint = "the {!r} at line {}, column {} is not closed".format(ch, *_line_col(source, at))
+        elif kind in ("RPAR", "RSQB", "RBRACE") and not (opened and closer[opened[-1][0]] == kind):
+            hint = f"this {str(token)!r} has no matching opening bracket"
+        elif prev_word in _KEYWORDS and kind == "EQUAL":
+            hint = f"{prev_word} is a keyword; it cannot be used as a name"
+        elif prev.endswith("=") and _EXPR_START <= set(accepts):
+            hint = "a value must follow '='"
+        elif kind == "NAME" and "COLON" in accepts:
+            hint = f"is a ':' missing before {str(token)!r}?"
+        elif kind in ("NAME", "NUMBER", "STRING") and "_NL" in accepts:
+            hint = "separate two statements with a new line or ';'"
     return Diagnostic(message, loc(line, col, length), hint)
 
 

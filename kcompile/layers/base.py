@@ -221,7 +221,10 @@ class Layer:
                 try:
                     converted[p.name] = p.annotation(bound[p.name]) if isinstance(p.annotation, Converter) else bound[p.name]
                 except ArgError as e:
-                    raise ArgError(f"{cls.kind()} argument {p.name!r}: {e}", e.hint) from None
+                    err = ArgError(f"{cls.kind()} argument {p.name!r}: {e}", e.hint)
+                    # Which argument was wrong, so the frontend can point at it.
+                    err.param, err.position = p.name, (names.index(p.name) if p.name not in kwargs else None)
+                    raise err from None
         layer = cls(**converted)
         layer.arguments = {p.name: converted.get(p.name, p.default) for p in params}
         return layer

@@ -41,8 +41,8 @@ class Model:
         self.outputs = _specs(manifest["outputs"])
         self._param_names = [p["name"] for p in manifest["parameters"]]
         self._weights = {n: np.ascontiguousarray(weights[n]) for n in self._param_names}
-        self.device = device
         self._providers = providers_for(device)
+        self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = None
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
 

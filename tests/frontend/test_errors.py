@@ -1,0 +1,319 @@
+"""Malformed and ill-typed programs: every error names its exact line, column and cause.
+
+Each case gives the source, the (line, column) of the first diagnostic, a substring of
+its message and (where one is promised) a substring of its hint.
+"""
+import textwrap
+
+import pytest
+
+import kcompile
+from kcompile.driver import check_module, parse_source
+from kcompile.errors import KcompileError
+
+
+def src(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def diagnostics(source: str):
+    """All diagnostics of a file: syntax errors raise, semantic ones are returned."""
+    try:
+        module = parse_source(source, "t.kdl")
+    except KcompileError as e:
+        return e.diagnostics
+    return check_module(module)
+
+
+def first_error(source: str):
+    ds = diagnostics(source)
+    assert ds, "expected an error"
+    return ds[0]
+
+
+IMG = "    input x: float32[28, 28, 1]\n"
+VEC = "    input x: float32[8]\n"
+
+
+def model(body: str, head: str = VEC, name: str = "m") -> str:
+    return f"model {name} {{\n{head}{textwrap.indent(textwrap.dedent(body).strip(), '    ')}\n}}\n"
+
+
+# (id, source, line, col, message substring, hint substring or None)
+CASES = [
+    # ---- syntax ----
+    ("unclosed_paren", model("Dense(10"), 4, 1, "unexpected '}'; expected ')'", "'(' at line 3, column 10 is not closed"),
+    ("unclosed_paren_next_line", model("Dense(10\nDense(3)"), 4, 5, "unexpected 'Dense'",
+     "'(' at line 3, column 10 is not closed"),
+    ("unclosed_bracket", "model m {\n    input x: float32[8, 4\n}\n", 3, 1, "unexpected '}'",
+     "'[' at line 2, column 21 is not closed"),
+    ("missing_close_brace", "model m {\n    input x: float32[8]\n    Dense(10)\n", 3, 14,
+     "unexpected end of file; expected a statement or '}'", "'{' at line 1, column 9 is not closed"),
+    ("missing_brace_before_next_model", "model a {\n    input x: float32[8]\n\nmodel b {\n}\n", 4, 1,
+     "unexpected keyword 'model'", "'{' at line 1, column 9 is not closed"),
+    ("extra_close_brace", model("Dense(3)") + "}\n", 5, 1, "unexpected '}'", "no matching opening bracket"),
+    ("extra_close_paren", model("y = Dense(3)(x))"), 3, 20, "unexpected ')'", "no matching opening bracket"),
+    ("stray_at", model("Dense(10) @ x"), 3, 15, "unexpected character '@'", "operators are"),
+    ("stray_dollar", model("h = $x"), 3, 9, "unexpected character '$'", None),
+    ("assign_nothing", model("h =\noutput h"), 3, 8, "unexpected end of line; expected a value", "must follow '='"),
+    ("kwarg_nothing", model("Dense(10, activation=)"), 3, 26, "unexpected ')'; expected a value", "must follow '='"),
+    ("bad_number_two_dots", model("Dense(1.2.3)"), 3, 11, "invalid number '1.2.3'", "numbers look like"),
+    ("bad_number_letters", model("Dense(12abc)"), 3, 11, "invalid number '12abc'", None),
+    ("keyword_as_variable", model("model = Dense(10)"), 3, 5, "unexpected keyword 'model'", "model is a keyword"),
+    ("keyword_input_as_variable", model("input = Dense(10)"), 3, 11, "unexpected '='; expected a name",
+     "input is a keyword"),
+    ("unterminated_string", model('Dense(10, activation="relu)'), 3, 26, "unterminated string", 'close it with "'),
+    ("missing_colon_in_input", "model m {\n    input x float32[8]\n}\n", 2, 13, "unexpected 'float32'",
+     "':' missing before 'float32'"),
+    ("two_statements_one_line", model("h = Dense(10)(x) Dense(3)"), 3, 22, "unexpected 'Dense'",
+     "separate two statements"),
+    ("model_without_name", "model {\n}\n", 1, 7, "unexpected '{'; expected a name", None),
+    ("layer_outside_model", "Dense(3)\n", 1, 1, "unexpected 'Dense'", None),
+    ("block_param_without_type", "block B(n) {\n    input x\n}\n", 1, 10, "unexpected ')'; expected ':'", None),
+    # ---- names ----
+    ("unknown_layer", model("Conv2d(32, 3)", IMG), 3, 5, "unknown layer or function Conv2d", "did you mean Conv2D?"),
+    ("unknown_layer_functional", model("h = Dnse(10)(x)\noutput h"), 3, 9, "unknown layer or function Dnse",
+     "did you mean Dense?"),
+    ("unknown_name_in_call", model("h = Dense(10)(y)\noutput h"), 3, 19, "unknown name y", "defined here: x"),
+    ("misspelled_input_name", model("h = Dense(10)(imag)\noutput h", "    input image: float32[8]\n"), 3, 19,
+     "unknown name imag", "did you mean image?"),
+    ("misspelled_kwarg", model("Dense(10, activaton=relu)"), 3, 15, "Dense has no argument 'activaton'",
+     "did you mean activation?"),
+    ("unknown_activation", model("Dense(10, activation=rellu)"), 3, 26, "unknown activation rellu",
+     "did you mean relu?"),
+    ("unknown_padding", model("Conv2D(8, 3, padding=sme)", IMG), 3, 26, "expected valid or same, got sme",
+     "did you mean same?"),
+    ("unknown_dtype", model("Dense(2)", "    input x: flot32[8]\n"), 2, 14, "unknown dtype flot32",
+     "did you mean float32?"),
+    ("unknown_block_param_type", "block B(n: integer) {\n    input x\n    output Dense(n)(x)\n}\n"
+     + model("B(3)"), 1, 9, "unknown parameter type integer", None),
+    # ---- argument types ----
+    ("float_units", model("Dense(2.5)"), 3, 11, "Dense argument 'units': expected an integer >= 1, got 2.5", None),
+    ("negative_units_kwarg", model("Dense(units=-1)"), 3, 17, "expected an integer >= 1, got -1", None),
+    ("kernel_three_dims", model("Conv2D(32, (3,3,3))", IMG), 3, 16,
+     "Conv2D argument 'kernel_size': expected an integer or a tuple of 2 integers, got (3, 3, 3)", None),
+    ("dropout_rate_out_of_range", model("Dropout(1.5)"), 3, 13, "Dropout argument 'rate'", None),
+    ("missing_required_argument", model("Dense()"), 3, 5, "Dense needs the argument 'units'", "Dense(units=...)"),
+    ("too_many_positional", model("Dense(1, relu, true, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)"), 3, 5,
+     "Dense takes at most", None),
+    ("argument_twice", model("Dense(10, units=3)"), 3, 15, "Dense got argument 'units' twice", None),
+    ("zero_dimension", model("Dense(2)", "    input x: float32[0]\n"), 2, 22,
+     "a dimension must be a positive integer", "batch dimension is implicit"),
+    # ---- shapes ----
+    ("conv_on_flat_vector", model("Conv2D(32, 3)", "    input x: float32[784]\n"), 3, 5,
+     "Conv2D expects an input of shape [height, width, channels] (without the batch), got [784]", "Reshape("),
+    ("add_shape_mismatch", model("c = a + b\noutput c", "    input a: float32[8]\n    input b: float32[5]\n"),
+     4, 9, "cannot apply + to [N, 8] and [N, 5]", "broadcast"),
+    ("concat_mismatch", model("c = concat(a, b, axis=-1)\noutput c",
+                              "    input a: float32[4, 8]\n    input b: float32[5, 3]\n"),
+     4, 9, "concat needs equal shapes except on the joined axis; got [N, 4, 8], [N, 5, 3]", None),
+    ("reshape_incompatible", model("Reshape((3, 4))", "    input x: float32[10]\n"), 3, 5,
+     "cannot reshape [N, 10] (10 elements per batch item) to [N, 3, 4]", None),
+    ("pool_window_too_large", model("MaxPooling2D((5, 5))", "    input x: float32[4, 4, 1]\n"), 3, 5,
+     "the window (5) is larger than the padded input (4)", "padding=same"),
+    ("dense_on_image_then_flatten_missing", model("Dense(10)\nLSTM(4)", IMG), 4, 5, "LSTM expects", None),
+    ("shared_layer_incompatible", model("layer d = Dense(3)\np = d(a)\nq = d(b)\noutput p, q",
+                                        "    input a: float32[8]\n    input b: float32[4]\n"),
+     6, 9, "layer d was built for float32[N, 8] and is now called on float32[N, 4]", "shared layer"),
+    ("layer_takes_one_input", model("h = Dense(3)(a, b)\noutput h",
+                                    "    input a: float32[8]\n    input b: float32[8]\n"),
+     4, 9, "Dense takes 1 input, got 2", "Concatenate()"),
+    # ---- models, blocks ----
+    ("model_without_input", "model m {\n    h = 3\n}\n", 1, 7, "model m has no input", "input x: float32"),
+    ("layer_before_input", "model m {\n    Dense(10)\n    input x: float32[8]\n}\n", 2, 5, "Dense has no input",
+     "declare an input first"),
+    ("weight_outside_block", model("weight w: [8]"), 3, 12, "belongs in a block", "move it into a block"),
+    ("block_wrong_argument_type", "block B(n: int) {\n    input x\n    output Dense(n)(x)\n}\n" + model("B(2.5)"),
+     7, 7, "B parameter n is int, got 2.5", None),
+    ("block_missing_argument", "block B(n: int) {\n    input x\n    output Dense(n)(x)\n}\n" + model("B()"),
+     7, 5, "B needs the argument 'n'", None),
+    ("block_unknown_kwarg", "block B(units: int) {\n    input x\n    output Dense(units)(x)\n}\n"
+     + model("B(unit=3)"), 7, 5, "B has no parameter 'unit'", "did you mean units?"),
+    ("model_calls_itself", model("y = m(x)\noutput y"), 3, 9, "model m uses itself", None),
+    ("submodel_wrong_input_shape", "model enc {\n    input x: float32[8]\n    Dense(4)\n}\n"
+     + model("y = enc(x)\noutput y", "    input x: float32[10]\n"), 7, 9,
+     "model enc input x expects float32[N, 8], got float32[N, 10]", None),
+    ("duplicate_model", model("Dense(4)") + model("Dense(4)"), 5, 7, "m is defined twice", None),
+    ("block_and_model_same_name", "block m(n: int) {\n    input x\n    output Dense(n)(x)\n}\n" + model("Dense(4)"),
+     5, 7, "m is defined twice", None),
+    ("model_named_like_layer", model("Dense(4)", name="Dense"), 1, 7, "Dense is a built-in name", None),
+    ("variable_named_like_layer", model("Dense = Dense(3)"), 3, 5, "Dense names a layer", None),
+    ("input_defined_twice", model("Dense(3)", "    input x: float32[8]\n    input x: float32[4]\n"), 3, 11,
+     "x is already defined", None),
+    ("call_a_tensor", model("y = x(3)\noutput y"), 3, 9, "x is a tensor, not a layer", None),
+    ("layer_decl_needs_layer", model("layer d = x"), 3, 15, "needs a layer", None),
+    ("division_by_zero", model("Dense(4 / 0)"), 3, 11, "division by zero", None),
+]
+
+
+@pytest.mark.parametrize("source,line,col,message,hint", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_error_location_and_message(source, line, col, message, hint):
+    d = first_error(source)
+    assert d.loc is not None, d.render()
+    assert (d.loc.line, d.loc.col) == (line, col), d.render()
+    assert d.loc.file == "t.kdl"
+    assert message in d.message, d.render()
+    if hint is not None:
+        assert d.hint is not None and hint in d.hint, d.render()
+    # the rendered diagnostic always shows the line with a caret under the column
+    text = d.render()
+    assert text.startswith(f"t.kdl:{line}:{col}: error: ")
+    lines = text.splitlines()
+    assert lines[1] == "    " + d.loc.source_line
+    assert lines[2].startswith("    " + " " * (col - 1) + "^")
+    assert set(lines[2].strip()) <= {"^", "~"}
+
+
+def test_at_least_35_cases():
+    assert len(CASES) >= 35
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_compile_string_raises_with_location():
+    source = model("Conv2d(32, 3)", IMG)
+    with pytest.raises(KcompileError) as info:
+        kcompile.compile_string(source, file="t.kdl")
+    err = info.value
+    assert len(err.diagnostics) == 1
+    d = err.diagnostics[0]
+    assert (d.loc.line, d.loc.col) == (3, 5)
+    assert d.hint == "did you mean Conv2D?"
+
+
+def test_rendered_error_shows_file_line_source_and_caret():
+    source = model("Conv2D(32, 3)", "    input x: float32[784]\n")
+    with pytest.raises(KcompileError) as info:
+        kcompile.compile_string(source, file="t.kdl")
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("t.kdl:3:5: error: Conv2D expects an input of shape [height, width, channels]")
+    assert "[784]" in lines[0]
+    assert lines[1] == "        Conv2D(32, 3)"
+    assert lines[2] == "        ^~~~~~"
+    assert lines[3].startswith("hint: ") and "Reshape(" in lines[3]
+
+
+def test_rendered_syntax_error_caret():
+    with pytest.raises(KcompileError) as info:
+        kcompile.compile_string(model("Dense(10) @ x"), file="t.kdl")
+    text = str(info.value)
+    assert "t.kdl:3:15: error: unexpected character '@'" in text
+    assert "    Dense(10) @ x\n" in text
+    assert "\n" + " " * (4 + 14) + "^\n" in text
+
+
+def test_several_independent_errors_are_all_reported():
+    source = src("""
+        model m {
+            input x: float32[8]
+            a = Dense(4, activaton=relu)(x)
+            b = Dense(4)(x)
+            c = Conv2d(3, 3)(b)
+            d = Dense(2.5)(x)
+            e = Dense(3)(x)
+            f = b + e
+            g = Dense(2)(a)
+            output e
+        }
+        """)
+    ds = diagnostics(source)
+    # line 10 reads `a`, which already failed: it is skipped, not reported again
+    assert [(d.loc.line, d.loc.col) for d in ds] == [(3, 18), (5, 9), (6, 15), (8, 9)]
+    assert "activaton" in ds[0].message and ds[0].hint == "did you mean activation?"
+    assert "Conv2d" in ds[1].message and ds[1].hint == "did you mean Conv2D?"
+    assert "got 2.5" in ds[2].message
+    assert "[N, 4] and [N, 3]" in ds[3].message
+    with pytest.raises(KcompileError) as info:
+        kcompile.compile_string(source, file="t.kdl")
+    assert len(info.value.diagnostics) == 4
+    assert str(info.value).endswith("4 errors")
+    for line in (3, 5, 6, 8):
+        assert f"t.kdl:{line}:" in str(info.value)
+
+
+def test_errors_in_several_models_are_all_reported():
+    source = model("Dense(2.5)", name="a") + model("Conv2d(3, 3)", IMG, name="b")
+    ds = diagnostics(source)
+    assert [(d.loc.line, d.loc.col) for d in ds] == [(3, 11), (7, 5)]
+
+
+def test_error_inside_block_body_points_at_block_with_call_site():
+    source = src("""
+        block Stem(n: int) {
+            input x
+            h = Conv2D(n, 3)(x)
+            output h
+        }
+        model m {
+            input x: float32[8]
+            y = Stem(4)(x)
+            output y
+        }
+        """)
+    ds = diagnostics(source)
+    assert len(ds) == 1
+    d = ds[0]
+    assert (d.loc.line, d.loc.col) == (3, 9)
+    assert "Conv2D expects an input of shape [height, width, channels]" in d.message
+    assert "got [8]" in d.message
+    assert "in block Stem, called at t.kdl:8:9" in d.hint
+    assert "Reshape(" in d.hint  # the layer's own hint is kept
+
+
+def test_error_inside_block_without_own_hint_names_call_site():
+    source = src("""
+        block Mix(n: int) {
+            input x
+            h = Dense(n)(x)
+            output h + x
+        }
+        model m {
+            input x: float32[8]
+            Mix(4)
+        }
+        """)
+    d = first_error(source)
+    assert (d.loc.line, d.loc.col) == (4, 12)
+    assert "[N, 4] and [N, 8]" in d.message
+    assert "called at t.kdl:8:5" in d.hint
+
+
+def test_error_inside_called_model_names_call_site():
+    source = src("""
+        model enc {
+            input x: float32[8]
+            h = Dense(4)(x)
+            output h + x
+        }
+        model m {
+            input x: float32[8]
+            y = enc(x)
+            output y
+        }
+        """)
+    ds = diagnostics(source)
+    # enc is checked on its own, and again where m calls it
+    assert [(d.loc.line, d.loc.col) for d in ds] == [(4, 12), (4, 12)]
+    assert ds[0].hint == "shapes must be equal or broadcast (numpy rules)"
+    assert "in model enc, called at t.kdl:8:9" in ds[1].hint
+
+
+def test_model_without_input_also_lacks_output():
+    ds = diagnostics("model empty {\n}\n")
+    assert [d.message for d in ds] == ["model empty has no input", "model empty has no output"]
+    assert all((d.loc.line, d.loc.col) == (1, 7) for d in ds)
+
+
+def test_file_without_model():
+    ds = diagnostics("# nothing here\n")
+    assert len(ds) == 1 and ds[0].message == "no model in this file" and ds[0].loc is None
+
+
+def test_error_has_hint_line_in_render():
+    d = first_error(model("Dense(10, activaton=relu)"))
+    lines = d.render().splitlines()
+    assert lines == [
+        "t.kdl:3:15: error: Dense has no argument 'activaton'",
+        "        Dense(10, activaton=relu)",
+        "                  ^~~~~~~~~",
+        "hint: did you mean activation?",
+    ]

@@ -1,0 +1,153 @@
+"""The parser: what it accepts, the AST and locations it builds, and its syntax errors."""
+import pytest
+
+from kcompile.errors import KcompileError
+from kcompile.frontend import ast
+from kcompile.frontend.parser import parse
+
+
+def syntax_error(source: str):
+    with pytest.raises(KcompileError) as info:
+        parse(source, "t.kdl")
+    assert len(info.value.diagnostics) == 1
+    return info.value.diagnostics[0]
+
+
+def body(source: str):
+    (model,) = parse(source, "t.kdl").definitions
+    return model.body
+
+
+# ---- what parses ----
+def test_sequential_model_ast_and_locations():
+    module = parse("model m {\n    input x: float32[28, 28, 1]\n    Flatten()\n"
+                   "    probs = Dense(10, activation=softmax)\n    output probs\n}\n", "t.kdl")
+    (m,) = module.definitions
+    assert isinstance(m, ast.Model) and m.name == "m"
+    assert (m.loc.line, m.loc.col) == (1, 7)
+    inp, flat, assign, out = m.body
+    assert isinstance(inp, ast.InputDecl) and inp.type.dtype == "float32"
+    assert [d.value for d in inp.type.dims] == [28, 28, 1]
+    assert isinstance(flat, ast.ExprStmt) and (flat.loc.line, flat.loc.col) == (3, 5)
+    assert isinstance(assign, ast.Assign) and assign.name == "probs"
+    call = assign.expr
+    assert isinstance(call, ast.Call) and call.func.id == "Dense"
+    assert (call.loc.line, call.loc.col, call.loc.length) == (4, 13, 5)
+    assert [a.value for a in call.args] == [10]
+    assert call.kwargs[0].name == "activation" and call.kwargs[0].value.id == "softmax"
+    assert (call.kwargs[0].loc.line, call.kwargs[0].loc.col) == (4, 23)
+    assert isinstance(out, ast.OutputDecl) and out.exprs[0].id == "probs"
+
+
+def test_newlines_inside_brackets_continue_the_line():
+    stmts = body("model m {\n    input x: float32[\n        8,\n    ]\n    Dense(\n        10,\n"
+                 "        activation=relu,\n    )\n}\n")
+    assert len(stmts) == 2
+    assert stmts[1].expr.kwargs[0].name == "activation"
+
+
+def test_semicolons_comments_and_line_continuation():
+    stmts = body("# header\nmodel m {  # a model\n    input x: float32[8]; Dense(3)  # two statements\n"
+                 "    h = x + \\\n        x\n}\n")
+    assert [type(s).__name__ for s in stmts] == ["InputDecl", "ExprStmt", "Assign"]
+
+
+def test_numbers_strings_booleans_and_operators():
+    (stmt,) = body("model m {\n    y = f(1, 2.5, .5, 1e-4, 3E2, \"a\\tb\", 'q', true, false, -2, (1, 2), [3], (4,))\n}\n")
+    args = stmt.expr.args
+    assert [type(a).__name__ for a in args] == ["Number"] * 5 + ["String", "String", "Bool", "Bool", "Neg",
+                                                                  "Tuple", "List", "Tuple"]
+    assert [a.value for a in args[:5]] == [1, 2.5, 0.5, 1e-4, 300.0]
+    assert isinstance(args[0].value, int)
+    assert args[5].value == "a\tb" and args[6].value == "q"
+    assert args[7].value is True and args[8].value is False
+    assert len(args[10].items) == 2 and len(args[12].items) == 1
+
+
+def test_precedence():
+    (stmt,) = body("model m {\n    y = a + b * c - d / e\n}\n")
+    e = stmt.expr
+    assert e.op == "-" and e.left.op == "+" and e.left.right.op == "*" and e.right.op == "/"
+
+
+def test_block_with_params_defaults_and_weight():
+    module = parse("block Scale(units: int, eps: float = 1e-3) {\n    input x\n"
+                   "    weight gamma: [units] = ones\n    output x * gamma\n}\n", "t.kdl")
+    (b,) = module.definitions
+    assert isinstance(b, ast.Block) and [p.name for p in b.params] == ["units", "eps"]
+    assert b.params[1].type == "float" and b.params[1].default.value == 1e-3
+    assert isinstance(b.body[1], ast.WeightDecl) and b.body[1].name == "gamma"
+
+
+def test_keywords_are_names_where_a_name_is_expected():
+    # the contextual lexer lets a model be called `input`
+    (m,) = parse("model input {\n    input x: float32[8]\n}\n", "t.kdl").definitions
+    assert m.name == "input"
+
+
+def test_train_section():
+    stmts = body("model m {\n    input x: float32[8]\n    train {\n        target y: int64[]\n"
+                 "        loss = mse\n    }\n}\n")
+    assert isinstance(stmts[1], ast.Train)
+
+
+def test_empty_file_and_crlf():
+    assert parse("", "t.kdl").definitions == []
+    (m,) = parse("model m {\r\n    input x: float32[8]\r\n}\r\n", "t.kdl").definitions
+    assert len(m.body) == 1
+
+
+# ---- syntax errors: position, message, hint ----
+@pytest.mark.parametrize("source,line,col,message,hint", [
+    ("model m {\n    Dense(10\n}\n", 3, 1, "unexpected '}'; expected ')' or ','", "'(' at line 2, column 10"),
+    ("model m {\n    Dense(10, activation=relu\n", 2, 30, "unexpected end of file", "'(' at line 2, column 10"),
+    ("model m {\n    x = [1, 2\n}\n", 3, 1, "unexpected '}'", "'[' at line 2, column 9"),
+    ("model m {\n", 1, 10, "unexpected end of file", "'{' at line 1, column 9"),
+    ("model m {\n    h = 3 @ 4\n}\n", 2, 11, "unexpected character '@'", None),
+    ("model m {\n    h = 3 % 4\n}\n", 2, 11, "unexpected character '%'", None),
+    ("model m {\n    h = caf\u00e9\n}\n", 2, 12, "unexpected character '\u00e9'", None),
+    ("model m {\n    h = 'abc\n}\n", 2, 9, "unterminated string", "close it with '"),
+    ("model m {\n    h =\n}\n", 2, 8, "unexpected end of line; expected a value", "must follow '='"),
+    ("model m {\n    h = 1.2.3\n}\n", 2, 9, "invalid number '1.2.3'", None),
+    ("model m {\n    h = 3x\n}\n", 2, 9, "invalid number '3x'", None),
+    ("model m {\n    layer = Dense(3)\n}\n", 2, 11, "unexpected '='; expected a name", "layer is a keyword"),
+    ("model m {\n    weight = 3\n}\n", 2, 12, "unexpected '='", "weight is a keyword"),
+    ("model m {\n    block = 3\n}\n", 2, 5, "unexpected keyword 'block'", "block is a keyword"),
+    ("model m {\n    train = 3\n}\n", 2, 11, "unexpected '='; expected '{'", "train is a keyword"),
+    ("model m {\n    output\n}\n", 2, 11, "unexpected end of line; expected a value", None),
+    ("model m\n{\n}\n", 1, 8, "unexpected end of line; expected '{'", None),
+    ("model m {\n    input x: float32[8]\n}\n}\n", 4, 1, "expected 'block', 'model' or end of file",
+     "no matching opening bracket"),
+    ("block B(n: int {\n}\n", 1, 16, "unexpected '{'", "'(' at line 1, column 8"),
+    ("model m {\n    Dense(10,, 3)\n}\n", 2, 14, "unexpected ','; expected a value", None),
+])
+def test_syntax_errors(source, line, col, message, hint):
+    d = syntax_error(source)
+    assert (d.loc.line, d.loc.col) == (line, col), d.render()
+    assert message in d.message, d.render()
+    if hint is None:
+        assert d.hint is None or d.hint, d.render()
+    else:
+        assert d.hint and hint in d.hint, d.render()
+    assert d.render().startswith(f"t.kdl:{line}:{col}: error: ")
+
+
+def test_expected_tokens_are_words_not_terminal_names():
+    d = syntax_error("model m {\n    input x float32[8]\n}\n")
+    assert d.message == "unexpected 'float32'; expected ':', ';', '}' or end of line"
+    for internal in ("NAME", "_NL", "RBRACE", "$END", "__"):
+        assert internal not in d.message
+
+
+def test_string_with_bracket_does_not_confuse_unclosed_hint():
+    d = syntax_error("model m {\n    Dense(3, activation=\"(\"\n}\n")
+    assert d.hint == "the '(' at line 2, column 10 is not closed"
+    d = syntax_error("model m {  # (\n    Dense(3\n}\n")
+    assert d.hint == "the '(' at line 2, column 10 is not closed"
+
+
+def test_syntax_error_caret_spans_the_token():
+    d = syntax_error("model m {\n    h = Dense(10)(x) Dense(3)\n}\n")
+    lines = d.render().splitlines()
+    assert lines[1] == "        h = Dense(10)(x) Dense(3)"
+    assert lines[2] == "    " + " " * 21 + "^~~~~"
