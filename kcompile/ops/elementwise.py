@@ -45,7 +45,7 @@ class Gelu(Unary):
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, = inputs
-        t = ctx.dtype(x)
+        t = ctx.dtype(outputs[0])  # x may be a lowering-time name (a fused Conv/Gemm's result)
         scaled = ctx.emit("Mul", [x, ctx.const(1 / math.sqrt(2), t)])
         erf = ctx.emit("Erf", [scaled])
         one_plus = ctx.emit("Add", [erf, ctx.const(1.0, t)])
