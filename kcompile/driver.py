@@ -32,6 +32,26 @@ class Compiled:
     passes: list
     train: dict | None = None
     layers: list = field(default_factory=list)
+    elaborated: Graph | None = None  # before passes: what training builds on
+    train_ast: object = None
+    env: dict = field(default_factory=dict)
+    _training: object = None
+    training_error: str | None = None
+
+    def training(self):
+        """The TrainingProgram of the train section (built on first use), or None when the model
+        has none or cannot be trained yet (``training_error`` says why)."""
+        if self.train_ast is None or self.training_error:
+            return None
+        if self._training is None:
+            from .training import build_training
+            try:
+                self._training = build_training(self.elaborated, self.train_ast, self.train,
+                                                 {k: v.name for k, v in self.env.items()}, self.opt_level)
+            except NotImplementedError as e:  # an op without a gradient rule yet
+                self.training_error = str(e)
+                return None
+        return self._training
 
 
 def read_source(path) -> str:
@@ -93,11 +113,12 @@ def compile_source(source: str, file: str = "<string>", model: str | None = None
     graph = elaborator.model(name)
     model_ast = next(m for m in module.models() if m.name == name)
     train = check_train(graph, model_ast, module)
-    graph.meta.pop("env", None)
-    graph.meta.pop("train", None)
+    env = graph.meta.pop("env", {})
+    train_ast = graph.meta.pop("train", None)
     layers = list(graph.layers)
+    elaborated = graph.copy() if train_ast is not None else None
     graph, applied = optimize(graph, opt_level, report)
-    return Compiled(graph, file, source, opt_level, applied, train, layers)
+    return Compiled(graph, file, source, opt_level, applied, train, layers, elaborated, train_ast, env)
 
 
 def compile_file(path, model: str | None = None, opt_level: int = 1) -> Compiled:
@@ -110,10 +131,55 @@ def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
             for name, p in graph.params.items()}
 
 
+def lower_all(compiled: Compiled, weights: dict) -> dict[str, bytes]:
+    """The ONNX files of a model: ``inference`` (weights inside), and with a train section
+    ``train_step`` and ``eval`` (weights as inputs)."""
+    import onnx
+    from .backend import to_onnx
+    out = {}
+    model = to_onnx(compiled.graph, weights, doc=f"kcompile {__version__}: {compiled.graph.name} inference")
+    onnx.checker.check_model(model, full_check=True)
+    out["inference"] = model.SerializeToString()
+    program = compiled.training()
+    if program is not None:
+        for key, graph in (("train_step", program.step), ("eval", program.eval)):
+            model = to_onnx(graph, params_as_inputs=True, doc=f"kcompile {__version__}: {graph.name} {key}")
+            onnx.checker.check_model(model, full_check=True)
+            out[key] = model.SerializeToString()
+    return out
+
+
+def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
+    """Write files into a new folder beside ``folder`` and swap it in whole."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        for name, data in contents.items():
+            with open(staging / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            folder.rename(old)
+            staging.rename(folder)
+            shutil.rmtree(old)
+        else:
+            staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
 def manifest_for(compiled: Compiled, seed: int) -> dict:
     import onnx
     from .backend import IR_VERSION, OPSET
     g = compiled.graph
+    program = compiled.training()
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
@@ -137,7 +203,10 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
                    "sha256": hashlib.sha256(compiled.source.encode()).hexdigest()},
         "versions": {"kcompile": __version__, "onnx": onnx.__version__, "onnxruntime": ort_version,
                      "opset": OPSET, "ir_version": IR_VERSION},
-        "files": {"inference": f"{g.name}.onnx", "weights": "weights.npz", "source": "source.kdl"},
+        "files": {"inference": f"{g.name}.onnx", "weights": "weights.npz", "source": "source.kdl",
+                  **({"train_step": "train_step.onnx", "eval": "eval.onnx"} if program else {})},
+        "training": program.describe() if program else None,
+        "training_error": compiled.training_error,
     }
 
 
@@ -171,37 +240,19 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_build(compiled: Compiled, out_dir, seed: int = 0) -> Path:
-    """Write ``out_dir/<model>/``: the .onnx, manifest.json, weights.npz, source.kdl and __init__.py."""
+    """Write ``out_dir/<model>/``: the .onnx files, manifest.json, weights.npz, source.kdl and __init__.py."""
     import io
-
-    import onnx
-    from .backend import to_onnx
     g = compiled.graph
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    folder = Path(out_dir) / g.name
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{g.name}."))
-    try:
-        weights = initial_weights(g, seed)
-        model = to_onnx(g, weights, doc=f"kcompile {__version__} build of {g.name}")
-        onnx.checker.check_model(model, full_check=True)
-        (staging / f"{g.name}.onnx").write_bytes(model.SerializeToString())
-        buf = io.BytesIO()
-        np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(weights.values())})
-        (staging / "weights.npz").write_bytes(buf.getvalue())
-        (staging / "manifest.json").write_text(json.dumps(manifest_for(compiled, seed), indent=2) + "\n")
-        (staging / "source.kdl").write_text(compiled.source)
-        (staging / "__init__.py").write_text(_PACKAGE_INIT.format(name=g.name))
-        # Replace the old folder only once the new one is complete.
-        if folder.exists():
-            old = folder.with_name(f".{g.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old)
-        else:
-            staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    weights = initial_weights(g, seed)
+    files = lower_all(compiled, weights)
+    manifest = manifest_for(compiled, seed)
+    buf = io.BytesIO()
+    np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(weights.values())})
+    contents = {manifest["files"]["inference"]: files["inference"], "weights.npz": buf.getvalue(),
+                "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
+                "source.kdl": compiled.source.encode(),
+                "__init__.py": _PACKAGE_INIT.format(name=g.name).encode()}
+    for key in ("train_step", "eval"):
+        if key in files:
+            contents[manifest["files"][key]] = files[key]
+    return write_folder_atomic(Path(out_dir) / g.name, contents)

@@ -50,5 +50,6 @@ class BatchNormalization(Layer):
         n = x.shape[axis]
         gamma = self.gamma if self.scale else ctx.const([1.0] * n, x.dtype)
         beta = self.beta if self.center else ctx.const([0.0] * n, x.dtype)
+        # A frozen layer (trainable=false) keeps using its moving statistics in training, as Keras.
         return ctx.op("BatchNormalization", x, gamma, beta, self.moving_mean, self.moving_variance,
-                      axis=axis, epsilon=self.epsilon, momentum=self.momentum)
+                      axis=axis, epsilon=self.epsilon, momentum=self.momentum, trainable=ctx.trainable)

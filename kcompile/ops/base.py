@@ -34,6 +34,12 @@ class Op:
         attrs = {k: v for k, v in attrs.items() if k not in self.ir_only_attrs}
         ctx.emit(self.onnx_op or self.name, inputs, outputs, **attrs)
 
+    def grad(self, ctx, node, dys: list) -> list:
+        """Gradients of the loss w.r.t. each input (None where none flows), given ``dys``,
+        the gradients w.r.t. each output (None for outputs the loss does not use).
+        ``ctx`` emits ops (see kcompile.autodiff.GradContext); forward values are reused by name."""
+        raise NotImplementedError(f"{self.name} has no gradient rule")
+
     def check_float(self, ins, n=None):
         for t in ins[:n]:
             if not t.is_float:

@@ -37,6 +37,25 @@ class MatMul(Op):
         out = batch + (sa[-2],) * (a.rank > 1) + (sb[-1],) * (b.rank > 1)
         return [TensorType(a.dtype, out)]
 
+    def grad(self, ctx, node, dys):
+        a, b = node.inputs
+        dy, = dys
+        ta, tb = ctx.type(a), ctx.type(b)
+        if ta.rank < 2 or tb.rank < 2:
+            raise NotImplementedError("gradient of matmul with a vector operand")
+        swap = lambda v: ctx.op("Transpose", v, perm=tuple(range(ctx.type(v).rank - 2)) +
+                                (ctx.type(v).rank - 1, ctx.type(v).rank - 2))
+        da = ctx.sum_to(ctx.op("MatMul", dy, swap(b)), a)
+        if tb.rank == 2 and ta.rank > 2:
+            # Fold the batch axes into rows: one GEMM instead of a batched product and a sum.
+            k, n = tb.shape
+            a2 = ctx.op("Reshape", a, shape=(-1, k))
+            dy2 = ctx.op("Reshape", dy, shape=(-1, n))
+            db = ctx.op("MatMul", swap(a2), dy2)
+        else:
+            db = ctx.sum_to(ctx.op("MatMul", swap(a), dy), b)
+        return [da, db]
+
 
 @register
 class Gemm(Op):
@@ -58,3 +77,15 @@ class Gemm(Op):
         ctx.emit("Gemm", inputs, out)
         if act:
             lower_activation(ctx, act, out[0], outputs)
+
+    def grad(self, ctx, node, dys):
+        if node.attrs.get("activation"):
+            raise NotImplementedError("gradient of a Gemm with a fused activation (fuse after autodiff)")
+        x, w = node.inputs[:2]
+        dy, = dys
+        dx = ctx.op("MatMul", dy, ctx.op("Transpose", w, perm=(1, 0)))
+        dw = ctx.op("MatMul", ctx.op("Transpose", x, perm=(1, 0)), dy)
+        grads = [dx, dw]
+        if len(node.inputs) == 3:
+            grads.append(ctx.sum_to(dy, node.inputs[2]))
+        return grads

@@ -58,6 +58,52 @@ class Conv(Op):
         if act:
             lower_activation(ctx, act, out[0], outputs)
 
+    def grad(self, ctx, node, dys):
+        if node.attrs.get("activation"):
+            raise NotImplementedError("gradient of a Conv with a fused activation (fuse after autodiff)")
+        x, w = node.inputs[:2]
+        dy, = dys
+        tx, tw = ctx.type(x), ctx.type(w)
+        n = tx.rank - 2
+        strides, dilations, pads = _spatial_attrs(node.attrs, n)
+        group = node.attrs.get("group", 1)
+        kernel = tw.shape[2:]
+        out_pad = tuple(transposed_output_padding(ctx.type(dy).shape[2 + i], tx.shape[2 + i], kernel[i], strides[i],
+                                                  pads[i], pads[n + i], dilations[i]) for i in range(n))
+        dx = ctx.op("ConvTranspose", dy, w, strides=strides, pads=pads, dilations=dilations, group=group,
+                    output_padding=out_pad)
+        if group == 1:
+            dw = conv_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
+        else:
+            cin, cout = tx.shape[1] // group, tw.shape[0] // group
+            parts = [conv_weight_grad(ctx, ctx.op("Slice", x, starts=(g * cin,), ends=((g + 1) * cin,), axes=(1,)),
+                                      ctx.op("Slice", dy, starts=(g * cout,), ends=((g + 1) * cout,), axes=(1,)),
+                                      kernel, strides, pads, dilations) for g in range(group)]
+            dw = ctx.op("Concat", *parts, axis=0)
+        grads = [dx, dw]
+        if len(node.inputs) == 3:
+            grads.append(ctx.op("ReduceSum", dy, axes=(0,) + tuple(range(2, n + 2)), keepdims=0))
+        return grads
+
+
+def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
+    """d(loss)/d(kernel) of a group-1 convolution, as a convolution: X^T [C, N, *sp] correlated
+    with dY^T [O, N, *sp'] (dilated by the strides) gives [C, O, *k], cropped and transposed to [O, C, *k]."""
+    n = len(kernel_spatial)
+    perm = (1, 0) + tuple(range(2, n + 2))
+    xt = ctx.op("Transpose", x, perm=perm)
+    dyt = ctx.op("Transpose", dy, perm=perm)
+    full = ctx.op("Conv", xt, dyt, strides=tuple(dilations), dilations=tuple(strides), pads=tuple(pads), group=1)
+    sizes = ctx.type(full).shape[2:]
+    if tuple(sizes) != tuple(kernel_spatial):
+        full = ctx.op("Slice", full, starts=(0,) * n, ends=tuple(kernel_spatial), axes=tuple(range(2, n + 2)))
+    return ctx.op("Transpose", full, perm=perm)
+
+
+def transposed_output_padding(in_size, out_size, kernel, stride, pad_begin, pad_end, dilation):
+    """output_padding that makes a ConvTranspose of ``in_size`` produce ``out_size``."""
+    return out_size - (stride * (in_size - 1) + dilation * (kernel - 1) + 1 - pad_begin - pad_end)
+
 
 @register
 class ConvTranspose(Op):
@@ -85,6 +131,25 @@ class ConvTranspose(Op):
 
     lower = Conv.lower
 
+    def grad(self, ctx, node, dys):
+        if node.attrs.get("activation") or node.attrs.get("group", 1) != 1:
+            raise NotImplementedError("gradient of a grouped or activation-fused ConvTranspose")
+        x, w = node.inputs[:2]
+        dy, = dys
+        n = ctx.type(x).rank - 2
+        strides, dilations, pads = _spatial_attrs(node.attrs, n)
+        # The adjoint of a transposed convolution is the convolution with the same kernel.
+        dx = ctx.op("Conv", dy, w, strides=strides, pads=pads, dilations=dilations, group=1)
+        if ctx.type(dx).shape[2:] != ctx.type(x).shape[2:]:
+            dx = ctx.op("Slice", dx, starts=(0,) * n, ends=ctx.type(x).shape[2:], axes=tuple(range(2, n + 2)))
+        # dW[c, o, k] pairs input channel c of x with output channel o of dy: the weight
+        # gradient of a forward conv from dy to x.
+        dw_oc = conv_weight_grad(ctx, dy, x, ctx.type(w).shape[2:], strides, pads, dilations)
+        grads = [dx, dw_oc]
+        if len(node.inputs) == 3:
+            grads.append(ctx.op("ReduceSum", dy, axes=(0,) + tuple(range(2, n + 2)), keepdims=0))
+        return grads
+
 
 class Pool(Op):
     """x [N, C, *spatial]. attrs: kernel_shape, strides, pads (and count_include_pad for averages)."""
@@ -106,17 +171,68 @@ class MaxPool(Pool):
     name = "MaxPool"
     onnx_op = "MaxPool"
 
+    def grad(self, ctx, node, dys):
+        return [ctx.op("MaxPoolGrad", node.inputs[0], dys[0], **node.attrs)]
+
+
+@register
+class MaxPoolGrad(Op):
+    """Routes dy to the argmax of each window: MaxPool's Indices and a scatter-add.
+    inputs: x, dy; attrs: MaxPool's."""
+    name = "MaxPoolGrad"
+
+    def infer(self, ins, attrs):
+        return [ins[0]]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, dy = inputs
+        _, indices = ctx.emit("MaxPool", [x], [ctx.fresh("pool"), ctx.fresh("argmax")],
+                              **{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in attrs.items()})
+        flat = ctx.const([-1], "int64")
+        zeros = ctx.emit("ConstantOfShape", [ctx.emit("Shape", [ctx.emit("Reshape", [x, flat])])],
+                         value=__import__("onnx").helper.make_tensor("zero", ctx.onnx_dtype(ctx.dtype(x)), [1], [0]))
+        summed = ctx.emit("ScatterElements", [zeros, ctx.emit("Reshape", [indices, flat]),
+                                              ctx.emit("Reshape", [dy, flat])], axis=0, reduction="add")
+        ctx.emit("Reshape", [summed, ctx.emit("Shape", [x])], outputs)
+
 
 @register
 class AveragePool(Pool):
     name = "AveragePool"
     onnx_op = "AveragePool"
 
+    def grad(self, ctx, node, dys):
+        """Spread dy / (window's valid count) back over each window: a transposed convolution
+        with a ones kernel, one group per channel."""
+        import numpy as np
+        x, dy = node.inputs[0], dys[0]
+        tx, ty = ctx.type(x), ctx.type(dy)
+        k = tuple(node.attrs["kernel_shape"])
+        n = len(k)
+        strides, _, pads = _spatial_attrs(node.attrs, n)
+        channels = tx.shape[1]
+        if node.attrs.get("count_include_pad", 0):
+            counts = np.full(ty.shape[2:], float(np.prod(k)))
+        else:  # valid pixels per window, from the static sizes
+            ones = np.ones(tx.shape[2:])
+            padded = np.pad(ones, [(pads[i], pads[n + i]) for i in range(n)])
+            counts = np.zeros(ty.shape[2:])
+            for idx in np.ndindex(*ty.shape[2:]):
+                window = tuple(slice(idx[i] * strides[i], idx[i] * strides[i] + k[i]) for i in range(n))
+                counts[idx] = padded[window].sum()
+        scaled = ctx.op("Div", dy, ctx.const(counts.reshape((1, 1) + counts.shape), tx.dtype))
+        kernel = ctx.const(np.ones((channels, 1) + k), tx.dtype)
+        out_pad = tuple(transposed_output_padding(ty.shape[2 + i], tx.shape[2 + i], k[i], strides[i], pads[i],
+                                                  pads[n + i], 1) for i in range(n))
+        return [ctx.op("ConvTranspose", scaled, kernel, strides=strides, pads=pads, group=channels,
+                       output_padding=out_pad)]
+
 
 @register
 class BatchNormalization(Op):
     """Inference form: (x - mean) / sqrt(var + epsilon) * scale + bias along channel ``axis``.
-    inputs: x, scale, bias, mean, var. attrs: axis, epsilon."""
+    inputs: x, scale, bias, mean, var. attrs: axis, epsilon, momentum and trainable (used by the
+    training form, which normalizes with batch statistics: kcompile.training.graphs)."""
     name = "BatchNormalization"
 
     def infer(self, ins, attrs):
@@ -146,6 +262,20 @@ class BatchNormalization(Op):
         s, shift = (ctx.emit("Reshape", [v, ctx.const(shape, "int64")]) for v in (s, shift))
         ctx.emit("Add", [ctx.emit("Mul", [x, s]), shift], outputs)
 
+    def grad(self, ctx, node, dys):
+        """Inference form (frozen statistics): y = (x - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+        x, gamma, beta, mean, var = node.inputs
+        dy, = dys
+        rank = ctx.type(x).rank
+        axis = node.attrs.get("axis", 1) % rank
+        dtype = ctx.type(x).dtype
+        shape = (-1,) + (1,) * (rank - axis - 1)
+        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, ctx.const(node.attrs.get("epsilon", 1e-3), dtype))))
+        s = ctx.op("Mul", gamma, inv_std)
+        dx = ctx.op("Mul", dy, ctx.op("Reshape", s, shape=shape))
+        xhat = ctx.op("Mul", ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape)), ctx.op("Reshape", inv_std, shape=shape))
+        return [dx, ctx.sum_to(ctx.op("Mul", dy, xhat), gamma), ctx.sum_to(dy, beta), None, None]
+
 
 @register
 class Softmax(Op):
@@ -158,11 +288,22 @@ class Softmax(Op):
         normalize_axis(attrs.get("axis", -1), ins[0].rank)
         return [ins[0]]
 
+    def grad(self, ctx, node, dys):
+        y, dy = node.outputs[0], dys[0]
+        axis = node.attrs.get("axis", -1)
+        inner = ctx.op("ReduceSum", ctx.op("Mul", dy, y), axes=(axis,), keepdims=1)
+        return [ctx.op("Mul", y, ctx.op("Sub", dy, inner))]
+
 
 @register
 class LogSoftmax(Softmax):
     name = "LogSoftmax"
     onnx_op = "LogSoftmax"
+
+    def grad(self, ctx, node, dys):
+        y, dy = node.outputs[0], dys[0]
+        total = ctx.op("ReduceSum", dy, axes=(node.attrs.get("axis", -1),), keepdims=1)
+        return [ctx.op("Sub", dy, ctx.op("Mul", ctx.op("Exp", y), total))]
 
 
 @register
@@ -177,6 +318,9 @@ class Dropout(Op):
     def lower(self, ctx, inputs, outputs, attrs):
         ctx.emit("Identity", inputs[:1], outputs)
 
+    def grad(self, ctx, node, dys):
+        return [dys[0]]  # the training graph replaces Dropout by its mask before autodiff
+
 
 @register
 class Gather(Op):
@@ -190,3 +334,27 @@ class Gather(Op):
             raise ShapeError(f"Gather indices must be integers, got {idx}")
         axis = normalize_axis(attrs.get("axis", 0), table.rank)
         return [TensorType(table.dtype, table.shape[:axis] + idx.shape + table.shape[axis + 1:])]
+
+    def grad(self, ctx, node, dys):
+        if node.attrs.get("axis", 0) != 0:
+            raise NotImplementedError("gradient of Gather on an axis other than 0")
+        table, idx = node.inputs
+        return [ctx.op("ScatterAdd", dys[0], idx, table), None]
+
+
+@register
+class ScatterAdd(Op):
+    """Rows of updates [idx..., D...] summed into zeros shaped like table [V, D...] at idx (int)."""
+    name = "ScatterAdd"
+
+    def infer(self, ins, attrs):
+        return [ins[2]]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        updates, idx, table = inputs
+        if ctx.dtype(idx) != "int64":
+            idx = ctx.emit("Cast", [idx], to=ctx.onnx_dtype("int64"))
+        zeros = ctx.emit("ConstantOfShape", [ctx.emit("Shape", [table])],
+                         value=__import__("onnx").helper.make_tensor("zero", ctx.onnx_dtype(ctx.dtype(table)), [1], [0]))
+        ctx.emit("ScatterND", [zeros, ctx.emit("Unsqueeze", [idx, ctx.const([-1], "int64")]), updates], outputs,
+                 reduction="add")

@@ -22,6 +22,11 @@ class Transpose(Op):
             raise ShapeError(f"Transpose perm {perm} does not fit rank {x.rank}")
         return [x.with_shape(x.shape[p] for p in perm)]
 
+    def grad(self, ctx, node, dys):
+        perm = tuple(node.attrs["perm"])
+        inverse = tuple(perm.index(i) for i in range(len(perm)))
+        return [ctx.op("Transpose", dys[0], perm=inverse)]
+
 
 def reshape_target(in_shape, shape):
     """ONNX Reshape semantics: 0 copies the input dimension, -1 is inferred."""
@@ -35,17 +40,21 @@ def reshape_target(in_shape, shape):
                 raise ShapeError(f"cannot reshape {format_shape(in_shape)} to {format_shape(shape)}")
             out[out.index(-1)] = total // part
         else:
-            # Symbolic: the -1 absorbs the symbolic dims if the static parts divide.
-            sym_in = [d for d in rest if not isinstance(d, int)]
-            sym_out = [d for d in known if not isinstance(d, int)]
-            if sorted(map(str, sym_in)) != sorted(map(str, sym_out)):
-                out[out.index(-1)] = "?"
-            else:
-                total = int(np.prod([d for d in rest if isinstance(d, int)]))
-                part = int(np.prod([d for d in known if isinstance(d, int)]))
-                if part == 0 or total % part:
-                    raise ShapeError(f"cannot reshape {format_shape(in_shape)} to {format_shape(shape)}")
+            # Symbolic: the -1 absorbs the symbolic input dims the output does not name.
+            remaining = [str(d) for d in rest if not isinstance(d, int)]
+            for d in known:
+                if not isinstance(d, int) and str(d) in remaining:
+                    remaining.remove(str(d))
+            total = int(np.prod([d for d in rest if isinstance(d, int)]))
+            part = int(np.prod([d for d in known if isinstance(d, int)]))
+            if part == 0 or total % part:
+                raise ShapeError(f"cannot reshape {format_shape(in_shape)} to {format_shape(shape)}")
+            if not remaining:
                 out[out.index(-1)] = total // part
+            elif len(remaining) == 1 and total == part:
+                out[out.index(-1)] = remaining[0]
+            else:
+                out[out.index(-1)] = "?"
     else:
         def static(s):
             return int(np.prod([d for d in s if isinstance(d, int)]))
@@ -67,6 +76,9 @@ class Reshape(Op):
     def lower(self, ctx, inputs, outputs, attrs):
         ctx.emit("Reshape", [inputs[0], ctx.const(list(attrs["shape"]), "int64")], outputs)
 
+    def grad(self, ctx, node, dys):
+        return [reshape_like(ctx, dys[0], node.inputs[0])]
+
 
 @register
 class Flatten(Op):
@@ -81,6 +93,9 @@ class Flatten(Op):
         def prod(s):
             return int(np.prod(s)) if all(isinstance(d, int) for d in s) else (s[0] if len(s) == 1 else "?")
         return [x.with_shape((prod(head), prod(tail)))]
+
+    def grad(self, ctx, node, dys):
+        return [reshape_like(ctx, dys[0], node.inputs[0])]
 
 
 @register
@@ -103,6 +118,15 @@ class Concat(Op):
         shape[axis] = total
         return [first.with_shape(shape)]
 
+    def grad(self, ctx, node, dys):
+        axis = node.attrs["axis"] % ctx.type(node.outputs[0]).rank
+        grads, start = [], 0
+        for v in node.inputs:
+            size = ctx.type(v).shape[axis]
+            grads.append(ctx.op("Slice", dys[0], starts=(start,), ends=(start + size,), axes=(axis,)))
+            start += size
+        return grads
+
 
 @register
 class Unsqueeze(Op):
@@ -121,6 +145,9 @@ class Unsqueeze(Op):
     def lower(self, ctx, inputs, outputs, attrs):
         ctx.emit("Unsqueeze", [inputs[0], ctx.const(list(attrs["axes"]), "int64")], outputs)
 
+    def grad(self, ctx, node, dys):
+        return [ctx.op("Squeeze", dys[0], axes=tuple(node.attrs["axes"]))]
+
 
 @register
 class Squeeze(Op):
@@ -137,6 +164,10 @@ class Squeeze(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         ctx.emit("Squeeze", [inputs[0], ctx.const(list(attrs["axes"]), "int64")], outputs)
+
+    def grad(self, ctx, node, dys):
+        rank = ctx.type(node.inputs[0]).rank
+        return [ctx.op("Unsqueeze", dys[0], axes=tuple(sorted(a % rank for a in node.attrs["axes"])))]
 
 
 class Reduce(Op):
@@ -161,5 +192,136 @@ class Reduce(Op):
             ctx.emit(self.name, inputs, outputs, **attrs)
 
 
+    def grad(self, ctx, node, dys):
+        x, y = node.inputs[0], node.outputs[0]
+        rank = ctx.type(x).rank
+        axes = tuple(sorted(a % rank for a in node.attrs.get("axes", range(rank))))
+        dy = dys[0]
+        if not node.attrs.get("keepdims", 1):
+            dy = ctx.op("Unsqueeze", dy, axes=axes)
+            y = ctx.op("Unsqueeze", y, axes=axes)
+        spread = ctx.op("ExpandLike", dy, x)
+        if self.name == "ReduceSum":
+            return [spread]
+        if self.name == "ReduceMean":
+            dims = [ctx.type(x).shape[a] for a in axes]
+            if all(isinstance(d, int) for d in dims):
+                count = ctx.const(float(__import__("math").prod(dims)), ctx.type(x).dtype)
+            else:  # a symbolic (batch) axis: count at run time
+                count = ctx.op("Cast", ctx.op("Div", ctx.op("Size", x), ctx.op("Size", node.outputs[0])),
+                               to=ctx.type(x).dtype)
+            return [ctx.op("Div", spread, count)]
+        # Max/Min: the gradient flows to the elements equal to the result.
+        hit = ctx.op("Cast", ctx.op("Equal", x, ctx.op("ExpandLike", y, x)), to=ctx.type(x).dtype)
+        return [ctx.op("Mul", spread, hit)]
+
+
 for _name in ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"]:
     register(type(_name, (Reduce,), {"name": _name}))
+
+
+def reshape_like(ctx, value, like):
+    """Reshape ``value`` to the shape of ``like`` (batch dimension copied at run time)."""
+    shape = ctx.type(like).shape
+    if all(isinstance(d, int) for d in shape):
+        return ctx.op("Reshape", value, shape=tuple(shape))
+    if all(isinstance(d, int) for d in shape[1:]):
+        keep_batch = ctx.type(value).shape[:1] == shape[:1]
+        return ctx.op("Reshape", value, shape=(0 if keep_batch else -1,) + tuple(shape[1:]))
+    return ctx.op("ReshapeLike", value, like)
+
+
+@register
+class ReshapeLike(Op):
+    """Reshape x to the (run-time) shape of like."""
+    name = "ReshapeLike"
+
+    def infer(self, ins, attrs):
+        return [ins[0].with_shape(ins[1].shape)]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        ctx.emit("Reshape", [inputs[0], ctx.emit("Shape", [inputs[1]])], outputs)
+
+    def grad(self, ctx, node, dys):
+        return [reshape_like(ctx, dys[0], node.inputs[0]), None]
+
+
+@register
+class ExpandLike(Op):
+    """Broadcast x to the (run-time) shape of like."""
+    name = "ExpandLike"
+
+    def infer(self, ins, attrs):
+        from ..ir import broadcast_shapes
+        return [ins[0].with_shape(broadcast_shapes(ins[0].shape, ins[1].shape))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        ctx.emit("Expand", [inputs[0], ctx.emit("Shape", [inputs[1]])], outputs)
+
+    def grad(self, ctx, node, dys):
+        return [ctx.sum_to(dys[0], node.inputs[0]), None]
+
+
+@register
+class Size(Op):
+    """Number of elements, an int64 scalar."""
+    name = "Size"
+    onnx_op = "Size"
+
+    def infer(self, ins, attrs):
+        return [TensorType("int64", ())]
+
+    def grad(self, ctx, node, dys):
+        return [None]
+
+
+@register
+class Slice(Op):
+    """attrs: starts, ends, axes (static)."""
+    name = "Slice"
+
+    def infer(self, ins, attrs):
+        x, = ins
+        shape = list(x.shape)
+        for start, end, axis in zip(attrs["starts"], attrs["ends"], attrs["axes"]):
+            size = shape[axis]
+            if isinstance(size, int):
+                lo, hi = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
+                shape[axis] = max(hi - lo, 0)
+            else:
+                shape[axis] = size if start == 0 and end >= 2 ** 31 else "?"
+        return [x.with_shape(shape)]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        ctx.emit("Slice", [inputs[0], ctx.const(list(attrs["starts"]), "int64"),
+                           ctx.const(list(attrs["ends"]), "int64"), ctx.const(list(attrs["axes"]), "int64")], outputs)
+
+    def grad(self, ctx, node, dys):
+        x = ctx.type(node.inputs[0])
+        pads = [0] * (2 * x.rank)
+        for start, end, axis in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"]):
+            size = x.shape[axis]
+            lo, hi = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
+            pads[axis], pads[x.rank + axis] = lo, size - hi
+        return [ctx.op("Pad", dys[0], pads=tuple(pads))]
+
+
+@register
+class Pad(Op):
+    """Zero padding; attrs: pads (begin..., end...)."""
+    name = "Pad"
+
+    def infer(self, ins, attrs):
+        x, = ins
+        n, pads = x.rank, attrs["pads"]
+        return [x.with_shape(d + pads[i] + pads[n + i] if isinstance(d, int) else d for i, d in enumerate(x.shape))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        ctx.emit("Pad", [inputs[0], ctx.const(list(attrs["pads"]), "int64")], outputs)
+
+    def grad(self, ctx, node, dys):
+        x = ctx.type(node.inputs[0])
+        n, pads = x.rank, node.attrs["pads"]
+        starts = tuple(pads[i] for i in range(n))
+        ends = tuple(pads[i] + d if isinstance(d, int) else 2 ** 62 for i, d in enumerate(x.shape))
+        return [ctx.op("Slice", dys[0], starts=starts, ends=ends, axes=tuple(range(n)))]

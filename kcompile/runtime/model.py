@@ -12,6 +12,7 @@ from ..errors import ShapeMismatch, format_shape
 from ..ir.types import DTYPES
 from .devices import providers_for
 from .summary import format_summary
+from .training import TrainingMixin
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,11 @@ def _specs(entries) -> list[TensorSpec]:
             for e in entries]
 
 
-class Model:
+class Model(TrainingMixin):
     """A compiled model. Build it with :func:`kcompile.compile` or :func:`kcompile.load`."""
 
-    def __init__(self, onnx_bytes: bytes, manifest: dict, weights: dict[str, np.ndarray], device: str = "cpu"):
+    def __init__(self, onnx_bytes: bytes, manifest: dict, weights: dict[str, np.ndarray], device: str = "cpu",
+                 training_onnx: dict | None = None, seed: int | None = None):
         self._onnx = onnx_bytes
         self.manifest = manifest
         self.name = manifest["model"]
@@ -45,15 +47,17 @@ class Model:
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = None
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
+        self._training_onnx = training_onnx or {}
+        self._init_training(manifest.get("seed", 0) if seed is None else seed)
 
     # ---------------- construction ----------------
     @classmethod
     def from_compiled(cls, compiled, seed: int = 0, device: str = "cpu") -> "Model":
-        from ..backend import to_onnx
-        from ..driver import initial_weights, manifest_for
+        from ..driver import initial_weights, lower_all, manifest_for
         weights = initial_weights(compiled.graph, seed)
-        proto = to_onnx(compiled.graph, weights)
-        return cls(proto.SerializeToString(), manifest_for(compiled, seed), weights, device)
+        files = lower_all(compiled, weights)
+        manifest = manifest_for(compiled, seed)
+        return cls(files.pop("inference"), manifest, weights, device, files)
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> "Model":
@@ -66,11 +70,21 @@ class Model:
             else:
                 raise FileNotFoundError(f"{folder} is not a kcompile build folder (no manifest.json)")
         manifest = json.loads(manifest_path.read_text())
-        onnx_bytes = (folder / manifest["files"]["inference"]).read_bytes()
-        with np.load(folder / manifest["files"]["weights"]) as data:
+        files = manifest["files"]
+        onnx_bytes = (folder / files["inference"]).read_bytes()
+        with np.load(folder / files["weights"]) as data:
             arrays = [data[k] for k in sorted(data.files)]
         names = [p["name"] for p in manifest["parameters"]]
-        return cls(onnx_bytes, manifest, dict(zip(names, arrays)), device)
+        training = {k: (folder / files[k]).read_bytes() for k in ("train_step", "eval") if k in files}
+        model = cls(onnx_bytes, manifest, dict(zip(names, arrays)), device, training)
+        if "state" in files:  # a checkpoint: optimizer slots, step and epoch
+            state = json.loads((folder / files["state"]).read_text())
+            with np.load(folder / files["optimizer"]) as data:
+                model._slots = {name: data[f"{i:04d}"] for i, name in enumerate(state["slots"])}
+            model._iterations, model._epoch = state["iterations"], state["epoch"]
+            model._lr_override = state.get("learning_rate_override")
+            model.seed = state["seed"]
+        return model
 
     # ---------------- weights ----------------
     def get_weights(self) -> list[np.ndarray]:
@@ -205,6 +219,46 @@ class Model:
         buf = io.BytesIO()
         np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(self.get_weights())})
         return buf.getvalue()
+
+    def save_weights(self, path) -> Path:
+        """Write the weights (Keras order) to an .npz file, atomically."""
+        from ..driver import write_atomic
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, self.weights_npz())
+        return path
+
+    def load_weights(self, path) -> None:
+        """Read weights written by save_weights, or the weights of a build or checkpoint folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "weights.npz"
+        with np.load(path) as data:
+            self.set_weights([data[k] for k in sorted(data.files)])
+
+    def save(self, path) -> Path:
+        """A checkpoint folder: the build files with the current weights, plus the optimizer's
+        slots, step and epoch, so that ``kcompile.load(path)`` resumes training exactly.
+        Written to a temporary folder and renamed: a crash never leaves a half-written checkpoint
+        in place of the previous one."""
+        from ..driver import write_folder_atomic
+        manifest = dict(self.manifest)
+        files = dict(manifest["files"])
+        files.update({"state": "state.json", "optimizer": "optimizer.npz"})
+        manifest["files"] = files
+        state = {"iterations": self._iterations, "epoch": self._epoch, "seed": self.seed,
+                 "learning_rate_override": self._lr_override, "slots": list(self._slots)}
+        buf = io.BytesIO()
+        np.savez(buf, **{f"{i:04d}": v for i, v in enumerate(self._slots.values())})
+        contents = {files["inference"]: self.onnx_model().SerializeToString(),
+                    files["weights"]: self.weights_npz(),
+                    "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
+                    "state.json": (json.dumps(state, indent=2) + "\n").encode(),
+                    "optimizer.npz": buf.getvalue()}
+        for key in ("train_step", "eval"):
+            if key in files:
+                contents[files[key]] = self._training_onnx[key]
+        return write_folder_atomic(Path(path), contents)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.inputs)

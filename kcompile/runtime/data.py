@@ -1,0 +1,115 @@
+"""Input data for fit/evaluate: arrays (checked against the model before the first step)
+or iterables of (x, y) batches, sliced and shuffled reproducibly."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeMismatch
+from ..ir.types import DTYPES
+
+
+def as_arrays(data, specs, where: str, what: str) -> dict:
+    """One array for one spec, a dict by name, or a list/tuple in order -> {name: array}."""
+    names = [s.name for s in specs]
+    if isinstance(data, dict):
+        missing = [n for n in names if n not in data]
+        extra = [k for k in data if k not in names]
+        if missing or extra:
+            raise ShapeMismatch(f"{where}: the model's {what}s are {names}; missing {missing}, unknown {extra}")
+        return {n: data[n] for n in names}
+    if isinstance(data, (list, tuple)) and len(specs) > 1:
+        if len(data) != len(specs):
+            raise ShapeMismatch(f"{where}: the model has {len(specs)} {what}s ({', '.join(names)}), got {len(data)} arrays")
+        return dict(zip(names, data))
+    if len(specs) > 1:
+        raise ShapeMismatch(f"{where}: the model has {len(specs)} {what}s ({', '.join(names)}); pass a dict by name")
+    return {names[0]: data}
+
+
+def _check(spec, a, where, what):
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise ShapeMismatch(f"{where}: {what} {spec.name!r} expects {spec.dtype} numbers, got dtype {a.dtype}")
+    want_rank = len(spec.shape) + 1
+    if a.ndim != want_rank or any(d is not None and d != g for d, g in zip(spec.shape, a.shape[1:])):
+        hint = ""
+        if a.ndim == want_rank + 1 and a.shape[-1] == 1 and spec.shape == a.shape[1:-1]:
+            hint = "; drop the last axis with y.reshape(len(y), ...)"
+        elif spec.shape and spec.shape[-1] is not None and a.ndim == want_rank - 1 and what == "target":
+            hint = "; for class indices use sparse_categorical_crossentropy, or one-hot encode with " \
+                   "kcompile.utils.to_categorical"
+        raise ShapeMismatch(f"{where}: {what} {spec.name!r} expects shape {spec.describe()}, got {tuple(a.shape)}{hint}")
+    want = DTYPES[spec.dtype]
+    if a.dtype != want:
+        if np.dtype(want).kind in "iu" and a.dtype.kind == "f" and not np.all(np.mod(a, 1) == 0):
+            raise ShapeMismatch(f"{where}: {what} {spec.name!r} expects integers ({spec.dtype}), got non-integer "
+                                f"{a.dtype} values")
+        a = a.astype(want)
+    return np.ascontiguousarray(a)
+
+
+def check_arrays(xs: dict, ys: dict | None, x_specs, y_specs, where):
+    """Convert and check every array; all must have one length. Returns (xs, ys, length)."""
+    xs = {s.name: _check(s, xs[s.name], where, "input") for s in x_specs}
+    ys = {s.name: _check(s, ys[s.name], where, "target") for s in y_specs} if ys is not None else {}
+    lengths = {f"input {k!r}": len(v) for k, v in xs.items()}
+    lengths.update({f"target {k!r}": len(v) for k, v in ys.items()})
+    if len(set(lengths.values())) > 1:
+        raise ShapeMismatch(f"{where}: inputs and targets have different lengths: " +
+                            ", ".join(f"{k} has {v}" for k, v in lengths.items()))
+    return xs, ys, next(iter(lengths.values()))
+
+
+class Batches:
+    """Batches of arrays (shuffled per epoch with a seeded generator) or of a user iterable."""
+
+    def __init__(self, model, xs, ys, n, batch_size, shuffle, seed, where, iterable=None, steps=None):
+        self.model, self.xs, self.ys, self.n = model, xs, ys, n
+        self.batch_size, self.shuffle, self.seed, self.where = batch_size, shuffle, seed, where
+        self.iterable = iterable
+        if iterable is not None:
+            self.steps = steps or (len(iterable) if hasattr(iterable, "__len__") else None)
+        else:
+            self.steps = steps or max(1, -(-n // batch_size))
+
+    @classmethod
+    def of(cls, model, x, y, batch_size, shuffle, seed, where, steps=None):
+        if batch_size is None:
+            batch_size = 32
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+        if y is None and x is not None and not isinstance(x, (np.ndarray, dict, list, tuple)):
+            return cls(model, None, None, None, batch_size, shuffle, seed, where, iterable=x, steps=steps)
+        if y is None:
+            raise ValueError(f"{where}: y (the targets) is missing")
+        xs, ys, n = model._check_xy(x, y, where)
+        if n == 0:
+            raise ValueError(f"{where}: no samples")
+        return cls(model, xs, ys, n, batch_size, shuffle, seed, where, steps=steps)
+
+    def epoch(self, epoch: int):
+        if self.iterable is not None:
+            for i, item in enumerate(self.iterable):
+                if self.steps is not None and i >= self.steps:
+                    break
+                if not isinstance(item, (tuple, list)) or len(item) < 2:
+                    raise ShapeMismatch(f"{self.where}: a data iterable must yield (x, y) batches, got "
+                                        f"{type(item).__name__}")
+                xs, ys, n = self.model._check_xy(item[0], item[1], self.where)
+                yield xs, ys, n
+            return
+        order = np.arange(self.n)
+        if self.shuffle:
+            np.random.default_rng([self.seed, 104729, epoch]).shuffle(order)
+        for i in range(self.steps):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if not len(idx):
+                break
+            if not self.shuffle:  # contiguous slices are views: no copy
+                s = slice(idx[0], idx[-1] + 1)
+                yield ({k: v[s] for k, v in self.xs.items()}, {k: v[s] for k, v in self.ys.items()}, len(idx))
+            else:
+                yield ({k: v[idx] for k, v in self.xs.items()}, {k: v[idx] for k, v in self.ys.items()}, len(idx))
+
+    def __iter__(self):
+        return self.epoch(0)

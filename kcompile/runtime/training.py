@@ -1,0 +1,310 @@
+"""Keras-like training on ONNX Runtime: fit, evaluate, train_on_batch, checkpoints.
+
+Each step is one run of the generated training-step graph; Python only slices
+batches, draws the dropout noise (seeded by the global step, so a resumed run
+continues the exact trajectory), and keeps the running means of loss and metrics.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import Batches, as_arrays, check_arrays
+
+
+# ---------------- learning-rate schedules ----------------
+def learning_rate_at(spec, step: int) -> float:
+    """Keras's schedules, by the optimizer's step count before the update."""
+    if not isinstance(spec, dict):
+        return float(spec)
+    kind, lr0 = spec["schedule"], float(spec["initial_learning_rate"])
+    if kind == "ExponentialDecay":
+        p = step / spec["decay_steps"]
+        if spec.get("staircase"):
+            p = math.floor(p)
+        return lr0 * spec["decay_rate"] ** p
+    if kind == "CosineDecay":
+        done = min(step, spec["decay_steps"]) / spec["decay_steps"]
+        alpha = spec.get("alpha", 0.0)
+        return lr0 * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * done)) + alpha)
+    if kind == "StepDecay":
+        return lr0 * spec.get("factor", 0.5) ** (step // spec["step_size"])
+    raise ValueError(f"unknown schedule {kind}")
+
+
+# ---------------- metric aggregation ----------------
+class RunningMetrics:
+    """Running totals of loss and metrics over an epoch (weighted by batch size, as Keras)."""
+
+    def __init__(self, metrics: list):
+        self.metrics = metrics
+        self.reset()
+
+    def reset(self):
+        self.count = 0
+        self.loss = 0.0
+        self.totals = {m["name"]: {} for m in self.metrics}
+
+    def update(self, results: dict, batch: int):
+        self.count += batch
+        self.loss += float(results["loss"]) * batch
+        for m in self.metrics:
+            totals = self.totals[m["name"]]
+            for stat, out in m["outputs"].items():
+                value = np.asarray(results[out], dtype=np.float64)
+                if m["kind"] == "mean":
+                    value = value * batch
+                totals[stat] = totals.get(stat, 0.0) + value
+
+    def result(self) -> dict:
+        from ..training.metrics import auc_from_totals
+        logs = {}
+        for m in self.metrics:
+            t = self.totals[m["name"]]
+            if not t:
+                continue
+            if m["kind"] == "mean":
+                logs[m["name"]] = float(t["value"] / max(self.count, 1))
+            elif m["kind"] == "ratio":
+                logs[m["name"]] = float(t["numerator"] / t["denominator"]) if t["denominator"] else 0.0
+            else:
+                logs[m["name"]] = auc_from_totals(t["tp"], t["fp"], float(t["pos"]), float(t["neg"]))
+        logs["loss"] = self.loss / max(self.count, 1)
+        return logs
+
+
+@dataclass
+class NonFiniteLoss(Exception):
+    epoch: int
+    step: int
+    value: float
+
+    def __str__(self):
+        return (f"the loss became {self.value} at epoch {self.epoch + 1}, step {self.step + 1}; training stopped and "
+                f"the weights of the last finite step were kept")
+
+
+class TrainingMixin:
+    """fit/evaluate/... for :class:`kcompile.runtime.model.Model` (which holds the sessions and weights)."""
+
+    # ---- state ----
+    def _init_training(self, seed: int):
+        spec = self.manifest.get("training")
+        self.seed = seed
+        self.stop_training = False
+        self.history = None
+        self._iterations = 0
+        self._epoch = 0
+        self._lr_override = None
+        self._train_session = self._eval_session = None
+        if spec:
+            self._slots = {s["name"]: np.full(self._weights[s["param"]].shape, s["init"],
+                                              dtype=self._weights[s["param"]].dtype) for s in spec["slots"]}
+        else:
+            self._slots = {}
+
+    @property
+    def trainable(self) -> bool:
+        return bool(self.manifest.get("training"))
+
+    def _require_training(self, what):
+        if self.manifest.get("training_error"):
+            raise RuntimeError(f"{what}: model {self.name} cannot be trained yet: {self.manifest['training_error']}")
+        if not self.trainable:
+            raise RuntimeError(f"{what}: model {self.name} has no train section; add `train {{ loss = ... "
+                               f"optimizer = ... }}` to it")
+
+    @property
+    def iterations(self) -> int:
+        """Optimizer steps taken so far."""
+        return self._iterations
+
+    @property
+    def learning_rate(self) -> float:
+        if self._lr_override is not None:
+            return self._lr_override
+        return learning_rate_at(self.manifest["training"]["optimizer"]["args"]["learning_rate"], self._iterations)
+
+    @learning_rate.setter
+    def learning_rate(self, value: float):
+        self._lr_override = float(value)
+
+    def _session_for(self, key):
+        import onnxruntime as ort
+        attr = "_train_session" if key == "train_step" else "_eval_session"
+        if getattr(self, attr) is None:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            setattr(self, attr, ort.InferenceSession(self._training_onnx[key], options, providers=self._providers))
+        return getattr(self, attr)
+
+    def _weights_changed(self):
+        self._session = None
+        self._onnx_weights_current = False
+
+    # ---- data ----
+    def _targets_spec(self):
+        return self.manifest["training"]["targets"]
+
+    def _check_xy(self, x, y, where):
+        xs = as_arrays(x, self.inputs, where, "input")
+        targets = [type(self.inputs[0])(t["name"], t["dtype"], tuple(d if isinstance(d, int) else None
+                                                                     for d in t["shape"][1:]))
+                   for t in self._targets_spec()]
+        ys = as_arrays(y, targets, where, "target") if y is not None else None
+        return check_arrays(xs, ys, self.inputs, targets, where)
+
+    # ---- one step ----
+    def _step_feeds(self, xb: dict, yb: dict, training: bool):
+        feeds = dict(xb)
+        feeds.update(yb)
+        feeds.update(self._weights)
+        if training:
+            spec = self.manifest["training"]
+            feeds.update(self._slots)
+            feeds["lr"] = np.asarray(self.learning_rate, np.float32)
+            feeds["step"] = np.asarray(self._iterations + 1, np.float32)
+            if spec["noise"]:
+                n = next(iter(xb.values())).shape[0]
+                rng = np.random.default_rng([self.seed, 7919, self._iterations])
+                for item in spec["noise"]:
+                    shape = (n,) + tuple(item["shape"][1:])
+                    feeds[item["name"]] = rng.random(shape, dtype=np.float32)
+        return feeds
+
+    def _run_train_step(self, xb, yb):
+        session = self._session_for("train_step")
+        names = [o.name for o in session.get_outputs()]
+        feeds = self._step_feeds(xb, yb, training=True)
+        needed = {i.name for i in session.get_inputs()}
+        results = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in needed})))
+        loss = float(results["loss"])
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss)
+        for name, value in results.items():
+            if name.startswith("new:"):
+                key = name[4:]
+                if key in self._weights:
+                    self._weights[key] = value
+                else:
+                    self._slots[key] = value
+        self._iterations += 1
+        return results
+
+    def _run_eval_step(self, xb, yb):
+        session = self._session_for("eval")
+        names = [o.name for o in session.get_outputs()]
+        feeds = self._step_feeds(xb, yb, training=False)
+        needed = {i.name for i in session.get_inputs()}
+        return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in needed})))
+
+    # ---- public API ----
+    def train_on_batch(self, x, y, return_dict=False):
+        """One optimizer step on one batch; returns the loss and metrics of that batch."""
+        self._require_training("train_on_batch")
+        xs, ys, n = self._check_xy(x, y, "train_on_batch")
+        self._step_in_epoch = 0
+        results = self._run_train_step(xs, ys)
+        self._weights_changed()
+        running = RunningMetrics(self.manifest["training"]["metrics"])
+        running.update(results, n)
+        return self._format(running.result(), return_dict)
+
+    def test_on_batch(self, x, y, return_dict=False):
+        self._require_training("test_on_batch")
+        xs, ys, n = self._check_xy(x, y, "test_on_batch")
+        running = RunningMetrics(self.manifest["training"]["metrics"])
+        running.update(self._run_eval_step(xs, ys), n)
+        return self._format(running.result(), return_dict)
+
+    def _format(self, logs, return_dict):
+        if return_dict:
+            return logs
+        values = [logs["loss"]] + [logs[m["name"]] for m in self.manifest["training"]["metrics"]]
+        return values[0] if len(values) == 1 else values
+
+    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", return_dict=False, callbacks=None):
+        """Loss and metrics over (x, y) in inference mode (dropout off, moving statistics)."""
+        self._require_training("evaluate")
+        from ..callbacks import CallbackList
+        batches = Batches.of(self, x, y, batch_size, shuffle=False, seed=self.seed, where="evaluate")
+        verbose = 1 if verbose == "auto" else verbose
+        cbs = CallbackList(callbacks, add_history=False, add_progbar=verbose != 0, model=self,
+                           epochs=1, steps=batches.steps, verbose=verbose)
+        running = RunningMetrics(self.manifest["training"]["metrics"])
+        cbs.on_test_begin()
+        for i, (xb, yb, n) in enumerate(batches):
+            cbs.on_test_batch_begin(i)
+            running.update(self._run_eval_step(xb, yb), n)
+            cbs.on_test_batch_end(i, running.result())
+        logs = running.result()
+        cbs.on_test_end(logs)
+        return self._format(logs, return_dict)
+
+    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, initial_epoch=0, steps_per_epoch=None, validation_batch_size=None):
+        """Train for ``epochs`` (Keras semantics). ``x``/``y``: arrays (dicts by name for several
+        inputs/targets), or ``x`` an iterable of (x, y) batches. Returns a History."""
+        self._require_training("fit")
+        from ..callbacks import CallbackList
+        if validation_split and validation_data is None:
+            if not 0 < validation_split < 1:
+                raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
+            xs, ys, n = self._check_xy(x, y, "fit")
+            cut = int(n * (1 - validation_split))
+            validation_data = ({k: v[cut:] for k, v in xs.items()}, {k: v[cut:] for k, v in ys.items()})
+            x, y = {k: v[:cut] for k, v in xs.items()}, {k: v[:cut] for k, v in ys.items()}
+        batches = Batches.of(self, x, y, batch_size, shuffle=shuffle, seed=self.seed, where="fit",
+                             steps=steps_per_epoch)
+        val = None
+        if validation_data is not None:
+            vx, vy = validation_data[0], validation_data[1]
+            val = Batches.of(self, vx, vy, validation_batch_size or batch_size, shuffle=False, seed=self.seed,
+                             where="fit validation_data")
+        verbose = 1 if verbose == "auto" else verbose
+        cbs = CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self, epochs=epochs,
+                           steps=batches.steps, verbose=verbose)
+        self.stop_training = False
+        running = RunningMetrics(self.manifest["training"]["metrics"])
+        cbs.on_train_begin()
+        logs = {}
+        try:
+            for epoch in range(initial_epoch, epochs):
+                self._epoch = epoch
+                running.reset()
+                cbs.on_epoch_begin(epoch)
+                for step, (xb, yb, n) in enumerate(batches.epoch(epoch)):
+                    self._step_in_epoch = step
+                    cbs.on_train_batch_begin(step)
+                    results = self._run_train_step(xb, yb)
+                    running.update(results, n)
+                    cbs.on_train_batch_end(step, running.result())
+                    if self.stop_training:
+                        break
+                self._weights_changed()
+                logs = running.result()
+                if val is not None:
+                    vals = RunningMetrics(self.manifest["training"]["metrics"])
+                    for xb, yb, n in val:
+                        vals.update(self._run_eval_step(xb, yb), n)
+                    logs.update({f"val_{k}": v for k, v in vals.result().items()})
+                cbs.on_epoch_end(epoch, logs)
+                self._epoch = epoch + 1
+                if self.stop_training:
+                    break
+        except NonFiniteLoss as e:
+            self._weights_changed()
+            print(f"kcompile: {e}")
+            self.stop_training = True
+            self.nonfinite = e
+        cbs.on_train_end(logs)
+        return cbs.history
+
+    # ---- weights and checkpoints ----
+    def optimizer_state(self) -> dict:
+        return {k: v.copy() for k, v in self._slots.items()}
+
+

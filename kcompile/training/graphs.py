@@ -1,0 +1,330 @@
+"""Build the training-step and evaluation graphs of a model's train section.
+
+The training step, one onnxruntime run, takes a batch, the targets, every weight,
+the optimizer's slots, the learning rate ``lr``, the step count ``step`` (1-based)
+and one uniform-noise input per Dropout; it returns the loss, the metrics'
+statistics, and the new weights and slots (``new:<name>``). Everything is
+generated: the backward graph by ``kcompile.autodiff``, the update by
+``training.optimizers``. The evaluation graph runs the model in inference mode and
+returns the loss and metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..autodiff import GradContext, gradients
+from ..errors import KcompileError
+from ..frontend import ast
+from ..frontend.train import LOSS_ALIASES
+from ..ir import Graph, TensorType
+from ..passes import optimize
+from ..passes.cse import common_subexpression_elimination
+from ..passes.dce import dead_code_elimination
+from ..passes.fold import constant_folding
+from ..passes.dropout import remove_dropout
+from . import optimizers
+from .losses import LOSS_FUNCTIONS
+from .metrics import METRIC_FUNCTIONS
+
+LR, STEP = "lr", "step"
+
+
+@dataclass
+class MetricSpec:
+    name: str
+    kind: str  # mean | ratio | auc
+    outputs: dict  # statistic -> graph output name
+
+
+@dataclass
+class TrainingProgram:
+    step: Graph
+    eval: Graph
+    inputs: list  # the model's data inputs
+    targets: list  # [(name, TensorType)] in the order fit's y maps to them
+    trainable: list  # weights the optimizer updates
+    updated: list  # non-trainable weights the step also updates (BatchNorm statistics)
+    slots: list  # [(input name, param, initial value)]
+    noise: list  # [(input name, like value)] uniform noise for Dropout
+    metrics: list = field(default_factory=list)
+    optimizer: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {
+            "inputs": self.inputs,
+            "targets": [{"name": n, "dtype": t.dtype, "shape": list(t.shape)} for n, t in self.targets],
+            "trainable": self.trainable,
+            "updated": self.updated,
+            "slots": [{"name": n, "param": p, "init": v} for n, p, v in self.slots],
+            "noise": [{"name": n, "shape": list(self.step.types[n].shape), "dtype": self.step.types[n].dtype}
+                      for n, _ in self.noise],
+            "metrics": [{"name": m.name, "kind": m.kind, "outputs": m.outputs} for m in self.metrics],
+            "optimizer": self.optimizer,
+        }
+
+
+# ---------------- training form of the forward graph ----------------
+def training_form(g: Graph) -> tuple[list, list]:
+    """Dropout draws its mask from a noise input; BatchNormalization of trainable layers
+    uses batch statistics and outputs its new moving statistics. Returns (noise inputs,
+    [(moving statistic, new value)])."""
+    ctx = GradContext(g)
+    noise, updates = [], []
+    for node in g.nodes():
+        ctx.node = node
+        if node.op == "Dropout":
+            x = node.inputs[0]
+            rate = node.attrs["rate"]
+            if rate == 0:
+                g.replace_uses(node.outputs[0], x)
+                g.remove_node(node)
+                continue
+            name = g.fresh(f"noise:{node.layer or node.name}")
+            g.add_input(name, g.types[x])
+            keep = ctx.op("Cast", ctx.op("GreaterOrEqual", name, rate), to=g.types[x].dtype)
+            y = ctx.op("Mul", ctx.op("Mul", x, keep), 1.0 / (1.0 - rate))
+            g.replace_uses(node.outputs[0], y)
+            g.remove_node(node)
+            noise.append((name, x))
+        elif node.op == "BatchNormalization" and node.attrs.get("trainable", True):
+            x, gamma, beta, mean, var = node.inputs
+            t = g.types[x]
+            axis = node.attrs["axis"] % t.rank
+            axes = tuple(i for i in range(t.rank) if i != axis)
+            shape = (-1,) + (1,) * (t.rank - axis - 1)
+            batch_mean = ctx.op("ReduceMean", x, axes=axes, keepdims=1)
+            centered = ctx.op("Sub", x, batch_mean)
+            batch_var = ctx.op("ReduceMean", ctx.op("Mul", centered, centered), axes=axes, keepdims=1)
+            inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", batch_var, node.attrs.get("epsilon", 1e-3))))
+            y = ctx.op("Add", ctx.op("Mul", ctx.op("Mul", centered, inv_std), ctx.op("Reshape", gamma, shape=shape)),
+                       ctx.op("Reshape", beta, shape=shape))
+            g.replace_uses(node.outputs[0], y)
+            g.remove_node(node)
+            momentum = node.attrs.get("momentum", 0.99)
+            for stat, value in ((mean, batch_mean), (var, batch_var)):
+                if g.kind(stat) != "param":
+                    continue
+                flat = ctx.op("Reshape", value, shape=(-1,))
+                updates.append((stat, ctx.op("Add", ctx.op("Mul", stat, momentum), ctx.op("Mul", flat, 1 - momentum))))
+    return noise, updates
+
+
+# ---------------- loss and metrics from the train section ----------------
+class _Objective:
+    """Evaluates the train section's loss and metric expressions on a graph."""
+
+    def __init__(self, g: Graph, train: ast.Train, config: dict, env: dict):
+        self.g, self.config = g, config
+        self.ctx = GradContext(g)
+        self.outputs = dict(g.outputs)
+        self.env = env
+        self.targets: dict[str, str] = {}
+        self.target_types: list = []
+        declared = [s for s in train.statements if isinstance(s, ast.TargetDecl)]
+        for name, spec in config.get("targets", {}).items():
+            self._target(name, TensorType(spec["dtype"], tuple(spec["shape"])))
+        self.declared = [d.name for d in declared]
+        self.loss_of_output: dict[str, str] = {}
+
+    def _target(self, name, t):
+        if name not in self.g.types:
+            self.g.add_input(name, t)
+        self.targets[name] = name
+        self.target_types.append((name, t))
+        return name
+
+    def implicit_target(self, output: str, loss: str) -> str:
+        name = f"{output}_target"
+        if name in self.targets:
+            return name
+        t = self.g.types[self.outputs[output]]
+        if loss == "sparse_categorical_crossentropy":
+            t = TensorType("int64", t.shape[:-1])
+        return self._target(name, t)
+
+    def value(self, e) -> str:
+        name = e.id
+        if name in self.targets:
+            return self.targets[name]
+        if name in self.outputs:
+            return self.outputs[name]
+        return self.env[name]
+
+    def loss(self, e):
+        ctx = self.ctx
+        if isinstance(e, ast.Number):
+            return float(e.value)
+        if isinstance(e, ast.Neg):
+            v = self.loss(e.operand)
+            return -v if isinstance(v, float) else ctx.op("Neg", v)
+        if isinstance(e, ast.BinOp):
+            a, b = self.loss(e.left), self.loss(e.right)
+            if isinstance(a, float) and isinstance(b, float):
+                return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[e.op]
+            a, b = (self._scalar(v) for v in (a, b))
+            return ctx.op({"+": "Add", "-": "Sub", "*": "Mul", "/": "Div"}[e.op], a, b)
+        if isinstance(e, ast.Name):
+            output = next(iter(self.outputs))
+            return self.term(LOSS_ALIASES.get(e.id, e.id), output, None, {})
+        if isinstance(e, ast.Call):
+            fn = e.func.id
+            if fn in ("mean", "sum"):
+                inner = self._scalar(self.loss(e.args[0]))
+                return ctx.op("ReduceMean" if fn == "mean" else "ReduceSum", inner, keepdims=0)
+            if fn in ("l1", "l2"):
+                return self.regularization(fn)
+            kwargs = {k.name: _literal(k.value) for k in e.kwargs}
+            name = LOSS_ALIASES.get(fn, fn)
+            if len(e.args) == 1:
+                return self.term(name, e.args[0].id, None, kwargs)
+            return self.term(name, None, (e.args[0], e.args[1]), kwargs)
+        raise KcompileError("unsupported loss expression", e.loc)
+
+    def _scalar(self, v):
+        if isinstance(v, float):
+            return self.ctx.const(v, "float32")
+        return v
+
+    def term(self, loss, output, pair, kwargs):
+        """Per-sample loss values of one loss function."""
+        if pair is None:
+            prediction = self.outputs[output]
+            target = self.implicit_target(output, loss)
+            self.loss_of_output[output] = loss
+        else:
+            target, prediction = self.value(pair[0]), self.value(pair[1])
+            out_name = next((o for o, v in self.outputs.items() if v == prediction), pair[1].id)
+            self.loss_of_output[out_name] = loss
+        return LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
+
+    def regularization(self, kind):
+        """l2(weights): sum of squares of the trainable kernels (weights of rank >= 2);
+        l1: sum of absolute values. Biases and normalization scales are left out, as usual."""
+        total = None
+        for name, p in self.g.params.items():
+            if not p.trainable or p.type.rank < 2:
+                continue
+            term = self.ctx.op("ReduceSum", self.ctx.op("Mul", name, name) if kind == "l2" else
+                               self.ctx.op("Abs", name), keepdims=0)
+            total = term if total is None else self.ctx.op("Add", total, term)
+        return total if total is not None else 0.0
+
+    def metric(self, e, loss_config):
+        ctx = self.ctx
+        name = e.id if isinstance(e, ast.Name) else e.func.id
+        fn, kind = METRIC_FUNCTIONS[name]
+        if isinstance(e, ast.Name) or len(e.args) == 1:
+            output = next(iter(self.outputs)) if isinstance(e, ast.Name) else e.args[0].id
+            prediction = self.outputs[output]
+            loss = self.loss_of_output.get(output, "")
+            target = self.implicit_target(output, loss) if f"{output}_target" in self.targets or not \
+                self.declared else self.targets[self.declared[0]]
+        else:
+            target, prediction = self.value(e.args[0]), self.value(e.args[1])
+            output = next((o for o, v in self.outputs.items() if v == prediction), e.args[1].id)
+            loss = self.loss_of_output.get(output, "")
+        if fn == "accuracy":
+            if name.startswith("sparse") or (name == "accuracy" and loss == "sparse_categorical_crossentropy"):
+                acc_kind = "sparse"
+            elif name.startswith("binary") or (name == "accuracy" and (loss == "binary_crossentropy" or
+                                                                         self.g.types[prediction].shape[-1] == 1)):
+                acc_kind = "binary"
+            else:
+                acc_kind = "categorical"
+            stats = METRIC_FUNCTIONS_ACCURACY(ctx, target, prediction, acc_kind)
+        else:
+            stats = fn(ctx, target, prediction)
+        label = name if len(self.outputs) == 1 else f"{output}_{name}"
+        return label, kind, stats
+
+
+def METRIC_FUNCTIONS_ACCURACY(ctx, y, p, kind):
+    from .metrics import accuracy
+    return accuracy(ctx, y, p, kind)
+
+
+def _literal(e):
+    from ..frontend.train import _literal as lit
+    return lit(e)
+
+
+def _objective(g, train, config, env):
+    objective = _Objective(g, train, config, env)
+    loss_stmt = next(s for s in train.statements if isinstance(s, ast.Assign) and s.name == "loss")
+    loss = objective.loss(loss_stmt.expr)
+    if isinstance(loss, float):
+        raise KcompileError("the loss does not depend on the model", loss_stmt.loc)
+    if objective.ctx.type(loss).rank:
+        loss = objective.ctx.op("ReduceMean", loss, keepdims=0)
+    metrics = []
+    metrics_stmt = next((s for s in train.statements if isinstance(s, ast.Assign) and s.name == "metrics"), None)
+    if metrics_stmt is not None:
+        items = metrics_stmt.expr.items if isinstance(metrics_stmt.expr, ast.List) else [metrics_stmt.expr]
+        for item in items:
+            metrics.append(objective.metric(item, config))
+    return objective, loss, metrics
+
+
+def _metric_outputs(g, metrics) -> list:
+    specs = []
+    for label, kind, stats in metrics:
+        outs = {}
+        for stat, value in stats.items():
+            public = f"metric:{label}:{stat}"
+            g.outputs.append((public, value))
+            outs[stat] = public
+        specs.append(MetricSpec(label, kind, outs))
+    return specs
+
+
+def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_level: int = 1) -> TrainingProgram:
+    """``graph``: the model's elaborated graph (no passes yet); ``train``/``config``: its train
+    section and the checked description of it; ``env``: the model's named values."""
+    model_outputs = list(graph.outputs)
+
+    # ---- evaluation: inference mode + loss + metrics ----
+    ev = graph.copy()
+    remove_dropout(ev)
+    objective, loss, metrics = _objective(ev, train, config, env)
+    ev.outputs = [("loss", loss)]
+    metric_specs = _metric_outputs(ev, metrics)
+    ev.outputs += [(f"output:{o}", v) for o, v in model_outputs]
+    ev, _ = optimize(ev, opt_level)
+
+    # ---- training step ----
+    g = graph.copy()
+    noise, stat_updates = training_form(g)
+    objective, loss, metrics = _objective(g, train, config, env)
+    trainable = [n for n, p in g.params.items() if p.trainable]
+    grads = gradients(g, loss, trainable)
+    trainable = [n for n in trainable if grads[n] is not None]
+    ctx = GradContext(g)
+    opt = config["optimizer"]
+    g.add_input(LR, TensorType("float32", ()))
+    g.add_input(STEP, TensorType("float32", ()))
+    grads = optimizers.clip(ctx, opt, {n: grads[n] for n in trainable})
+    slot_list = optimizers.slots(opt)
+    slots = []
+    outputs = [("loss", loss)]
+    metric_specs_step = _metric_outputs(g, metrics)
+    for name in trainable:
+        state = {}
+        for slot in slot_list:
+            inp = optimizers.slot_input(opt, slot, name)
+            g.add_input(inp, g.types[name])
+            state[slot.name] = inp
+            slots.append((inp, name, slot.init))
+        new_w, new_state = optimizers.update(ctx, opt, name, grads[name], state, LR, STEP)
+        outputs.append((f"new:{name}", new_w))
+        for slot_name, value in new_state.items():
+            outputs.append((f"new:{state[slot_name]}", value))
+    for stat, value in stat_updates:
+        outputs.append((f"new:{stat}", value))
+    g.outputs = outputs + [o for o in g.outputs if o[0].startswith("metric:")]
+    for fn in (constant_folding, common_subexpression_elimination, dead_code_elimination):
+        g = fn(g)
+    assert [m.name for m in metric_specs] == [m.name for m in metric_specs_step]
+    return TrainingProgram(step=g, eval=ev, inputs=list(graph.inputs), targets=objective.target_types,
+                           trainable=trainable, updated=[s for s, _ in stat_updates], slots=slots,
+                           noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt)
+
