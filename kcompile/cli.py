@@ -12,8 +12,10 @@ kcompile compiles neural-network models written in the .kdl language to ONNX.
 commands:
   check FILE      parse and shape-check every model in FILE; print errors only
   summary FILE    print a Keras-style table: layer, output shape, parameter count
-  build FILE      compile a model and write DIR/<model>/ (the .onnx, manifest.json,
+  build FILE      compile a model and write DIR/<model>/ (the .onnx files, manifest.json,
                   weights.npz, source.kdl, and an __init__.py so the folder imports)
+  train FILE      compile a model with a train section, train it on arrays from an
+                  .npz file, report loss and metrics, and save a checkpoint
 
 exit status: 0 on success, 1 when the source has errors, 2 on bad usage.
 Run `kcompile COMMAND --help` for each command's options.
@@ -61,6 +63,27 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default: 0)")
     build.add_argument("--report", action="store_true", help="print what each pass changed (node counts)")
     build.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    train = sub.add_parser("train", help="train a model on arrays from an .npz file",
+                           description="Compile a model of FILE (its train section gives loss, optimizer and "
+                                       "metrics), train it on DATA.npz and save a checkpoint folder that "
+                                       "`kcompile.load` reads (and a later `kcompile train --resume` continues). "
+                                       "DATA.npz holds one array per model input and per target, by name; for a "
+                                       "model with one input and one target, `x` and `y` also work. Optional "
+                                       "`x_test`/`y_test` (or `<name>_test`) arrays are evaluated at the end. "
+                                       "Integer class labels are one-hot encoded when the loss needs it.")
+    train.add_argument("file", metavar="FILE", help="the .kdl source file")
+    train.add_argument("--data", metavar="DATA.npz", required=True, help="the training arrays")
+    train.add_argument("--model", metavar="NAME", help="which model, when the file defines several")
+    train.add_argument("--epochs", type=int, default=1, help="epochs to train (default: 1)")
+    train.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    train.add_argument("--validation-split", type=float, default=0.0, metavar="F",
+                       help="fraction of the data held out for validation (default: 0)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffling and dropout")
+    train.add_argument("-o", "--output", metavar="DIR", help="checkpoint folder (default: checkpoints/<model>)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint folder if it exists")
+    train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2,
+                       help="0 silent, 1 progress bar, 2 one line per epoch (default)")
     return p
 
 
@@ -99,6 +122,8 @@ def _run(args) -> int:
         if diagnostics:
             raise KcompileError(diagnostics)
         return 0
+    if args.command == "train":
+        return _train(args, source)
     names = [args.model] if getattr(args, "model", None) else [m.name for m in module.models()]
     if not names:
         raise KcompileError(f"{args.file} defines no model")
@@ -129,6 +154,71 @@ def _run(args) -> int:
             n = sum(1 for _ in compiled.graph.nodes())
             print(f"built {name} -> {folder}/ ({n} ops, -O{level}, {time.perf_counter() - start:.2f} s)")
     return 0
+
+
+def _train(args, source) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import load
+    from .driver import compile_source
+    from .errors import KcompileError
+    from .runtime.model import Model
+
+    compiled = compile_source(source, args.file, args.model)
+    name = compiled.graph.name
+    out = Path(args.output or Path("checkpoints") / name)
+    if args.resume and (out / "manifest.json").exists():
+        model = load(out)
+        print(f"resuming {name} from {out}/ at epoch {model._epoch}")
+    else:
+        model = Model.from_compiled(compiled, seed=args.seed)
+    if not model.trainable:
+        raise KcompileError(f"model {name} has no train section" if not model.manifest.get("training_error")
+                            else f"model {name} cannot be trained yet: {model.manifest['training_error']}")
+    try:
+        data = dict(np.load(args.data))
+    except (OSError, ValueError) as e:
+        raise KcompileError(f"cannot read {args.data}: {e}") from None
+    inputs = [s.name for s in model.inputs]
+    targets = [t["name"] for t in model.manifest["training"]["targets"]]
+
+    def pick(names, fallback, suffix=""):
+        if all(n + suffix in data for n in names):
+            return {n: data[n + suffix] for n in names}
+        if len(names) == 1 and fallback + suffix.replace("_test", "") in data and not suffix:
+            return {names[0]: data[fallback]}
+        if len(names) == 1 and suffix and f"{fallback}_test" in data:
+            return {names[0]: data[f"{fallback}_test"]}
+        return None
+
+    x, y = pick(inputs, "x"), pick(targets, "y")
+    if x is None or y is None:
+        raise KcompileError(f"{args.data} needs arrays {inputs + targets} (or x and y); it has {sorted(data)}")
+    y = {k: _encode_labels(model, k, v) for k, v in y.items()}
+    model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_split=args.validation_split,
+              verbose=args.verbose, initial_epoch=model._epoch)
+    xt, yt = pick(inputs, "x", "_test"), pick(targets, "y", "_test")
+    if xt is not None and yt is not None:
+        yt = {k: _encode_labels(model, k, v) for k, v in yt.items()}
+        logs = model.evaluate(xt, yt, verbose=0, return_dict=True)
+        print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+    model.save(out)
+    print(f"saved {out}/")
+    return 0
+
+
+def _encode_labels(model, target, y):
+    """Integer labels for a target that expects one-hot rows are one-hot encoded."""
+    import numpy as np
+
+    from .utils import to_categorical
+    spec = next(t for t in model.manifest["training"]["targets"] if t["name"] == target)
+    y = np.asarray(y)
+    if y.dtype.kind in "iu" and len(spec["shape"]) == y.ndim + 1 and spec["shape"][-1] > 1:
+        return to_categorical(y, spec["shape"][-1])
+    return y
 
 
 if __name__ == "__main__":

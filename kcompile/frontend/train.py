@@ -260,8 +260,8 @@ class _Checker:
     def number_or_schedule(self, e):
         v = _literal(e)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if v <= 0:
-                self.error(f"learning_rate must be positive, got {v}", e.loc)
+            if v < 0:
+                self.error(f"learning_rate must not be negative, got {v}", e.loc)
             return float(v)
         if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in SCHEDULES:
             allowed = SCHEDULES[e.func.id]

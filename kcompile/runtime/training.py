@@ -98,6 +98,7 @@ class TrainingMixin:
         self._iterations = 0
         self._epoch = 0
         self._lr_override = None
+        self._previous = None
         self._train_session = self._eval_session = None
         if spec:
             self._slots = {s["name"]: np.full(self._weights[s["param"]].shape, s["init"],
@@ -183,7 +184,12 @@ class TrainingMixin:
         results = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in needed})))
         loss = float(results["loss"])
         if not math.isfinite(loss):
+            # The current weights gave a non-finite loss: go back to those of the previous
+            # step, the last that gave a finite one.
+            if self._previous is not None:
+                self._weights, self._slots, self._iterations = self._previous
             raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss)
+        self._previous = (dict(self._weights), dict(self._slots), self._iterations)  # references, no copies
         for name, value in results.items():
             if name.startswith("new:"):
                 key = name[4:]

@@ -1,0 +1,238 @@
+"""fit/evaluate on real data; determinism, resume, atomic checkpoints, NaN stop, input errors."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile import ShapeMismatch
+from kcompile.callbacks import Callback, ModelCheckpoint
+from kcompile.utils import to_categorical
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def mnist_sample():
+    """The 1,000 real MNIST test images shipped in examples/data (first 800 to train, last 200 to test)."""
+    with np.load(ROOT / "examples" / "data" / "mnist_sample.npz") as d:
+        x = d["x"][..., None].astype(np.float32) / 255.0
+        y = d["y"].astype(np.int64)
+    return (x[:800], y[:800]), (x[800:], y[800:])
+
+
+SMALL = """
+model small {
+    input x: float32[6]
+    Dense(16, activation=relu)
+    Dropout(0.3)
+    BatchNormalization()
+    probs = Dense(3, activation=softmax)
+    output probs
+    train {
+        loss = categorical_crossentropy
+        optimizer = Adam(learning_rate=0.01)
+        metrics = [accuracy]
+    }
+}
+"""
+
+
+def small_data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = to_categorical((x[:, 0] + x[:, 1] > 0).astype(int) + (x[:, 2] > 1).astype(int), 3)
+    return x, y
+
+
+def test_mnist_mlp_learns_real_digits(mnist_sample):
+    (x, y), (xt, yt) = mnist_sample
+    model = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+    history = model.fit(x, to_categorical(y, 10), epochs=5, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0] / 2
+    loss, accuracy = model.evaluate(xt, to_categorical(yt, 10), verbose=0)
+    assert accuracy >= 0.85, accuracy
+    # evaluate agrees with predict
+    np.testing.assert_allclose(accuracy, np.mean(model.predict(xt).argmax(1) == yt), atol=1e-6)
+
+
+def test_mnist_cnn_learns_real_digits(mnist_sample):
+    (x, y), (xt, yt) = mnist_sample
+    model = kcompile.compile(ROOT / "examples" / "mnist_cnn.kdl", seed=0)
+    model.fit(x, to_categorical(y, 10), epochs=4, batch_size=32, verbose=0)
+    _, accuracy = model.evaluate(xt, to_categorical(yt, 10), verbose=0)
+    assert accuracy >= 0.85, accuracy
+
+
+def test_iris_reaches_090():
+    from kcompile.datasets import iris
+    (x, y), (xt, yt) = iris.split(test_fraction=0.2, seed=0)
+    mean, std = x.mean(0), x.std(0)
+    model = kcompile.compile(ROOT / "examples" / "iris_mlp.kdl", seed=0)
+    model.fit((x - mean) / std, to_categorical(y, 3), epochs=100, batch_size=16, verbose=0)
+    _, accuracy = model.evaluate((xt - mean) / std, to_categorical(yt, 3), verbose=0)
+    assert accuracy >= 0.9, accuracy
+
+
+def test_same_seed_same_history_and_weights():
+    x, y = small_data()
+    runs = []
+    for _ in range(2):
+        m = kcompile.compile_string(SMALL, seed=4)
+        h = m.fit(x, y, epochs=3, batch_size=16, verbose=0, validation_split=0.25)
+        runs.append((h.history, m.get_weights()))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_array_equal(a, b)
+    other = kcompile.compile_string(SMALL, seed=5).fit(x, y, epochs=3, batch_size=16, verbose=0)
+    assert other.history["loss"] != runs[0][0]["loss"]
+
+
+def test_resume_from_checkpoint_continues_the_exact_trajectory(tmp_path):
+    x, y = small_data()
+    straight = kcompile.compile_string(SMALL, seed=1)
+    full = straight.fit(x, y, epochs=4, batch_size=16, verbose=0).history["loss"]
+
+    first = kcompile.compile_string(SMALL, seed=1)
+    first.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    first.save(tmp_path / "ckpt")
+    resumed = kcompile.load(tmp_path / "ckpt")
+    assert resumed.iterations == first.iterations == 12
+    rest = resumed.fit(x, y, epochs=4, initial_epoch=2, batch_size=16, verbose=0).history["loss"]
+    np.testing.assert_array_equal(rest, full[2:])
+    for a, b in zip(resumed.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    path = m.save(tmp_path / "ckpt")
+    good = kcompile.load(path).get_weights()
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+
+    import kcompile.driver as driver
+    real_fsync = os.fsync
+    calls = {"n": 0}
+
+    def crash(fd):  # die in the middle of writing the new checkpoint's files
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("simulated crash mid-write")
+        real_fsync(fd)
+
+    monkeypatch.setattr(driver.os, "fsync", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        m.save(path)
+    monkeypatch.setattr(driver.os, "fsync", real_fsync)
+    for a, b in zip(kcompile.load(path).get_weights(), good):
+        np.testing.assert_array_equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left behind
+
+
+def test_model_checkpoint_callback_writes_loadable_checkpoints(tmp_path):
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.fit(x, y, epochs=2, batch_size=32, verbose=0,
+          callbacks=[ModelCheckpoint(str(tmp_path / "ep{epoch:02d}"), monitor="loss")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ep01", "ep02"]
+    assert kcompile.load(tmp_path / "ep02").iterations == 6
+
+
+def test_nonfinite_loss_stops_and_keeps_last_finite_weights(capsys):
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    seen = []
+
+    class Poison(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(self.model.get_weights())
+            if batch == 2:
+                self.model.learning_rate = float("nan")
+
+    m.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[Poison()])
+    assert "the loss became nan at epoch 1, step 5" in capsys.readouterr().out
+    # Step 4 ran with a NaN rate, so step 5's loss was NaN: the weights go back to those after step 3.
+    assert m.stop_training and m.iterations == 3
+    for a, b in zip(m.get_weights(), seen[2]):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.isfinite(w).all() for w in m.get_weights())
+
+
+def test_wrong_shapes_fail_before_the_first_step():
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    before = m.get_weights()
+    with pytest.raises(ShapeMismatch, match=r"input 'x' expects shape \(None, 6\), got \(96, 5\)"):
+        m.fit(x[:, :5], y, verbose=0)
+    with pytest.raises(ShapeMismatch, match=r"target 'probs_target' expects shape \(None, 3\), got \(96,\).*"
+                                            r"to_categorical"):
+        m.fit(x, y.argmax(1), verbose=0)
+    with pytest.raises(ShapeMismatch, match=r"different lengths: input 'x' has 96, target 'probs_target' has 95"):
+        m.fit(x, y[:95], verbose=0)
+    with pytest.raises(ShapeMismatch, match="expects float32 numbers, got dtype <U"):
+        m.fit(np.full((96, 6), "a"), y, verbose=0)
+    assert m.iterations == 0
+    for a, b in zip(m.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_generator_input_trains_like_arrays():
+    x, y = small_data()
+    a = kcompile.compile_string(SMALL, seed=2)
+    a.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+
+    def batches():
+        for i in range(0, len(x), 16):
+            yield x[i:i + 16], y[i:i + 16]
+
+    b = kcompile.compile_string(SMALL, seed=2)
+    b.fit(batches(), epochs=1, verbose=0)
+    for u, v in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+
+
+def test_train_and_test_on_batch_and_predict_after_training():
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    before = m.predict(x)
+    loss, acc = m.train_on_batch(x[:32], y[:32])
+    assert np.isfinite(loss) and 0 <= acc <= 1 and m.iterations == 1
+    assert not np.allclose(m.predict(x), before)  # the inference session sees the new weights
+    logs = m.test_on_batch(x[:32], y[:32], return_dict=True)
+    assert set(logs) == {"loss", "accuracy"}
+
+
+def test_batchnorm_moving_statistics_follow_keras():
+    src = """model bn {
+        input x: float32[3]
+        y = BatchNormalization(momentum=0.9)
+        output y
+        train {
+            loss = mse
+            optimizer = SGD(learning_rate=0.0)
+        }
+    }"""
+    m = kcompile.compile_string(src)
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(64, 3)).astype(np.float32)
+    m.train_on_batch(x, np.zeros((64, 3), np.float32))
+    gamma, beta, mean, var = m.get_weights()
+    np.testing.assert_allclose(mean, 0.1 * x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(var, 0.9 + 0.1 * x.var(0), rtol=1e-5)
+
+
+def test_fit_progress_verbose_2(capsys):
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.fit(x, y, epochs=2, batch_size=32, verbose=2, validation_split=0.25)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Epoch 1/2"
+    assert out[1].startswith("3/3 - ") and "accuracy: " in out[1] and "val_loss: " in out[1]
+
+
+def test_model_without_train_section_says_so():
+    m = kcompile.compile_string("model p {\n input x: float32[2]\n y = Dense(1)\n output y\n}")
+    with pytest.raises(RuntimeError, match="has no train section"):
+        m.fit(np.zeros((2, 2)), np.zeros((2, 1)))
