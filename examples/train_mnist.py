@@ -1,6 +1,7 @@
 """Train the MNIST MLP (RMSprop, batch 128) or CNN (Adam) of examples/ on real digits.
 
     python examples/train_mnist.py --model cnn                 # the 1,000-image sample shipped here
+    kcompile build examples/mnist_cnn.kdl -o build && python examples/train_mnist.py --build build/mnist_cnn
     python examples/train_mnist.py --model mlp --data ../shared/datasets/mnist --epochs 5
 
 With --data (a folder of MNIST IDX files or a Keras mnist.npz) the model trains on the
@@ -42,6 +43,7 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--build", help="a build folder from `kcompile build` to train (default: compile the .kdl)")
     ap.add_argument("--save", default=None, help="checkpoint folder (default: checkpoints/mnist_<model>)")
     args = ap.parse_args()
 
@@ -51,7 +53,10 @@ def main():
     y_train, y_test = to_categorical(y_train, 10), to_categorical(y_test, 10)
     print(f"{len(x_train)} training and {len(x_test)} test images")
 
-    model = kcompile.compile(HERE / f"mnist_{args.model}.kdl", device=args.device)
+    if args.build:
+        model = kcompile.load(args.build, device=args.device)
+    else:
+        model = kcompile.compile(HERE / f"mnist_{args.model}.kdl", device=args.device)
     model.summary()
     start = time.perf_counter()
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=2)
@@ -60,7 +65,7 @@ def main():
     print(f"training: {args.epochs * len(x_train) / seconds:,.0f} samples/s "
           f"({seconds / args.epochs:.2f} s per epoch, batch {args.batch_size})")
     print(f"test loss {loss:.4f}, test accuracy {accuracy:.4f}")
-    path = model.save(args.save or f"checkpoints/mnist_{args.model}")
+    path = model.save(args.save or f"checkpoints/{model.name}")
     print(f"checkpoint: {path}/ (kcompile.load it to predict or to resume training)")
 
 

@@ -22,7 +22,8 @@ from ..initializers import ALIASES as INIT_ALIASES, INITIALIZERS
 from ..ir import BATCH, DTYPES, Graph, Param, Tensor, TensorType
 from ..ir.graph import LayerRecord
 from ..layers import FUNCTIONS, LAYERS, Layer
-from ..layers.base import ArgError, InitializerArg, InitializerSpec, Symbol, show, snake_case
+from ..layers.base import (REGULARIZER_NAMES, ArgError, InitializerArg, InitializerSpec, RegularizerSpec, Symbol,
+                           show, snake_case)
 from . import ast
 
 
@@ -125,7 +126,8 @@ class Builder:
         if name in self.graph.params:
             raise ShapeError(f"weight {name} is defined twice")
         t = TensorType(dtype, tuple(shape))
-        self.graph.add_param(Param(name, t, initializer, trainable and self.trainable, self.record.name))
+        regularizer = getattr(layer, "regularizers", {}).get(short)
+        self.graph.add_param(Param(name, t, initializer, trainable and self.trainable, self.record.name, regularizer))
         self.record.params.append(name)
         return Tensor(name, t)
 
@@ -315,7 +317,10 @@ class Elaborator:
             init = InitializerArg()(init) if not isinstance(init, tuple) else init
         except ArgError as e:
             raise _Fail(f"weight {stmt.name}: {e}", stmt.init.loc, e.hint) from None
-        t = self.builder.add_weight(owner, stmt.name, shape, "float32", init)
+        # The block's float dtype follows its first input (float32 by default), so a float64 block works.
+        first = next(iter(getattr(owner, "input_types", None) or []), None)
+        dtype = first.dtype if first is not None and first.is_float else "float32"
+        t = self.builder.add_weight(owner, stmt.name, shape, dtype, init)
         owner.weights[stmt.name] = t
         frame.env[stmt.name] = t
         return None
@@ -455,6 +460,11 @@ class Elaborator:
             return self.apply(callee, self.tensors(args, e, frame), e.loc, frame, kwargs)
         if isinstance(callee, Tensor):
             raise _Fail(f"{getattr(e.func, 'id', 'this value')} is a tensor, not a layer; it cannot be called", e.loc)
+        if isinstance(callee, Symbol) and callee in REGULARIZER_NAMES:  # kernel_regularizer=l2(0.01)
+            try:
+                return RegularizerSpec.from_call(str(callee), args, kwargs)
+            except ArgError as err:
+                raise _Fail(str(err), e.loc, err.hint) from None
         if isinstance(callee, Symbol) and callee in INITIALIZERS:  # random_normal(stddev=0.1)
             if args:
                 raise _Fail(f"{callee} takes keyword arguments only", e.loc)

@@ -38,6 +38,7 @@ class Param:
     initializer: tuple  # (name, kwargs) e.g. ("glorot_uniform", {}) -- see runtime.initializers
     trainable: bool = True
     layer: str | None = None
+    regularizer: tuple | None = None  # (l1, l2) penalty factors added to the training loss
 
 
 @dataclass

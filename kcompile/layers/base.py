@@ -175,11 +175,53 @@ def snake_case(name: str) -> str:
 
 
 # ---- layers ----
+class RegularizerSpec:
+    """``l2(0.01)``, ``l1(0.001)`` or ``l1_l2(l1=..., l2=...)`` given as a layer argument."""
+
+    def __init__(self, l1=0.0, l2=0.0):
+        for v in (l1, l2):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ArgError(f"a regularization factor must be a number >= 0, got {show(v)}")
+        self.l1, self.l2 = float(l1), float(l2)
+
+    @classmethod
+    def from_call(cls, name, args, kwargs):
+        name = {"L1": "l1", "L2": "l2", "L1L2": "l1_l2"}.get(name, name)
+        if name == "l1_l2":
+            return cls(**dict(zip(("l1", "l2"), args)), **kwargs)
+        if len(args) > 1 or set(kwargs) - {name}:
+            raise ArgError(f"{name} takes one factor, e.g. {name}(0.01)")
+        value = args[0] if args else kwargs.get(name, 0.01)
+        return cls(**{name: value})
+
+    def spec(self):
+        return (self.l1, self.l2)
+
+
+REGULARIZER_NAMES = ("l1", "l2", "l1_l2", "L1", "L2", "L1L2")
+
+
+class RegularizerArg(Converter):
+    describe = "a regularizer such as l2(0.01)"
+
+    def __call__(self, v):
+        if v is None:
+            return None
+        if isinstance(v, RegularizerSpec):
+            return v.spec()
+        raise ArgError(f"expected a regularizer such as l2(0.01), got {show(v)}")
+
+
 class Layer:
     """Base of every layer. Subclasses declare arguments on ``__init__`` and define
-    ``build`` (create weights) and ``call`` (emit ops)."""
+    ``build`` (create weights) and ``call`` (emit ops).
+
+    Layers with a kernel (``regularizable = True``) also take Keras's ``kernel_regularizer``
+    and ``bias_regularizer`` (e.g. ``Dense(64, kernel_regularizer=l2(0.01))``): the penalty
+    ``l1 * sum(|w|) + l2 * sum(w^2)`` is added to the training loss."""
 
     n_inputs: int | None = 1  # None: any number (merging layers)
+    regularizable = False
 
     def __init__(self):
         pass
@@ -201,6 +243,14 @@ class Layer:
         """Bind source arguments to ``__init__``'s parameters, converting each one.
         Raises ArgError naming the argument."""
         params = [p for p in cls.signature().parameters.values() if p.name != "self"]
+        regularizers = {}
+        if cls.regularizable:
+            for key in ("kernel_regularizer", "bias_regularizer"):
+                if key in kwargs:
+                    try:
+                        regularizers[key.split("_")[0]] = RegularizerArg()(kwargs.pop(key))
+                    except ArgError as e:
+                        raise ArgError(f"{cls.kind()} argument {key!r}: {e}", e.hint) from None
         names = [p.name for p in params]
         if len(args) > len(params):
             raise ArgError(f"{cls.kind()} takes at most {len(params)} positional arguments, got {len(args)}")
@@ -227,7 +277,10 @@ class Layer:
                     raise err from None
         layer = cls(**converted)
         layer.arguments = {p.name: converted.get(p.name, p.default) for p in params}
+        layer.regularizers = regularizers
         return layer
+
+    regularizers: dict = {}
 
     # Filled in by the frontend when the layer is first applied.
     name: str = ""

@@ -38,6 +38,8 @@ def kernel_to_onnx(ctx, kernel):
 
 
 class _Conv(Layer):
+    """Shared by the convolutions; they also take kernel_regularizer / bias_regularizer (see Layer)."""
+    regularizable = True
     rank = 2
     layout = "[height, width, channels]"
 

@@ -6,6 +6,7 @@ from .base import ActivationArg, BoolArg, InitializerArg, IntArg, Layer
 
 class Dense(Layer):
     """``activation(x @ kernel + bias)`` on the last axis of the input.
+    Also takes kernel_regularizer / bias_regularizer (see Layer).
 
     Args:
         units: size of the output's last axis.
@@ -16,6 +17,8 @@ class Dense(Layer):
 
     Weights: kernel [input_dim, units], bias [units].
     """
+
+    regularizable = True
 
     def __init__(self, units: IntArg(1), activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),

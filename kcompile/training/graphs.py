@@ -254,8 +254,16 @@ def _objective(g, train, config, env):
     loss = objective.loss(loss_stmt.expr)
     if isinstance(loss, float):
         raise KcompileError("the loss does not depend on the model", loss_stmt.loc)
-    if objective.ctx.type(loss).rank:
-        loss = objective.ctx.op("ReduceMean", loss, keepdims=0)
+    ctx = objective.ctx
+    if ctx.type(loss).rank:
+        loss = ctx.op("ReduceMean", loss, keepdims=0)
+    for name, p in g.params.items():  # kernel_regularizer / bias_regularizer penalties
+        if p.regularizer and p.trainable:
+            l1, l2 = p.regularizer
+            if l1:
+                loss = ctx.op("Add", loss, ctx.op("Mul", ctx.op("ReduceSum", ctx.op("Abs", name), keepdims=0), l1))
+            if l2:
+                loss = ctx.op("Add", loss, ctx.op("Mul", ctx.op("ReduceSum", ctx.op("Mul", name, name), keepdims=0), l2))
     metrics = []
     metrics_stmt = next((s for s in train.statements if isinstance(s, ast.Assign) and s.name == "metrics"), None)
     if metrics_stmt is not None:
