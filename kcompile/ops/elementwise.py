@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..errors import ShapeError
 from ..ir import TensorType, broadcast_shapes
 from .base import Op, register
@@ -45,6 +47,11 @@ def _c(ctx, value, like):
     return ctx.const(value, ctx.type(like).dtype)
 
 
+def _attr(a, key, default):
+    """A float attribute as the forward op computes with it: ONNX float attributes are float32."""
+    return float(np.float32(a.get(key, default)))
+
+
 _unary("Relu", lambda ctx, x, y, a: _mask(ctx, _positive(ctx, x), x))
 _unary("Sigmoid", lambda ctx, x, y, a: ctx.op("Mul", y, ctx.op("Sub", _c(ctx, 1.0, y), y)))
 _unary("Tanh", lambda ctx, x, y, a: ctx.op("Sub", _c(ctx, 1.0, y), ctx.op("Mul", y, y)))
@@ -65,18 +72,18 @@ _unary("Sin", lambda ctx, x, y, a: ctx.op("Cos", x))
 _unary("Cos", lambda ctx, x, y, a: ctx.op("Neg", ctx.op("Sin", x)))
 # attrs: alpha (Keras default 1.0). For x < 0, elu = alpha * (e^x - 1), so the slope is y + alpha.
 _unary("Elu", lambda ctx, x, y, a: ctx.op("Where", _positive(ctx, x), _c(ctx, 1.0, x),
-                                          ctx.op("Add", y, _c(ctx, a.get("alpha", 1.0), x))))
+                                          ctx.op("Add", y, _c(ctx, _attr(a, "alpha", 1.0), x))))
 # ONNX's default alpha and gamma equal Keras's.
-_unary("Selu", lambda ctx, x, y, a: ctx.op("Where", _positive(ctx, x), _c(ctx, a.get("gamma", 1.0507009873554805), x),
-                                           ctx.op("Add", y, _c(ctx, a.get("gamma", 1.0507009873554805) *
-                                                                a.get("alpha", 1.6732632423543772), x))))
+_unary("Selu", lambda ctx, x, y, a: ctx.op("Where", _positive(ctx, x), _c(ctx, _attr(a, "gamma", 1.0507009873554805), x),
+                                           ctx.op("Add", y, _c(ctx, _attr(a, "gamma", 1.0507009873554805) *
+                                                                _attr(a, "alpha", 1.6732632423543772), x))))
 _unary("LeakyRelu", lambda ctx, x, y, a: ctx.op("Where", _positive(ctx, x), _c(ctx, 1.0, x),
-                                                _c(ctx, a.get("alpha", 0.01), x)))
+                                                _c(ctx, _attr(a, "alpha", 0.01), x)))
 
 
 def _hard_sigmoid_derivative(ctx, x, y, a):
     inside = ctx.op("Mul", _mask(ctx, _positive(ctx, y), x), _mask(ctx, ctx.op("Less", y, _c(ctx, 1.0, y)), x))
-    return ctx.op("Mul", inside, _c(ctx, a.get("alpha", 0.2), x))
+    return ctx.op("Mul", inside, _c(ctx, _attr(a, "alpha", 0.2), x))
 
 
 _unary("HardSigmoid", _hard_sigmoid_derivative)  # attrs: alpha, beta

@@ -161,7 +161,8 @@ class _Objective:
             a, b = self.loss(e.left), self.loss(e.right)
             if isinstance(a, float) and isinstance(b, float):
                 return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[e.op]
-            a, b = (self._scalar(v) for v in (a, b))
+            if isinstance(a, float):  # a number takes the dtype of the tensor it meets
+                a = ctx.const(a, ctx.type(b).dtype)
             return ctx.op({"+": "Add", "-": "Sub", "*": "Mul", "/": "Div"}[e.op], a, b)
         if isinstance(e, ast.Name):
             output = next(iter(self.outputs))

@@ -64,6 +64,9 @@ def update(ctx, config, w, g, state: dict, lr, t):
     """One parameter's update. Returns (new w, {slot name: new value})."""
     name, a = config["name"], config["args"]
     new = {}
+    dtype = ctx.type(w).dtype
+    if ctx.type(lr).dtype != dtype:  # lr and step are float32 inputs; a float64 model computes in float64
+        lr, t = ctx.op("Cast", lr, to=dtype), ctx.op("Cast", t, to=dtype)
     if a.get("weight_decay"):  # decoupled, before the step, as Keras 3
         w = ctx.op("Sub", w, ctx.op("Mul", w, ctx.op("Mul", lr, float(a["weight_decay"]))))
     if name == "SGD":

@@ -1,0 +1,330 @@
+"""Finite-difference checks of the generated backward graph, layer by layer and op by op.
+
+Each case compiles a small float64 model; ``check_gradients`` (gradcheck.py) takes
+loss = sum(outputs * random) and compares the generated gradient of every trainable
+weight and float input with central differences (relative error below 1e-6).
+Shapes are tiny: the float64 convolutions run in onnx's (slow) ReferenceEvaluator.
+"""
+import os
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from gradcheck import check_gradients  # noqa: E402
+
+from kcompile.autodiff import gradients  # noqa: E402
+from kcompile.backend import to_onnx  # noqa: E402
+from kcompile.driver import compile_source  # noqa: E402
+from kcompile.ops import emit  # noqa: E402
+
+
+def model(body, shape, dtype="float64"):
+    dims = ", ".join(map(str, shape[1:]))
+    return f"model m {{\n    input x: {dtype}[{dims}]\n    {body}\n}}\n"
+
+
+def normal(shape, seed=1, away_from_zero=False, dtype="float64"):
+    x = np.random.default_rng(seed).normal(size=shape)
+    if away_from_zero:  # keep |x| >= 0.2, away from the kinks of abs/relu at 0
+        x = np.sign(x) * (np.abs(x) + 0.2)
+    return x.astype(dtype)
+
+
+def check(body, shape, away_from_zero=False, **kw):
+    src = model(body, shape)
+    checked, _ = check_gradients(src, {"x": normal(shape, away_from_zero=away_from_zero)}, **kw)
+    assert checked > 0
+
+
+# ---------------- Dense ----------------
+ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh", "softmax", "log_softmax", "gelu", "elu", "selu", "softplus",
+               "softsign", "swish", "leaky_relu", "relu6", "hard_sigmoid", "hard_swish", "mish", "exponential"]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_dense_activation(activation):
+    # Inputs scaled up so relu6 and hard_sigmoid/hard_swish see both their flat and their sloped parts.
+    src = model(f"y = Dense(4, activation={activation})(x * 3.0)\n    output y", (3, 5))
+    checked, _ = check_gradients(src, {"x": normal((3, 5))})
+    assert checked > 0
+
+
+@pytest.mark.parametrize("activation", [a for a in ACTIVATIONS if a != "linear"])
+def test_activation_function(activation):
+    check(f"y = {activation}(x * 4.0)\n    output y", (3, 6), away_from_zero=True)
+
+
+@pytest.mark.parametrize("use_bias", ["true", "false"])
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4)], ids=["rank2", "rank3"])
+def test_dense(shape, use_bias):
+    check(f"y = Dense(3, use_bias={use_bias}, activation=tanh)(x)\n    output y", shape)
+
+
+def test_dense_rank3_no_bias_linear():
+    check("y = Dense(2, use_bias=false)(x)\n    output y", (2, 3, 4))
+
+
+# ---------------- convolutions ----------------
+@pytest.mark.parametrize("layer,shape", [
+    ("Conv2D(2, 3)", (2, 5, 5, 1)),
+    ("Conv2D(2, 3, strides=2)", (2, 7, 7, 1)),
+    ("Conv2D(2, 3, padding=same)", (2, 5, 5, 2)),
+    ("Conv2D(2, 3, strides=2, padding=same)", (2, 7, 6, 2)),
+    ("Conv2D(2, (2, 3), strides=(2, 1), padding=same)", (2, 5, 4, 2)),
+    ("Conv2D(2, 3, dilation_rate=2)", (2, 7, 6, 2)),
+    ("Conv2D(2, 2, padding=same, use_bias=false)", (1, 5, 5, 2)),
+    ("Conv2D(3, 3, activation=relu)", (2, 5, 5, 2)),
+    ("Conv1D(3, 3)", (2, 7, 2)),
+    ("Conv1D(3, 3, strides=2, padding=same)", (2, 8, 2)),
+    ("Conv1D(3, 3, padding=causal, dilation_rate=2)", (2, 9, 2)),
+    ("Conv1D(2, 2, padding=causal)", (2, 5, 3)),
+    ("Conv2DTranspose(2, 3)", (2, 4, 3, 2)),
+    ("Conv2DTranspose(2, 3, padding=same)", (2, 3, 3, 2)),
+    ("Conv2DTranspose(2, 3, strides=2, padding=same)", (2, 4, 3, 2)),
+    ("Conv2DTranspose(2, 3, strides=2)", (2, 3, 3, 1)),
+    ("Conv2DTranspose(2, 2, strides=3)", (2, 3, 3, 1)),
+    ("Conv2DTranspose(2, 3, strides=3, padding=same)", (1, 3, 2, 2)),
+    ("Conv2DTranspose(2, 3, strides=2, output_padding=1)", (1, 3, 3, 2)),
+    ("Conv2DTranspose(2, 3, strides=2, padding=same, output_padding=0)", (1, 3, 3, 2)),
+])
+def test_convolution(layer, shape):
+    check(f"y = {layer}(x)\n    output y", shape)
+
+
+def test_grouped_conv2d_float32():
+    # Grouped Conv in float64 has no onnxruntime CPU kernel, and onnx's ReferenceEvaluator
+    # fails on grouped float64 convolutions ("cannot reshape array ..."), so this case runs
+    # in float32 (onnxruntime), with a step and tolerances sized for float32 rounding.
+    src = model("y = Conv2D(4, 3, groups=2)(x)\n    output y", (2, 5, 5, 2), dtype="float32")
+    checked, _ = check_gradients(src, {"x": normal((2, 5, 5, 2), dtype="float32")}, h=1e-2, rtol=1e-2, atol=1e-3)
+    assert checked > 0
+
+
+# ---------------- pooling ----------------
+@pytest.mark.parametrize("layer,shape", [
+    ("MaxPooling2D(2)", (2, 4, 5, 2)),
+    ("MaxPooling2D(3, strides=2, padding=same)", (2, 5, 5, 2)),
+    ("MaxPooling2D((2, 3), strides=1)", (1, 4, 5, 2)),
+    ("AveragePooling2D(2)", (2, 4, 5, 2)),
+    ("AveragePooling2D(3, strides=2, padding=same)", (2, 5, 5, 2)),
+    ("AveragePooling2D(2, padding=same)", (1, 5, 5, 2)),
+    ("MaxPooling1D(2)", (2, 7, 3)),
+    ("MaxPooling1D(3, strides=2, padding=same)", (2, 7, 3)),
+    ("AveragePooling1D(2)", (2, 7, 3)),
+    ("AveragePooling1D(3, strides=2, padding=same)", (2, 7, 3)),
+    ("GlobalAveragePooling2D()", (2, 3, 3, 2)),
+    ("GlobalMaxPooling2D()", (2, 3, 3, 2)),
+    ("GlobalAveragePooling1D()", (2, 5, 3)),
+    ("GlobalMaxPooling1D()", (2, 5, 3)),
+])
+def test_pooling(layer, shape):
+    check(f"y = {layer}(x)\n    output y", shape)
+
+
+# ---------------- normalization, reshaping ----------------
+@pytest.mark.parametrize("shape", [(2, 3, 3, 2), (3, 4)])
+def test_batch_normalization_inference_form(shape):
+    # The compiled inference graph: the moving statistics are non-trainable; gamma, beta and x are checked.
+    check("y = BatchNormalization()(x)\n    output y", shape)
+
+
+@pytest.mark.parametrize("body,shape", [
+    ("Flatten()\n    y = Dense(3)\n    output y", (2, 3, 2)),
+    ("y = Reshape((3, 2))(x)\n    output y", (2, 6)),
+    ("y = Dense(2)(Reshape((2, 3, 2))(x))\n    output y", (2, 12)),
+    ("y = Permute((2, 1))(x)\n    output y", (2, 3, 2)),
+    ("y = Dense(2)(Permute((3, 1, 2))(x))\n    output y", (2, 2, 3, 4)),
+])
+def test_reshaping(body, shape):
+    check(body, shape)
+
+
+# ---------------- embedding ----------------
+def _embedding_gradient(src, ids, seed=0):
+    """(generated d loss / d embeddings, random weights r) for loss = sum(output * r)."""
+    g = compile_source(src, "grad.kdl", opt_level=0).graph
+    (_, out), = g.outputs
+    t = g.types[out]
+    r = np.random.default_rng(seed).normal(size=t.shape[1:]).astype(t.dtype)
+    loss = emit(g, "ReduceSum", [emit(g, "Mul", [out, g.add_const(r)])[0]], {"keepdims": 0})[0]
+    table = next(n for n in g.params if n.endswith("embeddings"))
+    assert g.params[table].trainable
+    grad = gradients(g, loss, [table])[table]
+    g.outputs = [("grad", grad)]
+    session = ort.InferenceSession(to_onnx(g, params_as_inputs=True).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed + 1)
+    weights = {n: rng.normal(size=p.type.shape).astype(p.type.dtype) for n, p in g.params.items()}
+    return session.run(None, {"ids": ids, **weights})[0], r
+
+
+def test_embedding_repeated_ids_accumulate():
+    src = "model m {\n    input ids: int64[4]\n    y = Embedding(6, 3)(ids)\n    output y\n}\n"
+    ids = np.array([[1, 1, 4, 1], [4, 0, 1, 4]], dtype=np.int64)  # ids 1 and 4 repeat within and across rows
+    got, r = _embedding_gradient(src, ids)
+    expected = np.zeros((6, 3))
+    np.add.at(expected, ids.reshape(-1), np.broadcast_to(r, (2, 4, 3)).reshape(-1, 3))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(got[[2, 3, 5]] == 0)  # ids never looked up get no gradient
+
+
+def test_embedding_finite_differences():
+    # The Embedding table is created float32 (there is no float input to take a dtype from);
+    # the loss is linear in the table, so a large step is exact up to float32 rounding.
+    src = "model m {\n    input ids: int64[5]\n    y = Embedding(4, 3)(ids)\n    output y\n}\n"
+    ids = np.array([[0, 2, 2, 3, 2], [3, 3, 1, 0, 2]], dtype=np.int64)
+    checked, _ = check_gradients(src, {"ids": ids}, h=1e-2, rtol=1e-4, atol=1e-4, samples=12)
+    assert checked == 12
+
+
+def test_embedding_then_float64_dense():
+    src = ("model m {\n    input ids: int64[3]\n    e = cast(Embedding(5, 2)(ids), float64)\n"
+           "    y = Dense(3, activation=tanh)(e)\n    output y\n}\n")
+    ids = np.array([[1, 1, 4], [4, 0, 1]], dtype=np.int64)
+    g = compile_source(src, "grad.kdl", opt_level=0).graph
+    dense = [n for n in g.params if n.startswith("dense/")]
+    assert dense
+    got, _ = _embedding_gradient(src, ids)
+    assert got.shape == (5, 2) and np.all(got[[2, 3]] == 0) and np.any(got[1] != 0)
+
+
+# ---------------- merging layers ----------------
+@pytest.mark.parametrize("layer", ["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"])
+def test_merge(layer):
+    body = (f"a = Dense(3)(x)\n    b = Dense(3, activation=tanh)(x)\n    c = x * 0.5\n"
+            f"    y = {layer}()(a, b{'' if layer == 'Subtract' else ', c'})\n    output y")
+    check(body, (4, 3))
+
+
+def test_concatenate_axis():
+    check("a = Dense(2)(x)\n    y = Concatenate(axis=1)(x, a)\n    output y", (2, 3, 2))
+
+
+# ---------------- arithmetic and broadcasting ----------------
+def test_broadcast_with_weight_vector():
+    # x [N, 3, 4] times a weight of shape [4] (a block weight) and a bias broadcast along two axes.
+    src = ("block Scale(units: int) {\n    input x\n    weight gamma: [units] = ones\n    output x * gamma\n}\n"
+           "model m {\n    input x: float64[3, 4]\n    y = Scale(4)(x)\n    output y\n}\n")
+    checked, _ = check_gradients(src, {"x": normal((2, 3, 4))})
+    assert checked > 0
+
+
+@pytest.mark.parametrize("expr", [
+    "x * Dense(1)(x)",                # [N, 3, 4] * [N, 3, 1]
+    "Dense(4)(x) / (abs(x) + 1.0)",
+    "-x + Dense(4)(x)",
+    "2.0 / (x * x + 1.0) - x / 3.0",
+    "x - Dense(1)(x) * 0.5",
+    "mean(x, axis=1, keepdims=true) * x",  # [N, 1, 4] * [N, 3, 4]
+])
+def test_arithmetic_broadcasting(expr):
+    check(f"y = {expr}\n    output y", (2, 3, 4), away_from_zero=True)
+
+
+# ---------------- built-in functions ----------------
+@pytest.mark.parametrize("expr", [
+    "mean(x)", "sum(x)", "max(x)", "min(x)",
+    "mean(x, axis=1)", "mean(x, axis=(1, 2))", "mean(x, axis=-1, keepdims=true)",
+    "sum(x, axis=2)", "sum(x, axis=(0, 1))",
+    "max(x, axis=1)", "max(x, axis=-1, keepdims=true)", "min(x, axis=2)", "min(x, axis=(1, 2))",
+    "square(x)", "sqrt(x * x + 0.5)", "exp(x)", "log(x * x + 1.0)", "abs(x)",
+    "maximum(x, x * x)", "minimum(x, 0.5 - x)", "maximum(x, Dense(4)(x))",
+    "transpose(x)", "transpose(x, perm=(0, 2, 1))",
+    "concat(x, x * 2.0, axis=-1)", "concat(x, square(x), axis=1)",
+    "matmul(x, transpose(x))",
+])
+def test_function(expr):
+    check(f"y = {expr}\n    output y", (2, 3, 4), away_from_zero=True)
+
+
+# ---------------- sharing, residuals, blocks, models ----------------
+def test_shared_layer_used_twice():
+    check("layer d = Dense(3)\n    y = d(x) + d(x * 2.0)\n    output y", (3, 4))
+
+
+def test_shared_layer_nonlinear():
+    check("layer d = Dense(4, activation=tanh)\n    y = d(d(x)) * d(x)\n    output y", (3, 4))
+
+
+def test_value_used_twice():
+    check("h = Dense(4)(x)\n    y = h * h + h\n    output y", (3, 4))
+
+
+def test_residual_block():
+    src = ("block Residual(filters: int) {\n    input x\n"
+           "    h = Conv2D(filters, 3, padding=same, activation=relu)(x)\n"
+           "    h = Conv2D(filters, 3, padding=same)(h)\n    output relu(x + h)\n}\n"
+           "model m {\n    input x: float64[4, 4, 2]\n    y = Residual(2)(x)\n    output y\n}\n")
+    checked, _ = check_gradients(src, {"x": normal((2, 4, 4, 2))})
+    assert checked > 0
+
+
+def test_dense_residual():
+    check("h = Dense(4, activation=gelu)(x)\n    y = x + Dense(4)(h)\n    output y", (3, 4))
+
+
+def test_block_weight_float64():
+    # A block's own weight takes the dtype of the block's first input (float64 here).
+    src = ("block Scale(units: int) {\n    input x\n    weight gamma: [units] = ones\n    output x * gamma\n}\n"
+           "model m {\n    input x: float64[3]\n    h = Dense(3)(x)\n    layer s = Scale(3)\n"
+           "    y = s(h) + s(x) * h\n    output y\n}\n")
+    g = compile_source(src, "grad.kdl", opt_level=0).graph
+    assert g.params["s/gamma"].type.dtype == "float64"
+    checked, _ = check_gradients(src, {"x": normal((3, 3))})
+    assert checked > 0
+
+
+INNER = ("model inner {\n    input x: float64[4]\n    h = Dense(3, activation=tanh)(x)\n"
+         "    y = Dense(2)(h)\n    output y\n}\n")
+
+
+def test_model_inside_model():
+    src = INNER + ("model outer {\n    input x: float64[4]\n    h = Dense(4, activation=tanh)(x)\n"
+                   "    y = inner(h) + Dense(2)(x)\n    output y\n}\n")
+    g = compile_source(src, "grad.kdl", model="outer", opt_level=0).graph
+    assert {n for n, p in g.params.items() if p.trainable} >= {"inner/dense/kernel", "dense/kernel"}
+    checked, _ = check_gradients(src, {"x": normal((3, 4))}, model="outer")
+    assert checked > 0
+
+
+FROZEN_OUTER = ("model outer {\n    input x: float64[4]\n    h = Dense(4, activation=tanh)(x)\n"
+                "    y = inner(h, trainable=false)\n    output y\n    train {\n"
+                "        loss = mse\n        optimizer = SGD()\n    }\n}\n")
+
+
+def test_frozen_inner_model_gets_no_gradient():
+    src = INNER + FROZEN_OUTER
+    compiled = compile_source(src, "grad.kdl", model="outer", opt_level=0)
+    g = compiled.graph
+    frozen = [n for n in g.params if n.startswith("inner/")]
+    assert frozen and not any(g.params[n].trainable for n in frozen)
+    assert all(g.params[n].trainable for n in g.params if not n.startswith("inner/"))
+    # The gradient still flows through the frozen model to the weights before it.
+    checked, _ = check_gradients(src, {"x": normal((3, 4))}, model="outer")
+    assert checked > 0
+    # The training step asks only for the trainable weights and updates only them (built in
+    # float32: the optimizers' learning rate is a float32 input).
+    compiled = compile_source(src.replace("float64", "float32"), "grad.kdl", model="outer")
+    program = compiled.training()
+    assert program is not None, compiled.training_error
+    assert sorted(program.trainable) == sorted(n for n in g.params if not n.startswith("inner/"))
+    updated = {o[len("new:"):] for o, _ in program.step.outputs if o.startswith("new:")}
+    assert not updated & set(frozen)
+    assert {"dense/kernel", "dense/bias"} <= updated
+
+
+def test_gradients_of_frozen_weights_unrequested():
+    # kcompile.autodiff.gradients gives a gradient exactly for what it is asked for:
+    # asked only for the trainable weights, it returns nothing for the frozen ones.
+    src = INNER + FROZEN_OUTER
+    g = compile_source(src, "grad.kdl", model="outer", opt_level=0).graph
+    (_, out), = g.outputs
+    loss = emit(g, "ReduceSum", [out], {"keepdims": 0})[0]
+    trainable = [n for n, p in g.params.items() if p.trainable]
+    grads = gradients(g, loss, trainable)
+    assert set(grads) == set(trainable)
+    assert all(grads[n] is not None for n in trainable)
+    assert not any(n.startswith("inner/") for n in grads)

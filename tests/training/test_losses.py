@@ -1,0 +1,451 @@
+"""Losses: (a) the value the evaluation graph computes equals Keras 3's formula in numpy;
+(b) the generated gradient of each loss w.r.t. the prediction (float64) equals central
+finite differences, and the fused softmax + cross-entropy gradient is (p - y) / batch."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile.autodiff import GradContext, gradients
+from kcompile.ir import Graph, TensorType
+from kcompile.training import losses
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "autodiff"))
+from gradcheck import _session  # noqa: E402
+
+EPS = 1e-7
+N = 6
+
+
+# ---------------- Keras 3's formulas (keras/src/backend/numpy/nn.py, keras/src/losses/losses.py) ----------------
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def keras_categorical_crossentropy(y, p, from_logits=False, label_smoothing=0.0):
+    y = y.astype(np.float64)
+    if label_smoothing:
+        y = y * (1 - label_smoothing) + label_smoothing / y.shape[-1]
+    if from_logits:
+        return -np.sum(y * _log_softmax(p.astype(np.float64)), -1)
+    p = p / np.sum(p, -1, keepdims=True)
+    p = np.clip(p, p.dtype.type(EPS), p.dtype.type(1 - EPS))  # in the prediction's dtype, as Keras
+    return -np.sum(y * np.log(p.astype(np.float64)), -1)
+
+
+def keras_sparse_categorical_crossentropy(labels, p, from_logits=False):
+    return keras_categorical_crossentropy(np.eye(p.shape[-1])[labels], p, from_logits)
+
+
+def keras_binary_crossentropy(y, p, from_logits=False, label_smoothing=0.0):
+    y = y.astype(np.float64)
+    if label_smoothing:
+        y = y * (1 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:
+        p = p.astype(np.float64)
+        per = np.maximum(p, 0) - p * y + np.log1p(np.exp(-np.abs(p)))
+    else:
+        # Keras clips in the prediction's dtype: in float32, 1 - 1e-7 rounds to 1 - 1.19e-7.
+        p = np.clip(p, p.dtype.type(EPS), p.dtype.type(1 - EPS)).astype(np.float64)
+        per = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return per.mean(-1)
+
+
+def keras_mse(y, p):
+    return np.mean((y.astype(np.float64) - p) ** 2, -1)
+
+
+def keras_mae(y, p):
+    return np.mean(np.abs(y.astype(np.float64) - p), -1)
+
+
+def keras_huber(y, p, delta=1.0):
+    err = p.astype(np.float64) - y
+    a = np.abs(err)
+    return np.mean(np.where(a <= delta, 0.5 * err ** 2, delta * a - 0.5 * delta ** 2), -1)
+
+
+# ---------------- (a) loss values of the evaluation graph ----------------
+def _model(head, loss, features=5, extra=""):
+    return (f"model m {{\n    input x: float32[{features}]\n    {head}\n    output p\n"
+            f"    train {{\n        {extra}loss = {loss}\n        optimizer = SGD()\n    }}\n}}\n")
+
+
+def _random_weights(m, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    m.set_weights([rng.normal(0, scale, w.shape).astype(w.dtype) for w in m.get_weights()])
+
+
+def _x(seed=0, n=N, features=5):
+    return np.random.default_rng(seed).normal(size=(n, features)).astype(np.float32)
+
+
+def _one_hot(n, classes, seed):
+    return np.eye(classes, dtype=np.float32)[np.random.default_rng(seed).integers(0, classes, n)]
+
+
+def _soft_targets(n, classes, seed, dtype=np.float32):
+    t = np.random.default_rng(seed).uniform(0.05, 1, size=(n, classes)).astype(dtype)
+    return t / t.sum(-1, keepdims=True)  # rows sum to 1 in dtype
+
+
+def _evaluate(src, y, weight_seed=3, scale=1.0):
+    m = kcompile.compile_string(src)
+    _random_weights(m, weight_seed, scale)
+    x = _x()
+    p = m.predict(x, batch_size=len(x))
+    loss = m.evaluate(x, y, verbose=0, batch_size=len(x))
+    return float(loss), p
+
+
+CATEGORICAL = [
+    # (head, loss in the source, keras formula kwargs)
+    ("p = Dense(3, activation=softmax)", "categorical_crossentropy", {}),
+    ("p = Dense(3, activation=softmax)", "categorical_crossentropy(p, label_smoothing=0.1)", {"label_smoothing": 0.1}),
+    # not normalized: Keras divides by the sum before clipping
+    ("p = Dense(3, activation=sigmoid)", "categorical_crossentropy", {}),
+    ("p = Dense(3, activation=sigmoid)", "categorical_crossentropy(p, label_smoothing=0.2)", {"label_smoothing": 0.2}),
+    # exact zeros (hard_sigmoid saturates): the clip to [1e-7, 1 - 1e-7] decides the value
+    ("p = Dense(3, activation=hard_sigmoid)", "categorical_crossentropy", {}),
+    ("p = Dense(3)", "categorical_crossentropy(p, from_logits=true)", {"from_logits": True}),
+    ("p = Dense(3)", "categorical_crossentropy(p, from_logits=true, label_smoothing=0.1)",
+     {"from_logits": True, "label_smoothing": 0.1}),
+]
+
+
+@pytest.mark.parametrize("targets", ["one_hot", "soft"])
+@pytest.mark.parametrize("head,loss,kw", CATEGORICAL, ids=[f"{h.split('activation=')[-1]}-{l}" for h, l, _ in
+                                                            CATEGORICAL])
+def test_categorical_crossentropy_value(head, loss, kw, targets):
+    y = _one_hot(N, 3, 1) if targets == "one_hot" else _soft_targets(N, 3, 1)
+    scale = 4.0 if "hard_sigmoid" in head else 1.0
+    value, p = _evaluate(_model(head, loss), y, scale=scale)
+    if "hard_sigmoid" in head:
+        assert np.any(p == 0), "the case needs saturated predictions"
+        # Keras's clip makes each zero-probability hit cost -log(1e-7) ~ 16; the value is large.
+    expected = keras_categorical_crossentropy(y, p, **kw).mean()
+    assert value == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("explicit", [False, True])
+def test_sparse_categorical_crossentropy_value(from_logits, explicit):
+    head = "p = Dense(4)" if from_logits else "p = Dense(4, activation=softmax)"
+    args = ", from_logits=true" if from_logits else ""
+    if explicit:
+        src = _model(head, f"sparse_categorical_crossentropy(label, p{args})", extra="target label: int64[]\n        ")
+    else:
+        src = _model(head, f"sparse_categorical_crossentropy(p{args})")
+    labels = np.random.default_rng(2).integers(0, 4, N).astype(np.int64)
+    value, p = _evaluate(src, labels)
+    expected = keras_sparse_categorical_crossentropy(labels, p, from_logits).mean()
+    assert value == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_sparse_categorical_crossentropy_not_normalized():
+    src = _model("p = Dense(4, activation=sigmoid)", "sparse_categorical_crossentropy")
+    labels = np.random.default_rng(2).integers(0, 4, N).astype(np.int64)
+    value, p = _evaluate(src, labels)
+    assert value == pytest.approx(keras_sparse_categorical_crossentropy(labels, p).mean(), rel=1e-5, abs=1e-5)
+
+
+BINARY = [
+    ("p = Dense(2, activation=sigmoid)", "binary_crossentropy", {}),
+    ("p = Dense(2, activation=sigmoid)", "binary_crossentropy(p, label_smoothing=0.1)", {"label_smoothing": 0.1}),
+    ("p = Dense(2)", "binary_crossentropy(p, from_logits=true)", {"from_logits": True}),
+    ("p = Dense(2)", "binary_crossentropy(p, from_logits=true, label_smoothing=0.2)",
+     {"from_logits": True, "label_smoothing": 0.2}),
+    # probabilities not produced by a sigmoid: the clipped log formula
+    ("p = Dense(2, activation=hard_sigmoid)", "binary_crossentropy", {}),
+    ("p = Dense(2, activation=hard_sigmoid)", "binary_crossentropy(p, label_smoothing=0.1)",
+     {"label_smoothing": 0.1}),
+]
+
+
+@pytest.mark.parametrize("head,loss,kw", BINARY, ids=[f"{h.split('activation=')[-1]}-{l}" for h, l, _ in BINARY])
+def test_binary_crossentropy_value(head, loss, kw):
+    y = np.random.default_rng(4).integers(0, 2, (N, 2)).astype(np.float32)
+    scale = 4.0 if "hard_sigmoid" in head else 1.0
+    value, p = _evaluate(_model(head, loss), y, scale=scale)
+    if "hard_sigmoid" in head:
+        assert np.any((p == 0) | (p == 1)), "the case needs saturated predictions"
+    expected = keras_binary_crossentropy(y, p, **kw).mean()
+    assert value == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss,fn", [
+    ("mean_squared_error", keras_mse), ("mse", keras_mse),
+    ("mean_absolute_error", keras_mae), ("mae", keras_mae),
+    ("huber", keras_huber), ("huber_loss", keras_huber),
+    ("huber(p, delta=0.5)", lambda y, p: keras_huber(y, p, 0.5)),
+    ("huber(p, delta=2.5)", lambda y, p: keras_huber(y, p, 2.5)),
+])
+def test_regression_loss_value(loss, fn):
+    y = np.random.default_rng(5).normal(size=(N, 3)).astype(np.float32) * 2
+    value, p = _evaluate(_model("p = Dense(3)", loss), y)
+    assert value == pytest.approx(fn(y, p).mean(), rel=1e-5, abs=1e-6)
+
+
+def test_rank3_prediction_reduces_last_axis():
+    # Per-sample loss reduces the last axis only; the batch and time axes are averaged.
+    src = ("model m {\n    input x: float32[4, 5]\n    p = Dense(3, activation=softmax)\n    output p\n"
+           "    train {\n        loss = categorical_crossentropy\n        optimizer = SGD()\n    }\n}\n")
+    m = kcompile.compile_string(src)
+    _random_weights(m, 3)
+    x = np.random.default_rng(0).normal(size=(N, 4, 5)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[np.random.default_rng(1).integers(0, 3, (N, 4))]
+    p = m.predict(x, batch_size=N)
+    value = m.evaluate(x, y, verbose=0, batch_size=N)
+    assert value == pytest.approx(keras_categorical_crossentropy(y, p).mean(), rel=1e-5)
+
+
+TWO_OUTPUTS = """model m {
+    input x: float32[5]
+    h = Dense(4, activation=tanh)(x)
+    a = Dense(3, activation=softmax)(h)
+    b = Dense(2)(h)
+    output a, b
+    train {
+        loss = LOSS
+        optimizer = SGD(0.1)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("loss,combine", [
+    ("categorical_crossentropy(a) + 0.5 * mse(b)", lambda ca, mb: ca + 0.5 * mb),
+    ("2.0 * categorical_crossentropy(a) - mae(b) / 4.0", None),
+    ("mean(categorical_crossentropy(a)) + huber(b, delta=0.5)", None),
+])
+def test_several_outputs_weighted_sum(loss, combine):
+    m = kcompile.compile_string(TWO_OUTPUTS.replace("LOSS", loss))
+    _random_weights(m, 7)
+    x = _x()
+    ya = _one_hot(N, 3, 8)
+    yb = np.random.default_rng(9).normal(size=(N, 2)).astype(np.float32)
+    pa, pb = m.predict(x, batch_size=N)
+    ce = keras_categorical_crossentropy(ya, pa).mean()
+    if loss.startswith("2.0"):
+        expected = 2.0 * ce - keras_mae(yb, pb).mean() / 4.0
+    elif loss.startswith("mean"):
+        expected = ce + keras_huber(yb, pb, 0.5).mean()
+    else:
+        expected = combine(ce, keras_mse(yb, pb).mean())
+    y = {"a_target": ya, "b_target": yb}
+    value = m.evaluate(x, y, verbose=0, batch_size=N)
+    assert value == pytest.approx(expected, rel=1e-5)
+    # One training step reports the loss of the batch before its update, then changes the weights.
+    before = [w.copy() for w in m.get_weights()]
+    assert m.train_on_batch(x, y) == pytest.approx(expected, rel=1e-5)
+    assert any(not np.array_equal(b, w) for b, w in zip(before, m.get_weights()))
+    history = m.fit(x, y, batch_size=N, epochs=3, verbose=0, shuffle=False)
+    assert np.all(np.isfinite(history.history["loss"]))
+
+
+# ---------------- (b) gradients w.r.t. the prediction, float64 ----------------
+def _graph(pred_shape, target_shape, target_dtype="float64", softmax=False, sigmoid=False):
+    g = Graph("loss")
+    g.add_input("z", TensorType("float64", pred_shape))
+    g.add_input("y", TensorType(target_dtype, target_shape))
+    ctx = GradContext(g)
+    p = "z"
+    if softmax:
+        p = ctx.op("Softmax", "z", axis=-1)
+    if sigmoid:
+        p = ctx.op("Sigmoid", "z")
+    return g, ctx, p
+
+
+def _batch_loss(ctx, per_sample):
+    return ctx.op("ReduceMean", per_sample, keepdims=0)
+
+
+def _check_fd(g, loss, feeds, wrt="z", h=1e-6, rtol=1e-6, atol=1e-9):
+    """Compare the generated d loss / d wrt with central differences at every element."""
+    grad = gradients(g, loss, [wrt])[wrt]
+    assert grad is not None
+    g.outputs = [("loss", loss), ("grad", grad)]
+    session = _session(g)
+    value, analytic = session.run(None, feeds)
+    assert analytic.shape == feeds[wrt].shape
+    g.outputs = [("loss", loss)]
+    loss_session = _session(g)
+    numeric = np.zeros_like(feeds[wrt])
+    for i in range(feeds[wrt].size):
+        f = {k: v.copy() for k, v in feeds.items()}
+        f[wrt].reshape(-1)[i] += h
+        up = loss_session.run(None, f)[0]
+        f[wrt].reshape(-1)[i] -= 2 * h
+        down = loss_session.run(None, f)[0]
+        numeric.reshape(-1)[i] = (up - down) / (2 * h)
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
+    return value, analytic
+
+
+def _probs(shape, seed, normalized=True):
+    p = np.random.default_rng(seed).uniform(0.1, 0.9, size=shape)  # away from the clip at 1e-7
+    return p / p.sum(-1, keepdims=True) if normalized else p
+
+
+def _logits(shape, seed):
+    return np.random.default_rng(seed).normal(size=shape) * 2
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_categorical_crossentropy_gradient(normalized, label_smoothing):
+    g, ctx, p = _graph((N, 4), (N, 4))
+    loss = _batch_loss(ctx, losses.categorical_crossentropy(ctx, "y", p, label_smoothing=label_smoothing))
+    y = _soft_targets(N, 4, 1, np.float64)
+    z = _probs((N, 4), 2, normalized)
+    value, _ = _check_fd(g, loss, {"z": z, "y": y})
+    assert value == pytest.approx(keras_categorical_crossentropy(y, z, label_smoothing=label_smoothing).mean(),
+                                  rel=1e-12)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_categorical_crossentropy_from_logits_gradient(label_smoothing):
+    g, ctx, p = _graph((N, 4), (N, 4))
+    loss = _batch_loss(ctx, losses.categorical_crossentropy(ctx, "y", p, from_logits=True,
+                                                            label_smoothing=label_smoothing))
+    y = _one_hot(N, 4, 3).astype(np.float64)
+    z = _logits((N, 4), 4)
+    value, _ = _check_fd(g, loss, {"z": z, "y": y})
+    assert value == pytest.approx(keras_categorical_crossentropy(y, z, True, label_smoothing).mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("targets", ["one_hot", "soft"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_fused_softmax_crossentropy_gradient_is_p_minus_y(targets, label_smoothing):
+    # The prediction comes from a Softmax: kcompile takes LogSoftmax of the logits instead of
+    # log(softmax); the gradient w.r.t. the logits is (p - y) / batch size per sample.
+    g, ctx, p = _graph((N, 4), (N, 4), softmax=True)
+    loss = _batch_loss(ctx, losses.categorical_crossentropy(ctx, "y", p, label_smoothing=label_smoothing))
+    assert any(n.op == "LogSoftmax" and n.inputs == ["z"] for n in g.nodes()), "not fused"
+    assert not any(n.op == "Log" for n in g.nodes())
+    y = (_one_hot(N, 4, 5) if targets == "one_hot" else _soft_targets(N, 4, 5, np.float64)).astype(np.float64)
+    z = _logits((N, 4), 6)
+    value, analytic = _check_fd(g, loss, {"z": z, "y": y})
+    probs = np.exp(_log_softmax(z))
+    smoothed = y * (1 - label_smoothing) + label_smoothing / 4
+    np.testing.assert_allclose(analytic, (probs - smoothed) / N, rtol=1e-12, atol=1e-15)
+    assert value == pytest.approx(keras_categorical_crossentropy(y, probs, label_smoothing=label_smoothing).mean(),
+                                  rel=1e-10)
+
+
+def test_fused_sparse_softmax_crossentropy_gradient():
+    g, ctx, p = _graph((N, 5), (N,), target_dtype="int64", softmax=True)
+    loss = _batch_loss(ctx, losses.sparse_categorical_crossentropy(ctx, "y", p))
+    labels = np.random.default_rng(7).integers(0, 5, N).astype(np.int64)
+    z = _logits((N, 5), 8)
+    value, analytic = _check_fd(g, loss, {"z": z, "y": labels})
+    probs = np.exp(_log_softmax(z))
+    np.testing.assert_allclose(analytic, (probs - np.eye(5)[labels]) / N, rtol=1e-12, atol=1e-15)
+    assert value == pytest.approx(keras_sparse_categorical_crossentropy(labels, probs).mean(), rel=1e-10)
+
+
+def test_softmax_on_other_axis_is_not_fused():
+    # Softmax over axis 1 of [N, 3, 4] and the loss over the last axis: no fusion, plain log.
+    g, ctx, p = _graph((N, 3, 4), (N, 3, 4))
+    p = ctx.op("Softmax", "z", axis=1)
+    loss = _batch_loss(ctx, losses.categorical_crossentropy(ctx, "y", p))
+    assert not any(n.op == "LogSoftmax" for n in g.nodes())
+    y = np.eye(4)[np.random.default_rng(1).integers(0, 4, (N, 3))]
+    z = _logits((N, 3, 4), 2) * 0.5
+    value, _ = _check_fd(g, loss, {"z": z, "y": y})
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    assert value == pytest.approx(keras_categorical_crossentropy(y, probs).mean(), rel=1e-10)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_sparse_categorical_crossentropy_gradient(from_logits):
+    g, ctx, p = _graph((N, 5), (N,), target_dtype="int64")
+    loss = _batch_loss(ctx, losses.sparse_categorical_crossentropy(ctx, "y", p, from_logits=from_logits))
+    labels = np.random.default_rng(9).integers(0, 5, N).astype(np.int64)
+    z = _logits((N, 5), 10) if from_logits else _probs((N, 5), 10, normalized=False)
+    value, _ = _check_fd(g, loss, {"z": z, "y": labels})
+    assert value == pytest.approx(keras_sparse_categorical_crossentropy(labels, z, from_logits).mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_binary_crossentropy_gradient(from_logits, label_smoothing):
+    g, ctx, p = _graph((N, 3), (N, 3))
+    loss = _batch_loss(ctx, losses.binary_crossentropy(ctx, "y", p, from_logits=from_logits,
+                                                       label_smoothing=label_smoothing))
+    y = np.random.default_rng(11).integers(0, 2, (N, 3)).astype(np.float64)
+    # logits away from 0 (the |x| in the stable formula has a kink there, though the sum is smooth)
+    z = _logits((N, 3), 12) + 0.3 if from_logits else _probs((N, 3), 12, normalized=False)
+    value, _ = _check_fd(g, loss, {"z": z, "y": y})
+    assert value == pytest.approx(keras_binary_crossentropy(y, z, from_logits, label_smoothing).mean(), rel=1e-12)
+
+
+def test_fused_sigmoid_binary_crossentropy_gradient():
+    # A Sigmoid prediction: the stable logits form; the gradient w.r.t. the logits is
+    # (sigmoid(z) - y) / (batch * units).
+    g, ctx, p = _graph((N, 3), (N, 3), sigmoid=True)
+    loss = _batch_loss(ctx, losses.binary_crossentropy(ctx, "y", p))
+    y = np.random.default_rng(13).integers(0, 2, (N, 3)).astype(np.float64)
+    z = _logits((N, 3), 14)
+    value, analytic = _check_fd(g, loss, {"z": z, "y": y})
+    s = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(analytic, (s - y) / (N * 3), rtol=1e-10, atol=1e-15)
+    assert value == pytest.approx(keras_binary_crossentropy(y, s).mean(), rel=1e-10)
+
+
+@pytest.mark.parametrize("name,kw,fn", [
+    ("mean_squared_error", {}, keras_mse),
+    ("mean_absolute_error", {}, keras_mae),
+    ("huber", {}, keras_huber),
+    ("huber", {"delta": 0.5}, lambda y, p: keras_huber(y, p, 0.5)),
+    ("huber", {"delta": 3.0}, lambda y, p: keras_huber(y, p, 3.0)),
+])
+def test_regression_loss_gradient(name, kw, fn):
+    g, ctx, p = _graph((N, 3), (N, 3))
+    loss = _batch_loss(ctx, losses.LOSS_FUNCTIONS[name](ctx, "y", p, **kw))
+    y = np.random.default_rng(15).normal(size=(N, 3)) * 2
+    err = np.random.default_rng(16).normal(size=(N, 3)) * 2
+    # keep |p - y| away from 0 and from delta (kinks of abs and of huber's switch)
+    err = np.sign(err) * (np.abs(err) + 0.05)
+    delta = kw.get("delta", 1.0)
+    err = np.where(np.abs(np.abs(err) - delta) < 0.05, err * 1.2, err)
+    z = y + err
+    value, analytic = _check_fd(g, loss, {"z": z, "y": y})
+    assert value == pytest.approx(fn(y, z).mean(), rel=1e-12)
+    if name == "mean_squared_error":
+        np.testing.assert_allclose(analytic, 2 * (z - y) / (N * 3), rtol=1e-12)
+    if name == "mean_absolute_error":
+        np.testing.assert_allclose(analytic, np.sign(z - y) / (N * 3), rtol=1e-12)
+
+
+def test_training_step_gradient_matches_loss():
+    # The whole training graph on a model (float32): one SGD step moves each weight by
+    # -lr * d loss / d w; compare with float64 finite differences of the numpy loss.
+    src = _model("p = Dense(3, activation=softmax)", "categorical_crossentropy", features=4)
+    m = kcompile.compile_string(src.replace("SGD()", "SGD(1.0)"))
+    _random_weights(m, 3)
+    x = _x(features=4)
+    y = _one_hot(N, 3, 1)
+    kernel, bias = [w.astype(np.float64) for w in m.get_weights()]
+
+    def loss_of(k, b):
+        return keras_categorical_crossentropy(y, np.exp(_log_softmax(x.astype(np.float64) @ k + b))).mean()
+
+    m.train_on_batch(x, y)
+    new_kernel, new_bias = m.get_weights()
+    h = 1e-6
+    for w, new, which in ((kernel, new_kernel, 0), (bias, new_bias, 1)):
+        numeric = np.zeros_like(w)
+        for i in range(w.size):
+            up, down = w.copy(), w.copy()
+            up.reshape(-1)[i] += h
+            down.reshape(-1)[i] -= h
+            args_up = (up, bias) if which == 0 else (kernel, up)
+            args_down = (down, bias) if which == 0 else (kernel, down)
+            numeric.reshape(-1)[i] = (loss_of(*args_up) - loss_of(*args_down)) / (2 * h)
+        np.testing.assert_allclose(w - new, numeric, rtol=1e-4, atol=1e-6)
