@@ -255,6 +255,10 @@ class _Checker:
                 elif not isinstance(v, bool) and v < 0:
                     self.error(f"{name} argument {k.name} must not be negative, got {v}", k.value.loc)
                 values[k.name] = v
+        clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if values.get(k) is not None]
+        if len(clips) > 1:  # as Keras 3
+            self.error(f"{name}: set only one of clipnorm, clipvalue and global_clipnorm (got {', '.join(clips)})",
+                       e.loc)
         return {"name": name, "args": values}
 
     def number_or_schedule(self, e):

@@ -1,0 +1,467 @@
+"""Optimizer steps and learning-rate schedules against numpy implementations of Keras 3.
+
+One training step of the MNIST MLP (Flatten, Dense(512, relu), Dense(10, softmax) on
+float32[28, 28, 1], categorical_crossentropy) with each optimizer must equal a numpy
+float64 implementation of the same forward, backward and Keras 3 update rule, within
+rtol=1e-5 / atol=1e-6, for three consecutive steps (so slots and Adam's bias
+correction at t = 1, 2, 3 are exercised).
+"""
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kcompile
+
+ROOT = Path(__file__).resolve().parents[2]
+RTOL, ATOL = 1e-5, 1e-6
+STEPS = 3
+
+MNIST_MLP = """
+model mnist_mlp {
+    input image: float32[28, 28, 1]
+    Flatten()
+    Dense(512, activation=relu)
+    probs = Dense(10, activation=softmax)
+    output probs
+    train {
+        loss      = categorical_crossentropy
+        optimizer = %s
+        metrics   = [accuracy]
+    }
+}
+"""
+
+
+def build(optimizer: str):
+    return kcompile.compile_string(MNIST_MLP % optimizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    """STEPS batches of 16 random float32 images in [0, 1) with one-hot targets."""
+    rng = np.random.default_rng(1234)
+    x = rng.random((16 * STEPS, 28, 28, 1), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16 * STEPS)]
+    return [(x[i * 16:(i + 1) * 16], y[i * 16:(i + 1) * 16]) for i in range(STEPS)]
+
+
+# ---------------- numpy reference: forward and backward ----------------
+def forward_backward(weights, x, y):
+    """Loss and gradients of mean categorical cross-entropy of softmax(relu(x W1 + b1) W2 + b2)."""
+    w1, b1, w2, b2 = weights
+    x = x.reshape(len(x), -1).astype(np.float64)
+    y = y.astype(np.float64)
+    pre = x @ w1 + b1
+    h = np.maximum(pre, 0.0)
+    z = h @ w2 + b2
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    loss = float(np.mean(-np.sum(y * np.log(p), axis=1)))
+    dz = (p - y) / len(x)
+    dw2, db2 = h.T @ dz, dz.sum(0)
+    dh = (dz @ w2.T) * (pre > 0)
+    dw1, db1 = x.T @ dh, dh.sum(0)
+    return loss, [dw1, db1, dw2, db2]
+
+
+def gradient_rounding(weights, x, y):
+    """A bound on the float32 rounding error of each gradient element: 1e-6 (about 16 float32
+    ulps) of the sum of the absolute values of the terms it sums."""
+    w1, b1, w2, b2 = weights
+    x = np.abs(x.reshape(len(x), -1).astype(np.float64))
+    pre = x @ w1 + b1
+    h = np.maximum(pre, 0.0)
+    z = h @ w2 + b2
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dz = np.abs(p - y) / len(x) + 1e-7 / len(x)
+    dh = (dz @ np.abs(w2.T)) * (pre > 0)
+    return [1e-6 * s for s in (x.T @ dh, dh.sum(0), h.T @ dz, dz.sum(0))]
+
+
+# ---------------- numpy reference: Keras 3 optimizers ----------------
+NAMES = ["dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"]
+
+
+def clip(grads, a):
+    if a.get("clipnorm"):
+        c = a["clipnorm"]
+        return [g * c / max(np.sqrt(np.sum(g * g)), c) for g in grads]
+    if a.get("global_clipnorm"):
+        c = a["global_clipnorm"]
+        norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+        return [g * c / max(norm, c) for g in grads]
+    if a.get("clipvalue"):
+        c = a["clipvalue"]
+        return [np.clip(g, -c, c) for g in grads]
+    return grads
+
+
+class Reference:
+    """Keras 3 update rules (keras/src/optimizers/*.py), in float64."""
+
+    DEFAULTS = {
+        "SGD": dict(learning_rate=0.01, momentum=0.0, nesterov=False),
+        "RMSprop": dict(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False),
+        "Adam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False),
+        "AdamW": dict(learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                      amsgrad=False),
+        "Adagrad": dict(learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7),
+    }
+
+    def __init__(self, name, weights, schedule=None, **args):
+        self.name = name
+        self.a = {**self.DEFAULTS[name], **args}
+        self.weights = [w.astype(np.float64) for w in weights]
+        self.schedule = schedule
+        self.iterations = 0
+        zeros = lambda: [np.zeros_like(w) for w in self.weights]  # noqa: E731
+        self.slots = {}
+        if name == "SGD" and self.a["momentum"]:
+            self.slots["momentum"] = zeros()
+        if name == "RMSprop":
+            self.slots["velocity"] = zeros()
+            if self.a["centered"]:
+                self.slots["average_gradient"] = zeros()
+            if self.a["momentum"]:
+                self.slots["momentum"] = zeros()
+        if name in ("Adam", "AdamW"):
+            self.slots["m"], self.slots["v"] = zeros(), zeros()
+            if self.a["amsgrad"]:
+                self.slots["v_hat"] = zeros()
+        if name == "Adagrad":
+            self.slots["accumulator"] = [np.full_like(w, self.a["initial_accumulator_value"]) for w in self.weights]
+
+    def sync(self, model):
+        """Start the next step from kcompile's weights and slots (in float64).
+
+        Adam divides by sqrt(v) + epsilon with epsilon outside the root, so an element whose
+        gradient is ~1e-6 (comparable to epsilon / sqrt(1 - beta_2^t)) has an update that
+        amplifies the float32 rounding of its gradient (~1e-10) to ~1e-6 after a step or two
+        of float32 vs float64 drift; Keras in float32 has the same sensitivity. Comparing each
+        step from the same state tests the update rule (slots, bias correction at t = 1, 2, 3)
+        without accumulating that drift.
+        """
+        self.weights = [w.astype(np.float64) for w in model.get_weights()]
+        state = model.optimizer_state()
+        for slot, values in self.slots.items():
+            for i, wname in enumerate(NAMES):
+                values[i] = state[f"{self.name.lower()}/{slot}/{wname}"].astype(np.float64)
+        assert self.iterations == model.iterations
+
+    @property
+    def lr(self):
+        return self.schedule(self.iterations) if self.schedule else self.a["learning_rate"]
+
+    def step(self, grads):
+        a, lr = self.a, self.lr
+        grads = clip(grads, a)
+        if a.get("weight_decay"):  # BaseOptimizer._apply_weight_decay, before the update
+            self.weights = [w - w * a["weight_decay"] * lr for w in self.weights]
+        for i, g in enumerate(grads):
+            self.weights[i] = self.update(i, self.weights[i], g, lr)
+        self.iterations += 1
+
+    def update(self, i, w, g, lr):
+        a, s, name = self.a, self.slots, self.name
+        if name == "SGD":
+            if not a["momentum"]:
+                return w - lr * g
+            mu = a["momentum"]
+            m = s["momentum"][i] = s["momentum"][i] * mu - g * lr
+            if a["nesterov"]:
+                return w + (m * mu - g * lr)
+            return w + m
+        if name == "RMSprop":
+            rho = a["rho"]
+            v = s["velocity"][i] = rho * s["velocity"][i] + (1 - rho) * g * g
+            denominator = v
+            if a["centered"]:
+                avg = s["average_gradient"][i] = rho * s["average_gradient"][i] + (1 - rho) * g
+                denominator = v - avg * avg
+            increment = lr * g / np.sqrt(denominator + a["epsilon"])
+            if a["momentum"]:
+                m = s["momentum"][i] = a["momentum"] * s["momentum"][i] + increment
+                return w - m
+            return w - increment
+        if name in ("Adam", "AdamW"):
+            t = self.iterations + 1
+            b1, b2 = a["beta_1"], a["beta_2"]
+            alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            m = s["m"][i] = s["m"][i] + (g - s["m"][i]) * (1 - b1)
+            v = s["v"][i] = s["v"][i] + (g * g - s["v"][i]) * (1 - b2)
+            if a["amsgrad"]:
+                v = s["v_hat"][i] = np.maximum(s["v_hat"][i], v)
+            return w - m * alpha / (np.sqrt(v) + a["epsilon"])
+        if name == "Adagrad":
+            acc = s["accumulator"][i] = s["accumulator"][i] + g * g
+            return w - lr * g / np.sqrt(acc + a["epsilon"])
+        raise AssertionError(name)
+
+
+def assert_within(got, wants, what):
+    """``got`` equals wants[0] within RTOL/ATOL, or lies (within RTOL/ATOL) between the values
+    the update takes for the gradient -/+ its float32 rounding bound (wants[1:]); that
+    widening may matter only for a tiny fraction of the elements."""
+    want = wants[0]
+    tol = ATOL + RTOL * np.abs(want)
+    lo, hi = np.minimum.reduce(wants) - tol, np.maximum.reduce(wants) + tol
+    bad = (got < lo) | (got > hi)
+    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} elements differ; first at "
+                           f"{np.argwhere(bad)[0]}: {got[bad][0]} vs {want[bad][0]} "
+                           f"(allowed [{lo[bad][0]}, {hi[bad][0]}])")
+    widened = np.mean(np.abs(got - want) > tol)
+    assert widened < 1e-3, (what, widened)
+
+
+def run_and_compare(optimizer_src, name, batches, check_slots=True, schedule=None, **args):
+    """Three steps of kcompile and of the reference; compares loss, weights and slots.
+
+    SGD, RMSprop and Adagrad (well conditioned) follow their own float64 trajectory and must
+    match within RTOL/ATOL. Adam and AdamW start each step from kcompile's state (see
+    Reference.sync) and the bounds allow for the float32 rounding of the gradient (see
+    assert_within)."""
+    model = build(optimizer_src)
+    ref = Reference(name, model.get_weights(), schedule=schedule, **args)
+    adam = name in ("Adam", "AdamW")
+    for step, (x, y) in enumerate(batches, start=1):
+        if adam:
+            ref.sync(model)
+        loss, grads = forward_backward(ref.weights, x, y)
+        got = model.train_on_batch(x, y, return_dict=True)
+        np.testing.assert_allclose(got["loss"], loss, rtol=1e-5, err_msg=f"loss at step {step}")
+        alternatives = []
+        if adam:
+            delta = gradient_rounding(ref.weights, x, y)
+            for sign in (-1, 1):
+                alt = copy.deepcopy(ref)
+                alt.step([g + sign * d for g, d in zip(grads, delta)])
+                alternatives.append(alt)
+        ref.step(grads)
+        assert model.iterations == step
+        for i, (wname, w) in enumerate(zip(NAMES, model.get_weights())):
+            assert w.dtype == np.float32
+            assert_within(w, [ref.weights[i]] + [alt.weights[i] for alt in alternatives],
+                          f"{optimizer_src}: {wname}, step {step}")
+    if check_slots:
+        state = model.optimizer_state()
+        expected = {f"{name.lower()}/{slot}/{wname}": [values[i]] + [alt.slots[slot][i] for alt in alternatives]
+                    for slot, values in ref.slots.items() for i, wname in enumerate(NAMES)}
+        assert set(state) == set(expected)
+        for key, wants in expected.items():
+            assert_within(state[key], wants, key)
+    return model, ref
+
+
+# (source in the train section, Keras class name, arguments for the reference)
+CASES = {
+    "sgd": ("SGD(learning_rate=0.1)", "SGD", dict(learning_rate=0.1)),
+    "sgd_default": ("SGD()", "SGD", {}),
+    "sgd_momentum": ("SGD(learning_rate=0.05, momentum=0.9)", "SGD", dict(learning_rate=0.05, momentum=0.9)),
+    "sgd_nesterov": ("SGD(learning_rate=0.05, momentum=0.8, nesterov=true)", "SGD",
+                     dict(learning_rate=0.05, momentum=0.8, nesterov=True)),
+    "sgd_weight_decay": ("SGD(learning_rate=0.1, weight_decay=0.05)", "SGD",
+                         dict(learning_rate=0.1, weight_decay=0.05)),
+    "sgd_momentum_weight_decay": ("SGD(learning_rate=0.05, momentum=0.9, weight_decay=0.1)", "SGD",
+                                  dict(learning_rate=0.05, momentum=0.9, weight_decay=0.1)),
+    "rmsprop": ("RMSprop(learning_rate=0.001)", "RMSprop", dict(learning_rate=0.001)),
+    "rmsprop_rho_eps": ("RMSprop(learning_rate=0.002, rho=0.8, epsilon=1e-4)", "RMSprop",
+                        dict(learning_rate=0.002, rho=0.8, epsilon=1e-4)),
+    "rmsprop_centered": ("RMSprop(learning_rate=0.001, centered=true)", "RMSprop",
+                         dict(learning_rate=0.001, centered=True)),
+    "rmsprop_momentum": ("RMSprop(learning_rate=0.001, momentum=0.5)", "RMSprop",
+                         dict(learning_rate=0.001, momentum=0.5)),
+    "rmsprop_centered_momentum": ("RMSprop(learning_rate=0.001, momentum=0.9, centered=true)", "RMSprop",
+                                  dict(learning_rate=0.001, momentum=0.9, centered=True)),
+    "adam": ("Adam()", "Adam", {}),
+    "adam_betas": ("Adam(learning_rate=0.002, beta_1=0.8, beta_2=0.99, epsilon=1e-5)", "Adam",
+                   dict(learning_rate=0.002, beta_1=0.8, beta_2=0.99, epsilon=1e-5)),
+    "adam_amsgrad": ("Adam(learning_rate=0.001, amsgrad=true)", "Adam", dict(learning_rate=0.001, amsgrad=True)),
+    "adam_amsgrad_beta2": ("Adam(learning_rate=0.001, beta_2=0.5, amsgrad=true)", "Adam",
+                           dict(learning_rate=0.001, beta_2=0.5, amsgrad=True)),
+    "adam_brief_example": ("Adam(learning_rate=0.01, beta_1=0.8, amsgrad=true, clipnorm=1.0)", "Adam",
+                           dict(learning_rate=0.01, beta_1=0.8, amsgrad=True, clipnorm=1.0)),
+    "adam_weight_decay": ("Adam(learning_rate=0.001, weight_decay=0.1)", "Adam",
+                          dict(learning_rate=0.001, weight_decay=0.1)),
+    "adamw": ("AdamW()", "AdamW", {}),
+    "adamw_args": ("AdamW(learning_rate=0.002, weight_decay=0.5, amsgrad=true)", "AdamW",
+                   dict(learning_rate=0.002, weight_decay=0.5, amsgrad=True)),
+    "adagrad": ("Adagrad(learning_rate=0.01)", "Adagrad", dict(learning_rate=0.01)),
+    "adagrad_init": ("Adagrad(learning_rate=0.01, initial_accumulator_value=0.5, epsilon=1e-3)", "Adagrad",
+                     dict(learning_rate=0.01, initial_accumulator_value=0.5, epsilon=1e-3)),
+    "clipnorm": ("SGD(learning_rate=0.1, clipnorm=0.05)", "SGD", dict(learning_rate=0.1, clipnorm=0.05)),
+    "global_clipnorm": ("SGD(learning_rate=0.1, momentum=0.5, global_clipnorm=0.05)", "SGD",
+                        dict(learning_rate=0.1, momentum=0.5, global_clipnorm=0.05)),
+    "clipvalue": ("SGD(learning_rate=0.1, clipvalue=0.002)", "SGD", dict(learning_rate=0.1, clipvalue=0.002)),
+    "adam_clipvalue": ("Adam(learning_rate=0.001, clipvalue=0.0005)", "Adam",
+                       dict(learning_rate=0.001, clipvalue=0.0005)),
+    "rmsprop_global_clipnorm": ("RMSprop(learning_rate=0.001, momentum=0.5, global_clipnorm=0.01)", "RMSprop",
+                                dict(learning_rate=0.001, momentum=0.5, global_clipnorm=0.01)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_three_steps_match_keras_update_rule(case, batches):
+    src, name, args = CASES[case]
+    run_and_compare(src, name, batches, **args)
+
+
+# Features whose effect must be visible: the reference with the feature off differs from
+# kcompile by far more than the tolerance, so the comparison above really tests them.
+FEATURES = {
+    "sgd_momentum": "momentum", "sgd_nesterov": "nesterov", "sgd_weight_decay": "weight_decay",
+    "rmsprop_centered": "centered", "rmsprop_momentum": "momentum", "adam_amsgrad_beta2": "amsgrad",
+    "adamw_args": "weight_decay", "clipnorm": "clipnorm", "global_clipnorm": "global_clipnorm",
+    "clipvalue": "clipvalue", "adam_clipvalue": "clipvalue",
+}
+
+
+@pytest.mark.parametrize("case", list(FEATURES))
+def test_feature_changes_the_update(case, batches):
+    src, name, args = CASES[case]
+    feature = FEATURES[case]
+    model, ref = run_and_compare(src, name, batches, check_slots=False, **args)
+    without = {**args, feature: False if feature in ("nesterov", "centered", "amsgrad") else 0.0}
+    other = Reference(name, build(src).get_weights(), **without)
+    for x, y in batches:
+        other.step(forward_backward(other.weights, x, y)[1])
+    diff = max(np.max(np.abs(a - b)) for a, b in zip(model.get_weights(), other.weights))
+    assert diff > 100 * ATOL, (case, diff)
+
+
+def test_slot_names_and_initial_values():
+    assert build("SGD()").optimizer_state() == {}
+    state = build("SGD(momentum=0.9)").optimizer_state()
+    assert sorted(state) == sorted(f"sgd/momentum/{n}" for n in NAMES)
+    state = build("RMSprop(momentum=0.9, centered=true)").optimizer_state()
+    assert sorted(state) == sorted(f"rmsprop/{s}/{n}" for s in ("velocity", "average_gradient", "momentum")
+                                   for n in NAMES)
+    state = build("Adam(amsgrad=true)").optimizer_state()
+    assert sorted(state) == sorted(f"adam/{s}/{n}" for s in ("m", "v", "v_hat") for n in NAMES)
+    state = build("AdamW()").optimizer_state()
+    assert sorted(state) == sorted(f"adamw/{s}/{n}" for s in ("m", "v") for n in NAMES)
+    for v in state.values():
+        assert not v.any()
+    state = build("Adagrad()").optimizer_state()
+    assert sorted(state) == sorted(f"adagrad/accumulator/{n}" for n in NAMES)
+    for v in state.values():
+        np.testing.assert_allclose(v, 0.1, rtol=1e-7)
+    assert state["adagrad/accumulator/dense/kernel"].shape == (784, 512)
+
+
+def test_keras_default_learning_rates():
+    for src, lr in (("SGD()", 0.01), ("RMSprop()", 0.001), ("Adam()", 0.001), ("AdamW()", 0.001),
+                    ("Adagrad()", 0.001)):
+        assert build(src).learning_rate == pytest.approx(lr, rel=1e-12), src
+
+
+# ---------------- learning-rate schedules ----------------
+def exponential_decay(lr0, decay_steps, rate, staircase=False):
+    def f(step):
+        p = step / decay_steps
+        return lr0 * rate ** (np.floor(p) if staircase else p)
+    return f
+
+
+def cosine_decay(lr0, decay_steps, alpha=0.0):
+    def f(step):
+        done = min(step, decay_steps) / decay_steps
+        return lr0 * ((1 - alpha) * 0.5 * (1 + np.cos(np.pi * done)) + alpha)
+    return f
+
+
+def step_decay(lr0, step_size, factor=0.5):
+    return lambda step: lr0 * factor ** (step // step_size)
+
+
+SCHEDULES = {
+    "exponential": ("ExponentialDecay(0.1, 2, 0.5)", exponential_decay(0.1, 2, 0.5)),
+    "exponential_kwargs": ("ExponentialDecay(initial_learning_rate=0.2, decay_steps=3, decay_rate=0.3)",
+                           exponential_decay(0.2, 3, 0.3)),
+    "exponential_staircase": ("ExponentialDecay(0.1, 2, 0.5, staircase=true)",
+                              exponential_decay(0.1, 2, 0.5, staircase=True)),
+    "cosine": ("CosineDecay(0.1, 4)", cosine_decay(0.1, 4)),
+    "cosine_alpha": ("CosineDecay(0.1, 3, alpha=0.2)", cosine_decay(0.1, 3, alpha=0.2)),
+    "step": ("StepDecay(0.1, 2)", step_decay(0.1, 2)),
+    "step_factor": ("StepDecay(0.1, 3, factor=0.1)", step_decay(0.1, 3, factor=0.1)),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEDULES))
+def test_schedule_values_and_weights(case, batches):
+    """m.learning_rate after k steps is the schedule at k (Keras evaluates it at the
+    optimizer's iterations before the update) and the weights move by that rate."""
+    schedule, f = SCHEDULES[case]
+    model = build(f"SGD(learning_rate={schedule})")
+    ref = Reference("SGD", model.get_weights(), schedule=f)
+    steps = 7  # past decay_steps / several step_size boundaries
+    for k in range(steps):
+        assert model.iterations == k
+        assert model.learning_rate == pytest.approx(f(k), rel=1e-6, abs=1e-12), (case, k)
+        x, y = batches[k % len(batches)]
+        ref.step(forward_backward(ref.weights, x, y)[1])
+        model.train_on_batch(x, y)
+        for got, want in zip(model.get_weights(), ref.weights):
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"{case}, step {k + 1}")
+    assert model.learning_rate == pytest.approx(f(steps), rel=1e-6, abs=1e-12)
+
+
+def test_schedule_with_adam(batches):
+    f = cosine_decay(0.001, 2, alpha=0.1)
+    model, _ = run_and_compare("Adam(learning_rate=CosineDecay(0.001, 2, alpha=0.1), amsgrad=true)", "Adam",
+                               batches + batches[:1], schedule=f, amsgrad=True)
+    assert model.learning_rate == pytest.approx(f(4), rel=1e-6)
+
+
+def test_schedule_drives_weight_decay(batches):
+    """AdamW's decoupled decay uses the scheduled rate (Keras: variable * wd * learning_rate)."""
+    f = step_decay(0.001, 1, factor=0.1)
+    run_and_compare("AdamW(learning_rate=StepDecay(0.001, 1, factor=0.1), weight_decay=0.5)", "AdamW", batches,
+                    schedule=f, weight_decay=0.5)
+
+
+@pytest.mark.parametrize("src", ["SGD(learning_rate=0.1, momentum=0.9)", "Adam(learning_rate=0.01)",
+                                 "RMSprop(momentum=0.9, centered=true)",
+                                 "AdamW(learning_rate=0.01, weight_decay=0.1)", "RMSprop()", "Adagrad(0.1)",
+                                 "SGD(learning_rate=ExponentialDecay(0.1, 2, 0.5))"])
+def test_learning_rate_zero_freezes_weights(src, batches):
+    """With a rate of 0 no optimizer moves the weights (the slots may still change). SGD's
+    and RMSprop's momentum would carry earlier steps on, as in Keras, so the rate is 0 from
+    the first step."""
+    model = build(src)
+    before = model.get_weights()
+    model.learning_rate = 0.0
+    assert model.learning_rate == 0.0
+    x, y = batches[0]
+    model.train_on_batch(x, y)  # builds the session
+    session = model._train_session
+    for x, y in batches:
+        model.train_on_batch(x, y)
+    assert model.iterations == 1 + len(batches)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert model._train_session is session  # the rate is an input: no rebuild
+    model.learning_rate = 0.05  # and back: the weights move again, still without a rebuild
+    model.train_on_batch(x, y)
+    assert model._train_session is session
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_learning_rate_can_be_changed_between_steps(batches):
+    model = build("SGD(learning_rate=0.1)")
+    ref = Reference("SGD", model.get_weights(), learning_rate=0.1)
+    x, y = batches[0]
+    ref.step(forward_backward(ref.weights, x, y)[1])
+    model.train_on_batch(x, y)
+    session = model._train_session
+    for lr, (x, y) in zip((0.03, 0.3), batches[1:]):
+        model.learning_rate = lr
+        ref.a["learning_rate"] = lr
+        ref.step(forward_backward(ref.weights, x, y)[1])
+        model.train_on_batch(x, y)
+        assert model.learning_rate == pytest.approx(lr)
+        for got, want in zip(model.get_weights(), ref.weights):
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert model._train_session is session
