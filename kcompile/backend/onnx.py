@@ -61,6 +61,11 @@ class LoweringContext:
             self._const_cache[key] = name
         return self._const_cache[key]
 
+    def used(self, value: str) -> bool:
+        """Whether a node or a graph output reads this value (optional ONNX outputs are
+        left out when nothing does)."""
+        return self.graph.uses(value) > 0
+
     def dtype(self, value: str) -> str:
         return self.graph.types[value].dtype
 

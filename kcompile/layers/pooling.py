@@ -27,6 +27,8 @@ class _Pooling(Layer):
         if self.op == "AveragePool":
             attrs["count_include_pad"] = 0  # Keras averages over the valid pixels only
         y = ctx.op(self.op, to_channels_first(ctx, x), **attrs)
+        if isinstance(y, list):  # MaxPool also gives its argmax (for the gradient)
+            y = y[0]
         return to_channels_last(ctx, y)
 
 

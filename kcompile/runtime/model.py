@@ -46,6 +46,7 @@ class Model(TrainingMixin):
         self._providers = providers_for(device)
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = None
+        self._predictor = None
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
         self._init_training(manifest.get("seed", 0) if seed is None else seed)
@@ -89,6 +90,7 @@ class Model(TrainingMixin):
     # ---------------- weights ----------------
     def get_weights(self) -> list[np.ndarray]:
         """All weights in Keras's order and layouts (Dense kernel [in, out], Conv2D kernel [kh, kw, in, out])."""
+        self._sync_state()
         return [self._weights[n].copy() for n in self._param_names]
 
     def set_weights(self, weights) -> None:
@@ -102,6 +104,7 @@ class Model(TrainingMixin):
                 raise ShapeMismatch(f"set_weights: weight {name} expects shape {tuple(spec['shape'])}, "
                                     f"got {tuple(w.shape)}")
             new[name] = np.ascontiguousarray(w, dtype=spec["dtype"])
+        self._drop_runner()  # training buffers start again from these weights
         self._weights = new
         self._session = None  # rebuilt with the new weights on the next call
         self._onnx_weights_current = False
@@ -180,12 +183,13 @@ class Model(TrainingMixin):
         session = self._inference_session()
         n = next(iter(feeds.values())).shape[0]
         step = n if not batch_size or batch_size >= n else int(batch_size)
-        chunks = []
-        for start in range(0, max(n, 1), max(step, 1)):
-            part = {k: v[start:start + step] for k, v in feeds.items()}
-            chunks.append(session.run(None, part))
-        outs = [np.concatenate([c[i] for c in chunks]) if len(chunks) > 1 else chunks[0][i]
-                for i in range(len(self.outputs))]
+        if n == 0:
+            outs = session.run(None, feeds)
+        else:
+            if self._predictor is None or self._predictor.session is not session:
+                from .binding import Predictor
+                self._predictor = Predictor(session, self._providers)
+            outs = self._predictor.run(feeds, n, step)
         return outs[0] if len(outs) == 1 else outs
 
     __call__ = predict
@@ -201,6 +205,7 @@ class Model(TrainingMixin):
         """The inference graph as an onnx.ModelProto holding the current weights."""
         import onnx
         from onnx import numpy_helper
+        self._sync_state()
         proto = onnx.load_from_string(self._onnx)
         by_name = {t.name: i for i, t in enumerate(proto.graph.initializer)}
         for name, w in self._weights.items():
@@ -242,6 +247,7 @@ class Model(TrainingMixin):
         Written to a temporary folder and renamed: a crash never leaves a half-written checkpoint
         in place of the previous one."""
         from ..driver import write_folder_atomic
+        self._sync_state()
         manifest = dict(self.manifest)
         files = dict(manifest["files"])
         files.update({"state": "state.json", "optimizer": "optimizer.npz"})

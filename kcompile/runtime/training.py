@@ -98,7 +98,8 @@ class TrainingMixin:
         self._iterations = 0
         self._epoch = 0
         self._lr_override = None
-        self._previous = None
+        self._runner = None
+        self._state_stale = False
         self._train_session = self._eval_session = None
         if spec:
             self._slots = {s["name"]: np.full(self._weights[s["param"]].shape, s["init"],
@@ -143,6 +144,7 @@ class TrainingMixin:
         return getattr(self, attr)
 
     def _weights_changed(self):
+        """The inference session must see the trained weights: rebuilt on the next predict."""
         self._session = None
         self._onnx_weights_current = False
 
@@ -176,31 +178,60 @@ class TrainingMixin:
                     feeds[item["name"]] = rng.random(shape, dtype=np.float32)
         return feeds
 
+    def _runner_for_training(self):
+        if self._runner is None:
+            from .binding import StateRunner
+            self._runner = StateRunner(self._session_for("train_step"), {**self._weights, **self._slots},
+                                       self._providers)
+            self._lr_buffer = np.zeros((), np.float32)
+            self._step_buffer = np.zeros((), np.float32)
+        return self._runner
+
+    def _sync_state(self):
+        """Copy the training buffers' current state into the weight and slot dictionaries."""
+        if self._runner is None or not self._state_stale:
+            return
+        self._state_stale = False
+        for name, value in self._runner.current().items():
+            value = np.array(value)  # own copy: the buffers are reused by the next steps
+            if name in self._weights:
+                self._weights[name] = value
+            else:
+                self._slots[name] = value
+
+    def _drop_runner(self):
+        self._sync_state()
+        self._runner = None
+
     def _run_train_step(self, xb, yb):
-        session = self._session_for("train_step")
-        names = [o.name for o in session.get_outputs()]
-        feeds = self._step_feeds(xb, yb, training=True)
-        needed = {i.name for i in session.get_inputs()}
-        results = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in needed})))
+        runner = self._runner_for_training()
+        spec = self.manifest["training"]
+        self._lr_buffer[...] = self.learning_rate
+        self._step_buffer[...] = self._iterations + 1
+        data = {**xb, **yb, "lr": self._lr_buffer, "step": self._step_buffer}
+        if spec["noise"]:
+            n = next(iter(xb.values())).shape[0]
+            rng = np.random.default_rng([self.seed, 7919, self._iterations])
+            for item in spec["noise"]:
+                data[item["name"]] = rng.random((n,) + tuple(item["shape"][1:]), dtype=np.float32)
+        results = runner.run(data)
         loss = float(results["loss"])
         if not math.isfinite(loss):
             # The current weights gave a non-finite loss: go back to those of the previous
             # step, the last that gave a finite one.
-            if self._previous is not None:
-                self._weights, self._slots, self._iterations = self._previous
+            runner.step_back()
+            if self._iterations > 0:
+                runner.step_back()
+                self._iterations -= 1
+            self._state_stale = True
+            self._drop_runner()
             raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss)
-        self._previous = (dict(self._weights), dict(self._slots), self._iterations)  # references, no copies
-        for name, value in results.items():
-            if name.startswith("new:"):
-                key = name[4:]
-                if key in self._weights:
-                    self._weights[key] = value
-                else:
-                    self._slots[key] = value
         self._iterations += 1
+        self._state_stale = True
         return results
 
     def _run_eval_step(self, xb, yb):
+        self._sync_state()
         session = self._session_for("eval")
         names = [o.name for o in session.get_outputs()]
         feeds = self._step_feeds(xb, yb, training=False)
@@ -311,6 +342,7 @@ class TrainingMixin:
 
     # ---- weights and checkpoints ----
     def optimizer_state(self) -> dict:
+        self._sync_state()
         return {k: v.copy() for k, v in self._slots.items()}
 
 

@@ -22,6 +22,8 @@ from ..passes.cse import common_subexpression_elimination
 from ..passes.dce import dead_code_elimination
 from ..passes.fold import constant_folding
 from ..passes.dropout import remove_dropout
+from ..passes.fusion import fuse_bias
+from ..passes.transpose import sink_transposes
 from . import optimizers
 from .losses import LOSS_FUNCTIONS
 from .metrics import METRIC_FUNCTIONS
@@ -302,6 +304,10 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
 
     # ---- training step ----
     g = graph.copy()
+    if opt_level >= 1:
+        # Layout and bias fusion on the forward graph, before differentiation, so that the
+        # backward graph is generated channels-first too and uses Gemm's bias input.
+        g = dead_code_elimination(fuse_bias(sink_transposes(g)))
     noise, stat_updates = training_form(g)
     objective, loss, metrics = _objective(g, train, config, env)
     trainable = [n for n, p in g.params.items() if p.trainable]

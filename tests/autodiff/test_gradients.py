@@ -328,3 +328,18 @@ def test_gradients_of_frozen_weights_unrequested():
     assert set(grads) == set(trainable)
     assert all(grads[n] is not None for n in trainable)
     assert not any(n.startswith("inner/") for n in grads)
+
+
+@pytest.mark.parametrize("body, shape", [
+    ("y = MaxPooling2D(2)(x)", (2, 5, 5, 2)),            # non-overlapping, a row and column left over
+    ("y = MaxPooling2D((2, 3))(x)", (2, 5, 7, 2)),
+    ("y = MaxPooling1D(2)(x)", (2, 7, 3)),
+    ("y = MaxPooling2D(2, strides=1)(x)", (2, 4, 4, 2)),  # overlapping: the scatter path
+    ("Conv2D(3, 3, activation=relu)\n MaxPooling2D(2)\n Conv2D(2, 2, activation=relu)\n MaxPooling2D(2)\n"
+     " Flatten()\n y = Dense(2)", (2, 13, 13, 1)),
+])
+def test_maxpool_gradient_paths(body, shape):
+    """MaxPool's gradient reuses the forward argmax: element-wise for non-overlapping windows."""
+    src = "model m {\n input x: float64[%s]\n %s\n output y\n}" % (", ".join(map(str, shape[1:])), body)
+    checked, _ = check_gradients(src, {"x": np.random.default_rng(3).normal(size=shape)})
+    assert checked > 0

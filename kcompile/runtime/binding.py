@@ -1,0 +1,119 @@
+"""Zero-copy execution with onnxruntime's IOBinding.
+
+Training keeps every weight and optimizer slot in buffers that onnxruntime reads
+and writes in place: a step reads the state from one buffer and writes the new state
+into the next, rotating through three (the state before the last step stays intact,
+so a non-finite loss can go back to it). Batches are bound as views of the caller's
+arrays. On the CPU the buffers are numpy arrays shared with onnxruntime; on CUDA they
+are device OrtValues, copied to the host only when asked for.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+           "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
+
+
+def _device(providers) -> tuple[str, int]:
+    return ("cuda", 0) if providers[0] == "CUDAExecutionProvider" else ("cpu", 0)
+
+
+class StateRunner:
+    """Runs a graph whose outputs ``new:<name>`` are the next values of its inputs ``<name>``."""
+
+    ROTATION = 3
+
+    def __init__(self, session, state: dict[str, np.ndarray], providers):
+        import onnxruntime as ort
+        self.ort = ort
+        self.session = session
+        self.device = _device(providers)
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = {o.name: o for o in session.get_outputs()}
+        self.state_names = [n for n in inputs if f"new:{n}" in outputs]
+        self.fixed_names = [n for n in inputs if n in state and n not in self.state_names]
+        self.data_names = [n for n in inputs if n not in state]
+        self.result_names = [n for n in outputs if not n.startswith("new:")]
+        # Three buffers per state tensor; buffer 0 holds the current values.
+        self.buffers = [{n: self._alloc(state[n], copy=(k == 0)) for n in self.state_names}
+                        for k in range(self.ROTATION)]
+        self.fixed = {n: self._alloc(state[n], copy=True) for n in self.fixed_names}
+        self.results = {n: np.zeros([d if isinstance(d, int) else 1 for d in outputs[n].shape],
+                                    dtype=_DTYPES[outputs[n].type]) for n in self.result_names}
+        self.result_values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.results.items()}
+        self.position = 0
+        self.bindings = [self._binding(k) for k in range(self.ROTATION)]
+
+    def _alloc(self, array, copy):
+        array = np.ascontiguousarray(array)
+        if self.device[0] == "cpu":
+            host = array.copy() if copy else np.empty_like(array)
+            return self.ort.OrtValue.ortvalue_from_numpy(host)
+        if copy:
+            return self.ort.OrtValue.ortvalue_from_numpy(array, *self.device)
+        return self.ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, *self.device)
+
+    def _binding(self, k):
+        b = self.session.io_binding()
+        current, following = self.buffers[k], self.buffers[(k + 1) % self.ROTATION]
+        for n in self.state_names:
+            b.bind_ortvalue_input(n, current[n])
+            b.bind_ortvalue_output(f"new:{n}", following[n])
+        for n, v in self.fixed.items():
+            b.bind_ortvalue_input(n, v)
+        for n, v in self.result_values.items():
+            b.bind_ortvalue_output(n, v)
+        return b
+
+    def run(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One run: ``data`` are the per-step inputs (batch, targets, lr, step, noise)."""
+        b = self.bindings[self.position]
+        for n in self.data_names:
+            b.bind_cpu_input(n, data[n])
+        self.session.run_with_iobinding(b)
+        self.position = (self.position + 1) % self.ROTATION
+        return self.results
+
+    def step_back(self):
+        """Make the state before the last run current again."""
+        self.position = (self.position - 1) % self.ROTATION
+
+    def current(self) -> dict:
+        """name -> the current value (numpy; a view of the buffer on the CPU)."""
+        return {n: v.numpy() for n, v in self.buffers[self.position].items()}
+
+
+class Predictor:
+    """Inference with outputs written straight into slices of the result arrays."""
+
+    def __init__(self, session, providers):
+        import onnxruntime as ort
+        self.ort = ort
+        self.session = session
+        self.binding = session.io_binding()
+        self.outputs = session.get_outputs()
+        self.cpu = _device(providers)[0] == "cpu"
+
+    def run(self, feeds: dict, n: int, step: int) -> list[np.ndarray]:
+        results = None
+        b = self.binding
+        for start in range(0, n, step):
+            for name, array in feeds.items():
+                b.bind_cpu_input(name, array[start:start + step])
+            if self.cpu and results is not None:
+                for o, r in zip(self.outputs, results):
+                    b.bind_ortvalue_output(o.name, self.ort.OrtValue.ortvalue_from_numpy(r[start:start + step]))
+            else:
+                for o in self.outputs:
+                    b.bind_output(o.name, "cpu")
+            self.session.run_with_iobinding(b)
+            if results is None:
+                first = b.copy_outputs_to_cpu()
+                results = [np.empty((n,) + f.shape[1:], f.dtype) for f in first]
+                for r, f in zip(results, first):
+                    r[:len(f)] = f
+            elif not self.cpu:
+                for r, f in zip(results, b.copy_outputs_to_cpu()):
+                    r[start:start + len(f)] = f
+        return results
