@@ -144,7 +144,7 @@ def _run(args) -> int:
 
             def report(pass_name, before, after):
                 change = "no change" if before == after else f"{before} -> {after} ({after - before:+d})"
-                print(f"  {pass_name:<24} {change}")
+                print(f"  {pass_name:<36} {change}")
         compiled = compile_source(source, args.file, name, opt_level=level, report=report)
         if args.emit == "ir":
             print(compiled.graph)

@@ -37,6 +37,7 @@ class Compiled:
     env: dict = field(default_factory=dict)
     _training: object = None
     training_error: str | None = None
+    report: object = None  # callback(pass, nodes_before, nodes_after), for --report
 
     def training(self):
         """The TrainingProgram of the train section (built on first use), or None when the model
@@ -47,7 +48,8 @@ class Compiled:
             from .training import build_training
             try:
                 self._training = build_training(self.elaborated, self.train_ast, self.train,
-                                                 {k: v.name for k, v in self.env.items()}, self.opt_level)
+                                                 {k: v.name for k, v in self.env.items()}, self.opt_level,
+                                                 self.report)
             except NotImplementedError as e:  # an op without a gradient rule yet
                 self.training_error = str(e)
                 return None
@@ -118,7 +120,8 @@ def compile_source(source: str, file: str = "<string>", model: str | None = None
     layers = list(graph.layers)
     elaborated = graph.copy() if train_ast is not None else None
     graph, applied = optimize(graph, opt_level, report)
-    return Compiled(graph, file, source, opt_level, applied, train, layers, elaborated, train_ast, env)
+    return Compiled(graph, file, source, opt_level, applied, train, layers, elaborated, train_ast, env,
+                    report=report)
 
 
 def compile_file(path, model: str | None = None, opt_level: int = 1) -> Compiled:

@@ -288,9 +288,28 @@ def _metric_outputs(g, metrics) -> list:
     return specs
 
 
-def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_level: int = 1) -> TrainingProgram:
+# Passes of the training step, in order: on the forward graph before differentiation (so the
+# generated backward graph inherits the layout and the fused biases), then on the whole step.
+FORWARD_PASSES = [("transpose-sinking", sink_transposes), ("bias-fusion", fuse_bias),
+                  ("dead-code-elimination", dead_code_elimination)]
+STEP_PASSES = [("constant-folding", constant_folding), ("cse", common_subexpression_elimination),
+               ("transpose-sinking", sink_transposes), ("dead-code-elimination", dead_code_elimination)]
+
+
+def _run_passes(g, passes, stage, report):
+    for name, fn in passes:
+        before = len(g.nx)
+        g = fn(g)
+        if report:
+            report(f"{stage}:{name}", before, len(g.nx))
+    return g
+
+
+def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_level: int = 1,
+                   report=None) -> TrainingProgram:
     """``graph``: the model's elaborated graph (no passes yet); ``train``/``config``: its train
-    section and the checked description of it; ``env``: the model's named values."""
+    section and the checked description of it; ``env``: the model's named values.
+    ``report(pass, nodes_before, nodes_after)`` sees each pass of the training step."""
     model_outputs = list(graph.outputs)
 
     # ---- evaluation: inference mode + loss + metrics ----
@@ -305,13 +324,14 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     # ---- training step ----
     g = graph.copy()
     if opt_level >= 1:
-        # Layout and bias fusion on the forward graph, before differentiation, so that the
-        # backward graph is generated channels-first too and uses Gemm's bias input.
-        g = dead_code_elimination(fuse_bias(sink_transposes(g)))
+        g = _run_passes(g, FORWARD_PASSES, "train-forward", report)
     noise, stat_updates = training_form(g)
     objective, loss, metrics = _objective(g, train, config, env)
     trainable = [n for n, p in g.params.items() if p.trainable]
+    before = len(g.nx)
     grads = gradients(g, loss, trainable)
+    if report:
+        report("train:autodiff", before, len(g.nx))
     trainable = [n for n in trainable if grads[n] is not None]
     ctx = GradContext(g)
     opt = config["optimizer"]
@@ -336,8 +356,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     for stat, value in stat_updates:
         outputs.append((f"new:{stat}", value))
     g.outputs = outputs + [o for o in g.outputs if o[0].startswith("metric:")]
-    for fn in (constant_folding, common_subexpression_elimination, dead_code_elimination):
-        g = fn(g)
+    g = _run_passes(g, STEP_PASSES if opt_level >= 1 else STEP_PASSES[-1:], "train-step", report)
     assert [m.name for m in metric_specs] == [m.name for m in metric_specs_step]
     return TrainingProgram(step=g, eval=ev, inputs=list(graph.inputs), targets=objective.target_types,
                            trainable=trainable, updated=[s for s, _ in stat_updates], slots=slots,
