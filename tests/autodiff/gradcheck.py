@@ -23,7 +23,15 @@ class _Reference:
             def _run(self, x):
                 return (np.vectorize(math.erf, otypes=[x.dtype])(x),)
 
-        self.evaluator = ReferenceEvaluator(model, new_ops=[Erf])
+        class MaxUnpool(OpRun):  # onnx's own mishandles sizes the windows do not divide
+            op_domain = ""
+
+            def _run(self, x, indices, output_shape=None, kernel_shape=None, pads=None, strides=None):
+                out = np.zeros(int(np.prod(output_shape)), dtype=x.dtype)
+                out[indices.ravel()] = x.ravel()
+                return (out.reshape(tuple(output_shape)),)
+
+        self.evaluator = ReferenceEvaluator(model, new_ops=[Erf, MaxUnpool])
 
     def run(self, outputs, feeds):
         return self.evaluator.run(outputs, feeds)
