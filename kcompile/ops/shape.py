@@ -277,26 +277,32 @@ class Size(Op):
 
 @register
 class Slice(Op):
-    """attrs: starts, ends, axes (static)."""
+    """attrs: starts, ends, axes, steps (static; steps default to 1)."""
     name = "Slice"
 
     def infer(self, ins, attrs):
         x, = ins
         shape = list(x.shape)
-        for start, end, axis in zip(attrs["starts"], attrs["ends"], attrs["axes"]):
+        steps = attrs.get("steps", (1,) * len(attrs["axes"]))
+        for start, end, axis, step in zip(attrs["starts"], attrs["ends"], attrs["axes"], steps):
             size = shape[axis]
             if isinstance(size, int):
                 lo, hi = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
-                shape[axis] = max(hi - lo, 0)
+                shape[axis] = max(-(-(hi - lo) // step), 0)
             else:
                 shape[axis] = size if start == 0 and end >= 2 ** 31 else "?"
         return [x.with_shape(shape)]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        ctx.emit("Slice", [inputs[0], ctx.const(list(attrs["starts"]), "int64"),
-                           ctx.const(list(attrs["ends"]), "int64"), ctx.const(list(attrs["axes"]), "int64")], outputs)
+        ins = [inputs[0], ctx.const(list(attrs["starts"]), "int64"), ctx.const(list(attrs["ends"]), "int64"),
+               ctx.const(list(attrs["axes"]), "int64")]
+        if "steps" in attrs:
+            ins.append(ctx.const(list(attrs["steps"]), "int64"))
+        ctx.emit("Slice", ins, outputs)
 
     def grad(self, ctx, node, dys):
+        if any(s != 1 for s in node.attrs.get("steps", ())):
+            raise NotImplementedError("gradient of a strided slice")
         x = ctx.type(node.inputs[0])
         pads = [0] * (2 * x.rank)
         for start, end, axis in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"]):
