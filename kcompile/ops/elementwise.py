@@ -52,7 +52,17 @@ def _attr(a, key, default):
     return float(np.float32(a.get(key, default)))
 
 
-_unary("Relu", lambda ctx, x, y, a: _mask(ctx, _positive(ctx, x), x))
+@register
+class Relu(Unary):
+    name = "Relu"
+    onnx_op = "Relu"
+
+    def grad(self, ctx, node, dys):
+        # From the output (y > 0 exactly where x > 0), so the input is read by Relu alone and
+        # onnxruntime can fuse Conv + Relu in training graphs too.
+        # dy * [y > 0]: measured faster in onnxruntime than Where(y > 0, dy, 0).
+        y = node.outputs[0]
+        return [ctx.op("Mul", dys[0], _mask(ctx, _positive(ctx, y), y))]
 _unary("Sigmoid", lambda ctx, x, y, a: ctx.op("Mul", y, ctx.op("Sub", _c(ctx, 1.0, y), y)))
 _unary("Tanh", lambda ctx, x, y, a: ctx.op("Sub", _c(ctx, 1.0, y), ctx.op("Mul", y, y)))
 _unary("Exp", lambda ctx, x, y, a: y)

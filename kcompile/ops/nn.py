@@ -92,10 +92,9 @@ IM2COL_MAX_WINDOW = 25  # kernel elements; above this the unfolded input grows t
 def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     """d(loss)/d(kernel) [O, C, *k] of a group-1 convolution of x [N, C, *s] giving dy [N, O, *o].
 
-    Small kernels unfold x (im2col: one strided slice per kernel offset) and contract it with dy
-    in batched matrix products, summed over the batch: measured about 1.5x faster on CPU than the
-    alternative, a convolution of X^T [C, N, *s] with dY^T [O, N, *o] as its kernel, which stays
-    the fallback for large kernels."""
+    Small kernels unfold x (im2col) and contract it with dy in batched matrix products, summed
+    over the batch: measured about 1.5x faster on CPU than the alternative, a convolution of
+    X^T [C, N, *s] with dY^T [O, N, *o] as its kernel, which stays the fallback for large kernels."""
     import numpy as np
     n = len(kernel_spatial)
     tx, ty = ctx.type(x), ctx.type(dy)
@@ -103,18 +102,18 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     window = int(np.prod(kernel_spatial))
     outs = ty.shape[2:]
     if window <= IM2COL_MAX_WINDOW and all(isinstance(d, int) for d in tuple(tx.shape[1:]) + tuple(outs)):
-        src = x if not any(pads) else ctx.op("Pad", x, pads=(0, 0) + tuple(pads[:n]) + (0, 0) + tuple(pads[n:]))
-        columns = []
-        for offset in np.ndindex(*kernel_spatial):
-            starts = tuple(offset[i] * dilations[i] for i in range(n))
-            ends = tuple(starts[i] + strides[i] * (outs[i] - 1) + 1 for i in range(n))
-            piece = ctx.op("Slice", src, starts=starts, ends=ends, axes=tuple(range(2, n + 2)), steps=tuple(strides))
-            columns.append(ctx.op("Unsqueeze", piece, axes=(2,)))
-        cols = columns[0] if len(columns) == 1 else ctx.op("Concat", *columns, axis=2)  # [N, C, k, *o]
+        # Unfold with a grouped convolution whose one-hot kernels each pick one offset of the
+        # window: channel c * window + k of the result is x[c] shifted by offset k (measured
+        # faster than one strided slice per offset and a concat).
+        picks = np.zeros((channels * window, 1) + tuple(kernel_spatial), dtype=tx.dtype)
+        for k, offset in enumerate(np.ndindex(*kernel_spatial)):
+            picks[(slice(k, None, window), 0) + offset] = 1.0
+        cols = ctx.op("Conv", x, ctx.const(picks, tx.dtype), strides=tuple(strides), pads=tuple(pads),
+                      dilations=tuple(dilations), group=channels)  # [N, C * window, *o]
         positions = int(np.prod(outs))
         cols = ctx.op("Reshape", cols, shape=(0, channels * window, positions))
         dy2 = ctx.op("Reshape", dy, shape=(0, out_channels, positions))
-        per_sample = ctx.op("MatMul", dy2, ctx.op("Transpose", cols, perm=(0, 2, 1)))  # [N, O, C*k]
+        per_sample = ctx.op("MatMul", dy2, ctx.op("Transpose", cols, perm=(0, 2, 1)))  # [N, O, C*window]
         summed = ctx.op("ReduceSum", per_sample, axes=(0,), keepdims=0)
         return ctx.op("Reshape", summed, shape=(out_channels, channels) + tuple(kernel_spatial))
     perm = (1, 0) + tuple(range(2, n + 2))
