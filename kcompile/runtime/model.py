@@ -188,7 +188,9 @@ class Model(TrainingMixin):
         else:
             if self._predictor is None or self._predictor.session is not session:
                 from .binding import Predictor
-                self._predictor = Predictor(session, self._providers)
+                float_outputs = all(o["dtype"] == "float32" for o in self.manifest["outputs"])
+                dims = [o.shape for o in self.outputs] if float_outputs else None
+                self._predictor = Predictor(session, self._providers, dims)
             outs = self._predictor.run(feeds, n, step)
         return outs[0] if len(outs) == 1 else outs
 
