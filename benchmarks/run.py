@@ -527,7 +527,6 @@ def _train_feeds(m, session, xb, yb):
 
 
 def w_profile(fw, model, args):
-    import numpy as np
     import onnxruntime as ort
     a = KcompileAdapter().build(model)
     m = a.m
@@ -769,7 +768,6 @@ def fmt(v, f):
 
 
 def table(results, frameworks):
-    peers = [f for f in frameworks if f != "kcompile"]
     lines, verdicts = [], []
     w0, wc = 36, 14
     head = f"{'workload':<{w0}}" + "".join(f"{f:>{wc}}" for f in frameworks) + f"{'kc/best peer':>{wc}}  target"

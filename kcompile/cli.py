@@ -138,14 +138,10 @@ def _run(args) -> int:
     level = 1 if args.opt_level is None else args.opt_level
     for name in names:
         start = time.perf_counter()
-        report = None
         if args.report:
             print(f"{name}: passes at -O{level} (nodes before -> after)")
-
-            def report(pass_name, before, after):
-                change = "no change" if before == after else f"{before} -> {after} ({after - before:+d})"
-                print(f"  {pass_name:<36} {change}")
-        compiled = compile_source(source, args.file, name, opt_level=level, report=report)
+        compiled = compile_source(source, args.file, name, opt_level=level,
+                                  report=_print_pass if args.report else None)
         if args.emit == "ir":
             print(compiled.graph)
             continue
@@ -154,6 +150,11 @@ def _run(args) -> int:
             n = sum(1 for _ in compiled.graph.nodes())
             print(f"built {name} -> {folder}/ ({n} ops, -O{level}, {time.perf_counter() - start:.2f} s)")
     return 0
+
+
+def _print_pass(pass_name, before, after):
+    change = "no change" if before == after else f"{before} -> {after} ({after - before:+d})"
+    print(f"  {pass_name:<36} {change}")
 
 
 def _train(args, source) -> int:

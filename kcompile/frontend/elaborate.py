@@ -555,7 +555,7 @@ class Elaborator:
                         "layer arguments go in the first parentheses: Dense(10, activation=relu)(x)")
         if layer.n_inputs is not None and len(inputs) != layer.n_inputs:
             raise _Fail(f"{layer.kind()} takes {layer.n_inputs} input{'s' * (layer.n_inputs != 1)}, got {len(inputs)}",
-                        loc, f"use Concatenate() or Add() to merge" if len(inputs) > 1 else None)
+                        loc, "use Concatenate() or Add() to merge" if len(inputs) > 1 else None)
         b = self.builder
         top = frame.prefix == ""
         saved = (b.loc, b.layer, b.record, b.trainable)

@@ -6,6 +6,16 @@ from ..ir import TensorType, broadcast_shapes
 from .base import Op, register
 
 
+def lower_fused(ctx, onnx_op, inputs, outputs, attrs):
+    """Lower an op that may carry a fused ``activation`` attribute: the op, then the activation."""
+    act = attrs.get("activation")
+    attrs = {k: v for k, v in attrs.items() if k != "activation"}
+    out = [ctx.fresh(f"{outputs[0]}/{onnx_op.lower()}")] if act else outputs
+    ctx.emit(onnx_op, inputs, out, **attrs)
+    if act:
+        lower_activation(ctx, act, out[0], outputs)
+
+
 def lower_activation(ctx, activation, x, outputs=None):
     """Emit a fused activation: ``activation`` is (unary op name, ((attr, value), ...)) or None."""
     from .base import OPS
@@ -72,11 +82,7 @@ class Gemm(Op):
         return [TensorType(x.dtype, (x.shape[0], w.shape[1]))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        act = attrs.get("activation")
-        out = [ctx.fresh(outputs[0] + "/gemm")] if act else outputs
-        ctx.emit("Gemm", inputs, out)
-        if act:
-            lower_activation(ctx, act, out[0], outputs)
+        lower_fused(ctx, "Gemm", inputs, outputs, attrs)
 
     def grad(self, ctx, node, dys):
         if node.attrs.get("activation"):

@@ -6,7 +6,7 @@ from ..errors import ShapeError, format_shape
 from ..ir import TensorType
 from ..ir.types import normalize_axis
 from .base import Op, register
-from .linalg import lower_activation
+from .linalg import lower_fused
 
 
 def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation=1):
@@ -51,12 +51,7 @@ class Conv(Op):
         return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + spatial)]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        act = attrs.get("activation")
-        attrs = {k: v for k, v in attrs.items() if k != "activation"}
-        out = [ctx.fresh(outputs[0] + "/conv")] if act else outputs
-        ctx.emit(self.onnx_op, inputs, out, **attrs)
-        if act:
-            lower_activation(ctx, act, out[0], outputs)
+        lower_fused(ctx, self.onnx_op, inputs, outputs, attrs)
 
     def grad(self, ctx, node, dys):
         if node.attrs.get("activation"):

@@ -33,7 +33,10 @@ def _check(spec, a, where, what):
     want_rank = len(spec.shape) + 1
     if a.ndim != want_rank or any(d is not None and d != g for d, g in zip(spec.shape, a.shape[1:])):
         hint = ""
-        if a.ndim == want_rank + 1 and a.shape[-1] == 1 and spec.shape == a.shape[1:-1]:
+        size = int(np.prod(spec.shape)) if all(d is not None for d in spec.shape) else None
+        if a.ndim >= 1 and size and a.size == len(a) * size:
+            hint = f"; reshape with x.reshape((-1, {', '.join(map(str, spec.shape))}))"
+        elif a.ndim == want_rank + 1 and a.shape[-1] == 1 and spec.shape == a.shape[1:-1]:
             hint = "; drop the last axis with y.reshape(len(y), ...)"
         elif spec.shape and spec.shape[-1] is not None and a.ndim == want_rank - 1 and what == "target":
             hint = "; for class indices use sparse_categorical_crossentropy, or one-hot encode with " \
@@ -42,8 +45,8 @@ def _check(spec, a, where, what):
     want = DTYPES[spec.dtype]
     if a.dtype != want:
         if np.dtype(want).kind in "iu" and a.dtype.kind == "f" and not np.all(np.mod(a, 1) == 0):
-            raise ShapeMismatch(f"{where}: {what} {spec.name!r} expects integers ({spec.dtype}), got non-integer "
-                                f"{a.dtype} values")
+            raise ShapeMismatch(f"{where}: {what} {spec.name!r} expects integer ids ({spec.dtype}), got "
+                                f"non-integer {a.dtype} values")
         a = a.astype(want)
     return np.ascontiguousarray(a)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ShapeMismatch, format_shape
-from ..ir.types import DTYPES
+from ..errors import ShapeMismatch
 from .devices import providers_for
 from .summary import format_summary
+from .data import as_arrays, check_arrays
 from .training import TrainingMixin
 
 
@@ -135,46 +135,8 @@ class Model(TrainingMixin):
 
     def _prepare(self, x, where: str) -> dict[str, np.ndarray]:
         """Check and convert inputs: one array for one input, else a dict by name or a list in order."""
-        if isinstance(x, dict):
-            missing = [s.name for s in self.inputs if s.name not in x]
-            extra = [k for k in x if k not in {s.name for s in self.inputs}]
-            if missing or extra:
-                raise ShapeMismatch(f"{where}: the model's inputs are {[s.name for s in self.inputs]}; "
-                                    f"missing {missing}, unknown {extra}")
-            arrays = [x[s.name] for s in self.inputs]
-        elif isinstance(x, (list, tuple)) and len(self.inputs) > 1:
-            if len(x) != len(self.inputs):
-                raise ShapeMismatch(f"{where}: the model has {len(self.inputs)} inputs "
-                                    f"({', '.join(s.name for s in self.inputs)}), got {len(x)} arrays")
-            arrays = list(x)
-        else:
-            if len(self.inputs) > 1:
-                raise ShapeMismatch(f"{where}: the model has {len(self.inputs)} inputs "
-                                    f"({', '.join(s.name for s in self.inputs)}); pass a dict by name")
-            arrays = [x]
-        feeds, batch = {}, None
-        for spec, a in zip(self.inputs, arrays):
-            a = np.asarray(a)
-            if a.dtype.kind not in "biuf":
-                raise ShapeMismatch(f"{where}: input {spec.name!r} expects {spec.dtype} numbers, got dtype {a.dtype}")
-            if a.ndim != len(spec.shape) + 1 or any(d is not None and d != g for d, g in zip(spec.shape, a.shape[1:])):
-                hint = ""
-                if a.ndim >= 1 and a.size and all(d is not None for d in spec.shape) and \
-                        a.size % max(1, int(np.prod(spec.shape))) == 0 and a.shape[0] * int(np.prod(spec.shape)) == a.size:
-                    hint = f"; reshape with x.reshape((-1, {', '.join(map(str, spec.shape))}))"
-                raise ShapeMismatch(f"{where}: input {spec.name!r} expects shape {spec.describe()}, "
-                                    f"got {tuple(a.shape)}{hint}")
-            want = DTYPES[spec.dtype]
-            if a.dtype != want:
-                if np.dtype(want).kind in "iu" and a.dtype.kind == "f" and not np.all(np.mod(a, 1) == 0):
-                    raise ShapeMismatch(f"{where}: input {spec.name!r} expects integer ids ({spec.dtype}), "
-                                        f"got non-integer {a.dtype} values")
-                a = a.astype(want)
-            if batch is not None and a.shape[0] != batch:
-                raise ShapeMismatch(f"{where}: inputs have different batch sizes ({batch} and {a.shape[0]})")
-            batch = a.shape[0]
-            feeds[spec.name] = np.ascontiguousarray(a)
-        return feeds
+        xs, _, _ = check_arrays(as_arrays(x, self.inputs, where, "input"), None, self.inputs, [], where)
+        return xs
 
     def predict(self, x, batch_size: int | None = 32, verbose: int = 0):
         """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .losses import one_hot
 
 AUC_THRESHOLDS = 200
 

@@ -113,7 +113,7 @@ def test_several_inputs_and_outputs_by_name():
     np.testing.assert_array_equal(kind, kind2)
     with pytest.raises(ShapeMismatch, match=r"missing \['ids'\]"):
         m.predict({"a": feeds["a"]})
-    with pytest.raises(ShapeMismatch, match="different batch sizes"):
+    with pytest.raises(ShapeMismatch, match="different lengths: input 'a' has 3, input 'ids' has 2"):
         m.predict({"a": feeds["a"], "ids": feeds["ids"][:2]})
     with pytest.raises(ShapeMismatch, match="integer ids"):
         m.predict({"a": feeds["a"], "ids": feeds["ids"] + 0.5})
