@@ -134,21 +134,28 @@ def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
             for name, p in graph.params.items()}
 
 
+TRAINING_FILES = ("train_step", "eval", "predict_weights")
+
+
 def lower_all(compiled: Compiled, weights: dict) -> dict[str, bytes]:
-    """The ONNX files of a model: ``inference`` (weights inside), and with a train section
-    ``train_step`` and ``eval`` (weights as inputs)."""
+    """The ONNX files of a model: ``inference`` (weights inside), ``predict_weights`` (the same
+    with the weights as inputs), and with a train section ``train_step`` and ``eval``."""
     import onnx
     from .backend import to_onnx
     out = {}
     model = to_onnx(compiled.graph, weights, doc=f"kcompile {__version__}: {compiled.graph.name} inference")
     onnx.checker.check_model(model, full_check=True)
     out["inference"] = model.SerializeToString()
+    # predict_weights: the inference graph with the weights as inputs, for predicting while the
+    # weights keep changing (between training steps, a GAN's generator) without rebuilding a session.
     program = compiled.training()
+    graphs = [("predict_weights", compiled.graph)]
     if program is not None:
-        for key, graph in (("train_step", program.step), ("eval", program.eval)):
-            model = to_onnx(graph, params_as_inputs=True, doc=f"kcompile {__version__}: {graph.name} {key}")
-            onnx.checker.check_model(model, full_check=True)
-            out[key] = model.SerializeToString()
+        graphs += [("train_step", program.step), ("eval", program.eval)]
+    for key, graph in graphs:
+        model = to_onnx(graph, params_as_inputs=True, doc=f"kcompile {__version__}: {graph.name} {key}")
+        onnx.checker.check_model(model, full_check=True)
+        out[key] = model.SerializeToString()
     return out
 
 
@@ -207,6 +214,7 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
         "versions": {"kcompile": __version__, "onnx": onnx.__version__, "onnxruntime": ort_version,
                      "opset": OPSET, "ir_version": IR_VERSION},
         "files": {"inference": f"{g.name}.onnx", "weights": "weights.npz", "source": "source.kdl",
+                  "predict_weights": "predict_weights.onnx",
                   **({"train_step": "train_step.onnx", "eval": "eval.onnx"} if program else {})},
         "training": program.describe() if program else None,
         "training_error": compiled.training_error,
@@ -255,7 +263,7 @@ def write_build(compiled: Compiled, out_dir, seed: int = 0) -> Path:
                 "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
                 "source.kdl": compiled.source.encode(),
                 "__init__.py": _PACKAGE_INIT.format(name=g.name).encode()}
-    for key in ("train_step", "eval"):
+    for key in TRAINING_FILES:
         if key in files:
             contents[manifest["files"][key]] = files[key]
     return write_folder_atomic(Path(out_dir) / g.name, contents)

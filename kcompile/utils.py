@@ -45,3 +45,39 @@ def to_categorical(y, num_classes: int | None = None, dtype="float32") -> np.nda
     out = np.zeros((flat.size, num_classes), dtype=dtype)
     out[np.arange(flat.size), flat] = 1
     return out.reshape(shape + (num_classes,))
+
+
+def save_image_grid(path, images, columns=None, scale=1):
+    """Write images [n, h, w] or [n, h, w, 1|3] with values in [0, 1] as one PNG grid
+    (no imaging library needed). Returns the path."""
+    import struct
+    import zlib
+    from pathlib import Path
+
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim not in (3, 4):
+        raise ValueError(f"save_image_grid expects [n, h, w] or [n, h, w, c] images, got shape {images.shape}")
+    n, h, w = images.shape[:3]
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = -(-n // columns)
+    channels = 3 if images.ndim == 4 else 1
+    grid = np.zeros((rows * (h + 1) + 1, columns * (w + 1) + 1) + ((3,) if channels == 3 else ()))
+    for k in range(n):
+        r, c = divmod(k, columns)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = images[k]
+    grid = np.kron(grid, np.ones((scale, scale) + ((1,) if channels == 3 else ()))) if scale > 1 else grid
+    pixels = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
+    height, width = pixels.shape[:2]
+    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    color = 2 if channels == 3 else 0
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(png)
+    return Path(path)

@@ -24,6 +24,8 @@ EXPECTED_OUTPUTS = {
     ("gan.kdl", "discriminator"): [(1,)],
     ("gan.kdl", "gan"): [(1,)],
     ("iris_mlp.kdl", "iris_mlp"): [(3,)],
+    ("sequence_memory.kdl", "memory_lstm"): [(1,)],
+    ("sequence_memory.kdl", "bag_of_embeddings"): [(1,)],
 }
 
 

@@ -22,12 +22,14 @@ class GradContext:
         self.g = g
         self.node = None
 
-    def op(self, op: str, *inputs, **attrs) -> str:
+    def op(self, op: str, *inputs, **attrs):
+        """Emit one op; returns its output (a list for ops with several)."""
         like = next((i for i in inputs if isinstance(i, str)), None)
         names = [self.const(i, self.g.types[like].dtype) if not isinstance(i, str) else i for i in inputs]
         loc = self.node.loc if self.node else None
         layer = self.node.layer if self.node else None
-        return emit(self.g, op, names, attrs, loc=loc, layer=layer, name=f"grad/{op}")[0]
+        outs = emit(self.g, op, names, attrs, loc=loc, layer=layer, name=f"grad/{op}")
+        return outs[0] if len(outs) == 1 else outs
 
     def const(self, value, dtype="float32") -> str:
         return self.g.add_const(np.asarray(value, dtype=dtype), base="grad/const")

@@ -1,15 +1,18 @@
 """Layers, grouped by family as in Keras. ``LAYERS`` maps the language's layer names to classes."""
 from .base import Layer
-from .activations import ELU, Activation, LeakyReLU, ReLU, Softmax
+from .activations import ELU, Activation, LeakyReLU, PReLU, ReLU, Softmax
+from .attention import MultiHeadAttention
 from .convolutional import Conv1D, Conv2D, Conv2DTranspose
 from .core import Dense, Embedding
-from .merging import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
-from .normalization import BatchNormalization
+from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
+from .normalization import BatchNormalization, GroupNormalization, LayerNormalization
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
                       GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D)
-from .recurrent import LSTM
-from .regularization import Dropout
-from .reshaping import Flatten, Permute, Reshape
+from .recurrent import GRU, LSTM, SimpleRNN
+from .regularization import Dropout, GaussianNoise, SpatialDropout1D, SpatialDropout2D
+from .reshaping import (Cropping1D, Cropping2D, Flatten, Permute, RepeatVector, Reshape, UpSampling1D, UpSampling2D,
+                        ZeroPadding1D, ZeroPadding2D)
+from .wrappers import TimeDistributed
 from .functions import FUNCTIONS
 
 LAYERS = {cls.__name__: cls for cls in [
@@ -17,11 +20,14 @@ LAYERS = {cls.__name__: cls for cls in [
     Conv1D, Conv2D, Conv2DTranspose,
     MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D,
     GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
-    LSTM,
-    BatchNormalization, Dropout,
-    Flatten, Reshape, Permute,
-    Activation, ReLU, LeakyReLU, ELU, Softmax,
-    Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate,
+    SimpleRNN, LSTM, GRU,
+    BatchNormalization, LayerNormalization, GroupNormalization,
+    Dropout, SpatialDropout1D, SpatialDropout2D, GaussianNoise,
+    Flatten, Reshape, Permute, RepeatVector, ZeroPadding1D, ZeroPadding2D, Cropping1D, Cropping2D,
+    UpSampling1D, UpSampling2D,
+    Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax,
+    Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot,
+    TimeDistributed, MultiHeadAttention,
 ]}
 
 __all__ = ["Layer", "LAYERS", "FUNCTIONS"]

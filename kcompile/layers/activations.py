@@ -1,7 +1,8 @@
 """Activations by name (``activation=relu``, ``relu(x)``) and the Activation,
-LeakyReLU, ReLU, ELU and Softmax layers. Keras semantics and defaults."""
+LeakyReLU, ReLU, ELU, PReLU and Softmax layers. Keras semantics and defaults."""
 
-from .base import ActivationArg, FloatArg, IntArg, Layer, Optional
+from ..errors import ShapeError
+from .base import ActivationArg, FloatArg, InitializerArg, IntArg, IntList, Layer, Optional
 
 
 def _unary(op, **attrs):
@@ -131,3 +132,34 @@ class Softmax(Layer):
     def call(self, ctx, x):
         return softmax(ctx, x, self.axis)
 
+
+
+class PReLU(Layer):
+    """Parametric ReLU: ``max(0, x) + alpha * min(0, x)`` with a learned ``alpha``.
+
+    Args:
+        alpha_initializer: zeros.
+        shared_axes: none; axes (counting from 1, the batch being 0, as Keras) along which
+            one alpha is shared, e.g. (1, 2) for one alpha per channel of an image.
+
+    Weights: alpha, shaped like the input without the batch, with 1 on the shared axes.
+    """
+
+    def __init__(self, alpha_initializer: InitializerArg() = ("zeros", ()),
+                 shared_axes: Optional(IntList(1)) = None):
+        self.alpha_initializer, self.shared_axes = alpha_initializer, shared_axes
+
+    def build(self, ctx, x):
+        shared = set(self.shared_axes or ())
+        if any(a >= x.rank for a in shared):
+            raise ShapeError(f"PReLU shared_axes {tuple(sorted(shared))} do not fit an input of rank "
+                             f"{x.rank - 1} (axes count from 1)")
+        shape = tuple(1 if i in shared else d for i, d in enumerate(x.shape) if i > 0)
+        if not all(isinstance(d, int) for d in shape):
+            raise ShapeError(f"PReLU needs known sizes on the axes it does not share, got {shape}",
+                             hint="share the unknown axes with shared_axes=...")
+        self.alpha = ctx.add_weight(self, "alpha", shape, x.dtype, self.alpha_initializer)
+
+    def call(self, ctx, x):
+        negative = ctx.op("Min", x, 0.0)
+        return ctx.op("Add", ctx.op("Relu", x), ctx.op("Mul", self.alpha, negative))

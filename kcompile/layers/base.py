@@ -104,6 +104,38 @@ class ShapeArg(Converter):
         return items
 
 
+class IntList(Converter):
+    """An int or a tuple of ints (any length), given back as a tuple: ``axis=(1, 2)``, ``shared_axes=1``."""
+
+    def __init__(self, minimum=None):
+        self.minimum = minimum
+        self.describe = "an integer or a tuple of integers"
+
+    def __call__(self, v):
+        items = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+        if not items or any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+            raise ArgError(f"expected {self.describe}, got {show(v)}")
+        if self.minimum is not None and any(i < self.minimum for i in items):
+            raise ArgError(f"expected integers >= {self.minimum}, got {show(v)}")
+        return items
+
+
+class LayerArg(Converter):
+    """A layer given unapplied as an argument: ``TimeDistributed(Dense(8))``, or one bound with
+    ``layer d = Dense(8)``. Built-in layers only (not blocks or models)."""
+    describe = "a layer such as Dense(8)"
+
+    def __call__(self, v):
+        layer = getattr(v, "layer", v)  # the frontend's Unapplied wraps the layer instance
+        from . import LAYERS
+        if isinstance(layer, Layer) and type(layer) not in LAYERS.values():
+            raise ArgError(f"expected a built-in layer such as Dense(8), got {layer.kind()} "
+                           "(blocks and models cannot be wrapped)")
+        if not isinstance(layer, Layer):
+            raise ArgError(f"expected a layer such as Dense(8), got {show(v)}")
+        return layer
+
+
 class Optional(Converter):
     def __init__(self, inner):
         self.inner = inner

@@ -1,7 +1,7 @@
-"""Normalization layers: BatchNormalization."""
-from ..errors import ShapeError
+"""Normalization layers: BatchNormalization, LayerNormalization, GroupNormalization."""
+from ..errors import ShapeError, format_shape
 from ..ir.types import normalize_axis
-from .base import BoolArg, FloatArg, InitializerArg, IntArg, Layer
+from .base import BoolArg, FloatArg, InitializerArg, IntArg, IntList, Layer
 
 
 class BatchNormalization(Layer):
@@ -53,3 +53,121 @@ class BatchNormalization(Layer):
         # A frozen layer (trainable=false) keeps using its moving statistics in training, as Keras.
         return ctx.op("BatchNormalization", x, gamma, beta, self.moving_mean, self.moving_variance,
                       axis=axis, epsilon=self.epsilon, momentum=self.momentum, trainable=ctx.trainable)
+
+
+def _normalize(ctx, x, axes, epsilon):
+    """(x - mean) / sqrt(var + epsilon), the (population) moments over ``axes``."""
+    mean = ctx.op("ReduceMean", x, axes=axes, keepdims=1)
+    centered = ctx.op("Sub", x, mean)
+    var = ctx.op("ReduceMean", ctx.op("Mul", centered, centered), axes=axes, keepdims=1)
+    return ctx.op("Mul", centered, ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, epsilon))))
+
+
+def _scale_shift(ctx, layer, y, shape):
+    """y * gamma + beta, each reshaped to ``shape`` (y's shape without the batch, 1 elsewhere)."""
+    for weight, op in (("gamma", "Mul"), ("beta", "Add")):
+        w = getattr(layer, weight, None)
+        if w is not None:
+            if tuple(w.shape) != tuple(shape):
+                w = ctx.op("Reshape", w, shape=tuple(shape))
+            y = ctx.op(op, y, w)
+    return y
+
+
+class LayerNormalization(Layer):
+    """Normalizes each batch item over ``axis`` (Keras 3):
+    ``(x - mean) / sqrt(variance + epsilon) * gamma + beta``, mean and variance over ``axis``.
+
+    Args:
+        axis: -1; an axis or a tuple of axes (not the batch).
+        epsilon: 1e-3.
+        center: learn beta (true). scale: learn gamma (true).
+        beta_initializer: zeros. gamma_initializer: ones.
+
+    Weights: gamma, beta (each only if scale/center), shaped like the input on ``axis``
+    (``[features]`` for the default).
+    """
+
+    def __init__(self, axis: IntList() = (-1,), epsilon: FloatArg(0.0) = 1e-3, center: BoolArg() = True,
+                 scale: BoolArg() = True, beta_initializer: InitializerArg() = ("zeros", ()),
+                 gamma_initializer: InitializerArg() = ("ones", ())):
+        self.axis, self.epsilon, self.center, self.scale = axis, epsilon, center, scale
+        self.beta_initializer, self.gamma_initializer = beta_initializer, gamma_initializer
+
+    def axes(self, x):
+        axes = tuple(sorted({normalize_axis(a, x.rank) for a in self.axis}))
+        if 0 in axes:
+            raise ShapeError("LayerNormalization cannot normalize along the batch axis")
+        return axes
+
+    def build(self, ctx, x):
+        if x.rank < 2:
+            raise ShapeError("LayerNormalization needs an input with a feature axis")
+        axes = self.axes(x)
+        shape = tuple(x.shape[a] for a in axes)
+        if not all(isinstance(d, int) for d in shape):
+            raise ShapeError(f"LayerNormalization needs known sizes on axis {self.axis}, got {format_shape(shape)}")
+        if self.scale:
+            self.gamma = ctx.add_weight(self, "gamma", shape, x.dtype, self.gamma_initializer)
+        if self.center:
+            self.beta = ctx.add_weight(self, "beta", shape, x.dtype, self.beta_initializer)
+
+    def call(self, ctx, x):
+        axes = self.axes(x)
+        y = _normalize(ctx, x, axes, self.epsilon)
+        return _scale_shift(ctx, self, y, tuple(x.shape[i] if i in axes else 1 for i in range(1, x.rank)))
+
+
+class GroupNormalization(Layer):
+    """Splits the channels into ``groups`` and normalizes each batch item over the other
+    (spatial) axes and the channels of each group (Keras 3):
+    ``(x - mean) / sqrt(variance + epsilon) * gamma + beta``.
+
+    Args:
+        groups: 32; must divide the channels (-1: one group per channel).
+        axis: -1, the channel axis.
+        epsilon: 1e-3.
+        center: learn beta (true). scale: learn gamma (true).
+        beta_initializer: zeros. gamma_initializer: ones.
+
+    Weights: gamma, beta (each only if scale/center), each [channels].
+    """
+
+    def __init__(self, groups: IntArg(-1) = 32, axis: IntArg() = -1, epsilon: FloatArg(0.0) = 1e-3,
+                 center: BoolArg() = True, scale: BoolArg() = True,
+                 beta_initializer: InitializerArg() = ("zeros", ()),
+                 gamma_initializer: InitializerArg() = ("ones", ())):
+        if groups == 0:
+            from .base import ArgError
+            raise ArgError("GroupNormalization groups must be >= 1 (or -1: one group per channel)")
+        self.groups, self.axis, self.epsilon, self.center, self.scale = groups, axis, epsilon, center, scale
+        self.beta_initializer, self.gamma_initializer = beta_initializer, gamma_initializer
+
+    def build(self, ctx, x):
+        if x.rank < 2:
+            raise ShapeError("GroupNormalization needs an input with a channel axis")
+        axis = normalize_axis(self.axis, x.rank)
+        if axis == 0:
+            raise ShapeError("GroupNormalization cannot use the batch axis as channels")
+        if not all(isinstance(d, int) for d in x.shape[1:]):
+            raise ShapeError(f"GroupNormalization needs known sizes, got {format_shape(x.shape[1:])}")
+        channels = x.shape[axis]
+        groups = channels if self.groups == -1 else self.groups
+        if groups > channels or channels % groups:
+            raise ShapeError(f"GroupNormalization: {groups} groups do not divide {channels} channels")
+        self.n_groups = groups
+        if self.scale:
+            self.gamma = ctx.add_weight(self, "gamma", (channels,), x.dtype, self.gamma_initializer)
+        if self.center:
+            self.beta = ctx.add_weight(self, "beta", (channels,), x.dtype, self.beta_initializer)
+
+    def call(self, ctx, x):
+        axis = normalize_axis(self.axis, x.rank)
+        channels, groups = x.shape[axis], self.n_groups
+        # [N, ..., C, ...] -> [N, ..., G, C / G, ...]; moments over every axis but the batch and G.
+        dims = tuple(x.shape[1:axis]) + (groups, channels // groups) + tuple(x.shape[axis + 1:])
+        grouped = ctx.op("Reshape", x, shape=(0,) + dims)
+        axes = tuple(i for i in range(1, len(dims) + 1) if i != axis)
+        y = _normalize(ctx, grouped, axes, self.epsilon)
+        y = ctx.op("Reshape", y, shape=(0,) + tuple(x.shape[1:]))
+        return _scale_shift(ctx, self, y, tuple(channels if i == axis else 1 for i in range(1, x.rank)))

@@ -1,5 +1,5 @@
 """Neural-network ops, channels-first as in ONNX: Conv, ConvTranspose, pooling,
-BatchNormalization, Softmax, Dropout, Gather (embedding lookup)."""
+BatchNormalization, Softmax, Dropout, GaussianNoise, Gather (embedding lookup)."""
 from __future__ import annotations
 
 from ..errors import ShapeError, format_shape
@@ -347,11 +347,20 @@ class LogSoftmax(Softmax):
 
 @register
 class Dropout(Op):
-    """attrs: rate. Identity at inference (removed by a pass); training arrives with autodiff."""
+    """attrs: rate, and optionally noise_shape: the shape of the keep-mask, the input's shape
+    (batch included, symbolic dims as they are) with 1 on the axes where one mask value is
+    shared (SpatialDropout: [N, 1, 1, C]). Identity at inference (removed by a pass); the
+    training graph (kcompile.training.graphs) replaces it by its mask."""
     name = "Dropout"
     ir_only_attrs = ("rate", "noise_shape")
 
     def infer(self, ins, attrs):
+        x = ins[0]
+        shape = attrs.get("noise_shape")
+        if shape is not None:
+            if len(shape) != x.rank or any(d != 1 and d != xd for d, xd in zip(shape, x.shape)):
+                raise ShapeError(f"Dropout noise_shape {format_shape(shape)} does not fit an input "
+                                 f"{format_shape(x.shape)}: each entry is the input's dimension or 1")
         return [ins[0]]
 
     def lower(self, ctx, inputs, outputs, attrs):
@@ -359,6 +368,25 @@ class Dropout(Op):
 
     def grad(self, ctx, node, dys):
         return [dys[0]]  # the training graph replaces Dropout by its mask before autodiff
+
+
+@register
+class GaussianNoise(Op):
+    """Additive zero-mean Gaussian noise of standard deviation ``stddev`` in training; the
+    identity at inference (removed by the remove-dropout pass). attrs: stddev. The training
+    graph (kcompile.training.graphs) replaces it by x + stddev * (a standard-normal input)."""
+    name = "GaussianNoise"
+    ir_only_attrs = ("stddev",)
+
+    def infer(self, ins, attrs):
+        self.check_float(ins)
+        return [ins[0]]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        ctx.emit("Identity", inputs[:1], outputs)
+
+    def grad(self, ctx, node, dys):
+        return [dys[0]]  # additive noise: d(x + noise)/dx = 1
 
 
 @register

@@ -1,30 +1,90 @@
-"""Recurrent ops. LSTM takes Keras's weight layouts and gate order (i, f, c, o);
-its lowering reorders them for ONNX's LSTM (i, o, f, c, weights transposed)."""
+"""Recurrent ops, batch-major ([N, T, features]) with Keras's weight layouts.
+
+LSTM gates are in Keras's order i, f, c, o: kernel [I, 4u], recurrent kernel [u, 4u],
+bias [4u]. Outputs: the hidden sequence [N, T, u], the last h and c [N, u], and the
+cell sequence [N, T, u].
+
+Inference lowers to ONNX's fused LSTM op (gates reordered to its i, o, f, c). When a
+gradient reads the cell sequence, the forward pass is an ONNX ``Scan`` over time and the
+backward pass (``LSTMGrad``) a reverse ``Scan`` that carries (dh, dc) and emits each step's
+gate gradients; the weight and input gradients are then a few large matrix products over
+all steps at once. The graph's size does not depend on the sequence length.
+"""
 from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
 
 from ..errors import ShapeError, format_shape
 from ..ir import TensorType
 from .base import Op, register
 
+_ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
+
+
+def _check(x, k, r, b, gates, units):
+    if x.rank != 3:
+        raise ShapeError(f"a recurrent layer expects [timesteps, features], got {format_shape(x.shape[1:])}")
+    if k.shape != (x.shape[2], gates * units) or r.shape != (units, gates * units):
+        raise ShapeError("recurrent weights do not match the input and units")
+    if b is not None and b.shape[-1] != gates * units:
+        raise ShapeError("recurrent bias does not match the units")
+
+
+class _Body:
+    """Builds an ONNX subgraph (a Scan body) node by node."""
+
+    def __init__(self, dtype: str):
+        self.dtype = dtype
+        self.nodes, self.count = [], 0
+
+    def __call__(self, op, *inputs, **attrs):
+        self.count += 1
+        out = f"b{self.count}_{op.lower()}"
+        self.nodes.append(helper.make_node(op, list(inputs), [out], **attrs))
+        return out
+
+    def const(self, value, name):
+        self.nodes.append(helper.make_node("Constant", [], [name], value=helper.make_tensor(
+            name, _ELEM[self.dtype], [], [float(value)])))
+        return name
+
+    def ints(self, values, name):
+        self.nodes.append(helper.make_node("Constant", [], [name], value=helper.make_tensor(
+            name, TensorProto.INT64, [len(values)], list(values))))
+        return name
+
+    def graph(self, name, inputs, outputs):
+        info = [helper.make_tensor_value_info(n, _ELEM[self.dtype], None) for n in inputs]
+        outs = [helper.make_tensor_value_info(n, _ELEM[self.dtype], None) for n in outputs]
+        return helper.make_graph(self.nodes, name, info, outs)
+
+
+def _gates(ctx, z, units, count):
+    """Split [.., count*u] into count tensors along the last axis (ONNX level)."""
+    return ctx.emit("Split", [z, ctx.const([units] * count, "int64")], [ctx.fresh("gate") for _ in range(count)],
+                    axis=-1)
+
 
 @register
 class LSTM(Op):
-    """x [N, T, I], kernel [I, 4u], recurrent_kernel [u, 4u], bias [4u] (optional)
-    -> sequence [N, T, u], last h [N, u], last c [N, u]."""
+    """inputs: x [N, T, I], kernel [I, 4u], recurrent_kernel [u, 4u], bias [4u] (optional).
+    outputs: sequence [N, T, u], last h [N, u], last c [N, u], cell sequence [N, T, u].
+    attrs: units, activation/recurrent_activation (ONNX names; training needs Tanh/Sigmoid)."""
     name = "LSTM"
 
     def infer(self, ins, attrs):
         self.check_float(ins)
         x, k, r = ins[:3]
         u = attrs["units"]
-        if x.rank != 3:
-            raise ShapeError(f"LSTM expects an input of shape [timesteps, features], got {format_shape(x.shape[1:])}")
-        if k.shape != (x.shape[2], 4 * u) or r.shape != (u, 4 * u) or (len(ins) == 4 and ins[3].shape != (4 * u,)):
-            raise ShapeError("LSTM weights do not match the input and units")
+        _check(x, k, r, ins[3] if len(ins) == 4 else None, 4, u)
         n, t = x.shape[0], x.shape[1]
-        return [TensorType(x.dtype, (n, t, u)), TensorType(x.dtype, (n, u)), TensorType(x.dtype, (n, u))]
+        seq, last = TensorType(x.dtype, (n, t, u)), TensorType(x.dtype, (n, u))
+        return [seq, last, last, seq]
 
     def lower(self, ctx, inputs, outputs, attrs):
+        if ctx.used(outputs[3]):
+            return self.lower_scan(ctx, inputs, outputs, attrs)
         x, kernel, recurrent = inputs[:3]
         u = attrs["units"]
         dtype = ctx.dtype(x)
@@ -50,3 +110,301 @@ class LSTM(Op):
         ctx.emit("Transpose", [y], [outputs[0]], perm=[1, 0, 2])
         ctx.emit("Squeeze", [h, ctx.const([0], "int64")], [outputs[1]])
         ctx.emit("Squeeze", [c, ctx.const([0], "int64")], [outputs[2]])
+
+    def lower_scan(self, ctx, inputs, outputs, attrs):
+        """Forward pass as a Scan over time, also giving the cell sequence."""
+        x, kernel, recurrent = inputs[:3]
+        u, dtype = attrs["units"], ctx.dtype(x)
+        xw = ctx.emit("MatMul", [x, kernel])  # [N, T, 4u]: the input projection of every step at once
+        if len(inputs) == 4:
+            xw = ctx.emit("Add", [xw, inputs[3]])
+        zeros = _zeros_like_state(ctx, x, u)
+        body = _Body(dtype)
+        z = body("Add", "xw_t", body("MatMul", "h_prev", recurrent))  # the kernel from the outer graph
+        i, f, g, o = (f"g{k}" for k in range(4))
+        body.nodes.append(helper.make_node("Split", [z, body.ints([u] * 4, "split_sizes")], [i, f, g, o], axis=-1))
+        i, f, o = body("Sigmoid", i), body("Sigmoid", f), body("Sigmoid", o)
+        g = body("Tanh", g)
+        c = body("Add", body("Mul", f, "c_prev"), body("Mul", i, g))
+        h = body("Mul", o, body("Tanh", c))
+        body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [c], ["c_next"]),
+                       helper.make_node("Identity", [h], ["h_out"]), helper.make_node("Identity", [c], ["c_out"])]
+        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"], ["h_next", "c_next", "h_out", "c_out"])
+        ctx.emit("Scan", [zeros, zeros, xw], [outputs[1], outputs[2], outputs[0], outputs[3]], body=graph,
+                 num_scan_inputs=1, scan_input_axes=[1], scan_output_axes=[1, 1])
+
+    def grad(self, ctx, node, dys):
+        if node.attrs.get("activation", "Tanh") != "Tanh" or node.attrs.get("recurrent_activation",
+                                                                            "Sigmoid") != "Sigmoid":
+            raise NotImplementedError("LSTM training supports activation=tanh, recurrent_activation=sigmoid")
+        x, kernel, recurrent = node.inputs[:3]
+        seq, last_h, last_c, cells = node.outputs
+        d_seq, d_h, d_c = dys[0], dys[1], dys[2]
+        zero_seq = ctx.const(0.0, ctx.type(x).dtype)
+        ins = [x, kernel, recurrent, seq, cells, d_seq or ctx.op("ExpandLike", zero_seq, seq),
+               d_h or ctx.op("ExpandLike", zero_seq, last_h), d_c or ctx.op("ExpandLike", zero_seq, last_c)]
+        if len(node.inputs) == 4:
+            ins.append(node.inputs[3])
+        dx, dk, dr, db = ctx.op("LSTMGrad", *ins, units=node.attrs["units"])
+        return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
+
+
+def _zeros_like_state(ctx, x, units):
+    """[N, u] zeros for a batch-major x [N, T, I] (the batch is known at run time only)."""
+    n = ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"), ctx.const([1], "int64")])
+    shape = ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0)
+    return ctx.emit("ConstantOfShape", [shape], value=helper.make_tensor(
+        "zero", ctx.onnx_dtype(ctx.dtype(x)), [1], [0]))
+
+
+def _shift_right(ctx, seq, units):
+    """[N, T, u] -> [N, T, u] with step t holding step t-1 (zeros at t = 0): the previous states."""
+    first = ctx.emit("Unsqueeze", [_zeros_like_state(ctx, seq, units), ctx.const([1], "int64")])
+    head = ctx.emit("Slice", [seq, ctx.const([0], "int64"), ctx.const([-1], "int64"), ctx.const([1], "int64")])
+    return ctx.emit("Concat", [first, head], axis=1)
+
+
+@register
+class LSTMGrad(Op):
+    """inputs: x, kernel, recurrent_kernel, sequence, cells, d_sequence, d_last_h, d_last_c[, bias];
+    outputs: dx, d_kernel, d_recurrent_kernel, d_bias. attrs: units."""
+    name = "LSTMGrad"
+
+    def infer(self, ins, attrs):
+        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (4 * attrs["units"],))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, kernel, recurrent, seq, cells, d_seq, d_h, d_c = inputs[:8]
+        u, dtype = attrs["units"], ctx.dtype(x)
+        h_prev = _shift_right(ctx, seq, u)
+        c_prev = _shift_right(ctx, cells, u)
+        # Recompute the gates of every step at once from the stored states.
+        z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), ctx.emit("MatMul", [h_prev, recurrent])])
+        if len(inputs) == 9:
+            z = ctx.emit("Add", [z, inputs[8]])
+        zi, zf, zg, zo = _gates(ctx, z, u, 4)
+        i, f, o = (ctx.emit("Sigmoid", [v]) for v in (zi, zf, zo))
+        g = ctx.emit("Tanh", [zg])
+        tanh_c = ctx.emit("Tanh", [cells])
+        # Reverse scan: carry (dh, dc) from step t+1 to step t, starting from the gradients of the
+        # returned last h and c; emit dz_t, the gradient of the gate pre-activations.
+        rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
+        body = _Body(dtype)
+        one = body.const(1.0, "one")
+        dh = body("Add", "dh_t", "dh_next")
+        do = body("Mul", dh, "tc_t")
+        dc = body("Add", "dc_next", body("Mul", body("Mul", dh, "o_t"),
+                                           body("Sub", one, body("Mul", "tc_t", "tc_t"))))
+        di = body("Mul", dc, "g_t")
+        dg = body("Mul", dc, "i_t")
+        df = body("Mul", dc, "cp_t")
+        dzi = body("Mul", di, body("Mul", "i_t", body("Sub", one, "i_t")))
+        dzf = body("Mul", df, body("Mul", "f_t", body("Sub", one, "f_t")))
+        dzg = body("Mul", dg, body("Sub", one, body("Mul", "g_t", "g_t")))
+        dzo = body("Mul", do, body("Mul", "o_t", body("Sub", one, "o_t")))
+        dz = body("Concat", dzi, dzf, dzg, dzo, axis=-1)
+        body.nodes += [helper.make_node("MatMul", [dz, rt], ["dh_prev"]),  # R^T from the outer graph
+                       helper.make_node("Mul", [dc, "f_t"], ["dc_prev"]),
+                       helper.make_node("Identity", [dz], ["dz_out"])]
+        graph = body.graph("lstm_step_grad", ["dh_next", "dc_next", "dh_t", "i_t", "f_t", "g_t", "o_t", "tc_t", "cp_t"],
+                           ["dh_prev", "dc_prev", "dz_out"])
+        _, _, dz_seq = ctx.emit("Scan", [d_h, d_c, d_seq, i, f, g, o, tanh_c, c_prev],
+                                [ctx.fresh("dh0"), ctx.fresh("dc0"), ctx.fresh("dz")], body=graph, num_scan_inputs=7,
+                                scan_input_axes=[1] * 7, scan_input_directions=[1] * 7, scan_output_axes=[1],
+                                scan_output_directions=[1])
+        dx, dk, dr, db = outputs
+        ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
+        flat = ctx.const([-1, 4 * u], "int64")
+        dz2 = ctx.emit("Reshape", [dz_seq, flat])
+        features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
+        ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), dz2], [dk])
+        hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, u], "int64")])
+        ctx.emit("MatMul", [ctx.emit("Transpose", [hp], perm=[1, 0]), dz2], [dr])
+        ctx.emit("ReduceSum", [dz2, ctx.const([0], "int64")], [db], keepdims=0)
+
+
+def _scan_forward(ctx, body, inputs, outputs, state_count, scan_inputs):
+    """Emit a batch-major Scan over axis 1."""
+    ctx.emit("Scan", inputs, outputs, body=body, num_scan_inputs=scan_inputs, scan_input_axes=[1] * scan_inputs,
+             scan_output_axes=[1] * (len(outputs) - state_count))
+
+
+def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, units, outputs):
+    """dx = dz_x W^T, dW = X^T dz_x, dR = H_prev^T dz_h over all steps at once; returns the
+    flattened dz_x and dz_h for the bias gradients."""
+    dx, dk, dr = outputs[:3]
+    width = ctx.shape(kernel)[1]
+    ctx.emit("MatMul", [dz_x, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
+    flat = ctx.const([-1, width], "int64")
+    zx, zh = ctx.emit("Reshape", [dz_x, flat]), ctx.emit("Reshape", [dz_h, flat])
+    features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
+    ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), zx], [dk])
+    hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, units], "int64")])
+    ctx.emit("MatMul", [ctx.emit("Transpose", [hp], perm=[1, 0]), zh], [dr])
+    return zx, zh
+
+
+@register
+class SimpleRNN(Op):
+    """inputs: x [N, T, I], kernel [I, u], recurrent_kernel [u, u], bias [u] (optional).
+    outputs: sequence [N, T, u], last h [N, u]. h_t = tanh(x_t W + h_{t-1} R + b)."""
+    name = "SimpleRNN"
+
+    def infer(self, ins, attrs):
+        self.check_float(ins)
+        x, k, r = ins[:3]
+        u = attrs["units"]
+        _check(x, k, r, ins[3] if len(ins) == 4 else None, 1, u)
+        return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, kernel, recurrent = inputs[:3]
+        u = attrs["units"]
+        xw = ctx.emit("MatMul", [x, kernel])
+        if len(inputs) == 4:
+            xw = ctx.emit("Add", [xw, inputs[3]])
+        body = _Body(ctx.dtype(x))
+        h = body("Tanh", body("Add", "xw_t", body("MatMul", "h_prev", recurrent)))
+        body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
+        graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
+        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw], [outputs[1], outputs[0]], 1, 1)
+
+    def grad(self, ctx, node, dys):
+        seq, last = node.outputs
+        zero = ctx.const(0.0, ctx.type(seq).dtype)
+        ins = list(node.inputs[:3]) + [seq, dys[0] or ctx.op("ExpandLike", zero, seq),
+                                       dys[1] or ctx.op("ExpandLike", zero, last)]
+        dx, dk, dr, db = ctx.op("SimpleRNNGrad", *ins, units=node.attrs["units"])
+        return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
+
+
+@register
+class SimpleRNNGrad(Op):
+    """inputs: x, kernel, recurrent_kernel, sequence, d_sequence, d_last_h; outputs: dx, dW, dR, db."""
+    name = "SimpleRNNGrad"
+
+    def infer(self, ins, attrs):
+        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (attrs["units"],))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, kernel, recurrent, seq, d_seq, d_h = inputs
+        u = attrs["units"]
+        rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
+        body = _Body(ctx.dtype(x))
+        one = body.const(1.0, "one")
+        dz = body("Mul", body("Add", "dh_t", "dh_next"), body("Sub", one, body("Mul", "h_t", "h_t")))
+        body.nodes += [helper.make_node("MatMul", [dz, rt], ["dh_prev"]), helper.make_node("Identity", [dz], ["dz_out"])]
+        graph = body.graph("rnn_step_grad", ["dh_next", "dh_t", "h_t"], ["dh_prev", "dz_out"])
+        _, dz = ctx.emit("Scan", [d_h, d_seq, seq], [ctx.fresh("dh0"), ctx.fresh("dz")], body=graph,
+                         num_scan_inputs=2, scan_input_axes=[1, 1], scan_input_directions=[1, 1],
+                         scan_output_axes=[1], scan_output_directions=[1])
+        zx, _ = _weight_grads(ctx, x, _shift_right(ctx, seq, u), dz, dz, kernel, u, outputs)
+        ctx.emit("ReduceSum", [zx, ctx.const([0], "int64")], [outputs[3]], keepdims=0)
+
+
+@register
+class GRU(Op):
+    """Keras's GRU with reset_after=True. inputs: x [N, T, I], kernel [I, 3u], recurrent_kernel
+    [u, 3u], bias [2, 3u] (input and recurrent biases; optional). Gates z, r, h (Keras order).
+    outputs: sequence [N, T, u], last h [N, u]."""
+    name = "GRU"
+
+    def infer(self, ins, attrs):
+        self.check_float(ins)
+        x, k, r = ins[:3]
+        u = attrs["units"]
+        _check(x, k, r, ins[3] if len(ins) == 4 else None, 3, u)
+        if len(ins) == 4 and ins[3].shape != (2, 3 * u):
+            raise ShapeError(f"GRU bias must be [2, {3 * u}] (reset_after), got {format_shape(ins[3].shape)}")
+        return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
+
+    @staticmethod
+    def biases(ctx, inputs):
+        if len(inputs) < 4:
+            return None, None
+        b_in, b_rec = ctx.emit("Split", [inputs[3], ctx.const([1, 1], "int64")],
+                               [ctx.fresh("bias"), ctx.fresh("bias")], axis=0)
+        squeeze = ctx.const([0], "int64")
+        return ctx.emit("Squeeze", [b_in, squeeze]), ctx.emit("Squeeze", [b_rec, squeeze])
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, kernel, recurrent = inputs[:3]
+        u = attrs["units"]
+        b_in, b_rec = self.biases(ctx, inputs)
+        xw = ctx.emit("MatMul", [x, kernel])
+        if b_in is not None:
+            xw = ctx.emit("Add", [xw, b_in])
+        body = _Body(ctx.dtype(x))
+        one = body.const(1.0, "one")
+        hr = body("MatMul", "h_prev", recurrent)
+        if b_rec is not None:
+            hr = body("Add", hr, b_rec)
+        sizes = body.ints([u] * 3, "sizes")
+        xz, xr, xh = "xz", "xr", "xh"
+        body.nodes.append(helper.make_node("Split", ["xw_t", sizes], [xz, xr, xh], axis=-1))
+        body.nodes.append(helper.make_node("Split", [hr, sizes], ["hz", "hr_", "hh_"], axis=-1))
+        z = body("Sigmoid", body("Add", xz, "hz"))
+        r = body("Sigmoid", body("Add", xr, "hr_"))
+        hh = body("Tanh", body("Add", xh, body("Mul", r, "hh_")))
+        h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
+        body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
+        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
+        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw], [outputs[1], outputs[0]], 1, 1)
+
+    def grad(self, ctx, node, dys):
+        seq, last = node.outputs
+        zero = ctx.const(0.0, ctx.type(seq).dtype)
+        ins = list(node.inputs[:3]) + [seq, dys[0] or ctx.op("ExpandLike", zero, seq),
+                                       dys[1] or ctx.op("ExpandLike", zero, last)] + list(node.inputs[3:])
+        dx, dk, dr, db = ctx.op("GRUGrad", *ins, units=node.attrs["units"])
+        return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
+
+
+@register
+class GRUGrad(Op):
+    """inputs: x, kernel, recurrent_kernel, sequence, d_sequence, d_last_h[, bias];
+    outputs: dx, dW, dR, d_bias [2, 3u]."""
+    name = "GRUGrad"
+
+    def infer(self, ins, attrs):
+        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (2, 3 * attrs["units"]))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, kernel, recurrent, seq, d_seq, d_h = inputs[:6]
+        u = attrs["units"]
+        b_in, b_rec = GRU.biases(ctx, [x, kernel, recurrent] + list(inputs[6:]))
+        h_prev = _shift_right(ctx, seq, u)
+        # Recompute every step's gates at once from the stored states.
+        xw = ctx.emit("MatMul", [x, kernel])
+        hr = ctx.emit("MatMul", [h_prev, recurrent])
+        if b_in is not None:
+            xw, hr = ctx.emit("Add", [xw, b_in]), ctx.emit("Add", [hr, b_rec])
+        xz, xr, xh = _gates(ctx, xw, u, 3)
+        hz, hr_, hh_ = _gates(ctx, hr, u, 3)
+        z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
+        r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
+        hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])])
+        rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
+        body = _Body(ctx.dtype(x))
+        one = body.const(1.0, "one")
+        dh = body("Add", "dh_t", "dh_next")
+        dz = body("Mul", dh, body("Sub", "hp_t", "hh_t"))
+        dah = body("Mul", body("Mul", dh, body("Sub", one, "z_t")), body("Sub", one, body("Mul", "hh_t", "hh_t")))
+        dr = body("Mul", dah, "rh_t")
+        daz = body("Mul", dz, body("Mul", "z_t", body("Sub", one, "z_t")))
+        dar = body("Mul", dr, body("Mul", "r_t", body("Sub", one, "r_t")))
+        dzx = body("Concat", daz, dar, dah, axis=-1)
+        dzh = body("Concat", daz, dar, body("Mul", dah, "r_t"), axis=-1)
+        dh_prev = body("Add", body("Mul", dh, "z_t"), body("MatMul", dzh, rt))
+        body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
+                       helper.make_node("Identity", [dzx], ["dzx_out"]), helper.make_node("Identity", [dzh], ["dzh_out"])]
+        graph = body.graph("gru_step_grad", ["dh_next", "dh_t", "z_t", "r_t", "hh_t", "rh_t", "hp_t"],
+                           ["dh_prev", "dzx_out", "dzh_out"])
+        _, dzx_seq, dzh_seq = ctx.emit("Scan", [d_h, d_seq, z, r, hh, hh_, h_prev],
+                                       [ctx.fresh("dh0"), ctx.fresh("dzx"), ctx.fresh("dzh")], body=graph,
+                                       num_scan_inputs=6, scan_input_axes=[1] * 6, scan_input_directions=[1] * 6,
+                                       scan_output_axes=[1, 1], scan_output_directions=[1, 1])
+        zx, zh = _weight_grads(ctx, x, h_prev, dzx_seq, dzh_seq, kernel, u, outputs)
+        axis0 = ctx.const([0], "int64")
+        sums = [ctx.emit("ReduceSum", [v, axis0], keepdims=1) for v in (zx, zh)]
+        ctx.emit("Concat", sums, [outputs[3]], axis=0)

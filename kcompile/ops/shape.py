@@ -331,3 +331,81 @@ class Pad(Op):
         starts = tuple(pads[i] for i in range(n))
         ends = tuple(pads[i] + d if isinstance(d, int) else 2 ** 62 for i, d in enumerate(x.shape))
         return [ctx.op("Slice", dys[0], starts=starts, ends=ends, axes=tuple(range(n)))]
+
+
+@register
+class Flip(Op):
+    """Reverse the order along ``axis`` (go_backwards of recurrent layers)."""
+    name = "Flip"
+
+    def infer(self, ins, attrs):
+        return [ins[0]]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        ctx.emit("Slice", [inputs[0], ctx.const([-1], "int64"), ctx.const([-(2 ** 62)], "int64"),
+                           ctx.const([attrs["axis"]], "int64"), ctx.const([-1], "int64")], outputs)
+
+    def grad(self, ctx, node, dys):
+        return [ctx.op("Flip", dys[0], axis=node.attrs["axis"])]
+
+
+def _merged(dims):
+    """The size of several axes merged into one: their product, or a symbol such as ``N*5``."""
+    if all(isinstance(d, int) for d in dims):
+        return int(np.prod(dims))
+    return "*".join(str(d) for d in dims)
+
+
+@register
+class FoldBatch(Op):
+    """Merge the leading ``axes`` axes into one: [N, T, *rest] -> [N*T, *rest] (TimeDistributed).
+    attrs: axes (2)."""
+    name = "FoldBatch"
+
+    def infer(self, ins, attrs):
+        x, = ins
+        k = attrs.get("axes", 2)
+        if x.rank < k + 1:
+            raise ShapeError(f"FoldBatch of {k} axes needs a rank above {k}, got {format_shape(x.shape)}")
+        return [x.with_shape((_merged(x.shape[:k]),) + tuple(x.shape[k:]))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        k = attrs.get("axes", 2)
+        rest = ctx.shape(inputs[0])[k:]
+        if all(isinstance(d, int) for d in rest):
+            target = ctx.const([-1] + list(rest), "int64")
+        else:
+            target = ctx.emit("Concat", [ctx.const([-1], "int64"), ctx.emit("Shape", [inputs[0]], start=k)], axis=0)
+        ctx.emit("Reshape", [inputs[0], target], outputs)
+
+    def grad(self, ctx, node, dys):
+        return [ctx.op("UnfoldBatch", dys[0], node.inputs[0], axes=node.attrs.get("axes", 2))]
+
+
+@register
+class UnfoldBatch(Op):
+    """The inverse of FoldBatch: value [N*T, *rest] -> [N, T, *rest], the leading ``axes``
+    dimensions taken (at run time) from ``like``. inputs: value, like; attrs: axes (2)."""
+    name = "UnfoldBatch"
+
+    def infer(self, ins, attrs):
+        value, like = ins
+        k = attrs.get("axes", 2)
+        if value.rank < 1 or like.rank < k:
+            raise ShapeError(f"UnfoldBatch of {format_shape(value.shape)} like {format_shape(like.shape)}")
+        merged = _merged(like.shape[:k])
+        if isinstance(merged, int) and isinstance(value.shape[0], int) and merged != value.shape[0]:
+            raise ShapeError(f"UnfoldBatch: {value.shape[0]} rows do not split into {format_shape(like.shape[:k])}")
+        return [value.with_shape(tuple(like.shape[:k]) + tuple(value.shape[1:]))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        value, like = inputs
+        k = attrs.get("axes", 2)
+        rest = ctx.shape(value)[1:]
+        tail = ctx.const(list(rest), "int64") if all(isinstance(d, int) for d in rest) else \
+            ctx.emit("Shape", [value], start=1)
+        target = ctx.emit("Concat", [ctx.emit("Shape", [like], end=k), tail], axis=0)
+        ctx.emit("Reshape", [value, target], outputs)
+
+    def grad(self, ctx, node, dys):
+        return [ctx.op("FoldBatch", dys[0], axes=node.attrs.get("axes", 2)), None]

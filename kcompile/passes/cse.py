@@ -20,7 +20,7 @@ def common_subexpression_elimination(g: Graph) -> Graph:
             consts[key] = name
     seen = {}
     for node in g.nodes():
-        if node.op == "Dropout":  # random: two dropouts of one value differ in training
+        if node.op in ("Dropout", "GaussianNoise"):  # random: two dropouts of one value differ in training
             continue
         key = (node.op, tuple(node.inputs), _freeze(node.attrs))
         if key in seen:

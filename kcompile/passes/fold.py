@@ -27,7 +27,7 @@ def evaluate(g: Graph, node) -> list:
 
 def constant_folding(g: Graph) -> Graph:
     for node in g.nodes():
-        if node.op == "Dropout" or not node.inputs or not all(g.kind(v) == "const" for v in node.inputs):
+        if node.op in ("Dropout", "GaussianNoise") or not node.inputs or not all(g.kind(v) == "const" for v in node.inputs):
             continue
         types = [g.types[o] for o in node.outputs]
         if not all(t.is_static and t.size() <= MAX_FOLDED_ELEMENTS for t in types):

@@ -99,8 +99,11 @@ class Predictor:
         self.output_dims = output_dims if output_dims and all(
             d is not None and all(isinstance(i, int) for i in d) for d in output_dims) else None
 
-    def run(self, feeds: dict, n: int, step: int) -> list[np.ndarray]:
+    def run(self, feeds: dict, n: int, step: int, fixed: dict | None = None) -> list[np.ndarray]:
+        """``feeds`` are sliced into batches of ``step`` rows; ``fixed`` (weights) are bound whole."""
         b = self.binding
+        for name, array in (fixed or {}).items():
+            b.bind_cpu_input(name, array)
         if self.cpu and self.output_dims is not None:
             results = [np.empty((n,) + tuple(d), np.float32) for d in self.output_dims]
             for start in range(0, n, step):

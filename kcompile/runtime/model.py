@@ -47,6 +47,7 @@ class Model(TrainingMixin):
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = None
         self._predictor = None
+        self._predicted_generation = -1
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
         self._init_training(manifest.get("seed", 0) if seed is None else seed)
@@ -76,7 +77,8 @@ class Model(TrainingMixin):
         with np.load(folder / files["weights"]) as data:
             arrays = [data[k] for k in sorted(data.files)]
         names = [p["name"] for p in manifest["parameters"]]
-        training = {k: (folder / files[k]).read_bytes() for k in ("train_step", "eval") if k in files}
+        from ..driver import TRAINING_FILES
+        training = {k: (folder / files[k]).read_bytes() for k in TRAINING_FILES if k in files}
         model = cls(onnx_bytes, manifest, dict(zip(names, arrays)), device, training)
         if "state" in files:  # a checkpoint: optimizer slots, step and epoch
             state = json.loads((folder / files["state"]).read_text())
@@ -90,6 +92,7 @@ class Model(TrainingMixin):
     # ---------------- weights ----------------
     def get_weights(self) -> list[np.ndarray]:
         """All weights in Keras's order and layouts (Dense kernel [in, out], Conv2D kernel [kh, kw, in, out])."""
+        self._pull_shared()
         self._sync_state()
         return [self._weights[n].copy() for n in self._param_names]
 
@@ -104,8 +107,11 @@ class Model(TrainingMixin):
                 raise ShapeMismatch(f"set_weights: weight {name} expects shape {tuple(spec['shape'])}, "
                                     f"got {tuple(w.shape)}")
             new[name] = np.ascontiguousarray(w, dtype=spec["dtype"])
+        self._pull_shared()
         self._drop_runner()  # training buffers start again from these weights
         self._weights = new
+        self._generation += 1
+        self._weight_generation.update(dict.fromkeys(new, self._generation))
         self._session = None  # rebuilt with the new weights on the next call
         self._onnx_weights_current = False
 
@@ -117,7 +123,18 @@ class Model(TrainingMixin):
         return int(sum(w.size for w in self._weights.values()))
 
     # ---------------- inference ----------------
+    def _weight_inputs(self, session):
+        return [i.name for i in session.get_inputs() if i.name in self._weights]
+
     def _inference_session(self):
+        """The session with the weights folded in; None while the weights keep changing between
+        predicts (then the weights-as-inputs graph runs instead of rebuilding a session each time)."""
+        if self._session is None and not self._onnx_weights_current and "predict_weights" in self._training_onnx:
+            # The first predict after a change uses the weights as inputs; a second one with the
+            # same weights rebuilds the faster folded session.
+            if self._generation != self._predicted_generation:
+                self._predicted_generation = self._generation
+                return None
         if self._session is None:
             import onnxruntime as ort
             options = ort.SessionOptions()
@@ -142,18 +159,24 @@ class Model(TrainingMixin):
         """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time.
         Returns an array for a one-output model, else a list in the model's output order."""
         feeds = self._prepare(x, "predict")
+        self._pull_shared()
         session = self._inference_session()
+        fixed = None
+        if session is None:  # weights changed since the last predict: bind them as inputs
+            session = self._session_for("predict_weights")
+            self._sync_state()
+            fixed = {n: self._weights[n] for n in self._weight_inputs(session)}
         n = next(iter(feeds.values())).shape[0]
         step = n if not batch_size or batch_size >= n else int(batch_size)
         if n == 0:
-            outs = session.run(None, feeds)
+            outs = session.run(None, {**feeds, **(fixed or {})})
         else:
             if self._predictor is None or self._predictor.session is not session:
                 from .binding import Predictor
                 float_outputs = all(o["dtype"] == "float32" for o in self.manifest["outputs"])
                 dims = [o.shape for o in self.outputs] if float_outputs else None
                 self._predictor = Predictor(session, self._providers, dims)
-            outs = self._predictor.run(feeds, n, step)
+            outs = self._predictor.run(feeds, n, step, fixed)
         return outs[0] if len(outs) == 1 else outs
 
     __call__ = predict
@@ -225,7 +248,8 @@ class Model(TrainingMixin):
                     "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
                     "state.json": (json.dumps(state, indent=2) + "\n").encode(),
                     "optimizer.npz": buf.getvalue()}
-        for key in ("train_step", "eval"):
+        from ..driver import TRAINING_FILES
+        for key in TRAINING_FILES:
             if key in files:
                 contents[files[key]] = self._training_onnx[key]
         return write_folder_atomic(Path(path), contents)

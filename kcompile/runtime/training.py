@@ -100,7 +100,10 @@ class TrainingMixin:
         self._lr_override = None
         self._runner = None
         self._state_stale = False
-        self._train_session = self._eval_session = None
+        self._train_session = self._eval_session = self._weights_session = None
+        self._links = []  # [(other model, [(my weight, its weight)], generation seen)]
+        self._generation = 0  # bumped whenever this model's weights change
+        self._weight_generation = {}  # weight -> the generation that last changed it
         if spec:
             self._slots = {s["name"]: np.full(self._weights[s["param"]].shape, s["init"],
                                               dtype=self._weights[s["param"]].dtype) for s in spec["slots"]}
@@ -135,7 +138,7 @@ class TrainingMixin:
 
     def _session_for(self, key):
         import onnxruntime as ort
-        attr = "_train_session" if key == "train_step" else "_eval_session"
+        attr = {"train_step": "_train_session", "eval": "_eval_session", "predict_weights": "_weights_session"}[key]
         if getattr(self, attr) is None:
             options = ort.SessionOptions()
             options.log_severity_level = 3
@@ -203,7 +206,44 @@ class TrainingMixin:
         self._sync_state()
         self._runner = None
 
+    # ---- weights shared between models ----
+    def share_weights(self, other, prefix: str = "") -> int:
+        """Tie this model's weights ``prefix + name`` to ``other``'s weights ``name`` (a model used
+        inside another: ``gan.share_weights(generator, "generator/")``). Training either model
+        changes the other's copy: before a model runs, it takes the newer values of every tied
+        weight. Starts from ``other``'s values. Returns the number of tied weights."""
+        pairs = [(prefix + n, n) for n in other.weight_names if prefix + n in self._weights]
+        if not pairs:
+            raise ValueError(f"no weight of {self.name} is named {prefix}<a weight of {other.name}>")
+        for a, b in pairs:
+            if self._weights[a].shape != other._weights[b].shape:
+                raise ValueError(f"{self.name}'s {a} is {self._weights[a].shape}, {other.name}'s {b} is "
+                                 f"{other._weights[b].shape}")
+        self._links.append([other, pairs, -1])
+        self._pull_shared()
+        # Both now hold the same values: the other model has seen this one's current state.
+        other._links.append([self, [(b, a) for a, b in pairs], self._generation])
+        return len(pairs)
+
+    def _pull_shared(self):
+        """Take the tied weights of linked models that changed since this model last looked."""
+        for link in self._links:
+            other, pairs, seen = link
+            changed = [(m, t) for m, t in pairs if other._weight_generation.get(t, 0) > seen]
+            link[2] = other._generation
+            if not changed:
+                continue
+            other._sync_state()
+            self._sync_state()
+            for mine, theirs in changed:
+                self._weights[mine] = other._weights[theirs].copy()
+            self._generation += 1  # (not recorded per weight: the source already holds these values)
+            self._runner = None  # training buffers start again from the new values
+            self._session = None
+            self._onnx_weights_current = False
+
     def _run_train_step(self, xb, yb):
+        self._pull_shared()
         runner = self._runner_for_training()
         spec = self.manifest["training"]
         self._lr_buffer[...] = self.learning_rate
@@ -228,9 +268,14 @@ class TrainingMixin:
             raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss)
         self._iterations += 1
         self._state_stale = True
+        self._generation += 1
+        for name in runner.state_names:
+            if name in self._weights:
+                self._weight_generation[name] = self._generation
         return results
 
     def _run_eval_step(self, xb, yb):
+        self._pull_shared()
         self._sync_state()
         session = self._session_for("eval")
         names = [o.name for o in session.get_outputs()]

@@ -1,0 +1,97 @@
+"""Attention layers: MultiHeadAttention (Keras 3 weights and layouts)."""
+import math
+
+from ..errors import ShapeError, format_shape
+from .base import BoolArg, FloatArg, InitializerArg, IntArg, Layer, Optional
+
+
+class MultiHeadAttention(Layer):
+    """Multi-head scaled dot-product attention, called on ``(query, value)`` or
+    ``(query, value, key)`` (key defaults to value), each ``[steps, features]``:
+    per head, ``softmax(Q K^T / sqrt(key_dim)) V``, the heads joined by the output projection.
+
+    Args:
+        num_heads: number of heads.
+        key_dim: size of each head's query and key.
+        value_dim: size of each head's value; none = key_dim.
+        dropout: dropout rate on the attention probabilities (training only), 0.0.
+        use_bias: true.
+        output_shape: size of the output's last axis; none = the query's.
+        kernel_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights (Keras 3 order): query/kernel [query_dim, num_heads, key_dim], query/bias
+    [num_heads, key_dim], key/kernel [key_features, num_heads, key_dim], key/bias,
+    value/kernel [value_features, num_heads, value_dim], value/bias [num_heads, value_dim],
+    attention_output/kernel [num_heads, value_dim, output], attention_output/bias [output]
+    (biases only with use_bias).
+    """
+    n_inputs = None  # two or three
+
+    def __init__(self, num_heads: IntArg(1), key_dim: IntArg(1), value_dim: Optional(IntArg(1)) = None,
+                 dropout: FloatArg(0.0, 1.0) = 0.0, use_bias: BoolArg() = True,
+                 output_shape: Optional(IntArg(1)) = None,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        self.num_heads, self.key_dim = num_heads, key_dim
+        self.value_dim = key_dim if value_dim is None else value_dim
+        self.dropout, self.use_bias, self.output_shape = dropout, use_bias, output_shape
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+
+    def _inputs(self, inputs):
+        if len(inputs) not in (2, 3):
+            raise ShapeError(f"MultiHeadAttention takes (query, value) or (query, value, key), got {len(inputs)} inputs")
+        query, value = inputs[:2]
+        key = inputs[2] if len(inputs) == 3 else value
+        for what, t in (("query", query), ("value", value), ("key", key)):
+            if t.rank != 3 or not isinstance(t.shape[-1], int):
+                raise ShapeError(f"MultiHeadAttention expects the {what} as [steps, features] with known features, "
+                                 f"got {format_shape(t.shape[1:])}")
+        if key.shape[1] != value.shape[1]:
+            raise ShapeError(f"MultiHeadAttention key and value need one number of steps, got "
+                             f"{key.shape[1]} and {value.shape[1]}")
+        return query, value, key
+
+    def build(self, ctx, *inputs):
+        query, value, key = self._inputs(inputs)
+        h, dk, dv = self.num_heads, self.key_dim, self.value_dim
+        out = self.output_shape or query.shape[-1]
+        self.w = {}
+        for part, t, size in (("query", query, dk), ("key", key, dk), ("value", value, dv)):
+            kernel = ctx.add_weight(self, f"{part}/kernel", (t.shape[-1], h, size), t.dtype, self.kernel_initializer)
+            bias = ctx.add_weight(self, f"{part}/bias", (h, size), t.dtype, self.bias_initializer) \
+                if self.use_bias else None
+            self.w[part] = (kernel, bias)
+        kernel = ctx.add_weight(self, "attention_output/kernel", (h, dv, out), query.dtype, self.kernel_initializer)
+        bias = ctx.add_weight(self, "attention_output/bias", (out,), query.dtype, self.bias_initializer) \
+            if self.use_bias else None
+        self.w["attention_output"] = (kernel, bias)
+
+    def _project(self, ctx, x, part, size):
+        """x [N, T, D] -> [N, heads, T, size] (EinsumDense abc,cde->abde, then heads first)."""
+        kernel, bias = self.w[part]
+        h = self.num_heads
+        y = ctx.op("MatMul", x, ctx.op("Reshape", kernel, shape=(x.shape[-1], h * size)))
+        if bias is not None:
+            y = ctx.op("Add", y, ctx.op("Reshape", bias, shape=(h * size,)))
+        y = ctx.op("Reshape", y, shape=(0, 0, h, size))
+        return ctx.op("Transpose", y, perm=(0, 2, 1, 3))
+
+    def call(self, ctx, *inputs):
+        query, value, key = self._inputs(inputs)
+        h, dk, dv = self.num_heads, self.key_dim, self.value_dim
+        q = self._project(ctx, query, "query", dk)
+        k = self._project(ctx, key, "key", dk)
+        v = self._project(ctx, value, "value", dv)
+        q = ctx.op("Mul", q, 1.0 / math.sqrt(dk))  # Keras scales the query before the product
+        scores = ctx.op("MatMul", q, ctx.op("Transpose", k, perm=(0, 1, 3, 2)))  # [N, h, Tq, Tk]
+        probs = ctx.op("Softmax", scores, axis=-1)
+        if self.dropout > 0:
+            probs = ctx.op("Dropout", probs, rate=self.dropout)
+        attended = ctx.op("MatMul", probs, v)  # [N, h, Tq, dv]
+        attended = ctx.op("Reshape", ctx.op("Transpose", attended, perm=(0, 2, 1, 3)), shape=(0, 0, h * dv))
+        kernel, bias = self.w["attention_output"]
+        out = kernel.shape[-1]
+        y = ctx.op("MatMul", attended, ctx.op("Reshape", kernel, shape=(h * dv, out)))
+        if bias is not None:
+            y = ctx.op("Add", y, bias)
+        return y

@@ -1,0 +1,91 @@
+"""Finite-difference checks of the gradients of the reshaping, PReLU, Layer/GroupNormalization,
+noise, Dot, TimeDistributed and MultiHeadAttention layers (float64, see gradcheck.py)."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from gradcheck import check_gradients  # noqa: E402
+
+
+def normal(shape, seed=1, away_from_zero=False):
+    x = np.random.default_rng(seed).normal(size=shape)
+    if away_from_zero:
+        x = np.sign(x) * (np.abs(x) + 0.2)
+    return x
+
+
+def check(body, inputs, away_from_zero=False, **kw):
+    """inputs: {name: shape with the batch}."""
+    decls = "\n".join(f"    input {n}: float64[{', '.join(map(str, s[1:]))}]" for n, s in inputs.items())
+    src = f"model m {{\n{decls}\n    {body}\n}}\n"
+    feeds = {n: normal(s, seed=i + 1, away_from_zero=away_from_zero) for i, (n, s) in enumerate(inputs.items())}
+    checked, _ = check_gradients(src, feeds, **kw)
+    assert checked > 0
+
+
+@pytest.mark.parametrize("layer,shape", [
+    ("UpSampling2D((2, 3))", (2, 3, 2, 2)),
+    ("UpSampling1D(3)", (2, 4, 2)),
+    ("ZeroPadding2D(((1, 0), (2, 1)))", (2, 3, 2, 2)),
+    ("ZeroPadding1D((2, 1))", (2, 3, 2)),
+    ("Cropping2D(((1, 0), (0, 2)))", (2, 4, 5, 2)),
+    ("Cropping1D(1)", (2, 5, 2)),
+    ("RepeatVector(3)", (2, 4)),
+])
+def test_reshaping(layer, shape):
+    # A Dense after the layer gives the gradient a weight to reach as well as the input.
+    check(f"y = Dense(3)({layer}(x))\n    output y", {"x": shape})
+
+
+@pytest.mark.parametrize("args,shape", [("", (2, 3, 4)), ("shared_axes=1", (2, 3, 4)),
+                                        ("shared_axes=(1, 2), alpha_initializer=ones", (2, 3, 2, 3))])
+def test_prelu(args, shape):
+    # Inputs away from 0 (the kink); gradcheck draws alpha at random, so it is not zero.
+    check(f"y = PReLU({args})(x)\n    output y", {"x": shape}, away_from_zero=True)
+
+
+@pytest.mark.parametrize("args,shape", [("", (2, 5)), ("axis=(1, 2)", (2, 3, 4)), ("axis=1, center=false", (2, 3, 4)),
+                                        ("scale=false, epsilon=0.1", (2, 6))])
+def test_layer_normalization(args, shape):
+    check(f"y = LayerNormalization({args})(x)\n    output y", {"x": shape})
+
+
+@pytest.mark.parametrize("args,shape", [("groups=2", (2, 6)), ("groups=3", (2, 2, 2, 6)), ("groups=-1", (2, 3, 4)),
+                                        ("groups=2, axis=1, center=false", (2, 4, 3))])
+def test_group_normalization(args, shape):
+    check(f"y = GroupNormalization({args})(x)\n    output y", {"x": shape})
+
+
+@pytest.mark.parametrize("layer,shape", [("SpatialDropout1D(0.3)", (2, 4, 3)), ("SpatialDropout2D(0.5)", (2, 2, 3, 2)),
+                                         ("GaussianNoise(0.2)", (2, 4)),
+                                         ("Dropout(0.5, noise_shape=(none, 1, 3))", (2, 4, 3))])
+def test_noise_layers(layer, shape):
+    # Their inference form (the graph autodiff sees before the training rewrite): dy flows through.
+    check(f"y = Dense(2)({layer}(x))\n    output y", {"x": shape})
+
+
+@pytest.mark.parametrize("sa,sb,axes", [((2, 4), (2, 4), "1"), ((2, 3, 4), (2, 5, 4), "(2, 2)"),
+                                        ((2, 3, 4), (2, 4, 5), "(2, 1)"), ((2, 4, 3), (2, 4, 5), "(1, 1)"),
+                                        ((2, 3, 4), (2, 4), "(2, 1)")])
+@pytest.mark.parametrize("normalize", ["false", "true"])
+def test_dot(sa, sb, axes, normalize):
+    check(f"y = Dot({axes}, normalize={normalize})(a, b)\n    output y", {"a": sa, "b": sb})
+
+
+@pytest.mark.parametrize("inner,shape", [("Dense(3)", (2, 4, 3)), ("Dense(2, activation=tanh)", (2, 3, 2, 4)),
+                                         ("LayerNormalization()", (2, 3, 4))])
+def test_time_distributed(inner, shape):
+    check(f"y = TimeDistributed({inner})(x)\n    output y", {"x": shape})
+
+
+@pytest.mark.parametrize("args,key", [("2, 3", False), ("2, 3, value_dim=2, output_shape=3", True),
+                                      ("1, 2, use_bias=false", False)])
+def test_multi_head_attention(args, key):
+    inputs = {"q": (2, 3, 4), "v": (2, 2, 3)}
+    if key:
+        inputs["k"] = (2, 2, 5)
+    call = "(q, v, k)" if key else "(q, v)"
+    check(f"y = MultiHeadAttention({args}){call}\n    output y", inputs)
