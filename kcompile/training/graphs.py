@@ -10,6 +10,7 @@ returns the loss and metrics.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..autodiff import GradContext, gradients
@@ -83,12 +84,39 @@ def training_form(g: Graph) -> tuple[list, list]:
                 g.remove_node(node)
                 continue
             name = g.fresh(f"noise:{node.layer or node.name}")
-            g.add_input(name, g.types[x])
-            keep = ctx.op("Cast", ctx.op("GreaterOrEqual", name, rate), to=g.types[x].dtype)
+            t = g.types[x]
+            mask = node.attrs.get("noise_shape")
+            u = name
+            if mask is None:
+                g.add_input(name, t)
+            else:
+                # The noise input keeps the batch axis: the runtime draws (batch,) + shape[1:].
+                g.add_input(name, t.with_shape((t.shape[0],) + tuple(mask[1:])))
+                if mask[0] == 1:  # one mask for the whole batch: row 0 (ReduceMax keeps the typing)
+                    u = ctx.op("ReduceMax", ctx.op("Slice", name, starts=(0,), ends=(1,), axes=(0,)),
+                               axes=(0,), keepdims=1)
+            keep = ctx.op("Cast", ctx.op("GreaterOrEqual", u, rate), to=t.dtype)
             y = ctx.op("Mul", ctx.op("Mul", x, keep), 1.0 / (1.0 - rate))
             g.replace_uses(node.outputs[0], y)
             g.remove_node(node)
             noise.append((name, x))
+        elif node.op == "GaussianNoise":
+            x, stddev = node.inputs[0], node.attrs["stddev"]
+            t = g.types[x]
+            if stddev == 0:
+                g.replace_uses(node.outputs[0], x)
+                g.remove_node(node)
+                continue
+            # Box-Muller from two uniform [0, 1) noise inputs: z = sqrt(-2 ln(1 - u1)) * cos(2 pi u2).
+            u1 = g.fresh(f"noise:{node.layer or node.name}")
+            g.add_input(u1, t)
+            u2 = g.fresh(f"noise:{node.layer or node.name}")
+            g.add_input(u2, t)
+            radius = ctx.op("Sqrt", ctx.op("Mul", ctx.op("Log", ctx.op("Sub", ctx.const(1.0, t.dtype), u1)), -2.0))
+            z = ctx.op("Mul", radius, ctx.op("Cos", ctx.op("Mul", u2, 2 * math.pi)))
+            g.replace_uses(node.outputs[0], ctx.op("Add", x, ctx.op("Mul", z, stddev)))
+            g.remove_node(node)
+            noise += [(u1, x), (u2, x)]
         elif node.op == "BatchNormalization" and node.attrs.get("trainable", True):
             x, gamma, beta, mean, var = node.inputs
             t = g.types[x]
@@ -312,11 +340,11 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     """``graph``: the model's elaborated graph (no passes yet); ``train``/``config``: its train
     section and the checked description of it; ``env``: the model's named values.
     ``report(pass, nodes_before, nodes_after)`` sees each pass of the training step."""
-    model_outputs = list(graph.outputs)
 
     # ---- evaluation: inference mode + loss + metrics ----
     ev = graph.copy()
     remove_dropout(ev)
+    model_outputs = list(ev.outputs)  # after the removal, which may rename an output's value
     objective, loss, metrics = _objective(ev, train, config, env)
     ev.outputs = [("loss", loss)]
     metric_specs = _metric_outputs(ev, metrics)

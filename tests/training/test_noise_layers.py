@@ -1,0 +1,42 @@
+"""Training forms of the noise layers: SpatialDropout draws one mask entry per channel,
+GaussianNoise adds stddev * N(0, 1); both are the identity in evaluation."""
+import numpy as np
+
+import kcompile
+
+SRC = """model s {
+    input x: float32[4, 4, 8]
+    h = SpatialDropout2D(0.5)(x)
+    y = GaussianNoise(0.3)(h)
+    output y
+    train {
+        loss = mse
+        optimizer = SGD(learning_rate=0.0)
+    }
+}"""
+
+
+def test_noise_inputs_and_loss_statistics():
+    m = kcompile.compile_string(SRC, seed=0)
+    noise = {n["name"]: n["shape"] for n in m.manifest["training"]["noise"]}
+    assert noise["noise:spatial_dropout2d"] == ["N", 1, 1, 8]  # one draw per sample and channel
+    assert list(noise.values())[1:] == [["N", 4, 4, 8]] * 2   # Box-Muller's two uniform inputs
+    x = np.ones((512, 4, 4, 8), np.float32)
+    # y = x * mask * 2 + 0.3 z with mask in {0, 1}: E[(y - x)^2] = 1 + 0.09.
+    losses = [m.train_on_batch(x, x) for _ in range(5)]
+    np.testing.assert_allclose(np.mean(losses), 1.09, rtol=0.05)
+    assert m.evaluate(x, x, verbose=0) == 0.0
+
+
+def test_batch_shared_dropout_mask():
+    src = SRC.replace("SpatialDropout2D(0.5)(x)", "Dropout(0.5, noise_shape=(1, 4, 4, 8))(x)").replace(
+        "GaussianNoise(0.3)(h)", "GaussianNoise(0.0)(h)")
+    m = kcompile.compile_string(src, seed=0)
+    x = np.ones((64, 4, 4, 8), np.float32)
+    zeros = np.zeros_like(x)
+    # y = 2 * mask, so the loss is 4 * (kept share). With one mask for the whole batch the share
+    # is k / 128 for one 4x4x8 mask, a multiple of 1/32; element-wise masks would give k / 8192.
+    for _ in range(5):
+        loss = m.train_on_batch(x, zeros)
+        assert 0 < loss < 4
+        np.testing.assert_allclose(loss * 32, round(loss * 32), atol=1e-4)
