@@ -34,3 +34,22 @@ def test_gan_learns_on_real_digits():
 
     assert likeness(fakes) >= 0.8 and likeness(noise) < 0.2, (likeness(fakes), likeness(noise))
     assert 0.6 <= float((fakes < 0.1).mean()) <= 0.95  # mostly dark background, as real digits (0.84)
+
+
+def test_frozen_discriminator_is_untouched_by_the_gan_step():
+    generator, discriminator, gan = build(seed=1)
+    frozen = {n: w for n, w in zip(gan.weight_names, gan.get_weights()) if n.startswith("discriminator/")}
+    spec = gan.manifest["training"]
+    assert not [n for n in spec["trainable"] if n.startswith("discriminator/")]
+    assert not [s for s in spec["slots"] if s["param"].startswith("discriminator/")]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        gan.train_on_batch(rng.normal(size=(16, 100)).astype(np.float32), np.ones((16, 1), np.float32))
+    after = dict(zip(gan.weight_names, gan.get_weights()))
+    for name, before in frozen.items():
+        np.testing.assert_array_equal(after[name], before)  # bit-identical
+    # ... while the generator moved, and the tied generator model sees it.
+    moved = [n for n in gan.weight_names if n.startswith("generator/")]
+    tied = dict(zip(generator.weight_names, generator.get_weights()))
+    assert all(np.array_equal(after[n], tied[n[len("generator/"):]]) for n in moved)
+    assert not np.array_equal(tied["dense/kernel"], build(seed=1)[0].get_weights()[0])
