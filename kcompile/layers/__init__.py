@@ -12,7 +12,7 @@ from .recurrent import GRU, LSTM, SimpleRNN
 from .regularization import Dropout, GaussianNoise, SpatialDropout1D, SpatialDropout2D
 from .reshaping import (Cropping1D, Cropping2D, Flatten, Permute, RepeatVector, Reshape, UpSampling1D, UpSampling2D,
                         ZeroPadding1D, ZeroPadding2D)
-from .wrappers import TimeDistributed
+from .wrappers import Bidirectional, TimeDistributed
 from .functions import FUNCTIONS
 
 LAYERS = {cls.__name__: cls for cls in [
@@ -27,7 +27,7 @@ LAYERS = {cls.__name__: cls for cls in [
     UpSampling1D, UpSampling2D,
     Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax,
     Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot,
-    TimeDistributed, MultiHeadAttention,
+    TimeDistributed, Bidirectional, MultiHeadAttention,
 ]}
 
 __all__ = ["Layer", "LAYERS", "FUNCTIONS"]

@@ -1,7 +1,7 @@
-"""Layer wrappers: TimeDistributed."""
+"""Layer wrappers: TimeDistributed, Bidirectional."""
 from ..errors import ShapeError, format_shape
 from ..ir import Tensor
-from .base import Layer, LayerArg
+from .base import ArgError, Choice, Layer, LayerArg
 
 
 class TimeDistributed(Layer):
@@ -51,3 +51,45 @@ class TimeDistributed(Layer):
         if not isinstance(y, Tensor):
             raise ShapeError(f"TimeDistributed needs a layer with one output, {self.layer.kind()} gives several")
         return ctx.op("UnfoldBatch", y, x, axes=2)
+
+
+class Bidirectional(Layer):
+    """Runs a recurrent layer forwards and a copy of it backwards, and merges the two.
+
+    Args:
+        layer: an unapplied SimpleRNN, LSTM or GRU, e.g. ``Bidirectional(LSTM(32))``.
+        merge_mode: concat (default: the last axis doubles), sum, mul or ave.
+
+    Weights: the forward layer's, then the backward copy's, named
+    ``<this layer>/forward_<inner>/...`` and ``<this layer>/backward_<inner>/...`` as Keras.
+    With ``return_sequences`` the backward outputs are reversed to line up with the forward ones.
+    """
+
+    def __init__(self, layer: LayerArg(), merge_mode: Choice("concat", "sum", "mul", "ave") = "concat"):
+        from .recurrent import _Recurrent
+        if not isinstance(layer, _Recurrent):
+            raise ArgError(f"Bidirectional wraps SimpleRNN, LSTM or GRU, got {layer.kind()}")
+        self.forward = layer
+        arguments = dict(layer.arguments, go_backwards=not layer.arguments.get("go_backwards", False))
+        self.backward = type(layer)(**arguments)
+        self.backward.arguments = arguments
+        self.backward.regularizers = layer.regularizers
+        self.merge_mode = merge_mode
+
+    def build(self, ctx, x):
+        for direction, inner in (("forward", self.forward), ("backward", self.backward)):
+            inner.name = f"{self.name}/{direction}_{inner.auto_name()}"
+            inner.input_types = [x.type]
+            inner.build(ctx, x)
+            inner.built = True
+
+    def call(self, ctx, x):
+        forward = self.forward.call(ctx, x)
+        backward = self.backward.call(ctx, x)
+        if self.forward.return_sequences:  # back in time order, step by step with the forward pass
+            backward = ctx.op("Flip", backward, axis=1)
+        if self.merge_mode == "concat":
+            return ctx.op("Concat", forward, backward, axis=-1)
+        if self.merge_mode == "ave":
+            return ctx.op("Mul", ctx.op("Add", forward, backward), ctx.const(0.5, forward.dtype))
+        return ctx.op({"sum": "Add", "mul": "Mul"}[self.merge_mode], forward, backward)

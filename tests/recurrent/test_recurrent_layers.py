@@ -141,3 +141,34 @@ def test_lstm_inference_and_training_forward_agree():
     expected = float(np.mean(m.predict(x) ** 2))
     np.testing.assert_allclose(m.train_on_batch(x, y), expected, rtol=1e-5)  # training graph's loss
     np.testing.assert_allclose(m.evaluate(x, y, verbose=0), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind, merge_mode, return_sequences", [
+    ("LSTM", "concat", False), ("GRU", "sum", True), ("SimpleRNN", "ave", True), ("LSTM", "mul", True)])
+def test_bidirectional_matches_two_keras_passes(kind, merge_mode, return_sequences):
+    src = f"""model b {{
+        input x: float32[6, 3]
+        y = Bidirectional({kind}(4, return_sequences={str(return_sequences).lower()}), merge_mode={merge_mode})(x)
+        output y
+    }}"""
+    m = kcompile.compile_string(src)
+    names = m.weight_names
+    assert names[0] == f"bidirectional/forward_{kind.lower().replace('simplernn', 'simple_rnn')}/kernel"
+    rng = np.random.default_rng(7)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
+    m.set_weights(weights)
+    x = rng.normal(size=(3, 6, 3)).astype(np.float32)
+    half = len(weights) // 2
+    forward = reference(kind, x.astype(np.float64), weights[:half], 4, return_sequences, False)
+    backward = reference(kind, x.astype(np.float64), weights[half:], 4, return_sequences, True)
+    if return_sequences:
+        backward = backward[:, ::-1]
+    want = {"concat": np.concatenate([forward, backward], -1), "sum": forward + backward,
+            "ave": (forward + backward) / 2, "mul": forward * backward}[merge_mode]
+    np.testing.assert_allclose(m.predict(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bidirectional_gradients():
+    src = "model m {\n input x: float64[5, 3]\n y = Bidirectional(GRU(3, return_sequences=true))(x)\n output y\n}"
+    checked, _ = check_gradients(src, {"x": np.random.default_rng(4).normal(size=(2, 5, 3))})
+    assert checked > 0
