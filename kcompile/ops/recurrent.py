@@ -12,7 +12,6 @@ all steps at once. The graph's size does not depend on the sequence length.
 """
 from __future__ import annotations
 
-import numpy as np
 from onnx import TensorProto, helper
 
 from ..errors import ShapeError, format_shape
@@ -137,16 +136,17 @@ class LSTM(Op):
         if node.attrs.get("activation", "Tanh") != "Tanh" or node.attrs.get("recurrent_activation",
                                                                             "Sigmoid") != "Sigmoid":
             raise NotImplementedError("LSTM training supports activation=tanh, recurrent_activation=sigmoid")
-        x, kernel, recurrent = node.inputs[:3]
-        seq, last_h, last_c, cells = node.outputs
-        d_seq, d_h, d_c = dys[0], dys[1], dys[2]
-        zero_seq = ctx.const(0.0, ctx.type(x).dtype)
-        ins = [x, kernel, recurrent, seq, cells, d_seq or ctx.op("ExpandLike", zero_seq, seq),
-               d_h or ctx.op("ExpandLike", zero_seq, last_h), d_c or ctx.op("ExpandLike", zero_seq, last_c)]
-        if len(node.inputs) == 4:
-            ins.append(node.inputs[3])
+        seq, _, _, cells = node.outputs
+        ins = list(node.inputs[:3]) + [seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3]) + \
+            list(node.inputs[3:])
         dx, dk, dr, db = ctx.op("LSTMGrad", *ins, units=node.attrs["units"])
         return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
+
+
+def _output_grads(ctx, outputs, dys):
+    """The gradients of a recurrent op's outputs, zeros for the outputs the loss does not use."""
+    zero = ctx.const(0.0, ctx.type(outputs[0]).dtype)
+    return [d if d is not None else ctx.op("ExpandLike", zero, o) for o, d in zip(outputs, dys)]
 
 
 def _zeros_like_state(ctx, x, units):
@@ -270,10 +270,7 @@ class SimpleRNN(Op):
         _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw], [outputs[1], outputs[0]], 1, 1)
 
     def grad(self, ctx, node, dys):
-        seq, last = node.outputs
-        zero = ctx.const(0.0, ctx.type(seq).dtype)
-        ins = list(node.inputs[:3]) + [seq, dys[0] or ctx.op("ExpandLike", zero, seq),
-                                       dys[1] or ctx.op("ExpandLike", zero, last)]
+        ins = list(node.inputs[:3]) + [node.outputs[0]] + _output_grads(ctx, node.outputs, dys)
         dx, dk, dr, db = ctx.op("SimpleRNNGrad", *ins, units=node.attrs["units"])
         return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
 
@@ -352,10 +349,8 @@ class GRU(Op):
         _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw], [outputs[1], outputs[0]], 1, 1)
 
     def grad(self, ctx, node, dys):
-        seq, last = node.outputs
-        zero = ctx.const(0.0, ctx.type(seq).dtype)
-        ins = list(node.inputs[:3]) + [seq, dys[0] or ctx.op("ExpandLike", zero, seq),
-                                       dys[1] or ctx.op("ExpandLike", zero, last)] + list(node.inputs[3:])
+        ins = list(node.inputs[:3]) + [node.outputs[0]] + _output_grads(ctx, node.outputs, dys) + \
+            list(node.inputs[3:])
         dx, dk, dr, db = ctx.op("GRUGrad", *ins, units=node.attrs["units"])
         return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
 
