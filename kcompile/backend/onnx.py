@@ -66,6 +66,11 @@ class LoweringContext:
         left out when nothing does)."""
         return self.graph.uses(value) > 0
 
+    def zeros(self, shape_value: str, dtype: str) -> str:
+        """A zero tensor of the (run-time) shape held in ``shape_value``."""
+        return self.emit("ConstantOfShape", [shape_value],
+                         value=helper.make_tensor("zero", _ONNX_DTYPES[dtype], [1], [0]))
+
     def dtype(self, value: str) -> str:
         return self.graph.types[value].dtype
 

@@ -228,8 +228,7 @@ class MaxPoolGrad(Op):
                      strides=tuple(strides))
             return
         flat = ctx.const([-1], "int64")
-        zeros = ctx.emit("ConstantOfShape", [ctx.emit("Shape", [ctx.emit("Reshape", [x, flat])])],
-                         value=__import__("onnx").helper.make_tensor("zero", ctx.onnx_dtype(ctx.dtype(dy)), [1], [0]))
+        zeros = ctx.zeros(ctx.emit("Shape", [ctx.emit("Reshape", [x, flat])]), ctx.dtype(dy))
         summed = ctx.emit("ScatterElements", [zeros, ctx.emit("Reshape", [indices, flat]),
                                               ctx.emit("Reshape", [dy, flat])], axis=0, reduction="add")
         ctx.emit("Reshape", [summed, ctx.emit("Shape", [x])], outputs)
@@ -421,7 +420,6 @@ class ScatterAdd(Op):
         updates, idx, table = inputs
         if ctx.dtype(idx) != "int64":
             idx = ctx.emit("Cast", [idx], to=ctx.onnx_dtype("int64"))
-        zeros = ctx.emit("ConstantOfShape", [ctx.emit("Shape", [table])],
-                         value=__import__("onnx").helper.make_tensor("zero", ctx.onnx_dtype(ctx.dtype(table)), [1], [0]))
+        zeros = ctx.zeros(ctx.emit("Shape", [table]), ctx.dtype(table))
         ctx.emit("ScatterND", [zeros, ctx.emit("Unsqueeze", [idx, ctx.const([-1], "int64")]), updates], outputs,
                  reduction="add")

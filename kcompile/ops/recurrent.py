@@ -152,9 +152,7 @@ def _output_grads(ctx, outputs, dys):
 def _zeros_like_state(ctx, x, units):
     """[N, u] zeros for a batch-major x [N, T, I] (the batch is known at run time only)."""
     n = ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"), ctx.const([1], "int64")])
-    shape = ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0)
-    return ctx.emit("ConstantOfShape", [shape], value=helper.make_tensor(
-        "zero", ctx.onnx_dtype(ctx.dtype(x)), [1], [0]))
+    return ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), ctx.dtype(x))
 
 
 def _shift_right(ctx, seq, units):

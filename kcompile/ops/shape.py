@@ -206,7 +206,7 @@ class Reduce(Op):
         if self.name == "ReduceMean":
             dims = [ctx.type(x).shape[a] for a in axes]
             if all(isinstance(d, int) for d in dims):
-                count = ctx.const(float(__import__("math").prod(dims)), ctx.type(x).dtype)
+                count = ctx.const(float(np.prod(dims)), ctx.type(x).dtype)
             else:  # a symbolic (batch) axis: count at run time
                 count = ctx.op("Cast", ctx.op("Div", ctx.op("Size", x), ctx.op("Size", node.outputs[0])),
                                to=ctx.type(x).dtype)

@@ -5,6 +5,8 @@ Folded weights are computed by graph ops on the weights themselves (so the model
 weights stay in Keras layout and ``set_weights`` keeps working); onnxruntime
 evaluates those ops once when the session starts.
 """
+import numpy as np
+
 from ..ir import Graph
 from ..ops import OPS
 from ..ops.elementwise import Unary
@@ -70,7 +72,7 @@ def fold_batchnorm(g: Graph) -> Graph:
             continue
         gamma, beta, mean, var = bn.inputs[1:]
         dtype = g.types[x].dtype
-        eps = g.add_const(__import__("numpy").asarray(bn.attrs.get("epsilon", 1e-3), dtype=dtype), base="epsilon")
+        eps = g.add_const(np.asarray(bn.attrs.get("epsilon", 1e-3), dtype=dtype), base="epsilon")
         scale = add(g, bn, "Div", [gamma, add(g, bn, "Sqrt", [add(g, bn, "Add", [var, eps])])])
         w = node.inputs[1]
         w_rank = g.types[w].rank
