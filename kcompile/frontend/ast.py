@@ -102,6 +102,7 @@ class LayerDecl(Node):
 class Assign(Node):
     name: str
     expr: Node
+    names: list = None  # `out, h, c = LSTM(..., return_state=true)(x)`: every name, in order
 
 
 @dataclass

@@ -204,9 +204,10 @@ class Elaborator:
         return outputs
 
     def _poison(self, stmt, frame):
-        name = getattr(stmt, "name", None)
-        if name and not isinstance(stmt, (ast.Train,)):
-            frame.env[name] = POISON
+        names = getattr(stmt, "names", None) or [getattr(stmt, "name", None)]
+        for name in names:
+            if name and not isinstance(stmt, (ast.Train,)):
+                frame.env[name] = POISON
         frame.prev = POISON
 
     def statement(self, stmt, frame: Frame, top: bool):
@@ -235,7 +236,17 @@ class Elaborator:
             return None
         if isinstance(stmt, (ast.Assign, ast.ExprStmt)):
             value = self.statement_value(stmt.expr, frame, stmt)
-            if isinstance(stmt, ast.Assign):
+            names = (stmt.names or [stmt.name]) if isinstance(stmt, ast.Assign) else []
+            if len(names) > 1:
+                results = value if isinstance(value, tuple) else (value,)
+                if len(results) != len(names):
+                    raise _Fail(f"{len(names)} names for {len(results)} value{'s' * (len(results) != 1)}",
+                                stmt.loc, "return_state=true makes a recurrent layer give its states too"
+                                if len(results) == 1 else None)
+                for name, result in zip(names, results):
+                    self.check_rebind(name, stmt.loc, frame)
+                    frame.env[name] = result
+            elif names:
                 self.check_rebind(stmt.name, stmt.loc, frame)
                 frame.env[stmt.name] = value
             if isinstance(value, (Tensor, tuple)):

@@ -250,8 +250,8 @@ class _ToAst(Transformer):
         return ast.LayerDecl(self._tok(name), str(name), expr)
 
     def assign(self, items):
-        name, expr = items
-        return ast.Assign(self._tok(name), str(name), expr)
+        *names, expr = items
+        return ast.Assign(self._tok(names[0]), str(names[0]), expr, [str(n) for n in names])
 
     def expr_stmt(self, items):
         return ast.ExprStmt(items[0].loc, items[0])

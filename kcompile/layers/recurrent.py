@@ -15,11 +15,12 @@ _ONNX_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
 class _Recurrent(Layer):
     op = ""
     gates = 1
+    states = 1
     regularizable = True
 
     def setup(self, units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-              bias_initializer):
-        self.units, self.use_bias = units, use_bias
+              bias_initializer, return_state=False):
+        self.units, self.use_bias, self.return_state = units, use_bias, return_state
         self.return_sequences, self.go_backwards = return_sequences, go_backwards
         self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
         self.bias_initializer = bias_initializer
@@ -46,7 +47,10 @@ class _Recurrent(Layer):
             x = ctx.op("Flip", x, axis=1)
         inputs = [x, self.kernel, self.recurrent_kernel] + ([self.bias] if self.use_bias else [])
         outs = ctx.op(self.op, *inputs, units=self.units, **self.op_attrs())
-        return outs[0] if self.return_sequences else outs[1]
+        output = outs[0] if self.return_sequences else outs[1]
+        if self.return_state:  # the output, then the last state(s): h (and c for an LSTM)
+            return (output,) + tuple(outs[1:self.states + 1])
+        return output
 
     def op_attrs(self):
         return {}
@@ -56,6 +60,8 @@ _ARGS_DOC = """
         use_bias: true.
         return_sequences: false (the last output only); true gives [timesteps, units].
         go_backwards: false; true reads the sequence from its end.
+        return_state: false; true also returns the last state(s): ``out, h = GRU(8, return_state=true)(x)``
+            (``out, h, c`` for an LSTM).
         kernel_initializer: glorot_uniform. recurrent_initializer: orthogonal. bias_initializer: zeros."""
 
 
@@ -70,11 +76,12 @@ class SimpleRNN(_Recurrent):
     op = "SimpleRNN"
 
     def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
-                 go_backwards: BoolArg() = False, kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 go_backwards: BoolArg() = False, return_state: BoolArg() = False,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer)
+                   bias_initializer, return_state)
 
 
 class LSTM(_Recurrent):
@@ -91,16 +98,17 @@ class LSTM(_Recurrent):
     """
     op = "LSTM"
     gates = 4
+    states = 2
 
     def __init__(self, units: IntArg(1), activation: Choice("tanh", "sigmoid", "relu") = "tanh",
                  recurrent_activation: Choice("sigmoid", "tanh", "relu") = "sigmoid", use_bias: BoolArg() = True,
                  return_sequences: BoolArg() = False, go_backwards: BoolArg() = False,
-                 unit_forget_bias: BoolArg() = True,
+                 return_state: BoolArg() = False, unit_forget_bias: BoolArg() = True,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer)
+                   bias_initializer, return_state)
         self.activation, self.recurrent_activation = activation, recurrent_activation
         self.unit_forget_bias = unit_forget_bias
 
@@ -128,11 +136,12 @@ class GRU(_Recurrent):
     gates = 3
 
     def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
-                 go_backwards: BoolArg() = False, kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 go_backwards: BoolArg() = False, return_state: BoolArg() = False,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer)
+                   bias_initializer, return_state)
 
     def bias_shape(self):
         return (2, 3 * self.units)

@@ -69,6 +69,8 @@ class Bidirectional(Layer):
         from .recurrent import _Recurrent
         if not isinstance(layer, _Recurrent):
             raise ArgError(f"Bidirectional wraps SimpleRNN, LSTM or GRU, got {layer.kind()}")
+        if layer.return_state:
+            raise ArgError("Bidirectional does not take a layer with return_state=true yet")
         self.forward = layer
         arguments = dict(layer.arguments, go_backwards=not layer.arguments.get("go_backwards", False))
         self.backward = type(layer)(**arguments)

@@ -172,3 +172,40 @@ def test_bidirectional_gradients():
     src = "model m {\n input x: float64[5, 3]\n y = Bidirectional(GRU(3, return_sequences=true))(x)\n output y\n}"
     checked, _ = check_gradients(src, {"x": np.random.default_rng(4).normal(size=(2, 5, 3))})
     assert checked > 0
+
+
+def test_return_state_gives_the_last_states():
+    src = """model s {
+        input x: float32[5, 3]
+        seq, h, c = LSTM(4, return_sequences=true, return_state=true)(x)
+        last, g = GRU(2, return_state=true)(seq)
+        y = concat(h, c, last, g)
+        output y
+    }"""
+    m = kcompile.compile_string(src)
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
+    m.set_weights(weights)
+    x = rng.normal(size=(3, 5, 3)).astype(np.float32)
+    seq = reference("LSTM", x.astype(np.float64), weights[:3], 4, True, False)
+    h = seq[:, -1]
+    # c from the same recurrence
+    kernel, recurrent, bias = weights[:3]
+    hh, c = np.zeros((3, 4)), np.zeros((3, 4))
+    for t in range(5):
+        z = x[:, t] @ kernel + hh @ recurrent + bias
+        i, f, g, o = (z[:, k * 4:(k + 1) * 4] for k in range(4))
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        hh = sigmoid(o) * np.tanh(c)
+    last = reference("GRU", seq, weights[3:], 2, False, False)
+    np.testing.assert_allclose(m.predict(x), np.concatenate([h, c, last, last], -1), rtol=1e-5, atol=1e-5)
+
+
+def test_return_state_gradients_and_errors():
+    src = ("model m {\n input x: float64[4, 2]\n seq, h, c = LSTM(3, return_sequences=true, return_state=true)(x)\n"
+           " y = concat(c, mean(seq, axis=1))\n output y\n}")
+    checked, _ = check_gradients(src, {"x": np.random.default_rng(2).normal(size=(2, 4, 2))})
+    assert checked > 0
+    with pytest.raises(kcompile.KcompileError, match="2 names for 1 value") as err:
+        kcompile.compile_string("model m {\n input x: float32[4, 2]\n a, b = GRU(3)(x)\n output a\n}")
+    assert err.value.diagnostics[0].hint == "return_state=true makes a recurrent layer give its states too"
