@@ -148,10 +148,23 @@ def lower_all(compiled: Compiled, weights: dict) -> dict[str, bytes]:
     out["inference"] = model.SerializeToString()
     # predict_weights: the inference graph with the weights as inputs, for predicting while the
     # weights keep changing (between training steps, a GAN's generator) without rebuilding a session.
+    out.update(_lower_with_weight_inputs([("predict_weights", compiled.graph)]))
+    out.update(lower_training(compiled))
+    return out
+
+
+def lower_training(compiled: Compiled) -> dict[str, bytes]:
+    """``train_step`` and ``eval`` of a model with a train section (else nothing)."""
     program = compiled.training()
-    graphs = [("predict_weights", compiled.graph)]
-    if program is not None:
-        graphs += [("train_step", program.step), ("eval", program.eval)]
+    if program is None:
+        return {}
+    return _lower_with_weight_inputs([("train_step", program.step), ("eval", program.eval)])
+
+
+def _lower_with_weight_inputs(graphs) -> dict[str, bytes]:
+    import onnx
+    from .backend import to_onnx
+    out = {}
     for key, graph in graphs:
         model = to_onnx(graph, params_as_inputs=True, doc=f"kcompile {__version__}: {graph.name} {key}")
         onnx.checker.check_model(model, full_check=True)

@@ -50,6 +50,7 @@ class Model(TrainingMixin):
         self._predicted_generation = -1
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
+        self._compiled = None  # the compiler's result, when this model was compiled in this process
         self._init_training(manifest.get("seed", 0) if seed is None else seed)
 
     # ---------------- construction ----------------
@@ -59,7 +60,9 @@ class Model(TrainingMixin):
         weights = initial_weights(compiled.graph, seed)
         files = lower_all(compiled, weights)
         manifest = manifest_for(compiled, seed)
-        return cls(files.pop("inference"), manifest, weights, device, files)
+        model = cls(files.pop("inference"), manifest, weights, device, files)
+        model._compiled = compiled
+        return model
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> "Model":

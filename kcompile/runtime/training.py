@@ -206,6 +206,46 @@ class TrainingMixin:
         self._sync_state()
         self._runner = None
 
+    # ---- freezing ----
+    def set_trainable(self, layer: str, trainable: bool = True) -> list[str]:
+        """Freeze (or unfreeze) the weights of a layer, or of every layer under a prefix such as a
+        model used inside this one (``"discriminator"``). Only the training graphs are rebuilt,
+        without gradient work for frozen weights; weights and the optimizer state of weights that
+        stay trainable are kept. Returns the weights changed."""
+        self._require_training("set_trainable")
+        compiled = self._compiled
+        if compiled is None:
+            raise RuntimeError("set_trainable needs a model from kcompile.compile (a loaded folder holds "
+                               "compiled graphs only); compile its source.kdl")
+        graph = compiled.elaborated
+        names = [n for n in graph.params if n.startswith(layer + "/")]
+        if not names:
+            from ..errors import did_you_mean
+            layers = sorted({n.rsplit("/", 1)[0] for n in graph.params})
+            raise ValueError(f"no weights under {layer!r}; layers: {', '.join(layers)}"
+                             + (f" ({did_you_mean(layer, layers)})" if did_you_mean(layer, layers) else ""))
+        for n in names:  # (BatchNorm's moving statistics never train)
+            graph.params[n].trainable = trainable and not n.rsplit("/", 1)[-1].startswith("moving_")
+        for node in graph.nodes():  # a frozen BatchNormalization runs in inference mode, as Keras
+            if node.op == "BatchNormalization" and any(v in names for v in node.inputs):
+                node.attrs["trainable"] = trainable
+        self._sync_state()
+        from ..driver import lower_training
+        compiled._training = None
+        self._training_onnx.update(lower_training(compiled))
+        spec = compiled.training().describe()
+        self.manifest["training"] = spec
+        trainable_now = {p.name for p in graph.params.values() if p.trainable}
+        for p in self.manifest["parameters"]:
+            p["trainable"] = p["name"] in trainable_now
+        old = self._slots
+        self._slots = {s["name"]: old[s["name"]] if s["name"] in old else
+                       np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
+                       for s in spec["slots"]}
+        self._runner = None
+        self._train_session = self._eval_session = None
+        return names
+
     # ---- weights shared between models ----
     def share_weights(self, other, prefix: str = "") -> int:
         """Tie this model's weights ``prefix + name`` to ``other``'s weights ``name`` (a model used
