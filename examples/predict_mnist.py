@@ -5,10 +5,10 @@ Build the model first, then run this script (both from the repository root):
     .venv/bin/kcompile build examples/mnist_cnn.kdl -o build
     .venv/bin/python examples/predict_mnist.py
 
-The weights are the compiled model's *initial* (untrained, seeded) weights: training
-arrives in a later release of kcompile, so the predicted digits are not meaningful yet.
-What this shows is the path from a .kdl file to a running ONNX model on real data:
-shapes, probabilities and inference speed.
+A build folder holds the model's *initial* (untrained, seeded) weights; point --build at
+a checkpoint written by examples/train_mnist.py (checkpoints/mnist_cnn) to predict with
+trained ones. It shows the path from a .kdl file to a running ONNX model on real data:
+shapes, probabilities, accuracy and inference speed.
 """
 from __future__ import annotations
 
@@ -49,8 +49,10 @@ def main(argv=None) -> int:
         return 1
 
     model = kcompile.load(build, device=args.device)
-    print("NOTE: this model runs with its untrained initial weights (seeded Keras initialisers);\n"
-          "      training arrives in a later release of kcompile, so its predictions are not yet meaningful.\n")
+    trained = model.iterations > 0
+    if not trained:
+        print("NOTE: these are the untrained initial weights (seeded Keras initialisers); train with\n"
+              "      examples/train_mnist.py and pass --build checkpoints/mnist_cnn for meaningful digits.\n")
     model.summary()
     print()
 
@@ -65,8 +67,8 @@ def main(argv=None) -> int:
     print(f"probabilities sum to 1: {bool(np.allclose(sums, 1.0, atol=1e-5))} "
           f"(row sums in [{sums.min():.6f}, {sums.max():.6f}])")
     print(f"first 10 predicted digits: {predicted[:10].tolist()}  (true labels: {y[:10].tolist()})")
-    print(f"accuracy: {np.mean(predicted == y):.1%} -- near chance (10%), as expected: these are the "
-          "UNTRAINED initial weights (training arrives in a later release)")
+    print(f"accuracy: {np.mean(predicted == y):.1%}" + ("" if trained else
+          " -- near chance (10%), as expected from untrained weights"))
     print()
 
     # ---- throughput ----
@@ -91,8 +93,8 @@ def main(argv=None) -> int:
     best = statistics.median(times)
     print(f"batch {len(x)}: median {best * 1e3:.1f} ms per batch over {len(times)} runs "
           f"-> {len(x) / best:,.0f} samples/s")
-    print(f"(device={model.device}; weights: untrained initial weights, seed "
-          f"{model.manifest['seed']}; training arrives in a later release)")
+    print(f"(device={model.device}; weights: " + (f"trained for {model.iterations} steps)" if trained else
+          f"untrained initial weights, seed {model.manifest['seed']})"))
     return 0
 
 
