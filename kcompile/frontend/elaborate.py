@@ -103,6 +103,7 @@ class Builder:
 
     def __init__(self, graph: Graph):
         self.graph = graph
+        self.masks: dict[str, Tensor] = {}  # value -> its [N, T] step mask (Embedding(mask_zero=true))
         self.loc: Loc | None = None
         self.layer: str | None = None
         self.record: LayerRecord | None = None
@@ -130,6 +131,12 @@ class Builder:
         self.graph.add_param(Param(name, t, initializer, trainable and self.trainable, self.record.name, regularizer))
         self.record.params.append(name)
         return Tensor(name, t)
+
+    def mask_of(self, t: Tensor) -> Tensor | None:
+        return self.masks.get(t.name)
+
+    def set_mask(self, t: Tensor, mask: Tensor) -> None:
+        self.masks[t.name] = mask
 
     def _tensor(self, v) -> Tensor:
         if isinstance(v, Tensor):
@@ -596,6 +603,9 @@ class Elaborator:
                 out = self.call_model_body(layer, inputs, loc, frame)
             else:
                 out = layer.call(b, *inputs)
+            if layer.propagates_mask and len(inputs) == 1 and isinstance(out, Tensor) and \
+                    b.mask_of(inputs[0]) is not None and b.mask_of(out) is None:
+                b.set_mask(out, b.mask_of(inputs[0]))
             if top and not layer.record.output_types:
                 layer.record.output_types = [t.type for t in (out if isinstance(out, (list, tuple)) else [out])]
             return tuple(out) if isinstance(out, list) else out

@@ -73,6 +73,7 @@ class Activation(Layer):
         activation: the activation's name (relu, sigmoid, tanh, softmax, gelu, elu,
             selu, softplus, swish, leaky_relu, linear, ...).
     """
+    propagates_mask = True
 
     def __init__(self, activation: ActivationArg() = "linear"):
         self.activation = activation
@@ -87,6 +88,7 @@ class LeakyReLU(Layer):
     Args:
         negative_slope: slope for x < 0 (Keras default 0.3).
     """
+    propagates_mask = True
 
     def __init__(self, negative_slope: FloatArg(0.0) = 0.3):
         self.negative_slope = negative_slope
@@ -102,6 +104,7 @@ class ReLU(Layer):
         max_value: upper clip, none by default.
         negative_slope: slope for x < 0 (0).
     """
+    propagates_mask = True
 
     def __init__(self, max_value: Optional(FloatArg(0.0)) = None, negative_slope: FloatArg(0.0) = 0.0):
         self.max_value, self.negative_slope = max_value, negative_slope
@@ -115,6 +118,7 @@ class ReLU(Layer):
 
 class ELU(Layer):
     """Exponential linear unit. Args: alpha (1.0)."""
+    propagates_mask = True
 
     def __init__(self, alpha: FloatArg() = 1.0):
         self.alpha = alpha

@@ -254,6 +254,7 @@ class Layer:
 
     n_inputs: int | None = 1  # None: any number (merging layers)
     regularizable = False
+    propagates_mask = False  # pass an input's step mask (Embedding(mask_zero=true)) on to the output
 
     def __init__(self):
         pass

@@ -1,7 +1,7 @@
 """Core layers: Dense, Embedding."""
 from ..errors import ShapeError
 from .activations import apply_activation
-from .base import ActivationArg, BoolArg, InitializerArg, IntArg, Layer
+from .base import ActivationArg, BoolArg, Choice, InitializerArg, IntArg, Layer
 
 
 class Dense(Layer):
@@ -17,6 +17,7 @@ class Dense(Layer):
 
     Weights: kernel [input_dim, units], bias [units].
     """
+    propagates_mask = True
 
     regularizable = True
 
@@ -49,22 +50,27 @@ class Embedding(Layer):
         input_dim: vocabulary size (largest id + 1).
         output_dim: size of each embedding vector.
         embeddings_initializer: uniform in [-0.05, 0.05].
-        mask_zero: id 0 is padding (masking arrives with the recurrent layers).
+        mask_zero: id 0 is padding: recurrent layers after it skip those steps (the state carries over).
+        dtype: float32 (float64 for exact gradient checks).
 
     Weights: embeddings [input_dim, output_dim].
     """
 
     def __init__(self, input_dim: IntArg(1), output_dim: IntArg(1),
-                 embeddings_initializer: InitializerArg() = ("uniform", ()), mask_zero: BoolArg() = False):
+                 embeddings_initializer: InitializerArg() = ("uniform", ()), mask_zero: BoolArg() = False,
+                 dtype: Choice("float32", "float64") = "float32"):
         self.input_dim, self.output_dim = input_dim, output_dim
-        self.embeddings_initializer, self.mask_zero = embeddings_initializer, mask_zero
+        self.embeddings_initializer, self.mask_zero, self.dtype = embeddings_initializer, mask_zero, dtype
 
     def build(self, ctx, ids):
         if ids.type.is_float:
             raise ShapeError(f"Embedding expects integer ids, got {ids.type}",
                              hint="declare the input as int64[...]")
-        self.embeddings = ctx.add_weight(self, "embeddings", (self.input_dim, self.output_dim), "float32",
+        self.embeddings = ctx.add_weight(self, "embeddings", (self.input_dim, self.output_dim), self.dtype,
                                          self.embeddings_initializer)
 
     def call(self, ctx, ids):
-        return ctx.op("Gather", self.embeddings, ids, axis=0)
+        out = ctx.op("Gather", self.embeddings, ids, axis=0)
+        if self.mask_zero:
+            ctx.set_mask(out, ctx.op("Cast", ctx.op("Greater", ids, 0), to=out.dtype))
+        return out

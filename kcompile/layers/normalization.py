@@ -87,6 +87,7 @@ class LayerNormalization(Layer):
     Weights: gamma, beta (each only if scale/center), shaped like the input on ``axis``
     (``[features]`` for the default).
     """
+    propagates_mask = True
 
     def __init__(self, axis: IntList() = (-1,), epsilon: FloatArg(0.0) = 1e-3, center: BoolArg() = True,
                  scale: BoolArg() = True, beta_initializer: InitializerArg() = ("zeros", ()),

@@ -43,11 +43,19 @@ class _Recurrent(Layer):
             self.bias = ctx.add_weight(self, "bias", self.bias_shape(), x.dtype, self.bias_init())
 
     def call(self, ctx, x):
+        mask = ctx.mask_of(x)
         if self.go_backwards:
             x = ctx.op("Flip", x, axis=1)
+            mask = ctx.op("Flip", mask, axis=1) if mask is not None else None
         inputs = [x, self.kernel, self.recurrent_kernel] + ([self.bias] if self.use_bias else [])
-        outs = ctx.op(self.op, *inputs, units=self.units, **self.op_attrs())
+        attrs = self.op_attrs()
+        if mask is not None:  # masked steps keep the previous state (and output), as Keras
+            inputs.append(mask)
+            attrs["masked"] = True
+        outs = ctx.op(self.op, *inputs, units=self.units, **attrs)
         output = outs[0] if self.return_sequences else outs[1]
+        if mask is not None and self.return_sequences:
+            ctx.set_mask(output, mask)
         if self.return_state:  # the output, then the last state(s): h (and c for an LSTM)
             return (output,) + tuple(outs[1:self.states + 1])
         return output

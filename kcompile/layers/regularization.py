@@ -51,6 +51,7 @@ class Dropout(Layer):
             (none, 1, 16) drops whole channels of a [steps, 16] input.
         seed: none (the model's seed decides).
     """
+    propagates_mask = True
 
     def __init__(self, rate: FloatArg(0.0, 1.0), noise_shape: NoiseShapeArg() = None,
                  seed: Optional(IntArg(0)) = None):
@@ -68,6 +69,7 @@ class SpatialDropout1D(Layer):
         rate: fraction to drop, in [0, 1).
         seed: none (the model's seed decides).
     """
+    propagates_mask = True
 
     def __init__(self, rate: FloatArg(0.0, 1.0), seed: Optional(IntArg(0)) = None):
         self.rate, self.seed = rate, seed
@@ -102,6 +104,7 @@ class GaussianNoise(Layer):
         stddev: the noise's standard deviation (>= 0).
         seed: none (the model's seed decides).
     """
+    propagates_mask = True
 
     def __init__(self, stddev: FloatArg(0.0), seed: Optional(IntArg(0)) = None):
         self.stddev, self.seed = stddev, seed

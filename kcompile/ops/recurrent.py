@@ -67,22 +67,23 @@ def _gates(ctx, z, units, count):
 
 @register
 class LSTM(Op):
-    """inputs: x [N, T, I], kernel [I, 4u], recurrent_kernel [u, 4u], bias [4u] (optional).
+    """inputs: x [N, T, I], kernel [I, 4u], recurrent_kernel [u, 4u], bias [4u] (optional),
+    mask [N, T] (with attr masked: 0 at steps that keep the previous state).
     outputs: sequence [N, T, u], last h [N, u], last c [N, u], cell sequence [N, T, u].
-    attrs: units, activation/recurrent_activation (ONNX names; training needs Tanh/Sigmoid)."""
+    attrs: units, activation/recurrent_activation (ONNX names; training needs Tanh/Sigmoid), masked."""
     name = "LSTM"
 
     def infer(self, ins, attrs):
-        self.check_float(ins)
-        x, k, r = ins[:3]
+        x, k, r, b, mask = _split_inputs(ins, attrs)
+        self.check_float([x, k, r])
         u = attrs["units"]
-        _check(x, k, r, ins[3] if len(ins) == 4 else None, 4, u)
+        _check(x, k, r, b, 4, u)
         n, t = x.shape[0], x.shape[1]
         seq, last = TensorType(x.dtype, (n, t, u)), TensorType(x.dtype, (n, u))
         return [seq, last, last, seq]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        if ctx.used(outputs[3]):
+        if ctx.used(outputs[3]) or attrs.get("masked"):
             return self.lower_scan(ctx, inputs, outputs, attrs)
         x, kernel, recurrent = inputs[:3]
         u = attrs["units"]
@@ -112,11 +113,11 @@ class LSTM(Op):
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         """Forward pass as a Scan over time, also giving the cell sequence."""
-        x, kernel, recurrent = inputs[:3]
+        x, kernel, recurrent, bias, mask = _split_inputs(inputs, attrs)
         u, dtype = attrs["units"], ctx.dtype(x)
         xw = ctx.emit("MatMul", [x, kernel])  # [N, T, 4u]: the input projection of every step at once
-        if len(inputs) == 4:
-            xw = ctx.emit("Add", [xw, inputs[3]])
+        if bias is not None:
+            xw = ctx.emit("Add", [xw, bias])
         zeros = _zeros_like_state(ctx, x, u)
         body = _Body(dtype)
         z = body("Add", "xw_t", body("MatMul", "h_prev", recurrent))  # the kernel from the outer graph
@@ -126,21 +127,44 @@ class LSTM(Op):
         g = body("Tanh", g)
         c = body("Add", body("Mul", f, "c_prev"), body("Mul", i, g))
         h = body("Mul", o, body("Tanh", c))
+        c, h = _blend(body, "m_t", c, "c_prev"), _blend(body, "m_t", h, "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [c], ["c_next"]),
                        helper.make_node("Identity", [h], ["h_out"]), helper.make_node("Identity", [c], ["c_out"])]
-        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"], ["h_next", "c_next", "h_out", "c_out"])
-        ctx.emit("Scan", [zeros, zeros, xw], [outputs[1], outputs[2], outputs[0], outputs[3]], body=graph,
-                 num_scan_inputs=1, scan_input_axes=[1], scan_output_axes=[1, 1])
+        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t", "m_t"], ["h_next", "c_next", "h_out", "c_out"])
+        ctx.emit("Scan", [zeros, zeros, xw, _step_mask(ctx, x, mask)], [outputs[1], outputs[2], outputs[0], outputs[3]],
+                 body=graph, num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1, 1])
 
     def grad(self, ctx, node, dys):
         if node.attrs.get("activation", "Tanh") != "Tanh" or node.attrs.get("recurrent_activation",
                                                                             "Sigmoid") != "Sigmoid":
             raise NotImplementedError("LSTM training supports activation=tanh, recurrent_activation=sigmoid")
         seq, _, _, cells = node.outputs
-        ins = list(node.inputs[:3]) + [seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3]) + \
-            list(node.inputs[3:])
-        dx, dk, dr, db = ctx.op("LSTMGrad", *ins, units=node.attrs["units"])
-        return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
+        x, k, r, b, mask = _split_inputs(node.inputs, node.attrs)
+        ins = [x, k, r, seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3]) + [v for v in (b, mask) if v]
+        dx, dk, dr, db = ctx.op("LSTMGrad", *ins, units=node.attrs["units"], has_bias=b is not None,
+                                masked=mask is not None)
+        return [dx, dk, dr] + ([db] if b is not None else []) + ([None] if mask is not None else [])
+
+
+def _split_inputs(inputs, attrs):
+    """(x, kernel, recurrent kernel, bias or None, mask or None) of a recurrent op's inputs."""
+    mask = inputs[-1] if attrs.get("masked") else None
+    rest = inputs[:-1] if mask is not None else inputs
+    return rest[0], rest[1], rest[2], (rest[3] if len(rest) == 4 else None), mask
+
+
+def _step_mask(ctx, x, mask):
+    """[N, T, 1]: 1 where a step counts, 0 where it is masked (the state carries over)."""
+    if mask is not None:
+        return ctx.emit("Unsqueeze", [mask, ctx.const([2], "int64")])
+    shape = ctx.emit("Concat", [ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"),
+                                                    ctx.const([2], "int64")]), ctx.const([1], "int64")], axis=0)
+    return ctx.emit("ConstantOfShape", [shape], value=helper.make_tensor("one", ctx.onnx_dtype(ctx.dtype(x)), [1], [1]))
+
+
+def _blend(body, m, new, old):
+    """m * new + (1 - m) * old: a masked step keeps the old state."""
+    return body("Add", body("Mul", m, new), body("Mul", body("Sub", body.const(1.0, f"one_{body.count}"), m), old))
 
 
 def _output_grads(ctx, outputs, dys):
@@ -164,8 +188,8 @@ def _shift_right(ctx, seq, units):
 
 @register
 class LSTMGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, cells, d_sequence, d_last_h, d_last_c[, bias];
-    outputs: dx, d_kernel, d_recurrent_kernel, d_bias. attrs: units."""
+    """inputs: x, kernel, recurrent_kernel, sequence, cells, d_sequence, d_last_h, d_last_c[, bias][, mask];
+    outputs: dx, d_kernel, d_recurrent_kernel, d_bias. attrs: units, has_bias, masked."""
     name = "LSTMGrad"
 
     def infer(self, ins, attrs):
@@ -173,26 +197,33 @@ class LSTMGrad(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq, cells, d_seq, d_h, d_c = inputs[:8]
+        extra = list(inputs[8:])
+        bias = extra.pop(0) if attrs.get("has_bias") else None
+        mask = extra.pop(0) if attrs.get("masked") else None
         u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u)
         c_prev = _shift_right(ctx, cells, u)
         # Recompute the gates of every step at once from the stored states.
         z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), ctx.emit("MatMul", [h_prev, recurrent])])
-        if len(inputs) == 9:
-            z = ctx.emit("Add", [z, inputs[8]])
+        if bias is not None:
+            z = ctx.emit("Add", [z, bias])
         zi, zf, zg, zo = _gates(ctx, z, u, 4)
         i, f, o = (ctx.emit("Sigmoid", [v]) for v in (zi, zf, zo))
         g = ctx.emit("Tanh", [zg])
-        tanh_c = ctx.emit("Tanh", [cells])
+        # The step's own new cell (before a mask keeps the old one).
+        tanh_c = ctx.emit("Tanh", [ctx.emit("Add", [ctx.emit("Mul", [f, c_prev]), ctx.emit("Mul", [i, g])])])
+        m = _step_mask(ctx, x, mask)
         # Reverse scan: carry (dh, dc) from step t+1 to step t, starting from the gradients of the
         # returned last h and c; emit dz_t, the gradient of the gate pre-activations.
         rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
         body = _Body(dtype)
         one = body.const(1.0, "one")
-        dh = body("Add", "dh_t", "dh_next")
+        keep = body("Sub", one, "m_t")
+        dh_all = body("Add", "dh_t", "dh_next")
+        dh = body("Mul", "m_t", dh_all)  # into the step's own new h; (1 - m) flows straight to h_prev
         do = body("Mul", dh, "tc_t")
-        dc = body("Add", "dc_next", body("Mul", body("Mul", dh, "o_t"),
-                                           body("Sub", one, body("Mul", "tc_t", "tc_t"))))
+        dc = body("Add", body("Mul", "m_t", "dc_next"), body("Mul", body("Mul", dh, "o_t"),
+                                                               body("Sub", one, body("Mul", "tc_t", "tc_t"))))
         di = body("Mul", dc, "g_t")
         dg = body("Mul", dc, "i_t")
         df = body("Mul", dc, "cp_t")
@@ -201,14 +232,16 @@ class LSTMGrad(Op):
         dzg = body("Mul", dg, body("Sub", one, body("Mul", "g_t", "g_t")))
         dzo = body("Mul", do, body("Mul", "o_t", body("Sub", one, "o_t")))
         dz = body("Concat", dzi, dzf, dzg, dzo, axis=-1)
-        body.nodes += [helper.make_node("MatMul", [dz, rt], ["dh_prev"]),  # R^T from the outer graph
-                       helper.make_node("Mul", [dc, "f_t"], ["dc_prev"]),
+        dh_prev = body("Add", body("MatMul", dz, rt), body("Mul", keep, dh_all))  # R^T from the outer graph
+        dc_prev = body("Add", body("Mul", dc, "f_t"), body("Mul", keep, "dc_next"))
+        body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
+                       helper.make_node("Identity", [dc_prev], ["dc_prev"]),
                        helper.make_node("Identity", [dz], ["dz_out"])]
-        graph = body.graph("lstm_step_grad", ["dh_next", "dc_next", "dh_t", "i_t", "f_t", "g_t", "o_t", "tc_t", "cp_t"],
-                           ["dh_prev", "dc_prev", "dz_out"])
-        _, _, dz_seq = ctx.emit("Scan", [d_h, d_c, d_seq, i, f, g, o, tanh_c, c_prev],
-                                [ctx.fresh("dh0"), ctx.fresh("dc0"), ctx.fresh("dz")], body=graph, num_scan_inputs=7,
-                                scan_input_axes=[1] * 7, scan_input_directions=[1] * 7, scan_output_axes=[1],
+        graph = body.graph("lstm_step_grad", ["dh_next", "dc_next", "dh_t", "i_t", "f_t", "g_t", "o_t", "tc_t", "cp_t",
+                                              "m_t"], ["dh_prev", "dc_prev", "dz_out"])
+        _, _, dz_seq = ctx.emit("Scan", [d_h, d_c, d_seq, i, f, g, o, tanh_c, c_prev, m],
+                                [ctx.fresh("dh0"), ctx.fresh("dc0"), ctx.fresh("dz")], body=graph, num_scan_inputs=8,
+                                scan_input_axes=[1] * 8, scan_input_directions=[1] * 8, scan_output_axes=[1],
                                 scan_output_directions=[1])
         dx, dk, dr, db = outputs
         ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
@@ -244,88 +277,107 @@ def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, units, outputs):
 
 @register
 class SimpleRNN(Op):
-    """inputs: x [N, T, I], kernel [I, u], recurrent_kernel [u, u], bias [u] (optional).
-    outputs: sequence [N, T, u], last h [N, u]. h_t = tanh(x_t W + h_{t-1} R + b)."""
+    """inputs: x [N, T, I], kernel [I, u], recurrent_kernel [u, u], bias [u] (optional), mask [N, T]
+    (with attr masked). outputs: sequence [N, T, u], last h [N, u]. h_t = tanh(x_t W + h_{t-1} R + b)."""
     name = "SimpleRNN"
 
     def infer(self, ins, attrs):
-        self.check_float(ins)
-        x, k, r = ins[:3]
+        x, k, r, b, mask = _split_inputs(ins, attrs)
+        self.check_float([x, k, r])
         u = attrs["units"]
-        _check(x, k, r, ins[3] if len(ins) == 4 else None, 1, u)
+        _check(x, k, r, b, 1, u)
         return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        x, kernel, recurrent = inputs[:3]
+        x, kernel, recurrent, bias, mask = _split_inputs(inputs, attrs)
         u = attrs["units"]
         xw = ctx.emit("MatMul", [x, kernel])
-        if len(inputs) == 4:
-            xw = ctx.emit("Add", [xw, inputs[3]])
+        if bias is not None:
+            xw = ctx.emit("Add", [xw, bias])
         body = _Body(ctx.dtype(x))
-        h = body("Tanh", body("Add", "xw_t", body("MatMul", "h_prev", recurrent)))
+        h = _blend(body, "m_t", body("Tanh", body("Add", "xw_t", body("MatMul", "h_prev", recurrent))), "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
-        graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
-        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw], [outputs[1], outputs[0]], 1, 1)
+        graph = body.graph("rnn_step", ["h_prev", "xw_t", "m_t"], ["h_next", "h_out"])
+        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw, _step_mask(ctx, x, mask)],
+                      [outputs[1], outputs[0]], 1, 2)
 
     def grad(self, ctx, node, dys):
-        ins = list(node.inputs[:3]) + [node.outputs[0]] + _output_grads(ctx, node.outputs, dys)
-        dx, dk, dr, db = ctx.op("SimpleRNNGrad", *ins, units=node.attrs["units"])
-        return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
+        x, k, r, b, mask = _split_inputs(node.inputs, node.attrs)
+        ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys) + [v for v in (b, mask) if v]
+        dx, dk, dr, db = ctx.op("SimpleRNNGrad", *ins, units=node.attrs["units"], has_bias=b is not None,
+                                masked=mask is not None)
+        return [dx, dk, dr] + ([db] if b is not None else []) + ([None] if mask is not None else [])
+
+
+def _bias_and_mask(inputs, attrs, first):
+    extra = list(inputs[first:])
+    bias = extra.pop(0) if attrs.get("has_bias") else None
+    mask = extra.pop(0) if attrs.get("masked") else None
+    return bias, mask
 
 
 @register
 class SimpleRNNGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, d_sequence, d_last_h; outputs: dx, dW, dR, db."""
+    """inputs: x, kernel, recurrent_kernel, sequence, d_sequence, d_last_h[, bias][, mask];
+    outputs: dx, dW, dR, db. attrs: units, has_bias, masked."""
     name = "SimpleRNNGrad"
 
     def infer(self, ins, attrs):
         return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (attrs["units"],))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        x, kernel, recurrent, seq, d_seq, d_h = inputs
+        x, kernel, recurrent, seq, d_seq, d_h = inputs[:6]
+        bias, mask = _bias_and_mask(inputs, attrs, 6)
         u = attrs["units"]
+        h_prev = _shift_right(ctx, seq, u)
+        # Each step's own new h (before a mask keeps the old one), recomputed at once.
+        z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), ctx.emit("MatMul", [h_prev, recurrent])])
+        fresh = ctx.emit("Tanh", [ctx.emit("Add", [z, bias]) if bias is not None else z])
         rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
         body = _Body(ctx.dtype(x))
         one = body.const(1.0, "one")
-        dz = body("Mul", body("Add", "dh_t", "dh_next"), body("Sub", one, body("Mul", "h_t", "h_t")))
-        body.nodes += [helper.make_node("MatMul", [dz, rt], ["dh_prev"]), helper.make_node("Identity", [dz], ["dz_out"])]
-        graph = body.graph("rnn_step_grad", ["dh_next", "dh_t", "h_t"], ["dh_prev", "dz_out"])
-        _, dz = ctx.emit("Scan", [d_h, d_seq, seq], [ctx.fresh("dh0"), ctx.fresh("dz")], body=graph,
-                         num_scan_inputs=2, scan_input_axes=[1, 1], scan_input_directions=[1, 1],
+        dh_all = body("Add", "dh_t", "dh_next")
+        dz = body("Mul", body("Mul", "m_t", dh_all), body("Sub", one, body("Mul", "h_t", "h_t")))
+        dh_prev = body("Add", body("MatMul", dz, rt), body("Mul", body("Sub", one, "m_t"), dh_all))
+        body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
+                       helper.make_node("Identity", [dz], ["dz_out"])]
+        graph = body.graph("rnn_step_grad", ["dh_next", "dh_t", "h_t", "m_t"], ["dh_prev", "dz_out"])
+        _, dz = ctx.emit("Scan", [d_h, d_seq, fresh, _step_mask(ctx, x, mask)], [ctx.fresh("dh0"), ctx.fresh("dz")],
+                         body=graph, num_scan_inputs=3, scan_input_axes=[1] * 3, scan_input_directions=[1] * 3,
                          scan_output_axes=[1], scan_output_directions=[1])
-        zx, _ = _weight_grads(ctx, x, _shift_right(ctx, seq, u), dz, dz, kernel, u, outputs)
+        zx, _ = _weight_grads(ctx, x, h_prev, dz, dz, kernel, u, outputs)
         ctx.emit("ReduceSum", [zx, ctx.const([0], "int64")], [outputs[3]], keepdims=0)
 
 
 @register
 class GRU(Op):
     """Keras's GRU with reset_after=True. inputs: x [N, T, I], kernel [I, 3u], recurrent_kernel
-    [u, 3u], bias [2, 3u] (input and recurrent biases; optional). Gates z, r, h (Keras order).
-    outputs: sequence [N, T, u], last h [N, u]."""
+    [u, 3u], bias [2, 3u] (input and recurrent biases; optional), mask [N, T] (with attr masked).
+    Gates z, r, h (Keras order). outputs: sequence [N, T, u], last h [N, u]."""
     name = "GRU"
 
     def infer(self, ins, attrs):
-        self.check_float(ins)
-        x, k, r = ins[:3]
+        x, k, r, b, mask = _split_inputs(ins, attrs)
+        self.check_float([x, k, r])
         u = attrs["units"]
-        _check(x, k, r, ins[3] if len(ins) == 4 else None, 3, u)
-        if len(ins) == 4 and ins[3].shape != (2, 3 * u):
-            raise ShapeError(f"GRU bias must be [2, {3 * u}] (reset_after), got {format_shape(ins[3].shape)}")
+        _check(x, k, r, b, 3, u)
+        if b is not None and b.shape != (2, 3 * u):
+            raise ShapeError(f"GRU bias must be [2, {3 * u}] (reset_after), got {format_shape(b.shape)}")
         return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
 
     @staticmethod
-    def biases(ctx, inputs):
-        if len(inputs) < 4:
+    def biases(ctx, bias):
+        if bias is None:
             return None, None
-        b_in, b_rec = ctx.emit("Split", [inputs[3], ctx.const([1, 1], "int64")],
+        b_in, b_rec = ctx.emit("Split", [bias, ctx.const([1, 1], "int64")],
                                [ctx.fresh("bias"), ctx.fresh("bias")], axis=0)
         squeeze = ctx.const([0], "int64")
         return ctx.emit("Squeeze", [b_in, squeeze]), ctx.emit("Squeeze", [b_rec, squeeze])
 
     def lower(self, ctx, inputs, outputs, attrs):
-        x, kernel, recurrent = inputs[:3]
+        x, kernel, recurrent, bias, mask = _split_inputs(inputs, attrs)
         u = attrs["units"]
-        b_in, b_rec = self.biases(ctx, inputs)
+        b_in, b_rec = self.biases(ctx, bias)
         xw = ctx.emit("MatMul", [x, kernel])
         if b_in is not None:
             xw = ctx.emit("Add", [xw, b_in])
@@ -342,21 +394,24 @@ class GRU(Op):
         r = body("Sigmoid", body("Add", xr, "hr_"))
         hh = body("Tanh", body("Add", xh, body("Mul", r, "hh_")))
         h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
+        h = _blend(body, "m_t", h, "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
-        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
-        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw], [outputs[1], outputs[0]], 1, 1)
+        graph = body.graph("gru_step", ["h_prev", "xw_t", "m_t"], ["h_next", "h_out"])
+        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw, _step_mask(ctx, x, mask)],
+                      [outputs[1], outputs[0]], 1, 2)
 
     def grad(self, ctx, node, dys):
-        ins = list(node.inputs[:3]) + [node.outputs[0]] + _output_grads(ctx, node.outputs, dys) + \
-            list(node.inputs[3:])
-        dx, dk, dr, db = ctx.op("GRUGrad", *ins, units=node.attrs["units"])
-        return [dx, dk, dr] + ([db] if len(node.inputs) == 4 else [])
+        x, k, r, b, mask = _split_inputs(node.inputs, node.attrs)
+        ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys) + [v for v in (b, mask) if v]
+        dx, dk, dr, db = ctx.op("GRUGrad", *ins, units=node.attrs["units"], has_bias=b is not None,
+                                masked=mask is not None)
+        return [dx, dk, dr] + ([db] if b is not None else []) + ([None] if mask is not None else [])
 
 
 @register
 class GRUGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, d_sequence, d_last_h[, bias];
-    outputs: dx, dW, dR, d_bias [2, 3u]."""
+    """inputs: x, kernel, recurrent_kernel, sequence, d_sequence, d_last_h[, bias][, mask];
+    outputs: dx, dW, dR, d_bias [2, 3u]. attrs: units, has_bias, masked."""
     name = "GRUGrad"
 
     def infer(self, ins, attrs):
@@ -364,8 +419,9 @@ class GRUGrad(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq, d_seq, d_h = inputs[:6]
+        bias, mask = _bias_and_mask(inputs, attrs, 6)
         u = attrs["units"]
-        b_in, b_rec = GRU.biases(ctx, [x, kernel, recurrent] + list(inputs[6:]))
+        b_in, b_rec = GRU.biases(ctx, bias)
         h_prev = _shift_right(ctx, seq, u)
         # Recompute every step's gates at once from the stored states.
         xw = ctx.emit("MatMul", [x, kernel])
@@ -380,7 +436,8 @@ class GRUGrad(Op):
         rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
         body = _Body(ctx.dtype(x))
         one = body.const(1.0, "one")
-        dh = body("Add", "dh_t", "dh_next")
+        dh_all = body("Add", "dh_t", "dh_next")
+        dh = body("Mul", "m_t", dh_all)  # into the step's own new h; (1 - m) flows straight to h_prev
         dz = body("Mul", dh, body("Sub", "hp_t", "hh_t"))
         dah = body("Mul", body("Mul", dh, body("Sub", one, "z_t")), body("Sub", one, body("Mul", "hh_t", "hh_t")))
         dr = body("Mul", dah, "rh_t")
@@ -388,14 +445,15 @@ class GRUGrad(Op):
         dar = body("Mul", dr, body("Mul", "r_t", body("Sub", one, "r_t")))
         dzx = body("Concat", daz, dar, dah, axis=-1)
         dzh = body("Concat", daz, dar, body("Mul", dah, "r_t"), axis=-1)
-        dh_prev = body("Add", body("Mul", dh, "z_t"), body("MatMul", dzh, rt))
+        dh_prev = body("Add", body("Add", body("Mul", dh, "z_t"), body("MatMul", dzh, rt)),
+                       body("Mul", body("Sub", one, "m_t"), dh_all))
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dzx], ["dzx_out"]), helper.make_node("Identity", [dzh], ["dzh_out"])]
-        graph = body.graph("gru_step_grad", ["dh_next", "dh_t", "z_t", "r_t", "hh_t", "rh_t", "hp_t"],
+        graph = body.graph("gru_step_grad", ["dh_next", "dh_t", "z_t", "r_t", "hh_t", "rh_t", "hp_t", "m_t"],
                            ["dh_prev", "dzx_out", "dzh_out"])
-        _, dzx_seq, dzh_seq = ctx.emit("Scan", [d_h, d_seq, z, r, hh, hh_, h_prev],
+        _, dzx_seq, dzh_seq = ctx.emit("Scan", [d_h, d_seq, z, r, hh, hh_, h_prev, _step_mask(ctx, x, mask)],
                                        [ctx.fresh("dh0"), ctx.fresh("dzx"), ctx.fresh("dzh")], body=graph,
-                                       num_scan_inputs=6, scan_input_axes=[1] * 6, scan_input_directions=[1] * 6,
+                                       num_scan_inputs=7, scan_input_axes=[1] * 7, scan_input_directions=[1] * 7,
                                        scan_output_axes=[1, 1], scan_output_directions=[1, 1])
         zx, zh = _weight_grads(ctx, x, h_prev, dzx_seq, dzh_seq, kernel, u, outputs)
         axis0 = ctx.const([0], "int64")

@@ -209,3 +209,64 @@ def test_return_state_gradients_and_errors():
     with pytest.raises(kcompile.KcompileError, match="2 names for 1 value") as err:
         kcompile.compile_string("model m {\n input x: float32[4, 2]\n a, b = GRU(3)(x)\n output a\n}")
     assert err.value.diagnostics[0].hint == "return_state=true makes a recurrent layer give its states too"
+
+
+def masked_reference(kind, x, mask, weights, units, return_sequences):
+    """Keras's masking: a masked step keeps the previous state, and outputs it again."""
+    kernel, recurrent = weights[0], weights[1]
+    bias = weights[2] if len(weights) > 2 else None
+    n, steps, _ = x.shape
+    h, c = np.zeros((n, units)), np.zeros((n, units))
+    outputs = []
+    for t in range(steps):
+        xt, m = x[:, t], mask[:, t:t + 1]
+        if kind == "SimpleRNN":
+            hn, cn = np.tanh(xt @ kernel + h @ recurrent + bias), c
+        elif kind == "LSTM":
+            z = xt @ kernel + h @ recurrent + bias
+            i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
+            cn = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            hn = sigmoid(o) * np.tanh(cn)
+        else:
+            xw, hr = xt @ kernel + bias[0], h @ recurrent + bias[1]
+            z = sigmoid(xw[:, :units] + hr[:, :units])
+            r = sigmoid(xw[:, units:2 * units] + hr[:, units:2 * units])
+            hh = np.tanh(xw[:, 2 * units:] + r * hr[:, 2 * units:])
+            hn, cn = z * h + (1 - z) * hh, c
+        h, c = m * hn + (1 - m) * h, m * cn + (1 - m) * c
+        outputs.append(h)
+    return np.stack(outputs, 1) if return_sequences else h
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_mask_zero_skips_padded_steps(kind, return_sequences):
+    src = f"""model m {{
+        input tokens: int64[6]
+        Embedding(10, 3, mask_zero=true)
+        Dropout(0.1)
+        y = {kind}(4, return_sequences={str(return_sequences).lower()})
+        output y
+    }}"""
+    m = kcompile.compile_string(src)
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
+    m.set_weights(weights)
+    ids = np.array([[3, 1, 0, 0, 0, 0], [0, 0, 4, 5, 6, 7], [2, 0, 9, 0, 8, 1]])
+    x = weights[0][ids].astype(np.float64)
+    want = masked_reference(kind, x, (ids > 0).astype(np.float64), weights[1:], 4, return_sequences)
+    np.testing.assert_allclose(m.predict(ids), want, rtol=1e-5, atol=1e-5)
+    if not return_sequences:  # padding after the sequence does not change its result
+        short = kcompile.compile_string(src.replace("int64[6]", "int64[2]"))
+        short.set_weights(weights)
+        np.testing.assert_allclose(m.predict(ids[:1]), short.predict(ids[:1, :2]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["SimpleRNN(3, return_sequences=true)", "LSTM(3, return_sequences=true)",
+                                   "GRU(3)", "LSTM(2, go_backwards=true)", "Bidirectional(GRU(2))"])
+def test_masked_gradients(layer):
+    src = ("model m {\n input tokens: int64[5]\n Embedding(8, 3, mask_zero=true, dtype=float64)\n"
+           f" y = {layer}\n output y\n}}")
+    ids = np.array([[1, 2, 0, 0, 0], [0, 3, 4, 0, 5], [6, 7, 1, 2, 3]])
+    checked, _ = check_gradients(src, {"tokens": ids})
+    assert checked > 0
