@@ -7,7 +7,7 @@ time (see kcompile/ops/recurrent.py), so the training graph does not grow with t
 sequence length.
 """
 from ..errors import ShapeError, format_shape
-from .base import BoolArg, Choice, InitializerArg, IntArg, Layer
+from .base import ArgError, BoolArg, Choice, FloatArg, InitializerArg, IntArg, Layer
 
 _ONNX_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
 
@@ -19,8 +19,11 @@ class _Recurrent(Layer):
     regularizable = True
 
     def setup(self, units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-              bias_initializer, return_state=False):
+              bias_initializer, return_state=False, dropout=0.0, recurrent_dropout=0.0):
+        if recurrent_dropout:
+            raise ArgError(f"{self.kind()}: recurrent_dropout is not supported yet (dropout is)")
         self.units, self.use_bias, self.return_state = units, use_bias, return_state
+        self.dropout = dropout
         self.return_sequences, self.go_backwards = return_sequences, go_backwards
         self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
         self.bias_initializer = bias_initializer
@@ -44,6 +47,9 @@ class _Recurrent(Layer):
 
     def call(self, ctx, x):
         mask = ctx.mask_of(x)
+        if self.dropout:  # Keras: one input mask per sequence, the same at every step
+            from .regularization import dropout
+            x = dropout(ctx, x, self.dropout, (None, 1, None), self.kind())
         if self.go_backwards:
             x = ctx.op("Flip", x, axis=1)
             mask = ctx.op("Flip", mask, axis=1) if mask is not None else None
@@ -68,6 +74,8 @@ _ARGS_DOC = """
         use_bias: true.
         return_sequences: false (the last output only); true gives [timesteps, units].
         go_backwards: false; true reads the sequence from its end.
+        dropout: 0; the fraction of the input features dropped in training (one mask per sequence).
+        recurrent_dropout: 0 (other values are not supported yet).
         return_state: false; true also returns the last state(s): ``out, h = GRU(8, return_state=true)(x)``
             (``out, h, c`` for an LSTM).
         kernel_initializer: glorot_uniform. recurrent_initializer: orthogonal. bias_initializer: zeros."""
@@ -85,11 +93,12 @@ class SimpleRNN(_Recurrent):
 
     def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
                  go_backwards: BoolArg() = False, return_state: BoolArg() = False,
+                 dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state)
+                   bias_initializer, return_state, dropout, recurrent_dropout)
 
 
 class LSTM(_Recurrent):
@@ -112,11 +121,12 @@ class LSTM(_Recurrent):
                  recurrent_activation: Choice("sigmoid", "tanh", "relu") = "sigmoid", use_bias: BoolArg() = True,
                  return_sequences: BoolArg() = False, go_backwards: BoolArg() = False,
                  return_state: BoolArg() = False, unit_forget_bias: BoolArg() = True,
+                 dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state)
+                   bias_initializer, return_state, dropout, recurrent_dropout)
         self.activation, self.recurrent_activation = activation, recurrent_activation
         self.unit_forget_bias = unit_forget_bias
 
@@ -145,11 +155,12 @@ class GRU(_Recurrent):
 
     def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
                  go_backwards: BoolArg() = False, return_state: BoolArg() = False,
+                 dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state)
+                   bias_initializer, return_state, dropout, recurrent_dropout)
 
     def bias_shape(self):
         return (2, 3 * self.units)

@@ -270,3 +270,27 @@ def test_masked_gradients(layer):
     ids = np.array([[1, 2, 0, 0, 0], [0, 3, 4, 0, 5], [6, 7, 1, 2, 3]])
     checked, _ = check_gradients(src, {"tokens": ids})
     assert checked > 0
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
+def test_input_dropout_one_mask_per_sequence(kind):
+    src = f"""model d {{
+        input x: float32[5, 3]
+        y = {kind}(4, dropout=0.5)
+        output y
+        train {{
+            loss = mse
+            optimizer = SGD(learning_rate=0.0)
+        }}
+    }}"""
+    m = kcompile.compile_string(src)
+    assert [n["shape"] for n in m.manifest["training"]["noise"]] == [["N", 1, 3]]  # the same at every step
+    x, y = np.ones((64, 5, 3), np.float32), np.zeros((64, 4), np.float32)
+    inference = m.evaluate(x, y, verbose=0)
+    np.testing.assert_allclose(inference, float(np.mean(m.predict(x) ** 2)), rtol=1e-5)
+    assert abs(m.train_on_batch(x, y) - inference) > 1e-4  # dropout acts in training only
+    plain = kcompile.compile_string(src.replace("dropout=0.5", "dropout=0.0"))
+    plain.set_weights(m.get_weights())
+    np.testing.assert_allclose(plain.train_on_batch(x, y), inference, rtol=1e-5)
+    with pytest.raises(kcompile.KcompileError, match="recurrent_dropout is not supported yet"):
+        kcompile.compile_string(src.replace("dropout=0.5", "recurrent_dropout=0.2"))
