@@ -196,7 +196,20 @@ def timed_predict(predict, x1024, x1, reps, calls):
 
 
 # ---------------------------------- framework adapters ----------------------------------
-class KcompileAdapter:
+class KerasLikeAdapter:
+    """Training for frameworks with Keras's train_on_batch and fit (kcompile and Keras)."""
+    def first_step(self, x, y):
+        self.m.train_on_batch(x, y)
+
+    def fitter(self, x, y):
+        m = self.m
+
+        def fit(n, epochs):
+            m.fit(x[:n], y[:n], epochs=epochs, batch_size=BATCH, verbose=0)
+        return fit
+
+
+class KcompileAdapter(KerasLikeAdapter):
     layout = "nhwc"
 
     def __init__(self):
@@ -217,16 +230,6 @@ class KcompileAdapter:
     def build(self, model):
         self.m = self.kcompile.compile(EXAMPLES / f"mnist_{model}.kdl", seed=0)
         return self
-
-    def first_step(self, x, y):
-        self.m.train_on_batch(x, y)
-
-    def fitter(self, x, y):
-        m = self.m
-
-        def fit(n, epochs):
-            m.fit(x[:n], y[:n], epochs=epochs, batch_size=BATCH, verbose=0)
-        return fit
 
     def predictors(self):
         m = self.m
@@ -312,7 +315,7 @@ class TorchCompileAdapter(TorchAdapter):
     compiled = True
 
 
-class KerasJaxAdapter:
+class KerasJaxAdapter(KerasLikeAdapter):
     layout = "nhwc"
 
     def __init__(self):
@@ -340,16 +343,6 @@ class KerasJaxAdapter:
         net.compile(optimizer=opt, loss="categorical_crossentropy", metrics=["accuracy"])  # jit_compile default
         self.m = net
         return self
-
-    def first_step(self, x, y):
-        self.m.train_on_batch(x, y)
-
-    def fitter(self, x, y):
-        m = self.m
-
-        def fit(n, epochs):
-            m.fit(x[:n], y[:n], epochs=epochs, batch_size=BATCH, verbose=0)
-        return fit
 
     def predictors(self):
         m = self.m

@@ -11,7 +11,6 @@ the other statements are still checked, so one run reports every independent err
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -720,8 +719,4 @@ class Elaborator:
             return self.sub_body(layer, body, inner, f"model {model.name}", model.loc)
         finally:
             self.stack.pop()
-
-
-def source_hash(source: str) -> str:
-    return hashlib.sha256(source.encode()).hexdigest()
 

@@ -15,7 +15,6 @@ DTYPES = {
 }
 FLOAT_DTYPES = ("float32", "float64", "float16")
 
-Dim = int | str
 
 
 @dataclass(frozen=True)

@@ -325,9 +325,6 @@ class Layer:
     def call(self, ctx, *inputs):
         raise NotImplementedError
 
-    def compute(self, ctx, *inputs):
-        return self.call(ctx, *inputs)
-
 
 def expect_rank(layer: str, x, rank: int, layout: str, hint: str | None = None):
     if x.rank != rank:

@@ -18,6 +18,16 @@ class _Recurrent(Layer):
     states = 1
     regularizable = True
 
+    # SimpleRNN's and GRU's arguments (LSTM adds its own).
+    def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
+                 go_backwards: BoolArg() = False, return_state: BoolArg() = False,
+                 dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 recurrent_initializer: InitializerArg() = ("orthogonal", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
+                   bias_initializer, return_state, dropout, recurrent_dropout)
+
     def setup(self, units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
               bias_initializer, return_state=False, dropout=0.0, recurrent_dropout=0.0):
         if recurrent_dropout:
@@ -91,15 +101,6 @@ class SimpleRNN(_Recurrent):
     """
     op = "SimpleRNN"
 
-    def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
-                 go_backwards: BoolArg() = False, return_state: BoolArg() = False,
-                 dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
-                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
-                 recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ())):
-        self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout)
-
 
 class LSTM(_Recurrent):
     __doc__ = """Long short-term memory.
@@ -152,15 +153,6 @@ class GRU(_Recurrent):
     """
     op = "GRU"
     gates = 3
-
-    def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
-                 go_backwards: BoolArg() = False, return_state: BoolArg() = False,
-                 dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
-                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
-                 recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ())):
-        self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout)
 
     def bias_shape(self):
         return (2, 3 * self.units)

@@ -44,15 +44,6 @@ class Where(Op):
 
 
 @register
-class Not(Op):
-    name = "Not"
-    onnx_op = "Not"
-
-    def infer(self, ins, attrs):
-        return [ins[0]]
-
-
-@register
 class Sign(Op):
     name = "Sign"
     onnx_op = "Sign"

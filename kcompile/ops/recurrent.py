@@ -275,18 +275,31 @@ def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, units, outputs):
     return zx, zh
 
 
-@register
-class SimpleRNN(Op):
-    """inputs: x [N, T, I], kernel [I, u], recurrent_kernel [u, u], bias [u] (optional), mask [N, T]
-    (with attr masked). outputs: sequence [N, T, u], last h [N, u]. h_t = tanh(x_t W + h_{t-1} R + b)."""
-    name = "SimpleRNN"
+class _OneStateRecurrence(Op):
+    """A recurrence whose state is h alone (SimpleRNN, GRU): outputs sequence [N, T, u] and
+    last h [N, u]; its gradient is the op ``<name>Grad``."""
+    gates = 1
 
     def infer(self, ins, attrs):
         x, k, r, b, mask = _split_inputs(ins, attrs)
         self.check_float([x, k, r])
         u = attrs["units"]
-        _check(x, k, r, b, 1, u)
+        _check(x, k, r, b, self.gates, u)
         return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
+
+    def grad(self, ctx, node, dys):
+        x, k, r, b, mask = _split_inputs(node.inputs, node.attrs)
+        ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys) + [v for v in (b, mask) if v]
+        dx, dk, dr, db = ctx.op(f"{self.name}Grad", *ins, units=node.attrs["units"], has_bias=b is not None,
+                                masked=mask is not None)
+        return [dx, dk, dr] + ([db] if b is not None else []) + ([None] if mask is not None else [])
+
+
+@register
+class SimpleRNN(_OneStateRecurrence):
+    """inputs: x [N, T, I], kernel [I, u], recurrent_kernel [u, u], bias [u] (optional), mask [N, T]
+    (with attr masked). outputs: sequence [N, T, u], last h [N, u]. h_t = tanh(x_t W + h_{t-1} R + b)."""
+    name = "SimpleRNN"
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, bias, mask = _split_inputs(inputs, attrs)
@@ -300,13 +313,6 @@ class SimpleRNN(Op):
         graph = body.graph("rnn_step", ["h_prev", "xw_t", "m_t"], ["h_next", "h_out"])
         _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw, _step_mask(ctx, x, mask)],
                       [outputs[1], outputs[0]], 1, 2)
-
-    def grad(self, ctx, node, dys):
-        x, k, r, b, mask = _split_inputs(node.inputs, node.attrs)
-        ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys) + [v for v in (b, mask) if v]
-        dx, dk, dr, db = ctx.op("SimpleRNNGrad", *ins, units=node.attrs["units"], has_bias=b is not None,
-                                masked=mask is not None)
-        return [dx, dk, dr] + ([db] if b is not None else []) + ([None] if mask is not None else [])
 
 
 def _bias_and_mask(inputs, attrs, first):
@@ -350,20 +356,19 @@ class SimpleRNNGrad(Op):
 
 
 @register
-class GRU(Op):
+class GRU(_OneStateRecurrence):
     """Keras's GRU with reset_after=True. inputs: x [N, T, I], kernel [I, 3u], recurrent_kernel
     [u, 3u], bias [2, 3u] (input and recurrent biases; optional), mask [N, T] (with attr masked).
     Gates z, r, h (Keras order). outputs: sequence [N, T, u], last h [N, u]."""
     name = "GRU"
+    gates = 3
 
     def infer(self, ins, attrs):
-        x, k, r, b, mask = _split_inputs(ins, attrs)
-        self.check_float([x, k, r])
+        b = _split_inputs(ins, attrs)[3]
         u = attrs["units"]
-        _check(x, k, r, b, 3, u)
         if b is not None and b.shape != (2, 3 * u):
             raise ShapeError(f"GRU bias must be [2, {3 * u}] (reset_after), got {format_shape(b.shape)}")
-        return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
+        return super().infer(ins, attrs)
 
     @staticmethod
     def biases(ctx, bias):
@@ -399,13 +404,6 @@ class GRU(Op):
         graph = body.graph("gru_step", ["h_prev", "xw_t", "m_t"], ["h_next", "h_out"])
         _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw, _step_mask(ctx, x, mask)],
                       [outputs[1], outputs[0]], 1, 2)
-
-    def grad(self, ctx, node, dys):
-        x, k, r, b, mask = _split_inputs(node.inputs, node.attrs)
-        ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys) + [v for v in (b, mask) if v]
-        dx, dk, dr, db = ctx.op("GRUGrad", *ins, units=node.attrs["units"], has_bias=b is not None,
-                                masked=mask is not None)
-        return [dx, dk, dr] + ([db] if b is not None else []) + ([None] if mask is not None else [])
 
 
 @register
