@@ -59,3 +59,23 @@ def test_predict_with_bound_outputs_matches_session_run():
     m = kcompile.compile(ROOT / "examples" / "mnist_cnn.kdl", seed=0)
     session = ort.InferenceSession(m.onnx_model().SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(m.predict(x, batch_size=32), session.run(None, {"image": x})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_small_predicts_reuse_bound_buffers_but_return_fresh_arrays():
+    """Batch-1 predicts run on buffers bound once; each result must be the caller's own array."""
+    x, _ = data(3)
+    m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+    session = ort.InferenceSession(m.onnx_model().SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"image": x})[0]
+    first = m.predict(x[:1])
+    second = m.predict(x[1:2])
+    assert not np.shares_memory(first, second)
+    np.testing.assert_allclose(first, want[:1], rtol=1e-5, atol=1e-7)  # not overwritten by the 2nd call
+    np.testing.assert_allclose(second, want[1:2], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m.predict(x[:2]), want[:2], rtol=1e-5, atol=1e-7)  # new shape, new buffers
+    np.testing.assert_allclose(m.predict(x[2:3]), want[2:3], rtol=1e-5, atol=1e-7)
+    # Weights changed by training: the small path must not keep serving the old weights.
+    m.train_on_batch(x, np.eye(10, dtype=np.float32)[:3])
+    m.predict(x[:1])
+    session = ort.InferenceSession(m.onnx_model().SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(m.predict(x[:1]), session.run(None, {"image": x[:1]})[0], rtol=1e-5, atol=1e-7)
