@@ -30,10 +30,10 @@ class _Recurrent(Layer):
 
     def setup(self, units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
               bias_initializer, return_state=False, dropout=0.0, recurrent_dropout=0.0):
-        if recurrent_dropout:
-            raise ArgError(f"{self.kind()}: recurrent_dropout is not supported yet (dropout is)")
+        if recurrent_dropout >= 1.0 or dropout >= 1.0:
+            raise ArgError(f"{self.kind()}: dropout and recurrent_dropout must be below 1 (1 drops every unit)")
         self.units, self.use_bias, self.return_state = units, use_bias, return_state
-        self.dropout = dropout
+        self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
         self.return_sequences, self.go_backwards = return_sequences, go_backwards
         self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
         self.bias_initializer = bias_initializer
@@ -65,6 +65,8 @@ class _Recurrent(Layer):
             mask = ctx.op("Flip", mask, axis=1) if mask is not None else None
         inputs = [x, self.kernel, self.recurrent_kernel] + ([self.bias] if self.use_bias else [])
         attrs = self.op_attrs()
+        if self.recurrent_dropout:  # drawn in the training graph (kcompile.training.graphs); ignored at inference
+            attrs["recurrent_dropout"] = self.recurrent_dropout
         if mask is not None:  # masked steps keep the previous state (and output), as Keras
             inputs.append(mask)
             attrs["masked"] = True
@@ -85,7 +87,8 @@ _ARGS_DOC = """
         return_sequences: false (the last output only); true gives [timesteps, units].
         go_backwards: false; true reads the sequence from its end.
         dropout: 0; the fraction of the input features dropped in training (one mask per sequence).
-        recurrent_dropout: 0 (other values are not supported yet).
+        recurrent_dropout: 0; the fraction of the previous state's units dropped in training before
+            the recurrent product: one mask per sequence and gate, the same at every step (Keras 3).
         return_state: false; true also returns the last state(s): ``out, h = GRU(8, return_state=true)(x)``
             (``out, h, c`` for an LSTM).
         kernel_initializer: glorot_uniform. recurrent_initializer: orthogonal. bias_initializer: zeros."""

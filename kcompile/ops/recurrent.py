@@ -9,6 +9,11 @@ gradient reads the cell sequence, the forward pass is an ONNX ``Scan`` over time
 backward pass (``LSTMGrad``) a reverse ``Scan`` that carries (dh, dc) and emits each step's
 gate gradients; the weight and input gradients are then a few large matrix products over
 all steps at once. The graph's size does not depend on the sequence length.
+
+Recurrent dropout (training only) is an input ``drop`` [N, G, u] of keep-masks, one per
+gate, the same at every step (Keras 3: each gate's block of the recurrent kernel sees the
+previous h times its own mask); the recurrent product then goes through the per-gate
+kernels [G, u, u] with an Einsum.
 """
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ from .base import Op, register
 _ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
 
 
-def _check(x, k, r, b, gates, units):
+def _check(x, k, r, b, gates, units, drop=None):
+    if drop is not None and tuple(drop.shape[1:]) != (gates, units):
+        raise ShapeError(f"recurrent dropout masks must be [batch, {gates}, {units}], got {format_shape(drop.shape)}")
     if x.rank != 3:
         raise ShapeError(f"a recurrent layer expects [timesteps, features], got {format_shape(x.shape[1:])}")
     if k.shape != (x.shape[2], gates * units) or r.shape != (units, gates * units):
@@ -74,16 +81,16 @@ class LSTM(Op):
     name = "LSTM"
 
     def infer(self, ins, attrs):
-        x, k, r, b, mask = _split_inputs(ins, attrs)
+        x, k, r, b, drop, mask = _split_inputs(ins, attrs)
         self.check_float([x, k, r])
         u = attrs["units"]
-        _check(x, k, r, b, 4, u)
+        _check(x, k, r, b, 4, u, drop)
         n, t = x.shape[0], x.shape[1]
         seq, last = TensorType(x.dtype, (n, t, u)), TensorType(x.dtype, (n, u))
         return [seq, last, last, seq]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        if ctx.used(outputs[3]) or attrs.get("masked"):
+        if ctx.used(outputs[3]) or attrs.get("masked") or attrs.get("rdrop"):
             return self.lower_scan(ctx, inputs, outputs, attrs)
         x, kernel, recurrent = inputs[:3]
         u = attrs["units"]
@@ -113,14 +120,16 @@ class LSTM(Op):
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         """Forward pass as a Scan over time, also giving the cell sequence."""
-        x, kernel, recurrent, bias, mask = _split_inputs(inputs, attrs)
+        x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u, dtype = attrs["units"], ctx.dtype(x)
         xw = ctx.emit("MatMul", [x, kernel])  # [N, T, 4u]: the input projection of every step at once
         if bias is not None:
             xw = ctx.emit("Add", [xw, bias])
         zeros = _zeros_like_state(ctx, x, u)
+        gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
         body = _Body(dtype)
-        z = body("Add", "xw_t", body("MatMul", "h_prev", recurrent))  # the kernel from the outer graph
+        # (the kernels and dropout masks are read from the outer graph)
+        z = body("Add", "xw_t", _step_product(body, "h_prev", recurrent, drop, gate_kernels))
         i, f, g, o = (f"g{k}" for k in range(4))
         body.nodes.append(helper.make_node("Split", [z, body.ints([u] * 4, "split_sizes")], [i, f, g, o], axis=-1))
         i, f, o = body("Sigmoid", i), body("Sigmoid", f), body("Sigmoid", o)
@@ -139,18 +148,70 @@ class LSTM(Op):
                                                                             "Sigmoid") != "Sigmoid":
             raise NotImplementedError("LSTM training supports activation=tanh, recurrent_activation=sigmoid")
         seq, _, _, cells = node.outputs
-        x, k, r, b, mask = _split_inputs(node.inputs, node.attrs)
-        ins = [x, k, r, seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3]) + [v for v in (b, mask) if v]
-        dx, dk, dr, db = ctx.op("LSTMGrad", *ins, units=node.attrs["units"], has_bias=b is not None,
-                                masked=mask is not None)
-        return [dx, dk, dr] + ([db] if b is not None else []) + ([None] if mask is not None else [])
+        x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
+        ins = [x, k, r, seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3])
+        return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask)
 
 
 def _split_inputs(inputs, attrs):
-    """(x, kernel, recurrent kernel, bias or None, mask or None) of a recurrent op's inputs."""
-    mask = inputs[-1] if attrs.get("masked") else None
-    rest = inputs[:-1] if mask is not None else inputs
-    return rest[0], rest[1], rest[2], (rest[3] if len(rest) == 4 else None), mask
+    """(x, kernel, recurrent kernel, bias, recurrent-dropout masks, step mask) of a recurrent
+    op's inputs, in that order, absent ones None. attrs: ``rdrop`` and ``masked`` say which are there."""
+    rest = list(inputs)
+    mask = rest.pop() if attrs.get("masked") else None
+    drop = rest.pop() if attrs.get("rdrop") else None
+    return rest[0], rest[1], rest[2], (rest[3] if len(rest) == 4 else None), drop, mask
+
+
+def _gate_kernels(ctx, recurrent, units, transposed=False):
+    """The recurrent kernel [u, G*u] as one matrix per gate, [G, u, u] (each transposed if asked)."""
+    gates = ctx.shape(recurrent)[1] // units
+    r3 = ctx.emit("Reshape", [recurrent, ctx.const([units, gates, units], "int64")])
+    return ctx.emit("Transpose", [r3], perm=[1, 2, 0] if transposed else [1, 0, 2])
+
+
+def _step_product(body, h, recurrent, drop, gate_kernels):
+    """h_{t-1} R inside a step; with recurrent dropout each gate's block sees h times its own mask."""
+    if drop is None:
+        return body("MatMul", h, recurrent)
+    per_gate = body("Einsum", h, drop, gate_kernels, equation="nu,ngu,guv->ngv")
+    return body("Reshape", per_gate, body.ints([0, -1], f"flat_{body.count}"))
+
+
+def _step_product_grad(body, dz, recurrent_t, drop, gate_kernels_t, units):
+    """The gradient reaching h_{t-1} through the recurrent product: dz R^T (masked per gate)."""
+    if drop is None:
+        return body("MatMul", dz, recurrent_t)
+    dz3 = body("Reshape", dz, body.ints([0, -1, units], f"gates_{body.count}"))
+    return body("Einsum", dz3, gate_kernels_t, drop, equation="ngv,gvu,ngu->nu")
+
+
+def _sequence_product(ctx, h_prev, recurrent, drop, units):
+    """h_{t-1} R for every step at once ([N, T, u] -> [N, T, G*u]), for the backward pass."""
+    if drop is None:
+        return ctx.emit("MatMul", [h_prev, recurrent])
+    per_gate = ctx.emit("Einsum", [h_prev, drop, _gate_kernels(ctx, recurrent, units)], equation="ntu,ngu,guv->ntgv")
+    return ctx.emit("Reshape", [per_gate, ctx.const([0, 0, -1], "int64")])
+
+
+def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output):
+    """dR = sum over steps of h_{t-1}^T dz_t (each gate's block with its own mask)."""
+    width = ctx.shape(recurrent)[1]
+    if drop is None:
+        hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, units], "int64")])
+        zh = ctx.emit("Reshape", [dz_h, ctx.const([-1, width], "int64")])
+        return ctx.emit("MatMul", [ctx.emit("Transpose", [hp], perm=[1, 0]), zh], [output])
+    dz4 = ctx.emit("Reshape", [dz_h, ctx.const([0, 0, width // units, units], "int64")])
+    per_gate = ctx.emit("Einsum", [h_prev, drop, dz4], equation="ntu,ngu,ntgv->guv")
+    by_row = ctx.emit("Transpose", [per_gate], perm=[1, 0, 2])
+    return ctx.emit("Reshape", [by_row, ctx.const([units, width], "int64")], [output])
+
+
+def _grad_op(ctx, op, node, ins, bias, drop, mask):
+    """Emit a recurrent op's gradient op; returns the gradients of the op's inputs (None for the
+    dropout and step masks)."""
+    dx, dk, dr, db = ctx.op(op, *ins, *[v for v in (bias, drop, mask) if v], units=node.attrs["units"],
+                            has_bias=bias is not None, rdrop=drop is not None, masked=mask is not None)
+    return [dx, dk, dr] + [g for g, v in ((db, bias), (None, drop), (None, mask)) if v is not None]
 
 
 def _step_mask(ctx, x, mask):
@@ -197,14 +258,12 @@ class LSTMGrad(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq, cells, d_seq, d_h, d_c = inputs[:8]
-        extra = list(inputs[8:])
-        bias = extra.pop(0) if attrs.get("has_bias") else None
-        mask = extra.pop(0) if attrs.get("masked") else None
+        bias, drop, mask = _extra_inputs(inputs, attrs, 8)
         u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u)
         c_prev = _shift_right(ctx, cells, u)
         # Recompute the gates of every step at once from the stored states.
-        z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), ctx.emit("MatMul", [h_prev, recurrent])])
+        z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
         if bias is not None:
             z = ctx.emit("Add", [z, bias])
         zi, zf, zg, zo = _gates(ctx, z, u, 4)
@@ -215,7 +274,7 @@ class LSTMGrad(Op):
         m = _step_mask(ctx, x, mask)
         # Reverse scan: carry (dh, dc) from step t+1 to step t, starting from the gradients of the
         # returned last h and c; emit dz_t, the gradient of the gate pre-activations.
-        rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
+        rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
         body = _Body(dtype)
         one = body.const(1.0, "one")
         keep = body("Sub", one, "m_t")
@@ -232,7 +291,7 @@ class LSTMGrad(Op):
         dzg = body("Mul", dg, body("Sub", one, body("Mul", "g_t", "g_t")))
         dzo = body("Mul", do, body("Mul", "o_t", body("Sub", one, "o_t")))
         dz = body("Concat", dzi, dzf, dzg, dzo, axis=-1)
-        dh_prev = body("Add", body("MatMul", dz, rt), body("Mul", keep, dh_all))  # R^T from the outer graph
+        dh_prev = body("Add", _step_product_grad(body, dz, rt, drop, rgt, u), body("Mul", keep, dh_all))
         dc_prev = body("Add", body("Mul", dc, "f_t"), body("Mul", keep, "dc_next"))
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dc_prev], ["dc_prev"]),
@@ -249,9 +308,14 @@ class LSTMGrad(Op):
         dz2 = ctx.emit("Reshape", [dz_seq, flat])
         features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
         ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), dz2], [dk])
-        hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, u], "int64")])
-        ctx.emit("MatMul", [ctx.emit("Transpose", [hp], perm=[1, 0]), dz2], [dr])
+        _recurrent_kernel_grad(ctx, h_prev, dz_seq, drop, recurrent, u, dr)
         ctx.emit("ReduceSum", [dz2, ctx.const([0], "int64")], [db], keepdims=0)
+
+
+def _recurrent_transposed(ctx, recurrent, drop, units):
+    """R^T, and with recurrent dropout the per-gate R_g^T [G, u, u], for the backward steps."""
+    rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
+    return rt, (_gate_kernels(ctx, recurrent, units, transposed=True) if drop is not None else None)
 
 
 def _scan_forward(ctx, body, inputs, outputs, state_count, scan_inputs):
@@ -260,7 +324,7 @@ def _scan_forward(ctx, body, inputs, outputs, state_count, scan_inputs):
              scan_output_axes=[1] * (len(outputs) - state_count))
 
 
-def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, units, outputs):
+def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, outputs):
     """dx = dz_x W^T, dW = X^T dz_x, dR = H_prev^T dz_h over all steps at once; returns the
     flattened dz_x and dz_h for the bias gradients."""
     dx, dk, dr = outputs[:3]
@@ -270,8 +334,7 @@ def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, units, outputs):
     zx, zh = ctx.emit("Reshape", [dz_x, flat]), ctx.emit("Reshape", [dz_h, flat])
     features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
     ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), zx], [dk])
-    hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, units], "int64")])
-    ctx.emit("MatMul", [ctx.emit("Transpose", [hp], perm=[1, 0]), zh], [dr])
+    _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, dr)
     return zx, zh
 
 
@@ -281,18 +344,16 @@ class _OneStateRecurrence(Op):
     gates = 1
 
     def infer(self, ins, attrs):
-        x, k, r, b, mask = _split_inputs(ins, attrs)
+        x, k, r, b, drop, mask = _split_inputs(ins, attrs)
         self.check_float([x, k, r])
         u = attrs["units"]
-        _check(x, k, r, b, self.gates, u)
+        _check(x, k, r, b, self.gates, u, drop)
         return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
 
     def grad(self, ctx, node, dys):
-        x, k, r, b, mask = _split_inputs(node.inputs, node.attrs)
-        ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys) + [v for v in (b, mask) if v]
-        dx, dk, dr, db = ctx.op(f"{self.name}Grad", *ins, units=node.attrs["units"], has_bias=b is not None,
-                                masked=mask is not None)
-        return [dx, dk, dr] + ([db] if b is not None else []) + ([None] if mask is not None else [])
+        x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
+        ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys)
+        return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask)
 
 
 @register
@@ -302,24 +363,28 @@ class SimpleRNN(_OneStateRecurrence):
     name = "SimpleRNN"
 
     def lower(self, ctx, inputs, outputs, attrs):
-        x, kernel, recurrent, bias, mask = _split_inputs(inputs, attrs)
+        x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u = attrs["units"]
         xw = ctx.emit("MatMul", [x, kernel])
         if bias is not None:
             xw = ctx.emit("Add", [xw, bias])
+        gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
         body = _Body(ctx.dtype(x))
-        h = _blend(body, "m_t", body("Tanh", body("Add", "xw_t", body("MatMul", "h_prev", recurrent))), "h_prev")
+        hr = _step_product(body, "h_prev", recurrent, drop, gate_kernels)
+        h = _blend(body, "m_t", body("Tanh", body("Add", "xw_t", hr)), "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
         graph = body.graph("rnn_step", ["h_prev", "xw_t", "m_t"], ["h_next", "h_out"])
         _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw, _step_mask(ctx, x, mask)],
                       [outputs[1], outputs[0]], 1, 2)
 
 
-def _bias_and_mask(inputs, attrs, first):
+def _extra_inputs(inputs, attrs, first):
+    """(bias, recurrent-dropout masks, step mask) after a gradient op's ``first`` inputs; absent ones None."""
     extra = list(inputs[first:])
     bias = extra.pop(0) if attrs.get("has_bias") else None
+    drop = extra.pop(0) if attrs.get("rdrop") else None
     mask = extra.pop(0) if attrs.get("masked") else None
-    return bias, mask
+    return bias, drop, mask
 
 
 @register
@@ -333,25 +398,25 @@ class SimpleRNNGrad(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq, d_seq, d_h = inputs[:6]
-        bias, mask = _bias_and_mask(inputs, attrs, 6)
+        bias, drop, mask = _extra_inputs(inputs, attrs, 6)
         u = attrs["units"]
         h_prev = _shift_right(ctx, seq, u)
         # Each step's own new h (before a mask keeps the old one), recomputed at once.
-        z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), ctx.emit("MatMul", [h_prev, recurrent])])
+        z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
         fresh = ctx.emit("Tanh", [ctx.emit("Add", [z, bias]) if bias is not None else z])
-        rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
+        rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
         body = _Body(ctx.dtype(x))
         one = body.const(1.0, "one")
         dh_all = body("Add", "dh_t", "dh_next")
         dz = body("Mul", body("Mul", "m_t", dh_all), body("Sub", one, body("Mul", "h_t", "h_t")))
-        dh_prev = body("Add", body("MatMul", dz, rt), body("Mul", body("Sub", one, "m_t"), dh_all))
+        dh_prev = body("Add", _step_product_grad(body, dz, rt, drop, rgt, u), body("Mul", body("Sub", one, "m_t"), dh_all))
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dz], ["dz_out"])]
         graph = body.graph("rnn_step_grad", ["dh_next", "dh_t", "h_t", "m_t"], ["dh_prev", "dz_out"])
         _, dz = ctx.emit("Scan", [d_h, d_seq, fresh, _step_mask(ctx, x, mask)], [ctx.fresh("dh0"), ctx.fresh("dz")],
                          body=graph, num_scan_inputs=3, scan_input_axes=[1] * 3, scan_input_directions=[1] * 3,
                          scan_output_axes=[1], scan_output_directions=[1])
-        zx, _ = _weight_grads(ctx, x, h_prev, dz, dz, kernel, u, outputs)
+        zx, _ = _weight_grads(ctx, x, h_prev, dz, dz, kernel, recurrent, drop, u, outputs)
         ctx.emit("ReduceSum", [zx, ctx.const([0], "int64")], [outputs[3]], keepdims=0)
 
 
@@ -380,15 +445,16 @@ class GRU(_OneStateRecurrence):
         return ctx.emit("Squeeze", [b_in, squeeze]), ctx.emit("Squeeze", [b_rec, squeeze])
 
     def lower(self, ctx, inputs, outputs, attrs):
-        x, kernel, recurrent, bias, mask = _split_inputs(inputs, attrs)
+        x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u = attrs["units"]
         b_in, b_rec = self.biases(ctx, bias)
         xw = ctx.emit("MatMul", [x, kernel])
         if b_in is not None:
             xw = ctx.emit("Add", [xw, b_in])
+        gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
         body = _Body(ctx.dtype(x))
         one = body.const(1.0, "one")
-        hr = body("MatMul", "h_prev", recurrent)
+        hr = _step_product(body, "h_prev", recurrent, drop, gate_kernels)
         if b_rec is not None:
             hr = body("Add", hr, b_rec)
         sizes = body.ints([u] * 3, "sizes")
@@ -417,13 +483,13 @@ class GRUGrad(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq, d_seq, d_h = inputs[:6]
-        bias, mask = _bias_and_mask(inputs, attrs, 6)
+        bias, drop, mask = _extra_inputs(inputs, attrs, 6)
         u = attrs["units"]
         b_in, b_rec = GRU.biases(ctx, bias)
         h_prev = _shift_right(ctx, seq, u)
         # Recompute every step's gates at once from the stored states.
         xw = ctx.emit("MatMul", [x, kernel])
-        hr = ctx.emit("MatMul", [h_prev, recurrent])
+        hr = _sequence_product(ctx, h_prev, recurrent, drop, u)
         if b_in is not None:
             xw, hr = ctx.emit("Add", [xw, b_in]), ctx.emit("Add", [hr, b_rec])
         xz, xr, xh = _gates(ctx, xw, u, 3)
@@ -431,7 +497,7 @@ class GRUGrad(Op):
         z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
         r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
         hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])])
-        rt = ctx.emit("Transpose", [recurrent], perm=[1, 0])
+        rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
         body = _Body(ctx.dtype(x))
         one = body.const(1.0, "one")
         dh_all = body("Add", "dh_t", "dh_next")
@@ -443,7 +509,7 @@ class GRUGrad(Op):
         dar = body("Mul", dr, body("Mul", "r_t", body("Sub", one, "r_t")))
         dzx = body("Concat", daz, dar, dah, axis=-1)
         dzh = body("Concat", daz, dar, body("Mul", dah, "r_t"), axis=-1)
-        dh_prev = body("Add", body("Add", body("Mul", dh, "z_t"), body("MatMul", dzh, rt)),
+        dh_prev = body("Add", body("Add", body("Mul", dh, "z_t"), _step_product_grad(body, dzh, rt, drop, rgt, u)),
                        body("Mul", body("Sub", one, "m_t"), dh_all))
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dzx], ["dzx_out"]), helper.make_node("Identity", [dzh], ["dzh_out"])]
@@ -453,7 +519,7 @@ class GRUGrad(Op):
                                        [ctx.fresh("dh0"), ctx.fresh("dzx"), ctx.fresh("dzh")], body=graph,
                                        num_scan_inputs=7, scan_input_axes=[1] * 7, scan_input_directions=[1] * 7,
                                        scan_output_axes=[1, 1], scan_output_directions=[1, 1])
-        zx, zh = _weight_grads(ctx, x, h_prev, dzx_seq, dzh_seq, kernel, u, outputs)
+        zx, zh = _weight_grads(ctx, x, h_prev, dzx_seq, dzh_seq, kernel, recurrent, drop, u, outputs)
         axis0 = ctx.const([0], "int64")
         sums = [ctx.emit("ReduceSum", [v, axis0], keepdims=1) for v in (zx, zh)]
         ctx.emit("Concat", sums, [outputs[3]], axis=0)

@@ -100,6 +100,23 @@ def training_form(g: Graph) -> tuple[list, list]:
             g.replace_uses(node.outputs[0], y)
             g.remove_node(node)
             noise.append((name, x))
+        elif node.op in ("SimpleRNN", "LSTM", "GRU") and node.attrs.get("recurrent_dropout"):
+            # One keep-mask per sequence and gate over the previous state's units, the same at
+            # every step: a noise input [N, gates, units] becomes the op's ``drop`` input.
+            rate, units = node.attrs["recurrent_dropout"], node.attrs["units"]
+            x, recurrent = node.inputs[0], node.inputs[2]
+            t = g.types[x]
+            name = g.fresh(f"noise:{node.layer or node.name}")
+            g.add_input(name, t.with_shape((t.shape[0], g.types[recurrent].shape[1] // units, units)))
+            keep = ctx.op("Mul", ctx.op("Cast", ctx.op("GreaterOrEqual", name, rate), to=t.dtype), 1.0 / (1.0 - rate))
+            inputs = list(node.inputs)
+            inputs.insert(len(inputs) - 1 if node.attrs.get("masked") else len(inputs), keep)
+            attrs = {k: v for k, v in node.attrs.items() if k != "recurrent_dropout"}
+            outs = ctx.op(node.op, *inputs, rdrop=True, **attrs)
+            for old, new in zip(node.outputs, outs):
+                g.replace_uses(old, new)
+            g.remove_node(node)
+            noise.append((name, x))
         elif node.op == "GaussianNoise":
             x, stddev = node.inputs[0], node.attrs["stddev"]
             t = g.types[x]

@@ -52,11 +52,19 @@ def _session(g):
 
 
 def check_gradients(src, feeds, model=None, seed=0, samples=12, h=1e-6, rtol=1e-6, atol=1e-9,
-                    wrt_inputs=True, weight_scale=0.5):
+                    wrt_inputs=True, weight_scale=0.5, training=False):
     """Compile ``src`` (float64 inputs), take loss = sum(outputs * random), and compare the
-    generated gradient of every weight and float input with central differences."""
+    generated gradient of every weight and float input with central differences.
+    ``training``: check the training form (dropout masks drawn from fixed uniform noise inputs)."""
     rng = np.random.default_rng(seed)
     g = compile_source(src, "grad.kdl", model=model, opt_level=0).graph
+    noise = []
+    if training:
+        from kcompile.training.graphs import training_form
+        batch = len(next(iter(feeds.values())))
+        noise = [name for name, _ in training_form(g)[0]]
+        feeds = {**feeds, **{n: rng.random((batch,) + g.types[n].shape[1:]).astype(g.types[n].dtype)
+                             for n in noise}}
     terms = []
     for _, value in g.outputs:
         t = g.types[value]
@@ -71,7 +79,7 @@ def check_gradients(src, feeds, model=None, seed=0, samples=12, h=1e-6, rtol=1e-
         if "variance" in name:
             w = np.abs(w) + 0.5
         weights[name] = w.astype(p.type.dtype)
-    float_inputs = [n for n in g.inputs if g.types[n].is_float] if wrt_inputs else []
+    float_inputs = [n for n in g.inputs if g.types[n].is_float and n not in noise] if wrt_inputs else []
     wrt = [n for n, p in g.params.items() if p.trainable] + float_inputs
     grads = gradients(g, loss, wrt)
     forward_outputs = list(g.outputs)

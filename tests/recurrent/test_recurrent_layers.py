@@ -292,5 +292,79 @@ def test_input_dropout_one_mask_per_sequence(kind):
     plain = kcompile.compile_string(src.replace("dropout=0.5", "dropout=0.0"))
     plain.set_weights(m.get_weights())
     np.testing.assert_allclose(plain.train_on_batch(x, y), inference, rtol=1e-5)
-    with pytest.raises(kcompile.KcompileError, match="recurrent_dropout is not supported yet"):
-        kcompile.compile_string(src.replace("dropout=0.5", "recurrent_dropout=0.2"))
+
+
+def dropped_reference(kind, x, weights, units, keep):
+    """Keras 3's recurrent dropout: gate g's block of the recurrent kernel sees h_{t-1} * keep[:, g]
+    (one mask per sequence, the same at every step); the GRU's blend uses the undropped h."""
+    kernel, recurrent, bias = weights
+    n, steps, _ = x.shape
+    h, c = np.zeros((n, units)), np.zeros((n, units))
+    outputs = []
+    for t in range(steps):
+        hr = np.concatenate([(h * keep[:, g]) @ recurrent[:, g * units:(g + 1) * units]
+                             for g in range(keep.shape[1])], axis=1)
+        if kind == "SimpleRNN":
+            h = np.tanh(x[:, t] @ kernel + hr + bias)
+        elif kind == "LSTM":
+            z = x[:, t] @ kernel + hr + bias
+            i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+        else:
+            xw, hr = x[:, t] @ kernel + bias[0], hr + bias[1]
+            z = sigmoid(xw[:, :units] + hr[:, :units])
+            r = sigmoid(xw[:, units:2 * units] + hr[:, units:2 * units])
+            hh = np.tanh(xw[:, 2 * units:] + r * hr[:, 2 * units:])
+            h = z * h + (1 - z) * hh
+        outputs.append(h)
+    return np.stack(outputs, 1)
+
+
+@pytest.mark.parametrize("kind, gates", [("SimpleRNN", 1), ("LSTM", 4), ("GRU", 3)])
+def test_recurrent_dropout_matches_keras_equations(kind, gates):
+    rate, units = 0.4, 4
+    src = f"""model d {{
+        input x: float32[5, 3]
+        y = {kind}({units}, recurrent_dropout={rate}, return_sequences=true)
+        output y
+        train {{
+            loss = mse
+            optimizer = SGD(learning_rate=0.0)
+        }}
+    }}"""
+    m = kcompile.compile_string(src, seed=3)
+    noise = m.manifest["training"]["noise"]
+    assert [n["shape"] for n in noise] == [["N", gates, units]]  # one mask per sequence and gate
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
+    m.set_weights(weights)
+    x, y = rng.normal(size=(6, 5, 3)).astype(np.float32), rng.normal(size=(6, 5, units)).astype(np.float32)
+    # The runtime's noise for the first step, drawn as kcompile.runtime.training draws it.
+    u = np.random.default_rng([m.seed, 7919, 0]).random((6, gates, units), dtype=np.float32)
+    keep = (u >= rate) / (1 - rate)
+    want = dropped_reference(kind, x.astype(np.float64), [w.astype(np.float64) for w in weights], units, keep)
+    np.testing.assert_allclose(m.train_on_batch(x, y), np.mean((want - y) ** 2), rtol=1e-5)
+    # Inference has no dropout: the plain recurrence.
+    plain = reference(kind, x.astype(np.float64), weights, units, True, False)
+    np.testing.assert_allclose(m.predict(x), plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m.evaluate(x, y, verbose=0), np.mean((plain - y) ** 2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["SimpleRNN(3, recurrent_dropout=0.3, return_sequences=true)",
+                                   "LSTM(3, recurrent_dropout=0.3, dropout=0.2)",
+                                   "GRU(3, recurrent_dropout=0.3, return_sequences=true)",
+                                   "Bidirectional(LSTM(2, recurrent_dropout=0.5))"])
+def test_recurrent_dropout_gradients(layer):
+    src = f"model m {{\n input x: float64[4, 3]\n y = {layer}\n output y\n}}"
+    x = np.random.default_rng(1).normal(size=(3, 4, 3))
+    checked, _ = check_gradients(src, {"x": x}, training=True)
+    assert checked > 0
+
+
+def test_recurrent_dropout_with_masked_steps_gradients():
+    src = ("model m {\n input tokens: int64[5]\n Embedding(8, 3, mask_zero=true, dtype=float64)\n"
+           " y = GRU(3, recurrent_dropout=0.4, return_sequences=true)\n output y\n}")
+    ids = np.array([[1, 2, 0, 0, 0], [0, 3, 4, 0, 5], [6, 7, 1, 2, 3]])
+    checked, _ = check_gradients(src, {"tokens": ids}, training=True)
+    assert checked > 0
