@@ -1,4 +1,10 @@
-"""Merging layers: Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot."""
+"""Merging layers: Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot.
+
+Step masks (``Embedding(mask_zero=true)``) pass through as in Keras 3: the element-wise merges
+give a step the output mask "any input's step counts" when every input has a mask;
+Multiply, Maximum and Minimum also keep masked steps out of the values; Concatenate
+joins the masks (an input without one counts at every step).
+"""
 from functools import reduce
 
 from ..errors import ShapeError, format_shape
@@ -16,7 +22,24 @@ class _Merge(Layer):
         if len(shapes) > 1:
             raise ShapeError(f"{self.kind()} needs inputs of one shape, got " +
                              ", ".join(format_shape(x.shape[1:]) for x in xs))
+        masks = [ctx.mask_of(x) for x in xs]
+        out = self.merge(ctx, xs, masks)
+        if all(m is not None for m in masks):
+            ctx.set_mask(out, reduce(lambda a, b: ctx.op("Max", a, b), masks))  # logical or of 0/1 masks
+        return out
+
+    def merge(self, ctx, xs, masks):
         return reduce(lambda a, b: ctx.op(self.op, a, b), xs)
+
+
+def _steps(ctx, mask, x):
+    """A [N, T] step mask as [N, T, 1, ...], broadcasting over x's features."""
+    return ctx.op("Unsqueeze", mask, axes=tuple(range(2, x.rank))) if x.rank > 2 else mask
+
+
+def _where(ctx, m, a, b):
+    """a where the 0/1 mask m is 1, else b (differentiable in a and b)."""
+    return ctx.op("Add", b, ctx.op("Mul", m, ctx.op("Sub", a, b)))
 
 
 class Add(_Merge):
@@ -34,16 +57,46 @@ class Subtract(_Merge):
 
 
 class Multiply(_Merge):
-    """Element-wise product of two or more inputs of one shape."""
+    """Element-wise product of two or more inputs of one shape. Masked steps of an input count
+    as 1; with every input masked, steps no input keeps are 0 (Keras 3)."""
     op = "Mul"
 
+    def merge(self, ctx, xs, masks):
+        if all(m is None for m in masks):
+            return super().merge(ctx, xs, masks)
+        steps = [_steps(ctx, m, x) if m is not None else None for x, m in zip(xs, masks)]
+        factors = [x if m is None else _where(ctx, m, x, ctx.const(1.0, x.dtype)) for x, m in zip(xs, steps)]
+        out = reduce(lambda a, b: ctx.op("Mul", a, b), factors)
+        if all(m is not None for m in steps):
+            out = ctx.op("Mul", out, reduce(lambda a, b: ctx.op("Max", a, b), steps))
+        return out
 
-class Maximum(_Merge):
+
+class _Extremum(_Merge):
+    """Maximum/Minimum: a masked step of an input takes the running result's value, and the
+    running result's masked steps take the input's (Keras 3)."""
+
+    def merge(self, ctx, xs, masks):
+        if all(m is None for m in masks):
+            return super().merge(ctx, xs, masks)
+        out, out_mask = xs[0], _steps(ctx, masks[0], xs[0]) if masks[0] is not None else None
+        for x, m in zip(xs[1:], masks[1:]):
+            m = _steps(ctx, m, x) if m is not None else None
+            if m is not None:
+                x = _where(ctx, m, x, out)
+            if out_mask is not None:
+                out = _where(ctx, out_mask, out, x)
+            out_mask = ctx.op("Max", out_mask, m) if m is not None and out_mask is not None else None
+            out = ctx.op(self.op, out, x)
+        return out
+
+
+class Maximum(_Extremum):
     """Element-wise maximum."""
     op = "Max"
 
 
-class Minimum(_Merge):
+class Minimum(_Extremum):
     """Element-wise minimum."""
     op = "Min"
 
@@ -51,9 +104,8 @@ class Minimum(_Merge):
 class Average(_Merge):
     """Element-wise mean."""
 
-    def call(self, ctx, *xs):
-        total = super().call(ctx, *xs)
-        return ctx.op("Mul", total, ctx.const(1.0 / len(xs), xs[0].dtype))
+    def merge(self, ctx, xs, masks):
+        return ctx.op("Mul", super().merge(ctx, xs, masks), ctx.const(1.0 / len(xs), xs[0].dtype))
 
 
 class Concatenate(Layer):
@@ -70,7 +122,19 @@ class Concatenate(Layer):
     def call(self, ctx, *xs):
         if len(xs) < 2:
             raise ShapeError(f"Concatenate needs at least two inputs, got {len(xs)}")
-        return ctx.op("Concat", *xs, axis=self.axis)
+        out = ctx.op("Concat", *xs, axis=self.axis)
+        masks = [ctx.mask_of(x) for x in xs]
+        if any(m is not None for m in masks) and out.rank >= 3:
+            axis = self.axis % out.rank
+            if axis == 1:  # along the steps: the masks join too (all steps count in an unmasked input)
+                ones = [m if m is not None else ctx.op("ExpandLike", ctx.const(1.0, out.dtype),
+                                                         ctx.op("ReduceMax", x, axes=tuple(range(2, x.rank)),
+                                                                keepdims=0))
+                        for x, m in zip(xs, masks)]
+                ctx.set_mask(out, ctx.op("Concat", *ones, axis=1))
+            elif all(m is not None for m in masks):  # along features: a step counts if any input's does
+                ctx.set_mask(out, reduce(lambda a, b: ctx.op("Max", a, b), masks))
+        return out
 
 
 class Dot(Layer):

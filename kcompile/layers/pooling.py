@@ -98,8 +98,18 @@ class GlobalMaxPooling2D(_GlobalPooling):
 
 
 class GlobalAveragePooling1D(_GlobalPooling):
-    """Mean over steps: [steps, c] -> [c]. Args: keepdims (false)."""
+    """Mean over steps: [steps, c] -> [c]; after ``Embedding(mask_zero=true)``, the mean of the
+    unmasked steps only (Keras). Args: keepdims (false)."""
     rank = 1
+
+    def call(self, ctx, x):
+        mask = ctx.mask_of(x)
+        if mask is None:
+            return super().call(ctx, x)
+        super().call(ctx, x)  # (the shape check)
+        m = ctx.op("Unsqueeze", mask, axes=(2,))
+        total = ctx.op("ReduceSum", ctx.op("Mul", x, m), axes=(1,), keepdims=int(self.keepdims))
+        return ctx.op("Div", total, ctx.op("ReduceSum", m, axes=(1,), keepdims=int(self.keepdims)))
 
 
 class GlobalMaxPooling1D(_GlobalPooling):
