@@ -6,6 +6,10 @@ into the next, rotating through three (the state before the last step stays inta
 so a non-finite loss can go back to it). Batches are bound as views of the caller's
 arrays. On the CPU the buffers are numpy arrays shared with onnxruntime; on CUDA they
 are device OrtValues, copied to the host only when asked for.
+
+A weight that several models hold (a model used inside another) is one
+:class:`SharedWeight`: its buffers rotate on their own, and every model's runner binds
+them directly, so a step of one model is the next step's input of the others, uncopied.
 """
 from __future__ import annotations
 
@@ -19,12 +23,59 @@ def _device(providers) -> tuple[str, int]:
     return ("cuda", 0) if providers[0] == "CUDAExecutionProvider" else ("cpu", 0)
 
 
+def _ortvalue(ort, array, device, copy):
+    """An OrtValue for ``array`` on ``device``: a numpy buffer shared with onnxruntime on the CPU
+    (a copy of ``array``, or uninitialised), a device buffer on CUDA."""
+    array = np.ascontiguousarray(array)
+    if device[0] == "cpu":
+        return ort.OrtValue.ortvalue_from_numpy(array.copy() if copy else np.empty_like(array))
+    if copy:
+        return ort.OrtValue.ortvalue_from_numpy(array, *device)
+    return ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, *device)
+
+
+class SharedWeight:
+    """One weight held by several models: three buffers (the current value, the one before
+    it, the next to be written) and a version that counts changes, so a model knows when
+    another one has changed it."""
+
+    ROTATION = 3
+
+    def __init__(self, value: np.ndarray, providers):
+        import onnxruntime as ort
+        self.device = _device(providers)
+        self.values = [_ortvalue(ort, value, self.device, copy=True) for _ in range(self.ROTATION)]
+        self.index = 0
+        self.version = 0
+
+    def current(self):
+        return self.values[self.index]
+
+    def following(self):
+        return self.values[(self.index + 1) % self.ROTATION]
+
+    def advance(self, steps: int = 1):
+        """The following buffer (written by a run) becomes current; -1 goes back one."""
+        self.index = (self.index + steps) % self.ROTATION
+        self.version += 1
+
+    def numpy(self) -> np.ndarray:
+        """The current value (a view of the buffer on the CPU: valid until the version changes)."""
+        return self.current().numpy()
+
+    def assign(self, value: np.ndarray):
+        self.following().update_inplace(np.ascontiguousarray(value, dtype=self.numpy().dtype))
+        self.advance()
+
+
 class StateRunner:
     """Runs a graph whose outputs ``new:<name>`` are the next values of its inputs ``<name>``."""
 
     ROTATION = 3
 
-    def __init__(self, session, state: dict[str, np.ndarray], providers):
+    def __init__(self, session, state: dict[str, np.ndarray], providers, shared: dict | None = None):
+        """``state``: every weight and slot by input name; ``shared``: name -> SharedWeight for
+        the weights held with other models (bound from there, not copied)."""
         import onnxruntime as ort
         self.ort = ort
         self.session = session
@@ -35,10 +86,13 @@ class StateRunner:
         self.fixed_names = [n for n in inputs if n in state and n not in self.state_names]
         self.data_names = [n for n in inputs if n not in state]
         self.result_names = [n for n in outputs if not n.startswith("new:")]
-        # Three buffers per state tensor; buffer 0 holds the current values.
-        self.buffers = [{n: self._alloc(state[n], copy=(k == 0)) for n in self.state_names}
+        shared = shared or {}
+        self.shared_state = {n: shared[n] for n in self.state_names if n in shared}
+        self.shared_fixed = {n: shared[n] for n in self.fixed_names if n in shared}
+        # Three buffers per own state tensor; buffer 0 holds the current values.
+        self.buffers = [{n: self._alloc(state[n], copy=(k == 0)) for n in self.state_names if n not in shared}
                         for k in range(self.ROTATION)]
-        self.fixed = {n: self._alloc(state[n], copy=True) for n in self.fixed_names}
+        self.fixed = {n: self._alloc(state[n], copy=True) for n in self.fixed_names if n not in shared}
         self.results = {n: np.zeros([d if isinstance(d, int) else 1 for d in outputs[n].shape],
                                     dtype=_DTYPES[outputs[n].type]) for n in self.result_names}
         self.result_values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.results.items()}
@@ -46,18 +100,12 @@ class StateRunner:
         self.bindings = [self._binding(k) for k in range(self.ROTATION)]
 
     def _alloc(self, array, copy):
-        array = np.ascontiguousarray(array)
-        if self.device[0] == "cpu":
-            host = array.copy() if copy else np.empty_like(array)
-            return self.ort.OrtValue.ortvalue_from_numpy(host)
-        if copy:
-            return self.ort.OrtValue.ortvalue_from_numpy(array, *self.device)
-        return self.ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, *self.device)
+        return _ortvalue(self.ort, array, self.device, copy)
 
     def _binding(self, k):
         b = self.session.io_binding()
         current, following = self.buffers[k], self.buffers[(k + 1) % self.ROTATION]
-        for n in self.state_names:
+        for n in current:
             b.bind_ortvalue_input(n, current[n])
             b.bind_ortvalue_output(f"new:{n}", following[n])
         for n, v in self.fixed.items():
@@ -71,17 +119,27 @@ class StateRunner:
         b = self.bindings[self.position]
         for n in self.data_names:
             b.bind_cpu_input(n, data[n])
+        for n, w in self.shared_state.items():  # wherever the other models left them
+            b.bind_ortvalue_input(n, w.current())
+            b.bind_ortvalue_output(f"new:{n}", w.following())
+        for n, w in self.shared_fixed.items():
+            b.bind_ortvalue_input(n, w.current())
         self.session.run_with_iobinding(b)
         self.position = (self.position + 1) % self.ROTATION
+        for w in self.shared_state.values():
+            w.advance()
         return self.results
 
     def step_back(self):
         """Make the state before the last run current again."""
         self.position = (self.position - 1) % self.ROTATION
+        for w in self.shared_state.values():
+            w.advance(-1)
 
     def current(self) -> dict:
-        """name -> the current value (numpy; a view of the buffer on the CPU)."""
-        return {n: v.numpy() for n, v in self.buffers[self.position].items()}
+        """name -> the current value of each state tensor (numpy; a view of the buffer on the CPU)."""
+        own = {n: v.numpy() for n, v in self.buffers[self.position].items()}
+        return {n: own[n] if n in own else self.shared_state[n].numpy() for n in self.state_names}
 
 
 class Predictor:

@@ -114,8 +114,10 @@ class Model(TrainingMixin):
         self._pull_shared()
         self._drop_runner()  # training buffers start again from these weights
         self._weights = new
+        for name, weight in self._shared.items():  # the models holding these see them too
+            weight.assign(new[name])
+            self._shared_seen[name] = weight.version
         self._generation += 1
-        self._weight_generation.update(dict.fromkeys(new, self._generation))
         self._session = None  # rebuilt with the new weights on the next call
         self._onnx_weights_current = False
 

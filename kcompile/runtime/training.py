@@ -101,9 +101,9 @@ class TrainingMixin:
         self._runner = None
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
-        self._links = []  # [(other model, [(my weight, its weight)], generation seen)]
+        self._shared = {}  # weight -> the SharedWeight it is, when other models hold it too
+        self._shared_seen = {}  # weight -> the SharedWeight's version this model last looked at
         self._generation = 0  # bumped whenever this model's weights change
-        self._weight_generation = {}  # weight -> the generation that last changed it
         if spec:
             self._slots = {s["name"]: np.full(self._weights[s["param"]].shape, s["init"],
                                               dtype=self._weights[s["param"]].dtype) for s in spec["slots"]}
@@ -185,12 +185,18 @@ class TrainingMixin:
         if self._runner is None:
             from .binding import StateRunner
             self._runner = StateRunner(self._session_for("train_step"), {**self._weights, **self._slots},
-                                       self._providers)
+                                       self._providers, shared=self._shared)
             self._lr_buffer = np.zeros((), np.float32)
             self._step_buffer = np.zeros((), np.float32)
         return self._runner
 
     def _sync_state(self):
+        """Bring the weight and slot dictionaries up to date: this model's training buffers, and
+        the shared weights other models changed."""
+        self._sync_own_state()
+        self._pull_shared()
+
+    def _sync_own_state(self):
         """Copy the training buffers' current state into the weight and slot dictionaries."""
         if self._runner is None or not self._state_stale:
             return
@@ -248,39 +254,58 @@ class TrainingMixin:
 
     # ---- weights shared between models ----
     def share_weights(self, other, prefix: str = "") -> int:
-        """Tie this model's weights ``prefix + name`` to ``other``'s weights ``name`` (a model used
-        inside another: ``gan.share_weights(generator, "generator/")``). Training either model
-        changes the other's copy: before a model runs, it takes the newer values of every tied
-        weight. Starts from ``other``'s values. Returns the number of tied weights."""
+        """Make this model's weights ``prefix + name`` and ``other``'s weights ``name`` one set of
+        buffers (a model used inside another: ``gan.share_weights(generator, "generator/")``).
+        Both models' training steps read and write those buffers directly, so a step of either
+        is seen by the other without a copy. Starts from ``other``'s values. Returns the number
+        of weights tied."""
+        from .binding import SharedWeight
         pairs = [(prefix + n, n) for n in other.weight_names if prefix + n in self._weights]
         if not pairs:
             raise ValueError(f"no weight of {self.name} is named {prefix}<a weight of {other.name}>")
+        if self._providers[0] != other._providers[0]:
+            raise ValueError(f"{self.name} runs on {self.device} and {other.name} on {other.device}; "
+                             "tied weights need one device")
+        self._pull_shared()
+        other._pull_shared()
         for a, b in pairs:
             if self._weights[a].shape != other._weights[b].shape:
                 raise ValueError(f"{self.name}'s {a} is {self._weights[a].shape}, {other.name}'s {b} is "
                                  f"{other._weights[b].shape}")
-        self._links.append([other, pairs, -1])
+            mine, theirs = self._shared.get(a), other._shared.get(b)
+            if mine is not None and theirs is not None and mine is not theirs:
+                raise ValueError(f"{self.name}'s {a} and {other.name}'s {b} are each tied to other weights already")
+        # The runners go: they are rebuilt binding the shared buffers (their own state is kept).
+        self._drop_runner()
+        other._drop_runner()
+        for a, b in pairs:
+            weight = other._shared.get(b)
+            if weight is None:
+                weight = self._shared.get(a)
+                if weight is None:
+                    weight = SharedWeight(other._weights[b], other._providers)
+                else:
+                    weight.assign(other._weights[b])
+            for model, name in ((self, a), (other, b)):
+                model._shared[name] = weight
+                model._shared_seen[name] = -1  # (taken by the next _pull_shared)
         self._pull_shared()
-        # Both now hold the same values: the other model has seen this one's current state.
-        other._links.append([self, [(b, a) for a, b in pairs], self._generation])
+        other._pull_shared()
         return len(pairs)
 
     def _pull_shared(self):
-        """Take the tied weights of linked models that changed since this model last looked."""
-        for link in self._links:
-            other, pairs, seen = link
-            changed = [(m, t) for m, t in pairs if other._weight_generation.get(t, 0) > seen]
-            link[2] = other._generation
-            if not changed:
-                continue
-            other._sync_state()
-            self._sync_state()
-            for mine, theirs in changed:
-                self._weights[mine] = other._weights[theirs].copy()
-            self._generation += 1  # (not recorded per weight: the source already holds these values)
-            self._runner = None  # training buffers start again from the new values
-            self._session = None
-            self._onnx_weights_current = False
+        """Take the current values of shared weights that changed since this model last looked
+        (views of the shared buffers: no copy)."""
+        changed = [n for n, w in self._shared.items() if self._shared_seen.get(n) != w.version]
+        if not changed:
+            return
+        self._sync_own_state()
+        for name in changed:
+            weight = self._shared[name]
+            self._shared_seen[name] = weight.version
+            self._weights[name] = weight.numpy()
+        self._generation += 1
+        self._weights_changed()
 
     def _run_train_step(self, xb, yb):
         self._pull_shared()
@@ -309,9 +334,8 @@ class TrainingMixin:
         self._iterations += 1
         self._state_stale = True
         self._generation += 1
-        for name in runner.state_names:
-            if name in self._weights:
-                self._weight_generation[name] = self._generation
+        for name, weight in runner.shared_state.items():  # (this model's own writes)
+            self._shared_seen[name] = weight.version
         return results
 
     def _run_eval_step(self, xb, yb):

@@ -53,3 +53,36 @@ def test_frozen_discriminator_is_untouched_by_the_gan_step():
     tied = dict(zip(generator.weight_names, generator.get_weights()))
     assert all(np.array_equal(after[n], tied[n[len("generator/"):]]) for n in moved)
     assert not np.array_equal(tied["dense/kernel"], build(seed=1)[0].get_weights()[0])
+
+
+def test_tied_weights_are_one_set_of_buffers():
+    """A step of one model is the next step's input of the other, with no copy and no rebuild."""
+    generator, discriminator, gan = build(seed=2)
+    name = "dense/kernel"
+    assert gan._shared["discriminator/" + name] is discriminator._shared[name]
+    assert gan._shared["generator/" + name] is generator._shared[name]
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(8, 100)).astype(np.float32)
+    real = rng.random((8, 28, 28, 1), dtype=np.float32)
+    labels = np.concatenate([np.ones((8, 1)), np.zeros((8, 1))]).astype(np.float32)
+    gan.train_on_batch(z, np.ones((8, 1), np.float32))
+    discriminator.train_on_batch(np.concatenate([real, generator.predict(z)]), labels)
+    runners = gan._runner, discriminator._runner
+    for _ in range(2):  # alternate as the GAN loop does: the runners stay, bound to the shared buffers
+        discriminator.train_on_batch(np.concatenate([real, generator.predict(z)]), labels)
+        gan.train_on_batch(z, np.ones((8, 1), np.float32))
+    assert (gan._runner, discriminator._runner) == runners
+    gan._sync_state()
+    discriminator._sync_state()
+    # The frozen discriminator inside the gan reads the very buffer the discriminator wrote.
+    assert np.shares_memory(gan._shared["discriminator/" + name].numpy(), discriminator._shared[name].numpy())
+    tied = dict(zip(discriminator.weight_names, discriminator.get_weights()))
+    mine = dict(zip(gan.weight_names, gan.get_weights()))
+    for n, w in tied.items():
+        np.testing.assert_array_equal(mine["discriminator/" + n], w)
+    np.testing.assert_allclose(gan.predict(z), discriminator.predict(generator.predict(z)), rtol=1e-5, atol=1e-6)
+    # set_weights on one model is seen by the other.
+    new = [w * 0.5 for w in generator.get_weights()]
+    generator.set_weights(new)
+    np.testing.assert_array_equal(dict(zip(gan.weight_names, gan.get_weights()))["generator/" + name],
+                                  new[generator.weight_names.index(name)])
