@@ -20,7 +20,7 @@ from ..errors import Diagnostic, KcompileError, Loc, ShapeError, did_you_mean, f
 from ..initializers import ALIASES as INIT_ALIASES, INITIALIZERS
 from ..ir import BATCH, DTYPES, Graph, Param, Tensor, TensorType
 from ..ir.graph import LayerRecord
-from ..layers import FUNCTIONS, LAYERS, Layer
+from ..layers import FUNCTIONS, LAYERS, NUMBER_FUNCTIONS, Layer
 from ..layers.base import (REGULARIZER_NAMES, ArgError, InitializerArg, InitializerSpec, RegularizerSpec, Symbol,
                            show, snake_case)
 from . import ast
@@ -452,6 +452,13 @@ class Elaborator:
             if callee.kind == "function":
                 tensors = [self.tensor(a, e.args[i].loc, frame) if not isinstance(a, (int, float, Symbol)) else a
                            for i, a in enumerate(args)]
+                if not any(isinstance(t, Tensor) for t in tensors) and callee.name in NUMBER_FUNCTIONS and \
+                        not kwargs and tensors and all(isinstance(t, (int, float)) for t in tensors):
+                    try:
+                        return float(NUMBER_FUNCTIONS[callee.name](*tensors))
+                    except (ValueError, TypeError, OverflowError) as err:
+                        raise _Fail(f"{callee.name}{tuple(tensors) if len(tensors) > 1 else f'({tensors[0]})'}: {err}",
+                                    e.loc) from None
                 if not any(isinstance(t, Tensor) for t in tensors):
                     raise _Fail(f"{callee.name} needs a tensor argument", e.loc,
                                 f"write {callee.name}(x)" + (f", or Activation({callee.name}) as a layer"

@@ -13,7 +13,7 @@ from .regularization import Dropout, GaussianNoise, SpatialDropout1D, SpatialDro
 from .reshaping import (Cropping1D, Cropping2D, Flatten, Permute, RepeatVector, Reshape, UpSampling1D, UpSampling2D,
                         ZeroPadding1D, ZeroPadding2D)
 from .wrappers import Bidirectional, TimeDistributed
-from .functions import FUNCTIONS
+from .functions import FUNCTIONS, NUMBER_FUNCTIONS
 
 LAYERS = {cls.__name__: cls for cls in [
     Dense, Embedding,
@@ -30,4 +30,4 @@ LAYERS = {cls.__name__: cls for cls in [
     TimeDistributed, Bidirectional, MultiHeadAttention,
 ]}
 
-__all__ = ["Layer", "LAYERS", "FUNCTIONS"]
+__all__ = ["Layer", "LAYERS", "FUNCTIONS", "NUMBER_FUNCTIONS"]

@@ -3,6 +3,8 @@
 Each takes the builder context, tensors and keyword arguments. Activations are
 functions too, by their names.
 """
+import math
+
 from ..errors import ShapeError
 from ..ir.types import DTYPES
 from .activations import ACTIVATIONS, log_softmax, softmax
@@ -78,3 +80,7 @@ FUNCTIONS = {
     "transpose": _transpose,
     "cast": _cast,
 }
+
+# The same names on plain numbers (block parameters: ``sqrt(dim)``), computed at compile time.
+NUMBER_FUNCTIONS = {"exp": math.exp, "log": math.log, "sqrt": math.sqrt, "abs": abs, "square": lambda v: v * v,
+                    "maximum": max, "minimum": min}

@@ -143,6 +143,7 @@ CASES = [
     ("call_a_tensor", model("y = x(3)\noutput y"), 3, 9, "x is a tensor, not a layer", None),
     ("layer_decl_needs_layer", model("layer d = x"), 3, 15, "needs a layer", None),
     ("division_by_zero", model("Dense(4 / 0)"), 3, 11, "division by zero", None),
+    ("number_function_domain", model("y = x * log(-1.0)\noutput y"), 3, 13, "log(-1.0): math domain error", None),
 ]
 
 

@@ -151,3 +151,20 @@ def test_syntax_error_caret_spans_the_token():
     lines = d.render().splitlines()
     assert lines[1] == "        h = Dense(10)(x) Dense(3)"
     assert lines[2] == "    " + " " * 21 + "^~~~~"
+
+
+def test_math_functions_on_numbers_fold_at_compile_time():
+    import numpy as np
+    import kcompile
+    m = kcompile.compile_string("""
+block Scaled(dim: int) {
+    input x
+    output x / sqrt(dim) + square(2) + maximum(1, 3)
+}
+model m {
+    input x: float32[4]
+    y = Scaled(16)(x)
+    output y
+}""")
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(m.predict(x), x / 4 + 4 + 3, rtol=1e-6)
