@@ -56,29 +56,42 @@ class Conv(Op):
     def grad(self, ctx, node, dys):
         if node.attrs.get("activation"):
             raise NotImplementedError("gradient of a Conv with a fused activation (fuse after autodiff)")
-        x, w = node.inputs[:2]
-        dy, = dys
-        tx, tw = ctx.type(x), ctx.type(w)
-        n = tx.rank - 2
-        strides, dilations, pads = _spatial_attrs(node.attrs, n)
-        group = node.attrs.get("group", 1)
-        kernel = tw.shape[2:]
-        out_pad = tuple(transposed_output_padding(ctx.type(dy).shape[2 + i], tx.shape[2 + i], kernel[i], strides[i],
-                                                  pads[i], pads[n + i], dilations[i]) for i in range(n))
-        dx = ctx.op("ConvTranspose", dy, w, strides=strides, pads=pads, dilations=dilations, group=group,
-                    output_padding=out_pad)
-        if group == 1:
-            dw = conv_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
-        else:
-            cin, cout = tx.shape[1] // group, tw.shape[0] // group
-            parts = [conv_weight_grad(ctx, ctx.op("Slice", x, starts=(g * cin,), ends=((g + 1) * cin,), axes=(1,)),
-                                      ctx.op("Slice", dy, starts=(g * cout,), ends=((g + 1) * cout,), axes=(1,)),
-                                      kernel, strides, pads, dilations) for g in range(group)]
-            dw = ctx.op("Concat", *parts, axis=0)
-        grads = [dx, dw]
-        if len(node.inputs) == 3:
-            grads.append(ctx.op("ReduceSum", dy, axes=(0,) + tuple(range(2, n + 2)), keepdims=0))
-        return grads
+        return conv_grads(ctx, node.inputs, node.attrs, dys[0])
+
+
+def conv_input_grad(ctx, x, w, attrs, dy):
+    """d(loss)/dx of a Conv of x with kernel w giving dy: the transposed convolution."""
+    tx, tw = ctx.type(x), ctx.type(w)
+    n = tx.rank - 2
+    strides, dilations, pads = _spatial_attrs(attrs, n)
+    kernel = tw.shape[2:]
+    out_pad = tuple(transposed_output_padding(ctx.type(dy).shape[2 + i], tx.shape[2 + i], kernel[i], strides[i],
+                                              pads[i], pads[n + i], dilations[i]) for i in range(n))
+    return ctx.op("ConvTranspose", dy, w, strides=strides, pads=pads, dilations=dilations,
+                  group=attrs.get("group", 1), output_padding=out_pad)
+
+
+def conv_grads(ctx, inputs, attrs, dy):
+    """Gradients of a Conv's inputs (x, W[, b]) given the gradient ``dy`` of its output."""
+    x, w = inputs[:2]
+    tx, tw = ctx.type(x), ctx.type(w)
+    n = tx.rank - 2
+    strides, dilations, pads = _spatial_attrs(attrs, n)
+    group = attrs.get("group", 1)
+    kernel = tw.shape[2:]
+    dx = conv_input_grad(ctx, x, w, attrs, dy)
+    if group == 1:
+        dw = conv_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
+    else:
+        cin, cout = tx.shape[1] // group, tw.shape[0] // group
+        parts = [conv_weight_grad(ctx, ctx.op("Slice", x, starts=(g * cin,), ends=((g + 1) * cin,), axes=(1,)),
+                                  ctx.op("Slice", dy, starts=(g * cout,), ends=((g + 1) * cout,), axes=(1,)),
+                                  kernel, strides, pads, dilations) for g in range(group)]
+        dw = ctx.op("Concat", *parts, axis=0)
+    grads = [dx, dw]
+    if len(inputs) == 3:
+        grads.append(ctx.op("ReduceSum", dy, axes=(0,) + tuple(range(2, n + 2)), keepdims=0))
+    return grads
 
 
 IM2COL_MAX_WINDOW = 25  # kernel elements; above this the unfolded input grows too large
@@ -232,6 +245,100 @@ class MaxPoolGrad(Op):
         summed = ctx.emit("ScatterElements", [zeros, ctx.emit("Reshape", [indices, flat]),
                                               ctx.emit("Reshape", [dy, flat])], axis=0, reduction="add")
         ctx.emit("Reshape", [summed, ctx.emit("Shape", [x])], outputs)
+
+
+@register
+class ConvMaxPool(Op):
+    """A group-1, stride-1 Conv followed by a 2x2, stride-2 MaxPool, for training graphs whose
+    convolution reads few channels (kcompile.passes.reorder.conv_pool_phases).
+
+    The four positions of each pooling window are computed as four stride-2 convolutions
+    (the "phases" of the convolution's output), whose element-wise Max is the pooled output
+    and whose first-maximum masks route the gradient: no MaxPool argmax (slow in onnxruntime)
+    and no MaxUnpool. Ties go to the first position in row-major order, as MaxPool's argmax.
+    inputs: x [N, C, H, W], W [O, C, kh, kw], b [O] (optional). attrs: the Conv's pads.
+    outputs: y [N, O, Hc // 2, Wc // 2] and the four windows' masks (1 where that position is
+    the window's first maximum), computed only when the gradient reads them."""
+    name = "ConvMaxPool"
+    PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+    def infer(self, ins, attrs):
+        conv, = Conv().infer(ins, {"pads": attrs.get("pads", (0,) * 4)})
+        y = conv.with_shape(conv.shape[:2] + tuple(d // 2 if isinstance(d, int) else d for d in conv.shape[2:]))
+        return [y] * 5
+
+    @classmethod
+    def phase_windows(cls, x_shape, w_shape, pads):
+        """For each phase (a, b): the rows and columns of x its stride-2 convolution reads
+        (starts, ends) and that convolution's pads."""
+        conv_sizes = [conv_output_size(x_shape[2 + i], w_shape[2 + i], 1, pads[i], pads[2 + i]) for i in range(2)]
+        windows = []
+        for offsets in cls.PHASES:
+            starts, ends, phase_pads = [], [], [0] * 4
+            for i, a in enumerate(offsets):
+                # Outputs 2r + a of the convolution read padded rows [2r + a, 2r + a + k): rows
+                # lo.. of x for the first (negative lo: padding) to hi for the last.
+                lo = a - pads[i]
+                hi = lo + 2 * (conv_sizes[i] // 2 - 1) + w_shape[2 + i]
+                starts.append(max(lo, 0))
+                ends.append(min(hi, x_shape[2 + i]))
+                phase_pads[i], phase_pads[2 + i] = max(-lo, 0), max(hi - x_shape[2 + i], 0)
+            windows.append((tuple(starts), tuple(ends), tuple(phase_pads)))
+        return windows
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, w = inputs[:2]
+        phases = []
+        for starts, ends, phase_pads in self.phase_windows(ctx.shape(x), ctx.shape(w), attrs.get("pads", (0,) * 4)):
+            part = ctx.emit("Slice", [x, ctx.const(list(starts), "int64"), ctx.const(list(ends), "int64"),
+                                      ctx.const([2, 3], "int64")])
+            phases.append(ctx.emit("Conv", [part] + list(inputs[1:]), strides=[2, 2], pads=list(phase_pads)))
+        y = ctx.emit("Max", phases, [outputs[0]])
+        if not any(ctx.used(m) for m in outputs[1:]):
+            return
+        taken = None
+        for k, (phase, mask) in enumerate(zip(phases, outputs[1:])):
+            first = ctx.emit("Equal", [phase, y])
+            if taken is not None:
+                first = ctx.emit("And", [first, ctx.emit("Not", [taken])])
+            taken = first if taken is None else ctx.emit("Or", [taken, first])
+            ctx.emit("Cast", [first], [mask], to=ctx.onnx_dtype(ctx.dtype(x)))
+
+    def grad(self, ctx, node, dys):
+        """Each phase's output gradient is dy where that phase holds the window's first maximum.
+        The kernel's gradient sums the four stride-2 phase convolutions' kernel gradients, the
+        bias's is the sum of dy (each window passes dy to one position); x's interleaves the
+        phases back to the full-resolution output gradient for the Conv's own rule (dropped
+        when x needs none: the first layer's input is data)."""
+        dy = dys[0]
+        x, w = node.inputs[:2]
+        tx, tw = ctx.type(x), ctx.type(w)
+        pads = tuple(node.attrs.get("pads", (0,) * 4))
+        routed = [ctx.op("Mul", dy, m) for m in node.outputs[1:]]
+        kernel_grads = [conv_weight_grad(ctx, ctx.op("Slice", x, starts=starts, ends=ends, axes=(2, 3)), d,
+                                         tw.shape[2:], (2, 2), phase_pads, (1, 1))
+                        for d, (starts, ends, phase_pads) in zip(routed, self.phase_windows(tx.shape, tw.shape, pads))]
+        dw = ctx.op("Add", ctx.op("Add", kernel_grads[0], kernel_grads[1]),
+                    ctx.op("Add", kernel_grads[2], kernel_grads[3]))
+        grads = [self.input_grad(ctx, node, routed), dw]
+        if len(node.inputs) == 3:
+            grads.append(ctx.op("ReduceSum", dy, axes=(0, 2, 3), keepdims=0))
+        return grads
+
+    @staticmethod
+    def input_grad(ctx, node, routed):
+        x, w = node.inputs[:2]
+        _, o, p, q = ctx.type(routed[0]).shape
+        routed = [ctx.op("Unsqueeze", d, axes=(3, 5)) for d in routed]
+        rows = [ctx.op("Concat", routed[0], routed[1], axis=5), ctx.op("Concat", routed[2], routed[3], axis=5)]
+        joined = ctx.op("Concat", *rows, axis=3)  # [N, O, P, 2, Q, 2]
+        full = ctx.op("Reshape", joined, shape=(0, o, 2 * p, 2 * q))
+        tx, tw = ctx.type(x), ctx.type(w)
+        pads = tuple(node.attrs.get("pads", (0,) * 4))
+        conv_sizes = [conv_output_size(tx.shape[2 + i], tw.shape[2 + i], 1, pads[i], pads[2 + i]) for i in range(2)]
+        if conv_sizes != [2 * p, 2 * q]:  # odd sizes: the last row/column is in no window
+            full = ctx.op("Pad", full, pads=(0, 0, 0, 0, 0, 0, conv_sizes[0] - 2 * p, conv_sizes[1] - 2 * q))
+        return conv_input_grad(ctx, x, w, {"pads": pads}, full)
 
 
 @register

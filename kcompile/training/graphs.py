@@ -24,7 +24,7 @@ from ..passes.dce import dead_code_elimination
 from ..passes.fold import constant_folding
 from ..passes.dropout import remove_dropout
 from ..passes.fusion import fuse_bias
-from ..passes.reorder import pool_before_activation
+from ..passes.reorder import conv_pool_phases, pool_before_activation
 from ..passes.transpose import sink_transposes
 from . import optimizers
 from .losses import LOSS_FUNCTIONS
@@ -337,7 +337,7 @@ def _metric_outputs(g, metrics) -> list:
 # Passes of the training step, in order: on the forward graph before differentiation (so the
 # generated backward graph inherits the layout and the fused biases), then on the whole step.
 FORWARD_PASSES = [("transpose-sinking", sink_transposes), ("bias-fusion", fuse_bias),
-                  ("pool-before-activation", pool_before_activation),
+                  ("pool-before-activation", pool_before_activation), ("conv-pool-phases", conv_pool_phases),
                   ("dead-code-elimination", dead_code_elimination)]
 STEP_PASSES = [("constant-folding", constant_folding), ("cse", common_subexpression_elimination),
                ("transpose-sinking", sink_transposes), ("dead-code-elimination", dead_code_elimination)]

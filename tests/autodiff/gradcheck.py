@@ -52,12 +52,15 @@ def _session(g):
 
 
 def check_gradients(src, feeds, model=None, seed=0, samples=12, h=1e-6, rtol=1e-6, atol=1e-9,
-                    wrt_inputs=True, weight_scale=0.5, training=False):
+                    wrt_inputs=True, weight_scale=0.5, training=False, passes=()):
     """Compile ``src`` (float64 inputs), take loss = sum(outputs * random), and compare the
     generated gradient of every weight and float input with central differences.
-    ``training``: check the training form (dropout masks drawn from fixed uniform noise inputs)."""
+    ``training``: check the training form (dropout masks drawn from fixed uniform noise inputs);
+    ``passes``: graph rewrites (IR -> IR) applied first, as the training pipeline does."""
     rng = np.random.default_rng(seed)
     g = compile_source(src, "grad.kdl", model=model, opt_level=0).graph
+    for rewrite in passes:
+        g = rewrite(g)
     noise = []
     if training:
         from kcompile.training.graphs import training_form
