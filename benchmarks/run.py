@@ -22,7 +22,9 @@ Workloads (MNIST-shaped float32 images [28, 28, 1], one-hot targets, batch 128):
   cold_cnn        the first training step: build/compile the model + optimizer + one step
   cnn_rss         peak resident memory (ru_maxrss) over one epoch of the CNN on 60,000
                   synthetic samples (10,000 with --quick)
-  matmul          (numpy, torch) attainable float32 GFLOP/s: 2048x2048 matmul, best of several
+  matmul          (numpy, onnxruntime, torch) attainable float32 GFLOP/s: 2048x2048 matmul, best
+                  of several; the machine limit is the best of the three (numpy's OpenBLAS obeys
+                  OPENBLAS_CORETYPE, which may hold it to AVX2 on an AVX-512 CPU)
   real_data       (kcompile only) the CNN trained on the first 8,000 real t10k images, accuracy
                   on the last 2,000, seconds per epoch
   profile         (kcompile only) onnxruntime's profiler on the training step: time per op
@@ -449,6 +451,19 @@ def w_matmul(fw, model, args):
             lib = cfg["Build Dependencies"]["blas"].get("name", "")
         except Exception:
             pass
+    elif fw == "onnxruntime":  # the engine kcompile runs on: MLAS picks its own kernels (AVX-512 here)
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+        info = [helper.make_tensor_value_info(v, TensorProto.FLOAT, [n, n]) for v in "ab"]
+        graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", info,
+                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        feeds = {"a": np.random.default_rng(0).random((n, n), dtype=np.float32),
+                 "b": np.random.default_rng(1).random((n, n), dtype=np.float32)}
+        mm = lambda: session.run(None, feeds)  # noqa: E731
+        lib = f"onnxruntime {ort.__version__} (MLAS)"
     else:
         import torch
         torch.set_num_threads(os.cpu_count() or 1)
@@ -695,7 +710,7 @@ def run_worker(fw, workload, args, env_extra=None, timeout=300):
 
 def plan(frameworks, args):
     """(framework, workload, repetitions) in the order they run."""
-    jobs = [("numpy", "matmul", 1)]
+    jobs = [("numpy", "matmul", 1), ("onnxruntime", "matmul", 1)]
     if "torch" in frameworks or "torch_compile" in frameworks:
         jobs.append(("torch", "matmul", 1))
     have_mnist = args.mnist.is_dir()
@@ -904,11 +919,11 @@ def main():
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} (measured as-is), "
           f"total {total_s:.0f} s")
     if matmul.get("ok"):
-        tm = get(results, "torch", "matmul") or {}
-        extra = f"; torch {tm['gflops']:.0f} GFLOP/s" if tm.get("ok") else ""
+        extra = "".join(f"; {name} {r['gflops']:.0f} GFLOP/s" for name in ("onnxruntime", "torch")
+                        for r in [get(results, name, "matmul") or {}] if r.get("ok"))
         print(f"attainable float32 matmul 2048x2048 (best of several): numpy/{matmul.get('blas') or 'BLAS'} "
               f"{matmul['gflops']:.0f} GFLOP/s{extra}")
-    peak = max([r["gflops"] for k in ("numpy", "torch") for r in [get(results, k, "matmul") or {}]
+    peak = max([r["gflops"] for k in ("numpy", "onnxruntime", "torch") for r in [get(results, k, "matmul") or {}]
                 if r.get("ok")] or [0])
     print(f"training FLOPs per sample (forward + weight gradients + input gradients but the first layer's): MLP {train_flops_per_sample('mlp') / 1e6:.2f} M, "
           f"CNN {train_flops_per_sample('cnn') / 1e6:.2f} M\n")

@@ -198,6 +198,22 @@ def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
     return folder
 
 
+def activation_bytes_per_sample(g: Graph) -> int | None:
+    """The largest value the inference graph computes, in bytes per batch item (None when a
+    dimension besides the batch is symbolic): the runtime sizes predict's batches by it."""
+    from .ir import BATCH
+    sizes = []
+    for node in g.nodes():
+        for v in node.outputs:
+            t = g.types[v]
+            if not t.shape or t.shape[0] != BATCH:
+                continue
+            if not all(isinstance(d, int) for d in t.shape[1:]):
+                return None
+            sizes.append(int(np.prod(t.shape[1:], dtype=np.int64)) * np.dtype(t.dtype).itemsize)
+    return max(sizes, default=0)
+
+
 def manifest_for(compiled: Compiled, seed: int) -> dict:
     import onnx
     from .backend import IR_VERSION, OPSET
@@ -219,6 +235,7 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
         "layers": [{"name": r.name, "kind": r.kind, "output_shapes": [list(t.shape) for t in r.output_types],
                     "params": r.params} for r in compiled.layers],
         "passes": compiled.passes,
+        "activation_bytes_per_sample": activation_bytes_per_sample(g),
         "opt_level": compiled.opt_level,
         "seed": seed,
         "train": compiled.train,

@@ -16,6 +16,9 @@ from .data import as_arrays, check_arrays
 from .training import TrainingMixin
 
 
+PREDICT_CACHE_BYTES = 4 << 20  # activations per predict run (about a core's share of a CPU's last-level cache)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -48,6 +51,11 @@ class Model(TrainingMixin):
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = None
         self._predictor = None
+        # predict runs at most this many rows at once: a model with large activations (a CNN's
+        # first feature maps) then keeps them in the cache (measured on the MNIST CNN at batch
+        # 1024: 55k samples/s in one run, 75k in runs of 32-64 rows)
+        activations = manifest.get("activation_bytes_per_sample")
+        self._predict_rows = max(16, PREDICT_CACHE_BYTES // activations) if activations else 2 ** 62
         self._predicted_generation = -1
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
@@ -179,6 +187,7 @@ class Model(TrainingMixin):
             fixed = {n: self._weights[n] for n in self._weight_inputs(session)}
         n = next(iter(feeds.values())).shape[0]
         step = n if not batch_size or batch_size >= n else int(batch_size)
+        step = min(step, self._predict_rows)
         if n == 0:
             outs = session.run(None, {**feeds, **(fixed or {})})
         else:
