@@ -236,3 +236,51 @@ def test_model_without_train_section_says_so():
     m = kcompile.compile_string("model p {\n input x: float32[2]\n y = Dense(1)\n output y\n}")
     with pytest.raises(RuntimeError, match="has no train section"):
         m.fit(np.zeros((2, 2)), np.zeros((2, 1)))
+
+
+SHARED = """
+model inner {
+    input x: float32[6]
+    h = Dense(5, activation=tanh)(x)
+    y = Dense(3, activation=softmax)(h)
+    output y
+    train {
+        loss = categorical_crossentropy
+        optimizer = Adam(learning_rate=0.01)
+    }
+}
+model outer {
+    input x: float32[6]
+    y = inner(Dense(6, activation=tanh)(x))
+    output y
+    train {
+        loss = categorical_crossentropy
+        optimizer = Adam(learning_rate=0.01)
+    }
+}
+"""
+
+
+def test_shared_weights_go_back_with_a_nonfinite_step(capsys):
+    """A non-finite loss in one model puts the shared buffers back for the other model too."""
+    x, y = small_data()
+    inner = kcompile.compile_string(SHARED, model="inner", seed=0)
+    outer = kcompile.compile_string(SHARED, model="outer", seed=1)
+    assert outer.share_weights(inner, "inner/") == 4
+    inner.fit(x, y, epochs=1, batch_size=16, verbose=0)  # the inner model trains first, on its own
+    seen = []
+
+    class Poison(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(dict(zip(inner.weight_names, inner.get_weights())))
+            if batch == 2:
+                self.model.learning_rate = float("nan")
+
+    outer.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[Poison()])
+    assert "the loss became nan" in capsys.readouterr().out
+    mine = dict(zip(outer.weight_names, outer.get_weights()))
+    for name, value in seen[2].items():  # both models hold the weights after the last finite step
+        np.testing.assert_array_equal(inner.get_weights()[inner.weight_names.index(name)], value)
+        np.testing.assert_array_equal(mine["inner/" + name], value)
+    inner.fit(x, y, epochs=1, batch_size=16, verbose=0)  # and train on from there
+    assert all(np.isfinite(w).all() for w in inner.get_weights() + outer.get_weights())
