@@ -45,6 +45,7 @@ class SharedWeight:
         import onnxruntime as ort
         self.device = _device(providers)
         self.values = [_ortvalue(ort, value, self.device, copy=True) for _ in range(self.ROTATION)]
+        self.dtype = np.asarray(value).dtype
         self.index = 0
         self.version = 0
 
@@ -64,7 +65,7 @@ class SharedWeight:
         return self.current().numpy()
 
     def assign(self, value: np.ndarray):
-        self.following().update_inplace(np.ascontiguousarray(value, dtype=self.numpy().dtype))
+        self.following().update_inplace(np.ascontiguousarray(value, dtype=self.dtype))
         self.advance()
 
 
@@ -146,6 +147,10 @@ class Predictor:
     """Inference with outputs written straight into slices of the result arrays (CPU), so a
     batch costs one bound run and no output copies."""
 
+    # Up to this many output numbers, a one-batch call runs on buffers bound once and returns
+    # copies: copying a few floats is cheaper than wrapping fresh arrays for onnxruntime.
+    SMALL = 4096
+
     def __init__(self, session, providers, output_dims=None):
         import onnxruntime as ort
         self.ort = ort
@@ -176,10 +181,6 @@ class Predictor:
             np.copyto(inputs[name], a)
         self.session._sess.run_with_iobinding(binding, None)  # (the public wrapper adds a microsecond)
         return [o.copy() for o in outputs]
-
-    # Up to this many output numbers, a one-batch call runs on buffers bound once and returns
-    # copies: copying a few floats is cheaper than wrapping fresh arrays for onnxruntime.
-    SMALL = 4096
 
     def run(self, feeds: dict, n: int, step: int, fixed: dict | None = None) -> list[np.ndarray]:
         """``feeds`` are sliced into batches of ``step`` rows; ``fixed`` (weights) are bound whole."""

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ShapeMismatch
+from ..ir.types import DTYPES
 from .devices import providers_for
 from .summary import format_summary
-from ..ir.types import DTYPES
 from .data import as_arrays, check_arrays
 from .training import TrainingMixin
 
@@ -53,7 +53,7 @@ class Model(TrainingMixin):
         self._predictor = None
         # predict runs at most this many rows at once: a model with large activations (a CNN's
         # first feature maps) then keeps them in the cache (measured on the MNIST CNN at batch
-        # 1024: 55k samples/s in one run, 75k in runs of 32-64 rows)
+        # 1024: about 60k samples/s in one run, 66k in runs of 48 rows)
         activations = manifest.get("activation_bytes_per_sample")
         self._predict_rows = max(16, PREDICT_CACHE_BYTES // activations) if activations else 2 ** 62
         self._predicted_generation = -1
