@@ -56,7 +56,26 @@ class Conv(Op):
     def grad(self, ctx, node, dys):
         if node.attrs.get("activation"):
             raise NotImplementedError("gradient of a Conv with a fused activation (fuse after autodiff)")
-        return conv_grads(ctx, node.inputs, node.attrs, dys[0])
+        x, w = node.inputs[:2]
+        dy, = dys
+        tx, tw = ctx.type(x), ctx.type(w)
+        n = tx.rank - 2
+        strides, dilations, pads = _spatial_attrs(node.attrs, n)
+        group = node.attrs.get("group", 1)
+        kernel = tw.shape[2:]
+        dx = conv_input_grad(ctx, x, w, node.attrs, dy)
+        if group == 1:
+            dw = conv_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
+        else:
+            cin, cout = tx.shape[1] // group, tw.shape[0] // group
+            parts = [conv_weight_grad(ctx, ctx.op("Slice", x, starts=(g * cin,), ends=((g + 1) * cin,), axes=(1,)),
+                                      ctx.op("Slice", dy, starts=(g * cout,), ends=((g + 1) * cout,), axes=(1,)),
+                                      kernel, strides, pads, dilations) for g in range(group)]
+            dw = ctx.op("Concat", *parts, axis=0)
+        grads = [dx, dw]
+        if len(node.inputs) == 3:
+            grads.append(ctx.op("ReduceSum", dy, axes=(0,) + tuple(range(2, n + 2)), keepdims=0))
+        return grads
 
 
 def conv_input_grad(ctx, x, w, attrs, dy):
@@ -69,29 +88,6 @@ def conv_input_grad(ctx, x, w, attrs, dy):
                                               pads[i], pads[n + i], dilations[i]) for i in range(n))
     return ctx.op("ConvTranspose", dy, w, strides=strides, pads=pads, dilations=dilations,
                   group=attrs.get("group", 1), output_padding=out_pad)
-
-
-def conv_grads(ctx, inputs, attrs, dy):
-    """Gradients of a Conv's inputs (x, W[, b]) given the gradient ``dy`` of its output."""
-    x, w = inputs[:2]
-    tx, tw = ctx.type(x), ctx.type(w)
-    n = tx.rank - 2
-    strides, dilations, pads = _spatial_attrs(attrs, n)
-    group = attrs.get("group", 1)
-    kernel = tw.shape[2:]
-    dx = conv_input_grad(ctx, x, w, attrs, dy)
-    if group == 1:
-        dw = conv_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
-    else:
-        cin, cout = tx.shape[1] // group, tw.shape[0] // group
-        parts = [conv_weight_grad(ctx, ctx.op("Slice", x, starts=(g * cin,), ends=((g + 1) * cin,), axes=(1,)),
-                                  ctx.op("Slice", dy, starts=(g * cout,), ends=((g + 1) * cout,), axes=(1,)),
-                                  kernel, strides, pads, dilations) for g in range(group)]
-        dw = ctx.op("Concat", *parts, axis=0)
-    grads = [dx, dw]
-    if len(inputs) == 3:
-        grads.append(ctx.op("ReduceSum", dy, axes=(0,) + tuple(range(2, n + 2)), keepdims=0))
-    return grads
 
 
 IM2COL_MAX_WINDOW = 25  # kernel elements; above this the unfolded input grows too large
@@ -296,19 +292,20 @@ class ConvMaxPool(Op):
         y = ctx.emit("Max", phases, [outputs[0]])
         if not any(ctx.used(m) for m in outputs[1:]):
             return
-        taken = None
+        taken = None  # a window whose maximum an earlier phase holds
         for k, (phase, mask) in enumerate(zip(phases, outputs[1:])):
             first = ctx.emit("Equal", [phase, y])
             if taken is not None:
                 first = ctx.emit("And", [first, ctx.emit("Not", [taken])])
-            taken = first if taken is None else ctx.emit("Or", [taken, first])
+            if k < len(phases) - 1:
+                taken = first if taken is None else ctx.emit("Or", [taken, first])
             ctx.emit("Cast", [first], [mask], to=ctx.onnx_dtype(ctx.dtype(x)))
 
     def grad(self, ctx, node, dys):
         """Each phase's output gradient is dy where that phase holds the window's first maximum.
         The kernel's gradient sums the four stride-2 phase convolutions' kernel gradients, the
         bias's is the sum of dy (each window passes dy to one position); x's interleaves the
-        phases back to the full-resolution output gradient for the Conv's own rule (dropped
+        phases back to the full-resolution output gradient for the transposed convolution (dropped
         when x needs none: the first layer's input is data)."""
         dy = dys[0]
         x, w = node.inputs[:2]
