@@ -7,6 +7,7 @@ without a rebuild) and ``t`` the 1-based step count, a scalar input.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -81,14 +82,19 @@ def update(ctx, config, w, g, state: dict, lr, t):
         return ctx.op("Add", w, m), new
     if name == "RMSprop":
         rho = a["rho"]
-        v = ctx.op("Add", ctx.op("Mul", state["velocity"], rho), ctx.op("Mul", ctx.op("Mul", g, g), 1 - rho))
+        # g~ = sqrt(1 - rho) g makes (1 - rho) g^2 one product; onnxruntime folds the constant
+        # factor into the matrix product that made g (one pass less over the kernel).
+        scale = math.sqrt(1 - rho)
+        gs = ctx.op("Mul", g, scale)
+        v = ctx.op("Add", ctx.op("Mul", state["velocity"], rho), ctx.op("Mul", gs, gs))
         new["velocity"] = v
         denominator = v
         if a.get("centered"):
-            avg = ctx.op("Add", ctx.op("Mul", state["average_gradient"], rho), ctx.op("Mul", g, 1 - rho))
+            avg = ctx.op("Add", ctx.op("Mul", state["average_gradient"], rho), ctx.op("Mul", gs, scale))
             new["average_gradient"] = avg
             denominator = ctx.op("Sub", v, ctx.op("Mul", avg, avg))
-        increment = ctx.op("Div", ctx.op("Mul", lr, g), ctx.op("Sqrt", ctx.op("Add", denominator, a["epsilon"])))
+        increment = ctx.op("Div", ctx.op("Mul", ctx.op("Div", lr, scale), gs),
+                           ctx.op("Sqrt", ctx.op("Add", denominator, a["epsilon"])))
         if a.get("momentum"):
             m = ctx.op("Add", ctx.op("Mul", state["momentum"], a["momentum"]), increment)
             new["momentum"] = m
