@@ -200,17 +200,19 @@ class Reduce(Op):
         if not node.attrs.get("keepdims", 1):
             dy = ctx.op("Unsqueeze", dy, axes=axes)
             y = ctx.op("Unsqueeze", y, axes=axes)
-        spread = ctx.op("ExpandLike", dy, x)
-        if self.name == "ReduceSum":
-            return [spread]
-        if self.name == "ReduceMean":
+        if self.name == "ReduceMean":  # dy / count, spread (divided before it is spread: fewer elements)
             dims = [ctx.type(x).shape[a] for a in axes]
             if all(isinstance(d, int) for d in dims):
                 count = ctx.const(float(np.prod(dims)), ctx.type(x).dtype)
-            else:  # a symbolic (batch) axis: count at run time
+            elif ctx.type(node.outputs[0]).rank == 0:  # a mean of everything: count every element
+                count = ctx.op("Cast", ctx.op("Size", x), to=ctx.type(x).dtype)
+            else:  # a symbolic (batch) axis among others: count at run time
                 count = ctx.op("Cast", ctx.op("Div", ctx.op("Size", x), ctx.op("Size", node.outputs[0])),
                                to=ctx.type(x).dtype)
-            return [ctx.op("Div", spread, count)]
+            return [ctx.op("ExpandLike", ctx.op("Div", dy, count), x)]
+        spread = ctx.op("ExpandLike", dy, x)
+        if self.name == "ReduceSum":
+            return [spread]
         # Max/Min: the gradient flows to the elements equal to the result.
         hit = ctx.op("Cast", ctx.op("Equal", x, ctx.op("ExpandLike", y, x)), to=ctx.type(x).dtype)
         return [ctx.op("Mul", spread, hit)]
