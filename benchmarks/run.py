@@ -176,21 +176,22 @@ def timed_training(fit, pool_n, target_s, reps):
             "samples_per_rep": n * epochs}
 
 
+def call_times(fn, calls):
+    """Seconds of each of ``calls`` calls of fn()."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def timed_predict(predict, x1024, x1, reps, calls):
     """predict(x) runs inference on x. Median samples/s at batch 1024 and median latency at batch 1."""
     warm_up(lambda: predict(x1024))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        predict(x1024)
-        times.append(time.perf_counter() - start)
-    out = {"batch1024_samples_per_s": len(x1024) / statistics.median(times)}
+    out = {"batch1024_samples_per_s": len(x1024) / statistics.median(call_times(lambda: predict(x1024), reps))}
     warm_up(lambda: predict(x1), min_calls=20, max_calls=60)
-    lat = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        predict(x1)
-        lat.append(time.perf_counter() - start)
+    lat = call_times(lambda: predict(x1), calls)
     out["batch1_latency_us"] = statistics.median(lat) * 1e6
     out["batch1_latency_p90_us"] = sorted(lat)[int(0.9 * len(lat))] * 1e6
     out["batch1_calls"] = calls
@@ -471,11 +472,7 @@ def w_matmul(fw, model, args):
         mm = lambda: a @ b  # noqa: E731
         lib = "torch (MKL)" if torch.backends.mkl.is_available() else "torch"
     mm()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        mm()
-        times.append(time.perf_counter() - start)
+    times = call_times(mm, reps)
     return {"gflops": flops / min(times) / 1e9, "gflops_median": flops / statistics.median(times) / 1e9,
             "blas": lib, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
             "threads": os.cpu_count()}
@@ -548,12 +545,7 @@ def w_profile(fw, model, args):
     m.fit(xs, ys, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
     out["fit_step_ms"] = (time.perf_counter() - t) / steps * 1e3
     m.train_on_batch(x, y)
-    ts = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        m.train_on_batch(x, y)
-        ts.append(time.perf_counter() - t)
-    out["train_on_batch_ms"] = statistics.median(ts) * 1e3
+    out["train_on_batch_ms"] = statistics.median(call_times(lambda: m.train_on_batch(x, y), steps)) * 1e3
     try:
         graph = m._training_onnx["train_step"]
     except Exception as e:
@@ -572,14 +564,8 @@ def w_profile(fw, model, args):
         pass
     feeds, how = _train_feeds(m, plain, {xname: x}, {tname: y})
     out["feeds"] = how
-    for _ in range(warm):
-        plain.run(None, feeds)
-    ts = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        plain.run(None, feeds)
-        ts.append(time.perf_counter() - t)
-    out["session_run_ms"] = statistics.median(ts) * 1e3
+    call_times(lambda: plain.run(None, feeds), warm)
+    out["session_run_ms"] = statistics.median(call_times(lambda: plain.run(None, feeds), steps)) * 1e3
     prof_dir = tempfile.mkdtemp(prefix="kc_ortprof_")
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(prof_dir, "train_step")

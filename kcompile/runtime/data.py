@@ -2,10 +2,29 @@
 or iterables of (x, y) batches, sliced and shuffled reproducibly."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import ShapeMismatch
 from ..ir.types import DTYPES
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple  # without the batch dimension; None for a symbolic dimension
+
+    def describe(self) -> str:
+        dims = ", ".join("None" if d is None else str(d) for d in (None,) + self.shape)
+        return f"({dims})"
+
+
+def tensor_specs(entries) -> list[TensorSpec]:
+    """The manifest's inputs, outputs or targets as specs without the batch dimension."""
+    return [TensorSpec(e["name"], e["dtype"], tuple(d if isinstance(d, int) else None for d in e["shape"][1:]))
+            for e in entries]
 
 
 def as_arrays(data, specs, where: str, what: str) -> dict:

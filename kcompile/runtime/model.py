@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,27 +11,11 @@ from ..errors import ShapeMismatch
 from ..ir.types import DTYPES
 from .devices import providers_for
 from .summary import format_summary
-from .data import as_arrays, check_arrays
+from .data import as_arrays, check_arrays, tensor_specs
 from .training import TrainingMixin
 
 
 PREDICT_CACHE_BYTES = 4 << 20  # activations per predict run (about a core's share of a CPU's last-level cache)
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: tuple  # without the batch dimension; None for a symbolic dimension
-
-    def describe(self) -> str:
-        dims = ", ".join("None" if d is None else str(d) for d in (None,) + self.shape)
-        return f"({dims})"
-
-
-def _specs(entries) -> list[TensorSpec]:
-    return [TensorSpec(e["name"], e["dtype"], tuple(d if isinstance(d, int) else None for d in e["shape"][1:]))
-            for e in entries]
 
 
 class Model(TrainingMixin):
@@ -43,8 +26,8 @@ class Model(TrainingMixin):
         self._onnx = onnx_bytes
         self.manifest = manifest
         self.name = manifest["model"]
-        self.inputs = _specs(manifest["inputs"])
-        self.outputs = _specs(manifest["outputs"])
+        self.inputs = tensor_specs(manifest["inputs"])
+        self.outputs = tensor_specs(manifest["outputs"])
         self._param_names = [p["name"] for p in manifest["parameters"]]
         self._weights = {n: np.ascontiguousarray(weights[n]) for n in self._param_names}
         self._providers = providers_for(device)
@@ -104,7 +87,6 @@ class Model(TrainingMixin):
     # ---------------- weights ----------------
     def get_weights(self) -> list[np.ndarray]:
         """All weights in Keras's order and layouts (Dense kernel [in, out], Conv2D kernel [kh, kw, in, out])."""
-        self._pull_shared()
         self._sync_state()
         return [self._weights[n].copy() for n in self._param_names]
 
@@ -119,8 +101,7 @@ class Model(TrainingMixin):
                 raise ShapeMismatch(f"set_weights: weight {name} expects shape {tuple(spec['shape'])}, "
                                     f"got {tuple(w.shape)}")
             new[name] = np.ascontiguousarray(w, dtype=spec["dtype"])
-        self._pull_shared()
-        self._drop_runner()  # training buffers start again from these weights
+        self._drop_runner()  # training buffers start again from these weights (and see shared ones)
         self._weights = new
         for name, weight in self._shared.items():  # the models holding these see them too
             weight.assign(new[name])

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import Batches, as_arrays, check_arrays
+from .data import Batches, as_arrays, check_arrays, tensor_specs
 
 
 # ---------------- learning-rate schedules ----------------
@@ -157,9 +157,7 @@ class TrainingMixin:
 
     def _check_xy(self, x, y, where):
         xs = as_arrays(x, self.inputs, where, "input")
-        targets = [type(self.inputs[0])(t["name"], t["dtype"], tuple(d if isinstance(d, int) else None
-                                                                     for d in t["shape"][1:]))
-                   for t in self._targets_spec()]
+        targets = tensor_specs(self._targets_spec())
         ys = as_arrays(y, targets, where, "target") if y is not None else None
         return check_arrays(xs, ys, self.inputs, targets, where)
 
@@ -169,17 +167,21 @@ class TrainingMixin:
         feeds.update(yb)
         feeds.update(self._weights)
         if training:
-            spec = self.manifest["training"]
             feeds.update(self._slots)
             feeds["lr"] = np.asarray(self.learning_rate, np.float32)
             feeds["step"] = np.asarray(self._iterations + 1, np.float32)
-            if spec["noise"]:
-                n = next(iter(xb.values())).shape[0]
-                rng = np.random.default_rng([self.seed, 7919, self._iterations])
-                for item in spec["noise"]:
-                    shape = (n,) + tuple(item["shape"][1:])
-                    feeds[item["name"]] = rng.random(shape, dtype=np.float32)
+            feeds.update(self._noise(xb))
         return feeds
+
+    def _noise(self, xb: dict) -> dict:
+        """The step's uniform noise for dropout-like layers, seeded by the step count: a resumed
+        run draws what the uninterrupted one would have."""
+        spec = self.manifest["training"]["noise"]
+        if not spec:
+            return {}
+        n = next(iter(xb.values())).shape[0]
+        rng = np.random.default_rng([self.seed, 7919, self._iterations])
+        return {item["name"]: rng.random((n,) + tuple(item["shape"][1:]), dtype=np.float32) for item in spec}
 
     def _runner_for_training(self):
         if self._runner is None:
@@ -310,15 +312,9 @@ class TrainingMixin:
     def _run_train_step(self, xb, yb):
         self._pull_shared()
         runner = self._runner_for_training()
-        spec = self.manifest["training"]
         self._lr_buffer[...] = self.learning_rate
         self._step_buffer[...] = self._iterations + 1
-        data = {**xb, **yb, "lr": self._lr_buffer, "step": self._step_buffer}
-        if spec["noise"]:
-            n = next(iter(xb.values())).shape[0]
-            rng = np.random.default_rng([self.seed, 7919, self._iterations])
-            for item in spec["noise"]:
-                data[item["name"]] = rng.random((n,) + tuple(item["shape"][1:]), dtype=np.float32)
+        data = {**xb, **yb, "lr": self._lr_buffer, "step": self._step_buffer, **self._noise(xb)}
         results = runner.run(data)
         loss = float(results["loss"])
         if not math.isfinite(loss):
@@ -339,7 +335,6 @@ class TrainingMixin:
         return results
 
     def _run_eval_step(self, xb, yb):
-        self._pull_shared()
         self._sync_state()
         session = self._session_for("eval")
         names = [o.name for o in session.get_outputs()]
