@@ -65,7 +65,7 @@ class _Recurrent(Layer):
             mask = ctx.op("Flip", mask, axis=1) if mask is not None else None
         inputs = [x, self.kernel, self.recurrent_kernel] + ([self.bias] if self.use_bias else [])
         attrs = self.op_attrs()
-        if self.recurrent_dropout:  # drawn in the training graph (kcompile.training.graphs); ignored at inference
+        if self.recurrent_dropout:  # drawn in training (ops.recurrent training_form); ignored at inference
             attrs["recurrent_dropout"] = self.recurrent_dropout
         if mask is not None:  # masked steps keep the previous state (and output), as Keras
             inputs.append(mask)

@@ -40,11 +40,33 @@ class Op:
         ``ctx`` emits ops (see kcompile.autodiff.GradContext); forward values are reused by name."""
         raise NotImplementedError(f"{self.name} has no gradient rule")
 
+    def training_form(self, ctx, node) -> tuple[list, list] | None:
+        """Rewrite ``node`` into its training-time computation (dropout draws masks from noise,
+        BatchNormalization uses batch statistics); None where training computes what inference
+        does. Returns ([(noise input, like value)], [(moving statistic, its new value)]) and
+        replaces the node in ``ctx.g``. Called on the forward graph before differentiation."""
+        return None
+
     def check_float(self, ins, n=None):
         for t in ins[:n]:
             if not t.is_float:
                 raise ShapeError(f"{self.name} needs a floating-point tensor, got {t}",
                                  hint="cast integer data to float32 first")
+
+
+def noise_input(ctx, node, t: TensorType) -> str:
+    """A uniform [0, 1) noise input of type ``t`` for ``node``'s training form; the runtime draws
+    (batch,) + t.shape[1:] numbers each step."""
+    name = ctx.g.fresh(f"noise:{node.layer or node.name}")
+    ctx.g.add_input(name, t)
+    return name
+
+
+def replace_node(ctx, node, values) -> None:
+    """Readers of ``node``'s outputs read ``values`` instead; the node goes."""
+    for old, new in zip(node.outputs, values):
+        ctx.g.replace_uses(old, new)
+    ctx.g.remove_node(node)
 
 
 def emit(graph: Graph, op: str, inputs, attrs=None, loc=None, layer=None, name=None) -> list[str]:

@@ -2,10 +2,12 @@
 BatchNormalization, Softmax, Dropout, GaussianNoise, Gather (embedding lookup)."""
 from __future__ import annotations
 
+import math
+
 from ..errors import ShapeError, format_shape
 from ..ir import TensorType
 from ..ir.types import normalize_axis
-from .base import Op, register
+from .base import Op, noise_input, register, replace_node
 from .linalg import lower_fused
 
 
@@ -373,8 +375,9 @@ class AveragePool(Pool):
 @register
 class BatchNormalization(Op):
     """Inference form: (x - mean) / sqrt(var + epsilon) * scale + bias along channel ``axis``.
-    inputs: x, scale, bias, mean, var. attrs: axis, epsilon, momentum and trainable (used by the
-    training form, which normalizes with batch statistics: kcompile.training.graphs)."""
+    inputs: x, scale, bias, mean, var. attrs: axis, epsilon, momentum and trainable (the
+    training form of a trainable layer normalizes with batch statistics and updates the
+    moving ones, as Keras)."""
     name = "BatchNormalization"
 
     def infer(self, ins, attrs):
@@ -403,6 +406,29 @@ class BatchNormalization(Op):
         shape[0] = -1
         s, shift = (ctx.emit("Reshape", [v, ctx.const(shape, "int64")]) for v in (s, shift))
         ctx.emit("Add", [ctx.emit("Mul", [x, s]), shift], outputs)
+
+    def training_form(self, ctx, node):
+        if not node.attrs.get("trainable", True):
+            return None  # a frozen layer runs in inference mode, as Keras
+        x, gamma, beta, mean, var = node.inputs
+        t = ctx.type(x)
+        axis = node.attrs["axis"] % t.rank
+        axes = tuple(i for i in range(t.rank) if i != axis)
+        shape = (-1,) + (1,) * (t.rank - axis - 1)
+        batch_mean = ctx.op("ReduceMean", x, axes=axes, keepdims=1)
+        centered = ctx.op("Sub", x, batch_mean)
+        batch_var = ctx.op("ReduceMean", ctx.op("Mul", centered, centered), axes=axes, keepdims=1)
+        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", batch_var, node.attrs.get("epsilon", 1e-3))))
+        y = ctx.op("Add", ctx.op("Mul", ctx.op("Mul", centered, inv_std), ctx.op("Reshape", gamma, shape=shape)),
+                   ctx.op("Reshape", beta, shape=shape))
+        replace_node(ctx, node, [y])
+        momentum = node.attrs.get("momentum", 0.99)
+        updates = []
+        for stat, value in ((mean, batch_mean), (var, batch_var)):
+            if ctx.g.kind(stat) == "param":
+                flat = ctx.op("Reshape", value, shape=(-1,))
+                updates.append((stat, ctx.op("Add", ctx.op("Mul", stat, momentum), ctx.op("Mul", flat, 1 - momentum))))
+        return [], updates
 
     def grad(self, ctx, node, dys):
         """Inference form (frozen statistics): y = (x - mean) * s + beta, s = gamma / sqrt(var + eps)."""
@@ -452,8 +478,8 @@ class LogSoftmax(Softmax):
 class Dropout(Op):
     """attrs: rate, and optionally noise_shape: the shape of the keep-mask, the input's shape
     (batch included, symbolic dims as they are) with 1 on the axes where one mask value is
-    shared (SpatialDropout: [N, 1, 1, C]). Identity at inference (removed by a pass); the
-    training graph (kcompile.training.graphs) replaces it by its mask."""
+    shared (SpatialDropout: [N, 1, 1, C]). Identity at inference (removed by a pass); in
+    training, x * (noise >= rate) / (1 - rate) with a uniform noise input."""
     name = "Dropout"
     ir_only_attrs = ("rate", "noise_shape")
 
@@ -469,15 +495,32 @@ class Dropout(Op):
     def lower(self, ctx, inputs, outputs, attrs):
         ctx.emit("Identity", inputs[:1], outputs)
 
+    def training_form(self, ctx, node):
+        x, rate = node.inputs[0], node.attrs["rate"]
+        if rate == 0:
+            replace_node(ctx, node, [x])
+            return [], []
+        t = ctx.type(x)
+        mask = node.attrs.get("noise_shape")
+        if mask is None:
+            u = name = noise_input(ctx, node, t)
+        else:
+            u = name = noise_input(ctx, node, t.with_shape((t.shape[0],) + tuple(mask[1:])))
+            if mask[0] == 1:  # one mask for the whole batch: row 0 (ReduceMax keeps the typing)
+                u = ctx.op("ReduceMax", ctx.op("Slice", name, starts=(0,), ends=(1,), axes=(0,)), axes=(0,), keepdims=1)
+        keep = ctx.op("Cast", ctx.op("GreaterOrEqual", u, rate), to=t.dtype)
+        replace_node(ctx, node, [ctx.op("Mul", ctx.op("Mul", x, keep), 1.0 / (1.0 - rate))])
+        return [(name, x)], []
+
     def grad(self, ctx, node, dys):
-        return [dys[0]]  # the training graph replaces Dropout by its mask before autodiff
+        return [dys[0]]  # (the training form replaces Dropout by its mask before autodiff)
 
 
 @register
 class GaussianNoise(Op):
     """Additive zero-mean Gaussian noise of standard deviation ``stddev`` in training; the
-    identity at inference (removed by the remove-dropout pass). attrs: stddev. The training
-    graph (kcompile.training.graphs) replaces it by x + stddev * (a standard-normal input)."""
+    identity at inference (removed by the remove-dropout pass). attrs: stddev. In training,
+    x + stddev * z, z standard-normal from two uniform noise inputs."""
     name = "GaussianNoise"
     ir_only_attrs = ("stddev",)
 
@@ -487,6 +530,19 @@ class GaussianNoise(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         ctx.emit("Identity", inputs[:1], outputs)
+
+    def training_form(self, ctx, node):
+        x, stddev = node.inputs[0], node.attrs["stddev"]
+        t = ctx.type(x)
+        if stddev == 0:
+            replace_node(ctx, node, [x])
+            return [], []
+        # Box-Muller: z = sqrt(-2 ln(1 - u1)) * cos(2 pi u2).
+        u1, u2 = noise_input(ctx, node, t), noise_input(ctx, node, t)
+        radius = ctx.op("Sqrt", ctx.op("Mul", ctx.op("Log", ctx.op("Sub", ctx.const(1.0, t.dtype), u1)), -2.0))
+        z = ctx.op("Mul", radius, ctx.op("Cos", ctx.op("Mul", u2, 2 * math.pi)))
+        replace_node(ctx, node, [ctx.op("Add", x, ctx.op("Mul", z, stddev))])
+        return [(u1, x), (u2, x)], []
 
     def grad(self, ctx, node, dys):
         return [dys[0]]  # additive noise: d(x + noise)/dx = 1

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 from ..errors import ShapeError, format_shape
 from ..ir import TensorType
-from .base import Op, register
+from .base import Op, noise_input, register, replace_node
 
 _ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
 
@@ -143,6 +143,9 @@ class LSTM(Op):
         ctx.emit("Scan", [zeros, zeros, xw, _step_mask(ctx, x, mask)], [outputs[1], outputs[2], outputs[0], outputs[3]],
                  body=graph, num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1, 1])
 
+    def training_form(self, ctx, node):
+        return _recurrent_dropout_form(ctx, node)
+
     def grad(self, ctx, node, dys):
         if node.attrs.get("activation", "Tanh") != "Tanh" or node.attrs.get("recurrent_activation",
                                                                             "Sigmoid") != "Sigmoid":
@@ -151,6 +154,24 @@ class LSTM(Op):
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         ins = [x, k, r, seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3])
         return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask)
+
+
+def _recurrent_dropout_form(ctx, node):
+    """Training form of recurrent dropout: one keep-mask per sequence and gate over the previous
+    state's units, the same at every step, drawn from a noise input [N, gates, units] and given
+    to the op as its ``drop`` input."""
+    rate, units = node.attrs.get("recurrent_dropout"), node.attrs["units"]
+    if not rate:
+        return None
+    x, recurrent = node.inputs[0], node.inputs[2]
+    t = ctx.type(x)
+    name = noise_input(ctx, node, t.with_shape((t.shape[0], ctx.type(recurrent).shape[1] // units, units)))
+    keep = ctx.op("Mul", ctx.op("Cast", ctx.op("GreaterOrEqual", name, rate), to=t.dtype), 1.0 / (1.0 - rate))
+    inputs = list(node.inputs)
+    inputs.insert(len(inputs) - 1 if node.attrs.get("masked") else len(inputs), keep)  # before the step mask
+    attrs = {k: v for k, v in node.attrs.items() if k != "recurrent_dropout"}
+    replace_node(ctx, node, ctx.op(node.op, *inputs, rdrop=True, **attrs))
+    return [(name, x)], []
 
 
 def _split_inputs(inputs, attrs):
@@ -350,6 +371,9 @@ class _OneStateRecurrence(Op):
         _check(x, k, r, b, self.gates, u, drop)
         return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
 
+    def training_form(self, ctx, node):
+        return _recurrent_dropout_form(ctx, node)
+
     def grad(self, ctx, node, dys):
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys)
@@ -409,7 +433,8 @@ class SimpleRNNGrad(Op):
         one = body.const(1.0, "one")
         dh_all = body("Add", "dh_t", "dh_next")
         dz = body("Mul", body("Mul", "m_t", dh_all), body("Sub", one, body("Mul", "h_t", "h_t")))
-        dh_prev = body("Add", _step_product_grad(body, dz, rt, drop, rgt, u), body("Mul", body("Sub", one, "m_t"), dh_all))
+        dh_prev = body("Add", _step_product_grad(body, dz, rt, drop, rgt, u),
+                       body("Mul", body("Sub", one, "m_t"), dh_all))
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dz], ["dz_out"])]
         graph = body.graph("rnn_step_grad", ["dh_next", "dh_t", "h_t", "m_t"], ["dh_prev", "dz_out"])

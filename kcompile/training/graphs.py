@@ -10,7 +10,6 @@ returns the loss and metrics.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from ..autodiff import GradContext, gradients
@@ -18,6 +17,7 @@ from ..errors import KcompileError
 from ..frontend import ast
 from ..frontend.train import LOSS_ALIASES
 from ..ir import Graph, TensorType
+from ..ops import OPS
 from ..passes import optimize
 from ..passes.cse import common_subexpression_elimination
 from ..passes.dce import dead_code_elimination
@@ -69,91 +69,17 @@ class TrainingProgram:
 
 # ---------------- training form of the forward graph ----------------
 def training_form(g: Graph) -> tuple[list, list]:
-    """Dropout draws its mask from a noise input; BatchNormalization of trainable layers
-    uses batch statistics and outputs its new moving statistics. Returns (noise inputs,
-    [(moving statistic, new value)])."""
+    """Each op's training-time computation (``Op.training_form``: dropout masks from noise
+    inputs, BatchNormalization with batch statistics). Returns (noise inputs, [(moving
+    statistic, new value)])."""
     ctx = GradContext(g)
     noise, updates = [], []
     for node in g.nodes():
         ctx.node = node
-        if node.op == "Dropout":
-            x = node.inputs[0]
-            rate = node.attrs["rate"]
-            if rate == 0:
-                g.replace_uses(node.outputs[0], x)
-                g.remove_node(node)
-                continue
-            name = g.fresh(f"noise:{node.layer or node.name}")
-            t = g.types[x]
-            mask = node.attrs.get("noise_shape")
-            u = name
-            if mask is None:
-                g.add_input(name, t)
-            else:
-                # The noise input keeps the batch axis: the runtime draws (batch,) + shape[1:].
-                g.add_input(name, t.with_shape((t.shape[0],) + tuple(mask[1:])))
-                if mask[0] == 1:  # one mask for the whole batch: row 0 (ReduceMax keeps the typing)
-                    u = ctx.op("ReduceMax", ctx.op("Slice", name, starts=(0,), ends=(1,), axes=(0,)),
-                               axes=(0,), keepdims=1)
-            keep = ctx.op("Cast", ctx.op("GreaterOrEqual", u, rate), to=t.dtype)
-            y = ctx.op("Mul", ctx.op("Mul", x, keep), 1.0 / (1.0 - rate))
-            g.replace_uses(node.outputs[0], y)
-            g.remove_node(node)
-            noise.append((name, x))
-        elif node.op in ("SimpleRNN", "LSTM", "GRU") and node.attrs.get("recurrent_dropout"):
-            # One keep-mask per sequence and gate over the previous state's units, the same at
-            # every step: a noise input [N, gates, units] becomes the op's ``drop`` input.
-            rate, units = node.attrs["recurrent_dropout"], node.attrs["units"]
-            x, recurrent = node.inputs[0], node.inputs[2]
-            t = g.types[x]
-            name = g.fresh(f"noise:{node.layer or node.name}")
-            g.add_input(name, t.with_shape((t.shape[0], g.types[recurrent].shape[1] // units, units)))
-            keep = ctx.op("Mul", ctx.op("Cast", ctx.op("GreaterOrEqual", name, rate), to=t.dtype), 1.0 / (1.0 - rate))
-            inputs = list(node.inputs)
-            inputs.insert(len(inputs) - 1 if node.attrs.get("masked") else len(inputs), keep)
-            attrs = {k: v for k, v in node.attrs.items() if k != "recurrent_dropout"}
-            outs = ctx.op(node.op, *inputs, rdrop=True, **attrs)
-            for old, new in zip(node.outputs, outs):
-                g.replace_uses(old, new)
-            g.remove_node(node)
-            noise.append((name, x))
-        elif node.op == "GaussianNoise":
-            x, stddev = node.inputs[0], node.attrs["stddev"]
-            t = g.types[x]
-            if stddev == 0:
-                g.replace_uses(node.outputs[0], x)
-                g.remove_node(node)
-                continue
-            # Box-Muller from two uniform [0, 1) noise inputs: z = sqrt(-2 ln(1 - u1)) * cos(2 pi u2).
-            u1 = g.fresh(f"noise:{node.layer or node.name}")
-            g.add_input(u1, t)
-            u2 = g.fresh(f"noise:{node.layer or node.name}")
-            g.add_input(u2, t)
-            radius = ctx.op("Sqrt", ctx.op("Mul", ctx.op("Log", ctx.op("Sub", ctx.const(1.0, t.dtype), u1)), -2.0))
-            z = ctx.op("Mul", radius, ctx.op("Cos", ctx.op("Mul", u2, 2 * math.pi)))
-            g.replace_uses(node.outputs[0], ctx.op("Add", x, ctx.op("Mul", z, stddev)))
-            g.remove_node(node)
-            noise += [(u1, x), (u2, x)]
-        elif node.op == "BatchNormalization" and node.attrs.get("trainable", True):
-            x, gamma, beta, mean, var = node.inputs
-            t = g.types[x]
-            axis = node.attrs["axis"] % t.rank
-            axes = tuple(i for i in range(t.rank) if i != axis)
-            shape = (-1,) + (1,) * (t.rank - axis - 1)
-            batch_mean = ctx.op("ReduceMean", x, axes=axes, keepdims=1)
-            centered = ctx.op("Sub", x, batch_mean)
-            batch_var = ctx.op("ReduceMean", ctx.op("Mul", centered, centered), axes=axes, keepdims=1)
-            inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", batch_var, node.attrs.get("epsilon", 1e-3))))
-            y = ctx.op("Add", ctx.op("Mul", ctx.op("Mul", centered, inv_std), ctx.op("Reshape", gamma, shape=shape)),
-                       ctx.op("Reshape", beta, shape=shape))
-            g.replace_uses(node.outputs[0], y)
-            g.remove_node(node)
-            momentum = node.attrs.get("momentum", 0.99)
-            for stat, value in ((mean, batch_mean), (var, batch_var)):
-                if g.kind(stat) != "param":
-                    continue
-                flat = ctx.op("Reshape", value, shape=(-1,))
-                updates.append((stat, ctx.op("Add", ctx.op("Mul", stat, momentum), ctx.op("Mul", flat, 1 - momentum))))
+        form = OPS[node.op].training_form(ctx, node)
+        if form is not None:
+            noise += form[0]
+            updates += form[1]
     return noise, updates
 
 
