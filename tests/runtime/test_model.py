@@ -173,3 +173,19 @@ def test_devices():
             kcompile.compile_string(MLP, device="cuda")
         m = kcompile.compile_string(MLP, device="auto")
         assert m.predict(np.zeros((1, 28, 28, 1), np.float32)).shape == (1, 10)
+
+
+def test_save_weights_and_load_weights_from_a_file_or_a_folder(tmp_path):
+    a = kcompile.compile_string(MLP, seed=1)
+    b = kcompile.compile_string(MLP, seed=2)
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    assert not np.allclose(a.predict(x), b.predict(x))
+    path = a.save_weights(tmp_path / "sub" / "w.npz")
+    b.load_weights(path)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    np.testing.assert_allclose(b.predict(x), a.predict(x), rtol=1e-5, atol=1e-7)
+    folder = write_build(compile_source(MLP.replace("model mlp", "model lw_mlp"), "mlp.kdl"), tmp_path, seed=5)
+    b.load_weights(folder)  # a build (or checkpoint) folder's weights
+    for wf, w5 in zip(b.get_weights(), kcompile.compile_string(MLP, seed=5).get_weights()):
+        np.testing.assert_array_equal(wf, w5)
