@@ -8,6 +8,7 @@ from .fold import constant_folding
 from .cse import common_subexpression_elimination
 from .transpose import sink_transposes
 from .fusion import fold_batchnorm, fuse_activation, fuse_bias
+from .crop import crop_unread_borders
 
 # (name, function, minimum -O level)
 PIPELINE = [
@@ -18,6 +19,7 @@ PIPELINE = [
     ("bias-fusion", fuse_bias, 1),
     ("batchnorm-folding", fold_batchnorm, 1),
     ("activation-fusion", fuse_activation, 1),
+    ("crop-unread-borders", crop_unread_borders, 1),
     ("cse", common_subexpression_elimination, 1),
     ("dead-code-elimination", dead_code_elimination, 1),
 ]
