@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from onnx import numpy_helper
 
 from ..errors import ShapeError, format_shape
 from ..ir import TensorType
@@ -184,6 +185,8 @@ class Reduce(Op):
         attrs = dict(attrs)
         if "axes" in attrs:
             attrs["axes"] = list(attrs["axes"])
+        if self.name == "ReduceSum" and _lower_sum_as_product(ctx, inputs[0], outputs[0], attrs):
+            return
         if self.name == "ReduceSum":  # axes became an input of ReduceSum in opset 13
             axes = attrs.pop("axes", None)
             ins = [inputs[0]] + ([ctx.const(axes, "int64")] if axes is not None else [])
@@ -216,6 +219,40 @@ class Reduce(Op):
         # Max/Min: the gradient flows to the elements equal to the result.
         hit = ctx.op("Cast", ctx.op("Equal", x, ctx.op("ExpandLike", y, x)), to=ctx.type(x).dtype)
         return [ctx.op("Mul", spread, hit)]
+
+
+# onnxruntime's ReduceSum over the leading (batch) axis is slow: 45 us for a [128, 512] bias
+# gradient, where a product with a row of ones takes 7 us. A convolution's bias gradient
+# (axes 0, 2, 3) first sums each map's contiguous pixels: 40 -> 28 us for [128, 64, 10, 10].
+SUM_AS_PRODUCT_MIN_COLUMNS = 64
+
+
+def _lower_sum_as_product(ctx, x, out, attrs) -> bool:
+    """ReduceSum over the leading axis (after summing any trailing spatial axes) as
+    ones[1, N] @ x; False where the plain ReduceSum is kept."""
+    shape = ctx.shape(x)
+    rank = len(shape)
+    axes = sorted(normalize_axis(a, rank) for a in attrs.get("axes", range(rank)))
+    dtype = ctx.dtype(x)
+    if rank < 2 or dtype not in ("float32", "float64") or not all(isinstance(d, int) for d in shape[1:]):
+        return False
+    if axes == [0]:
+        columns = shape[1:]
+    elif rank >= 3 and axes == [0] + list(range(2, rank)):  # per-channel sums of [N, C, *spatial]
+        columns = shape[1:2]
+    else:
+        return False
+    if int(np.prod(columns)) < SUM_AS_PRODUCT_MIN_COLUMNS:
+        return False
+    if axes == [0]:  # rows of [N, columns]; a reshape would copy a tensor the backward pass reads twice
+        rows = x if rank == 2 else ctx.emit("Reshape", [x, ctx.const([0, int(np.prod(shape[1:]))], "int64")])
+    else:
+        rows = ctx.emit("ReduceSum", [ctx.emit("Reshape", [x, ctx.const([0, shape[1], -1], "int64")]),
+                                      ctx.const([2], "int64")], keepdims=0)
+    count = ctx.emit("Concat", [ctx.const([1], "int64"), ctx.emit("Shape", [x], end=1)], axis=0)
+    ones = ctx.emit("ConstantOfShape", [count], value=numpy_helper.from_array(np.ones(1, dtype)))
+    ctx.emit("Reshape", [ctx.emit("MatMul", [ones, rows]), ctx.const(list(ctx.shape(out)), "int64")], [out])
+    return True
 
 
 for _name in ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"]:
