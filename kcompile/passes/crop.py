@@ -45,7 +45,10 @@ def crop_unread_borders(g: Graph) -> Graph:
         if node.outputs[0] in slices or not any(v in renamed for v in node.inputs):
             continue
         replaced.append(node)
-        outs = emit(g, node.op, [renamed.get(v, v) for v in node.inputs], node.attrs, loc=node.loc, layer=node.layer)
+        inputs = [renamed.get(v, v) for v in node.inputs]
+        if isinstance(OPS[node.op], Binary):
+            inputs = _match_extents(g, node, inputs)
+        outs = emit(g, node.op, inputs, node.attrs, loc=node.loc, layer=node.layer)
         for old, new in zip(node.outputs, outs):
             if g.types[old].shape == g.types[new].shape:
                 g.replace_uses(old, new)
@@ -54,6 +57,21 @@ def crop_unread_borders(g: Graph) -> Graph:
     for node in replaced:
         remove_if_dead(g, node)
     return g
+
+
+def _match_extents(g: Graph, node, inputs: list) -> list:
+    """Operands of an element-wise op cropped from different sources may differ in extent (one
+    of them is also read whole elsewhere): the larger is cut to the smaller here."""
+    rank = max(g.types[v].rank for v in inputs)
+    shapes = [(rank - g.types[v].rank) * (1,) + tuple(g.types[v].shape) for v in inputs]
+    target = [min((s[a] for s in shapes if isinstance(s[a], int) and s[a] != 1), default=None) for a in range(rank)]
+    matched = []
+    for v, shape in zip(inputs, shapes):
+        cut = [(a - (rank - g.types[v].rank), t) for a, t in enumerate(target)
+               if t is not None and isinstance(shape[a], int) and shape[a] not in (1, t)]
+        matched.append(add(g, node, "Slice", [v], starts=(0,) * len(cut), ends=tuple(t for _, t in cut),
+                           axes=tuple(a for a, _ in cut)) if cut else v)
+    return matched
 
 
 def _cropped(g: Graph, value: str, need: dict) -> bool:

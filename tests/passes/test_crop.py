@@ -73,6 +73,26 @@ def test_leaves_what_is_read_whole(shape, body):
     assert not [n for n in g.nodes() if n.op == "Slice"]
 
 
+def test_operands_cropped_from_different_sources_are_matched():
+    """b is an output too, so it stays whole; a is cropped through its own input (9x9 of x1's
+    10x10): their sum takes b's first 8 rows and columns."""
+    src = """model m {
+    input x1: float32[10, 10, 1]
+    input x2: float32[9, 9, 1]
+    a = Conv2D(2, 2)(x1)
+    b = Conv2D(2, 1)(x2)
+    y = MaxPooling2D(2)(Add()(a, b))
+    output y
+    output b
+}"""
+    before = graph_of(src, 0)
+    after = crop_unread_borders(graph_of(src, 0))
+    assert sorted(after.types[n.outputs[0]].shape[1:3] for n in after.nodes() if n.op == "Slice") == [(8, 8), (9, 9)]
+    rng = np.random.default_rng(0)
+    assert_same(before, after, {"x1": rng.normal(size=(2, 10, 10, 1)).astype(np.float32),
+                                "x2": rng.normal(size=(2, 9, 9, 1)).astype(np.float32)}, random_weights(before))
+
+
 def test_training_steps_match_the_uncropped_model():
     """A CNN whose first convolution is cropped trains step for step as at -O0 (real digits)."""
     src = """model cropped {
