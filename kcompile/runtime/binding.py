@@ -13,6 +13,8 @@ them directly, so a step of one model is the next step's input of the others, un
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
@@ -74,9 +76,11 @@ class StateRunner:
 
     ROTATION = 3
 
-    def __init__(self, session, state: dict[str, np.ndarray], providers, shared: dict | None = None):
+    def __init__(self, session, state: dict[str, np.ndarray], providers, shared: dict | None = None,
+                 flush=None):
         """``state``: every weight and slot by input name; ``shared``: name -> SharedWeight for
-        the weights held with other models (bound from there, not copied)."""
+        the weights held with other models (bound from there, not copied); ``flush``: a context
+        entered around each run (fpenv.FlushDenormals)."""
         import onnxruntime as ort
         self.ort = ort
         self.session = session
@@ -99,6 +103,7 @@ class StateRunner:
         self.result_values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.results.items()}
         self.position = 0
         self.bindings = [self._binding(k) for k in range(self.ROTATION)]
+        self.flush = flush if flush is not None else contextlib.nullcontext()
 
     def _alloc(self, array, copy):
         return _ortvalue(self.ort, array, self.device, copy)
@@ -125,7 +130,8 @@ class StateRunner:
             b.bind_ortvalue_output(f"new:{n}", w.following())
         for n, w in self.shared_fixed.items():
             b.bind_ortvalue_input(n, w.current())
-        self.session.run_with_iobinding(b)
+        with self.flush:
+            self.session.run_with_iobinding(b)
         self.position = (self.position + 1) % self.ROTATION
         for w in self.shared_state.values():
             w.advance()

@@ -6,12 +6,14 @@ continues the exact trajectory), and keeps the running means of loss and metrics
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .data import Batches, as_arrays, check_arrays, tensor_specs
+from .fpenv import FlushDenormals
 
 
 # ---------------- learning-rate schedules ----------------
@@ -89,6 +91,12 @@ class NonFiniteLoss(Exception):
 class TrainingMixin:
     """fit/evaluate/... for :class:`kcompile.runtime.model.Model` (which holds the sessions and weights)."""
 
+    # Training steps flush denormal numbers to zero, as XLA (Keras on JAX) and TensorFlow do on
+    # CPU: decaying optimizer state would otherwise slow every step on CPUs with slow denormals
+    # (see runtime/fpenv.py). Set to False before the first training call for IEEE denormals,
+    # as PyTorch computes by default.
+    flush_denormals = True
+
     # ---- state ----
     def _init_training(self, seed: int):
         spec = self.manifest.get("training")
@@ -101,6 +109,7 @@ class TrainingMixin:
         self._runner = None
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
+        self._flush = contextlib.nullcontext()  # entered around each training step (FlushDenormals)
         self._shared = {}  # weight -> the SharedWeight it is, when other models hold it too
         self._shared_seen = {}  # weight -> the SharedWeight's version this model last looked at
         self._generation = 0  # bumped whenever this model's weights change
@@ -143,6 +152,9 @@ class TrainingMixin:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if key == "train_step" and self.flush_denormals and FlushDenormals.available():
+                self._flush = FlushDenormals()
+                FlushDenormals.configure(options)
             setattr(self, attr, ort.InferenceSession(self._training_onnx[key], options, providers=self._providers))
         return getattr(self, attr)
 
@@ -186,8 +198,9 @@ class TrainingMixin:
     def _runner_for_training(self):
         if self._runner is None:
             from .binding import StateRunner
-            self._runner = StateRunner(self._session_for("train_step"), {**self._weights, **self._slots},
-                                       self._providers, shared=self._shared)
+            session = self._session_for("train_step")
+            self._runner = StateRunner(session, {**self._weights, **self._slots}, self._providers,
+                                       shared=self._shared, flush=self._flush)
             self._lr_buffer = np.zeros((), np.float32)
             self._step_buffer = np.zeros((), np.float32)
         return self._runner

@@ -1,0 +1,79 @@
+"""Denormal numbers flushed to zero inside training steps, and nowhere else.
+
+Where a weight's gradient is zero (the inputs of a dead ReLU unit), RMSprop's and Adam's
+velocities decay geometrically and after some 700 steps pass through the denormal range: the
+MNIST MLP on synthetic data has 290k of its 400k velocities denormal after two epochs. Many
+CPUs (Intel's in particular) take a slow path for every denormal operand; this machine's AMD
+EPYC does not (a Mul over 400k denormals: 48 us, as fast as normal numbers). XLA (Keras on
+JAX) and TensorFlow flush denormals on CPU; PyTorch does not by default.
+
+onnxruntime's ``session.set_denormal_as_zero`` sets the flush bits on the session's pool
+threads, but the calling thread, which takes its share of every parallel op, only for the
+first session of a process; and there the bits would stay set for the user's numpy too. So
+each run switches the caller's thread to flushing and back: fegetenv/fesetenv of the C
+library (about a microsecond in all), with the flush bits of the platforms we know. Elsewhere
+nothing is flushed.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import platform
+
+_ENV_BYTES = 256  # room for any platform's fenv_t
+
+
+@functools.lru_cache(maxsize=1)
+def _flush_bits():
+    """(byte offset of the control register in glibc's fenv_t, the bits that flush), or None."""
+    system, machine = platform.system(), platform.machine().lower()
+    if system == "Linux" and machine in ("x86_64", "amd64"):
+        return 28, 0x8040  # MXCSR: flush-to-zero (bit 15) and denormals-are-zero (bit 6)
+    if system == "Linux" and machine in ("aarch64", "arm64"):
+        return 0, 1 << 24  # FPCR.FZ
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _libm():
+    for name in (ctypes.util.find_library("m"), "libm.so.6"):
+        if not name:
+            continue
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        if hasattr(lib, "fegetenv") and hasattr(lib, "fesetenv"):
+            return lib
+    return None
+
+
+class FlushDenormals:
+    """A context entered around each run of a session created with :meth:`configure`'s options."""
+
+    @staticmethod
+    def available() -> bool:
+        return _flush_bits() is not None and _libm() is not None
+
+    def __init__(self):
+        self._get, self._set = _libm().fegetenv, _libm().fesetenv
+        self._callers = ctypes.create_string_buffer(_ENV_BYTES)
+        self._flushing = ctypes.create_string_buffer(_ENV_BYTES)
+        offset, self._bits = _flush_bits()
+        self._register = ctypes.c_uint32.from_buffer(self._flushing, offset)
+
+    @staticmethod
+    def configure(options):
+        """Session options whose pool threads flush."""
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        return options
+
+    def __enter__(self):
+        self._get(self._callers)
+        ctypes.memmove(self._flushing, self._callers, _ENV_BYTES)
+        self._register.value |= self._bits
+        self._set(self._flushing)
+
+    def __exit__(self, *exc):
+        self._set(self._callers)

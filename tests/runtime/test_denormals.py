@@ -1,0 +1,56 @@
+"""Training steps flush denormal numbers to zero (as XLA and TensorFlow do on CPU); the
+caller's own floating-point environment, numpy's, is left as it was."""
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile.runtime.fpenv import FlushDenormals
+
+pytestmark = pytest.mark.skipif(not FlushDenormals.available(), reason="no fegetenv/fesetenv here")
+
+SRC = """model scale {
+    input x: float32[1]
+    y = Dense(1, use_bias=false, kernel_initializer=zeros)(x)
+    train {
+        loss = mean_squared_error
+        optimizer = SGD(learning_rate=1.0)
+    }
+}"""
+DENORMAL = np.float32(3e-39)
+
+
+def numpy_keeps_denormals() -> bool:
+    return bool(np.array([DENORMAL]) * np.float32(1.0) != 0)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_step_on_denormal_data(flush):
+    """y = w x with w = 0 and x denormal: flushed, x reads as 0 and w stays 0; IEEE, each step's
+    gradient 2 (w x - 1) x is -2x (w x underflows), so two steps make w = 4x."""
+    assert numpy_keeps_denormals()
+    m = kcompile.compile_string(SRC)
+    m.flush_denormals = flush
+    x, t = np.full((1, 1), DENORMAL), np.full((1, 1), 1.0, np.float32)
+    (w0,) = m.get_weights()
+    m.train_on_batch(x, t)
+    m.train_on_batch(x, t)
+    (w1,) = m.get_weights()
+    moved = float(w1[0, 0] - w0[0, 0])
+    if flush:
+        assert moved == 0.0
+    else:
+        assert moved == pytest.approx(4 * float(DENORMAL), rel=1e-3, abs=0)
+    assert numpy_keeps_denormals()  # the caller's environment, after session creation and runs
+
+
+def test_mlp_trains_the_same_with_and_without_flushing():
+    """Away from denormals the two modes compute the same steps."""
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 28, 28, 1), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
+    losses = []
+    for flush in (True, False):
+        m = kcompile.compile("examples/mnist_mlp.kdl", seed=1)
+        m.flush_denormals = flush
+        losses.append([m.train_on_batch(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
