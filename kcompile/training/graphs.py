@@ -26,7 +26,7 @@ from ..passes.dropout import remove_dropout
 from ..passes.fusion import fuse_bias
 from ..passes.crop import crop_unread_borders
 from ..passes.reorder import conv_pool_phases, pool_before_activation
-from ..passes.transpose import sink_transposes
+from ..passes.transpose import sink_transposes, transpose_into_dense_weights
 from . import optimizers
 from .losses import LOSS_FUNCTIONS
 from .metrics import METRIC_FUNCTIONS
@@ -264,6 +264,7 @@ def _metric_outputs(g, metrics) -> list:
 # Passes of the training step, in order: on the forward graph before differentiation (so the
 # generated backward graph inherits the layout and the fused biases), then on the whole step.
 FORWARD_PASSES = [("transpose-sinking", sink_transposes), ("bias-fusion", fuse_bias),
+                  ("transpose-into-dense-weights", transpose_into_dense_weights),
                   ("crop-unread-borders", crop_unread_borders),
                   ("pool-before-activation", pool_before_activation), ("conv-pool-phases", conv_pool_phases),
                   ("dead-code-elimination", dead_code_elimination)]

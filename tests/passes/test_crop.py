@@ -26,8 +26,10 @@ def test_mnist_cnn_reads_the_top_left_26x26_pixels():
     path = ROOT / "examples" / "mnist_cnn.kdl"
     g = compile_source(path.read_text(), str(path)).graph
     slices = [n for n in g.nodes() if n.op == "Slice"]
-    assert len(slices) == 1 and slices[0].inputs == ["image"]
-    assert g.types[slices[0].outputs[0]].shape[1:] == (26, 26, 1)
+    # One crop, of the image made channels-first (a Reshape: the image has one channel).
+    assert len(slices) == 1 and g.producer_of(slices[0].inputs[0]).op == "Reshape"
+    assert g.producer_of(slices[0].inputs[0]).inputs == ["image"]
+    assert g.types[slices[0].outputs[0]].shape[1:] == (1, 26, 26)
     assert shapes(g, "Conv") == [(32, 24, 24), (64, 10, 10)]     # from 26x26 and 11x11
     assert shapes(g, "MaxPool") == [(32, 12, 12), (64, 5, 5)]    # the output is unchanged
 
@@ -116,7 +118,8 @@ def test_training_steps_match_the_uncropped_model():
         m = kcompile.compile_string(src, seed=3, opt_level=level)
         runs.append(([m.train_on_batch(x[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)], m.get_weights()))
     step = m._compiled.training().step
-    assert [step.types[n.outputs[0]].shape[1:] for n in step.nodes() if n.inputs == ["image"]] == [(26, 26, 1)]
+    channels_first, = [n.outputs[0] for n in step.nodes() if n.inputs == ["image"]]  # a Reshape
+    assert [step.types[n.outputs[0]].shape[1:] for n in step.consumers(channels_first)] == [(1, 26, 26)]
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -9,6 +9,7 @@ from kcompile.passes.util import is_static
 from kcompile.passes import (PIPELINE, common_subexpression_elimination, constant_folding,
                              dead_code_elimination, fold_batchnorm, fuse_activation, fuse_bias, optimize,
                              remove_dropout, sink_transposes)
+from kcompile.passes.transpose import transpose_into_dense_weights
 
 
 def graph_of(src, level=0):
@@ -151,6 +152,36 @@ def test_transpose_through_global_pooling_disappears():
     data_after = [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
     assert len(data_after) == 1  # only the image's way in
     assert_same(before, after, {"image": image((2, 6, 6, 2))})
+
+
+def test_transpose_into_dense_weights():
+    """The channels-last flatten's transpose moves onto the kernel's rows: no data transpose
+    is left on the way out, the outputs are the same, and so are the gradients."""
+    before = dead_code_elimination(fuse_bias(sink_transposes(remove_dropout(graph_of(CNN)))))
+    after = dead_code_elimination(transpose_into_dense_weights(before.copy()))
+    def data_transposes(g):
+        return [n for n in g.nodes() if n.op == "Transpose" and g.types[n.inputs[0]].shape[0] == "N"]
+    assert len(data_transposes(before)) == 2 and len(data_transposes(after)) == 1  # the image's way in
+    assert_same(before, after, {"image": image()})
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
+    from gradcheck import check_gradients
+    src = """model m {
+        input image: float64[5, 4, 2]
+        Conv2D(3, (2, 2), activation=tanh)
+        Flatten()
+        y = Dense(2)
+        output y
+    }"""
+    passes = [sink_transposes, fuse_bias, transpose_into_dense_weights]
+    g = graph_of(src)
+    for rewrite in passes:
+        g = rewrite(g)
+    flatten, = [n for n in g.nodes() if n.op == "Flatten"]
+    assert g.producer_of(flatten.inputs[0]).op != "Transpose"
+    checked, _ = check_gradients(src, {"image": np.random.default_rng(3).normal(size=(2, 5, 4, 2))}, passes=passes)
+    assert checked > 0
 
 
 def test_bias_fusion():
