@@ -10,12 +10,14 @@ JAX) and TensorFlow flush denormals on CPU; PyTorch does not by default.
 onnxruntime's ``session.set_denormal_as_zero`` sets the flush bits on the session's pool
 threads, but the calling thread, which takes its share of every parallel op, only for the
 first session of a process; and there the bits would stay set for the user's numpy too. So
-each run switches the caller's thread to flushing and back: fegetenv/fesetenv of the C
-library (about a microsecond in all), with the flush bits of the platforms we know. Elsewhere
-nothing is flushed.
+the session is created with the caller's environment put back afterwards, and each run
+switches the caller's thread to flushing and back: fegetenv/fesetenv of the C library (about
+a microsecond in all), with the flush bits of the platforms we know. Elsewhere nothing is
+flushed.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -65,9 +67,20 @@ class FlushDenormals:
 
     @staticmethod
     def configure(options):
-        """Session options whose pool threads flush."""
+        """Session options whose pool threads flush. Create the session inside
+        :meth:`caller_kept`: onnxruntime may set the creating thread's flush bits for good."""
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         return options
+
+    @contextlib.contextmanager
+    def caller_kept(self):
+        """The calling thread's floating-point environment as it was, whatever the block sets."""
+        kept = ctypes.create_string_buffer(_ENV_BYTES)
+        self._get(kept)
+        try:
+            yield
+        finally:
+            self._set(kept)
 
     def __enter__(self):
         self._get(self._callers)

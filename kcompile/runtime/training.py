@@ -152,10 +152,13 @@ class TrainingMixin:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            kept = contextlib.nullcontext()
             if key == "train_step" and self.flush_denormals and FlushDenormals.available():
                 self._flush = FlushDenormals()
                 FlushDenormals.configure(options)
-            setattr(self, attr, ort.InferenceSession(self._training_onnx[key], options, providers=self._providers))
+                kept = self._flush.caller_kept()
+            with kept:
+                setattr(self, attr, ort.InferenceSession(self._training_onnx[key], options, providers=self._providers))
         return getattr(self, attr)
 
     def _weights_changed(self):

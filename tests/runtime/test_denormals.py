@@ -54,3 +54,20 @@ def test_mlp_trains_the_same_with_and_without_flushing():
         m.flush_denormals = flush
         losses.append([m.train_on_batch(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+
+
+def test_a_first_session_leaves_numpy_alone(tmp_path):
+    """onnxruntime sets the creating thread's flush bits when the training step is the first
+    session of a process (a model loaded from a build folder): they must not stay set."""
+    import subprocess
+    import sys
+    from kcompile.driver import compile_source, write_build
+    write_build(compile_source(SRC, "scale.kdl"), tmp_path)
+    code = f"""
+import numpy as np, kcompile
+m = kcompile.load({str(tmp_path / "scale")!r})
+m.train_on_batch(np.ones((1, 1), np.float32), np.ones((1, 1), np.float32))
+print(float((np.array([np.float32({float(DENORMAL)!r})]) * np.float32(1.0))[0]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert float(out) == float(DENORMAL)  # exactly: x * 1.0
