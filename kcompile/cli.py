@@ -154,7 +154,7 @@ def _run(args) -> int:
 
 def _print_pass(pass_name, before, after):
     change = "no change" if before == after else f"{before} -> {after} ({after - before:+d})"
-    print(f"  {pass_name:<36} {change}")
+    print(f"  {pass_name:<44} {change}")
 
 
 def _train(args, source) -> int:
