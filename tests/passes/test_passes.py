@@ -154,6 +154,24 @@ def test_transpose_through_global_pooling_disappears():
     assert_same(before, after, {"image": image((2, 6, 6, 2))})
 
 
+def test_a_transpose_of_unit_axes_becomes_a_reshape():
+    """A one-channel image goes channels-first by a Reshape (no copy in onnxruntime); a
+    three-channel one keeps its Transpose."""
+    src = """model m {
+        input image: float32[6, 5, CHANNELS]
+        Conv2D(2, 3)
+        GlobalMaxPooling2D()
+        y = Dense(2)
+        output y
+    }"""
+    for channels, kept in (("1", 0), ("3", 1)):
+        before = graph_of(src.replace("CHANNELS", channels))
+        after = dead_code_elimination(sink_transposes(before.copy()))
+        on_data = [n.op for n in after.nodes() if n.inputs == ["image"]]
+        assert on_data == (["Transpose"] if kept else ["Reshape"]), on_data
+        assert_same(before, after, {"image": image((2, 6, 5, int(channels)))})
+
+
 def test_transpose_into_dense_weights():
     """The channels-last flatten's transpose moves onto the kernel's rows: no data transpose
     is left on the way out, the outputs are the same, and so are the gradients."""
