@@ -847,6 +847,26 @@ def table(results, frameworks):
     return "\n".join(lines), verdicts
 
 
+def round_ratios(results, verdicts):
+    """Each target row's kcompile / reference ratio round by round (with --rounds N): the
+    frameworks of one round ran within minutes of each other, so the spread of these ratios
+    shows how much the machine's changing speed moves a verdict. Adds them to the verdicts."""
+    listed = {"samples_per_s": "rounds", "batch1024_samples_per_s": "rounds",
+              "batch1_latency_us": "rounds_batch1_latency_us"}
+    lines = []
+    for v in verdicts:
+        label, wl, key = next(row[:3] for row in ROWS if row[0] == v["row"])
+        peer = v.get("reference_framework")
+        if wl not in THROUGHPUT or key not in listed or not peer:
+            continue
+        mine, theirs = (get(results, fw, wl) or {} for fw in ("kcompile", peer))
+        a, b = mine.get(listed[key]), theirs.get(listed[key])
+        if a and b and len(a) == len(b):
+            v["round_ratios"] = [x / y for x, y in zip(a, b)]
+            lines.append(f"  {label:<36} kcompile / {peer}: " + ", ".join(f"{r:.2f}x" for r in v["round_ratios"]))
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and samples (about 3 minutes)")
@@ -942,6 +962,10 @@ def main():
           f"CNN {train_flops_per_sample('cnn') / 1e6:.2f} M\n")
     text, verdicts = table(results, frameworks)
     print(text)
+    by_round = round_ratios(results, verdicts)
+    if by_round:
+        print("\nthe target rows round by round (the table takes each framework's median round):")
+        print("\n".join(by_round))
     print("\nratios: kcompile / the best peer for that row (higher is better for samples/s and GFLOP/s, "
           "lower for latency, seconds and MB); the peak-RSS target is against torch.\n"
           "* the flush-denormal row compares torch with FTZ against kcompile's plain MLP number.\n"

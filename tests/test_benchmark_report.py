@@ -1,0 +1,41 @@
+"""benchmarks/run.py's report: ratios against the best peer, target verdicts, and the ratios
+round by round (the benchmark itself runs for minutes and is not part of the suite)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("kc_bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rounds(*values):
+    return {"ok": True, "samples_per_s": sorted(values)[len(values) // 2], "rounds": list(values)}
+
+
+def test_verdicts_and_round_ratios(bench):
+    results = {
+        "kcompile": {"mlp_train": rounds(130.0, 120.0, 90.0), "cnn_train": rounds(15.0, 16.0, 14.0)},
+        "torch": {"mlp_train": rounds(50.0, 60.0, 55.0), "cnn_train": rounds(10.0, 10.0, 10.0)},
+        "keras_jax": {"mlp_train": rounds(100.0, 80.0, 100.0), "cnn_train": rounds(2.0, 2.0, 2.0)},
+        "torch_compile": "not installed",
+    }
+    text, verdicts = bench.table(results, ["kcompile", "torch", "torch_compile", "keras_jax"])
+    by_row = {v["row"]: v for v in verdicts}
+    mlp = by_row["MLP train, samples/s (synthetic)"]
+    assert mlp["reference_framework"] == "keras_jax" and mlp["ratio"] == pytest.approx(120 / 100)
+    assert mlp["met"] is False  # 1.2x < 1.3x
+    cnn = by_row["CNN train, samples/s"]
+    assert cnn["reference_framework"] == "torch" and cnn["ratio"] == pytest.approx(1.5) and cnn["met"] is True
+    assert "not inst." in text
+    lines = bench.round_ratios(results, verdicts)
+    assert mlp["round_ratios"] == pytest.approx([1.3, 1.5, 0.9])
+    assert cnn["round_ratios"] == pytest.approx([1.5, 1.6, 1.4])
+    assert len(lines) == 2 and "1.30x, 1.50x, 0.90x" in lines[0]
