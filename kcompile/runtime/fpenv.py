@@ -12,8 +12,8 @@ threads, but the calling thread, which takes its share of every parallel op, onl
 first session of a process; and there the bits would stay set for the user's numpy too. So
 the session is created with the caller's environment put back afterwards, and each run
 switches the caller's thread to flushing and back: fegetenv/fesetenv of the C library (about
-a microsecond in all), with the flush bits of the platforms we know. Elsewhere nothing is
-flushed.
+a microsecond in all). onnxruntime flushes its pool threads on x86-64 only, so that is where
+kcompile flushes (Linux, glibc's fenv_t); elsewhere nothing is flushed.
 """
 from __future__ import annotations
 
@@ -22,18 +22,19 @@ import ctypes
 import ctypes.util
 import functools
 import platform
+import threading
 
 _ENV_BYTES = 256  # room for any platform's fenv_t
 
 
 @functools.lru_cache(maxsize=1)
 def _flush_bits():
-    """(byte offset of the control register in glibc's fenv_t, the bits that flush), or None."""
+    """(byte offset of the control register in glibc's fenv_t, the bits that flush), or None.
+    Only where onnxruntime flushes its pool threads too (x86-64): flushing the calling thread
+    alone would make a result depend on which thread computed it."""
     system, machine = platform.system(), platform.machine().lower()
     if system == "Linux" and machine in ("x86_64", "amd64"):
         return 28, 0x8040  # MXCSR: flush-to-zero (bit 15) and denormals-are-zero (bit 6)
-    if system == "Linux" and machine in ("aarch64", "arm64"):
-        return 0, 1 << 24  # FPCR.FZ
     return None
 
 
@@ -60,10 +61,16 @@ class FlushDenormals:
 
     def __init__(self):
         self._get, self._set = _libm().fegetenv, _libm().fesetenv
-        self._callers = ctypes.create_string_buffer(_ENV_BYTES)
-        self._flushing = ctypes.create_string_buffer(_ENV_BYTES)
-        offset, self._bits = _flush_bits()
-        self._register = ctypes.c_uint32.from_buffer(self._flushing, offset)
+        self._offset, self._bits = _flush_bits()
+        self._threads = threading.local()  # each thread's saved and flushing environments
+
+    def _buffers(self):
+        t = self._threads
+        if not hasattr(t, "callers"):
+            t.callers = ctypes.create_string_buffer(_ENV_BYTES)
+            t.flushing = ctypes.create_string_buffer(_ENV_BYTES)
+            t.register = ctypes.c_uint32.from_buffer(t.flushing, self._offset)
+        return t
 
     @staticmethod
     def configure(options):
@@ -83,10 +90,11 @@ class FlushDenormals:
             self._set(kept)
 
     def __enter__(self):
-        self._get(self._callers)
-        ctypes.memmove(self._flushing, self._callers, _ENV_BYTES)
-        self._register.value |= self._bits
-        self._set(self._flushing)
+        t = self._buffers()
+        self._get(t.callers)
+        ctypes.memmove(t.flushing, t.callers, _ENV_BYTES)
+        t.register.value |= self._bits
+        self._set(t.flushing)
 
     def __exit__(self, *exc):
-        self._set(self._callers)
+        self._set(self._threads.callers)

@@ -153,10 +153,12 @@ class TrainingMixin:
             options.log_severity_level = 3
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             kept = contextlib.nullcontext()
-            if key == "train_step" and self.flush_denormals and FlushDenormals.available():
-                self._flush = FlushDenormals()
-                FlushDenormals.configure(options)
-                kept = self._flush.caller_kept()
+            if key == "train_step":  # a rebuilt step follows flush_denormals as it is now
+                self._flush = contextlib.nullcontext()
+                if self.flush_denormals and FlushDenormals.available():
+                    self._flush = FlushDenormals()
+                    FlushDenormals.configure(options)
+                    kept = self._flush.caller_kept()
             with kept:
                 setattr(self, attr, ort.InferenceSession(self._training_onnx[key], options, providers=self._providers))
         return getattr(self, attr)

@@ -43,6 +43,19 @@ def test_a_step_on_denormal_data(flush):
     assert numpy_keeps_denormals()  # the caller's environment, after session creation and runs
 
 
+def test_opting_out_takes_effect_when_the_step_is_rebuilt():
+    """flush_denormals = False after the first step: the step rebuilt by set_trainable computes
+    with IEEE denormals, on the calling thread too."""
+    m = kcompile.compile_string(SRC)
+    x, t = np.full((1, 1), DENORMAL), np.full((1, 1), 1.0, np.float32)
+    m.train_on_batch(x, t)
+    assert float(m.get_weights()[0][0, 0]) == 0.0  # flushed: x read as 0
+    m.flush_denormals = False
+    m.set_trainable("dense", True)  # rebuilds the training step
+    m.train_on_batch(x, t)
+    assert float(m.get_weights()[0][0, 0]) == pytest.approx(2 * float(DENORMAL), rel=1e-3, abs=0)
+
+
 def test_mlp_trains_the_same_with_and_without_flushing():
     """Away from denormals the two modes compute the same steps."""
     rng = np.random.default_rng(0)
