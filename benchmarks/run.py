@@ -734,10 +734,11 @@ def merge_rounds(runs, workload):
     key = "samples_per_s" if "train" in workload else "batch1024_samples_per_s"
     ordered = sorted(ok, key=lambda r: r[key])
     out = dict(ordered[(len(ordered) - 1) // 2])
-    out["rounds"] = [round(r[key], 1) for r in ok]
+    # every round, None where it failed: round k of one framework pairs with round k of another
+    out["rounds"] = [round(r[key], 1) if r.get("ok") else None for r in runs]
     if "batch1_latency_us" in out:
         out["batch1_latency_us"] = statistics.median(r["batch1_latency_us"] for r in ok)
-        out["rounds_batch1_latency_us"] = [round(r["batch1_latency_us"], 1) for r in ok]
+        out["rounds_batch1_latency_us"] = [round(r["batch1_latency_us"], 1) if r.get("ok") else None for r in runs]
     return out
 
 
@@ -862,8 +863,9 @@ def round_ratios(results, verdicts):
         mine, theirs = (get(results, fw, wl) or {} for fw in ("kcompile", peer))
         a, b = mine.get(listed[key]), theirs.get(listed[key])
         if a and b and len(a) == len(b):
-            v["round_ratios"] = [x / y for x, y in zip(a, b)]
-            lines.append(f"  {label:<36} kcompile / {peer}: " + ", ".join(f"{r:.2f}x" for r in v["round_ratios"]))
+            v["round_ratios"] = [x / y if x is not None and y else None for x, y in zip(a, b)]
+            lines.append(f"  {label:<36} kcompile / {peer}: " + ", ".join(
+                "failed" if r is None else f"{r:.2f}x" for r in v["round_ratios"]))
     return lines
 
 

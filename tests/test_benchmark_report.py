@@ -39,3 +39,17 @@ def test_verdicts_and_round_ratios(bench):
     assert mlp["round_ratios"] == pytest.approx([1.3, 1.5, 0.9])
     assert cnn["round_ratios"] == pytest.approx([1.5, 1.6, 1.4])
     assert len(lines) == 2 and "1.30x, 1.50x, 0.90x" in lines[0]
+
+
+def test_rounds_pair_by_position_when_one_fails(bench):
+    """A failed round stays in its place: round k of kcompile is compared with round k of the peer."""
+    ok = lambda v: {"ok": True, "samples_per_s": v}
+    kc = bench.merge_rounds([ok(100.0), {"ok": False}, ok(90.0)], "mlp_train")
+    peer = bench.merge_rounds([ok(50.0), ok(60.0), {"ok": False}], "mlp_train")
+    assert kc["rounds"] == [100.0, None, 90.0] and peer["rounds"] == [50.0, 60.0, None]
+    results = {"kcompile": {"mlp_train": kc}, "torch": {"mlp_train": peer}}
+    _, verdicts = bench.table(results, ["kcompile", "torch"])
+    lines = bench.round_ratios(results, verdicts)
+    mlp = next(v for v in verdicts if v["row"].startswith("MLP train, samples/s"))
+    assert mlp["round_ratios"] == [2.0, None, None]
+    assert "2.00x, failed, failed" in lines[0]
