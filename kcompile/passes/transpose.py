@@ -147,8 +147,8 @@ def transpose_into_dense_weights(g: Graph) -> Graph:
         if not is_static(g, kernel) or g.types[kernel].rank != 2 or not all(isinstance(d, int) for d in seen):
             continue
         out = g.types[kernel].shape[1]
-        # Row axis j of the result comes from axis perm.index(j) of the transposed order.
-        rows = tuple(perm.index(j) - 1 for j in range(1, len(perm)))
+        # Row axis j of the result is axis inverse[j] of the transposed order (less the batch).
+        rows = tuple(a - 1 for a in _inverse(perm)[1:])
         grid = add(g, dense, "Reshape", [kernel], shape=tuple(seen) + (out,))
         moved = add(g, dense, "Transpose", [grid], perm=rows + (len(rows),))
         permuted = add(g, dense, "Reshape", [moved], shape=g.types[kernel].shape)

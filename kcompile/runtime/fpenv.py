@@ -12,12 +12,11 @@ threads, but the calling thread, which takes its share of every parallel op, onl
 first session of a process; and there the bits would stay set for the user's numpy too. So
 the session is created with the caller's environment put back afterwards, and each run
 switches the caller's thread to flushing and back: fegetenv/fesetenv of the C library (about
-a microsecond in all). onnxruntime flushes its pool threads on x86-64 only, so that is where
+2 us per step in all). onnxruntime flushes its pool threads on x86-64 only, so that is where
 kcompile flushes (Linux, glibc's fenv_t); elsewhere nothing is flushed.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -52,8 +51,22 @@ def _libm():
     return None
 
 
-class FlushDenormals:
-    """A context entered around each run of a session created with :meth:`configure`'s options."""
+class NoFlush:
+    """Steps with IEEE denormals: sessions as they are, nothing entered around a run."""
+
+    def session(self, make, options):
+        return make(options)
+
+    def __enter__(self):
+        pass
+
+    def __exit__(self, *exc):
+        pass
+
+
+class FlushDenormals(NoFlush):
+    """Sessions whose pool threads flush, and a context entered around each of their runs
+    that makes the calling thread flush too."""
 
     @staticmethod
     def available() -> bool:
@@ -64,33 +77,23 @@ class FlushDenormals:
         self._offset, self._bits = _flush_bits()
         self._threads = threading.local()  # each thread's saved and flushing environments
 
-    def _buffers(self):
+    def session(self, make, options):
+        """``make(options)``, a session whose pool threads flush; the calling thread's
+        environment is put back after it (onnxruntime may set its flush bits for good)."""
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        kept = ctypes.create_string_buffer(_ENV_BYTES)
+        self._get(kept)
+        try:
+            return make(options)
+        finally:
+            self._set(kept)
+
+    def __enter__(self):
         t = self._threads
         if not hasattr(t, "callers"):
             t.callers = ctypes.create_string_buffer(_ENV_BYTES)
             t.flushing = ctypes.create_string_buffer(_ENV_BYTES)
             t.register = ctypes.c_uint32.from_buffer(t.flushing, self._offset)
-        return t
-
-    @staticmethod
-    def configure(options):
-        """Session options whose pool threads flush. Create the session inside
-        :meth:`caller_kept`: onnxruntime may set the creating thread's flush bits for good."""
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        return options
-
-    @contextlib.contextmanager
-    def caller_kept(self):
-        """The calling thread's floating-point environment as it was, whatever the block sets."""
-        kept = ctypes.create_string_buffer(_ENV_BYTES)
-        self._get(kept)
-        try:
-            yield
-        finally:
-            self._set(kept)
-
-    def __enter__(self):
-        t = self._buffers()
         self._get(t.callers)
         ctypes.memmove(t.flushing, t.callers, _ENV_BYTES)
         t.register.value |= self._bits
@@ -98,3 +101,8 @@ class FlushDenormals:
 
     def __exit__(self, *exc):
         self._set(self._threads.callers)
+
+
+def step_environment(flush: bool) -> NoFlush:
+    """What a training step runs in: flushing where asked for and possible, else IEEE."""
+    return FlushDenormals() if flush and FlushDenormals.available() else NoFlush()

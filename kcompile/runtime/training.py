@@ -6,14 +6,13 @@ continues the exact trajectory), and keeps the running means of loss and metrics
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .data import Batches, as_arrays, check_arrays, tensor_specs
-from .fpenv import FlushDenormals
+from .fpenv import NoFlush, step_environment
 
 
 # ---------------- learning-rate schedules ----------------
@@ -93,8 +92,8 @@ class TrainingMixin:
 
     # Training steps flush denormal numbers to zero, as XLA (Keras on JAX) and TensorFlow do on
     # CPU: decaying optimizer state would otherwise slow every step on CPUs with slow denormals
-    # (see runtime/fpenv.py). Set to False before the first training call for IEEE denormals,
-    # as PyTorch computes by default.
+    # (see runtime/fpenv.py). False gives IEEE denormals, as PyTorch computes by default, from
+    # the next build of the step (the first training call, or set_trainable).
     flush_denormals = True
 
     # ---- state ----
@@ -109,7 +108,7 @@ class TrainingMixin:
         self._runner = None
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
-        self._flush = contextlib.nullcontext()  # entered around each training step (FlushDenormals)
+        self._flush = NoFlush()  # what each training step runs in (fpenv)
         self._shared = {}  # weight -> the SharedWeight it is, when other models hold it too
         self._shared_seen = {}  # weight -> the SharedWeight's version this model last looked at
         self._generation = 0  # bumped whenever this model's weights change
@@ -152,15 +151,11 @@ class TrainingMixin:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            kept = contextlib.nullcontext()
+            environment = NoFlush()
             if key == "train_step":  # a rebuilt step follows flush_denormals as it is now
-                self._flush = contextlib.nullcontext()
-                if self.flush_denormals and FlushDenormals.available():
-                    self._flush = FlushDenormals()
-                    FlushDenormals.configure(options)
-                    kept = self._flush.caller_kept()
-            with kept:
-                setattr(self, attr, ort.InferenceSession(self._training_onnx[key], options, providers=self._providers))
+                environment = self._flush = step_environment(self.flush_denormals)
+            setattr(self, attr, environment.session(
+                lambda o: ort.InferenceSession(self._training_onnx[key], o, providers=self._providers), options))
         return getattr(self, attr)
 
     def _weights_changed(self):

@@ -1,4 +1,7 @@
 """Each pass: the graph before and after, and the model's outputs equal through it."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -10,6 +13,9 @@ from kcompile.passes import (PIPELINE, common_subexpression_elimination, constan
                              dead_code_elimination, fold_batchnorm, fuse_activation, fuse_bias, optimize,
                              remove_dropout, sink_transposes)
 from kcompile.passes.transpose import transpose_into_dense_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
+from gradcheck import check_gradients  # noqa: E402
 
 
 def graph_of(src, level=0):
@@ -181,10 +187,6 @@ def test_transpose_into_dense_weights():
         return [n for n in g.nodes() if n.op == "Transpose" and g.types[n.inputs[0]].shape[0] == "N"]
     assert len(data_transposes(before)) == 2 and len(data_transposes(after)) == 1  # the image's way in
     assert_same(before, after, {"image": image()})
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
-    from gradcheck import check_gradients
     src = """model m {
         input image: float64[5, 4, 2]
         Conv2D(3, (2, 2), activation=tanh)

@@ -1,11 +1,14 @@
 """Training steps flush denormal numbers to zero (as XLA and TensorFlow do on CPU); the
 caller's own floating-point environment, numpy's, is left as it was."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import kcompile
 from kcompile.runtime.fpenv import FlushDenormals
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not FlushDenormals.available(), reason="no fegetenv/fesetenv here")
 
 SRC = """model scale {
@@ -63,7 +66,7 @@ def test_mlp_trains_the_same_with_and_without_flushing():
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
     losses = []
     for flush in (True, False):
-        m = kcompile.compile("examples/mnist_mlp.kdl", seed=1)
+        m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=1)
         m.flush_denormals = flush
         losses.append([m.train_on_batch(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)])
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
