@@ -549,8 +549,8 @@ def w_profile(fw, model, args):
     out["fit_step_ms"] = (time.perf_counter() - t) / steps * 1e3
     m.train_on_batch(x, y)
     out["train_on_batch_ms"] = statistics.median(call_times(lambda: m.train_on_batch(x, y), steps)) * 1e3
-    try:
-        graph = m._training_onnx["train_step"]
+    try:  # the step as the model runs it (its private _step_graph), else the build folder's
+        graph = m._step_graph() if hasattr(m, "_step_graph") else m._training_onnx["train_step"]
     except Exception as e:
         out["profile"] = f"unavailable ({type(e).__name__}: {e})"
         return out

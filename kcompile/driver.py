@@ -158,7 +158,13 @@ def lower_training(compiled: Compiled) -> dict[str, bytes]:
     program = compiled.training()
     if program is None:
         return {}
-    return _lower_with_weight_inputs([("train_step", program.step), ("eval", program.eval)])
+    out = _lower_with_weight_inputs([("train_step", program.step), ("eval", program.eval)])
+    if program.transposed:  # the file's contract: every weight and slot in Keras layout
+        from .backend.layout import keras_layout
+        kernels = set(program.transposed)
+        out["train_step"] = keras_layout(out["train_step"], sorted(kernels) + sorted(
+            slot for slot, param, _ in program.slots if param in kernels))
+    return out
 
 
 def _lower_with_weight_inputs(graphs) -> dict[str, bytes]:

@@ -39,6 +39,7 @@ class Param:
     trainable: bool = True
     layer: str | None = None
     regularizer: tuple | None = None  # (l1, l2) penalty factors added to the training loss
+    transposed: bool = False  # a training step's kernel held as its transpose (feature-major Dense)
 
 
 @dataclass

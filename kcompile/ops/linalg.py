@@ -67,30 +67,43 @@ class MatMul(Op):
         return [da, db]
 
 
+def _flip(shape, transposed):
+    return tuple(reversed(shape)) if transposed else tuple(shape)
+
+
 @register
 class Gemm(Op):
-    """y = activation(x @ W + b) for x [M, K], W [K, N], b [N] (optional). attrs: activation."""
+    """y = activation(op(x) @ op(W) + b), op transposing an operand whose flag is set; op(x) is
+    [M, K], op(W) [K, N], b (optional) [N] or [1, N] per column, or [M, 1] per row (a
+    feature-major Dense: W^T x^T + b). attrs: transA, transB (0), activation."""
     name = "Gemm"
 
     def infer(self, ins, attrs):
         self.check_float(ins)
         x, w = ins[0], ins[1]
-        if x.rank != 2 or w.rank != 2 or x.shape[1] != w.shape[0]:
+        if x.rank != 2 or w.rank != 2:
             raise ShapeError(f"Gemm of {format_shape(x.shape)} and {format_shape(w.shape)}")
-        if len(ins) == 3 and ins[2].shape not in ((w.shape[1],), (1, w.shape[1])):
-            raise ShapeError(f"Gemm bias {format_shape(ins[2].shape)} does not match {w.shape[1]} units")
-        return [TensorType(x.dtype, (x.shape[0], w.shape[1]))]
+        (m, k), (k2, n) = _flip(x.shape, attrs.get("transA")), _flip(w.shape, attrs.get("transB"))
+        if k != k2:
+            raise ShapeError(f"Gemm of {format_shape(x.shape)} and {format_shape(w.shape)}")
+        if len(ins) == 3 and ins[2].shape not in ((n,), (1, n), (m, 1)):
+            raise ShapeError(f"Gemm bias {format_shape(ins[2].shape)} does not match {n} units")
+        return [TensorType(x.dtype, (m, n))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        lower_fused(ctx, "Gemm", inputs, outputs, attrs)
+        lower_fused(ctx, "Gemm", inputs, outputs, {k: v for k, v in attrs.items() if v or k == "activation"})
 
     def grad(self, ctx, node, dys):
         if node.attrs.get("activation"):
             raise NotImplementedError("gradient of a Gemm with a fused activation (fuse after autodiff)")
         x, w = node.inputs[:2]
+        ta, tb = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
         dy, = dys
-        dx = ctx.op("MatMul", dy, ctx.op("Transpose", w, perm=(1, 0)))
-        dw = ctx.op("MatMul", ctx.op("Transpose", x, perm=(1, 0)), dy)
+        def op(v, transposed):
+            return ctx.op("Transpose", v, perm=(1, 0)) if transposed else v
+        # With A = op(x), B = op(W): dA = dy B^T and dB = A^T dy, each transposed back to its operand.
+        dx = ctx.op("MatMul", op(w, tb), op(dy, 1)) if ta else ctx.op("MatMul", dy, op(w, not tb))
+        dw = ctx.op("MatMul", op(dy, 1), op(x, ta)) if tb else ctx.op("MatMul", op(x, not ta), dy)
         grads = [dx, dw]
         if len(node.inputs) == 3:
             grads.append(ctx.sum_to(dy, node.inputs[2]))

@@ -66,6 +66,8 @@ def fold_batchnorm(g: Graph) -> Graph:
         node = g.producer_of(x)
         if node is None or node.op not in _FUSABLE or node.attrs.get("activation") or sole_consumer(g, x) is not bn:
             continue
+        if node.attrs.get("transA") or node.attrs.get("transB"):  # (columns of W only when untransposed)
+            continue
         if bn.attrs["axis"] % g.types[x].rank != 1 or not all(is_static(g, v) for v in bn.inputs[1:]):
             continue
         if node.op != "Gemm" and node.attrs.get("group", 1) != 1 and node.op == "ConvTranspose":

@@ -106,6 +106,7 @@ class TrainingMixin:
         self._epoch = 0
         self._lr_override = None
         self._runner = None
+        self._held = set()  # state names the runner's buffers hold transposed (_held_transposed)
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
         self._flush = NoFlush()  # what each training step runs in (fpenv)
@@ -154,9 +155,27 @@ class TrainingMixin:
             environment = NoFlush()
             if key == "train_step":  # a rebuilt step follows flush_denormals as it is now
                 environment = self._flush = step_environment(self.flush_denormals)
+            graph = self._step_graph() if key == "train_step" else self._training_onnx[key]
             setattr(self, attr, environment.session(
-                lambda o: ort.InferenceSession(self._training_onnx[key], o, providers=self._providers), options))
+                lambda o: ort.InferenceSession(graph, o, providers=self._providers), options))
         return getattr(self, attr)
+
+    def _step_graph(self) -> bytes:
+        """The training step as this model runs it: with its held-transposed state (below)."""
+        held = self._held_transposed()
+        if not held:
+            return self._training_onnx["train_step"]
+        from ..backend.layout import hold_transposed
+        return hold_transposed(self._training_onnx["train_step"], sorted(held))
+
+    def _held_transposed(self) -> set:
+        """Step inputs that the training buffers hold transposed (backend.layout): the kernels of
+        feature-major Dense layers and their optimizer slots, but not a kernel that another model
+        shares, which both models bind in Keras layout."""
+        spec = self.manifest["training"]
+        kernels = set(spec.get("transposed", []))
+        return ({n for n in kernels if n not in self._shared} |
+                {s["name"] for s in spec["slots"] if s["param"] in kernels})
 
     def _weights_changed(self):
         """The inference session must see the trained weights: rebuilt on the next predict."""
@@ -178,8 +197,9 @@ class TrainingMixin:
         feeds = dict(xb)
         feeds.update(yb)
         feeds.update(self._weights)
-        if training:
+        if training:  # (for the step as _step_graph gives it)
             feeds.update(self._slots)
+            feeds.update({n: np.ascontiguousarray(feeds[n].T) for n in self._held_transposed()})
             feeds["lr"] = np.asarray(self.learning_rate, np.float32)
             feeds["step"] = np.asarray(self._iterations + 1, np.float32)
             feeds.update(self._noise(xb))
@@ -199,8 +219,10 @@ class TrainingMixin:
         if self._runner is None:
             from .binding import StateRunner
             session = self._session_for("train_step")
-            self._runner = StateRunner(session, {**self._weights, **self._slots}, self._providers,
-                                       shared=self._shared, flush=self._flush)
+            self._held = self._held_transposed()
+            state = {n: np.ascontiguousarray(v.T) if n in self._held else v
+                     for n, v in {**self._weights, **self._slots}.items()}
+            self._runner = StateRunner(session, state, self._providers, shared=self._shared, flush=self._flush)
             self._lr_buffer = np.zeros((), np.float32)
             self._step_buffer = np.zeros((), np.float32)
         return self._runner
@@ -217,7 +239,8 @@ class TrainingMixin:
             return
         self._state_stale = False
         for name, value in self._runner.current().items():
-            value = np.array(value)  # own copy: the buffers are reused by the next steps
+            # own copy: the buffers are reused by the next steps
+            value = np.ascontiguousarray(value.T) if name in self._held else np.array(value)
             if name in self._weights:
                 self._weights[name] = value
             else:
@@ -290,9 +313,11 @@ class TrainingMixin:
             mine, theirs = self._shared.get(a), other._shared.get(b)
             if mine is not None and theirs is not None and mine is not theirs:
                 raise ValueError(f"{self.name}'s {a} and {other.name}'s {b} are each tied to other weights already")
-        # The runners go: they are rebuilt binding the shared buffers (their own state is kept).
-        self._drop_runner()
-        other._drop_runner()
+        # The runners go: they are rebuilt binding the shared buffers (their own state is kept),
+        # and so do the steps, which read a shared kernel in Keras layout (_held_transposed).
+        for model in (self, other):
+            model._drop_runner()
+            model._train_session = None
         for a, b in pairs:
             weight = other._shared.get(b)
             if weight is None:
@@ -461,5 +486,3 @@ class TrainingMixin:
     def optimizer_state(self) -> dict:
         self._sync_state()
         return {k: v.copy() for k, v in self._slots.items()}
-
-

@@ -26,7 +26,7 @@ from ..passes.dropout import remove_dropout
 from ..passes.fusion import fuse_bias
 from ..passes.crop import crop_unread_borders
 from ..passes.reorder import conv_pool_phases, pool_before_activation
-from ..passes.transpose import sink_transposes, transpose_into_dense_weights
+from ..passes.transpose import feature_major_dense, sink_transposes, transpose_into_dense_weights
 from . import optimizers
 from .losses import LOSS_FUNCTIONS
 from .metrics import METRIC_FUNCTIONS
@@ -53,6 +53,7 @@ class TrainingProgram:
     noise: list  # [(input name, like value)] uniform noise for Dropout
     metrics: list = field(default_factory=list)
     optimizer: dict = field(default_factory=dict)
+    transposed: list = field(default_factory=list)  # weights the step holds transposed, with their slots
 
     def describe(self) -> dict:
         return {
@@ -65,6 +66,7 @@ class TrainingProgram:
                       for n, _ in self.noise],
             "metrics": [{"name": m.name, "kind": m.kind, "outputs": m.outputs} for m in self.metrics],
             "optimizer": self.optimizer,
+            "transposed": self.transposed,
         }
 
 
@@ -265,6 +267,7 @@ def _metric_outputs(g, metrics) -> list:
 # generated backward graph inherits the layout and the fused biases), then on the whole step.
 FORWARD_PASSES = [("transpose-sinking", sink_transposes), ("bias-fusion", fuse_bias),
                   ("transpose-into-dense-weights", transpose_into_dense_weights),
+                  ("feature-major-dense", feature_major_dense),
                   ("crop-unread-borders", crop_unread_borders),
                   ("pool-before-activation", pool_before_activation), ("conv-pool-phases", conv_pool_phases),
                   ("dead-code-elimination", dead_code_elimination)]
@@ -336,5 +339,6 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     assert [m.name for m in metric_specs] == [m.name for m in metric_specs_step]
     return TrainingProgram(step=g, eval=ev, inputs=list(graph.inputs), targets=objective.target_types,
                            trainable=trainable, updated=[s for s, _ in stat_updates], slots=slots,
-                           noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt)
+                           noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
+                           transposed=[n for n in trainable if g.params[n].transposed])
 

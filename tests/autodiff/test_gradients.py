@@ -52,6 +52,29 @@ def test_dense_activation(activation):
     assert checked > 0
 
 
+@pytest.mark.parametrize("trans_a, trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_gemm_with_transposed_operands(trans_a, trans_b):
+    """Gemm's transA/transB (which the training passes set): Gemm(x, W) rewritten as
+    Gemm(x^T, W^T, transA, transB), the same product, must give the same gradients."""
+    from kcompile.passes.fusion import fuse_bias
+    from kcompile.passes.util import add, replace
+
+    def with_flags(g):
+        for node in g.nodes():
+            if node.op == "Gemm":
+                x, w = node.inputs[:2]
+                x = add(g, node, "Transpose", [x], perm=(1, 0)) if trans_a else x
+                w = add(g, node, "Transpose", [w], perm=(1, 0)) if trans_b else w
+                replace(g, node.outputs[0], add(g, node, "Gemm", [x, w] + node.inputs[2:],
+                                                transA=trans_a, transB=trans_b))
+        assert [n.attrs.get("transA", 0) for n in g.nodes() if n.op == "Gemm"] == [trans_a]
+        return g
+
+    src = model("y = Dense(4, activation=tanh)(x)\n    output y", (3, 5))
+    checked, _ = check_gradients(src, {"x": normal((3, 5))}, passes=[fuse_bias, with_flags])
+    assert checked > 0
+
+
 @pytest.mark.parametrize("activation", [a for a in ACTIVATIONS if a != "linear"])
 def test_activation_function(activation):
     check(f"y = {activation}(x * 4.0)\n    output y", (3, 6), away_from_zero=True)

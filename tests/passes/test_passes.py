@@ -12,7 +12,7 @@ from kcompile.passes.util import is_static
 from kcompile.passes import (PIPELINE, common_subexpression_elimination, constant_folding,
                              dead_code_elimination, fold_batchnorm, fuse_activation, fuse_bias, optimize,
                              remove_dropout, sink_transposes)
-from kcompile.passes.transpose import transpose_into_dense_weights
+from kcompile.passes.transpose import feature_major_dense, transpose_into_dense_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
 from gradcheck import check_gradients  # noqa: E402
@@ -201,6 +201,35 @@ def test_transpose_into_dense_weights():
     flatten, = [n for n in g.nodes() if n.op == "Flatten"]
     assert g.producer_of(flatten.inputs[0]).op != "Transpose"
     checked, _ = check_gradients(src, {"image": np.random.default_rng(3).normal(size=(2, 5, 4, 2))}, passes=passes)
+    assert checked > 0
+
+
+MLP = """model mlp {
+    input x: float32[6]
+    a = Dense(5, activation=relu)(x)
+    b = Dense(4, activation=tanh)(a)
+    c = Dense(3)(b)
+    d = Dense(2)(c * 2.0)
+    output d
+}"""
+
+
+def test_feature_major_dense():
+    """A Dense whose output reaches the next Dense through activations only runs feature-major on
+    its transposed kernel; the transposes between layers become the products' trans flags."""
+    before = fuse_bias(graph_of(MLP))
+    after = dead_code_elimination(feature_major_dense(before.copy()))
+    assert [n for n, p in after.params.items() if p.transposed] == ["dense/kernel", "dense_1/kernel"]
+    assert after.types["dense/kernel"].shape == (5, 6) and before.types["dense/kernel"].shape == (6, 5)
+    assert "Transpose" not in ops(after)
+    flags = [(n.attrs.get("transA", 0), n.attrs.get("transB", 0)) for n in after.nodes() if n.op == "Gemm"]
+    assert flags == [(0, 1), (0, 0), (1, 0), (0, 0)]  # W^T x^T, W^T h^T, h x W, and c * 2 is not an activation
+    weights = random_weights(before)
+    held = {k: np.ascontiguousarray(v.T) if after.params[k].transposed else v for k, v in weights.items()}
+    x = np.random.default_rng(2).normal(size=(7, 6)).astype(np.float32)
+    np.testing.assert_allclose(run(after, held, {"x": x})[0], run(before, weights, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    checked, _ = check_gradients(MLP.replace("float32", "float64"), {"x": x.astype(np.float64)},
+                                 passes=[fuse_bias, feature_major_dense])
     assert checked > 0
 
 

@@ -39,6 +39,23 @@ model small {
 """
 
 
+# Its first two kernels qualify for feature-major-dense: the step holds them transposed.
+FEATURE_MAJOR = """
+model fm {
+    input x: float32[6]
+    Dense(16, activation=relu)
+    Dense(8, activation=tanh)
+    probs = Dense(3, activation=softmax)
+    output probs
+    train {
+        loss = categorical_crossentropy
+        optimizer = RMSprop(learning_rate=0.01)
+        metrics = [accuracy]
+    }
+}
+"""
+
+
 def small_data(n=96, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype(np.float32)
@@ -89,12 +106,13 @@ def test_same_seed_same_history_and_weights():
     assert other.history["loss"] != runs[0][0]["loss"]
 
 
-def test_resume_from_checkpoint_continues_the_exact_trajectory(tmp_path):
+@pytest.mark.parametrize("src", [SMALL, FEATURE_MAJOR], ids=["dropout-batchnorm", "transposed-kernels"])
+def test_resume_from_checkpoint_continues_the_exact_trajectory(tmp_path, src):
     x, y = small_data()
-    straight = kcompile.compile_string(SMALL, seed=1)
+    straight = kcompile.compile_string(src, seed=1)
     full = straight.fit(x, y, epochs=4, batch_size=16, verbose=0).history["loss"]
 
-    first = kcompile.compile_string(SMALL, seed=1)
+    first = kcompile.compile_string(src, seed=1)
     first.fit(x, y, epochs=2, batch_size=16, verbose=0)
     first.save(tmp_path / "ckpt")
     resumed = kcompile.load(tmp_path / "ckpt")
@@ -103,6 +121,50 @@ def test_resume_from_checkpoint_continues_the_exact_trajectory(tmp_path):
     np.testing.assert_array_equal(rest, full[2:])
     for a, b in zip(resumed.get_weights(), straight.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_kernels_held_transposed_train_as_in_keras_layout():
+    """The step holds two kernels and their RMSprop slots transposed (feature-major-dense); the
+    losses, weights and optimizer state are those of the unoptimized (-O0) step, in Keras layout."""
+    x, y = small_data()
+    fast = kcompile.compile_string(FEATURE_MAJOR, seed=0)
+    plain = kcompile.compile_string(FEATURE_MAJOR, seed=0, opt_level=0)
+    assert fast.manifest["training"]["transposed"] == ["dense/kernel", "dense_1/kernel"]
+    assert plain.manifest["training"]["transposed"] == []
+    losses = [m.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"] for m in (fast, plain)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    assert fast._runner.current()["dense/kernel"].shape == (16, 6)  # held transposed...
+    for a, b in zip(fast.get_weights(), plain.get_weights()):  # ...seen in Keras layout
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    slots = plain.optimizer_state()
+    for name, value in fast.optimizer_state().items():
+        assert value.shape == slots[name].shape
+        np.testing.assert_allclose(value, slots[name], rtol=1e-4, atol=1e-7)
+
+
+def test_a_shared_kernel_held_transposed_stays_one_buffer():
+    """Both models hold inner's first kernel transposed in their steps; shared, the steps read
+    and write it in Keras layout, and alternating training matches the unoptimized steps."""
+    x, y = small_data()
+    runs = []
+    for level in (1, 0):
+        inner = kcompile.compile_string(SHARED, model="inner", seed=0, opt_level=level)
+        outer = kcompile.compile_string(SHARED, model="outer", seed=1, opt_level=level)
+        outer.fit(x, y, epochs=1, batch_size=16, verbose=0)  # a step built before the sharing
+        outer.share_weights(inner, "inner/")
+        losses = []
+        for _ in range(2):
+            losses += inner.fit(x, y, epochs=1, batch_size=16, verbose=0).history["loss"]
+            losses += outer.fit(x, y, epochs=1, batch_size=16, verbose=0).history["loss"]
+        mine = dict(zip(outer.weight_names, outer.get_weights()))
+        for name, value in zip(inner.weight_names, inner.get_weights()):
+            np.testing.assert_array_equal(mine["inner/" + name], value)
+        runs.append((losses, inner.get_weights()))
+    assert "inner/dense/kernel" in kcompile.compile_string(SHARED, model="outer").manifest["training"]["transposed"]
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
