@@ -1,6 +1,6 @@
 """kcompile against PyTorch, torch.compile and Keras 3 (JAX backend) on CPU, one command.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--rounds 3] [--json out.json]
+    .venv/bin/python benchmarks/run.py [--quick] [--rounds 3] [--json out.json] [--device cuda]
                                        [--frameworks kcompile,torch,torch_compile,keras_jax]
 
 Peers are optional (`pip install -e '.[bench]'`); a framework that is not importable is
@@ -233,8 +233,10 @@ class KcompileAdapter(KerasLikeAdapter):
         self.kcompile = kcompile
         self.import_s = time.perf_counter() - t
 
+    device = "cpu"  # (--device)
+
     def build(self, model):
-        self.m = self.kcompile.compile(EXAMPLES / f"mnist_{model}.kdl", seed=0)
+        self.m = self.kcompile.compile(EXAMPLES / f"mnist_{model}.kdl", seed=0, device=self.device)
         return self
 
     def predictors(self):
@@ -669,6 +671,7 @@ def run_worker(fw, workload, args, env_extra=None, timeout=300):
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", fw, workload, "--mnist", str(args.mnist)]
     if args.quick:
         cmd.append("--quick")
+    cmd += ["--device", args.device]
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -881,13 +884,21 @@ def main():
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the throughput workloads this many times, all frameworks in turn each round, "
                          "and report the median round (3 steadies the ratios on a noisy machine)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="where kcompile runs (the peers run on the CPU); cuda needs an NVIDIA GPU")
     ap.add_argument("--no-retry", dest="retry_busy", action="store_false",
                     help="do not run a worker again when other processes took > 10%% of the CPU during it")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
+        KcompileAdapter.device = args.device
         worker(*args.worker, args)
         return
+    if args.device == "cuda":
+        sys.path.insert(0, str(ROOT))
+        from kcompile.runtime.devices import cuda_available
+        if not cuda_available():
+            ap.error("--device cuda: no usable CUDA GPU here")
 
     wanted = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     unknown = [f for f in wanted if f not in FRAMEWORKS]
@@ -951,6 +962,7 @@ def main():
     # ---------------------------------- report ----------------------------------
     matmul = get(results, "numpy", "matmul") or {}
     print(f"\nkcompile benchmarks{' (--quick)' if args.quick else ''}: {os.cpu_count()} CPU cores, "
+          f"{'kcompile on the CUDA provider, ' if args.device == 'cuda' else ''}"
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} (measured as-is), "
           f"total {total_s:.0f} s")
     if matmul.get("ok"):
@@ -1017,7 +1029,7 @@ def main():
         print("\nWARNING: other processes were busy during " + ", ".join(f"{fw} {wl} ({p:.0f}% of the CPU)"
                                                                   for fw, wl, p in disturbed)
               + "; those numbers are disturbed, run again on a quiet machine")
-    out = {"quick": args.quick, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+    out = {"quick": args.quick, "device": args.device, "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"), "total_s": total_s,
            "flops_per_sample": {"mlp_train": train_flops_per_sample("mlp"), "cnn_train": train_flops_per_sample("cnn")},
            "targets": verdicts, "results": results, "versions": versions(runnable)}
