@@ -159,7 +159,7 @@ def lower_training(compiled: Compiled) -> dict[str, bytes]:
     if program is None:
         return {}
     out = _lower_with_weight_inputs([("train_step", program.step), ("eval", program.eval)])
-    if program.transposed:  # the file's contract: every weight and slot in Keras layout
+    if program.transposed:  # the file's contract: every weight and slot in Keras layout (checked again)
         from .backend.layout import keras_layout
         kernels = set(program.transposed)
         out["train_step"] = keras_layout(out["train_step"], sorted(kernels) + sorted(

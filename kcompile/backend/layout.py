@@ -38,12 +38,15 @@ def keras_layout(step: bytes, names) -> bytes:
     those inputs and outputs in Keras layout [K, N]."""
     model = onnx.load_from_string(step)
     graph = model.graph
+    outputs = {o.name for o in graph.output}
     for name in names:
         new = f"new:{name}"
         _rename(graph, {name: _held(name), new: _held(new)})
         graph.node.insert(0, helper.make_node("Transpose", [name], [_held(name)], perm=[1, 0]))
-        graph.node.append(helper.make_node("Transpose", [_held(new)], [new], perm=[1, 0]))
+        if new in outputs:  # (a kernel without a gradient is read only)
+            graph.node.append(helper.make_node("Transpose", [_held(new)], [new], perm=[1, 0]))
         _swap_dims(graph, (name, new))
+    onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
 
 

@@ -240,7 +240,7 @@ class TrainingMixin:
         self._state_stale = False
         for name, value in self._runner.current().items():
             # own copy: the buffers are reused by the next steps
-            value = np.ascontiguousarray(value.T) if name in self._held else np.array(value)
+            value = value.T.copy() if name in self._held else np.array(value)
             if name in self._weights:
                 self._weights[name] = value
             else:

@@ -275,6 +275,18 @@ STEP_PASSES = [("constant-folding", constant_folding), ("cse", common_subexpress
                ("transpose-sinking", sink_transposes), ("dead-code-elimination", dead_code_elimination)]
 
 
+def _names_in(node) -> set:
+    """Every name an AST node (a train section) mentions."""
+    if isinstance(node, ast.Name):
+        return {node.id}
+    found = set()
+    for value in (vars(node).values() if isinstance(node, ast.Node) else ()):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, ast.Node):
+                found |= _names_in(item)
+    return found
+
+
 def _run_passes(g, passes, stage, report):
     for name, fn in passes:
         before = len(g.nx)
@@ -303,7 +315,13 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     # ---- training step ----
     g = graph.copy()
     if opt_level >= 1:
+        # Values the train section names stay what they are: pinned as outputs, no pass
+        # rewrites them away, and the names follow any renaming.
+        pinned = [(f"pin:{n}", env[n]) for n in sorted(_names_in(train) & set(env)) if env[n] in g.types]
+        g.outputs += pinned
         g = _run_passes(g, FORWARD_PASSES, "train-forward", report)
+        env = {**env, **{o[4:]: v for o, v in g.outputs if o.startswith("pin:")}}
+        g.outputs = [o for o in g.outputs if not o[0].startswith("pin:")]
     noise, stat_updates = training_form(g)
     objective, loss, metrics = _objective(g, train, config, env)
     trainable = [n for n, p in g.params.items() if p.trainable]
@@ -340,5 +358,5 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     return TrainingProgram(step=g, eval=ev, inputs=list(graph.inputs), targets=objective.target_types,
                            trainable=trainable, updated=[s for s, _ in stat_updates], slots=slots,
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
-                           transposed=[n for n in trainable if g.params[n].transposed])
+                           transposed=[n for n, p in g.params.items() if p.transposed])
 

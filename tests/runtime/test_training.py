@@ -143,6 +143,71 @@ def test_kernels_held_transposed_train_as_in_keras_layout():
         np.testing.assert_allclose(value, slots[name], rtol=1e-4, atol=1e-7)
 
 
+TWO_HEADS_ONE_LOSS = """
+model two {
+    input x: float32[4]
+    h = Dense(8, activation=relu)(x)
+    a = Dense(3, activation=softmax)(h)
+    g = Dense(4, activation=relu)(x)
+    b = Dense(2)(g)
+    output a, b
+    train {
+        loss = categorical_crossentropy(a)
+        optimizer = SGD(learning_rate=0.1)
+        metrics = [mae(b)]
+    }
+}
+"""
+
+HIDDEN_IN_LOSS = """
+model hid {
+    input x: float32[6]
+    h = Dense(8, activation=relu)(x)
+    a = Dense(3, activation=softmax)(h)
+    u = Dense(1, activation=relu)(x)
+    c = Dense(3)(u)
+    output a, c
+    train {
+        target ht: float32[8]
+        loss = categorical_crossentropy(a) + 0.1 * mse(ht, h) + mse(c)
+        optimizer = RMSprop(learning_rate=0.01)
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("src", [TWO_HEADS_ONE_LOSS, HIDDEN_IN_LOSS], ids=["kernel-without-gradient", "hidden-in-loss"])
+def test_held_kernels_agree_with_the_unoptimized_step(src):
+    """A transposed kernel the loss never reaches (read, never updated, its head measured by a
+    metric); a hidden value the loss names (left as it is); a [4, 1] kernel, whose transpose is
+    contiguous (synced weights must still be copies, not views of the step's buffers)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4 if "two" in src else 6)).astype(np.float32)
+    if "two" in src:
+        y = {"a_target": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 32)], "b_target": np.ones((32, 2), np.float32)}
+    else:
+        y = {"a_target": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 32)], "ht": np.ones((32, 8), np.float32),
+             "c_target": np.ones((32, 3), np.float32)}
+    runs = []
+    for level in (1, 0):
+        m = kcompile.compile_string(src, seed=0, opt_level=level)
+        logs = [m.train_on_batch(x, y, return_dict=True) for _ in range(3)]
+        runs.append((logs, m.get_weights(), m))
+    fast = runs[0][2]
+    # (h, named by the loss, stays batch-major; u's [6, 1] kernel is held as [1, 6])
+    assert fast.manifest["training"]["transposed"] == (["dense/kernel", "dense_2/kernel"] if "two" in src
+                                                       else ["dense_2/kernel"])
+    for a, b in zip(runs[0][0], runs[1][0]):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    fast._sync_state()
+    for name, buffer in fast._runner.current().items():
+        assert not np.shares_memory(buffer, fast._weights.get(name, fast._slots.get(name)))
+
+
 def test_a_shared_kernel_held_transposed_stays_one_buffer():
     """Both models hold inner's first kernel transposed in their steps; shared, the steps read
     and write it in Keras layout, and alternating training matches the unoptimized steps."""
