@@ -502,7 +502,12 @@ class Dropout(Op):
             return [], []
         t = ctx.type(x)
         mask = node.attrs.get("noise_shape")
-        if mask is None:
+        if mask is None and t.rank == 2 and isinstance(t.shape[1], str) and isinstance(t.shape[0], int):
+            # Feature-major activations [units, N] (passes.transpose.feature_major_dense): the
+            # noise is drawn batch-major, as the runtime draws it, and transposed.
+            name = noise_input(ctx, node, t.with_shape(t.shape[::-1]))
+            u = ctx.op("Transpose", name, perm=(1, 0))
+        elif mask is None:
             u = name = noise_input(ctx, node, t)
         else:
             u = name = noise_input(ctx, node, t.with_shape((t.shape[0],) + tuple(mask[1:])))

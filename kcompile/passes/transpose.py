@@ -173,8 +173,9 @@ def feature_major_dense(g: Graph) -> Graph:
     instead of the kernel: the MNIST MLP's training step about 6% faster in alternating-process
     A/B runs (its 784x512 kernel's forward and gradient products together 7% at batch 128, 4%
     at 512). The transposes left at either end fold into the neighbouring products (their
-    trans flags). Only a Dense read by activations alone qualifies: Dropout's noise, a loss or
-    an output would want the batch-major layout back."""
+    trans flags). Only a Dense read by activations and Dropout alone qualifies (a Dropout of
+    feature-major values draws its noise batch-major and transposes it); a loss or an output
+    would want the batch-major layout back."""
     for node in g.nodes():
         if node.name not in g.nx or node.op != "Gemm" or node.attrs.get("activation"):
             continue
@@ -193,13 +194,15 @@ def feature_major_dense(g: Graph) -> Graph:
 
 
 def _reaches_dense(g: Graph, value: str) -> bool:
-    """``value`` flows through element-wise activations alone into a Dense's input (its only reader)."""
+    """``value`` flows through element-wise activations and Dropout alone into a Dense's input
+    (its only reader)."""
     while True:
         user = sole_consumer(g, value)
         if user is None:
             return False
         if user.op == "Gemm" and user.inputs[0] == value:
             return True
-        if not isinstance(OPS[user.op], _LAYOUT_FREE_UNARY):
+        dropout = user.op == "Dropout" and user.attrs.get("noise_shape") is None
+        if not (dropout or isinstance(OPS[user.op], _LAYOUT_FREE_UNARY)):
             return False
         value = user.outputs[0]

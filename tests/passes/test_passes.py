@@ -231,6 +231,14 @@ def test_feature_major_dense():
     checked, _ = check_gradients(MLP.replace("float32", "float64"), {"x": x.astype(np.float64)},
                                  passes=[fuse_bias, feature_major_dense])
     assert checked > 0
+    # Dropout between the layers keeps them feature-major; its training form draws the noise
+    # batch-major (as the runtime does) and transposes it.
+    with_dropout = MLP.replace("float32", "float64").replace("(a)", "(Dropout(0.4)(a))")
+    g = feature_major_dense(fuse_bias(graph_of(with_dropout)))
+    assert [n for n, p in g.params.items() if p.transposed] == ["dense/kernel", "dense_1/kernel"]
+    checked, _ = check_gradients(with_dropout, {"x": x.astype(np.float64)}, training=True,
+                                 passes=[fuse_bias, feature_major_dense])
+    assert checked > 0
 
 
 def test_bias_fusion():

@@ -56,6 +56,10 @@ model fm {
 """
 
 
+FEATURE_MAJOR_DROPOUT = FEATURE_MAJOR.replace("Dense(16, activation=relu)", "Dense(16, activation=relu)\n    Dropout(0.25)") \
+                                    .replace("Dense(8, activation=tanh)", "Dense(8, activation=tanh)\n    Dropout(0.5)")
+
+
 def small_data(n=96, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype(np.float32)
@@ -123,12 +127,14 @@ def test_resume_from_checkpoint_continues_the_exact_trajectory(tmp_path, src):
         np.testing.assert_array_equal(a, b)
 
 
-def test_kernels_held_transposed_train_as_in_keras_layout():
-    """The step holds two kernels and their RMSprop slots transposed (feature-major-dense); the
-    losses, weights and optimizer state are those of the unoptimized (-O0) step, in Keras layout."""
+@pytest.mark.parametrize("src", [FEATURE_MAJOR, FEATURE_MAJOR_DROPOUT], ids=["activations", "dropout"])
+def test_kernels_held_transposed_train_as_in_keras_layout(src):
+    """The step holds two kernels and their RMSprop slots transposed (feature-major-dense; with
+    Dropout between the layers, whose noise is drawn as at -O0 and transposed); the losses,
+    weights and optimizer state are those of the unoptimized (-O0) step, in Keras layout."""
     x, y = small_data()
-    fast = kcompile.compile_string(FEATURE_MAJOR, seed=0)
-    plain = kcompile.compile_string(FEATURE_MAJOR, seed=0, opt_level=0)
+    fast = kcompile.compile_string(src, seed=0)
+    plain = kcompile.compile_string(src, seed=0, opt_level=0)
     assert fast.manifest["training"]["transposed"] == ["dense/kernel", "dense_1/kernel"]
     assert plain.manifest["training"]["transposed"] == []
     losses = [m.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"] for m in (fast, plain)]
