@@ -190,6 +190,12 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             cb.set_model(model)
 
+    def reads_batch_logs(self) -> bool:
+        """Whether any callback looks at a training batch's end (fit skips computing the running
+        logs for each batch otherwise)."""
+        return any(getattr(type(cb), hook) is not getattr(Callback, hook)
+                   for cb in self.callbacks for hook in ("on_train_batch_end", "on_batch_end"))
+
     def _call(self, name, *args, logs=None):
         logs = {} if logs is None else logs
         for cb in self.callbacks:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ShapeError, format_shape
-from ..ir import TensorType
+from ..ir import BATCH, TensorType
 from ..ir.types import normalize_axis
 from .base import Op, noise_input, register, replace_node
 from .linalg import lower_fused
@@ -502,7 +502,7 @@ class Dropout(Op):
             return [], []
         t = ctx.type(x)
         mask = node.attrs.get("noise_shape")
-        if mask is None and t.rank == 2 and isinstance(t.shape[1], str) and isinstance(t.shape[0], int):
+        if mask is None and t.rank == 2 and isinstance(t.shape[0], int) and t.shape[1] == BATCH:
             # Feature-major activations [units, N] (passes.transpose.feature_major_dense): the
             # noise is drawn batch-major, as the runtime draws it, and transposed.
             name = noise_input(ctx, node, t.with_shape(t.shape[::-1]))

@@ -54,7 +54,8 @@ class RunningMetrics:
         for m in self.metrics:
             totals = self.totals[m["name"]]
             for stat, out in m["outputs"].items():
-                value = np.asarray(results[out], dtype=np.float64)
+                value = results[out]  # a scalar as a Python float (cheaper per batch), else float64
+                value = float(value) if value.ndim == 0 else np.asarray(value, dtype=np.float64)
                 if m["kind"] == "mean":
                     value = value * batch
                 totals[stat] = totals.get(stat, 0.0) + value
@@ -225,6 +226,7 @@ class TrainingMixin:
             self._runner = StateRunner(session, state, self._providers, shared=self._shared, flush=self._flush)
             self._lr_buffer = np.zeros((), np.float32)
             self._step_buffer = np.zeros((), np.float32)
+            self._runner.bind_in_place({"lr": self._lr_buffer, "step": self._step_buffer})
         return self._runner
 
     def _sync_state(self):
@@ -352,7 +354,7 @@ class TrainingMixin:
         runner = self._runner_for_training()
         self._lr_buffer[...] = self.learning_rate
         self._step_buffer[...] = self._iterations + 1
-        data = {**xb, **yb, "lr": self._lr_buffer, "step": self._step_buffer, **self._noise(xb)}
+        data = {**xb, **yb, **self._noise(xb)}  # (lr and step are bound in place)
         results = runner.run(data)
         loss = float(results["loss"])
         if not math.isfinite(loss):
@@ -448,6 +450,7 @@ class TrainingMixin:
                            steps=batches.steps, verbose=verbose)
         self.stop_training = False
         running = RunningMetrics(self.manifest["training"]["metrics"])
+        batch_logs = cbs.reads_batch_logs()
         cbs.on_train_begin()
         logs = {}
         try:
@@ -460,7 +463,7 @@ class TrainingMixin:
                     cbs.on_train_batch_begin(step)
                     results = self._run_train_step(xb, yb)
                     running.update(results, n)
-                    cbs.on_train_batch_end(step, running.result())
+                    cbs.on_train_batch_end(step, running.result() if batch_logs else None)
                     if self.stop_training:
                         break
                 self._weights_changed()
