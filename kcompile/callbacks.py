@@ -193,8 +193,10 @@ class CallbackList(Callback):
     def reads_batch_logs(self) -> bool:
         """Whether any callback looks at a training batch's end (fit skips computing the running
         logs for each batch otherwise)."""
-        return any(getattr(type(cb), hook) is not getattr(Callback, hook)
-                   for cb in self.callbacks for hook in ("on_train_batch_end", "on_batch_end"))
+        def overridden(cb, hook):  # by a subclass, or by a function set on the instance (LambdaCallback)
+            method = getattr(cb, hook)
+            return getattr(method, "__func__", method) is not getattr(Callback, hook)
+        return any(overridden(cb, hook) for cb in self.callbacks for hook in ("on_train_batch_end", "on_batch_end"))
 
     def _call(self, name, *args, logs=None):
         logs = {} if logs is None else logs

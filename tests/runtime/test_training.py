@@ -238,6 +238,29 @@ def test_a_shared_kernel_held_transposed_stays_one_buffer():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_batch_logs_reach_every_kind_of_batch_callback():
+    """fit computes a batch's running logs only for callbacks that read them: a subclass's
+    on_train_batch_end, Keras's on_batch_end alias, and a LambdaCallback's function."""
+    from kcompile.callbacks import CallbackList, LambdaCallback
+    x, y = small_data()
+    seen = []
+
+    class Modern(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(("modern", logs["loss"]))
+
+    class Legacy(Callback):
+        def on_batch_end(self, batch, logs=None):
+            seen.append(("legacy", logs["accuracy"]))
+
+    lam = LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(("lambda", logs["loss"])))
+    m = kcompile.compile_string(SMALL, seed=0)
+    history = m.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[Modern(), Legacy(), lam])
+    assert [k for k, _ in seen] == ["modern", "legacy", "lambda"] * 3
+    assert seen[-1][1] == pytest.approx(history.history["loss"][0])  # the epoch's running mean
+    assert not CallbackList([Callback(), LambdaCallback(on_epoch_end=print)], add_history=True).reads_batch_logs()
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     x, y = small_data()
     m = kcompile.compile_string(SMALL, seed=0)
