@@ -87,7 +87,8 @@ def _step(g: Graph, t) -> bool:
         replace(g, user.outputs[0], add(g, user, "Gemm", operands, **flipped))
         return True
     definition: Op = OPS[user.op]
-    if isinstance(definition, _LAYOUT_FREE_UNARY) or user.op in ("Identity", "Dropout", "Cast"):
+    plain_dropout = user.op == "Dropout" and user.attrs.get("noise_shape") is None  # (its shape is per axis)
+    if isinstance(definition, _LAYOUT_FREE_UNARY) or plain_dropout or user.op in ("Identity", "Cast"):
         moved = add(g, user, user.op, [x] + user.inputs[1:], **user.attrs)
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True

@@ -102,6 +102,7 @@ class StateRunner:
                                     dtype=_DTYPES[outputs[n].type]) for n in self.result_names}
         self.result_values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.results.items()}
         self.position = 0
+        self.rebound = {}  # (bind_in_place on CUDA)
         self.bindings = [self._binding(k) for k in range(self.ROTATION)]
         self.flush = flush if flush is not None else contextlib.nullcontext()
 
@@ -121,12 +122,17 @@ class StateRunner:
         return b
 
     def bind_in_place(self, arrays: dict[str, np.ndarray]) -> None:
-        """Bind per-step inputs once, to arrays the caller then changes in place (lr, step):
-        binding a numpy array costs a few microseconds a run."""
+        """Per-step inputs the caller changes in place (lr, step), no longer passed to run().
+        On the CPU they are bound once, as OrtValues over the arrays' memory (binding an array
+        costs a few microseconds a run); on CUDA binding copies to the device at once, so run()
+        binds their current values each time."""
         arrays = {n: a for n, a in arrays.items() if n in self.data_names}
-        self.in_place = {n: self.ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
-        self._in_place_arrays = arrays  # (the OrtValues share their memory)
         self.data_names = [n for n in self.data_names if n not in arrays]
+        if self.device[0] != "cpu":
+            self.rebound = arrays
+            return
+        self.in_place = {n: self.ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
+        self._in_place_arrays = arrays  # (kept alive: the OrtValues share their memory)
         for b in self.bindings:
             for n, v in self.in_place.items():
                 b.bind_ortvalue_input(n, v)
@@ -137,6 +143,8 @@ class StateRunner:
         b = self.bindings[self.position]
         for n in self.data_names:
             b.bind_cpu_input(n, data[n])
+        for n, a in self.rebound.items():
+            b.bind_cpu_input(n, a)
         for n, w in self.shared_state.items():  # wherever the other models left them
             b.bind_ortvalue_input(n, w.current())
             b.bind_ortvalue_output(f"new:{n}", w.following())

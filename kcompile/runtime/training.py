@@ -450,8 +450,8 @@ class TrainingMixin:
                            steps=batches.steps, verbose=verbose)
         self.stop_training = False
         running = RunningMetrics(self.manifest["training"]["metrics"])
-        batch_logs = cbs.reads_batch_logs()
         cbs.on_train_begin()
+        batch_logs = cbs.reads_batch_logs()  # (after on_train_begin, which may attach a hook)
         logs = {}
         try:
             for epoch in range(initial_epoch, epochs):

@@ -71,19 +71,23 @@ class TrainingProgram:
 
 
 # ---------------- training form of the forward graph ----------------
-def training_form(g: Graph) -> tuple[list, list]:
+def training_form(g: Graph, order: dict | None = None) -> tuple[list, list]:
     """Each op's training-time computation (``Op.training_form``: dropout masks from noise
     inputs, BatchNormalization with batch statistics). Returns (noise inputs, [(moving
-    statistic, new value)])."""
+    statistic, new value)]). ``order`` ((layer, op) -> rank in the unoptimized graph) puts the
+    noise inputs in the unoptimized graph's order, which passes that re-create a Dropout
+    would change: the runtime draws them in this order, so the masks are those of -O0."""
     ctx = GradContext(g)
     noise, updates = [], []
     for node in g.nodes():
         ctx.node = node
         form = OPS[node.op].training_form(ctx, node)
         if form is not None:
-            noise += form[0]
+            rank = (order or {}).get((node.layer, node.op), len(order or {}))
+            noise += [(rank, item) for item in form[0]]
             updates += form[1]
-    return noise, updates
+    noise.sort(key=lambda ranked: ranked[0])  # (stable: one node's inputs stay in order)
+    return [item for _, item in noise], updates
 
 
 # ---------------- loss and metrics from the train section ----------------
@@ -322,7 +326,10 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
         g = _run_passes(g, FORWARD_PASSES, "train-forward", report)
         env = {**env, **{o[4:]: v for o, v in g.outputs if o.startswith("pin:")}}
         g.outputs = [o for o in g.outputs if not o[0].startswith("pin:")]
-    noise, stat_updates = training_form(g)
+    order = {}
+    for node in graph.nodes():
+        order.setdefault((node.layer, node.op), len(order))
+    noise, stat_updates = training_form(g, order)
     objective, loss, metrics = _objective(g, train, config, env)
     trainable = [n for n, p in g.params.items() if p.trainable]
     before = len(g.nx)

@@ -79,3 +79,31 @@ def test_small_predicts_reuse_bound_buffers_but_return_fresh_arrays():
     m.predict(x[:1])
     session = ort.InferenceSession(m.onnx_model().SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(m.predict(x[:1]), session.run(None, {"image": x[:1]})[0], rtol=1e-5, atol=1e-7)
+
+
+def test_in_place_scalars_are_bound_again_where_binding_copies():
+    """lr and step are bound once over their buffers on the CPU; where binding copies to the
+    device at once (CUDA), the runner binds their current values each run. Both paths must see
+    a learning rate changed in place (the CUDA path forced here on the CPU provider)."""
+    from kcompile.runtime.binding import StateRunner
+    x, y = data(32)
+    steps = {}
+    for device in ("cpu", "cuda"):
+        m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=1)
+        session = m._session_for("train_step")
+        held = m._held_transposed()  # (the step holds the first kernel transposed)
+        state = {n: np.ascontiguousarray(v.T) if n in held else v for n, v in {**m._weights, **m._slots}.items()}
+        runner = StateRunner(session, state, ["CPUExecutionProvider"])
+        runner.device = (device, 0)
+        lr, step = np.zeros((), np.float32), np.ones((), np.float32)
+        runner.bind_in_place({"lr": lr, "step": step})
+        moved = []
+        for rate in (0.0, 1e-3, 0.0):
+            lr[...] = rate
+            before = runner.current()["dense_1/bias"].copy()
+            runner.run({"image": x, "probs_target": y})
+            moved.append(float(np.abs(runner.current()["dense_1/bias"] - before).max()))
+        steps[device] = moved
+    for moved in steps.values():
+        assert moved[0] == 0.0 and moved[1] > 0.0 and moved[2] == 0.0
+    np.testing.assert_allclose(steps["cuda"], steps["cpu"], rtol=1e-6)

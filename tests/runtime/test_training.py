@@ -214,6 +214,32 @@ def test_held_kernels_agree_with_the_unoptimized_step(src):
         assert not np.shares_memory(buffer, fast._weights.get(name, fast._slots.get(name)))
 
 
+def test_dropout_noise_is_drawn_in_the_unoptimized_order():
+    """A Dropout that feature-major-dense re-creates (branch a) keeps its place among the noise
+    inputs, which the runtime draws in order: -O1 trains with -O0's masks."""
+    src = """model two {
+        input x: float32[6]
+        a1 = Dense(16, activation=relu)(x)
+        a3 = Dense(8)(Dropout(0.5)(a1))
+        b2 = Dropout(0.5)(Dense(8, activation=relu)(x))
+        probs = Dense(3, activation=softmax)(a3 + b2)
+        output probs
+        train {
+            loss = categorical_crossentropy
+            optimizer = SGD(learning_rate=0.1)
+        }
+    }"""
+    x, y = small_data()
+    fast = kcompile.compile_string(src, seed=0)
+    plain = kcompile.compile_string(src, seed=0, opt_level=0)
+    assert fast.manifest["training"]["transposed"] == ["dense/kernel"]
+    assert fast.manifest["training"]["noise"] == plain.manifest["training"]["noise"]
+    for m in (fast, plain):
+        m.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    for a, b in zip(fast.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_a_shared_kernel_held_transposed_stays_one_buffer():
     """Both models hold inner's first kernel transposed in their steps; shared, the steps read
     and write it in Keras layout, and alternating training matches the unoptimized steps."""
@@ -253,11 +279,18 @@ def test_batch_logs_reach_every_kind_of_batch_callback():
         def on_batch_end(self, batch, logs=None):
             seen.append(("legacy", logs["accuracy"]))
 
+    class Late(Callback):  # a hook attached when training begins
+        def on_train_begin(self, logs=None):
+            self.on_train_batch_end = lambda batch, logs: seen.append(("late", logs["loss"]))
+
     lam = LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(("lambda", logs["loss"])))
     m = kcompile.compile_string(SMALL, seed=0)
     history = m.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[Modern(), Legacy(), lam])
     assert [k for k, _ in seen] == ["modern", "legacy", "lambda"] * 3
     assert seen[-1][1] == pytest.approx(history.history["loss"][0])  # the epoch's running mean
+    seen.clear()
+    history = m.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[Late()])
+    assert [k for k, _ in seen] == ["late"] * 3 and seen[-1][1] == pytest.approx(history.history["loss"][0])
     assert not CallbackList([Callback(), LambdaCallback(on_epoch_end=print)], add_history=True).reads_batch_logs()
 
 
