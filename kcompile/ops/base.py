@@ -9,7 +9,7 @@ the language's channels-last convention needs, and passes remove what they can.
 from __future__ import annotations
 
 from ..errors import ShapeError, format_shape
-from ..ir import Graph, TensorType
+from ..ir import BATCH, Graph, TensorType
 
 OPS: dict[str, "Op"] = {}
 
@@ -54,12 +54,15 @@ class Op:
                                  hint="cast integer data to float32 first")
 
 
-def noise_input(ctx, node, t: TensorType) -> str:
-    """A uniform [0, 1) noise input of type ``t`` for ``node``'s training form; the runtime draws
-    (batch,) + t.shape[1:] numbers each step."""
+def noise_input(ctx, node, t: TensorType) -> tuple[str, str]:
+    """A uniform [0, 1) noise input for ``node``'s training form and the value of type ``t`` to
+    use: (input name, value). The runtime draws (batch,) + shape[1:] numbers each step, so
+    feature-major values [units, N] (passes.transpose.feature_major_dense) get a [N, units]
+    input, transposed."""
     name = ctx.g.fresh(f"noise:{node.layer or node.name}")
-    ctx.g.add_input(name, t)
-    return name
+    feature_major = t.rank == 2 and isinstance(t.shape[0], int) and t.shape[1] == BATCH
+    ctx.g.add_input(name, t.with_shape(t.shape[::-1]) if feature_major else t)
+    return name, ctx.op("Transpose", name, perm=(1, 0)) if feature_major else name
 
 
 def replace_node(ctx, node, values) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ShapeError, format_shape
-from ..ir import BATCH, TensorType
+from ..ir import TensorType
 from ..ir.types import normalize_axis
 from .base import Op, noise_input, register, replace_node
 from .linalg import lower_fused
@@ -502,15 +502,10 @@ class Dropout(Op):
             return [], []
         t = ctx.type(x)
         mask = node.attrs.get("noise_shape")
-        if mask is None and t.rank == 2 and isinstance(t.shape[0], int) and t.shape[1] == BATCH:
-            # Feature-major activations [units, N] (passes.transpose.feature_major_dense): the
-            # noise is drawn batch-major, as the runtime draws it, and transposed.
-            name = noise_input(ctx, node, t.with_shape(t.shape[::-1]))
-            u = ctx.op("Transpose", name, perm=(1, 0))
-        elif mask is None:
-            u = name = noise_input(ctx, node, t)
+        if mask is None:
+            name, u = noise_input(ctx, node, t)
         else:
-            u = name = noise_input(ctx, node, t.with_shape((t.shape[0],) + tuple(mask[1:])))
+            name, u = noise_input(ctx, node, t.with_shape((t.shape[0],) + tuple(mask[1:])))
             if mask[0] == 1:  # one mask for the whole batch: row 0 (ReduceMax keeps the typing)
                 u = ctx.op("ReduceMax", ctx.op("Slice", name, starts=(0,), ends=(1,), axes=(0,)), axes=(0,), keepdims=1)
         keep = ctx.op("Cast", ctx.op("GreaterOrEqual", u, rate), to=t.dtype)
@@ -543,11 +538,11 @@ class GaussianNoise(Op):
             replace_node(ctx, node, [x])
             return [], []
         # Box-Muller: z = sqrt(-2 ln(1 - u1)) * cos(2 pi u2).
-        u1, u2 = noise_input(ctx, node, t), noise_input(ctx, node, t)
+        (n1, u1), (n2, u2) = noise_input(ctx, node, t), noise_input(ctx, node, t)
         radius = ctx.op("Sqrt", ctx.op("Mul", ctx.op("Log", ctx.op("Sub", ctx.const(1.0, t.dtype), u1)), -2.0))
         z = ctx.op("Mul", radius, ctx.op("Cos", ctx.op("Mul", u2, 2 * math.pi)))
         replace_node(ctx, node, [ctx.op("Add", x, ctx.op("Mul", z, stddev))])
-        return [(u1, x), (u2, x)], []
+        return [(n1, x), (n2, x)], []
 
     def grad(self, ctx, node, dys):
         return [dys[0]]  # additive noise: d(x + noise)/dx = 1

@@ -165,8 +165,8 @@ def _recurrent_dropout_form(ctx, node):
         return None
     x, recurrent = node.inputs[0], node.inputs[2]
     t = ctx.type(x)
-    name = noise_input(ctx, node, t.with_shape((t.shape[0], ctx.type(recurrent).shape[1] // units, units)))
-    keep = ctx.op("Mul", ctx.op("Cast", ctx.op("GreaterOrEqual", name, rate), to=t.dtype), 1.0 / (1.0 - rate))
+    name, u = noise_input(ctx, node, t.with_shape((t.shape[0], ctx.type(recurrent).shape[1] // units, units)))
+    keep = ctx.op("Mul", ctx.op("Cast", ctx.op("GreaterOrEqual", u, rate), to=t.dtype), 1.0 / (1.0 - rate))
     inputs = list(node.inputs)
     inputs.insert(len(inputs) - 1 if node.attrs.get("masked") else len(inputs), keep)  # before the step mask
     attrs = {k: v for k, v in node.attrs.items() if k != "recurrent_dropout"}

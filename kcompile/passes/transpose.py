@@ -16,6 +16,14 @@ from .util import add, is_static, replace, sole_consumer
 _LAYOUT_FREE_UNARY = (Unary,)
 
 
+def _layout_free(node) -> bool:
+    """An element-wise op of one input: it computes the same whatever the layout (a Dropout with
+    a noise_shape does not: its shape is per axis)."""
+    if node.op == "Dropout":
+        return node.attrs.get("noise_shape") is None
+    return isinstance(OPS[node.op], _LAYOUT_FREE_UNARY) or node.op in ("Identity", "Cast")
+
+
 def _compose(p, q):
     """Transpose(Transpose(x, q), p) == Transpose(x, compose(p, q))."""
     return tuple(q[i] for i in p)
@@ -87,8 +95,7 @@ def _step(g: Graph, t) -> bool:
         replace(g, user.outputs[0], add(g, user, "Gemm", operands, **flipped))
         return True
     definition: Op = OPS[user.op]
-    plain_dropout = user.op == "Dropout" and user.attrs.get("noise_shape") is None  # (its shape is per axis)
-    if isinstance(definition, _LAYOUT_FREE_UNARY) or plain_dropout or user.op in ("Identity", "Cast"):
+    if _layout_free(user):
         moved = add(g, user, user.op, [x] + user.inputs[1:], **user.attrs)
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True
@@ -195,7 +202,7 @@ def feature_major_dense(g: Graph) -> Graph:
 
 
 def _reaches_dense(g: Graph, value: str) -> bool:
-    """``value`` flows through element-wise activations and Dropout alone into a Dense's input
+    """``value`` flows through layout-free ops alone (activations, Dropout) into a Dense's input
     (its only reader)."""
     while True:
         user = sole_consumer(g, value)
@@ -203,7 +210,6 @@ def _reaches_dense(g: Graph, value: str) -> bool:
             return False
         if user.op == "Gemm" and user.inputs[0] == value:
             return True
-        dropout = user.op == "Dropout" and user.attrs.get("noise_shape") is None
-        if not (dropout or isinstance(OPS[user.op], _LAYOUT_FREE_UNARY)):
+        if not _layout_free(user):
             return False
         value = user.outputs[0]

@@ -77,10 +77,12 @@ class StateRunner:
     ROTATION = 3
 
     def __init__(self, session, state: dict[str, np.ndarray], providers, shared: dict | None = None,
-                 flush=None):
+                 flush=None, transposed=()):
         """``state``: every weight and slot by input name; ``shared``: name -> SharedWeight for
         the weights held with other models (bound from there, not copied); ``flush``: a context
-        entered around each run (fpenv.FlushDenormals)."""
+        entered around each run (fpenv.FlushDenormals); ``transposed``: the 2-D state tensors
+        the session reads and writes transposed (backend.layout), given and returned by the
+        runner as they are outside it."""
         import onnxruntime as ort
         self.ort = ort
         self.session = session
@@ -92,6 +94,8 @@ class StateRunner:
         self.data_names = [n for n in inputs if n not in state]
         self.result_names = [n for n in outputs if not n.startswith("new:")]
         shared = shared or {}
+        self.transposed = set(transposed)
+        state = {n: np.ascontiguousarray(v.T) if n in self.transposed else v for n, v in state.items()}
         self.shared_state = {n: shared[n] for n in self.state_names if n in shared}
         self.shared_fixed = {n: shared[n] for n in self.fixed_names if n in shared}
         # Three buffers per own state tensor; buffer 0 holds the current values.
@@ -131,8 +135,7 @@ class StateRunner:
         if self.device[0] != "cpu":
             self.rebound = arrays
             return
-        self.in_place = {n: self.ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
-        self._in_place_arrays = arrays  # (kept alive: the OrtValues share their memory)
+        self.in_place = {n: self.ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}  # (keep them)
         for b in self.bindings:
             for n, v in self.in_place.items():
                 b.bind_ortvalue_input(n, v)
@@ -164,8 +167,9 @@ class StateRunner:
             w.advance(-1)
 
     def current(self) -> dict:
-        """name -> the current value of each state tensor (numpy; a view of the buffer on the CPU)."""
-        own = {n: v.numpy() for n, v in self.buffers[self.position].items()}
+        """name -> the current value of each state tensor (numpy; a view of the buffer on the CPU,
+        transposed back where it is held transposed)."""
+        own = {n: v.numpy().T if n in self.transposed else v.numpy() for n, v in self.buffers[self.position].items()}
         return {n: own[n] if n in own else self.shared_state[n].numpy() for n in self.state_names}
 
 

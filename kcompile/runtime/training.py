@@ -107,7 +107,6 @@ class TrainingMixin:
         self._epoch = 0
         self._lr_override = None
         self._runner = None
-        self._held = set()  # state names the runner's buffers hold transposed (_held_transposed)
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
         self._flush = NoFlush()  # what each training step runs in (fpenv)
@@ -219,11 +218,9 @@ class TrainingMixin:
     def _runner_for_training(self):
         if self._runner is None:
             from .binding import StateRunner
-            session = self._session_for("train_step")
-            self._held = self._held_transposed()
-            state = {n: np.ascontiguousarray(v.T) if n in self._held else v
-                     for n, v in {**self._weights, **self._slots}.items()}
-            self._runner = StateRunner(session, state, self._providers, shared=self._shared, flush=self._flush)
+            self._runner = StateRunner(self._session_for("train_step"), {**self._weights, **self._slots},
+                                       self._providers, shared=self._shared, flush=self._flush,
+                                       transposed=self._held_transposed())
             self._lr_buffer = np.zeros((), np.float32)
             self._step_buffer = np.zeros((), np.float32)
             self._runner.bind_in_place({"lr": self._lr_buffer, "step": self._step_buffer})
@@ -241,8 +238,7 @@ class TrainingMixin:
             return
         self._state_stale = False
         for name, value in self._runner.current().items():
-            # own copy: the buffers are reused by the next steps
-            value = value.T.copy() if name in self._held else np.array(value)
+            value = np.array(value, order="C")  # own copy: the buffers are reused by the next steps
             if name in self._weights:
                 self._weights[name] = value
             else:

@@ -78,12 +78,13 @@ def training_form(g: Graph, order: dict | None = None) -> tuple[list, list]:
     noise inputs in the unoptimized graph's order, which passes that re-create a Dropout
     would change: the runtime draws them in this order, so the masks are those of -O0."""
     ctx = GradContext(g)
+    order = order or {}
     noise, updates = [], []
     for node in g.nodes():
         ctx.node = node
         form = OPS[node.op].training_form(ctx, node)
         if form is not None:
-            rank = (order or {}).get((node.layer, node.op), len(order or {}))
+            rank = order.get((node.layer, node.op), len(order))
             noise += [(rank, item) for item in form[0]]
             updates += form[1]
     noise.sort(key=lambda ranked: ranked[0])  # (stable: one node's inputs stay in order)

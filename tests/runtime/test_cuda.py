@@ -1,6 +1,7 @@
 """The CUDA provider runs the same graphs with the training state resident on the GPU, and
 gives the CPU's numbers. Skipped where no usable NVIDIA GPU is present (onnxruntime's CUDA
 provider may use TF32 products on Ampere and later: tolerances allow for it)."""
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,21 +10,15 @@ import pytest
 import kcompile
 from kcompile.runtime.devices import cuda_available
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_fast_path import ROOT, data  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not cuda_available(), reason="no usable CUDA GPU here")
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def data(n=256, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, 28, 28, 1), dtype=np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
-    return x, y
 
 
 @pytest.mark.parametrize("example", ["mnist_mlp", "mnist_cnn"])
 def test_cuda_training_matches_the_cpu_with_state_on_the_gpu(example, tmp_path):
-    x, y = data()
+    x, y = data(256)
     runs = {}
     for device in ("cpu", "cuda"):
         m = kcompile.compile(ROOT / "examples" / f"{example}.kdl", seed=0, device=device)

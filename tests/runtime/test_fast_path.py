@@ -91,9 +91,8 @@ def test_in_place_scalars_are_bound_again_where_binding_copies():
     for device in ("cpu", "cuda"):
         m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=1)
         session = m._session_for("train_step")
-        held = m._held_transposed()  # (the step holds the first kernel transposed)
-        state = {n: np.ascontiguousarray(v.T) if n in held else v for n, v in {**m._weights, **m._slots}.items()}
-        runner = StateRunner(session, state, ["CPUExecutionProvider"])
+        runner = StateRunner(session, {**m._weights, **m._slots}, ["CPUExecutionProvider"],
+                             transposed=m._held_transposed())  # (the step holds the first kernel transposed)
         runner.device = (device, 0)
         lr, step = np.zeros((), np.float32), np.ones((), np.float32)
         runner.bind_in_place({"lr": lr, "step": step})

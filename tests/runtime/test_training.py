@@ -60,6 +60,23 @@ FEATURE_MAJOR_DROPOUT = FEATURE_MAJOR.replace("Dense(16, activation=relu)", "Den
                                     .replace("Dense(8, activation=tanh)", "Dense(8, activation=tanh)\n    Dropout(0.5)")
 
 
+def trained_at_o1_and_o0(src, train):
+    """``src`` compiled at -O1 and at -O0 (seed 0), each trained by ``train(model)``, which returns
+    its losses or logs (dicts): both levels must give the same numbers and weights (in Keras
+    layout). Returns the two models."""
+    models, numbers = [], []
+    for level in (1, 0):
+        m = kcompile.compile_string(src, seed=0, opt_level=level)
+        numbers.append([kv for v in train(m) for kv in (v.items() if isinstance(v, dict) else [("", v)])])
+        models.append(m)
+    assert [k for k, _ in numbers[0]] == [k for k, _ in numbers[1]]
+    np.testing.assert_allclose([v for _, v in numbers[0]], [v for _, v in numbers[1]], rtol=1e-5)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    return models
+
+
 def small_data(n=96, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype(np.float32)
@@ -133,16 +150,11 @@ def test_kernels_held_transposed_train_as_in_keras_layout(src):
     Dropout between the layers, whose noise is drawn as at -O0 and transposed); the losses,
     weights and optimizer state are those of the unoptimized (-O0) step, in Keras layout."""
     x, y = small_data()
-    fast = kcompile.compile_string(src, seed=0)
-    plain = kcompile.compile_string(src, seed=0, opt_level=0)
+    fast, plain = trained_at_o1_and_o0(src, lambda m: m.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"])
     assert fast.manifest["training"]["transposed"] == ["dense/kernel", "dense_1/kernel"]
     assert plain.manifest["training"]["transposed"] == []
-    losses = [m.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"] for m in (fast, plain)]
-    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
-    assert fast._runner.current()["dense/kernel"].shape == (16, 6)  # held transposed...
-    for a, b in zip(fast.get_weights(), plain.get_weights()):  # ...seen in Keras layout
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    runner = fast._runner
+    assert runner.buffers[runner.position]["dense/kernel"].shape() == [16, 6]  # held transposed
     slots = plain.optimizer_state()
     for name, value in fast.optimizer_state().items():
         assert value.shape == slots[name].shape
@@ -194,21 +206,10 @@ def test_held_kernels_agree_with_the_unoptimized_step(src):
     else:
         y = {"a_target": np.eye(3, dtype=np.float32)[rng.integers(0, 3, 32)], "ht": np.ones((32, 8), np.float32),
              "c_target": np.ones((32, 3), np.float32)}
-    runs = []
-    for level in (1, 0):
-        m = kcompile.compile_string(src, seed=0, opt_level=level)
-        logs = [m.train_on_batch(x, y, return_dict=True) for _ in range(3)]
-        runs.append((logs, m.get_weights(), m))
-    fast = runs[0][2]
+    fast, _ = trained_at_o1_and_o0(src, lambda m: [m.train_on_batch(x, y, return_dict=True) for _ in range(3)])
     # (h, named by the loss, stays batch-major; u's [6, 1] kernel is held as [1, 6])
     assert fast.manifest["training"]["transposed"] == (["dense/kernel", "dense_2/kernel"] if "two" in src
                                                        else ["dense_2/kernel"])
-    for a, b in zip(runs[0][0], runs[1][0]):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert a[k] == pytest.approx(b[k], rel=1e-5)
-    for a, b in zip(runs[0][1], runs[1][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     fast._sync_state()
     for name, buffer in fast._runner.current().items():
         assert not np.shares_memory(buffer, fast._weights.get(name, fast._slots.get(name)))
@@ -230,14 +231,9 @@ def test_dropout_noise_is_drawn_in_the_unoptimized_order():
         }
     }"""
     x, y = small_data()
-    fast = kcompile.compile_string(src, seed=0)
-    plain = kcompile.compile_string(src, seed=0, opt_level=0)
+    fast, plain = trained_at_o1_and_o0(src, lambda m: m.fit(x, y, epochs=2, batch_size=32, verbose=0).history["loss"])
     assert fast.manifest["training"]["transposed"] == ["dense/kernel"]
     assert fast.manifest["training"]["noise"] == plain.manifest["training"]["noise"]
-    for m in (fast, plain):
-        m.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
-    for a, b in zip(fast.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_a_shared_kernel_held_transposed_stays_one_buffer():
