@@ -306,6 +306,9 @@ class Elaborator:
         dims = []
         for d in texpr.dims:
             if isinstance(d, ast.Name) and d.id not in frame.env:
+                if d.id == BATCH:
+                    raise _Fail(f"{BATCH} names the batch dimension, which is implicit", d.loc,
+                                "give this dimension another name, such as T")
                 dims.append(d.id)  # a named symbolic dimension, e.g. T
                 continue
             v = self.expr(d, frame)

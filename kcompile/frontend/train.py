@@ -146,6 +146,9 @@ class _Checker:
             if isinstance(d, ast.Number) and isinstance(d.value, int) and d.value > 0:
                 dims.append(d.value)
             elif isinstance(d, ast.Name):
+                if d.id == BATCH:  # (the target is still declared: no follow-on errors)
+                    self.error(f"{BATCH} names the batch dimension, which is implicit", d.loc,
+                               "give this dimension another name, such as T")
                 dims.append(d.id)
             else:
                 self.error("a dimension must be a positive integer or a name", d.loc)

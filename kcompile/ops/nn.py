@@ -65,6 +65,7 @@ class Conv(Op):
         strides, dilations, pads = _spatial_attrs(node.attrs, n)
         group = node.attrs.get("group", 1)
         kernel = tw.shape[2:]
+        require_known_window_sizes(tx, "a convolution")
         dx = conv_input_grad(ctx, x, w, node.attrs, dy)
         if group == 1:
             dw = conv_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
@@ -78,6 +79,16 @@ class Conv(Op):
         if len(node.inputs) == 3:
             grads.append(ctx.op("ReduceSum", dy, axes=(0,) + tuple(range(2, n + 2)), keepdims=0))
         return grads
+
+
+def require_known_window_sizes(t, what):
+    """Convolution and average-pooling gradients need the sizes they slide over (a transposed
+    convolution's output padding): the shape rules keep a named size through a window (T, not
+    T - 2), so a model with one over a named dimension predicts but does not train yet."""
+    named = [d for d in t.shape[2:] if not isinstance(d, int)]
+    if named:
+        raise NotImplementedError(f"gradient of {what} over the named dimension {named[0]} "
+                                  f"(give {named[0]} a number to train this model)")
 
 
 def conv_input_grad(ctx, x, w, attrs, dy):
@@ -351,6 +362,7 @@ class AveragePool(Pool):
         import numpy as np
         x, dy = node.inputs[0], dys[0]
         tx, ty = ctx.type(x), ctx.type(dy)
+        require_known_window_sizes(tx, "an average pooling")
         k = tuple(node.attrs["kernel_shape"])
         n = len(k)
         strides, _, pads = _spatial_attrs(node.attrs, n)

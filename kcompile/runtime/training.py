@@ -211,9 +211,13 @@ class TrainingMixin:
         spec = self.manifest["training"]["noise"]
         if not spec:
             return {}
-        n = next(iter(xb.values())).shape[0]
+        sizes = {}  # each symbolic dimension's size in this batch: the batch's, and named ones (T)
+        for entry in self.manifest["inputs"]:
+            if entry["name"] in xb:
+                sizes.update((d, n) for d, n in zip(entry["shape"], xb[entry["name"]].shape) if isinstance(d, str))
         rng = np.random.default_rng([self.seed, 7919, self._iterations])
-        return {item["name"]: rng.random((n,) + tuple(item["shape"][1:]), dtype=np.float32) for item in spec}
+        return {item["name"]: rng.random(tuple(sizes.get(d, d) for d in item["shape"]), dtype=np.float32)
+                for item in spec}
 
     def _runner_for_training(self):
         if self._runner is None:

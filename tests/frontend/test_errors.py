@@ -144,6 +144,11 @@ CASES = [
     ("layer_decl_needs_layer", model("layer d = x"), 3, 15, "needs a layer", None),
     ("division_by_zero", model("Dense(4 / 0)"), 3, 11, "division by zero", None),
     ("number_function_domain", model("y = x * log(-1.0)\noutput y"), 3, 13, "log(-1.0): math domain error", None),
+    ("dimension_named_like_batch", model("Dense(4)", "    input x: float32[N, 8]\n"), 2, 22,
+     "N names the batch dimension", "another name"),
+    ("target_dimension_named_like_batch",
+     model("y = Dense(4)\noutput y\ntrain {\n    target t: float32[N, 4]\n    loss = mse(t, y)\n"
+           "    optimizer = SGD()\n}", "    input x: float32[T, 8]\n"), 6, 27, "N names the batch dimension", None),
 ]
 
 

@@ -1,6 +1,7 @@
 """Training forms of the noise layers: SpatialDropout draws one mask entry per channel,
 GaussianNoise adds stddev * N(0, 1); both are the identity in evaluation."""
 import numpy as np
+import pytest
 
 import kcompile
 
@@ -68,3 +69,53 @@ def test_spatial_dropout_after_a_convolution_at_o1():
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_over_a_named_dimension():
+    """A Dropout on [N, T, 16] draws its noise at the batch's T: each step's loss is the
+    numpy reference with the mask the runtime drew, at two different sequence lengths."""
+    src = """model s {
+        input x: float32[T, 3]
+        h = Dense(16, use_bias=false)(x)
+        y = Dropout(0.5)(h)
+        output y
+        train {
+            loss = mse
+            optimizer = SGD(learning_rate=0.0)
+        }
+    }"""
+    rng = np.random.default_rng(0)
+    for level in (0, 1):
+        m = kcompile.compile_string(src, seed=0, opt_level=level)
+        assert m.manifest["training"]["noise"][0]["shape"] == ["N", "T", 16]
+        kernel = m.get_weights()[0]
+        for steps in (5, 9):
+            x = rng.standard_normal((4, steps, 3)).astype(np.float32)
+            target = np.zeros((4, steps, 16), np.float32)
+            noise = m._noise({"x": x})["noise:dropout"]
+            assert noise.shape == (4, steps, 16)
+            expected = np.mean(((x @ kernel) * (noise >= 0.5) * 2.0) ** 2)
+            np.testing.assert_allclose(m.train_on_batch(x, target), expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer,what", [("Conv1D(4, 3)", "a convolution"), ("AveragePooling1D(2)", "an average pooling")])
+def test_window_over_a_named_dimension_says_it_cannot_train(layer, what):
+    """Shape rules keep a named size through a window (T, not T - 2), so such a model predicts
+    but does not train; fit says why instead of failing inside the gradient."""
+    src = f"""model c {{
+        input x: float32[T, 3]
+        Dense(4)
+        {layer}
+        GlobalAveragePooling1D()
+        y = Dense(2)
+        output y
+        train {{
+            loss = mse
+            optimizer = SGD()
+        }}
+    }}"""
+    m = kcompile.compile_string(src, seed=0)
+    x = np.ones((2, 7, 3), np.float32)
+    assert m.predict(x).shape == (2, 2)
+    with pytest.raises(RuntimeError, match=f"{what} over the named dimension T"):
+        m.fit(x, np.zeros((2, 2), np.float32), verbose=0)
