@@ -1,6 +1,9 @@
 """Tensor types: a dtype and a shape whose dimensions are ints or symbols (the batch is "N")."""
 from __future__ import annotations
 
+import ast as pyast
+import operator
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +52,48 @@ class TensorType:
 
     def __str__(self) -> str:
         return f"{self.dtype}{format_shape(self.shape)}"
+
+
+def offset_dim(size, delta: int):
+    """``size + delta`` for an int or a named dimension: ``T`` and -2 give ``T-2``, and ``T-2`` and
+    +2 give ``T`` again (one canonical spelling, so that equal sizes compare equal)."""
+    if isinstance(size, int):
+        return size + delta
+    match = re.fullmatch(r"(.+?)([+-]\d+)", size)
+    if match:
+        size, delta = match.group(1), delta + int(match.group(2))
+    return size if delta == 0 else f"{size}{delta:+d}"
+
+
+def window_output_dim(size, span: int, stride: int):
+    """The size after a sliding window that covers ``span`` of the (padded) input per output:
+    ``(size - span) // stride + 1``, kept as an expression over a named size (``T-2``,
+    ``(T-2)//2+1``), a dimension equal only to itself that the runtime evaluates."""
+    if isinstance(size, int):
+        return (size - span) // stride + 1
+    if stride == 1:
+        return offset_dim(size, 1 - span)
+    return f"({offset_dim(size, -span)})//{stride}+1"
+
+
+def evaluate_dim(dim, sizes: dict) -> int:
+    """A dimension's size, given the named dimensions' sizes (``{"N": 32, "T": 7}``)."""
+    if isinstance(dim, int):
+        return dim
+    if dim in sizes:
+        return sizes[dim]
+    binary = {pyast.Add: operator.add, pyast.Sub: operator.sub, pyast.Mult: operator.mul,
+              pyast.FloorDiv: operator.floordiv}
+
+    def value(node):
+        if isinstance(node, pyast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, pyast.Name) and node.id in sizes:
+            return sizes[node.id]
+        if isinstance(node, pyast.BinOp) and type(node.op) in binary:
+            return binary[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(f"the size of dimension {dim} is not known here")
+    return value(pyast.parse(dim, mode="eval").body)
 
 
 def normalize_axis(axis: int, rank: int) -> int:

@@ -6,17 +6,16 @@ import math
 
 from ..errors import ShapeError, format_shape
 from ..ir import TensorType
-from ..ir.types import normalize_axis
+from ..ir.types import normalize_axis, offset_dim, window_output_dim
 from .base import Op, noise_input, register, replace_node
 from .linalg import lower_fused
 
 
 def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation=1):
-    if not isinstance(size, int):
-        return size
+    """A window's output size: an int, or an expression over a named size (T-2)."""
     effective = dilation * (kernel - 1) + 1
-    out = (size + pad_begin + pad_end - effective) // stride + 1
-    if out < 1:
+    out = window_output_dim(size, effective - pad_begin - pad_end, stride)
+    if isinstance(out, int) and out < 1:
         raise ShapeError(f"the window ({effective}) is larger than the padded input ({size + pad_begin + pad_end})",
                          hint="use padding=same, a smaller kernel, or remove a pooling layer")
     return out
@@ -65,7 +64,6 @@ class Conv(Op):
         strides, dilations, pads = _spatial_attrs(node.attrs, n)
         group = node.attrs.get("group", 1)
         kernel = tw.shape[2:]
-        require_known_window_sizes(tx, "a convolution")
         dx = conv_input_grad(ctx, x, w, node.attrs, dy)
         if group == 1:
             dw = conv_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
@@ -82,9 +80,7 @@ class Conv(Op):
 
 
 def require_known_window_sizes(t, what):
-    """Convolution and average-pooling gradients need the sizes they slide over (a transposed
-    convolution's output padding): the shape rules keep a named size through a window (T, not
-    T - 2), so a model with one over a named dimension predicts but does not train yet."""
+    """For gradients built from the static sizes they slide over: raises for a named one (T)."""
     named = [d for d in t.shape[2:] if not isinstance(d, int)]
     if named:
         raise NotImplementedError(f"gradient of {what} over the named dimension {named[0]} "
@@ -118,6 +114,8 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     channels, out_channels = tx.shape[1], ty.shape[1]
     window = int(np.prod(kernel_spatial))
     outs = ty.shape[2:]
+    if not all(isinstance(d, int) for d in tx.shape[2:]):
+        return _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations)
     if window <= IM2COL_MAX_WINDOW and all(isinstance(d, int) for d in tuple(tx.shape[1:]) + tuple(outs)):
         # Unfold with a grouped convolution whose one-hot kernels each pick one offset of the
         # window: channel c * window + k of the result is x[c] shifted by offset k (measured
@@ -143,8 +141,33 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     return ctx.op("Transpose", full, perm=perm)
 
 
+def _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
+    """The kernel gradient of a stride-1 convolution over a named size (Conv1D over T): for
+    each kernel offset, dy [N, O, T'] times the input rows that offset reads, [N, C, T']
+    sliced with static offsets from both ends, summed over the batch."""
+    if len(kernel_spatial) != 1 or any(s != 1 for s in strides):
+        raise NotImplementedError("gradient of a strided or 2-d convolution over a named dimension "
+                                  "(give it a number to train this model)")
+    (k,), (d,) = kernel_spatial, dilations
+    if any(pads):
+        x = ctx.op("Pad", x, pads=(0, 0, pads[0], 0, 0, pads[1]))
+    parts = []
+    for offset in range(k):
+        rest = (k - 1 - offset) * d  # rows after the last one this offset reads
+        rows = ctx.op("Slice", x, starts=(offset * d,), ends=(-rest if rest else 2 ** 62,), axes=(2,))
+        product = ctx.op("MatMul", dy, ctx.op("Transpose", rows, perm=(0, 2, 1)))  # [N, O, C]
+        parts.append(ctx.op("Unsqueeze", product, axes=(3,)))
+    stacked = parts[0] if k == 1 else ctx.op("Concat", *parts, axis=3)
+    return ctx.op("ReduceSum", stacked, axes=(0,), keepdims=0)
+
+
 def transposed_output_padding(in_size, out_size, kernel, stride, pad_begin, pad_end, dilation):
     """output_padding that makes a ConvTranspose of ``in_size`` produce ``out_size``."""
+    if not (isinstance(in_size, int) and isinstance(out_size, int)):
+        if stride == 1:
+            return 0  # a stride-1 window's transpose gives back the input size exactly
+        raise NotImplementedError(f"gradient of a strided window over the named dimension {out_size} "
+                                  "(give it a number to train this model)")
     return out_size - (stride * (in_size - 1) + dilation * (kernel - 1) + 1 - pad_begin - pad_end)
 
 
@@ -166,9 +189,13 @@ class ConvTranspose(Op):
         out_pad = tuple(attrs.get("output_padding", (0,) * n))
         spatial = []
         for i in range(n):
-            s = x.shape[2 + i]
+            s, extra = x.shape[2 + i], out_pad[i] + (w.shape[2 + i] - 1) * dilations[i] + 1 - pads[i] - pads[n + i]
             if isinstance(s, int):
-                s = strides[i] * (s - 1) + out_pad[i] + (w.shape[2 + i] - 1) * dilations[i] + 1 - pads[i] - pads[n + i]
+                s = strides[i] * (s - 1) + extra
+            elif strides[i] == 1:
+                s = offset_dim(s, extra - 1)
+            else:
+                s = f"{strides[i]}*({offset_dim(s, -1)}){extra:+d}"
             spatial.append(s)
         return [TensorType(x.dtype, (x.shape[0], w.shape[1] * group) + tuple(spatial))]
 

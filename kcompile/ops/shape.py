@@ -6,7 +6,7 @@ from onnx import numpy_helper
 
 from ..errors import ShapeError, format_shape
 from ..ir import TensorType
-from ..ir.types import normalize_axis
+from ..ir.types import BATCH, normalize_axis, offset_dim
 from .base import Op, register
 
 
@@ -328,8 +328,10 @@ class Slice(Op):
             if isinstance(size, int):
                 lo, hi = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
                 shape[axis] = max(-(-(hi - lo) // step), 0)
+            elif step == 1 and start >= 0 and (end < 0 or end >= 2 ** 31):
+                shape[axis] = offset_dim(size, (0 if end >= 2 ** 31 else end) - start)
             else:
-                shape[axis] = size if start == 0 and end >= 2 ** 31 else "?"
+                shape[axis] = "?"
         return [x.with_shape(shape)]
 
     def lower(self, ctx, inputs, outputs, attrs):
@@ -346,6 +348,12 @@ class Slice(Op):
         pads = [0] * (2 * x.rank)
         for start, end, axis in zip(node.attrs["starts"], node.attrs["ends"], node.attrs["axes"]):
             size = x.shape[axis]
+            if not isinstance(size, int):  # a named size: a start from the front, an end from the back
+                if start < 0 or 0 <= end < 2 ** 31:
+                    raise NotImplementedError(f"gradient of a slice of the named dimension {size} "
+                                              "counted from its other end")
+                pads[axis], pads[x.rank + axis] = start, 0 if end >= 2 ** 31 else -end
+                continue
             lo, hi = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
             pads[axis], pads[x.rank + axis] = lo, size - hi
         return [ctx.op("Pad", dys[0], pads=tuple(pads))]
@@ -359,7 +367,7 @@ class Pad(Op):
     def infer(self, ins, attrs):
         x, = ins
         n, pads = x.rank, attrs["pads"]
-        return [x.with_shape(d + pads[i] + pads[n + i] if isinstance(d, int) else d for i, d in enumerate(x.shape))]
+        return [x.with_shape(d if d == BATCH else offset_dim(d, pads[i] + pads[n + i]) for i, d in enumerate(x.shape))]
 
     def lower(self, ctx, inputs, outputs, attrs):
         ctx.emit("Pad", [inputs[0], ctx.const(list(attrs["pads"]), "int64")], outputs)
@@ -368,7 +376,7 @@ class Pad(Op):
         x = ctx.type(node.inputs[0])
         n, pads = x.rank, node.attrs["pads"]
         starts = tuple(pads[i] for i in range(n))
-        ends = tuple(pads[i] + d if isinstance(d, int) else 2 ** 62 for i, d in enumerate(x.shape))
+        ends = tuple(pads[i] + d if isinstance(d, int) else -pads[n + i] or 2 ** 62 for i, d in enumerate(x.shape))
         return [ctx.op("Slice", dys[0], starts=starts, ends=ends, axes=tuple(range(n)))]
 
 

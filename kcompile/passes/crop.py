@@ -129,8 +129,8 @@ def _needed_extents(g: Graph) -> dict:
             shape = list(g.types[value].shape)
             if window is not None and i == 0:
                 kernel, strides, dilations = window
-                spatial = [(e - 1) * s + (k - 1) * d + 1 if isinstance(e, int) else e
-                           for e, k, s, d in zip(out[2:], kernel, strides, dilations)]
+                spatial = [(e - 1) * s + (k - 1) * d + 1 if isinstance(e, int) else full  # a named size: all
+                           for e, k, s, d, full in zip(out[2:], kernel, strides, dilations, shape[2:])]
                 require(value, shape[:2] + spatial)
             elif node.op == "Transpose":
                 extents = list(shape)

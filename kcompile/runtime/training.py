@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir.types import evaluate_dim
 from .data import Batches, as_arrays, check_arrays, tensor_specs
 from .fpenv import NoFlush, step_environment
 
@@ -216,7 +217,7 @@ class TrainingMixin:
             if entry["name"] in xb:
                 sizes.update((d, n) for d, n in zip(entry["shape"], xb[entry["name"]].shape) if isinstance(d, str))
         rng = np.random.default_rng([self.seed, 7919, self._iterations])
-        return {item["name"]: rng.random(tuple(sizes.get(d, d) for d in item["shape"]), dtype=np.float32)
+        return {item["name"]: rng.random(tuple(evaluate_dim(d, sizes) for d in item["shape"]), dtype=np.float32)
                 for item in spec}
 
     def _runner_for_training(self):

@@ -366,3 +366,22 @@ def test_maxpool_gradient_paths(body, shape):
     src = "model m {\n input x: float64[%s]\n %s\n output y\n}" % (", ".join(map(str, shape[1:])), body)
     checked, _ = check_gradients(src, {"x": np.random.default_rng(3).normal(size=shape)})
     assert checked > 0
+
+
+# ---------------- windows over a named dimension ----------------
+@pytest.mark.parametrize("body", [
+    "Conv1D(3, 3)",
+    "Conv1D(3, 3, padding=same)",
+    "Conv1D(3, 3, padding=causal, dilation_rate=2)",
+    "Conv1D(3, 2, activation=tanh)\n    MaxPooling1D(2)",
+    "ZeroPadding1D((1, 2))\n    Conv1D(2, 3)",
+    "Cropping1D((1, 2))\n    Conv1D(2, 2)",
+    "Conv1D(2, 3)\n    Conv1D(2, 2, dilation_rate=2)",
+])
+def test_windows_over_a_named_dimension(body):
+    """Shape rules carry T through a window as an expression (T-2, (T-3)//2+1), and a convolution's
+    kernel gradient over T is a product per kernel offset; checked at two lengths."""
+    src = f"model m {{\n    input x: float64[T, 2]\n    {body}\n    GlobalAveragePooling1D()\n    y = Dense(2)\n    output y\n}}\n"
+    for steps in (9, 12):
+        checked, _ = check_gradients(src, {"x": normal((2, steps, 2))})
+        assert checked > 0

@@ -1,0 +1,29 @@
+"""Named dimensions through windows: one canonical spelling per size, evaluated at run time."""
+import pytest
+
+from kcompile.ir.types import evaluate_dim, offset_dim, window_output_dim
+
+
+def test_offsets_have_one_spelling():
+    assert offset_dim("T", -2) == "T-2"
+    assert offset_dim("T-2", 2) == "T"
+    assert offset_dim("T-2", -2) == "T-4"
+    assert offset_dim("T2", 1) == "T2+1"
+    assert offset_dim(7, -2) == 5
+
+
+@pytest.mark.parametrize("span,stride", [(3, 1), (1, 1), (2, 2), (3, 2), (0, 1), (-1, 3)])
+@pytest.mark.parametrize("size", [5, 9, 12])
+def test_window_expressions_evaluate_to_the_static_rule(size, span, stride):
+    named = window_output_dim("T", span, stride)
+    assert evaluate_dim(named, {"T": size}) == window_output_dim(size, span, stride)
+    # and a window after a window
+    second = window_output_dim(named, 2, 1)
+    assert evaluate_dim(second, {"T": size}) == (size - span) // stride + 1 - 1
+
+
+def test_unknown_names_and_foreign_syntax_are_refused():
+    with pytest.raises(ValueError, match="not known"):
+        evaluate_dim("S-1", {"T": 4})
+    with pytest.raises(ValueError):
+        evaluate_dim("__import__('os')", {"T": 4})
