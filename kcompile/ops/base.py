@@ -56,13 +56,22 @@ class Op:
 
 def noise_input(ctx, node, t: TensorType) -> tuple[str, str]:
     """A uniform [0, 1) noise input for ``node``'s training form and the value of type ``t`` to
-    use: (input name, value). The runtime draws (batch,) + shape[1:] numbers each step, so
-    feature-major values [units, N] (passes.transpose.feature_major_dense) get a [N, units]
-    input, transposed."""
+    use: (input name, value). The noise is drawn in the layout the model had before the passes,
+    so that -O1 draws the numbers -O0 does, and transposed to ``t``'s: by the ``noise_perm`` a
+    pass recorded (transpose sinking: a Dropout moved into a convolution's channels-first
+    layout), and [N, units] for feature-major values [units, N] (feature_major_dense)."""
     name = ctx.g.fresh(f"noise:{node.layer or node.name}")
-    feature_major = t.rank == 2 and isinstance(t.shape[0], int) and t.shape[1] == BATCH
-    ctx.g.add_input(name, t.with_shape(t.shape[::-1]) if feature_major else t)
-    return name, ctx.op("Transpose", name, perm=(1, 0)) if feature_major else name
+    perm = node.attrs.get("noise_perm")
+    if perm is None and t.rank == 2 and isinstance(t.shape[0], int) and t.shape[1] == BATCH:
+        perm = (1, 0)
+    if perm is None:
+        ctx.g.add_input(name, t)
+        return name, name
+    drawn = [None] * t.rank
+    for i, axis in enumerate(perm):  # Transpose(drawn, perm) has t's shape
+        drawn[axis] = t.shape[i]
+    ctx.g.add_input(name, t.with_shape(drawn))
+    return name, ctx.op("Transpose", name, perm=tuple(perm))
 
 
 def replace_node(ctx, node, values) -> None:

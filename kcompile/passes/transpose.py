@@ -96,7 +96,11 @@ def _step(g: Graph, t) -> bool:
         return True
     definition: Op = OPS[user.op]
     if _layout_free(user):
-        moved = add(g, user, user.op, [x] + user.inputs[1:], **user.attrs)
+        attrs = dict(user.attrs)
+        if user.op == "Dropout":  # its noise keeps the layout it had before (-O1 draws what -O0 does)
+            noise = _compose(_inverse(perm), tuple(attrs.pop("noise_perm", range(len(perm)))))
+            attrs.update({} if _is_identity(noise) else {"noise_perm": noise})
+        moved = add(g, user, user.op, [x] + user.inputs[1:], **attrs)
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True
     if isinstance(definition, Binary):
