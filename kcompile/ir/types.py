@@ -76,24 +76,36 @@ def window_output_dim(size, span: int, stride: int):
     return f"({offset_dim(size, -span)})//{stride}+1"
 
 
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def dim_names(dim) -> set:
+    """The names a dimension's size depends on ({"T"} for ``(T-4)//2+1``)."""
+    return set(_NAME.findall(dim)) if isinstance(dim, str) else set()
+
+
 def evaluate_dim(dim, sizes: dict) -> int:
-    """A dimension's size, given the named dimensions' sizes (``{"N": 32, "T": 7}``)."""
+    """A dimension's size, given the named dimensions' sizes (``{"N": 32, "T": 7}``): each name is
+    replaced by its size, and what is left must be integer arithmetic (+, -, *, //)."""
     if isinstance(dim, int):
         return dim
-    if dim in sizes:
-        return sizes[dim]
+    missing = dim_names(dim) - set(sizes)
+    if missing:
+        raise ValueError(f"the size of dimension {dim} is not known here ({', '.join(sorted(missing))})")
     binary = {pyast.Add: operator.add, pyast.Sub: operator.sub, pyast.Mult: operator.mul,
               pyast.FloorDiv: operator.floordiv}
 
     def value(node):
         if isinstance(node, pyast.Constant) and type(node.value) is int:
             return node.value
-        if isinstance(node, pyast.Name) and node.id in sizes:
-            return sizes[node.id]
         if isinstance(node, pyast.BinOp) and type(node.op) in binary:
             return binary[type(node.op)](value(node.left), value(node.right))
         raise ValueError(f"the size of dimension {dim} is not known here")
-    return value(pyast.parse(dim, mode="eval").body)
+    try:
+        tree = pyast.parse(_NAME.sub(lambda m: str(sizes[m.group(0)]), dim), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"the size of dimension {dim} is not known here") from None
+    return value(tree.body)
 
 
 def normalize_axis(axis: int, rank: int) -> int:

@@ -195,7 +195,7 @@ class ConvTranspose(Op):
             elif strides[i] == 1:
                 s = offset_dim(s, extra - 1)
             else:
-                s = f"{strides[i]}*({offset_dim(s, -1)}){extra:+d}"
+                s = offset_dim(f"{strides[i]}*({offset_dim(s, -1)})", extra)
             spatial.append(s)
         return [TensorType(x.dtype, (x.shape[0], w.shape[1] * group) + tuple(spatial))]
 

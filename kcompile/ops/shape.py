@@ -124,6 +124,8 @@ class Concat(Op):
         grads, start = [], 0
         for v in node.inputs:
             size = ctx.type(v).shape[axis]
+            if not isinstance(size, int):
+                raise NotImplementedError(f"gradient of a concatenation along the named dimension {size}")
             grads.append(ctx.op("Slice", dys[0], starts=(start,), ends=(start + size,), axes=(axis,)))
             start += size
         return grads

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ShapeMismatch
-from ..ir.types import DTYPES
+from ..ir.types import DTYPES, dim_names, evaluate_dim
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,35 @@ def check_arrays(xs: dict, ys: dict | None, x_specs, y_specs, where):
         raise ShapeMismatch(f"{where}: inputs and targets have different lengths: " +
                             ", ".join(f"{k} has {v}" for k, v in lengths.items()))
     return xs, ys, next(iter(lengths.values()))
+
+
+def check_named_dims(arrays: dict, entries: list, where: str) -> None:
+    """Named dimensions must agree across the arrays: each name (T) takes its size from the first
+    array that has it, and every other use of it, or of a size computed from it (T-2 after a
+    window), must match. ``entries``: (manifest entry, "input" or "target"), inputs first."""
+    sizes, origin = {}, {}
+    for e, _ in entries:
+        a = arrays.get(e["name"])
+        for d, n in zip(e["shape"][1:], () if a is None else a.shape[1:]):
+            if isinstance(d, str) and d.isidentifier() and d not in sizes:
+                sizes[d], origin[d] = n, e["name"]
+    for e, kind in entries:
+        a = arrays.get(e["name"])
+        if a is None or all(isinstance(d, int) for d in e["shape"][1:]):
+            continue
+        wanted = []
+        for d in e["shape"][1:]:
+            try:
+                wanted.append(evaluate_dim(d, sizes))
+            except ValueError:
+                wanted.append(None)
+        if any(w is not None and w != n for w, n in zip(wanted, a.shape[1:])):
+            shown = ", ".join(["None"] + [str(d) if isinstance(d, int) or w is None else f"{d}={w}"
+                                          for d, w in zip(e["shape"][1:], wanted)])
+            names = sorted({name for d in e["shape"][1:] for name in dim_names(d)} & set(sizes))
+            source = ", ".join(f"{name}={sizes[name]} from {origin[name]!r}" for name in names)
+            raise ShapeMismatch(f"{where}: {kind} {e['name']!r} expects shape ({shown}), got {tuple(a.shape)} "
+                                f"({source})")
 
 
 class Batches:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.types import evaluate_dim
-from .data import Batches, as_arrays, check_arrays, tensor_specs
+from .data import Batches, as_arrays, check_arrays, check_named_dims, tensor_specs
 from .fpenv import NoFlush, step_environment
 
 
@@ -191,7 +191,10 @@ class TrainingMixin:
         xs = as_arrays(x, self.inputs, where, "input")
         targets = tensor_specs(self._targets_spec())
         ys = as_arrays(y, targets, where, "target") if y is not None else None
-        return check_arrays(xs, ys, self.inputs, targets, where)
+        xs, ys, n = check_arrays(xs, ys, self.inputs, targets, where)
+        check_named_dims({**xs, **ys}, [(e, "input") for e in self.manifest["inputs"]] +
+                         [(e, "target") for e in self._targets_spec()], where)
+        return xs, ys, n
 
     # ---- one step ----
     def _step_feeds(self, xb: dict, yb: dict, training: bool):

@@ -17,6 +17,7 @@ from ..errors import KcompileError
 from ..frontend import ast
 from ..frontend.train import LOSS_ALIASES
 from ..ir import Graph, TensorType
+from ..ir.types import dim_names
 from ..ops import OPS
 from ..passes import optimize
 from ..passes.cse import common_subexpression_elimination
@@ -331,6 +332,11 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     for node in graph.nodes():
         order.setdefault((node.layer, node.op), len(order))
     noise, stat_updates = training_form(g, order)
+    known = {d for n in graph.inputs for d in graph.types[n].shape if isinstance(d, str)}
+    for n, _ in noise:  # the runtime draws noise at sizes it works out from the inputs' shapes
+        for d in g.types[n].shape:
+            if dim_names(d) - known or "?" in str(d):
+                raise NotImplementedError(f"noise of a size ({d}) that the inputs' shapes do not give")
     objective, loss, metrics = _objective(g, train, config, env)
     trainable = [n for n, p in g.params.items() if p.trainable]
     before = len(g.nx)

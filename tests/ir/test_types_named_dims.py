@@ -22,8 +22,16 @@ def test_window_expressions_evaluate_to_the_static_rule(size, span, stride):
     assert evaluate_dim(second, {"T": size}) == (size - span) // stride + 1 - 1
 
 
+@pytest.mark.parametrize("name", ["None", "with", "True", "lambda", "L1"])
+def test_any_identifier_is_a_name(name):
+    """The names are substituted before the arithmetic is parsed: Python's keywords are names too."""
+    assert evaluate_dim(window_output_dim(name, 3, 2), {name: 11}) == 5
+
+
 def test_unknown_names_and_foreign_syntax_are_refused():
     with pytest.raises(ValueError, match="not known"):
         evaluate_dim("S-1", {"T": 4})
     with pytest.raises(ValueError):
         evaluate_dim("__import__('os')", {"T": 4})
+    with pytest.raises(ValueError):
+        evaluate_dim("?", {"T": 4})

@@ -129,10 +129,14 @@ def test_convolution_over_a_named_dimension_trains_as_with_a_fixed_one():
 
 
 @pytest.mark.parametrize("layer,what", [("Conv1D(4, 3, strides=2)", "a strided window"),
-                                        ("AveragePooling1D(2)", "an average pooling")])
+                                        ("AveragePooling1D(2)", "an average pooling"),
+                                        ("Concatenate(axis=1)(Conv1D(3, 3)(x), x)", "a concatenation along"),
+                                        ("Conv1D(4, 3)\n        Reshape((-1, 2))\n        Dropout(0.3)",
+                                         "noise of a size")])
 def test_window_over_a_named_dimension_says_it_cannot_train(layer, what):
     """A strided convolution's or an average pool's gradient over T needs T's value (its output
-    padding, its window counts): such a model predicts, and fit says why it cannot train."""
+    padding, its window counts), as does a concatenation's along T, and noise of a size the
+    inputs do not give (after a Reshape): such a model predicts, and fit says why it cannot train."""
     src = f"""model c {{
         input x: float32[T, 3]
         Dense(4)
@@ -148,5 +152,26 @@ def test_window_over_a_named_dimension_says_it_cannot_train(layer, what):
     m = kcompile.compile_string(src, seed=0)
     x = np.ones((2, 7, 3), np.float32)
     assert m.predict(x).shape == (2, 2)
-    with pytest.raises(RuntimeError, match=f"{what} over the named dimension"):
+    with pytest.raises(RuntimeError, match=f"cannot be trained yet: gradient of {what}|cannot be trained yet: {what}"):
         m.fit(x, np.zeros((2, 2), np.float32), verbose=0)
+
+
+def test_targets_are_checked_against_sizes_computed_from_the_inputs():
+    """An output [T-2, 1] after a window: a target of the input's length, or one that would
+    broadcast, is refused with the size worked out from the input."""
+    src = """model c {
+        input x: float32[T, 3]
+        Conv1D(4, 3)
+        y = Dense(1)
+        output y
+        train {
+            loss = mse
+            optimizer = SGD()
+        }
+    }"""
+    m = kcompile.compile_string(src, seed=0)
+    x = np.ones((4, 11, 3), np.float32)
+    for wrong in ((4, 11, 1), (4, 1, 1)):
+        with pytest.raises(kcompile.errors.ShapeMismatch, match=r"expects shape \(None, T-2=9, 1\), got .* \(T=11 from 'x'\)"):
+            m.fit(x, np.zeros(wrong, np.float32), verbose=0)
+    assert np.isfinite(m.fit(x, np.zeros((4, 9, 1), np.float32), verbose=0).history["loss"][0])
