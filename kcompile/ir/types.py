@@ -54,11 +54,38 @@ class TensorType:
         return f"{self.dtype}{format_shape(self.shape)}"
 
 
+# A size computed from one named dimension by windows and offsets is (T + a) // s: spelled
+# T, T-2, (T-2)//2 or T//4, one spelling per size, so that equal sizes compare equal (two
+# 2-step pools and one 4-step pool give the same spelling).
+_AFFINE = re.compile(r"(?:\((?P<n1>[A-Za-z_]\w*)(?P<a1>[+-]\d+)\)|(?P<n2>[A-Za-z_]\w*)(?P<a2>[+-]\d+)?)"
+                     r"(?://(?P<s>\d+))?")
+
+
+def _affine(size):
+    """(name, a, s) with size == (name + a) // s, or None for another expression."""
+    match = _AFFINE.fullmatch(size)
+    if not match or (match["n1"] and not match["s"]):
+        return None
+    name = match["n1"] or match["n2"]
+    return name, int(match["a1"] or match["a2"] or 0), int(match["s"] or 1)
+
+
+def _spell(name, a, s):
+    inner = name if a == 0 else f"{name}{a:+d}"
+    if s == 1:
+        return inner
+    return f"{inner}//{s}" if a == 0 else f"({inner})//{s}"
+
+
 def offset_dim(size, delta: int):
-    """``size + delta`` for an int or a named dimension: ``T`` and -2 give ``T-2``, and ``T-2`` and
-    +2 give ``T`` again (one canonical spelling, so that equal sizes compare equal)."""
+    """``size + delta`` for an int or a named dimension: ``T`` and -2 give ``T-2``, ``T-2`` and +2
+    give ``T`` again, ``(T-2)//2`` and +1 give ``T//2``."""
     if isinstance(size, int):
         return size + delta
+    affine = _affine(size)
+    if affine:
+        name, a, s = affine
+        return _spell(name, a + delta * s, s)  # (T + a)//s + d == (T + a + d s)//s
     match = re.fullmatch(r"(.+?)([+-]\d+)", size)
     if match:
         size, delta = match.group(1), delta + int(match.group(2))
@@ -68,9 +95,13 @@ def offset_dim(size, delta: int):
 def window_output_dim(size, span: int, stride: int):
     """The size after a sliding window that covers ``span`` of the (padded) input per output:
     ``(size - span) // stride + 1``, kept as an expression over a named size (``T-2``,
-    ``(T-2)//2+1``), a dimension equal only to itself that the runtime evaluates."""
+    ``(T-2)//2``), a dimension equal only to itself that the runtime evaluates."""
     if isinstance(size, int):
         return (size - span) // stride + 1
+    affine = _affine(size)
+    if affine:  # ((T + a)//s - span + stride)//stride == (T + a + (stride - span) s)//(s stride)
+        name, a, s = affine
+        return _spell(name, a + (stride - span) * s, s * stride)
     if stride == 1:
         return offset_dim(size, 1 - span)
     return f"({offset_dim(size, -span)})//{stride}+1"
@@ -80,7 +111,7 @@ _NAME = re.compile(r"[A-Za-z_]\w*")
 
 
 def dim_names(dim) -> set:
-    """The names a dimension's size depends on ({"T"} for ``(T-4)//2+1``)."""
+    """The names a dimension's size depends on ({"T"} for ``(T-2)//2``)."""
     return set(_NAME.findall(dim)) if isinstance(dim, str) else set()
 
 

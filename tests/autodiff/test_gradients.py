@@ -379,7 +379,7 @@ def test_maxpool_gradient_paths(body, shape):
     "Conv1D(2, 3)\n    Conv1D(2, 2, dilation_rate=2)",
 ])
 def test_windows_over_a_named_dimension(body):
-    """Shape rules carry T through a window as an expression (T-2, (T-3)//2+1), and a convolution's
+    """Shape rules carry T through a window as an expression (T-2, (T-1)//2), and a convolution's
     kernel gradient over T is a product per kernel offset; checked at two lengths."""
     src = f"model m {{\n    input x: float64[T, 2]\n    {body}\n    GlobalAveragePooling1D()\n    y = Dense(2)\n    output y\n}}\n"
     for steps in (9, 12):
