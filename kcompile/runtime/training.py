@@ -157,6 +157,9 @@ class TrainingMixin:
             if key == "train_step":  # a rebuilt step follows flush_denormals as it is now
                 environment = self._flush = step_environment(self.flush_denormals)
             graph = self._step_graph() if key == "train_step" else self._training_onnx[key]
+            if self.device == "cpu":  # blocked convolutions for the kernels that are inputs here
+                from ..backend.nchwc import use_nchwc
+                graph = use_nchwc(graph)
             setattr(self, attr, environment.session(
                 lambda o: ort.InferenceSession(graph, o, providers=self._providers), options))
         return getattr(self, attr)

@@ -1,0 +1,89 @@
+"""The CPU sessions' blocked convolutions (kcompile.backend.nchwc): the rewritten graph computes
+what the standard one does, and a model trains to the same numbers with and without it."""
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import kcompile
+from kcompile.backend import nchwc
+
+CNN = Path(__file__).resolve().parents[2] / "examples" / "mnist_cnn.kdl"
+BLOCK = nchwc.block_size()
+needs_blocks = pytest.mark.skipif(BLOCK is None, reason="this onnxruntime has no blocked convolutions here")
+
+
+def _graph(node, x_shape, w_shape, y_shape, bias=None):
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, w_shape)]
+    if bias:
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, (bias,)))
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def _run(model_bytes, feeds):
+    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+CASES = [  # node, x shape, kernel shape, y shape, bias
+    (helper.make_node("Conv", ["x", "w"], ["y"]), (3, 32, 9, 8), (16, 32, 3, 3), (3, 16, 7, 6), None),
+    (helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 0, 1, 2], strides=[2, 1], dilations=[1, 2]),
+     (2, 16, 9, 8), (32, 16, 3, 2), (2, 32, 5, 8), 32),
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"]), (3, 32, 7, 6), (32, 16, 3, 3), (3, 16, 9, 8), None),
+    (helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], pads=[1, 0, 2, 1]), (2, 16, 7, 6), (16, 32, 3, 4),
+     (2, 32, 6, 8), 32),
+]
+
+
+@needs_blocks
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_blocked_convolutions_compute_what_the_standard_ones_do(case):
+    node, x_shape, w_shape, y_shape, bias = CASES[case]
+    standard = _graph(node, x_shape, w_shape, y_shape, bias)
+    blocked = nchwc.use_nchwc(standard)
+    assert any(n.domain == nchwc.DOMAIN for n in onnx.load_from_string(blocked).graph.node)
+    rng = np.random.default_rng(case)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32), "w": rng.standard_normal(w_shape).astype(np.float32)}
+    if bias:
+        feeds["b"] = rng.standard_normal(bias).astype(np.float32)
+    want = _run(standard, feeds)
+    assert want.shape == y_shape
+    np.testing.assert_allclose(_run(blocked, feeds), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("node,x_shape,w_shape,y_shape", [
+    (helper.make_node("Conv", ["x", "w"], ["y"]), (1, 3, 5, 5), (16, 3, 3, 3), (1, 16, 3, 3)),  # 3 channels in
+    (helper.make_node("Conv", ["x", "w"], ["y"], group=2), (1, 32, 5, 5), (32, 16, 3, 3), (1, 32, 3, 3)),
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2]), (1, 16, 3, 3), (16, 16, 3, 3),
+     (1, 16, 7, 7)),
+])
+def test_other_convolutions_are_left_as_they_are(node, x_shape, w_shape, y_shape):
+    standard = _graph(node, x_shape, w_shape, y_shape)
+    assert nchwc.use_nchwc(standard, block=16) is standard
+
+
+@needs_blocks
+def test_the_cnn_trains_to_the_same_numbers_with_blocked_convolutions(monkeypatch):
+    """The MNIST CNN's second convolution and its input gradient run blocked on the CPU; two epochs
+    give the losses and weights of the standard graph."""
+    rng = np.random.default_rng(0)
+    x = rng.random((192, 28, 28, 1), dtype=np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 192)]
+    runs = []
+    for blocked in (True, False):
+        if not blocked:
+            monkeypatch.setattr(nchwc, "use_nchwc", lambda graph, block=None: graph)
+        m = kcompile.compile(CNN, seed=0)
+        runs.append((m.fit(x, y, epochs=2, batch_size=64, verbose=0).history["loss"], m.get_weights()))
+        if blocked:
+            assert any(n.domain == nchwc.DOMAIN for n in onnx.load_from_string(
+                nchwc.use_nchwc(m._step_graph())).graph.node)
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
