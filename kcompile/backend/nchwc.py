@@ -10,9 +10,10 @@ conversions; results equal to 4e-7).
 
 ``use_nchwc`` rewrites such a graph for the session that runs it on the CPU: each Conv, and
 each stride-1 ConvTranspose as the convolution of its flipped, transposed kernel, whose
-channel counts are multiples of the block becomes ReorderInput, an NCHWc Conv whose kernel
-the graph reorders each run (a few thousand numbers), and ReorderOutput; onnxruntime cancels
-the conversions between neighbouring blocked ops. The files in a build folder stay standard
+output channels are a multiple of the block becomes an NCHWc Conv whose kernel the graph
+reorders each run (a few thousand numbers), between ReorderInput (or none: fewer input
+channels than a block are read as NCHW, as onnxruntime does for a first layer) and
+ReorderOutput; onnxruntime cancels the conversions between neighbouring blocked ops. The files in a build folder stay standard
 ONNX; only the CPU session runs the rewritten graph (the CUDA provider has no such ops).
 """
 from __future__ import annotations
@@ -135,16 +136,20 @@ def _rewrite(node, kernel_shape, block):
         new += [helper.make_node("Transpose", [kernel], [f"{name}/nchwc_swapped"], perm=[1, 0, 2, 3]),
                 helper.make_node("Slice", [f"{name}/nchwc_swapped", *reverse], [f"{name}/nchwc_flipped"])]
         kernel = f"{name}/nchwc_flipped"
-    if out_channels % block or in_channels % block:
+    if out_channels % block or (in_channels % block and in_channels >= block):
         return None
-    shape6, shape4 = _constants(new, name, "shapes", [out_channels // block, block, in_channels // block, block, kh, kw],
-                                [out_channels, in_channels, kh, kw])
     reordered = f"{name}/nchwc_kernel"
-    new += [helper.make_node("Reshape", [kernel, shape6], [f"{name}/nchwc_kernel6"]),
-            helper.make_node("Transpose", [f"{name}/nchwc_kernel6"], [f"{name}/nchwc_kernel6t"], perm=[0, 2, 4, 5, 3, 1]),
-            helper.make_node("Reshape", [f"{name}/nchwc_kernel6t", shape4], [reordered]),
-            helper.make_node("ReorderInput", [node.input[0]], [f"{name}/nchwc_in"], domain=DOMAIN, channels_last=0),
-            helper.make_node("Conv", [f"{name}/nchwc_in", reordered] + list(node.input[2:]), [f"{name}/nchwc_out"],
+    if in_channels % block:  # few input channels: the input stays NCHW, the kernel is [O/B, I, kh, kw, Bo]
+        blocked_shape, perm, source = [out_channels // block, block, in_channels, kh, kw], [0, 2, 3, 4, 1], node.input[0]
+    else:  # [O/B, I/B, kh, kw, Bi, Bo], and the input converted to blocks
+        blocked_shape, perm = [out_channels // block, block, in_channels // block, block, kh, kw], [0, 2, 4, 5, 3, 1]
+        source = f"{name}/nchwc_in"
+        new.append(helper.make_node("ReorderInput", [node.input[0]], [source], domain=DOMAIN, channels_last=0))
+    blocked, plain = _constants(new, name, "shapes", blocked_shape, [out_channels, in_channels, kh, kw])
+    new += [helper.make_node("Reshape", [kernel, blocked], [f"{name}/nchwc_kernel_blocks"]),
+            helper.make_node("Transpose", [f"{name}/nchwc_kernel_blocks"], [f"{name}/nchwc_kernel_t"], perm=perm),
+            helper.make_node("Reshape", [f"{name}/nchwc_kernel_t", plain], [reordered]),
+            helper.make_node("Conv", [source, reordered] + list(node.input[2:]), [f"{name}/nchwc_out"],
                              domain=DOMAIN, group=1, **conv),
             helper.make_node("ReorderOutput", [f"{name}/nchwc_out"], [node.output[0]], domain=DOMAIN,
                              channels_last=0, channels=out_channels)]

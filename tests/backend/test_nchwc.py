@@ -36,6 +36,10 @@ CASES = [  # node, x shape, kernel shape, y shape, bias
     (helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 0, 1, 2], strides=[2, 1], dilations=[1, 2]),
      (2, 16, 9, 8), (32, 16, 3, 2), (2, 32, 5, 8), 32),
     (helper.make_node("ConvTranspose", ["x", "w"], ["y"]), (3, 32, 7, 6), (32, 16, 3, 3), (3, 16, 9, 8), None),
+    # few input channels: the input stays NCHW
+    (helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2], pads=[1, 1, 0, 0]), (4, 1, 11, 10), (16, 1, 3, 3),
+     (4, 16, 5, 5), None),
+    (helper.make_node("Conv", ["x", "w", "b"], ["y"]), (2, 3, 6, 6), (32, 3, 2, 2), (2, 32, 5, 5), 32),
     (helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], pads=[1, 0, 2, 1]), (2, 16, 7, 6), (16, 32, 3, 4),
      (2, 32, 6, 8), 32),
 ]
@@ -58,7 +62,7 @@ def test_blocked_convolutions_compute_what_the_standard_ones_do(case):
 
 
 @pytest.mark.parametrize("node,x_shape,w_shape,y_shape", [
-    (helper.make_node("Conv", ["x", "w"], ["y"]), (1, 3, 5, 5), (16, 3, 3, 3), (1, 16, 3, 3)),  # 3 channels in
+    (helper.make_node("Conv", ["x", "w"], ["y"]), (1, 20, 5, 5), (16, 20, 3, 3), (1, 16, 3, 3)),  # 20 channels in
     (helper.make_node("Conv", ["x", "w"], ["y"], group=2), (1, 32, 5, 5), (32, 16, 3, 3), (1, 32, 3, 3)),
     (helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2]), (1, 16, 3, 3), (16, 16, 3, 3),
      (1, 16, 7, 7)),
