@@ -551,8 +551,11 @@ def w_profile(fw, model, args):
     out["fit_step_ms"] = (time.perf_counter() - t) / steps * 1e3
     m.train_on_batch(x, y)
     out["train_on_batch_ms"] = statistics.median(call_times(lambda: m.train_on_batch(x, y), steps)) * 1e3
-    try:  # the step as the model runs it (its private _step_graph), else the build folder's
+    try:  # the step as the model runs it (its private _step_graph, blocked convolutions on the CPU)
         graph = m._step_graph() if hasattr(m, "_step_graph") else m._training_onnx["train_step"]
+        if getattr(m, "device", "cpu") == "cpu":
+            from kcompile.backend.nchwc import use_nchwc
+            graph = use_nchwc(graph)
     except Exception as e:
         out["profile"] = f"unavailable ({type(e).__name__}: {e})"
         return out
@@ -1018,7 +1021,8 @@ def main():
         if "top_ops" not in p:
             print(f"; onnxruntime profile {p.get('profile', 'unavailable')}")
             continue
-        print(f";\n  a plain InferenceSession on its training graph: run() {p['session_run_ms']:.2f} ms, of which "
+        print(f";\n  a plain InferenceSession on its training graph as the runtime runs it: "
+              f"run() {p['session_run_ms']:.2f} ms, of which "
               f"kernels {p['kernel_ms_per_step']:.2f} ms as profiled ({p['nodes_per_step']} nodes; feeds from "
               f"{p['feeds']}); the profiler adds its own cost to each node, so read the shares:")
         for op in p["top_ops"]:

@@ -13,8 +13,9 @@ each stride-1 ConvTranspose as the convolution of its flipped, transposed kernel
 output channels are a multiple of the block becomes an NCHWc Conv whose kernel the graph
 reorders each run (a few thousand numbers), between ReorderInput (or none: fewer input
 channels than a block are read as NCHW, as onnxruntime does for a first layer) and
-ReorderOutput; onnxruntime cancels the conversions between neighbouring blocked ops. The files in a build folder stay standard
-ONNX; only the CPU session runs the rewritten graph (the CUDA provider has no such ops).
+ReorderOutput; onnxruntime cancels the conversions between neighbouring blocked ops. The
+files in a build folder stay standard ONNX; only the CPU session runs the rewritten graph
+(the CUDA provider has no such ops).
 """
 from __future__ import annotations
 
@@ -140,7 +141,8 @@ def _rewrite(node, kernel_shape, block):
         return None
     reordered = f"{name}/nchwc_kernel"
     if in_channels % block:  # few input channels: the input stays NCHW, the kernel is [O/B, I, kh, kw, Bo]
-        blocked_shape, perm, source = [out_channels // block, block, in_channels, kh, kw], [0, 2, 3, 4, 1], node.input[0]
+        blocked_shape, perm = [out_channels // block, block, in_channels, kh, kw], [0, 2, 3, 4, 1]
+        source = node.input[0]
     else:  # [O/B, I/B, kh, kw, Bi, Bo], and the input converted to blocks
         blocked_shape, perm = [out_channels // block, block, in_channels // block, block, kh, kw], [0, 2, 4, 5, 3, 1]
         source = f"{name}/nchwc_in"

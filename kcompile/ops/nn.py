@@ -518,8 +518,9 @@ class Dropout(Op):
     """attrs: rate, and optionally noise_shape: the shape of the keep-mask, the input's shape
     (batch included, symbolic dims as they are) with 1 on the axes where one mask value is
     shared (SpatialDropout: [N, 1, 1, C]); noise_perm: set by transpose sinking, the noise's
-    transpose from the layout it is drawn in (see ops.base.noise_input). Identity at inference (removed by a pass); in
-    training, x * (noise >= rate) / (1 - rate) with a uniform noise input."""
+    transpose from the layout it is drawn in (see ops.base.noise_input). Identity at inference
+    (removed by a pass); in training, x * (noise >= rate) / (1 - rate) with a uniform noise
+    input."""
     name = "Dropout"
     ir_only_attrs = ("rate", "noise_shape", "noise_perm")
 
