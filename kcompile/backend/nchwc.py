@@ -78,7 +78,7 @@ def use_nchwc(model_bytes: bytes, block: int | None = None) -> bytes:
     block = block or block_size()  # (probed only for a graph that could use it: 0.1 s once)
     if block is None:
         return model_bytes
-    shapes = _static_shapes(model)
+    shapes = _float32_static_shapes(model)
     nodes, changed = [], False
     for node in graph.node:
         rewritten = None
@@ -95,13 +95,16 @@ def use_nchwc(model_bytes: bytes, block: int | None = None) -> bytes:
     return model.SerializeToString()
 
 
-def _static_shapes(model) -> dict:
+def _float32_static_shapes(model) -> dict:
+    """The shapes of the graph's float32 values whose dimensions are all known (the blocked
+    kernels are float32 only)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     out = {}
     for info in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        dims = info.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            out[info.name] = tuple(d.dim_value for d in dims)
+        tensor = info.type.tensor_type
+        if tensor.elem_type == onnx.TensorProto.FLOAT and tensor.shape.dim \
+                and all(d.HasField("dim_value") for d in tensor.shape.dim):
+            out[info.name] = tuple(d.dim_value for d in tensor.shape.dim)
     return out
 
 

@@ -16,12 +16,11 @@ BLOCK = nchwc.block_size()
 needs_blocks = pytest.mark.skipif(BLOCK is None, reason="this onnxruntime has no blocked convolutions here")
 
 
-def _graph(node, x_shape, w_shape, y_shape, bias=None):
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
-              helper.make_tensor_value_info("w", TensorProto.FLOAT, w_shape)]
+def _graph(node, x_shape, w_shape, y_shape, bias=None, dtype=TensorProto.FLOAT):
+    inputs = [helper.make_tensor_value_info("x", dtype, x_shape), helper.make_tensor_value_info("w", dtype, w_shape)]
     if bias:
-        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, (bias,)))
-    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)])
+        inputs.append(helper.make_tensor_value_info("b", dtype, (bias,)))
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", dtype, y_shape)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model.SerializeToString()
@@ -69,6 +68,13 @@ def test_blocked_convolutions_compute_what_the_standard_ones_do(case):
 ])
 def test_other_convolutions_are_left_as_they_are(node, x_shape, w_shape, y_shape):
     standard = _graph(node, x_shape, w_shape, y_shape)
+    assert nchwc.use_nchwc(standard, block=16) is standard
+
+
+def test_float64_convolutions_are_left_as_they_are():
+    """The blocked kernels are float32 only."""
+    standard = _graph(helper.make_node("Conv", ["x", "w"], ["y"]), (1, 16, 5, 5), (16, 16, 3, 3), (1, 16, 3, 3),
+                      dtype=TensorProto.DOUBLE)
     assert nchwc.use_nchwc(standard, block=16) is standard
 
 
