@@ -37,3 +37,15 @@ def providers_for(device: str) -> list[str]:
     if device == "auto":
         return providers_for("cuda") if cuda_available() else ["CPUExecutionProvider"]
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")
+
+
+def create_session(make, model: str, graph: str, providers):
+    """``make()``, an onnxruntime session; where the provider lacks a kernel for one of the graph's
+    ops in its dtype (the CPU has no float64 Conv), a RuntimeError that says so plainly."""
+    try:
+        return make()
+    except Exception as e:
+        if "Could not find an implementation" not in str(e):
+            raise
+        raise RuntimeError(f"model {model}: onnxruntime's {providers[0]} cannot run its {graph} graph "
+                           f"({str(e).split(' : ')[-1].strip()}); float32 models run everywhere") from None

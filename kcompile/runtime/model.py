@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..ir.types import DTYPES
-from .devices import providers_for
+from .devices import create_session, providers_for
 from .summary import format_summary
 from .data import as_arrays, check_arrays, tensor_specs
 from .training import TrainingMixin
@@ -142,7 +142,8 @@ class Model(TrainingMixin):
                 data = self._onnx
             else:
                 data = self.onnx_model().SerializeToString()
-            self._session = ort.InferenceSession(data, options, providers=self._providers)
+            self._session = create_session(lambda: ort.InferenceSession(data, options, providers=self._providers),
+                                           self.name, "inference", self._providers)
         return self._session
 
     def _prepare(self, x, where: str) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..ir.types import evaluate_dim
 from .data import Batches, as_arrays, check_arrays, check_named_dims, tensor_specs
+from .devices import create_session
 from .fpenv import NoFlush, step_environment
 
 
@@ -160,8 +161,9 @@ class TrainingMixin:
             if self.device == "cpu":  # blocked convolutions for the kernels that are inputs here
                 from ..backend.nchwc import use_nchwc
                 graph = use_nchwc(graph)
-            setattr(self, attr, environment.session(
-                lambda o: ort.InferenceSession(graph, o, providers=self._providers), options))
+            setattr(self, attr, create_session(
+                lambda: environment.session(lambda o: ort.InferenceSession(graph, o, providers=self._providers),
+                                            options), self.name, key.replace("_", " "), self._providers))
         return getattr(self, attr)
 
     def _step_graph(self) -> bytes:

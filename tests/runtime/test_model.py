@@ -189,3 +189,25 @@ def test_save_weights_and_load_weights_from_a_file_or_a_folder(tmp_path):
     b.load_weights(folder)  # a build (or checkpoint) folder's weights
     for wf, w5 in zip(b.get_weights(), kcompile.compile_string(MLP, seed=5).get_weights()):
         np.testing.assert_array_equal(wf, w5)
+
+
+def test_a_graph_the_provider_cannot_run_says_so():
+    """onnxruntime's CPU provider has no float64 convolution: fit and predict say which graph it
+    cannot run and why, instead of onnxruntime's NOT_IMPLEMENTED."""
+    m = kcompile.compile_string("""model c {
+        input x: float64[6, 6, 2]
+        Conv2D(4, 3)
+        Flatten()
+        y = Dense(2)
+        output y
+        train {
+            loss = mse
+            optimizer = SGD()
+        }
+    }""")
+    x = np.ones((2, 6, 6, 2))
+    with pytest.raises(RuntimeError, match=r"model c: onnxruntime's CPUExecutionProvider cannot run its "
+                                           r"train step graph \(Could not find an implementation for Conv"):
+        m.fit(x, np.zeros((2, 2)), verbose=0)
+    with pytest.raises(RuntimeError, match="cannot run its inference graph"):
+        m.predict(x)
