@@ -13,9 +13,11 @@ each stride-1 ConvTranspose as the convolution of its flipped, transposed kernel
 output channels are a multiple of the block becomes an NCHWc Conv whose kernel the graph
 reorders each run (a few thousand numbers), between ReorderInput (or none: fewer input
 channels than a block are read as NCHW, as onnxruntime does for a first layer) and
-ReorderOutput; onnxruntime cancels the conversions between neighbouring blocked ops. The
-files in a build folder stay standard ONNX; only the CPU session runs the rewritten graph
-(the CUDA provider has no such ops).
+ReorderOutput. (onnxruntime does not cancel a ReorderOutput and the next ReorderInput
+between two rewritten convolutions, nor fuse a following Relu: each convolution converts
+its own input and output, which the MNIST CNN's layout needs anyway.) The files in a build
+folder stay standard ONNX; only the CPU session runs the rewritten graph (the CUDA
+provider has no such ops).
 """
 from __future__ import annotations
 
@@ -43,15 +45,15 @@ def block_size() -> int | None:
                               initializer=[numpy_helper.from_array(kernel, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = os.path.join(folder, "probe.onnx")
-        try:
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            options.optimized_model_filepath = os.path.join(folder, "probe.onnx")
             ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
             optimized = onnx.load(options.optimized_model_filepath)
-        except Exception:  # an onnxruntime that cannot do this: plain convolutions
-            return None
+    except Exception:  # no usable temporary folder, or an onnxruntime that cannot do this: plain convolutions
+        return None
     reordered = [numpy_helper.to_array(i) for i in optimized.graph.initializer]
     if not any(n.domain == DOMAIN and n.op_type == "Conv" for n in optimized.graph.node) or len(reordered) != 1:
         return None
@@ -80,10 +82,10 @@ def use_nchwc(model_bytes: bytes, block: int | None = None) -> bytes:
         return model_bytes
     shapes = _float32_static_shapes(model)
     nodes, changed = [], False
-    for node in graph.node:
+    for index, node in enumerate(graph.node):
         rewritten = None
         if node.domain == "" and node.op_type in ("Conv", "ConvTranspose") and node.input[1] not in constants:
-            rewritten = _rewrite(node, shapes.get(node.input[1]), block)
+            rewritten = _rewrite(node, shapes.get(node.input[1]), block, f"nchwc{index}:{node.name or node.output[0]}")
         nodes.extend(rewritten or [node])
         changed |= rewritten is not None
     if not changed:
@@ -112,15 +114,15 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _rewrite(node, kernel_shape, block):
-    """The blocked form of one Conv or ConvTranspose, or None where it does not apply."""
+def _rewrite(node, kernel_shape, block, name):
+    """The blocked form of one Conv or ConvTranspose, or None where it does not apply; ``name``
+    prefixes the values it adds (unique in the graph)."""
     if kernel_shape is None or len(kernel_shape) != 4:
         return None
     a = _attrs(node)
     if a.get("group", 1) != 1 or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None
     kh, kw = kernel_shape[2:]
-    name = node.name or node.output[0]
     kernel = node.input[1]
     new = []
     if node.op_type == "Conv":
@@ -137,26 +139,26 @@ def _rewrite(node, kernel_shape, block):
             return None
         conv = {"pads": [f - p for p, f in zip(pads, full)]}
         reverse = _constants(new, name, "flip", [-1, -1], [-(2 ** 62), -(2 ** 62)], [2, 3], [-1, -1])
-        new += [helper.make_node("Transpose", [kernel], [f"{name}/nchwc_swapped"], perm=[1, 0, 2, 3]),
-                helper.make_node("Slice", [f"{name}/nchwc_swapped", *reverse], [f"{name}/nchwc_flipped"])]
-        kernel = f"{name}/nchwc_flipped"
+        new += [helper.make_node("Transpose", [kernel], [f"{name}/swapped"], perm=[1, 0, 2, 3]),
+                helper.make_node("Slice", [f"{name}/swapped", *reverse], [f"{name}/flipped"])]
+        kernel = f"{name}/flipped"
     if out_channels % block or (in_channels % block and in_channels >= block):
         return None
-    reordered = f"{name}/nchwc_kernel"
+    reordered = f"{name}/kernel"
     if in_channels % block:  # few input channels: the input stays NCHW, the kernel is [O/B, I, kh, kw, Bo]
         blocked_shape, perm = [out_channels // block, block, in_channels, kh, kw], [0, 2, 3, 4, 1]
         source = node.input[0]
     else:  # [O/B, I/B, kh, kw, Bi, Bo], and the input converted to blocks
         blocked_shape, perm = [out_channels // block, block, in_channels // block, block, kh, kw], [0, 2, 4, 5, 3, 1]
-        source = f"{name}/nchwc_in"
+        source = f"{name}/in"
         new.append(helper.make_node("ReorderInput", [node.input[0]], [source], domain=DOMAIN, channels_last=0))
     blocked, plain = _constants(new, name, "shapes", blocked_shape, [out_channels, in_channels, kh, kw])
-    new += [helper.make_node("Reshape", [kernel, blocked], [f"{name}/nchwc_kernel_blocks"]),
-            helper.make_node("Transpose", [f"{name}/nchwc_kernel_blocks"], [f"{name}/nchwc_kernel_t"], perm=perm),
-            helper.make_node("Reshape", [f"{name}/nchwc_kernel_t", plain], [reordered]),
-            helper.make_node("Conv", [source, reordered] + list(node.input[2:]), [f"{name}/nchwc_out"],
+    new += [helper.make_node("Reshape", [kernel, blocked], [f"{name}/kernel_blocks"]),
+            helper.make_node("Transpose", [f"{name}/kernel_blocks"], [f"{name}/kernel_t"], perm=perm),
+            helper.make_node("Reshape", [f"{name}/kernel_t", plain], [reordered]),
+            helper.make_node("Conv", [source, reordered] + list(node.input[2:]), [f"{name}/out"],
                              domain=DOMAIN, group=1, **conv),
-            helper.make_node("ReorderOutput", [f"{name}/nchwc_out"], [node.output[0]], domain=DOMAIN,
+            helper.make_node("ReorderOutput", [f"{name}/out"], [node.output[0]], domain=DOMAIN,
                              channels_last=0, channels=out_channels)]
     return new
 
@@ -165,7 +167,7 @@ def _constants(nodes: list, name: str, what: str, *values) -> list:
     """int64 Constant nodes for ``values`` (appended to ``nodes``); their output names."""
     names = []
     for k, value in enumerate(values):
-        out = f"{name}/nchwc_{what}{k}"
+        out = f"{name}/{what}{k}"
         nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(np.array(value, np.int64))))
         names.append(out)
     return names

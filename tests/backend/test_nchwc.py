@@ -1,5 +1,6 @@
 """The CPU sessions' blocked convolutions (kcompile.backend.nchwc): the rewritten graph computes
 what the standard one does, and a model trains to the same numbers with and without it."""
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,16 @@ def test_the_cnn_trains_to_the_same_numbers_with_blocked_convolutions(monkeypatc
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_temporary_folder_the_convolutions_stay_standard(monkeypatch):
+    """The block size is read from a model onnxruntime writes to a temporary folder; without one
+    the probe says None and graphs are left as they are, rather than failing fit."""
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent/folder")
+    nchwc.block_size.cache_clear()
+    try:
+        assert nchwc.block_size() is None
+        standard = _graph(*CASES[0][:4])
+        assert nchwc.use_nchwc(standard) is standard
+    finally:
+        nchwc.block_size.cache_clear()
