@@ -9,7 +9,7 @@ the language's channels-last convention needs, and passes remove what they can.
 from __future__ import annotations
 
 from ..errors import ShapeError, format_shape
-from ..ir import BATCH, Graph, TensorType
+from ..ir import Graph, TensorType
 
 OPS: dict[str, "Op"] = {}
 
@@ -57,13 +57,11 @@ class Op:
 def noise_input(ctx, node, t: TensorType) -> tuple[str, str]:
     """A uniform [0, 1) noise input for ``node``'s training form and the value of type ``t`` to
     use: (input name, value). The noise is drawn in the layout the model had before the passes,
-    so that -O1 draws the numbers -O0 does, and transposed to ``t``'s: by the ``noise_perm`` a
-    pass recorded (transpose sinking: a Dropout moved into a convolution's channels-first
-    layout), and [N, units] for feature-major values [units, N] (feature_major_dense)."""
+    so that -O1 draws the numbers -O0 does, and transposed to ``t``'s by the ``noise_perm``
+    that transpose sinking records when it moves a Dropout into another layout (a convolution's
+    channels-first one, or a feature-major Dense's [units, N])."""
     name = ctx.g.fresh(f"noise:{node.layer or node.name}")
     perm = node.attrs.get("noise_perm")
-    if perm is None and t.rank == 2 and isinstance(t.shape[0], int) and t.shape[1] == BATCH:
-        perm = (1, 0)
     if perm is None:
         ctx.g.add_input(name, t)
         return name, name

@@ -82,16 +82,23 @@ def check_arrays(xs: dict, ys: dict | None, x_specs, y_specs, where):
     return xs, ys, next(iter(lengths.values()))
 
 
+def named_sizes(arrays: dict, entries) -> tuple[dict, dict]:
+    """The size of each named dimension (the batch's N, and T) in ``arrays``, from the first of
+    the manifest ``entries`` whose shape has it; and that entry's name, by dimension."""
+    sizes, origin = {}, {}
+    for e in entries:
+        a = arrays.get(e["name"])
+        for d, n in zip(e["shape"], () if a is None else a.shape):
+            if isinstance(d, str) and d.isidentifier() and d not in sizes:
+                sizes[d], origin[d] = n, e["name"]
+    return sizes, origin
+
+
 def check_named_dims(arrays: dict, entries: list, where: str) -> None:
     """Named dimensions must agree across the arrays: each name (T) takes its size from the first
     array that has it, and every other use of it, or of a size computed from it (T-2 after a
     window), must match. ``entries``: (manifest entry, "input" or "target"), inputs first."""
-    sizes, origin = {}, {}
-    for e, _ in entries:
-        a = arrays.get(e["name"])
-        for d, n in zip(e["shape"][1:], () if a is None else a.shape[1:]):
-            if isinstance(d, str) and d.isidentifier() and d not in sizes:
-                sizes[d], origin[d] = n, e["name"]
+    sizes, origin = named_sizes(arrays, [e for e, _ in entries])
     for e, kind in entries:
         a = arrays.get(e["name"])
         if a is None or all(isinstance(d, int) for d in e["shape"][1:]):

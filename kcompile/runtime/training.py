@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.types import evaluate_dim
-from .data import Batches, as_arrays, check_arrays, check_named_dims, tensor_specs
+from .data import Batches, as_arrays, check_arrays, check_named_dims, named_sizes, tensor_specs
 from .devices import create_session
 from .fpenv import NoFlush, step_environment
 
@@ -220,10 +220,7 @@ class TrainingMixin:
         spec = self.manifest["training"]["noise"]
         if not spec:
             return {}
-        sizes = {}  # each symbolic dimension's size in this batch: the batch's, and named ones (T)
-        for entry in self.manifest["inputs"]:
-            if entry["name"] in xb:
-                sizes.update((d, n) for d, n in zip(entry["shape"], xb[entry["name"]].shape) if isinstance(d, str))
+        sizes, _ = named_sizes(xb, self.manifest["inputs"])  # this batch's N, and T
         rng = np.random.default_rng([self.seed, 7919, self._iterations])
         return {item["name"]: rng.random(tuple(evaluate_dim(d, sizes) for d in item["shape"]), dtype=np.float32)
                 for item in spec}
