@@ -236,29 +236,32 @@ def test_dropout_noise_is_drawn_in_the_unoptimized_order():
     assert fast.manifest["training"]["noise"] == plain.manifest["training"]["noise"]
 
 
-def test_dropout_after_a_convolution_draws_the_unoptimized_masks():
+@pytest.mark.parametrize("dropout,noise", [("Dropout(0.4)", ["N", 6, 6, 4]), ("SpatialDropout2D(0.5)", ["N", 1, 1, 4])])
+def test_dropout_after_a_convolution_draws_the_unoptimized_masks(dropout, noise):
     """Transpose sinking moves a Dropout into the convolutions' channels-first layout; its noise
-    is still drawn channels-last, as at -O0, and transposed: -O1 trains with -O0's masks."""
-    src = """model c {
+    is still drawn channels-last, as at -O0, and transposed: -O1 trains with -O0's masks. (It
+    stops at a SpatialDropout2D, whose noise_shape is per axis: that compiles and trains as at
+    -O0 too.)"""
+    src = f"""model c {{
         input x: float32[8, 8, 2]
         Conv2D(4, 3, activation=relu)
-        Dropout(0.4)
+        {dropout}
         Conv2D(4, 3, padding=same)
         MaxPooling2D(2)
         Flatten()
         probs = Dense(3, activation=softmax)
         output probs
-        train {
+        train {{
             loss = categorical_crossentropy
             optimizer = Adam(learning_rate=0.01)
-        }
-    }"""
+        }}
+    }}"""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 8, 8, 2)).astype(np.float32)
     y = to_categorical(rng.integers(0, 3, 48), 3)
     fast, plain = trained_at_o1_and_o0(src, lambda m: m.fit(x, y, epochs=2, batch_size=16, verbose=0).history["loss"])
     assert fast.manifest["training"]["noise"] == plain.manifest["training"]["noise"]
-    assert plain.manifest["training"]["noise"][0]["shape"] == ["N", 6, 6, 4]  # channels-last
+    assert plain.manifest["training"]["noise"][0]["shape"] == noise  # channels-last
 
 
 def test_a_shared_kernel_held_transposed_stays_one_buffer():

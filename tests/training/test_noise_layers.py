@@ -40,31 +40,3 @@ def test_batch_shared_dropout_mask():
         loss = m.train_on_batch(x, zeros)
         assert 0 < loss < 4
         np.testing.assert_allclose(loss * 32, round(loss * 32), atol=1e-4)
-
-
-def test_spatial_dropout_after_a_convolution_at_o1():
-    """Transpose-sinking stops at a Dropout with a noise_shape (its entries are per axis): a
-    channels-first convolution's SpatialDropout2D compiles at -O1 and trains as at -O0."""
-    src = """model c {
-        input x: float32[8, 6, 3]
-        Conv2D(4, 3, padding=same, activation=relu)
-        SpatialDropout2D(0.5)
-        Flatten()
-        probs = Dense(2, activation=softmax)
-        output probs
-        train {
-            loss = categorical_crossentropy
-            optimizer = SGD(learning_rate=0.1)
-        }
-    }"""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(16, 8, 6, 3)).astype(np.float32)
-    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 16)]
-    runs = []
-    for level in (1, 0):
-        m = kcompile.compile_string(src, seed=0, opt_level=level)
-        losses = [m.train_on_batch(x, y) for _ in range(3)]
-        runs.append((losses, m.get_weights()))
-    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
-    for a, b in zip(runs[0][1], runs[1][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
