@@ -559,9 +559,8 @@ def w_profile(fw, model, args):
     except Exception as e:
         out["profile"] = f"unavailable ({type(e).__name__}: {e})"
         return out
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    from kcompile.runtime.devices import session_options
+    options = session_options()  # the options the runtime's own sessions have
     providers = getattr(m, "_providers", None) or ["CPUExecutionProvider"]
     plain = ort.InferenceSession(graph, options, providers=providers)
     xname = m.inputs[0].name if hasattr(m, "inputs") else "image"

@@ -39,6 +39,22 @@ def providers_for(device: str) -> list[str]:
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")
 
 
+def session_options():
+    """The options every session that runs a model starts from."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Each session has its own thread pool, whose threads spin for a while after a run ends.
+    # Where sessions take turns (a GAN's models step by step, train_on_batch then predict),
+    # every run would share the cores with the other pool's spinning thread: measured here,
+    # the MNIST MLP step 2.1-2.9x slower when two sessions alternate, the GAN example's step
+    # 215 ms against 130 ms with this option; a single model's fit is within the noise
+    # (benchmarks/sessions.py).
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    return options
+
+
 def create_session(make, model: str, graph: str, providers):
     """``make()``, an onnxruntime session; where the provider lacks a kernel for one of the graph's
     ops in its dtype (the CPU has no float64 Conv), a RuntimeError that says so plainly."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..ir.types import DTYPES
-from .devices import create_session, providers_for
+from .devices import create_session, session_options, providers_for
 from .summary import format_summary
 from .data import as_arrays, check_arrays, tensor_specs
 from .training import TrainingMixin
@@ -132,9 +132,7 @@ class Model(TrainingMixin):
                 return None
         if self._session is None:
             import onnxruntime as ort
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options = session_options()
             # The weights go into the model bytes rather than SessionOptions.add_initializer:
             # onnxruntime folds weight-only subgraphs (layout transposes, folded BatchNorm)
             # from the file's own initializers, before any override would apply.

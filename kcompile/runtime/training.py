@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ir.types import evaluate_dim
 from .data import Batches, as_arrays, check_arrays, check_named_dims, named_sizes, tensor_specs
-from .devices import create_session
+from .devices import create_session, session_options
 from .fpenv import NoFlush, step_environment
 
 
@@ -151,9 +151,7 @@ class TrainingMixin:
         import onnxruntime as ort
         attr = {"train_step": "_train_session", "eval": "_eval_session", "predict_weights": "_weights_session"}[key]
         if getattr(self, attr) is None:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options = session_options()
             environment = NoFlush()
             if key == "train_step":  # a rebuilt step follows flush_denormals as it is now
                 environment = self._flush = step_environment(self.flush_denormals)

@@ -106,3 +106,19 @@ def test_in_place_scalars_are_bound_again_where_binding_copies():
     for moved in steps.values():
         assert moved[0] == 0.0 and moved[1] > 0.0 and moved[2] == 0.0
     np.testing.assert_allclose(steps["cuda"], steps["cpu"], rtol=1e-6)
+
+
+def test_every_session_a_model_runs_stops_spinning_after_a_run():
+    """Sessions that take turns (a GAN's models) must not share the cores with each other's
+    spinning pool threads (benchmarks/sessions.py measures it): each session the runtime makes
+    for training, evaluation, weights-as-inputs and folded inference has the option set."""
+    x, y = data(32)
+    m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+    m.train_on_batch(x, y)
+    m.evaluate(x, y, verbose=0)
+    m.predict(x)  # the first predict after training binds the weights as inputs ...
+    m.predict(x)  # ... a second with the same weights folds them into a session of its own
+    sessions = [m._train_session, m._eval_session, m._weights_session, m._session]
+    assert all(s is not None for s in sessions)
+    for s in sessions:
+        assert s.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
