@@ -1,19 +1,21 @@
-"""Sessions that take turns: what onnxruntime's spinning thread pools cost them, and what
-kcompile's `session.force_spinning_stop` gives back. CPU, one command:
+"""Sessions that take turns, and onnxruntime's spinning thread pools: what kcompile's
+choice of `session.force_spinning_stop` (runtime/devices.py session_options) gives. CPU:
 
-    .venv/bin/python benchmarks/sessions.py [--rounds 4]
+    .venv/bin/python benchmarks/sessions.py [--rounds 3]
 
 Each onnxruntime session has its own thread pool, and its threads spin for a while after a
-run ends. kcompile's sessions stop spinning when a run ends (runtime/devices.py
-session_options). Each workload runs in its own process, with the options as kcompile sets
-them ("stop") and with the pools left spinning ("spin"), alternating, --rounds times:
+run ends. kcompile's training, evaluation and weights-as-inputs sessions stop spinning when a
+run ends; its folded inference session keeps spinning. Each workload runs in its own process,
+--rounds times, with the sessions as kcompile makes them ("kcompile"), all stopping ("stop")
+and all spinning ("spin", onnxruntime's default):
 
-  mlp_one   ms per training step of examples/mnist_mlp.kdl, one model (train_on_batch)
-  mlp_two   ms per step of each of two such models stepping in turn
-  gan       ms per step of examples/train_gan.py (a generator predict, a discriminator step
-            and a generator step through the frozen discriminator: three sessions)
+  mlp_one      ms per training step of examples/mnist_mlp.kdl, one model (train_on_batch)
+  mlp_two      ms per step of each of two such models stepping in turn
+  gan          ms per step of examples/train_gan.py (a generator predict, a discriminator
+               step and a generator step through the frozen discriminator: three sessions)
+  mlp_latency  us per predict of one sample with examples/mnist_mlp.kdl
 
-It prints the median of each and spin / stop (above 1: stopping is faster).
+It prints the median of each; kcompile's column should match the better of the other two.
 """
 from __future__ import annotations
 
@@ -27,20 +29,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "@@RESULT "
-WORKLOADS = ["mlp_one", "mlp_two", "gan"]
+WORKLOADS = ["mlp_one", "mlp_two", "gan", "mlp_latency"]
+CONFIGS = ["kcompile", "stop", "spin"]
 
 
-def _leave_spinning():
-    """Sessions as onnxruntime makes them by default: the pool threads spin on after each run."""
+def _all_sessions(stop: bool):
+    """Every session the runtime makes stops spinning after a run (or none does)."""
     import kcompile.runtime.model as model_module
     import kcompile.runtime.training as training_module
     from kcompile.runtime import devices
-
-    def spinning():
-        options = devices.session_options()
-        options.add_session_config_entry("session.force_spinning_stop", "0")
-        return options
-    model_module.session_options = training_module.session_options = spinning
+    model_module.session_options = training_module.session_options = \
+        lambda stop_spinning=True: devices.session_options(stop_spinning=stop)
 
 
 def _median_ms(step, warm, steps):
@@ -58,8 +57,8 @@ def worker(config: str, workload: str) -> float:
     sys.path.insert(0, str(ROOT))
     import numpy as np
     import kcompile
-    if config == "spin":
-        _leave_spinning()
+    if config != "kcompile":
+        _all_sessions(stop=config == "stop")
     rng = np.random.default_rng(0)
     if workload in ("mlp_one", "mlp_two"):
         models = [kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=i)
@@ -71,6 +70,10 @@ def worker(config: str, workload: str) -> float:
             for m in models:
                 m.train_on_batch(x, y)
         return _median_ms(step, 20, 300) / len(models)
+    if workload == "mlp_latency":
+        m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+        x = rng.random((1, 28, 28, 1), dtype=np.float32)
+        return _median_ms(lambda: m.predict(x), 200, 2000) * 1e3
     sys.path.insert(0, str(ROOT / "examples"))
     import train_gan
     digits = train_gan.load_digits(None)
@@ -83,23 +86,21 @@ def worker(config: str, workload: str) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=4, help="processes per workload and setting (default 4)")
+    ap.add_argument("--rounds", type=int, default=3, help="processes per workload and setting (default 3)")
     ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(MARK + json.dumps(worker(*args.worker)), flush=True)
         return
-    print(f"{'workload':<10} {'stop, ms':>10} {'spin, ms':>10} {'spin / stop':>12}")
+    print(f"{'workload':<12}" + "".join(f"{c:>10}" for c in CONFIGS) + "   (ms; mlp_latency in us)")
     for workload in WORKLOADS:
-        ms = {"stop": [], "spin": []}
+        values = {c: [] for c in CONFIGS}
         for r in range(args.rounds):
-            for config in (("stop", "spin") if r % 2 == 0 else ("spin", "stop")):
+            for config in CONFIGS[r % 3:] + CONFIGS[:r % 3]:  # each setting first in turn
                 out = subprocess.run([sys.executable, __file__, "--worker", config, workload],
                                      capture_output=True, text=True, check=True).stdout
-                ms[config].append(json.loads(out.split(MARK)[-1]))
-        stop, spin = statistics.median(ms["stop"]), statistics.median(ms["spin"])
-        print(f"{workload:<10} {stop:>10.2f} {spin:>10.2f} {spin / stop:>11.2f}x", flush=True)
-
+                values[config].append(json.loads(out.split(MARK)[-1]))
+        print(f"{workload:<12}" + "".join(f"{statistics.median(values[c]):>10.2f}" for c in CONFIGS), flush=True)
 
 if __name__ == "__main__":
     main()

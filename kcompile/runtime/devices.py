@@ -39,19 +39,22 @@ def providers_for(device: str) -> list[str]:
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")
 
 
-def session_options():
-    """The options every session that runs a model starts from."""
+def session_options(stop_spinning: bool = True):
+    """The options every session that runs a model starts from.
+
+    ``stop_spinning``: each session has its own thread pool, whose threads spin for a while
+    after a run ends. Where sessions take turns (a GAN's models step by step, train_on_batch
+    then predict), every run would share the cores with the other pool's spinning thread:
+    measured here, two MNIST MLP models stepping in turn 1.5x slower per step, the GAN
+    example's step 1.9x. With it, a session's next run wakes its pool instead: a single
+    model's fit within the noise, but a batch-1 predict 42-70 us instead of 22, so only the
+    folded inference session (serving, latency) keeps spinning. benchmarks/sessions.py
+    measures both."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Each session has its own thread pool, whose threads spin for a while after a run ends.
-    # Where sessions take turns (a GAN's models step by step, train_on_batch then predict),
-    # every run would share the cores with the other pool's spinning thread: measured here,
-    # the MNIST MLP step 2.1-2.9x slower when two sessions alternate, the GAN example's step
-    # 215 ms against 130 ms with this option; a single model's fit is within the noise
-    # (benchmarks/sessions.py).
-    options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1" if stop_spinning else "0")
     return options
 
 

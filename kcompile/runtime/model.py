@@ -132,7 +132,7 @@ class Model(TrainingMixin):
                 return None
         if self._session is None:
             import onnxruntime as ort
-            options = session_options()
+            options = session_options(stop_spinning=False)  # batch-1 latency (devices.py)
             # The weights go into the model bytes rather than SessionOptions.add_initializer:
             # onnxruntime folds weight-only subgraphs (layout transposes, folded BatchNorm)
             # from the file's own initializers, before any override would apply.
