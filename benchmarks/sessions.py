@@ -4,16 +4,18 @@ choice of `session.force_spinning_stop` (runtime/devices.py session_options) giv
     .venv/bin/python benchmarks/sessions.py [--rounds 3]
 
 Each onnxruntime session has its own thread pool, and its threads spin for a while after a
-run ends. kcompile's training, evaluation and weights-as-inputs sessions stop spinning when a
-run ends; its folded inference session keeps spinning. Each workload runs in its own process,
---rounds times, with the sessions as kcompile makes them ("kcompile"), all stopping ("stop")
-and all spinning ("spin", onnxruntime's default):
+run ends: fast for one session's runs back to back, slow for sessions that take turns.
+kcompile's sessions spin until the runtime sees its sessions taking turns, then they are
+rebuilt to stop spinning after each run. Each workload runs in its own process, --rounds
+times, with the sessions as kcompile makes them ("kcompile"), all stopping ("stop") and all
+spinning ("spin", onnxruntime's default):
 
   mlp_one      ms per training step of examples/mnist_mlp.kdl, one model (train_on_batch)
   mlp_two      ms per step of each of two such models stepping in turn
   gan          ms per step of examples/train_gan.py (a generator predict, a discriminator
                step and a generator step through the frozen discriminator: three sessions)
   mlp_latency  us per predict of one sample with examples/mnist_mlp.kdl
+  mlp_eval     ms per evaluate() of 4,096 samples at batch 32 with examples/mnist_mlp.kdl
 
 It prints the median of each; kcompile's column should match the better of the other two.
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "@@RESULT "
-WORKLOADS = ["mlp_one", "mlp_two", "gan", "mlp_latency"]
+WORKLOADS = ["mlp_one", "mlp_two", "gan", "mlp_latency", "mlp_eval"]
 CONFIGS = ["kcompile", "stop", "spin"]
 
 
@@ -74,6 +76,11 @@ def worker(config: str, workload: str) -> float:
         m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
         x = rng.random((1, 28, 28, 1), dtype=np.float32)
         return _median_ms(lambda: m.predict(x), 200, 2000) * 1e3
+    if workload == "mlp_eval":
+        m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+        x = rng.random((4096, 28, 28, 1), dtype=np.float32)
+        y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 4096)]
+        return _median_ms(lambda: m.evaluate(x, y, batch_size=32, verbose=0), 2, 10)
     sys.path.insert(0, str(ROOT / "examples"))
     import train_gan
     digits = train_gan.load_digits(None)

@@ -1,6 +1,8 @@
-"""Execution-provider choice: CPU by default, CUDA when asked for and present."""
+"""Execution-provider choice (CPU by default, CUDA when asked for and present) and the options
+of the sessions that run models."""
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 
@@ -39,17 +41,46 @@ def providers_for(device: str) -> list[str]:
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'auto'")
 
 
-def session_options(stop_spinning: bool = True):
+class TurnTaking:
+    """Whether this process's sessions take turns (a GAN's models step by step, train_on_batch
+    then predict, models predicting in turn), seen from the sequence of runs: at least
+    ``SWITCHES`` changes of session among the last ``WINDOW`` runs. A fit with validation
+    changes session twice an epoch and is not taking turns. Once seen, it stays seen."""
+
+    WINDOW = 32
+    SWITCHES = 8
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.seen = False
+        self._last = None
+        self._switches = collections.deque(maxlen=self.WINDOW)
+
+    def ran(self, session) -> None:
+        """Note a run of ``session``."""
+        if self.seen:
+            return
+        key = id(session)
+        self._switches.append(self._last is not None and key != self._last)
+        self._last = key
+        self.seen = sum(self._switches) >= self.SWITCHES
+
+
+TURNS = TurnTaking()  # this process's
+
+
+def session_options(stop_spinning: bool = False):
     """The options every session that runs a model starts from.
 
     ``stop_spinning``: each session has its own thread pool, whose threads spin for a while
-    after a run ends. Where sessions take turns (a GAN's models step by step, train_on_batch
-    then predict), every run would share the cores with the other pool's spinning thread:
-    measured here, two MNIST MLP models stepping in turn 1.5x slower per step, the GAN
-    example's step 1.9x. With it, a session's next run wakes its pool instead: a single
-    model's fit within the noise, but a batch-1 predict 42-70 us instead of 22, so only the
-    folded inference session (serving, latency) keeps spinning. benchmarks/sessions.py
-    measures both."""
+    after a run ends. That makes a session's runs back to back fast (the MNIST MLP's batch-1
+    predict 22 us, against 42-70 us with pools that stop spinning after each run; evaluate()
+    at batch 32 15-25% faster), but where sessions take turns, every run shares the cores
+    with the other pool's spinning thread: two MNIST MLP models stepping in turn 1.5x slower
+    per step, the GAN example's step 1.9x. The runtime asks for stopping pools once it sees its
+    sessions taking turns (TURNS). benchmarks/sessions.py measures both."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..ir.types import DTYPES
-from .devices import create_session, session_options, providers_for
+from .devices import create_session, providers_for
 from .summary import format_summary
 from .data import as_arrays, check_arrays, tensor_specs
 from .training import TrainingMixin
@@ -132,7 +132,7 @@ class Model(TrainingMixin):
                 return None
         if self._session is None:
             import onnxruntime as ort
-            options = session_options(stop_spinning=False)  # batch-1 latency (devices.py)
+            options = self._new_session_options()
             # The weights go into the model bytes rather than SessionOptions.add_initializer:
             # onnxruntime folds weight-only subgraphs (layout transposes, folded BatchNorm)
             # from the file's own initializers, before any override would apply.
@@ -177,6 +177,7 @@ class Model(TrainingMixin):
                 dims = [o.shape for o in self.outputs] if float_outputs else None
                 self._predictor = Predictor(session, self._providers, dims)
             outs = self._predictor.run(feeds, n, step, fixed)
+        self._ran(session)
         return outs[0] if len(outs) == 1 else outs
 
     __call__ = predict

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ir.types import evaluate_dim
 from .data import Batches, as_arrays, check_arrays, check_named_dims, named_sizes, tensor_specs
-from .devices import create_session, session_options
+from .devices import TURNS, create_session, session_options
 from .fpenv import NoFlush, step_environment
 
 
@@ -111,6 +111,7 @@ class TrainingMixin:
         self._runner = None
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
+        self._stops_spinning = False  # whether this model's sessions stop their pools after a run
         self._flush = NoFlush()  # what each training step runs in (fpenv)
         self._shared = {}  # weight -> the SharedWeight it is, when other models hold it too
         self._shared_seen = {}  # weight -> the SharedWeight's version this model last looked at
@@ -151,7 +152,7 @@ class TrainingMixin:
         import onnxruntime as ort
         attr = {"train_step": "_train_session", "eval": "_eval_session", "predict_weights": "_weights_session"}[key]
         if getattr(self, attr) is None:
-            options = session_options()
+            options = self._new_session_options()
             environment = NoFlush()
             if key == "train_step":  # a rebuilt step follows flush_denormals as it is now
                 environment = self._flush = step_environment(self.flush_denormals)
@@ -255,6 +256,25 @@ class TrainingMixin:
     def _drop_runner(self):
         self._sync_state()
         self._runner = None
+
+    def _new_session_options(self):
+        """Options for a new session of this model (devices.session_options)."""
+        self._follow_turns()
+        return session_options(stop_spinning=self._stops_spinning)
+
+    def _ran(self, session):
+        """Note a run of one of this model's sessions."""
+        if self.device == "cpu":  # (the pools that spin are the CPU's)
+            TURNS.ran(session)
+            self._follow_turns()
+
+    def _follow_turns(self):
+        """Once this process's sessions are seen taking turns, this model's sessions stop their
+        pools spinning after each run: those made before are dropped, to be rebuilt."""
+        if TURNS.seen and not self._stops_spinning and self.device == "cpu":
+            self._stops_spinning = True
+            self._drop_runner()
+            self._train_session = self._eval_session = self._weights_session = self._session = None
 
     # ---- freezing ----
     def set_trainable(self, layer: str, trainable: bool = True) -> list[str]:
@@ -376,6 +396,7 @@ class TrainingMixin:
         self._generation += 1
         for name, weight in runner.shared_state.items():  # (this model's own writes)
             self._shared_seen[name] = weight.version
+        self._ran(runner.session)
         return results
 
     def _run_eval_step(self, xb, yb):
@@ -384,7 +405,9 @@ class TrainingMixin:
         names = [o.name for o in session.get_outputs()]
         feeds = self._step_feeds(xb, yb, training=False)
         needed = {i.name for i in session.get_inputs()}
-        return dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in needed})))
+        results = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in needed})))
+        self._ran(session)
+        return results
 
     # ---- public API ----
     def train_on_batch(self, x, y, return_dict=False):

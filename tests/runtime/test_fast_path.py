@@ -108,18 +108,57 @@ def test_in_place_scalars_are_bound_again_where_binding_copies():
     np.testing.assert_allclose(steps["cuda"], steps["cpu"], rtol=1e-6)
 
 
-def test_training_sessions_stop_spinning_after_a_run_and_the_inference_session_spins():
-    """Sessions that take turns (a GAN's models) must not share the cores with each other's
-    spinning pool threads, while a folded inference session keeps its pool spinning for
-    batch-1 latency (benchmarks/sessions.py measures both)."""
+SPIN_STOP = "session.force_spinning_stop"
+
+
+def stops_spinning(session):
+    return session.get_session_options().get_session_config_entry(SPIN_STOP) == "1"
+
+
+def test_one_model_keeps_its_pools_spinning(turns):
+    x, y = data(32)
+    m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+    m.fit(x, y, epochs=3, batch_size=8, validation_data=(x, y), verbose=0)
+    m.predict(x)  # the first predict after training binds the weights as inputs ...
+    m.predict(x)  # ... a second with the same weights folds them into a session of its own
+    sessions = [m._train_session, m._eval_session, m._weights_session, m._session]
+    assert all(s is not None and not stops_spinning(s) for s in sessions)
+    assert not turns.seen
+
+
+def test_models_stepping_in_turn_rebuild_their_sessions_to_stop_spinning_and_train_as_alone(turns):
+    """Two models taking turns (as a GAN's do) share the cores with each other's spinning pool
+    threads unless the pools stop after each run (benchmarks/sessions.py): once the runtime sees
+    it, each model's sessions are rebuilt that way, and training goes on from the same state."""
+    x, y = data(32)
+    alone = []
+    for seed in (0, 1):
+        m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=seed)
+        alone.append([m.train_on_batch(x, y)[0] for _ in range(12)] + [m.get_weights(), m.optimizer_state()])
+    turns.reset()
+    models = [kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=seed) for seed in (0, 1)]
+    losses = [[], []]
+    for _ in range(12):
+        for i, m in enumerate(models):
+            losses[i].append(m.train_on_batch(x, y)[0])
+    assert turns.seen
+    for m, ref, got in zip(models, alone, losses):
+        assert m._stops_spinning and stops_spinning(m._train_session)
+        np.testing.assert_allclose(got, ref[:12], rtol=1e-6)
+        for a, b in zip(m.get_weights(), ref[12]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        for name, slot in m.optimizer_state().items():
+            np.testing.assert_allclose(slot, ref[13][name], rtol=1e-6, atol=1e-9)
+        m.predict(x)
+        m.predict(x)
+        assert stops_spinning(m._weights_session) and stops_spinning(m._session)
+
+
+def test_sessions_made_once_sessions_take_turns_stop_spinning_from_the_start(taking_turns):
     x, y = data(32)
     m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
     m.train_on_batch(x, y)
-    m.evaluate(x, y, verbose=0)
-    m.predict(x)  # the first predict after training binds the weights as inputs ...
-    m.predict(x)  # ... a second with the same weights folds them into a session of its own
-    stopping = [m._train_session, m._eval_session, m._weights_session]
-    assert all(s is not None for s in stopping) and m._session is not None
-    entry = "session.force_spinning_stop"
-    assert [s.get_session_options().get_session_config_entry(entry) for s in stopping] == ["1"] * 3
-    assert m._session.get_session_options().get_session_config_entry(entry) == "0"
+    session = m._train_session
+    m.train_on_batch(x, y)
+    m.predict(x)
+    assert m._train_session is session and stops_spinning(session) and stops_spinning(m._weights_session)

@@ -55,8 +55,9 @@ def test_frozen_discriminator_is_untouched_by_the_gan_step():
     assert not np.array_equal(tied["dense/kernel"], build(seed=1)[0].get_weights()[0])
 
 
-def test_tied_weights_are_one_set_of_buffers():
-    """A step of one model is the next step's input of the other, with no copy and no rebuild."""
+def test_tied_weights_are_one_set_of_buffers(taking_turns):
+    """A step of one model is the next step's input of the other, with no copy and no rebuild
+    (the models' sessions are made as they are once the runtime sees them taking turns)."""
     generator, discriminator, gan = build(seed=2)
     name = "dense/kernel"
     assert gan._shared["discriminator/" + name] is discriminator._shared[name]

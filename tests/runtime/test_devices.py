@@ -1,0 +1,36 @@
+"""Session options and the turn-taking detector that chooses whether pools stop spinning."""
+from kcompile.runtime.devices import TurnTaking, session_options
+
+
+def runs(detector, sessions):
+    seen = []
+    for s in sessions:
+        detector.ran(s)
+        seen.append(detector.seen)
+    return seen
+
+
+def test_one_session_or_a_fit_with_validation_is_not_taking_turns():
+    d = TurnTaking()
+    assert not any(runs(d, ["train"] * 500))
+    epoch = ["train"] * 20 + ["eval"] * 3  # two changes of session an epoch
+    assert not any(runs(d, epoch * 30))
+
+
+def test_sessions_stepping_in_turn_are_seen_at_the_eighth_change_and_stay_seen():
+    d = TurnTaking()
+    seen = runs(d, ["generator", "discriminator", "gan"] * 4)
+    assert seen.index(True) == TurnTaking.SWITCHES  # the first run changes nothing
+    assert all(runs(d, ["train"] * 100))
+
+
+def test_changes_older_than_the_window_do_not_count():
+    d = TurnTaking()
+    sparse = (["a"] * (TurnTaking.WINDOW // 4) + ["b"] * (TurnTaking.WINDOW // 4)) * 20
+    assert not any(runs(d, sparse))  # four changes in any window
+
+
+def test_session_options_stop_spinning_when_asked():
+    entry = "session.force_spinning_stop"
+    assert session_options().get_session_config_entry(entry) == "0"
+    assert session_options(stop_spinning=True).get_session_config_entry(entry) == "1"
