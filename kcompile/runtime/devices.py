@@ -56,16 +56,21 @@ class TurnTaking:
     def reset(self):
         self.seen = False
         self._last = None
-        self._switches = collections.deque(maxlen=self.WINDOW)
+        self._switches = collections.deque(maxlen=self.WINDOW)  # whether each recent run changed session
+        self._count = 0  # how many of them did
 
     def ran(self, session) -> None:
-        """Note a run of ``session``."""
-        if self.seen:
-            return
+        """Note a run of ``session`` (under a microsecond: this is on every batch-1 predict)."""
         key = id(session)
-        self._switches.append(self._last is not None and key != self._last)
+        if self.seen or (key == self._last and not self._count):
+            return  # (one session's runs back to back: nothing to count)
+        switched = self._last is not None and key != self._last
         self._last = key
-        self.seen = sum(self._switches) >= self.SWITCHES
+        if len(self._switches) == self.WINDOW:
+            self._count -= self._switches[0]
+        self._switches.append(switched)
+        self._count += switched
+        self.seen = self._count >= self.SWITCHES
 
 
 TURNS = TurnTaking()  # this process's
