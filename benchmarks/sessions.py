@@ -109,5 +109,6 @@ def main():
                 values[config].append(json.loads(out.split(MARK)[-1]))
         print(f"{workload:<12}" + "".join(f"{statistics.median(values[c]):>10.2f}" for c in CONFIGS), flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -87,3 +87,22 @@ def test_tied_weights_are_one_set_of_buffers(taking_turns):
     generator.set_weights(new)
     np.testing.assert_array_equal(dict(zip(gan.weight_names, gan.get_weights()))["generator/" + name],
                                   new[generator.weight_names.index(name)])
+
+
+def test_the_gan_loop_trains_the_same_across_the_rebuild_for_taking_turns(turns):
+    """The runtime sees the GAN's three models taking turns within the first steps and rebuilds
+    their sessions (pools that stop spinning, runtime/devices.py) with their weights tied; the
+    losses and weights are those of a loop whose sessions stopped spinning from the start."""
+    x = load_digits(None)[:256]
+    runs = []
+    for seen in (False, True):
+        turns.reset()
+        turns.seen = seen
+        models = build(seed=3)
+        rng = np.random.default_rng(0)
+        losses = [train_step(*models, x[i * 64:(i + 1) * 64], rng) for i in range(4)]
+        assert turns.seen and all(m._stops_spinning for m in models)
+        runs.append((losses, [w for m in models for w in m.get_weights()]))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-6)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
