@@ -83,7 +83,7 @@ def session_options(stop_spinning: bool = False):
     after a run ends. That makes a session's runs back to back fast (the MNIST MLP's batch-1
     predict 22 us, against 42-70 us with pools that stop spinning after each run; evaluate()
     at batch 32 15-25% faster), but where sessions take turns, every run shares the cores
-    with the other pool's spinning thread: two MNIST MLP models stepping in turn 1.5x slower
+    with the other pool's spinning thread: two MNIST MLP models stepping in turn 1.5-1.8x slower
     per step, the GAN example's step 1.9x. The runtime asks for stopping pools once it sees its
     sessions taking turns (TURNS). benchmarks/sessions.py measures both."""
     import onnxruntime as ort
