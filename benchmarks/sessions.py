@@ -36,12 +36,11 @@ CONFIGS = ["kcompile", "stop", "spin"]
 
 
 def _all_sessions(stop: bool):
-    """Every session the runtime makes stops spinning after a run (or none does)."""
-    import kcompile.runtime.model as model_module
+    """Every session the runtime makes stops spinning after a run (or none does): every one
+    takes its options from TrainingMixin._new_session_options, in runtime/training.py."""
     import kcompile.runtime.training as training_module
     from kcompile.runtime import devices
-    model_module.session_options = training_module.session_options = \
-        lambda stop_spinning=True: devices.session_options(stop_spinning=stop)
+    training_module.session_options = lambda stop_spinning=False: devices.session_options(stop_spinning=stop)
 
 
 def _median_ms(step, warm, steps):

@@ -115,22 +115,26 @@ def dim_names(dim) -> set:
     return set(_NAME.findall(dim)) if isinstance(dim, str) else set()
 
 
+_ARITHMETIC = {pyast.Add: operator.add, pyast.Sub: operator.sub, pyast.Mult: operator.mul,
+               pyast.FloorDiv: operator.floordiv}
+
+
 def evaluate_dim(dim, sizes: dict) -> int:
     """A dimension's size, given the named dimensions' sizes (``{"N": 32, "T": 7}``): each name is
     replaced by its size, and what is left must be integer arithmetic (+, -, *, //)."""
     if isinstance(dim, int):
         return dim
+    if dim in sizes:  # a name itself (the batch's N, each training step)
+        return sizes[dim]
     missing = dim_names(dim) - set(sizes)
     if missing:
         raise ValueError(f"the size of dimension {dim} is not known here ({', '.join(sorted(missing))})")
-    binary = {pyast.Add: operator.add, pyast.Sub: operator.sub, pyast.Mult: operator.mul,
-              pyast.FloorDiv: operator.floordiv}
 
     def value(node):
         if isinstance(node, pyast.Constant) and type(node.value) is int:
             return node.value
-        if isinstance(node, pyast.BinOp) and type(node.op) in binary:
-            return binary[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, pyast.BinOp) and type(node.op) in _ARITHMETIC:
+            return _ARITHMETIC[type(node.op)](value(node.left), value(node.right))
         raise ValueError(f"the size of dimension {dim} is not known here")
     try:
         tree = pyast.parse(_NAME.sub(lambda m: str(sizes[m.group(0)]), dim), mode="eval")

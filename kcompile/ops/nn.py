@@ -116,7 +116,7 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     outs = ty.shape[2:]
     if not all(isinstance(d, int) for d in tx.shape[2:]):
         return _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations)
-    if window <= IM2COL_MAX_WINDOW and all(isinstance(d, int) for d in tuple(tx.shape[1:]) + tuple(outs)):
+    if window <= IM2COL_MAX_WINDOW:  # (every size is a number here)
         # Unfold with a grouped convolution whose one-hot kernels each pick one offset of the
         # window: channel c * window + k of the result is x[c] shifted by offset k (measured
         # faster than one strided slice per offset and a concat).
