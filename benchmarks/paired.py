@@ -1,0 +1,237 @@
+"""Paired throughput: the frameworks take turns in short bursts, so that each ratio compares
+two bursts run seconds apart. CPU:
+
+    .venv/bin/python benchmarks/paired.py [--cycles 15] [--workloads mlp_train,cnn_predict]
+                                          [--frameworks kcompile,torch,torch_compile,keras_jax]
+
+This machine's speed changes from second to second and from minute to minute, and each
+core on its own: a memory-bound element-wise op runs 1.8x slower on a core in its slow
+moments, a matrix product 1.1x (see the README). `run.py` measures each framework in its
+own process, one after the other, so one framework can meet a slow minute and the next a
+fast one. Here every framework's worker of one workload is alive at once (set up and
+warmed up one at a time), and the parent lets them run in turn, one at a time: a burst
+of about one second each (a training fit over about one second of batches; 5 predicts of
+1,024 samples and 200 of one sample), a pause of 0.3 s before each (spinning thread
+pools go quiet), the order rotated every cycle. A cycle's ratio is kcompile's burst over
+the peer's burst of the same cycle; the verdict is the median cycle ratio against the
+best peer (by median burst).
+
+Workloads, as in run.py (batch 128, MNIST-shaped synthetic data, examples/mnist_*.kdl):
+mlp_train, cnn_train (samples/s), mlp_predict, cnn_predict (samples/s at batch 1024 and
+latency of one sample). Each worker is `paired.py --serve FRAMEWORK WORKLOAD`: it prints
+a ready line, then one line per "go" it reads. Writes every burst to --json
+(default benchmarks/paired.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import run as bench  # noqa: E402  (the adapters, data and targets of run.py)
+
+WORKLOADS = ["mlp_train", "cnn_train", "mlp_predict", "cnn_predict"]
+READY, BURST = "@@READY ", "@@BURST "
+BURST_S = 1.0
+PAUSE_S = 0.3
+# (workload, key of a burst, higher is better, target ratio against the best peer)
+TARGETS = [("mlp_train", "samples_per_s", True, 1.3), ("cnn_train", "samples_per_s", True, 1.5),
+           ("mlp_predict", "batch1024_samples_per_s", True, 1.0),
+           ("cnn_predict", "batch1024_samples_per_s", True, 1.2),
+           ("mlp_predict", "batch1_latency_us", False, 0.5), ("cnn_predict", "batch1_latency_us", False, 0.5)]
+
+
+# ------------------------------------------ worker ------------------------------------------
+def _trainer(a, model):
+    """A burst: fit() over about BURST_S seconds of batches, sized once after warm-up."""
+    x, y, _ = bench.synthetic(60_000 if model == "mlp" else 20_480, a.layout)
+    a.build(model)
+    fit = a.fitter(x, y)
+    warm = 10 * bench.BATCH
+    rate = warm / bench.warm_up(lambda: fit(warm, 1))
+    n = max(warm, min(len(x), int(rate * BURST_S)) // bench.BATCH * bench.BATCH)
+    fit(n, 1)
+
+    def burst():
+        start = time.perf_counter()
+        fit(n, 1)
+        return {"samples_per_s": n / (time.perf_counter() - start)}
+    return burst
+
+
+def _predictor(fw, a, model):
+    """A burst: 5 predicts of 1,024 samples and 200 of one, for each of the framework's
+    predict paths (kcompile: its public predict(); a peer: each path, the best one counts)."""
+    import numpy as np
+    x, _, _ = bench.synthetic(1024, a.layout)
+    x1 = np.ascontiguousarray(x[:1])
+    a.build(model)
+    paths = a.predictors()
+    if fw == "kcompile":
+        paths = {"predict": paths["predict"]}
+    for fn in paths.values():
+        bench.warm_up(lambda: fn(x))
+        bench.warm_up(lambda: fn(x1), min_calls=20, max_calls=60)
+
+    def burst():
+        out = {}
+        for name, fn in paths.items():
+            big = statistics.median(bench.call_times(lambda: fn(x), 5))
+            one = statistics.median(bench.call_times(lambda: fn(x1), 200))
+            out[name] = {"batch1024_samples_per_s": len(x) / big, "batch1_latency_us": one * 1e6}
+        return {"batch1024_samples_per_s": max(v["batch1024_samples_per_s"] for v in out.values()),
+                "batch1_latency_us": min(v["batch1_latency_us"] for v in out.values()), "paths": out}
+    return burst
+
+
+def serve(fw, workload):
+    a = bench.ADAPTERS[fw]()
+    model = workload.split("_")[0]
+    burst = _trainer(a, model) if workload.endswith("train") else _predictor(fw, a, model)
+    print(READY + json.dumps({"import_s": a.import_s}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        print(BURST + json.dumps(burst()), flush=True)
+
+
+# ------------------------------------------ parent ------------------------------------------
+class Worker:
+    def __init__(self, fw, workload, scratch):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+        if fw == "torch_compile":
+            env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(scratch, "inductor")
+        self.fw = fw
+        self.log = open(os.path.join(scratch, f"{fw}_{workload}.log"), "w+")
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", fw, workload], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
+                                     cwd=str(bench.ROOT))
+        self.ready = self._read(READY)
+
+    def _read(self, mark):
+        for line in self.proc.stdout:
+            if line.startswith(mark):
+                return json.loads(line[len(mark):])
+        self.log.seek(0)
+        tail = " | ".join(self.log.read().strip().splitlines()[-3:])
+        raise RuntimeError(f"{self.fw} worker ended (exit {self.proc.wait()}): {tail}"[:500])
+
+    def burst(self):
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self._read(BURST)
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        self.log.close()
+
+
+def measure(workload, frameworks, cycles, scratch, say=print):
+    """{framework: [burst, ...]} of one workload, the frameworks in turn, cycle by cycle."""
+    workers, bursts = {}, {}
+    try:
+        for fw in frameworks:  # set up and warmed up one at a time: compiles never overlap
+            start = time.perf_counter()
+            try:
+                workers[fw] = Worker(fw, workload, scratch)
+                say(f"  {fw:<14} ready in {time.perf_counter() - start:.1f} s")
+            except RuntimeError as e:
+                say(f"  {fw:<14} FAILED: {e}")
+        names = list(workers)
+        for c in range(cycles):
+            for fw in names[c % len(names):] + names[:c % len(names)]:
+                time.sleep(PAUSE_S)
+                bursts.setdefault(fw, []).append(workers[fw].burst())
+    finally:
+        for w in workers.values():
+            w.close()
+    return bursts
+
+
+def summarize(workload, bursts):
+    """For each target of the workload: each framework's median burst, the best peer's, and
+    kcompile's cycle-by-cycle ratios against it."""
+    out = []
+    for wl, key, higher, target in TARGETS:
+        if wl != workload or "kcompile" not in bursts:
+            continue
+        medians = {fw: statistics.median(b[key] for b in runs) for fw, runs in bursts.items()}
+        peers = {fw: v for fw, v in medians.items() if fw != "kcompile"}
+        row = {"workload": wl, "key": key, "target": target, "medians": medians}
+        if peers:
+            best = (max if higher else min)(peers, key=peers.get)
+            ratios = [k[key] / p[key] for k, p in zip(bursts["kcompile"], bursts[best])]
+            ratio = statistics.median(ratios)
+            row.update(best_peer=best, cycle_ratios=ratios, ratio=ratio,
+                       met=ratio >= target if higher else ratio <= target)
+        out.append(row)
+    return out
+
+
+def report(rows, frameworks):
+    lines = []
+    head = f"{'workload':<34}" + "".join(f"{f:>14}" for f in frameworks) + f"{'kc/best peer':>14}  target"
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        label = f"{r['workload']} {'samples/s' if r['key'] != 'batch1_latency_us' else 'latency@1, us'}"
+        cells = "".join(f"{r['medians'][fw]:>14,.0f}" if fw in r["medians"] else f"{'-':>14}" for fw in frameworks)
+        if "ratio" in r:
+            spread = sorted(r["cycle_ratios"])
+            q1, q3 = spread[len(spread) // 4], spread[(3 * len(spread)) // 4]
+            verdict = f"{'>=' if r['key'] != 'batch1_latency_us' else '<='} {r['target']}x: " \
+                      f"{'met' if r['met'] else 'NOT met'} (cycles {q1:.2f}-{q3:.2f}x, vs {r['best_peer']})"
+            lines.append(f"{label:<34}{cells}{r['ratio']:>13.2f}x  {verdict}")
+        else:
+            lines.append(f"{label:<34}{cells}{'-':>14}  no peer")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cycles", type=int, default=15, help="bursts per framework (default 15)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    ap.add_argument("--frameworks", default=",".join(bench.FRAMEWORKS),
+                    help=f"subset of {','.join(bench.FRAMEWORKS)} (kcompile always runs)")
+    ap.add_argument("--json", default=str(HERE / "paired.json"), help="where every burst goes")
+    ap.add_argument("--serve", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(*args.serve)
+        return
+    workloads = [w for w in args.workloads.split(",") if w]
+    wanted = {f for f in args.frameworks.split(",") if f} | {"kcompile"}
+    bad = [w for w in workloads if w not in WORKLOADS] + [f for f in wanted if f not in bench.FRAMEWORKS]
+    if bad:
+        ap.error(f"unknown {bad}")
+    frameworks = [f for f in bench.FRAMEWORKS if f in wanted and bench.installed(f)]
+    for f in sorted(wanted - set(frameworks)):
+        print(f"{f}: not installed (pip install -e '.[bench]'); skipped")
+    rows, raw, start = [], {}, time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kc_paired_") as scratch:
+        for wl in workloads:
+            print(f"[{time.perf_counter() - start:6.1f}s] {wl}", flush=True)
+            raw[wl] = measure(wl, frameworks, args.cycles, scratch, say=lambda s: print(s, flush=True))
+            rows += summarize(wl, raw[wl])
+    print(f"\npaired bursts, {args.cycles} cycles, {os.cpu_count()} CPU cores, total "
+          f"{time.perf_counter() - start:.0f} s; each framework's median burst, and kcompile's median "
+          f"ratio to the best peer's burst of the same cycle (its quartiles after 'cycles')\n")
+    print(report(rows, frameworks))
+    Path(args.json).write_text(json.dumps({"cycles": args.cycles, "rows": rows, "bursts": raw}, indent=1,
+                                          default=float))
+    print(f"\nevery burst: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

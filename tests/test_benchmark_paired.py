@@ -1,0 +1,78 @@
+"""benchmarks/paired.py: cycle-by-cycle ratios against the best peer, and the burst protocol
+with a real kcompile worker (the full benchmark runs for minutes and is not part of the suite)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def paired():
+    path = list(sys.path)
+    spec = importlib.util.spec_from_file_location("kc_bench_paired", ROOT / "benchmarks" / "paired.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # (puts benchmarks/ on sys.path to import run.py as "run")
+    yield module
+    sys.path[:] = path
+    sys.modules.pop("run", None)
+
+
+def bursts(key, *values):
+    return [{key: v} for v in values]
+
+
+def test_training_ratio_is_the_median_cycle_ratio_against_the_best_peer(paired):
+    key = "samples_per_s"
+    rows = paired.summarize("mlp_train", {
+        "kcompile": bursts(key, 130.0, 60.0, 120.0, 100.0),
+        "torch": bursts(key, 50.0, 50.0, 50.0, 50.0),
+        "keras_jax": bursts(key, 100.0, 100.0, 80.0, 50.0),  # median 90: the best peer
+    })
+    row, = rows
+    assert row["best_peer"] == "keras_jax"
+    assert row["cycle_ratios"] == pytest.approx([1.3, 0.6, 1.5, 2.0])
+    assert row["ratio"] == pytest.approx(1.4)  # the median cycle, not 110 / 90
+    assert row["met"] is True and row["medians"]["kcompile"] == pytest.approx(110.0)
+    text = paired.report(rows, ["kcompile", "torch", "keras_jax"])
+    assert "1.40x" in text and ">= 1.3x: met" in text and "vs keras_jax" in text
+
+
+def test_latency_is_lower_better(paired):
+    value = lambda thr, lat: {"batch1024_samples_per_s": thr, "batch1_latency_us": lat}  # noqa: E731
+    rows = paired.summarize("cnn_predict", {
+        "kcompile": [value(120.0, 30.0), value(100.0, 60.0), value(110.0, 40.0)],
+        "torch": [value(10.0, 100.0), value(10.0, 100.0), value(10.0, 100.0)],
+        "keras_jax": [value(100.0, 200.0), value(100.0, 200.0), value(100.0, 200.0)],
+    })
+    throughput, latency = rows
+    assert throughput["best_peer"] == "keras_jax" and throughput["ratio"] == pytest.approx(1.1)
+    assert throughput["met"] is False  # 1.1x < 1.2x
+    assert latency["best_peer"] == "torch" and latency["ratio"] == pytest.approx(0.4)
+    assert latency["met"] is True  # 0.4x <= 0.5x
+    assert "NOT met" in paired.report(rows, ["kcompile", "torch", "keras_jax"])
+
+
+def test_no_peer_gives_no_ratio(paired):
+    row, = paired.summarize("mlp_train", {"kcompile": bursts("samples_per_s", 5.0, 7.0)})
+    assert "ratio" not in row and row["medians"]["kcompile"] == 6.0
+    assert "no peer" in paired.report([row], ["kcompile", "torch"])
+
+
+def test_a_real_kcompile_worker_answers_each_go(paired, tmp_path):
+    said = []
+    out = paired.measure("mlp_predict", ["kcompile"], 2, str(tmp_path), say=said.append)
+    runs = out["kcompile"]
+    assert len(runs) == 2 and "ready" in said[0]
+    for burst in runs:
+        assert burst["batch1024_samples_per_s"] > 0 and burst["batch1_latency_us"] > 0
+        assert set(burst["paths"]) == {"predict"}  # kcompile's public predict() only
+
+
+def test_a_worker_that_fails_is_reported_and_the_rest_still_run(paired, tmp_path):
+    said = []
+    out = paired.measure("mlp_predict", ["no_such_framework", "kcompile"], 1, str(tmp_path), say=said.append)
+    assert list(out) == ["kcompile"]
+    assert "no_such_framework" in said[0] and "FAILED" in said[0] and "KeyError" in said[0]
