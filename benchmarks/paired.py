@@ -151,9 +151,15 @@ def measure(workload, frameworks, cycles, scratch, say=print):
                 say(f"  {fw:<14} FAILED: {e}")
         names = list(workers)
         for c in range(cycles):
+            if not names:
+                break
             for fw in names[c % len(names):] + names[:c % len(names)]:
                 time.sleep(PAUSE_S)
-                bursts.setdefault(fw, []).append(workers[fw].burst())
+                try:
+                    bursts.setdefault(fw, []).append(workers[fw].burst())
+                except RuntimeError as e:  # its bursts so far still pair with the others' first cycles
+                    say(f"  {fw:<14} FAILED in cycle {c + 1}: {e}")
+                    names.remove(fw)
     finally:
         for w in workers.values():
             w.close()

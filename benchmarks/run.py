@@ -982,6 +982,8 @@ def main():
     if by_round:
         print("\nthe target rows round by round (the table takes each framework's median round):")
         print("\n".join(by_round))
+        print("(each core's slow moments move these: benchmarks/paired.py measures the targets as "
+              "pairs of one-second bursts, the frameworks in turn)")
     print("\nratios: kcompile / the best peer for that row (higher is better for samples/s and GFLOP/s, "
           "lower for latency, seconds and MB); the peak-RSS target is against torch.\n"
           "* the flush-denormal row compares torch with FTZ against kcompile's plain MLP number.\n"

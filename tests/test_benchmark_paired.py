@@ -76,3 +76,19 @@ def test_a_worker_that_fails_is_reported_and_the_rest_still_run(paired, tmp_path
     out = paired.measure("mlp_predict", ["no_such_framework", "kcompile"], 1, str(tmp_path), say=said.append)
     assert list(out) == ["kcompile"]
     assert "no_such_framework" in said[0] and "FAILED" in said[0] and "KeyError" in said[0]
+
+
+def test_a_worker_that_fails_mid_run_keeps_its_bursts_and_leaves_the_cycles(paired, tmp_path, monkeypatch):
+    real, calls = paired.Worker.burst, []
+
+    def burst(self):
+        calls.append(self.fw)
+        if len(calls) == 2:
+            raise RuntimeError("worker ended (exit 1): boom")
+        return real(self)
+    monkeypatch.setattr(paired.Worker, "burst", burst)
+    said = []
+    out = paired.measure("mlp_predict", ["kcompile"], 3, str(tmp_path), say=said.append)
+    assert calls == ["kcompile", "kcompile"]  # no third burst asked of it
+    assert len(out["kcompile"]) == 1
+    assert any("FAILED in cycle 2" in line and "boom" in line for line in said)
