@@ -114,7 +114,11 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", fw, workload], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
                                      cwd=str(bench.ROOT))
-        self.ready = self._read(READY)
+        try:
+            self.ready = self._read(READY)
+        except RuntimeError:
+            self.log.close()
+            raise
 
     def _read(self, mark):
         for line in self.proc.stdout:
@@ -125,8 +129,11 @@ class Worker:
         raise RuntimeError(f"{self.fw} worker ended (exit {self.proc.wait()}): {tail}"[:500])
 
     def burst(self):
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+        except OSError:  # it has ended: _read says how
+            pass
         return self._read(BURST)
 
     def close(self):

@@ -92,3 +92,14 @@ def test_a_worker_that_fails_mid_run_keeps_its_bursts_and_leaves_the_cycles(pair
     assert calls == ["kcompile", "kcompile"]  # no third burst asked of it
     assert len(out["kcompile"]) == 1
     assert any("FAILED in cycle 2" in line and "boom" in line for line in said)
+
+
+def test_a_worker_that_has_ended_says_why_at_its_next_burst(paired, tmp_path):
+    worker = paired.Worker("kcompile", "mlp_predict", str(tmp_path))
+    try:
+        worker.proc.kill()
+        worker.proc.wait()
+        with pytest.raises(RuntimeError, match="kcompile worker ended"):
+            worker.burst()
+    finally:
+        worker.close()
