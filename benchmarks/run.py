@@ -890,6 +890,10 @@ def main():
                     help="where kcompile runs (the peers run on the CPU); cuda needs an NVIDIA GPU")
     ap.add_argument("--no-retry", dest="retry_busy", action="store_false",
                     help="do not run a worker again when other processes took > 10%% of the CPU during it")
+    ap.add_argument("--paired", type=int, default=0, metavar="CYCLES",
+                    help="then also measure the throughput and latency targets as pairs of one-second "
+                         "bursts, the frameworks in turn, CYCLES times (benchmarks/paired.py; 15 takes "
+                         "about 7 minutes; CPU only)")
     ap.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -1038,9 +1042,32 @@ def main():
            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"), "total_s": total_s,
            "flops_per_sample": {"mlp_train": train_flops_per_sample("mlp"), "cnn_train": train_flops_per_sample("cnn")},
            "targets": verdicts, "results": results, "versions": versions(runnable)}
+    if args.paired:
+        out["paired"] = paired_targets(runnable, args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2, default=float))
     print(f"\nraw numbers: {args.json}")
+
+
+def paired_targets(frameworks, args):
+    """benchmarks/paired.py's measurement of the targets, printed and returned (its rows)."""
+    if args.device != "cpu":
+        print("\npaired bursts: CPU only, skipped with --device cuda")
+        return None
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import paired
+    print(f"\npaired bursts ({args.paired} cycles; benchmarks/paired.py): the frameworks of a workload alive "
+          f"at once, taking turns; kcompile's median ratio to the best peer's burst of the same cycle", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="kc_paired_") as scratch:
+        for wl in paired.WORKLOADS:
+            print(f"{wl}:", flush=True)
+            rows += paired.summarize(wl, paired.measure(wl, frameworks, args.paired, scratch,
+                                                        say=lambda line: print(line, flush=True)))
+    print(paired.report(rows, frameworks))
+    return rows
 
 
 def versions(frameworks):

@@ -53,3 +53,22 @@ def test_rounds_pair_by_position_when_one_fails(bench):
     mlp = next(v for v in verdicts if v["row"].startswith("MLP train, samples/s"))
     assert mlp["round_ratios"] == [2.0, None, None]
     assert "2.00x, failed, failed" in lines[0]
+
+
+def test_run_py_paired_option_prints_and_returns_the_paired_rows(bench, monkeypatch, capsys):
+    import argparse
+    import sys
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    try:
+        import paired
+        monkeypatch.setattr(paired, "WORKLOADS", ["mlp_predict"])  # one workload, kcompile alone: seconds
+        rows = bench.paired_targets(["kcompile"], argparse.Namespace(paired=1, device="cpu"))
+        assert [(r["workload"], r["key"]) for r in rows] == [("mlp_predict", "batch1024_samples_per_s"),
+                                                              ("mlp_predict", "batch1_latency_us")]
+        assert all(r["medians"]["kcompile"] > 0 and "ratio" not in r for r in rows)  # no peer: no ratio
+        out = capsys.readouterr().out
+        assert "paired bursts (1 cycles" in out and "no peer" in out
+        assert bench.paired_targets(["kcompile"], argparse.Namespace(paired=1, device="cuda")) is None
+    finally:
+        for name in ("paired", "run"):  # (benchmarks/ modules imported by name)
+            sys.modules.pop(name, None)
