@@ -72,3 +72,17 @@ def test_run_py_paired_option_prints_and_returns_the_paired_rows(bench, monkeypa
     finally:
         for name in ("paired", "run"):  # (benchmarks/ modules imported by name)
             sys.modules.pop(name, None)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="pins itself to each core: Linux")
+def test_cores_py_probes_every_core_and_summarizes():
+    import os
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cores.py"), "--seconds", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cores = sorted(os.sched_getaffinity(0))
+    probes = [line for line in done.stdout.splitlines() if "both cores" in line]
+    assert probes and all(f"core {c}: element-wise" in probes[0] for c in cores)
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if " slow in " in line] == [f"core {c}" for c in cores]
