@@ -21,11 +21,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import call_times  # noqa: E402  (run.py's timing loop)
 
 SLOW = 1.4
 
@@ -48,12 +53,7 @@ def session(nodes, inputs, threads):
 
 
 def median_us(run, calls):
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return statistics.median(call_times(run, calls)) * 1e6
 
 
 def main():

@@ -26,11 +26,12 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "@@RESULT "
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import call_times  # noqa: E402  (run.py's timing loop)
 WORKLOADS = ["mlp_one", "mlp_two", "gan", "mlp_latency", "mlp_eval"]
 CONFIGS = ["kcompile", "stop", "spin"]
 
@@ -44,14 +45,8 @@ def _all_sessions(stop: bool):
 
 
 def _median_ms(step, warm, steps):
-    for _ in range(warm):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    call_times(step, warm)
+    return statistics.median(call_times(step, steps)) * 1e3
 
 
 def worker(config: str, workload: str) -> float:
