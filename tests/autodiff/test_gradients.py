@@ -112,11 +112,11 @@ def test_dense_rank3_no_bias_linear():
     ("Conv2DTranspose(2, 3, strides=3, padding=same)", (1, 3, 2, 2)),
     ("Conv2DTranspose(2, 3, strides=2, output_padding=1)", (1, 3, 3, 2)),
     ("Conv2DTranspose(2, 3, strides=2, padding=same, output_padding=0)", (1, 3, 3, 2)),
-    # 16 channels or more: the kernel gradient gathers channels-last windows (GATHER_MIN_CHANNELS)
-    ("Conv2D(2, 3, strides=2, padding=same)", (2, 7, 6, 16)),
-    ("Conv2D(2, (2, 3), dilation_rate=2)", (1, 6, 7, 17)),
-    ("Conv1D(2, 3, strides=2, padding=causal)", (2, 8, 16)),
-    ("Conv2DTranspose(16, 3, strides=2, padding=same)", (1, 3, 2, 2)),
+    # 32 channels or more in and out: the kernel gradient gathers channels-last windows
+    ("Conv2D(32, 3, strides=2, padding=same)", (2, 7, 6, 32)),
+    ("Conv2D(33, (2, 3), dilation_rate=2)", (1, 6, 7, 34)),
+    ("Conv1D(32, 3, strides=2, padding=causal)", (2, 8, 32)),
+    ("Conv2DTranspose(32, 3, strides=2, padding=same)", (1, 3, 2, 32)),
 ])
 def test_convolution(layer, shape):
     check(f"y = {layer}(x)\n    output y", shape)
