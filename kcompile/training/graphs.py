@@ -55,6 +55,9 @@ class TrainingProgram:
     metrics: list = field(default_factory=list)
     optimizer: dict = field(default_factory=dict)
     transposed: list = field(default_factory=list)  # weights the step holds transposed, with their slots
+    gradients: dict = field(default_factory=dict)  # trainable weight -> its gradient's value in the step
+    per_sample: str = ""  # why the step cannot be split into parts of a batch ("" where it can)
+    macs_per_sample: int = 0  # multiply-adds of the forward pass's products and convolutions, per sample
 
     def describe(self) -> dict:
         return {
@@ -68,6 +71,9 @@ class TrainingProgram:
             "metrics": [{"name": m.name, "kind": m.kind, "outputs": m.outputs} for m in self.metrics],
             "optimizer": self.optimizer,
             "transposed": self.transposed,
+            "gradients": self.gradients,
+            "per_sample": self.per_sample or True,
+            "macs_per_sample": self.macs_per_sample,
         }
 
 
@@ -293,6 +299,84 @@ def _names_in(node) -> set:
     return found
 
 
+# ---------------- can a step be split into parts of its batch? ----------------
+# Ops that combine samples while keeping the batch axis first (softmax-like ops over axis 0).
+_AXIS_OPS = ("Softmax", "LogSoftmax", "CumSum", "Hardmax")
+
+
+def _mixes_samples(g: Graph, stat_updates) -> str:
+    """Why the model ``g`` is not computed sample by sample in training ("" if it is): a
+    step split into parts of the batch must give the same per-sample values. Every value that
+    depends on a model input keeps the batch dimension (the inputs' first dimension) first."""
+    if stat_updates:
+        return "BatchNormalization normalizes by statistics of the whole batch"
+    batch = {g.types[n].shape[0] for n in g.inputs if g.types[n].rank}
+    if len(batch) != 1 or not isinstance(next(iter(batch)), str):
+        return "the inputs do not share one named batch dimension"
+    batch = batch.pop()
+    data = set(g.inputs)
+    for node in g.nodes():
+        if not any(v in data for v in node.inputs):
+            continue
+        data.update(node.outputs)
+        for out in node.outputs:
+            t = g.types[out]
+            if not t.rank or t.shape[0] != batch:
+                return f"{node.op} ({node.layer or 'a model expression'}) combines samples"
+        if node.op in _AXIS_OPS and node.attrs.get("axis", -1) in (0, -g.types[node.inputs[0]].rank):
+            return f"{node.op} over the batch axis ({node.layer or 'a model expression'})"
+    return ""
+
+
+def macs_per_sample(g: Graph) -> int:
+    """Multiply-adds per sample of the products and convolutions of ``g`` (those whose sizes are
+    all numbers besides the batch), the bulk of a network's arithmetic."""
+    import numpy as np
+    total = 0
+    for node in g.nodes():
+        if node.op not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            continue
+        x, w = (g.types[v].shape for v in node.inputs[:2])
+        out = g.types[node.outputs[0]].shape
+        if node.op == "Conv":
+            sizes, per_output = out[1:], list(w[1:])
+        elif node.op == "ConvTranspose":
+            sizes, per_output = x[1:], list(w[1:])
+        else:  # (a Gemm's inner size is the kernel's other side from the output's)
+            sizes, per_output = out[1:], [w[0] if node.attrs.get("transB", 0) == 0 else w[1]]
+        dims = list(sizes) + per_output
+        if all(isinstance(d, int) for d in dims):
+            total += int(np.prod(dims, dtype=np.int64))
+    return total
+
+
+def _loss_mixes_samples(train: ast.Train) -> str:
+    """Why the loss is not a mean over the batch's samples plus terms of the weights alone ("" if
+    it is): the loss of a split batch is then the parts' losses weighted by their sizes."""
+    loss = next(s for s in train.statements if isinstance(s, ast.Assign) and s.name == "loss").expr
+
+    def linear(e) -> bool:  # a constant-weighted sum of sample means, penalties and numbers
+        if isinstance(e, (ast.Number, ast.Name)):
+            return True
+        if isinstance(e, ast.Neg):
+            return linear(e.operand)
+        if isinstance(e, ast.BinOp):
+            if e.op in "+-":
+                return linear(e.left) and linear(e.right)
+            number = lambda side: isinstance(side, ast.Number)
+            if e.op == "/":
+                return linear(e.left) and number(e.right)
+            return (number(e.left) and linear(e.right)) or (number(e.right) and linear(e.left))
+        if isinstance(e, ast.Call):
+            if e.func.id == "sum":
+                return False
+            return e.func.id in ("l1", "l2") or all(not isinstance(a, (ast.BinOp, ast.Call)) or linear(a)
+                                                   for a in e.args)
+        return False
+
+    return "" if linear(loss) else "the loss is not a mean over samples (a sum, or a product of two terms)"
+
+
 def _run_passes(g, passes, stage, report):
     for name, fn in passes:
         before = len(g.nx)
@@ -337,6 +421,8 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
         for d in g.types[n].shape:
             if dim_names(d) - known or "?" in str(d):
                 raise NotImplementedError(f"noise of a size ({d}) that the inputs' shapes do not give")
+    # (judged on the model as written: the layout passes above move the batch axis on purpose)
+    per_sample = _mixes_samples(graph, stat_updates) or _loss_mixes_samples(train)
     objective, loss, metrics = _objective(g, train, config, env)
     trainable = [n for n, p in g.params.items() if p.trainable]
     before = len(g.nx)
@@ -348,7 +434,8 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     opt = config["optimizer"]
     g.add_input(LR, TensorType("float32", ()))
     g.add_input(STEP, TensorType("float32", ()))
-    grads = optimizers.clip(ctx, opt, {n: grads[n] for n in trainable})
+    raw_grads = {n: grads[n] for n in trainable}
+    grads = optimizers.clip(ctx, opt, raw_grads)
     slot_list = optimizers.slots(opt)
     slots = []
     outputs = [("loss", loss)]
@@ -366,11 +453,18 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
             outputs.append((f"new:{state[slot_name]}", value))
     for stat, value in stat_updates:
         outputs.append((f"new:{stat}", value))
-    g.outputs = outputs + [o for o in g.outputs if o[0].startswith("metric:")]
+    # Each gradient's value, as the passes leave it: the runtime may split the step there
+    # (kcompile/backend/shards.py). Pinned as outputs through the passes, then unpinned.
+    pinned = [(f"grad:{name}", raw_grads[name]) for name in trainable]
+    g.outputs = outputs + [o for o in g.outputs if o[0].startswith("metric:")] + pinned
     g = _run_passes(g, STEP_PASSES if opt_level >= 1 else STEP_PASSES[-1:], "train-step", report)
+    gradient_values = {o[5:]: v for o, v in g.outputs if o.startswith("grad:")}
+    g.outputs = [o for o in g.outputs if not o[0].startswith("grad:")]
     assert [m.name for m in metric_specs] == [m.name for m in metric_specs_step]
     return TrainingProgram(step=g, eval=ev, inputs=list(graph.inputs), targets=objective.target_types,
                            trainable=trainable, updated=[s for s, _ in stat_updates], slots=slots,
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
-                           transposed=[n for n, p in g.params.items() if p.transposed])
+                           transposed=[n for n, p in g.params.items() if p.transposed],
+                           gradients=gradient_values, per_sample=per_sample,
+                           macs_per_sample=macs_per_sample(graph))
 
