@@ -173,6 +173,110 @@ class StateRunner:
         return {n: own[n] if n in own else self.shared_state[n].numpy() for n in self.state_names}
 
 
+class ShardedRunner:
+    """A training step as parts of the batch run at once, one per core, then the update
+    (backend/shards.py); used as a StateRunner. The update's runner holds the weights and slots;
+    each part reads the current weights from its buffers and writes its loss, metrics and
+    gradients into arrays of its own, which the update reads in place."""
+
+    def __init__(self, parts: list, update: StateRunner, state: dict, split: set, metrics: list, flush=None):
+        """``parts``: one session of the gradient graph per part; ``update``: the runner of the
+        apply graph; ``state``: every weight by input name (the ones the update does not change
+        are bound once); ``split``: the per-step inputs cut along their first axis (the batch,
+        the targets, per-sample noise); ``metrics``: the manifest's metric specs."""
+        from concurrent.futures import ThreadPoolExecutor
+        import onnxruntime as ort
+        self.ort = ort
+        self.parts, self.update = parts, update
+        self.session = update.session
+        self.shared_state = {}
+        self.split, self.metrics = split, metrics
+        self.flush = flush if flush is not None else contextlib.nullcontext()
+        inputs = [i.name for i in parts[0].get_inputs()]
+        outputs = {o.name: o for o in parts[0].get_outputs()}
+        weights = [n for n in inputs if n in state]
+        self.data_names = [n for n in inputs if n not in state and n != "share"]
+        own = [n for n in weights if n not in update.buffers[0]]
+        fixed = {n: _ortvalue(ort, state[n], update.device, copy=True) for n in own}
+        self.outputs = [{n: np.zeros([d if isinstance(d, int) else 1 for d in o.shape], _DTYPES[o.type])
+                         for n, o in outputs.items()} for _ in parts]
+        self.shares = [np.zeros((), np.float32) for _ in parts]
+        self._keep = []  # (OrtValues over the arrays above, alive as long as the bindings)
+        self.bindings = []  # [position][part]
+        for position in range(update.ROTATION):
+            current = update.buffers[position]
+            row = []
+            for k, session in enumerate(parts):
+                b = session.io_binding()
+                for n in weights:
+                    b.bind_ortvalue_input(n, current[n] if n in current else fixed[n])
+                share = ort.OrtValue.ortvalue_from_numpy(self.shares[k])
+                b.bind_ortvalue_input("share", share)
+                for n, a in self.outputs[k].items():
+                    value = ort.OrtValue.ortvalue_from_numpy(a)
+                    b.bind_ortvalue_output(n, value)
+                    self._keep.append(value)
+                self._keep.append(share)
+                row.append(b)
+            self.bindings.append(row)
+        update.bind_in_place({f"{n}:{k}": self.outputs[k][n] for k in range(len(parts))
+                              for n in self.outputs[k] if n.startswith("grad:")})
+        self._pool = ThreadPoolExecutor(max_workers=len(parts) - 1, thread_name_prefix="kcompile-part")
+        self.results = {n: np.zeros_like(a) for n, a in self.outputs[0].items() if not n.startswith("grad:")}
+
+    @property
+    def position(self):
+        return self.update.position
+
+    def bind_in_place(self, arrays):
+        self.update.bind_in_place(arrays)
+
+    def _run_part(self, k):
+        with self.flush:
+            self.parts[k].run_with_iobinding(self.bindings[self.update.position][k])
+
+    def run(self, data: dict) -> dict:
+        n = len(next(data[name] for name in self.data_names if name in self.split))
+        count = len(self.parts)
+        sizes = [n // count + (k < n % count) for k in range(count)]
+        start = 0
+        for k, size in enumerate(sizes):
+            b = self.bindings[self.update.position][k]
+            for name in self.data_names:
+                value = data[name]
+                b.bind_cpu_input(name, value[start:start + size] if name in self.split else value)
+            self.shares[k][...] = size / n
+            start += size
+        busy = [k for k in range(count) if sizes[k]]
+        for k in range(count):
+            if not sizes[k]:  # (a batch smaller than the parts: an empty part adds nothing)
+                for name, a in self.outputs[k].items():
+                    a[...] = 0
+        waiting = [self._pool.submit(self._run_part, k) for k in busy[1:]]
+        self._run_part(busy[0])
+        for w in waiting:
+            w.result()
+        self.update.run({})
+        return self._combined(sizes, n)
+
+    def _combined(self, sizes, n):
+        """The batch's loss and metric statistics from the parts': means weighted by the parts'
+        sizes, counts and sums added."""
+        weighted = {"loss"} | {out for m in self.metrics if m["kind"] == "mean" for out in m["outputs"].values()}
+        for name, total in self.results.items():
+            if name in weighted:
+                total[...] = sum(self.outputs[k][name] * (size / n) for k, size in enumerate(sizes) if size)
+            else:
+                total[...] = sum(self.outputs[k][name] for k, size in enumerate(sizes) if size)
+        return self.results
+
+    def step_back(self):
+        self.update.step_back()
+
+    def current(self) -> dict:
+        return self.update.current()
+
+
 def _direct_run(session, binding):
     """A call running ``binding``: onnxruntime's own C++ method where this version has it (its
     Python wrapper adds about a microsecond, a tenth of a batch-1 predict), else the wrapper."""

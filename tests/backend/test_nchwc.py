@@ -95,6 +95,7 @@ def test_the_cnn_trains_to_the_same_numbers_with_blocked_convolutions(monkeypatc
             return out
         monkeypatch.setattr(nchwc, "use_nchwc", spy)
         m = kcompile.compile(CNN, seed=0)
+        m.batch_parts = 1  # (the whole step; tests/runtime/test_batch_parts.py splits it)
         runs.append((m.fit(x, y, epochs=2, batch_size=64, verbose=0).history["loss"], m.get_weights()))
     assert rewritten == [True, False]  # the training step, once per model
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)

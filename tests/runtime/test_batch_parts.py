@@ -1,0 +1,170 @@
+"""Training steps split into per-core parts of the batch (backend/shards.py, binding.ShardedRunner):
+the same losses, metrics and weights as the whole step, and the automatic choice of when to split."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile.callbacks import Callback
+from kcompile.runtime.binding import ShardedRunner, StateRunner
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+CONV = """
+model conv {{
+    input image: float32[9, 9, 2]
+    Conv2D(8, 3, activation=relu)
+    MaxPooling2D(2)
+    Flatten()
+    Dropout(0.25)
+    probs = Dense(3, activation=softmax)
+    output probs
+    train {{
+        loss = {loss}
+        optimizer = {optimizer}
+        metrics = [{metrics}]
+    }}
+}}
+"""
+
+
+def conv_model(loss="categorical_crossentropy", optimizer="Adam(learning_rate=0.01)", metrics="accuracy", parts=2):
+    m = kcompile.compile_string(CONV.format(loss=loss, optimizer=optimizer, metrics=metrics), seed=0)
+    m.batch_parts = parts
+    return m
+
+
+def data(n=70, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 9, 9, 2), dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+    return x, y
+
+
+def fit_both(make, x, y, **kw):
+    runs = []
+    for parts in (1, 2):
+        m = make(parts=parts)
+        history = m.fit(x, y, verbose=0, **kw).history
+        assert type(m._runner) is (StateRunner if parts == 1 else ShardedRunner)
+        runs.append((history, m.get_weights(), m))
+    return runs
+
+
+def assert_same(runs, rtol=1e-5):
+    (h1, w1, _), (h2, w2, _) = runs
+    assert h1.keys() == h2.keys()
+    for key in h1:
+        np.testing.assert_allclose(h1[key], h2[key], rtol=rtol, err_msg=key)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [32, 33])  # 70 = 32 + 32 + 6 (parts 16 + 16, 3 + 3), 33 + 33 + 4 (17 + 16, ...)
+def test_split_steps_train_like_the_whole_step(batch_size):
+    x, y = data()
+    runs = fit_both(conv_model, x, y, epochs=3, batch_size=batch_size)
+    assert_same(runs)
+    assert runs[0][2].iterations == runs[1][2].iterations == 9
+
+
+@pytest.mark.parametrize("optimizer", ["RMSprop(learning_rate=0.01, clipnorm=0.05)",
+                                       "SGD(learning_rate=0.1, momentum=0.9, global_clipnorm=0.1)"])
+def test_clipping_sees_the_whole_batch_gradient(optimizer):
+    """Clipping by norm is not linear: it must act on the parts' gradients summed."""
+    x, y = data()
+    assert_same(fit_both(lambda parts: conv_model(optimizer=optimizer, parts=parts), x, y, epochs=2, batch_size=32))
+
+
+def test_ratio_and_count_metrics_add_up():
+    """precision and recall (sums over the batch) and AUC (counts) combine by adding; the loss
+    and accuracy (means) by the parts' sizes."""
+    x, y = data(n=90, seed=1)
+    make = lambda parts: conv_model(loss="categorical_crossentropy + 0.001 * l2(weights)",
+                                    metrics="accuracy, precision, recall, auc", parts=parts)
+    runs = fit_both(make, x, y, epochs=2, batch_size=45)
+    assert {"precision", "recall", "auc"} <= set(runs[0][0])
+    assert_same(runs)
+
+
+def test_a_batch_of_one_sample_leaves_the_second_part_empty():
+    x, y = data(n=1)
+    results = [conv_model(parts=parts).train_on_batch(x, y) for parts in (1, 2)]
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+
+
+def test_a_nonfinite_loss_goes_back_to_the_last_finite_weights(capsys, turns):
+    x, y = data()
+    m = conv_model()
+    seen = []
+
+    class Poison(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(self.model.get_weights())
+            assert isinstance(self.model._runner, ShardedRunner)
+            if batch == 1:
+                self.model.learning_rate = float("nan")
+
+    m.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[Poison()])
+    assert "the loss became nan at epoch 1, step 4" in capsys.readouterr().out
+    assert m.iterations == 2
+    for a, b in zip(m.get_weights(), seen[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_runtime_splits_convolutional_steps_only(monkeypatch):
+    monkeypatch.setattr(kcompile.runtime.training, "_cores", lambda: 2)
+    assert conv_model(parts=None)._batch_parts() == 1  # 15k multiply-adds per sample: too little work
+    assert kcompile.compile(EXAMPLES / "mnist_cnn.kdl")._batch_parts() == 2
+    assert kcompile.compile(EXAMPLES / "mnist_mlp.kdl")._batch_parts() == 1  # its update outweighs it
+    bn = kcompile.compile_string(CONV.format(loss="categorical_crossentropy", optimizer="Adam()",
+                                             metrics="accuracy").replace("MaxPooling2D(2)", "BatchNormalization()"))
+    bn.batch_parts = 2  # asked for, but batch statistics need the whole batch
+    assert bn._batch_parts() == 1
+    assert "BatchNormalization" in bn.manifest["training"]["per_sample"]
+    monkeypatch.setattr(kcompile.runtime.training, "_cores", lambda: 1)
+    assert kcompile.compile(EXAMPLES / "mnist_cnn.kdl")._batch_parts() == 1
+
+
+def test_a_loaded_build_folder_splits_its_step(tmp_path):
+    x, y = data()
+    m = conv_model()
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    m.save(tmp_path / "conv")
+    loaded = kcompile.load(tmp_path / "conv")
+    loaded.batch_parts = 2
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert isinstance(loaded._runner, ShardedRunner)
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    for a, b in zip(m.get_weights(), loaded.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def example_data(m, n=40):
+    """Random inputs and targets for a model of examples/ (integer ids below 9, named sizes 7)."""
+    rng = np.random.default_rng(0)
+
+    def arrays(specs):
+        out = {}
+        for name, dtype, shape in specs:
+            shape = (n,) + tuple(7 if isinstance(d, str) else d for d in shape)
+            out[name] = rng.integers(0, 9, shape) if dtype.startswith("int") else rng.random(shape, dtype=np.float32)
+        return out
+
+    xs = arrays([(s.name, s.dtype, s.shape) for s in m.inputs])
+    ys = arrays([(t["name"], t["dtype"], t["shape"][1:]) for t in m.manifest["training"]["targets"]])
+    return xs, ys
+
+
+@pytest.mark.parametrize("example", ["sentiment.kdl", "two_heads.kdl"])  # an LSTM (a Scan's body); two outputs
+def test_examples_train_alike_split_or_whole(example):
+    runs = []
+    for parts in (1, 2):
+        m = kcompile.compile(EXAMPLES / example, seed=0)
+        m.batch_parts = parts
+        xs, ys = example_data(m)
+        history = m.fit(xs, ys, batch_size=15, epochs=2, verbose=0).history
+        assert type(m._runner) is (StateRunner if parts == 1 else ShardedRunner)
+        runs.append((history, m.get_weights(), m))
+    assert_same(runs)
