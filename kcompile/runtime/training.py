@@ -133,6 +133,7 @@ class TrainingMixin:
         self._runner = None
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
+        self._session_graphs = {}  # session attribute -> the graph it runs (for one-core copies)
         self._stops_spinning = False  # whether this model's sessions stop their pools after a run
         self._flush = NoFlush()  # what each training step runs in (fpenv)
         self._shared = {}  # weight -> the SharedWeight it is, when other models hold it too
@@ -182,6 +183,7 @@ class TrainingMixin:
             if self.device == "cpu":  # blocked convolutions for the kernels that are inputs here
                 from ..backend.nchwc import use_nchwc
                 graph = use_nchwc(graph)
+            self._session_graphs[attr] = graph
             setattr(self, attr, create_session(
                 lambda: environment.session(lambda o: ort.InferenceSession(graph, o, providers=self._providers),
                                             options), self.name, key.replace("_", " "), self._providers))
@@ -284,7 +286,7 @@ class TrainingMixin:
         import onnxruntime as ort
         from ..backend.nchwc import use_nchwc
         from ..backend.shards import split_step
-        from .binding import ShardedRunner, StateRunner
+        from .binding import ShardedRunner, StateRunner, core_pool
         spec = self.manifest["training"]
         graphs = split_step(self._step_graph(), spec["gradients"], parts)
         if graphs is None:  # (the update reads more than the weights, slots and gradients)
@@ -308,7 +310,7 @@ class TrainingMixin:
         split = {s.name for s in self.inputs} | {t["name"] for t in spec["targets"]} | {
             n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]}
         return ShardedRunner(sessions, update, {**self._weights, **self._slots}, split, spec["metrics"],
-                             flush=self._flush)
+                             flush=self._flush, pool=core_pool(_cores()))
 
     def _sync_state(self):
         """Bring the weight and slot dictionaries up to date: this model's training buffers, and
