@@ -1,6 +1,6 @@
 """Each core's speed, moment by moment: why kcompile's numbers change between runs. CPU, Linux:
 
-    .venv/bin/python benchmarks/cores.py [--seconds 40]
+    .venv/bin/python benchmarks/cores.py [--seconds 40] [--pingpong]
 
 Twice a second, on each core in turn (the process pinned to it, a one-thread onnxruntime
 session), it times ten Muls over two 784x512 float32 arrays (memory-bound, the kind of
@@ -15,6 +15,13 @@ the element-wise work then takes 1.8x as long and the matrix product 1.1x. A two
 op waits for its slower half. Frameworks whose steps are mostly matrix products, or that
 fuse their element-wise work into one pass (XLA), slow down less than onnxruntime, which
 runs each element-wise op as its own pass.
+
+--pingpong instead builds benchmarks/pingpong.c (a C compiler is needed) and prints, four
+times a second, the round trip of a cache line between cores 0 and 1, then how often the
+cores were close (a round trip under 200 ns: a shared cache) or far apart. Here they were
+close (54-75 ns) or far (330-420 ns) for minutes at a time; when far, every two-thread
+onnxruntime op pays for its halves meeting across the machine, which is why kcompile splits
+convolutional training steps and large predicts into one-core parts (README, Benchmarks).
 """
 from __future__ import annotations
 
@@ -59,7 +66,10 @@ def median_us(run, calls):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=40.0)
+    ap.add_argument("--pingpong", action="store_true", help="time the round trip between cores 0 and 1 instead")
     args = ap.parse_args()
+    if args.pingpong:
+        return pingpong(args.seconds)
     cores = sorted(os.sched_getaffinity(0))
     muls = [helper.make_node("Mul", ["a", "b"], ["t0"])] + [
         helper.make_node("Mul", [f"t{i}", "b"], [f"t{i + 1}"]) for i in range(9)]
@@ -102,5 +112,33 @@ def main():
         print(line)
 
 
+FAR_NS = 200  # a round trip above this: the two cores share no cache
+
+
+def pingpong(seconds: float) -> int:
+    import shutil
+    import subprocess
+    import tempfile
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None or len(os.sched_getaffinity(0)) < 2:
+        print("--pingpong needs a C compiler and two cores")
+        return 1
+    with tempfile.TemporaryDirectory() as folder:
+        binary = os.path.join(folder, "pingpong")
+        subprocess.run([compiler, "-O2", "-pthread", os.path.join(os.path.dirname(__file__), "pingpong.c"),
+                        "-o", binary], check=True)
+        out = subprocess.run([binary, str(max(1, round(seconds)))], capture_output=True, text=True, check=True)
+    trips = [float(v) for v in out.stdout.split()]
+    for i, ns in enumerate(trips):
+        print(f"{i / 4:6.2f} s  round trip {ns:6.1f} ns  {'far' if ns > FAR_NS else 'close'}")
+    close, far = [v for v in trips if v <= FAR_NS], [v for v in trips if v > FAR_NS]
+    line = f"cores 0 and 1: close in {len(close)} of {len(trips)} samples, far in {len(far)}"
+    for name, values in (("close", close), ("far", far)):
+        if values:
+            line += f"; {name} median {statistics.median(values):.0f} ns"
+    print(line)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -86,3 +86,20 @@ def test_cores_py_probes_every_core_and_summarizes():
     probes = [line for line in done.stdout.splitlines() if "both cores" in line]
     assert probes and all(f"core {c}: element-wise" in probes[0] for c in cores)
     assert [line.split(":")[0] for line in done.stdout.splitlines() if " slow in " in line] == [f"core {c}" for c in cores]
+
+
+@pytest.mark.skipif(not (hasattr(__import__("os"), "sched_setaffinity") and __import__("shutil").which("cc")),
+                    reason="builds benchmarks/pingpong.c and pins threads: Linux with a C compiler")
+def test_cores_py_pingpong_times_the_round_trip_between_two_cores():
+    import os
+    import subprocess
+    import sys
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cores.py"), "--pingpong", "--seconds", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    trips = [float(line.split("round trip")[1].split()[0]) for line in done.stdout.splitlines() if "round trip" in line]
+    assert len(trips) == 4 and all(5 < ns < 100_000 for ns in trips)
+    close = sum(ns <= 200 for ns in trips)
+    assert f"cores 0 and 1: close in {close} of 4 samples, far in {4 - close}" in done.stdout
