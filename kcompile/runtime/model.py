@@ -12,7 +12,7 @@ from ..ir.types import DTYPES
 from .devices import create_session, providers_for
 from .summary import format_summary
 from .data import as_arrays, check_arrays, tensor_specs
-from .training import TrainingMixin
+from .training import TrainingMixin, _cores
 
 
 PREDICT_CACHE_BYTES = 4 << 20  # activations per predict run (about a core's share of a CPU's last-level cache)
@@ -175,7 +175,7 @@ class Model(TrainingMixin):
         else:
             if self._predictor is None or self._predictor.session is not session:
                 self._predictor = self._new_predictor(session)
-            if self._predict_parts(n, step) > 1:
+            if n >= 2 * step and self._predict_parts(n, step) > 1:
                 # (runs of half the rows: each core's part keeps its activations in its own share
                 # of the cache; at 1,024 rows 39k samples/s in runs of 28 against 37k in runs of 56)
                 step = min(step, max(16, self._predict_rows // 2))
@@ -194,7 +194,6 @@ class Model(TrainingMixin):
         """Into how many parts a predict of ``n`` rows splits, one per core, each part's rows run
         by a one-thread session of its own (1: not split): two on a CPU of two or more cores, for
         a batch whose activations fill at least two of predict's cache-sized runs."""
-        from .training import _cores
         activations = self.manifest.get("activation_bytes_per_sample") or 0
         if self.device != "cpu" or n < 2 * step or activations * n < 2 * PREDICT_CACHE_BYTES or _cores() < 2:
             return 1
@@ -208,7 +207,6 @@ class Model(TrainingMixin):
         (backend/shards.py explains the two states)."""
         import onnxruntime as ort
         from .binding import core_pool
-        from .training import _cores
         copied, predictors = self._part_predictors
         if copied is not session:
             options = self._new_session_options()
