@@ -13,9 +13,9 @@ The runtime runs the parts at once, each on its own core in a one-thread session
 update (binding.ShardedRunner). Why: onnxruntime runs every op of a step on all cores, and
 each op's halves meet in the cores' caches; when this machine's two virtual cores sit far
 apart (a cache line's round trip between them then takes 340-410 ns instead of 54-75, for
-minutes at a time) the MNIST CNN's step went from 17 to 27 ms, where two one-thread parts
-took 15.5-16.5 ms in both states. A step whose loss or layers combine samples is not split
-(``TrainingProgram.per_sample`` says why).
+minutes at a time) the MNIST CNN's step went from 17 to 27 ms, where two one-thread parts and
+the update took 16.4-17.0 ms in both states. A step whose loss or layers combine samples is
+not split (``TrainingProgram.per_sample`` says why).
 """
 from __future__ import annotations
 
