@@ -191,3 +191,11 @@ def test_large_predicts_split_and_give_the_same_outputs(monkeypatch):
     for a, b in zip(split, reference):
         assert a.shape == (301, 10)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_three_parts_train_like_the_whole_step():
+    x, y = data()  # batches of 32 in parts of 11, 11 and 10; the last 6 in three of 2
+    runs = [(m.fit(x, y, epochs=2, batch_size=32, verbose=0).history, m.get_weights(), m)
+            for m in (conv_model(parts=1), conv_model(parts=3))]
+    assert isinstance(runs[1][2]._runner, ShardedRunner) and len(runs[1][2]._runner.parts) == 3
+    assert_same(runs)
