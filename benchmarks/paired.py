@@ -4,9 +4,9 @@ two bursts run seconds apart. CPU:
     .venv/bin/python benchmarks/paired.py [--cycles 15] [--workloads mlp_train,cnn_predict]
                                           [--frameworks kcompile,torch,torch_compile,keras_jax]
 
-This machine's speed changes from second to second and from minute to minute, and each
-core on its own: a memory-bound element-wise op runs 1.8x slower on a core in its slow
-moments, a matrix product 1.1x (see the README). `run.py` measures each framework in its
+This machine's speed changes from minute to minute: its two virtual cores are sometimes
+close together and sometimes far apart (`cores.py --pingpong`), and two-thread work slows
+down when they are far (the README's Benchmarks). `run.py` measures each framework in its
 own process, one after the other, so one framework can meet a slow minute and the next a
 fast one. Here every framework's worker of one workload is alive at once (set up and
 warmed up one at a time), and the parent lets them run in turn, one at a time: a burst
@@ -173,6 +173,17 @@ def measure(workload, frameworks, cycles, scratch, say=print):
     return bursts
 
 
+def measure_all(workloads, frameworks, cycles, say=print):
+    """(the target rows, {workload: bursts}) of several workloads, one after the other."""
+    rows, raw = [], {}
+    with tempfile.TemporaryDirectory(prefix="kc_paired_") as scratch:
+        for wl in workloads:
+            say(f"{wl}:")
+            raw[wl] = measure(wl, frameworks, cycles, scratch, say=say)
+            rows += summarize(wl, raw[wl])
+    return rows, raw
+
+
 def summarize(workload, bursts):
     """For each target of the workload: each framework's median burst, the best peer's, and
     kcompile's cycle-by-cycle ratios against it."""
@@ -231,12 +242,9 @@ def main():
     frameworks = [f for f in bench.FRAMEWORKS if f in wanted and bench.installed(f)]
     for f in sorted(wanted - set(frameworks)):
         print(f"{f}: not installed (pip install -e '.[bench]'); skipped")
-    rows, raw, start = [], {}, time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="kc_paired_") as scratch:
-        for wl in workloads:
-            print(f"[{time.perf_counter() - start:6.1f}s] {wl}", flush=True)
-            raw[wl] = measure(wl, frameworks, args.cycles, scratch, say=lambda s: print(s, flush=True))
-            rows += summarize(wl, raw[wl])
+    start = time.perf_counter()
+    rows, raw = measure_all(workloads, frameworks, args.cycles,
+                            say=lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}", flush=True))
     print(f"\npaired bursts, {args.cycles} cycles, {os.cpu_count()} CPU cores, total "
           f"{time.perf_counter() - start:.0f} s; each framework's median burst, and kcompile's median "
           f"ratio to the best peer's burst of the same cycle (its quartiles after 'cycles')\n")

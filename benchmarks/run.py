@@ -986,7 +986,7 @@ def main():
     if by_round:
         print("\nthe target rows round by round (the table takes each framework's median round):")
         print("\n".join(by_round))
-        print("(each core's slow moments move these: benchmarks/paired.py measures the targets as "
+        print("(this machine's state moves these: benchmarks/paired.py measures the targets as "
               "pairs of one-second bursts, the frameworks in turn)")
     print("\nratios: kcompile / the best peer for that row (higher is better for samples/s and GFLOP/s, "
           "lower for latency, seconds and MB); the peak-RSS target is against torch.\n"
@@ -1060,12 +1060,7 @@ def paired_targets(frameworks, args):
     import paired
     print(f"\npaired bursts ({args.paired} cycles; benchmarks/paired.py): the frameworks of a workload alive "
           f"at once, taking turns; kcompile's median ratio to the best peer's burst of the same cycle", flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="kc_paired_") as scratch:
-        for wl in paired.WORKLOADS:
-            print(f"{wl}:", flush=True)
-            rows += paired.summarize(wl, paired.measure(wl, frameworks, args.paired, scratch,
-                                                        say=lambda line: print(line, flush=True)))
+    rows, _ = paired.measure_all(paired.WORKLOADS, frameworks, args.paired, say=lambda line: print(line, flush=True))
     print(paired.report(rows, frameworks))
     return rows
 

@@ -48,10 +48,10 @@ def _needed(graph, outputs) -> list:
     return [node for i, node in enumerate(graph.node) if i in keep]
 
 
-def _graph(source, name, nodes, inputs, outputs, extra_initializers=()):
+def _graph(source, name, nodes, inputs, outputs):
     """A graph of ``nodes`` reading the ``source`` graph's initializers and inputs they use."""
     used = {v for node in nodes for v in _reads(node)}
-    initializers = [i for i in source.initializer if i.name in used] + list(extra_initializers)
+    initializers = [i for i in source.initializer if i.name in used]
     known = {i.name for i in initializers}
     inputs = [i for i in inputs if i.name in used and i.name not in known]
     return helper.make_graph(nodes, name, inputs, outputs, initializers)
@@ -95,7 +95,7 @@ def split_step(step: bytes, gradients: dict, parts: int = 2) -> tuple[bytes, byt
 
     # ---- the update: the parts' gradients summed where the step had its gradients ----
     new = [n for n in outputs if n.startswith("new:")]
-    made = {value for value in gradients.values()}
+    made = set(gradients.values())
     kept = [node for node in _needed(g, new) if not set(node.output) & made]
     sums = [helper.make_node("Sum", [f"grad:{w}:{k}" for k in range(parts)], [value]) for w, value in gradients.items()]
     # (what made the gradients goes: the update keeps only what it reads besides them)

@@ -200,11 +200,12 @@ class ShardedRunner:
         the targets, per-sample noise); ``metrics``: the manifest's metric specs; ``pool``: the
         threads that run the parts after the first (core_pool)."""
         import onnxruntime as ort
-        self.ort = ort
         self.parts, self.update = parts, update
         self.session = update.session
         self.shared_state = {}
-        self.split, self.metrics = split, metrics
+        self.split = split
+        # (means are weighted by the parts' sizes; counts and sums are added)
+        self.weighted = {"loss"} | {out for m in metrics if m["kind"] == "mean" for out in m["outputs"].values()}
         self.flush = flush if flush is not None else contextlib.nullcontext()
         inputs = [i.name for i in parts[0].get_inputs()]
         outputs = {o.name: o for o in parts[0].get_outputs()}
@@ -238,10 +239,6 @@ class ShardedRunner:
         self._pool = pool or core_pool(len(parts))
         self.results = {n: np.zeros_like(a) for n, a in self.outputs[0].items() if not n.startswith("grad:")}
 
-    @property
-    def position(self):
-        return self.update.position
-
     def bind_in_place(self, arrays):
         self.update.bind_in_place(arrays)
 
@@ -274,11 +271,9 @@ class ShardedRunner:
         return self._combined(sizes, n)
 
     def _combined(self, sizes, n):
-        """The batch's loss and metric statistics from the parts': means weighted by the parts'
-        sizes, counts and sums added."""
-        weighted = {"loss"} | {out for m in self.metrics if m["kind"] == "mean" for out in m["outputs"].values()}
+        """The batch's loss and metric statistics from the parts'."""
         for name, total in self.results.items():
-            if name in weighted:
+            if name in self.weighted:
                 total[...] = sum(self.outputs[k][name] * (size / n) for k, size in enumerate(sizes) if size)
             else:
                 total[...] = sum(self.outputs[k][name] for k, size in enumerate(sizes) if size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import functools
+import os
 
 
 @functools.lru_cache(maxsize=1)
@@ -20,6 +21,14 @@ def cuda_device_count() -> int:
             return 0
         return count.value
     return 0
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not Linux)
+        return os.cpu_count() or 1
 
 
 def cuda_available() -> bool:

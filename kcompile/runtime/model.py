@@ -9,10 +9,11 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..ir.types import DTYPES
-from .devices import create_session, providers_for
+from . import devices
+from .devices import providers_for
 from .summary import format_summary
 from .data import as_arrays, check_arrays, tensor_specs
-from .training import TrainingMixin, _cores
+from .training import TrainingMixin
 
 
 PREDICT_CACHE_BYTES = 4 << 20  # activations per predict run (about a core's share of a CPU's last-level cache)
@@ -132,19 +133,15 @@ class Model(TrainingMixin):
                 self._predicted_generation = self._generation
                 return None
         if self._session is None:
-            import onnxruntime as ort
-            options = self._new_session_options()
-            # The weights go into the model bytes rather than SessionOptions.add_initializer:
-            # onnxruntime folds weight-only subgraphs (layout transposes, folded BatchNorm)
-            # from the file's own initializers, before any override would apply.
-            if self._onnx_weights_current:
-                data = self._onnx
-            else:
-                data = self.onnx_model().SerializeToString()
-            self._session_graphs["_session"] = data
-            self._session = create_session(lambda: ort.InferenceSession(data, options, providers=self._providers),
-                                           self.name, "inference", self._providers)
+            self._session = self._new_session(self._inference_graph(), "inference")
         return self._session
+
+    def _inference_graph(self) -> bytes:
+        """The inference graph with the current weights folded in."""
+        # The weights go into the model bytes rather than SessionOptions.add_initializer:
+        # onnxruntime folds weight-only subgraphs (layout transposes, folded BatchNorm)
+        # from the file's own initializers, before any override would apply.
+        return self._onnx if self._onnx_weights_current else self.onnx_model().SerializeToString()
 
     def _prepare(self, x, where: str) -> dict[str, np.ndarray]:
         """Check and convert inputs: one array for one input, else a dict by name or a list in order."""
@@ -161,10 +158,10 @@ class Model(TrainingMixin):
         Returns an array for a one-output model, else a list in the model's output order."""
         feeds = self._prepare(x, "predict")
         self._pull_shared()
-        session, kind = self._inference_session(), "_session"
+        session, graph = self._inference_session(), self._inference_graph
         fixed = None
         if session is None:  # weights changed since the last predict: bind them as inputs
-            session, kind = self._session_for("predict_weights"), "_weights_session"
+            session, graph = self._session_for("predict_weights"), lambda: self._graph_for("predict_weights")
             self._sync_state()
             fixed = {n: self._weights[n] for n in self._weight_inputs(session)}
         n = next(iter(feeds.values())).shape[0]
@@ -179,7 +176,7 @@ class Model(TrainingMixin):
                 # (runs of half the rows: each core's part keeps its activations in its own share
                 # of the cache; at 1,024 rows 39k samples/s in runs of 28 against 37k in runs of 56)
                 step = min(step, max(16, self._predict_rows // 2))
-                outs = self._predict_in_parts(session, kind, feeds, n, step, fixed)
+                outs = self._predict_in_parts(session, graph, feeds, n, step, fixed)
             else:
                 outs = self._predictor.run(feeds, n, step, fixed)
         self._ran(session)
@@ -195,30 +192,25 @@ class Model(TrainingMixin):
         by a one-thread session of its own (1: not split): two on a CPU of two or more cores, for
         a batch whose activations fill at least two of predict's cache-sized runs."""
         activations = self.manifest.get("activation_bytes_per_sample") or 0
-        if self.device != "cpu" or n < 2 * step or activations * n < 2 * PREDICT_CACHE_BYTES or _cores() < 2:
+        if self.device != "cpu" or n < 2 * step or activations * n < 2 * PREDICT_CACHE_BYTES or devices.cpu_cores() < 2:
             return 1
         return 2
 
-    def _predict_in_parts(self, session, kind, feeds, n, step, fixed):
+    def _predict_in_parts(self, session, graph, feeds, n, step, fixed):
         """predict's rows in two halves at once (in whole runs of ``step`` rows), each on a core
-        of its own with a one-thread copy of ``session``. Measured on the MNIST CNN at 1,024 rows:
-        38-41k samples/s in both states of this 2-core machine, where the two-thread session
-        gave 42k with its cores close together and 26-27k with them far apart
-        (backend/shards.py explains the two states)."""
-        import onnxruntime as ort
+        of its own with a one-thread copy of ``session``, whose graph ``graph()`` gives. Measured
+        on the MNIST CNN at 1,024 rows: 38-41k samples/s in both states of this 2-core machine,
+        where the two-thread session gave 42k with its cores close together and 26-27k with them
+        far apart (backend/shards.py explains the two states)."""
         from .binding import core_pool
         copied, predictors = self._part_predictors
         if copied is not session:
-            options = self._new_session_options()
-            options.intra_op_num_threads = max(1, _cores() // 2)
-            graph = self._session_graphs[kind]
-            predictors = [self._new_predictor(create_session(
-                lambda: ort.InferenceSession(graph, options, providers=self._providers),
-                self.name, "inference", self._providers)) for _ in range(2)]
+            threads, data = max(1, devices.cpu_cores() // 2), graph()
+            predictors = [self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)]
             self._part_predictors = (session, predictors)
         half = -(-n // (2 * step)) * step  # (the first part's rows: whole runs)
         rest = {name: array[half:] for name, array in feeds.items()}
-        second = core_pool(_cores()).submit(predictors[1].run, rest, n - half, step, fixed)
+        second = core_pool(devices.cpu_cores()).submit(predictors[1].run, rest, n - half, step, fixed)
         first = predictors[0].run({name: array[:half] for name, array in feeds.items()}, half, step, fixed)
         return [np.concatenate([a, b]) for a, b in zip(first, second.result())]
 

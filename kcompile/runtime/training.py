@@ -13,6 +13,7 @@ import numpy as np
 
 from ..ir.types import evaluate_dim
 from .data import Batches, as_arrays, check_arrays, check_named_dims, named_sizes, tensor_specs
+from . import devices
 from .devices import TURNS, create_session, session_options
 from .fpenv import NoFlush, step_environment
 
@@ -26,14 +27,6 @@ from .fpenv import NoFlush, step_environment
 # (a 0.09 ms step) 2.5x.
 SPLIT_MIN_MACS = 1_000_000
 SPLIT_MIN_MACS_PER_WEIGHT = 4
-
-
-def _cores() -> int:
-    import os
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # (not Linux)
-        return os.cpu_count() or 1
 
 
 # ---------------- learning-rate schedules ----------------
@@ -133,7 +126,6 @@ class TrainingMixin:
         self._runner = None
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
-        self._session_graphs = {}  # session attribute -> the graph it runs (for one-core copies)
         self._stops_spinning = False  # whether this model's sessions stop their pools after a run
         self._flush = NoFlush()  # what each training step runs in (fpenv)
         self._shared = {}  # weight -> the SharedWeight it is, when other models hold it too
@@ -172,22 +164,35 @@ class TrainingMixin:
         self._lr_override = float(value)
 
     def _session_for(self, key):
-        import onnxruntime as ort
         attr = {"train_step": "_train_session", "eval": "_eval_session", "predict_weights": "_weights_session"}[key]
         if getattr(self, attr) is None:
-            options = self._new_session_options()
             environment = NoFlush()
             if key == "train_step":  # a rebuilt step follows flush_denormals as it is now
                 environment = self._flush = step_environment(self.flush_denormals)
-            graph = self._step_graph() if key == "train_step" else self._training_onnx[key]
-            if self.device == "cpu":  # blocked convolutions for the kernels that are inputs here
-                from ..backend.nchwc import use_nchwc
-                graph = use_nchwc(graph)
-            self._session_graphs[attr] = graph
-            setattr(self, attr, create_session(
-                lambda: environment.session(lambda o: ort.InferenceSession(graph, o, providers=self._providers),
-                                            options), self.name, key.replace("_", " "), self._providers))
+            setattr(self, attr, self._new_session(self._graph_for(key), key.replace("_", " "),
+                                                  environment=environment))
         return getattr(self, attr)
+
+    def _graph_for(self, key) -> bytes:
+        """The graph a session of ``key`` (train_step, eval, predict_weights) runs here."""
+        graph = self._step_graph() if key == "train_step" else self._training_onnx[key]
+        if self.device == "cpu":  # blocked convolutions for the kernels that are inputs here
+            from ..backend.nchwc import use_nchwc
+            graph = use_nchwc(graph)
+        return graph
+
+    def _new_session(self, graph: bytes, what: str, threads: int = 0, stop_spinning=None, environment=None):
+        """An onnxruntime session of ``graph`` on this model's device. ``threads``: its intra-op
+        threads (0: onnxruntime's choice); ``stop_spinning``: None follows this process's turn
+        taking (_new_session_options); ``environment``: fpenv's, for training steps."""
+        import onnxruntime as ort
+        options = self._new_session_options() if stop_spinning is None else session_options(stop_spinning)
+        if threads:
+            options.intra_op_num_threads = threads
+        environment = environment or NoFlush()
+        return create_session(lambda: environment.session(
+            lambda o: ort.InferenceSession(graph, o, providers=self._providers), options), self.name, what,
+            self._providers)
 
     def _step_graph(self) -> bytes:
         """The training step as this model runs it: with its held-transposed state (below)."""
@@ -276,14 +281,13 @@ class TrainingMixin:
             return max(1, int(self.batch_parts))
         weights = sum(int(np.prod(self._weights[n].shape)) for n in spec["trainable"])
         macs = spec.get("macs_per_sample", 0)
-        if _cores() < 2 or macs < SPLIT_MIN_MACS or macs < SPLIT_MIN_MACS_PER_WEIGHT * weights:
+        if devices.cpu_cores() < 2 or macs < SPLIT_MIN_MACS or macs < SPLIT_MIN_MACS_PER_WEIGHT * weights:
             return 1
         return 2
 
     def _sharded_runner(self, parts: int):
         """The training step as ``parts`` one-core parts of the batch and an update
         (backend/shards.py, binding.ShardedRunner); None where the step cannot be cut so."""
-        import onnxruntime as ort
         from ..backend.nchwc import use_nchwc
         from ..backend.shards import split_step
         from .binding import ShardedRunner, StateRunner, core_pool
@@ -293,24 +297,18 @@ class TrainingMixin:
             return None
         part_graph, apply_graph = graphs
         environment = self._flush = step_environment(self.flush_denormals)
-        threads = max(1, _cores() // parts)
-
-        def session(graph, threads, stop_spinning):
-            options = session_options(stop_spinning=stop_spinning)
-            options.intra_op_num_threads = threads
-            return create_session(lambda: environment.session(
-                lambda o: ort.InferenceSession(graph, o, providers=self._providers), options),
-                self.name, "train step", self._providers)
-
+        threads = max(1, devices.cpu_cores() // parts)
         part_graph = use_nchwc(part_graph)
-        sessions = [session(part_graph, threads, self._stops_spinning) for _ in range(parts)]
+        sessions = [self._new_session(part_graph, "train step", threads, self._stops_spinning, environment)
+                    for _ in range(parts)]
         # The update's pool stops spinning after each run: the parts that follow need every core.
-        update = StateRunner(session(apply_graph, 0, True), {**self._weights, **self._slots}, self._providers,
-                             flush=self._flush, transposed=self._held_transposed())
+        update = StateRunner(self._new_session(apply_graph, "train step", 0, True, environment),
+                             {**self._weights, **self._slots}, self._providers, flush=self._flush,
+                             transposed=self._held_transposed())
         split = {s.name for s in self.inputs} | {t["name"] for t in spec["targets"]} | {
             n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]}
         return ShardedRunner(sessions, update, {**self._weights, **self._slots}, split, spec["metrics"],
-                             flush=self._flush, pool=core_pool(_cores()))
+                             flush=self._flush, pool=core_pool(devices.cpu_cores()))
 
     def _sync_state(self):
         """Bring the weight and slot dictionaries up to date: this model's training buffers, and

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kcompile
-import kcompile.runtime.training as training
+from kcompile.runtime import devices
 from kcompile.callbacks import Callback
 from kcompile.runtime.binding import ShardedRunner, StateRunner
 
@@ -115,7 +115,7 @@ def test_a_nonfinite_loss_goes_back_to_the_last_finite_weights(capsys, turns):
 
 
 def test_the_runtime_splits_convolutional_steps_only(monkeypatch):
-    monkeypatch.setattr(training, "_cores", lambda: 2)
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
     assert conv_model(parts=None)._batch_parts() == 1  # 15k multiply-adds per sample: too little work
     assert kcompile.compile(EXAMPLES / "mnist_cnn.kdl")._batch_parts() == 2
     assert kcompile.compile(EXAMPLES / "mnist_mlp.kdl")._batch_parts() == 1  # its update outweighs it
@@ -124,7 +124,7 @@ def test_the_runtime_splits_convolutional_steps_only(monkeypatch):
     bn.batch_parts = 2  # asked for, but batch statistics need the whole batch
     assert bn._batch_parts() == 1
     assert "BatchNormalization" in bn.manifest["training"]["per_sample"]
-    monkeypatch.setattr(training, "_cores", lambda: 1)
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 1)
     assert kcompile.compile(EXAMPLES / "mnist_cnn.kdl")._batch_parts() == 1
 
 
@@ -173,11 +173,14 @@ def test_examples_train_alike_split_or_whole(example):
 
 # ---------------- predict in parts ----------------
 def test_large_predicts_split_and_give_the_same_outputs(monkeypatch):
-    monkeypatch.setattr(training, "_cores", lambda: 2)
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
     m = kcompile.compile(EXAMPLES / "mnist_cnn.kdl", seed=0)
     x = np.random.default_rng(0).random((301, 28, 28, 1), dtype=np.float32)
     step = m._predict_rows
     assert m._predict_parts(301, step) == 2 and m._predict_parts(step, step) == 1
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 1)
+    assert m._predict_parts(301, step) == 1
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
     assert kcompile.compile(EXAMPLES / "mnist_mlp.kdl")._predict_parts(4096, 4096) == 1  # one run: small activations
     split = [m.predict(x, batch_size=None), m.predict(x, batch_size=None)]  # weights as inputs, then folded
     assert m._part_predictors[0] is m._session
