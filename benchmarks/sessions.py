@@ -15,6 +15,10 @@ spinning ("spin", onnxruntime's default):
   gan          ms per step of examples/train_gan.py (a generator predict, a discriminator
                step and a generator step through the frozen discriminator: three sessions)
   mlp_latency  us per predict of one sample with examples/mnist_mlp.kdl
+  mlp_latency_after_turns
+               the same, after two such models took turns for ten training steps each
+               (the process's sessions then stop their pools; predicts back to back run on
+               a copy that spins)
   mlp_eval     ms per evaluate() of 4,096 samples at batch 32 with examples/mnist_mlp.kdl
 
 It prints the median of each; kcompile's column should match the better of the other two.
@@ -32,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MARK = "@@RESULT "
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import call_times  # noqa: E402  (run.py's timing loop)
-WORKLOADS = ["mlp_one", "mlp_two", "gan", "mlp_latency", "mlp_eval"]
+WORKLOADS = ["mlp_one", "mlp_two", "gan", "mlp_latency", "mlp_latency_after_turns", "mlp_eval"]
 CONFIGS = ["kcompile", "stop", "spin"]
 
 
@@ -66,8 +70,15 @@ def worker(config: str, workload: str) -> float:
             for m in models:
                 m.train_on_batch(x, y)
         return _median_ms(step, 20, 300) / len(models)
-    if workload == "mlp_latency":
+    if workload.startswith("mlp_latency"):
         m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+        if workload == "mlp_latency_after_turns":
+            other = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=1)
+            x = rng.random((32, 28, 28, 1), dtype=np.float32)
+            y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]
+            for _ in range(10):
+                m.train_on_batch(x, y)
+                other.train_on_batch(x, y)
         x = rng.random((1, 28, 28, 1), dtype=np.float32)
         return _median_ms(lambda: m.predict(x), 200, 2000) * 1e3
     if workload == "mlp_eval":
@@ -93,7 +104,7 @@ def main():
     if args.worker:
         print(MARK + json.dumps(worker(*args.worker)), flush=True)
         return
-    print(f"{'workload':<12}" + "".join(f"{c:>10}" for c in CONFIGS) + "   (ms; mlp_latency in us)")
+    print(f"{'workload':<24}" + "".join(f"{c:>10}" for c in CONFIGS) + "   (ms; mlp_latency* in us)")
     for workload in WORKLOADS:
         values = {c: [] for c in CONFIGS}
         for r in range(args.rounds):
@@ -101,7 +112,7 @@ def main():
                 out = subprocess.run([sys.executable, __file__, "--worker", config, workload],
                                      capture_output=True, text=True, check=True).stdout
                 values[config].append(json.loads(out.split(MARK)[-1]))
-        print(f"{workload:<12}" + "".join(f"{statistics.median(values[c]):>10.2f}" for c in CONFIGS), flush=True)
+        print(f"{workload:<24}" + "".join(f"{statistics.median(values[c]):>10.2f}" for c in CONFIGS), flush=True)
 
 
 if __name__ == "__main__":

@@ -64,13 +64,18 @@ class TurnTaking:
 
     def reset(self):
         self.seen = False
+        self.last = None  # the session that ran last (its id), seen or not
         self._last = None
         self._switches = collections.deque(maxlen=self.WINDOW)  # whether each recent run changed session
         self._count = 0  # how many of them did
 
+    def follows_itself(self, session) -> bool:
+        """Whether ``session``'s run now would follow a run of its own (runs back to back)."""
+        return self.last == id(session)
+
     def ran(self, session) -> None:
         """Note a run of ``session`` (under a microsecond: this is on every batch-1 predict)."""
-        key = id(session)
+        key = self.last = id(session)
         if self.seen or (key == self._last and not self._count):
             return  # (one session's runs back to back: nothing to count)
         switched = self._last is not None and key != self._last

@@ -34,3 +34,14 @@ def test_session_options_stop_spinning_when_asked():
     entry = "session.force_spinning_stop"
     assert session_options().get_session_config_entry(entry) == "0"
     assert session_options(stop_spinning=True).get_session_config_entry(entry) == "1"
+
+
+def test_a_run_follows_itself_only_after_a_run_of_the_same_session_seen_or_not():
+    d = TurnTaking()
+    assert not d.follows_itself("a")
+    d.ran("a")
+    assert d.follows_itself("a") and not d.follows_itself("b")
+    runs(d, ["a", "b"] * 8)
+    assert d.seen and d.follows_itself("b") and not d.follows_itself("a")
+    d.ran("a")
+    assert d.follows_itself("a")

@@ -162,3 +162,27 @@ def test_sessions_made_once_sessions_take_turns_stop_spinning_from_the_start(tak
     m.train_on_batch(x, y)
     m.predict(x)
     assert m._train_session is session and stops_spinning(session) and stops_spinning(m._weights_session)
+
+
+def test_predicts_back_to_back_once_sessions_take_turns_run_on_a_spinning_copy(taking_turns):
+    """Once pools stop after every run, a loop of predicts would wake a pool thread each call;
+    predicts that follow a predict of the same session run on a copy whose pool spins, with the
+    same numbers. A predict that follows another session's run takes the stopping session."""
+    x, y = data(32)
+    m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+    m.train_on_batch(x, y)
+    m.predict(x[:1])  # (the first predict after a change binds the weights as inputs ...)
+    first = m.predict(x[:1])  # (... the second folds them into a session, whose first run this is)
+    folded = m._session
+    assert stops_spinning(folded) and m._spinning == (None, None)
+    loop = [m.predict(x[i:i + 1]) for i in range(4)]
+    assert m._spinning[0] is folded and not stops_spinning(m._spinning[1].session)
+    np.testing.assert_array_equal(loop[0], first)
+    np.testing.assert_allclose(np.concatenate(loop), m.predict(x[:4], batch_size=4), rtol=1e-6, atol=1e-7)
+    m.train_on_batch(x, y)  # the weights changed: a copy of the old session is not used again
+    m.predict(x[:1])
+    after = m.predict(x[:1])
+    assert m._session is not folded and m._spinning[0] is folded
+    again = m.predict(x[:1])
+    assert m._spinning[0] is m._session
+    np.testing.assert_array_equal(again, after)
