@@ -111,6 +111,7 @@ class Model(TrainingMixin):
             self._shared_seen[name] = weight.version
         self._generation += 1
         self._session = None  # rebuilt with the new weights on the next call
+        self._spinning = (None, None)
         self._onnx_weights_current = False
 
     @property
@@ -193,9 +194,11 @@ class Model(TrainingMixin):
     def _spinning_predictor(self, session, graph):
         """Predicts back to back, once this process's sessions take turns and so stop their pools
         after every run (runtime/devices.py), run on a copy of ``session`` (whose graph ``graph()``
-        gives) that keeps its pool spinning: a loop of batch-1 predicts of the MNIST MLP took 19
-        us a call that way against 31-52 us with the pool stopping. The first predict of a run of
-        them, and every predict that follows another session's run, takes the stopping session."""
+        gives) that keeps its pool spinning: a loop of batch-1 predicts of the MNIST MLP took 23
+        us a call that way against 43 us with the pool stopping (benchmarks/sessions.py). The
+        first predict of a run of them, and every predict that follows another session's run,
+        takes the stopping session. The copy is a second session (of the folded weights too, for
+        the folded graph), dropped with the session it copies."""
         copied, predictor = self._spinning
         if copied is not session:
             predictor = self._new_predictor(self._new_session(graph(), "inference", stop_spinning=False))

@@ -214,6 +214,7 @@ class TrainingMixin:
     def _weights_changed(self):
         """The inference session must see the trained weights: rebuilt on the next predict."""
         self._session = None
+        self._spinning = (None, None)
         self._onnx_weights_current = False
 
     # ---- data ----
@@ -350,6 +351,7 @@ class TrainingMixin:
             self._stops_spinning = True
             self._drop_runner()
             self._train_session = self._eval_session = self._weights_session = self._session = None
+            self._spinning = (None, None)
 
     # ---- freezing ----
     def set_trainable(self, layer: str, trainable: bool = True) -> list[str]:

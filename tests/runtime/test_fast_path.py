@@ -179,10 +179,11 @@ def test_predicts_back_to_back_once_sessions_take_turns_run_on_a_spinning_copy(t
     assert m._spinning[0] is folded and not stops_spinning(m._spinning[1].session)
     np.testing.assert_array_equal(loop[0], first)
     np.testing.assert_allclose(np.concatenate(loop), m.predict(x[:4], batch_size=4), rtol=1e-6, atol=1e-7)
-    m.train_on_batch(x, y)  # the weights changed: a copy of the old session is not used again
+    m.train_on_batch(x, y)  # the weights changed: the copy goes with the session it copies
+    assert m._spinning == (None, None)
     m.predict(x[:1])
     after = m.predict(x[:1])
-    assert m._session is not folded and m._spinning[0] is folded
+    assert m._session is not folded and m._spinning == (None, None)
     again = m.predict(x[:1])
     assert m._spinning[0] is m._session
     np.testing.assert_array_equal(again, after)
