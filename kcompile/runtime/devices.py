@@ -64,8 +64,7 @@ class TurnTaking:
 
     def reset(self):
         self.seen = False
-        self.last = None  # the session that ran last (its id), seen or not
-        self._last = None
+        self.last = None  # the session that ran last (its id)
         self._switches = collections.deque(maxlen=self.WINDOW)  # whether each recent run changed session
         self._count = 0  # how many of them did
 
@@ -75,11 +74,11 @@ class TurnTaking:
 
     def ran(self, session) -> None:
         """Note a run of ``session`` (under a microsecond: this is on every batch-1 predict)."""
-        key = self.last = id(session)
-        if self.seen or (key == self._last and not self._count):
+        key, last = id(session), self.last
+        self.last = key
+        if self.seen or (key == last and not self._count):
             return  # (one session's runs back to back: nothing to count)
-        switched = self._last is not None and key != self._last
-        self._last = key
+        switched = last is not None and key != last
         if len(self._switches) == self.WINDOW:
             self._count -= self._switches[0]
         self._switches.append(switched)

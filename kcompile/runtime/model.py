@@ -35,8 +35,9 @@ class Model(TrainingMixin):
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = None
         self._predictor = None
-        self._part_predictors = (None, [])  # (the session they copy, one-core Predictors)
-        self._spinning = (None, None)  # (the session it copies, a Predictor whose pool spins)
+        # predict's copies of its session, by use ("parts": one-core halves of a large batch;
+        # "spinning": a pool that spins, for predicts back to back): (the session, Predictors)
+        self._copies = {}
         # predict runs at most this many rows at once: a model with large activations (a CNN's
         # first feature maps) then keeps them in the cache (measured on the MNIST CNN at batch
         # 1024: about 60k samples/s in one run, 66k in runs of 48 rows)
@@ -110,9 +111,7 @@ class Model(TrainingMixin):
             weight.assign(new[name])
             self._shared_seen[name] = weight.version
         self._generation += 1
-        self._session = None  # rebuilt with the new weights on the next call
-        self._spinning = (None, None)
-        self._onnx_weights_current = False
+        self._weights_changed()
 
     @property
     def weight_names(self) -> list[str]:
@@ -199,11 +198,17 @@ class Model(TrainingMixin):
         first predict of a run of them, and every predict that follows another session's run,
         takes the stopping session. The copy is a second session (of the folded weights too, for
         the folded graph), dropped with the session it copies."""
-        copied, predictor = self._spinning
-        if copied is not session:
-            predictor = self._new_predictor(self._new_session(graph(), "inference", stop_spinning=False))
-            self._spinning = (session, predictor)
-        return predictor
+        return self._copied_predictors("spinning", session, graph, 1, stop_spinning=False)[0]
+
+    def _copied_predictors(self, use, session, graph, count, threads=0, stop_spinning=None):
+        """``count`` Predictors over copies of ``session`` (graph ``graph()``) for ``use``, made
+        once per session copied (kept in _copies, dropped with the session: _weights_changed)."""
+        copied = self._copies.get(use)
+        if copied is None or copied[0] is not session:
+            data = graph()
+            copied = self._copies[use] = (session, [
+                self._new_predictor(self._new_session(data, "inference", threads, stop_spinning)) for _ in range(count)])
+        return copied[1]
 
     def _predict_parts(self, n: int, step: int) -> int:
         """Into how many parts a predict of ``n`` rows splits, one per core, each part's rows run
@@ -221,11 +226,7 @@ class Model(TrainingMixin):
         where the two-thread session gave 42k with its cores close together and 26-27k with them
         far apart (backend/shards.py explains the two states)."""
         from .binding import core_pool
-        copied, predictors = self._part_predictors
-        if copied is not session:
-            threads, data = max(1, devices.cpu_cores() // 2), graph()
-            predictors = [self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)]
-            self._part_predictors = (session, predictors)
+        predictors = self._copied_predictors("parts", session, graph, 2, threads=max(1, devices.cpu_cores() // 2))
         half = -(-n // (2 * step)) * step  # (the first part's rows: whole runs)
         rest = {name: array[half:] for name, array in feeds.items()}
         second = core_pool(devices.cpu_cores()).submit(predictors[1].run, rest, n - half, step, fixed)

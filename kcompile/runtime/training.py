@@ -212,9 +212,11 @@ class TrainingMixin:
                 {s["name"] for s in spec["slots"] if s["param"] in kernels})
 
     def _weights_changed(self):
-        """The inference session must see the trained weights: rebuilt on the next predict."""
-        self._session = None
-        self._spinning = (None, None)
+        """The inference session must see the trained weights: rebuilt on the next predict (with
+        predict's copies of it; copies of the weights-as-inputs session stay valid)."""
+        if self._session is not None:
+            self._copies = {use: c for use, c in self._copies.items() if c[0] is not self._session}
+            self._session = None
         self._onnx_weights_current = False
 
     # ---- data ----
@@ -351,7 +353,7 @@ class TrainingMixin:
             self._stops_spinning = True
             self._drop_runner()
             self._train_session = self._eval_session = self._weights_session = self._session = None
-            self._spinning = (None, None)
+            self._copies = {}
 
     # ---- freezing ----
     def set_trainable(self, layer: str, trainable: bool = True) -> list[str]:

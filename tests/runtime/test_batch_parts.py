@@ -183,8 +183,9 @@ def test_large_predicts_split_and_give_the_same_outputs(monkeypatch):
     monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
     assert kcompile.compile(EXAMPLES / "mnist_mlp.kdl")._predict_parts(4096, 4096) == 1  # one run: small activations
     split = [m.predict(x, batch_size=None), m.predict(x, batch_size=None)]  # weights as inputs, then folded
-    assert m._part_predictors[0] is m._session
+    assert m._copies["parts"][0] is m._session
     m.fit(x, np.eye(10, dtype=np.float32)[np.arange(301) % 10], epochs=1, batch_size=64, verbose=0)
+    assert "parts" not in m._copies  # (the copies of the folded session went with it)
     split.append(m.predict(x, batch_size=50))  # new weights: as inputs again, in runs of 50 rows
     monkeypatch.setattr(type(m), "_predict_parts", lambda self, n, step: 1)
     whole = kcompile.compile(EXAMPLES / "mnist_cnn.kdl", seed=0)

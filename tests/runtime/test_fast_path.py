@@ -174,16 +174,17 @@ def test_predicts_back_to_back_once_sessions_take_turns_run_on_a_spinning_copy(t
     m.predict(x[:1])  # (the first predict after a change binds the weights as inputs ...)
     first = m.predict(x[:1])  # (... the second folds them into a session, whose first run this is)
     folded = m._session
-    assert stops_spinning(folded) and m._spinning == (None, None)
+    assert stops_spinning(folded) and "spinning" not in m._copies
     loop = [m.predict(x[i:i + 1]) for i in range(4)]
-    assert m._spinning[0] is folded and not stops_spinning(m._spinning[1].session)
+    copied, (spinning,) = m._copies["spinning"]
+    assert copied is folded and not stops_spinning(spinning.session)
     np.testing.assert_array_equal(loop[0], first)
     np.testing.assert_allclose(np.concatenate(loop), m.predict(x[:4], batch_size=4), rtol=1e-6, atol=1e-7)
     m.train_on_batch(x, y)  # the weights changed: the copy goes with the session it copies
-    assert m._spinning == (None, None)
+    assert "spinning" not in m._copies
     m.predict(x[:1])
     after = m.predict(x[:1])
-    assert m._session is not folded and m._spinning == (None, None)
+    assert m._session is not folded and "spinning" not in m._copies
     again = m.predict(x[:1])
-    assert m._spinning[0] is m._session
+    assert m._copies["spinning"][0] is m._session
     np.testing.assert_array_equal(again, after)
