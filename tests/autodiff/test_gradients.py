@@ -363,14 +363,64 @@ def test_gradients_of_frozen_weights_unrequested():
     ("y = MaxPooling2D((2, 3))(x)", (2, 5, 7, 2)),
     ("y = MaxPooling1D(2)(x)", (2, 7, 3)),
     ("y = MaxPooling2D(2, strides=1)(x)", (2, 4, 4, 2)),  # overlapping: the scatter path
+    ("y = MaxPooling2D(2)(x)", (2, 4, 6, 2)),            # windows tile the input: no argmax
+    ("y = MaxPooling2D((2, 3))(x)", (2, 4, 6, 2)),
+    ("y = MaxPooling2D(3)(x)", (2, 6, 3, 1)),
+    ("y = MaxPooling1D(3)(x)", (2, 9, 3)),
     ("Conv2D(3, 3, activation=relu)\n MaxPooling2D(2)\n Conv2D(2, 2, activation=relu)\n MaxPooling2D(2)\n"
      " Flatten()\n y = Dense(2)", (2, 13, 13, 1)),
 ])
 def test_maxpool_gradient_paths(body, shape):
-    """MaxPool's gradient reuses the forward argmax: element-wise for non-overlapping windows."""
+    """MaxPool's gradient: through the forward argmax (MaxUnpool for non-overlapping windows, a
+    scatter-add for overlapping ones), or without it where the windows tile the input."""
     src = "model m {\n input x: float64[%s]\n %s\n output y\n}" % (", ".join(map(str, shape[1:])), body)
     checked, _ = check_gradients(src, {"x": np.random.default_rng(3).normal(size=shape)})
     assert checked > 0
+
+
+def _first_max_gradient(x, dy, k):
+    """numpy: dy of each window [N, C, H, W] sent to its first maximum in row-major order."""
+    dx = np.zeros_like(x)
+    n, c, h, w = x.shape
+    for i in range(n):
+        for j in range(c):
+            for p in range(h // k[0]):
+                for q in range(w // k[1]):
+                    window = x[i, j, p * k[0]:(p + 1) * k[0], q * k[1]:(q + 1) * k[1]]
+                    a, b = np.unravel_index(np.argmax(window), window.shape)  # (the first maximum)
+                    dx[i, j, p * k[0] + a, q * k[1] + b] += dy[i, j, p, q]
+    return dx
+
+
+@pytest.mark.parametrize("k", [(2, 2), (2, 3), (3, 2), (1, 2)])
+def test_maxpool_tiles_gradient_picks_the_first_maximum(k):
+    """Where windows tile the input, MaxPoolTilesGrad finds each window's first maximum without
+    MaxPool's argmax; with many ties (values in {0, 1, 2}) it must still pick the position the
+    argmax picks, as Keras (TensorFlow's MaxPoolGrad) does: compared with numpy and with the
+    argmax path, in float32 on onnxruntime."""
+    from kcompile.ir import Graph, TensorType
+    shape = (3, 4, 2 * k[0] * 2, 3 * k[1])
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, shape).astype(np.float32)
+    dy = rng.normal(size=(shape[0], shape[1], shape[2] // k[0], shape[3] // k[1])).astype(np.float32)
+    results = []
+    for tiles in (True, False):
+        g = Graph("m")
+        g.add_input("x", TensorType("float32", shape))
+        g.add_input("dy", TensorType("float32", dy.shape))
+        y, indices = emit(g, "MaxPool", ["x"], {"kernel_shape": k, "strides": k, "pads": (0,) * 4})
+        if tiles:
+            dx, = emit(g, "MaxPoolTilesGrad", ["dy", y, "x"], {"kernel_shape": k})
+        else:
+            dx, = emit(g, "MaxPoolGrad", ["dy", indices, "x"], {"kernel_shape": k, "strides": k, "pads": (0,) * 4})
+        g.outputs = [("dx", dx)]
+        proto = to_onnx(g)
+        argmax = [n for n in proto.graph.node if n.op_type == "MaxPool" and len(n.output) == 2]
+        assert len(argmax) == (0 if tiles else 1)
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        results.append(session.run(None, {"x": x, "dy": dy})[0])
+    np.testing.assert_array_equal(results[0], _first_max_gradient(x, dy, k))
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 # ---------------- windows over a named dimension ----------------
