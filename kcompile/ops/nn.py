@@ -344,27 +344,31 @@ class MaxPoolTilesGrad(Op):
         k = tuple(attrs["kernel_shape"])
         channels, *spatial = ctx.shape(x)[1:]
         step = [math.prod(spatial[i + 1:]) for i in range(len(k))]  # x's element strides along each axis
+        size, rank = math.prod(spatial), len(spatial) + 2
 
         def flat(position):
             return sum(p * s for p, s in zip(position, step))
 
         positions = list(itertools.product(*(range(kk) for kk in k)))  # row-major
-        offset = ctx.const(flat(positions[-1]), "int64")  # (a window's maximum is somewhere in it)
+        # Offsets within a sample in int32 (onnxruntime's Where over int32 and one Cast took 0.41
+        # against 0.76 ms in int64 for the MNIST CNN's 128 samples), the batch's in int64.
+        within_dtype = "int32" if channels * size < 2 ** 31 else "int64"
+        offset = ctx.const(flat(positions[-1]), within_dtype)  # (a window's maximum is somewhere in it)
         for position in reversed(positions[:-1]):
             corner = ctx.emit("MaxPool", [x], kernel_shape=[p + 1 for p in position], strides=k)
-            offset = ctx.emit("Where", [ctx.emit("Equal", [corner, y]), ctx.const(flat(position), "int64"), offset])
+            offset = ctx.emit("Where", [ctx.emit("Equal", [corner, y]), ctx.const(flat(position), within_dtype), offset])
         # + each window's first element in x, flattened over the whole tensor as MaxUnpool reads it:
         # n*C*S + c*S + sum_i p_i*k_i*step_i, the batch's share computed at run time
         # (per-axis vectors, which onnxruntime folds into one constant when it loads the graph)
-        size = math.prod(spatial)
-        rank = len(spatial) + 2
         within = None
         for axis, scale in [(1, size)] + [(2 + i, k[i] * step[i]) for i in range(len(k))]:
             extent = channels if axis == 1 else spatial[axis - 2] // k[axis - 2]
             shape = [extent if a == axis else 1 for a in range(1, rank)]
-            term = ctx.const(np.arange(extent).reshape(shape) * scale, "int64")
+            term = ctx.const(np.arange(extent).reshape(shape) * scale, within_dtype)
             within = term if within is None else ctx.emit("Add", [within, term])
         offset = ctx.emit("Add", [offset, within])
+        if within_dtype != "int64":
+            offset = ctx.emit("Cast", [offset], to=ctx.onnx_dtype("int64"))
         batch = ctx.emit("Gather", [ctx.emit("Shape", [dy]), ctx.const(0, "int64")], axis=0)
         starts = ctx.emit("Range", [ctx.const(0, "int64"), ctx.emit("Mul", [batch, ctx.const(channels * size, "int64")]),
                                     ctx.const(channels * size, "int64")])
