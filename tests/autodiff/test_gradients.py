@@ -440,3 +440,18 @@ def test_windows_over_a_named_dimension(body):
     for steps in (9, 12):
         checked, _ = check_gradients(src, {"x": normal((2, steps, 2))})
         assert checked > 0
+
+
+def test_mnist_cnn_step_computes_no_max_pool_argmax():
+    """The MNIST CNN's training step pools twice: the first pool with its convolution as phase
+    convolutions (ConvMaxPool), the second, whose windows tile the cropped map, through
+    MaxPoolTilesGrad; neither computes MaxPool's Indices output (onnxruntime's slow path)."""
+    from pathlib import Path
+
+    import onnx
+
+    import kcompile
+    model = kcompile.compile(Path(__file__).resolve().parents[2] / "examples" / "mnist_cnn.kdl")
+    nodes = onnx.load_from_string(model._training_onnx["train_step"]).graph.node
+    assert [len(n.output) for n in nodes if n.op_type == "MaxPool" and len(n.output) > 1] == []
+    assert sum(n.op_type == "MaxUnpool" for n in nodes) == 1
