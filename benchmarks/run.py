@@ -27,8 +27,9 @@ Workloads (MNIST-shaped float32 images [28, 28, 1], one-hot targets, batch 128):
                   OPENBLAS_CORETYPE, which may hold it to AVX2 on an AVX-512 CPU)
   real_data       (kcompile only) the CNN trained on the first 8,000 real t10k images, accuracy
                   on the last 2,000, seconds per epoch
-  profile         (kcompile only) onnxruntime's profiler on the training step: time per op
-                  type, and kernels vs onnxruntime vs Python overhead per step
+  profile         (kcompile only) onnxruntime's profiler on the training step as the runtime
+                  runs it (one of its one-core parts, where it splits the batch: the CNN): time
+                  per op type, and kernels vs onnxruntime vs Python overhead per step
 
 Each timed number is the median of several repetitions after warm-up (fewer with --quick).
 Achieved GFLOP/s = samples/s x analytic training FLOPs per sample (see train_flops_per_sample):
@@ -502,26 +503,27 @@ def w_real_data(fw, model, args):
             "test_loss": logs.get("loss"), "predict_accuracy": pred_acc}
 
 
-def _train_feeds(m, session, xb, yb):
+def _train_feeds(m, session, xb, yb, extra=None):
     """The training graph's feeds: through the model's private helper if it still has one,
     else built from the session's declared inputs (weights by name, zeros for optimizer slots,
-    uniform noise for dropout masks, lr and step scalars)."""
+    uniform noise for dropout masks, lr and step scalars); ``extra`` added (a part's share)."""
     import numpy as np
     needed = {i.name for i in session.get_inputs()}
+    extra = extra or {}
     try:
-        feeds = m._step_feeds(xb, yb, training=True)
+        feeds = {**m._step_feeds(xb, yb, training=True), **extra}
         if needed <= set(feeds):
             return {k: v for k, v in feeds.items() if k in needed}, "model._step_feeds"
     except Exception:
         pass
-    weights = dict(zip(m.weight_names(), m.get_weights()))
+    weights = dict(zip(m.weight_names, m.get_weights()))
     n = len(next(iter(xb.values())))
     types = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
     feeds, rng = {}, np.random.default_rng(0)
     for i in session.get_inputs():
-        if i.name in xb or i.name in yb:
-            feeds[i.name] = xb.get(i.name, yb.get(i.name))
+        if i.name in xb or i.name in yb or i.name in extra:
+            feeds[i.name] = {**xb, **yb, **extra}[i.name]
         elif i.name in weights:
             feeds[i.name] = weights[i.name]
         elif i.name == "lr":
@@ -537,6 +539,7 @@ def _train_feeds(m, session, xb, yb):
 
 
 def w_profile(fw, model, args):
+    import numpy as np
     import onnxruntime as ort
     a = KcompileAdapter().build(model)
     m = a.m
@@ -551,16 +554,26 @@ def w_profile(fw, model, args):
     out["fit_step_ms"] = (time.perf_counter() - t) / steps * 1e3
     m.train_on_batch(x, y)
     out["train_on_batch_ms"] = statistics.median(call_times(lambda: m.train_on_batch(x, y), steps)) * 1e3
+    parts, extra = 1, {}
     try:  # the step as the model runs it (its private _step_graph, blocked convolutions on the CPU)
         graph = m._step_graph() if hasattr(m, "_step_graph") else m._training_onnx["train_step"]
+        parts = m._batch_parts() if hasattr(m, "_batch_parts") else 1
+        if parts > 1:  # a split step: one of its one-core parts, on its share of the batch
+            from kcompile.backend.shards import split_step
+            graph = split_step(graph, m.manifest["training"]["gradients"], parts)[0]
+            x, y, extra = x[:BATCH // parts], y[:BATCH // parts], {"share": np.asarray(1 / parts, np.float32)}
         if getattr(m, "device", "cpu") == "cpu":
             from kcompile.backend.nchwc import use_nchwc
             graph = use_nchwc(graph)
     except Exception as e:
         out["profile"] = f"unavailable ({type(e).__name__}: {e})"
         return out
-    from kcompile.runtime.devices import session_options
+    out["graph"] = (f"one of its {parts} one-core parts ({BATCH // parts} rows, one thread), as the runtime splits it"
+                    if parts > 1 else "the whole step")
+    from kcompile.runtime.devices import cpu_cores, session_options
     options = session_options()  # the options the runtime's own sessions have
+    if parts > 1:
+        options.intra_op_num_threads = max(1, cpu_cores() // parts)
     providers = getattr(m, "_providers", None) or ["CPUExecutionProvider"]
     plain = ort.InferenceSession(graph, options, providers=providers)
     xname = m.inputs[0].name if hasattr(m, "inputs") else "image"
@@ -569,7 +582,7 @@ def w_profile(fw, model, args):
         tname = m.manifest["training"]["targets"][0]["name"]
     except Exception:
         pass
-    feeds, how = _train_feeds(m, plain, {xname: x}, {tname: y})
+    feeds, how = _train_feeds(m, plain, {xname: x}, {tname: y}, extra)
     out["feeds"] = how
     call_times(lambda: plain.run(None, feeds), warm)
     out["session_run_ms"] = statistics.median(call_times(lambda: plain.run(None, feeds), steps)) * 1e3
@@ -1026,8 +1039,8 @@ def main():
         if "top_ops" not in p:
             print(f"; onnxruntime profile {p.get('profile', 'unavailable')}")
             continue
-        print(f";\n  a plain InferenceSession on its training graph as the runtime runs it: "
-              f"run() {p['session_run_ms']:.2f} ms, of which "
+        print(f";\n  a plain InferenceSession on its training graph as the runtime runs it, "
+              f"{p.get('graph', 'the whole step')}: run() {p['session_run_ms']:.2f} ms, of which "
               f"kernels {p['kernel_ms_per_step']:.2f} ms as profiled ({p['nodes_per_step']} nodes; feeds from "
               f"{p['feeds']}); the profiler adds its own cost to each node, so read the shares:")
         for op in p["top_ops"]:
