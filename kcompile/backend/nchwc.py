@@ -15,7 +15,8 @@ reorders each run (a few thousand numbers), between ReorderInput (or none: fewer
 channels than a block are read as NCHW, as onnxruntime does for a first layer) and
 ReorderOutput. (onnxruntime does not cancel a ReorderOutput and the next ReorderInput
 between two rewritten convolutions, nor fuse a following Relu: each convolution converts
-its own input and output, which the MNIST CNN's layout needs anyway.) The files in a build
+its own input and output, which the MNIST CNN's layout needs anyway; but max pools that are
+all that reads a convolution run blocked on its output: _pool_blocked.) The files in a build
 folder stay standard ONNX; only the CPU session runs the rewritten graph (the CUDA
 provider has no such ops).
 """
@@ -90,11 +91,52 @@ def use_nchwc(model_bytes: bytes, block: int | None = None) -> bytes:
         changed |= rewritten is not None
     if not changed:
         return model_bytes
+    nodes = _pool_blocked(nodes, {o.name for o in graph.output})
     del graph.node[:]
     graph.node.extend(nodes)
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return model.SerializeToString()
+
+
+def _pool_blocked(nodes: list, graph_outputs: set) -> list:
+    """Max pools read a rewritten convolution's blocked output directly (onnxruntime's blocked
+    MaxPool, then its own ReorderOutput), where they are all that reads the convolution: else
+    onnxruntime converts the convolution's output back to blocks for each pool it rewrites
+    itself (the MNIST CNN's second convolution and the four pools of its tiled gradient:
+    ReorderOutput then ReorderInput of [64, 64, 10, 10] per part of its training step)."""
+    readers = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    replaced = {}  # id(MaxPool node) -> its blocked form
+    dropped = set()  # ids of ReorderOutput nodes no longer read
+    for node in nodes:
+        if node.domain != DOMAIN or node.op_type != "ReorderOutput" or node.output[0] in graph_outputs:
+            continue
+        pools = readers.get(node.output[0], [])
+        if not pools or not all(_blocked_pool(p) for p in pools):
+            continue
+        channels = _attrs(node)["channels"]
+        for k, pool in enumerate(pools):
+            blocked = f"{node.input[0]}/pool{k}"
+            replaced[id(pool)] = [
+                helper.make_node("MaxPool", [node.input[0]], [blocked], domain=DOMAIN, **_attrs(pool)),
+                helper.make_node("ReorderOutput", [blocked], [pool.output[0]], domain=DOMAIN, channels_last=0,
+                                 channels=channels)]
+        dropped.add(id(node))
+    out = []
+    for node in nodes:
+        if id(node) not in dropped:
+            out.extend(replaced.get(id(node), [node]))
+    return out
+
+
+def _blocked_pool(node) -> bool:
+    """Whether onnxruntime's blocked MaxPool computes this node: a 2-d MaxPool without Indices."""
+    a = _attrs(node)
+    return (node.domain == "" and node.op_type == "MaxPool" and len(node.output) == 1
+            and len(a.get("kernel_shape", ())) == 2 and not a.get("storage_order"))
 
 
 def _float32_static_shapes(model) -> dict:

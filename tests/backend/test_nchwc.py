@@ -114,3 +114,43 @@ def test_without_a_temporary_folder_the_convolutions_stay_standard(monkeypatch):
         assert nchwc.use_nchwc(standard) is standard
     finally:
         nchwc.block_size.cache_clear()
+
+
+def _conv_then(readers, outputs):
+    """x [2, 32, 8, 8] -> Conv (kernel input) -> c, read by ``readers``; ``outputs``: (name, shape)."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"])] + readers
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 32, 8, 8)),
+                                           helper.make_tensor_value_info("w", TensorProto.FLOAT, (32, 32, 3, 3))],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+@needs_blocks
+@pytest.mark.parametrize("with_relu", [False, True])
+def test_max_pools_read_a_blocked_convolution_directly(with_relu):
+    """Max pools that are all that reads a blocked convolution run blocked on its output, with no
+    conversion back to NCHW and into blocks again in between (the tiled max-pool gradient's
+    pools); with another reader, the convolution's output is converted as before."""
+    readers = [helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+               helper.make_node("MaxPool", ["c"], ["q"], kernel_shape=[1, 2], strides=[2, 2])]
+    outputs = [("p", (2, 32, 3, 3)), ("q", (2, 32, 3, 3))]
+    if with_relu:
+        readers.append(helper.make_node("Relu", ["c"], ["r"]))
+        outputs.append(("r", (2, 32, 6, 6)))
+    standard = _conv_then(readers, outputs)
+    blocked = nchwc.use_nchwc(standard)
+    nodes = onnx.load_from_string(blocked).graph.node
+    pools = [n for n in nodes if n.op_type == "MaxPool"]
+    assert all(n.domain == ("" if with_relu else nchwc.DOMAIN) for n in pools) and len(pools) == 2
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 32, 8, 8)).astype(np.float32),
+             "w": rng.standard_normal((32, 32, 3, 3)).astype(np.float32)}
+    session = ort.InferenceSession(blocked, providers=["CPUExecutionProvider"])
+    for got, want in zip(session.run(None, feeds), _run_all(standard, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _run_all(model_bytes, feeds):
+    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, feeds)
