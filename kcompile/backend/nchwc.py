@@ -121,7 +121,8 @@ def _pool_blocked(nodes: list, graph_outputs: set) -> list:
         for k, pool in enumerate(pools):
             blocked = f"{node.input[0]}/pool{k}"
             replaced[id(pool)] = [
-                helper.make_node("MaxPool", [node.input[0]], [blocked], domain=DOMAIN, **_attrs(pool)),
+                helper.make_node("MaxPool", [node.input[0]], [blocked], domain=DOMAIN,
+                                 **{k: v for k, v in _attrs(pool).items() if k != "storage_order"}),
                 helper.make_node("ReorderOutput", [blocked], [pool.output[0]], domain=DOMAIN, channels_last=0,
                                  channels=channels)]
         dropped.add(id(node))

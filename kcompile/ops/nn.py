@@ -356,7 +356,8 @@ class MaxPoolTilesGrad(Op):
         offset = ctx.const(flat(positions[-1]), within_dtype)  # (a window's maximum is somewhere in it)
         for position in reversed(positions[:-1]):
             corner = ctx.emit("MaxPool", [x], kernel_shape=[p + 1 for p in position], strides=k)
-            offset = ctx.emit("Where", [ctx.emit("Equal", [corner, y]), ctx.const(flat(position), within_dtype), offset])
+            holds = ctx.emit("Equal", [corner, y])
+            offset = ctx.emit("Where", [holds, ctx.const(flat(position), within_dtype), offset])
         # + each window's first element in x, flattened over the whole tensor as MaxUnpool reads it:
         # n*C*S + c*S + sum_i p_i*k_i*step_i, the batch's share computed at run time
         # (per-axis vectors, which onnxruntime folds into one constant when it loads the graph)
@@ -370,8 +371,8 @@ class MaxPoolTilesGrad(Op):
         if within_dtype != "int64":
             offset = ctx.emit("Cast", [offset], to=ctx.onnx_dtype("int64"))
         batch = ctx.emit("Gather", [ctx.emit("Shape", [dy]), ctx.const(0, "int64")], axis=0)
-        starts = ctx.emit("Range", [ctx.const(0, "int64"), ctx.emit("Mul", [batch, ctx.const(channels * size, "int64")]),
-                                    ctx.const(channels * size, "int64")])
+        sample = ctx.const(channels * size, "int64")
+        starts = ctx.emit("Range", [ctx.const(0, "int64"), ctx.emit("Mul", [batch, sample]), sample])
         starts = ctx.emit("Reshape", [starts, ctx.const([-1] + [1] * (rank - 1), "int64")])
         indices = ctx.emit("Add", [offset, starts])
         # (no output_shape input: the tiles give x's shape, and reading x's shape would make

@@ -28,7 +28,8 @@ class _Reference:
 
             def _run(self, x, indices, output_shape=None, kernel_shape=None, pads=None, strides=None):
                 if output_shape is None:  # (ONNX's default: windows that tile the output)
-                    output_shape = x.shape[:2] + tuple((n - 1) * s + k for n, s, k in zip(x.shape[2:], strides, kernel_shape))
+                    output_shape = x.shape[:2] + tuple((n - 1) * s + k
+                                                       for n, s, k in zip(x.shape[2:], strides, kernel_shape))
                 out = np.zeros(int(np.prod(output_shape)), dtype=x.dtype)
                 out[indices.ravel()] = x.ravel()
                 return (out.reshape(tuple(output_shape)),)

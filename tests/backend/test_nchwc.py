@@ -27,8 +27,12 @@ def _graph(node, x_shape, w_shape, y_shape, bias=None, dtype=TensorProto.FLOAT):
     return model.SerializeToString()
 
 
+def _run_all(model_bytes, feeds):
+    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
 def _run(model_bytes, feeds):
-    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    return _run_all(model_bytes, feeds)[0]
 
 
 CASES = [  # node, x shape, kernel shape, y shape, bias
@@ -147,10 +151,5 @@ def test_max_pools_read_a_blocked_convolution_directly(with_relu):
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((2, 32, 8, 8)).astype(np.float32),
              "w": rng.standard_normal((32, 32, 3, 3)).astype(np.float32)}
-    session = ort.InferenceSession(blocked, providers=["CPUExecutionProvider"])
-    for got, want in zip(session.run(None, feeds), _run_all(standard, feeds)):
+    for got, want in zip(_run_all(blocked, feeds), _run_all(standard, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-
-
-def _run_all(model_bytes, feeds):
-    return ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"]).run(None, feeds)
