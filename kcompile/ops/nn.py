@@ -312,11 +312,12 @@ class MaxPoolGrad(Op):
 
 @register
 class MaxPoolTilesGrad(Op):
-    """MaxPool's gradient where its windows tile the input (strides = kernel, no padding, sizes
-    the kernel divides: the common 2x2 pool, and any pool after the crop-unread-borders pass):
-    dy goes to each window's first maximum in row-major order, as to MaxPool's argmax, found
-    without computing the argmax (onnxruntime computes MaxPool's Indices output about 20x
-    slower than the pool: 2.2 of 16.4 ms in a part of the MNIST CNN's training step).
+    """MaxPool's gradient where its windows do not overlap (strides = kernel, no padding, sizes
+    known: the common 2x2 pool; where the kernel does not divide a size, the last rows or
+    columns are in no window and get no gradient): dy goes to each window's first maximum in
+    row-major order, as to MaxPool's argmax, found without computing the argmax (onnxruntime
+    computes MaxPool's Indices output about 20x slower than the pool: 2.2 of 16.4 ms in a part
+    of the MNIST CNN's training step).
 
     The first maximum is at window position j (row-major) exactly when j is the first
     position whose corner rectangle, rows 0..a by columns 0..b of the window, holds the
@@ -331,7 +332,7 @@ class MaxPoolTilesGrad(Op):
         k = tuple(attrs["kernel_shape"])
         strides, dilations, pads = _spatial_attrs(attrs, len(k))
         return (strides == k and not any(pads) and all(d == 1 for d in dilations) and not attrs.get("ceil_mode")
-                and all(isinstance(s, int) and s % kk == 0 for s, kk in zip(x.shape[2:], k)))
+                and all(isinstance(s, int) for s in x.shape[2:]))
 
     def infer(self, ins, attrs):
         return [ins[2].with_dtype(ins[0].dtype)]
@@ -349,13 +350,19 @@ class MaxPoolTilesGrad(Op):
         def flat(position):
             return sum(p * s for p, s in zip(position, step))
 
+        pooled = [n // kk for n, kk in zip(spatial, k)]
+        tiled = x
+        if any(p * kk != n for p, kk, n in zip(pooled, k, spatial)):  # (the windows' rows and columns only)
+            tiled = ctx.emit("Slice", [x, ctx.const([0] * len(k), "int64"),
+                                       ctx.const([p * kk for p, kk in zip(pooled, k)], "int64"),
+                                       ctx.const(list(range(2, rank)), "int64")])
         positions = list(itertools.product(*(range(kk) for kk in k)))  # row-major
         # Offsets within a sample in int32 (onnxruntime's Where over int32 and one Cast took 0.41
         # against 0.76 ms in int64 for the MNIST CNN's 128 samples), the batch's in int64.
         within_dtype = "int32" if channels * size < 2 ** 31 else "int64"
         offset = ctx.const(flat(positions[-1]), within_dtype)  # (a window's maximum is somewhere in it)
         for position in reversed(positions[:-1]):
-            corner = ctx.emit("MaxPool", [x], kernel_shape=[p + 1 for p in position], strides=k)
+            corner = ctx.emit("MaxPool", [tiled], kernel_shape=[p + 1 for p in position], strides=k)
             holds = ctx.emit("Equal", [corner, y])
             offset = ctx.emit("Where", [holds, ctx.const(flat(position), within_dtype), offset])
         # + each window's first element in x, flattened over the whole tensor as MaxUnpool reads it:
@@ -363,7 +370,7 @@ class MaxPoolTilesGrad(Op):
         # (per-axis vectors, which onnxruntime folds into one constant when it loads the graph)
         within = None
         for axis, scale in [(1, size)] + [(2 + i, k[i] * step[i]) for i in range(len(k))]:
-            extent = channels if axis == 1 else spatial[axis - 2] // k[axis - 2]
+            extent = channels if axis == 1 else pooled[axis - 2]
             shape = [extent if a == axis else 1 for a in range(1, rank)]
             term = ctx.const(np.arange(extent).reshape(shape) * scale, within_dtype)
             within = term if within is None else ctx.emit("Add", [within, term])
@@ -375,9 +382,10 @@ class MaxPoolTilesGrad(Op):
         starts = ctx.emit("Range", [ctx.const(0, "int64"), ctx.emit("Mul", [batch, sample]), sample])
         starts = ctx.emit("Reshape", [starts, ctx.const([-1] + [1] * (rank - 1), "int64")])
         indices = ctx.emit("Add", [offset, starts])
-        # (no output_shape input: the tiles give x's shape, and reading x's shape would make
+        # (no output_shape input where the windows cover x: reading x's shape would make
         # onnxruntime convert x out of the blocked layout of the convolution that made it)
-        ctx.emit("MaxUnpool", [dy, indices], outputs, kernel_shape=k, strides=k)
+        shape = [] if tiled is x else [ctx.emit("Shape", [x])]
+        ctx.emit("MaxUnpool", [dy, indices] + shape, outputs, kernel_shape=k, strides=k)
 
 
 @register

@@ -359,7 +359,7 @@ def test_gradients_of_frozen_weights_unrequested():
 
 
 @pytest.mark.parametrize("body, shape", [
-    ("y = MaxPooling2D(2)(x)", (2, 5, 5, 2)),            # non-overlapping, a row and column left over
+    ("y = MaxPooling2D(2)(x)", (2, 5, 5, 2)),            # windows apart, a row and column left over
     ("y = MaxPooling2D((2, 3))(x)", (2, 5, 7, 2)),
     ("y = MaxPooling1D(2)(x)", (2, 7, 3)),
     ("y = MaxPooling2D(2, strides=1)(x)", (2, 4, 4, 2)),  # overlapping: the scatter path
@@ -371,8 +371,9 @@ def test_gradients_of_frozen_weights_unrequested():
      " Flatten()\n y = Dense(2)", (2, 13, 13, 1)),
 ])
 def test_maxpool_gradient_paths(body, shape):
-    """MaxPool's gradient: through the forward argmax (MaxUnpool for non-overlapping windows, a
-    scatter-add for overlapping ones), or without it where the windows tile the input."""
+    """MaxPool's gradient: without the argmax where the windows do not overlap (MaxPoolTilesGrad),
+    else through the forward argmax (a scatter-add for overlapping windows; MaxUnpool for
+    windows apart over a named dimension: test_windows_over_a_named_dimension)."""
     src = "model m {\n input x: float64[%s]\n %s\n output y\n}" % (", ".join(map(str, shape[1:])), body)
     checked, _ = check_gradients(src, {"x": np.random.default_rng(3).normal(size=shape)})
     assert checked > 0
@@ -393,13 +394,14 @@ def _first_max_gradient(x, dy, k):
 
 
 @pytest.mark.parametrize("k", [(2, 2), (2, 3), (3, 2), (1, 2)])
-def test_maxpool_tiles_gradient_picks_the_first_maximum(k):
-    """Where windows tile the input, MaxPoolTilesGrad finds each window's first maximum without
+@pytest.mark.parametrize("left_over", [0, 1])
+def test_maxpool_tiles_gradient_picks_the_first_maximum(k, left_over):
+    """Where windows do not overlap, MaxPoolTilesGrad finds each window's first maximum without
     MaxPool's argmax; with many ties (values in {0, 1, 2}) it must still pick the position the
     argmax picks, as Keras (TensorFlow's MaxPoolGrad) does: compared with numpy and with the
-    argmax path, in float32 on onnxruntime."""
+    argmax path, in float32 on onnxruntime; ``left_over``: rows and columns in no window."""
     from kcompile.ir import Graph, TensorType
-    shape = (3, 4, 2 * k[0] * 2, 3 * k[1])
+    shape = (3, 4, 2 * k[0] * 2 + left_over, 3 * k[1] + left_over * (k[1] - 1))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, shape).astype(np.float32)
     dy = rng.normal(size=(shape[0], shape[1], shape[2] // k[0], shape[3] // k[1])).astype(np.float32)
