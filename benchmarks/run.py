@@ -555,16 +555,13 @@ def w_profile(fw, model, args):
     m.train_on_batch(x, y)
     out["train_on_batch_ms"] = statistics.median(call_times(lambda: m.train_on_batch(x, y), steps)) * 1e3
     parts, extra = 1, {}
-    try:  # the step as the model runs it (its private _step_graph, blocked convolutions on the CPU)
-        graph = m._step_graph() if hasattr(m, "_step_graph") else m._training_onnx["train_step"]
-        parts = m._batch_parts() if hasattr(m, "_batch_parts") else 1
+    try:  # the step as the model runs it (its private helpers: blocked convolutions on the CPU)
+        parts = m._batch_parts()
         if parts > 1:  # a split step: one of its one-core parts, on its share of the batch
-            from kcompile.backend.shards import split_step
-            graph = split_step(graph, m.manifest["training"]["gradients"], parts)[0]
+            graph = m._split_graphs(parts)[0]
             x, y, extra = x[:BATCH // parts], y[:BATCH // parts], {"share": np.asarray(1 / parts, np.float32)}
-        if getattr(m, "device", "cpu") == "cpu":
-            from kcompile.backend.nchwc import use_nchwc
-            graph = use_nchwc(graph)
+        else:
+            graph = m._graph_for("train_step")
     except Exception as e:
         out["profile"] = f"unavailable ({type(e).__name__}: {e})"
         return out

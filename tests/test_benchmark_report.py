@@ -1,6 +1,10 @@
 """benchmarks/run.py's report: ratios against the best peer, target verdicts, and the ratios
 round by round (the benchmark itself runs for minutes and is not part of the suite)."""
 import importlib.util
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,7 +61,6 @@ def test_rounds_pair_by_position_when_one_fails(bench):
 
 def test_run_py_paired_option_prints_and_returns_the_paired_rows(bench, monkeypatch, capsys):
     import argparse
-    import sys
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     try:
         import paired
@@ -74,11 +77,8 @@ def test_run_py_paired_option_prints_and_returns_the_paired_rows(bench, monkeypa
             sys.modules.pop(name, None)
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="pins itself to each core: Linux")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins itself to each core: Linux")
 def test_cores_py_probes_every_core_and_summarizes():
-    import os
-    import subprocess
-    import sys
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cores.py"), "--seconds", "1"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -88,12 +88,9 @@ def test_cores_py_probes_every_core_and_summarizes():
     assert [line.split(":")[0] for line in done.stdout.splitlines() if " slow in " in line] == [f"core {c}" for c in cores]
 
 
-@pytest.mark.skipif(not (hasattr(__import__("os"), "sched_setaffinity") and __import__("shutil").which("cc")),
+@pytest.mark.skipif(not (hasattr(os, "sched_setaffinity") and shutil.which("cc")),
                     reason="builds benchmarks/pingpong.c and pins threads: Linux with a C compiler")
 def test_cores_py_pingpong_times_the_round_trip_between_two_cores():
-    import os
-    import subprocess
-    import sys
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one core")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cores.py"), "--pingpong", "--seconds", "1"],

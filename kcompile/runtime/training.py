@@ -126,6 +126,7 @@ class TrainingMixin:
         self._runner = None
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
+        self._split = None  # the split step's sessions (_split_sessions); False: the step cannot be split
         self._stops_spinning = False  # whether this model's sessions stop their pools after a run
         self._flush = NoFlush()  # what each training step runs in (fpenv)
         self._shared = {}  # weight -> the SharedWeight it is, when other models hold it too
@@ -288,29 +289,44 @@ class TrainingMixin:
             return 1
         return 2
 
-    def _sharded_runner(self, parts: int):
-        """The training step as ``parts`` one-core parts of the batch and an update
-        (backend/shards.py, binding.ShardedRunner); None where the step cannot be cut so."""
+    def _split_graphs(self, parts: int):
+        """(one part's graph, the update's graph) of the training step as this model runs it, cut
+        into ``parts`` parts of the batch (backend/shards.py, blocked convolutions on the CPU);
+        None where the update reads more than the weights, slots and gradients."""
         from ..backend.nchwc import use_nchwc
         from ..backend.shards import split_step
+        graphs = split_step(self._step_graph(), self.manifest["training"]["gradients"], parts)
+        return None if graphs is None else (use_nchwc(graphs[0]) if self.device == "cpu" else graphs[0], graphs[1])
+
+    def _split_sessions(self, parts: int):
+        """(the parts' sessions, the update's session) of the split step, made once and kept
+        like the whole step's session (a new runner, after set_weights say, reuses them); None
+        where the step cannot be cut so."""
+        if self._split is None or (self._split and len(self._split[0]) != parts):
+            graphs = self._split_graphs(parts)
+            self._split = False
+            if graphs is not None:
+                environment = self._flush = step_environment(self.flush_denormals)
+                threads = max(1, devices.cpu_cores() // parts)
+                sessions = [self._new_session(graphs[0], "train step", threads, self._stops_spinning, environment)
+                            for _ in range(parts)]
+                # The update's pool stops spinning after each run: the parts that follow need every core.
+                self._split = (sessions, self._new_session(graphs[1], "train step", 0, True, environment))
+        return self._split or None
+
+    def _sharded_runner(self, parts: int):
+        """The training step as ``parts`` one-core parts of the batch and an update
+        (binding.ShardedRunner); None where the step cannot be cut so."""
         from .binding import ShardedRunner, StateRunner, core_pool
-        spec = self.manifest["training"]
-        graphs = split_step(self._step_graph(), spec["gradients"], parts)
-        if graphs is None:  # (the update reads more than the weights, slots and gradients)
+        sessions = self._split_sessions(parts)
+        if sessions is None:
             return None
-        part_graph, apply_graph = graphs
-        environment = self._flush = step_environment(self.flush_denormals)
-        threads = max(1, devices.cpu_cores() // parts)
-        part_graph = use_nchwc(part_graph)
-        sessions = [self._new_session(part_graph, "train step", threads, self._stops_spinning, environment)
-                    for _ in range(parts)]
-        # The update's pool stops spinning after each run: the parts that follow need every core.
-        update = StateRunner(self._new_session(apply_graph, "train step", 0, True, environment),
-                             {**self._weights, **self._slots}, self._providers, flush=self._flush,
+        spec = self.manifest["training"]
+        update = StateRunner(sessions[1], {**self._weights, **self._slots}, self._providers, flush=self._flush,
                              transposed=self._held_transposed())
         split = {s.name for s in self.inputs} | {t["name"] for t in spec["targets"]} | {
             n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]}
-        return ShardedRunner(sessions, update, {**self._weights, **self._slots}, split, spec["metrics"],
+        return ShardedRunner(sessions[0], update, {**self._weights, **self._slots}, split, spec["metrics"],
                              flush=self._flush, pool=core_pool(devices.cpu_cores()))
 
     def _sync_state(self):
@@ -353,6 +369,7 @@ class TrainingMixin:
             self._stops_spinning = True
             self._drop_runner()
             self._train_session = self._eval_session = self._weights_session = self._session = None
+            self._split = None
             self._copies = {}
 
     # ---- freezing ----
@@ -392,7 +409,7 @@ class TrainingMixin:
                        np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
                        for s in spec["slots"]}
         self._runner = None
-        self._train_session = self._eval_session = None
+        self._train_session = self._eval_session = self._split = None
         return names
 
     # ---- weights shared between models ----
@@ -422,7 +439,7 @@ class TrainingMixin:
         # and so do the steps, which read a shared kernel in Keras layout (_held_transposed).
         for model in (self, other):
             model._drop_runner()
-            model._train_session = None
+            model._train_session = model._split = None
         for a, b in pairs:
             weight = other._shared.get(b)
             if weight is None:
