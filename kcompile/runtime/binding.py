@@ -176,13 +176,15 @@ class StateRunner:
 _POOL = None
 
 
-def core_pool(cores: int):
+def core_pool():
     """This process's threads that run parts of a batch beside the calling thread (training steps
     split by ShardedRunner, predicts split by Model.predict): one per other core."""
     global _POOL
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=max(1, cores - 1), thread_name_prefix="kcompile-core")
+
+        from .devices import cpu_cores
+        _POOL = ThreadPoolExecutor(max_workers=max(1, cpu_cores() - 1), thread_name_prefix="kcompile-core")
     return _POOL
 
 
@@ -192,13 +194,12 @@ class ShardedRunner:
     each part reads the current weights from its buffers and writes its loss, metrics and
     gradients into arrays of its own, which the update reads in place."""
 
-    def __init__(self, parts: list, update: StateRunner, state: dict, split: set, metrics: list, flush=None,
-                 pool=None):
+    def __init__(self, parts: list, update: StateRunner, state: dict, split: set, metrics: list, flush=None):
         """``parts``: one session of the gradient graph per part; ``update``: the runner of the
         apply graph; ``state``: every weight by input name (the ones the update does not change
         are bound once); ``split``: the per-step inputs cut along their first axis (the batch,
-        the targets, per-sample noise); ``metrics``: the manifest's metric specs; ``pool``: the
-        threads that run the parts after the first (core_pool)."""
+        the targets, per-sample noise); ``metrics``: the manifest's metric specs. The parts after the
+        first run on core_pool's threads."""
         import onnxruntime as ort
         self.parts, self.update = parts, update
         self.session = update.session
@@ -236,7 +237,7 @@ class ShardedRunner:
             self.bindings.append(row)
         update.bind_in_place({f"{n}:{k}": self.outputs[k][n] for k in range(len(parts))
                               for n in self.outputs[k] if n.startswith("grad:")})
-        self._pool = pool or core_pool(len(parts))
+        self._pool = core_pool()
         self.results = {n: np.zeros_like(a) for n, a in self.outputs[0].items() if not n.startswith("grad:")}
 
     def bind_in_place(self, arrays):

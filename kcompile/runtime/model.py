@@ -229,7 +229,7 @@ class Model(TrainingMixin):
         predictors = self._copied_predictors("parts", session, graph, 2, threads=max(1, devices.cpu_cores() // 2))
         half = -(-n // (2 * step)) * step  # (the first part's rows: whole runs)
         rest = {name: array[half:] for name, array in feeds.items()}
-        second = core_pool(devices.cpu_cores()).submit(predictors[1].run, rest, n - half, step, fixed)
+        second = core_pool().submit(predictors[1].run, rest, n - half, step, fixed)
         first = predictors[0].run({name: array[:half] for name, array in feeds.items()}, half, step, fixed)
         return [np.concatenate([a, b]) for a, b in zip(first, second.result())]
 

@@ -317,7 +317,7 @@ class TrainingMixin:
     def _sharded_runner(self, parts: int):
         """The training step as ``parts`` one-core parts of the batch and an update
         (binding.ShardedRunner); None where the step cannot be cut so."""
-        from .binding import ShardedRunner, StateRunner, core_pool
+        from .binding import ShardedRunner, StateRunner
         sessions = self._split_sessions(parts)
         if sessions is None:
             return None
@@ -327,7 +327,7 @@ class TrainingMixin:
         split = {s.name for s in self.inputs} | {t["name"] for t in spec["targets"]} | {
             n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]}
         return ShardedRunner(sessions[0], update, {**self._weights, **self._slots}, split, spec["metrics"],
-                             flush=self._flush, pool=core_pool(devices.cpu_cores()))
+                             flush=self._flush)
 
     def _sync_state(self):
         """Bring the weight and slot dictionaries up to date: this model's training buffers, and
