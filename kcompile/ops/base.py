@@ -47,6 +47,11 @@ class Op:
         replaces the node in ``ctx.g``. Called on the forward graph before differentiation."""
         return None
 
+    def macs(self, ins: list[TensorType], outs: list[TensorType], attrs: dict) -> tuple:
+        """The sizes whose product is this op's multiply-adds per sample (axis 0 the batch), for
+        ops whose arithmetic is a network's bulk (products, convolutions); () for the rest."""
+        return ()
+
     def check_float(self, ins, n=None):
         for t in ins[:n]:
             if not t.is_float:

@@ -47,6 +47,9 @@ class MatMul(Op):
         out = batch + (sa[-2],) * (a.rank > 1) + (sb[-1],) * (b.rank > 1)
         return [TensorType(a.dtype, out)]
 
+    def macs(self, ins, outs, attrs):
+        return outs[0].shape[1:] + ins[1].shape[-2 if ins[1].rank > 1 else -1:][:1]  # x the inner size
+
     def grad(self, ctx, node, dys):
         a, b = node.inputs
         dy, = dys
@@ -89,6 +92,9 @@ class Gemm(Op):
         if len(ins) == 3 and ins[2].shape not in ((n,), (1, n), (m, 1)):
             raise ShapeError(f"Gemm bias {format_shape(ins[2].shape)} does not match {n} units")
         return [TensorType(x.dtype, (m, n))]
+
+    def macs(self, ins, outs, attrs):
+        return outs[0].shape[1:] + _flip(ins[1].shape, attrs.get("transB"))[:1]  # x the inner size
 
     def lower(self, ctx, inputs, outputs, attrs):
         lower_fused(ctx, "Gemm", inputs, outputs, {k: v for k, v in attrs.items() if v or k == "activation"})

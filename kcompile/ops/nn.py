@@ -51,6 +51,9 @@ class Conv(Op):
                                          dilations[i]) for i in range(n))
         return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + spatial)]
 
+    def macs(self, ins, outs, attrs):
+        return outs[0].shape[1:] + ins[1].shape[1:]  # each output reads C/group x kernel inputs
+
     def lower(self, ctx, inputs, outputs, attrs):
         lower_fused(ctx, self.onnx_op, inputs, outputs, attrs)
 
@@ -222,6 +225,9 @@ class ConvTranspose(Op):
                 s = offset_dim(f"{strides[i]}*({offset_dim(s, -1)})", extra)
             spatial.append(s)
         return [TensorType(x.dtype, (x.shape[0], w.shape[1] * group) + tuple(spatial))]
+
+    def macs(self, ins, outs, attrs):
+        return ins[0].shape[1:] + ins[1].shape[1:]  # each input feeds O/group x kernel outputs
 
     lower = Conv.lower
 

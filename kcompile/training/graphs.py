@@ -329,23 +329,13 @@ def _mixes_samples(g: Graph, stat_updates) -> str:
 
 
 def macs_per_sample(g: Graph) -> int:
-    """Multiply-adds per sample of the products and convolutions of ``g`` (those whose sizes are
-    all numbers besides the batch), the bulk of a network's arithmetic."""
+    """Multiply-adds per sample of ``g``'s products and convolutions (each op's ``macs``), those
+    whose sizes are all numbers besides the batch: the bulk of a network's arithmetic."""
     import numpy as np
     total = 0
     for node in g.nodes():
-        if node.op not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
-            continue
-        x, w = (g.types[v].shape for v in node.inputs[:2])
-        out = g.types[node.outputs[0]].shape
-        if node.op == "Conv":
-            sizes, per_output = out[1:], list(w[1:])
-        elif node.op == "ConvTranspose":
-            sizes, per_output = x[1:], list(w[1:])
-        else:  # (a Gemm's inner size is the kernel's other side from the output's)
-            sizes, per_output = out[1:], [w[0] if node.attrs.get("transB", 0) == 0 else w[1]]
-        dims = list(sizes) + per_output
-        if all(isinstance(d, int) for d in dims):
+        dims = OPS[node.op].macs([g.types[v] for v in node.inputs], [g.types[v] for v in node.outputs], node.attrs)
+        if dims and all(isinstance(d, int) for d in dims):
             total += int(np.prod(dims, dtype=np.int64))
     return total
 

@@ -46,3 +46,26 @@ def test_macs_per_sample_of_the_mnist_cnn():
     spec = kcompile.compile(EXAMPLES / "mnist_cnn.kdl").manifest["training"]
     # convolutions to 26x26x32 (9 each) and 11x11x64 (288 each), then 1600x128 and 128x10
     assert spec["macs_per_sample"] == 26 * 26 * 32 * 9 + 11 * 11 * 64 * 288 + 1600 * 128 + 128 * 10
+
+
+GENERATOR_AND_ATTENTION = """
+model m {
+    input z: float32[2, 3, 6]
+    h = Conv2DTranspose(5, 3, strides=2)(z)
+    q = Reshape((35, 8))(Dense(8)(h))
+    s = matmul(q, transpose(q))
+    y = Dense(2)(s)
+    output y
+    train {
+        loss = mse
+        optimizer = SGD()
+    }
+}
+"""
+
+
+def test_macs_per_sample_counts_transposed_convolutions_and_products_of_activations():
+    # Conv2DTranspose: each of 2x3x6 inputs feeds 5 filters x 3x3 taps -> h [5, 7, 5]; Dense(8)
+    # over its 35 positions; q q^T: [35, 8] by [8, 35]; Dense(2) over [35, 35]
+    spec = kcompile.compile_string(GENERATOR_AND_ATTENTION).manifest["training"]
+    assert spec["macs_per_sample"] == 2 * 3 * 6 * 5 * 9 + 35 * 5 * 8 + 35 * 35 * 8 + 35 * 35 * 2
