@@ -4,7 +4,8 @@ LSTM gates are in Keras's order i, f, c, o: kernel [I, 4u], recurrent kernel [u,
 bias [4u]. Outputs: the hidden sequence [N, T, u], the last h and c [N, u], and the
 cell sequence [N, T, u].
 
-Inference lowers to ONNX's fused LSTM op (gates reordered to its i, o, f, c). When a
+Inference lowers to ONNX's fused LSTM op (gates reordered to its i, o, f, c; float32, the only
+type onnxruntime's LSTM computes). When a
 gradient reads the cell sequence, the forward pass is an ONNX ``Scan`` over time and the
 backward pass (``LSTMGrad``) a reverse ``Scan`` that carries (dh, dc) and emits each step's
 gate gradients; the weight and input gradients are then a few large matrix products over
@@ -90,7 +91,8 @@ class LSTM(Op):
         return [seq, last, last, seq]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        if ctx.used(outputs[3]) or attrs.get("masked") or attrs.get("rdrop"):
+        # (onnxruntime's LSTM computes float32 only: "LSTM operator does not support double yet")
+        if ctx.used(outputs[3]) or attrs.get("masked") or attrs.get("rdrop") or ctx.dtype(inputs[0]) != "float32":
             return self.lower_scan(ctx, inputs, outputs, attrs)
         x, kernel, recurrent = inputs[:3]
         u = attrs["units"]

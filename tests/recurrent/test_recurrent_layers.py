@@ -70,6 +70,27 @@ def test_forward_matches_keras_equations(kind, units, return_sequences, go_backw
     np.testing.assert_allclose(m.predict(x), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
+def test_float64_inference_matches_keras_equations(kind):
+    # (onnxruntime's fused LSTM computes float32 only: a float64 LSTM runs as a Scan)
+    src = f"""model r {{
+        input x: float64[7, 3]
+        y = Bidirectional({kind}(4, return_sequences=true), merge_mode=sum)(x)
+        output y
+    }}"""
+    m = kcompile.compile_string(src)
+    rng = np.random.default_rng(11)
+    weights = [rng.normal(0, 0.5, w.shape) for w in m.get_weights()]
+    m.set_weights(weights)
+    x = rng.normal(size=(4, 7, 3))
+    half = len(weights) // 2
+    want = (reference(kind, x, weights[:half], 4, True, False) +
+            reference(kind, x, weights[half:], 4, True, True)[:, ::-1])
+    got = m.predict(x)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_keras_weight_shapes_and_initial_values():
     src = """model w {
         input x: float32[5, 3]
