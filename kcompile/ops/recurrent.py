@@ -39,10 +39,12 @@ def _check(x, k, r, b, gates, units, drop=None):
 
 
 class _Body:
-    """Builds an ONNX subgraph (a Scan body) node by node."""
+    """Builds an ONNX subgraph (a Scan body) node by node. ``masked``: the steps read a step mask
+    ``m_t`` (1 where the step counts, 0 where the state carries over); unmasked bodies compute
+    none of the blending, which is most of a small step's ops."""
 
-    def __init__(self, dtype: str):
-        self.dtype = dtype
+    def __init__(self, dtype: str, masked: bool = False):
+        self.dtype, self.masked = dtype, masked
         self.nodes, self.count = [], 0
 
     def __call__(self, op, *inputs, **attrs):
@@ -61,7 +63,27 @@ class _Body:
             name, TensorProto.INT64, [len(values)], list(values))))
         return name
 
+    def blend(self, new, old):
+        """The state after the step: ``new``, or where the step is masked, ``old``."""
+        if not self.masked:
+            return new
+        return self("Add", self("Mul", "m_t", new), self("Mul", self("Sub", self.const(1.0, f"one_{self.count}"),
+                                                                      "m_t"), old))
+
+    def counted(self, d):
+        """A gradient reaching the step's own new state: ``d`` times the step mask."""
+        return self("Mul", "m_t", d) if self.masked else d
+
+    def passed(self, d_prev, d):
+        """The gradient reaching the previous state, ``d_prev``, plus where the step is masked
+        the gradient ``d`` of the state it carried over."""
+        if not self.masked:
+            return d_prev
+        return self("Add", d_prev, self("Mul", self("Sub", self.const(1.0, f"one_{self.count}"), "m_t"), d))
+
     def graph(self, name, inputs, outputs):
+        if self.masked:
+            inputs = inputs + ["m_t"]
         info = [helper.make_tensor_value_info(n, _ELEM[self.dtype], None) for n in inputs]
         outs = [helper.make_tensor_value_info(n, _ELEM[self.dtype], None) for n in outputs]
         return helper.make_graph(self.nodes, name, info, outs)
@@ -129,7 +151,7 @@ class LSTM(Op):
             xw = ctx.emit("Add", [xw, bias])
         zeros = _zeros_like_state(ctx, x, u)
         gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
-        body = _Body(dtype)
+        body = _Body(dtype, masked=mask is not None)
         # (the kernels and dropout masks are read from the outer graph)
         z = body("Add", "xw_t", _step_product(body, "h_prev", recurrent, drop, gate_kernels))
         i, f, g, o = (f"g{k}" for k in range(4))
@@ -138,12 +160,12 @@ class LSTM(Op):
         g = body("Tanh", g)
         c = body("Add", body("Mul", f, "c_prev"), body("Mul", i, g))
         h = body("Mul", o, body("Tanh", c))
-        c, h = _blend(body, "m_t", c, "c_prev"), _blend(body, "m_t", h, "h_prev")
+        c, h = body.blend(c, "c_prev"), body.blend(h, "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [c], ["c_next"]),
                        helper.make_node("Identity", [h], ["h_out"]), helper.make_node("Identity", [c], ["c_out"])]
-        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t", "m_t"], ["h_next", "c_next", "h_out", "c_out"])
-        ctx.emit("Scan", [zeros, zeros, xw, _step_mask(ctx, x, mask)], [outputs[1], outputs[2], outputs[0], outputs[3]],
-                 body=graph, num_scan_inputs=2, scan_input_axes=[1, 1], scan_output_axes=[1, 1])
+        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"], ["h_next", "c_next", "h_out", "c_out"])
+        _scan_forward(ctx, graph, [zeros, zeros, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2], outputs[0],
+                                                                                outputs[3]], 2)
 
     def training_form(self, ctx, node):
         return _recurrent_dropout_form(ctx, node)
@@ -155,7 +177,7 @@ class LSTM(Op):
         seq, _, _, cells = node.outputs
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         ins = [x, k, r, seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3])
-        return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask)
+        return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask, dys[0] is not None)
 
 
 def _recurrent_dropout_form(ctx, node):
@@ -229,32 +251,27 @@ def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output):
     return ctx.emit("Reshape", [by_row, ctx.const([units, width], "int64")], [output])
 
 
-def _grad_op(ctx, op, node, ins, bias, drop, mask):
+def _grad_op(ctx, op, node, ins, bias, drop, mask, seq_grad):
     """Emit a recurrent op's gradient op; returns the gradients of the op's inputs (None for the
     dropout and step masks)."""
     dx, dk, dr, db = ctx.op(op, *ins, *[v for v in (bias, drop, mask) if v], units=node.attrs["units"],
-                            has_bias=bias is not None, rdrop=drop is not None, masked=mask is not None)
+                            has_bias=bias is not None, rdrop=drop is not None, masked=mask is not None,
+                            seq_grad=seq_grad)
     return [dx, dk, dr] + [g for g, v in ((db, bias), (None, drop), (None, mask)) if v is not None]
 
 
-def _step_mask(ctx, x, mask):
-    """[N, T, 1]: 1 where a step counts, 0 where it is masked (the state carries over)."""
-    if mask is not None:
-        return ctx.emit("Unsqueeze", [mask, ctx.const([2], "int64")])
-    shape = ctx.emit("Concat", [ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"),
-                                                    ctx.const([2], "int64")]), ctx.const([1], "int64")], axis=0)
-    return ctx.emit("ConstantOfShape", [shape], value=helper.make_tensor("one", ctx.onnx_dtype(ctx.dtype(x)), [1], [1]))
-
-
-def _blend(body, m, new, old):
-    """m * new + (1 - m) * old: a masked step keeps the old state."""
-    return body("Add", body("Mul", m, new), body("Mul", body("Sub", body.const(1.0, f"one_{body.count}"), m), old))
+def _step_mask(ctx, mask):
+    """The Scan input of a masked recurrence: the mask [N, T] as [N, T, 1] (1 where a step
+    counts, 0 where the state carries over); none for an unmasked one."""
+    return [] if mask is None else [ctx.emit("Unsqueeze", [mask, ctx.const([2], "int64")])]
 
 
 def _output_grads(ctx, outputs, dys):
-    """The gradients of a recurrent op's outputs, zeros for the outputs the loss does not use."""
+    """The gradients of a recurrent op's last states, zeros for those the loss does not use, after
+    the sequence's where the loss uses it (the ``seq_grad`` attribute of the gradient op says so)."""
     zero = ctx.const(0.0, ctx.type(outputs[0]).dtype)
-    return [d if d is not None else ctx.op("ExpandLike", zero, o) for o, d in zip(outputs, dys)]
+    states = [d if d is not None else ctx.op("ExpandLike", zero, o) for o, d in zip(outputs[1:], dys[1:])]
+    return ([dys[0]] if dys[0] is not None else []) + states
 
 
 def _zeros_like_state(ctx, x, units):
@@ -272,16 +289,17 @@ def _shift_right(ctx, seq, units):
 
 @register
 class LSTMGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, cells, d_sequence, d_last_h, d_last_c[, bias][, mask];
-    outputs: dx, d_kernel, d_recurrent_kernel, d_bias. attrs: units, has_bias, masked."""
+    """inputs: x, kernel, recurrent_kernel, sequence, cells[, d_sequence], d_last_h, d_last_c[, bias]
+    [, drop][, mask]; outputs: dx, d_kernel, d_recurrent_kernel, d_bias. attrs: units, seq_grad (the
+    loss reads the sequence), has_bias, rdrop, masked."""
     name = "LSTMGrad"
 
     def infer(self, ins, attrs):
         return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (4 * attrs["units"],))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        x, kernel, recurrent, seq, cells, d_seq, d_h, d_c = inputs[:8]
-        bias, drop, mask = _extra_inputs(inputs, attrs, 8)
+        x, kernel, recurrent, seq, cells = inputs[:5]
+        d_seq, (d_h, d_c), bias, drop, mask = _grad_inputs(inputs, attrs, 5, 2)
         u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u)
         c_prev = _shift_right(ctx, cells, u)
@@ -294,37 +312,37 @@ class LSTMGrad(Op):
         g = ctx.emit("Tanh", [zg])
         # The step's own new cell (before a mask keeps the old one).
         tanh_c = ctx.emit("Tanh", [ctx.emit("Add", [ctx.emit("Mul", [f, c_prev]), ctx.emit("Mul", [i, g])])])
-        m = _step_mask(ctx, x, mask)
+        # What a step's gradient does not owe to the next step's, for every step at once: with dh
+        # and dc reaching the step's new h and c, dc gains dh o (1 - tanh(c)^2), and the gates'
+        # pre-activations get dz = [dc, dc, dc, dh] * [g i', c_prev f', i (1 - g^2), tanh(c) o'],
+        # s' = s (1 - s) for a sigmoid s.
+        one = ctx.const(1.0, dtype)
+
+        def mul(a, b):
+            return ctx.emit("Mul", [a, b])
+
+        def dsigmoid(v):
+            return mul(v, ctx.emit("Sub", [one, v]))
+        dc_dh = mul(o, ctx.emit("Sub", [one, mul(tanh_c, tanh_c)]))
+        dz_scale = ctx.emit("Concat", [mul(g, dsigmoid(i)), mul(c_prev, dsigmoid(f)),
+                                       mul(i, ctx.emit("Sub", [one, mul(g, g)])), mul(tanh_c, dsigmoid(o))], axis=-1)
         # Reverse scan: carry (dh, dc) from step t+1 to step t, starting from the gradients of the
         # returned last h and c; emit dz_t, the gradient of the gate pre-activations.
         rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
-        body = _Body(dtype)
-        one = body.const(1.0, "one")
-        keep = body("Sub", one, "m_t")
-        dh_all = body("Add", "dh_t", "dh_next")
-        dh = body("Mul", "m_t", dh_all)  # into the step's own new h; (1 - m) flows straight to h_prev
-        do = body("Mul", dh, "tc_t")
-        dc = body("Add", body("Mul", "m_t", "dc_next"), body("Mul", body("Mul", dh, "o_t"),
-                                                               body("Sub", one, body("Mul", "tc_t", "tc_t"))))
-        di = body("Mul", dc, "g_t")
-        dg = body("Mul", dc, "i_t")
-        df = body("Mul", dc, "cp_t")
-        dzi = body("Mul", di, body("Mul", "i_t", body("Sub", one, "i_t")))
-        dzf = body("Mul", df, body("Mul", "f_t", body("Sub", one, "f_t")))
-        dzg = body("Mul", dg, body("Sub", one, body("Mul", "g_t", "g_t")))
-        dzo = body("Mul", do, body("Mul", "o_t", body("Sub", one, "o_t")))
-        dz = body("Concat", dzi, dzf, dzg, dzo, axis=-1)
-        dh_prev = body("Add", _step_product_grad(body, dz, rt, drop, rgt, u), body("Mul", keep, dh_all))
-        dc_prev = body("Add", body("Mul", dc, "f_t"), body("Mul", keep, "dc_next"))
+        body = _Body(dtype, masked=mask is not None)
+        dh_all, d_seq_input = _step_grads(body, d_seq)
+        dh = body.counted(dh_all)  # into the step's own new h; a masked step passes it to h_prev
+        dc = body("Add", body.counted("dc_next"), body("Mul", dh, "dcdh_t"))
+        dz = body("Mul", body("Concat", dc, dc, dc, dh, axis=-1), "dzs_t")
+        dh_prev = body.passed(_step_product_grad(body, dz, rt, drop, rgt, u), dh_all)
+        dc_prev = body.passed(body("Mul", dc, "f_t"), "dc_next")
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dc_prev], ["dc_prev"]),
                        helper.make_node("Identity", [dz], ["dz_out"])]
-        graph = body.graph("lstm_step_grad", ["dh_next", "dc_next", "dh_t", "i_t", "f_t", "g_t", "o_t", "tc_t", "cp_t",
-                                              "m_t"], ["dh_prev", "dc_prev", "dz_out"])
-        _, _, dz_seq = ctx.emit("Scan", [d_h, d_c, d_seq, i, f, g, o, tanh_c, c_prev, m],
-                                [ctx.fresh("dh0"), ctx.fresh("dc0"), ctx.fresh("dz")], body=graph, num_scan_inputs=8,
-                                scan_input_axes=[1] * 8, scan_input_directions=[1] * 8, scan_output_axes=[1],
-                                scan_output_directions=[1])
+        graph = body.graph("lstm_step_grad", ["dh_next", "dc_next"] + ["dh_t"] * bool(d_seq_input) +
+                           ["dcdh_t", "dzs_t", "f_t"], ["dh_prev", "dc_prev", "dz_out"])
+        _, _, dz_seq = _scan_backward(ctx, graph, [d_h, d_c] + d_seq_input + [dc_dh, dz_scale, f] +
+                                      _step_mask(ctx, mask), 2, ["dh0", "dc0", "dz"])
         dx, dk, dr, db = outputs
         ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
         flat = ctx.const([-1, 4 * u], "int64")
@@ -341,10 +359,21 @@ def _recurrent_transposed(ctx, recurrent, drop, units):
     return rt, (_gate_kernels(ctx, recurrent, units, transposed=True) if drop is not None else None)
 
 
-def _scan_forward(ctx, body, inputs, outputs, state_count, scan_inputs):
-    """Emit a batch-major Scan over axis 1."""
-    ctx.emit("Scan", inputs, outputs, body=body, num_scan_inputs=scan_inputs, scan_input_axes=[1] * scan_inputs,
+def _scan_forward(ctx, body, inputs, outputs, state_count):
+    """Emit a batch-major Scan over axis 1: ``inputs`` the initial states, then the sequences."""
+    scans = len(inputs) - state_count
+    ctx.emit("Scan", inputs, outputs, body=body, num_scan_inputs=scans, scan_input_axes=[1] * scans,
              scan_output_axes=[1] * (len(outputs) - state_count))
+
+
+def _scan_backward(ctx, body, inputs, state_count, outputs):
+    """Emit a batch-major Scan over axis 1 from the last step to the first; returns its outputs
+    (the states' gradients at the first step, then the sequences it emits, in step order)."""
+    scans = len(inputs) - state_count
+    return ctx.emit("Scan", inputs, [ctx.fresh(name) for name in outputs], body=body, num_scan_inputs=scans,
+                    scan_input_axes=[1] * scans, scan_input_directions=[1] * scans,
+                    scan_output_axes=[1] * (len(outputs) - state_count),
+                    scan_output_directions=[1] * (len(outputs) - state_count))
 
 
 def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, outputs):
@@ -379,7 +408,7 @@ class _OneStateRecurrence(Op):
     def grad(self, ctx, node, dys):
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys)
-        return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask)
+        return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask, dys[0] is not None)
 
 
 @register
@@ -395,54 +424,64 @@ class SimpleRNN(_OneStateRecurrence):
         if bias is not None:
             xw = ctx.emit("Add", [xw, bias])
         gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
-        body = _Body(ctx.dtype(x))
+        body = _Body(ctx.dtype(x), masked=mask is not None)
         hr = _step_product(body, "h_prev", recurrent, drop, gate_kernels)
-        h = _blend(body, "m_t", body("Tanh", body("Add", "xw_t", hr)), "h_prev")
+        h = body.blend(body("Tanh", body("Add", "xw_t", hr)), "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
-        graph = body.graph("rnn_step", ["h_prev", "xw_t", "m_t"], ["h_next", "h_out"])
-        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw, _step_mask(ctx, x, mask)],
-                      [outputs[1], outputs[0]], 1, 2)
+        graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
+        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
 
 
-def _extra_inputs(inputs, attrs, first):
-    """(bias, recurrent-dropout masks, step mask) after a gradient op's ``first`` inputs; absent ones None."""
+def _grad_inputs(inputs, attrs, first, states):
+    """A gradient op's inputs after its ``first`` fixed ones: (the sequence's gradient or None,
+    the ``states`` last states' gradients, bias, recurrent-dropout masks, step mask), absent ones None."""
     extra = list(inputs[first:])
+    d_seq = extra.pop(0) if attrs.get("seq_grad", True) else None
+    d_states = [extra.pop(0) for _ in range(states)]
     bias = extra.pop(0) if attrs.get("has_bias") else None
     drop = extra.pop(0) if attrs.get("rdrop") else None
     mask = extra.pop(0) if attrs.get("masked") else None
-    return bias, drop, mask
+    return d_seq, d_states, bias, drop, mask
+
+
+def _step_grads(body, d_seq):
+    """In a backward step: the gradient reaching the step's h from the next step ("dh_next") plus,
+    where the loss reads the whole sequence, from the sequence ("dh_t"): (that sum, the Scan's
+    sequence inputs for it)."""
+    if d_seq is None:
+        return "dh_next", []
+    return body("Add", "dh_t", "dh_next"), [d_seq]
 
 
 @register
 class SimpleRNNGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, d_sequence, d_last_h[, bias][, mask];
-    outputs: dx, dW, dR, db. attrs: units, has_bias, masked."""
+    """inputs: x, kernel, recurrent_kernel, sequence[, d_sequence], d_last_h[, bias][, drop][, mask];
+    outputs: dx, dW, dR, db. attrs: units, seq_grad, has_bias, rdrop, masked."""
     name = "SimpleRNNGrad"
 
     def infer(self, ins, attrs):
         return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (attrs["units"],))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        x, kernel, recurrent, seq, d_seq, d_h = inputs[:6]
-        bias, drop, mask = _extra_inputs(inputs, attrs, 6)
-        u = attrs["units"]
+        x, kernel, recurrent, seq = inputs[:4]
+        d_seq, (d_h,), bias, drop, mask = _grad_inputs(inputs, attrs, 4, 1)
+        u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u)
-        # Each step's own new h (before a mask keeps the old one), recomputed at once.
+        # Each step's own new h (before a mask keeps the old one), recomputed at once, and the
+        # factor 1 - h^2 by which its gradient reaches the pre-activation.
         z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
         fresh = ctx.emit("Tanh", [ctx.emit("Add", [z, bias]) if bias is not None else z])
+        dtanh = ctx.emit("Sub", [ctx.const(1.0, dtype), ctx.emit("Mul", [fresh, fresh])])
         rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
-        body = _Body(ctx.dtype(x))
-        one = body.const(1.0, "one")
-        dh_all = body("Add", "dh_t", "dh_next")
-        dz = body("Mul", body("Mul", "m_t", dh_all), body("Sub", one, body("Mul", "h_t", "h_t")))
-        dh_prev = body("Add", _step_product_grad(body, dz, rt, drop, rgt, u),
-                       body("Mul", body("Sub", one, "m_t"), dh_all))
+        body = _Body(dtype, masked=mask is not None)
+        dh_all, d_seq_input = _step_grads(body, d_seq)
+        dz = body("Mul", body.counted(dh_all), "dtanh_t")
+        dh_prev = body.passed(_step_product_grad(body, dz, rt, drop, rgt, u), dh_all)
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dz], ["dz_out"])]
-        graph = body.graph("rnn_step_grad", ["dh_next", "dh_t", "h_t", "m_t"], ["dh_prev", "dz_out"])
-        _, dz = ctx.emit("Scan", [d_h, d_seq, fresh, _step_mask(ctx, x, mask)], [ctx.fresh("dh0"), ctx.fresh("dz")],
-                         body=graph, num_scan_inputs=3, scan_input_axes=[1] * 3, scan_input_directions=[1] * 3,
-                         scan_output_axes=[1], scan_output_directions=[1])
+        graph = body.graph("rnn_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dtanh_t"],
+                           ["dh_prev", "dz_out"])
+        _, dz = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dtanh] + _step_mask(ctx, mask), 1, ["dh0", "dz"])
         zx, _ = _weight_grads(ctx, x, h_prev, dz, dz, kernel, recurrent, drop, u, outputs)
         ctx.emit("ReduceSum", [zx, ctx.const([0], "int64")], [outputs[3]], keepdims=0)
 
@@ -479,7 +518,7 @@ class GRU(_OneStateRecurrence):
         if b_in is not None:
             xw = ctx.emit("Add", [xw, b_in])
         gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
-        body = _Body(ctx.dtype(x))
+        body = _Body(ctx.dtype(x), masked=mask is not None)
         one = body.const(1.0, "one")
         hr = _step_product(body, "h_prev", recurrent, drop, gate_kernels)
         if b_rec is not None:
@@ -492,26 +531,25 @@ class GRU(_OneStateRecurrence):
         r = body("Sigmoid", body("Add", xr, "hr_"))
         hh = body("Tanh", body("Add", xh, body("Mul", r, "hh_")))
         h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
-        h = _blend(body, "m_t", h, "h_prev")
+        h = body.blend(h, "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
-        graph = body.graph("gru_step", ["h_prev", "xw_t", "m_t"], ["h_next", "h_out"])
-        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw, _step_mask(ctx, x, mask)],
-                      [outputs[1], outputs[0]], 1, 2)
+        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
+        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
 
 
 @register
 class GRUGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, d_sequence, d_last_h[, bias][, mask];
-    outputs: dx, dW, dR, d_bias [2, 3u]. attrs: units, has_bias, masked."""
+    """inputs: x, kernel, recurrent_kernel, sequence[, d_sequence], d_last_h[, bias][, drop][, mask];
+    outputs: dx, dW, dR, d_bias [2, 3u]. attrs: units, seq_grad, has_bias, rdrop, masked."""
     name = "GRUGrad"
 
     def infer(self, ins, attrs):
         return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (2, 3 * attrs["units"]))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        x, kernel, recurrent, seq, d_seq, d_h = inputs[:6]
-        bias, drop, mask = _extra_inputs(inputs, attrs, 6)
-        u = attrs["units"]
+        x, kernel, recurrent, seq = inputs[:4]
+        d_seq, (d_h,), bias, drop, mask = _grad_inputs(inputs, attrs, 4, 1)
+        u, dtype = attrs["units"], ctx.dtype(x)
         b_in, b_rec = GRU.biases(ctx, bias)
         h_prev = _shift_right(ctx, seq, u)
         # Recompute every step's gates at once from the stored states.
@@ -524,29 +562,35 @@ class GRUGrad(Op):
         z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
         r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
         hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])])
+        # With dh reaching a step's new h = z h_prev + (1 - z) hh, the gradients of its gates'
+        # input and recurrent pre-activations are dh times, for every step at once:
+        # z' (h_prev - hh), with a = (1 - z)(1 - hh^2): r' hh_ a, and a (r a on the recurrent side).
+        one = ctx.const(1.0, dtype)
+
+        def mul(a, b):
+            return ctx.emit("Mul", [a, b])
+
+        def dsigmoid(v):
+            return mul(v, ctx.emit("Sub", [one, v]))
+        a = mul(ctx.emit("Sub", [one, z]), ctx.emit("Sub", [one, mul(hh, hh)]))
+        dz_z, dz_r = mul(dsigmoid(z), ctx.emit("Sub", [h_prev, hh])), mul(mul(dsigmoid(r), hh_), a)
+        dzx_scale = ctx.emit("Concat", [dz_z, dz_r, a], axis=-1)
+        dzh_scale = ctx.emit("Concat", [dz_z, dz_r, mul(a, r)], axis=-1)
         rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
-        body = _Body(ctx.dtype(x))
-        one = body.const(1.0, "one")
-        dh_all = body("Add", "dh_t", "dh_next")
-        dh = body("Mul", "m_t", dh_all)  # into the step's own new h; (1 - m) flows straight to h_prev
-        dz = body("Mul", dh, body("Sub", "hp_t", "hh_t"))
-        dah = body("Mul", body("Mul", dh, body("Sub", one, "z_t")), body("Sub", one, body("Mul", "hh_t", "hh_t")))
-        dr = body("Mul", dah, "rh_t")
-        daz = body("Mul", dz, body("Mul", "z_t", body("Sub", one, "z_t")))
-        dar = body("Mul", dr, body("Mul", "r_t", body("Sub", one, "r_t")))
-        dzx = body("Concat", daz, dar, dah, axis=-1)
-        dzh = body("Concat", daz, dar, body("Mul", dah, "r_t"), axis=-1)
-        dh_prev = body("Add", body("Add", body("Mul", dh, "z_t"), _step_product_grad(body, dzh, rt, drop, rgt, u)),
-                       body("Mul", body("Sub", one, "m_t"), dh_all))
-        body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
-                       helper.make_node("Identity", [dzx], ["dzx_out"]), helper.make_node("Identity", [dzh], ["dzh_out"])]
-        graph = body.graph("gru_step_grad", ["dh_next", "dh_t", "z_t", "r_t", "hh_t", "rh_t", "hp_t", "m_t"],
-                           ["dh_prev", "dzx_out", "dzh_out"])
-        _, dzx_seq, dzh_seq = ctx.emit("Scan", [d_h, d_seq, z, r, hh, hh_, h_prev, _step_mask(ctx, x, mask)],
-                                       [ctx.fresh("dh0"), ctx.fresh("dzx"), ctx.fresh("dzh")], body=graph,
-                                       num_scan_inputs=7, scan_input_axes=[1] * 7, scan_input_directions=[1] * 7,
-                                       scan_output_axes=[1, 1], scan_output_directions=[1, 1])
-        zx, zh = _weight_grads(ctx, x, h_prev, dzx_seq, dzh_seq, kernel, recurrent, drop, u, outputs)
+        body = _Body(dtype, masked=mask is not None)
+        dh_all, d_seq_input = _step_grads(body, d_seq)
+        dh = body.counted(dh_all)  # into the step's own new h; a masked step passes it to h_prev
+        dzh = body("Mul", body("Concat", dh, dh, dh, axis=-1), "dzhs_t")
+        dh_prev = body.passed(body("Add", body("Mul", dh, "z_t"), _step_product_grad(body, dzh, rt, drop, rgt, u)),
+                              dh_all)
+        body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]), helper.make_node("Identity", [dh], ["dh_out"])]
+        graph = body.graph("gru_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dzhs_t", "z_t"],
+                           ["dh_prev", "dh_out"])
+        _, dh_seq = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dzh_scale, z] + _step_mask(ctx, mask), 1,
+                                   ["dh0", "dh"])
+        dh3 = ctx.emit("Concat", [dh_seq, dh_seq, dh_seq], axis=-1)
+        zx, zh = _weight_grads(ctx, x, h_prev, mul(dh3, dzx_scale), mul(dh3, dzh_scale), kernel, recurrent, drop, u,
+                               outputs)
         axis0 = ctx.const([0], "int64")
         sums = [ctx.emit("ReduceSum", [v, axis0], keepdims=1) for v in (zx, zh)]
         ctx.emit("Concat", sums, [outputs[3]], axis=0)
