@@ -89,6 +89,12 @@ class _Body:
         return helper.make_graph(self.nodes, name, info, outs)
 
 
+def _recurrence_macs(ins):
+    """Per sample: each step's input and recurrent products, steps x (inputs + units) x gates' units."""
+    x, kernel, recurrent = ins[:3]
+    return (x.shape[1], kernel.shape[0] + recurrent.shape[0], kernel.shape[1])
+
+
 def _gates(ctx, z, units, count):
     """Split [.., count*u] into count tensors along the last axis (ONNX level)."""
     return ctx.emit("Split", [z, ctx.const([units] * count, "int64")], [ctx.fresh("gate") for _ in range(count)],
@@ -111,6 +117,9 @@ class LSTM(Op):
         n, t = x.shape[0], x.shape[1]
         seq, last = TensorType(x.dtype, (n, t, u)), TensorType(x.dtype, (n, u))
         return [seq, last, last, seq]
+
+    def macs(self, ins, outs, attrs):
+        return _recurrence_macs(ins)
 
     def lower(self, ctx, inputs, outputs, attrs):
         # (onnxruntime's LSTM computes float32 only: "LSTM operator does not support double yet")
@@ -401,6 +410,9 @@ class _OneStateRecurrence(Op):
         u = attrs["units"]
         _check(x, k, r, b, self.gates, u, drop)
         return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
+
+    def macs(self, ins, outs, attrs):
+        return _recurrence_macs(ins)
 
     def training_form(self, ctx, node):
         return _recurrent_dropout_form(ctx, node)

@@ -69,3 +69,12 @@ def test_macs_per_sample_counts_transposed_convolutions_and_products_of_activati
     # over its 35 positions; q q^T: [35, 8] by [8, 35]; Dense(2) over [35, 35]
     spec = kcompile.compile_string(GENERATOR_AND_ATTENTION).manifest["training"]
     assert spec["macs_per_sample"] == 2 * 3 * 6 * 5 * 9 + 35 * 5 * 8 + 35 * 35 * 8 + 35 * 35 * 2
+
+
+@pytest.mark.parametrize("layer, gates", [("SimpleRNN(5)", 1), ("GRU(5)", 3), ("LSTM(5)", 4)])
+def test_macs_per_sample_counts_each_step_of_a_recurrence(layer, gates):
+    # 2 steps, each an input product (3 features) and a recurrent one (5 units) into gates x 5
+    # units; then the Dense(3) over 5 units
+    src = MODEL.format(loss="categorical_crossentropy", layers=f"Reshape((2, 3))\n    {layer}")
+    spec = kcompile.compile_string(src).manifest["training"]
+    assert spec["macs_per_sample"] == 2 * (3 + 5) * gates * 5 + 5 * 3
