@@ -7,7 +7,9 @@
   samples over the batch's), so that the gradients of the parts add up to the batch's;
 - the *apply* graph: the weights, the optimizer's slots, ``lr``, ``step`` and each part's
   gradients in (``grad:<weight>:<part>``), their sum fed to the step's own optimizer update
-  (clipping included), the new weights and slots out.
+  (clipping included), the new weights and slots out. A table updated on the rows the batch
+  looked up (training.optimizers.Rows) gets each part's looked-up rows and their gradients
+  (``rows:<weight>:<updates|ids>:<part>``, as many as the part's ids), joined.
 
 The runtime runs the parts at once, each on its own core in a one-thread session, then the
 update (binding.ShardedRunner). Why: onnxruntime runs every op of a step on all cores, and
@@ -68,40 +70,61 @@ def _model(source, graph) -> bytes:
     return model.SerializeToString()
 
 
-def split_step(step: bytes, gradients: dict, parts: int = 2) -> tuple[bytes, bytes] | None:
+def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict | None = None
+               ) -> tuple[bytes, bytes] | None:
     """(gradient graph, apply graph) of ``step`` for ``parts`` parts of a batch; ``gradients``:
-    weight -> the value of its gradient in the step. None if the update reads anything but
-    the weights, the slots, ``lr``, ``step`` and the gradients."""
+    weight -> the value of its gradient in the step; ``row_gradients``: weight -> {"updates",
+    "ids"}, the values its rows' gradient is found from (training.optimizers.Rows), which each
+    part gives for its own samples (``rows:<weight>:<updates|ids>``, the updates times its
+    share) and the update concatenates. None if the update reads anything but the weights,
+    the slots, ``lr``, ``step`` and the gradients."""
     model = onnx.load_from_string(step)
     g = model.graph
     inputs = {i.name: i for i in g.input}
     outputs = {o.name: o for o in g.output}
+    row_gradients = row_gradients or {}
+    if any(v in inputs for cut in row_gradients.values() for v in cut.values()):
+        return None  # (the update would make a value that is also the step's input)
     state = {n for n in inputs if f"new:{n}" in outputs}
-    elem = {n: inputs[n].type.tensor_type.elem_type for n in gradients}
+    elem = {n: inputs[n].type.tensor_type.elem_type for n in list(gradients) + list(row_gradients)}
 
     # ---- a part: its loss, metrics and share of the gradients ----
     results = [o for o in g.output if not o.name.startswith("new:")]
     share = helper.make_tensor_value_info("share", onnx.TensorProto.FLOAT, [])
     scaled, grad_outputs = [], []
-    for w, value in gradients.items():
+
+    def times_share(w, value, output):
         factor = "share"
         if elem[w] != onnx.TensorProto.FLOAT:
             factor = f"share:{w}"
             scaled.append(helper.make_node("Cast", ["share"], [factor], to=elem[w]))
-        scaled.append(helper.make_node("Mul", [value, factor], [f"grad:{w}"]))
+        scaled.append(helper.make_node("Mul", [value, factor], [output]))
+    for w, value in gradients.items():
+        times_share(w, value, f"grad:{w}")
         grad_outputs.append(helper.make_tensor_value_info(f"grad:{w}", elem[w], _dims(inputs[w])))
-    nodes = _needed(g, [o.name for o in results] + list(gradients.values())) + scaled
+    for w, cut in row_gradients.items():
+        times_share(w, cut["updates"], f"rows:{w}:updates")
+        scaled.append(helper.make_node("Identity", [cut["ids"]], [f"rows:{w}:ids"]))
+        grad_outputs += [helper.make_tensor_value_info(f"rows:{w}:updates", elem[w], ["rows"] + _dims(inputs[w])[1:]),
+                         helper.make_tensor_value_info(f"rows:{w}:ids", onnx.TensorProto.INT64, ["rows"])]
+    cuts = list(gradients.values()) + [v for cut in row_gradients.values() for v in cut.values()]
+    nodes = _needed(g, [o.name for o in results] + cuts) + scaled
     part = _graph(g, f"{g.name}_part", nodes, list(g.input) + [share], results + grad_outputs)
 
     # ---- the update: the parts' gradients summed where the step had its gradients ----
     new = [n for n in outputs if n.startswith("new:")]
-    made = set(gradients.values())
+    made = set(cuts)
     kept = [node for node in _needed(g, new) if not set(node.output) & made]
-    sums = [helper.make_node("Sum", [f"grad:{w}:{k}" for k in range(parts)], [value]) for w, value in gradients.items()]
+    joins = [helper.make_node("Sum", [f"grad:{w}:{k}" for k in range(parts)], [value]) for w, value in gradients.items()]
+    joins += [helper.make_node("Concat", [f"rows:{w}:{what}:{k}" for k in range(parts)], [cut[what]], axis=0)
+              for w, cut in row_gradients.items() for what in ("updates", "ids")]
     # (what made the gradients goes: the update keeps only what it reads besides them)
-    update_nodes = _needed(helper.make_graph(sums + kept, "update", [], []), new)
+    update_nodes = _needed(helper.make_graph(joins + kept, "update", [], []), new)
     grad_inputs = [helper.make_tensor_value_info(f"grad:{w}:{k}", elem[w], _dims(inputs[w]))
                    for w in gradients for k in range(parts)]
+    grad_inputs += [info for w in row_gradients for k in range(parts) for info in (
+        helper.make_tensor_value_info(f"rows:{w}:updates:{k}", elem[w], ["rows"] + _dims(inputs[w])[1:]),
+        helper.make_tensor_value_info(f"rows:{w}:ids:{k}", onnx.TensorProto.INT64, ["rows"]))]
     reads = {v for node in update_nodes for v in _reads(node)} - {o for node in update_nodes for o in node.output}
     if reads - state - {"lr", "step", ""} - {i.name for i in grad_inputs} - {i.name for i in g.initializer}:
         return None

@@ -145,7 +145,11 @@ class StateRunner:
         bound in place)."""
         b = self.bindings[self.position]
         for n in self.data_names:
-            b.bind_cpu_input(n, data[n])
+            value = data[n]
+            if isinstance(value, self.ort.OrtValue):  # (a value another session made)
+                b.bind_ortvalue_input(n, value)
+            else:
+                b.bind_cpu_input(n, value)
         for n, a in self.rebound.items():
             b.bind_cpu_input(n, a)
         for n, w in self.shared_state.items():  # wherever the other models left them
@@ -214,8 +218,13 @@ class ShardedRunner:
         self.data_names = [n for n in inputs if n not in state and n != "share"]
         own = [n for n in weights if n not in update.buffers[0]]
         fixed = {n: _ortvalue(ort, state[n], update.device, copy=True) for n in own}
+        # The rows a part looked up in a table and their gradients (shards.split_step) are as
+        # many as its ids: onnxruntime allocates them each run, and the update reads them so.
+        self.rows = [n for n in outputs if n.startswith("rows:")]
+        self.no_rows = {n: np.zeros([0] + [d if isinstance(d, int) else 1 for d in outputs[n].shape[1:]],
+                                    _DTYPES[outputs[n].type]) for n in self.rows}
         self.outputs = [{n: np.zeros([d if isinstance(d, int) else 1 for d in o.shape], _DTYPES[o.type])
-                         for n, o in outputs.items()} for _ in parts]
+                         for n, o in outputs.items() if n not in self.rows} for _ in parts]
         self.shares = [np.zeros((), np.float32) for _ in parts]
         self._keep = []  # (OrtValues over the arrays above, alive as long as the bindings)
         self.bindings = []  # [position][part]
@@ -232,6 +241,8 @@ class ShardedRunner:
                     value = ort.OrtValue.ortvalue_from_numpy(a)
                     b.bind_ortvalue_output(n, value)
                     self._keep.append(value)
+                for n in self.rows:
+                    b.bind_output(n)
                 self._keep.append(share)
                 row.append(b)
             self.bindings.append(row)
@@ -244,8 +255,11 @@ class ShardedRunner:
         self.update.bind_in_place(arrays)
 
     def _run_part(self, k):
+        b = self.bindings[self.update.position][k]
+        for n in self.rows:  # (bound anew: a bound output keeps the size of the run that made it)
+            b.bind_output(n)
         with self.flush:
-            self.parts[k].run_with_iobinding(self.bindings[self.update.position][k])
+            self.parts[k].run_with_iobinding(b)
 
     def run(self, data: dict) -> dict:
         n = len(next(data[name] for name in self.data_names if name in self.split))
@@ -268,8 +282,20 @@ class ShardedRunner:
         self._run_part(busy[0])
         for w in waiting:
             w.result()
-        self.update.run({})
+        self.update.run(self._rows(sizes))
         return self._combined(sizes, n)
+
+    def _rows(self, sizes) -> dict:
+        """The update's inputs of the rows each part looked up (none where a part had no samples)."""
+        out = {}
+        for k, size in enumerate(sizes):
+            if not self.rows:
+                break
+            # (a binding's outputs come in the order they were first bound: the rows last)
+            made = self.bindings[self.update.position][k].get_outputs()[-len(self.rows):] if size else None
+            for i, n in enumerate(self.rows):
+                out[f"{n}:{k}"] = made[i] if size else self.no_rows[n]
+        return out
 
     def _combined(self, sizes, n):
         """The batch's loss and metric statistics from the parts'."""

@@ -279,11 +279,15 @@ class TrainingMixin:
         whose weights are this model's own, and whose products and convolutions outweigh its
         optimizer update (SPLIT_MIN_MACS...)."""
         spec = self.manifest["training"]
-        if self.device != "cpu" or self._shared or spec.get("per_sample") is not True or not spec.get("gradients"):
+        rows = spec.get("row_gradients", {})
+        if self.device != "cpu" or self._shared or spec.get("per_sample") is not True or not (
+                spec.get("gradients") or rows):
             return 1
         if self.batch_parts is not None:
             return max(1, int(self.batch_parts))
-        weights = sum(int(np.prod(self._weights[n].shape)) for n in spec["trainable"])
+        # (a table updated on the rows a batch looked up is left out: its gradient is as small
+        # as the batch, and its update is no larger split or whole)
+        weights = sum(int(np.prod(self._weights[n].shape)) for n in spec["trainable"] if n not in rows)
         macs = spec.get("macs_per_sample", 0)
         if devices.cpu_cores() < 2 or macs < SPLIT_MIN_MACS or macs < SPLIT_MIN_MACS_PER_WEIGHT * weights:
             return 1
@@ -295,7 +299,8 @@ class TrainingMixin:
         None where the update reads more than the weights, slots and gradients."""
         from ..backend.nchwc import use_nchwc
         from ..backend.shards import split_step
-        graphs = split_step(self._step_graph(), self.manifest["training"]["gradients"], parts)
+        spec = self.manifest["training"]
+        graphs = split_step(self._step_graph(), spec["gradients"], parts, spec.get("row_gradients"))
         return None if graphs is None else (use_nchwc(graphs[0]) if self.device == "cpu" else graphs[0], graphs[1])
 
     def _split_sessions(self, parts: int):

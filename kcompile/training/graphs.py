@@ -56,6 +56,9 @@ class TrainingProgram:
     optimizer: dict = field(default_factory=dict)
     transposed: list = field(default_factory=list)  # weights the step holds transposed, with their slots
     gradients: dict = field(default_factory=dict)  # trainable weight -> its gradient's value in the step
+    # trainable weight -> {"updates", "ids"}: the values its rows' gradient is found from
+    # (optimizers.Rows), for the weights whose update reads rows
+    row_gradients: dict = field(default_factory=dict)
     per_sample: str = ""  # why the step cannot be split into parts of a batch ("" where it can)
     macs_per_sample: int = 0  # multiply-adds of the forward pass's products and convolutions, per sample
 
@@ -72,6 +75,7 @@ class TrainingProgram:
             "optimizer": self.optimizer,
             "transposed": self.transposed,
             "gradients": self.gradients,
+            "row_gradients": self.row_gradients,
             "per_sample": self.per_sample or True,
             "macs_per_sample": self.macs_per_sample,
         }
@@ -448,17 +452,24 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     # Each gradient's value, as the passes leave it: the runtime may split the step there
     # (kcompile/backend/shards.py). Pinned as outputs through the passes, then unpinned.
     pinned = [(f"grad:{name}", raw_grads[name]) for name in trainable]
+    pinned += [(f"rows:{name}:{part}", getattr(grad, part)) for name, grad in grads.items()
+               if isinstance(grad, optimizers.Rows) for part in ("updates", "ids")]
     g.outputs = outputs + [o for o in g.outputs if o[0].startswith("metric:")] + pinned
     g = _run_passes(g, STEP_PASSES if opt_level >= 1 else STEP_PASSES[-1:], "train-step", report)
-    pinned_after = [o for o in g.outputs if o[0].startswith("grad:")]
-    g.outputs = [o for o in g.outputs if not o[0].startswith("grad:")]
+    pinned_after = [o for o in g.outputs if o[0].startswith(("grad:", "rows:"))]
+    g.outputs = [o for o in g.outputs if not o[0].startswith(("grad:", "rows:"))]
     dead_code_elimination(g)  # (a gradient that the update reads as rows is not computed whole)
-    gradient_values = {o[5:]: v for o, v in pinned_after if v in g.types}
+    gradient_values = {o[5:]: v for o, v in pinned_after if o.startswith("grad:") and v in g.types}
+    row_gradients = {}
+    for o, v in pinned_after:
+        if o.startswith("rows:"):
+            name, part = o[5:].rsplit(":", 1)
+            row_gradients.setdefault(name, {})[part] = v
     assert [m.name for m in metric_specs] == [m.name for m in metric_specs_step]
     return TrainingProgram(step=g, eval=ev, inputs=list(graph.inputs), targets=objective.target_types,
                            trainable=trainable, updated=[s for s, _ in stat_updates], slots=slots,
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
                            transposed=[n for n, p in g.params.items() if p.transposed],
-                           gradients=gradient_values, per_sample=per_sample,
+                           gradients=gradient_values, row_gradients=row_gradients, per_sample=per_sample,
                            macs_per_sample=macs_per_sample(graph))
 

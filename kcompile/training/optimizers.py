@@ -48,9 +48,12 @@ def slot_input(config, slot: Slot, param: str) -> str:
 @dataclass
 class Rows:
     """A gradient that is zero outside some rows of its parameter: the rows (int64 [K], each
-    once) and their values [K, ...]."""
+    once) and their values [K, ...], found from ``updates`` [n, ...] at ``ids`` [n] (int64),
+    where a step split into parts of its batch cuts it (backend/shards.py)."""
     rows: str
     values: str
+    updates: str
+    ids: str
 
 
 # A table smaller than this (elements) keeps the dense update: finding the rows costs about
@@ -70,8 +73,10 @@ def as_rows(ctx, g: str):
     shape = ctx.type(table).shape
     if not all(isinstance(d, int) for d in shape) or math.prod(shape) < ROWS_MIN_ELEMENTS:
         return g
-    rows, values = ctx.op("UniqueRows", updates, idx, rows=shape[0])
-    return Rows(rows, values)
+    ids = ctx.op("Reshape", idx if ctx.type(idx).dtype == "int64" else ctx.op("Cast", idx, to="int64"), shape=(-1,))
+    updates = ctx.op("Reshape", updates, shape=(-1,) + tuple(shape[1:]))
+    rows, values = ctx.op("UniqueRows", updates, ids, rows=shape[0])
+    return Rows(rows, values, updates, ids)
 
 
 def _values(g):
@@ -79,7 +84,7 @@ def _values(g):
 
 
 def _like(g, values):
-    return Rows(g.rows, values) if isinstance(g, Rows) else values
+    return Rows(g.rows, values, g.updates, g.ids) if isinstance(g, Rows) else values
 
 
 def clip(ctx, config, grads: dict) -> dict:

@@ -158,11 +158,14 @@ def example_data(m, n=40):
     return xs, ys
 
 
-@pytest.mark.parametrize("example", ["sentiment.kdl", "two_heads.kdl"])  # an LSTM (a Scan's body); two outputs
-def test_examples_train_alike_split_or_whole(example):
-    # (sentiment's vocabulary cut to 2,000 words: its 20,000-row table's update reads the rows
-    # the batch looked up, which a split step does not give it; see test_row_updates.py)
-    source = (EXAMPLES / example).read_text().replace("Embedding(20000, 128)", "Embedding(2000, 128)")
+@pytest.mark.parametrize("example, words", [
+    ("sentiment.kdl", 20000),  # an LSTM (a Scan's body), its table updated on the rows looked up
+    ("sentiment.kdl", 2000),  # the same with a table small enough for the dense update
+    ("two_heads.kdl", None)])  # two outputs
+def test_examples_train_alike_split_or_whole(example, words):
+    source = (EXAMPLES / example).read_text().replace("Embedding(20000, 128)", f"Embedding({words}, 128)")
+    m = kcompile.compile_string(source)
+    assert bool(m.manifest["training"]["row_gradients"]) == (words == 20000)
     runs = []
     for parts in (1, 2):
         m = kcompile.compile_string(source, seed=0)

@@ -71,17 +71,25 @@ def test_the_rows_step_never_scatters_into_a_table_of_zeros(rows_from, whole, mo
     assert any("UniqueRows" not in name for name in into_zeros) == whole, into_zeros
 
 
-def test_a_step_with_a_rows_update_runs_whole_when_asked_to_split(monkeypatch):
-    from kcompile.runtime.binding import StateRunner
+@pytest.mark.parametrize("optimizer", ["SGD(learning_rate=0.5)", "RMSprop()"])
+def test_a_split_step_joins_the_parts_rows(optimizer, monkeypatch):
+    # Each part gives the rows it looked up and their gradients times its share of the batch
+    # (SGD's step shows the shares); the update joins them, and a row that both parts looked
+    # up is summed before RMSprop squares it (x's rows repeat across the parts).
+    from kcompile.runtime.binding import ShardedRunner, StateRunner
     monkeypatch.setattr(optimizers, "ROWS_MIN_ELEMENTS", ROWS_FROM)
     runs = []
+    x = np.random.default_rng(1).integers(0, 50, (33, 10))  # (the last batch's second part is empty)
+    y = np.random.default_rng(2).integers(0, 2, (33, 1)).astype(np.float32)
     for parts in (1, 2):
-        m = kcompile.compile_string(MODEL.format(rows=BIG, optimizer="Adam()"))
+        m = kcompile.compile_string(MODEL.format(rows=BIG, optimizer=optimizer))
         m.batch_parts = parts
-        x = np.random.default_rng(1).integers(0, 50, (32, 10))
-        runs.append(m.fit(x, np.ones((32, 1), np.float32), batch_size=16, verbose=0).history["loss"])
-        assert type(m._runner) is StateRunner
-    assert runs[0] == runs[1]
+        history = m.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history["loss"]
+        assert type(m._runner) is (StateRunner if parts == 1 else ShardedRunner)
+        runs.append((history, m.get_weights()))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_only_a_large_table_takes_the_rows_path():
