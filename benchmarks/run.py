@@ -16,6 +16,10 @@ Workloads (MNIST-shaped float32 images [28, 28, 1], one-hot targets, batch 128):
                   or --mnist), when present
   mlp_train_ftz   (torch only) mlp_train with torch.set_flush_denormal(True)
   cnn_train       examples/mnist_cnn.kdl (Keras's MNIST example), Adam(0.001); training samples/s
+  lstm_train      examples/sentiment.kdl (Keras's IMDB LSTM example): 100 word ids of 20,000 ->
+                  Embedding(128) -> LSTM(64) -> Dropout -> Dense(1, sigmoid), binary crossentropy,
+                  Adam(0.001); training samples/s on 20,480 random sequences (no target: kcompile
+                  against the peers on a recurrence, a Scan in ONNX)
   mlp_predict,    inference samples/s at batch 1024 and median latency of one sample
   cnn_predict     (batch 1) over >= 200 calls
   cold_mlp,       seconds from process start (interpreter + imports included) to the end of
@@ -58,6 +62,7 @@ PEERS = FRAMEWORKS[1:]
 MARK = "@@RESULT "
 DISTURBED = 10.0  # % of the CPU taken by other processes beyond which a worker's numbers are suspect
 BATCH = 128
+SOURCES = {"mlp": "mnist_mlp.kdl", "cnn": "mnist_cnn.kdl", "lstm": "sentiment.kdl"}  # (in examples/)
 
 
 # ----------------------------------------------------------------------------------------
@@ -75,6 +80,8 @@ BATCH = 128
 def layer_macs(model):
     if model == "mlp":
         return [784 * 512, 512 * 10]
+    if model == "lstm":  # the Embedding (a lookup: none), the LSTM's 100 steps of 4 gates, the Dense
+        return [0, 100 * (128 + 64) * 4 * 64, 64]
     return [26 * 26 * 32 * (3 * 3 * 1),      # Conv2D 32: 28x28x1 -> 26x26x32
             11 * 11 * 64 * (3 * 3 * 32),     # Conv2D 64: 13x13x32 (after pooling) -> 11x11x64
             (5 * 5 * 64) * 128,              # Dense 128: 5x5x64 (after pooling) = 1600 -> 128
@@ -120,6 +127,17 @@ def since_process_start():
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def training_data(model, layout):
+    """(x, y) of a training workload: random MNIST-shaped images or word ids, with targets."""
+    if model == "lstm":
+        import numpy as np
+        rng = np.random.default_rng(0)
+        n = 20_480
+        return rng.integers(1, 20_000, (n, 100)), rng.integers(0, 2, (n, 1)).astype(np.float32)
+    x, y, _ = synthetic(60_000 if model == "mlp" else 20_480, layout)
+    return x, y
 
 
 def synthetic(n, layout="nhwc", seed=0):
@@ -237,7 +255,7 @@ class KcompileAdapter(KerasLikeAdapter):
     device = "cpu"  # (--device)
 
     def build(self, model):
-        self.m = self.kcompile.compile(EXAMPLES / f"mnist_{model}.kdl", seed=0, device=self.device)
+        self.m = self.kcompile.compile(EXAMPLES / SOURCES[model], seed=0, device=self.device)
         return self
 
     def predictors(self):
@@ -270,6 +288,17 @@ class TorchAdapter:
             net = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
             # Keras's RMSprop: rho=0.9 (torch's alpha), epsilon=1e-7 added outside the sqrt, as in torch.
             opt = torch.optim.RMSprop(net.parameters(), lr=0.001, alpha=0.9, eps=1e-7)
+        elif model == "lstm":  # examples/sentiment.kdl
+            class Sentiment(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.embed, self.lstm = nn.Embedding(20_000, 128), nn.LSTM(128, 64, batch_first=True)
+                    self.drop, self.out = nn.Dropout(0.2), nn.Linear(64, 1)
+
+                def forward(self, ids):
+                    return self.out(self.drop(self.lstm(self.embed(ids))[0][:, -1]))
+            net = Sentiment()
+            opt = torch.optim.Adam(net.parameters(), lr=0.001, eps=1e-7)
         else:  # examples/mnist_cnn.kdl, channels-first (torch's native layout)
             net = nn.Sequential(
                 nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
@@ -279,14 +308,16 @@ class TorchAdapter:
             opt = torch.optim.Adam(net.parameters(), lr=0.001, eps=1e-7)  # Keras's epsilon
         self.net, self.opt = net, opt
         self.call = torch.compile(net) if self.compiled else net
+        # softmax + categorical crossentropy, or sigmoid + binary crossentropy, computed from the
+        # logits (torch's idiom; the same value as Keras's loss on the probabilities, without its clipping)
+        F = torch.nn.functional
+        self.loss = F.binary_cross_entropy_with_logits if model == "lstm" else F.cross_entropy
         return self
 
     def _step(self, xb, yb):
-        # softmax + categorical crossentropy, computed from the logits (torch's idiom; the
-        # same value as Keras's loss on softmax probabilities, without its clipping).
         self.opt.zero_grad(set_to_none=True)
         logits = self.call(xb)
-        loss = self.torch.nn.functional.cross_entropy(logits, yb)
+        loss = self.loss(logits, yb)
         loss.backward()
         self.opt.step()
         return loss
@@ -341,6 +372,13 @@ class KerasJaxAdapter(KerasLikeAdapter):
             net = keras.Sequential([keras.Input((28, 28, 1)), L.Flatten(), L.Dense(512, activation="relu"),
                                     L.Dense(10, activation="softmax")])
             opt = keras.optimizers.RMSprop(learning_rate=0.001)
+        elif model == "lstm":  # examples/sentiment.kdl
+            net = keras.Sequential([keras.Input((100,), dtype="int64"), L.Embedding(20_000, 128), L.LSTM(64),
+                                    L.Dropout(0.2), L.Dense(1, activation="sigmoid")])
+            net.compile(optimizer=keras.optimizers.Adam(learning_rate=0.001), loss="binary_crossentropy",
+                        metrics=["accuracy"])
+            self.m = net
+            return self
         else:  # examples/mnist_cnn.kdl
             net = keras.Sequential([
                 keras.Input((28, 28, 1)),
@@ -375,10 +413,10 @@ def w_train(fw, model, args, data="synthetic", ftz=False):
     if data == "real":
         x, y, _ = real_mnist(args.mnist, a.layout)
     else:
-        x, y, _ = synthetic(60_000 if model == "mlp" else 20_480, a.layout)
+        x, y = training_data(model, a.layout)
     a.build(model)
     target, reps = (0.35, 3) if args.quick else (0.7, 5)
-    if model == "cnn":
+    if model != "mlp":
         target = target * 1.5
     out = timed_training(a.fitter(x, y), len(x), target, reps)
     out.update(data=data if data == "synthetic" else f"real MNIST t10k ({len(x)} images)", import_s=a.import_s,
@@ -616,6 +654,7 @@ WORKLOADS = {
     "mlp_train_real": lambda fw, args: w_train(fw, "mlp", args, data="real"),
     "mlp_train_ftz": lambda fw, args: w_train(fw, "mlp", args, ftz=True),
     "cnn_train": lambda fw, args: w_train(fw, "cnn", args),
+    "lstm_train": lambda fw, args: w_train(fw, "lstm", args),
     "mlp_predict": lambda fw, args: w_predict(fw, "mlp", args),
     "cnn_predict": lambda fw, args: w_predict(fw, "cnn", args),
     "cold_mlp": lambda fw, args: w_cold(fw, "mlp", args),
@@ -712,7 +751,7 @@ def run_worker(fw, workload, args, env_extra=None, timeout=300):
     return {"ok": False, "error": f"exit {proc.returncode}: {' | '.join(tail)}"[:500], "wall_s": wall}
 
 
-THROUGHPUT = ["mlp_train", "mlp_train_real", "mlp_train_ftz", "cnn_train", "mlp_predict", "cnn_predict"]
+THROUGHPUT = ["mlp_train", "mlp_train_real", "mlp_train_ftz", "cnn_train", "lstm_train", "mlp_predict", "cnn_predict"]
 
 
 def plan(frameworks, args):
@@ -776,6 +815,7 @@ ROWS = [
     ("MLP train, torch flush-denormal", "mlp_train_ftz", "samples_per_s", True, None, "{:,.0f}"),
     ("CNN train, samples/s", "cnn_train", "samples_per_s", True, 1.5, "{:,.0f}"),
     ("CNN train, achieved GFLOP/s", "cnn_train", "gflops", True, None, "{:.1f}"),
+    ("LSTM train (sentiment), samples/s", "lstm_train", "samples_per_s", True, None, "{:,.0f}"),
     ("MLP predict@1024, samples/s", "mlp_predict", "batch1024_samples_per_s", True, 1.0, "{:,.0f}"),
     ("CNN predict@1024, samples/s", "cnn_predict", "batch1024_samples_per_s", True, 1.2, "{:,.0f}"),
     ("MLP predict@1 median latency, us", "mlp_predict", "batch1_latency_us", False, 0.5, "{:,.0f}"),

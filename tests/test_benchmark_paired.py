@@ -55,6 +55,14 @@ def test_latency_is_lower_better(paired):
     assert "NOT met" in paired.report(rows, ["kcompile", "torch", "keras_jax"])
 
 
+def test_a_workload_without_a_target_gets_its_ratio_and_no_verdict(paired):
+    row, = paired.summarize("lstm_train", {"kcompile": bursts("samples_per_s", 12.0, 10.0, 11.0),
+                                           "torch": bursts("samples_per_s", 10.0, 10.0, 10.0)})
+    assert row["ratio"] == pytest.approx(1.1) and row["met"] is None
+    text = paired.report([row], ["kcompile", "torch"])
+    assert "1.10x  no target (cycles" in text and "met" not in text
+
+
 def test_no_peer_gives_no_ratio(paired):
     row, = paired.summarize("mlp_train", {"kcompile": bursts("samples_per_s", 5.0, 7.0)})
     assert "ratio" not in row and row["medians"]["kcompile"] == 6.0
