@@ -95,6 +95,15 @@ def _recurrence_macs(ins):
     return (x.shape[1], kernel.shape[0] + recurrent.shape[0], kernel.shape[1])
 
 
+def _elementwise(ctx, dtype):
+    """(1, a * b, s * (1 - s)) as ONNX ops, for the gradient factors computed outside a Scan."""
+    one = ctx.const(1.0, dtype)
+
+    def mul(a, b):
+        return ctx.emit("Mul", [a, b])
+    return one, mul, lambda s: mul(s, ctx.emit("Sub", [one, s]))
+
+
 def _gates(ctx, z, units, count):
     """Split [.., count*u] into count tensors along the last axis (ONNX level)."""
     return ctx.emit("Split", [z, ctx.const([units] * count, "int64")], [ctx.fresh("gate") for _ in range(count)],
@@ -325,13 +334,7 @@ class LSTMGrad(Op):
         # and dc reaching the step's new h and c, dc gains dh o (1 - tanh(c)^2), and the gates'
         # pre-activations get dz = [dc, dc, dc, dh] * [g i', c_prev f', i (1 - g^2), tanh(c) o'],
         # s' = s (1 - s) for a sigmoid s.
-        one = ctx.const(1.0, dtype)
-
-        def mul(a, b):
-            return ctx.emit("Mul", [a, b])
-
-        def dsigmoid(v):
-            return mul(v, ctx.emit("Sub", [one, v]))
+        one, mul, dsigmoid = _elementwise(ctx, dtype)
         dc_dh = mul(o, ctx.emit("Sub", [one, mul(tanh_c, tanh_c)]))
         dz_scale = ctx.emit("Concat", [mul(g, dsigmoid(i)), mul(c_prev, dsigmoid(f)),
                                        mul(i, ctx.emit("Sub", [one, mul(g, g)])), mul(tanh_c, dsigmoid(o))], axis=-1)
@@ -577,13 +580,7 @@ class GRUGrad(Op):
         # With dh reaching a step's new h = z h_prev + (1 - z) hh, the gradients of its gates'
         # input and recurrent pre-activations are dh times, for every step at once:
         # z' (h_prev - hh), with a = (1 - z)(1 - hh^2): r' hh_ a, and a (r a on the recurrent side).
-        one = ctx.const(1.0, dtype)
-
-        def mul(a, b):
-            return ctx.emit("Mul", [a, b])
-
-        def dsigmoid(v):
-            return mul(v, ctx.emit("Sub", [one, v]))
+        one, mul, dsigmoid = _elementwise(ctx, dtype)
         a = mul(ctx.emit("Sub", [one, z]), ctx.emit("Sub", [one, mul(hh, hh)]))
         dz_z, dz_r = mul(dsigmoid(z), ctx.emit("Sub", [h_prev, hh])), mul(mul(dsigmoid(r), hh_), a)
         dzx_scale = ctx.emit("Concat", [dz_z, dz_r, a], axis=-1)
