@@ -52,6 +52,19 @@ class LoweringContext:
                                            name=self.fresh(f"{outputs[0]}/{op_type}"), **attrs))
         return outputs[0] if len(outputs) == 1 else outputs
 
+    def subgraph(self, name: str, build, dtype: str) -> onnx.GraphProto:
+        """A graph (an ``If``'s branch) of the nodes that ``build()`` emits; its outputs are the
+        values ``build`` returns, of ``dtype`` (fresh names: a branch may not define an outer
+        value). It reads the outer graph's values and constants by name."""
+        outer, self.nodes = self.nodes, []
+        try:
+            values = build()
+            nodes = self.nodes
+        finally:
+            self.nodes = outer
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(v, _ONNX_DTYPES[dtype], None)
+                                                   for v in values])
+
     def const(self, value, dtype: str) -> str:
         array = np.asarray(value, dtype=dtype)
         key = (dtype, array.shape, array.tobytes())

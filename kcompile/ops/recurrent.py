@@ -426,13 +426,63 @@ class _OneStateRecurrence(Op):
         return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask, dys[0] is not None)
 
 
+def _fused_or_scan(ctx, op, inputs, outputs, attrs):
+    """Lower a SimpleRNN or GRU: as ONNX's fused op (RNN, GRU) for a batch of at most
+    ``op.FUSED_MAX_BATCH`` rows, else as a Scan, chosen at run time by an ``If``. onnxruntime's
+    fused ops take a few microseconds a step for one row, where a Scan's step costs some
+    3 us plus 1 us an op, but they grow with the batch much faster (a GRU of 64 units over 100
+    steps: one row 0.19 ms fused against 1.1 ms for the whole predict as a Scan; 32 rows 5.4
+    against 2.4 ms). Masked steps, recurrent dropout and float64 (which onnxruntime's fused ops
+    do not compute) keep the Scan."""
+    x, _, _, _, drop, mask = _split_inputs(inputs, attrs)
+    if mask is not None or drop is not None or ctx.dtype(x) != "float32":
+        return op.lower_scan(ctx, inputs, outputs, attrs)
+    batch = ctx.emit("Squeeze", [ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"),
+                                                     ctx.const([1], "int64")])])
+    small = ctx.emit("LessOrEqual", [batch, ctx.const(op.FUSED_MAX_BATCH, "int64")])
+    dtype = ctx.dtype(x)
+
+    def branch(lower):
+        def build():
+            fresh = [ctx.fresh(f"{o}_branch") for o in outputs]
+            lower(ctx, inputs, fresh, attrs)
+            return fresh
+        return build
+    ctx.emit("If", [small], outputs, then_branch=ctx.subgraph(f"{op.name.lower()}_fused", branch(op.lower_fused), dtype),
+             else_branch=ctx.subgraph(f"{op.name.lower()}_scan", branch(op.lower_scan), dtype))
+
+
+def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units, **attrs):
+    """ONNX's fused recurrence (batch-major in and out): ``biases`` the input and recurrent
+    biases [G*u] each, or None."""
+    def weight(w):  # [in, G*u] -> [1, G*u, in]
+        return ctx.emit("Unsqueeze", [ctx.emit("Transpose", [w], perm=[1, 0]), ctx.const([0], "int64")])
+    ins = [ctx.emit("Transpose", [x], perm=[1, 0, 2]), weight(kernel), weight(recurrent)]
+    if biases is not None:
+        ins.append(ctx.emit("Unsqueeze", [ctx.emit("Concat", list(biases), axis=0), ctx.const([0], "int64")]))
+    y, h = ctx.emit(onnx_op, ins, [ctx.fresh("rnn_y"), ctx.fresh("rnn_h")], hidden_size=units, **attrs)
+    y = ctx.emit("Squeeze", [y, ctx.const([1], "int64")])  # [T, 1, N, u] -> [T, N, u]
+    ctx.emit("Transpose", [y], [outputs[0]], perm=[1, 0, 2])
+    ctx.emit("Squeeze", [h, ctx.const([0], "int64")], [outputs[1]])
+
+
 @register
 class SimpleRNN(_OneStateRecurrence):
     """inputs: x [N, T, I], kernel [I, u], recurrent_kernel [u, u], bias [u] (optional), mask [N, T]
     (with attr masked). outputs: sequence [N, T, u], last h [N, u]. h_t = tanh(x_t W + h_{t-1} R + b)."""
     name = "SimpleRNN"
+    FUSED_MAX_BATCH = 4  # (measured: 4 rows 0.29 ms fused against 0.32 for a Scan's predict; 8 rows 0.74 against 0.47)
 
     def lower(self, ctx, inputs, outputs, attrs):
+        _fused_or_scan(ctx, self, inputs, outputs, attrs)
+
+    def lower_fused(self, ctx, inputs, outputs, attrs):
+        x, kernel, recurrent, bias, _, _ = _split_inputs(inputs, attrs)
+        biases = None if bias is None else (bias, ctx.const([0.0] * attrs["units"], ctx.dtype(x)))
+        _onnx_recurrence(ctx, "RNN", x, kernel, recurrent, biases, outputs, attrs["units"],
+                         activations=[attrs.get("activation", "Tanh")])
+
+    def lower_scan(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u = attrs["units"]
         xw = ctx.emit("MatMul", [x, kernel])
@@ -508,6 +558,7 @@ class GRU(_OneStateRecurrence):
     Gates z, r, h (Keras order). outputs: sequence [N, T, u], last h [N, u]."""
     name = "GRU"
     gates = 3
+    FUSED_MAX_BATCH = 16  # (measured: 16 rows 1.4 ms fused against 4.8 for a Scan's predict; 32 rows 5.4 against 4.4)
 
     def infer(self, ins, attrs):
         b = _split_inputs(ins, attrs)[3]
@@ -526,6 +577,16 @@ class GRU(_OneStateRecurrence):
         return ctx.emit("Squeeze", [b_in, squeeze]), ctx.emit("Squeeze", [b_rec, squeeze])
 
     def lower(self, ctx, inputs, outputs, attrs):
+        _fused_or_scan(ctx, self, inputs, outputs, attrs)
+
+    def lower_fused(self, ctx, inputs, outputs, attrs):
+        x, kernel, recurrent, bias, _, _ = _split_inputs(inputs, attrs)
+        biases = None if bias is None else self.biases(ctx, bias)
+        # (Keras's gates z, r, h are ONNX's; reset_after is its linear_before_reset)
+        _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs, attrs["units"], linear_before_reset=1,
+                         activations=[attrs.get("recurrent_activation", "Sigmoid"), attrs.get("activation", "Tanh")])
+
+    def lower_scan(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u = attrs["units"]
         b_in, b_rec = self.biases(ctx, bias)

@@ -70,6 +70,30 @@ def test_forward_matches_keras_equations(kind, units, return_sequences, go_backw
     np.testing.assert_allclose(m.predict(x), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["SimpleRNN", "GRU"])
+def test_small_batches_run_the_fused_op_and_large_ones_the_scan_alike(kind):
+    # (an If on the batch size: ONNX's RNN/GRU op up to FUSED_MAX_BATCH rows, a Scan beyond)
+    import onnx
+    from kcompile.ops import OPS
+    src = f"""model r {{
+        input x: float32[7, 3]
+        y = {kind}(4, return_sequences=true)(x)
+        output y
+    }}"""
+    m = kcompile.compile_string(src)
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
+    m.set_weights(weights)
+    branches = {a.name: {n.op_type for n in a.g.node} for node in m.onnx_model().graph.node if node.op_type == "If"
+                for a in node.attribute}
+    assert {"RNN" if kind == "SimpleRNN" else "GRU"} <= branches["then_branch"] and "Scan" in branches["else_branch"]
+    limit = OPS[kind].FUSED_MAX_BATCH
+    for n in (1, limit, limit + 1, 2 * limit + 3):
+        x = rng.normal(size=(n, 7, 3)).astype(np.float32)
+        want = reference(kind, x.astype(np.float64), weights, 4, True, False)
+        np.testing.assert_allclose(m.predict(x, batch_size=n), want, rtol=1e-5, atol=1e-5, err_msg=f"{n} rows")
+
+
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
 def test_float64_inference_matches_keras_equations(kind):
     # (onnxruntime's fused LSTM computes float32 only: a float64 LSTM runs as a Scan)
