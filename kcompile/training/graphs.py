@@ -429,9 +429,9 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     g.add_input(LR, TensorType("float32", ()))
     g.add_input(STEP, TensorType("float32", ()))
     raw_grads = {n: grads[n] for n in trainable}
-    if opt_level >= 1:  # (an Embedding table's update computes on the rows the batch looked up)
-        grads = {n: optimizers.as_rows(ctx, v) for n, v in raw_grads.items()}
-    grads = optimizers.clip(ctx, opt, grads if opt_level >= 1 else raw_grads)
+    # (at -O1 an Embedding table's update computes on the rows the batch looked up)
+    grads = {n: optimizers.as_rows(ctx, v) for n, v in raw_grads.items()} if opt_level >= 1 else raw_grads
+    grads = optimizers.clip(ctx, opt, grads)
     slot_list = optimizers.slots(opt)
     slots = []
     outputs = [("loss", loss)]
