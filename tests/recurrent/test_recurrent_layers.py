@@ -48,6 +48,13 @@ def reference(kind, x, weights, units, return_sequences, go_backwards):
     return np.stack(outputs, 1) if return_sequences else h
 
 
+def random_weights(m, rng):
+    """Set m's weights to normal numbers (sd 0.5) in its dtype; returns them."""
+    weights = [rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in m.get_weights()]
+    m.set_weights(weights)
+    return weights
+
+
 CASES = [(kind, units, rs, gb, bias) for kind in ("SimpleRNN", "LSTM", "GRU")
          for units, rs, gb, bias in [(4, False, False, True), (3, True, False, True), (5, True, True, True),
                                      (2, False, True, False)]]
@@ -63,8 +70,7 @@ def test_forward_matches_keras_equations(kind, units, return_sequences, go_backw
     }}"""
     m = kcompile.compile_string(src)
     rng = np.random.default_rng(len(kind) + units)
-    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
-    m.set_weights(weights)
+    weights = random_weights(m, rng)
     x = rng.normal(size=(4, 7, 3)).astype(np.float32)
     want = reference(kind, x.astype(np.float64), weights, units, return_sequences, go_backwards)
     np.testing.assert_allclose(m.predict(x), want, rtol=1e-5, atol=1e-5)
@@ -82,8 +88,7 @@ def test_small_batches_run_the_fused_op_and_large_ones_the_scan_alike(kind):
     }}"""
     m = kcompile.compile_string(src)
     rng = np.random.default_rng(5)
-    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
-    m.set_weights(weights)
+    weights = random_weights(m, rng)
     branches = {a.name: {n.op_type for n in a.g.node} for node in m.onnx_model().graph.node if node.op_type == "If"
                 for a in node.attribute}
     assert {"RNN" if kind == "SimpleRNN" else "GRU"} <= branches["then_branch"] and "Scan" in branches["else_branch"]
@@ -104,8 +109,7 @@ def test_float64_inference_matches_keras_equations(kind):
     }}"""
     m = kcompile.compile_string(src)
     rng = np.random.default_rng(11)
-    weights = [rng.normal(0, 0.5, w.shape) for w in m.get_weights()]
-    m.set_weights(weights)
+    weights = random_weights(m, rng)
     x = rng.normal(size=(4, 7, 3))
     half = len(weights) // 2
     want = (reference(kind, x, weights[:half], 4, True, False) +
@@ -200,8 +204,7 @@ def test_bidirectional_matches_two_keras_passes(kind, merge_mode, return_sequenc
     names = m.weight_names
     assert names[0] == f"bidirectional/forward_{kind.lower().replace('simplernn', 'simple_rnn')}/kernel"
     rng = np.random.default_rng(7)
-    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
-    m.set_weights(weights)
+    weights = random_weights(m, rng)
     x = rng.normal(size=(3, 6, 3)).astype(np.float32)
     half = len(weights) // 2
     forward = reference(kind, x.astype(np.float64), weights[:half], 4, return_sequences, False)
@@ -229,8 +232,7 @@ def test_return_state_gives_the_last_states():
     }"""
     m = kcompile.compile_string(src)
     rng = np.random.default_rng(1)
-    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
-    m.set_weights(weights)
+    weights = random_weights(m, rng)
     x = rng.normal(size=(3, 5, 3)).astype(np.float32)
     seq = reference("LSTM", x.astype(np.float64), weights[:3], 4, True, False)
     h = seq[:, -1]
@@ -295,8 +297,7 @@ def test_mask_zero_skips_padded_steps(kind, return_sequences):
     }}"""
     m = kcompile.compile_string(src)
     rng = np.random.default_rng(3)
-    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
-    m.set_weights(weights)
+    weights = random_weights(m, rng)
     ids = np.array([[3, 1, 0, 0, 0, 0], [0, 0, 4, 5, 6, 7], [2, 0, 9, 0, 8, 1]])
     x = weights[0][ids].astype(np.float64)
     want = masked_reference(kind, x, (ids > 0).astype(np.float64), weights[1:], 4, return_sequences)
@@ -382,8 +383,7 @@ def test_recurrent_dropout_matches_keras_equations(kind, gates):
     noise = m.manifest["training"]["noise"]
     assert [n["shape"] for n in noise] == [["N", gates, units]]  # one mask per sequence and gate
     rng = np.random.default_rng(5)
-    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
-    m.set_weights(weights)
+    weights = random_weights(m, rng)
     x, y = rng.normal(size=(6, 5, 3)).astype(np.float32), rng.normal(size=(6, 5, units)).astype(np.float32)
     # The runtime's noise for the first step, drawn as kcompile.runtime.training draws it.
     u = np.random.default_rng([m.seed, 7919, 0]).random((6, gates, units), dtype=np.float32)
