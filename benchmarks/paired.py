@@ -18,8 +18,9 @@ best peer (by median burst).
 
 Workloads, as in run.py (batch 128, MNIST-shaped synthetic data, examples/mnist_*.kdl):
 mlp_train, cnn_train (samples/s), mlp_predict, cnn_predict (samples/s at batch 1024 and
-latency of one sample); and on request lstm_train (examples/sentiment.kdl, random word ids). Each worker is `paired.py --serve FRAMEWORK WORKLOAD`: it prints
-a ready line, then one line per "go" it reads. Writes every burst to --json
+latency of one sample); and on request lstm_train (examples/sentiment.kdl, random word
+ids). Each worker is `paired.py --serve FRAMEWORK WORKLOAD`: it prints a ready line, then
+one line per "go" it reads. Writes every burst to --json
 (default benchmarks/paired.json).
 """
 from __future__ import annotations

@@ -115,7 +115,8 @@ def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict
     new = [n for n in outputs if n.startswith("new:")]
     made = set(cuts)
     kept = [node for node in _needed(g, new) if not set(node.output) & made]
-    joins = [helper.make_node("Sum", [f"grad:{w}:{k}" for k in range(parts)], [value]) for w, value in gradients.items()]
+    joins = [helper.make_node("Sum", [f"grad:{w}:{k}" for k in range(parts)], [value])
+             for w, value in gradients.items()]
     joins += [helper.make_node("Concat", [f"rows:{w}:{what}:{k}" for k in range(parts)], [cut[what]], axis=0)
               for w, cut in row_gradients.items() for what in ("updates", "ids")]
     # (what made the gradients goes: the update keeps only what it reads besides them)

@@ -448,8 +448,9 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
             lower(ctx, inputs, fresh, attrs)
             return fresh
         return build
-    ctx.emit("If", [small], outputs, then_branch=ctx.subgraph(f"{op.name.lower()}_fused", branch(op.lower_fused), dtype),
-             else_branch=ctx.subgraph(f"{op.name.lower()}_scan", branch(op.lower_scan), dtype))
+    name = op.name.lower()
+    ctx.emit("If", [small], outputs, then_branch=ctx.subgraph(f"{name}_fused", branch(op.lower_fused), dtype),
+             else_branch=ctx.subgraph(f"{name}_scan", branch(op.lower_scan), dtype))
 
 
 def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units, **attrs):
@@ -494,7 +495,8 @@ class SimpleRNN(_OneStateRecurrence):
         h = body.blend(body("Tanh", body("Add", "xw_t", hr)), "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
         graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
-        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
+        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw] + _step_mask(ctx, mask),
+                      [outputs[1], outputs[0]], 1)
 
 
 def _grad_inputs(inputs, attrs, first, states):
@@ -610,7 +612,8 @@ class GRU(_OneStateRecurrence):
         h = body.blend(h, "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
         graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
-        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
+        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw] + _step_mask(ctx, mask),
+                      [outputs[1], outputs[0]], 1)
 
 
 @register
@@ -653,7 +656,8 @@ class GRUGrad(Op):
         dzh = body("Mul", body("Concat", dh, dh, dh, axis=-1), "dzhs_t")
         dh_prev = body.passed(body("Add", body("Mul", dh, "z_t"), _step_product_grad(body, dzh, rt, drop, rgt, u)),
                               dh_all)
-        body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]), helper.make_node("Identity", [dh], ["dh_out"])]
+        body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
+                       helper.make_node("Identity", [dh], ["dh_out"])]
         graph = body.graph("gru_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dzhs_t", "z_t"],
                            ["dh_prev", "dh_out"])
         _, dh_seq = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dzh_scale, z] + _step_mask(ctx, mask), 1,
