@@ -430,7 +430,11 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     g.add_input(STEP, TensorType("float32", ()))
     raw_grads = {n: grads[n] for n in trainable}
     # (at -O1 an Embedding table's update computes on the rows the batch looked up)
+    before = len(g.nx)
     grads = {n: optimizers.as_rows(ctx, v) for n, v in raw_grads.items()} if opt_level >= 1 else raw_grads
+    rows = [n for n, v in grads.items() if isinstance(v, optimizers.Rows)]
+    if report and rows:
+        report(f"train:row-updates ({', '.join(rows)})", before, len(g.nx))
     grads = optimizers.clip(ctx, opt, grads)
     slot_list = optimizers.slots(opt)
     slots = []

@@ -93,6 +93,14 @@ def test_a_split_step_joins_the_parts_rows(optimizer, monkeypatch):
 
 
 def test_only_a_large_table_takes_the_rows_path():
-    grads = [kcompile.compile_string(MODEL.format(rows=rows, optimizer="Adam()")).manifest["training"]["gradients"]
-             for rows in (100, optimizers.ROWS_MIN_ELEMENTS // 16)]
+    from kcompile.driver import compile_source
+    grads, passes = [], []
+    for rows in (100, optimizers.ROWS_MIN_ELEMENTS // 16):
+        report = []
+        compiled = compile_source(MODEL.format(rows=rows, optimizer="Adam()"), "m.kdl",
+                                  report=lambda name, before, after: report.append(name))
+        grads.append(compiled.training().gradients)
+        passes.append(report)
     assert "embedding/embeddings" in grads[0] and "embedding/embeddings" not in grads[1]
+    # (kcompile build --report says so)
+    assert not any("row-updates" in p for p in passes[0]) and "train:row-updates (embedding/embeddings)" in passes[1]
