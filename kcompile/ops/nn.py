@@ -732,9 +732,13 @@ class ScatterAdd(Op):
         updates, idx, table = inputs
         if ctx.dtype(idx) != "int64":
             idx = ctx.emit("Cast", [idx], to=ctx.onnx_dtype("int64"))
-        zeros = ctx.zeros(ctx.emit("Shape", [table]), ctx.dtype(table))
-        ctx.emit("ScatterND", [zeros, ctx.emit("Unsqueeze", [idx, ctx.const([-1], "int64")]), updates], outputs,
-                 reduction="add")
+        _add_at_rows(ctx, ctx.zeros(ctx.emit("Shape", [table]), ctx.dtype(table)), idx, updates, outputs)
+
+
+def _add_at_rows(ctx, data, rows, values, outputs):
+    """data with values [rows..., D...] added to its rows at ``rows`` (int64): ScatterND."""
+    ctx.emit("ScatterND", [data, ctx.emit("Unsqueeze", [rows, ctx.const([-1], "int64")]), values], outputs,
+             reduction="add")
 
 
 @register
@@ -768,9 +772,7 @@ class UniqueRows(Op):
         inverse = ctx.emit("Gather", [slot, standing])  # [n]: each occurrence's row among the rows
         inner = list(ctx.shape(updates)[1:])
         shape = ctx.emit("Concat", [ctx.emit("Shape", [outputs[0]]), ctx.const(inner, "int64")], axis=0)
-        ctx.emit("ScatterND", [ctx.zeros(shape, ctx.dtype(updates)),
-                               ctx.emit("Unsqueeze", [inverse, ctx.const([-1], "int64")]), updates], [outputs[1]],
-                 reduction="add")
+        _add_at_rows(ctx, ctx.zeros(shape, ctx.dtype(updates)), inverse, updates, [outputs[1]])
 
 
 @register
@@ -782,6 +784,4 @@ class ScatterRows(Op):
         return [ins[0]]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        data, rows, values = inputs
-        ctx.emit("ScatterND", [data, ctx.emit("Unsqueeze", [rows, ctx.const([-1], "int64")]), values], outputs,
-                 reduction="add")
+        _add_at_rows(ctx, *inputs, outputs)

@@ -46,6 +46,7 @@ class _Body:
     def __init__(self, dtype: str, masked: bool = False):
         self.dtype, self.masked = dtype, masked
         self.nodes, self.count = [], 0
+        self._skip = None
 
     def __call__(self, op, *inputs, **attrs):
         self.count += 1
@@ -63,12 +64,17 @@ class _Body:
             name, TensorProto.INT64, [len(values)], list(values))))
         return name
 
+    def _skipped(self):
+        """1 - m_t (1 where the step is masked), computed once per step."""
+        if self._skip is None:
+            self._skip = self("Sub", self.const(1.0, "one_for_mask"), "m_t")
+        return self._skip
+
     def blend(self, new, old):
         """The state after the step: ``new``, or where the step is masked, ``old``."""
         if not self.masked:
             return new
-        return self("Add", self("Mul", "m_t", new), self("Mul", self("Sub", self.const(1.0, f"one_{self.count}"),
-                                                                      "m_t"), old))
+        return self("Add", self("Mul", "m_t", new), self("Mul", self._skipped(), old))
 
     def counted(self, d):
         """A gradient reaching the step's own new state: ``d`` times the step mask."""
@@ -79,7 +85,7 @@ class _Body:
         the gradient ``d`` of the state it carried over."""
         if not self.masked:
             return d_prev
-        return self("Add", d_prev, self("Mul", self("Sub", self.const(1.0, f"one_{self.count}"), "m_t"), d))
+        return self("Add", d_prev, self("Mul", self._skipped(), d))
 
     def graph(self, name, inputs, outputs):
         if self.masked:
@@ -102,6 +108,31 @@ def _elementwise(ctx, dtype):
     def mul(a, b):
         return ctx.emit("Mul", [a, b])
     return one, mul, lambda s: mul(s, ctx.emit("Sub", [one, s]))
+
+
+def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units, order=None, **attrs):
+    """ONNX's fused recurrence (RNN, GRU, LSTM), batch-major in and out: ``biases`` the input and
+    recurrent biases [G*u] each, or None; ``outputs`` the sequence, then the last states;
+    ``order``: ONNX's gates as positions among Keras's, where they differ (the LSTM's)."""
+    def gates(w, axis):
+        if order is None:
+            return w
+        parts = ctx.emit("Split", [w, ctx.const([units] * len(order), "int64")],
+                         [ctx.fresh("gate") for _ in order], axis=axis)
+        return ctx.emit("Concat", [parts[k] for k in order], axis=axis)
+
+    def weight(w):  # [in, G*u] -> [1, G*u, in]
+        return ctx.emit("Unsqueeze", [ctx.emit("Transpose", [gates(w, 1)], perm=[1, 0]), ctx.const([0], "int64")])
+    ins = [ctx.emit("Transpose", [x], perm=[1, 0, 2]), weight(kernel), weight(recurrent)]
+    if biases is not None:
+        b = ctx.emit("Concat", [gates(v, 0) for v in biases], axis=0)
+        ins.append(ctx.emit("Unsqueeze", [b, ctx.const([0], "int64")]))
+    y, *states = ctx.emit(onnx_op, ins, [ctx.fresh("rnn_y")] + [ctx.fresh("rnn_state") for _ in outputs[1:]],
+                          hidden_size=units, **attrs)
+    y = ctx.emit("Squeeze", [y, ctx.const([1], "int64")])  # [T, 1, N, u] -> [T, N, u]
+    ctx.emit("Transpose", [y], [outputs[0]], perm=[1, 0, 2])
+    for state, output in zip(states, outputs[1:]):
+        ctx.emit("Squeeze", [state, ctx.const([0], "int64")], [output])
 
 
 def _gates(ctx, z, units, count):
@@ -134,31 +165,13 @@ class LSTM(Op):
         # (onnxruntime's LSTM computes float32 only: "LSTM operator does not support double yet")
         if ctx.used(outputs[3]) or attrs.get("masked") or attrs.get("rdrop") or ctx.dtype(inputs[0]) != "float32":
             return self.lower_scan(ctx, inputs, outputs, attrs)
-        x, kernel, recurrent = inputs[:3]
+        x, kernel, recurrent, bias, _, _ = _split_inputs(inputs, attrs)
         u = attrs["units"]
-        dtype = ctx.dtype(x)
-
-        def onnx_gates(w, axis):  # Keras i, f, c, o -> ONNX i, o, f, c along ``axis``
-            i, f, c, o = ctx.emit("Split", [w, ctx.const([u] * 4, "int64")], [ctx.fresh("gate") for _ in range(4)],
-                                  axis=axis)
-            return ctx.emit("Concat", [i, o, f, c], axis=axis)
-
-        def weight(w):  # [in, 4u] -> [1, 4u, in]
-            t = ctx.emit("Transpose", [onnx_gates(w, 1)], perm=[1, 0])
-            return ctx.emit("Unsqueeze", [t, ctx.const([0], "int64")])
-
-        ins = [ctx.emit("Transpose", [x], perm=[1, 0, 2]), weight(kernel), weight(recurrent)]
-        if len(inputs) == 4:
-            b = ctx.emit("Concat", [onnx_gates(inputs[3], 0), ctx.const([0.0] * (4 * u), dtype)], axis=0)
-            ins.append(ctx.emit("Unsqueeze", [b, ctx.const([0], "int64")]))
-        y, h, c = ctx.emit("LSTM", ins, [ctx.fresh("lstm_y"), ctx.fresh("lstm_h"), ctx.fresh("lstm_c")],
-                           hidden_size=u,
-                           activations=[attrs.get("recurrent_activation", "Sigmoid"), attrs.get("activation", "Tanh"),
-                                        attrs.get("activation", "Tanh")])
-        y = ctx.emit("Squeeze", [y, ctx.const([1], "int64")])  # [T, 1, N, u] -> [T, N, u]
-        ctx.emit("Transpose", [y], [outputs[0]], perm=[1, 0, 2])
-        ctx.emit("Squeeze", [h, ctx.const([0], "int64")], [outputs[1]])
-        ctx.emit("Squeeze", [c, ctx.const([0], "int64")], [outputs[2]])
+        biases = None if bias is None else (bias, ctx.const([0.0] * (4 * u), ctx.dtype(x)))
+        activation = attrs.get("activation", "Tanh")
+        # (Keras's gates i, f, c, o; ONNX's i, o, f, c)
+        _onnx_recurrence(ctx, "LSTM", x, kernel, recurrent, biases, outputs[:3], u, order=(0, 3, 1, 2),
+                         activations=[attrs.get("recurrent_activation", "Sigmoid"), activation, activation])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         """Forward pass as a Scan over time, also giving the cell sequence."""
@@ -451,20 +464,6 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
     name = op.name.lower()
     ctx.emit("If", [small], outputs, then_branch=ctx.subgraph(f"{name}_fused", branch(op.lower_fused), dtype),
              else_branch=ctx.subgraph(f"{name}_scan", branch(op.lower_scan), dtype))
-
-
-def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units, **attrs):
-    """ONNX's fused recurrence (batch-major in and out): ``biases`` the input and recurrent
-    biases [G*u] each, or None."""
-    def weight(w):  # [in, G*u] -> [1, G*u, in]
-        return ctx.emit("Unsqueeze", [ctx.emit("Transpose", [w], perm=[1, 0]), ctx.const([0], "int64")])
-    ins = [ctx.emit("Transpose", [x], perm=[1, 0, 2]), weight(kernel), weight(recurrent)]
-    if biases is not None:
-        ins.append(ctx.emit("Unsqueeze", [ctx.emit("Concat", list(biases), axis=0), ctx.const([0], "int64")]))
-    y, h = ctx.emit(onnx_op, ins, [ctx.fresh("rnn_y"), ctx.fresh("rnn_h")], hidden_size=units, **attrs)
-    y = ctx.emit("Squeeze", [y, ctx.const([1], "int64")])  # [T, 1, N, u] -> [T, N, u]
-    ctx.emit("Transpose", [y], [outputs[0]], perm=[1, 0, 2])
-    ctx.emit("Squeeze", [h, ctx.const([0], "int64")], [outputs[1]])
 
 
 @register

@@ -356,6 +356,10 @@ class TrainingMixin:
         self._sync_state()
         self._runner = None
 
+    def _drop_step_sessions(self):
+        """The training step's sessions, whole and split (each made again when next needed)."""
+        self._train_session = self._split = None
+
     def _new_session_options(self):
         """Options for a new session of this model (devices.session_options)."""
         self._follow_turns()
@@ -373,8 +377,8 @@ class TrainingMixin:
         if TURNS.seen and not self._stops_spinning and self.device == "cpu":
             self._stops_spinning = True
             self._drop_runner()
-            self._train_session = self._eval_session = self._weights_session = self._session = None
-            self._split = None
+            self._drop_step_sessions()
+            self._eval_session = self._weights_session = self._session = None
             self._copies = {}
 
     # ---- freezing ----
@@ -414,7 +418,8 @@ class TrainingMixin:
                        np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
                        for s in spec["slots"]}
         self._runner = None
-        self._train_session = self._eval_session = self._split = None
+        self._drop_step_sessions()
+        self._eval_session = None
         return names
 
     # ---- weights shared between models ----
@@ -444,7 +449,7 @@ class TrainingMixin:
         # and so do the steps, which read a shared kernel in Keras layout (_held_transposed).
         for model in (self, other):
             model._drop_runner()
-            model._train_session = model._split = None
+            model._drop_step_sessions()
         for a, b in pairs:
             weight = other._shared.get(b)
             if weight is None:
