@@ -112,6 +112,13 @@ def test_dense_rank3_no_bias_linear():
     ("Conv2DTranspose(2, 3, strides=3, padding=same)", (1, 3, 2, 2)),
     ("Conv2DTranspose(2, 3, strides=2, output_padding=1)", (1, 3, 3, 2)),
     ("Conv2DTranspose(2, 3, strides=2, padding=same, output_padding=0)", (1, 3, 3, 2)),
+    # 4 channels or more at stride 1: the kernel gradient slices each window offset's rows
+    ("Conv2D(3, 3, padding=same)", (2, 5, 5, 4)),
+    ("Conv2D(2, (2, 3), padding=same)", (1, 5, 6, 5)),
+    ("Conv2D(3, 3, dilation_rate=2)", (2, 7, 6, 4)),
+    ("Conv2D(2, 1)", (2, 3, 4, 4)),
+    ("Conv1D(3, 3, padding=causal, dilation_rate=2)", (2, 9, 4)),
+    ("Conv2DTranspose(4, 3, padding=same)", (2, 3, 3, 4)),
     # 32 channels or more in and out: the kernel gradient gathers channels-last windows
     ("Conv2D(32, 3, strides=2, padding=same)", (2, 7, 6, 32)),
     ("Conv2D(33, (2, 3), dilation_rate=2)", (1, 6, 7, 34)),
