@@ -106,6 +106,7 @@ class StateRunner:
                                     dtype=_DTYPES[outputs[n].type]) for n in self.result_names}
         self.result_values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.results.items()}
         self.position = 0
+        self.history = 0  # the runs step_back can undo: the buffers before them still hold their state
         self.rebound = {}  # (bind_in_place on CUDA)
         self.bindings = [self._binding(k) for k in range(self.ROTATION)]
         self.flush = flush if flush is not None else contextlib.nullcontext()
@@ -160,12 +161,17 @@ class StateRunner:
         with self.flush:
             self.session.run_with_iobinding(b)
         self.position = (self.position + 1) % self.ROTATION
+        self.history = min(self.history + 1, self.ROTATION - 1)
         for w in self.shared_state.values():
             w.advance()
         return self.results
 
     def step_back(self):
-        """Make the state before the last run current again."""
+        """Make the state before the last run current again (``history`` says how many runs back
+        the buffers reach: a runner made after the last finite step has no record of it)."""
+        if not self.history:
+            raise RuntimeError("no earlier state to step back to")
+        self.history -= 1
         self.position = (self.position - 1) % self.ROTATION
         for w in self.shared_state.values():
             w.advance(-1)
@@ -308,6 +314,10 @@ class ShardedRunner:
 
     def step_back(self):
         self.update.step_back()
+
+    @property
+    def history(self):
+        return self.update.history
 
     def current(self) -> dict:
         return self.update.current()

@@ -489,9 +489,10 @@ class TrainingMixin:
         loss = float(results["loss"])
         if not math.isfinite(loss):
             # The current weights gave a non-finite loss: go back to those of the previous
-            # step, the last that gave a finite one.
+            # step, the last that gave a finite one, where this runner still holds them (not
+            # where it was made after it: after set_weights, say, the current ones stay).
             runner.step_back()
-            if self._iterations > 0:
+            if self._iterations > 0 and runner.history:
                 runner.step_back()
                 self._iterations -= 1
             self._state_stale = True

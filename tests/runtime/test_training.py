@@ -374,6 +374,25 @@ def test_nonfinite_loss_stops_and_keeps_last_finite_weights(capsys):
     assert all(np.isfinite(w).all() for w in m.get_weights())
 
 
+def test_nonfinite_loss_right_after_set_weights_keeps_those_weights():
+    """The step runner made after set_weights holds no earlier step to go back to: the weights
+    set stay (not a buffer the runner never wrote), and training goes on from them."""
+    from kcompile.runtime.training import NonFiniteLoss
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    start = m.get_weights()
+    m.train_on_batch(x[:16], y[:16])
+    m.set_weights(start)
+    bad = x[:16].copy()
+    bad[0, 0] = np.inf
+    with pytest.raises(NonFiniteLoss):
+        m.train_on_batch(bad, y[:16])
+    for a, b in zip(m.get_weights(), start):
+        np.testing.assert_array_equal(a, b)
+    m.train_on_batch(x[:16], y[:16])
+    assert all(np.isfinite(w).all() for w in m.get_weights())
+
+
 def test_wrong_shapes_fail_before_the_first_step():
     x, y = small_data()
     m = kcompile.compile_string(SMALL, seed=0)
