@@ -589,23 +589,15 @@ class BatchNormalization(Op):
         if not node.attrs.get("trainable", True):
             return None  # a frozen layer runs in inference mode, as Keras
         x, gamma, beta, mean, var = node.inputs
-        t = ctx.type(x)
-        axis = node.attrs["axis"] % t.rank
-        axes = tuple(i for i in range(t.rank) if i != axis)
-        shape = (-1,) + (1,) * (t.rank - axis - 1)
-        batch_mean = ctx.op("ReduceMean", x, axes=axes, keepdims=1)
-        centered = ctx.op("Sub", x, batch_mean)
-        batch_var = ctx.op("ReduceMean", ctx.op("Mul", centered, centered), axes=axes, keepdims=1)
-        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", batch_var, node.attrs.get("epsilon", 1e-3))))
-        y = ctx.op("Add", ctx.op("Mul", ctx.op("Mul", centered, inv_std), ctx.op("Reshape", gamma, shape=shape)),
-                   ctx.op("Reshape", beta, shape=shape))
+        axis = node.attrs["axis"] % ctx.type(x).rank
+        y, batch_mean, batch_var = ctx.op("BatchNormTrain", x, gamma, beta, axis=axis,
+                                          epsilon=node.attrs.get("epsilon", 1e-3))
         replace_node(ctx, node, [y])
         momentum = node.attrs.get("momentum", 0.99)
         updates = []
         for stat, value in ((mean, batch_mean), (var, batch_var)):
             if ctx.g.kind(stat) == "param":
-                flat = ctx.op("Reshape", value, shape=(-1,))
-                updates.append((stat, ctx.op("Add", ctx.op("Mul", stat, momentum), ctx.op("Mul", flat, 1 - momentum))))
+                updates.append((stat, ctx.op("Add", ctx.op("Mul", stat, momentum), ctx.op("Mul", value, 1 - momentum))))
         return [], updates
 
     def grad(self, ctx, node, dys):
@@ -621,6 +613,85 @@ class BatchNormalization(Op):
         dx = ctx.op("Mul", dy, ctx.op("Reshape", s, shape=shape))
         xhat = ctx.op("Mul", ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape)), ctx.op("Reshape", inv_std, shape=shape))
         return [dx, ctx.sum_to(ctx.op("Mul", dy, xhat), gamma), ctx.sum_to(dy, beta), None, None]
+
+
+@register
+class BatchNormTrain(Op):
+    """BatchNormalization as it trains: x normalized by its own batch statistics along channel
+    ``axis``, (x - mean) / sqrt(var + epsilon) * scale + bias. inputs: x, scale, bias.
+    outputs: y, the batch mean and the batch (biased) variance, each [C]. attrs: axis, epsilon.
+
+    One op with its own gradient rule, where the composed form (ReduceMean, Sub, Mul, ...)
+    differentiated op by op made some twenty passes over x. Channels-first, it lowers to
+    onnxruntime's training-mode BatchNormalization with momentum 0 and zero running statistics,
+    whose "running" outputs are then the batch's own (forward of [128, 32, 32, 32] in 2.0 ms
+    against 6.5 for the composed ops)."""
+    name = "BatchNormTrain"
+
+    def infer(self, ins, attrs):
+        self.check_float(ins)
+        x = ins[0]
+        channels = x.shape[normalize_axis(attrs.get("axis", 1), x.rank)]
+        for t in ins[1:]:
+            if t.shape != (channels,):
+                raise ShapeError(f"BatchNormalization weights {format_shape(t.shape)} do not match {channels} channels")
+        stat = x.with_shape((channels,))
+        return [x, stat, stat]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, scale, bias = inputs
+        shape = ctx.shape(x)
+        axis = normalize_axis(attrs.get("axis", 1), len(shape))
+        eps, t = attrs.get("epsilon", 1e-3), ctx.dtype(x)
+        if axis == 1:
+            # onnxruntime writes each running statistic into its input's buffer, even a constant's
+            # (after one batch holding inf, every later step gave NaN), and into one buffer where
+            # both inputs are one tensor: so two zero tensors computed afresh each step.
+            zero = ctx.const(0.0, t)
+            mean, var = (ctx.emit("Mul", [v, zero]) for v in (scale, bias))
+            ctx.emit("BatchNormalization", [x, scale, bias, mean, var], outputs, epsilon=eps, momentum=0.0,
+                     training_mode=1)
+            return
+        axes = [i for i in range(len(shape)) if i != axis]
+        mean = ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)
+        centered = ctx.emit("Sub", [x, mean])
+        var = ctx.emit("ReduceMean", [ctx.emit("Mul", [centered, centered])], axes=axes, keepdims=1)
+        inv_std = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])])
+        channel_shape = ctx.const([-1] + [1] * (len(shape) - axis - 1), "int64")
+        scale, bias = (ctx.emit("Reshape", [v, channel_shape]) for v in (scale, bias))
+        ctx.emit("Add", [ctx.emit("Mul", [centered, ctx.emit("Mul", [inv_std, scale])]), bias], [outputs[0]])
+        flat = ctx.const([-1], "int64")
+        ctx.emit("Reshape", [mean, flat], [outputs[1]])
+        ctx.emit("Reshape", [var, flat], [outputs[2]])
+
+    def grad(self, ctx, node, dys):
+        """With c = x - mean, s = 1 / sqrt(var + eps), a = scale * s and M numbers per channel:
+        dbias = sum(dy), dscale = s sum(dy c), and dx = a dy - a s^2 sum(dy c) / M c - a sum(dy) / M,
+        the last two terms one per-channel affine map of c (an inference BatchNormalization)."""
+        import numpy as np
+        if any(d is not None for d in dys[1:]):
+            raise NotImplementedError("gradient through BatchNormalization's batch statistics")
+        x, scale, _ = node.inputs
+        _, mean, var = node.outputs
+        dy = dys[0]
+        t = ctx.type(x)
+        axis = node.attrs.get("axis", 1) % t.rank
+        axes = tuple(i for i in range(t.rank) if i != axis)
+        shape = (-1,) + (1,) * (t.rank - axis - 1)
+        eps = float(np.float32(node.attrs.get("epsilon", 1e-3)))  # as the forward op has it (a float attribute)
+        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, eps)))
+        centered = ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape))
+        sum_dy = ctx.op("ReduceSum", dy, axes=axes, keepdims=0)
+        sum_dyc = ctx.op("ReduceSum", ctx.op("Mul", dy, centered), axes=axes, keepdims=0)
+        count = ctx.op("Cast", ctx.op("Div", ctx.op("Size", x), ctx.op("Size", mean)), to=t.dtype)  # M
+        a = ctx.op("Mul", scale, inv_std)
+        slope = ctx.op("Neg", ctx.op("Div", ctx.op("Mul", ctx.op("Mul", a, inv_std), ctx.op("Mul", inv_std, sum_dyc)), count))
+        offset = ctx.op("Neg", ctx.op("Div", ctx.op("Mul", a, sum_dy), count))
+        channels = t.shape[axis]
+        affine = ctx.op("BatchNormalization", centered, slope, offset, ctx.const(np.zeros(channels), t.dtype),
+                        ctx.const(np.ones(channels), t.dtype), axis=axis, epsilon=0.0)
+        dx = ctx.op("Add", ctx.op("Mul", dy, ctx.op("Reshape", a, shape=shape)), affine)
+        return [dx, ctx.op("Mul", sum_dyc, inv_std), sum_dy]
 
 
 @register

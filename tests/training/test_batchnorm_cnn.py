@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import kcompile
+from kcompile.runtime.training import NonFiniteLoss
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "autodiff"))
@@ -45,6 +47,43 @@ def test_batch_statistics_gradients_inside_a_conv_net():
     x = np.random.default_rng(0).normal(size=(4, 5, 5, 2))
     checked, _ = check_gradients(src, {"x": x}, training=True)
     assert checked > 0
+
+
+@pytest.mark.parametrize("body,shape", [
+    ("h = Dense(3)(x)\n    y = Dense(2)(relu(BatchNormalization()(h)))", (6, 4)),           # [N, C]: axis 1
+    ("y = Conv2D(2, 2)(relu(BatchNormalization(axis=1)(x * 2.0 + 1.0)))", (3, 3, 4, 4)),  # channels first
+    ("y = Dense(2)(relu(BatchNormalization(center=false)(x)))", (3, 4, 3)),              # channels last, rank 3
+])
+def test_batch_statistics_gradients(body, shape):
+    """Both lowerings of the training form: onnxruntime's training-mode BatchNormalization
+    (channels on axis 1) and the composed ops (channels elsewhere)."""
+    dims = ", ".join(map(str, shape[1:]))
+    src = f"model m {{\n    input x: float64[{dims}]\n    {body}\n    output y\n}}"
+    x = np.random.default_rng(0).normal(size=shape)
+    checked, _ = check_gradients(src, {"x": x}, training=True)
+    assert checked > 0
+
+
+def test_a_batch_holding_inf_does_not_poison_later_steps():
+    """onnxruntime writes training-mode BatchNormalization's running statistics into its
+    inputs' buffers: were those constants, one batch holding inf would make every later step
+    NaN. With the weights restored, the next step is finite and as from the start."""
+    m = kcompile.compile_string(CNN, seed=0)
+    x = np.random.default_rng(1).random((16, 28, 28, 1), dtype=np.float32)
+    labels = np.zeros(16, np.int64)
+    start = m.get_weights()
+    expected = m.train_on_batch(x, labels)
+    m.set_weights(start)
+    bad = x.copy()
+    bad[0, 3, 3, 0] = np.inf
+    with pytest.raises(NonFiniteLoss):
+        m.train_on_batch(bad, labels)
+    m.set_weights(start)
+    again = m.train_on_batch(x, labels)
+    assert np.isfinite(again[0] if isinstance(again, (list, tuple)) else again)
+    np.testing.assert_allclose(again, expected, rtol=1e-6)
+    for before, after in zip(m.get_weights(), start):
+        assert np.all(np.isfinite(before))
 
 
 def test_moving_statistics_per_channel_follow_keras():
