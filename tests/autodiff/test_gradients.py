@@ -129,6 +129,18 @@ def test_convolution(layer, shape):
     check(f"y = {layer}(x)\n    output y", shape)
 
 
+@pytest.mark.parametrize("layer,shape", [
+    ("Conv2D(32, 3, padding=same)", (2, 5, 4, 32)),
+    ("Conv2D(32, 3, strides=2, padding=same)", (1, 7, 6, 32)),
+])
+def test_convolution_of_many_channels_on_large_maps(layer, shape, monkeypatch):
+    """Above GATHER_MAX_POSITIONS output positions, 32 channels or more take the one-hot form
+    (the limit lowered here so that the maps stay small)."""
+    from kcompile.ops import nn
+    monkeypatch.setattr(nn, "GATHER_MAX_POSITIONS", 4)
+    check(f"y = {layer}(x)\n    output y", shape)
+
+
 def test_grouped_conv2d_float32():
     # Grouped Conv in float64 has no onnxruntime CPU kernel, and onnx's ReferenceEvaluator
     # fails on grouped float64 convolutions ("cannot reshape array ..."), so this case runs
