@@ -114,8 +114,9 @@ GATHER_MIN_CHANNELS = 32
 # 30 for 64 on one; at 16x16 a tie, at 10x10 the gathered one 1.2-1.5x faster).
 GATHER_MAX_POSITIONS = 256
 # Input channels from which a stride-1 kernel gradient of fewer channels than the gathered
-# form's slices the window offsets out of the input instead of unfolding it with a one-hot grouped convolution (which spends a window's
-# worth of multiplications on each number it copies). Measured at one thread, 64 samples:
+# form's slices the window offsets out of the input instead of unfolding it with a one-hot
+# grouped convolution (which spends a window's worth of multiplications on each number it
+# copies). Measured at one thread, 64 samples:
 # 16 -> 16 at 28x28, 5.3 against 10.3 ms; 8 -> 16, 4.0 against 6.8; 4 -> 16, 2.2 against 2.6;
 # but 3 -> 32 at 32x32, 2.6 against 1.6 (3-row products are slow), and strided slices copy
 # number by number (1 -> 32 at stride 2: 0.59 against 0.29 ms).
@@ -654,10 +655,15 @@ class BatchNormTrain(Op):
         eps, t = attrs.get("epsilon", 1e-3), ctx.dtype(x)
         if axis == 1:
             # onnxruntime writes each running statistic into its input's buffer, even a constant's
-            # (after one batch holding inf, every later step gave NaN), and into one buffer where
-            # both inputs are one tensor: so two zero tensors computed afresh each step.
-            zero = ctx.const(0.0, t)
-            mean, var = (ctx.emit("Mul", [v, zero]) for v in (scale, bias))
+            # or one it folded (after one batch holding inf, every later step gave NaN), and into
+            # one buffer where both inputs are one tensor: so two tensors made afresh each step,
+            # from x's (run-time) shape, and different (zeros and ones, which momentum 0 ignores)
+            # lest onnxruntime merge them.
+            import numpy as np
+            from onnx import numpy_helper
+            channels = ctx.emit("Shape", [x], start=1, end=2)
+            mean, var = (ctx.emit("ConstantOfShape", [channels], value=numpy_helper.from_array(np.full(1, v, t)))
+                         for v in (0, 1))
             ctx.emit("BatchNormalization", [x, scale, bias, mean, var], outputs, epsilon=eps, momentum=0.0,
                      training_mode=1)
             return
