@@ -81,8 +81,12 @@ class LoweringContext:
 
     def zeros(self, shape_value: str, dtype: str) -> str:
         """A zero tensor of the (run-time) shape held in ``shape_value``."""
+        return self.full(shape_value, dtype, 0)
+
+    def full(self, shape_value: str, dtype: str, value) -> str:
+        """A tensor of the (run-time) shape held in ``shape_value``, every element ``value``."""
         return self.emit("ConstantOfShape", [shape_value],
-                         value=helper.make_tensor("zero", _ONNX_DTYPES[dtype], [1], [0]))
+                         value=helper.make_tensor("value", _ONNX_DTYPES[dtype], [1], [value]))
 
     def dtype(self, value: str) -> str:
         return self.graph.types[value].dtype

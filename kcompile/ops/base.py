@@ -59,6 +59,13 @@ class Op:
                                  hint="cast integer data to float32 first")
 
 
+def float_attr(attrs: dict, key: str, default: float) -> float:
+    """A float attribute as the ONNX op computes with it (ONNX float attributes are float32),
+    for gradient rules that must use the forward op's exact number."""
+    import numpy as np
+    return float(np.float32(attrs.get(key, default)))
+
+
 def noise_input(ctx, node, t: TensorType) -> tuple[str, str]:
     """A uniform [0, 1) noise input for ``node``'s training form and the value of type ``t`` to
     use: (input name, value). The noise is drawn in the layout the model had before the passes,

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ..errors import ShapeError
 from ..ir import TensorType, broadcast_shapes
-from .base import Op, register
+from .base import Op, float_attr, register
 
 
 class Unary(Op):
@@ -47,11 +45,6 @@ def _c(ctx, value, like):
     return ctx.const(value, ctx.type(like).dtype)
 
 
-def _attr(a, key, default):
-    """A float attribute as the forward op computes with it: ONNX float attributes are float32."""
-    return float(np.float32(a.get(key, default)))
-
-
 @register
 class Relu(Unary):
     name = "Relu"
@@ -82,18 +75,18 @@ _unary("Sin", lambda ctx, x, y, a: ctx.op("Cos", x))
 _unary("Cos", lambda ctx, x, y, a: ctx.op("Neg", ctx.op("Sin", x)))
 # attrs: alpha (Keras default 1.0). For x < 0, elu = alpha * (e^x - 1), so the slope is y + alpha.
 _unary("Elu", lambda ctx, x, y, a: ctx.op("Where", _positive(ctx, x), _c(ctx, 1.0, x),
-                                          ctx.op("Add", y, _c(ctx, _attr(a, "alpha", 1.0), x))))
+                                          ctx.op("Add", y, _c(ctx, float_attr(a, "alpha", 1.0), x))))
 # ONNX's default alpha and gamma equal Keras's.
-_unary("Selu", lambda ctx, x, y, a: ctx.op("Where", _positive(ctx, x), _c(ctx, _attr(a, "gamma", 1.0507009873554805), x),
-                                           ctx.op("Add", y, _c(ctx, _attr(a, "gamma", 1.0507009873554805) *
-                                                                _attr(a, "alpha", 1.6732632423543772), x))))
+_unary("Selu", lambda ctx, x, y, a: ctx.op("Where", _positive(ctx, x), _c(ctx, float_attr(a, "gamma", 1.0507009873554805), x),
+                                           ctx.op("Add", y, _c(ctx, float_attr(a, "gamma", 1.0507009873554805) *
+                                                                float_attr(a, "alpha", 1.6732632423543772), x))))
 _unary("LeakyRelu", lambda ctx, x, y, a: ctx.op("Where", _positive(ctx, x), _c(ctx, 1.0, x),
-                                                _c(ctx, _attr(a, "alpha", 0.01), x)))
+                                                _c(ctx, float_attr(a, "alpha", 0.01), x)))
 
 
 def _hard_sigmoid_derivative(ctx, x, y, a):
     inside = ctx.op("Mul", _mask(ctx, _positive(ctx, y), x), _mask(ctx, ctx.op("Less", y, _c(ctx, 1.0, y)), x))
-    return ctx.op("Mul", inside, _c(ctx, _attr(a, "alpha", 0.2), x))
+    return ctx.op("Mul", inside, _c(ctx, float_attr(a, "alpha", 0.2), x))
 
 
 _unary("HardSigmoid", _hard_sigmoid_derivative)  # attrs: alpha, beta

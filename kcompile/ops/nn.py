@@ -7,7 +7,7 @@ import math
 from ..errors import ShapeError, format_shape
 from ..ir import TensorType
 from ..ir.types import normalize_axis, offset_dim, window_output_dim
-from .base import Op, noise_input, register, replace_node
+from .base import Op, float_attr, noise_input, register, replace_node
 from .linalg import lower_fused
 
 
@@ -142,10 +142,10 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     outs = ty.shape[2:]
     if not all(isinstance(d, int) for d in tx.shape[2:]):
         return _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations)
+    positions = int(np.prod(outs))  # (all sizes are numbers)
     if (window <= IM2COL_MAX_WINDOW and min(channels, out_channels) >= GATHER_MIN_CHANNELS
-            and int(np.prod(outs)) <= GATHER_MAX_POSITIONS):  # (all sizes are numbers)
-        if any(pads):
-            x = ctx.op("Pad", x, pads=(0, 0) + tuple(pads[:n]) + (0, 0) + tuple(pads[n:]))
+            and positions <= GATHER_MAX_POSITIONS):
+        x = _pad_spatial(ctx, x, pads)
         sizes = ctx.type(x).shape[2:]
         flat = ctx.op("Transpose", x, perm=(0,) + tuple(range(2, n + 2)) + (1,))  # channels last
         flat = ctx.op("Reshape", flat, shape=(0, int(np.prod(sizes)), channels))  # [N, positions, C]
@@ -154,7 +154,6 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
                  for p in np.ndindex(*outs) for k in np.ndindex(*kernel_spatial)]
         cols = ctx.op("Gather", flat, ctx.const(np.array(picks, np.int64), "int64"), axis=1)  # [N, P * window, C]
         cols = ctx.op("Reshape", cols, shape=(-1, window * channels))  # [N * P, window * C]
-        positions = int(np.prod(outs))
         dy_rows = ctx.op("Transpose", ctx.op("Reshape", dy, shape=(0, out_channels, positions)), perm=(1, 0, 2))
         dy_rows = ctx.op("Reshape", dy_rows, shape=(out_channels, -1))  # [O, N * P]
         dw = ctx.op("Reshape", ctx.op("MatMul", dy_rows, cols), shape=(out_channels,) + tuple(kernel_spatial) + (channels,))
@@ -162,10 +161,8 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     if (window <= IM2COL_MAX_WINDOW and SLICES_MIN_CHANNELS <= channels and min(channels, out_channels) < GATHER_MIN_CHANNELS
             and all(s == 1 for s in strides)):
         # Each slice is multiplied while it is still in the cache; the sum over the batch comes last.
-        if any(pads):
-            x = ctx.op("Pad", x, pads=(0, 0) + tuple(pads[:n]) + (0, 0) + tuple(pads[n:]))
-        positions = int(np.prod(outs))
-        dy_t = ctx.op("Transpose", ctx.op("Reshape", dy, shape=(0, out_channels, positions)), perm=(0, 2, 1))
+        x = _pad_spatial(ctx, x, pads)
+        dy_t = _by_position(ctx, dy, positions)
         parts = []
         for k in np.ndindex(*kernel_spatial):
             starts = tuple(k[i] * dilations[i] for i in range(n))
@@ -188,11 +185,9 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
             picks[(slice(k, None, window), 0) + offset] = 1.0
         cols = ctx.op("Conv", x, ctx.const(picks, tx.dtype), strides=tuple(strides), pads=tuple(pads),
                       dilations=tuple(dilations), group=channels)  # [N, C * window, *o]
-        positions = int(np.prod(outs))
         cols = ctx.op("Reshape", cols, shape=(0, channels * window, positions))
         # (dy transposed, not the window-times larger unfolded input: 5-20% faster)
-        dy_t = ctx.op("Transpose", ctx.op("Reshape", dy, shape=(0, out_channels, positions)), perm=(0, 2, 1))
-        per_sample = ctx.op("MatMul", cols, dy_t)  # [N, C * window, O]
+        per_sample = ctx.op("MatMul", cols, _by_position(ctx, dy, positions))  # [N, C * window, O]
         summed = ctx.op("ReduceSum", per_sample, axes=(0,), keepdims=0)
         dw = ctx.op("Reshape", summed, shape=(channels,) + tuple(kernel_spatial) + (out_channels,))
         return ctx.op("Transpose", dw, perm=(n + 1, 0) + tuple(range(1, n + 1)))
@@ -206,6 +201,19 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     return ctx.op("Transpose", full, perm=perm)
 
 
+def _pad_spatial(ctx, x, pads):
+    """x [N, C, *s] zero-padded by ``pads`` (ONNX order: all begins, then all ends)."""
+    if not any(pads):
+        return x
+    n = len(pads) // 2
+    return ctx.op("Pad", x, pads=(0, 0) + tuple(pads[:n]) + (0, 0) + tuple(pads[n:]))
+
+
+def _by_position(ctx, dy, positions):
+    """dy [N, O, *o] as [N, positions, O]: the right operand of per-sample products."""
+    return ctx.op("Transpose", ctx.op("Reshape", dy, shape=(0, ctx.type(dy).shape[1], positions)), perm=(0, 2, 1))
+
+
 def _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     """The kernel gradient of a stride-1 convolution over a named size (Conv1D over T): for
     each kernel offset, dy [N, O, T'] times the input rows that offset reads, [N, C, T']
@@ -214,8 +222,7 @@ def _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations
         raise NotImplementedError("gradient of a strided or 2-d convolution over a named dimension "
                                   "(give it a number to train this model)")
     (k,), (d,) = kernel_spatial, dilations
-    if any(pads):
-        x = ctx.op("Pad", x, pads=(0, 0, pads[0], 0, 0, pads[1]))
+    x = _pad_spatial(ctx, x, pads)
     parts = []
     for offset in range(k):
         rest = (k - 1 - offset) * d  # rows after the last one this offset reads
@@ -570,30 +577,17 @@ class BatchNormalization(Op):
 
     def infer(self, ins, attrs):
         self.check_float(ins)
-        x = ins[0]
-        axis = normalize_axis(attrs.get("axis", 1), x.rank)
-        for t in ins[1:]:
-            if t.shape != (x.shape[axis],):
-                raise ShapeError(f"BatchNormalization statistics {format_shape(t.shape)} do not match "
-                                 f"{x.shape[axis]} channels")
-        return [x]
+        _check_per_channel(ins, attrs)
+        return [ins[0]]
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, scale, bias, mean, var = inputs
         rank = len(ctx.shape(x))
         axis = normalize_axis(attrs.get("axis", 1), rank)
-        eps = attrs.get("epsilon", 1e-3)
         if axis == 1 and rank >= 2:
-            ctx.emit("BatchNormalization", inputs, outputs, epsilon=eps)
+            ctx.emit("BatchNormalization", inputs, outputs, epsilon=attrs.get("epsilon", 1e-3))
             return
-        # Channels elsewhere: y = x * s + (bias - mean * s), s = scale / sqrt(var + eps), broadcast on axis.
-        t = ctx.dtype(x)
-        s = ctx.emit("Div", [scale, ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])])
-        shift = ctx.emit("Sub", [bias, ctx.emit("Mul", [mean, s])])
-        shape = [1] * (rank - axis)
-        shape[0] = -1
-        s, shift = (ctx.emit("Reshape", [v, ctx.const(shape, "int64")]) for v in (s, shift))
-        ctx.emit("Add", [ctx.emit("Mul", [x, s]), shift], outputs)
+        _lower_normalize(ctx, x, scale, bias, mean, var, axis, float_attr(attrs, "epsilon", 1e-3), outputs)
 
     def training_form(self, ctx, node):
         if not node.attrs.get("trainable", True):
@@ -618,7 +612,8 @@ class BatchNormalization(Op):
         axis = node.attrs.get("axis", 1) % rank
         dtype = ctx.type(x).dtype
         shape = (-1,) + (1,) * (rank - axis - 1)
-        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, ctx.const(node.attrs.get("epsilon", 1e-3), dtype))))
+        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, ctx.const(float_attr(node.attrs, "epsilon", 1e-3),
+                                                                                  dtype))))
         s = ctx.op("Mul", gamma, inv_std)
         dx = ctx.op("Mul", dy, ctx.op("Reshape", s, shape=shape))
         xhat = ctx.op("Mul", ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape)), ctx.op("Reshape", inv_std, shape=shape))
@@ -640,44 +635,34 @@ class BatchNormTrain(Op):
 
     def infer(self, ins, attrs):
         self.check_float(ins)
-        x = ins[0]
-        channels = x.shape[normalize_axis(attrs.get("axis", 1), x.rank)]
-        for t in ins[1:]:
-            if t.shape != (channels,):
-                raise ShapeError(f"BatchNormalization weights {format_shape(t.shape)} do not match {channels} channels")
-        stat = x.with_shape((channels,))
-        return [x, stat, stat]
+        stat = ins[0].with_shape((_check_per_channel(ins, attrs),))
+        return [ins[0], stat, stat]
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, scale, bias = inputs
         shape = ctx.shape(x)
         axis = normalize_axis(attrs.get("axis", 1), len(shape))
-        eps, t = attrs.get("epsilon", 1e-3), ctx.dtype(x)
+        t = ctx.dtype(x)
         if axis == 1:
             # onnxruntime writes each running statistic into its input's buffer, even a constant's
             # or one it folded (after one batch holding inf, every later step gave NaN), and into
             # one buffer where both inputs are one tensor: so two tensors made afresh each step,
             # from x's (run-time) shape, and different (zeros and ones, which momentum 0 ignores)
             # lest onnxruntime merge them.
-            import numpy as np
-            from onnx import numpy_helper
             channels = ctx.emit("Shape", [x], start=1, end=2)
-            mean, var = (ctx.emit("ConstantOfShape", [channels], value=numpy_helper.from_array(np.full(1, v, t)))
-                         for v in (0, 1))
-            ctx.emit("BatchNormalization", [x, scale, bias, mean, var], outputs, epsilon=eps, momentum=0.0,
-                     training_mode=1)
+            mean, var = ctx.full(channels, t, 0), ctx.full(channels, t, 1)
+            ctx.emit("BatchNormalization", [x, scale, bias, mean, var], outputs, epsilon=attrs.get("epsilon", 1e-3),
+                     momentum=0.0, training_mode=1)
             return
         axes = [i for i in range(len(shape)) if i != axis]
         mean = ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)
         centered = ctx.emit("Sub", [x, mean])
         var = ctx.emit("ReduceMean", [ctx.emit("Mul", [centered, centered])], axes=axes, keepdims=1)
-        inv_std = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])])
-        channel_shape = ctx.const([-1] + [1] * (len(shape) - axis - 1), "int64")
-        scale, bias = (ctx.emit("Reshape", [v, channel_shape]) for v in (scale, bias))
-        ctx.emit("Add", [ctx.emit("Mul", [centered, ctx.emit("Mul", [inv_std, scale])]), bias], [outputs[0]])
         flat = ctx.const([-1], "int64")
         ctx.emit("Reshape", [mean, flat], [outputs[1]])
         ctx.emit("Reshape", [var, flat], [outputs[2]])
+        _lower_normalize(ctx, x, scale, bias, outputs[1], outputs[2], axis, float_attr(attrs, "epsilon", 1e-3),
+                         [outputs[0]])
 
     def grad(self, ctx, node, dys):
         """With c = x - mean, s = 1 / sqrt(var + eps), a = scale * s and M numbers per channel:
@@ -693,20 +678,42 @@ class BatchNormTrain(Op):
         axis = node.attrs.get("axis", 1) % t.rank
         axes = tuple(i for i in range(t.rank) if i != axis)
         shape = (-1,) + (1,) * (t.rank - axis - 1)
-        eps = float(np.float32(node.attrs.get("epsilon", 1e-3)))  # as the forward op has it (a float attribute)
-        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, eps)))
+        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, float_attr(node.attrs, "epsilon", 1e-3))))
         centered = ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape))
         sum_dy = ctx.op("ReduceSum", dy, axes=axes, keepdims=0)
         sum_dyc = ctx.op("ReduceSum", ctx.op("Mul", dy, centered), axes=axes, keepdims=0)
         count = ctx.op("Cast", ctx.op("Div", ctx.op("Size", x), ctx.op("Size", mean)), to=t.dtype)  # M
+        dscale = ctx.op("Mul", sum_dyc, inv_std)
         a = ctx.op("Mul", scale, inv_std)
-        slope = ctx.op("Neg", ctx.op("Div", ctx.op("Mul", ctx.op("Mul", a, inv_std), ctx.op("Mul", inv_std, sum_dyc)), count))
+        slope = ctx.op("Neg", ctx.op("Div", ctx.op("Mul", ctx.op("Mul", a, inv_std), dscale), count))
         offset = ctx.op("Neg", ctx.op("Div", ctx.op("Mul", a, sum_dy), count))
         channels = t.shape[axis]
         affine = ctx.op("BatchNormalization", centered, slope, offset, ctx.const(np.zeros(channels), t.dtype),
                         ctx.const(np.ones(channels), t.dtype), axis=axis, epsilon=0.0)
         dx = ctx.op("Add", ctx.op("Mul", dy, ctx.op("Reshape", a, shape=shape)), affine)
-        return [dx, ctx.op("Mul", sum_dyc, inv_std), sum_dy]
+        return [dx, dscale, sum_dy]
+
+
+def _check_per_channel(ins, attrs) -> int:
+    """BatchNormalization's shape rule: every input after x is one number per channel of x's
+    ``axis``; returns the channel count."""
+    x = ins[0]
+    channels = x.shape[normalize_axis(attrs.get("axis", 1), x.rank)]
+    for t in ins[1:]:
+        if t.shape != (channels,):
+            raise ShapeError(f"BatchNormalization statistics {format_shape(t.shape)} do not match {channels} channels")
+    return channels
+
+
+def _lower_normalize(ctx, x, scale, bias, mean, var, axis, eps, outputs):
+    """BatchNormalization's arithmetic with channels on any axis: y = x * s + (bias - mean * s),
+    s = scale / sqrt(var + eps), the [C] vectors broadcast along ``axis``."""
+    t = ctx.dtype(x)
+    s = ctx.emit("Div", [scale, ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])])
+    shift = ctx.emit("Sub", [bias, ctx.emit("Mul", [mean, s])])
+    shape = ctx.const([-1] + [1] * (len(ctx.shape(x)) - axis - 1), "int64")
+    s, shift = (ctx.emit("Reshape", [v, shape]) for v in (s, shift))
+    ctx.emit("Add", [ctx.emit("Mul", [x, s]), shift], outputs)
 
 
 @register
