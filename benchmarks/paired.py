@@ -3,6 +3,7 @@ two bursts run seconds apart. CPU:
 
     .venv/bin/python benchmarks/paired.py [--cycles 15] [--workloads mlp_train,cnn_predict]
                                           [--frameworks kcompile,torch,torch_compile,keras_jax]
+                                          [--batch 32]
 
 This machine's speed changes from minute to minute: its two virtual cores are sometimes
 close together and sometimes far apart (`cores.py --pingpong`), and two-thread work slows
@@ -19,9 +20,10 @@ best peer (by median burst).
 Workloads, as in run.py (batch 128, MNIST-shaped synthetic data, examples/mnist_*.kdl):
 mlp_train, cnn_train (samples/s), mlp_predict, cnn_predict (samples/s at batch 1024 and
 latency of one sample); and on request lstm_train (examples/sentiment.kdl, random word
-ids). Each worker is `paired.py --serve FRAMEWORK WORKLOAD`: it prints a ready line, then
-one line per "go" it reads. Writes every burst to --json
-(default benchmarks/paired.json).
+ids). --batch trains at another batch size (Keras's fit defaults to 32): the targets are
+set at 128, so other sizes get their ratios without a verdict. Each worker is `paired.py
+--serve FRAMEWORK WORKLOAD BATCH`: it prints a ready line, then one line per "go" it reads.
+Writes every burst to --json (default benchmarks/paired.json).
 """
 from __future__ import annotations
 
@@ -95,11 +97,12 @@ def _predictor(fw, a, model):
     return burst
 
 
-def serve(fw, workload):
+def serve(fw, workload, batch=bench.BATCH):
+    bench.BATCH = int(batch)  # (read by the adapters' fit loops and by _trainer)
     a = bench.ADAPTERS[fw]()
     model = workload.split("_")[0]
     burst = _trainer(a, model) if workload.endswith("train") else _predictor(fw, a, model)
-    print(READY + json.dumps({"import_s": a.import_s}), flush=True)
+    print(READY + json.dumps({"import_s": a.import_s, "batch": bench.BATCH}), flush=True)
     for line in sys.stdin:
         if line.strip() != "go":
             break
@@ -108,15 +111,15 @@ def serve(fw, workload):
 
 # ------------------------------------------ parent ------------------------------------------
 class Worker:
-    def __init__(self, fw, workload, scratch):
+    def __init__(self, fw, workload, scratch, batch=bench.BATCH):
         env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
         if fw == "torch_compile":
             env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(scratch, "inductor")
         self.fw = fw
         self.log = open(os.path.join(scratch, f"{fw}_{workload}.log"), "w+")
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", fw, workload], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
-                                     cwd=str(bench.ROOT))
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", fw, workload, str(batch)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     env=env, cwd=str(bench.ROOT))
         try:
             self.ready = self._read(READY)
         except RuntimeError:
@@ -148,14 +151,15 @@ class Worker:
         self.log.close()
 
 
-def measure(workload, frameworks, cycles, scratch, say=print):
-    """{framework: [burst, ...]} of one workload, the frameworks in turn, cycle by cycle."""
+def measure(workload, frameworks, cycles, scratch, say=print, batch=bench.BATCH):
+    """{framework: [burst, ...]} of one workload (training at ``batch``), the frameworks in turn,
+    cycle by cycle."""
     workers, bursts = {}, {}
     try:
         for fw in frameworks:  # set up and warmed up one at a time: compiles never overlap
             start = time.perf_counter()
             try:
-                workers[fw] = Worker(fw, workload, scratch)
+                workers[fw] = Worker(fw, workload, scratch, batch)
                 say(f"  {fw:<14} ready in {time.perf_counter() - start:.1f} s")
             except RuntimeError as e:
                 say(f"  {fw:<14} FAILED: {e}")
@@ -176,24 +180,27 @@ def measure(workload, frameworks, cycles, scratch, say=print):
     return bursts
 
 
-def measure_all(workloads, frameworks, cycles, say=print):
+def measure_all(workloads, frameworks, cycles, say=print, batch=bench.BATCH):
     """(the target rows, {workload: bursts}) of several workloads, one after the other."""
     rows, raw = [], {}
     with tempfile.TemporaryDirectory(prefix="kc_paired_") as scratch:
         for wl in workloads:
             say(f"{wl}:")
-            raw[wl] = measure(wl, frameworks, cycles, scratch, say=say)
-            rows += summarize(wl, raw[wl])
+            raw[wl] = measure(wl, frameworks, cycles, scratch, say=say, batch=batch)
+            rows += summarize(wl, raw[wl], batch)
     return rows, raw
 
 
-def summarize(workload, bursts):
+def summarize(workload, bursts, batch=bench.BATCH):
     """For each target of the workload: each framework's median burst, the best peer's, and
-    kcompile's cycle-by-cycle ratios against it."""
+    kcompile's cycle-by-cycle ratios against it. A training workload at a batch other than the
+    targets' (run.py's BATCH) gets no verdict."""
     out = []
     for wl, key, higher, target in TARGETS:
         if wl != workload or "kcompile" not in bursts:
             continue
+        if wl.endswith("_train") and batch != bench.BATCH:
+            target = None
         medians = {fw: statistics.median(b[key] for b in runs) for fw, runs in bursts.items()}
         peers = {fw: v for fw, v in medians.items() if fw != "kcompile"}
         row = {"workload": wl, "key": key, "target": target, "medians": medians}
@@ -233,8 +240,10 @@ def main():
                     help=f"subset of {','.join(WORKLOADS)} (default: {','.join(DEFAULT)})")
     ap.add_argument("--frameworks", default=",".join(bench.FRAMEWORKS),
                     help=f"subset of {','.join(bench.FRAMEWORKS)} (kcompile always runs)")
+    ap.add_argument("--batch", type=int, default=bench.BATCH,
+                    help=f"training batch size (default {bench.BATCH}, the targets'; others get no verdict)")
     ap.add_argument("--json", default=str(HERE / "paired.json"), help="where every burst goes")
-    ap.add_argument("--serve", nargs=2, metavar=("FRAMEWORK", "WORKLOAD"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=3, metavar=("FRAMEWORK", "WORKLOAD", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(*args.serve)
@@ -244,18 +253,21 @@ def main():
     bad = [w for w in workloads if w not in WORKLOADS] + [f for f in wanted if f not in bench.FRAMEWORKS]
     if bad:
         ap.error(f"unknown {bad}")
+    if args.batch < 1:
+        ap.error("--batch must be a positive integer")
     frameworks = [f for f in bench.FRAMEWORKS if f in wanted and bench.installed(f)]
     for f in sorted(wanted - set(frameworks)):
         print(f"{f}: not installed (pip install -e '.[bench]'); skipped")
     start = time.perf_counter()
     rows, raw = measure_all(workloads, frameworks, args.cycles,
-                            say=lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}", flush=True))
-    print(f"\npaired bursts, {args.cycles} cycles, {os.cpu_count()} CPU cores, total "
-          f"{time.perf_counter() - start:.0f} s; each framework's median burst, and kcompile's median "
+                            say=lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}", flush=True),
+                            batch=args.batch)
+    print(f"\npaired bursts, {args.cycles} cycles, training batch {args.batch}, {os.cpu_count()} CPU cores, "
+          f"total {time.perf_counter() - start:.0f} s; each framework's median burst, and kcompile's median "
           f"ratio to the best peer's burst of the same cycle (its quartiles after 'cycles')\n")
     print(report(rows, frameworks))
-    Path(args.json).write_text(json.dumps({"cycles": args.cycles, "rows": rows, "bursts": raw}, indent=1,
-                                          default=float))
+    Path(args.json).write_text(json.dumps({"cycles": args.cycles, "batch": args.batch, "rows": rows, "bursts": raw},
+                                          indent=1, default=float))
     print(f"\nevery burst: {args.json}")
 
 

@@ -63,6 +63,29 @@ def test_a_workload_without_a_target_gets_its_ratio_and_no_verdict(paired):
     assert "1.10x  no target (cycles" in text and "met" not in text
 
 
+def test_training_at_another_batch_than_the_targets_gets_its_ratio_and_no_verdict(paired):
+    key = "samples_per_s"
+    runs = {"kcompile": bursts(key, 90.0, 110.0), "keras_jax": bursts(key, 100.0, 100.0)}
+    row, = paired.summarize("mlp_train", runs, batch=32)
+    assert row["ratio"] == pytest.approx(1.0) and row["target"] is None and row["met"] is None
+    assert "no target" in paired.report([row], ["kcompile", "keras_jax"])
+    row, = paired.summarize("mlp_train", runs)  # (the targets' batch, 128)
+    assert row["target"] == 1.3 and row["met"] is False
+    predict = paired.summarize("mlp_predict", {"kcompile": [{"batch1024_samples_per_s": 2.0, "batch1_latency_us": 1.0}],
+                                               "torch": [{"batch1024_samples_per_s": 1.0, "batch1_latency_us": 4.0}]},
+                               batch=32)
+    assert [r["met"] for r in predict] == [True, True]  # (predicts do not depend on the training batch)
+
+
+def test_a_training_worker_trains_at_the_batch_it_is_given(paired, tmp_path):
+    worker = paired.Worker("kcompile", "mlp_train", str(tmp_path), batch=32)
+    try:
+        assert worker.ready["batch"] == 32
+        assert worker.burst()["samples_per_s"] > 0
+    finally:
+        worker.close()
+
+
 def test_no_peer_gives_no_ratio(paired):
     row, = paired.summarize("mlp_train", {"kcompile": bursts("samples_per_s", 5.0, 7.0)})
     assert "ratio" not in row and row["medians"]["kcompile"] == 6.0
