@@ -190,18 +190,31 @@ def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
                 f.flush()
                 os.fsync(f.fileno())
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
+            # Two renames: the previous folder steps aside as .NAME.old, the new one takes its name.
+            # Between them the previous folder is .NAME.old alone: put back here on an error, and
+            # read from there by Model.load after a crash.
+            old = old_folder(folder)
             if old.exists():
                 shutil.rmtree(old)
             folder.rename(old)
-            staging.rename(folder)
-            shutil.rmtree(old)
+            try:
+                staging.rename(folder)
+            except BaseException:
+                if old.exists() and not folder.exists():
+                    old.rename(folder)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
         else:
             staging.rename(folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def old_folder(folder: Path) -> Path:
+    """Where write_folder_atomic moves ``folder``'s previous contents while it swaps the new ones in."""
+    return folder.with_name(f".{folder.name}.old")
 
 
 def activation_bytes_per_sample(g: Graph) -> int | None:

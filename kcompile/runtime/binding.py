@@ -77,12 +77,14 @@ class StateRunner:
     ROTATION = 3
 
     def __init__(self, session, state: dict[str, np.ndarray], providers, shared: dict | None = None,
-                 flush=None, transposed=()):
+                 flush=None, transposed=(), previous: dict | None = None):
         """``state``: every weight and slot by input name; ``shared``: name -> SharedWeight for
         the weights held with other models (bound from there, not copied); ``flush``: a context
         entered around each run (fpenv.FlushDenormals); ``transposed``: the 2-D state tensors
         the session reads and writes transposed (backend.layout), given and returned by the
-        runner as they are outside it."""
+        runner as they are outside it; ``previous``: the state before ``state``, as another
+        runner's ``previous()`` gave it, for step_back to return to (a runner made again for the
+        same training, not after new weights)."""
         import onnxruntime as ort
         self.ort = ort
         self.session = session
@@ -107,6 +109,14 @@ class StateRunner:
         self.result_values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.results.items()}
         self.position = 0
         self.history = 0  # the runs step_back can undo: the buffers before them still hold their state
+        if previous is not None:  # (in the buffer before the current one; names it lacks: the current value)
+            before = self.buffers[self.ROTATION - 1]
+            for n, value in before.items():
+                if n in previous:
+                    value.update_inplace(np.ascontiguousarray(previous[n].T if n in self.transposed else previous[n]))
+                else:
+                    value.update_inplace(self.buffers[0][n].numpy())
+            self.history = 1
         self.rebound = {}  # (bind_in_place on CUDA)
         self.bindings = [self._binding(k) for k in range(self.ROTATION)]
         self.flush = flush if flush is not None else contextlib.nullcontext()
@@ -181,6 +191,15 @@ class StateRunner:
         transposed back where it is held transposed)."""
         own = {n: v.numpy().T if n in self.transposed else v.numpy() for n, v in self.buffers[self.position].items()}
         return {n: own[n] if n in own else self.shared_state[n].numpy() for n in self.state_names}
+
+    def previous(self) -> dict | None:
+        """name -> a copy of this runner's own state before the last run (None where it keeps no
+        earlier state): what a runner made again in its place starts ``previous`` from. Shared
+        weights keep their earlier values in their own buffers."""
+        if not self.history:
+            return None
+        before = self.buffers[(self.position - 1) % self.ROTATION]
+        return {n: np.array(v.numpy().T if n in self.transposed else v.numpy(), order="C") for n, v in before.items()}
 
 
 _POOL = None
@@ -321,6 +340,9 @@ class ShardedRunner:
 
     def current(self) -> dict:
         return self.update.current()
+
+    def previous(self) -> dict | None:
+        return self.update.previous()
 
 
 def _direct_run(session, binding):

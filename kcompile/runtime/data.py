@@ -140,9 +140,7 @@ class Batches:
             return cls(model, None, None, None, batch_size, shuffle, seed, where, iterable=x, steps=steps)
         if y is None:
             raise ValueError(f"{where}: y (the targets) is missing")
-        xs, ys, n = model._check_xy(x, y, where)
-        if n == 0:
-            raise ValueError(f"{where}: no samples")
+        xs, ys, n = model._check_xy(x, y, where)  # (which refuses 0 rows)
         return cls(model, xs, ys, n, batch_size, shuffle, seed, where, steps=steps)
 
     def epoch(self, epoch: int):

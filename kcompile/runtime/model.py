@@ -62,8 +62,13 @@ class Model(TrainingMixin):
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> "Model":
+        from ..driver import TRAINING_FILES, old_folder
         folder = Path(path)
         manifest_path = folder / "manifest.json"
+        if not folder.exists() and (old_folder(folder) / "manifest.json").exists():
+            # (a save that stopped between its two renames left the previous checkpoint there)
+            folder = old_folder(folder)
+            manifest_path = folder / "manifest.json"
         if not manifest_path.exists():
             subdirs = [p for p in folder.glob("*/manifest.json")] if folder.is_dir() else []
             if len(subdirs) == 1:
@@ -76,7 +81,6 @@ class Model(TrainingMixin):
         with np.load(folder / files["weights"]) as data:
             arrays = [data[k] for k in sorted(data.files)]
         names = [p["name"] for p in manifest["parameters"]]
-        from ..driver import TRAINING_FILES
         training = {k: (folder / files[k]).read_bytes() for k in TRAINING_FILES if k in files}
         model = cls(onnx_bytes, manifest, dict(zip(names, arrays)), device, training)
         if "state" in files:  # a checkpoint: optimizer slots, step and epoch
@@ -104,7 +108,7 @@ class Model(TrainingMixin):
             if tuple(w.shape) != tuple(spec["shape"]):
                 raise ShapeMismatch(f"set_weights: weight {name} expects shape {tuple(spec['shape'])}, "
                                     f"got {tuple(w.shape)}")
-            new[name] = np.ascontiguousarray(w, dtype=spec["dtype"])
+            new[name] = np.array(w, dtype=spec["dtype"], order="C")  # (a copy: the caller's arrays stay theirs)
         self._drop_runner()  # training buffers start again from these weights (and see shared ones)
         self._weights = new
         for name, weight in self._shared.items():  # the models holding these see them too
@@ -155,8 +159,11 @@ class Model(TrainingMixin):
         return xs
 
     def predict(self, x, batch_size: int | None = 32, verbose: int = 0):
-        """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time.
-        Returns an array for a one-output model, else a list in the model's output order."""
+        """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time
+        (None: all at once). Returns an array for a one-output model, else a list in the model's
+        output order."""
+        if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+            raise ValueError(f"predict: batch_size must be a positive integer or None, got {batch_size!r}")
         feeds = self._prepare(x, "predict")
         self._pull_shared()
         session, graph = self._inference_session(), self._inference_graph
@@ -286,7 +293,8 @@ class Model(TrainingMixin):
         """A checkpoint folder: the build files with the current weights, plus the optimizer's
         slots, step and epoch, so that ``kcompile.load(path)`` resumes training exactly.
         Written to a temporary folder and renamed: a crash never leaves a half-written checkpoint
-        in place of the previous one."""
+        in place of the previous one (one between the previous folder's rename aside and the new
+        one's into place leaves the previous as ``.NAME.old``, which ``kcompile.load(path)`` reads)."""
         from ..driver import write_folder_atomic
         self._sync_state()
         manifest = dict(self.manifest)

@@ -124,6 +124,7 @@ class TrainingMixin:
         self._epoch = 0
         self._lr_override = None
         self._runner = None
+        self._previous_state = None  # a dropped runner's state before its last run (_drop_runner)
         self._state_stale = False
         self._train_session = self._eval_session = self._weights_session = None
         self._split = None  # the split step's sessions (_split_sessions); False: the step cannot be split
@@ -229,6 +230,8 @@ class TrainingMixin:
         targets = tensor_specs(self._targets_spec())
         ys = as_arrays(y, targets, where, "target") if y is not None else None
         xs, ys, n = check_arrays(xs, ys, self.inputs, targets, where)
+        if n == 0:  # (a step's loss is a mean over the batch)
+            raise ValueError(f"{where}: no samples (the arrays have 0 rows)")
         check_named_dims({**xs, **ys}, [(e, "input") for e in self.manifest["inputs"]] +
                          [(e, "target") for e in self._targets_spec()], where)
         return xs, ys, n
@@ -266,7 +269,8 @@ class TrainingMixin:
             if self._runner is None:
                 self._runner = StateRunner(self._session_for("train_step"), {**self._weights, **self._slots},
                                            self._providers, shared=self._shared, flush=self._flush,
-                                           transposed=self._held_transposed())
+                                           transposed=self._held_transposed(), previous=self._previous_state)
+            self._previous_state = None
             self._lr_buffer = np.zeros((), np.float32)
             self._step_buffer = np.zeros((), np.float32)
             self._runner.bind_in_place({"lr": self._lr_buffer, "step": self._step_buffer})
@@ -328,7 +332,7 @@ class TrainingMixin:
             return None
         spec = self.manifest["training"]
         update = StateRunner(sessions[1], {**self._weights, **self._slots}, self._providers, flush=self._flush,
-                             transposed=self._held_transposed())
+                             transposed=self._held_transposed(), previous=self._previous_state)
         split = {s.name for s in self.inputs} | {t["name"] for t in spec["targets"]} | {
             n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]}
         return ShardedRunner(sessions[0], update, {**self._weights, **self._slots}, split, spec["metrics"],
@@ -352,7 +356,12 @@ class TrainingMixin:
             else:
                 self._slots[name] = value
 
-    def _drop_runner(self):
+    def _drop_runner(self, keep_history: bool = False):
+        """Drop the training buffers, their state kept in the weight and slot dictionaries.
+        ``keep_history``: the runner is made again for the same training (sessions rebuilt, weights
+        frozen), so the next one can still step back past its first run to this one's previous
+        state, as a non-finite loss needs; not after new weights (set_weights, share_weights)."""
+        self._previous_state = self._runner.previous() if keep_history and self._runner is not None else None
         self._sync_state()
         self._runner = None
 
@@ -376,7 +385,7 @@ class TrainingMixin:
         pools spinning after each run: those made before are dropped, to be rebuilt."""
         if TURNS.seen and not self._stops_spinning and self.device == "cpu":
             self._stops_spinning = True
-            self._drop_runner()
+            self._drop_runner(keep_history=True)
             self._drop_step_sessions()
             self._eval_session = self._weights_session = self._session = None
             self._copies = {}
@@ -417,7 +426,7 @@ class TrainingMixin:
         self._slots = {s["name"]: old[s["name"]] if s["name"] in old else
                        np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
                        for s in spec["slots"]}
-        self._runner = None
+        self._drop_runner(keep_history=True)
         self._drop_step_sessions()
         self._eval_session = None
         return names
@@ -497,10 +506,13 @@ class TrainingMixin:
                 self._iterations -= 1
             self._state_stale = True
             self._drop_runner()
+            self._generation += 1
+            self._weights_changed()  # (a predict since the last step may have folded the weights undone)
             raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss)
         self._iterations += 1
         self._state_stale = True
         self._generation += 1
+        self._weights_changed()  # (a predict between steps, a callback's, sees these weights)
         for name, weight in runner.shared_state.items():  # (this model's own writes)
             self._shared_seen[name] = weight.version
         self._ran(runner.session)
@@ -523,7 +535,6 @@ class TrainingMixin:
         xs, ys, n = self._check_xy(x, y, "train_on_batch")
         self._step_in_epoch = 0
         results = self._run_train_step(xs, ys)
-        self._weights_changed()
         running = RunningMetrics(self.manifest["training"]["metrics"])
         running.update(results, n)
         return self._format(running.result(), return_dict)
@@ -600,7 +611,6 @@ class TrainingMixin:
                     cbs.on_train_batch_end(step, running.result() if batch_logs else None)
                     if self.stop_training:
                         break
-                self._weights_changed()
                 logs = running.result()
                 if val is not None:
                     vals = RunningMetrics(self.manifest["training"]["metrics"])
@@ -612,7 +622,6 @@ class TrainingMixin:
                 if self.stop_training:
                     break
         except NonFiniteLoss as e:
-            self._weights_changed()
             print(f"kcompile: {e}")
             self.stop_training = True
             self.nonfinite = e

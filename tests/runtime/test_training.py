@@ -345,6 +345,37 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left behind
 
 
+def test_checkpoint_swap_cut_off_between_its_renames_keeps_the_previous_one(tmp_path, monkeypatch):
+    """The previous checkpoint steps aside as .NAME.old while the new one takes its name: an error
+    between the two renames puts it back, and after a crash there load reads it from .NAME.old."""
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    path = m.save(tmp_path / "ckpt")
+    good = kcompile.load(path).get_weights()
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    real_rename = Path.rename
+
+    def fail_swap_in(self, target):  # the new folder's rename into place fails
+        if Path(target) == path and self.name.startswith(".ckpt.") and not self.name.endswith(".old"):
+            raise OSError("simulated failure between the renames")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", fail_swap_in)
+    with pytest.raises(OSError, match="between the renames"):
+        m.save(path)
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    for a, b in zip(kcompile.load(path).get_weights(), good):
+        np.testing.assert_array_equal(a, b)
+    path.rename(tmp_path / ".ckpt.old")  # as a crash between the renames leaves it
+    for a, b in zip(kcompile.load(path).get_weights(), good):
+        np.testing.assert_array_equal(a, b)
+    m.save(path)  # and the next save writes the new one in its place
+    for a, b in zip(kcompile.load(path).get_weights(), m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_model_checkpoint_callback_writes_loadable_checkpoints(tmp_path):
     x, y = small_data()
     m = kcompile.compile_string(SMALL, seed=0)
@@ -391,6 +422,103 @@ def test_nonfinite_loss_right_after_set_weights_keeps_those_weights():
         np.testing.assert_array_equal(a, b)
     m.train_on_batch(x[:16], y[:16])
     assert all(np.isfinite(w).all() for w in m.get_weights())
+
+
+def test_nonfinite_loss_after_the_runner_is_made_again_steps_back_as_before(turns):
+    """Sessions rebuilt once the process is seen taking turns, or by set_trainable, make a new step
+    runner: a non-finite loss on its first step still goes back to the last finite step's weights
+    (the dropped runner's previous state), not to the weights that gave it."""
+    from kcompile.runtime.training import NonFiniteLoss
+    x, y = small_data()
+    # (the second model's step splits into one-core parts, its first two kernels held transposed)
+    for rebuild, src, parts in [("turns", SMALL, None), ("set_trainable", SMALL, None),
+                                ("turns", FEATURE_MAJOR, 2), ("set_trainable", FEATURE_MAJOR, 2)]:
+        turns.reset()
+        m = kcompile.compile_string(src, seed=0)
+        m.batch_parts = parts
+        for _ in range(3):
+            m.train_on_batch(x[:16], y[:16])
+        kept = m.get_weights()
+        m.learning_rate = float("nan")
+        if rebuild == "turns":
+            turns.seen = True  # (the runner is dropped after the next step's run)
+        m.train_on_batch(x[:16], y[:16])  # a finite loss, NaN weights written
+        if rebuild == "set_trainable":
+            m.set_trainable("dense", True)
+        first = m._runner
+        with pytest.raises(NonFiniteLoss):
+            m.train_on_batch(x[:16], y[:16])
+        assert first is None and m.iterations == 3, rebuild  # (the NaN step ran on a new runner)
+        assert m._batch_parts() == (parts or 1)
+        for a, b in zip(m.get_weights(), kept):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_nonfinite_train_on_batch_then_predict_uses_the_weights_kept():
+    from kcompile.runtime.training import NonFiniteLoss
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.train_on_batch(x[:16], y[:16])
+    m.train_on_batch(x[:16], y[:16])
+    m.learning_rate = float("nan")
+    m.train_on_batch(x[:16], y[:16])  # NaN weights written
+    m.predict(x[:4])
+    m.predict(x[:4])  # (the second predict of the same weights folds them into a session)
+    with pytest.raises(NonFiniteLoss):
+        m.train_on_batch(x[:16], y[:16])
+    reference = kcompile.compile_string(SMALL, seed=0)
+    reference.set_weights(m.get_weights())
+    assert all(np.isfinite(w).all() for w in m.get_weights())
+    np.testing.assert_allclose(m.predict(x[:4]), reference.predict(x[:4]), rtol=1e-6, atol=1e-7)
+
+
+def test_predict_during_fit_sees_the_current_weights():
+    """A callback's predict between steps computes with the weights of the steps so far (also
+    where a predict before fit had folded the initial weights into a session)."""
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    reference = kcompile.compile_string(SMALL, seed=0)
+    m.predict(x[:4])
+    m.predict(x[:4])
+    initial = m.predict(x[:4])
+    seen = []
+
+    class Probe(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            reference.set_weights(self.model.get_weights())
+            seen.append((self.model.predict(x[:4]), reference.predict(x[:4])))
+
+    m.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[Probe()])
+    assert len(seen) == 3
+    for got, want in seen:
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert np.abs(got - initial).max() > 1e-4
+
+
+def test_set_weights_copies_the_arrays_given():
+    x, _ = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    weights = [w.copy() for w in m.get_weights()]
+    m.set_weights(weights)
+    before = m.predict(x[:4])
+    for w in weights:
+        w[...] = 0
+    np.testing.assert_array_equal(m.predict(x[:4]), before)
+    assert np.abs(m.get_weights()[0]).max() > 0
+
+
+def test_no_samples_and_bad_batch_sizes_are_clear_errors():
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    for call in (lambda: m.train_on_batch(x[:0], y[:0]), lambda: m.test_on_batch(x[:0], y[:0]),
+                 lambda: m.fit(x[:0], y[:0], verbose=0), lambda: m.fit(iter([(x[:0], y[:0])]), verbose=0)):
+        with pytest.raises(ValueError, match="no samples"):
+            call()
+    assert m.iterations == 0
+    for size in (-1, 0, 2.5):
+        with pytest.raises(ValueError, match=f"predict: batch_size must be a positive integer or None, got {size}"):
+            m.predict(x[:4], batch_size=size)
+    assert m.predict(x[:0]).shape == (0, 3)
 
 
 def test_wrong_shapes_fail_before_the_first_step():
