@@ -17,9 +17,33 @@ commands:
   train FILE      compile a model with a train section, train it on arrays from an
                   .npz file, report loss and metrics, and save a checkpoint
 
-exit status: 0 on success, 1 when the source has errors, 2 on bad usage.
+exit status: 0 on success, 1 when the source, the data or a path has errors, 2 on bad usage.
 Run `kcompile COMMAND --help` for each command's options.
 """
+
+
+def _count(least: int):
+    """An argparse type: an integer of at least ``least``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return parse
+
+
+def _fraction(text):
+    """An argparse type: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="the same passes as -O1 today; reserved for costlier ones")
     build.add_argument("--emit", choices=["ir", "onnx"], default="onnx",
                        help="onnx (default): write the build folder; ir: print the optimized IR instead")
-    build.add_argument("--seed", type=int, default=0, help="seed of the initial weights (default: 0)")
+    build.add_argument("--seed", type=_count(0), default=0, help="seed of the initial weights (default: 0)")
     build.add_argument("--report", action="store_true", help="print what each pass changed (node counts)")
     build.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -75,11 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("file", metavar="FILE", help="the .kdl source file")
     train.add_argument("--data", metavar="DATA.npz", required=True, help="the training arrays")
     train.add_argument("--model", metavar="NAME", help="which model, when the file defines several")
-    train.add_argument("--epochs", type=int, default=1, help="epochs to train (default: 1)")
-    train.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    train.add_argument("--validation-split", type=float, default=0.0, metavar="F",
+    train.add_argument("--epochs", type=_count(1), default=1, help="epochs to train (default: 1)")
+    train.add_argument("--batch-size", type=_count(1), default=32, help="batch size (default: 32)")
+    train.add_argument("--validation-split", type=_fraction, default=0.0, metavar="F",
                        help="fraction of the data held out for validation (default: 0)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffling and dropout")
+    train.add_argument("--seed", type=_count(0), default=0, help="seed of the initial weights, shuffling and dropout")
     train.add_argument("-o", "--output", metavar="DIR", help="checkpoint folder (default: checkpoints/<model>)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint folder if it exists")
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2,
@@ -100,6 +124,9 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `kcompile summary f.kdl | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # a path that cannot be read or written: the user's to fix
+        print(f"kcompile: error: {e}", file=sys.stderr)
+        return 1
     except Exception as e:  # never a traceback for users; KCOMPILE_DEBUG=1 shows it
         from .errors import KcompileError
         if isinstance(e, KcompileError):
@@ -135,6 +162,9 @@ def _run(args) -> int:
             print(("\n" if i else "") + format_summary(manifest_for(compiled, seed=0)))
         return 0
     # build
+    from pathlib import Path
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise KcompileError(f"{args.output} is a file, not a folder: give -o a folder for the build")
     level = 1 if args.opt_level is None else args.opt_level
     for name in names:
         start = time.perf_counter()
@@ -170,6 +200,8 @@ def _train(args, source) -> int:
     compiled = compile_source(source, args.file, args.model)
     name = compiled.graph.name
     out = Path(args.output or Path("checkpoints") / name)
+    if out.exists() and not out.is_dir():  # (checked before training, not after it)
+        raise KcompileError(f"{out} is a file, not a folder: give -o a folder for the checkpoint")
     if args.resume and (out / "manifest.json").exists():
         model = load(out)
         print(f"resuming {name} from {out}/ at epoch {model._epoch}")
@@ -178,10 +210,16 @@ def _train(args, source) -> int:
     if not model.trainable:
         raise KcompileError(f"model {name} has no train section" if not model.manifest.get("training_error")
                             else f"model {name} cannot be trained yet: {model.manifest['training_error']}")
+    import zipfile
     try:
-        data = dict(np.load(args.data))
-    except (OSError, ValueError) as e:
+        loaded = np.load(args.data)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise KcompileError(f"cannot read {args.data}: {e}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # (an .npy: one array, no names)
+        raise KcompileError(f"{args.data} holds one array, not named arrays: write it with "
+                            f"np.savez(path, x=..., y=...)")
+    with loaded:
+        data = dict(loaded)
     inputs = [s.name for s in model.inputs]
     targets = [t["name"] for t in model.manifest["training"]["targets"]]
 
@@ -197,14 +235,17 @@ def _train(args, source) -> int:
     x, y = pick(inputs, "x"), pick(targets, "y")
     if x is None or y is None:
         raise KcompileError(f"{args.data} needs arrays {inputs + targets} (or x and y); it has {sorted(data)}")
-    y = {k: _encode_labels(model, k, v) for k, v in y.items()}
-    model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_split=args.validation_split,
-              verbose=args.verbose, initial_epoch=model._epoch)
-    xt, yt = pick(inputs, "x", "_test"), pick(targets, "y", "_test")
-    if xt is not None and yt is not None:
-        yt = {k: _encode_labels(model, k, v) for k, v in yt.items()}
-        logs = model.evaluate(xt, yt, verbose=0, return_dict=True)
-        print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+    try:  # (wrong shapes, dtypes, lengths or labels: fit and evaluate say which, before any step)
+        y = {k: _encode_labels(model, k, v) for k, v in y.items()}
+        model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_split=args.validation_split,
+                  verbose=args.verbose, initial_epoch=model._epoch)
+        xt, yt = pick(inputs, "x", "_test"), pick(targets, "y", "_test")
+        if xt is not None and yt is not None:
+            yt = {k: _encode_labels(model, k, v) for k, v in yt.items()}
+            logs = model.evaluate(xt, yt, verbose=0, return_dict=True)
+            print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+    except ValueError as e:  # (ShapeMismatch is one)
+        raise KcompileError(f"{args.data}: {e}") from None
     model.save(out)
     print(f"saved {out}/")
     return 0

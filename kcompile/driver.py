@@ -181,6 +181,8 @@ def _lower_with_weight_inputs(graphs) -> dict[str, bytes]:
 def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
     """Write files into a new folder beside ``folder`` and swap it in whole."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():  # (never swapped aside: it is not ours)
+        raise NotADirectoryError(f"{folder} is a file, not a folder; it was left as it is")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:

@@ -43,3 +43,63 @@ def test_train_reports_missing_arrays_and_untrainable_models(tmp_path, capsys):
     src.write_text("model plain {\n  input x: float32[2]\n  y = Dense(1)\n  output y\n}\n")
     assert main(["train", str(src), "--data", str(bad)]) == 1
     assert "model plain has no train section" in capsys.readouterr().err
+
+
+def test_train_data_problems_are_errors_with_exit_1(tmp_path, capsys):
+    """Wrong shapes, lengths, labels, empty or unreadable data: a message and exit 1, no 'internal error'."""
+    model = str(ROOT / "examples" / "iris_mlp.kdl")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)).astype(np.float32), rng.integers(0, 3, 30)
+    cases = {
+        "shape.npz": (dict(x=x[:, :3], y=y), "input 'features' expects shape (None, 4), got (30, 3)"),
+        "lengths.npz": (dict(x=x, y=y[:20]), "different lengths"),
+        "labels.npz": (dict(x=x, y=y + 5), "out of range for num_classes=3"),
+        "empty.npz": (dict(x=x[:0], y=y[:0]), "no samples"),
+    }
+    for name, (arrays, message) in cases.items():
+        np.savez(tmp_path / name, **arrays)
+        assert main(["train", model, "--data", str(tmp_path / name), "-o", str(tmp_path / "ck"), "--verbose", "0"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "internal error" not in err, (name, err)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "shape.npz").read_bytes()[:100])
+    np.save(tmp_path / "one.npy", x)
+    (tmp_path / "none.npz").write_bytes(b"")
+    for name, message in [("cut.npz", "cannot read"), ("one.npy", "holds one array, not named arrays"),
+                          ("none.npz", "cannot read")]:
+        assert main(["train", model, "--data", str(tmp_path / name), "-o", str(tmp_path / "ck")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "internal error" not in err, (name, err)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_a_file_where_the_output_folder_goes_is_left_alone(tmp_path, capsys):
+    model = str(ROOT / "examples" / "iris_mlp.kdl")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(30, 4)).astype(np.float32), y=rng.integers(0, 3, 30))
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    assert main(["train", model, "--data", str(tmp_path / "d.npz"), "-o", str(mine), "--verbose", "0"]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["build", model, "-o", str(mine)]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+    m = kcompile.compile(model)
+    try:
+        m.save(mine)
+        raise AssertionError("save over a file did not fail")
+    except NotADirectoryError as e:
+        assert "left as it is" in str(e)
+    assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "notes.txt"]
+
+
+def test_bad_option_values_are_usage_errors(tmp_path, capsys):
+    model = str(ROOT / "examples" / "iris_mlp.kdl")
+    for args, message in [(["train", model, "--data", "d.npz", "--batch-size", "0"], "--batch-size: must be at least 1"),
+                          (["train", model, "--data", "d.npz", "--epochs", "-1"], "--epochs: must be at least 1"),
+                          (["train", model, "--data", "d.npz", "--validation-split", "1.5"], "below 1, got 1.5"),
+                          (["build", model, "--seed", "-5"], "--seed: must be at least 0, got -5")]:
+        try:
+            main(args)
+            raise AssertionError(f"{args} did not exit")
+        except SystemExit as e:
+            assert e.code == 2
+        assert message in capsys.readouterr().err
