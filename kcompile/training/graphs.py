@@ -210,26 +210,32 @@ class _Objective:
         if isinstance(e, ast.Name) or len(e.args) == 1:
             output = next(iter(self.outputs)) if isinstance(e, ast.Name) else e.args[0].id
             prediction = self.outputs[output]
-            loss = self.loss_of_output.get(output, "")
-            target = self.implicit_target(output, loss) if f"{output}_target" in self.targets or not \
-                self.declared else self.targets[self.declared[0]]
+            target = self.implicit_target(output, self.loss_of_output.get(output, "")) \
+                if f"{output}_target" in self.targets or not self.declared else self.targets[self.declared[0]]
         else:
             target, prediction = self.value(e.args[0]), self.value(e.args[1])
             output = next((o for o, v in self.outputs.items() if v == prediction), e.args[1].id)
-            loss = self.loss_of_output.get(output, "")
         if fn == "accuracy":
-            if name.startswith("sparse") or (name == "accuracy" and loss == "sparse_categorical_crossentropy"):
-                acc_kind = "sparse"
-            elif name.startswith("binary") or (name == "accuracy" and (loss == "binary_crossentropy" or
-                                                                         self.g.types[prediction].shape[-1] == 1)):
-                acc_kind = "binary"
-            else:
-                acc_kind = "categorical"
+            acc_kind = name.split("_")[0] if name != "accuracy" else \
+                _accuracy_kind(self.g.types[target].shape, self.g.types[prediction].shape)
             stats = METRIC_FUNCTIONS_ACCURACY(ctx, target, prediction, acc_kind)
         else:
             stats = fn(ctx, target, prediction)
         label = name if len(self.outputs) == 1 else f"{output}_{name}"
         return label, kind, stats
+
+
+def _accuracy_kind(target, prediction) -> str:
+    """Which accuracy plain ``accuracy`` is, from the shapes, as Keras 3 chooses it
+    (keras.src.trainers.compile_utils.is_binary_or_sparse_categorical): binary for a one-unit
+    prediction, sparse for labels (a target of lower rank, or of one unit against several),
+    else categorical. (Keras 2 chose by the loss.)"""
+    units = prediction[-1] if isinstance(prediction[-1], int) else None
+    if units == 1:
+        return "binary"
+    if len(target) < len(prediction) or (target[-1] == 1 and (units is None or units > 1)):
+        return "sparse"
+    return "categorical"
 
 
 def METRIC_FUNCTIONS_ACCURACY(ctx, y, p, kind):

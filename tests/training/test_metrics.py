@@ -221,6 +221,24 @@ def test_binary_metrics_over_unequal_batches():
     assert hits.mean() < 1.0
 
 
+def test_accuracy_is_chosen_from_the_shapes_as_keras_3_does():
+    """binary_crossentropy on a several-unit output: Keras 3's plain accuracy is categorical (by the
+    shapes, not the loss, as Keras 2 chose); binary_accuracy is the thresholded, multi-label one."""
+    src = BINARY.replace("Dense(1, activation=sigmoid)", "Dense(3, activation=sigmoid)")
+    m = kcompile.compile_string(src.replace("accuracy, precision, recall, auc, binary_accuracy, mse",
+                                            "accuracy, binary_accuracy"), seed=0)
+    x, _ = data(seed=4)
+    rng = np.random.default_rng(5)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, N)]
+    logs = m.evaluate(x, y, batch_size=BATCH, verbose=0, return_dict=True)
+    p = m.predict(x)
+    categorical = (p.argmax(1) == y.argmax(1)).mean()
+    thresholded = ((p > 0.5) == (y > 0.5)).mean()
+    assert abs(categorical - thresholded) > 0.05  # (the data tells the two apart)
+    np.testing.assert_allclose(logs["accuracy"], categorical, **TOL)
+    np.testing.assert_allclose(logs["binary_accuracy"], thresholded, **TOL)
+
+
 def test_auc_matches_keras_and_exact_auc_on_500_samples():
     m = kcompile.compile_string(SCORER, seed=0)
     rng = np.random.default_rng(5)
