@@ -80,7 +80,11 @@ def check_module(module: ast.Module) -> list[Diagnostic]:
     for model in module.models():
         try:
             graph = Elaborator(module).model(model.name)
-            check_train(graph, model, module)
+            config = check_train(graph, model, module)
+            if config is not None:  # (and what training will build of it: the loss and metrics)
+                from .training.graphs import check_objective
+                env = {k: v.name for k, v in graph.meta.get("env", {}).items()}
+                check_objective(graph, graph.meta["train"], config, env)
         except KcompileError as e:
             diagnostics.extend(e.diagnostics)
     if not module.models():

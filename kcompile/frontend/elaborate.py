@@ -167,6 +167,7 @@ class Elaborator:
         self.submodels: dict = {}
         self.sublayer_caches: list = []
         self.stack = [name]
+        self.block_stack: list = []  # the blocks being elaborated, outermost first
         frame = Frame()
         outputs = self.body(model.body, frame, top=True)
         if not self.diagnostics:
@@ -255,8 +256,9 @@ class Elaborator:
             elif names:
                 self.check_rebind(stmt.name, stmt.loc, frame)
                 frame.env[stmt.name] = value
-            if isinstance(value, (Tensor, tuple)):
-                frame.prev = value
+            if isinstance(value, Tensor) or (isinstance(value, tuple) and value and
+                                             all(isinstance(v, Tensor) for v in value)):
+                frame.prev = value  # (what a following layer call reads: tensors, not other values)
             return None
         if isinstance(stmt, ast.Train):
             if not top:
@@ -469,7 +471,7 @@ class Elaborator:
                 b.loc, b.layer = e.loc, None
                 try:
                     return callee.target(b, *tensors, **kwargs)
-                except TypeError as err:
+                except (TypeError, ValueError) as err:  # (an argument of the wrong kind)
                     raise _Fail(f"{callee.name}: {err}".replace("<lambda>() ", "").replace("fn() ", ""), e.loc) from None
                 except (ShapeError, ArgError) as err:
                     msg = str(err) if str(err).startswith(callee.name + " ") else f"{callee.name}: {err}"
@@ -663,6 +665,10 @@ class Elaborator:
 
     def call_block(self, layer: BlockLayer, inputs, loc, frame: Frame):
         block = layer.block
+        if block.name in self.block_stack:
+            cycle = " -> ".join(self.block_stack[self.block_stack.index(block.name):] + [block.name])
+            raise _Fail(f"block {block.name} uses itself ({cycle})", loc, "a block cannot call itself, "
+                        "directly or through other blocks")
         decls = [s for s in block.body if isinstance(s, ast.InputDecl)]
         if len(decls) != len(inputs):
             raise ShapeError(f"{block.name} takes {len(decls)} input{'s' * (len(decls) != 1)}, got {len(inputs)}")
@@ -676,7 +682,11 @@ class Elaborator:
             inner.env[decl.name] = t
             inner.prev = t
         body = [s for s in block.body if not isinstance(s, ast.InputDecl)]
-        return self.sub_body(layer, body, inner, f"block {block.name}", block.loc)
+        self.block_stack.append(block.name)
+        try:
+            return self.sub_body(layer, body, inner, f"block {block.name}", block.loc)
+        finally:
+            self.block_stack.pop()
 
     def sub_body(self, layer, body, inner: Frame, what: str, loc):
         """Elaborate a block's or called model's body, reusing its layers on later calls."""

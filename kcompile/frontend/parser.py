@@ -47,7 +47,9 @@ def _parser() -> lark.Lark:
 
 
 def parse(source: str, file: str = "<string>") -> ast.Module:
-    lines = source.splitlines()
+    # (lines as lark counts them, at "\n" only: str.splitlines also breaks at form feeds and other
+    # separators the grammar reads as spaces, which would show an error under the wrong line)
+    lines = [line.rstrip("\r") for line in source.split("\n")]
 
     def loc(line: int, col: int, length: int = 1) -> Loc:
         text = lines[line - 1] if 0 < line <= len(lines) else ""
@@ -58,7 +60,12 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
     except lark.exceptions.UnexpectedInput as e:
         raise KcompileError(_syntax_diagnostic(e, source, loc)) from None
     module = ast.Module(file, source)
-    module.definitions = _ToAst(loc).transform(tree)
+    try:
+        module.definitions = _ToAst(loc).transform(tree)
+    except lark.exceptions.VisitError as e:  # (a located error from a token, as a bad string escape)
+        if isinstance(e.orig_exc, KcompileError):
+            raise e.orig_exc from None
+        raise
     return module
 
 
@@ -282,7 +289,12 @@ class _ToAst(Transformer):
 
     def string(self, items):
         text = str(items[0])[1:-1]
-        return ast.String(self._tok(items[0]), bytes(text, "utf-8").decode("unicode_escape"))
+        try:  # Python's backslash escapes; other characters as they are (latin-1 bytes, or \u escapes beyond)
+            value = text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        except UnicodeDecodeError as e:
+            raise KcompileError(f"invalid escape in a string: {e.reason}", self._tok(items[0]),
+                                "a backslash starts an escape such as \\n, \\t, \\\\ or \\x41") from None
+        return ast.String(self._tok(items[0]), value)
 
     @v_args(meta=True)
     def true(self, meta, items):

@@ -181,6 +181,9 @@ class InitializerSpec:
         for k in kwargs:
             if k not in allowed:
                 raise ArgError(f"initializer {name} has no argument {k!r}", did_you_mean(k, allowed))
+        for k, v in kwargs.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ArgError(f"initializer {name}: {k} must be a number, got {show(v)}")
         self.name, self.kwargs = name, tuple(sorted((k, float(v)) for k, v in kwargs.items()))
 
 

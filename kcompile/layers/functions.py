@@ -19,6 +19,8 @@ def _concat(ctx, *xs, axis=-1):
 
 def _reduce(op):
     def fn(ctx, x, axis=None, keepdims=False):
+        if not isinstance(keepdims, bool):
+            raise ArgError(f"keepdims must be true or false, got {keepdims!r}")
         if axis is None:
             axes = tuple(range(x.rank))
         else:

@@ -10,10 +10,11 @@ returns the loss and metrics.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from ..autodiff import GradContext, gradients
-from ..errors import KcompileError
+from ..errors import KcompileError, ShapeError
 from ..frontend import ast
 from ..frontend.train import LOSS_ALIASES
 from ..ir import Graph, TensorType
@@ -248,10 +249,38 @@ def _literal(e):
     return lit(e)
 
 
+@contextlib.contextmanager
+def _located(node, what):
+    """Problems found while building the loss or a metric, reported at it in the source (those
+    the train section's checks let through: a value that is not an output, a missing argument,
+    an argument of the wrong type, targets and predictions of different dtypes)."""
+    try:
+        yield
+    except KcompileError:
+        raise
+    except KeyError as e:
+        raise KcompileError(f"{what}: {e.args[0]!r} is not an output or a declared target of the model", node.loc,
+                            hint="losses and metrics take the model's outputs and the train section's "
+                                 "targets") from None
+    except IndexError:
+        raise KcompileError(f"{what}: an argument is missing", node.loc) from None
+    except (TypeError, ValueError, ZeroDivisionError, ShapeError) as e:
+        raise KcompileError(f"{what}: {e}", node.loc, hint=getattr(e, "hint", None)) from None
+
+
+def check_objective(graph: Graph, train: ast.Train, config: dict, env: dict) -> None:
+    """Build the loss and metrics on a copy of ``graph`` (kcompile check's test of what training
+    will build); raises KcompileError at the statement that cannot be built."""
+    ev = graph.copy()
+    remove_dropout(ev)
+    _objective(ev, train, config, env)
+
+
 def _objective(g, train, config, env):
     objective = _Objective(g, train, config, env)
     loss_stmt = next(s for s in train.statements if isinstance(s, ast.Assign) and s.name == "loss")
-    loss = objective.loss(loss_stmt.expr)
+    with _located(loss_stmt, "the loss"):
+        loss = objective.loss(loss_stmt.expr)
     if isinstance(loss, float):
         raise KcompileError("the loss does not depend on the model", loss_stmt.loc)
     ctx = objective.ctx
@@ -269,7 +298,8 @@ def _objective(g, train, config, env):
     if metrics_stmt is not None:
         items = metrics_stmt.expr.items if isinstance(metrics_stmt.expr, ast.List) else [metrics_stmt.expr]
         for item in items:
-            metrics.append(objective.metric(item, config))
+            with _located(item, "the metric"):
+                metrics.append(objective.metric(item, config))
     return objective, loss, metrics
 
 

@@ -149,6 +149,27 @@ CASES = [
     ("target_dimension_named_like_batch",
      model("y = Dense(4)\noutput y\ntrain {\n    target t: float32[N, 4]\n    loss = mse(t, y)\n"
            "    optimizer = SGD()\n}", "    input x: float32[T, 8]\n"), 6, 27, "N names the batch dimension", None),
+    # ---- found by fuzzing: these raised Python exceptions (exit 3) instead of located errors ----
+    ("block_calls_itself", "block B(n: int) {\n    input x\n    B(n)\n}\n" + model("B(1)"), 3, 5,
+     "block B uses itself (B -> B)", "directly or through other blocks"),
+    ("blocks_call_each_other", "block A(n: int) {\n    input x\n    B(n)(x)\n}\nblock B(n: int) {\n    input x\n"
+     "    A(n)(x)\n}\n" + model("A(1)"), 7, 5, "block A uses itself (A -> B -> A)", None),
+    ("bad_string_escape", model('Dense(3, activation="\\x")'), 3, 25, "invalid escape in a string", "\\x41"),
+    ("initializer_argument_not_a_number", model('Dense(3, kernel_initializer=RandomNormal(stddev="a"))'), 3, 33,
+     "stddev must be a number, got a", None),
+    ("keepdims_not_a_bool", model('y = mean(x, keepdims="yes")\noutput y'), 3, 9,
+     "keepdims must be true or false, got 'yes'", None),
+    ("loss_on_a_value_not_an_output", model("h = Dense(4)\ny = Dense(3)\noutput y\ntrain {\n    loss = mse(h)\n"
+                                            "    optimizer = SGD()\n}"), 7, 9,
+     "the loss: 'h' is not an output or a declared target", "outputs and the train section's targets"),
+    ("metric_without_arguments", model("y = Dense(3, activation=softmax)\noutput y\ntrain {\n    target label: int64[]\n"
+                                       "    loss = sparse_categorical_crossentropy(label, y)\n    optimizer = SGD()\n"
+                                       "    metrics = [accuracy()]\n}"), 9, 20, "the metric: an argument is missing", None),
+    ("loss_divided_by_zero", model("y = Dense(3)\noutput y\ntrain {\n    loss = mse + 1/0\n    optimizer = SGD()\n}"),
+     6, 9, "the loss: float division by zero", None),
+    ("target_dtype_against_prediction", model("y = Dense(3)\noutput y\ntrain {\n    target label: int32[3]\n"
+                                              "    loss = mse(label, y)\n    optimizer = SGD()\n}"),
+     7, 9, "the loss: Sub of int32 and float32", "cast("),
 ]
 
 
@@ -168,6 +189,14 @@ def test_error_location_and_message(source, line, col, message, hint):
     assert lines[1] == "    " + d.loc.source_line
     assert lines[2].startswith("    " + " " * (col - 1) + "^")
     assert set(lines[2].strip()) <= {"^", "~"}
+
+
+def test_strings_keep_their_characters_and_lines_count_as_the_grammar_does():
+    d = first_error(model('Dense(3, activation="r\u00e9lu")'))
+    assert "unknown activation r\u00e9lu" in d.message and d.loc.source_line.endswith('"r\u00e9lu")')
+    # a form feed is a space to the grammar: the line shown is the line of the error
+    d = first_error("model m {\n    input x: float32[3] # a\x0c comment\n    Conv2D(3, 3)\n}\n")
+    assert (d.loc.line, d.loc.source_line) == (3, "    Conv2D(3, 3)"), d.render()
 
 
 def test_at_least_35_cases():
