@@ -64,6 +64,7 @@ class Frame:
     trainable: bool = True
     owner: Layer | None = None  # the BlockLayer whose body this is (for `weight`)
     call_loc: Loc | None = None  # where a block/model body was called from
+    train_seen: bool = False  # (a model has one train section)
 
 
 class BlockLayer(Layer):
@@ -263,6 +264,9 @@ class Elaborator:
         if isinstance(stmt, ast.Train):
             if not top:
                 raise _Fail("a train section belongs in a model, not a block", stmt.loc)
+            if frame.train_seen:
+                raise _Fail("a second train section; a model has one", stmt.loc)
+            frame.train_seen = True
             return None
         raise AssertionError(stmt)
 

@@ -2,7 +2,7 @@
 LeakyReLU, ReLU, ELU, PReLU and Softmax layers. Keras semantics and defaults."""
 
 from ..errors import ShapeError
-from .base import ActivationArg, FloatArg, InitializerArg, IntArg, IntList, Layer, Optional
+from .base import ActivationArg, ArgError, FloatArg, InitializerArg, IntArg, IntList, Layer, Optional
 
 
 def _unary(op, **attrs):
@@ -30,12 +30,18 @@ def _hard_swish(ctx, x):
     return ctx.op("Mul", x, _hard_sigmoid(ctx, x))
 
 
+def _axis(axis):
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ArgError(f"axis must be an integer, got {axis!r}")
+    return axis
+
+
 def softmax(ctx, x, axis=-1):
-    return ctx.op("Softmax", x, axis=axis)
+    return ctx.op("Softmax", x, axis=_axis(axis))
 
 
 def log_softmax(ctx, x, axis=-1):
-    return ctx.op("LogSoftmax", x, axis=axis)
+    return ctx.op("LogSoftmax", x, axis=_axis(axis))
 
 
 # name -> function(ctx, x) -> tensor

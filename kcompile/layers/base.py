@@ -184,6 +184,11 @@ class InitializerSpec:
         for k, v in kwargs.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ArgError(f"initializer {name}: {k} must be a number, got {show(v)}")
+        given = {**allowed, **kwargs}
+        if "minval" in given and given["minval"] > given["maxval"]:
+            raise ArgError(f"initializer {name}: minval {given['minval']} is above maxval {given['maxval']}")
+        if given.get("stddev", 0) < 0:
+            raise ArgError(f"initializer {name}: stddev {given['stddev']} is negative")
         self.name, self.kwargs = name, tuple(sorted((k, float(v)) for k, v in kwargs.items()))
 
 

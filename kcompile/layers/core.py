@@ -63,7 +63,7 @@ class Embedding(Layer):
         self.embeddings_initializer, self.mask_zero, self.dtype = embeddings_initializer, mask_zero, dtype
 
     def build(self, ctx, ids):
-        if ids.type.is_float:
+        if ids.type.is_float or ids.type.dtype == "bool":
             raise ShapeError(f"Embedding expects integer ids, got {ids.type}",
                              hint="declare the input as int64[...]")
         self.embeddings = ctx.add_weight(self, "embeddings", (self.input_dim, self.output_dim), self.dtype,

@@ -152,6 +152,8 @@ class Binary(Op):
         if a.dtype != b.dtype:
             raise ShapeError(f"{self.name} of {a.dtype} and {b.dtype}: operands must have one dtype",
                              hint="cast one operand with cast(x, float32)")
+        if a.dtype == "bool":  # (ONNX's arithmetic takes numbers; logic ops are not Binary)
+            raise ShapeError(f"{self.name} of bool values", hint="cast them to numbers first: cast(x, float32)")
         return [TensorType(a.dtype, broadcast_shapes(a.shape, b.shape))]
 
     def grad(self, ctx, node, dys):

@@ -32,6 +32,9 @@ def _check(x, k, r, b, gates, units, drop=None):
         raise ShapeError(f"recurrent dropout masks must be [batch, {gates}, {units}], got {format_shape(drop.shape)}")
     if x.rank != 3:
         raise ShapeError(f"a recurrent layer expects [timesteps, features], got {format_shape(x.shape[1:])}")
+    if x.dtype not in _ELEM:  # (the Scan bodies are built for these)
+        raise ShapeError(f"a recurrent layer computes in float32 or float64, got {x.dtype}",
+                         hint="cast the input: cast(x, float32)")
     if k.shape != (x.shape[2], gates * units) or r.shape != (units, gates * units):
         raise ShapeError("recurrent weights do not match the input and units")
     if b is not None and b.shape[-1] != gates * units:

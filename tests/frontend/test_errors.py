@@ -170,6 +170,15 @@ CASES = [
     ("target_dtype_against_prediction", model("y = Dense(3)\noutput y\ntrain {\n    target label: int32[3]\n"
                                               "    loss = mse(label, y)\n    optimizer = SGD()\n}"),
      7, 9, "the loss: Sub of int32 and float32", "cast("),
+    ("recurrence_in_float16", model("LSTM(3)", "    input x: float16[5, 4]\n"), 3, 5,
+     "a recurrent layer computes in float32 or float64, got float16", "cast("),
+    ("arithmetic_on_bool", model("y = x + x\noutput y", "    input x: bool[4]\n"), 3, 9, "Add of bool values", "cast("),
+    ("embedding_of_bool", model("Embedding(10, 3)", "    input x: bool[4]\n"), 3, 5, "Embedding expects integer ids", None),
+    ("softmax_axis_not_an_integer", model("y = softmax(x, axis=1.5)\noutput y"), 3, 9, "axis must be an integer", None),
+    ("uniform_initializer_reversed", model("Dense(3, kernel_initializer=RandomUniform(minval=1, maxval=0))"), 3, 33,
+     "minval 1 is above maxval 0", None),
+    ("two_train_sections", model("y = Dense(1)\noutput y\ntrain {\n    loss = mse\n    optimizer = SGD()\n}\n"
+                                 "train {\n    loss = mae\n    optimizer = SGD()\n}"), 9, 5, "a second train section", None),
 ]
 
 
