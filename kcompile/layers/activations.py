@@ -154,6 +154,7 @@ class PReLU(Layer):
 
     Weights: alpha, shaped like the input without the batch, with 1 on the shared axes.
     """
+    propagates_mask = True
 
     def __init__(self, alpha_initializer: InitializerArg() = ("zeros", ()),
                  shared_axes: Optional(IntList(1)) = None):

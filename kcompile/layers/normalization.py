@@ -18,6 +18,7 @@ class BatchNormalization(Layer):
 
     Weights: gamma, beta (trainable), moving_mean, moving_variance (non-trainable), each [channels].
     """
+    propagates_mask = True
 
     def __init__(self, axis: IntArg() = -1, momentum: FloatArg(0.0, 1.0) = 0.99, epsilon: FloatArg(0.0) = 1e-3,
                  center: BoolArg() = True, scale: BoolArg() = True,
@@ -50,9 +51,12 @@ class BatchNormalization(Layer):
         n = x.shape[axis]
         gamma = self.gamma if self.scale else ctx.const([1.0] * n, x.dtype)
         beta = self.beta if self.center else ctx.const([0.0] * n, x.dtype)
-        # A frozen layer (trainable=false) keeps using its moving statistics in training, as Keras.
+        # A frozen layer (trainable=false) keeps using its moving statistics in training, as Keras;
+        # a trainable one on a masked sequence takes the batch statistics of the unmasked steps.
+        mask = ctx.mask_of(x)
         return ctx.op("BatchNormalization", x, gamma, beta, self.moving_mean, self.moving_variance,
-                      axis=axis, epsilon=self.epsilon, momentum=self.momentum, trainable=ctx.trainable)
+                      *([mask] if mask is not None else []), axis=axis, epsilon=self.epsilon,
+                      momentum=self.momentum, trainable=ctx.trainable)
 
 
 def _normalize(ctx, x, axes, epsilon):
@@ -133,6 +137,7 @@ class GroupNormalization(Layer):
 
     Weights: gamma, beta (each only if scale/center), each [channels].
     """
+    propagates_mask = True
 
     def __init__(self, groups: IntArg(-1) = 32, axis: IntArg() = -1, epsilon: FloatArg(0.0) = 1e-3,
                  center: BoolArg() = True, scale: BoolArg() = True,

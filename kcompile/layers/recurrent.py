@@ -17,6 +17,9 @@ class _Recurrent(Layer):
     gates = 1
     states = 1
     regularizable = True
+    # Keras's zero_output_for_mask, not a kdl argument: false, a masked step of the sequence
+    # output repeats the previous output; Bidirectional sets it with return_sequences (as Keras).
+    zero_output_for_mask = False
 
     # SimpleRNN's and GRU's arguments (LSTM adds its own).
     def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
@@ -56,24 +59,26 @@ class _Recurrent(Layer):
             self.bias = ctx.add_weight(self, "bias", self.bias_shape(), x.dtype, self.bias_init())
 
     def call(self, ctx, x):
-        mask = ctx.mask_of(x)
+        mask = steps = ctx.mask_of(x)  # steps: the mask in the order the layer reads the sequence
         if self.dropout:  # Keras: one input mask per sequence, the same at every step
             from .regularization import dropout
             x = dropout(ctx, x, self.dropout, (None, 1, None), self.kind())
         if self.go_backwards:
             x = ctx.op("Flip", x, axis=1)
-            mask = ctx.op("Flip", mask, axis=1) if mask is not None else None
+            steps = ctx.op("Flip", mask, axis=1) if mask is not None else None
         inputs = [x, self.kernel, self.recurrent_kernel] + ([self.bias] if self.use_bias else [])
         attrs = self.op_attrs()
         if self.recurrent_dropout:  # drawn in training (ops.recurrent training_form); ignored at inference
             attrs["recurrent_dropout"] = self.recurrent_dropout
-        if mask is not None:  # masked steps keep the previous state (and output), as Keras
-            inputs.append(mask)
+        if steps is not None:  # masked steps keep the previous state (and output), as Keras
+            inputs.append(steps)
             attrs["masked"] = True
         outs = ctx.op(self.op, *inputs, units=self.units, **attrs)
         output = outs[0] if self.return_sequences else outs[1]
         if mask is not None and self.return_sequences:
-            ctx.set_mask(output, mask)
+            if self.zero_output_for_mask:  # 0 at the masked steps instead of the repeated output
+                output = ctx.op("Mul", output, ctx.op("Unsqueeze", steps, axes=(2,)))
+            ctx.set_mask(output, mask)  # Keras passes the input's mask on as it is, even going backwards
         if self.return_state:  # the output, then the last state(s): h (and c for an LSTM)
             return (output,) + tuple(outs[1:self.states + 1])
         return output

@@ -7,7 +7,8 @@ from .base import ArgError, Choice, Layer, LayerArg
 class TimeDistributed(Layer):
     """Applies ``layer`` to every step of ``[steps, ...]``, with one set of weights:
     the steps are folded into the batch (``[N, T, ...] -> [N * T, ...]``), the layer runs on
-    the per-step shape ``[...]``, and the result is unfolded to ``[N, T, ...]``.
+    the per-step shape ``[...]``, and the result is unfolded to ``[N, T, ...]``. A step mask
+    passes on (Keras 3).
 
     Args:
         layer: an unapplied built-in layer, e.g. ``TimeDistributed(Dense(8))``.
@@ -15,6 +16,8 @@ class TimeDistributed(Layer):
     Weights: the wrapped layer's, named ``<this layer>/<inner layer>/...`` (or the inner
     layer's own name when it was bound with ``layer name = ...``).
     """
+
+    propagates_mask = True
 
     def __init__(self, layer: LayerArg()):
         if layer.n_inputs != 1:
@@ -62,7 +65,9 @@ class Bidirectional(Layer):
 
     Weights: the forward layer's, then the backward copy's, named
     ``<this layer>/forward_<inner>/...`` and ``<this layer>/backward_<inner>/...`` as Keras.
-    With ``return_sequences`` the backward outputs are reversed to line up with the forward ones.
+    With ``return_sequences`` the backward outputs are reversed to line up with the forward ones,
+    and on a masked sequence both directions output 0 at the masked steps (Keras forces their
+    ``zero_output_for_mask``), and the mask passes on.
     """
 
     def __init__(self, layer: LayerArg(), merge_mode: Choice("concat", "sum", "mul", "ave") = "concat"):
@@ -77,6 +82,12 @@ class Bidirectional(Layer):
         self.backward.arguments = arguments
         self.backward.regularizers = layer.regularizers
         self.merge_mode = merge_mode
+        for inner in (self.forward, self.backward):
+            inner.zero_output_for_mask = layer.return_sequences
+
+    @property
+    def propagates_mask(self):
+        return self.forward.return_sequences
 
     def build(self, ctx, x):
         for direction, inner in (("forward", self.forward), ("backward", self.backward)):

@@ -570,17 +570,22 @@ class AveragePool(Pool):
 @register
 class BatchNormalization(Op):
     """Inference form: (x - mean) / sqrt(var + epsilon) * scale + bias along channel ``axis``.
-    inputs: x, scale, bias, mean, var. attrs: axis, epsilon, momentum and trainable (the
+    inputs: x, scale, bias, mean, var[, mask]. attrs: axis, epsilon, momentum and trainable (the
     training form of a trainable layer normalizes with batch statistics and updates the
-    moving ones, as Keras)."""
+    moving ones, as Keras). ``mask``, a step mask [N, T] (1 where a step counts), is read in
+    training only: the batch statistics are those of the unmasked steps (Keras 3)."""
     name = "BatchNormalization"
 
     def infer(self, ins, attrs):
         self.check_float(ins)
-        _check_per_channel(ins, attrs)
+        _check_per_channel(ins[:5], attrs)
+        if len(ins) == 6 and ins[5].shape != ins[0].shape[:ins[5].rank]:
+            raise ShapeError(f"BatchNormalization mask {format_shape(ins[5].shape)} does not match "
+                             f"{format_shape(ins[0].shape)}")
         return [ins[0]]
 
     def lower(self, ctx, inputs, outputs, attrs):
+        inputs = inputs[:5]  # (the mask matters in training only)
         x, scale, bias, mean, var = inputs
         rank = len(ctx.shape(x))
         axis = normalize_axis(attrs.get("axis", 1), rank)
@@ -592,10 +597,14 @@ class BatchNormalization(Op):
     def training_form(self, ctx, node):
         if not node.attrs.get("trainable", True):
             return None  # a frozen layer runs in inference mode, as Keras
-        x, gamma, beta, mean, var = node.inputs
+        x, gamma, beta, mean, var = node.inputs[:5]
         axis = node.attrs["axis"] % ctx.type(x).rank
-        y, batch_mean, batch_var = ctx.op("BatchNormTrain", x, gamma, beta, axis=axis,
-                                          epsilon=node.attrs.get("epsilon", 1e-3))
+        epsilon = node.attrs.get("epsilon", 1e-3)
+        if len(node.inputs) == 6:
+            y, batch_mean, batch_var = _masked_batch_norm(ctx, x, gamma, beta, node.inputs[5], axis,
+                                                          float_attr(node.attrs, "epsilon", 1e-3))
+        else:
+            y, batch_mean, batch_var = ctx.op("BatchNormTrain", x, gamma, beta, axis=axis, epsilon=epsilon)
         replace_node(ctx, node, [y])
         momentum = node.attrs.get("momentum", 0.99)
         updates = []
@@ -606,7 +615,7 @@ class BatchNormalization(Op):
 
     def grad(self, ctx, node, dys):
         """Inference form (frozen statistics): y = (x - mean) * s + beta, s = gamma / sqrt(var + eps)."""
-        x, gamma, beta, mean, var = node.inputs
+        x, gamma, beta, mean, var = node.inputs[:5]
         dy, = dys
         rank = ctx.type(x).rank
         axis = node.attrs.get("axis", 1) % rank
@@ -617,7 +626,27 @@ class BatchNormalization(Op):
         s = ctx.op("Mul", gamma, inv_std)
         dx = ctx.op("Mul", dy, ctx.op("Reshape", s, shape=shape))
         xhat = ctx.op("Mul", ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape)), ctx.op("Reshape", inv_std, shape=shape))
-        return [dx, ctx.sum_to(ctx.op("Mul", dy, xhat), gamma), ctx.sum_to(dy, beta), None, None]
+        return [dx, ctx.sum_to(ctx.op("Mul", dy, xhat), gamma), ctx.sum_to(dy, beta)] + [None] * (len(node.inputs) - 3)
+
+
+def _masked_batch_norm(ctx, x, scale, bias, mask, axis, epsilon):
+    """BatchNormalization as it trains on a masked sequence (Keras 3): the batch mean and
+    (biased) variance of the unmasked steps only, each sum divided by the number of unmasked
+    numbers + 1e-7 (Keras's epsilon). Composed of ops with gradient rules, so the statistics
+    are differentiated as Keras does. Returns y and the batch mean and variance, each [C]."""
+    t = ctx.type(x)
+    weights = ctx.op("ExpandLike", ctx.op("Unsqueeze", mask, axes=tuple(range(ctx.type(mask).rank, t.rank))), x)
+    axes = tuple(i for i in range(t.rank) if i != axis)
+    count = ctx.op("Add", ctx.op("ReduceSum", weights, axes=axes, keepdims=1), 1e-7)
+    mean = ctx.op("Div", ctx.op("ReduceSum", ctx.op("Mul", x, weights), axes=axes, keepdims=1), count)
+    centered = ctx.op("Sub", x, mean)
+    deviation = ctx.op("Mul", centered, weights)
+    var = ctx.op("Div", ctx.op("ReduceSum", ctx.op("Mul", deviation, deviation), axes=axes, keepdims=1), count)
+    inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, epsilon)))
+    shape = (-1,) + (1,) * (t.rank - axis - 1)
+    y = ctx.op("Add", ctx.op("Mul", ctx.op("Mul", centered, inv_std), ctx.op("Reshape", scale, shape=shape)),
+               ctx.op("Reshape", bias, shape=shape))
+    return y, ctx.op("Reshape", mean, shape=(-1,)), ctx.op("Reshape", var, shape=(-1,))
 
 
 @register

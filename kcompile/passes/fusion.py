@@ -68,11 +68,12 @@ def fold_batchnorm(g: Graph) -> Graph:
             continue
         if node.attrs.get("transA") or node.attrs.get("transB"):  # (columns of W only when untransposed)
             continue
-        if bn.attrs["axis"] % g.types[x].rank != 1 or not all(is_static(g, v) for v in bn.inputs[1:]):
+        stats = bn.inputs[1:5]  # (a step mask after them matters in training only)
+        if bn.attrs["axis"] % g.types[x].rank != 1 or not all(is_static(g, v) for v in stats):
             continue
         if node.op != "Gemm" and node.attrs.get("group", 1) != 1 and node.op == "ConvTranspose":
             continue
-        gamma, beta, mean, var = bn.inputs[1:]
+        gamma, beta, mean, var = stats
         dtype = g.types[x].dtype
         eps = g.add_const(np.asarray(bn.attrs.get("epsilon", 1e-3), dtype=dtype), base="epsilon")
         scale = add(g, bn, "Div", [gamma, add(g, bn, "Sqrt", [add(g, bn, "Add", [var, eps])])])

@@ -122,7 +122,7 @@ def _step(g: Graph, t) -> bool:
         moved = add(g, user, user.op, operands, **user.attrs)
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True
-    if user.op == "BatchNormalization" and user.inputs[0] == out:
+    if user.op == "BatchNormalization" and user.inputs[0] == out and len(user.inputs) == 5:  # (not a step mask's)
         axis = user.attrs["axis"] % len(perm)
         moved = add(g, user, user.op, [x] + user.inputs[1:], **{**user.attrs, "axis": perm[axis]})
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))

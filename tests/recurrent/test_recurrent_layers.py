@@ -308,8 +308,35 @@ def test_mask_zero_skips_padded_steps(kind, return_sequences):
         np.testing.assert_allclose(m.predict(ids[:1]), short.predict(ids[:1, :2]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
+def test_bidirectional_sequences_are_zero_at_masked_steps(kind, merge_mode):
+    """Keras's Bidirectional with return_sequences sets zero_output_for_mask on both directions:
+    each outputs 0 at the masked steps (so their merge is 0), its masked recurrence elsewhere.
+    (A recurrent layer alone repeats its output there: test_mask_zero_skips_padded_steps.)"""
+    src = f"""model m {{
+        input tokens: int64[6]
+        Embedding(10, 3, mask_zero=true)
+        y = Bidirectional({kind}(4, return_sequences=true), merge_mode={merge_mode})
+        output y
+    }}"""
+    m = kcompile.compile_string(src)
+    weights = random_weights(m, np.random.default_rng(5))
+    ids = np.array([[3, 1, 0, 0, 0, 0], [0, 0, 4, 5, 0, 7], [2, 6, 9, 3, 8, 1]])
+    x, mask = weights[0][ids].astype(np.float64), (ids > 0).astype(np.float64)
+    half = 1 + (len(weights) - 1) // 2
+    forward = masked_reference(kind, x, mask, weights[1:half], 4, True)
+    backward = masked_reference(kind, x[:, ::-1], mask[:, ::-1], weights[half:], 4, True)[:, ::-1]
+    merged = {"concat": np.concatenate([forward, backward], -1), "sum": forward + backward,
+              "ave": (forward + backward) / 2, "mul": forward * backward}[merge_mode]
+    got = m.predict(ids)
+    assert (got[ids == 0] == 0).all()
+    np.testing.assert_allclose(got, merged * mask[..., None], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("layer", ["SimpleRNN(3, return_sequences=true)", "LSTM(3, return_sequences=true)",
-                                   "GRU(3)", "LSTM(2, go_backwards=true)", "Bidirectional(GRU(2))"])
+                                   "GRU(3)", "LSTM(2, go_backwards=true)", "Bidirectional(GRU(2))",
+                                   "Bidirectional(LSTM(2, return_sequences=true), merge_mode=mul)"])
 def test_masked_gradients(layer):
     src = ("model m {\n input tokens: int64[5]\n Embedding(8, 3, mask_zero=true, dtype=float64)\n"
            f" y = {layer}\n output y\n}}")
