@@ -11,6 +11,8 @@ the other statements are still checked, so one run reports every independent err
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,6 +129,9 @@ class Builder:
         if name in self.graph.params:
             raise ShapeError(f"weight {name} is defined twice")
         t = TensorType(dtype, tuple(shape))
+        if all(isinstance(d, int) for d in shape) and math.prod(shape) >= 2 ** 31:  # (ONNX's and numpy's limits)
+            raise ShapeError(f"weight {name} {list(shape)} holds {math.prod(shape):,} numbers, too many for one "
+                             f"tensor (at most 2^31 - 1)")
         regularizer = getattr(layer, "regularizers", {}).get(short)
         self.graph.add_param(Param(name, t, initializer, trainable and self.trainable, self.record.name, regularizer))
         self.record.params.append(name)

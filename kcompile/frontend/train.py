@@ -81,6 +81,18 @@ def _literal(e):
     return unparse(e)
 
 
+def _loss_argument_problem(name: str, value) -> str | None:
+    """What is wrong with a loss's keyword argument (its value as _literal gives it), or None."""
+    if name == "from_logits":
+        return None if isinstance(value, bool) else f"from_logits must be true or false, got {value}"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name == "label_smoothing" and not (number and 0 <= value <= 1):
+        return f"label_smoothing must be a number from 0 to 1, got {value}"
+    if name == "delta" and not (number and value > 0):
+        return f"delta must be a number above 0, got {value}"
+    return None
+
+
 class _Checker:
     def __init__(self, graph, model):
         self.graph, self.model = graph, model
@@ -196,6 +208,10 @@ class _Checker:
             for k in e.kwargs:
                 if k.name not in LOSSES[name]:
                     self.error(f"{fn} has no argument {k.name!r}", k.loc, did_you_mean(k.name, LOSSES[name]))
+                    continue
+                problem = _loss_argument_problem(k.name, _literal(k.value))
+                if problem:
+                    self.error(f"{fn}: {problem}", k.loc)
             if len(e.args) == 1:
                 pred = self.value_type(e.args[0])
                 if pred is not None:

@@ -177,6 +177,11 @@ CASES = [
     ("softmax_axis_not_an_integer", model("y = softmax(x, axis=1.5)\noutput y"), 3, 9, "axis must be an integer", None),
     ("uniform_initializer_reversed", model("Dense(3, kernel_initializer=RandomUniform(minval=1, maxval=0))"), 3, 33,
      "minval 1 is above maxval 0", None),
+    ("loss_argument_of_the_wrong_kind", model("y = Dense(3, activation=softmax)\noutput y\ntrain {\n"
+                                              "    loss = categorical_crossentropy(y, label_smoothing=2)\n"
+                                              "    optimizer = SGD()\n}"), 6, 44,
+     "label_smoothing must be a number from 0 to 1, got 2", None),
+    ("weight_too_large", model("Dense(99999999999999999999)"), 3, 5, "too many for one tensor", None),
     ("two_train_sections", model("y = Dense(1)\noutput y\ntrain {\n    loss = mse\n    optimizer = SGD()\n}\n"
                                  "train {\n    loss = mae\n    optimizer = SGD()\n}"), 9, 5, "a second train section", None),
 ]
