@@ -48,6 +48,9 @@ class Unapplied:
     """A layer instance not yet given its inputs: ``Dense(10)`` before ``(x)``."""
     layer: Layer
 
+    def __str__(self) -> str:  # (as error messages show it)
+        return f"a {self.layer.kind()} layer"
+
 
 @dataclass
 class Ref:
@@ -55,6 +58,9 @@ class Ref:
     kind: str  # "layer", "block", "model", "function", "initializer"
     name: str
     target: object = None
+
+    def __str__(self) -> str:  # (as error messages show it)
+        return f"the {self.kind} {self.name}"
 
 
 @dataclass

@@ -181,6 +181,9 @@ CASES = [
                                               "    loss = categorical_crossentropy(y, label_smoothing=2)\n"
                                               "    optimizer = SGD()\n}"), 6, 44,
      "label_smoothing must be a number from 0 to 1, got 2", None),
+    ("layer_as_a_dimension", model("Dense(3)", "    input x: float32[Dense(3)]\n"), 2, 22,
+     "a dimension must be a positive integer or a name, got a Dense layer", None),
+    ("layer_name_in_a_tuple_argument", model("MaxPooling2D((Flatten, 2))", IMG), 3, 18, "got (the layer Flatten, 2)", None),
     ("weight_too_large", model("Dense(99999999999999999999)"), 3, 5, "too many for one tensor", None),
     ("two_train_sections", model("y = Dense(1)\noutput y\ntrain {\n    loss = mse\n    optimizer = SGD()\n}\n"
                                  "train {\n    loss = mae\n    optimizer = SGD()\n}"), 9, 5, "a second train section", None),
