@@ -183,12 +183,20 @@ def _lower_with_weight_inputs(graphs) -> dict[str, bytes]:
 
 
 def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
-    """Write files into a new folder beside ``folder`` and swap it in whole."""
-    folder = Path(folder)
+    """Write files into a new folder beside ``folder`` and swap it in whole. Only a folder kcompile
+    wrote (one with a manifest.json), or an empty one, is replaced; a symbolic link to a folder
+    has its target replaced."""
+    folder = Path(folder).resolve() if Path(folder).is_symlink() or not Path(folder).name else Path(folder)
     if folder.exists() and not folder.is_dir():  # (never swapped aside: it is not ours)
         raise NotADirectoryError(f"{folder} is a file, not a folder; it was left as it is")
+    if folder.is_dir() and not (folder / "manifest.json").exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} holds files kcompile did not write (it has no manifest.json); it was "
+                              f"left as it is: choose a new folder, or one kcompile wrote")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    umask = os.umask(0)  # (mkdtemp makes the folder 0700: give it the mode a new folder gets)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
     try:
         for name, data in contents.items():
             with open(staging / name, "wb") as f:
@@ -276,7 +284,7 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
     }
 
 
-_PACKAGE_INIT = '''"""kcompile build of model {name!r}: ``import {name}; model = {name}.load()``."""
+PACKAGE_INIT = '''"""kcompile build of model {name!r}: ``import {name}; model = {name}.load()``."""
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -317,7 +325,7 @@ def write_build(compiled: Compiled, out_dir, seed: int = 0) -> Path:
     contents = {manifest["files"]["inference"]: files["inference"], "weights.npz": buf.getvalue(),
                 "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
                 "source.kdl": compiled.source.encode(),
-                "__init__.py": _PACKAGE_INIT.format(name=g.name).encode()}
+                "__init__.py": PACKAGE_INIT.format(name=g.name).encode()}
     for key in TRAINING_FILES:
         if key in files:
             contents[manifest["files"][key]] = files[key]

@@ -47,6 +47,7 @@ class Model(TrainingMixin):
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
         self._compiled = None  # the compiler's result, when this model was compiled in this process
+        self._source = None  # the .kdl text it was compiled from, where known (save writes it again)
         self._init_training(manifest.get("seed", 0) if seed is None else seed)
 
     # ---------------- construction ----------------
@@ -58,6 +59,7 @@ class Model(TrainingMixin):
         manifest = manifest_for(compiled, seed)
         model = cls(files.pop("inference"), manifest, weights, device, files)
         model._compiled = compiled
+        model._source = compiled.source
         return model
 
     @classmethod
@@ -83,6 +85,8 @@ class Model(TrainingMixin):
         names = [p["name"] for p in manifest["parameters"]]
         training = {k: (folder / files[k]).read_bytes() for k in TRAINING_FILES if k in files}
         model = cls(onnx_bytes, manifest, dict(zip(names, arrays)), device, training)
+        if "source" in files and (folder / files["source"]).exists():
+            model._source = (folder / files["source"]).read_text(encoding="utf-8")
         if "state" in files:  # a checkpoint: optimizer slots, step and epoch
             state = json.loads((folder / files["state"]).read_text())
             with np.load(folder / files["optimizer"]) as data:
@@ -307,13 +311,18 @@ class Model(TrainingMixin):
         np.savez(buf, **{f"{i:04d}": v for i, v in enumerate(self._slots.values())})
         contents = {files["inference"]: self.onnx_model().SerializeToString(),
                     files["weights"]: self.weights_npz(),
-                    "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
                     "state.json": (json.dumps(state, indent=2) + "\n").encode(),
                     "optimizer.npz": buf.getvalue()}
-        from ..driver import TRAINING_FILES
+        from ..driver import PACKAGE_INIT, TRAINING_FILES
         for key in TRAINING_FILES:
             if key in files:
                 contents[files[key]] = self._training_onnx[key]
+        if self._source is not None:  # (the build folder's files too: it still imports as a package)
+            contents[files.get("source", "source.kdl")] = self._source.encode()
+        else:
+            files.pop("source", None)
+        contents["manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
+        contents["__init__.py"] = PACKAGE_INIT.format(name=self.name).encode()
         return write_folder_atomic(Path(path), contents)
 
     def __repr__(self) -> str:

@@ -1,6 +1,8 @@
 """Keras-style model summary from a build manifest."""
 from __future__ import annotations
 
+import numpy as np
+
 
 def _shape(s) -> str:
     return "(" + ", ".join("None" if not isinstance(d, int) else str(d) for d in s) + ")"
@@ -50,8 +52,9 @@ def format_summary(manifest: dict) -> str:
     out.append("━" * sum(widths))
     total = count(params)
     trainable = count([n for n, p in params.items() if p["trainable"]])
-    nbytes = sum(count([n]) * (8 if params[n]["dtype"] == "float64" else 4) for n in params)
-    tb = sum(count([n]) * (8 if params[n]["dtype"] == "float64" else 4) for n, p in params.items() if p["trainable"])
+    size = {n: count([n]) * np.dtype(p["dtype"]).itemsize for n, p in params.items()}  # (bytes)
+    nbytes = sum(size.values())
+    tb = sum(size[n] for n, p in params.items() if p["trainable"])
     out.append(f" Total params: {total:,} ({_size(nbytes)})")
     out.append(f" Trainable params: {trainable:,} ({_size(tb)})")
     out.append(f" Non-trainable params: {total - trainable:,} ({_size(nbytes - tb)})")

@@ -448,9 +448,10 @@ class TrainingMixin:
         self._pull_shared()
         other._pull_shared()
         for a, b in pairs:
-            if self._weights[a].shape != other._weights[b].shape:
-                raise ValueError(f"{self.name}'s {a} is {self._weights[a].shape}, {other.name}'s {b} is "
-                                 f"{other._weights[b].shape}")
+            mine, theirs = self._weights[a], other._weights[b]
+            if mine.shape != theirs.shape or mine.dtype != theirs.dtype:
+                raise ValueError(f"{self.name}'s {a} is {mine.dtype}{list(mine.shape)}, {other.name}'s {b} is "
+                                 f"{theirs.dtype}{list(theirs.shape)}")
             mine, theirs = self._shared.get(a), other._shared.get(b)
             if mine is not None and theirs is not None and mine is not theirs:
                 raise ValueError(f"{self.name}'s {a} and {other.name}'s {b} are each tied to other weights already")

@@ -211,3 +211,72 @@ def test_a_graph_the_provider_cannot_run_says_so():
         m.fit(x, np.zeros((2, 2)), verbose=0)
     with pytest.raises(RuntimeError, match="cannot run its inference graph"):
         m.predict(x)
+
+
+# ---- folders that save and build write (found by a review: lost files, 0700 folders, symlinks) ----
+def test_a_checkpoint_keeps_the_build_files_and_imports_as_a_package(tmp_path, monkeypatch):
+    model = kcompile.compile_string(MLP, seed=0)
+    folder = model.save(tmp_path / "mlp")
+    assert {"source.kdl", "__init__.py", "manifest.json"} <= {p.name for p in folder.iterdir()}
+    assert (folder / "source.kdl").read_text() == MLP
+    again = kcompile.load(folder).save(tmp_path / "mlp2")  # (a loaded checkpoint keeps its source too)
+    assert (again / "source.kdl").read_text() == MLP
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    package = importlib.import_module("mlp")
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_array_equal(package.load().predict(x), model.predict(x))
+
+
+def test_save_refuses_a_folder_it_did_not_write(tmp_path, monkeypatch):
+    model = kcompile.compile_string(MLP, seed=0)
+    mine = tmp_path / "project"
+    (mine / "data").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds files kcompile did not write"):
+        model.save(mine)
+    assert (mine / "notes.txt").read_text() == "mine" and (mine / "data").is_dir()
+    monkeypatch.chdir(mine)
+    with pytest.raises(FileExistsError, match="did not write"):
+        model.save(".")
+    (tmp_path / "empty").mkdir()
+    model.save(tmp_path / "empty")  # (an empty folder is fine)
+    assert (tmp_path / "empty" / "manifest.json").exists()
+
+
+def test_folders_get_the_mode_of_new_folders_and_symlinks_are_followed(tmp_path):
+    import os
+    model = kcompile.compile_string(MLP, seed=0)
+    umask = os.umask(0o022)
+    try:
+        folder = model.save(tmp_path / "shared")
+    finally:
+        os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    real = model.save(tmp_path / "real")
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "mlp").symlink_to(real)
+    compiled = compile_source(MLP)
+    for seed in (1, 2):  # (twice: the second rebuild found the first one's leftovers)
+        write_build(compiled, tmp_path / "build", seed=seed)
+        assert (tmp_path / "build" / "mlp").is_symlink()
+        np.testing.assert_array_equal(kcompile.load(tmp_path / "build" / "mlp").get_weights()[0],
+                                      kcompile.compile_string(MLP, seed=seed).get_weights()[0])
+    assert sorted(p.name for p in (tmp_path / "build").iterdir()) == ["mlp"]
+
+
+def test_summary_counts_bytes_by_dtype():
+    """Weights take the input's dtype: float16's are 2 bytes each (Keras: 19.73 KB for 10,100)."""
+    text = kcompile.compile_string("model h {\n    input x: float16[100]\n    y = Dense(100)\n    output y\n}\n"
+                                   ).summary(print_fn=None)
+    assert "Total params: 10,100 (19.73 KB)" in text, text
+
+
+def test_share_weights_refuses_weights_of_another_dtype():
+    src = "model {name} {{\n    input x: {dtype}[4]\n    y = Dense(3)\n    output y\n}}\n"
+    single = kcompile.compile_string(src.format(name="a", dtype="float32"))
+    double = kcompile.compile_string(src.format(name="b", dtype="float64"))
+    with pytest.raises(ValueError, match=r"a's dense/kernel is float32\[4, 3\], b's dense/kernel is float64\[4, 3\]"):
+        single.share_weights(double)
+    assert single.get_weights()[0].dtype == np.float32
+    single.predict(np.zeros((1, 4), np.float32))
