@@ -2,6 +2,7 @@
 or iterables of (x, y) batches, sliced and shuffled reproducibly."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,7 @@ class Batches:
         self.model, self.xs, self.ys, self.n = model, xs, ys, n
         self.batch_size, self.shuffle, self.seed, self.where = batch_size, shuffle, seed, where
         self.iterable = iterable
+        self._order_pass = self._order_rows = None  # (_order's last pass and its rows)
         if iterable is not None:
             self.steps = steps or (len(iterable) if hasattr(iterable, "__len__") else None)
         else:
@@ -145,27 +147,39 @@ class Batches:
 
     def epoch(self, epoch: int):
         if self.iterable is not None:
-            for i, item in enumerate(self.iterable):
-                if self.steps is not None and i >= self.steps:
-                    break
-                if not isinstance(item, (tuple, list)) or len(item) < 2:
+            # (islice: exactly ``steps`` items, none taken and dropped; a generator goes on from
+            # there in the next epoch, as Keras)
+            items = itertools.islice(self.iterable, self.steps) if self.steps is not None else self.iterable
+            for item in items:
+                if not isinstance(item, (tuple, list)) or len(item) != 2:
                     raise ShapeMismatch(f"{self.where}: a data iterable must yield (x, y) batches, got "
-                                        f"{type(item).__name__}")
+                                        + (f"{len(item)} items (kcompile takes no sample weights)"
+                                           if isinstance(item, (tuple, list)) else type(item).__name__))
                 xs, ys, n = self.model._check_xy(item[0], item[1], self.where)
                 yield xs, ys, n
             return
-        order = np.arange(self.n)
-        if self.shuffle:
-            np.random.default_rng([self.seed, 104729, epoch]).shuffle(order)
-        for i in range(self.steps):
+        # The arrays' batches as one stream of passes over the data, each pass shuffled by its own
+        # seed: an epoch of steps_per_epoch steps goes on where the last one stopped (Keras), and
+        # an epoch of a whole pass is pass ``epoch``.
+        per_pass = -(-self.n // self.batch_size)
+        for k in range(epoch * self.steps, (epoch + 1) * self.steps):
+            order = self._order(k // per_pass)
+            i = k % per_pass
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            if not len(idx):
-                break
             if not self.shuffle:  # contiguous slices are views: no copy
                 s = slice(idx[0], idx[-1] + 1)
                 yield ({k: v[s] for k, v in self.xs.items()}, {k: v[s] for k, v in self.ys.items()}, len(idx))
             else:
                 yield ({k: v[idx] for k, v in self.xs.items()}, {k: v[idx] for k, v in self.ys.items()}, len(idx))
+
+    def _order(self, data_pass: int) -> np.ndarray:
+        """The rows' order in one pass over the arrays (kept for the pass's batches)."""
+        if self._order_pass != data_pass:
+            order = np.arange(self.n)
+            if self.shuffle:
+                np.random.default_rng([self.seed, 104729, data_pass]).shuffle(order)
+            self._order_pass, self._order_rows = data_pass, order
+        return self._order_rows
 
     def __iter__(self):
         return self.epoch(0)

@@ -587,8 +587,15 @@ class TrainingMixin:
         batches = Batches.of(self, x, y, batch_size, shuffle=shuffle, seed=self.seed, where="fit",
                              steps=steps_per_epoch)
         val = None
-        if validation_data is not None:
-            vx, vy = validation_data[0], validation_data[1]
+        if validation_data is not None:  # (x, y) arrays, or an iterable of (x, y) batches, as Keras
+            if isinstance(validation_data, (tuple, list)):
+                if len(validation_data) != 2:
+                    raise ValueError(f"fit: validation_data must be (x, y) or an iterable of (x, y) batches, got "
+                                     f"{len(validation_data)} items" + (" (kcompile takes no sample weights)"
+                                                                        if len(validation_data) == 3 else ""))
+                vx, vy = validation_data
+            else:
+                vx, vy = validation_data, None
             val = Batches.of(self, vx, vy, validation_batch_size or batch_size, shuffle=False, seed=self.seed,
                              where="fit validation_data")
         verbose = 1 if verbose == "auto" else verbose
@@ -604,22 +611,26 @@ class TrainingMixin:
                 self._epoch = epoch
                 running.reset()
                 cbs.on_epoch_begin(epoch)
+                steps = 0
                 for step, (xb, yb, n) in enumerate(batches.epoch(epoch)):
                     self._step_in_epoch = step
                     cbs.on_train_batch_begin(step)
                     results = self._run_train_step(xb, yb)
                     running.update(results, n)
+                    steps += 1
                     cbs.on_train_batch_end(step, running.result() if batch_logs else None)
                     if self.stop_training:
                         break
+                if not steps:  # (a generator that ran out: no epoch of made-up numbers)
+                    print(f"kcompile: the training data ran out at epoch {epoch + 1}; training stopped (an "
+                          f"iterable must give at least steps_per_epoch x epochs batches)")
+                    self.stop_training = True
+                    break
                 logs = running.result()
                 if val is not None:
-                    vals = RunningMetrics(self.manifest["training"]["metrics"])
-                    for xb, yb, n in val:
-                        vals.update(self._run_eval_step(xb, yb), n)
-                    logs.update({f"val_{k}": v for k, v in vals.result().items()})
+                    logs.update({f"val_{k}": v for k, v in self._validate(val, cbs, batch_logs).items()})
+                self._epoch = epoch + 1  # (the epochs done, as a checkpoint saved at the epoch's end records)
                 cbs.on_epoch_end(epoch, logs)
-                self._epoch = epoch + 1
                 if self.stop_training:
                     break
         except NonFiniteLoss as e:
@@ -628,6 +639,18 @@ class TrainingMixin:
             self.nonfinite = e
         cbs.on_train_end(logs)
         return cbs.history
+
+    def _validate(self, val, cbs, batch_logs) -> dict:
+        """fit's validation pass: its loss and metrics, with the callbacks' test hooks as Keras calls them."""
+        running = RunningMetrics(self.manifest["training"]["metrics"])
+        cbs.on_test_begin()
+        for i, (xb, yb, n) in enumerate(val):
+            cbs.on_test_batch_begin(i)
+            running.update(self._run_eval_step(xb, yb), n)
+            cbs.on_test_batch_end(i, running.result() if batch_logs else None)
+        logs = running.result()
+        cbs.on_test_end(logs)
+        return logs
 
     # ---- weights and checkpoints ----
     def optimizer_state(self) -> dict:

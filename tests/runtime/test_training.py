@@ -644,3 +644,73 @@ def test_shared_weights_go_back_with_a_nonfinite_step(capsys):
         np.testing.assert_array_equal(mine["inner/" + name], value)
     inner.fit(x, y, epochs=1, batch_size=16, verbose=0)  # and train on from there
     assert all(np.isfinite(w).all() for w in inner.get_weights() + outer.get_weights())
+
+
+# ---- the fit loop as Keras 3 runs it (found by a review against Keras) ----
+def test_steps_per_epoch_goes_on_through_the_arrays_across_epochs():
+    x, y = small_data(64)
+    m = kcompile.compile_string(SMALL, seed=0)
+    history = m.fit(x, y, batch_size=16, epochs=4, steps_per_epoch=1, shuffle=False, verbose=0)
+    ref = kcompile.compile_string(SMALL, seed=0)
+    losses = [ref.train_on_batch(x[i:i + 16], y[i:i + 16], return_dict=True)["loss"] for i in range(0, 64, 16)]
+    np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-6)
+
+
+def test_a_generator_gives_exactly_steps_per_epoch_batches_and_running_out_stops_training(capsys):
+    x, y = small_data(96)
+    pulled = []
+
+    def batches():
+        for i in range(0, 96, 16):
+            pulled.append(i)
+            yield x[i:i + 16], y[i:i + 16]
+
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.fit(batches(), epochs=2, steps_per_epoch=3, verbose=0)
+    assert pulled == [0, 16, 32, 48, 64, 80] and m.iterations == 6  # (none taken and dropped)
+    m = kcompile.compile_string(SMALL, seed=0)
+    history = m.fit(batches(), epochs=3, verbose=0)  # (one pass: the second epoch has nothing)
+    assert "the training data ran out at epoch 2" in capsys.readouterr().out
+    assert {k: len(v) for k, v in history.history.items()} == {"loss": 1, "accuracy": 1}
+    assert m.stop_training and m.iterations == 6
+
+
+def test_validation_in_fit_calls_the_test_hooks_and_takes_an_iterable():
+    x, y = small_data(96)
+    seen = []
+
+    class Hooks(Callback):
+        def on_test_begin(self, logs=None):
+            seen.append("test_begin")
+
+        def on_test_batch_end(self, batch, logs=None):
+            seen.append(f"test_batch_end{batch}")
+
+        def on_test_end(self, logs=None):
+            seen.append(("test_end", round(logs["loss"], 6)))
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(("epoch_end", round(logs["val_loss"], 6)))
+
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.fit(x[:64], y[:64], batch_size=16, epochs=1, verbose=0, validation_data=(x[64:], y[64:]), callbacks=[Hooks()])
+    loss = round(m.evaluate(x[64:], y[64:], batch_size=16, verbose=0, return_dict=True)["loss"], 6)
+    assert seen == ["test_begin", "test_batch_end0", "test_batch_end1", ("test_end", loss), ("epoch_end", loss)]
+    batches = [(x[64:80], y[64:80]), (x[80:], y[80:])]
+    history = m.fit(x[:64], y[:64], batch_size=16, epochs=1, verbose=0, validation_data=iter(batches))
+    val = m.evaluate(x[64:], y[64:], batch_size=16, verbose=0, return_dict=True)["loss"]
+    np.testing.assert_allclose(history.history["val_loss"], [val], rtol=1e-6)
+    with pytest.raises(ValueError, match="kcompile takes no sample weights"):
+        m.fit(x, y, verbose=0, validation_data=(x, y, np.ones(len(x))))
+
+
+def test_a_checkpoint_saved_at_an_epochs_end_resumes_after_that_epoch(tmp_path):
+    x, y = small_data()
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False,
+          callbacks=[ModelCheckpoint(str(tmp_path / "ep{epoch:02d}"), monitor="loss")])
+    first = kcompile.load(tmp_path / "ep01")
+    assert first._epoch == 1 and first.iterations == 3
+    first.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False, initial_epoch=first._epoch)
+    for a, b in zip(first.get_weights(), m.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
