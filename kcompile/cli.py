@@ -176,10 +176,24 @@ def _run(args) -> int:
             print(compiled.graph)
             continue
         folder = write_build(compiled, args.output, seed=args.seed)
+        clash = _package_name_clash(name)
+        if clash:
+            print(f"kcompile: note: {clash}; load it with kcompile.load({str(folder)!r})", file=sys.stderr)
         if not args.quiet:
             n = sum(1 for _ in compiled.graph.nodes())
             print(f"built {name} -> {folder}/ ({n} ops, -O{level}, {time.perf_counter() - start:.2f} s)")
     return 0
+
+
+def _package_name_clash(name: str) -> str | None:
+    """Why a build folder named ``name`` cannot be imported as its package (README: ``import NAME``)."""
+    import importlib.util
+    import keyword
+    if not name.isidentifier() or keyword.iskeyword(name):
+        return f"{name} is not a Python name, so `import {name}` cannot import the build folder"
+    if name == "kcompile" or importlib.util.find_spec(name) is not None:
+        return f"a package {name} would hide the installed module {name}, so `import {name}` is ambiguous"
+    return None
 
 
 def _print_pass(pass_name, before, after):

@@ -141,6 +141,14 @@ def test_build_writes_an_importable_package(tmp_path, capsys, monkeypatch):
         sys.modules.pop(name, None)
 
 
+def test_build_notes_a_model_name_that_cannot_import_as_its_package(tmp_path, capsys):
+    for name, note in [("json", "would hide the installed module json"), ("kcompile", "would hide"),
+                       ("cli_test_plain_name", None)]:
+        assert main(["build", write(tmp_path, MLP.format(name=name)), "-o", str(tmp_path / "out")]) == 0
+        err = capsys.readouterr().err
+        assert (note in err and "kcompile.load(" in err) if note else err == "", (name, err)
+
+
 def test_build_quiet_and_opt_levels(tmp_path, capsys):
     path = write(tmp_path, MLP.format(name="cli_test_quiet"))
     for level in ("-O0", "-O1", "-O2"):
