@@ -318,13 +318,20 @@ def test_batch_logs_reach_every_kind_of_batch_callback():
     assert not CallbackList([Callback(), LambdaCallback(on_epoch_end=print)], add_history=True).reads_batch_logs()
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+def checkpointed_then_trained(tmp_path):
+    """(a model trained an epoch further than its checkpoint at tmp_path/ckpt, the path, the
+    checkpoint's weights)."""
     x, y = small_data()
     m = kcompile.compile_string(SMALL, seed=0)
     m.fit(x, y, epochs=1, batch_size=32, verbose=0)
     path = m.save(tmp_path / "ckpt")
     good = kcompile.load(path).get_weights()
     m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    return m, path, good
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    m, path, good = checkpointed_then_trained(tmp_path)
 
     import kcompile.driver as driver
     real_fsync = os.fsync
@@ -348,12 +355,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_checkpoint_swap_cut_off_between_its_renames_keeps_the_previous_one(tmp_path, monkeypatch):
     """The previous checkpoint steps aside as .NAME.old while the new one takes its name: an error
     between the two renames puts it back, and after a crash there load reads it from .NAME.old."""
-    x, y = small_data()
-    m = kcompile.compile_string(SMALL, seed=0)
-    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
-    path = m.save(tmp_path / "ckpt")
-    good = kcompile.load(path).get_weights()
-    m.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    m, path, good = checkpointed_then_trained(tmp_path)
     real_rename = Path.rename
 
     def fail_swap_in(self, target):  # the new folder's rename into place fails
