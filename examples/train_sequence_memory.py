@@ -5,7 +5,7 @@ Each example is 12 tokens in 1..10; the label says whether the first token is la
 than the last. The baseline sees which tokens occur but not where, so it stays near
 chance; the LSTM must carry the first token through the sequence.
 
-    python examples/train_sequence_memory.py [--epochs 8] [--steps 12]
+    python examples/train_sequence_memory.py [--epochs 8] [--samples 8000]
 """
 import argparse
 import time

@@ -6,7 +6,7 @@ Write a model in the .kdl language, compile it, and run it on ONNX Runtime::
     model = kcompile.compile("examples/mnist_mlp.kdl")
     probs = model.predict(x)
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .errors import KcompileError, ShapeMismatch  # noqa: E402
 

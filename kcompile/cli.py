@@ -99,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("file", metavar="FILE", help="the .kdl source file")
     train.add_argument("--data", metavar="DATA.npz", required=True, help="the training arrays")
     train.add_argument("--model", metavar="NAME", help="which model, when the file defines several")
-    train.add_argument("--epochs", type=_count(1), default=1, help="epochs to train (default: 1)")
+    train.add_argument("--epochs", type=_count(1), default=1,
+                       help="train up to epoch N (default: 1); with --resume the epochs done count, as Keras's "
+                            "epochs with initial_epoch")
     train.add_argument("--batch-size", type=_count(1), default=32, help="batch size (default: 32)")
     train.add_argument("--validation-split", type=_fraction, default=0.0, metavar="F",
                        help="fraction of the data held out for validation (default: 0)")

@@ -448,10 +448,10 @@ class TrainingMixin:
         self._pull_shared()
         other._pull_shared()
         for a, b in pairs:
-            mine, theirs = self._weights[a], other._weights[b]
-            if mine.shape != theirs.shape or mine.dtype != theirs.dtype:
-                raise ValueError(f"{self.name}'s {a} is {mine.dtype}{list(mine.shape)}, {other.name}'s {b} is "
-                                 f"{theirs.dtype}{list(theirs.shape)}")
+            value_a, value_b = self._weights[a], other._weights[b]
+            if value_a.shape != value_b.shape or value_a.dtype != value_b.dtype:
+                raise ValueError(f"{self.name}'s {a} is {value_a.dtype}{list(value_a.shape)}, {other.name}'s {b} is "
+                                 f"{value_b.dtype}{list(value_b.shape)}")
             mine, theirs = self._shared.get(a), other._shared.get(b)
             if mine is not None and theirs is not None and mine is not theirs:
                 raise ValueError(f"{self.name}'s {a} and {other.name}'s {b} are each tied to other weights already")
@@ -621,10 +621,13 @@ class TrainingMixin:
                     cbs.on_train_batch_end(step, running.result() if batch_logs else None)
                     if self.stop_training:
                         break
-                if not steps:  # (a generator that ran out: no epoch of made-up numbers)
+                ran_out = batches.iterable is not None and not self.stop_training and (
+                    not steps or (batches.steps is not None and steps < batches.steps))
+                if ran_out:  # (as Keras: the epoch's steps so far count, and training stops)
                     print(f"kcompile: the training data ran out at epoch {epoch + 1}; training stopped (an "
                           f"iterable must give at least steps_per_epoch x epochs batches)")
                     self.stop_training = True
+                if not steps:  # (no epoch of made-up numbers)
                     break
                 logs = running.result()
                 if val is not None:

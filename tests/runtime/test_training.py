@@ -675,6 +675,10 @@ def test_a_generator_gives_exactly_steps_per_epoch_batches_and_running_out_stops
     assert "the training data ran out at epoch 2" in capsys.readouterr().out
     assert {k: len(v) for k, v in history.history.items()} == {"loss": 1, "accuracy": 1}
     assert m.stop_training and m.iterations == 6
+    m = kcompile.compile_string(SMALL, seed=0)
+    history = m.fit(batches(), epochs=2, steps_per_epoch=4, verbose=0)  # (6 batches: the second epoch has 2)
+    assert "the training data ran out at epoch 2" in capsys.readouterr().out
+    assert len(history.history["loss"]) == 2 and m.iterations == 6
 
 
 def test_validation_in_fit_calls_the_test_hooks_and_takes_an_iterable():
