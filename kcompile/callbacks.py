@@ -190,13 +190,13 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             cb.set_model(model)
 
-    def reads_batch_logs(self) -> bool:
-        """Whether any callback looks at a training batch's end (fit skips computing the running
-        logs for each batch otherwise)."""
+    def reads_batch_logs(self, hooks=("on_train_batch_end", "on_batch_end")) -> bool:
+        """Whether any callback looks at a training batch's end, or at ``hooks`` (fit and evaluate
+        skip computing the running logs for each batch otherwise)."""
         def overridden(cb, hook):  # by a subclass, or by a function set on the instance (LambdaCallback)
             method = getattr(cb, hook)
             return getattr(method, "__func__", method) is not getattr(Callback, hook)
-        return any(overridden(cb, hook) for cb in self.callbacks for hook in ("on_train_batch_end", "on_batch_end"))
+        return any(overridden(cb, hook) for cb in self.callbacks for hook in hooks)
 
     def _call(self, name, *args, logs=None):
         logs = {} if logs is None else logs

@@ -163,9 +163,8 @@ def _run(args) -> int:
             compiled = compile_source(source, args.file, name, opt_level=0)
             print(("\n" if i else "") + format_summary(manifest_for(compiled, seed=0)))
         return 0
-    # build
-    from pathlib import Path
-    if Path(args.output).exists() and not Path(args.output).is_dir():
+    # build (DIR holds a folder per model, each checked by write_folder_atomic; DIR itself must be a folder)
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise KcompileError(f"{args.output} is a file, not a folder: give -o a folder for the build")
     level = 1 if args.opt_level is None else args.opt_level
     for name in names:
@@ -177,8 +176,8 @@ def _run(args) -> int:
         if args.emit == "ir":
             print(compiled.graph)
             continue
+        clash = _package_name_clash(name, args.output)
         folder = write_build(compiled, args.output, seed=args.seed)
-        clash = _package_name_clash(name)
         if clash:
             print(f"kcompile: note: {clash}; load it with kcompile.load({str(folder)!r})", file=sys.stderr)
         if not args.quiet:
@@ -187,13 +186,18 @@ def _run(args) -> int:
     return 0
 
 
-def _package_name_clash(name: str) -> str | None:
-    """Why a build folder named ``name`` cannot be imported as its package (README: ``import NAME``)."""
+def _package_name_clash(name: str, out_dir) -> str | None:
+    """Why a build folder ``out_dir/name`` cannot be imported as its package (README: ``import
+    NAME``): not a Python name, or another module of that name (not this build, where out_dir is on
+    sys.path)."""
     import importlib.util
     import keyword
+    from pathlib import Path
     if not name.isidentifier() or keyword.iskeyword(name):
         return f"{name} is not a Python name, so `import {name}` cannot import the build folder"
-    if name == "kcompile" or importlib.util.find_spec(name) is not None:
+    spec = importlib.util.find_spec(name)
+    here = (Path(out_dir) / name).resolve()
+    if spec is not None and not (spec.origin and Path(spec.origin).resolve().parent == here):
         return f"a package {name} would hide the installed module {name}, so `import {name}` is ambiguous"
     return None
 
@@ -216,8 +220,8 @@ def _train(args, source) -> int:
     compiled = compile_source(source, args.file, args.model)
     name = compiled.graph.name
     out = Path(args.output or Path("checkpoints") / name)
-    if out.exists() and not out.is_dir():  # (checked before training, not after it)
-        raise KcompileError(f"{out} is a file, not a folder: give -o a folder for the checkpoint")
+    from .driver import check_replaceable
+    check_replaceable(out)  # (before training, not after it)
     if args.resume and (out / "manifest.json").exists():
         model = load(out)
         print(f"resuming {name} from {out}/ at epoch {model._epoch}")
@@ -251,13 +255,16 @@ def _train(args, source) -> int:
     x, y = pick(inputs, "x"), pick(targets, "y")
     if x is None or y is None:
         raise KcompileError(f"{args.data} needs arrays {inputs + targets} (or x and y); it has {sorted(data)}")
-    try:  # (wrong shapes, dtypes, lengths or labels: fit and evaluate say which, before any step)
+    try:  # (wrong shapes, dtypes, lengths or labels: said before the first step, test arrays too)
         y = {k: _encode_labels(model, k, v) for k, v in y.items()}
+        xt, yt = pick(inputs, "x", "_test"), pick(targets, "y", "_test")
+        test = xt is not None and yt is not None
+        if test:
+            yt = {k: _encode_labels(model, k, v) for k, v in yt.items()}
+            model._check_xy(xt, yt, "the test arrays")
         model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_split=args.validation_split,
                   verbose=args.verbose, initial_epoch=model._epoch)
-        xt, yt = pick(inputs, "x", "_test"), pick(targets, "y", "_test")
-        if xt is not None and yt is not None:
-            yt = {k: _encode_labels(model, k, v) for k, v in yt.items()}
+        if test:
             logs = model.evaluate(xt, yt, verbose=0, return_dict=True)
             print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
     except ValueError as e:  # (ShapeMismatch is one)

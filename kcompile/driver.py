@@ -82,9 +82,9 @@ def check_module(module: ast.Module) -> list[Diagnostic]:
             graph = Elaborator(module).model(model.name)
             config = check_train(graph, model, module)
             if config is not None:  # (and what training will build of it: the loss and metrics)
-                from .training.graphs import check_objective
+                from .training.graphs import evaluation_objective
                 env = {k: v.name for k, v in graph.meta.get("env", {}).items()}
-                check_objective(graph, graph.meta["train"], config, env)
+                evaluation_objective(graph, graph.meta["train"], config, env)
         except KcompileError as e:
             diagnostics.extend(e.diagnostics)
     if not module.models():
@@ -186,12 +186,7 @@ def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
     """Write files into a new folder beside ``folder`` and swap it in whole. Only a folder kcompile
     wrote (one with a manifest.json), or an empty one, is replaced; a symbolic link to a folder
     has its target replaced."""
-    folder = Path(folder).resolve() if Path(folder).is_symlink() or not Path(folder).name else Path(folder)
-    if folder.exists() and not folder.is_dir():  # (never swapped aside: it is not ours)
-        raise NotADirectoryError(f"{folder} is a file, not a folder; it was left as it is")
-    if folder.is_dir() and not (folder / "manifest.json").exists() and any(folder.iterdir()):
-        raise FileExistsError(f"{folder} holds files kcompile did not write (it has no manifest.json); it was "
-                              f"left as it is: choose a new folder, or one kcompile wrote")
+    folder = check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     umask = os.umask(0)  # (mkdtemp makes the folder 0700: give it the mode a new folder gets)
@@ -223,6 +218,19 @@ def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return folder
+
+
+def check_replaceable(folder) -> Path:
+    """The folder write_folder_atomic would replace for ``folder`` (a symbolic link's target; ``.``
+    resolved), or an OSError where that is not kcompile's to replace: a file, or a folder holding
+    files without a manifest.json. Callers check before long work (training) that would end in it."""
+    folder = Path(folder).resolve() if Path(folder).is_symlink() or not Path(folder).name else Path(folder)
+    if folder.exists() and not folder.is_dir():  # (never swapped aside: it is not ours)
+        raise NotADirectoryError(f"{folder} is a file, not a folder; it was left as it is")
+    if folder.is_dir() and not (folder / "manifest.json").exists() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} holds files kcompile did not write (it has no manifest.json); it was "
+                              f"left as it is: choose a new folder, or one kcompile wrote")
     return folder
 
 

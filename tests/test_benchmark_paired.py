@@ -77,15 +77,6 @@ def test_training_at_another_batch_than_the_targets_gets_its_ratio_and_no_verdic
     assert [r["met"] for r in predict] == [True, True]  # (predicts do not depend on the training batch)
 
 
-def test_a_training_worker_trains_at_the_batch_it_is_given(paired, tmp_path):
-    worker = paired.Worker("kcompile", "mlp_train", str(tmp_path), batch=32)
-    try:
-        assert worker.ready["batch"] == 32
-        assert worker.burst()["samples_per_s"] > 0
-    finally:
-        worker.close()
-
-
 def test_no_peer_gives_no_ratio(paired):
     row, = paired.summarize("mlp_train", {"kcompile": bursts("samples_per_s", 5.0, 7.0)})
     assert "ratio" not in row and row["medians"]["kcompile"] == 6.0

@@ -141,9 +141,10 @@ def test_build_writes_an_importable_package(tmp_path, capsys, monkeypatch):
         sys.modules.pop(name, None)
 
 
-def test_build_notes_a_model_name_that_cannot_import_as_its_package(tmp_path, capsys):
+def test_build_notes_a_model_name_that_cannot_import_as_its_package(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path / "out"))  # (the build itself, found there, is no clash)
     for name, note in [("json", "would hide the installed module json"), ("kcompile", "would hide"),
-                       ("cli_test_plain_name", None)]:
+                       ("cli_test_plain_name", None), ("cli_test_plain_name", None)]:
         assert main(["build", write(tmp_path, MLP.format(name=name)), "-o", str(tmp_path / "out")]) == 0
         err = capsys.readouterr().err
         assert (note in err and "kcompile.load(" in err) if note else err == "", (name, err)

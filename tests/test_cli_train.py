@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import kcompile
 from kcompile.cli import main
@@ -82,13 +83,27 @@ def test_a_file_where_the_output_folder_goes_is_left_alone(tmp_path, capsys):
     assert "is a file, not a folder" in capsys.readouterr().err
     assert main(["build", model, "-o", str(mine)]) == 1
     assert "is a file, not a folder" in capsys.readouterr().err
-    m = kcompile.compile(model)
-    try:
-        m.save(mine)
-        raise AssertionError("save over a file did not fail")
-    except NotADirectoryError as e:
-        assert "left as it is" in str(e)
+    with pytest.raises(NotADirectoryError, match="left as it is"):
+        kcompile.compile(model).save(mine)
     assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["d.npz", "notes.txt"]
+    project = tmp_path / "project"  # (a folder of the user's: refused before training, not after it)
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    assert main(["train", model, "--data", str(tmp_path / "d.npz"), "-o", str(project), "--verbose", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert "kcompile did not write" in err and "loss:" not in out  # (no epoch ran)
+    assert [p.name for p in project.iterdir()] == ["notes.txt"]
+
+
+def test_bad_test_arrays_are_found_before_training(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(30, 4)).astype(np.float32), y=rng.integers(0, 3, 30),
+             x_test=rng.normal(size=(10, 5)).astype(np.float32), y_test=rng.integers(0, 3, 10))
+    args = ["train", str(ROOT / "examples" / "iris_mlp.kdl"), "--data", str(tmp_path / "d.npz"),
+            "-o", str(tmp_path / "ck"), "--verbose", "2"]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert "the test arrays: input 'features' expects shape (None, 4), got (10, 5)" in err and "loss:" not in out
 
 
 def test_bad_option_values_are_usage_errors(tmp_path, capsys):
@@ -97,9 +112,6 @@ def test_bad_option_values_are_usage_errors(tmp_path, capsys):
                           (["train", model, "--data", "d.npz", "--epochs", "-1"], "--epochs: must be at least 1"),
                           (["train", model, "--data", "d.npz", "--validation-split", "1.5"], "below 1, got 1.5"),
                           (["build", model, "--seed", "-5"], "--seed: must be at least 0, got -5")]:
-        try:
+        with pytest.raises(SystemExit) as exit_:
             main(args)
-            raise AssertionError(f"{args} did not exit")
-        except SystemExit as e:
-            assert e.code == 2
-        assert message in capsys.readouterr().err
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

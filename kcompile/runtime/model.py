@@ -118,7 +118,6 @@ class Model(TrainingMixin):
         for name, weight in self._shared.items():  # the models holding these see them too
             weight.assign(new[name])
             self._shared_seen[name] = weight.version
-        self._generation += 1
         self._weights_changed()
 
     @property

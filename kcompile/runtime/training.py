@@ -214,8 +214,10 @@ class TrainingMixin:
                 {s["name"] for s in spec["slots"] if s["param"] in kernels})
 
     def _weights_changed(self):
-        """The inference session must see the trained weights: rebuilt on the next predict (with
-        predict's copies of it; copies of the weights-as-inputs session stay valid)."""
+        """The weights changed (a step, set_weights, a shared weight): a new generation, and the
+        inference session must see them: rebuilt on the next predict (with predict's copies of it;
+        copies of the weights-as-inputs session stay valid)."""
+        self._generation += 1
         if self._session is not None:
             self._copies = {use: c for use, c in self._copies.items() if c[0] is not self._session}
             self._session = None
@@ -486,7 +488,6 @@ class TrainingMixin:
             weight = self._shared[name]
             self._shared_seen[name] = weight.version
             self._weights[name] = weight.numpy()
-        self._generation += 1
         self._weights_changed()
 
     def _run_train_step(self, xb, yb):
@@ -507,12 +508,10 @@ class TrainingMixin:
                 self._iterations -= 1
             self._state_stale = True
             self._drop_runner()
-            self._generation += 1
             self._weights_changed()  # (a predict since the last step may have folded the weights undone)
             raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss)
         self._iterations += 1
         self._state_stale = True
-        self._generation += 1
         self._weights_changed()  # (a predict between steps, a callback's, sees these weights)
         for name, weight in runner.shared_state.items():  # (this model's own writes)
             self._shared_seen[name] = weight.version
@@ -561,15 +560,7 @@ class TrainingMixin:
         verbose = 1 if verbose == "auto" else verbose
         cbs = CallbackList(callbacks, add_history=False, add_progbar=verbose != 0, model=self,
                            epochs=1, steps=batches.steps, verbose=verbose)
-        running = RunningMetrics(self.manifest["training"]["metrics"])
-        cbs.on_test_begin()
-        for i, (xb, yb, n) in enumerate(batches):
-            cbs.on_test_batch_begin(i)
-            running.update(self._run_eval_step(xb, yb), n)
-            cbs.on_test_batch_end(i, running.result())
-        logs = running.result()
-        cbs.on_test_end(logs)
-        return self._format(logs, return_dict)
+        return self._format(self._evaluate_batches(batches, cbs), return_dict)
 
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, initial_epoch=0, steps_per_epoch=None, validation_batch_size=None):
@@ -593,11 +584,12 @@ class TrainingMixin:
                     raise ValueError(f"fit: validation_data must be (x, y) or an iterable of (x, y) batches, got "
                                      f"{len(validation_data)} items" + (" (kcompile takes no sample weights)"
                                                                         if len(validation_data) == 3 else ""))
-                vx, vy = validation_data
-            else:
-                vx, vy = validation_data, None
-            val = Batches.of(self, vx, vy, validation_batch_size or batch_size, shuffle=False, seed=self.seed,
-                             where="fit validation_data")
+                val = Batches.of(self, *validation_data, validation_batch_size or batch_size, shuffle=False,
+                                 seed=self.seed, where="fit validation_data")
+            else:  # (a one-shot iterator's batches are kept, to validate every epoch on them)
+                items = list(validation_data) if iter(validation_data) is validation_data else validation_data
+                val = Batches(self, None, None, None, validation_batch_size or batch_size, False, self.seed,
+                              "fit validation_data", iterable=items)
         verbose = 1 if verbose == "auto" else verbose
         cbs = CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self, epochs=epochs,
                            steps=batches.steps, verbose=verbose)
@@ -631,7 +623,7 @@ class TrainingMixin:
                     break
                 logs = running.result()
                 if val is not None:
-                    logs.update({f"val_{k}": v for k, v in self._validate(val, cbs, batch_logs).items()})
+                    logs.update({f"val_{k}": v for k, v in self._evaluate_batches(val, cbs).items()})
                 self._epoch = epoch + 1  # (the epochs done, as a checkpoint saved at the epoch's end records)
                 cbs.on_epoch_end(epoch, logs)
                 if self.stop_training:
@@ -643,14 +635,19 @@ class TrainingMixin:
         cbs.on_train_end(logs)
         return cbs.history
 
-    def _validate(self, val, cbs, batch_logs) -> dict:
-        """fit's validation pass: its loss and metrics, with the callbacks' test hooks as Keras calls them."""
+    def _evaluate_batches(self, batches, cbs) -> dict:
+        """Loss and metrics over ``batches`` in inference mode, with the callbacks' test hooks as
+        Keras calls them (evaluate, and fit's validation)."""
         running = RunningMetrics(self.manifest["training"]["metrics"])
+        batch_logs = cbs.reads_batch_logs(("on_test_batch_end",))
         cbs.on_test_begin()
-        for i, (xb, yb, n) in enumerate(val):
-            cbs.on_test_batch_begin(i)
+        steps = 0
+        for steps, (xb, yb, n) in enumerate(batches, 1):
+            cbs.on_test_batch_begin(steps - 1)
             running.update(self._run_eval_step(xb, yb), n)
-            cbs.on_test_batch_end(i, running.result() if batch_logs else None)
+            cbs.on_test_batch_end(steps - 1, running.result() if batch_logs else None)
+        if not steps:  # (an iterable that ran out: no made-up loss of 0)
+            raise ValueError(f"{batches.where}: the data gave no batches")
         logs = running.result()
         cbs.on_test_end(logs)
         return logs

@@ -268,12 +268,14 @@ def _located(node, what):
         raise KcompileError(f"{what}: {e}", node.loc, hint=getattr(e, "hint", None)) from None
 
 
-def check_objective(graph: Graph, train: ast.Train, config: dict, env: dict) -> None:
-    """Build the loss and metrics on a copy of ``graph`` (kcompile check's test of what training
-    will build); raises KcompileError at the statement that cannot be built."""
+def evaluation_objective(graph: Graph, train: ast.Train, config: dict, env: dict):
+    """(the inference-mode copy of ``graph``, its model outputs, and _objective's (objective, loss,
+    metrics) on it): the evaluation graph's start, and kcompile check's test of what training will
+    build (raises KcompileError at the statement that cannot be built)."""
     ev = graph.copy()
     remove_dropout(ev)
-    _objective(ev, train, config, env)
+    model_outputs = list(ev.outputs)  # after the removal, which may rename an output's value
+    return ev, model_outputs, _objective(ev, train, config, env)
 
 
 def _objective(g, train, config, env):
@@ -423,10 +425,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     ``report(pass, nodes_before, nodes_after)`` sees each pass of the training step."""
 
     # ---- evaluation: inference mode + loss + metrics ----
-    ev = graph.copy()
-    remove_dropout(ev)
-    model_outputs = list(ev.outputs)  # after the removal, which may rename an output's value
-    objective, loss, metrics = _objective(ev, train, config, env)
+    ev, model_outputs, (objective, loss, metrics) = evaluation_objective(graph, train, config, env)
     ev.outputs = [("loss", loss)]
     metric_specs = _metric_outputs(ev, metrics)
     ev.outputs += [(f"output:{o}", v) for o, v in model_outputs]

@@ -87,7 +87,7 @@ def auc_from_totals(tp, fp, pos, neg) -> float:
     return float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
 
 
-# name -> (function, kind); accuracy's kind is chosen from the loss, as Keras does.
+# name -> (function, kind); plain accuracy's kind is chosen from the shapes, as Keras 3 does (graphs._accuracy_kind).
 METRIC_FUNCTIONS = {
     "accuracy": ("accuracy", "mean"),
     "categorical_accuracy": ("accuracy", "mean"),
