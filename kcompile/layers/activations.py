@@ -31,9 +31,10 @@ def _hard_swish(ctx, x):
 
 
 def _axis(axis):
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise ArgError(f"axis must be an integer, got {axis!r}")
-    return axis
+    try:
+        return IntArg()(axis)
+    except ArgError as e:
+        raise ArgError(f"axis: {e}") from None
 
 
 def softmax(ctx, x, axis=-1):

@@ -8,7 +8,7 @@ import math
 from ..errors import ShapeError
 from ..ir.types import DTYPES
 from .activations import ACTIVATIONS, log_softmax, softmax
-from .base import ArgError
+from .base import ArgError, BoolArg
 
 
 def _concat(ctx, *xs, axis=-1):
@@ -19,8 +19,10 @@ def _concat(ctx, *xs, axis=-1):
 
 def _reduce(op):
     def fn(ctx, x, axis=None, keepdims=False):
-        if not isinstance(keepdims, bool):
-            raise ArgError(f"keepdims must be true or false, got {keepdims!r}")
+        try:
+            keepdims = BoolArg()(keepdims)
+        except ArgError as e:
+            raise ArgError(f"keepdims: {e}") from None
         if axis is None:
             axes = tuple(range(x.rank))
         else:

@@ -158,7 +158,7 @@ CASES = [
     ("initializer_argument_not_a_number", model('Dense(3, kernel_initializer=RandomNormal(stddev="a"))'), 3, 33,
      "stddev must be a number, got a", None),
     ("keepdims_not_a_bool", model('y = mean(x, keepdims="yes")\noutput y'), 3, 9,
-     "keepdims must be true or false, got 'yes'", None),
+     "mean: keepdims: expected true or false, got yes", None),
     ("loss_on_a_value_not_an_output", model("h = Dense(4)\ny = Dense(3)\noutput y\ntrain {\n    loss = mse(h)\n"
                                             "    optimizer = SGD()\n}"), 7, 9,
      "the loss: 'h' is not an output or a declared target", "outputs and the train section's targets"),
@@ -174,7 +174,7 @@ CASES = [
      "a recurrent layer computes in float32 or float64, got float16", "cast("),
     ("arithmetic_on_bool", model("y = x + x\noutput y", "    input x: bool[4]\n"), 3, 9, "Add of bool values", "cast("),
     ("embedding_of_bool", model("Embedding(10, 3)", "    input x: bool[4]\n"), 3, 5, "Embedding expects integer ids", None),
-    ("softmax_axis_not_an_integer", model("y = softmax(x, axis=1.5)\noutput y"), 3, 9, "axis must be an integer", None),
+    ("softmax_axis_not_an_integer", model("y = softmax(x, axis=1.5)\noutput y"), 3, 9, "softmax: axis: expected an integer, got 1.5", None),
     ("uniform_initializer_reversed", model("Dense(3, kernel_initializer=RandomUniform(minval=1, maxval=0))"), 3, 33,
      "minval 1 is above maxval 0", None),
     ("loss_argument_of_the_wrong_kind", model("y = Dense(3, activation=softmax)\noutput y\ntrain {\n"
