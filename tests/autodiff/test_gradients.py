@@ -138,7 +138,10 @@ def test_convolution_of_many_channels_on_large_maps(layer, shape, monkeypatch):
     (the limit lowered here so that the maps stay small)."""
     from kcompile.ops import nn
     monkeypatch.setattr(nn, "GATHER_MAX_POSITIONS", 4)
+    original, unfolded = nn._by_position, []  # (the one-hot form's per-sample product; the gathered one has none)
+    monkeypatch.setattr(nn, "_by_position", lambda *a: unfolded.append(1) or original(*a))
     check(f"y = {layer}(x)\n    output y", shape)
+    assert unfolded
 
 
 def test_grouped_conv2d_float32():
