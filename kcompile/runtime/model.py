@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ShapeMismatch
-from ..ir.types import DTYPES
+from ..ir.types import BATCH, DTYPES
 from . import devices
 from .devices import providers_for
 from .summary import format_summary
@@ -43,6 +43,9 @@ class Model(TrainingMixin):
         # 1024: about 60k samples/s in one run, 66k in runs of 48 rows)
         activations = manifest.get("activation_bytes_per_sample")
         self._predict_rows = max(16, PREDICT_CACHE_BYTES // activations) if activations else 2 ** 62
+        # an output that does not lead with the batch axis (`output mean(h)`) is computed over
+        # all the rows at once: predict cannot run it in batches and join the results
+        self._batched_outputs = all(o["shape"][:1] == [BATCH] for o in manifest["outputs"])
         self._predicted_generation = -1
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
@@ -163,8 +166,8 @@ class Model(TrainingMixin):
 
     def predict(self, x, batch_size: int | None = 32, verbose: int = 0):
         """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time
-        (None: all at once). Returns an array for a one-output model, else a list in the model's
-        output order."""
+        (None: all at once; always all at once where an output has no batch axis). Returns an array
+        for a one-output model, else a list in the model's output order."""
         if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
             raise ValueError(f"predict: batch_size must be a positive integer or None, got {batch_size!r}")
         feeds = self._prepare(x, "predict")
@@ -178,7 +181,7 @@ class Model(TrainingMixin):
         n = next(iter(feeds.values())).shape[0]
         step = n if not batch_size or batch_size >= n else int(batch_size)
         step = min(step, self._predict_rows)
-        if n == 0:
+        if n == 0 or not self._batched_outputs:
             outs = session.run(None, {**feeds, **(fixed or {})})
         else:
             if self._predictor is None or self._predictor.session is not session:

@@ -14,11 +14,11 @@ import contextlib
 from dataclasses import dataclass, field
 
 from ..autodiff import GradContext, gradients
-from ..errors import KcompileError, ShapeError
+from ..errors import KcompileError, ShapeError, format_shape
 from ..frontend import ast
 from ..frontend.train import LOSS_ALIASES
 from ..ir import Graph, TensorType
-from ..ir.types import dim_names
+from ..ir.types import BATCH, dim_names
 from ..ops import OPS
 from ..passes import optimize
 from ..passes.cse import common_subexpression_elimination
@@ -190,7 +190,15 @@ class _Objective:
             target, prediction = self.value(pair[0]), self.value(pair[1])
             out_name = next((o for o, v in self.outputs.items() if v == prediction), pair[1].id)
             self.loss_of_output[out_name] = loss
+        self.check_batched(prediction)
         return LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
+
+    def check_batched(self, prediction):
+        shape = self.g.types[prediction].shape
+        if shape[:1] != (BATCH,):
+            raise ValueError(f"the prediction has no batch axis (shape {format_shape(shape)}): losses and metrics "
+                             f"compare each sample's prediction with its target; reduce over other axes "
+                             f"(mean(x, axis=-1))")
 
     def regularization(self, kind):
         """l2(weights): sum of squares of the trainable kernels (weights of rank >= 2);
@@ -216,6 +224,7 @@ class _Objective:
         else:
             target, prediction = self.value(e.args[0]), self.value(e.args[1])
             output = next((o for o, v in self.outputs.items() if v == prediction), e.args[1].id)
+        self.check_batched(prediction)
         if fn == "accuracy":
             acc_kind = name.split("_")[0] if name != "accuracy" else \
                 _accuracy_kind(self.g.types[target].shape, self.g.types[prediction].shape)

@@ -103,6 +103,35 @@ def test_predict_batches_and_dynamic_batch():
     np.testing.assert_allclose(m.predict(x.astype(np.float64)), full, rtol=1e-6)  # cast like Keras
 
 
+def test_an_output_without_the_batch_axis_is_computed_over_all_rows():
+    m = kcompile.compile_string("""
+model reduced {
+    input x: float32[4]
+    h = Dense(3)(x)
+    output mean(h), h
+}
+""")
+    x = np.random.default_rng(3).random((70, 4), dtype=np.float32)
+    kernel, bias = m.get_weights()
+    for batch_size in (7, 32, None):
+        pooled, h = m.predict(x, batch_size=batch_size)
+        assert pooled.shape == () and h.shape == (70, 3)
+        np.testing.assert_allclose(pooled, (x @ kernel + bias).mean(), rtol=1e-5)
+    with pytest.raises(kcompile.KcompileError, match=r"<string>:9:9: error: the loss: the prediction has no batch axis"):
+        kcompile.compile_string("""
+model reduced {
+    input x: float32[4]
+    h = Dense(3)(x)
+    pooled = mean(h)
+    output pooled, h
+    train {
+        optimizer = SGD()
+        loss = mse(pooled)
+    }
+}
+""").fit(x, [np.zeros(()), np.zeros((70, 3))], verbose=0)
+
+
 def test_several_inputs_and_outputs_by_name():
     m = kcompile.compile_string(TWO)
     rng = np.random.default_rng(0)
