@@ -169,6 +169,9 @@ class Elaborator:
                 self.diagnostics.append(Diagnostic(f"{d.name} is a built-in name; choose another", d.loc))
             else:
                 table[d.name] = d
+            for i, p in enumerate(getattr(d, "params", [])):
+                if any(q.name == p.name for q in d.params[:i]):
+                    self.diagnostics.append(Diagnostic(f"{d.name} has two parameters named {p.name}", p.loc))
 
     # ---------------- models ----------------
     def model(self, name: str) -> Graph:
@@ -202,8 +205,15 @@ class Elaborator:
     def body(self, statements, frame: Frame, top=False):
         """Elaborate statements; return the output list [(public name, Tensor)] or None."""
         outputs = None
+        first_output = None
         for stmt in statements:
             try:
+                if isinstance(stmt, ast.OutputDecl):
+                    if first_output is not None:
+                        raise _Fail("a second `output` statement", stmt.loc,
+                                    f"list every output in one statement (`output a, b`); the first is at "
+                                    f"line {first_output.loc.line}")
+                    first_output = stmt
                 result = self.statement(stmt, frame, top)
                 if isinstance(stmt, ast.OutputDecl):
                     outputs = result
@@ -646,8 +656,11 @@ class Elaborator:
             raise _Fail(f"{block.name} takes {len(names)} argument{'s' * (len(names) != 1)}, got {len(args)}", e.loc)
         bound = dict(zip(names, args))
         for k, v in kwargs.items():
+            at = next((a.loc for a in e.kwargs if a.name == k), e.loc)
             if k not in names:
-                raise _Fail(f"{block.name} has no parameter {k!r}", e.loc, did_you_mean(k, names))
+                raise _Fail(f"{block.name} has no parameter {k!r}", at, did_you_mean(k, names))
+            if k in bound:
+                raise _Fail(f"{block.name} got argument {k!r} twice", at, "once by position, once by name")
             bound[k] = v
         for p in block.params:
             if p.name not in bound:

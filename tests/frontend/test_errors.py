@@ -128,7 +128,7 @@ CASES = [
     ("block_missing_argument", "block B(n: int) {\n    input x\n    output Dense(n)(x)\n}\n" + model("B()"),
      7, 5, "B needs the argument 'n'", None),
     ("block_unknown_kwarg", "block B(units: int) {\n    input x\n    output Dense(units)(x)\n}\n"
-     + model("B(unit=3)"), 7, 5, "B has no parameter 'unit'", "did you mean units?"),
+     + model("B(unit=3)"), 7, 7, "B has no parameter 'unit'", "did you mean units?"),
     ("model_calls_itself", model("y = m(x)\noutput y"), 3, 9, "model m uses itself", None),
     ("submodel_wrong_input_shape", "model enc {\n    input x: float32[8]\n    Dense(4)\n}\n"
      + model("y = enc(x)\noutput y", "    input x: float32[10]\n"), 7, 9,
@@ -187,6 +187,14 @@ CASES = [
     ("weight_too_large", model("Dense(99999999999999999999)"), 3, 5, "too many for one tensor", None),
     ("two_train_sections", model("y = Dense(1)\noutput y\ntrain {\n    loss = mse\n    optimizer = SGD()\n}\n"
                                  "train {\n    loss = mae\n    optimizer = SGD()\n}"), 9, 5, "a second train section", None),
+    ("two_output_statements", model("a = Dense(3)\noutput a\nb = Dense(2)(a)\noutput b"), 6, 5,
+     "a second `output` statement", "list every output in one statement (`output a, b`); the first is at line 4"),
+    ("two_output_statements_in_a_block", "block B() {\n    input x\n    output x\n    output x\n}\n" + model("B()"),
+     4, 5, "a second `output` statement", None),
+    ("block_parameter_twice", "block B(n: int, n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, 2)"), 1, 17,
+     "B has two parameters named n", None),
+    ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),
+     7, 10, "B got argument 'n' twice", "once by position, once by name"),
 ]
 
 
