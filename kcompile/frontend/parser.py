@@ -59,6 +59,7 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
         tree = _parser().parse(source)
     except lark.exceptions.UnexpectedInput as e:
         raise KcompileError(_syntax_diagnostic(e, source, loc)) from None
+    _check_nesting(tree, loc)
     module = ast.Module(file, source)
     try:
         module.definitions = _ToAst(loc).transform(tree)
@@ -67,6 +68,30 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
             raise e.orig_exc from None
         raise
     return module
+
+
+# The parse tree's deepest path: the compiler walks expressions recursively, and 400 levels
+# (an expression of 395 terms, or 197 nested calls) still compile and train in Python's
+# default recursion limit, where about 500 did not.
+MAX_NESTING = 400
+
+
+def _check_nesting(tree, loc):
+    """A located error where the parse tree is deeper than MAX_NESTING (found without recursion)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            token = next((t for t in node.scan_values(lambda v: isinstance(v, lark.Token))), None) \
+                if isinstance(node, lark.Tree) else node
+            where = None
+            if token is not None:  # the line's start: the deep token itself may sit far to the right
+                text = loc(token.line, 1).source_line
+                where = loc(token.line, len(text) - len(text.lstrip()) + 1, 1)
+            raise KcompileError(Diagnostic(f"the expression nests too deeply (over {MAX_NESTING} levels)", where,
+                                           "split it into several statements")) from None
+        if isinstance(node, lark.Tree):
+            stack += [(child, depth + 1) for child in node.children]
 
 
 _EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE"}

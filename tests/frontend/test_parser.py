@@ -168,3 +168,19 @@ model m {
 }""")
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     np.testing.assert_allclose(m.predict(x), x / 4 + 4 + 3, rtol=1e-6)
+
+
+def test_long_expressions_compile_to_the_nesting_limit_and_are_refused_past_it():
+    """395 terms (400 levels of the parse tree) compile, train and give their sum; 500 are a
+    located error, where they were a RecursionError."""
+    import numpy as np
+
+    import kcompile
+    program = "model m {{\n    input x: float32[2]\n    y = {}\n    output y\n    train {{\n        loss = mse\n" \
+              "        optimizer = SGD()\n    }}\n}}\n"
+    m = kcompile.compile_string(program.format(" + ".join(["x"] * 395)))
+    x = np.array([[1.0, -2.0]], np.float32)
+    np.testing.assert_allclose(m.predict(x), 395 * x)
+    m.fit(x, x, verbose=0)
+    with pytest.raises(KcompileError, match=r"<string>:3:5: error: the expression nests too deeply"):
+        parse(program.format(" + ".join(["x"] * 500)))
