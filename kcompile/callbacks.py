@@ -391,7 +391,8 @@ class ModelCheckpoint(Callback):
     ``batch`` (1-based, for batch-level saving) and the logs, e.g.
     ``"ckpt/model-{epoch:02d}-{val_loss:.2f}"``. With ``save_best_only``, a save only
     happens when ``monitor`` improves on the best value so far (strictly; starting
-    from ``initial_value_threshold`` if given). ``mode`` as ``EarlyStopping``.
+    from ``initial_value_threshold`` if given). ``mode`` as ``EarlyStopping``. Where the
+    logs lack ``monitor`` (no validation data for ``val_loss``), it warns and saves, as Keras 3.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
@@ -477,9 +478,9 @@ class ModelCheckpoint(Callback):
             self._write(filepath)
             return
         current = logs.get(self.monitor)
-        if current is None:
-            warnings.warn(f"Can save best model only with {self.monitor} available, "
-                          "skipping.", stacklevel=2)
+        if current is None:  # Keras 3 warns and saves (Keras 2 skipped the save)
+            warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=2)
+            self._write(filepath)
             return
         value = _scalar(current)
         if value is None:
