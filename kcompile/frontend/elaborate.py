@@ -249,6 +249,11 @@ class Elaborator:
             for i, e in enumerate(stmt.exprs):
                 t = self.tensor(self.expr(e, frame), e.loc, frame)
                 public = e.id if isinstance(e, ast.Name) else ("output" if len(stmt.exprs) == 1 else f"output_{i}")
+                if top and public in (p for p, _ in outs):
+                    raise _Fail(f"{public} is listed twice", e.loc)
+                if top and public in self.graph.inputs:  # (the ONNX output would be the input itself)
+                    raise _Fail(f"{public} is the model's input, unchanged", e.loc,
+                                f"to output it, name a copy: `{public}_out = linear({public})`")
                 outs.append((public, t))
             return outs
         if isinstance(stmt, ast.WeightDecl):

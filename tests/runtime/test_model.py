@@ -309,3 +309,19 @@ def test_share_weights_refuses_weights_of_another_dtype():
         single.share_weights(double)
     assert single.get_weights()[0].dtype == np.float32
     single.predict(np.zeros((1, 4), np.float32))
+
+
+def test_an_input_passed_through_as_an_output_is_predicted_as_given():
+    """(predict binds preallocated outputs, which onnxruntime leaves unwritten where an output is
+    an input itself: the language makes such an output a named copy, an Identity)"""
+    m = kcompile.compile_string("""
+model through {
+    input x: float32[4]
+    h = Dense(3)(x)
+    same = linear(x)
+    output same, h
+}
+""")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for batch_size in (1, 2, None):
+        np.testing.assert_array_equal(m.predict(x, batch_size=batch_size)[0], x)
