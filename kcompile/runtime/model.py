@@ -181,7 +181,12 @@ class Model(TrainingMixin):
         n = next(iter(feeds.values())).shape[0]
         step = n if not batch_size or batch_size >= n else int(batch_size)
         step = min(step, self._predict_rows)
-        if n == 0 or not self._batched_outputs:
+        if n == 0 and self._batched_outputs:
+            # the shapes of one row of zeros, cut to none: onnxruntime's recurrent kernels abort
+            # the process on zero rows
+            one = {k: np.zeros((1,) + a.shape[1:], a.dtype) for k, a in feeds.items()}
+            outs = [o[:0] for o in session.run(None, {**one, **(fixed or {})})]
+        elif not self._batched_outputs:
             outs = session.run(None, {**feeds, **(fixed or {})})
         else:
             if self._predictor is None or self._predictor.session is not session:

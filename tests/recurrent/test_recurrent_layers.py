@@ -440,3 +440,26 @@ def test_recurrent_dropout_with_masked_steps_gradients():
     ids = np.array([[1, 2, 0, 0, 0], [0, 3, 4, 0, 5], [6, 7, 1, 2, 3]])
     checked, _ = check_gradients(src, {"tokens": ids}, training=True)
     assert checked > 0
+
+
+def test_predict_of_no_rows_gives_empty_outputs_without_running_the_recurrence():
+    """onnxruntime's recurrent kernels abort the process on zero rows (LSTM: terminate; a
+    Bidirectional GRU: a floating-point exception), so this runs in a child process."""
+    import subprocess
+    code = """
+import numpy as np, kcompile
+m = kcompile.compile_string('''
+model seq {
+    input ids: int64[T]
+    Embedding(20, 4, mask_zero=true)
+    a = LSTM(3, return_sequences=true)
+    b = Bidirectional(GRU(2))(a)
+    output a, b
+}
+''')
+a, b = m.predict(np.zeros((0, 5), np.int64))
+print(a.shape, b.shape, a.dtype)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(0, 5, 3) (0, 4) float32"
