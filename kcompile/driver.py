@@ -20,6 +20,7 @@ from .frontend.train import check_train
 from .initializers import make, seeded_rng
 from .ir import Graph
 from .passes import optimize
+from .training.graphs import mixes_samples
 
 
 @dataclass
@@ -277,6 +278,7 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
                     "params": r.params} for r in compiled.layers],
         "passes": compiled.passes,
         "activation_bytes_per_sample": activation_bytes_per_sample(g),
+        "rows_independent": not mixes_samples(g, []),
         "opt_level": compiled.opt_level,
         "seed": seed,
         "train": compiled.train,

@@ -46,6 +46,9 @@ class Model(TrainingMixin):
         # an output that does not lead with the batch axis (`output mean(h)`) is computed over
         # all the rows at once: predict cannot run it in batches and join the results
         self._batched_outputs = all(o["shape"][:1] == [BATCH] for o in manifest["outputs"])
+        # where one row's outputs depend on other rows (`h - mean(h, axis=0)`), predict runs
+        # exactly batch_size rows at a time, not in the runs it would choose for speed
+        self._rows_independent = manifest.get("rows_independent", True)
         self._predicted_generation = -1
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
@@ -166,8 +169,10 @@ class Model(TrainingMixin):
 
     def predict(self, x, batch_size: int | None = 32, verbose: int = 0):
         """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time
-        (None: all at once; always all at once where an output has no batch axis). Returns an array
-        for a one-output model, else a list in the model's output order."""
+        (None: all at once; always all at once where an output has no batch axis). Where each
+        row's outputs depend on that row alone, it may run fewer rows at a time, for speed, with
+        the same results. Returns an array for a one-output model, else a list in the model's
+        output order."""
         if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
             raise ValueError(f"predict: batch_size must be a positive integer or None, got {batch_size!r}")
         feeds = self._prepare(x, "predict")
@@ -180,7 +185,8 @@ class Model(TrainingMixin):
             fixed = {n: self._weights[n] for n in self._weight_inputs(session)}
         n = next(iter(feeds.values())).shape[0]
         step = n if not batch_size or batch_size >= n else int(batch_size)
-        step = min(step, self._predict_rows)
+        if self._rows_independent:
+            step = min(step, self._predict_rows)
         if n == 0 and self._batched_outputs:
             # the shapes of one row of zeros, cut to none: onnxruntime's recurrent kernels abort
             # the process on zero rows
@@ -191,7 +197,7 @@ class Model(TrainingMixin):
         else:
             if self._predictor is None or self._predictor.session is not session:
                 self._predictor = self._new_predictor(session)
-            if n >= 2 * step and self._predict_parts(n, step) > 1:
+            if self._rows_independent and n >= 2 * step and self._predict_parts(n, step) > 1:
                 # (runs of half the rows: each core's part keeps its activations in its own share
                 # of the cache; at 1,024 rows 39k samples/s in runs of 28 against 37k in runs of 56)
                 step = min(step, max(16, self._predict_rows // 2))

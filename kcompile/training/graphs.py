@@ -355,7 +355,7 @@ def _names_in(node) -> set:
 _AXIS_OPS = ("Softmax", "LogSoftmax", "CumSum", "Hardmax")
 
 
-def _mixes_samples(g: Graph, stat_updates) -> str:
+def mixes_samples(g: Graph, stat_updates) -> str:
     """Why the model ``g`` is not computed sample by sample in training ("" if it is): a
     step split into parts of the batch must give the same per-sample values. Every value that
     depends on a model input keeps the batch dimension (the inputs' first dimension) first."""
@@ -460,7 +460,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
             if dim_names(d) - known or "?" in str(d):
                 raise NotImplementedError(f"noise of a size ({d}) that the inputs' shapes do not give")
     # (judged on the model as written: the layout passes above move the batch axis on purpose)
-    per_sample = _mixes_samples(graph, stat_updates) or _loss_mixes_samples(train)
+    per_sample = mixes_samples(graph, stat_updates) or _loss_mixes_samples(train)
     objective, loss, metrics = _objective(g, train, config, env)
     trainable = [n for n, p in g.params.items() if p.trainable]
     before = len(g.nx)

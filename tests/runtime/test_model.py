@@ -325,3 +325,26 @@ model through {
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     for batch_size in (1, 2, None):
         np.testing.assert_array_equal(m.predict(x, batch_size=batch_size)[0], x)
+
+
+def test_a_model_that_mixes_rows_is_predicted_in_exactly_the_batches_asked_for():
+    """predict may run fewer rows at once than asked, for speed (``_predict_rows``, forced low
+    here), where each row's outputs depend on that row alone; `h - mean(h)` mixes the rows, so
+    its batches are exactly ``batch_size`` rows (None: all of them)."""
+    source = """
+model centred {
+    input x: float32[4]
+    h = Dense(3)(x)
+    output h - mean(h)
+}
+"""
+    m = kcompile.compile_string(source)
+    assert not m.manifest["rows_independent"]
+    assert kcompile.compile_string(MLP).manifest["rows_independent"]
+    m._predict_rows = 16
+    x = np.random.default_rng(4).random((300, 4), dtype=np.float32)
+    kernel, bias = m.get_weights()
+    h = x @ kernel + bias
+    np.testing.assert_allclose(m.predict(x, batch_size=None), h - h.mean(), rtol=1e-4, atol=1e-6)
+    by_100 = np.concatenate([c - c.mean() for c in np.split(h, 3)])
+    np.testing.assert_allclose(m.predict(x, batch_size=100), by_100, rtol=1e-4, atol=1e-6)
