@@ -136,8 +136,9 @@ class Batches:
     def of(cls, model, x, y, batch_size, shuffle, seed, where, steps=None):
         if batch_size is None:
             batch_size = 32
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = int(batch_size)
         if y is None and x is not None and not isinstance(x, (np.ndarray, dict, list, tuple)):
             return cls(model, None, None, None, batch_size, shuffle, seed, where, iterable=x, steps=steps)
         if y is None:

@@ -521,6 +521,12 @@ def test_no_samples_and_bad_batch_sizes_are_clear_errors():
         with pytest.raises(ValueError, match=f"predict: batch_size must be a positive integer or None, got {size}"):
             m.predict(x[:4], batch_size=size)
     assert m.predict(x[:0]).shape == (0, 3)
+    for call in (lambda size: m.fit(x, y, batch_size=size, verbose=0), lambda size: m.evaluate(x, y, batch_size=size)):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer, got True"):
+            call(True)
+    m.fit(x, y, batch_size=np.int64(32), verbose=0)  # numpy's integers are integers, as in Keras
+    assert m.iterations == -(-len(x) // 32)
+    assert np.isfinite(m.evaluate(x, y, batch_size=np.int32(16))[0])
 
 
 def test_wrong_shapes_fail_before_the_first_step():
