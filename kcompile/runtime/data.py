@@ -67,6 +67,12 @@ def _check(spec, a, where, what):
         if np.dtype(want).kind in "iu" and a.dtype.kind == "f" and not np.all(np.mod(a, 1) == 0):
             raise ShapeMismatch(f"{where}: {what} {spec.name!r} expects integer ids ({spec.dtype}), got "
                                 f"non-integer {a.dtype} values")
+        if np.dtype(want).kind in "iu" and a.size and a.dtype.kind in "iuf":  # (a cast would wrap them)
+            info = np.iinfo(want)
+            low, high = a.min(), a.max()
+            if low < info.min or high > info.max:
+                raise ShapeMismatch(f"{where}: {what} {spec.name!r} is {spec.dtype}, whose values run from "
+                                    f"{info.min} to {info.max}; got values from {low} to {high}")
         a = a.astype(want)
     return np.ascontiguousarray(a)
 

@@ -94,6 +94,25 @@ def test_predict_checks_shapes_and_names_them():
         m.predict(np.array([["a"]]))
 
 
+def test_integers_out_of_the_input_dtypes_range_are_refused_not_wrapped():
+    m = kcompile.compile_string("""
+model ints {
+    input ids: int32[3]
+    input pixels: uint8[2]
+    e = Flatten()(Embedding(20, 2)(ids))
+    output concat(e, cast(pixels, float32), axis=-1)
+}
+""")
+    ids, pixels = np.array([[1, 2, 3]]), np.array([[255.0, 0.0]])
+    assert m.predict({"ids": ids, "pixels": pixels})[0, -2:].tolist() == [255, 0]
+    with pytest.raises(ShapeMismatch, match=r"input 'ids' is int32, whose values run from -2147483648 to 2147483647; "
+                                            r"got values from 1 to 1099511627776"):
+        m.predict({"ids": np.array([[1, 2, 2 ** 40]]), "pixels": pixels})  # (it was id 0)
+    with pytest.raises(ShapeMismatch, match=r"input 'pixels' is uint8, whose values run from 0 to 255; got values "
+                                            r"from -1.0 to 300.0"):
+        m.predict({"ids": ids, "pixels": np.array([[300.0, -1.0]])})  # (it was 44)
+
+
 def test_predict_batches_and_dynamic_batch():
     m = kcompile.compile_string(MLP)
     x = np.random.default_rng(2).random((70, 28, 28, 1), dtype=np.float32)
