@@ -215,12 +215,14 @@ class Reduce(Op):
                 count = ctx.op("Cast", ctx.op("Div", ctx.op("Size", x), ctx.op("Size", node.outputs[0])),
                                to=ctx.type(x).dtype)
             return [ctx.op("ExpandLike", ctx.op("Div", dy, count), x)]
-        spread = ctx.op("ExpandLike", dy, x)
         if self.name == "ReduceSum":
-            return [spread]
-        # Max/Min: the gradient flows to the elements equal to the result.
+            return [ctx.op("ExpandLike", dy, x)]
+        # Max/Min: the gradient flows to the elements equal to the result, shared equally where
+        # several are (ties, as TensorFlow and JAX: a tie is common, say repeated ids into a
+        # global max pooling)
         hit = ctx.op("Cast", ctx.op("Equal", x, ctx.op("ExpandLike", y, x)), to=ctx.type(x).dtype)
-        return [ctx.op("Mul", spread, hit)]
+        ties = ctx.op("ReduceSum", hit, axes=axes, keepdims=1)
+        return [ctx.op("Mul", ctx.op("ExpandLike", ctx.op("Div", dy, ties), x), hit)]
 
 
 # onnxruntime's ReduceSum over the leading (batch) axis is slow: 45 us for a [128, 512] bias
