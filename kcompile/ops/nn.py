@@ -626,7 +626,9 @@ class BatchNormalization(Op):
         s = ctx.op("Mul", gamma, inv_std)
         dx = ctx.op("Mul", dy, ctx.op("Reshape", s, shape=shape))
         xhat = ctx.op("Mul", ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape)), ctx.op("Reshape", inv_std, shape=shape))
-        return [dx, ctx.sum_to(ctx.op("Mul", dy, xhat), gamma), ctx.sum_to(dy, beta)] + [None] * (len(node.inputs) - 3)
+        others = tuple(i for i in range(rank) if i != axis)  # (per channel: not sum_to, which aligns from the right)
+        dgamma = ctx.op("ReduceSum", ctx.op("Mul", dy, xhat), axes=others, keepdims=0)
+        return [dx, dgamma, ctx.op("ReduceSum", dy, axes=others, keepdims=0)] + [None] * (len(node.inputs) - 3)
 
 
 def _masked_batch_norm(ctx, x, scale, bias, mask, axis, epsilon):

@@ -175,10 +175,12 @@ def test_pooling(layer, shape):
 
 
 # ---------------- normalization, reshaping ----------------
-@pytest.mark.parametrize("shape", [(2, 3, 3, 2), (3, 4)])
-def test_batch_normalization_inference_form(shape):
-    # The compiled inference graph: the moving statistics are non-trainable; gamma, beta and x are checked.
-    check("y = BatchNormalization()(x)\n    output y", shape)
+@pytest.mark.parametrize("shape,axis", [((2, 3, 3, 2), -1), ((3, 4), -1), ((3, 3), 1), ((2, 3, 3, 2), 2),
+                                        ((2, 3, 3, 2), -3)])
+def test_batch_normalization_inference_form(shape, axis):
+    # The compiled inference graph: the moving statistics are non-trainable; gamma, beta and x are
+    # checked, with the channels on any axis (square shapes: a sum over the wrong axes fits them too)
+    check(f"y = BatchNormalization(axis={axis})(x)\n    output y", shape)
 
 
 @pytest.mark.parametrize("body,shape", [
