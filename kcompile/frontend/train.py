@@ -145,8 +145,25 @@ class _Checker:
         if "metrics" in seen:
             result["metrics"] = self.metrics(seen["metrics"].expr)
         if "loss_weights" in seen:
-            result["loss_weights"] = _literal(seen["loss_weights"].expr)
+            weights = self.loss_weights(seen["loss_weights"].expr)
+            if weights is not None:
+                result["loss_weights"] = weights
         return result
+
+    def loss_weights(self, e):
+        """``[w1, w2, ...]``: one number per model output, in output order, that scales the loss
+        terms on that output (Keras's ``compile(loss_weights=...)``)."""
+        names = list(self.outputs)
+        values = _literal(e) if isinstance(e, (ast.List, ast.Tuple)) else None
+        if values is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            self.error("loss_weights must be a list of numbers, one per output", e.loc,
+                       f"e.g. loss_weights = [{', '.join('1.0' for _ in names)}] for {', '.join(names)}")
+            return None
+        if len(values) != len(names):
+            self.error(f"loss_weights has {len(values)} number{'s' * (len(values) != 1)} for {len(names)} "
+                       f"output{'s' * (len(names) != 1)} ({', '.join(names)})", e.loc)
+            return None
+        return [float(v) for v in values]
 
     def target(self, s: ast.TargetDecl):
         t = s.type

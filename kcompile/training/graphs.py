@@ -119,6 +119,8 @@ class _Objective:
             self._target(name, TensorType(spec["dtype"], tuple(spec["shape"])))
         self.declared = [d.name for d in declared]
         self.loss_of_output: dict[str, str] = {}
+        # loss_weights: each output's factor on the loss terms computed on it
+        self.loss_weights = dict(zip(self.outputs, config.get("loss_weights") or []))
 
     def _target(self, name, t):
         if name not in self.g.types:
@@ -185,13 +187,14 @@ class _Objective:
         if pair is None:
             prediction = self.outputs[output]
             target = self.implicit_target(output, loss)
-            self.loss_of_output[output] = loss
         else:
             target, prediction = self.value(pair[0]), self.value(pair[1])
-            out_name = next((o for o, v in self.outputs.items() if v == prediction), pair[1].id)
-            self.loss_of_output[out_name] = loss
+            output = next((o for o, v in self.outputs.items() if v == prediction), pair[1].id)
+        self.loss_of_output[output] = loss
         self.check_batched(prediction)
-        return LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
+        values = LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
+        weight = self.loss_weights.get(output, 1.0)
+        return values if weight == 1.0 else self.ctx.op("Mul", values, self.ctx.const(weight, self.ctx.type(values).dtype))
 
     def check_batched(self, prediction):
         shape = self.g.types[prediction].shape

@@ -191,6 +191,12 @@ CASES = [
      "a second `output` statement", "list every output in one statement (`output a, b`); the first is at line 4"),
     ("two_output_statements_in_a_block", "block B() {\n    input x\n    output x\n    output x\n}\n" + model("B()"),
      4, 5, "a second `output` statement", None),
+    ("loss_weights_not_numbers", model("y = Dense(1)\noutput y\ntrain {\n    loss = mse\n    optimizer = SGD()\n"
+                                       "    loss_weights = garbage\n}"), 8, 24,
+     "loss_weights must be a list of numbers, one per output", "loss_weights = [1.0] for y"),
+    ("loss_weights_too_many", model("y = Dense(1)\noutput y\ntrain {\n    loss = mse\n    optimizer = SGD()\n"
+                                    "    loss_weights = [1, 2]\n}"), 8, 24, "loss_weights has 2 numbers for 1 output (y)",
+     None),
     ("output_listed_twice", model("h = Dense(3)\noutput h, h"), 4, 15, "h is listed twice", None),
     ("output_is_an_input", model("h = Dense(3)\noutput x, h"), 4, 12, "x is the model's input, unchanged",
      "`x_out = linear(x)`"),

@@ -246,6 +246,25 @@ def test_several_outputs_weighted_sum(loss, combine):
     assert np.all(np.isfinite(history.history["loss"]))
 
 
+def test_loss_weights_scale_each_outputs_terms_as_keras():
+    """Keras's compile(loss_weights=[0.3, 2.0]): the loss is 0.3 * cce(a) + 2 * mse(b); it was
+    read and ignored. Trained, it steps as the loss written with the factors does."""
+    weighted = TWO_OUTPUTS.replace("LOSS", "categorical_crossentropy(a) + mse(b)\n        loss_weights = [0.3, 2.0]")
+    written = TWO_OUTPUTS.replace("LOSS", "0.3 * categorical_crossentropy(a) + 2.0 * mse(b)")
+    m, reference = kcompile.compile_string(weighted), kcompile.compile_string(written)
+    _random_weights(m, 7)
+    reference.set_weights(m.get_weights())
+    x, ya = _x(), _one_hot(N, 3, 8)
+    yb = np.random.default_rng(9).normal(size=(N, 2)).astype(np.float32)
+    pa, pb = m.predict(x, batch_size=N)
+    expected = 0.3 * keras_categorical_crossentropy(ya, pa).mean() + 2.0 * keras_mse(yb, pb).mean()
+    assert m.evaluate(x, [ya, yb], verbose=0, batch_size=N) == pytest.approx(expected, rel=1e-5)
+    for model in (m, reference):
+        model.fit(x, [ya, yb], batch_size=8, epochs=2, verbose=0, shuffle=False)
+    for a, b in zip(m.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # ---------------- (b) gradients w.r.t. the prediction, float64 ----------------
 def _graph(pred_shape, target_shape, target_dtype="float64", softmax=False, sigmoid=False):
     g = Graph("loss")
