@@ -232,6 +232,21 @@ class Elaborator:
                     raise _Poisoned() from None  # report once, at the innermost statement
         return outputs
 
+    def check_output_name(self, public, named, t, earlier, stmt, loc):
+        """A model output's name ``public`` (``named``: written as a name, else made up) must
+        differ from the ``earlier`` outputs', the other named outputs' and the inputs'."""
+        if named and public in earlier:
+            raise _Fail(f"{public} is listed twice", loc)
+        if not named and public in (e.id for e in stmt.exprs if isinstance(e, ast.Name)):
+            raise _Fail(f"this output would be named {public}, the name of another output", loc,
+                        "name it: `y = ...`, then `output ..., y`")
+        if public in self.graph.inputs:
+            if t.name == public:
+                raise _Fail(f"{public} is the model's input, unchanged", loc,
+                            f"to output it, name a copy: `{public}_out = linear({public})`")
+            raise _Fail(f"the output {public} has the name of the model's input {public}", loc,
+                        "give the value another name")
+
     def _poison(self, stmt, frame):
         names = getattr(stmt, "names", None) or [getattr(stmt, "name", None)]
         for name in names:
@@ -248,12 +263,10 @@ class Elaborator:
             outs = []
             for i, e in enumerate(stmt.exprs):
                 t = self.tensor(self.expr(e, frame), e.loc, frame)
-                public = e.id if isinstance(e, ast.Name) else ("output" if len(stmt.exprs) == 1 else f"output_{i}")
-                if top and public in (p for p, _ in outs):
-                    raise _Fail(f"{public} is listed twice", e.loc)
-                if top and public in self.graph.inputs:  # (the ONNX output would be the input itself)
-                    raise _Fail(f"{public} is the model's input, unchanged", e.loc,
-                                f"to output it, name a copy: `{public}_out = linear({public})`")
+                named = isinstance(e, ast.Name)
+                public = e.id if named else ("output" if len(stmt.exprs) == 1 else f"output_{i}")
+                if top:  # (ONNX names each output once, and apart from the inputs)
+                    self.check_output_name(public, named, t, [p for p, _ in outs], stmt, e.loc)
                 outs.append((public, t))
             return outs
         if isinstance(stmt, ast.WeightDecl):
