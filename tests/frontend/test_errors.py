@@ -200,7 +200,7 @@ CASES = [
     ("output_listed_twice", model("h = Dense(3)\noutput h, h"), 4, 15, "h is listed twice", None),
     ("output_is_an_input", model("h = Dense(3)\noutput x, h"), 4, 12, "x is the model's input, unchanged",
      "`x_out = linear(x)`"),
-    ("output_made_up_name_taken", model("output_1 = Dense(3)\noutput output_1, relu(x)"), 4, 19,
+    ("output_made_up_name_taken", model("output_1 = Dense(3)\noutput output_1, relu(x)"), 4, 22,
      "this output would be named output_1, the name of another output", "name it"),
     ("output_named_as_a_rebound_input", model("x = Dense(4)(x)\noutput x"), 4, 12,
      "the output x has the name of the model's input x", None),
