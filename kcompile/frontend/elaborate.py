@@ -631,6 +631,7 @@ class Elaborator:
         b = self.builder
         top = frame.prefix == ""
         saved = (b.loc, b.layer, b.record, b.trainable)
+        first_call = not layer.built
         try:
             if not layer.built:
                 if not layer.name:
@@ -664,9 +665,20 @@ class Elaborator:
                 layer.record.output_types = [t.type for t in (out if isinstance(out, (list, tuple)) else [out])]
             return tuple(out) if isinstance(out, list) else out
         except (ShapeError, ArgError) as err:
+            self._unbuild(layer, first_call)
             raise _Fail(str(err), loc, err.hint) from None
+        except (_Fail, _Poisoned):
+            self._unbuild(layer, first_call)
+            raise
         finally:
             b.loc, b.layer, b.record, b.trainable = saved
+
+    @staticmethod
+    def _unbuild(layer, first_call):
+        """A shared block or called model whose first call failed is built by its next call (a
+        call with the wrong inputs is reported, not taken as the shape of every later call)."""
+        if first_call and isinstance(layer, (BlockLayer, ModelLayer)):
+            layer.built, layer.input_types = False, None
 
     def instantiate_block(self, block: ast.Block, args, kwargs, e: ast.Call) -> BlockLayer:
         names = [p.name for p in block.params]

@@ -303,6 +303,35 @@ def test_several_independent_errors_are_all_reported():
         assert f"t.kdl:{line}:" in str(info.value)
 
 
+def test_a_shared_block_or_model_is_built_by_its_first_good_call():
+    """A first call with the wrong inputs is reported; the good calls after it are not (they
+    were: "layer inner was built for float32[N, 8] and is now called on ...")."""
+    source = src("""
+        model inner {
+            input a: float32[8]
+            input b: float32[4]
+            output concat(a, b, axis=-1)
+        }
+        block R(n: int) {
+            input x
+            Dense(n)
+        }
+        model outer {
+            input x: float32[8]
+            input y: float32[4]
+            q = inner(x)
+            t = inner(x, Dense(4)(y))
+            layer r = R(8)
+            u = r(x, y)
+            v = r(x)
+            output t, v
+        }
+        """)
+    ds = diagnostics(source)
+    assert [(d.loc.line, d.message) for d in ds] == [(13, "model inner takes 2 inputs, got 1"),
+                                                      (16, "R takes 1 input, got 2")]
+
+
 def test_errors_in_several_models_are_all_reported():
     source = model("Dense(2.5)", name="a") + model("Conv2d(3, 3)", IMG, name="b")
     ds = diagnostics(source)
