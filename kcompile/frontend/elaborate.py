@@ -296,9 +296,17 @@ class Elaborator:
             elif names:
                 self.check_rebind(stmt.name, stmt.loc, frame)
                 frame.env[stmt.name] = value
-            if isinstance(value, Tensor) or (isinstance(value, tuple) and value and
-                                             all(isinstance(v, Tensor) for v in value)):
+            tensors = isinstance(value, Tensor) or (isinstance(value, tuple) and value and
+                                                    all(isinstance(v, Tensor) for v in value))
+            if tensors:
                 frame.prev = value  # (what a following layer call reads: tensors, not other values)
+            elif not names:  # (`relu` alone: nothing is applied, and it was silently dropped)
+                hint = None
+                if isinstance(value, Ref) and value.kind == "function":
+                    hint = f"call it on a value, {value.name}(x), or apply it as a layer: Activation({value.name})"
+                elif isinstance(value, Ref):
+                    hint = f"call it: {value.name}(...)"
+                raise _Fail(f"this statement computes nothing: it is {self.describe(value)}", stmt.loc, hint)
             return None
         if isinstance(stmt, ast.Train):
             if not top:

@@ -204,6 +204,9 @@ CASES = [
      "this output would be named output_1, the name of another output", "name it"),
     ("output_named_as_a_rebound_input", model("x = Dense(4)(x)\noutput x"), 4, 12,
      "the output x has the name of the model's input x", None),
+    ("bare_function_statement", model("Dense(4)\nrelu\nDense(2)"), 4, 5, "this statement computes nothing: it is the "
+     "function relu", "Activation(relu)"),
+    ("bare_number_statement", model("Dense(4)\n3"), 4, 5, "this statement computes nothing: it is 3", None),
     ("block_parameter_twice", "block B(n: int, n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, 2)"), 1, 17,
      "B has two parameters named n", None),
     ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),
