@@ -127,6 +127,14 @@ class Builder:
         return result[0] if len(result) == 1 else result
 
     def const(self, value, dtype="float32") -> Tensor:
+        if np.dtype(dtype).kind in "iu" and isinstance(value, (int, float)):
+            info = np.iinfo(dtype)
+            if value != int(value):
+                raise ShapeError(f"{value} is not an integer, as {dtype} values are",
+                                 "cast the other operand to a float type")
+            if not info.min <= value <= info.max:
+                raise ShapeError(f"{value} does not fit {dtype} (from {info.min} to {info.max})",
+                                 "cast the other operand to a wider type")
         name = self.graph.add_const(np.asarray(value, dtype=dtype))
         return Tensor(name, self.graph.types[name])
 
@@ -472,7 +480,7 @@ class Elaborator:
     def scalar(self, v, other: Tensor, loc, frame) -> Tensor:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise _Fail(f"expected a tensor or a number, got {self.describe(v)}", loc, self.unknown_hint(v, frame))
-        return self.builder.const(v, other.dtype)
+        return self.located(loc, lambda: self.builder.const(v, other.dtype))
 
     def call(self, e: ast.Call, frame: Frame):
         callee = self.expr(e.func, frame)

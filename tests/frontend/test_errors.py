@@ -207,6 +207,8 @@ CASES = [
     ("bare_function_statement", model("Dense(4)\nrelu\nDense(2)"), 4, 5, "this statement computes nothing: it is the "
      "function relu", "Activation(relu)"),
     ("bare_number_statement", model("Dense(4)\n3"), 4, 5, "this statement computes nothing: it is 3", None),
+    ("constant_past_an_integer_range", model("y = cast(x, int8) + 300\noutput y"), 3, 25, "300 does not fit int8", "wider"),
+    ("fraction_added_to_integers", model("y = cast(x, int32) * 0.5\noutput y"), 3, 26, "0.5 is not an integer", "float"),
     ("block_parameter_twice", "block B(n: int, n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, 2)"), 1, 17,
      "B has two parameters named n", None),
     ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),
