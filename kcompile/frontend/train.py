@@ -166,6 +166,9 @@ class _Checker:
         return [float(v) for v in values]
 
     def target(self, s: ast.TargetDecl):
+        if s.name in self.targets:
+            self.error(f"target {s.name} is declared twice", s.loc)
+            return
         t = s.type
         if t.dtype not in DTYPES:
             self.error(f"unknown dtype {t.dtype}", t.loc, did_you_mean(t.dtype, DTYPES))

@@ -171,6 +171,9 @@ class Conv2DTranspose(_Conv):
                  bias_initializer: InitializerArg() = ("zeros", ())):
         super().__init__(filters, kernel_size, strides, padding, dilation_rate, 1, activation, use_bias,
                          kernel_initializer, bias_initializer)
+        if output_padding is not None and any(p >= s for p, s in zip(output_padding, self.strides)):
+            raise ArgError(f"{self.kind()}: output_padding {output_padding} must be below strides "
+                           f"{self.strides} (as in Keras)")
         self.output_padding = output_padding
 
     def build(self, ctx, x):

@@ -209,6 +209,10 @@ CASES = [
     ("bare_number_statement", model("Dense(4)\n3"), 4, 5, "this statement computes nothing: it is 3", None),
     ("constant_past_an_integer_range", model("y = cast(x, int8) + 300\noutput y"), 3, 25, "300 does not fit int8", "wider"),
     ("fraction_added_to_integers", model("y = cast(x, int32) * 0.5\noutput y"), 3, 26, "0.5 is not an integer", "float"),
+    ("transpose_output_padding_not_below_strides", model("Conv2DTranspose(3, 3, strides=2, output_padding=(1, 2))", IMG),
+     3, 5, "output_padding (1, 2) must be below strides (2, 2)", None),
+    ("target_declared_twice", model("y = Dense(3)\noutput y\ntrain {\n    target t: float32[3]\n    target t: float32[4]\n"
+                                    "    loss = mse(t, y)\n    optimizer = SGD()\n}"), 7, 16, "target t is declared twice", None),
     ("block_parameter_twice", "block B(n: int, n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, 2)"), 1, 17,
      "B has two parameters named n", None),
     ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),
