@@ -121,6 +121,7 @@ class _Checker:
         return None
 
     def check(self, train: ast.Train) -> dict:
+        _keras_spellings(train)
         seen = {}
         for s in train.statements:
             if isinstance(s, ast.TargetDecl):
@@ -341,6 +342,26 @@ class _Checker:
                            f"write {name}({next(iter(self.outputs))})")
             out.append(unparse(m))
         return out
+
+
+def _keras_spellings(train: ast.Train):
+    """Keras's string forms, rewritten in place to the names they stand for: quoted names as
+    the loss, optimizer and metrics (`loss = "mse"`, `metrics = ["accuracy"]`) and an optimizer
+    in any case (`optimizer = "adam"`, `rmsprop(0.01)`)."""
+    def named(e):
+        return ast.Name(e.loc, e.value) if isinstance(e, ast.String) else e
+
+    by_case = {name.lower(): name for name in OPTIMIZERS}
+    for s in train.statements:
+        if not isinstance(s, ast.Assign) or s.name not in ("loss", "optimizer", "metrics"):
+            continue
+        if s.name == "metrics" and isinstance(s.expr, ast.List):
+            s.expr.items = [named(m) for m in s.expr.items]
+        s.expr = named(s.expr)
+        if s.name == "optimizer":
+            head = s.expr.func if isinstance(s.expr, ast.Call) else s.expr
+            if isinstance(head, ast.Name) and head.id not in OPTIMIZERS and head.id.lower() in by_case:
+                head.id = by_case[head.id.lower()]
 
 
 def check_train(graph, model_ast, module=None):

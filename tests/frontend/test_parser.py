@@ -184,3 +184,23 @@ def test_long_expressions_compile_to_the_nesting_limit_and_are_refused_past_it()
     m.fit(x, x, verbose=0)
     with pytest.raises(KcompileError, match=r"<string>:3:5: error: the expression nests too deeply"):
         parse(program.format(" + ".join(["x"] * 500)))
+
+
+def test_the_train_section_takes_kerass_string_forms():
+    """loss = "mse", optimizer = "adam" (any case), metrics = ["accuracy"] mean what the bare
+    names do, as in Keras's compile(); they were refused."""
+    import numpy as np
+
+    import kcompile
+    program = "model m {{\n    input x: float32[4]\n    Dense(3, activation=softmax)\n    train {{\n{}\n    }}\n}}\n"
+    keras_like = kcompile.compile_string(program.format(
+        '        loss = "categorical_crossentropy"\n        optimizer = "adam"\n        metrics = ["accuracy"]'))
+    plain = kcompile.compile_string(program.format(
+        "        loss = categorical_crossentropy\n        optimizer = Adam()\n        metrics = [accuracy]"))
+    assert keras_like.manifest["train"] == plain.manifest["train"]
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 4), dtype=np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 16)]
+    assert keras_like.fit(x, y, verbose=0).history == plain.fit(x, y, verbose=0).history
+    for spelling, name in (("rmsprop(0.01)", "RMSprop"), ("'sgd'", "SGD"), ("ADAMW", "AdamW")):
+        m = kcompile.compile_string(program.format(f"        loss = 'mse'\n        optimizer = {spelling}"))
+        assert m.manifest["train"]["optimizer"]["name"] == name
