@@ -448,6 +448,8 @@ class Elaborator:
             return Ref("function", name, FUNCTIONS[name])
         if name in INIT_ALIASES:
             return Ref("initializer", INIT_ALIASES[name])
+        if name in ("none", "None"):  # Keras's None: an argument's default, or "not fixed" in a shape
+            return None
         return Symbol(name)
 
     def binop(self, e: ast.BinOp, frame: Frame):

@@ -288,7 +288,9 @@ class _Checker:
             else:
                 v = _literal(k.value)
                 default = allowed[k.name]
-                if isinstance(default, bool) and not isinstance(v, bool):
+                if default is None and v in ("none", "None"):  # (writing out the default)
+                    v = None
+                elif isinstance(default, bool) and not isinstance(v, bool):
                     self.error(f"{name} argument {k.name} is true or false, got {unparse(k.value)}", k.value.loc)
                 elif not isinstance(default, bool) and (isinstance(v, bool) or not isinstance(v, (int, float))):
                     self.error(f"{name} argument {k.name} is a number, got {unparse(k.value)}", k.value.loc)

@@ -88,6 +88,8 @@ class Choice(Converter):
         self.describe = " or ".join(choices)
 
     def __call__(self, v):
+        if isinstance(v, str) and v not in self.choices and v.lower() in self.choices:
+            v = v.lower()  # (padding="SAME": Keras lowercases these)
         if not isinstance(v, str) or v not in self.choices:
             hint = did_you_mean(v, self.choices) if isinstance(v, str) else None
             raise ArgError(f"expected {self.describe}, got {show(v)}", hint)
@@ -193,6 +195,8 @@ class InitializerSpec:
 
 
 def show(v) -> str:
+    if v is None:
+        return "none"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, Symbol):
@@ -309,8 +313,9 @@ class Layer:
         converted = {}
         for p in params:
             if p.name in bound:
+                value = bound[p.name]
                 try:
-                    converted[p.name] = p.annotation(bound[p.name]) if isinstance(p.annotation, Converter) else bound[p.name]
+                    converted[p.name] = p.annotation(value) if isinstance(p.annotation, Converter) else value
                 except ArgError as e:
                     err = ArgError(f"{cls.kind()} argument {p.name!r}: {e}", e.hint)
                     # Which argument was wrong, so the frontend can point at it.

@@ -204,3 +204,33 @@ def test_the_train_section_takes_kerass_string_forms():
     for spelling, name in (("rmsprop(0.01)", "RMSprop"), ("'sgd'", "SGD"), ("ADAMW", "AdamW")):
         m = kcompile.compile_string(program.format(f"        loss = 'mse'\n        optimizer = {spelling}"))
         assert m.manifest["train"]["optimizer"]["name"] == name
+
+
+def test_none_and_keras_case_write_out_the_defaults():
+    """`none` (or `None`) is Keras's None: a default written out (activation=None is linear,
+    strides=none, weight_decay=none, mean(x, axis=none)); enum-like words take any case
+    (padding="SAME"). They were errors."""
+    import numpy as np
+
+    import kcompile
+    program = """model m {{
+    input x: float32[6, 6, 1]
+    Conv2D(2, 3, {conv})
+    MaxPooling2D(2, {pool})
+    Flatten()
+    y = Dense(3, {dense})
+    output y - mean(y, {mean})
+    train {{
+        loss = mse
+        optimizer = SGD({sgd})
+    }}
+}}
+"""
+    written = kcompile.compile_string(program.format(conv='padding="SAME", activation=None', pool="strides=none",
+                                                     dense="activation=none", mean="axis=none", sgd="weight_decay=none"))
+    implicit = kcompile.compile_string(program.format(conv="padding=same", pool="", dense="", mean="", sgd=""))
+    x = np.random.default_rng(0).random((4, 6, 6, 1), dtype=np.float32)
+    np.testing.assert_array_equal(written.predict(x), implicit.predict(x))
+    assert written.manifest["train"] == implicit.manifest["train"]
+    assert [layer["params"] for layer in written.manifest["layers"]] == [layer["params"] for layer in
+                                                                          implicit.manifest["layers"]]
