@@ -583,6 +583,8 @@ class Elaborator:
         return e.loc
 
     def tensors(self, args, e: ast.Call, frame) -> list:
+        if len(args) == 1 and isinstance(args[0], list):  # Keras's list form: Concatenate()([a, b])
+            return [self.tensor(a, e.args[0].items[i].loc, frame) for i, a in enumerate(args[0])]
         return [self.tensor(a, e.args[i].loc, frame) for i, a in enumerate(args)]
 
     def tensor(self, v, loc, frame) -> Tensor:

@@ -234,3 +234,30 @@ def test_none_and_keras_case_write_out_the_defaults():
     assert written.manifest["train"] == implicit.manifest["train"]
     assert [layer["params"] for layer in written.manifest["layers"]] == [layer["params"] for layer in
                                                                           implicit.manifest["layers"]]
+
+
+def test_layers_and_models_take_their_inputs_as_one_list_as_in_keras():
+    import numpy as np
+
+    import kcompile
+    program = """model inner {{
+    input a: float32[3]
+    input b: float32[3]
+    output a * b
+}}
+model m {{
+    input x: float32[3]
+    input y: float32[3]
+    c = Concatenate(axis=-1)({pair})
+    s = Add()({pair})
+    p = inner({pair})
+    output c, s, p
+}}
+"""
+    listed = kcompile.compile_string(program.format(pair="[x, y]"), model="m")
+    plain = kcompile.compile_string(program.format(pair="x, y"), model="m")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.random((2, 3), dtype=np.float32), "y": rng.random((2, 3), dtype=np.float32)}
+    for a, b in zip(listed.predict(feeds), plain.predict(feeds)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(listed.predict(feeds)[2], feeds["x"] * feeds["y"], rtol=1e-6)
