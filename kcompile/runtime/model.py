@@ -260,11 +260,10 @@ class Model(TrainingMixin):
     __call__ = predict
 
     # ---------------- description and export ----------------
-    def summary(self, print_fn=print) -> str:
-        text = format_summary(self.manifest)
-        if print_fn:
-            print_fn(text)
-        return text
+    def summary(self, print_fn=None) -> None:
+        """Print the layer table (as Keras: ``print_fn`` takes the text instead of ``print``, and
+        nothing is returned, so a REPL does not show the table twice)."""
+        (print_fn or print)(format_summary(self.manifest))
 
     def onnx_model(self):
         """The inference graph as an onnx.ModelProto holding the current weights."""

@@ -204,10 +204,19 @@ def test_build_folder_round_trip(tmp_path, monkeypatch):
     assert not np.array_equal(kcompile.load(folder).get_weights()[0], loaded.get_weights()[0])
 
 
-def test_summary_counts_like_keras():
-    text = kcompile.compile_string(MLP).summary(print_fn=None)
+def summary_text(model) -> str:
+    lines = []
+    assert model.summary(print_fn=lines.append) is None  # (as Keras: a REPL shows the table once)
+    return "\n".join(lines)
+
+
+def test_summary_counts_like_keras(capsys):
+    model = kcompile.compile_string(MLP)
+    text = summary_text(model)
     assert "dense (Dense)" in text and "(None, 32)" in text and "25,120" in text
     assert "Total params: 25,450" in text
+    model.summary()
+    assert capsys.readouterr().out == text + "\n"
 
 
 def test_devices():
@@ -315,8 +324,7 @@ def test_folders_get_the_mode_of_new_folders_and_symlinks_are_followed(tmp_path)
 
 def test_summary_counts_bytes_by_dtype():
     """Weights take the input's dtype: float16's are 2 bytes each (Keras: 19.73 KB for 10,100)."""
-    text = kcompile.compile_string("model h {\n    input x: float16[100]\n    y = Dense(100)\n    output y\n}\n"
-                                   ).summary(print_fn=None)
+    text = summary_text(kcompile.compile_string("model h {\n    input x: float16[100]\n    y = Dense(100)\n    output y\n}\n"))
     assert "Total params: 10,100 (19.73 KB)" in text, text
 
 
