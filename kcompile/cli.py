@@ -234,7 +234,10 @@ def _train(args, source) -> int:
     try:
         loaded = np.load(args.data)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise KcompileError(f"cannot read {args.data}: {e}") from None
+        # (numpy takes a file it does not know for a pickle, and says so: the user's file is
+        # simply not numpy's)
+        reason = "not an .npz file (write one with np.savez(path, x=..., y=...))" if "pickled" in str(e) else e
+        raise KcompileError(f"cannot read {args.data}: {reason}") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):  # (an .npy: one array, no names)
         raise KcompileError(f"{args.data} holds one array, not named arrays: write it with "
                             f"np.savez(path, x=..., y=...)")

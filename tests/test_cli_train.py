@@ -65,8 +65,9 @@ def test_train_data_problems_are_errors_with_exit_1(tmp_path, capsys):
     (tmp_path / "cut.npz").write_bytes((tmp_path / "shape.npz").read_bytes()[:100])
     np.save(tmp_path / "one.npy", x)
     (tmp_path / "none.npz").write_bytes(b"")
+    (tmp_path / "text.npz").write_text("model m {\n}\n")  # (numpy took it for a pickle, and said so)
     for name, message in [("cut.npz", "cannot read"), ("one.npy", "holds one array, not named arrays"),
-                          ("none.npz", "cannot read")]:
+                          ("none.npz", "cannot read"), ("text.npz", "not an .npz file (write one with np.savez(")]:
         assert main(["train", model, "--data", str(tmp_path / name), "-o", str(tmp_path / "ck")]) == 1
         err = capsys.readouterr().err
         assert message in err and "internal error" not in err, (name, err)
