@@ -227,6 +227,8 @@ class Elaborator:
                     outputs = result
             except _Poisoned:
                 self._poison(stmt, frame)
+                if not top:  # (a block's body stops at its first failed statement, reported once)
+                    raise
             except _Fail as e:
                 d = e.diagnostic
                 if frame.call_loc is not None:

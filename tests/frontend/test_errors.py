@@ -341,6 +341,25 @@ def test_a_shared_block_or_model_is_built_by_its_first_good_call():
                                                       (16, "R takes 1 input, got 2")]
 
 
+def test_an_error_deep_in_blocks_is_reported_once():
+    """(a follow-on "block A has no output" at the call was reported too)"""
+    ds = diagnostics(src("""
+        block A(n: int) {
+            input x
+            output B(n)(x)
+        }
+        block B(n: int) {
+            input x
+            output A(n)(x)
+        }
+        model m {
+            input x: float32[8]
+            A(3)
+        }
+        """))
+    assert [(d.loc.line, d.message) for d in ds] == [(7, "block A uses itself (A -> B -> A)")]
+
+
 def test_errors_in_several_models_are_all_reported():
     source = model("Dense(2.5)", name="a") + model("Conv2d(3, 3)", IMG, name="b")
     ds = diagnostics(source)
