@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .. import __version__
 from ..ir import Graph
 from ..ops import OPS
 
@@ -136,6 +137,6 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None, params_a
     outputs = [value_info(public, graph.types[value]) for public, value in graph.outputs]
     onnx_graph = helper.make_graph(ctx.nodes, graph.name, inputs, outputs, initializers)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="kcompile", doc_string=doc)
+                              producer_name="kcompile", producer_version=__version__, doc_string=doc)
     model.ir_version = IR_VERSION
     return model

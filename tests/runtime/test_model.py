@@ -175,6 +175,7 @@ def test_save_onnx_is_standalone_checked_and_named(tmp_path):
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     assert proto.ir_version == 8 and proto.opset_import[0].version == 17
+    assert (proto.producer_name, proto.producer_version) == ("kcompile", kcompile.__version__)
     assert [i.name for i in proto.graph.input] == ["a", "ids"]
     assert [o.name for o in proto.graph.output] == ["kind", "score"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
