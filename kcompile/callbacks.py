@@ -42,7 +42,7 @@ import numpy as np
 
 __all__ = [
     "Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint",
-    "LearningRateScheduler", "CSVLogger", "TerminateOnNaN", "LambdaCallback",
+    "LearningRateScheduler", "ReduceLROnPlateau", "CSVLogger", "TerminateOnNaN", "LambdaCallback",
     "ProgbarLogger",
 ]
 
@@ -540,6 +540,61 @@ class LearningRateScheduler(Callback):
         if logs is None:
             return
         logs["learning_rate"] = float(_get_lr_owner(self.model).learning_rate)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` once ``monitor`` has not improved for
+    ``patience`` epochs (Keras 3): an epoch improves when it beats the best value so far by
+    more than ``min_delta``; after a reduction, ``cooldown`` epochs pass before counting
+    again; the rate never goes below ``min_lr``. Records ``logs["learning_rate"]`` each epoch.
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        super().__init__()
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau does not support a factor >= 1.0. Received factor={factor}")
+        self.monitor, self.factor, self.patience, self.verbose = monitor, factor, patience, verbose
+        self.cooldown, self.min_lr = cooldown, min_lr
+        self.mode = _check_mode(mode, "ReduceLROnPlateau")
+        self.min_delta = abs(min_delta)
+        if self.mode == "max" or (self.mode == "auto" and _auto_mode_is_max(monitor)):
+            self.monitor_op = np.greater
+        else:
+            self.monitor_op = np.less
+            self.min_delta *= -1
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def in_cooldown(self):
+        return self.cooldown_counter > 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        owner = _get_lr_owner(self.model)
+        logs["learning_rate"] = float(owner.learning_rate)
+        current = logs.get(self.monitor)
+        if current is None:
+            warnings.warn(f"Learning rate reduction is conditioned on metric `{self.monitor}` which is not "
+                          f"available. Available metrics are: {','.join(list(logs.keys()))}.", stacklevel=2)
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.best is None or self.monitor_op(current - self.min_delta, self.best):
+            self.best, self.wait = current, 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience:
+                old_lr = float(owner.learning_rate)
+                if old_lr > np.float32(self.min_lr):
+                    new_lr = max(old_lr * self.factor, self.min_lr)
+                    owner.learning_rate = new_lr
+                    if self.verbose > 0:
+                        _print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new_lr}.")
+                    self.cooldown_counter, self.wait = self.cooldown, 0
 
 
 class CSVLogger(Callback):

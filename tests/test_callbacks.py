@@ -9,7 +9,7 @@ import pytest
 
 from kcompile.callbacks import (Callback, CallbackList, CSVLogger, EarlyStopping,
                                 History, LambdaCallback, LearningRateScheduler,
-                                ModelCheckpoint, ProgbarLogger, TerminateOnNaN)
+                                ModelCheckpoint, ProgbarLogger, ReduceLROnPlateau, TerminateOnNaN)
 
 
 class FakeModel:
@@ -338,6 +338,35 @@ def test_checkpoint_missing_monitor_and_bad_placeholder(tmp_path):
     cp = ModelCheckpoint(tmp_path / "m-{val_mse:.2f}")
     with pytest.raises(KeyError, match="Failed to format this callback filepath"):
         fit(model, [cp], val_losses(1.0))
+
+
+# ---- ReduceLROnPlateau ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,rates", [
+    # (the rates after each epoch, as Keras 3.15's ReduceLROnPlateau set them on these losses)
+    (dict(patience=2), [0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.001, 1e-4, 1e-4, 1e-5, 1e-5]),
+    (dict(patience=1, cooldown=2, factor=0.5),
+     [0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.025, 0.0125, 0.0125, 0.00625, 0.00625, 0.003125]),
+    (dict(patience=0, min_lr=0.02, factor=0.5), [0.1, 0.1, 0.05, 0.025] + [0.02] * 8),
+    (dict(patience=1, min_delta=0.0), [0.1, 0.1] + [10.0 ** -k for k in range(2, 6)] + [1e-5] + [10.0 ** -k for k in
+                                                                                          range(6, 11)]),
+])
+def test_reduce_lr_on_plateau_steps_as_keras(kwargs, rates):
+    losses = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.89, 0.9, 0.91, 0.92, 0.93, 0.94]
+    model = FakeModel(learning_rate=0.1)
+    history = fit(model, [ReduceLROnPlateau(**kwargs)], val_losses(*losses), steps=1)
+    np.testing.assert_allclose(history.history["learning_rate"], [0.1] + rates[:-1], rtol=1e-9)  # (at epoch end,
+    np.testing.assert_allclose(model.learning_rate, rates[-1], rtol=1e-9)                        # before reducing)
+    np.testing.assert_allclose(model.lr_seen, [0.1] + rates[:-1], rtol=1e-9)  # each epoch trains at the rate set
+
+
+def test_reduce_lr_on_plateau_checks_its_factor_and_warns_without_its_monitor():
+    with pytest.raises(ValueError, match="factor >= 1.0"):
+        ReduceLROnPlateau(factor=1.0)
+    model = FakeModel(learning_rate=0.1)
+    with pytest.warns(UserWarning, match="conditioned on metric `val_auc` which is not available"):
+        fit(model, [ReduceLROnPlateau(monitor="val_auc", patience=0)], val_losses(1.0, 2.0))
+    assert model.learning_rate == 0.1
 
 
 # ---- LearningRateScheduler ---------------------------------------------------------------
