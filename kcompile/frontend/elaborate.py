@@ -208,6 +208,10 @@ class Elaborator:
         graph.outputs = [(public, t.name) for public, t in outputs]
         graph.meta["train"] = next((s for s in model.body if isinstance(s, ast.Train)), None)
         graph.meta["env"] = {k: v for k, v in frame.env.items() if isinstance(v, Tensor)}
+        # each output's step mask (Embedding(mask_zero=true) through the layers that pass it on):
+        # losses and metrics leave the masked steps out, as Keras 3
+        graph.meta["output_masks"] = {public: self.builder.mask_of(t).name for public, t in outputs
+                                      if self.builder.mask_of(t) is not None}
         return graph
 
     def body(self, statements, frame: Frame, top=False):

@@ -121,6 +121,8 @@ class _Objective:
         self.loss_of_output: dict[str, str] = {}
         # loss_weights: each output's factor on the loss terms computed on it
         self.loss_weights = dict(zip(self.outputs, config.get("loss_weights") or []))
+        self.masks = dict(g.meta.get("output_masks") or {})  # output -> its step mask's value
+        self.masked_loss = False  # a loss term left masked steps out (normalized per batch)
 
     def _target(self, name, t):
         if name not in self.g.types:
@@ -193,8 +195,24 @@ class _Objective:
         self.loss_of_output[output] = loss
         self.check_batched(prediction)
         values = LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
+        if output in self.masks:
+            values = self.masked(values, self.masks[output])
         weight = self.loss_weights.get(output, 1.0)
         return values if weight == 1.0 else self.ctx.op("Mul", values, self.ctx.const(weight, self.ctx.type(values).dtype))
+
+    def masked(self, values, mask):
+        """Per-step loss values [N, T] with the masked steps out, as Keras 3 reduces them
+        (losses.loss.apply_mask): each kept step weighs (N * T) / (kept + 1e-7), so that the
+        batch mean is the kept steps' mean."""
+        ctx = self.ctx
+        if ctx.type(mask).rank != ctx.type(values).rank:  # (a loss reduced past the steps: no steps to leave out)
+            return values
+        self.masked_loss = True
+        dtype = ctx.type(values).dtype
+        keep = ctx.op("Cast", mask, to=dtype)
+        total = ctx.op("Cast", ctx.op("Size", keep), to=dtype)
+        kept = ctx.op("Add", ctx.op("ReduceSum", keep, keepdims=0), ctx.const(1e-7, dtype))
+        return ctx.op("Mul", values, ctx.op("Mul", keep, ctx.op("Div", total, kept)))
 
     def check_batched(self, prediction):
         shape = self.g.types[prediction].shape
@@ -228,12 +246,22 @@ class _Objective:
             target, prediction = self.value(e.args[0]), self.value(e.args[1])
             output = next((o for o, v in self.outputs.items() if v == prediction), e.args[1].id)
         self.check_batched(prediction)
+        # (a mean over the unmasked steps, as Keras 3: kept in ratio form, the sums of the
+        # kept steps' values and of their count, over the epoch)
+        mask = self.masks.get(output) if kind == "mean" else None
+        if mask is not None and self.g.types[mask].rank != self.g.types[prediction].rank - 1:
+            mask = None
+        weights = None if mask is None else ctx.op("Cast", mask, to=self.g.types[prediction].dtype)
         if fn == "accuracy":
             acc_kind = name.split("_")[0] if name != "accuracy" else \
                 _accuracy_kind(self.g.types[target].shape, self.g.types[prediction].shape)
-            stats = METRIC_FUNCTIONS_ACCURACY(ctx, target, prediction, acc_kind)
+            stats = METRIC_FUNCTIONS_ACCURACY(ctx, target, prediction, acc_kind, weights)
+        elif weights is not None:
+            stats = fn(ctx, target, prediction, weights)
         else:
             stats = fn(ctx, target, prediction)
+        if weights is not None:
+            kind = "ratio"
         label = name if len(self.outputs) == 1 else f"{output}_{name}"
         return label, kind, stats
 
@@ -251,9 +279,9 @@ def _accuracy_kind(target, prediction) -> str:
     return "categorical"
 
 
-def METRIC_FUNCTIONS_ACCURACY(ctx, y, p, kind):
+def METRIC_FUNCTIONS_ACCURACY(ctx, y, p, kind, weights=None):
     from .metrics import accuracy
-    return accuracy(ctx, y, p, kind)
+    return accuracy(ctx, y, p, kind, weights)
 
 
 def _literal(e):
@@ -449,10 +477,12 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
         # Values the train section names stay what they are: pinned as outputs, no pass
         # rewrites them away, and the names follow any renaming.
         pinned = [(f"pin:{n}", env[n]) for n in sorted(_names_in(train) & set(env)) if env[n] in g.types]
+        pinned += [(f"mask:{o}", m) for o, m in g.meta.get("output_masks", {}).items()]  # (the losses' masks)
         g.outputs += pinned
         g = _run_passes(g, FORWARD_PASSES, "train-forward", report)
         env = {**env, **{o[4:]: v for o, v in g.outputs if o.startswith("pin:")}}
-        g.outputs = [o for o in g.outputs if not o[0].startswith("pin:")]
+        g.meta["output_masks"] = {o[5:]: v for o, v in g.outputs if o.startswith("mask:")}
+        g.outputs = [o for o in g.outputs if not o[0].startswith(("pin:", "mask:"))]
     order = {}
     for node in graph.nodes():
         order.setdefault((node.layer, node.op), len(order))
@@ -463,8 +493,9 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
             if dim_names(d) - known or "?" in str(d):
                 raise NotImplementedError(f"noise of a size ({d}) that the inputs' shapes do not give")
     # (judged on the model as written: the layout passes above move the batch axis on purpose)
-    per_sample = mixes_samples(graph, stat_updates) or _loss_mixes_samples(train)
     objective, loss, metrics = _objective(g, train, config, env)
+    per_sample = mixes_samples(graph, stat_updates) or _loss_mixes_samples(train) or (
+        "a masked output's loss is divided by the batch's count of unmasked steps" if objective.masked_loss else "")
     trainable = [n for n, p in g.params.items() if p.trainable]
     before = len(g.nx)
     grads = gradients(g, loss, trainable)

@@ -15,20 +15,29 @@ import numpy as np
 AUC_THRESHOLDS = 200
 
 
-def _mean(ctx, per_sample):
-    return ctx.op("ReduceMean", per_sample, keepdims=0)
+def _mean(ctx, per_sample, weights=None):
+    """The batch mean of ``per_sample``; with ``weights`` (a step mask [N, T], as floats) the
+    ratio statistics of the weighted mean instead, its values first averaged over any axes past
+    the weights' (Keras's metrics: a mean over the last axis, then over the kept steps)."""
+    if weights is None:
+        return {"value": ctx.op("ReduceMean", per_sample, keepdims=0)}
+    extra = tuple(range(ctx.type(weights).rank, ctx.type(per_sample).rank))
+    if extra:
+        per_sample = ctx.op("ReduceMean", per_sample, axes=extra, keepdims=0)
+    return {"numerator": ctx.op("ReduceSum", ctx.op("Mul", per_sample, weights), keepdims=0),
+            "denominator": ctx.op("ReduceSum", weights, keepdims=0)}
 
 
 def _as_float(ctx, mask, dtype="float32"):
     return ctx.op("Cast", mask, to=dtype)
 
 
-def accuracy(ctx, y, p, kind):
+def accuracy(ctx, y, p, kind, weights=None):
     """kind: categorical (argmax vs argmax), sparse (argmax vs label) or binary (p > 0.5 vs y)."""
     dtype = ctx.type(p).dtype
     if kind == "binary":
         hit = ctx.op("Equal", _as_float(ctx, ctx.op("Greater", p, 0.5), dtype), y)
-        return {"value": _mean(ctx, _as_float(ctx, hit, dtype))}
+        return _mean(ctx, _as_float(ctx, hit, dtype), weights)
     predicted = ctx.op("ArgMax", p, axis=-1, keepdims=0)
     if kind == "sparse":
         truth = ctx.op("Cast", y, to="int64") if ctx.type(y).dtype != "int64" else y
@@ -36,16 +45,16 @@ def accuracy(ctx, y, p, kind):
             truth = ctx.op("Squeeze", truth, axes=(-1,))
     else:
         truth = ctx.op("ArgMax", y, axis=-1, keepdims=0)
-    return {"value": _mean(ctx, _as_float(ctx, ctx.op("Equal", predicted, truth), dtype))}
+    return _mean(ctx, _as_float(ctx, ctx.op("Equal", predicted, truth), dtype), weights)
 
 
-def mean_absolute_error(ctx, y, p):
-    return {"value": _mean(ctx, ctx.op("Abs", ctx.op("Sub", y, p)))}
+def mean_absolute_error(ctx, y, p, weights=None):
+    return _mean(ctx, ctx.op("Abs", ctx.op("Sub", y, p)), weights)
 
 
-def mean_squared_error(ctx, y, p):
+def mean_squared_error(ctx, y, p, weights=None):
     d = ctx.op("Sub", y, p)
-    return {"value": _mean(ctx, ctx.op("Mul", d, d))}
+    return _mean(ctx, ctx.op("Mul", d, d), weights)
 
 
 def _binary_counts(ctx, y, p, threshold=0.5):
