@@ -125,6 +125,40 @@ def check_named_dims(arrays: dict, entries: list, where: str) -> None:
                                 f"({source})")
 
 
+def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str) -> np.ndarray:
+    """The ``n`` samples' weights in the loss, float32 [n]: ``sample_weight`` ([n], or [n, 1]),
+    or ``class_weight`` ({class: weight}, 1 for a class it leaves out) by each sample's class in
+    the one target (argmax of one-hot rows, else the rounded label), as Keras; else ones."""
+    if sample_weight is not None and class_weight is not None:
+        raise ValueError(f"{where}: give sample_weight or class_weight, not both (as Keras)")
+    if sample_weight is not None:
+        w = np.asarray(sample_weight)
+        if w.ndim == 2 and w.shape[1] == 1:
+            w = w[:, 0]
+        if w.ndim != 1 or len(w) != n:
+            raise ShapeMismatch(f"{where}: sample_weight expects shape ({n},), one weight per sample, got "
+                                f"{tuple(w.shape)}")
+        if w.dtype.kind not in "biuf":
+            raise ShapeMismatch(f"{where}: sample_weight expects numbers, got dtype {w.dtype}")
+        return np.ascontiguousarray(w, dtype=np.float32)
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise ValueError(f"{where}: class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}")
+        if len(ys) != 1:
+            raise ValueError(f"{where}: class_weight is for a model with one target; this one has {len(ys)} "
+                             f"({', '.join(ys)}): give sample_weight")
+        y = next(iter(ys.values()))
+        if y.ndim > 2:
+            raise ValueError(f"{where}: class_weight needs one class per sample; the target has shape "
+                             f"{tuple(y.shape)}: give sample_weight")
+        if y.ndim == 2:
+            y = np.argmax(y, axis=-1) if y.shape[1] != 1 else y[:, 0]
+        classes, at = np.unique(np.round(y).astype(np.int64), return_inverse=True)
+        table = {int(k): float(v) for k, v in class_weight.items()}
+        return np.array([table.get(int(c), 1.0) for c in classes], np.float32)[at.reshape(-1)]
+    return np.ones(n, np.float32)
+
+
 class Batches:
     """Batches of arrays (shuffled per epoch with a seeded generator) or of a user iterable."""
 
@@ -139,17 +173,20 @@ class Batches:
             self.steps = steps or max(1, -(-n // batch_size))
 
     @classmethod
-    def of(cls, model, x, y, batch_size, shuffle, seed, where, steps=None):
+    def of(cls, model, x, y, batch_size, shuffle, seed, where, steps=None, sample_weight=None, class_weight=None):
         if batch_size is None:
             batch_size = 32
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
         batch_size = int(batch_size)
         if y is None and x is not None and not isinstance(x, (np.ndarray, dict, list, tuple)):
+            if sample_weight is not None or class_weight is not None:
+                raise ValueError(f"{where}: with an iterable of batches, give each batch's weights in it: "
+                                 f"(x, y, sample_weight)")
             return cls(model, None, None, None, batch_size, shuffle, seed, where, iterable=x, steps=steps)
         if y is None:
             raise ValueError(f"{where}: y (the targets) is missing")
-        xs, ys, n = model._check_xy(x, y, where)  # (which refuses 0 rows)
+        xs, ys, n = model._check_xy(x, y, where, sample_weight, class_weight)  # (which refuses 0 rows)
         return cls(model, xs, ys, n, batch_size, shuffle, seed, where, steps=steps)
 
     def epoch(self, epoch: int):
@@ -158,11 +195,11 @@ class Batches:
             # there in the next epoch, as Keras)
             items = itertools.islice(self.iterable, self.steps) if self.steps is not None else self.iterable
             for item in items:
-                if not isinstance(item, (tuple, list)) or len(item) != 2:
-                    raise ShapeMismatch(f"{self.where}: a data iterable must yield (x, y) batches, got "
-                                        + (f"{len(item)} items (kcompile takes no sample weights)"
-                                           if isinstance(item, (tuple, list)) else type(item).__name__))
-                xs, ys, n = self.model._check_xy(item[0], item[1], self.where)
+                if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+                    raise ShapeMismatch(f"{self.where}: a data iterable must yield (x, y) or (x, y, sample_weight) "
+                                        f"batches, got " + (f"{len(item)} items" if isinstance(item, (tuple, list))
+                                                            else type(item).__name__))
+                xs, ys, n = self.model._check_xy(item[0], item[1], self.where, item[2] if len(item) == 3 else None)
                 yield xs, ys, n
             return
         # The arrays' batches as one stream of passes over the data, each pass shuffled by its own

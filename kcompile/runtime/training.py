@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.types import evaluate_dim
-from .data import Batches, as_arrays, check_arrays, check_named_dims, named_sizes, tensor_specs
+from .data import Batches, as_arrays, check_arrays, check_named_dims, named_sizes, sample_weights, tensor_specs
 from . import devices
 from .devices import TURNS, create_session, session_options
 from .fpenv import NoFlush, step_environment
@@ -89,6 +89,17 @@ class RunningMetrics:
                 logs[m["name"]] = auc_from_totals(t["tp"], t["fp"], float(t["pos"]), float(t["neg"]))
         logs["loss"] = self.loss / max(self.count, 1)
         return logs
+
+
+def _validation_epochs(freq):
+    """Whether fit validates after 0-based ``epoch``, by Keras's ``validation_freq``: an int n
+    (every n-th epoch) or a collection of 1-based epochs."""
+    if isinstance(freq, (int, np.integer)) and not isinstance(freq, bool) and freq >= 1:
+        return lambda epoch: (epoch + 1) % int(freq) == 0
+    if isinstance(freq, (list, tuple, set, frozenset, range)):
+        epochs = set(freq)
+        return lambda epoch: epoch + 1 in epochs
+    raise ValueError(f"validation_freq must be a positive integer or a list of epochs, got {freq!r}")
 
 
 @dataclass
@@ -227,7 +238,10 @@ class TrainingMixin:
     def _targets_spec(self):
         return self.manifest["training"]["targets"]
 
-    def _check_xy(self, x, y, where):
+    def _check_xy(self, x, y, where, sample_weight=None, class_weight=None):
+        """(inputs, targets, rows), checked; the targets hold the samples' weights too (under
+        the step's input name: ones, ``sample_weight``, or ``class_weight`` by each sample's
+        class), where the training graphs take them."""
         xs = as_arrays(x, self.inputs, where, "input")
         targets = tensor_specs(self._targets_spec())
         ys = as_arrays(y, targets, where, "target") if y is not None else None
@@ -236,6 +250,12 @@ class TrainingMixin:
             raise ValueError(f"{where}: no samples (the arrays have 0 rows)")
         check_named_dims({**xs, **ys}, [(e, "input") for e in self.manifest["inputs"]] +
                          [(e, "target") for e in self._targets_spec()], where)
+        weights_input = self.manifest["training"].get("sample_weight")
+        if weights_input is None:  # (a build of kcompile 0.2.0 and before)
+            if sample_weight is not None or class_weight is not None:
+                raise ValueError(f"{where}: this build's graphs take no sample weights; build it again")
+            return xs, ys, n
+        ys[weights_input] = sample_weights(sample_weight, class_weight, ys, n, where)
         return xs, ys, n
 
     # ---- one step ----
@@ -336,7 +356,8 @@ class TrainingMixin:
         update = StateRunner(sessions[1], {**self._weights, **self._slots}, self._providers, flush=self._flush,
                              transposed=self._held_transposed(), previous=self._previous_state)
         split = {s.name for s in self.inputs} | {t["name"] for t in spec["targets"]} | {
-            n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]}
+            n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]} | {
+            spec.get("sample_weight")} - {None}
         return ShardedRunner(sessions[0], update, {**self._weights, **self._slots}, split, spec["metrics"],
                              flush=self._flush)
 
@@ -529,19 +550,19 @@ class TrainingMixin:
         return results
 
     # ---- public API ----
-    def train_on_batch(self, x, y, return_dict=False):
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on one batch; returns the loss and metrics of that batch."""
         self._require_training("train_on_batch")
-        xs, ys, n = self._check_xy(x, y, "train_on_batch")
+        xs, ys, n = self._check_xy(x, y, "train_on_batch", sample_weight, class_weight)
         self._step_in_epoch = 0
         results = self._run_train_step(xs, ys)
         running = RunningMetrics(self.manifest["training"]["metrics"])
         running.update(results, n)
         return self._format(running.result(), return_dict)
 
-    def test_on_batch(self, x, y, return_dict=False):
+    def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         self._require_training("test_on_batch")
-        xs, ys, n = self._check_xy(x, y, "test_on_batch")
+        xs, ys, n = self._check_xy(x, y, "test_on_batch", sample_weight)
         running = RunningMetrics(self.manifest["training"]["metrics"])
         running.update(self._run_eval_step(xs, ys), n)
         return self._format(running.result(), return_dict)
@@ -552,44 +573,56 @@ class TrainingMixin:
         values = [logs["loss"]] + [logs[m["name"]] for m in self.manifest["training"]["metrics"]]
         return values[0] if len(values) == 1 else values
 
-    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", return_dict=False, callbacks=None):
-        """Loss and metrics over (x, y) in inference mode (dropout off, moving statistics)."""
+    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, return_dict=False,
+                 callbacks=None):
+        """Loss and metrics over (x, y) in inference mode (dropout off, moving statistics);
+        ``sample_weight`` weighs each sample's loss, as Keras (the metrics are unweighted)."""
         self._require_training("evaluate")
         from ..callbacks import CallbackList
-        batches = Batches.of(self, x, y, batch_size, shuffle=False, seed=self.seed, where="evaluate")
+        batches = Batches.of(self, x, y, batch_size, shuffle=False, seed=self.seed, where="evaluate",
+                             sample_weight=sample_weight)
         verbose = 1 if verbose == "auto" else verbose
         cbs = CallbackList(callbacks, add_history=False, add_progbar=verbose != 0, model=self,
                            epochs=1, steps=batches.steps, verbose=verbose)
         return self._format(self._evaluate_batches(batches, cbs), return_dict)
 
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
-            validation_data=None, shuffle=True, initial_epoch=0, steps_per_epoch=None, validation_batch_size=None):
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
         """Train for ``epochs`` (Keras semantics). ``x``/``y``: arrays (dicts by name for several
-        inputs/targets), or ``x`` an iterable of (x, y) batches. Returns a History."""
+        inputs/targets), or ``x`` an iterable of (x, y) or (x, y, sample_weight) batches.
+        ``sample_weight`` ([n]) or ``class_weight`` ({class: weight}) weigh each sample's loss.
+        Validation runs after every ``validation_freq``-th epoch (an int), or after the epochs
+        listed (1-based). Returns a History."""
         self._require_training("fit")
         from ..callbacks import CallbackList
+        validate_at = _validation_epochs(validation_freq)
         if validation_split and validation_data is None:
             if not 0 < validation_split < 1:
                 raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
-            xs, ys, n = self._check_xy(x, y, "fit")
+            xs, ys, n = self._check_xy(x, y, "fit", sample_weight, class_weight)
+            weights = ys.pop(self.manifest["training"].get("sample_weight"), None)  # (class_weight's, say)
             cut = int(n * (1 - validation_split))
-            validation_data = ({k: v[cut:] for k, v in xs.items()}, {k: v[cut:] for k, v in ys.items()})
+            validation_data = ({k: v[cut:] for k, v in xs.items()}, {k: v[cut:] for k, v in ys.items()},
+                               None if weights is None or class_weight is not None else weights[cut:])
+            # (class_weight weighs the training samples alone, as Keras)
             x, y = {k: v[:cut] for k, v in xs.items()}, {k: v[:cut] for k, v in ys.items()}
+            sample_weight, class_weight = (None if weights is None else weights[:cut]), None
         batches = Batches.of(self, x, y, batch_size, shuffle=shuffle, seed=self.seed, where="fit",
-                             steps=steps_per_epoch)
+                             steps=steps_per_epoch, sample_weight=sample_weight, class_weight=class_weight)
         val = None
-        if validation_data is not None:  # (x, y) arrays, or an iterable of (x, y) batches, as Keras
+        if validation_data is not None:  # (x, y[, sample_weight]) arrays, or an iterable of batches, as Keras
             if isinstance(validation_data, (tuple, list)):
-                if len(validation_data) != 2:
-                    raise ValueError(f"fit: validation_data must be (x, y) or an iterable of (x, y) batches, got "
-                                     f"{len(validation_data)} items" + (" (kcompile takes no sample weights)"
-                                                                        if len(validation_data) == 3 else ""))
-                val = Batches.of(self, *validation_data, validation_batch_size or batch_size, shuffle=False,
-                                 seed=self.seed, where="fit validation_data")
+                if len(validation_data) not in (2, 3):
+                    raise ValueError(f"fit: validation_data must be (x, y), (x, y, sample_weight) or an iterable of "
+                                     f"batches, got {len(validation_data)} items")
+                val = Batches.of(self, validation_data[0], validation_data[1], validation_batch_size or batch_size,
+                                 shuffle=False, seed=self.seed, where="fit validation_data", steps=validation_steps,
+                                 sample_weight=validation_data[2] if len(validation_data) == 3 else None)
             else:  # (a one-shot iterator's batches are kept, to validate every epoch on them)
                 items = list(validation_data) if iter(validation_data) is validation_data else validation_data
                 val = Batches(self, None, None, None, validation_batch_size or batch_size, False, self.seed,
-                              "fit validation_data", iterable=items)
+                              "fit validation_data", iterable=items, steps=validation_steps)
         verbose = 1 if verbose == "auto" else verbose
         cbs = CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self, epochs=epochs,
                            steps=batches.steps, verbose=verbose)
@@ -622,7 +655,7 @@ class TrainingMixin:
                 if not steps:  # (no epoch of made-up numbers)
                     break
                 logs = running.result()
-                if val is not None:
+                if val is not None and validate_at(epoch):
                     logs.update({f"val_{k}": v for k, v in self._evaluate_batches(val, cbs).items()})
                 self._epoch = epoch + 1  # (the epochs done, as a checkpoint saved at the epoch's end records)
                 cbs.on_epoch_end(epoch, logs)

@@ -34,6 +34,9 @@ from .losses import LOSS_FUNCTIONS
 from .metrics import METRIC_FUNCTIONS
 
 LR, STEP = "lr", "step"
+# Each sample's weight in the loss ([N], float32; ones unless fit/evaluate are given
+# sample_weight or class_weight): the losses' per-sample values are scaled by it, as Keras's
+SAMPLE_WEIGHT = "sample_weight"
 
 
 @dataclass
@@ -78,6 +81,7 @@ class TrainingProgram:
             "gradients": self.gradients,
             "row_gradients": self.row_gradients,
             "per_sample": self.per_sample or True,
+            "sample_weight": SAMPLE_WEIGHT,  # (the step's and evaluation's input of per-sample weights)
             "macs_per_sample": self.macs_per_sample,
         }
 
@@ -122,6 +126,8 @@ class _Objective:
         # loss_weights: each output's factor on the loss terms computed on it
         self.loss_weights = dict(zip(self.outputs, config.get("loss_weights") or []))
         self.masks = dict(g.meta.get("output_masks") or {})  # output -> its step mask's value
+        if SAMPLE_WEIGHT not in g.types:
+            g.add_input(SAMPLE_WEIGHT, TensorType("float32", (BATCH,)))
         self.masked_loss = False  # a loss term left masked steps out (normalized per batch)
 
     def _target(self, name, t):
@@ -197,8 +203,21 @@ class _Objective:
         values = LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
         if output in self.masks:
             values = self.masked(values, self.masks[output])
+        values = self.weighted(values)
         weight = self.loss_weights.get(output, 1.0)
         return values if weight == 1.0 else self.ctx.op("Mul", values, self.ctx.const(weight, self.ctx.type(values).dtype))
+
+    def weighted(self, values):
+        """Per-sample loss values times the samples' weights (Keras's sample_weight: the batch
+        mean of the weighted values, divided by the batch size, not by the weights' sum)."""
+        ctx = self.ctx
+        rank, dtype = ctx.type(values).rank, ctx.type(values).dtype
+        if not rank or ctx.type(values).shape[0] != BATCH:  # (no sample axis to weigh)
+            return values
+        weights = SAMPLE_WEIGHT if dtype == "float32" else ctx.op("Cast", SAMPLE_WEIGHT, to=dtype)
+        if rank > 1:
+            weights = ctx.op("Unsqueeze", weights, axes=tuple(range(1, rank)))
+        return ctx.op("Mul", values, weights)
 
     def masked(self, values, mask):
         """Per-step loss values [N, T] with the masked steps out, as Keras 3 reduces them

@@ -70,6 +70,18 @@ def test_split_steps_train_like_the_whole_step(batch_size):
     assert runs[0][2].iterations == runs[1][2].iterations == 9
 
 
+def test_split_steps_weigh_their_samples_as_the_whole_step():
+    """sample_weight and class_weight are cut with the rows, so that the parts' losses still add
+    up to the batch's (and weights change the trajectory: the check is not vacuous)."""
+    x, y = data()
+    weights = np.random.default_rng(5).random(len(x)).astype(np.float32) * 2
+    weighted = fit_both(conv_model, x, y, epochs=2, batch_size=32, sample_weight=weights)
+    assert_same(weighted)
+    assert_same(fit_both(conv_model, x, y, epochs=2, batch_size=32, class_weight={0: 0.2, 2: 3.0}))
+    plain = fit_both(conv_model, x, y, epochs=2, batch_size=32)
+    assert abs(plain[0][0]["loss"][-1] - weighted[0][0]["loss"][-1]) > 1e-3
+
+
 @pytest.mark.parametrize("optimizer", ["RMSprop(learning_rate=0.01, clipnorm=0.05)",
                                        "SGD(learning_rate=0.1, momentum=0.9, global_clipnorm=0.1)"])
 def test_clipping_sees_the_whole_batch_gradient(optimizer):

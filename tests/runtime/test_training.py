@@ -720,8 +720,19 @@ def test_validation_in_fit_calls_the_test_hooks_and_takes_an_iterable():
                     callbacks=[Val()])
     np.testing.assert_allclose(history.history["val_loss"], vals, rtol=1e-6)
     assert len(history.history["val_accuracy"]) == 2
-    with pytest.raises(ValueError, match="kcompile takes no sample weights"):
-        m.fit(x, y, verbose=0, validation_data=(x, y, np.ones(len(x))))
+    # (x, y, sample_weight) validates on the weighted loss, as evaluate(sample_weight=...) gives it
+    weights = np.linspace(0, 2, len(x) - 64).astype(np.float32)
+    vals.clear()
+
+    class WeightedVal(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            vals.append(self.model.evaluate(x[64:], y[64:], batch_size=16, sample_weight=weights, verbose=0))
+
+    history = m.fit(x[:64], y[:64], batch_size=16, verbose=0, validation_data=(x[64:], y[64:], weights),
+                    callbacks=[WeightedVal()])
+    np.testing.assert_allclose([history.history["val_loss"][0], history.history["val_accuracy"][0]], vals[0],
+                               rtol=1e-6)
+    assert history.history["val_loss"][0] != pytest.approx(m.evaluate(x[64:], y[64:], verbose=0)[0], rel=1e-3)
 
 
 def test_a_checkpoint_saved_at_an_epochs_end_resumes_after_that_epoch(tmp_path):
@@ -734,3 +745,89 @@ def test_a_checkpoint_saved_at_an_epochs_end_resumes_after_that_epoch(tmp_path):
     first.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False, initial_epoch=first._epoch)
     for a, b in zip(first.get_weights(), m.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+SGD_MODEL = """
+model weighted {
+    input x: float32[6]
+    Dense(8, activation=tanh)
+    probs = Dense(3, activation=softmax)
+    output probs
+    train {
+        loss = categorical_crossentropy
+        optimizer = SGD(learning_rate=LR)
+        metrics = [accuracy]
+    }
+}
+"""
+
+
+def test_sample_weight_and_class_weight_weigh_each_samples_loss_as_keras():
+    """Keras's reduction: the batch's sum of weighted losses over its size (not over the
+    weights' sum); metrics unweighted; class_weight is a sample weight by class (1 where the dict
+    leaves a class out). A scratch run matched Keras/JAX's losses and weights to 1e-7."""
+    x, y = small_data(40)
+    m = kcompile.compile_string(SGD_MODEL.replace("LR", "0.5"), seed=0)
+    weights = np.random.default_rng(1).random(40).astype(np.float32) * 2
+    p = m.predict(x)
+    ce = -(y * np.log(p)).sum(-1)
+    accuracy = (p.argmax(-1) == y.argmax(-1)).mean()
+    assert m.evaluate(x, y, batch_size=40, sample_weight=weights, verbose=0) == pytest.approx(
+        [(ce * weights).mean(), accuracy], rel=1e-5)
+    # two batches: their losses by batch size, as Keras
+    halves = [(ce[s] * weights[s]).mean() for s in (slice(0, 32), slice(32, 40))]
+    assert m.evaluate(x, y, batch_size=32, sample_weight=weights, verbose=0)[0] == pytest.approx(
+        (halves[0] * 32 + halves[1] * 8) / 40, rel=1e-5)
+    # class_weight = the sample weights of the samples' classes
+    by_class = {0: 0.5, 2: 3.0}
+    as_samples = np.array([by_class.get(c, 1.0) for c in y.argmax(-1)], np.float32)
+    assert m.evaluate(x, y, batch_size=40, sample_weight=as_samples, verbose=0) == pytest.approx(
+        m.test_on_batch(x, y, sample_weight=as_samples), rel=1e-6)
+    runs = []
+    for kw in (dict(class_weight=by_class), dict(sample_weight=as_samples)):
+        model = kcompile.compile_string(SGD_MODEL.replace("LR", "0.5"), seed=0)
+        runs.append(model.fit(x, y, batch_size=8, epochs=2, shuffle=True, verbose=0, **kw).history["loss"])
+    assert runs[0] == runs[1]
+    # SGD on a full batch: weights of 2 everywhere step as a doubled learning rate
+    twice = kcompile.compile_string(SGD_MODEL.replace("LR", "0.5"), seed=0)
+    twice.fit(x, y, batch_size=40, epochs=3, sample_weight=np.full(40, 2.0), verbose=0)
+    faster = kcompile.compile_string(SGD_MODEL.replace("LR", "1.0"), seed=0)
+    faster.fit(x, y, batch_size=40, epochs=3, verbose=0)
+    for a, b in zip(twice.get_weights(), faster.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_weights_in_batches_splits_and_their_errors():
+    x, y = small_data(40)
+    weights = np.linspace(0.1, 2, 40).astype(np.float32)
+    runs = []
+    for data in (dict(x=x, y=y, sample_weight=weights),
+                 dict(x=iter([(x[i:i + 10], y[i:i + 10], weights[i:i + 10]) for i in range(0, 40, 10)]))):
+        m = kcompile.compile_string(SGD_MODEL.replace("LR", "0.5"), seed=0)
+        runs.append(m.fit(batch_size=10, shuffle=False, verbose=0, **data).history["loss"])
+    assert runs[0] == pytest.approx(runs[1], rel=1e-6)  # (an iterable's batches carry their weights)
+    m = kcompile.compile_string(SGD_MODEL.replace("LR", "0.5"), seed=0)
+    # validation_split cuts the weights with the rows (the last 25% validate, weighted)
+    history = m.fit(x, y, batch_size=10, validation_split=0.25, sample_weight=weights, verbose=0)
+    assert history.history["val_loss"][0] == pytest.approx(
+        m.evaluate(x[30:], y[30:], sample_weight=weights[30:], verbose=0)[0], rel=1e-6)
+    for kw, message in ((dict(sample_weight=weights[:5]), r"sample_weight expects shape \(40,\), one weight per "
+                                                          r"sample, got \(5,\)"),
+                        (dict(sample_weight=weights, class_weight={0: 1.0}), "not both"),
+                        (dict(class_weight=[1.0, 2.0]), "class_weight must be a dict")):
+        with pytest.raises(ValueError, match=message):
+            m.fit(x, y, verbose=0, **kw)
+    with pytest.raises(ValueError, match=r"give each batch's weights in it: \(x, y, sample_weight\)"):
+        m.fit(iter([(x, y)]), sample_weight=weights, verbose=0)
+
+
+def test_validation_freq_validates_after_the_epochs_it_names():
+    x, y = small_data(40)
+    m = kcompile.compile_string(SGD_MODEL.replace("LR", "0.1"), seed=0)
+    history = m.fit(x[:30], y[:30], epochs=5, verbose=0, validation_data=(x[30:], y[30:]), validation_freq=2)
+    assert len(history.history["loss"]) == 5 and len(history.history["val_loss"]) == 2
+    history = m.fit(x[:30], y[:30], epochs=5, verbose=0, validation_data=(x[30:], y[30:]), validation_freq=[1, 5])
+    assert len(history.history["val_loss"]) == 2
+    assert history.history["val_loss"][-1] == pytest.approx(m.evaluate(x[30:], y[30:], verbose=0)[0], rel=1e-6)
+    with pytest.raises(ValueError, match="validation_freq must be a positive integer or a list of epochs"):
+        m.fit(x, y, verbose=0, validation_freq=0)
