@@ -536,6 +536,7 @@ class Elaborator:
                                 f"write {callee.name}(x)" + (f", or Activation({callee.name}) as a layer"
                                                              if callee.name in ("relu", "sigmoid", "tanh") else ""))
                 b.loc, b.layer = e.loc, None
+                self.check_keywords(callee, kwargs, e)
                 try:
                     return callee.target(b, *tensors, **kwargs)
                 except (TypeError, ValueError) as err:  # (an argument of the wrong kind)
@@ -705,6 +706,20 @@ class Elaborator:
         call with the wrong inputs is reported, not taken as the shape of every later call)."""
         if first_call and isinstance(layer, (BlockLayer, ModelLayer)):
             layer.built, layer.input_types = False, None
+
+    @staticmethod
+    def check_keywords(callee: Ref, kwargs: dict, e: ast.Call):
+        """A built-in function's keyword arguments must be among its parameters."""
+        import inspect
+        params = inspect.signature(callee.target).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        names = [n for n, p in params.items() if n not in ("ctx", "x") and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        for k in kwargs:
+            if k not in names:
+                at = next((a.loc for a in e.kwargs if a.name == k), e.loc)
+                raise _Fail(f"{callee.name} has no argument {k!r}", at, did_you_mean(k, names) or (
+                    f"it takes {', '.join(names)}" if names else f"{callee.name} takes no keyword arguments"))
 
     def instantiate_block(self, block: ast.Block, args, kwargs, e: ast.Call) -> BlockLayer:
         names = [p.name for p in block.params]

@@ -30,6 +30,23 @@ def _hard_swish(ctx, x):
     return ctx.op("Mul", x, _hard_sigmoid(ctx, x))
 
 
+def gelu(ctx, x, approximate=False):
+    """Keras's gelu: exact, x * 0.5 * (1 + erf(x / sqrt(2))), or with ``approximate`` the tanh
+    form 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))."""
+    from .base import BoolArg
+    try:
+        approximate = BoolArg()(approximate)
+    except ArgError as e:
+        raise ArgError(f"approximate: {e}") from None
+    if not approximate:
+        return ctx.op("Gelu", x)
+    cube = ctx.op("Mul", ctx.op("Mul", x, x), x)
+    inner = ctx.op("Mul", ctx.op("Add", x, ctx.op("Mul", cube, ctx.const(0.044715, x.dtype))),
+                   ctx.const(0.7978845608028654, x.dtype))  # sqrt(2 / pi)
+    half = ctx.op("Mul", x, ctx.const(0.5, x.dtype))
+    return ctx.op("Mul", half, ctx.op("Add", ctx.op("Tanh", inner), ctx.const(1.0, x.dtype)))
+
+
 def _axis(axis):
     try:
         return IntArg()(axis)
@@ -53,7 +70,7 @@ ACTIVATIONS = {
     "tanh": _unary("Tanh"),
     "softmax": softmax,
     "log_softmax": log_softmax,
-    "gelu": _unary("Gelu"),
+    "gelu": gelu,
     "elu": _unary("Elu", alpha=1.0),
     "selu": _unary("Selu", alpha=1.6732632423543772, gamma=1.0507009873554805),
     "softplus": _unary("Softplus"),

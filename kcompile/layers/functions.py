@@ -7,7 +7,7 @@ import math
 
 from ..errors import ShapeError
 from ..ir.types import DTYPES
-from .activations import ACTIVATIONS, log_softmax, softmax
+from .activations import ACTIVATIONS, gelu, log_softmax, softmax
 from .base import ArgError, BoolArg
 
 
@@ -68,6 +68,7 @@ FUNCTIONS = {
     **{name: (lambda f: lambda ctx, x: f(ctx, x))(f) for name, f in ACTIVATIONS.items()},
     "softmax": lambda ctx, x, axis=-1: softmax(ctx, x, axis),
     "log_softmax": lambda ctx, x, axis=-1: log_softmax(ctx, x, axis),
+    "gelu": lambda ctx, x, approximate=False: gelu(ctx, x, approximate),
     "concat": _concat,
     "mean": _reduce("ReduceMean"),
     "sum": _reduce("ReduceSum"),

@@ -213,6 +213,8 @@ CASES = [
      3, 5, "output_padding (1, 2) must be below strides (2, 2)", None),
     ("target_declared_twice", model("y = Dense(3)\noutput y\ntrain {\n    target t: float32[3]\n    target t: float32[4]\n"
                                     "    loss = mse(t, y)\n    optimizer = SGD()\n}"), 7, 16, "target t is declared twice", None),
+    ("function_keyword_it_lacks", model("y = mean(x, axes=1)\noutput y"), 3, 17, "mean has no argument 'axes'",
+     "did you mean axis?"),
     ("block_parameter_twice", "block B(n: int, n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, 2)"), 1, 17,
      "B has two parameters named n", None),
     ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),

@@ -228,3 +228,17 @@ model m {
     h = ref.leaky_relu(ref.conv(x, k1, b1), 0.3)
     h = ref.relu(ref.conv(h, k2, b2), 0.5)
     close(y, ref.elu(ref.conv(h, k3, b3), 0.7))
+
+
+def test_gelu_approximate_is_kerass_tanh_form(run, rng, close):
+    """gelu(x, approximate=true): Keras's 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); the
+    default stays the exact erf form (the two differ by up to ~5e-4 here, well above float32's
+    noise, so each check tells them apart)."""
+    x = wide_input((7,), rng)
+    tanh_form = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    src = "model m {\n    input x: float32[7]\n    y = gelu(x, approximate=APPROX)\n    output y\n}"
+    y, _ = run(src.replace("APPROX", "true"), x)
+    close(y, tanh_form)
+    y, _ = run(src.replace("APPROX", "false"), x)
+    close(y, ref.activation("gelu", x))
+    assert np.abs(tanh_form - ref.activation("gelu", x)).max() > 1e-4
