@@ -13,13 +13,14 @@ from . import devices
 from .devices import providers_for
 from .summary import format_summary
 from .data import as_arrays, check_arrays, tensor_specs
+from .layers import LayersMixin
 from .training import TrainingMixin
 
 
 PREDICT_CACHE_BYTES = 4 << 20  # activations per predict run (about a core's share of a CPU's last-level cache)
 
 
-class Model(TrainingMixin):
+class Model(LayersMixin, TrainingMixin):
     """A compiled model. Build it with :func:`kcompile.compile` or :func:`kcompile.load`."""
 
     def __init__(self, onnx_bytes: bytes, manifest: dict, weights: dict[str, np.ndarray], device: str = "cpu",
@@ -208,6 +209,13 @@ class Model(TrainingMixin):
                 outs = self._predictor.run(feeds, n, step, fixed)
         self._ran(session)
         return outs[0] if len(outs) == 1 else outs
+
+    def predict_on_batch(self, x):
+        """The outputs for ``x`` in one run (Keras's predict_on_batch)."""
+        return self.predict(x, batch_size=None)
+
+    def __call__(self, x):  # (Keras's model(x), outside any graph: the outputs as arrays)
+        return self.predict_on_batch(x)
 
     def _new_predictor(self, session):
         from .binding import Predictor

@@ -376,3 +376,32 @@ model centred {
     np.testing.assert_allclose(m.predict(x, batch_size=None), h - h.mean(), rtol=1e-4, atol=1e-6)
     by_100 = np.concatenate([c - c.mean() for c in np.split(h, 3)])
     np.testing.assert_allclose(m.predict(x, batch_size=100), by_100, rtol=1e-4, atol=1e-6)
+
+
+def test_layers_as_keras_shows_them():
+    """model.layers / get_layer: names, classes, output shapes, each layer's weights read and
+    written through the model, and trainable = False freezing the layer in the next fit."""
+    m = kcompile.compile_string(MLP.replace("    output probs\n", "    output probs\n    train {\n        "
+                                            "loss = categorical_crossentropy\n        optimizer = SGD(0.1)\n    }\n"))
+    assert [(layer.name, layer.class_name, layer.output_shape) for layer in m.layers] == [
+        ("flatten", "Flatten", (None, 784)), ("dense", "Dense", (None, 32)), ("dense_1", "Dense", (None, 10))]
+    dense = m.get_layer("dense")
+    kernel, bias = dense.get_weights()
+    np.testing.assert_array_equal(kernel, m.get_weights()[0])
+    assert dense.count_params() == 784 * 32 + 32 and m.get_layer(index=-1).name == "dense_1"
+    dense.set_weights([kernel * 2, bias + 1])
+    np.testing.assert_array_equal(m.get_weights()[0], kernel * 2)
+    np.testing.assert_array_equal(m.get_weights()[1], bias + 1)
+    x = np.random.default_rng(0).random((6, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(m(x), m.predict(x), rtol=1e-5, atol=1e-7)
+    dense.trainable = False
+    assert not dense.trainable and m.get_layer("dense_1").trainable
+    before = m.get_weights()
+    m.fit(x, np.eye(10, dtype=np.float32)[:6], verbose=0)
+    after = m.get_weights()
+    np.testing.assert_array_equal(after[0], before[0])
+    assert not np.array_equal(after[2], before[2])
+    with pytest.raises(ValueError, match=r"no layer named 'dens' \(did you mean dense\?\)"):
+        m.get_layer("dens")
+    with pytest.raises(ShapeMismatch, match=r"weight dense/kernel expects shape \(784, 32\), got \(32,\)"):
+        dense.set_weights([bias, bias])

@@ -1,0 +1,78 @@
+"""A compiled model's layers as Keras shows them (``model.layers``, ``model.get_layer``): names,
+classes, output shapes and weights, read and written through the model that owns them."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeMismatch, did_you_mean
+
+
+class Layer:
+    """One layer of a compiled model. ``get_weights``/``set_weights`` read and write its weights
+    in Keras's order and layouts; ``trainable = False`` freezes it (``Model.set_trainable``)."""
+
+    def __init__(self, model, entry: dict):
+        self._model = model
+        self.name = entry["name"]
+        self.class_name = entry["kind"]
+        self.weight_names = list(entry["params"])
+        shapes = [tuple(None if isinstance(d, str) else d for d in s) for s in entry["output_shapes"]]
+        self.output_shape = shapes[0] if len(shapes) == 1 else shapes
+
+    def __repr__(self):
+        return f"<kcompile layer {self.name} ({self.class_name}), {len(self.weight_names)} weights>"
+
+    def _positions(self):
+        names = self._model.weight_names
+        return [names.index(n) for n in self.weight_names]
+
+    def get_weights(self) -> list[np.ndarray]:
+        weights = self._model.get_weights()
+        return [weights[i] for i in self._positions()]
+
+    def set_weights(self, weights) -> None:
+        weights = list(weights)
+        if len(weights) != len(self.weight_names):
+            raise ValueError(f"set_weights: layer {self.name} has {len(self.weight_names)} weights, got {len(weights)}")
+        everything = self._model.get_weights()
+        for i, w, name in zip(self._positions(), weights, self.weight_names):
+            if tuple(np.shape(w)) != everything[i].shape:
+                raise ShapeMismatch(f"set_weights: weight {name} expects shape {everything[i].shape}, "
+                                    f"got {tuple(np.shape(w))}")
+            everything[i] = w
+        self._model.set_weights(everything)
+
+    def count_params(self) -> int:
+        return int(sum(w.size for w in self.get_weights()))
+
+    @property
+    def trainable(self) -> bool:
+        flags = {p["name"]: p["trainable"] for p in self._model.manifest["parameters"]}
+        return any(flags[n] for n in self.weight_names) if self.weight_names else True
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if self.weight_names:  # (a layer without weights has nothing to freeze, as in Keras)
+            self._model.set_trainable(self.name, bool(value))
+
+
+class LayersMixin:
+    @property
+    def layers(self) -> list[Layer]:
+        """The model's layers in source order (inputs not counted, unlike Keras's InputLayer)."""
+        return [Layer(self, entry) for entry in self.manifest["layers"]]
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        """A layer by name, or by position in ``layers`` (as Keras)."""
+        layers = self.layers
+        if index is not None:
+            if not -len(layers) <= index < len(layers):
+                raise ValueError(f"get_layer: index {index} is out of range for {len(layers)} layers")
+            return layers[index]
+        for layer in layers:
+            if layer.name == name:
+                return layer
+        names = [layer.name for layer in layers]
+        hint = did_you_mean(name, names) if isinstance(name, str) else None
+        raise ValueError(f"get_layer: no layer named {name!r}" + (f" ({hint})" if hint else "")
+                         + f"; layers: {', '.join(names)}")
