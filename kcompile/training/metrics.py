@@ -79,7 +79,9 @@ def auc(ctx, y, p):
     dtype = ctx.type(p).dtype
     eps = 1e-7
     thresholds = np.concatenate([[-eps], (np.arange(1, AUC_THRESHOLDS - 1) / (AUC_THRESHOLDS - 1)), [1 + eps]])
-    flat_p = ctx.op("Reshape", p, shape=(-1, 1))
+    # (predictions clipped to [0, 1] first, as Keras: logits or a linear output still give a
+    # curve from (0, 0) to (1, 1))
+    flat_p = ctx.op("Reshape", ctx.op("Min", ctx.op("Max", p, 0.0), 1.0), shape=(-1, 1))
     flat_y = _as_float(ctx, ctx.op("Greater", ctx.op("Reshape", y, shape=(-1, 1)), 0.5), dtype)
     above = _as_float(ctx, ctx.op("Greater", flat_p, ctx.const(thresholds.reshape(1, -1), dtype)), dtype)
     tp = ctx.op("ReduceSum", ctx.op("Mul", above, flat_y), axes=(0,), keepdims=0)

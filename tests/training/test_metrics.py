@@ -122,7 +122,7 @@ def keras_auc(y, p, num_thresholds=200):
     eps = 1e-7
     thresholds = np.array([0.0 - eps] + [(i + 1) / (num_thresholds - 1) for i in range(num_thresholds - 2)]
                           + [1.0 + eps], dtype=np.float32)
-    p = np.asarray(p, np.float32).reshape(-1, 1)
+    p = np.clip(np.asarray(p, np.float32), 0, 1).reshape(-1, 1)  # (Keras clips predictions to [0, 1])
     truth = np.asarray(y).reshape(-1, 1) > 0.5
     above = p > thresholds[None, :]
     tp = np.sum(above & truth, 0).astype(np.float64)
@@ -259,6 +259,19 @@ def test_auc_matches_keras_and_exact_auc_on_500_samples():
     for b in (n, 7):
         again = m.evaluate(x, y, batch_size=b, verbose=0, return_dict=True)
         np.testing.assert_allclose(again["auc"], logs["auc"], **TOL)
+
+
+def test_auc_of_predictions_outside_0_1_clips_them_as_keras():
+    """A linear output (logits, say): Keras clips to [0, 1] before its thresholds (1.0 for these
+    numbers, where kcompile gave 0.0 before it did)."""
+    m = kcompile.compile_string(SCORER.replace("activation=sigmoid", "activation=linear")
+                                .replace("binary_crossentropy", "mse"), seed=0)
+    m.set_weights([np.array([[1.0]], np.float32), np.array([0.0], np.float32)])
+    p = np.array([[-2.0], [-0.5], [0.3], [1.7], [-1.2], [2.5]], np.float32)
+    y = np.array([[0], [0], [1], [1], [0], [1]], np.float32)
+    assert m.evaluate(p, y, verbose=0, return_dict=True)["auc"] == pytest.approx(1.0)
+    assert keras_auc(y, p) == pytest.approx(1.0)
+    assert m.evaluate(p - 5, y, verbose=0, return_dict=True)["auc"] == pytest.approx(keras_auc(y, p - 5)) == 0.5
 
 
 def test_auc_from_totals_is_keras_interpolation():
