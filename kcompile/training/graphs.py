@@ -167,6 +167,10 @@ class _Objective:
                 return {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[e.op]
             if isinstance(a, float):  # a number takes the dtype of the tensor it meets
                 a = ctx.const(a, ctx.type(b).dtype)
+            elif not isinstance(b, float) and ctx.type(a).shape != ctx.type(b).shape:
+                # terms of other shapes (a per-step and a per-sample loss): each its own mean
+                # first, as Keras reduces each output's loss before it adds them
+                a, b = (ctx.op("ReduceMean", v, keepdims=0) if ctx.type(v).rank else v for v in (a, b))
             return ctx.op({"+": "Add", "-": "Sub", "*": "Mul", "/": "Div"}[e.op], a, b)
         if isinstance(e, ast.Name):
             output = next(iter(self.outputs))

@@ -512,3 +512,25 @@ def test_losses_and_metrics_leave_out_masked_steps_as_keras():
     before_step = reference(slice(0, 4))[0]
     assert m.train_on_batch(ids[:4], y[:4])[0] == pytest.approx(before_step, rel=1e-5)
     assert "masked output's loss" in m.manifest["training"]["per_sample"]  # (not split into parts)
+
+
+def test_a_per_step_loss_and_a_per_sample_loss_add_as_their_means():
+    """`mse(s) + categorical_crossentropy(c)` with s per step ([N, 4] losses) and c per sample
+    ([N]): each is its own mean, as Keras reduces each output's loss (it was a broadcast error)."""
+    m = kcompile.compile_string("""model m {
+    input x: float32[4, 2]
+    s = Dense(3)(x)
+    c = Dense(2, activation=softmax)(Flatten()(x))
+    output s, c
+    train {
+        loss = mse(s) + 0.5 * categorical_crossentropy(c)
+        optimizer = SGD()
+    }
+}""")
+    rng = np.random.default_rng(0)
+    x, ys = rng.random((10, 4, 2), dtype=np.float32), rng.random((10, 4, 3), dtype=np.float32)
+    yc = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 10)]
+    ps, pc = m.predict(x)
+    expected = ((ps - ys) ** 2).mean() + 0.5 * (-(yc * np.log(pc)).sum(-1)).mean()
+    assert m.evaluate(x, [ys, yc], verbose=0, batch_size=10) == pytest.approx(expected, rel=1e-5)
+    assert np.isfinite(m.fit(x, [ys, yc], verbose=0).history["loss"][0])
