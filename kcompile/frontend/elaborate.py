@@ -129,6 +129,8 @@ class Builder:
     def const(self, value, dtype="float32") -> Tensor:
         if np.dtype(dtype).kind in "iu" and isinstance(value, (int, float)):
             info = np.iinfo(dtype)
+            if not math.isfinite(value):
+                raise ShapeError(f"{value} does not fit {dtype}", "cast the other operand to a float type")
             if value != int(value):
                 raise ShapeError(f"{value} is not an integer, as {dtype} values are",
                                  "cast the other operand to a float type")
@@ -591,7 +593,8 @@ class Elaborator:
 
     def tensors(self, args, e: ast.Call, frame) -> list:
         if len(args) == 1 and isinstance(args[0], list):  # Keras's list form: Concatenate()([a, b])
-            return [self.tensor(a, e.args[0].items[i].loc, frame) for i, a in enumerate(args[0])]
+            locs = [i.loc for i in e.args[0].items] if isinstance(e.args[0], ast.List) else [e.args[0].loc] * len(args[0])
+            return [self.tensor(a, loc, frame) for a, loc in zip(args[0], locs)]
         return [self.tensor(a, e.args[i].loc, frame) for i, a in enumerate(args)]
 
     def tensor(self, v, loc, frame) -> Tensor:
@@ -706,6 +709,7 @@ class Elaborator:
         call with the wrong inputs is reported, not taken as the shape of every later call)."""
         if first_call and isinstance(layer, (BlockLayer, ModelLayer)):
             layer.built, layer.input_types = False, None
+            layer.sublayers.clear()  # (the layers its body built for the failed call's inputs)
 
     @staticmethod
     def check_keywords(callee: Ref, kwargs: dict, e: ast.Call):
@@ -758,9 +762,9 @@ class Elaborator:
         if check is None:
             raise _Fail(f"unknown parameter type {p.type}", p.loc,
                         did_you_mean(p.type, self._PARAM_TYPES) or "use int, float, bool, str, shape or any")
-        if not check(v):
+        if v is not None and not check(v):  # (none: Keras's None, for any type)
             raise _Fail(f"{block.name} parameter {p.name} is {p.type}, got {show(v)}", loc)
-        return float(v) if p.type == "float" else v
+        return float(v) if p.type == "float" and v is not None else v
 
     def call_block(self, layer: BlockLayer, inputs, loc, frame: Frame):
         block = layer.block

@@ -3,6 +3,7 @@ or iterables of (x, y) batches, sliced and shuffled reproducibly."""
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,13 +203,21 @@ class Batches:
                 xs, ys, n = self.model._check_xy(item[0], item[1], self.where, item[2] if len(item) == 3 else None)
                 yield xs, ys, n
             return
-        # The arrays' batches as one stream of passes over the data, each pass shuffled by its own
-        # seed: an epoch of steps_per_epoch steps goes on where the last one stopped (Keras), and
-        # an epoch of a whole pass is pass ``epoch``.
+        # Passes over the arrays, each shuffled by its own seed, as Keras 3's EpochIterator takes
+        # them: an epoch of steps_per_epoch steps goes on where the last one stopped, an epoch
+        # that reaches the end of a pass stops there (Keras warns), and the next one starts the
+        # next pass; an epoch of a whole pass is pass ``epoch``. (Worked out from ``epoch``
+        # alone, so that a resumed run draws what the uninterrupted one would.)
         per_pass = -(-self.n // self.batch_size)
-        for k in range(epoch * self.steps, (epoch + 1) * self.steps):
-            order = self._order(k // per_pass)
-            i = k % per_pass
+        epochs_per_pass = -(-per_pass // self.steps)
+        data_pass, part = divmod(epoch, epochs_per_pass)
+        first = part * self.steps
+        last = min(first + self.steps, per_pass)
+        if last - first < self.steps:
+            warnings.warn(f"{self.where}: the arrays ran out of batches {last - first} steps into an epoch of "
+                          f"{self.steps}; the next epoch starts a new pass over them (as Keras)", stacklevel=3)
+        order = self._order(data_pass)
+        for i in range(first, last):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             if not self.shuffle:  # contiguous slices are views: no copy
                 s = slice(idx[0], idx[-1] + 1)

@@ -49,7 +49,7 @@ class Model(LayersMixin, TrainingMixin):
         self._batched_outputs = all(o["shape"][:1] == [BATCH] for o in manifest["outputs"])
         # where one row's outputs depend on other rows (`h - mean(h, axis=0)`), predict runs
         # exactly batch_size rows at a time, not in the runs it would choose for speed
-        self._rows_independent = manifest.get("rows_independent", True)
+        self._rows_independent = manifest.get("rows_independent", False)  # (unknown in 0.2.0's builds)
         self._predicted_generation = -1
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
@@ -188,9 +188,11 @@ class Model(LayersMixin, TrainingMixin):
         step = n if not batch_size or batch_size >= n else int(batch_size)
         if self._rows_independent:
             step = min(step, self._predict_rows)
-        if n == 0 and self._batched_outputs:
+        if n == 0:
             # the shapes of one row of zeros, cut to none: onnxruntime's recurrent kernels abort
             # the process on zero rows
+            if not self._batched_outputs:
+                raise ValueError("predict: no rows, and an output without the batch axis reduces over the rows")
             one = {k: np.zeros((1,) + a.shape[1:], a.dtype) for k, a in feeds.items()}
             outs = [o[:0] for o in session.run(None, {**one, **(fixed or {})})]
         elif not self._batched_outputs:

@@ -35,8 +35,9 @@ from .metrics import METRIC_FUNCTIONS
 
 LR, STEP = "lr", "step"
 # Each sample's weight in the loss ([N], float32; ones unless fit/evaluate are given
-# sample_weight or class_weight): the losses' per-sample values are scaled by it, as Keras's
-SAMPLE_WEIGHT = "sample_weight"
+# sample_weight or class_weight): the losses' per-sample values are scaled by it, as Keras's.
+# (A name no model value can have: source names have no ':'.)
+SAMPLE_WEIGHT = "loss:sample_weight"
 
 
 @dataclass
@@ -126,8 +127,7 @@ class _Objective:
         # loss_weights: each output's factor on the loss terms computed on it
         self.loss_weights = dict(zip(self.outputs, config.get("loss_weights") or []))
         self.masks = dict(g.meta.get("output_masks") or {})  # output -> its step mask's value
-        if SAMPLE_WEIGHT not in g.types:
-            g.add_input(SAMPLE_WEIGHT, TensorType("float32", (BATCH,)))
+        g.add_input(SAMPLE_WEIGHT, TensorType("float32", (BATCH,)))
         self.masked_loss = False  # a loss term left masked steps out (normalized per batch)
 
     def _target(self, name, t):

@@ -32,12 +32,12 @@ def test_the_parts_gradients_add_up_to_the_steps_update():
     x, y = rng.standard_normal((7, 5)).astype(np.float32), rng.standard_normal((7, 2)).astype(np.float32)
     step = m._step_graph()
     weights = rng.random(7).astype(np.float32)  # (each sample's weight in the loss: cut with the rows)
-    feeds = m._step_feeds({"x": x}, {"y_target": y, "sample_weight": weights}, training=True)
+    feeds = m._step_feeds({"x": x}, {"y_target": y, "loss:sample_weight": weights}, training=True)
     whole = run(step, feeds)
     part, update = split_step(step, m.manifest["training"]["gradients"], parts=2)
     grads, losses = {}, []
     for rows in (slice(0, 4), slice(4, 7)):
-        out = run(part, {**feeds, "x": x[rows], "y_target": y[rows], "sample_weight": weights[rows],
+        out = run(part, {**feeds, "x": x[rows], "y_target": y[rows], "loss:sample_weight": weights[rows],
                          "share": np.asarray(len(range(7)[rows]) / 7, np.float32)})
         losses.append(out["loss"] * len(range(7)[rows]) / 7)
         for w in m.manifest["training"]["gradients"]:

@@ -215,6 +215,7 @@ CASES = [
                                     "    loss = mse(t, y)\n    optimizer = SGD()\n}"), 7, 16, "target t is declared twice", None),
     ("function_keyword_it_lacks", model("y = mean(x, axes=1)\noutput y"), 3, 17, "mean has no argument 'axes'",
      "did you mean axis?"),
+    ("infinity_added_to_integers", model("y = cast(x, int32) + 1e309\noutput y"), 3, 26, "inf does not fit int32", None),
     ("block_parameter_twice", "block B(n: int, n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, 2)"), 1, 17,
      "B has two parameters named n", None),
     ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),
@@ -360,6 +361,26 @@ def test_an_error_deep_in_blocks_is_reported_once():
         }
         """))
     assert [(d.loc.line, d.message) for d in ds] == [(7, "block A uses itself (A -> B -> A)")]
+
+
+def test_a_shared_block_that_fails_inside_is_built_anew_by_its_next_call():
+    """(the layers its body built for the failed call kept that call's shapes: the good call
+    after it was refused with "layer b/dense was built for float32[N, 4]")"""
+    ds = diagnostics(src("""
+        block B() {
+            input h
+            output Dense(2)(h) + h
+        }
+        model m {
+            input x: float32[4]
+            input x2: float32[2]
+            layer b = B()
+            y = b(x)
+            z = b(x2)
+            output z
+        }
+        """))
+    assert [d.loc.line for d in ds] == [3] and "cannot apply +" in ds[0].message
 
 
 def test_errors_in_several_models_are_all_reported():

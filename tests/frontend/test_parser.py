@@ -254,10 +254,27 @@ model m {{
     output c, s, p
 }}
 """
+    named = kcompile.compile_string(program.format(pair="[x, y]").replace("    c = Concatenate(axis=-1)([x, y])",
+                                                                          "    xy = [x, y]\n    c = Concatenate(axis=-1)(xy)"),
+                                    model="m")  # (a list held in a name: an internal error before)
     listed = kcompile.compile_string(program.format(pair="[x, y]"), model="m")
     plain = kcompile.compile_string(program.format(pair="x, y"), model="m")
     rng = np.random.default_rng(0)
     feeds = {"x": rng.random((2, 3), dtype=np.float32), "y": rng.random((2, 3), dtype=np.float32)}
-    for a, b in zip(listed.predict(feeds), plain.predict(feeds)):
+    for a, b, c in zip(listed.predict(feeds), plain.predict(feeds), named.predict(feeds)):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, b)
     np.testing.assert_allclose(listed.predict(feeds)[2], feeds["x"] * feeds["y"], rtol=1e-6)
+
+
+def test_a_block_parameter_may_default_to_none():
+    import numpy as np
+
+    import kcompile
+    m = kcompile.compile_string("block B(act: str = none) {\n    input h\n    Dense(2, activation=act)\n}\n"
+                                "model m {\n    input x: float32[3]\n    y = B()(x)\n    z = B(act=relu)(x)\n"
+                                "    output y, z\n}\n")
+    x = np.array([[1.0, -2.0, 3.0]], np.float32)
+    (k1, b1, k2, b2), (y, z) = m.get_weights(), m.predict(x)
+    np.testing.assert_allclose(y, x @ k1 + b1, rtol=1e-6)  # (none: linear)
+    np.testing.assert_allclose(z, np.maximum(x @ k2 + b2, 0), rtol=1e-6)

@@ -40,7 +40,7 @@ def test_iobinding_runner_matches_plain_session_runs():
     slots = m.optimizer_state()
     plain_losses = []
     for step in range(3):
-        feeds = {"image": x, "probs_target": y, "sample_weight": np.ones(len(x), np.float32),
+        feeds = {"image": x, "probs_target": y, "loss:sample_weight": np.ones(len(x), np.float32),
                  "lr": np.array(0.001, np.float32), "step": np.array(step + 1, np.float32),
                  **weights, **slots}
         out = dict(zip(names, session.run(None, feeds)))
@@ -101,7 +101,7 @@ def test_in_place_scalars_are_bound_again_where_binding_copies():
         for rate in (0.0, 1e-3, 0.0):
             lr[...] = rate
             before = runner.current()["dense_1/bias"].copy()
-            runner.run({"image": x, "probs_target": y, "sample_weight": np.ones(len(x), np.float32)})
+            runner.run({"image": x, "probs_target": y, "loss:sample_weight": np.ones(len(x), np.float32)})
             moved.append(float(np.abs(runner.current()["dense_1/bias"] - before).max()))
         steps[device] = moved
     for moved in steps.values():

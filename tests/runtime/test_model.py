@@ -355,6 +355,33 @@ model through {
         np.testing.assert_array_equal(m.predict(x, batch_size=batch_size)[0], x)
 
 
+def test_a_build_of_0_2_0_predicts_in_the_batches_asked_for(tmp_path):
+    """Its manifest does not say whether the rows interact: predict keeps to batch_size."""
+    import json
+    folder = write_build(compile_source(MLP, "mlp.kdl"), tmp_path, seed=0)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert kcompile.load(folder)._rows_independent
+    del manifest["rows_independent"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    old = kcompile.load(folder)
+    assert not old._rows_independent
+    x = np.random.default_rng(0).random((40, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(old.predict(x, batch_size=None), kcompile.load(tmp_path / "mlp").predict(x), rtol=1e-6)
+
+
+def test_no_rows_and_an_output_without_the_batch_axis_is_an_error_not_a_crash():
+    m = kcompile.compile_string("""
+model pooled {
+    input t: float32[5, 3]
+    h = LSTM(4, return_sequences=true)(t)
+    y = Dense(2)(h)
+    output y, mean(y)
+}
+""")
+    with pytest.raises(ValueError, match="predict: no rows, and an output without the batch axis"):
+        m.predict(np.zeros((0, 5, 3), np.float32))  # (onnxruntime's LSTM aborted the process)
+
+
 def test_a_model_that_mixes_rows_is_predicted_in_exactly_the_batches_asked_for():
     """predict may run fewer rows at once than asked, for speed (``_predict_rows``, forced low
     here), where each row's outputs depend on that row alone; `h - mean(h)` mixes the rows, so

@@ -664,6 +664,34 @@ def test_steps_per_epoch_goes_on_through_the_arrays_across_epochs():
     np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-6)
 
 
+def test_an_epoch_that_reaches_the_end_of_the_arrays_stops_there_as_keras():
+    """22 rows in batches of 5 (5 batches a pass), 3 steps an epoch: Keras 3.15 runs 3, 2, 3, 2
+    steps (an epoch stops at the end of a pass, the next starts a new one); kcompile wrapped
+    around within the epoch (3, 3, 3, 3). With a zero learning rate and rows that are their own
+    index, each epoch's loss says which rows it saw."""
+    x = np.arange(22, dtype=np.float32)[:, None]
+    m = kcompile.compile_string("model m {\n    input x: float32[1]\n    y = Dense(1)\n    output y\n    train {\n"
+                                "        loss = mse\n        optimizer = SGD(learning_rate=0.0)\n    }\n}\n")
+    m.set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
+    seen = []
+
+    class Rows(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen[-1] += 1
+
+    with pytest.warns(UserWarning, match="ran out of batches 2 steps into an epoch of 3"):
+        history = m.fit(x, np.zeros((22, 1), np.float32), batch_size=5, epochs=4, steps_per_epoch=3,
+                        shuffle=False, verbose=0, callbacks=[Rows()])
+    assert seen == [3, 2, 3, 2]
+    batch_losses = [float((x[i:i + 5] ** 2).mean()) for i in range(0, 22, 5)]
+    sizes = [5, 5, 5, 5, 2]
+    means = [np.average(batch_losses[:3], weights=sizes[:3]), np.average(batch_losses[3:], weights=sizes[3:])]
+    np.testing.assert_allclose(history.history["loss"], means * 2, rtol=1e-6)  # Keras: 67.67, 328.0, 67.67, 328.0
+
+
 def test_a_generator_gives_exactly_steps_per_epoch_batches_and_running_out_stops_training(capsys):
     x, y = small_data(96)
     pulled = []
@@ -831,3 +859,27 @@ def test_validation_freq_validates_after_the_epochs_it_names():
     assert history.history["val_loss"][-1] == pytest.approx(m.evaluate(x[30:], y[30:], verbose=0)[0], rel=1e-6)
     with pytest.raises(ValueError, match="validation_freq must be a positive integer or a list of epochs"):
         m.fit(x, y, verbose=0, validation_freq=0)
+
+
+def test_a_model_value_named_sample_weight_is_the_users_own():
+    """(the loss's per-sample weights are a graph input of a name no source value can have)"""
+    m = kcompile.compile_string("""
+model named {
+    input x: float32[4]
+    input sample_weight: float32[2]
+    h = concat(x, sample_weight, axis=-1)
+    probs = Dense(3, activation=softmax)(h)
+    output probs
+    train {
+        loss = categorical_crossentropy
+        optimizer = SGD()
+    }
+}
+""")
+    rng = np.random.default_rng(0)
+    x = {"x": rng.random((8, 4), dtype=np.float32), "sample_weight": rng.random((8, 2), dtype=np.float32)}
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 8)]
+    p = m.predict(x)
+    weights = np.linspace(0, 1, 8).astype(np.float32)
+    expected = (-(y * np.log(p)).sum(-1) * weights).mean()
+    assert m.evaluate(x, y, sample_weight=weights, batch_size=8, verbose=0) == pytest.approx(expected, rel=1e-5)
