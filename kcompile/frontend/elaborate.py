@@ -194,7 +194,12 @@ class Elaborator:
         self.stack = [name]
         self.block_stack: list = []  # the blocks being elaborated, outermost first
         frame = Frame()
-        outputs = self.body(model.body, frame, top=True)
+        try:
+            outputs = self.body(model.body, frame, top=True)
+        except RecursionError:  # (each call of a block or model is a few Python frames deeper)
+            raise KcompileError([Diagnostic(f"model {name} calls blocks or models nested too deeply for the compiler "
+                                            f"(Python's recursion limit)", model.loc,
+                                            "call fewer blocks inside each other")]) from None
         if not self.diagnostics:
             if not graph.inputs:
                 self.diagnostics.append(Diagnostic(f"model {name} has no input", model.loc,

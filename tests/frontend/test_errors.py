@@ -383,6 +383,17 @@ def test_a_shared_block_that_fails_inside_is_built_anew_by_its_next_call():
     assert [d.loc.line for d in ds] == [3] and "cannot apply +" in ds[0].message
 
 
+def test_blocks_nested_past_the_recursion_limit_are_a_located_error():
+    """(100 blocks each calling the next compile; 150 were an internal RecursionError)"""
+    def chain(n):
+        blocks = [f"block B{i}() {{\n    input x\n    output {f'B{i + 1}()(x)' if i + 1 < n else 'Dense(2)(x)'}\n}}"
+                  for i in range(n)]
+        return "\n".join(blocks) + "\nmodel m {\n    input x: float32[4]\n    y = B0()(x)\n    output y\n}\n"
+    assert diagnostics(chain(100)) == []
+    ds = diagnostics(chain(150))
+    assert len(ds) == 1 and "nested too deeply" in ds[0].message and ds[0].loc.line == 4 * 150 + 1
+
+
 def test_errors_in_several_models_are_all_reported():
     source = model("Dense(2.5)", name="a") + model("Conv2d(3, 3)", IMG, name="b")
     ds = diagnostics(source)
