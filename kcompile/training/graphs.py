@@ -129,6 +129,7 @@ class _Objective:
         self.masks = dict(g.meta.get("output_masks") or {})  # output -> its step mask's value
         g.add_input(SAMPLE_WEIGHT, TensorType("float32", (BATCH,)))
         self.masked_loss = False  # a loss term left masked steps out (normalized per batch)
+        self.output_losses: dict[str, list] = {}  # output -> its loss terms' batch means (Keras's <output>_loss)
 
     def _target(self, name, t):
         if name not in self.g.types:
@@ -208,6 +209,9 @@ class _Objective:
         if output in self.masks:
             values = self.masked(values, self.masks[output])
         values = self.weighted(values)
+        if output in self.outputs:
+            mean = self.ctx.op("ReduceMean", values, keepdims=0) if self.ctx.type(values).rank else values
+            self.output_losses.setdefault(output, []).append(mean)
         weight = self.loss_weights.get(output, 1.0)
         return values if weight == 1.0 else self.ctx.op("Mul", values, self.ctx.const(weight, self.ctx.type(values).dtype))
 
@@ -359,6 +363,14 @@ def _objective(g, train, config, env):
             if l2:
                 loss = ctx.op("Add", loss, ctx.op("Mul", ctx.op("ReduceSum", ctx.op("Mul", name, name), keepdims=0), l2))
     metrics = []
+    if len(objective.outputs) > 1:  # each output's loss, as Keras logs it (a_loss: before loss_weights)
+        for output in objective.outputs:
+            terms = objective.output_losses.get(output)
+            if terms:
+                total = terms[0]
+                for term in terms[1:]:
+                    total = ctx.op("Add", total, term)
+                metrics.append((f"{output}_loss", "mean", {"value": total}))
     metrics_stmt = next((s for s in train.statements if isinstance(s, ast.Assign) and s.name == "metrics"), None)
     if metrics_stmt is not None:
         items = metrics_stmt.expr.items if isinstance(metrics_stmt.expr, ast.List) else [metrics_stmt.expr]

@@ -236,11 +236,11 @@ def test_several_outputs_weighted_sum(loss, combine):
     else:
         expected = combine(ce, keras_mse(yb, pb).mean())
     y = {"a_target": ya, "b_target": yb}
-    value = m.evaluate(x, y, verbose=0, batch_size=N)
+    value = m.evaluate(x, y, verbose=0, batch_size=N)[0]  # (then the outputs' own losses, as Keras)
     assert value == pytest.approx(expected, rel=1e-5)
     # One training step reports the loss of the batch before its update, then changes the weights.
     before = [w.copy() for w in m.get_weights()]
-    assert m.train_on_batch(x, y) == pytest.approx(expected, rel=1e-5)
+    assert m.train_on_batch(x, y)[0] == pytest.approx(expected, rel=1e-5)
     assert any(not np.array_equal(b, w) for b, w in zip(before, m.get_weights()))
     history = m.fit(x, y, batch_size=N, epochs=3, verbose=0, shuffle=False)
     assert np.all(np.isfinite(history.history["loss"]))
@@ -258,7 +258,8 @@ def test_loss_weights_scale_each_outputs_terms_as_keras():
     yb = np.random.default_rng(9).normal(size=(N, 2)).astype(np.float32)
     pa, pb = m.predict(x, batch_size=N)
     expected = 0.3 * keras_categorical_crossentropy(ya, pa).mean() + 2.0 * keras_mse(yb, pb).mean()
-    assert m.evaluate(x, [ya, yb], verbose=0, batch_size=N) == pytest.approx(expected, rel=1e-5)
+    assert m.evaluate(x, [ya, yb], verbose=0, batch_size=N) == pytest.approx(
+        [expected, keras_categorical_crossentropy(ya, pa).mean(), keras_mse(yb, pb).mean()], rel=1e-5)
     for model in (m, reference):
         model.fit(x, [ya, yb], batch_size=8, epochs=2, verbose=0, shuffle=False)
     for a, b in zip(m.get_weights(), reference.get_weights()):
@@ -532,5 +533,5 @@ def test_a_per_step_loss_and_a_per_sample_loss_add_as_their_means():
     yc = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 10)]
     ps, pc = m.predict(x)
     expected = ((ps - ys) ** 2).mean() + 0.5 * (-(yc * np.log(pc)).sum(-1)).mean()
-    assert m.evaluate(x, [ys, yc], verbose=0, batch_size=10) == pytest.approx(expected, rel=1e-5)
+    assert m.evaluate(x, [ys, yc], verbose=0, batch_size=10)[0] == pytest.approx(expected, rel=1e-5)
     assert np.isfinite(m.fit(x, [ys, yc], verbose=0).history["loss"][0])

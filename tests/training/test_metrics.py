@@ -295,7 +295,7 @@ def test_two_output_metrics():
     ys = (x[:, :1] * 2 - x[:, 1:2]).astype(np.float32)
     m.fit(x, [yk, ys], epochs=2, batch_size=16, verbose=0)
     logs = m.evaluate(x, [yk, ys], batch_size=BATCH, verbose=0, return_dict=True)
-    assert set(logs) == {"loss", "kind_accuracy", "score_mae"}
+    assert list(logs) == ["kind_loss", "score_loss", "kind_accuracy", "score_mae", "loss"]  # (Keras 3's keys)
     by_name = m.evaluate(x, {"kind_target": yk, "score_target": ys}, batch_size=BATCH, verbose=0, return_dict=True)
     assert by_name == pytest.approx(logs, rel=1e-12)
     pk, ps = (a.astype(np.float64) for a in m.predict(x))
@@ -303,9 +303,15 @@ def test_two_output_metrics():
     np.testing.assert_allclose(logs["score_mae"], np.abs(ys - ps).mean(), **TOL)
     loss = -np.sum(yk * np.log(pk), axis=1) + 0.5 * ((ys - ps) ** 2).mean(axis=1)
     np.testing.assert_allclose(logs["loss"], loss.mean(), rtol=1e-5)
+    # each output's own loss (unscaled by the expression's 0.5, as Keras's before loss_weights)
+    np.testing.assert_allclose(logs["kind_loss"], (-np.sum(yk * np.log(pk), axis=1)).mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["score_loss"], ((ys - ps) ** 2).mean(), rtol=1e-5)
+    # the list form: loss, the outputs' losses, then the metrics, as Keras 3
+    assert m.evaluate(x, [yk, ys], batch_size=BATCH, verbose=0) == pytest.approx(
+        [logs[k] for k in ("loss", "kind_loss", "score_loss", "kind_accuracy", "score_mae")], rel=1e-6)
     history = m.fit(x, [yk, ys], epochs=1, batch_size=32, validation_data=(x, [yk, ys]), verbose=0)
-    assert set(history.history) == {"loss", "kind_accuracy", "score_mae",
-                                    "val_loss", "val_kind_accuracy", "val_score_mae"}
+    assert set(history.history) == {"loss", "kind_loss", "score_loss", "kind_accuracy", "score_mae", "val_loss",
+                                    "val_kind_loss", "val_score_loss", "val_kind_accuracy", "val_score_mae"}
 
 
 def test_history_with_validation_data():
