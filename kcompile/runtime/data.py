@@ -52,6 +52,12 @@ def _check(spec, a, where, what):
     if a.dtype.kind not in "biuf":
         raise ShapeMismatch(f"{where}: {what} {spec.name!r} expects {spec.dtype} numbers, got dtype {a.dtype}")
     want_rank = len(spec.shape) + 1
+    if what == "target" and a.ndim == want_rank + 1 and a.shape[-1] == 1 and \
+            all(d is None or d == g for d, g in zip(spec.shape, a.shape[1:-1])):
+        a = a.reshape(a.shape[:-1])  # (labels as [n, 1] for [n], say: Keras squeezes them too)
+    elif what == "target" and a.ndim == want_rank - 1 and spec.shape and spec.shape[-1] == 1 and \
+            all(d is None or d == g for d, g in zip(spec.shape[:-1], a.shape[1:])):
+        a = a[..., None]  # (a regression's y as [n] for a Dense(1) output [n, 1], as Keras takes it)
     if a.ndim != want_rank or any(d is not None and d != g for d, g in zip(spec.shape, a.shape[1:])):
         hint = ""
         size = int(np.prod(spec.shape)) if all(d is not None for d in spec.shape) else None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ShapeMismatch
 from ..ir.types import evaluate_dim
 from .data import Batches, as_arrays, check_arrays, check_named_dims, named_sizes, sample_weights, tensor_specs
 from . import devices
@@ -250,6 +251,11 @@ class TrainingMixin:
             raise ValueError(f"{where}: no samples (the arrays have 0 rows)")
         check_named_dims({**xs, **ys}, [(e, "input") for e in self.manifest["inputs"]] +
                          [(e, "target") for e in self._targets_spec()], where)
+        for name, classes in self.manifest["training"].get("label_classes", {}).items():
+            labels = ys[name]
+            if labels.size and (labels.min() < 0 or labels.max() >= classes):
+                raise ShapeMismatch(f"{where}: target {name!r} holds class labels from {labels.min()} to {labels.max()}; "
+                                    f"its prediction has {classes} classes (0 to {classes - 1})")
         weights_input = self.manifest["training"].get("sample_weight")
         if weights_input is None:  # (a build of kcompile 0.2.0 and before)
             if sample_weight is not None or class_weight is not None:

@@ -66,6 +66,7 @@ class TrainingProgram:
     row_gradients: dict = field(default_factory=dict)
     per_sample: str = ""  # why the step cannot be split into parts of a batch ("" where it can)
     macs_per_sample: int = 0  # multiply-adds of the forward pass's products and convolutions, per sample
+    label_classes: dict = field(default_factory=dict)  # target of class labels -> the number of classes
 
     def describe(self) -> dict:
         return {
@@ -83,6 +84,7 @@ class TrainingProgram:
             "row_gradients": self.row_gradients,
             "per_sample": self.per_sample or True,
             "sample_weight": SAMPLE_WEIGHT,  # (the step's and evaluation's input of per-sample weights)
+            "label_classes": self.label_classes,
             "macs_per_sample": self.macs_per_sample,
         }
 
@@ -130,6 +132,7 @@ class _Objective:
         g.add_input(SAMPLE_WEIGHT, TensorType("float32", (BATCH,)))
         self.masked_loss = False  # a loss term left masked steps out (normalized per batch)
         self.output_losses: dict[str, list] = {}  # output -> its loss terms' batch means (Keras's <output>_loss)
+        self.label_classes: dict[str, int] = {}  # a target of class labels -> its prediction's classes
 
     def _target(self, name, t):
         if name not in self.g.types:
@@ -205,6 +208,9 @@ class _Objective:
             output = next((o for o, v in self.outputs.items() if v == prediction), pair[1].id)
         self.loss_of_output[output] = loss
         self.check_batched(prediction)
+        classes = self.g.types[prediction].shape[-1]
+        if loss == "sparse_categorical_crossentropy" and target in self.targets.values() and isinstance(classes, int):
+            self.label_classes[target] = classes  # (the runtime checks the labels: one out of range weighs 0)
         values = LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
         if output in self.masks:
             values = self.masked(values, self.masks[output])
@@ -588,5 +594,5 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
                            transposed=[n for n, p in g.params.items() if p.transposed],
                            gradients=gradient_values, row_gradients=row_gradients, per_sample=per_sample,
-                           macs_per_sample=macs_per_sample(graph))
+                           macs_per_sample=macs_per_sample(graph), label_classes=objective.label_classes)
 

@@ -883,3 +883,33 @@ model named {
     weights = np.linspace(0, 1, 8).astype(np.float32)
     expected = (-(y * np.log(p)).sum(-1) * weights).mean()
     assert m.evaluate(x, y, sample_weight=weights, batch_size=8, verbose=0) == pytest.approx(expected, rel=1e-5)
+
+
+def test_targets_as_keras_takes_them_and_labels_out_of_range_are_refused():
+    """Class labels as [n] or [n, 1], a Dense(1) regression's y as [n] or [n, 1] (Keras squeezes or
+    expands a target to the prediction's rank); a label outside the classes is an error (it
+    trained on a one-hot row of zeros, a loss of 0, with no word)."""
+    sparse = kcompile.compile_string("""model s {
+    input x: float32[4]
+    probs = Dense(3, activation=softmax)
+    output probs
+    train {
+        loss = sparse_categorical_crossentropy
+        optimizer = SGD()
+        metrics = [accuracy]
+    }
+}""")
+    x = np.random.default_rng(0).random((5, 4), dtype=np.float32)
+    labels = np.array([0, 1, 2, 1, 0])
+    assert sparse.evaluate(x, labels[:, None], verbose=0) == sparse.evaluate(x, labels, verbose=0)
+    for bad, shown in ((np.array([0, 1, 3, 1, 0]), "from 0 to 3"), (np.array([[0], [1], [-1], [1], [0]]), "from -1 to 1")):
+        with pytest.raises(ShapeMismatch, match=rf"target 'probs_target' holds class labels {shown}; its prediction "
+                                                r"has 3 classes \(0 to 2\)"):
+            sparse.fit(x, bad, verbose=0)
+    assert sparse.iterations == 0
+    regression = kcompile.compile_string("model r {\n    input x: float32[4]\n    y = Dense(1)\n    output y\n"
+                                         "    train {\n        loss = mse\n        optimizer = SGD()\n    }\n}")
+    y = np.linspace(-1, 1, 5).astype(np.float32)
+    expected = ((regression.predict(x)[:, 0] - y) ** 2).mean()
+    for given in (y, y[:, None]):
+        assert regression.evaluate(x, given, verbose=0) == pytest.approx(expected, rel=1e-6)
