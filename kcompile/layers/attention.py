@@ -84,6 +84,9 @@ class MultiHeadAttention(Layer):
         v = self._project(ctx, value, "value", dv)
         q = ctx.op("Mul", q, 1.0 / math.sqrt(dk))  # Keras scales the query before the product
         scores = ctx.op("MatMul", q, ctx.op("Transpose", k, perm=(0, 1, 3, 2)))  # [N, h, Tq, Tk]
+        allowed = self._padding_mask(ctx, query, value, key, inputs)
+        if allowed is not None:  # (Keras's masked softmax: -1e9 added where attention is not allowed)
+            scores = ctx.op("Add", scores, ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
         probs = ctx.op("Softmax", scores, axis=-1)
         if self.dropout > 0:
             probs = ctx.op("Dropout", probs, rate=self.dropout)
@@ -94,4 +97,23 @@ class MultiHeadAttention(Layer):
         y = ctx.op("MatMul", attended, ctx.op("Reshape", kernel, shape=(h * dv, out)))
         if bias is not None:
             y = ctx.op("Add", y, bias)
+        if ctx.mask_of(query) is not None:  # (the output keeps the query's steps, and their mask)
+            ctx.set_mask(y, ctx.mask_of(query))
         return y
+
+    @staticmethod
+    def _padding_mask(ctx, query, value, key, inputs):
+        """Where each query step may attend ([N, 1, Tq, Tk] as 0/1 numbers, None where nothing
+        is masked), from the inputs' step masks (Embedding(mask_zero=true)), as Keras 3's
+        MultiHeadAttention: a masked query step attends nowhere (a uniform softmax), a masked
+        value (or key) step is attended by no query step."""
+        masks = [(ctx.mask_of(query), -1), (ctx.mask_of(value), 1)]
+        if len(inputs) == 3:
+            masks.append((ctx.mask_of(key), 1))
+        allowed = None
+        for mask, axis in masks:
+            if mask is None:
+                continue
+            m = ctx.op("Unsqueeze", ctx.op("Cast", mask, to=query.dtype), axes=(axis,))  # [N, Tq, 1] or [N, 1, Tk]
+            allowed = m if allowed is None else ctx.op("Mul", allowed, m)
+        return None if allowed is None else ctx.op("Unsqueeze", allowed, axes=(1,))

@@ -293,7 +293,7 @@ def test_time_distributed_rejects_non_layers():
 
 
 # ---------------------------------------------------------------- MultiHeadAttention
-def mha(query, value, key, w, heads, key_dim, value_dim, use_bias):
+def mha(query, value, key, w, heads, key_dim, value_dim, use_bias, allowed=None):
     query, value, key = ref.f64(query, value, key)
     w = [np.asarray(v, np.float64) for v in w]
     if use_bias:
@@ -305,6 +305,8 @@ def mha(query, value, key, w, heads, key_dim, value_dim, use_bias):
     v = np.einsum("abc,cde->abde", value, vk) + vb
     q = q / np.sqrt(key_dim)
     scores = np.einsum("aecd,abcd->acbe", k, q)
+    if allowed is not None:  # [N, Tq, Tk]: Keras adds -1e9 where attention is not allowed
+        scores = scores + (1.0 - allowed[:, None]) * -1e9
     scores = np.exp(scores - scores.max(-1, keepdims=True))
     scores = scores / scores.sum(-1, keepdims=True)
     out = np.einsum("acbe,aecd->abcd", scores, v)
@@ -333,6 +335,28 @@ def test_multi_head_attention(run, rng, close, args, with_key, use_bias):
         shapes = shapes[0::2]
     assert [v.shape for v in w] == shapes
     close(y, mha(feeds["q"], feeds["v"], feeds.get("k", feeds["v"]), w, heads, key_dim, value_dim, use_bias))
+
+
+def test_multi_head_attention_leaves_out_masked_steps_as_keras(rng, close):
+    """Padding masks (Embedding(mask_zero=true)) on the query and the value: no query step
+    attends to a padded value step, a padded query step attends uniformly (Keras 3's -1e9),
+    and the output carries the query's mask on (GlobalAveragePooling1D then averages the kept
+    steps). Before, the padding was attended to. (A scratch run matched Keras/JAX's outputs and
+    three SGD steps to 1.5e-7.)"""
+    src = model([("ids", (5,))], "e = Embedding(10, 4, mask_zero=true)(ids)\n    v = Embedding(10, 4, mask_zero=true)(ids)\n"
+                "    a = MultiHeadAttention(2, 3)(e, v)\n    p = GlobalAveragePooling1D()(a)\n    output a, p")
+    src = src.replace("float32[5]", "int64[5]")
+    m = kcompile.compile_string(src)
+    ids = np.array([[1, 2, 3, 0, 0], [4, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+    w = m.get_weights()
+    keep = (ids != 0).astype(np.float64)
+    allowed = keep[:, :, None] * keep[:, None, :]
+    a, p = m.predict(ids)
+    e, v = w[0][ids], w[1][ids]
+    expected = mha(e, v, v, w[2:], 2, 3, 3, True, allowed)
+    close(a, expected)
+    close(p, (expected * keep[..., None]).sum(1) / keep.sum(1, keepdims=True))
+    assert np.abs(expected - mha(e, v, v, w[2:], 2, 3, 3, True)).max() > 1e-3  # (the mask matters here)
 
 
 def test_multi_head_attention_weight_names():
