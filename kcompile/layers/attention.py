@@ -1,6 +1,8 @@
 """Attention layers: MultiHeadAttention (Keras 3 weights and layouts)."""
 import math
 
+import numpy as np
+
 from ..errors import ShapeError, format_shape
 from .base import BoolArg, FloatArg, InitializerArg, IntArg, Layer, Optional
 
@@ -17,6 +19,8 @@ class MultiHeadAttention(Layer):
         dropout: dropout rate on the attention probabilities (training only), 0.0.
         use_bias: true.
         output_shape: size of the output's last axis; none = the query's.
+        use_causal_mask: false; true lets query step i attend to the value steps 0..i only
+            (Keras's call argument of that name; the query and value need known step counts).
         kernel_initializer: glorot_uniform. bias_initializer: zeros.
 
     Weights (Keras 3 order): query/kernel [query_dim, num_heads, key_dim], query/bias
@@ -29,10 +33,11 @@ class MultiHeadAttention(Layer):
 
     def __init__(self, num_heads: IntArg(1), key_dim: IntArg(1), value_dim: Optional(IntArg(1)) = None,
                  dropout: FloatArg(0.0, 1.0) = 0.0, use_bias: BoolArg() = True,
-                 output_shape: Optional(IntArg(1)) = None,
+                 output_shape: Optional(IntArg(1)) = None, use_causal_mask: BoolArg() = False,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
         self.num_heads, self.key_dim = num_heads, key_dim
+        self.use_causal_mask = use_causal_mask
         self.value_dim = key_dim if value_dim is None else value_dim
         self.dropout, self.use_bias, self.output_shape = dropout, use_bias, output_shape
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
@@ -49,6 +54,9 @@ class MultiHeadAttention(Layer):
         if key.shape[1] != value.shape[1]:
             raise ShapeError(f"MultiHeadAttention key and value need one number of steps, got "
                              f"{key.shape[1]} and {value.shape[1]}")
+        if self.use_causal_mask and not (isinstance(query.shape[1], int) and isinstance(value.shape[1], int)):
+            raise ShapeError(f"MultiHeadAttention use_causal_mask needs known numbers of steps, got "
+                             f"{query.shape[1]} and {value.shape[1]}")
         return query, value, key
 
     def build(self, ctx, *inputs):
@@ -101,8 +109,7 @@ class MultiHeadAttention(Layer):
             ctx.set_mask(y, ctx.mask_of(query))
         return y
 
-    @staticmethod
-    def _padding_mask(ctx, query, value, key, inputs):
+    def _padding_mask(self, ctx, query, value, key, inputs):
         """Where each query step may attend ([N, 1, Tq, Tk] as 0/1 numbers, None where nothing
         is masked), from the inputs' step masks (Embedding(mask_zero=true)), as Keras 3's
         MultiHeadAttention: a masked query step attends nowhere (a uniform softmax), a masked
@@ -116,4 +123,9 @@ class MultiHeadAttention(Layer):
                 continue
             m = ctx.op("Unsqueeze", ctx.op("Cast", mask, to=query.dtype), axes=(axis,))  # [N, Tq, 1] or [N, 1, Tk]
             allowed = m if allowed is None else ctx.op("Mul", allowed, m)
+        if self.use_causal_mask:  # (Keras: query step i sees value steps j <= i)
+            rows, cols = query.shape[1], value.shape[1]
+            causal = ctx.const((np.arange(rows)[:, None] >= np.arange(cols)[None, :])[None].astype(query.dtype),
+                               query.dtype)
+            allowed = causal if allowed is None else ctx.op("Mul", allowed, causal)
         return None if allowed is None else ctx.op("Unsqueeze", allowed, axes=(1,))

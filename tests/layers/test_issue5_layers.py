@@ -337,20 +337,24 @@ def test_multi_head_attention(run, rng, close, args, with_key, use_bias):
     close(y, mha(feeds["q"], feeds["v"], feeds.get("k", feeds["v"]), w, heads, key_dim, value_dim, use_bias))
 
 
-def test_multi_head_attention_leaves_out_masked_steps_as_keras(rng, close):
+@pytest.mark.parametrize("causal", [False, True])
+def test_multi_head_attention_leaves_out_masked_steps_as_keras(rng, close, causal):
     """Padding masks (Embedding(mask_zero=true)) on the query and the value: no query step
     attends to a padded value step, a padded query step attends uniformly (Keras 3's -1e9),
     and the output carries the query's mask on (GlobalAveragePooling1D then averages the kept
-    steps). Before, the padding was attended to. (A scratch run matched Keras/JAX's outputs and
-    three SGD steps to 1.5e-7.)"""
+    steps). Before, the padding was attended to. use_causal_mask: step i sees steps 0..i too.
+    (Scratch runs matched Keras/JAX's outputs and three SGD steps to 1.5e-7, with and without.)"""
+    causal_arg = ", use_causal_mask=true" if causal else ""
     src = model([("ids", (5,))], "e = Embedding(10, 4, mask_zero=true)(ids)\n    v = Embedding(10, 4, mask_zero=true)(ids)\n"
-                "    a = MultiHeadAttention(2, 3)(e, v)\n    p = GlobalAveragePooling1D()(a)\n    output a, p")
+                f"    a = MultiHeadAttention(2, 3{causal_arg})(e, v)\n    p = GlobalAveragePooling1D()(a)\n    output a, p")
     src = src.replace("float32[5]", "int64[5]")
     m = kcompile.compile_string(src)
     ids = np.array([[1, 2, 3, 0, 0], [4, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
     w = m.get_weights()
     keep = (ids != 0).astype(np.float64)
     allowed = keep[:, :, None] * keep[:, None, :]
+    if causal:
+        allowed = allowed * np.tril(np.ones((5, 5)))[None]
     a, p = m.predict(ids)
     e, v = w[0][ids], w[1][ids]
     expected = mha(e, v, v, w[2:], 2, 3, 3, True, allowed)
