@@ -298,7 +298,8 @@ class Elaborator:
                 raise _Fail(f"`layer {stmt.name} = ...` needs a layer, got {self.describe(value)}", stmt.expr.loc,
                             f"write `{stmt.name} = ...` to name a value")
             if not value.layer.name:
-                value.layer.name = self.unique_layer_name(frame.prefix + stmt.name, stmt.loc)
+                value.layer.name = self.unique_layer_name(frame.prefix + (value.layer.requested_name or stmt.name),
+                                                          stmt.loc)
             self.check_rebind(stmt.name, stmt.loc, frame)
             frame.env[stmt.name] = value.layer
             return None
@@ -670,7 +671,8 @@ class Elaborator:
         try:
             if not layer.built:
                 if not layer.name:
-                    layer.name = self.auto_layer_name(layer, frame)
+                    layer.name = self.unique_layer_name(frame.prefix + layer.requested_name, loc) \
+                        if layer.requested_name else self.auto_layer_name(layer, frame)
                 if top:
                     b.record = LayerRecord(layer.name, layer.kind(), loc=loc)
                     self.graph.layers.append(b.record)

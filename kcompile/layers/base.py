@@ -288,6 +288,9 @@ class Layer:
         """Bind source arguments to ``__init__``'s parameters, converting each one.
         Raises ArgError naming the argument."""
         params = [p for p in cls.signature().parameters.values() if p.name != "self"]
+        requested = kwargs.pop("name", None)  # (every layer's, as Keras: Dense(1, name=priority))
+        if requested is not None and not (isinstance(requested, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", requested)):
+            raise ArgError(f"{cls.kind()} argument 'name': expected a name such as priority, got {show(requested)}")
         regularizers = {}
         if cls.regularizable:
             for key in ("kernel_regularizer", "bias_regularizer"):
@@ -324,12 +327,14 @@ class Layer:
         layer = cls(**converted)
         layer.arguments = {p.name: converted.get(p.name, p.default) for p in params}
         layer.regularizers = regularizers
+        layer.requested_name = str(requested) if requested is not None else None
         return layer
 
     regularizers: dict = {}
 
     # Filled in by the frontend when the layer is first applied.
     name: str = ""
+    requested_name: str | None = None  # the source's name=..., which the layer then takes
     built: bool = False
 
     def build(self, ctx, *inputs) -> None:

@@ -278,3 +278,17 @@ def test_a_block_parameter_may_default_to_none():
     (k1, b1, k2, b2), (y, z) = m.get_weights(), m.predict(x)
     np.testing.assert_allclose(y, x @ k1 + b1, rtol=1e-6)  # (none: linear)
     np.testing.assert_allclose(z, np.maximum(x @ k2 + b2, 0), rtol=1e-6)
+
+
+def test_layers_take_kerass_name_argument():
+    import kcompile
+    m = kcompile.compile_string("model m {\n    input x: float32[4]\n    h = Dense(8, activation=relu, name=hidden)(x)\n"
+                                "    p = Dense(1, name=priority)(h)\n    layer s = Dense(2, name=\"shared\")\n"
+                                "    q = s(h)\n    output p, q\n}\n")
+    assert m.weight_names == ["hidden/kernel", "hidden/bias", "priority/kernel", "priority/bias", "shared/kernel",
+                              "shared/bias"]
+    assert [layer.name for layer in m.layers] == ["hidden", "priority", "shared"]
+    with pytest.raises(KcompileError, match="a layer named hidden already exists"):
+        kcompile.compile_string("model m {\n    input x: float32[4]\n    Dense(8, name=hidden)\n    Dense(3, name=hidden)\n}\n")
+    with pytest.raises(KcompileError, match="Dense argument 'name': expected a name such as priority, got a/b"):
+        kcompile.compile_string("model m {\n    input x: float32[4]\n    Dense(8, name=\"a/b\")\n}\n")

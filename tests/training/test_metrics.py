@@ -298,6 +298,8 @@ def test_two_output_metrics():
     assert list(logs) == ["kind_loss", "score_loss", "kind_accuracy", "score_mae", "loss"]  # (Keras 3's keys)
     by_name = m.evaluate(x, {"kind_target": yk, "score_target": ys}, batch_size=BATCH, verbose=0, return_dict=True)
     assert by_name == pytest.approx(logs, rel=1e-12)
+    by_output = m.evaluate(x, {"kind": yk, "score": ys}, batch_size=BATCH, verbose=0, return_dict=True)  # (Keras's keys)
+    assert by_output == pytest.approx(logs, rel=1e-12)
     pk, ps = (a.astype(np.float64) for a in m.predict(x))
     np.testing.assert_allclose(logs["kind_accuracy"], np.mean(pk.argmax(1) == labels), **TOL)
     np.testing.assert_allclose(logs["score_mae"], np.abs(ys - ps).mean(), **TOL)
