@@ -632,6 +632,8 @@ class Elaborator:
             return f"the {v.kind} {v.name}"
         if isinstance(v, Symbol):
             return f"the name {v}"
+        if isinstance(v, InitializerSpec):
+            return f"the initializer {v.name}(...), which belongs in a layer's *_initializer argument"
         return show(v)
 
     def located(self, loc, fn):

@@ -253,6 +253,8 @@ class RegularizerArg(Converter):
             return None
         if isinstance(v, RegularizerSpec):
             return v.spec()
+        if isinstance(v, str) and v in REGULARIZER_NAMES:  # Keras's string form: "l2" is l2(0.01)
+            return RegularizerSpec.from_call(v, [], {}).spec()
         raise ArgError(f"expected a regularizer such as l2(0.01), got {show(v)}")
 
 

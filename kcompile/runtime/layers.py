@@ -46,6 +46,10 @@ class Layer:
         return int(sum(w.size for w in self.get_weights()))
 
     @property
+    def weights(self) -> list[np.ndarray]:
+        return self.get_weights()
+
+    @property
     def trainable(self) -> bool:
         flags = {p["name"]: p["trainable"] for p in self._model.manifest["parameters"]}
         return any(flags[n] for n in self.weight_names) if self.weight_names else True
@@ -57,6 +61,21 @@ class Layer:
 
 
 class LayersMixin:
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """Copies of all weights (Keras's model.weights, as arrays; get_weights' order)."""
+        return self.get_weights()
+
+    @property
+    def trainable_weights(self) -> list[np.ndarray]:
+        trainable = [p["trainable"] for p in self.manifest["parameters"]]
+        return [w for w, t in zip(self.get_weights(), trainable) if t]
+
+    @property
+    def non_trainable_weights(self) -> list[np.ndarray]:
+        trainable = [p["trainable"] for p in self.manifest["parameters"]]
+        return [w for w, t in zip(self.get_weights(), trainable) if not t]
+
     @property
     def layers(self) -> list[Layer]:
         """The model's layers in source order (inputs not counted, unlike Keras's InputLayer)."""

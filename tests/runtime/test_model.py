@@ -421,8 +421,11 @@ def test_layers_as_keras_shows_them():
     np.testing.assert_array_equal(m.get_weights()[1], bias + 1)
     x = np.random.default_rng(0).random((6, 28, 28, 1), dtype=np.float32)
     np.testing.assert_allclose(m(x), m.predict(x), rtol=1e-5, atol=1e-7)
+    assert sum(w.size for w in m.trainable_weights) == m.count_params() and m.non_trainable_weights == []
     dense.trainable = False
     assert not dense.trainable and m.get_layer("dense_1").trainable
+    assert [w.shape for w in m.trainable_weights] == [(32, 10), (10,)]
+    assert [w.shape for w in m.non_trainable_weights] == [w.shape for w in dense.weights] == [(784, 32), (32,)]
     before = m.get_weights()
     m.fit(x, np.eye(10, dtype=np.float32)[:6], verbose=0)
     after = m.get_weights()

@@ -535,3 +535,35 @@ def test_a_per_step_loss_and_a_per_sample_loss_add_as_their_means():
     expected = ((ps - ys) ** 2).mean() + 0.5 * (-(yc * np.log(pc)).sum(-1)).mean()
     assert m.evaluate(x, [ys, yc], verbose=0, batch_size=10)[0] == pytest.approx(expected, rel=1e-5)
     assert np.isfinite(m.fit(x, [ys, yc], verbose=0).history["loss"][0])
+
+
+@pytest.mark.parametrize("kernel,kernel_factors", [("l2(0.01)", (0.0, 0.01)), ("l2", (0.0, 0.01)), ('"l1"', (0.01, 0.0)),
+                                                   ("l1_l2(l1=0.02, l2=0.03)", (0.02, 0.03))])
+def test_weight_regularizers_add_keras_penalties_to_the_loss(kernel, kernel_factors):
+    """kernel_regularizer / bias_regularizer (Keras's, its string forms too: "l2" is l2(0.01)) add
+    l1 * sum(|w|) + l2 * sum(w^2) to the loss; the loss expression's l2(weights) adds the sum of
+    the kernels' squares; one SGD step moves the weights by the penalty's gradient too."""
+    m = kcompile.compile_string(f"""model r {{
+    input x: float32[3]
+    y = Dense(2, kernel_regularizer={kernel}, bias_regularizer=l1(0.1))
+    output y
+    train {{
+        loss = mse + 0.5 * l2(weights)
+        optimizer = SGD(learning_rate=0.1)
+    }}
+}}""")
+    rng = np.random.default_rng(0)
+    m.set_weights([rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=2).astype(np.float32)])
+    x, y = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 2)).astype(np.float32)
+    kernel_w, bias = (w.astype(np.float64) for w in m.get_weights())
+    l1, l2 = kernel_factors
+    data = ((x @ kernel_w + bias - y) ** 2).mean()
+    penalty = l1 * np.abs(kernel_w).sum() + l2 * (kernel_w ** 2).sum() + 0.1 * np.abs(bias).sum()
+    expected = data + 0.5 * (kernel_w ** 2).sum() + penalty
+    assert m.evaluate(x, y, batch_size=4, verbose=0) == pytest.approx(expected, rel=1e-5)
+    m.train_on_batch(x, y)
+    residual = (x @ kernel_w + bias - y) * 2 / y.size
+    grad_kernel = x.T @ residual + kernel_w + l1 * np.sign(kernel_w) + 2 * l2 * kernel_w
+    grad_bias = residual.sum(0) + 0.1 * np.sign(bias)
+    np.testing.assert_allclose(m.get_weights()[0], kernel_w - 0.1 * grad_kernel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.get_weights()[1], bias - 0.1 * grad_bias, rtol=1e-5, atol=1e-6)
