@@ -460,6 +460,18 @@ class TrainingMixin:
         self._eval_session = None
         return names
 
+    def reset_optimizer(self) -> None:
+        """Start the optimizer afresh: every slot at its initial value and the step count at 0,
+        as Keras's compile() with a new optimizer does (after changing what is trainable, say:
+        set_trainable keeps the state of the weights that stay trainable). The learning rate set
+        by hand, if any, stays."""
+        self._require_training("reset_optimizer")
+        self._drop_runner()
+        spec = self.manifest["training"]
+        self._slots = {s["name"]: np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
+                       for s in spec["slots"]}
+        self._iterations = 0
+
     # ---- weights shared between models ----
     def share_weights(self, other, prefix: str = "") -> int:
         """Make this model's weights ``prefix + name`` and ``other``'s weights ``name`` one set of

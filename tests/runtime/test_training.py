@@ -913,3 +913,20 @@ def test_targets_as_keras_takes_them_and_labels_out_of_range_are_refused():
     expected = ((regression.predict(x)[:, 0] - y) ** 2).mean()
     for given in (y, y[:, None]):
         assert regression.evaluate(x, given, verbose=0) == pytest.approx(expected, rel=1e-6)
+
+
+def test_reset_optimizer_trains_as_a_fresh_model_from_the_same_weights():
+    """(Keras's compile with a new optimizer, say after freezing: set_trainable keeps the Adam
+    moments and the step count, reset_optimizer starts them again)"""
+    x, y = small_data(64)
+    m = kcompile.compile_string(SMALL, seed=0)
+    m.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    m.reset_optimizer()
+    assert m.iterations == 0 and all(not np.any(v) for v in m.optimizer_state().values())
+    fresh = kcompile.compile_string(SMALL, seed=0)
+    fresh.set_weights(m.get_weights())
+    a = m.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history["loss"]
+    b = fresh.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history["loss"]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    for p, q in zip(m.get_weights(), fresh.get_weights()):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
