@@ -256,6 +256,18 @@ def activation_bytes_per_sample(g: Graph) -> int | None:
     return max(sizes, default=0)
 
 
+def embedding_id_ranges(g: Graph) -> dict:
+    """{input: rows} for each model input that an Embedding table looks up directly: the runtime
+    refuses ids outside [0, rows) (onnxruntime's Gather takes a negative id from the end)."""
+    ranges = {}
+    for node in g.nodes():
+        if node.op == "Gather" and node.inputs[0] in g.params and node.inputs[1] in g.inputs:
+            rows = g.params[node.inputs[0]].type.shape[0]
+            if isinstance(rows, int):
+                ranges[node.inputs[1]] = min(rows, ranges.get(node.inputs[1], rows))
+    return ranges
+
+
 def manifest_for(compiled: Compiled, seed: int) -> dict:
     import onnx
     from .backend import IR_VERSION, OPSET
@@ -279,6 +291,7 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
         "passes": compiled.passes,
         "activation_bytes_per_sample": activation_bytes_per_sample(g),
         "rows_independent": not mixes_samples(g, []),
+        "id_ranges": embedding_id_ranges(g),
         "opt_level": compiled.opt_level,
         "seed": seed,
         "train": compiled.train,

@@ -134,6 +134,17 @@ def check_named_dims(arrays: dict, entries: list, where: str) -> None:
                                 f"({source})")
 
 
+def check_ids(xs: dict, id_ranges: dict, where: str) -> None:
+    """Each input an Embedding table looks up must hold ids within its rows (manifest id_ranges)."""
+    for name, rows in id_ranges.items():
+        ids = xs.get(name)
+        if ids is not None and ids.size:
+            low, high = ids.min(), ids.max()
+            if low < 0 or high >= rows:
+                raise ShapeMismatch(f"{where}: input {name!r} holds ids from {low} to {high}; its Embedding table has "
+                                    f"{rows} rows (ids 0 to {rows - 1})")
+
+
 def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str) -> np.ndarray:
     """The ``n`` samples' weights in the loss, float32 [n]: ``sample_weight`` ([n], or [n, 1]),
     or ``class_weight`` ({class: weight}, 1 for a class it leaves out) by each sample's class in

@@ -12,7 +12,7 @@ from ..ir.types import BATCH, DTYPES
 from . import devices
 from .devices import providers_for
 from .summary import format_summary
-from .data import as_arrays, check_arrays, tensor_specs
+from .data import as_arrays, check_arrays, check_ids, tensor_specs
 from .layers import LayersMixin
 from .training import TrainingMixin
 
@@ -50,6 +50,7 @@ class Model(LayersMixin, TrainingMixin):
         # where one row's outputs depend on other rows (`h - mean(h, axis=0)`), predict runs
         # exactly batch_size rows at a time, not in the runs it would choose for speed
         self._rows_independent = manifest.get("rows_independent", False)  # (unknown in 0.2.0's builds)
+        self._id_ranges = manifest.get("id_ranges", {})  # input -> the rows of the Embedding table it indexes
         self._predicted_generation = -1
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
@@ -164,8 +165,11 @@ class Model(LayersMixin, TrainingMixin):
             # The common case, checked in a few comparisons (batch-1 latency is a few microseconds).
             spec = self.inputs[0]
             if x.dtype == DTYPES[spec.dtype] and x.shape[1:] == spec.shape and x.ndim == len(spec.shape) + 1:
+                if self._id_ranges:
+                    check_ids({spec.name: x}, self._id_ranges, where)
                 return {spec.name: x}
         xs, _, _ = check_arrays(as_arrays(x, self.inputs, where, "input"), None, self.inputs, [], where)
+        check_ids(xs, self._id_ranges, where)
         return xs
 
     def predict(self, x, batch_size: int | None = 32, verbose: int = 0):

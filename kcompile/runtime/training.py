@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..ir.types import evaluate_dim
-from .data import Batches, as_arrays, check_arrays, check_named_dims, named_sizes, sample_weights, tensor_specs
+from .data import (Batches, as_arrays, check_arrays, check_ids, check_named_dims, named_sizes, sample_weights,
+                   tensor_specs)
 from . import devices
 from .devices import TURNS, create_session, session_options
 from .fpenv import NoFlush, step_environment
@@ -251,6 +252,7 @@ class TrainingMixin:
             raise ValueError(f"{where}: no samples (the arrays have 0 rows)")
         check_named_dims({**xs, **ys}, [(e, "input") for e in self.manifest["inputs"]] +
                          [(e, "target") for e in self._targets_spec()], where)
+        check_ids(xs, self._id_ranges, where)
         for name, classes in self.manifest["training"].get("label_classes", {}).items():
             labels = ys[name]
             if labels.size and (labels.min() < 0 or labels.max() >= classes):

@@ -94,6 +94,21 @@ def test_predict_checks_shapes_and_names_them():
         m.predict(np.array([["a"]]))
 
 
+def test_ids_outside_an_embedding_table_are_refused():
+    """(onnxruntime's Gather failed with its own message on a large id, and took a negative id
+    from the table's end without a word)"""
+    m = kcompile.compile_string(TWO, seed=0)
+    assert m.manifest["id_ranges"] == {"ids": 10}
+    a = np.ones((2, 4), np.float32)
+    for bad, shown in ((10, "from 1 to 10"), (-1, "from -1 to 1")):
+        ids = np.ones((2, 3), np.int64)
+        ids[1, 2] = bad
+        with pytest.raises(ShapeMismatch, match=rf"input 'ids' holds ids {shown}; its Embedding table has 10 rows "
+                                                r"\(ids 0 to 9\)"):
+            m.predict({"a": a, "ids": ids})
+    m.predict({"a": a, "ids": np.full((2, 3), 9)})
+
+
 def test_integers_out_of_the_input_dtypes_range_are_refused_not_wrapped():
     m = kcompile.compile_string("""
 model ints {
