@@ -6,7 +6,7 @@ from .convolutional import Conv1D, Conv2D, Conv2DTranspose
 from .core import Dense, Embedding, Masking
 from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, GroupNormalization, LayerNormalization
-from .preprocessing import Rescaling
+from .preprocessing import Normalization, Rescaling
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
                       GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D)
 from .recurrent import GRU, LSTM, SimpleRNN
@@ -17,7 +17,7 @@ from .wrappers import Bidirectional, TimeDistributed
 from .functions import FUNCTIONS, NUMBER_FUNCTIONS
 
 LAYERS = {cls.__name__: cls for cls in [
-    Dense, Embedding, Masking, Rescaling,
+    Dense, Embedding, Masking, Rescaling, Normalization,
     Conv1D, Conv2D, Conv2DTranspose,
     MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D,
     GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,

@@ -42,6 +42,20 @@ class Layer:
             everything[i] = w
         self._model.set_weights(everything)
 
+    def adapt(self, data) -> None:
+        """A Normalization layer's mean and variance from ``data`` shaped like its input (each
+        feature's population mean and variance, as Keras's adapt)."""
+        if self.class_name != "Normalization" or len(self.weight_names) != 2:
+            raise ValueError(f"adapt: layer {self.name} ({self.class_name}) has nothing to adapt; a Normalization "
+                             f"layer without mean= and variance= has")
+        features = self.get_weights()[0].shape[0]
+        data = np.asarray(data, dtype=np.float64)
+        if data.ndim < 1 or data.shape[-1] != features or data.size == 0:
+            raise ShapeMismatch(f"adapt: layer {self.name} normalizes {features} features, got data of shape "
+                                f"{tuple(data.shape)}")
+        flat = data.reshape(-1, features)
+        self.set_weights([flat.mean(axis=0), flat.var(axis=0)])
+
     def count_params(self) -> int:
         return int(sum(w.size for w in self.get_weights()))
 

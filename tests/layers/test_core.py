@@ -392,14 +392,3 @@ model m {
     close(h, x * keep[..., None])
     close(p, (x * keep[..., None]).sum(1) / keep.sum(1, keepdims=True))
 
-
-def test_rescaling_takes_integer_images_to_floats(run, close):
-    src = """
-model m {
-    input img: uint8[2, 2, 1]
-    Rescaling(1 / 255, offset=-0.5)
-}"""
-    x = np.array([[[[0], [255]], [[51], [102]]]], np.uint8)
-    y, _ = run(src, x)
-    assert y.dtype == np.float32
-    close(y, x / 255 - 0.5)
