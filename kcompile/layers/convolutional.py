@@ -147,6 +147,97 @@ class Conv1D(_Conv):
                          kernel_initializer, bias_initializer)
 
 
+class DepthwiseConv2D(_Conv):
+    """Depthwise 2-D convolution: each input channel convolved with its own
+    ``depth_multiplier`` kernels (a Conv2D with one group per channel), as Keras.
+
+    Args:
+        kernel_size: an int or (kh, kw).
+        strides: an int or (sh, sw); 1.
+        padding: valid or same.
+        depth_multiplier: output channels per input channel; 1.
+        dilation_rate: 1.
+        activation: linear by default.
+        use_bias: true.
+        depthwise_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: depthwise_kernel [kh, kw, in_channels, depth_multiplier], bias
+    [in_channels * depth_multiplier] (output channel c * depth_multiplier + m).
+    """
+
+    def __init__(self, kernel_size: Ints(2), strides: Ints(2) = (1, 1), padding: Choice("valid", "same") = "valid",
+                 depth_multiplier: IntArg(1) = 1, dilation_rate: Ints(2) = (1, 1),
+                 activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
+                 depthwise_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(depth_multiplier, kernel_size, strides, padding, dilation_rate, 1, activation, use_bias,
+                         depthwise_initializer, bias_initializer)
+        self.depth_multiplier = depth_multiplier
+
+    def build(self, ctx, x):
+        self.check_input(x)
+        channels = x.shape[-1]
+        self.groups, self.filters = channels, channels * self.depth_multiplier
+        self.depthwise = ctx.add_weight(self, "depthwise_kernel", self.kernel_size + (channels, self.depth_multiplier),
+                                        x.dtype, self.kernel_initializer)
+        if self.use_bias:
+            self.bias = ctx.add_weight(self, "bias", (self.filters,), x.dtype, self.bias_initializer)
+
+    def call(self, ctx, x):
+        # (Keras's [kh, kw, in, multiplier] is the grouped convolution's [kh, kw, 1, in * multiplier])
+        self.kernel = ctx.op("Reshape", self.depthwise, shape=self.kernel_size + (1, self.filters))
+        return super().call(ctx, x)
+
+
+class SeparableConv2D(DepthwiseConv2D):
+    """Depthwise then pointwise 2-D convolution (Keras's SeparableConv2D): each channel's own
+    spatial kernels, then a 1x1 convolution to ``filters`` channels, the bias and activation
+    after both.
+
+    Args:
+        filters: number of output channels.
+        kernel_size, strides, padding, depth_multiplier, dilation_rate: the depthwise step's.
+        activation: linear by default. use_bias: true.
+        depthwise_initializer, pointwise_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: depthwise_kernel [kh, kw, in_channels, depth_multiplier], pointwise_kernel
+    [1, 1, in_channels * depth_multiplier, filters], bias [filters].
+    """
+
+    def __init__(self, filters: IntArg(1), kernel_size: Ints(2), strides: Ints(2) = (1, 1),
+                 padding: Choice("valid", "same") = "valid", depth_multiplier: IntArg(1) = 1,
+                 dilation_rate: Ints(2) = (1, 1), activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
+                 depthwise_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 pointwise_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(kernel_size, strides, padding, depth_multiplier, dilation_rate, activation, use_bias,
+                         depthwise_initializer, bias_initializer)
+        self.pointwise_filters, self.pointwise_initializer = filters, pointwise_initializer
+
+    def build(self, ctx, x):
+        self.check_input(x)
+        channels = x.shape[-1]
+        self.groups, self.filters = channels, channels * self.depth_multiplier
+        self.depthwise = ctx.add_weight(self, "depthwise_kernel", self.kernel_size + (channels, self.depth_multiplier),
+                                        x.dtype, self.kernel_initializer)
+        self.pointwise = ctx.add_weight(self, "pointwise_kernel", (1, 1, self.filters, self.pointwise_filters),
+                                        x.dtype, self.pointwise_initializer)
+        if self.use_bias:
+            self.bias = ctx.add_weight(self, "bias", (self.pointwise_filters,), x.dtype, self.bias_initializer)
+
+    def call(self, ctx, x):
+        self.check_input(x)
+        kernel = ctx.op("Reshape", self.depthwise, shape=self.kernel_size + (1, self.filters))
+        y = ctx.op("Conv", to_channels_first(ctx, x), kernel_to_onnx(ctx, kernel), strides=self.strides,
+                   pads=self.pads(x), dilations=self.dilation_rate, group=self.groups)
+        y = ctx.op("Conv", y, kernel_to_onnx(ctx, self.pointwise), strides=(1, 1), pads=(0, 0, 0, 0),
+                   dilations=(1, 1), group=1)
+        y = to_channels_last(ctx, y)
+        if self.use_bias:
+            y = ctx.op("Add", y, self.bias)
+        return apply_activation(ctx, self.activation, y)
+
+
 class Conv2DTranspose(_Conv):
     """Transposed 2-D convolution (the gradient of Conv2D), upsampling by ``strides``.
 

@@ -144,11 +144,13 @@ def test_convolution_of_many_channels_on_large_maps(layer, shape, monkeypatch):
     assert unfolded
 
 
-def test_grouped_conv2d_float32():
+@pytest.mark.parametrize("layer", ["Conv2D(4, 3, groups=2)", "DepthwiseConv2D(3, depth_multiplier=2, padding=same)",
+                                   "SeparableConv2D(3, 3, strides=2)"])
+def test_grouped_conv2d_float32(layer):
     # Grouped Conv in float64 has no onnxruntime CPU kernel, and onnx's ReferenceEvaluator
-    # fails on grouped float64 convolutions ("cannot reshape array ..."), so this case runs
+    # fails on grouped float64 convolutions ("cannot reshape array ..."), so these cases run
     # in float32 (onnxruntime), with a step and tolerances sized for float32 rounding.
-    src = model("y = Conv2D(4, 3, groups=2)(x)\n    output y", (2, 5, 5, 2), dtype="float32")
+    src = model(f"y = {layer}(x)\n    output y", (2, 5, 5, 2), dtype="float32")
     checked, _ = check_gradients(src, {"x": normal((2, 5, 5, 2), dtype="float32")}, h=1e-2, rtol=1e-2, atol=1e-3)
     assert checked > 0
 

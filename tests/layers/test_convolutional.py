@@ -294,3 +294,25 @@ model m {
     h = np.maximum(ref.conv(x, k1, b1, strides=2, padding="same"), 0)
     h = np.maximum(ref.conv2d_transpose(h, k2, b2, strides=2, padding="same"), 0)
     close(y, ref.sigmoid(ref.conv(h, k3, b3, padding="same")))
+
+
+@pytest.mark.parametrize("multiplier,strides,padding", [(1, 1, "valid"), (2, 1, "same"), (3, 2, "same")])
+def test_depthwise_and_separable_conv2d_as_grouped_convolutions(run, rng, close, multiplier, strides, padding):
+    """Keras's DepthwiseConv2D (a kernel [kh, kw, in, multiplier]: output channel c * multiplier + m)
+    and SeparableConv2D (then a 1x1 pointwise kernel), against the grouped numpy convolution
+    (scratch runs matched Keras/JAX's outputs and three SGD steps at -O0 and -O1)."""
+    src = f"""
+model m {{
+    input x: float32[7, 6, 3]
+    d = DepthwiseConv2D(3, strides={strides}, padding={padding}, depth_multiplier={multiplier})(x)
+    s = SeparableConv2D(4, 3, strides={strides}, padding={padding}, depth_multiplier={multiplier})(x)
+    output d, s
+}}"""
+    x = random_input((7, 6, 3), rng)
+    (d, s), w = run(src, x)
+    depthwise, bias, sep_depthwise, pointwise, sep_bias = w
+    assert depthwise.shape == (3, 3, 3, multiplier) and pointwise.shape == (1, 1, 3 * multiplier, 4)
+    grouped = depthwise.reshape(3, 3, 1, 3 * multiplier)
+    close(d, ref.conv(x, grouped, bias, strides, padding, groups=3))
+    inner = ref.conv(x, sep_depthwise.reshape(3, 3, 1, 3 * multiplier), None, strides, padding, groups=3)
+    close(s, ref.conv(inner, pointwise, sep_bias))
