@@ -175,17 +175,24 @@ class DepthwiseConv2D(_Conv):
         self.depth_multiplier = depth_multiplier
 
     def build(self, ctx, x):
+        self.build_depthwise(ctx, x)
+        if self.use_bias:
+            self.bias = ctx.add_weight(self, "bias", (self.filters,), x.dtype, self.bias_initializer)
+
+    def build_depthwise(self, ctx, x):
+        """The depthwise kernel; one group per input channel."""
         self.check_input(x)
         channels = x.shape[-1]
         self.groups, self.filters = channels, channels * self.depth_multiplier
         self.depthwise = ctx.add_weight(self, "depthwise_kernel", self.kernel_size + (channels, self.depth_multiplier),
                                         x.dtype, self.kernel_initializer)
-        if self.use_bias:
-            self.bias = ctx.add_weight(self, "bias", (self.filters,), x.dtype, self.bias_initializer)
+
+    def grouped_kernel(self, ctx):
+        """Keras's [kh, kw, in, multiplier] as the grouped convolution's [kh, kw, 1, in * multiplier]."""
+        return ctx.op("Reshape", self.depthwise, shape=self.kernel_size + (1, self.filters))
 
     def call(self, ctx, x):
-        # (Keras's [kh, kw, in, multiplier] is the grouped convolution's [kh, kw, 1, in * multiplier])
-        self.kernel = ctx.op("Reshape", self.depthwise, shape=self.kernel_size + (1, self.filters))
+        self.kernel = self.grouped_kernel(ctx)
         return super().call(ctx, x)
 
 
@@ -215,11 +222,7 @@ class SeparableConv2D(DepthwiseConv2D):
         self.pointwise_filters, self.pointwise_initializer = filters, pointwise_initializer
 
     def build(self, ctx, x):
-        self.check_input(x)
-        channels = x.shape[-1]
-        self.groups, self.filters = channels, channels * self.depth_multiplier
-        self.depthwise = ctx.add_weight(self, "depthwise_kernel", self.kernel_size + (channels, self.depth_multiplier),
-                                        x.dtype, self.kernel_initializer)
+        self.build_depthwise(ctx, x)
         self.pointwise = ctx.add_weight(self, "pointwise_kernel", (1, 1, self.filters, self.pointwise_filters),
                                         x.dtype, self.pointwise_initializer)
         if self.use_bias:
@@ -227,8 +230,7 @@ class SeparableConv2D(DepthwiseConv2D):
 
     def call(self, ctx, x):
         self.check_input(x)
-        kernel = ctx.op("Reshape", self.depthwise, shape=self.kernel_size + (1, self.filters))
-        y = ctx.op("Conv", to_channels_first(ctx, x), kernel_to_onnx(ctx, kernel), strides=self.strides,
+        y = ctx.op("Conv", to_channels_first(ctx, x), kernel_to_onnx(ctx, self.grouped_kernel(ctx)), strides=self.strides,
                    pads=self.pads(x), dilations=self.dilation_rate, group=self.groups)
         y = ctx.op("Conv", y, kernel_to_onnx(ctx, self.pointwise), strides=(1, 1), pads=(0, 0, 0, 0),
                    dilations=(1, 1), group=1)
