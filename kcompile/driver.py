@@ -261,10 +261,15 @@ def embedding_id_ranges(g: Graph) -> dict:
     refuses ids outside [0, rows) (onnxruntime's Gather takes a negative id from the end)."""
     ranges = {}
     for node in g.nodes():
-        if node.op == "Gather" and node.inputs[0] in g.params and node.inputs[1] in g.inputs:
-            rows = g.params[node.inputs[0]].type.shape[0]
-            if isinstance(rows, int):
-                ranges[node.inputs[1]] = min(rows, ranges.get(node.inputs[1], rows))
+        if node.op != "Gather" or node.inputs[0] not in g.params:
+            continue
+        ids = node.inputs[1]
+        cast = g.producer_of(ids)
+        if cast is not None and cast.op == "Cast":  # (int32 ids cast for the table)
+            ids = cast.inputs[0]
+        rows = g.params[node.inputs[0]].type.shape[0]
+        if ids in g.inputs and isinstance(rows, int):
+            ranges[ids] = min(rows, ranges.get(ids, rows))
     return ranges
 
 

@@ -149,7 +149,8 @@ class Builder:
             raise ShapeError(f"weight {name} {list(shape)} holds {math.prod(shape):,} numbers, too many for one "
                              f"tensor (at most 2^31 - 1)")
         regularizer = getattr(layer, "regularizers", {}).get(short)
-        self.graph.add_param(Param(name, t, initializer, trainable and self.trainable, self.record.name, regularizer))
+        self.graph.add_param(Param(name, t, initializer, trainable and self.trainable, self.record.name, regularizer,
+                                   statistic=not trainable))
         self.record.params.append(name)
         return Tensor(name, t)
 
@@ -827,7 +828,7 @@ class Elaborator:
         layer = self.submodels.get(model.name)
         if layer is None:
             layer = ModelLayer(model, trainable)
-            self.layer_names.add(model.name)
+            self.unique_layer_name(model.name, e.loc)
             self.submodels[model.name] = layer
         elif layer.trainable != trainable:
             raise _Fail(f"model {model.name} is used both trainable and frozen", e.loc)

@@ -40,6 +40,7 @@ class Param:
     layer: str | None = None
     regularizer: tuple | None = None  # (l1, l2) penalty factors added to the training loss
     transposed: bool = False  # a training step's kernel held as its transpose (feature-major Dense)
+    statistic: bool = False  # set by its layer, never by the optimizer (moving statistics, adapted ones)
 
 
 @dataclass

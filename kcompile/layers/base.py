@@ -268,6 +268,8 @@ class Layer:
 
     n_inputs: int | None = 1  # None: any number (merging layers)
     regularizable = False
+    # a regularizer argument -> the weight (short name) it penalizes, for regularizable layers
+    regularizer_arguments = {"kernel_regularizer": "kernel", "bias_regularizer": "bias"}
     propagates_mask = False  # pass an input's step mask (Embedding(mask_zero=true)) on to the output
 
     def __init__(self):
@@ -295,10 +297,10 @@ class Layer:
             raise ArgError(f"{cls.kind()} argument 'name': expected a name such as priority, got {show(requested)}")
         regularizers = {}
         if cls.regularizable:
-            for key in ("kernel_regularizer", "bias_regularizer"):
+            for key, weight in cls.regularizer_arguments.items():
                 if key in kwargs:
                     try:
-                        regularizers[key.split("_")[0]] = RegularizerArg()(kwargs.pop(key))
+                        regularizers[weight] = RegularizerArg()(kwargs.pop(key))
                     except ArgError as e:
                         raise ArgError(f"{cls.kind()} argument {key!r}: {e}", e.hint) from None
         names = [p.name for p in params]
@@ -307,7 +309,8 @@ class Layer:
         bound = dict(zip(names, args))
         for k, v in kwargs.items():
             if k not in names:
-                raise ArgError(f"{cls.kind()} has no argument {k!r}", did_you_mean(k, names))
+                known = names + (list(cls.regularizer_arguments) if cls.regularizable else [])
+                raise ArgError(f"{cls.kind()} has no argument {k!r}", did_you_mean(k, known))
             if k in bound:
                 raise ArgError(f"{cls.kind()} got argument {k!r} twice")
             bound[k] = v

@@ -162,8 +162,10 @@ class DepthwiseConv2D(_Conv):
         depthwise_initializer: glorot_uniform. bias_initializer: zeros.
 
     Weights: depthwise_kernel [kh, kw, in_channels, depth_multiplier], bias
-    [in_channels * depth_multiplier] (output channel c * depth_multiplier + m).
+    [in_channels * depth_multiplier] (output channel c * depth_multiplier + m); Keras's
+    depthwise_regularizer and bias_regularizer.
     """
+    regularizer_arguments = {"depthwise_regularizer": "depthwise_kernel", "bias_regularizer": "bias"}
 
     def __init__(self, kernel_size: Ints(2), strides: Ints(2) = (1, 1), padding: Choice("valid", "same") = "valid",
                  depth_multiplier: IntArg(1) = 1, dilation_rate: Ints(2) = (1, 1),
@@ -208,8 +210,11 @@ class SeparableConv2D(DepthwiseConv2D):
         depthwise_initializer, pointwise_initializer: glorot_uniform. bias_initializer: zeros.
 
     Weights: depthwise_kernel [kh, kw, in_channels, depth_multiplier], pointwise_kernel
-    [1, 1, in_channels * depth_multiplier, filters], bias [filters].
+    [1, 1, in_channels * depth_multiplier, filters], bias [filters]; Keras's
+    depthwise_regularizer, pointwise_regularizer and bias_regularizer.
     """
+    regularizer_arguments = {"depthwise_regularizer": "depthwise_kernel", "pointwise_regularizer": "pointwise_kernel",
+                             "bias_regularizer": "bias"}
 
     def __init__(self, filters: IntArg(1), kernel_size: Ints(2), strides: Ints(2) = (1, 1),
                  padding: Choice("valid", "same") = "valid", depth_multiplier: IntArg(1) = 1,

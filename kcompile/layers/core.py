@@ -91,7 +91,7 @@ class Masking(Layer):
         self.mask_value = mask_value
 
     def call(self, ctx, x):
-        if x.rank < 3:
+        if x.rank != 3:  # (the mask is one flag a step: what recurrent layers and the losses read)
             raise ShapeError(f"Masking needs steps of features, [steps, features], got {format_shape(x.shape[1:])}")
         if x.dtype not in ("float16", "float32", "float64"):
             raise ShapeError(f"Masking reads float features, got {x.dtype}", "cast(x, float32) first")

@@ -33,7 +33,11 @@ def as_arrays(data, specs, where: str, what: str) -> dict:
     """One array for one spec, a dict by name, or a list/tuple in order -> {name: array}."""
     names = [s.name for s in specs]
     if isinstance(data, dict) and what == "target":  # (keyed by the outputs' names, as Keras: probs for probs_target)
-        data = {k if k in names or f"{k}_target" not in names else f"{k}_target": v for k, v in data.items()}
+        renamed = {k: k if k in names or f"{k}_target" not in names else f"{k}_target" for k in data}
+        twice = sorted(k for k, n in renamed.items() if k != n and n in data)
+        if twice:
+            raise ShapeMismatch(f"{where}: targets given twice: {', '.join(f'{k} and {renamed[k]}' for k in twice)}")
+        data = {renamed[k]: v for k, v in data.items()}
     if isinstance(data, dict):
         missing = [n for n in names if n not in data]
         extra = [k for k in data if k not in names]

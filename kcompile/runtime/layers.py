@@ -98,6 +98,10 @@ class LayersMixin:
     def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
         """A layer by name, or by position in ``layers`` (as Keras)."""
         layers = self.layers
+        if index is not None and (isinstance(index, bool) or not isinstance(index, (int, np.integer))):
+            raise ValueError(f"get_layer: index must be an integer, got {index!r}")
+        if name is None and index is None:
+            raise ValueError("get_layer: give a layer's name or its index")
         if index is not None:
             if not -len(layers) <= index < len(layers):
                 raise ValueError(f"get_layer: index {index} is out of range for {len(layers)} layers")

@@ -439,10 +439,8 @@ class TrainingMixin:
             layers = sorted({n.rsplit("/", 1)[0] for n in graph.params})
             raise ValueError(f"no weights under {layer!r}; layers: {', '.join(layers)}"
                              + (f" ({did_you_mean(layer, layers)})" if did_you_mean(layer, layers) else ""))
-        statistics = {n for record in compiled.layers if record.kind == "Normalization" for n in record.params}
-        for n in names:  # (BatchNorm's moving statistics and Normalization's adapted ones never train)
-            graph.params[n].trainable = trainable and not n.rsplit("/", 1)[-1].startswith("moving_") \
-                and n not in statistics
+        for n in names:  # (statistics, BatchNorm's moving ones and Normalization's adapted ones, never train)
+            graph.params[n].trainable = trainable and not graph.params[n].statistic
         for node in graph.nodes():  # a frozen BatchNormalization runs in inference mode, as Keras
             if node.op == "BatchNormalization" and any(v in names for v in node.inputs):
                 node.attrs["trainable"] = trainable

@@ -218,6 +218,10 @@ CASES = [
     ("infinity_added_to_integers", model("y = cast(x, int32) + 1e309\noutput y"), 3, 26, "inf does not fit int32", None),
     ("initializer_as_a_statement", model("Identity()"), 3, 5, "it is the initializer identity(...), which belongs in "
      "a layer's *_initializer argument", None),
+    ("layer_named_as_a_called_model", "model sub {\n    input q: float32[8]\n    output Dense(2)(q)\n}\n"
+     + model("a = Dense(3, name=sub)(x)\nb = sub(x)\noutput a, b"), 8, 9, "a layer named sub already exists", None),
+    ("regularizer_a_depthwise_kernel_lacks", model("DepthwiseConv2D(3, kernel_regularizer=l2(0.1))", IMG), 3, 24,
+     "DepthwiseConv2D has no argument 'kernel_regularizer'", "depthwise_regularizer"),
     ("block_parameter_twice", "block B(n: int, n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, 2)"), 1, 17,
      "B has two parameters named n", None),
     ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),

@@ -60,3 +60,27 @@ def test_rescaling_takes_integer_images_to_floats():
     y = m.predict(x)
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, x / 255 - 0.5, rtol=1e-6)
+
+
+def test_a_normalization_inside_a_block_never_trains_either():
+    """(its statistics were told apart by the layer's kind at the top level only: unfreezing the
+    block made them trainable)"""
+    m = kcompile.compile_string("block NB(u: int) {\n    input x\n    h = Dense(u)(x)\n    output Normalization(name=nrm)(h)\n}\n"
+                                "model m {\n    input x: float32[3]\n    y = NB(4)(x)\n    output y\n    train {\n"
+                                "        loss = mse\n        optimizer = SGD(0.5)\n    }\n}\n")
+    block = m.get_layer("nb")
+    block.trainable = False
+    block.trainable = True
+    assert [w.shape for w in m.trainable_weights] == [(3, 4), (4,)]
+    before = m.get_weights()
+    rng = np.random.default_rng(0)
+    m.fit(rng.random((8, 3), dtype=np.float32), rng.random((8, 4), dtype=np.float32), verbose=0)
+    after = m.get_weights()
+    np.testing.assert_array_equal(after[2], before[2])
+    np.testing.assert_array_equal(after[3], before[3])
+    assert not np.array_equal(after[0], before[0])
+
+
+def test_masking_takes_steps_of_features_only():
+    with pytest.raises(KcompileError, match=r"Masking needs steps of features, \[steps, features\], got \[5, 3, 2\]"):
+        kcompile.compile_string("model m {\n    input x: float32[5, 3, 2]\n    Masking()\n}\n")

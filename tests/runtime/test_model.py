@@ -107,6 +107,11 @@ def test_ids_outside_an_embedding_table_are_refused():
                                                 r"\(ids 0 to 9\)"):
             m.predict({"a": a, "ids": ids})
     m.predict({"a": a, "ids": np.full((2, 3), 9)})
+    cast = kcompile.compile_string("model c {\n    input ids: int32[2]\n    e = Embedding(10, 4)(cast(ids, int64))\n"
+                                   "    output e\n}\n")  # (ids that reach the table through a Cast)
+    assert cast.manifest["id_ranges"] == {"ids": 10}
+    with pytest.raises(ShapeMismatch, match="input 'ids' holds ids from -1 to 9"):
+        cast.predict(np.array([[-1, 9]], np.int32))
 
 
 def test_integers_out_of_the_input_dtypes_range_are_refused_not_wrapped():
@@ -448,5 +453,9 @@ def test_layers_as_keras_shows_them():
     assert not np.array_equal(after[2], before[2])
     with pytest.raises(ValueError, match=r"no layer named 'dens' \(did you mean dense\?\)"):
         m.get_layer("dens")
+    with pytest.raises(ValueError, match="get_layer: index must be an integer, got 'a'"):
+        m.get_layer(index="a")
+    with pytest.raises(ValueError, match="get_layer: give a layer's name or its index"):
+        m.get_layer()
     with pytest.raises(ShapeMismatch, match=r"weight dense/kernel expects shape \(784, 32\), got \(32,\)"):
         dense.set_weights([bias, bias])

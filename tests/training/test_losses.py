@@ -567,3 +567,23 @@ def test_weight_regularizers_add_keras_penalties_to_the_loss(kernel, kernel_fact
     grad_bias = residual.sum(0) + 0.1 * np.sign(bias)
     np.testing.assert_allclose(m.get_weights()[0], kernel_w - 0.1 * grad_kernel, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m.get_weights()[1], bias - 0.1 * grad_bias, rtol=1e-5, atol=1e-6)
+
+
+def test_depthwise_and_pointwise_regularizers_penalize_their_kernels():
+    """(Keras's depthwise_regularizer / pointwise_regularizer; kernel_regularizer on these layers
+    was accepted and penalized nothing)"""
+    m = kcompile.compile_string("""model r {
+    input x: float32[5, 5, 2]
+    SeparableConv2D(3, 3, depthwise_regularizer=l2(0.5), pointwise_regularizer=l1(0.25))
+    Flatten()
+    y = Dense(1)
+    output y
+    train {
+        loss = mse
+        optimizer = SGD()
+    }
+}""")
+    x, y = np.zeros((2, 5, 5, 2), np.float32), np.zeros((2, 1), np.float32)
+    depthwise, pointwise = (w.astype(np.float64) for w in m.get_weights()[:2])
+    expected = 0.5 * (depthwise ** 2).sum() + 0.25 * np.abs(pointwise).sum()  # (zero data: the loss is the penalties)
+    assert m.evaluate(x, y, verbose=0) == pytest.approx(expected, rel=1e-5)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import kcompile
+from kcompile import ShapeMismatch
 from kcompile.training.metrics import auc_from_totals
 
 N, BATCH = 100, 32
@@ -300,6 +301,8 @@ def test_two_output_metrics():
     assert by_name == pytest.approx(logs, rel=1e-12)
     by_output = m.evaluate(x, {"kind": yk, "score": ys}, batch_size=BATCH, verbose=0, return_dict=True)  # (Keras's keys)
     assert by_output == pytest.approx(logs, rel=1e-12)
+    with pytest.raises(ShapeMismatch, match="targets given twice: kind and kind_target"):
+        m.evaluate(x, {"kind": yk, "kind_target": yk, "score": ys}, verbose=0)
     pk, ps = (a.astype(np.float64) for a in m.predict(x))
     np.testing.assert_allclose(logs["kind_accuracy"], np.mean(pk.argmax(1) == labels), **TOL)
     np.testing.assert_allclose(logs["score_mae"], np.abs(ys - ps).mean(), **TOL)
