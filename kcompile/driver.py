@@ -39,6 +39,7 @@ class Compiled:
     _training: object = None
     training_error: str | None = None
     report: object = None  # callback(pass, nodes_before, nodes_after), for --report
+    inner_layers: list = field(default_factory=list)  # [(name, kind)] of the layers inside blocks and called models
 
     def training(self):
         """The TrainingProgram of the train section (built on first use), or None when the model
@@ -122,11 +123,12 @@ def compile_source(source: str, file: str = "<string>", model: str | None = None
     train = check_train(graph, model_ast, module)
     env = graph.meta.pop("env", {})
     train_ast = graph.meta.pop("train", None)
+    inner_layers = graph.meta.pop("inner_layers", [])
     layers = list(graph.layers)
     elaborated = graph.copy() if train_ast is not None else None
     graph, applied = optimize(graph, opt_level, report)
     return Compiled(graph, file, source, opt_level, applied, train, layers, elaborated, train_ast, env,
-                    report=report)
+                    report=report, inner_layers=inner_layers)
 
 
 def compile_file(path, model: str | None = None, opt_level: int = 1) -> Compiled:
@@ -293,6 +295,9 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
                         "trainable": p.trainable, "initializer": p.initializer[0]} for p in g.params.values()],
         "layers": [{"name": r.name, "kind": r.kind, "output_shapes": [list(t.shape) for t in r.output_types],
                     "params": r.params} for r in compiled.layers],
+        "inner_layers": [{"name": name, "kind": kind, "output_shapes": [],
+                          "params": [p for p in g.params if p.rsplit("/", 1)[0] == name]}
+                         for name, kind in compiled.inner_layers],
         "passes": compiled.passes,
         "activation_bytes_per_sample": activation_bytes_per_sample(g),
         "rows_independent": not mixes_samples(g, []),

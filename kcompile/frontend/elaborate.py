@@ -679,6 +679,8 @@ class Elaborator:
                 if top:
                     b.record = LayerRecord(layer.name, layer.kind(), loc=loc)
                     self.graph.layers.append(b.record)
+                else:  # (a layer inside a block or called model: model.get_layer("block/name") finds it)
+                    self.graph.meta.setdefault("inner_layers", []).append((layer.name, layer.kind()))
                 b.trainable = frame.trainable
                 b.loc, b.layer = loc, layer.name
                 layer.input_types = [t.type for t in inputs]

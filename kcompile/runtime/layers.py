@@ -17,7 +17,7 @@ class Layer:
         self.class_name = entry["kind"]
         self.weight_names = list(entry["params"])
         shapes = [tuple(None if isinstance(d, str) else d for d in s) for s in entry["output_shapes"]]
-        self.output_shape = shapes[0] if len(shapes) == 1 else shapes
+        self.output_shape = shapes[0] if len(shapes) == 1 else shapes or None  # (None: a layer inside a block)
 
     def __repr__(self):
         return f"<kcompile layer {self.name} ({self.class_name}), {len(self.weight_names)} weights>"
@@ -58,6 +58,10 @@ class Layer:
 
     def count_params(self) -> int:
         return int(sum(w.size for w in self.get_weights()))
+
+    def get_layer(self, name: str) -> "Layer":
+        """A layer inside this block or called model, by its name there (as Keras's nested models)."""
+        return self._model.get_layer(f"{self.name}/{name}")
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -109,6 +113,9 @@ class LayersMixin:
         for layer in layers:
             if layer.name == name:
                 return layer
+        for entry in self.manifest.get("inner_layers", []):  # ("block/name": inside a block or called model)
+            if entry["name"] == name:
+                return Layer(self, entry)
         names = [layer.name for layer in layers]
         hint = did_you_mean(name, names) if isinstance(name, str) else None
         raise ValueError(f"get_layer: no layer named {name!r}" + (f" ({hint})" if hint else "")

@@ -68,6 +68,11 @@ def test_a_normalization_inside_a_block_never_trains_either():
     m = kcompile.compile_string("block NB(u: int) {\n    input x\n    h = Dense(u)(x)\n    output Normalization(name=nrm)(h)\n}\n"
                                 "model m {\n    input x: float32[3]\n    y = NB(4)(x)\n    output y\n    train {\n"
                                 "        loss = mse\n        optimizer = SGD(0.5)\n    }\n}\n")
+    inner = m.get_layer("nb").get_layer("nrm")  # (as Keras reaches a nested model's layers; or "nb/nrm")
+    assert (inner.name, inner.class_name) == ("nb/nrm", "Normalization")
+    features = np.random.default_rng(1).normal(size=(50, 4))
+    inner.adapt(features)
+    np.testing.assert_allclose(m.get_layer("nb/nrm").get_weights()[1], features.var(0), rtol=1e-5)
     block = m.get_layer("nb")
     block.trainable = False
     block.trainable = True
