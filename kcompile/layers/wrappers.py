@@ -41,7 +41,7 @@ class TimeDistributed(Layer):
         step = self._step(ctx, x)
         if not inner.built:
             if not inner.name:
-                inner.name = f"{self.name}/{inner.auto_name()}"
+                inner.name = f"{self.name}/{inner.requested_name or inner.auto_name()}"
             inner.input_types = [step.type]
             inner.build(ctx, step)
             inner.built = True
@@ -81,6 +81,7 @@ class Bidirectional(Layer):
         self.backward = type(layer)(**arguments)
         self.backward.arguments = arguments
         self.backward.regularizers = layer.regularizers
+        self.backward.requested_name = layer.requested_name  # (LSTM(..., name=l): forward_l and backward_l)
         self.merge_mode = merge_mode
         for inner in (self.forward, self.backward):
             inner.zero_output_for_mask = layer.return_sequences
@@ -91,7 +92,7 @@ class Bidirectional(Layer):
 
     def build(self, ctx, x):
         for direction, inner in (("forward", self.forward), ("backward", self.backward)):
-            inner.name = f"{self.name}/{direction}_{inner.auto_name()}"
+            inner.name = f"{self.name}/{direction}_{inner.requested_name or inner.auto_name()}"
             inner.input_types = [x.type]
             inner.build(ctx, x)
             inner.built = True

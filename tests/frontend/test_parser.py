@@ -288,6 +288,10 @@ def test_layers_take_kerass_name_argument():
     assert m.weight_names == ["hidden/kernel", "hidden/bias", "priority/kernel", "priority/bias", "shared/kernel",
                               "shared/bias"]
     assert [layer.name for layer in m.layers] == ["hidden", "priority", "shared"]
+    wrapped = kcompile.compile_string("model w {\n    input x: float32[5, 3]\n    a = Bidirectional(LSTM(2, name=l), name=bi)(x)\n"
+                                      "    b = TimeDistributed(Dense(3, name=inner), name=td)(x)\n    output a, b\n}\n")
+    assert wrapped.weight_names == [f"bi/{d}_l/{w}" for d in ("forward", "backward")
+                                    for w in ("kernel", "recurrent_kernel", "bias")] + ["td/inner/kernel", "td/inner/bias"]
     with pytest.raises(KcompileError, match="a layer named hidden already exists"):
         kcompile.compile_string("model m {\n    input x: float32[4]\n    Dense(8, name=hidden)\n    Dense(3, name=hidden)\n}\n")
     with pytest.raises(KcompileError, match="Dense argument 'name': expected a name such as priority, got a/b"):
