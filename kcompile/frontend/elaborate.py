@@ -739,6 +739,10 @@ class Elaborator:
 
     def instantiate_block(self, block: ast.Block, args, kwargs, e: ast.Call) -> BlockLayer:
         names = [p.name for p in block.params]
+        requested = kwargs.pop("name", None) if "name" not in names else None  # (as every layer's name=)
+        if requested is not None and not (isinstance(requested, str) and requested.isidentifier()):
+            raise _Fail(f"{block.name} argument 'name': expected a name such as res1, got {show(requested)}",
+                        next((a.loc for a in e.kwargs if a.name == "name"), e.loc))
         if len(args) > len(names):
             raise _Fail(f"{block.name} takes {len(names)} argument{'s' * (len(names) != 1)}, got {len(args)}", e.loc)
         bound = dict(zip(names, args))
@@ -758,7 +762,9 @@ class Elaborator:
             if at is None and names.index(p.name) < len(e.args):
                 at = e.args[names.index(p.name)].loc
             bound[p.name] = self.check_param(block, p, bound[p.name], at or e.loc)
-        return BlockLayer(block, bound)
+        layer = BlockLayer(block, bound)
+        layer.requested_name = requested
+        return layer
 
     _PARAM_TYPES = {
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),

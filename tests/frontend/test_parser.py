@@ -292,6 +292,9 @@ def test_layers_take_kerass_name_argument():
                                       "    b = TimeDistributed(Dense(3, name=inner), name=td)(x)\n    output a, b\n}\n")
     assert wrapped.weight_names == [f"bi/{d}_l/{w}" for d in ("forward", "backward")
                                     for w in ("kernel", "recurrent_kernel", "bias")] + ["td/inner/kernel", "td/inner/bias"]
+    blocks = kcompile.compile_string("block R(n: int) {\n    input x\n    Dense(n)\n}\nmodel b {\n    input x: float32[3]\n"
+                                     "    a = R(2, name=first)(x)\n    y = R(2)(a)\n    output y\n}\n")
+    assert [layer.name for layer in blocks.layers] == ["first", "r"]  # (a block call takes name= too)
     with pytest.raises(KcompileError, match="a layer named hidden already exists"):
         kcompile.compile_string("model m {\n    input x: float32[4]\n    Dense(8, name=hidden)\n    Dense(3, name=hidden)\n}\n")
     with pytest.raises(KcompileError, match="Dense argument 'name': expected a name such as priority, got a/b"):
