@@ -11,8 +11,8 @@ the other statements are still checked, so one run reports every independent err
 """
 from __future__ import annotations
 
+import inspect
 import math
-
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +24,7 @@ from ..ir import BATCH, DTYPES, Graph, Param, Tensor, TensorType
 from ..ir.graph import LayerRecord
 from ..layers import FUNCTIONS, LAYERS, NUMBER_FUNCTIONS, Layer
 from ..layers.base import (REGULARIZER_NAMES, ArgError, InitializerArg, InitializerSpec, RegularizerSpec, Symbol,
-                           show, snake_case)
+                           is_source_name, show, snake_case)
 from . import ast
 
 
@@ -726,7 +726,6 @@ class Elaborator:
     @staticmethod
     def check_keywords(callee: Ref, kwargs: dict, e: ast.Call):
         """A built-in function's keyword arguments must be among its parameters."""
-        import inspect
         params = inspect.signature(callee.target).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return
@@ -740,7 +739,7 @@ class Elaborator:
     def instantiate_block(self, block: ast.Block, args, kwargs, e: ast.Call) -> BlockLayer:
         names = [p.name for p in block.params]
         requested = kwargs.pop("name", None) if "name" not in names else None  # (as every layer's name=)
-        if requested is not None and not (isinstance(requested, str) and requested.isidentifier()):
+        if requested is not None and not is_source_name(requested):
             raise _Fail(f"{block.name} argument 'name': expected a name such as res1, got {show(requested)}",
                         next((a.loc for a in e.kwargs if a.name == "name"), e.loc))
         if len(args) > len(names):

@@ -76,6 +76,8 @@ def _literal(e):
         return -e.operand.value
     if isinstance(e, (ast.List, ast.Tuple)):
         return [_literal(i) for i in e.items]
+    if isinstance(e, ast.Name) and e.id in ("none", "None"):  # Keras's None, as everywhere in the language
+        return None
     if isinstance(e, (ast.Name, ast.String)):
         return e.id if isinstance(e, ast.Name) else e.value
     return unparse(e)
@@ -288,8 +290,8 @@ class _Checker:
             else:
                 v = _literal(k.value)
                 default = allowed[k.name]
-                if default is None and v in ("none", "None"):  # (writing out the default)
-                    v = None
+                if default is None and v is None:  # (none: the default written out)
+                    pass
                 elif isinstance(default, bool) and not isinstance(v, bool):
                     self.error(f"{name} argument {k.name} is true or false, got {unparse(k.value)}", k.value.loc)
                 elif not isinstance(default, bool) and (isinstance(v, bool) or not isinstance(v, (int, float))):

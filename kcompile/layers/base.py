@@ -212,6 +212,12 @@ def show(v) -> str:
     return str(v)
 
 
+def is_source_name(v) -> bool:
+    """Whether ``v`` is a name as the language writes them, [A-Za-z_][A-Za-z0-9_]* (a layer's
+    name= must be one: its weights are named <layer>/<weight>)."""
+    return isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None
+
+
 def snake_case(name: str) -> str:
     s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
     s = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", s)
@@ -293,7 +299,7 @@ class Layer:
         Raises ArgError naming the argument."""
         params = [p for p in cls.signature().parameters.values() if p.name != "self"]
         requested = kwargs.pop("name", None)  # (every layer's, as Keras: Dense(1, name=priority))
-        if requested is not None and not (isinstance(requested, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", requested)):
+        if requested is not None and not is_source_name(requested):
             raise ArgError(f"{cls.kind()} argument 'name': expected a name such as priority, got {show(requested)}")
         regularizers = {}
         if cls.regularizable:

@@ -271,8 +271,6 @@ class Model(LayersMixin, TrainingMixin):
         first = predictors[0].run({name: array[:half] for name, array in feeds.items()}, half, step, fixed)
         return [np.concatenate([a, b]) for a, b in zip(first, second.result())]
 
-    __call__ = predict
-
     # ---------------- description and export ----------------
     def summary(self, print_fn=None) -> None:
         """Print the layer table (as Keras: ``print_fn`` takes the text instead of ``print``, and

@@ -215,7 +215,7 @@ class _Objective:
         if output in self.masks:
             values = self.masked(values, self.masks[output])
         values = self.weighted(values)
-        if output in self.outputs:
+        if output in self.outputs and len(self.outputs) > 1:  # (Keras logs <output>_loss for several outputs)
             mean = self.ctx.op("ReduceMean", values, keepdims=0) if self.ctx.type(values).rank else values
             self.output_losses.setdefault(output, []).append(mean)
         weight = self.loss_weights.get(output, 1.0)
