@@ -57,10 +57,16 @@ def mean_squared_error(ctx, y, p, weights=None):
     return _mean(ctx, ctx.op("Mul", d, d), weights)
 
 
+def _positive(ctx, y, dtype):
+    """1 where a target counts as positive: any nonzero one, as Keras casts targets to bool for
+    precision, recall and AUC (a smoothed 0.1 is positive there)."""
+    return ctx.op("Sub", 1.0, _as_float(ctx, ctx.op("Equal", y, ctx.const(0.0, ctx.type(y).dtype)), dtype))
+
+
 def _binary_counts(ctx, y, p, threshold=0.5):
     dtype = ctx.type(p).dtype
     predicted = _as_float(ctx, ctx.op("Greater", p, threshold), dtype)
-    truth = _as_float(ctx, ctx.op("Greater", y, 0.5), dtype)
+    truth = _positive(ctx, y, dtype)
     tp = ctx.op("ReduceSum", ctx.op("Mul", predicted, truth), keepdims=0)
     return tp, ctx.op("ReduceSum", predicted, keepdims=0), ctx.op("ReduceSum", truth, keepdims=0)
 
@@ -82,7 +88,7 @@ def auc(ctx, y, p):
     # (predictions clipped to [0, 1] first, as Keras: logits or a linear output still give a
     # curve from (0, 0) to (1, 1))
     flat_p = ctx.op("Reshape", ctx.op("Min", ctx.op("Max", p, 0.0), 1.0), shape=(-1, 1))
-    flat_y = _as_float(ctx, ctx.op("Greater", ctx.op("Reshape", y, shape=(-1, 1)), 0.5), dtype)
+    flat_y = _positive(ctx, ctx.op("Reshape", y, shape=(-1, 1)), dtype)
     above = _as_float(ctx, ctx.op("Greater", flat_p, ctx.const(thresholds.reshape(1, -1), dtype)), dtype)
     tp = ctx.op("ReduceSum", ctx.op("Mul", above, flat_y), axes=(0,), keepdims=0)
     fp = ctx.op("ReduceSum", ctx.op("Mul", above, ctx.op("Sub", 1.0, flat_y)), axes=(0,), keepdims=0)

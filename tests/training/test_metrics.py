@@ -124,7 +124,7 @@ def keras_auc(y, p, num_thresholds=200):
     thresholds = np.array([0.0 - eps] + [(i + 1) / (num_thresholds - 1) for i in range(num_thresholds - 2)]
                           + [1.0 + eps], dtype=np.float32)
     p = np.clip(np.asarray(p, np.float32), 0, 1).reshape(-1, 1)  # (Keras clips predictions to [0, 1])
-    truth = np.asarray(y).reshape(-1, 1) > 0.5
+    truth = np.asarray(y).reshape(-1, 1) != 0  # (Keras casts targets to bool)
     above = p > thresholds[None, :]
     tp = np.sum(above & truth, 0).astype(np.float64)
     fp = np.sum(above & ~truth, 0).astype(np.float64)
@@ -145,7 +145,7 @@ def exact_auc(y, p):
 
 
 def precision_recall(y, p, threshold=0.5):
-    predicted, truth = np.asarray(p).ravel() > threshold, np.asarray(y).ravel() > 0.5
+    predicted, truth = np.asarray(p).ravel() > threshold, np.asarray(y).ravel() != 0
     tp = np.sum(predicted & truth)
     return (tp / predicted.sum() if predicted.sum() else 0.0), (tp / truth.sum() if truth.sum() else 0.0)
 
@@ -273,6 +273,25 @@ def test_auc_of_predictions_outside_0_1_clips_them_as_keras():
     assert m.evaluate(p, y, verbose=0, return_dict=True)["auc"] == pytest.approx(1.0)
     assert keras_auc(y, p) == pytest.approx(1.0)
     assert m.evaluate(p - 5, y, verbose=0, return_dict=True)["auc"] == pytest.approx(keras_auc(y, p - 5)) == 0.5
+
+
+def test_precision_recall_auc_count_any_nonzero_target_as_positive_as_keras():
+    """Smoothed targets (0.1, 0.9): Keras casts them to bool, so 0.1 is a positive. Keras 3.15
+    gives precision 1.0, recall 0.8, AUC 0.8 here (kcompile gave 0.5, 1.0 and 0.875 when it
+    thresholded targets at 0.5); the loss is unaffected."""
+    m = kcompile.compile_string(SCORER, seed=0)
+    m.set_weights([np.array([[1.0]], np.float32), np.array([0.0], np.float32)])
+    x = np.array([[2.0], [1.0], [-1.0], [0.5], [-2.0], [3.0]], np.float32)
+    y = np.array([[0.1], [0.9], [0.0], [0.1], [0.1], [1.0]], np.float32)
+    logs = m.evaluate(x, y, verbose=0, return_dict=True)
+    assert logs["precision"] == pytest.approx(1.0)
+    assert logs["recall"] == pytest.approx(0.8)
+    assert logs["auc"] == pytest.approx(0.8, abs=1e-6)
+    assert (logs["precision"], logs["recall"]) == pytest.approx(precision_recall(y, 1 / (1 + np.exp(-x))))
+    assert logs["auc"] == pytest.approx(keras_auc(y, 1 / (1 + np.exp(-x))), abs=1e-6)
+    p = 1 / (1 + np.exp(-x.astype(np.float64)))
+    bce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert logs["loss"] == pytest.approx(bce, rel=1e-5)
 
 
 def test_auc_from_totals_is_keras_interpolation():
