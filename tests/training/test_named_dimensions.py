@@ -56,6 +56,24 @@ y = Dense(2)"""
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("recurrent", ["LSTM", "GRU", "SimpleRNN"])
+def test_recurrent_sequences_into_a_max_pool_over_a_named_dimension_train(recurrent):
+    """A recurrent layer's sequences into MaxPooling1D(2) over T: the pool's gradient (placed by
+    MaxUnpool, whose output ONNX gives no rank) feeds the layer's reverse Scan, which onnxruntime
+    refused ("Subgraph must have the shape set"); now an epoch gives the fixed-length weights."""
+    body = f"{recurrent}(4, return_sequences=true)\nMaxPooling1D(2)\nGlobalAveragePooling1D()\ny = Dense(1)"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 12, 3)).astype(np.float32)
+    target = rng.standard_normal((6, 1)).astype(np.float32)
+    named = kcompile.compile_string(sequence_model(body, "Adam(learning_rate=0.01)"), seed=0)
+    fixed = kcompile.compile_string(sequence_model(body, "Adam(learning_rate=0.01)", "12"), seed=0)
+    losses = [m.fit(x, target, batch_size=3, epochs=1, shuffle=False, verbose=0).history["loss"]
+              for m in (named, fixed)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    for a, b in zip(named.get_weights(), fixed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("layer,why", [
     ("Conv1D(4, 3, strides=2)", "gradient of a strided window over the named dimension"),
     ("AveragePooling1D(2)", "gradient of an average pooling over the named dimension T"),
