@@ -39,7 +39,7 @@ class Compiled:
     _training: object = None
     training_error: str | None = None
     report: object = None  # callback(pass, nodes_before, nodes_after), for --report
-    inner_layers: list = field(default_factory=list)  # [(name, kind)] of the layers inside blocks and called models
+    inner_layers: list = field(default_factory=list)  # [(name, kind, output shapes)] inside blocks and called models
 
     def training(self):
         """The TrainingProgram of the train section (built on first use), or None when the model
@@ -295,9 +295,9 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
                         "trainable": p.trainable, "initializer": p.initializer[0]} for p in g.params.values()],
         "layers": [{"name": r.name, "kind": r.kind, "output_shapes": [list(t.shape) for t in r.output_types],
                     "params": r.params} for r in compiled.layers],
-        "inner_layers": [{"name": name, "kind": kind, "output_shapes": [],
+        "inner_layers": [{"name": name, "kind": kind, "output_shapes": shapes,
                           "params": [p for p in g.params if p.rsplit("/", 1)[0] == name]}
-                         for name, kind in compiled.inner_layers],
+                         for name, kind, shapes in compiled.inner_layers],
         "passes": compiled.passes,
         "activation_bytes_per_sample": activation_bytes_per_sample(g),
         "rows_independent": not mixes_samples(g, []),

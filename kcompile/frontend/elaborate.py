@@ -26,6 +26,7 @@ from ..layers import FUNCTIONS, LAYERS, NUMBER_FUNCTIONS, Layer
 from ..layers.base import (REGULARIZER_NAMES, ArgError, InitializerArg, InitializerSpec, RegularizerSpec, Symbol,
                            is_source_name, show, snake_case)
 from . import ast
+from .layer_order import Call, keras_layer_order
 
 
 class _Poisoned(Exception):
@@ -194,6 +195,7 @@ class Elaborator:
         self.sublayer_caches: list = []
         self.stack = [name]
         self.block_stack: list = []  # the blocks being elaborated, outermost first
+        self.calls: list[Call] = []  # the top level's layer calls and operations, for Keras's layer order
         frame = Frame()
         try:
             outputs = self.body(model.body, frame, top=True)
@@ -214,6 +216,9 @@ class Elaborator:
         if self.diagnostics:
             raise KcompileError(self.diagnostics)
         graph.outputs = [(public, t.name) for public, t in outputs]
+        graph.layers = keras_layer_order(graph, self.calls, [t.name for _, t in outputs])
+        params = {p: graph.params[p] for r in graph.layers for p in r.params}
+        graph.params = {**params, **{k: v for k, v in graph.params.items() if k not in params}}
         graph.meta["train"] = next((s for s in model.body if isinstance(s, ast.Train)), None)
         graph.meta["env"] = {k: v for k, v in frame.env.items() if isinstance(v, Tensor)}
         # each output's step mask (Embedding(mask_zero=true) through the layers that pass it on):
@@ -439,12 +444,20 @@ class Elaborator:
             v = self.expr(e.operand, frame)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 return -v
-            return self.located(e.loc, lambda: self.builder.op("Neg", self.tensor(v, e.operand.loc, frame)))
+            return self.operation(frame, self.located(
+                e.loc, lambda: self.builder.op("Neg", self.tensor(v, e.operand.loc, frame))))
         if isinstance(e, ast.BinOp):
-            return self.binop(e, frame)
+            return self.operation(frame, self.binop(e, frame))
         if isinstance(e, ast.Call):
             return self.call(e, frame)
         raise AssertionError(e)
+
+    def operation(self, frame: Frame, value):
+        """A value computed between layers at the top level counts as one operation in Keras's
+        layer order (as keras.ops.add or keras.ops.relu would)."""
+        if frame.prefix == "" and isinstance(value, Tensor):
+            self.calls.append(Call(None, None, [value.name]))
+        return value
 
     def lookup(self, e: ast.Name, frame: Frame):
         name = e.id
@@ -547,7 +560,7 @@ class Elaborator:
                 b.loc, b.layer = e.loc, None
                 self.check_keywords(callee, kwargs, e)
                 try:
-                    return callee.target(b, *tensors, **kwargs)
+                    return self.operation(frame, callee.target(b, *tensors, **kwargs))
                 except (TypeError, ValueError) as err:  # (an argument of the wrong kind)
                     raise _Fail(f"{callee.name}: {err}".replace("<lambda>() ", "").replace("fn() ", ""), e.loc) from None
                 except (ShapeError, ArgError) as err:
@@ -680,7 +693,8 @@ class Elaborator:
                     b.record = LayerRecord(layer.name, layer.kind(), loc=loc)
                     self.graph.layers.append(b.record)
                 else:  # (a layer inside a block or called model: model.get_layer("block/name") finds it)
-                    self.graph.meta.setdefault("inner_layers", []).append((layer.name, layer.kind()))
+                    layer.inner_entry = (layer.name, layer.kind(), [])  # (its output shapes, after the call)
+                    self.graph.meta.setdefault("inner_layers", []).append(layer.inner_entry)
                 b.trainable = frame.trainable
                 b.loc, b.layer = loc, layer.name
                 layer.input_types = [t.type for t in inputs]
@@ -703,8 +717,13 @@ class Elaborator:
             if layer.propagates_mask and len(inputs) == 1 and isinstance(out, Tensor) and \
                     b.mask_of(inputs[0]) is not None and b.mask_of(out) is None:
                 b.set_mask(out, b.mask_of(inputs[0]))
-            if top and not layer.record.output_types:
-                layer.record.output_types = [t.type for t in (out if isinstance(out, (list, tuple)) else [out])]
+            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            if top:
+                self.calls.append(Call(layer.record, [t.name for t in inputs], [t.name for t in outs]))
+                if not layer.record.output_types:
+                    layer.record.output_types = [t.type for t in outs]
+            elif first_call and hasattr(layer, "inner_entry"):
+                layer.inner_entry[2][:] = [list(t.shape) for t in outs]
             return tuple(out) if isinstance(out, list) else out
         except (ShapeError, ArgError) as err:
             self._unbuild(layer, first_call)

@@ -17,7 +17,7 @@ class Layer:
         self.class_name = entry["kind"]
         self.weight_names = list(entry["params"])
         shapes = [tuple(None if isinstance(d, str) else d for d in s) for s in entry["output_shapes"]]
-        self.output_shape = shapes[0] if len(shapes) == 1 else shapes or None  # (None: a layer inside a block)
+        self.output_shape = shapes[0] if len(shapes) == 1 else shapes or None  # (None: a layer never called)
 
     def __repr__(self):
         return f"<kcompile layer {self.name} ({self.class_name}), {len(self.weight_names)} weights>"
@@ -96,7 +96,8 @@ class LayersMixin:
 
     @property
     def layers(self) -> list[Layer]:
-        """The model's layers in source order (inputs not counted, unlike Keras's InputLayer)."""
+        """The model's layers in Keras's order: a Sequential stack's in source order, a functional
+        model's by depth as Keras lists them (inputs not counted, unlike Keras's InputLayer)."""
         return [Layer(self, entry) for entry in self.manifest["layers"]]
 
     def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:

@@ -459,3 +459,26 @@ def test_layers_as_keras_shows_them():
         m.get_layer()
     with pytest.raises(ShapeMismatch, match=r"weight dense/kernel expects shape \(784, 32\), got \(32,\)"):
         dense.set_weights([bias, bias])
+
+
+def test_layers_inside_blocks_and_called_models_have_output_shapes():
+    """get_layer("block/name").output_shape, as Keras's nested layers have (it was None)."""
+    m = kcompile.compile_string("""
+block Pre(u: int) {
+    input x
+    h = Dense(u, name="proj")(x)
+    output Reshape((u, 1), name="col")(h)
+}
+model head {
+    input z: float32[6, 1]
+    output Flatten()(z)
+}
+model m {
+    input x: float32[3]
+    y = head(Pre(6)(x))
+    output y
+}
+""", model="m")
+    assert m.get_layer("pre/proj").output_shape == (None, 6)
+    assert m.get_layer("pre").get_layer("col").output_shape == (None, 6, 1)
+    assert m.get_layer("head/flatten").output_shape == (None, 6)
