@@ -12,7 +12,8 @@ kcompile compiles neural-network models written in the .kdl language to ONNX.
 commands:
   check FILE      parse and shape-check every model in FILE; print errors only
   summary FILE    print a Keras-style table: layer, output shape, parameter count
-  build FILE      compile a model and write DIR/<model>/ (the .onnx files, manifest.json,
+  build FILE      compile a model and write DIR/<model>/ (<model>.onnx, predict_weights.onnx,
+                  train_step.onnx and eval.onnx with a train section, manifest.json,
                   weights.npz, source.kdl, and an __init__.py so the folder imports)
   train FILE      compile a model with a train section, train it on arrays from an
                   .npz file, report loss and metrics, and save a checkpoint
@@ -67,9 +68,10 @@ def _parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build", help="compile a model to ONNX and write a build folder",
                            description="Compile a model of FILE and write DIR/<model>/: <model>.onnx (the "
-                                       "inference graph with initial weights), manifest.json (inputs, outputs, "
-                                       "parameters in Keras order, passes, source hash, versions), weights.npz, "
-                                       "source.kdl and __init__.py (the folder is an importable package: "
+                                       "inference graph with initial weights), predict_weights.onnx (the same graph "
+                                       "taking its weights as inputs), train_step.onnx and eval.onnx (with a train "
+                                       "section), manifest.json (inputs, outputs, parameters in Keras order, "
+                                       "passes, source hash, versions), weights.npz, source.kdl and __init__.py (the folder is an importable package: "
                                        "`import <model>; <model>.load()`).")
     build.add_argument("file", metavar="FILE", help="the .kdl source file")
     build.add_argument("-o", "--output", metavar="DIR", default="build", help="output directory (default: build)")
