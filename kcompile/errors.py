@@ -37,10 +37,14 @@ class Diagnostic:
         head = f"{self.loc}: {self.severity}: {self.message}" if self.loc else f"{self.severity}: {self.message}"
         lines = [head]
         if self.loc and self.loc.source_line:
-            text = self.loc.source_line.rstrip("\n").expandtabs(4)
+            raw = self.loc.source_line.rstrip("\n")
+            text = raw.expandtabs(4)
             lines.append("    " + text)
-            width = max(1, min(self.loc.length, len(text) - self.loc.col + 1))
-            lines.append("    " + " " * (self.loc.col - 1) + "^" + "~" * (width - 1))
+            # (the caret under the column as displayed: a tab before it shows as several spaces)
+            col = len(raw[:self.loc.col - 1].expandtabs(4)) + 1
+            end = len(raw[:self.loc.col - 1 + self.loc.length].expandtabs(4)) + 1
+            width = max(1, min(end - col, len(text) - col + 1))
+            lines.append("    " + " " * (col - 1) + "^" + "~" * (width - 1))
         if self.hint:
             lines.append(f"hint: {self.hint}")
         return "\n".join(lines)

@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import __version__
 from ..ir import Graph
 from ..ops import OPS
+from ..ops.base import OPSET
 
-OPSET = 17
 IR_VERSION = 8
 
 _ONNX_DTYPES = {

@@ -146,7 +146,11 @@ class Builder:
         if name in self.graph.params:
             raise ShapeError(f"weight {name} is defined twice")
         t = TensorType(dtype, tuple(shape))
-        if all(isinstance(d, int) for d in shape) and math.prod(shape) >= 2 ** 31:  # (ONNX's and numpy's limits)
+        if not all(isinstance(d, int) for d in shape):  # (a size named in an input's type: T)
+            raise ShapeError(f"weight {name} would have the shape {format_shape(shape)}, which depends on an "
+                             f"input's named size; a weight's sizes must be known",
+                             "give that axis a number in the input's type")
+        if math.prod(shape) >= 2 ** 31:  # (ONNX's and numpy's limits)
             raise ShapeError(f"weight {name} {list(shape)} holds {math.prod(shape):,} numbers, too many for one "
                              f"tensor (at most 2^31 - 1)")
         regularizer = getattr(layer, "regularizers", {}).get(short)
@@ -396,6 +400,8 @@ class Elaborator:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise _Fail(f"a dimension must be a positive integer or a name, got {show(v)}", d.loc,
                             "the batch dimension is implicit: leave it out" if v in (-1, 0) or v is None else None)
+            if v >= 2 ** 31:  # (numpy's and onnxruntime's sizes on every platform)
+                raise _Fail(f"a dimension of {v:,} is too large (at most {2 ** 31 - 1:,})", d.loc)
             dims.append(v)
         return TensorType(texpr.dtype, (BATCH,) + tuple(dims))
 
@@ -487,7 +493,10 @@ class Elaborator:
             if e.op == "/":
                 if b == 0:
                     raise _Fail("division by zero", e.loc)
-                return a / b
+                try:
+                    return a / b
+                except OverflowError:  # (integers past a float's range)
+                    raise _Fail("the quotient is too large for a number", e.loc) from None
             return {"+": a + b, "-": a - b, "*": a * b}[e.op]
         op = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div"}[e.op]
         if not isinstance(a, Tensor) and not isinstance(b, Tensor):
@@ -495,6 +504,10 @@ class Elaborator:
                         self.unknown_hint(a if isinstance(a, Symbol) else b, frame))
         ta = a if isinstance(a, Tensor) else self.scalar(a, b, e.left.loc, frame)
         tb = b if isinstance(b, Tensor) else self.scalar(b, a, e.right.loc, frame)
+        if op == "Div" and not ta.type.is_float and not tb.type.is_float:
+            # true division, as numpy's and Keras's `/` (ONNX's Div of integers truncates, and
+            # stops the run on a zero divisor)
+            ta, tb = (self.builder.op("Cast", t, to="float32") for t in (ta, tb))
 
         def emit():
             try:
@@ -567,12 +580,7 @@ class Elaborator:
                     msg = str(err) if str(err).startswith(callee.name + " ") else f"{callee.name}: {err}"
                     raise _Fail(msg, e.loc, err.hint) from None
             if callee.kind == "initializer":
-                if args:
-                    raise _Fail(f"{callee.name} takes keyword arguments only", e.loc)
-                try:
-                    return InitializerSpec(callee.name, kwargs)
-                except ArgError as err:
-                    raise _Fail(str(err), e.loc, err.hint) from None
+                return self.initializer(callee.name, args, kwargs, e)
         if isinstance(callee, Unapplied):
             return self.apply(callee.layer, self.tensors(args, e, frame), e.loc, frame, kwargs)
         if isinstance(callee, Layer):  # a layer bound with `layer name = ...`
@@ -585,18 +593,30 @@ class Elaborator:
             except ArgError as err:
                 raise _Fail(str(err), e.loc, err.hint) from None
         if isinstance(callee, Symbol) and callee in INITIALIZERS:  # random_normal(stddev=0.1)
-            if args:
-                raise _Fail(f"{callee} takes keyword arguments only", e.loc)
-            try:
-                return InitializerSpec(str(callee), kwargs)
-            except ArgError as err:
-                raise _Fail(str(err), e.loc, err.hint) from None
+            return self.initializer(str(callee), args, kwargs, e)
         if isinstance(callee, Symbol):
             candidates = list(LAYERS) + list(self.blocks) + list(self.models) + list(FUNCTIONS) + \
                 [k for k, v in frame.env.items() if isinstance(v, Layer)]
             raise _Fail(f"unknown layer or function {callee}", e.loc,
                         did_you_mean(callee, candidates))
         raise _Fail(f"{self.describe(callee)} cannot be called", e.loc)
+
+    @staticmethod
+    def initializer(name: str, args, kwargs, e: ast.Call) -> InitializerSpec:
+        """``RandomNormal(0.0, 0.02)`` or ``RandomNormal(stddev=0.02)``: positional arguments in
+        Keras's order (mean, stddev; minval, maxval; value; gain)."""
+        order = list(INITIALIZERS[name])
+        if len(args) > len(order):
+            raise _Fail(f"{name} takes {len(order)} argument{'s' * (len(order) != 1)}"
+                        f"{' (' + ', '.join(order) + ')' if order else ''}, got {len(args)}", e.loc)
+        for k, v in zip(order, args):
+            if k in kwargs:
+                raise _Fail(f"{name} got argument {k!r} twice", e.loc)
+            kwargs[k] = v
+        try:
+            return InitializerSpec(name, kwargs)
+        except ArgError as err:
+            raise _Fail(str(err), e.loc, err.hint) from None
 
     def arg_loc(self, e: ast.Call, err: ArgError) -> Loc:
         """Point at the offending argument: the one a converter rejected, or a keyword the message names."""
@@ -869,6 +889,9 @@ class Elaborator:
         self.stack.append(model.name)
         try:
             for decl, t in zip(decls, inputs):
+                if decl.type is None:  # (the model's own check reports it where it is declared)
+                    raise ShapeError(f"model {model.name}'s input {decl.name} has no type",
+                                     f"write `input {decl.name}: float32[...]` in model {model.name}")
                 want = self.tensor_type(decl.type, inner)
                 if want.dtype != t.dtype or want.shape[1:] != t.shape[1:]:
                     raise ShapeError(f"model {model.name} input {decl.name} expects {want}, got {t.type}")

@@ -76,14 +76,25 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
 MAX_NESTING = 400
 
 
+def _first_token(node):
+    """The first token under ``node`` (lark's scan_values recurses, and the tree is deep here)."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, lark.Token):
+            return node
+        if isinstance(node, lark.Tree):
+            stack += reversed(node.children)
+    return None
+
+
 def _check_nesting(tree, loc):
     """A located error where the parse tree is deeper than MAX_NESTING (found without recursion)."""
     stack = [(tree, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_NESTING:
-            token = next((t for t in node.scan_values(lambda v: isinstance(v, lark.Token))), None) \
-                if isinstance(node, lark.Tree) else node
+            token = _first_token(node)
             where = None
             if token is not None:  # the line's start: the deep token itself may sit far to the right
                 text = loc(token.line, 1).source_line

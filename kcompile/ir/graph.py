@@ -66,15 +66,18 @@ class Graph:
         self.layers: list[LayerRecord] = []
         self.meta: dict = {}  # train section, source hash, ... (not part of the computation)
         self._names = set()
+        self._next_suffix: dict[str, int] = {}  # base -> the suffix to try first (no rescans: 3,000 relu took 0.9 s)
         self._seq = itertools.count()
 
     # ---- naming ----
     def fresh(self, base: str) -> str:
-        name = base
-        for i in itertools.count(1):
-            if name not in self._names:
-                break
+        name, i = base, self._next_suffix.get(base, 1)
+        if name in self._names:
+            while f"{base}_{i}" in self._names:
+                i += 1
             name = f"{base}_{i}"
+            i += 1
+        self._next_suffix[base] = i
         self._names.add(name)
         return name
 

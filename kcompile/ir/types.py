@@ -144,6 +144,10 @@ def evaluate_dim(dim, sizes: dict) -> int:
 
 
 def normalize_axis(axis: int, rank: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        shown = {True: "true", False: "false", None: "none"}.get(axis, axis) if not isinstance(axis, (int, float)) \
+            or isinstance(axis, bool) else axis
+        raise ShapeError(f"an axis must be an integer, got {shown}")
     if not -rank <= axis < rank:
         raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}")
     return axis % rank

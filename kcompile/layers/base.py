@@ -7,6 +7,7 @@ normalises what the .kdl file gave (``Ints(2)`` turns ``3`` into ``(3, 3)``).
 """
 
 import inspect
+import math
 import re
 
 from ..errors import ShapeError, did_you_mean
@@ -186,6 +187,8 @@ class InitializerSpec:
         for k, v in kwargs.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ArgError(f"initializer {name}: {k} must be a number, got {show(v)}")
+            if not math.isfinite(v):
+                raise ArgError(f"initializer {name}: {k} must be a finite number, got {show(v)}")
         given = {**allowed, **kwargs}
         if "minval" in given and given["minval"] > given["maxval"]:
             raise ArgError(f"initializer {name}: minval {given['minval']} is above maxval {given['maxval']}")
@@ -230,15 +233,23 @@ class RegularizerSpec:
 
     def __init__(self, l1=0.0, l2=0.0):
         for v in (l1, l2):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ArgError(f"a regularization factor must be a number >= 0, got {show(v)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ArgError(f"a regularization factor must be a finite number >= 0, got {show(v)}")
         self.l1, self.l2 = float(l1), float(l2)
 
     @classmethod
     def from_call(cls, name, args, kwargs):
         name = {"L1": "l1", "L2": "l2", "L1L2": "l1_l2"}.get(name, name)
         if name == "l1_l2":
-            return cls(**dict(zip(("l1", "l2"), args)), **kwargs)
+            if len(args) > 2:
+                raise ArgError(f"l1_l2 takes two factors (l1, l2), got {len(args)}")
+            given = dict(zip(("l1", "l2"), args))
+            for k in kwargs:
+                if k not in ("l1", "l2"):
+                    raise ArgError(f"l1_l2 has no argument {k!r}; it takes l1 and l2")
+                if k in given:
+                    raise ArgError(f"l1_l2 got argument {k!r} twice")
+            return cls(**given, **kwargs)
         if len(args) > 1 or set(kwargs) - {name}:
             raise ArgError(f"{name} takes one factor, e.g. {name}(0.01)")
         value = args[0] if args else kwargs.get(name, 0.01)

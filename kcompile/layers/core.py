@@ -70,6 +70,8 @@ class Embedding(Layer):
                                          self.embeddings_initializer)
 
     def call(self, ctx, ids):
+        if ids.dtype not in ("int32", "int64"):  # (uint8/int8 ids, as Keras takes them: ONNX's Gather does not)
+            ids = ctx.op("Cast", ids, to="int32")
         out = ctx.op("Gather", self.embeddings, ids, axis=0)
         if self.mask_zero:
             ctx.set_mask(out, ctx.op("Cast", ctx.op("Greater", ids, 0), to=out.dtype))

@@ -8,10 +8,13 @@ the language's channels-last convention needs, and passes remove what they can.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..errors import ShapeError, format_shape
 from ..ir import Graph, TensorType
 
 OPS: dict[str, "Op"] = {}
+OPSET = 17  # the ONNX opset every lowering targets (onnxruntime 1.14 on reads it)
 
 
 def register(cls):
@@ -23,6 +26,9 @@ def register(cls):
 class Op:
     name: str = ""
     onnx_op: str | None = None  # the ONNX op of the default one-to-one lowering
+    # The ONNX op whose element types the inputs must have, for an op with its own lowering
+    # (the default lowering's op is checked anyway).
+    onnx_types: str | None = None
     # Attributes that do not go to ONNX (compiler bookkeeping) are listed here.
     ir_only_attrs: tuple = ()
 
@@ -92,11 +98,51 @@ def replace_node(ctx, node, values) -> None:
 
 
 def emit(graph: Graph, op: str, inputs, attrs=None, loc=None, layer=None, name=None) -> list[str]:
-    """Add a node after checking its input types with the op's shape rule; return its outputs."""
+    """Add a node after checking its input types with the op's shape rule (and, for an op that
+    lowers to its ONNX op as it is, with that op's element types); return its outputs."""
     definition = OPS[op]
     attrs = dict(attrs or {})
-    types = definition.infer([graph.types[i] for i in inputs], attrs)
+    ins = [graph.types[i] for i in inputs]
+    types = definition.infer(ins, attrs)  # (first: its own messages are the more specific)
+    if definition.onnx_types or type(definition).lower is Op.lower:
+        check_onnx_types(definition.onnx_types or definition.onnx_op or definition.name, ins)
     return graph.add_node(op, inputs, types, attrs, loc=loc, layer=layer, name=name).outputs
+
+
+_ONNX_TYPE_NAMES = {"float32": "float", "float64": "double"}
+
+
+@lru_cache(maxsize=None)
+def _onnx_input_types(onnx_op: str) -> tuple | None:
+    """For each formal input of ``onnx_op`` at OPSET, the element types it takes (the last one
+    repeats for variadic inputs); None for an op ONNX does not define."""
+    import onnx.defs
+    try:
+        schema = onnx.defs.get_schema(onnx_op, OPSET)
+    except onnx.defs.SchemaError:
+        return None
+    allowed = {c.type_param_str: {s[len("tensor("):-1] for s in c.allowed_type_strs if s.startswith("tensor(")}
+               for c in schema.type_constraints}
+    return tuple(allowed.get(f.type_str, {f.type_str[len("tensor("):-1]}) for f in schema.inputs)
+
+
+def check_onnx_types(onnx_op: str, ins: list[TensorType]) -> None:
+    """Refuse element types the ONNX op does not take (ReduceMean on bool, Gather with uint8
+    indices), which the ONNX checker would otherwise reject only at build, without a location."""
+    formal = _onnx_input_types(onnx_op)
+    if not formal:
+        return
+    for i, t in enumerate(ins):
+        takes = formal[min(i, len(formal) - 1)]
+        if _ONNX_TYPE_NAMES.get(t.dtype, t.dtype) not in takes:
+            names = sorted(k for k, v in _ONNX_TYPE_NAMES.items() if v in takes) + \
+                sorted(d for d in takes if d not in _ONNX_TYPE_NAMES.values() and d in KNOWN_DTYPES)
+            raise ShapeError(f"{onnx_op} does not take {t.dtype} tensors" +
+                             (f" (input {i + 1} takes {', '.join(names)})" if names else ""),
+                             hint=f"cast it first: cast(x, {names[0]})" if names else None)
+
+
+KNOWN_DTYPES = ("float16", "int8", "int32", "int64", "uint8", "bool")
 
 
 def expect_rank(op: str, t: TensorType, rank: int, what: str) -> None:

@@ -260,7 +260,7 @@ def _lower_sum_as_product(ctx, x, out, attrs) -> bool:
 
 
 for _name in ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"]:
-    register(type(_name, (Reduce,), {"name": _name}))
+    register(type(_name, (Reduce,), {"name": _name, "onnx_types": _name}))
 
 
 def reshape_like(ctx, value, like):

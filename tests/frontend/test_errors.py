@@ -226,6 +226,28 @@ CASES = [
      "B has two parameters named n", None),
     ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),
      7, 10, "B got argument 'n' twice", "once by position, once by name"),
+    # ---- found by a fuzzer: these were internal errors (a traceback) or passed check and failed at build ----
+    ("l1_l2_unknown_keyword", model("Dense(2, kernel_regularizer=l1_l2(2, padding=same))"), 3, 33,
+     "l1_l2 has no argument 'padding'", None),
+    ("l1_l2_factor_twice", model("Dense(2, kernel_regularizer=l1_l2(1, l1=2))"), 3, 33, "l1_l2 got argument 'l1' twice",
+     None),
+    ("l2_infinite", model("Dense(2, kernel_regularizer=l2(1e400))"), 3, 33, "finite number >= 0, got inf", None),
+    ("initializer_infinite", model("Dense(2, kernel_initializer=Constant(value=1e400))"), 3, 33,
+     "value must be a finite number, got inf", None),
+    ("initializer_too_many_positional", model("Dense(2, kernel_initializer=Constant(2.0, 3.0))"), 3, 33,
+     "constant takes 1 argument (value), got 2", None),
+    ("untyped_input_of_a_called_model", "model inner {\n    input z\n    output Dense(3)(z)\n}\n"
+     + model("y = inner(x)\noutput y"), 2, 11, "input z needs a type in a model", None),
+    ("quotient_too_large", model(f"y = x * ({10 ** 320} / 3)\noutput y"), 3, 14, "too large for a number", None),
+    ("dimension_too_large", "model m {\n    input x: float32[9223372036854775808]\n}\n", 2, 22,
+     "a dimension of 9,223,372,036,854,775,808 is too large", None),
+    ("float_axis", model("y = mean(x, axis=0.5)\noutput y"), 3, 9, "an axis must be an integer, got 0.5", None),
+    ("weight_of_a_named_size", "model m {\n    input x: float32[T]\n    y = BatchNormalization()(x)\n    output y\n}\n",
+     3, 9, "weight batch_normalization/gamma would have the shape [T]", "give that axis a number"),
+    ("bool_into_a_max_pool", "model m {\n    input x: bool[8, 4]\n    y = GlobalMaxPooling1D()(x)\n    output y\n}\n",
+     3, 9, "ReduceMax does not take bool tensors", "cast it first"),
+    ("uint8_mean", "model m {\n    input x: uint8[8, 4]\n    y = mean(x)\n    output y\n}\n", 3, 9,
+     "ReduceMean does not take uint8 tensors", "cast it first"),
 ]
 
 
@@ -487,3 +509,24 @@ def test_error_has_hint_line_in_render():
         "                  ^~~~~~~~~",
         "hint: did you mean activation?",
     ]
+
+
+def test_caret_under_the_column_after_a_tab():
+    """A tab before the error shows as four spaces; the caret follows it (it sat 3 columns left)."""
+    with pytest.raises(KcompileError) as info:
+        kcompile.compile_string("model m {\n\tinput x: float32[3]\n\tDense(2, activaton=relu)\n}\n", file="t.kdl")
+    lines = str(info.value).splitlines()
+    assert lines[1] == "        Dense(2, activaton=relu)"
+    assert lines[2] == "    " + " " * lines[1][4:].index("activaton") + "^~~~~~~~~"
+
+
+def test_a_long_chain_of_unary_minus_is_a_located_error_not_a_recursion_error():
+    d = first_error(model("y = " + "-" * 1500 + "x\noutput y"))
+    assert "nests too deeply" in d.message and d.loc.line == 3
+
+
+def test_initializers_take_keras_positional_arguments():
+    m = kcompile.compile_string(model("y = Dense(2, kernel_initializer=Constant(2.0), "
+                                      "bias_initializer=RandomUniform(0.5, 1.0))(x)\noutput y"))
+    kernel, bias = m.get_weights()
+    assert (kernel == 2.0).all() and ((0.5 <= bias) & (bias <= 1.0)).all()

@@ -35,3 +35,27 @@ def test_batch_sums_match_numpy(shape, axes, keepdims, dtype, as_product):
     expected = x.sum(axis=axes, keepdims=bool(keepdims))
     assert y.shape == expected.shape and y.dtype == expected.dtype
     np.testing.assert_allclose(y, expected, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
+
+
+def test_integer_division_is_true_division_as_numpy():
+    """ONNX's Div of integers truncates (3 / 2 = 1) and stops on a zero divisor; `/` of integer
+    tensors divides as floats, as numpy and Keras."""
+    import numpy as np
+    import kcompile
+    m = kcompile.compile_string("model m {\n    input a: int64[2]\n    input b: int64[2]\n    y = a / b\n"
+                                "    z = a / 4\n    output y, z\n}\n")
+    assert [o.dtype for o in m.outputs] == ["float32", "float32"]
+    a, b = np.array([[3, 7]]), np.array([[2, 0]])
+    y, z = m.predict({"a": a, "b": b})
+    with np.errstate(divide="ignore"):
+        np.testing.assert_array_equal(y, (a / b).astype(np.float32))
+    np.testing.assert_array_equal(z, np.array([[0.75, 1.75]], np.float32))
+
+
+def test_uint8_ids_index_an_embedding_as_keras_takes_them():
+    import numpy as np
+    import kcompile
+    m = kcompile.compile_string("model m {\n    input ids: uint8[3]\n    e = Embedding(300, 2)(ids)\n    output e\n}\n")
+    table = m.get_weights()[0]
+    ids = np.array([[1, 255, 0]], np.uint8)
+    np.testing.assert_array_equal(m.predict(ids), table[ids])
