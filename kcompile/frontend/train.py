@@ -6,6 +6,8 @@ it into gradient and optimizer graphs.
 """
 from __future__ import annotations
 
+import math
+
 from ..errors import Diagnostic, KcompileError, did_you_mean, format_shape
 from ..ir import BATCH, DTYPES
 from . import ast
@@ -31,12 +33,47 @@ OPTIMIZERS = {
               "amsgrad": False, **_COMMON},
     "Adagrad": {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 1e-7,
                 "weight_decay": None, **_COMMON},
+    "Adamax": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": None,
+               **_COMMON},
+    "Adadelta": {"learning_rate": 0.001, "rho": 0.95, "epsilon": 1e-7, "weight_decay": None, **_COMMON},
 }
+REQUIRED = object()  # a schedule argument without a default
 SCHEDULES = {
-    "ExponentialDecay": {"initial_learning_rate": None, "decay_steps": None, "decay_rate": None, "staircase": False},
-    "CosineDecay": {"initial_learning_rate": None, "decay_steps": None, "alpha": 0.0},
-    "StepDecay": {"initial_learning_rate": None, "step_size": None, "factor": 0.5},
+    "ExponentialDecay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "decay_rate": REQUIRED,
+                         "staircase": False},
+    "CosineDecay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "alpha": 0.0},
+    "StepDecay": {"initial_learning_rate": REQUIRED, "step_size": REQUIRED, "factor": 0.5},
 }
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _shown(e) -> str:
+    """An argument as written, saying so where a number is too large for a float."""
+    v = _literal(e)
+    return f"{unparse(e)} (too large for a float)" if isinstance(v, float) and math.isinf(v) else unparse(e)
+
+
+# What each optimizer and schedule argument must be: Keras's ranges (SGD's momentum in [0, 1],
+# decay_steps > 0), and past them where a value can only give NaN or inf (a beta or rho of 1
+# divides by 1 - 1, an epsilon of 0 gives 0 / 0 on a zero gradient, a clip of 0 gives 0 / 0).
+_RANGES = {
+    "learning_rate": ("a finite number >= 0", lambda v: _number(v) and v >= 0),
+    "momentum": ("a number from 0 to 1", lambda v: _number(v) and 0 <= v <= 1),
+    "beta_1": ("a number >= 0 and < 1", lambda v: _number(v) and 0 <= v < 1),
+    "epsilon": ("a finite number > 0", lambda v: _number(v) and v > 0),
+    "weight_decay": ("a finite number >= 0", lambda v: _number(v) and v >= 0),
+    "decay_steps": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "alpha": ("a number from 0 to 1", lambda v: _number(v) and 0 <= v <= 1),
+    "nesterov": ("true or false", lambda v: isinstance(v, bool)),
+}
+_RANGES.update({name: _RANGES[like] for name, like in (
+    ("initial_learning_rate", "learning_rate"), ("initial_accumulator_value", "learning_rate"),
+    ("beta_2", "beta_1"), ("rho", "beta_1"), ("clipnorm", "epsilon"), ("clipvalue", "epsilon"),
+    ("global_clipnorm", "epsilon"), ("decay_rate", "epsilon"), ("factor", "epsilon"), ("step_size", "decay_steps"),
+    ("centered", "nesterov"), ("amsgrad", "nesterov"), ("staircase", "nesterov"))})
 METRICS = {"accuracy", "categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy",
            "mae", "mse", "mean_absolute_error", "mean_squared_error", "precision", "recall", "auc"}
 REGULARIZERS = {"l1", "l2"}
@@ -102,6 +139,7 @@ class _Checker:
         self.env = dict(graph.meta.get("env", {}))
         self.outputs = {public: graph.types[v] for public, v in graph.outputs}
         self.targets = {}
+        self.compared = 0  # loss terms that compare a prediction with a target
 
     def error(self, message, loc, hint=None):
         self.diagnostics.append(Diagnostic(message, loc, hint))
@@ -139,8 +177,14 @@ class _Checker:
         if "loss" not in seen:
             self.error("the train section needs a loss", train.loc, "e.g. loss = categorical_crossentropy")
         else:
-            self.loss(seen["loss"].expr, top=True)
-            result["loss"] = unparse(seen["loss"].expr)
+            e, before = seen["loss"].expr, len(self.diagnostics)
+            self.loss(e, top=True)
+            if not self.compared and len(self.diagnostics) == before:  # fit would have no y to fit
+                self.error("the loss needs a target: no term of it compares a prediction with a target", e.loc,
+                           f"call a loss on an output (mse({next(iter(self.outputs))}) fits it to a target "
+                           f"{next(iter(self.outputs))}_target; an autoencoder calls fit(x, x)), or declare "
+                           f"`target t: float32[...]` and write mse(t, prediction)")
+            result["loss"] = unparse(e)
         if "optimizer" not in seen:
             self.error("the train section needs an optimizer", train.loc, "e.g. optimizer = Adam()")
         else:
@@ -161,6 +205,10 @@ class _Checker:
         if values is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             self.error("loss_weights must be a list of numbers, one per output", e.loc,
                        f"e.g. loss_weights = [{', '.join('1.0' for _ in names)}] for {', '.join(names)}")
+            return None
+        bad = next((i for i, v in zip(e.items, values) if not (_number(v) and v >= 0)), None)
+        if bad is not None:
+            self.error(f"loss_weights must be finite numbers >= 0, got {_shown(bad)}", bad.loc)
             return None
         if len(values) != len(names):
             self.error(f"loss_weights has {len(values)} number{'s' * (len(values) != 1)} for {len(names)} "
@@ -212,6 +260,7 @@ class _Checker:
                            f"write {e.id}({next(iter(self.outputs))})")
             else:
                 self.prediction_ok(name, next(iter(self.outputs.values())), e.loc)
+                self.compared += 1
             return
         if isinstance(e, ast.Call) and isinstance(e.func, ast.Name):
             fn = e.func.id
@@ -239,7 +288,13 @@ class _Checker:
                 pred = self.value_type(e.args[0])
                 if pred is not None:
                     self.prediction_ok(name, pred, e.loc)
+                    self.compared += 1
+            elif len(e.args) == 2 and all(isinstance(a, ast.Name) for a in e.args) and \
+                    e.args[0].id == e.args[1].id:
+                self.error(f"{fn} compares {e.args[0].id} with itself", e.loc,
+                           f"compare it with a target: {fn}({e.args[0].id}) or {fn}(TARGET, {e.args[0].id})")
             elif len(e.args) == 2:
+                self.compared += isinstance(e.args[0], ast.Name) and e.args[0].id in self.targets
                 target, pred = self.value_type(e.args[0]), self.value_type(e.args[1])
                 if target is not None and pred is not None:
                     self.pair_ok(name, target, pred, e.loc)
@@ -269,63 +324,78 @@ class _Checker:
             self.error(f"{name}: target {format_shape(target.shape[1:])} and prediction "
                        f"{format_shape(pred.shape[1:])} differ", loc, hint)
 
+    def arguments(self, fn, call, allowed: dict, positional: int) -> dict:
+        """``fn``'s arguments by name (their expressions): up to ``positional`` of them by position,
+        in ``allowed``'s order, the others by keyword; extra, unknown and repeated ones are errors."""
+        names = list(allowed)
+        args, kwargs = (call.args, call.kwargs) if isinstance(call, ast.Call) else ([], [])
+        if len(args) > positional:
+            self.error(f"{fn} takes {positional} positional argument{'s' * (positional != 1)} "
+                       f"({', '.join(names[:positional])}), got {len(args)}", args[positional].loc,
+                       "give the others by name" if positional < len(names) else None)
+        given = dict(zip(names, args[:positional]))
+        for k in kwargs:
+            if k.name not in allowed:
+                self.error(f"{fn} has no argument {k.name!r}", k.loc, did_you_mean(k.name, allowed))
+            elif k.name in given:
+                self.error(f"{fn} got argument {k.name!r} twice", k.loc, "once by position, once by name"
+                           if names.index(k.name) < len(args) else None)
+            else:
+                given[k.name] = k.value
+        return given
+
+    def argument(self, fn, name, e, default):
+        """An optimizer's or schedule's argument, checked against _RANGES (none where its default is
+        none: the default written out)."""
+        if name == "learning_rate":
+            return self.number_or_schedule(fn, e)
+        v = _literal(e)
+        if v is None and default is None:
+            return None
+        what, ok = _RANGES[name]
+        if not ok(v):
+            self.error(f"{fn}: {name} must be {what}{' or none' * (default is None)}, got {_shown(e)}", e.loc)
+        return v
+
     def optimizer(self, e) -> dict:
-        name, args, kwargs = (e.id, [], []) if isinstance(e, ast.Name) else \
-            (e.func.id, e.args, e.kwargs) if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) else (None, [], [])
+        name = e.id if isinstance(e, ast.Name) else \
+            e.func.id if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) else None
         if name not in OPTIMIZERS:
             self.error(f"unknown optimizer {name or unparse(e)}", e.loc,
                        did_you_mean(name, OPTIMIZERS) if name else "e.g. Adam()")
             return {}
         allowed = OPTIMIZERS[name]
         values = dict(allowed)
-        if len(args) > 1:
-            self.error(f"{name} takes learning_rate as its only positional argument", e.loc)
-        if args:
-            values["learning_rate"] = self.number_or_schedule(args[0])
-        for k in kwargs:
-            if k.name not in allowed:
-                self.error(f"{name} has no argument {k.name!r}", k.loc, did_you_mean(k.name, allowed))
-            elif k.name == "learning_rate":
-                values[k.name] = self.number_or_schedule(k.value)
-            else:
-                v = _literal(k.value)
-                default = allowed[k.name]
-                if default is None and v is None:  # (none: the default written out)
-                    pass
-                elif isinstance(default, bool) and not isinstance(v, bool):
-                    self.error(f"{name} argument {k.name} is true or false, got {unparse(k.value)}", k.value.loc)
-                elif not isinstance(default, bool) and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                    self.error(f"{name} argument {k.name} is a number, got {unparse(k.value)}", k.value.loc)
-                elif not isinstance(v, bool) and v < 0:
-                    self.error(f"{name} argument {k.name} must not be negative, got {v}", k.value.loc)
-                values[k.name] = v
+        for arg, value in self.arguments(name, e, allowed, positional=1).items():
+            values[arg] = self.argument(name, arg, value, allowed[arg])
         clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if values.get(k) is not None]
         if len(clips) > 1:  # as Keras 3
             self.error(f"{name}: set only one of clipnorm, clipvalue and global_clipnorm (got {', '.join(clips)})",
                        e.loc)
         return {"name": name, "args": values}
 
-    def number_or_schedule(self, e):
+    def number_or_schedule(self, fn, e):
+        """``fn``'s learning rate: a finite number >= 0, or a schedule of SCHEDULES and its arguments."""
         v = _literal(e)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if v < 0:
-                self.error(f"learning_rate must not be negative, got {v}", e.loc)
+            if not _RANGES["learning_rate"][1](v):
+                self.error(f"{fn}: learning_rate must be {_RANGES['learning_rate'][0]}, got {_shown(e)}", e.loc)
             return float(v)
         if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in SCHEDULES:
-            allowed = SCHEDULES[e.func.id]
-            names = list(allowed)
-            values = {names[i]: _literal(a) for i, a in enumerate(e.args[:len(names)])}
-            for k in e.kwargs:
-                if k.name not in allowed:
-                    self.error(f"{e.func.id} has no argument {k.name!r}", k.loc, did_you_mean(k.name, allowed))
-                values[k.name] = _literal(k.value)
+            fn, allowed = e.func.id, SCHEDULES[e.func.id]
+            given = self.arguments(fn, e, allowed, positional=len(allowed))
+            values = {"schedule": fn}
             for n, default in allowed.items():
-                if n not in values and default is None:
-                    self.error(f"{e.func.id} needs {n}", e.loc)
-                values.setdefault(n, default)
-            return {"schedule": e.func.id, **values}
-        self.error(f"learning_rate must be a number or a schedule ({', '.join(SCHEDULES)}), got {unparse(e)}",
-                   e.loc)
+                if n in given:
+                    values[n] = self.argument(fn, n, given[n], default)
+                elif default is REQUIRED:
+                    required = [k for k, d in allowed.items() if d is REQUIRED]
+                    self.error(f"{fn} needs {n}", e.loc, f"{fn}({', '.join(required)})")
+                else:
+                    values[n] = default
+            return values
+        self.error(f"{fn}: learning_rate must be a number or a schedule ({', '.join(SCHEDULES)}), "
+                   f"got {unparse(e)}", e.loc)
         return None
 
     def metrics(self, e) -> list:

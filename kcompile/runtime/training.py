@@ -33,21 +33,25 @@ SPLIT_MIN_MACS_PER_WEIGHT = 4
 
 # ---------------- learning-rate schedules ----------------
 def learning_rate_at(spec, step: int) -> float:
-    """Keras's schedules, by the optimizer's step count before the update."""
+    """Keras's schedules, by the optimizer's step count before the update (the arguments are
+    checked at compile time: frontend/train.py). A rate that grows past a float is inf."""
     if not isinstance(spec, dict):
         return float(spec)
     kind, lr0 = spec["schedule"], float(spec["initial_learning_rate"])
-    if kind == "ExponentialDecay":
-        p = step / spec["decay_steps"]
-        if spec.get("staircase"):
-            p = math.floor(p)
-        return lr0 * spec["decay_rate"] ** p
-    if kind == "CosineDecay":
-        done = min(step, spec["decay_steps"]) / spec["decay_steps"]
-        alpha = spec.get("alpha", 0.0)
-        return lr0 * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * done)) + alpha)
-    if kind == "StepDecay":
-        return lr0 * spec.get("factor", 0.5) ** (step // spec["step_size"])
+    try:
+        if kind == "ExponentialDecay":
+            p = step / spec["decay_steps"]
+            if spec.get("staircase"):
+                p = math.floor(p)
+            return lr0 * spec["decay_rate"] ** p
+        if kind == "CosineDecay":
+            done = min(step, spec["decay_steps"]) / spec["decay_steps"]
+            alpha = spec.get("alpha", 0.0)
+            return lr0 * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * done)) + alpha)
+        if kind == "StepDecay":
+            return lr0 * spec.get("factor", 0.5) ** (step // spec["step_size"])
+    except OverflowError:
+        return math.inf
     raise ValueError(f"unknown schedule {kind}")
 
 
@@ -170,13 +174,22 @@ class TrainingMixin:
 
     @property
     def learning_rate(self) -> float:
+        """The optimizer's rate at the current step: the schedule's, or the last one set."""
+        self._require_training("learning_rate")
         if self._lr_override is not None:
             return self._lr_override
         return learning_rate_at(self.manifest["training"]["optimizer"]["args"]["learning_rate"], self._iterations)
 
     @learning_rate.setter
     def learning_rate(self, value: float):
-        self._lr_override = float(value)
+        self._require_training("learning_rate")
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"learning_rate must be a number, got {value!r}") from None
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"learning_rate must be a finite number >= 0, got {value!r}")
+        self._lr_override = rate
 
     def _session_for(self, key):
         attr = {"train_step": "_train_session", "eval": "_eval_session", "predict_weights": "_weights_session"}[key]

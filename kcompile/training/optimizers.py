@@ -7,7 +7,7 @@ without a rebuild) and ``t`` the 1-based step count, a scalar input.
 
 A gradient may come as ``Rows``: an Embedding table's is zero but in the rows the batch
 looked up. The updates then compute on those rows alone whatever is zero or unchanged
-elsewhere (a slot's gradient term, the step of SGD, RMSprop and Adagrad), and the
+elsewhere (a slot's gradient term, the step of SGD, RMSprop, Adagrad and Adadelta), and the
 parameter-sized work left is the decay of the slots (and Adam's step, which moves every
 row): the same numbers as the dense update, each computed by the same ops.
 """
@@ -38,6 +38,10 @@ def slots(config: dict) -> list[Slot]:
         return [Slot("m", 0.0), Slot("v", 0.0)] + ([Slot("v_hat", 0.0)] if a.get("amsgrad") else [])
     if name == "Adagrad":
         return [Slot("accumulator", a.get("initial_accumulator_value", 0.1))]
+    if name == "Adamax":
+        return [Slot("m", 0.0), Slot("u", 0.0)]
+    if name == "Adadelta":
+        return [Slot("accumulated_grad", 0.0), Slot("accumulated_delta_var", 0.0)]
     raise ValueError(f"unknown optimizer {name}")
 
 
@@ -183,4 +187,28 @@ def update(ctx, config, w, g, state: dict, lr, t):
         new["accumulator"] = acc
         step = ctx.op("Div", ctx.op("Mul", lr, g), ctx.op("Sqrt", ctx.op("Add", at_rows(acc), a["epsilon"])))
         return minus(w, step), new
+    if name == "Adamax":
+        # m = b1 m + (1 - b1) g;  u = max(b2 u, |g|);  w -= lr m / ((1 - b1^t) (u + eps))
+        b1, b2 = a["beta_1"], a["beta_2"]
+        m = plus(ctx.op("Mul", state["m"], b1), ctx.op("Mul", g, 1 - b1))
+        decayed = ctx.op("Mul", state["u"], b2)
+        if rows:  # (|g| is zero outside its rows: there u only decays)
+            u = plus(decayed, ctx.op("Sub", ctx.op("Max", at_rows(decayed), ctx.op("Abs", g)), at_rows(decayed)))
+        else:
+            u = ctx.op("Max", decayed, ctx.op("Abs", g))
+        new["m"], new["u"] = m, u
+        b1t = ctx.op("Pow", ctx.const(b1, ctx.type(t).dtype), t)
+        lr_t = ctx.op("Div", lr, ctx.op("Sub", 1.0, b1t))
+        return ctx.op("Sub", w, ctx.op("Div", ctx.op("Mul", m, lr_t), ctx.op("Add", u, a["epsilon"]))), new
+    if name == "Adadelta":
+        # A = rho A + (1 - rho) g^2;  d = -sqrt(D + eps) g / sqrt(A + eps) (D before its update);
+        # D = rho D + (1 - rho) d^2;  w += lr d
+        rho, eps = a["rho"], a["epsilon"]
+        acc = plus(ctx.op("Mul", state["accumulated_grad"], rho), ctx.op("Mul", ctx.op("Mul", g, g), 1 - rho))
+        rms_delta = ctx.op("Sqrt", ctx.op("Add", at_rows(state["accumulated_delta_var"]), eps))
+        delta = ctx.op("Div", ctx.op("Mul", rms_delta, g), ctx.op("Sqrt", ctx.op("Add", at_rows(acc), eps)))  # -d
+        new["accumulated_grad"] = acc
+        new["accumulated_delta_var"] = plus(ctx.op("Mul", state["accumulated_delta_var"], rho),
+                                            ctx.op("Mul", ctx.op("Mul", delta, delta), 1 - rho))
+        return minus(w, ctx.op("Mul", lr, delta)), new
     raise ValueError(f"unknown optimizer {name}")

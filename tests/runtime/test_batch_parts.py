@@ -117,7 +117,7 @@ def test_a_nonfinite_loss_goes_back_to_the_last_finite_weights(capsys, turns):
             seen.append(self.model.get_weights())
             assert isinstance(self.model._runner, ShardedRunner)
             if batch == 1:
-                self.model.learning_rate = float("nan")
+                self.model._lr_override = float("nan")  # (a poisoned step: the public setter refuses NaN)
 
     m.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[Poison()])
     assert "the loss became nan at epoch 1, step 4" in capsys.readouterr().out

@@ -39,7 +39,9 @@ def train(optimizer, rows_from, monkeypatch):
 @pytest.mark.parametrize("optimizer", [
     "SGD(learning_rate=0.5)", "SGD(learning_rate=0.5, momentum=0.9)", "SGD(learning_rate=0.5, momentum=0.9, nesterov=true)",
     "RMSprop()", "RMSprop(centered=true, momentum=0.5)", "RMSprop(clipnorm=0.01)", "Adagrad(learning_rate=0.5)",
-    "Adam()", "AdamW(amsgrad=true, clipvalue=0.001)", "Adam(global_clipnorm=0.01, weight_decay=0.1)"])
+    "Adam()", "AdamW(amsgrad=true, clipvalue=0.001)", "Adam(global_clipnorm=0.01, weight_decay=0.1)",
+    "Adamax(learning_rate=0.01)", "Adamax(clipnorm=0.01, weight_decay=0.1)", "Adadelta(learning_rate=1.0)",
+    "Adadelta(learning_rate=1.0, rho=0.5, clipvalue=0.001)"])
 def test_row_update_matches_the_dense_update(optimizer, monkeypatch):
     rows, rows_losses = train(optimizer, ROWS_FROM, monkeypatch)
     dense, dense_losses = train(optimizer, 1 << 62, monkeypatch)
