@@ -144,6 +144,9 @@ class CallbackList(Callback):
             callbacks = []
         elif isinstance(callbacks, Callback):
             callbacks = [callbacks]
+        if not isinstance(callbacks, (list, tuple)) or \
+                not all(callable(getattr(cb, "set_model", None)) for cb in callbacks):
+            raise ValueError(f"callbacks must be a list of Callback instances (kcompile.callbacks), got {callbacks!r}")
         self.callbacks = list(callbacks)
         self._history = None
         self._progbar = None
@@ -404,6 +407,9 @@ class ModelCheckpoint(Callback):
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
+        if save_weights_only and self.filepath.lower().endswith((".h5", ".hdf5", ".keras")):
+            raise ValueError(f"ModelCheckpoint: {self.filepath} names a Keras HDF5 file; kcompile saves weights as "
+                             f".npz: give a name such as model-{{epoch:02d}}.weights.npz")
         self.save_freq = save_freq
         self.best = initial_value_threshold
         self._batches_seen_since_last_saving = 0

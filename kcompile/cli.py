@@ -224,8 +224,10 @@ def _train(args, source) -> int:
     out = Path(args.output or Path("checkpoints") / name)
     from .driver import check_replaceable
     check_replaceable(out)  # (before training, not after it)
+    _check_writable(out)
     if args.resume and (out / "manifest.json").exists():
         model = load(out)
+        _check_resumable(model, compiled, out, args.file)
         print(f"resuming {name} from {out}/ at epoch {model._epoch}")
     else:
         model = Model.from_compiled(compiled, seed=args.seed)
@@ -233,6 +235,7 @@ def _train(args, source) -> int:
         raise KcompileError(f"model {name} has no train section" if not model.manifest.get("training_error")
                             else f"model {name} cannot be trained yet: {model.manifest['training_error']}")
     import zipfile
+    import zlib
     try:
         loaded = np.load(args.data)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -243,8 +246,12 @@ def _train(args, source) -> int:
     if not isinstance(loaded, np.lib.npyio.NpzFile):  # (an .npy: one array, no names)
         raise KcompileError(f"{args.data} holds one array, not named arrays: write it with "
                             f"np.savez(path, x=..., y=...)")
-    with loaded:
-        data = dict(loaded)
+    try:
+        with loaded:
+            data = dict(loaded)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # (object arrays, a cut member)
+        reason = "it holds object arrays, which need pickle: save numbers" if "allow_pickle" in str(e) else e
+        raise KcompileError(f"cannot read {args.data}: {reason}") from None
     inputs = [s.name for s in model.inputs]
     targets = [t["name"] for t in model.manifest["training"]["targets"]]
 
@@ -274,9 +281,43 @@ def _train(args, source) -> int:
             print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
     except ValueError as e:  # (ShapeMismatch is one)
         raise KcompileError(f"{args.data}: {e}") from None
+    except RuntimeError as e:  # (a graph the provider has no kernels for: float64 convolutions on the CPU)
+        if "cannot run its" not in str(e):
+            raise
+        raise KcompileError(str(e)) from None
     model.save(out)
     print(f"saved {out}/")
     return 0
+
+
+def _check_writable(out):
+    """Refuse, before training, a checkpoint folder that could not be written at its end: the save
+    makes its new folder beside ``out`` (in the nearest folder that exists above it)."""
+    import tempfile
+    from pathlib import Path
+
+    from .errors import KcompileError
+    parent = Path(out).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        Path(tempfile.mkdtemp(dir=parent, prefix=".kcompile-check.")).rmdir()
+    except OSError as e:
+        raise KcompileError(f"cannot write the checkpoint {out}: {parent} is not writable ({e.strerror})") from None
+
+
+def _check_resumable(model, compiled, out, file):
+    """--resume continues the checkpoint of this model from this source only."""
+    import hashlib
+
+    from .errors import KcompileError
+    afresh = f"run without --resume to start afresh (replacing {out}), or give -o another folder"
+    if model.name != compiled.graph.name:
+        raise KcompileError(f"{out} holds a checkpoint of model {model.name}, not {compiled.graph.name}; {afresh}")
+    saved = (model.manifest.get("source") or {}).get("sha256")
+    if saved != hashlib.sha256(compiled.source.encode()).hexdigest():
+        raise KcompileError(f"{out} was trained from another source than {file} (the source changed since: its "
+                            f"sha256 differs), so its weights may not fit; {afresh}")
 
 
 def _encode_labels(model, target, y):

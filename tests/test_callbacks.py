@@ -534,3 +534,11 @@ def test_progbar_logger_verbose1_non_tty_and_verbose0():
     out = io.StringIO()
     fit(FakeModel(), [ProgbarLogger(stream=out)], val_losses(0.5, 0.4), steps=3, verbose=0)
     assert out.getvalue() == ""
+
+
+def test_model_checkpoint_refuses_a_keras_weights_file_name():
+    """kcompile writes weights as .npz: an .h5 name would hold an npz under Keras's HDF5 name."""
+    from kcompile.callbacks import ModelCheckpoint
+    with pytest.raises(ValueError, match="names a Keras HDF5 file; kcompile saves weights as .npz"):
+        ModelCheckpoint("ck/model-{epoch:02d}.weights.h5", save_weights_only=True)
+    ModelCheckpoint("ck/model-{epoch:02d}.weights.npz", save_weights_only=True)

@@ -116,3 +116,74 @@ def test_bad_option_values_are_usage_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(args)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def iris_data(tmp_path, name="d.npz"):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / name, x=rng.normal(size=(30, 4)).astype(np.float32), y=rng.integers(0, 3, 30))
+    return str(tmp_path / name)
+
+
+def test_npz_members_that_cannot_be_read_are_errors_with_exit_1(tmp_path, capsys):
+    model = str(ROOT / "examples" / "iris_mlp.kdl")
+    np.savez(tmp_path / "obj.npz", x=np.array([None] * 30, dtype=object), y=np.zeros(30, np.int64))
+    whole = Path(iris_data(tmp_path)).read_bytes()
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "cut.npz", "w") as z:  # (a member cut short: numpy's EOF on its header)
+        z.writestr("x.npy", np.lib.format.magic(1, 0) + b"\x76\x00{'descr'")
+        z.writestr("y.npy", whole[:10])
+    for name, message in [("obj.npz", "holds object arrays"), ("cut.npz", "cannot read")]:
+        assert main(["train", model, "--data", str(tmp_path / name), "-o", str(tmp_path / "ck")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "internal error" not in err, (name, err)
+
+
+def test_a_model_the_cpu_cannot_train_is_an_error_with_exit_1(tmp_path, capsys):
+    src = tmp_path / "c.kdl"
+    src.write_text("model c {\n input x: float64[6, 6, 2]\n Conv2D(4, 3)\n Flatten()\n y = Dense(2)\n output y\n"
+                   " train {\n loss = mse\n optimizer = SGD()\n }\n}\n")
+    np.savez(tmp_path / "c.npz", x=np.ones((4, 6, 6, 2)), y=np.zeros((4, 2)))
+    assert main(["train", str(src), "--data", str(tmp_path / "c.npz"), "-o", str(tmp_path / "ck")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot run its train step graph" in err and "internal error" not in err
+
+
+def test_resume_refuses_a_changed_source_or_another_model(tmp_path, capsys):
+    source = (ROOT / "examples" / "iris_mlp.kdl").read_text()
+    data, out = iris_data(tmp_path), str(tmp_path / "ck")
+    first = tmp_path / "iris_mlp.kdl"
+    first.write_text(source)
+    assert main(["train", str(first), "--data", data, "-o", out, "--verbose", "0"]) == 0
+    capsys.readouterr()
+    changed = tmp_path / "changed.kdl"
+    changed.write_text(source.replace("Dense(16", "Dense(32") + "\n")
+    renamed = tmp_path / "renamed.kdl"
+    renamed.write_text(source.replace("model iris_mlp", "model other"))
+    for src, message in [(changed, f"was trained from another source than {changed}"),
+                         (renamed, "holds a checkpoint of model iris_mlp, not other")]:
+        assert main(["train", str(src), "--data", data, "-o", out, "--resume", "--epochs", "2"]) == 1
+        out_text, err = capsys.readouterr()
+        assert message in err and "run without --resume to start afresh" in err and "loss" not in out_text, err
+    assert kcompile.load(out).iterations == 1  # (left as it was)
+
+
+def test_resume_from_a_damaged_checkpoint_is_an_error_with_exit_1(tmp_path, capsys):
+    model, data = str(ROOT / "examples" / "iris_mlp.kdl"), iris_data(tmp_path)
+    out = tmp_path / "ck"
+    assert main(["train", model, "--data", data, "-o", str(out), "--verbose", "0"]) == 0
+    saved = {p.name: p.read_bytes() for p in out.iterdir()}
+    for name, damage in [("weights.npz", saved["weights.npz"][:50]), ("state.json", b"{"),
+                         ("manifest.json", b"{}"), ("train_step.onnx", saved["train_step.onnx"][:99])]:
+        (out / name).write_bytes(damage)
+        assert main(["train", model, "--data", data, "-o", str(out), "--resume", "--epochs", "2"]) == 1
+        err = capsys.readouterr().err
+        assert f"cannot load {out / name}" in err and "internal error" not in err, (name, err)
+        (out / name).write_bytes(saved[name])
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "ck"
+    assert main(["train", str(ROOT / "examples" / "iris_mlp.kdl"), "--data", iris_data(tmp_path), "-o", str(out)]) == 1
+    text, err = capsys.readouterr()
+    assert f"cannot write the checkpoint {out}" in err and "loss:" not in text, err

@@ -29,6 +29,17 @@ def tensor_specs(entries) -> list[TensorSpec]:
             for e in entries]
 
 
+def count(value, where: str, name: str, least: int = 1, none: bool = False):
+    """``value``, an integer of at least ``least`` (or None, where ``none``), as Keras takes
+    ``epochs``, ``steps_per_epoch`` and the like; else a ValueError naming the argument."""
+    if value is None and none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < least:
+        wanted = "a positive integer" if least == 1 else f"an integer of at least {least}"
+        raise ValueError(f"{where}: {name} must be {wanted}{' or None' if none else ''}, got {value!r}")
+    return int(value)
+
+
 def as_arrays(data, specs, where: str, what: str) -> dict:
     """One array for one spec, a dict by name, or a list/tuple in order -> {name: array}."""
     names = [s.name for s in specs]
@@ -97,7 +108,7 @@ def check_arrays(xs: dict, ys: dict | None, x_specs, y_specs, where):
     lengths = {f"input {k!r}": len(v) for k, v in xs.items()}
     lengths.update({f"target {k!r}": len(v) for k, v in ys.items()})
     if len(set(lengths.values())) > 1:
-        raise ShapeMismatch(f"{where}: inputs and targets have different lengths: " +
+        raise ShapeMismatch(f"{where}: {'inputs and targets' if ys else 'inputs'} have different lengths: " +
                             ", ".join(f"{k} has {v}" for k, v in lengths.items()))
     return xs, ys, next(iter(lengths.values()))
 
@@ -136,6 +147,34 @@ def check_named_dims(arrays: dict, entries: list, where: str) -> None:
             source = ", ".join(f"{name}={sizes[name]} from {origin[name]!r}" for name in names)
             raise ShapeMismatch(f"{where}: {kind} {e['name']!r} expects shape ({shown}), got {tuple(a.shape)} "
                                 f"({source})")
+
+
+def check_lengths(arrays: dict, manifest: dict, where: str, seen: set) -> None:
+    """Before a run: no output, nor any layer's, may come out with a length below 1 for the named
+    sizes of the inputs ``arrays`` (a window longer than its input: Conv1D(2, 10) on T = 5, whose
+    length T-9 the manifest records); onnxruntime would fail, or return a made-up length.
+    ``seen``: the sizes found good so far (a predict in a loop checks its sizes once)."""
+    sizes, origin = named_sizes(arrays, manifest["inputs"])
+    key = tuple(sorted(sizes.items()))
+    if key in seen:
+        return
+    shapes = [(f"output {o['name']}", o["shape"]) for o in manifest["outputs"]] + \
+             [(f"layer {layer['name']}'s output", shape) for layer in manifest.get("layers", [])
+              for shape in layer.get("output_shapes", [])]
+    for what, shape in shapes:
+        for d in shape:
+            if not isinstance(d, str) or d.isidentifier():  # (a size given, or a named input size: T = 0 is the user's)
+                continue
+            try:
+                length = evaluate_dim(d, sizes)
+            except ValueError:
+                continue
+            if length < 1:
+                given = ", ".join(f"{origin[k]}'s {k} = {sizes[k]}" for k in sorted(dim_names(d) & set(sizes)))
+                raise ShapeMismatch(f"{where}: input {given} is too short: {what} would have length {length} ({d})")
+    if len(seen) > 100:
+        seen.clear()
+    seen.add(key)
 
 
 def check_ids(xs: dict, id_ranges: dict, where: str) -> None:

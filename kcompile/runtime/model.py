@@ -12,7 +12,7 @@ from ..ir.types import BATCH, DTYPES
 from . import devices
 from .devices import providers_for
 from .summary import format_summary
-from .data import as_arrays, check_arrays, check_ids, tensor_specs
+from .data import as_arrays, check_arrays, check_ids, check_lengths, count, tensor_specs
 from .layers import LayersMixin
 from .training import TrainingMixin
 
@@ -51,6 +51,10 @@ class Model(LayersMixin, TrainingMixin):
         # exactly batch_size rows at a time, not in the runs it would choose for speed
         self._rows_independent = manifest.get("rows_independent", False)  # (unknown in 0.2.0's builds)
         self._id_ranges = manifest.get("id_ranges", {})  # input -> the rows of the Embedding table it indexes
+        # inputs with sizes named in the source (T): the lengths they give are checked before a run
+        self._named_input_dims = any(isinstance(d, str) for i in manifest["inputs"] for d in i["shape"][1:])
+        self._output_shapes = {}  # the inputs' shapes -> each output's, where a target's size is unknown (?)
+        self._lengths_checked = set()  # the named sizes check_lengths found good
         self._predicted_generation = -1
         self._onnx_weights_current = True  # the .onnx bytes hold exactly self._weights
         self._training_onnx = training_onnx or {}
@@ -72,33 +76,14 @@ class Model(LayersMixin, TrainingMixin):
 
     @classmethod
     def load(cls, path, device: str = "cpu") -> "Model":
-        from ..driver import TRAINING_FILES, old_folder
-        folder = Path(path)
-        manifest_path = folder / "manifest.json"
-        if not folder.exists() and (old_folder(folder) / "manifest.json").exists():
-            # (a save that stopped between its two renames left the previous checkpoint there)
-            folder = old_folder(folder)
-            manifest_path = folder / "manifest.json"
-        if not manifest_path.exists():
-            subdirs = [p for p in folder.glob("*/manifest.json")] if folder.is_dir() else []
-            if len(subdirs) == 1:
-                folder, manifest_path = subdirs[0].parent, subdirs[0]
-            else:
-                raise FileNotFoundError(f"{folder} is not a kcompile build folder (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-        onnx_bytes = (folder / files["inference"]).read_bytes()
-        with np.load(folder / files["weights"]) as data:
-            arrays = [data[k] for k in sorted(data.files)]
-        names = [p["name"] for p in manifest["parameters"]]
-        training = {k: (folder / files[k]).read_bytes() for k in TRAINING_FILES if k in files}
-        model = cls(onnx_bytes, manifest, dict(zip(names, arrays)), device, training)
-        if "source" in files and (folder / files["source"]).exists():
-            model._source = (folder / files["source"]).read_text(encoding="utf-8")
-        if "state" in files:  # a checkpoint: optimizer slots, step and epoch
-            state = json.loads((folder / files["state"]).read_text())
-            with np.load(folder / files["optimizer"]) as data:
-                model._slots = {name: data[f"{i:04d}"] for i, name in enumerate(state["slots"])}
+        """A build or checkpoint folder, each file checked against the manifest (checkpoint.py)."""
+        from .checkpoint import find_manifest, read_folder
+        folder = read_folder(find_manifest(Path(path)))
+        model = cls(folder.inference, folder.manifest, folder.weights, device, folder.training)
+        model._source = folder.source
+        if folder.state is not None:  # a checkpoint: optimizer slots, step and epoch
+            state = folder.state
+            model._slots = folder.slots
             model._iterations, model._epoch = state["iterations"], state["epoch"]
             model._lr_override = state.get("learning_rate_override")
             model.seed = state["seed"]
@@ -170,17 +155,21 @@ class Model(LayersMixin, TrainingMixin):
                 return {spec.name: x}
         xs, _, _ = check_arrays(as_arrays(x, self.inputs, where, "input"), None, self.inputs, [], where)
         check_ids(xs, self._id_ranges, where)
+        if self._named_input_dims:
+            check_lengths(xs, self.manifest, where, self._lengths_checked)
         return xs
 
-    def predict(self, x, batch_size: int | None = 32, verbose: int = 0):
+    def predict(self, x, batch_size: int | None = 32, verbose: int = 0, steps: int | None = None):
         """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time
         (None: all at once; always all at once where an output has no batch axis). Where each
         row's outputs depend on that row alone, it may run fewer rows at a time, for speed, with
-        the same results. Returns an array for a one-output model, else a list in the model's
-        output order."""
-        if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-            raise ValueError(f"predict: batch_size must be a positive integer or None, got {batch_size!r}")
+        the same results. ``steps``: the first that many batches only, as Keras. Returns an array
+        for a one-output model, else a list in the model's output order."""
+        batch_size = count(batch_size, "predict", "batch_size", none=True)
+        steps = count(steps, "predict", "steps", none=True)
         feeds = self._prepare(x, "predict")
+        if steps is not None and batch_size is not None:
+            feeds = {k: v[:steps * batch_size] for k, v in feeds.items()}
         self._pull_shared()
         session, graph = self._inference_session(), self._inference_graph
         fixed = None
@@ -290,10 +279,9 @@ class Model(LayersMixin, TrainingMixin):
 
     def save_onnx(self, path) -> Path:
         """Write a standalone .onnx (the inference graph with the current weights), atomically."""
-        from ..driver import write_atomic
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, self.onnx_model().SerializeToString())
+        path = _file_path(path, "save_onnx", ".onnx")
+        with _naming(path):
+            _write_file(path, self.onnx_model().SerializeToString())
         return path
 
     def weights_npz(self) -> bytes:
@@ -303,19 +291,22 @@ class Model(LayersMixin, TrainingMixin):
 
     def save_weights(self, path) -> Path:
         """Write the weights (Keras order) to an .npz file, atomically."""
-        from ..driver import write_atomic
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, self.weights_npz())
+        path = _file_path(path, "save_weights", ".npz")
+        with _naming(path):
+            _write_file(path, self.weights_npz())
         return path
 
     def load_weights(self, path) -> None:
-        """Read weights written by save_weights, or the weights of a build or checkpoint folder."""
+        """Read weights written by save_weights (or np.savez(path, *weights)), or the weights of a
+        build or checkpoint folder."""
+        from .checkpoint import read_npz
         path = Path(path)
         if path.is_dir():
             path = path / "weights.npz"
-        with np.load(path) as data:
-            self.set_weights([data[k] for k in sorted(data.files)])
+        else:
+            _refuse_keras_file(path, "load_weights")
+        arrays = read_npz(path)  # (np.savez's arr_0, arr_1, ..., arr_10 in their order, as save_weights' 0000, ...)
+        self.set_weights([arrays[k] for k in sorted(arrays, key=lambda k: (len(k), k))])
 
     def save(self, path) -> Path:
         """A checkpoint folder: the build files with the current weights, plus the optimizer's
@@ -347,8 +338,56 @@ class Model(LayersMixin, TrainingMixin):
             files.pop("source", None)
         contents["manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
         contents["__init__.py"] = PACKAGE_INIT.format(name=self.name).encode()
-        return write_folder_atomic(Path(path), contents)
+        with _naming(Path(path)):
+            return write_folder_atomic(Path(path), contents)
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """The names of what evaluate returns, in its order (Keras's): the loss, then each metric."""
+        spec = self.manifest.get("training")
+        return ["loss"] + [m["name"] for m in spec["metrics"]] if spec else []
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.inputs)
         return f"<kcompile.Model {self.name}({ins}) {self.count_params():,} params on {self.device}>"
+
+
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
+def _refuse_keras_file(path: Path, where: str) -> None:
+    """Keras's HDF5 and .keras files are not kcompile's (no h5py here): say so, not what numpy says."""
+    if path.name.lower().endswith(KERAS_SUFFIXES):
+        raise ValueError(f"{where}: {path} names a Keras file ({path.suffix}); kcompile reads and writes weights as "
+                         f".npz (give a name such as model.weights.npz; from Keras, "
+                         f"np.savez('w.npz', *keras_model.get_weights()) writes a file load_weights reads)")
+
+
+def _file_path(path, where: str, suffix: str) -> Path:
+    """The file ``where`` (save_onnx, save_weights) writes: not a folder, nor a Keras file name."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{where}: {path} is a folder; give a file name such as {path / ('model' + suffix)}")
+    _refuse_keras_file(path, where)
+    return path
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    from ..driver import write_atomic
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+
+
+class _naming:
+    """An OSError while writing ``path`` names ``path``, not the temporary file beside it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, OSError) and error.errno is not None and error.filename != str(self.path):
+            raise type(error)(error.errno, error.strerror, str(self.path)) from None
+        return False

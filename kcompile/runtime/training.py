@@ -13,8 +13,8 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..ir.types import evaluate_dim
-from .data import (Batches, as_arrays, check_arrays, check_ids, check_named_dims, named_sizes, sample_weights,
-                   tensor_specs)
+from .data import (Batches, as_arrays, check_arrays, check_ids, check_lengths, check_named_dims, count, named_sizes,
+                   sample_weights, tensor_specs)
 from . import devices
 from .devices import TURNS, create_session, session_options
 from .fpenv import NoFlush, step_environment
@@ -263,8 +263,12 @@ class TrainingMixin:
         xs, ys, n = check_arrays(xs, ys, self.inputs, targets, where)
         if n == 0:  # (a step's loss is a mean over the batch)
             raise ValueError(f"{where}: no samples (the arrays have 0 rows)")
+        if self._named_input_dims:  # (a window too long for the inputs first: the targets' sizes follow from them)
+            check_lengths(xs, self.manifest, where, self._lengths_checked)
         check_named_dims({**xs, **ys}, [(e, "input") for e in self.manifest["inputs"]] +
                          [(e, "target") for e in self._targets_spec()], where)
+        if self._named_input_dims:
+            self._check_unsized_targets(xs, ys, where)
         check_ids(xs, self._id_ranges, where)
         for name, classes in self.manifest["training"].get("label_classes", {}).items():
             labels = ys[name]
@@ -278,6 +282,27 @@ class TrainingMixin:
             return xs, ys, n
         ys[weights_input] = sample_weights(sample_weight, class_weight, ys, n, where)
         return xs, ys, n
+
+    def _check_unsized_targets(self, xs, ys, where):
+        """Targets whose size the manifest cannot give (``?``: a Flatten of [2, T]) are checked
+        against their output's shape for these inputs, from a run of one row (kept by the inputs'
+        shapes): onnxruntime would otherwise fail inside the step."""
+        outputs = [o["name"] for o in self.manifest["outputs"]]
+        unsized = [t["name"] for t in self._targets_spec()
+                   if t["name"][:-len("_target")] in outputs and any("?" in str(d) for d in t["shape"])]
+        if not unsized:
+            return
+        key = tuple((k, v.shape[1:]) for k, v in xs.items())
+        if key not in self._output_shapes:
+            out = self.predict({k: v[:1] for k, v in xs.items()}, batch_size=None)
+            self._output_shapes[key] = dict(zip(outputs, [o.shape[1:] for o in (out if len(outputs) > 1 else [out])]))
+        for name in unsized:
+            output = name[:-len("_target")]
+            given = ys[name].shape
+            wanted = self._output_shapes[key][output][:len(given) - 1]  # (labels: the output's without its last axis)
+            if given[1:] != wanted:
+                raise ShapeMismatch(f"{where}: target {name!r} expects shape {(None,) + wanted} (output {output!r}'s "
+                                    f"shape for these inputs), got {given}")
 
     # ---- one step ----
     def _step_feeds(self, xb: dict, yb: dict, training: bool):
@@ -441,6 +466,9 @@ class TrainingMixin:
         without gradient work for frozen weights; weights and the optimizer state of weights that
         stay trainable are kept. Returns the weights changed."""
         self._require_training("set_trainable")
+        if not isinstance(layer, str) or not isinstance(trainable, (bool, np.bool_)):
+            raise ValueError(f"set_trainable: expects a layer name and True or False, got {layer!r} and {trainable!r}")
+        trainable = bool(trainable)
         compiled = self._compiled
         if compiled is None:
             raise RuntimeError("set_trainable needs a model from kcompile.compile (a loaded folder holds "
@@ -495,6 +523,9 @@ class TrainingMixin:
         is seen by the other without a copy. Starts from ``other``'s values. Returns the number
         of weights tied."""
         from .binding import SharedWeight
+        if not isinstance(other, TrainingMixin) or not isinstance(prefix, str):
+            raise ValueError(f"share_weights: expects a kcompile model and a prefix (a str), got "
+                             f"{type(other).__name__} and {prefix!r}")
         pairs = [(prefix + n, n) for n in other.weight_names if prefix + n in self._weights]
         if not pairs:
             raise ValueError(f"no weight of {self.name} is named {prefix}<a weight of {other.name}>")
@@ -606,14 +637,16 @@ class TrainingMixin:
         values = [logs["loss"]] + [logs[m["name"]] for m in self.manifest["training"]["metrics"]]
         return values[0] if len(values) == 1 else values
 
-    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, return_dict=False,
-                 callbacks=None):
+    def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False):
         """Loss and metrics over (x, y) in inference mode (dropout off, moving statistics);
-        ``sample_weight`` weighs each sample's loss, as Keras (the metrics are unweighted)."""
+        ``sample_weight`` weighs each sample's loss, as Keras (the metrics are unweighted);
+        ``steps``: the first that many batches only (None: all of them)."""
         self._require_training("evaluate")
         from ..callbacks import CallbackList
+        steps = count(steps, "evaluate", "steps", none=True)
         batches = Batches.of(self, x, y, batch_size, shuffle=False, seed=self.seed, where="evaluate",
-                             sample_weight=sample_weight)
+                             steps=steps, sample_weight=sample_weight)
         verbose = 1 if verbose == "auto" else verbose
         cbs = CallbackList(callbacks, add_history=False, add_progbar=verbose != 0, model=self,
                            epochs=1, steps=batches.steps, verbose=verbose)
@@ -629,10 +662,15 @@ class TrainingMixin:
         listed (1-based). Returns a History."""
         self._require_training("fit")
         from ..callbacks import CallbackList
+        epochs, initial_epoch = count(epochs, "fit", "epochs", 0), count(initial_epoch, "fit", "initial_epoch", 0)
+        steps_per_epoch = count(steps_per_epoch, "fit", "steps_per_epoch", none=True)
+        validation_steps = count(validation_steps, "fit", "validation_steps", none=True)
+        validation_batch_size = count(validation_batch_size, "fit", "validation_batch_size", none=True)
+        if isinstance(validation_split, (bool, np.bool_)) or not isinstance(validation_split, (int, float, np.number)) \
+                or not 0 <= validation_split < 1:
+            raise ValueError(f"fit: validation_split must be a number at least 0 and below 1, got {validation_split!r}")
         validate_at = _validation_epochs(validation_freq)
         if validation_split and validation_data is None:
-            if not 0 < validation_split < 1:
-                raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
             xs, ys, n = self._check_xy(x, y, "fit", sample_weight, class_weight)
             weights = ys.pop(self.manifest["training"].get("sample_weight"), None)  # (class_weight's, say)
             cut = int(n * (1 - validation_split))

@@ -1,0 +1,135 @@
+"""Bad arguments to the Python API are ValueErrors (or ShapeMismatch, or an OSError for a path)
+that name the argument, what it expects and what it got; never a raw TypeError or AttributeError
+from deeper down (found by a review). Keras's rules are the reference."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile import ShapeMismatch
+
+MLP = """model mlp {
+    input x: float32[4]
+    h = Dense(8, activation=relu)(x)
+    probs = Dense(3, activation=softmax)(h)
+    output probs
+    train {
+        loss = categorical_crossentropy
+        optimizer = Adam()
+        metrics = [accuracy]
+    }
+}
+"""
+X = np.random.default_rng(0).random((10, 4), dtype=np.float32)
+Y = np.eye(3, dtype=np.float32)[np.arange(10) % 3]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return kcompile.compile_string(MLP)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=2.5), "fit: epochs must be an integer of at least 0, got 2.5"),
+    (dict(initial_epoch=-1), "fit: initial_epoch must be an integer of at least 0, got -1"),
+    (dict(steps_per_epoch=2.5), "fit: steps_per_epoch must be a positive integer or None, got 2.5"),
+    (dict(steps_per_epoch=0), "fit: steps_per_epoch must be a positive integer or None, got 0"),
+    (dict(steps_per_epoch=-1), "fit: steps_per_epoch must be a positive integer or None, got -1"),
+    (dict(validation_split="a"), "fit: validation_split must be a number at least 0 and below 1, got 'a'"),
+    (dict(validation_split=1.0), "validation_split must be a number at least 0 and below 1, got 1.0"),
+    (dict(validation_data=(X, Y), validation_steps=0), "fit: validation_steps must be a positive integer"),
+    (dict(callbacks=[3]), "callbacks must be a list of Callback instances .*got \\[3\\]"),
+])
+def test_fit_arguments(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model.fit(X, Y, verbose=0, **kwargs)
+
+
+def test_compile_arguments():
+    with pytest.raises(ValueError, match="compile_string: source must be the model's text \\(a str\\), got NoneType"):
+        kcompile.compile_string(None)
+    for level, message in [(5, "opt_level must be 0, 1 or 2, got 5"), (-1, "opt_level must be an integer of at "
+                                                                             "least 0, got -1")]:
+        with pytest.raises(ValueError, match=message):
+            kcompile.compile_string(MLP, opt_level=level)
+    with pytest.raises(ValueError, match="compile: opt_level must be 0, 1 or 2, got 3"):
+        kcompile.compile("no-such-file.kdl", opt_level=3)
+
+
+def test_model_method_arguments(model):
+    with pytest.raises(ValueError, match="share_weights: expects a kcompile model and a prefix .*got int"):
+        model.share_weights(3, "x/")
+    with pytest.raises(ValueError, match="set_trainable: expects a layer name and True or False, got 'dense' and 'no'"):
+        model.set_trainable("dense", "no")
+    with pytest.raises(ShapeMismatch, match="predict: inputs have different lengths"):
+        kcompile.compile_string("model two { input a: float32[2]\n input b: float32[2]\n y = concat(a, b)\n"
+                                "output y }").predict({"a": np.zeros((3, 2)), "b": np.zeros((2, 2))})
+
+
+def test_save_paths_name_the_users_path(model, tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"save_onnx: {tmp_path} is a folder"):
+        model.save_onnx(tmp_path)
+    assert list(tmp_path.iterdir()) == [] and not list(Path(tmp_path.anchor).glob(f".{tmp_path.name}.*"))
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux's /proc, where no file can be made")
+    for save in (model.save_onnx, model.save_weights, model.save):
+        with pytest.raises(OSError) as error:
+            save("/proc/kcompile-test")
+        assert error.value.filename == "/proc/kcompile-test", error.value
+
+
+def test_keras_weight_files_are_refused_with_a_clear_message(model, tmp_path):
+    with pytest.raises(ValueError, match="names a Keras file .*kcompile reads and writes weights as .npz"):
+        model.save_weights(tmp_path / "m.weights.h5")
+    (tmp_path / "k.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    with pytest.raises(ValueError, match="names a Keras file"):
+        model.load_weights(tmp_path / "k.weights.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.weights.h5"]
+    np.savez(tmp_path / "keras.npz", *model.get_weights())  # (arr_0, arr_1, ...: what a Keras user writes)
+    model.load_weights(tmp_path / "keras.npz")
+
+
+def test_metrics_names_and_steps_as_keras(model):
+    assert model.metrics_names == ["loss", "accuracy"]
+    assert kcompile.compile_string("model p { input x: float32[2]\n y = Dense(1)(x)\n output y }").metrics_names == []
+    first = model.evaluate(X[:4], Y[:4], batch_size=2, verbose=0)
+    assert model.evaluate(X, Y, batch_size=2, steps=2, verbose=0) == pytest.approx(first)
+    assert model.predict(X, batch_size=3, steps=2).shape == (6, 3)
+    with pytest.raises(ValueError, match="predict: steps must be a positive integer or None, got 0"):
+        model.predict(X, steps=0)
+
+
+def test_kcompile_callbacks_is_an_attribute_after_import():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", "import kcompile; kcompile.callbacks.EarlyStopping"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# ---- named dimensions: targets whose size is known only at run time, windows too long ----
+def test_a_target_of_an_output_sized_at_run_time_is_checked():
+    m = kcompile.compile_string("model m {\n input x: float32[2, T]\n y = Flatten()(x)\n output y\n"
+                                " train {\n loss = mse\n optimizer = SGD()\n }\n}")
+    x = np.ones((3, 2, 5), np.float32)
+    for run in (lambda: m.fit(x, np.zeros((3, 7), np.float32), verbose=0),
+                lambda: m.evaluate(x, np.zeros((3, 7), np.float32), verbose=0),
+                lambda: m.train_on_batch(x, np.zeros((3, 7), np.float32))):
+        with pytest.raises(ShapeMismatch, match=r"target 'y_target' expects shape \(None, 10\) .*got \(3, 7\)"):
+            run()
+    m.fit(x, np.zeros((3, 10), np.float32), verbose=0)
+
+
+@pytest.mark.parametrize("layer, length", [("Cropping1D((3, 3))", "-1 \\(T-6\\)"), ("Conv1D(2, 10)", "-4"),
+                                           ("MaxPooling1D(10)", "0 \\(T//10\\)")])
+def test_a_named_dimension_too_short_for_a_window_is_refused(layer, length):
+    m = kcompile.compile_string(f"model m {{\n input x: float32[T, 3]\n y = {layer}(x)\n output y\n"
+                                f" train {{\n loss = mse\n optimizer = SGD()\n }}\n}}")
+    message = f"input x's T = 5 is too short: output y would have length {length}"
+    with pytest.raises(ShapeMismatch, match="predict: " + message):
+        m.predict(np.ones((2, 5, 3), np.float32))
+    with pytest.raises(ShapeMismatch, match="fit: " + message):
+        m.fit(np.ones((2, 5, 3), np.float32), np.ones((2, 1, m.outputs[0].shape[-1]), np.float32), verbose=0)
+    assert m.predict(np.ones((2, 12, 3), np.float32)).shape[1] >= 1

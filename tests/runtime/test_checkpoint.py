@@ -1,0 +1,97 @@
+"""kcompile.load checks a build or checkpoint folder: a damaged, foreign or newer file is a
+KcompileError naming the file and what is wrong, at load, not an error inside onnxruntime later."""
+import json
+
+import numpy as np
+import pytest
+
+import kcompile
+
+MLP = """model mlp {
+    input x: float32[4]
+    h = Dense(8, activation=relu)(x)
+    probs = Dense(3, activation=softmax)(h)
+    output probs
+    train {
+        loss = categorical_crossentropy
+        optimizer = Adam()
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = kcompile.compile_string(MLP)
+    model.fit(np.ones((4, 4), np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]], verbose=0)
+    return model.save(tmp_path_factory.mktemp("ck") / "mlp")
+
+
+def damage(folder, tmp_path, name, change):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    change(copy / name)
+    return copy
+
+
+def edit_manifest(fn):
+    def change(path):
+        manifest = json.loads(path.read_text())
+        path.write_text(json.dumps(fn(manifest)))
+    return change
+
+
+def rewrite_npz(fn):
+    def change(path):
+        with np.load(path) as data:
+            arrays = [data[k] for k in sorted(data.files)]
+        np.savez(path, **{f"{i:04d}": a for i, a in enumerate(fn(arrays))})
+    return change
+
+
+def cut(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+CASES = {
+    "manifest {}": ("manifest.json", edit_manifest(lambda m: {}), "its format is None, not 'kcompile-build'"),
+    "format x": ("manifest.json", edit_manifest(lambda m: {**m, "format": "x"}), "its format is 'x'"),
+    "format_version 99": ("manifest.json", edit_manifest(lambda m: {**m, "format_version": 99}),
+                          "format_version 99: kcompile .* reads format_version 1 \\(a newer kcompile"),
+    "no files": ("manifest.json", edit_manifest(lambda m: {k: v for k, v in m.items() if k != "files"}),
+                 "no 'files' entry"),
+    "truncated manifest": ("manifest.json", cut, "manifest.json: not valid JSON"),
+    "reversed parameters": ("manifest.json", edit_manifest(lambda m: {**m, "parameters": m["parameters"][::-1]}),
+                            "weights.npz: weight .* is float32\\[4, 8\\]; the manifest says float32\\[3\\]"),
+    "float64 weights": ("weights.npz", rewrite_npz(lambda ws: [w.astype(np.float64) for w in ws]),
+                        "weight dense/kernel is float64\\[4, 8\\]; the manifest says float32\\[4, 8\\]"),
+    "wrong shape": ("weights.npz", rewrite_npz(lambda ws: [np.zeros((2, 2), np.float32)] + ws[1:]),
+                    "weight dense/kernel is float32\\[2, 2\\]"),
+    "a weight missing": ("weights.npz", rewrite_npz(lambda ws: ws[:-1]), "holds 3 arrays .* lists 4 weights"),
+    "truncated weights": ("weights.npz", cut, "weights.npz: not a readable .npz file"),
+    "object weights": ("weights.npz", lambda p: np.savez(p, **{"0000": np.array([None, 1], dtype=object)}),
+                       "object arrays"),
+    "truncated train step": ("train_step.onnx", cut, "train_step.onnx: not a readable ONNX file"),
+    "another model's graph": ("mlp.onnx", lambda p: p.write_bytes(kcompile.compile_string(
+        MLP.replace("float32[4]", "float32[5]")).onnx_model().SerializeToString()),
+        "mlp.onnx: its graph's x is \\['N', 5\\]; the manifest's model mlp has x \\['N', 4\\]"),
+    "bad state": ("state.json", cut, "state.json: not valid JSON"),
+    "state without slots": ("state.json", lambda p: p.write_text('{"iterations": 1, "epoch": 1, "seed": 0}'),
+                            "state.json: a checkpoint's state needs"),
+    "truncated optimizer": ("optimizer.npz", cut, "optimizer.npz: not a readable .npz file"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_damaged_folder_is_refused_at_load_naming_the_file(saved, tmp_path, case):
+    name, change, message = CASES[case]
+    folder = damage(saved, tmp_path, name, change)
+    named = message if message.split(":")[0].endswith((".json", ".npz", ".onnx")) else f"{name}: .*{message}"
+    with pytest.raises(kcompile.KcompileError, match=f"cannot load {folder}/{named}"):
+        kcompile.load(folder)
+
+
+def test_a_sound_checkpoint_loads_and_resumes(saved):
+    model = kcompile.load(saved)
+    assert model.iterations == 1 and model._epoch == 1 and set(model.optimizer_state()) == set(model._slots)
