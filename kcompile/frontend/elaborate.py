@@ -694,9 +694,16 @@ class Elaborator:
 
     def apply(self, layer: Layer, inputs: list, loc: Loc, frame: Frame, kwargs=None):
         kwargs = dict(kwargs or {})
+        # (a call's keyword arguments are tensors: a recurrent layer's initial_state=[h, c])
+        extra = {k: kwargs.pop(k) for k in getattr(layer, "call_keywords", ()) if k in kwargs}
+        if "initial_state" in kwargs:
+            raise _Fail(f"{layer.kind()} does not take initial_state{' yet' * (layer.kind() == 'Bidirectional')}",
+                        loc, "SimpleRNN, LSTM and GRU do: LSTM(16)(x, initial_state=[h, c])")
         if kwargs:
             raise _Fail(f"unexpected keyword argument {next(iter(kwargs))} when calling a layer", loc,
                         "layer arguments go in the first parentheses: Dense(10, activation=relu)(x)")
+        extra = {k: [self.tensor(t, loc, frame) for t in (v if isinstance(v, (list, tuple)) else [v])]
+                 for k, v in extra.items()}
         if layer.n_inputs is not None and len(inputs) != layer.n_inputs:
             raise _Fail(f"{layer.kind()} takes {layer.n_inputs} input{'s' * (layer.n_inputs != 1)}, got {len(inputs)}",
                         loc, "use Concatenate() or Add() to merge" if len(inputs) > 1 else None)
@@ -733,13 +740,14 @@ class Elaborator:
             elif isinstance(layer, ModelLayer):
                 out = self.call_model_body(layer, inputs, loc, frame)
             else:
-                out = layer.call(b, *inputs)
+                out = layer.call(b, *inputs, **extra)
             if layer.propagates_mask and len(inputs) == 1 and isinstance(out, Tensor) and \
                     b.mask_of(inputs[0]) is not None and b.mask_of(out) is None:
                 b.set_mask(out, b.mask_of(inputs[0]))
             outs = list(out) if isinstance(out, (list, tuple)) else [out]
             if top:
-                self.calls.append(Call(layer.record, [t.name for t in inputs], [t.name for t in outs]))
+                self.calls.append(Call(layer.record, [t.name for t in inputs + sum(extra.values(), [])],
+                                       [t.name for t in outs]))
                 if not layer.record.output_types:
                     layer.record.output_types = [t.type for t in outs]
             elif first_call and hasattr(layer, "inner_entry"):

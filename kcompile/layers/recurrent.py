@@ -7,6 +7,7 @@ time (see kcompile/ops/recurrent.py), so the training graph does not grow with t
 sequence length.
 """
 from ..errors import ShapeError, format_shape
+from ..ir.types import BATCH
 from .base import ArgError, BoolArg, Choice, FloatArg, InitializerArg, IntArg, Layer
 
 _ONNX_ACTIVATIONS = {"tanh": "Tanh", "sigmoid": "Sigmoid", "relu": "Relu"}
@@ -20,6 +21,9 @@ class _Recurrent(Layer):
     # Keras's zero_output_for_mask, not a kdl argument: false, a masked step of the sequence
     # output repeats the previous output; Bidirectional sets it with return_sequences (as Keras).
     zero_output_for_mask = False
+    # The keyword arguments a call takes besides its input: Keras's initial_state=[h] ([h, c]).
+    call_keywords = ("initial_state",)
+    state_names = ("h",)
 
     # SimpleRNN's and GRU's arguments (LSTM adds its own).
     def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
@@ -58,16 +62,37 @@ class _Recurrent(Layer):
         if self.use_bias:
             self.bias = ctx.add_weight(self, "bias", self.bias_shape(), x.dtype, self.bias_init())
 
-    def call(self, ctx, x):
-        mask = steps = ctx.mask_of(x)  # steps: the mask in the order the layer reads the sequence
+    def initial_states(self, x, states):
+        """Check ``initial_state``: ``self.states`` tensors [N, units] of x's dtype, as Keras."""
+        states = list(states) if isinstance(states, (list, tuple)) else [states]
+        want = (x.dtype, (x.shape[0], self.units))
+        if len(states) != self.states or any((s.dtype, tuple(s.shape)) != want for s in states):
+            n, names = self.states, ", ".join(self.state_names)
+            got = ", ".join(str(s.type) for s in states) if states else "none"
+            dtype = f" in {x.dtype}, as its input" if any(s.dtype != x.dtype for s in states) else ""
+            raise ShapeError(f"{self.kind()}'s initial_state takes {n} tensor{'s' * (n != 1)} [{names}] of shape "
+                             f"{format_shape((BATCH, self.units))}{dtype}, got {got}",
+                             f"{self.kind()}({self.units}, return_state=true) gives its last states: "
+                             f"out, {names} = {self.kind()}({self.units}, return_state=true)(x)")
+        return states
+
+    def call(self, ctx, x, initial_state=None):
+        initial = self.initial_states(x, initial_state) if initial_state is not None else []
+        mask = ctx.mask_of(x)
+        # steps: the mask in the order the layer reads the sequence. Keras 3 hands a layer the
+        # input's mask only where the input is the call's one tensor argument: with initial_state
+        # the recurrence reads every step (and the mask still passes on), as Keras 3.
+        steps = mask if not initial else None
         if self.dropout:  # Keras: one input mask per sequence, the same at every step
             from .regularization import dropout
             x = dropout(ctx, x, self.dropout, (None, 1, None), self.kind())
         if self.go_backwards:
             x = ctx.op("Flip", x, axis=1)
-            steps = ctx.op("Flip", mask, axis=1) if mask is not None else None
-        inputs = [x, self.kernel, self.recurrent_kernel] + ([self.bias] if self.use_bias else [])
+            steps = ctx.op("Flip", steps, axis=1) if steps is not None else None
+        inputs = [x, self.kernel, self.recurrent_kernel] + ([self.bias] if self.use_bias else []) + initial
         attrs = self.op_attrs()
+        if initial:  # the recurrence starts from them instead of zeros (also going backwards, as Keras)
+            attrs["initial"] = len(initial)
         if self.recurrent_dropout:  # drawn in training (ops.recurrent training_form); ignored at inference
             attrs["recurrent_dropout"] = self.recurrent_dropout
         if steps is not None:  # masked steps keep the previous state (and output), as Keras
@@ -76,7 +101,7 @@ class _Recurrent(Layer):
         outs = ctx.op(self.op, *inputs, units=self.units, **attrs)
         output = outs[0] if self.return_sequences else outs[1]
         if mask is not None and self.return_sequences:
-            if self.zero_output_for_mask:  # 0 at the masked steps instead of the repeated output
+            if self.zero_output_for_mask and steps is not None:  # 0 at masked steps, not the repeated output
                 output = ctx.op("Mul", output, ctx.op("Unsqueeze", steps, axes=(2,)))
             ctx.set_mask(output, mask)  # Keras passes the input's mask on as it is, even going backwards
         if self.return_state:  # the output, then the last state(s): h (and c for an LSTM)
@@ -96,7 +121,11 @@ _ARGS_DOC = """
             the recurrent product: one mask per sequence and gate, the same at every step (Keras 3).
         return_state: false; true also returns the last state(s): ``out, h = GRU(8, return_state=true)(x)``
             (``out, h, c`` for an LSTM).
-        kernel_initializer: glorot_uniform. recurrent_initializer: orthogonal. bias_initializer: zeros."""
+        kernel_initializer: glorot_uniform. recurrent_initializer: orthogonal. bias_initializer: zeros.
+
+    Called as ``layer(x, initial_state=[h])`` (``[h, c]`` for an LSTM), each [N, units], the
+    recurrence starts from those states instead of zeros, and their gradients flow back
+    (an encoder's last states starting a decoder)."""
 
 
 class SimpleRNN(_Recurrent):
@@ -125,6 +154,7 @@ class LSTM(_Recurrent):
     op = "LSTM"
     gates = 4
     states = 2
+    state_names = ("h", "c")
 
     def __init__(self, units: IntArg(1), activation: Choice("tanh", "sigmoid", "relu") = "tanh",
                  recurrent_activation: Choice("sigmoid", "tanh", "relu") = "sigmoid", use_bias: BoolArg() = True,

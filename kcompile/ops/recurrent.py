@@ -15,6 +15,10 @@ Recurrent dropout (training only) is an input ``drop`` [N, G, u] of keep-masks, 
 gate, the same at every step (Keras 3: each gate's block of the recurrent kernel sees the
 previous h times its own mask); the recurrent product then goes through the per-gate
 kernels [G, u, u] with an Einsum.
+
+Initial states (Keras's ``initial_state``; attr ``initial``, their count) are inputs [N, u]
+after the bias; the recurrence starts from them instead of zeros, and the gradient op gives
+their gradients too: the state gradients its reverse Scan carries back past the first step.
 """
 from __future__ import annotations
 
@@ -27,7 +31,11 @@ from .base import Op, noise_input, register, replace_node
 _ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
 
 
-def _check(x, k, r, b, gates, units, drop=None):
+def _check(x, k, r, b, gates, units, drop=None, initial=()):
+    for s in initial:
+        if s.dtype != x.dtype or tuple(s.shape) != (x.shape[0], units):
+            raise ShapeError(f"a recurrent layer's initial states must be {x.dtype}[{x.shape[0]}, {units}], "
+                             f"got {s.dtype}{format_shape(s.shape)}")
     if drop is not None and tuple(drop.shape[1:]) != (gates, units):
         raise ShapeError(f"recurrent dropout masks must be [batch, {gates}, {units}], got {format_shape(drop.shape)}")
     if x.rank != 3:
@@ -113,10 +121,12 @@ def _elementwise(ctx, dtype):
     return one, mul, lambda s: mul(s, ctx.emit("Sub", [one, s]))
 
 
-def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units, order=None, **attrs):
+def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units, order=None, initial=None,
+                     **attrs):
     """ONNX's fused recurrence (RNN, GRU, LSTM), batch-major in and out: ``biases`` the input and
     recurrent biases [G*u] each, or None; ``outputs`` the sequence, then the last states;
-    ``order``: ONNX's gates as positions among Keras's, where they differ (the LSTM's)."""
+    ``order``: ONNX's gates as positions among Keras's, where they differ (the LSTM's);
+    ``initial``: the initial states [N, u] (h, then c), or None (zeros)."""
     def gates(w, axis):
         if order is None:
             return w
@@ -130,6 +140,8 @@ def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units,
     if biases is not None:
         b = ctx.emit("Concat", [gates(v, 0) for v in biases], axis=0)
         ins.append(ctx.emit("Unsqueeze", [b, ctx.const([0], "int64")]))
+    if initial:  # (after the optional B and sequence_lens; [N, u] -> [1, N, u], one direction)
+        ins += [""] * (4 - len(ins)) + [""] + [ctx.emit("Unsqueeze", [s, ctx.const([0], "int64")]) for s in initial]
     y, *states = ctx.emit(onnx_op, ins, [ctx.fresh("rnn_y")] + [ctx.fresh("rnn_state") for _ in outputs[1:]],
                           hidden_size=units, **attrs)
     y = ctx.emit("Squeeze", [y, ctx.const([1], "int64")])  # [T, 1, N, u] -> [T, N, u]
@@ -156,7 +168,7 @@ class LSTM(Op):
         x, k, r, b, drop, mask = _split_inputs(ins, attrs)
         self.check_float([x, k, r])
         u = attrs["units"]
-        _check(x, k, r, b, 4, u, drop)
+        _check(x, k, r, b, 4, u, drop, _initial_states(ins, attrs) or ())
         n, t = x.shape[0], x.shape[1]
         seq, last = TensorType(x.dtype, (n, t, u)), TensorType(x.dtype, (n, u))
         return [seq, last, last, seq]
@@ -174,6 +186,7 @@ class LSTM(Op):
         activation = attrs.get("activation", "Tanh")
         # (Keras's gates i, f, c, o; ONNX's i, o, f, c)
         _onnx_recurrence(ctx, "LSTM", x, kernel, recurrent, biases, outputs[:3], u, order=(0, 3, 1, 2),
+                         initial=_initial_states(inputs, attrs),
                          activations=[attrs.get("recurrent_activation", "Sigmoid"), activation, activation])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
@@ -183,7 +196,7 @@ class LSTM(Op):
         xw = ctx.emit("MatMul", [x, kernel])  # [N, T, 4u]: the input projection of every step at once
         if bias is not None:
             xw = ctx.emit("Add", [xw, bias])
-        zeros = _zeros_like_state(ctx, x, u)
+        h0, c0 = _initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)] * 2
         gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
         body = _Body(dtype, masked=mask is not None)
         # (the kernels and dropout masks are read from the outer graph)
@@ -198,7 +211,7 @@ class LSTM(Op):
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [c], ["c_next"]),
                        helper.make_node("Identity", [h], ["h_out"]), helper.make_node("Identity", [c], ["c_out"])]
         graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"], ["h_next", "c_next", "h_out", "c_out"])
-        _scan_forward(ctx, graph, [zeros, zeros, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2], outputs[0],
+        _scan_forward(ctx, graph, [h0, c0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2], outputs[0],
                                                                                 outputs[3]], 2)
 
     def training_form(self, ctx, node):
@@ -211,7 +224,8 @@ class LSTM(Op):
         seq, _, _, cells = node.outputs
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         ins = [x, k, r, seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3])
-        return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask, dys[0] is not None)
+        return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask, dys[0] is not None,
+                        _initial_states(node.inputs, node.attrs))
 
 
 def _recurrent_dropout_form(ctx, node):
@@ -234,11 +248,23 @@ def _recurrent_dropout_form(ctx, node):
 
 def _split_inputs(inputs, attrs):
     """(x, kernel, recurrent kernel, bias, recurrent-dropout masks, step mask) of a recurrent
-    op's inputs, in that order, absent ones None. attrs: ``rdrop`` and ``masked`` say which are there."""
+    op's inputs, in that order, absent ones None (the initial states, after the bias, are
+    ``_initial_states``'s). attrs: ``rdrop``, ``masked`` and ``initial`` say which are there."""
     rest = list(inputs)
     mask = rest.pop() if attrs.get("masked") else None
     drop = rest.pop() if attrs.get("rdrop") else None
+    del rest[len(rest) - attrs.get("initial", 0):]
     return rest[0], rest[1], rest[2], (rest[3] if len(rest) == 4 else None), drop, mask
+
+
+def _initial_states(inputs, attrs):
+    """A recurrent op's initial-state inputs (h, then c for an LSTM), or None where it starts
+    from zeros: the ``initial`` ones after the bias, before the dropout and step masks."""
+    count = attrs.get("initial", 0)
+    if not count:
+        return None
+    end = len(inputs) - bool(attrs.get("masked")) - bool(attrs.get("rdrop"))
+    return list(inputs[end - count:end])
 
 
 def _gate_kernels(ctx, recurrent, units, transposed=False):
@@ -285,13 +311,15 @@ def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output):
     return ctx.emit("Reshape", [by_row, ctx.const([units, width], "int64")], [output])
 
 
-def _grad_op(ctx, op, node, ins, bias, drop, mask, seq_grad):
+def _grad_op(ctx, op, node, ins, bias, drop, mask, seq_grad, initial=None):
     """Emit a recurrent op's gradient op; returns the gradients of the op's inputs (None for the
     dropout and step masks)."""
-    dx, dk, dr, db = ctx.op(op, *ins, *[v for v in (bias, drop, mask) if v], units=node.attrs["units"],
-                            has_bias=bias is not None, rdrop=drop is not None, masked=mask is not None,
-                            seq_grad=seq_grad)
-    return [dx, dk, dr] + [g for g, v in ((db, bias), (None, drop), (None, mask)) if v is not None]
+    initial = initial or []
+    extra = ([bias] if bias is not None else []) + initial + [v for v in (drop, mask) if v is not None]
+    attrs = {"initial": len(initial)} if initial else {}
+    dx, dk, dr, db, *d_initial = ctx.op(op, *ins, *extra, units=node.attrs["units"], has_bias=bias is not None,
+                                        rdrop=drop is not None, masked=mask is not None, seq_grad=seq_grad, **attrs)
+    return [dx, dk, dr] + [db] * (bias is not None) + d_initial + [None for v in (drop, mask) if v is not None]
 
 
 def _step_mask(ctx, mask):
@@ -314,9 +342,11 @@ def _zeros_like_state(ctx, x, units):
     return ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), ctx.dtype(x))
 
 
-def _shift_right(ctx, seq, units):
-    """[N, T, u] -> [N, T, u] with step t holding step t-1 (zeros at t = 0): the previous states."""
-    first = ctx.emit("Unsqueeze", [_zeros_like_state(ctx, seq, units), ctx.const([1], "int64")])
+def _shift_right(ctx, seq, units, initial=None):
+    """[N, T, u] -> [N, T, u] with step t holding step t-1 (at t = 0 ``initial`` [N, u], or
+    zeros): the previous states."""
+    start = initial if initial is not None else _zeros_like_state(ctx, seq, units)
+    first = ctx.emit("Unsqueeze", [start, ctx.const([1], "int64")])
     head = ctx.emit("Slice", [seq, ctx.const([0], "int64"), ctx.const([-1], "int64"), ctx.const([1], "int64")])
     return ctx.emit("Concat", [first, head], axis=1)
 
@@ -324,19 +354,22 @@ def _shift_right(ctx, seq, units):
 @register
 class LSTMGrad(Op):
     """inputs: x, kernel, recurrent_kernel, sequence, cells[, d_sequence], d_last_h, d_last_c[, bias]
-    [, drop][, mask]; outputs: dx, d_kernel, d_recurrent_kernel, d_bias. attrs: units, seq_grad (the
-    loss reads the sequence), has_bias, rdrop, masked."""
+    [, initial_h, initial_c][, drop][, mask]; outputs: dx, d_kernel, d_recurrent_kernel, d_bias
+    [, d_initial_h, d_initial_c]. attrs: units, seq_grad (the loss reads the sequence), has_bias,
+    initial, rdrop, masked."""
     name = "LSTMGrad"
 
     def infer(self, ins, attrs):
-        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (4 * attrs["units"],))]
+        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (4 * attrs["units"],))] + \
+            _initial_grad_types(ins, attrs)
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq, cells = inputs[:5]
-        d_seq, (d_h, d_c), bias, drop, mask = _grad_inputs(inputs, attrs, 5, 2)
+        d_seq, (d_h, d_c), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 5, 2)
         u, dtype = attrs["units"], ctx.dtype(x)
-        h_prev = _shift_right(ctx, seq, u)
-        c_prev = _shift_right(ctx, cells, u)
+        h0, c0 = initial or (None, None)
+        h_prev = _shift_right(ctx, seq, u, h0)
+        c_prev = _shift_right(ctx, cells, u, c0)
         # Recompute the gates of every step at once from the stored states.
         z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
         if bias is not None:
@@ -369,9 +402,10 @@ class LSTMGrad(Op):
                        helper.make_node("Identity", [dz], ["dz_out"])]
         graph = body.graph("lstm_step_grad", ["dh_next", "dc_next"] + ["dh_t"] * bool(d_seq_input) +
                            ["dcdh_t", "dzs_t", "f_t"], ["dh_prev", "dc_prev", "dz_out"])
-        _, _, dz_seq = _scan_backward(ctx, graph, [d_h, d_c] + d_seq_input + [dc_dh, dz_scale, f] +
-                                      _step_mask(ctx, mask), 2, ["dh0", "dc0", "dz"])
-        dx, dk, dr, db = outputs
+        dh0, dc0, dz_seq = _scan_backward(ctx, graph, [d_h, d_c] + d_seq_input + [dc_dh, dz_scale, f] +
+                                          _step_mask(ctx, mask), 2, ["dh0", "dc0", "dz"])
+        _initial_grads(ctx, [dh0, dc0], outputs[4:])
+        dx, dk, dr, db = outputs[:4]
         ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
         flat = ctx.const([-1, 4 * u], "int64")
         dz2 = ctx.emit("Reshape", [dz_seq, flat])
@@ -379,6 +413,18 @@ class LSTMGrad(Op):
         ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), dz2], [dk])
         _recurrent_kernel_grad(ctx, h_prev, dz_seq, drop, recurrent, u, dr)
         ctx.emit("ReduceSum", [dz2, ctx.const([0], "int64")], [db], keepdims=0)
+
+
+def _initial_grad_types(ins, attrs):
+    """A gradient op's outputs for the initial states: one [N, u] per state."""
+    x = ins[0]
+    return [TensorType(x.dtype, (x.shape[0], attrs["units"]))] * attrs.get("initial", 0)
+
+
+def _initial_grads(ctx, carried, outputs):
+    """The initial states' gradients: what the reverse Scan carries back past the first step."""
+    for d, output in zip(carried, outputs):
+        ctx.emit("Identity", [d], [output])
 
 
 def _recurrent_transposed(ctx, recurrent, drop, units):
@@ -427,7 +473,7 @@ class _OneStateRecurrence(Op):
         x, k, r, b, drop, mask = _split_inputs(ins, attrs)
         self.check_float([x, k, r])
         u = attrs["units"]
-        _check(x, k, r, b, self.gates, u, drop)
+        _check(x, k, r, b, self.gates, u, drop, _initial_states(ins, attrs) or ())
         return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
 
     def lower(self, ctx, inputs, outputs, attrs):  # (onnxruntime's fused op for a few rows, a Scan beyond)
@@ -442,7 +488,8 @@ class _OneStateRecurrence(Op):
     def grad(self, ctx, node, dys):
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys)
-        return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask, dys[0] is not None)
+        return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask, dys[0] is not None,
+                        _initial_states(node.inputs, node.attrs))
 
 
 def _fused_or_scan(ctx, op, inputs, outputs, attrs):
@@ -483,7 +530,7 @@ class SimpleRNN(_OneStateRecurrence):
         x, kernel, recurrent, bias, _, _ = _split_inputs(inputs, attrs)
         biases = None if bias is None else (bias, ctx.const([0.0] * attrs["units"], ctx.dtype(x)))
         _onnx_recurrence(ctx, "RNN", x, kernel, recurrent, biases, outputs, attrs["units"],
-                         activations=[attrs.get("activation", "Tanh")])
+                         initial=_initial_states(inputs, attrs), activations=[attrs.get("activation", "Tanh")])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
@@ -497,20 +544,22 @@ class SimpleRNN(_OneStateRecurrence):
         h = body.blend(body("Tanh", body("Add", "xw_t", hr)), "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
         graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
-        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw] + _step_mask(ctx, mask),
-                      [outputs[1], outputs[0]], 1)
+        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
+        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
 
 
 def _grad_inputs(inputs, attrs, first, states):
     """A gradient op's inputs after its ``first`` fixed ones: (the sequence's gradient or None,
-    the ``states`` last states' gradients, bias, recurrent-dropout masks, step mask), absent ones None."""
+    the ``states`` last states' gradients, bias, recurrent-dropout masks, step mask, initial states),
+    absent ones None."""
     extra = list(inputs[first:])
     d_seq = extra.pop(0) if attrs.get("seq_grad", True) else None
     d_states = [extra.pop(0) for _ in range(states)]
     bias = extra.pop(0) if attrs.get("has_bias") else None
+    initial = [extra.pop(0) for _ in range(attrs.get("initial", 0))] or None
     drop = extra.pop(0) if attrs.get("rdrop") else None
     mask = extra.pop(0) if attrs.get("masked") else None
-    return d_seq, d_states, bias, drop, mask
+    return d_seq, d_states, bias, drop, mask, initial
 
 
 def _step_grads(body, d_seq):
@@ -525,17 +574,17 @@ def _step_grads(body, d_seq):
 @register
 class SimpleRNNGrad(Op):
     """inputs: x, kernel, recurrent_kernel, sequence[, d_sequence], d_last_h[, bias][, drop][, mask];
-    outputs: dx, dW, dR, db. attrs: units, seq_grad, has_bias, rdrop, masked."""
+    outputs: dx, dW, dR, db[, d_initial_h]. attrs: units, seq_grad, has_bias, initial, rdrop, masked."""
     name = "SimpleRNNGrad"
 
     def infer(self, ins, attrs):
-        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (attrs["units"],))]
+        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (attrs["units"],))] + _initial_grad_types(ins, attrs)
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq = inputs[:4]
-        d_seq, (d_h,), bias, drop, mask = _grad_inputs(inputs, attrs, 4, 1)
+        d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
-        h_prev = _shift_right(ctx, seq, u)
+        h_prev = _shift_right(ctx, seq, u, initial and initial[0])
         # Each step's own new h (before a mask keeps the old one), recomputed at once, and the
         # factor 1 - h^2 by which its gradient reaches the pre-activation.
         z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
@@ -550,7 +599,8 @@ class SimpleRNNGrad(Op):
                        helper.make_node("Identity", [dz], ["dz_out"])]
         graph = body.graph("rnn_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dtanh_t"],
                            ["dh_prev", "dz_out"])
-        _, dz = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dtanh] + _step_mask(ctx, mask), 1, ["dh0", "dz"])
+        dh0, dz = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dtanh] + _step_mask(ctx, mask), 1, ["dh0", "dz"])
+        _initial_grads(ctx, [dh0], outputs[4:])
         zx, _ = _weight_grads(ctx, x, h_prev, dz, dz, kernel, recurrent, drop, u, outputs)
         ctx.emit("ReduceSum", [zx, ctx.const([0], "int64")], [outputs[3]], keepdims=0)
 
@@ -585,6 +635,7 @@ class GRU(_OneStateRecurrence):
         biases = None if bias is None else self.biases(ctx, bias)
         # (Keras's gates z, r, h are ONNX's; reset_after is its linear_before_reset)
         _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs, attrs["units"], linear_before_reset=1,
+                         initial=_initial_states(inputs, attrs),
                          activations=[attrs.get("recurrent_activation", "Sigmoid"), attrs.get("activation", "Tanh")])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
@@ -611,25 +662,27 @@ class GRU(_OneStateRecurrence):
         h = body.blend(h, "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
         graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
-        _scan_forward(ctx, graph, [_zeros_like_state(ctx, x, u), xw] + _step_mask(ctx, mask),
-                      [outputs[1], outputs[0]], 1)
+        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
+        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
 
 
 @register
 class GRUGrad(Op):
     """inputs: x, kernel, recurrent_kernel, sequence[, d_sequence], d_last_h[, bias][, drop][, mask];
-    outputs: dx, dW, dR, d_bias [2, 3u]. attrs: units, seq_grad, has_bias, rdrop, masked."""
+    outputs: dx, dW, dR, d_bias [2, 3u][, d_initial_h]. attrs: units, seq_grad, has_bias, initial, rdrop,
+    masked."""
     name = "GRUGrad"
 
     def infer(self, ins, attrs):
-        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (2, 3 * attrs["units"]))]
+        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (2, 3 * attrs["units"]))] + \
+            _initial_grad_types(ins, attrs)
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq = inputs[:4]
-        d_seq, (d_h,), bias, drop, mask = _grad_inputs(inputs, attrs, 4, 1)
+        d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
         b_in, b_rec = GRU.biases(ctx, bias)
-        h_prev = _shift_right(ctx, seq, u)
+        h_prev = _shift_right(ctx, seq, u, initial and initial[0])
         # Recompute every step's gates at once from the stored states.
         xw = ctx.emit("MatMul", [x, kernel])
         hr = _sequence_product(ctx, h_prev, recurrent, drop, u)
@@ -659,8 +712,9 @@ class GRUGrad(Op):
                        helper.make_node("Identity", [dh], ["dh_out"])]
         graph = body.graph("gru_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dzhs_t", "z_t"],
                            ["dh_prev", "dh_out"])
-        _, dh_seq = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dzh_scale, z] + _step_mask(ctx, mask), 1,
-                                   ["dh0", "dh"])
+        dh0, dh_seq = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dzh_scale, z] + _step_mask(ctx, mask), 1,
+                                     ["dh0", "dh"])
+        _initial_grads(ctx, [dh0], outputs[4:])
         dh3 = ctx.emit("Concat", [dh_seq, dh_seq, dh_seq], axis=-1)
         zx, zh = _weight_grads(ctx, x, h_prev, mul(dh3, dzx_scale), mul(dh3, dzh_scale), kernel, recurrent, drop, u,
                                outputs)
