@@ -12,40 +12,11 @@ from kcompile.driver import compile_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
 from gradcheck import check_gradients  # noqa: E402
-
-
-def sigmoid(z):
-    return 1 / (1 + np.exp(-z))
+from recurrence_reference import recurrence, sigmoid  # noqa: E402,F401
 
 
 def reference(kind, x, weights, units, return_sequences, go_backwards):
-    """Keras's recurrences in numpy (batch-major)."""
-    kernel, recurrent = weights[0], weights[1]
-    bias = weights[2] if len(weights) > 2 else None
-    n, steps, _ = x.shape
-    h = np.zeros((n, units))
-    c = np.zeros((n, units))
-    outputs = []
-    order = range(steps - 1, -1, -1) if go_backwards else range(steps)
-    for t in order:
-        xt = x[:, t]
-        if kind == "SimpleRNN":
-            h = np.tanh(xt @ kernel + h @ recurrent + (bias if bias is not None else 0))
-        elif kind == "LSTM":
-            z = xt @ kernel + h @ recurrent + (bias if bias is not None else 0)
-            i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
-            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-            h = sigmoid(o) * np.tanh(c)
-        else:  # GRU, reset_after=True
-            b_in, b_rec = (bias[0], bias[1]) if bias is not None else (0, 0)
-            xw = xt @ kernel + b_in
-            hr = h @ recurrent + b_rec
-            z = sigmoid(xw[:, :units] + hr[:, :units])
-            r = sigmoid(xw[:, units:2 * units] + hr[:, units:2 * units])
-            hh = np.tanh(xw[:, 2 * units:] + r * hr[:, 2 * units:])
-            h = z * h + (1 - z) * hh
-        outputs.append(h)
-    return np.stack(outputs, 1) if return_sequences else h
+    return recurrence(kind, x, weights, units, return_sequences=return_sequences, go_backwards=go_backwards)[0]
 
 
 def random_weights(m, rng):
