@@ -407,7 +407,8 @@ class ModelCheckpoint(Callback):
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
-        if save_weights_only and self.filepath.lower().endswith((".h5", ".hdf5", ".keras")):
+        from .runtime.model import KERAS_SUFFIXES
+        if save_weights_only and self.filepath.lower().endswith(KERAS_SUFFIXES):
             raise ValueError(f"ModelCheckpoint: {self.filepath} names a Keras HDF5 file; kcompile saves weights as "
                              f".npz: give a name such as model-{{epoch:02d}}.weights.npz")
         self.save_freq = save_freq

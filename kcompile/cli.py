@@ -307,17 +307,24 @@ def _check_writable(out):
 
 
 def _check_resumable(model, compiled, out, file):
-    """--resume continues the checkpoint of this model from this source only."""
+    """--resume continues the checkpoint of this model, whose weights must be the source's (names,
+    shapes, dtypes). A source changed otherwise (a comment, the train section) resumes with a
+    note: the checkpoint's own graphs and train section go on."""
     import hashlib
 
     from .errors import KcompileError
     afresh = f"run without --resume to start afresh (replacing {out}), or give -o another folder"
     if model.name != compiled.graph.name:
         raise KcompileError(f"{out} holds a checkpoint of model {model.name}, not {compiled.graph.name}; {afresh}")
-    saved = (model.manifest.get("source") or {}).get("sha256")
-    if saved != hashlib.sha256(compiled.source.encode()).hexdigest():
-        raise KcompileError(f"{out} was trained from another source than {file} (the source changed since: its "
-                            f"sha256 differs), so its weights may not fit; {afresh}")
+    saved = {p["name"]: (list(p["shape"]), p["dtype"]) for p in model.manifest["parameters"]}
+    now = {p.name: (list(p.type.shape), p.type.dtype) for p in compiled.graph.params.values()}
+    if saved != now:
+        differ = sorted(n for n in set(saved) | set(now) if saved.get(n) != now.get(n))
+        raise KcompileError(f"{out}'s weights do not fit {file}'s model {compiled.graph.name} any more (the source "
+                            f"changed since: {', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''}); {afresh}")
+    if (model.manifest.get("source") or {}).get("sha256") != hashlib.sha256(compiled.source.encode()).hexdigest():
+        print(f"note: {file} changed since {out} was saved; --resume goes on with the checkpoint's model and "
+              f"train section as they were (start afresh to train the changed one)")
 
 
 def _encode_labels(model, target, y):

@@ -159,12 +159,19 @@ def test_resume_refuses_a_changed_source_or_another_model(tmp_path, capsys):
     changed.write_text(source.replace("Dense(16", "Dense(32") + "\n")
     renamed = tmp_path / "renamed.kdl"
     renamed.write_text(source.replace("model iris_mlp", "model other"))
-    for src, message in [(changed, f"was trained from another source than {changed}"),
+    for src, message in [(changed, f"ck's weights do not fit {changed}'s model iris_mlp any more (the source "
+                                   f"changed since: dense/bias, dense/kernel, "),
                          (renamed, "holds a checkpoint of model iris_mlp, not other")]:
         assert main(["train", str(src), "--data", data, "-o", out, "--resume", "--epochs", "2"]) == 1
         out_text, err = capsys.readouterr()
         assert message in err and "run without --resume to start afresh" in err and "loss" not in out_text, err
     assert kcompile.load(out).iterations == 1  # (left as it was)
+    # a comment added: the weights still fit, and training goes on, with a note
+    commented = tmp_path / "commented.kdl"
+    commented.write_text(source + "# a comment\n")
+    assert main(["train", str(commented), "--data", data, "-o", out, "--resume", "--epochs", "2", "--verbose", "0"]) == 0
+    assert f"note: {commented} changed since" in capsys.readouterr().out
+    assert kcompile.load(out)._epoch == 2
 
 
 def test_resume_from_a_damaged_checkpoint_is_an_error_with_exit_1(tmp_path, capsys):

@@ -290,23 +290,42 @@ class Model(LayersMixin, TrainingMixin):
         return buf.getvalue()
 
     def save_weights(self, path) -> Path:
-        """Write the weights (Keras order) to an .npz file, atomically."""
+        """Write the weights (Keras order, 0000, 0001, ...) and their names (``names``) to an .npz
+        file, atomically."""
         path = _file_path(path, "save_weights", ".npz")
+        buf = io.BytesIO()
+        np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(self.get_weights())}, names=np.array(self._param_names))
         with _naming(path):
-            _write_file(path, self.weights_npz())
+            _write_file(path, buf.getvalue())
         return path
 
     def load_weights(self, path) -> None:
-        """Read weights written by save_weights (or np.savez(path, *weights)), or the weights of a
-        build or checkpoint folder."""
-        from .checkpoint import read_npz
+        """Read weights written by save_weights, or the weights of a build or checkpoint folder, by
+        their names (so a file stays right where another kcompile orders the weights otherwise);
+        or a file without names (np.savez(path, *weights), or an older save_weights) in order."""
+        from .checkpoint import find_manifest, read_json, read_npz
         path = Path(path)
+        names = None
         if path.is_dir():
-            path = path / "weights.npz"
+            manifest = read_json(find_manifest(path))
+            path = find_manifest(path).parent / "weights.npz"
+            names = [p["name"] for p in manifest.get("parameters", [])]
         else:
             _refuse_keras_file(path, "load_weights")
         arrays = read_npz(path)  # (np.savez's arr_0, arr_1, ..., arr_10 in their order, as save_weights' 0000, ...)
-        self.set_weights([arrays[k] for k in sorted(arrays, key=lambda k: (len(k), k))])
+        if "names" in arrays:
+            names = [str(n) for n in arrays.pop("names")]
+        ordered = [arrays[k] for k in sorted(arrays, key=lambda k: (len(k), k))]
+        if names is None:
+            self.set_weights(ordered)
+            return
+        if sorted(names) != sorted(self._param_names) or len(names) != len(ordered):
+            missing, extra = set(self._param_names) - set(names), set(names) - set(self._param_names)
+            raise ValueError(f"load_weights: {path} holds weights of another model"
+                             + (f"; it lacks {', '.join(sorted(missing)[:5])}" if missing else "")
+                             + (f"; it has {', '.join(sorted(extra)[:5])}, which this model does not" if extra else ""))
+        by_name = dict(zip(names, ordered))
+        self.set_weights([by_name[n] for n in self._param_names])
 
     def save(self, path) -> Path:
         """A checkpoint folder: the build files with the current weights, plus the optimizer's

@@ -482,3 +482,50 @@ model m {
     assert m.get_layer("pre/proj").output_shape == (None, 6)
     assert m.get_layer("pre").get_layer("col").output_shape == (None, 6, 1)
     assert m.get_layer("head/flatten").output_shape == (None, 6)
+
+
+BRANCHED = """
+model m {
+    input a: float32[4]
+    input b: float32[4]
+    x = Dense(4, name="da")(a)
+    y = Dense(4, name="db1")(b)
+    y = Dense(4, name="db2")(y)
+    o = Dense(2, name="out")(Concatenate()([x, y]))
+    output o
+}
+"""
+
+
+def test_load_weights_goes_by_name_where_the_file_has_names(tmp_path):
+    """Weights files of a kcompile that ordered a branched model's weights otherwise (source order:
+    da, db1, db2, out; now Keras's db1, da, db2, out) load into the right layers, from a
+    save_weights file with names and from a build folder's manifest; a file of another model is refused."""
+    import io
+    import json
+    rng = np.random.default_rng(0)
+    m = kcompile.compile_string(BRANCHED)
+    assert m.weight_names[:4] == ["db1/kernel", "db1/bias", "da/kernel", "da/bias"]
+    m.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in m.get_weights()])
+    feeds = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal((3, 4)).astype(np.float32)}
+    expected = m.predict(feeds)
+    by_name = dict(zip(m.weight_names, m.get_weights()))
+    old_order = ["da/kernel", "da/bias", "db1/kernel", "db1/bias", "db2/kernel", "db2/bias", "out/kernel", "out/bias"]
+    # a save_weights file in the old order, with its names
+    np.savez(tmp_path / "old.npz", **{f"{i:04d}": by_name[n] for i, n in enumerate(old_order)}, names=np.array(old_order))
+    # a build folder whose manifest lists the parameters in the old order
+    folder = m.save(tmp_path / "build")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["parameters"] = sorted(manifest["parameters"], key=lambda p: old_order.index(p["name"]))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    buf = io.BytesIO()
+    np.savez(buf, **{f"{i:04d}": by_name[n] for i, n in enumerate(old_order)})
+    (folder / "weights.npz").write_bytes(buf.getvalue())
+    for source in (tmp_path / "old.npz", folder, m.save_weights(tmp_path / "new.npz")):
+        other = kcompile.compile_string(BRANCHED, seed=1)
+        other.load_weights(source)
+        np.testing.assert_array_equal(other.predict(feeds), expected)
+    np.savez(tmp_path / "foreign.npz", **{f"{i:04d}": by_name[n] for i, n in enumerate(old_order)},
+             names=np.array([n.replace("da/", "dz/") for n in old_order]))
+    with pytest.raises(ValueError, match="holds weights of another model; it lacks da/bias, da/kernel; it has dz/"):
+        kcompile.compile_string(BRANCHED).load_weights(tmp_path / "foreign.npz")
