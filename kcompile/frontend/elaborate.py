@@ -697,8 +697,8 @@ class Elaborator:
         # (a call's keyword arguments are tensors: a recurrent layer's initial_state=[h, c])
         extra = {k: kwargs.pop(k) for k in getattr(layer, "call_keywords", ()) if k in kwargs}
         if "initial_state" in kwargs:
-            raise _Fail(f"{layer.kind()} does not take initial_state{' yet' * (layer.kind() == 'Bidirectional')}",
-                        loc, "SimpleRNN, LSTM and GRU do: LSTM(16)(x, initial_state=[h, c])")
+            raise _Fail(f"{layer.kind()} does not take initial_state", loc,
+                        "SimpleRNN, LSTM, GRU and Bidirectional do: LSTM(16)(x, initial_state=[h, c])")
         if kwargs:
             raise _Fail(f"unexpected keyword argument {next(iter(kwargs))} when calling a layer", loc,
                         "layer arguments go in the first parentheses: Dense(10, activation=relu)(x)")

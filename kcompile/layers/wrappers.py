@@ -1,7 +1,7 @@
 """Layer wrappers: TimeDistributed, Bidirectional."""
 from ..errors import ShapeError, format_shape
 from ..ir import Tensor
-from .base import ArgError, Choice, Layer, LayerArg
+from .base import ArgError, Choice, Layer, LayerArg, Optional
 
 
 class TimeDistributed(Layer):
@@ -61,21 +61,27 @@ class Bidirectional(Layer):
 
     Args:
         layer: an unapplied SimpleRNN, LSTM or GRU, e.g. ``Bidirectional(LSTM(32))``.
-        merge_mode: concat (default: the last axis doubles), sum, mul or ave.
+        merge_mode: concat (default: the last axis doubles), sum, mul or ave; none gives the two
+            outputs apart (forward, backward), as Keras's list.
 
     Weights: the forward layer's, then the backward copy's, named
     ``<this layer>/forward_<inner>/...`` and ``<this layer>/backward_<inner>/...`` as Keras.
     With ``return_sequences`` the backward outputs are reversed to line up with the forward ones,
     and on a masked sequence both directions output 0 at the masked steps (Keras forces their
-    ``zero_output_for_mask``), and the mask passes on.
+    ``zero_output_for_mask``), and the mask passes on (to each output with merge_mode=none).
+    With the layer's ``return_state=true`` the merged output is followed by the forward layer's
+    last states, then the backward layer's, as Keras 3:
+    ``out, fh, fc, bh, bc = Bidirectional(LSTM(8, return_state=true))(x)`` (``out, fh, bh`` for a
+    GRU or SimpleRNN; with merge_mode=none the two outputs come first: ``f, b, fh, bh``).
+    Called with ``initial_state=[fh, fc, bh, bc]``, the first half starts the forward layer and
+    the second the backward one, as Keras.
     """
+    call_keywords = ("initial_state",)
 
-    def __init__(self, layer: LayerArg(), merge_mode: Choice("concat", "sum", "mul", "ave") = "concat"):
+    def __init__(self, layer: LayerArg(), merge_mode: Optional(Choice("concat", "sum", "mul", "ave")) = "concat"):
         from .recurrent import _Recurrent
         if not isinstance(layer, _Recurrent):
             raise ArgError(f"Bidirectional wraps SimpleRNN, LSTM or GRU, got {layer.kind()}")
-        if layer.return_state:
-            raise ArgError("Bidirectional does not take a layer with return_state=true yet")
         self.forward = layer
         arguments = dict(layer.arguments, go_backwards=not layer.arguments.get("go_backwards", False))
         self.backward = type(layer)(**arguments)
@@ -97,13 +103,36 @@ class Bidirectional(Layer):
             inner.build(ctx, x)
             inner.built = True
 
-    def call(self, ctx, x):
-        forward = self.forward.call(ctx, x)
-        backward = self.backward.call(ctx, x)
-        if self.forward.return_sequences:  # back in time order, step by step with the forward pass
+    def call(self, ctx, x, initial_state=None):
+        halves = (None, None)
+        if initial_state is not None:
+            states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+            n = self.forward.states
+            if len(states) != 2 * n:
+                names = ", ".join(f"{d}{s}" for d in "fb" for s in self.forward.state_names)
+                raise ShapeError(f"Bidirectional({self.forward.kind()})'s initial_state takes {2 * n} tensors "
+                                 f"[{names}]: the forward layer's states, then the backward's; got {len(states)}")
+            halves = (states[:n], states[n:])
+        forward = self.forward.call(ctx, x, initial_state=halves[0])
+        backward = self.backward.call(ctx, x, initial_state=halves[1])
+        states = ()
+        if self.forward.return_state:  # (output, h[, c]) from each: Keras 3's forward states, then backward's
+            (forward, *forward_states), (backward, *backward_states) = forward, backward
+            states = tuple(forward_states) + tuple(backward_states)
+        sequences = self.forward.return_sequences
+        if sequences:  # back in time order, step by step with the forward pass
             backward = ctx.op("Flip", backward, axis=1)
-        if self.merge_mode == "concat":
-            return ctx.op("Concat", forward, backward, axis=-1)
-        if self.merge_mode == "ave":
-            return ctx.op("Mul", ctx.op("Add", forward, backward), ctx.const(0.5, forward.dtype))
-        return ctx.op({"sum": "Add", "mul": "Mul"}[self.merge_mode], forward, backward)
+        if self.merge_mode is None:
+            outputs = (forward, backward)
+        elif self.merge_mode == "concat":
+            outputs = (ctx.op("Concat", forward, backward, axis=-1),)
+        elif self.merge_mode == "ave":
+            outputs = (ctx.op("Mul", ctx.op("Add", forward, backward), ctx.const(0.5, forward.dtype)),)
+        else:
+            outputs = (ctx.op({"sum": "Add", "mul": "Mul"}[self.merge_mode], forward, backward),)
+        mask = ctx.mask_of(x)
+        if sequences and mask is not None:  # (the states take none, as Keras)
+            for output in outputs:
+                ctx.set_mask(output, mask)
+        results = outputs + states
+        return results[0] if len(results) == 1 else results

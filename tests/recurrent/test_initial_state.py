@@ -122,15 +122,6 @@ SEQ2SEQ = """model seq2seq {
 }"""
 
 
-@pytest.fixture
-def keras(monkeypatch):
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "jax":
-        pytest.skip("Keras was imported with another backend")
-    return keras
-
-
 def test_seq2seq_matches_keras_with_copied_weights(keras):
     L = keras.layers
     source, target = keras.Input((7, 5)), keras.Input((6, 4))
@@ -316,7 +307,9 @@ def first_error(body):
     ("    y = GRU(16)(x, initial_state=[])", 9, "GRU's initial_state takes 1 tensor [h] of shape [N, 16], got none"),
     ("    y = GRU(16)(x, initial_state=[hh])", 9, "unknown name hh"),
     ("    y = GRU(16)(x, initial_state=[3])", 9, "expected a tensor, got 3"),
-    ("    y = Bidirectional(GRU(16))(x, initial_state=[h, h])", 9, "Bidirectional does not take initial_state yet"),
+    ("    y = Bidirectional(GRU(16))(x, initial_state=[h])", 9,
+     "Bidirectional(GRU)'s initial_state takes 2 tensors [fh, bh]: the forward layer's states, then the backward's; "
+     "got 1"),
     ("    y = Dense(16)(w, initial_state=[h])", 9, "Dense does not take initial_state"),
     ("    y = GRU(16)(x, mask=h)", 9, "unexpected keyword argument mask when calling a layer"),
     ("    y = GRU(16)(x, initial_state=[h], training=true)", 9,
