@@ -5,7 +5,7 @@ from .attention import MultiHeadAttention
 from .convolutional import Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
 from .core import Dense, Embedding, Masking
 from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
-from .normalization import BatchNormalization, GroupNormalization, LayerNormalization
+from .normalization import BatchNormalization, GroupNormalization, LayerNormalization, UnitNormalization
 from .preprocessing import Normalization, Rescaling
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
                       GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D)
@@ -22,7 +22,7 @@ LAYERS = {cls.__name__: cls for cls in [
     MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D,
     GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
     SimpleRNN, LSTM, GRU,
-    BatchNormalization, LayerNormalization, GroupNormalization,
+    BatchNormalization, LayerNormalization, GroupNormalization, UnitNormalization,
     Dropout, SpatialDropout1D, SpatialDropout2D, GaussianNoise,
     Flatten, Reshape, Permute, RepeatVector, ZeroPadding1D, ZeroPadding2D, Cropping1D, Cropping2D,
     UpSampling1D, UpSampling2D,

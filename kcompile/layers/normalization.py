@@ -177,3 +177,30 @@ class GroupNormalization(Layer):
         y = _normalize(ctx, grouped, axes, self.epsilon)
         y = ctx.op("Reshape", y, shape=(0,) + tuple(x.shape[1:]))
         return _scale_shift(ctx, self, y, tuple(channels if i == axis else 1 for i in range(1, x.rank)))
+
+
+class UnitNormalization(Layer):
+    """Scales each batch item to unit L2 norm over ``axis`` (Keras 3): ``x / max(||x||, 1e-12)``,
+    computed as Keras does, ``x * rsqrt(max(sum(x^2), 1e-24))`` (an all-zero item stays zero,
+    and its gradient is finite).
+
+    Args:
+        axis: -1; an axis or a tuple of axes (not the batch).
+
+    Weights: none.
+    """
+    propagates_mask = True
+
+    def __init__(self, axis: IntList() = (-1,)):
+        self.axis = axis
+
+    def call(self, ctx, x):
+        if not x.type.is_float:
+            raise ShapeError(f"UnitNormalization needs a floating-point input, got {x.type}",
+                             "cast it first: cast(x, float32)")
+        axes = tuple(sorted({normalize_axis(a, x.rank) for a in self.axis}))
+        if 0 in axes:
+            raise ShapeError("UnitNormalization cannot normalize along the batch axis")
+        squares = ctx.op("ReduceSum", ctx.op("Mul", x, x), axes=axes, keepdims=1)
+        floor = ctx.const(1e-24, x.dtype)
+        return ctx.op("Mul", x, ctx.op("Div", ctx.const(1.0, x.dtype), ctx.op("Sqrt", ctx.op("Max", squares, floor))))

@@ -220,3 +220,29 @@ model m {
     y, w = run(src, x)
     assert len(w) == 8
     close(y, ref.batch_norm(x, *w[:4]) - ref.batch_norm(x, *w[4:]))
+
+
+@pytest.mark.parametrize("axis,shape", [("-1", (5,)), ("-1", (3, 4)), ("(1, 2)", (3, 4)), ("1", (3, 4, 2))])
+def test_unit_normalization_against_numpy(rng, axis, shape):
+    """Keras 3's UnitNormalization: x * rsqrt(max(sum(x^2), 1e-24)) over axis; an all-zero item
+    stays zero."""
+    import kcompile
+    m = kcompile.compile_string(f"model m {{\n    input x: float32[{', '.join(map(str, shape))}]\n"
+                                f"    y = UnitNormalization(axis={axis})(x)\n    output y\n}}\n")
+    x = random_input(shape, rng, scale=2.0, batch=3)
+    x[0] = 0
+    axes = tuple(a if a > 0 else len(shape) + 1 + a for a in (eval(axis) if "(" in axis else (int(axis),)))
+    norm = np.sqrt(np.maximum(np.sum(x.astype(np.float64) ** 2, axis=axes, keepdims=True), 1e-24))
+    np.testing.assert_allclose(m.predict(x), x / norm, rtol=1e-6, atol=1e-7)
+    assert not m.predict(x)[0].any()
+
+
+def test_unit_normalization_gradients_against_finite_differences():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
+    from gradcheck import check_gradients
+    src = "model m {\n    input x: float64[3, 4]\n    h = Dense(4)(x)\n    y = UnitNormalization(axis=(1, 2))(h)\n    output y\n}\n"
+    x = np.random.default_rng(1).standard_normal((2, 3, 4))
+    checked, _ = check_gradients(src, {"x": x})
+    assert checked >= 3  # (the input and both weights)
