@@ -142,10 +142,18 @@ class LayerArg(Converter):
 class Optional(Converter):
     def __init__(self, inner):
         self.inner = inner
-        self.describe = inner.describe
+        self.describe = f"{inner.describe} or none"
 
     def __call__(self, v):
-        return None if v is None else self.inner(v)
+        if v is None:
+            return None
+        try:
+            return self.inner(v)
+        except ArgError as e:  # (its message says what it expects: none is taken too)
+            expected = f"expected {self.inner.describe},"
+            if expected not in str(e):
+                raise
+            raise ArgError(str(e).replace(expected, f"expected {self.describe},"), e.hint) from None
 
 
 class ActivationArg(Converter):

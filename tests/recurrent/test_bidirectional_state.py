@@ -193,7 +193,7 @@ def first_error(body):
     ("    y, f, b = Bidirectional(GRU(4, return_state=true), merge_mode=none)(x)", 4, 5,
      "3 names for 4 values"),
     ("    y = Bidirectional(GRU(4), merge_mode=max)(x)", 4, 42,
-     "Bidirectional argument 'merge_mode': expected concat or sum or mul or ave, got max"),
+     "Bidirectional argument 'merge_mode': expected concat or sum or mul or ave or none, got max"),
     ("    t = Bidirectional(GRU(4, return_state=true))(x)\n    y = Dense(2)(t)", 5, 18, "expected a tensor, got ("),
     ("    y, fh, bh = Bidirectional(LSTM(4, return_state=true))(x, initial_state=[h, h])", 4, 17,
      "Bidirectional(LSTM)'s initial_state takes 4 tensors [fh, fc, bh, bc]"),
