@@ -20,7 +20,12 @@ LOSSES = {
     "sparse_categorical_crossentropy": {"from_logits": False},
     "binary_crossentropy": {"from_logits": False, "label_smoothing": 0.0},
 }
-LOSS_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber_loss": "huber"}
+LOSS_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "huber_loss": "huber",
+                # Keras's loss classes (keras.losses.Huber(delta=0.5)): the same losses, configured
+                "MeanSquaredError": "mean_squared_error", "MeanAbsoluteError": "mean_absolute_error",
+                "Huber": "huber", "CategoricalCrossentropy": "categorical_crossentropy",
+                "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
+                "BinaryCrossentropy": "binary_crossentropy"}
 
 _COMMON = {"clipnorm": None, "clipvalue": None, "global_clipnorm": None}
 OPTIMIZERS = {
@@ -41,9 +46,16 @@ REQUIRED = object()  # a schedule argument without a default
 SCHEDULES = {
     "ExponentialDecay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "decay_rate": REQUIRED,
                          "staircase": False},
-    "CosineDecay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "alpha": 0.0},
+    "CosineDecay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "alpha": 0.0,
+                    "warmup_target": None, "warmup_steps": 0},
     "StepDecay": {"initial_learning_rate": REQUIRED, "step_size": REQUIRED, "factor": 0.5},
+    "PiecewiseConstantDecay": {"boundaries": REQUIRED, "values": REQUIRED},
+    "InverseTimeDecay": {"initial_learning_rate": REQUIRED, "decay_steps": REQUIRED, "decay_rate": REQUIRED,
+                         "staircase": False},
 }
+# How many of a schedule's arguments go by position where not all do: Keras's CosineDecay has
+# `name` between alpha and warmup_target.
+SCHEDULE_POSITIONAL = {"CosineDecay": 3}
 
 
 def _number(v) -> bool:
@@ -66,11 +78,13 @@ _RANGES = {
     "epsilon": ("a finite number > 0", lambda v: _number(v) and v > 0),
     "weight_decay": ("a finite number >= 0", lambda v: _number(v) and v >= 0),
     "decay_steps": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "warmup_steps": ("a non-negative integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "alpha": ("a number from 0 to 1", lambda v: _number(v) and 0 <= v <= 1),
     "nesterov": ("true or false", lambda v: isinstance(v, bool)),
 }
 _RANGES.update({name: _RANGES[like] for name, like in (
     ("initial_learning_rate", "learning_rate"), ("initial_accumulator_value", "learning_rate"),
+    ("warmup_target", "learning_rate"),
     ("beta_2", "beta_1"), ("rho", "beta_1"), ("clipnorm", "epsilon"), ("clipvalue", "epsilon"),
     ("global_clipnorm", "epsilon"), ("decay_rate", "epsilon"), ("factor", "epsilon"), ("step_size", "decay_steps"),
     ("centered", "nesterov"), ("amsgrad", "nesterov"), ("staircase", "nesterov"))})
@@ -284,6 +298,24 @@ class _Checker:
                 problem = _loss_argument_problem(k.name, _literal(k.value))
                 if problem:
                     self.error(f"{fn}: {problem}", k.loc)
+            written = [a for a in e.args if isinstance(a, (ast.Number, ast.Neg, ast.Bool, ast.String))]
+            if written:  # Keras's Huber(0.5): here the positions are what the loss compares
+                given = [f"{n}={unparse(a)}" for n, a in zip(LOSSES[name], written)]
+                compared = [unparse(a) for a in e.args if not any(a is w for w in written)]
+                self.error(f"{fn} takes its arguments by name", written[0].loc,
+                           f"{fn}({', '.join(compared + given)})" if len(given) == len(written) else
+                           f"{fn} takes what it compares, (prediction) or (target, prediction)")
+                return
+            if not e.args:
+                # Keras's configured loss (loss=Huber(delta=0.5)): on the single output against its
+                # target, as a bare name; written out for the training graphs, which read the call
+                if len(self.outputs) != 1:
+                    first = next(iter(self.outputs))
+                    given = [first] + [f"{k.name}={unparse(k.value)}" for k in e.kwargs]
+                    self.error(f"the model has {len(self.outputs)} outputs; say which this loss is for", e.loc,
+                               f"write {fn}({', '.join(given)})")
+                    return
+                e.args = [ast.Name(e.loc, next(iter(self.outputs)))]
             if len(e.args) == 1:
                 pred = self.value_type(e.args[0])
                 if pred is not None:
@@ -349,6 +381,8 @@ class _Checker:
         none: the default written out)."""
         if name == "learning_rate":
             return self.number_or_schedule(fn, e)
+        if name in ("boundaries", "values"):
+            return self.number_list(fn, name, e)
         v = _literal(e)
         if v is None and default is None:
             return None
@@ -356,6 +390,36 @@ class _Checker:
         if not ok(v):
             self.error(f"{fn}: {name} must be {what}{' or none' * (default is None)}, got {_shown(e)}", e.loc)
         return v
+
+    def number_list(self, fn, name, e):
+        """PiecewiseConstantDecay's ``boundaries`` (step counts: integers, strictly increasing, as
+        Keras compares them with the integer step) or ``values`` (rates: finite numbers >= 0); the
+        list, or None after an error at the list or at each bad item."""
+        what = "a non-empty list of increasing integers" if name == "boundaries" else \
+            "a list of finite numbers >= 0"
+        if not isinstance(e, (ast.List, ast.Tuple)) or (name == "boundaries" and not e.items):
+            self.error(f"{fn}: {name} must be {what}, got {_shown(e)}", e.loc)
+            return None
+        out, ok, before = [], True, None
+        for item in e.items:
+            v = _literal(item)
+            if name == "values":
+                if not _RANGES["learning_rate"][1](v):
+                    self.error(f"{fn}: values must be finite numbers >= 0, got {_shown(item)}", item.loc)
+                    ok = False
+                out.append(float(v) if _number(v) else v)
+                continue
+            if not (_number(v) and float(v).is_integer()):
+                self.error(f"{fn}: boundaries must be {what}, got {_shown(item)}", item.loc)
+                ok, before = False, None
+                continue
+            if before is not None and int(v) <= out[-1]:
+                self.error(f"{fn}: boundaries must be {what}, got {_shown(item)} after {unparse(before)}",
+                           item.loc)
+                ok = False
+            out.append(int(v))
+            before = item
+        return out if ok else None
 
     def optimizer(self, e) -> dict:
         name = e.id if isinstance(e, ast.Name) else \
@@ -383,7 +447,7 @@ class _Checker:
             return float(v)
         if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in SCHEDULES:
             fn, allowed = e.func.id, SCHEDULES[e.func.id]
-            given = self.arguments(fn, e, allowed, positional=len(allowed))
+            given = self.arguments(fn, e, allowed, positional=SCHEDULE_POSITIONAL.get(fn, len(allowed)))
             values = {"schedule": fn}
             for n, default in allowed.items():
                 if n in given:
@@ -393,6 +457,13 @@ class _Checker:
                     self.error(f"{fn} needs {n}", e.loc, f"{fn}({', '.join(required)})")
                 else:
                     values[n] = default
+            bounds, rates = values.get("boundaries"), values.get("values")
+            if fn == "PiecewiseConstantDecay" and bounds is not None and rates is not None and \
+                    len(rates) != len(bounds) + 1:
+                self.error(f"{fn}: values has {len(rates)} number{'s' * (len(rates) != 1)} for {len(bounds)} "
+                           f"boundar{'ies' if len(bounds) != 1 else 'y'}; it needs {len(bounds) + 1}, one more than "
+                           f"boundaries (the rate up to the first boundary, between each two, after the last)",
+                           given["values"].loc)
             return values
         self.error(f"{fn}: learning_rate must be a number or a schedule ({', '.join(SCHEDULES)}), "
                    f"got {unparse(e)}", e.loc)

@@ -6,6 +6,7 @@ continues the exact trajectory), and keeps the running means of loss and metrics
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -37,17 +38,34 @@ def learning_rate_at(spec, step: int) -> float:
     checked at compile time: frontend/train.py). A rate that grows past a float is inf."""
     if not isinstance(spec, dict):
         return float(spec)
-    kind, lr0 = spec["schedule"], float(spec["initial_learning_rate"])
+    kind = spec["schedule"]
+    if kind == "PiecewiseConstantDecay":  # values[i] for boundaries[i - 1] < step <= boundaries[i]
+        return float(spec["values"][bisect.bisect_left(spec["boundaries"], step)])
+    lr0 = float(spec["initial_learning_rate"])
     try:
         if kind == "ExponentialDecay":
             p = step / spec["decay_steps"]
             if spec.get("staircase"):
                 p = math.floor(p)
             return lr0 * spec["decay_rate"] ** p
+        if kind == "InverseTimeDecay":
+            p = step / spec["decay_steps"]
+            if spec.get("staircase"):
+                p = math.floor(p)
+            return lr0 / (1 + spec["decay_rate"] * p)
         if kind == "CosineDecay":
-            done = min(step, spec["decay_steps"]) / spec["decay_steps"]
+            # With a warmup_target: from lr0 up to it linearly over warmup_steps, then the decay
+            # from it; without one Keras leaves warmup_steps unused.
+            decay_steps, start = spec["decay_steps"], lr0
+            target, warmup = spec.get("warmup_target"), spec.get("warmup_steps", 0)
+            if target is not None:
+                step = min(step, decay_steps + warmup)
+                if step < warmup:
+                    return (float(target) - lr0) * (step / warmup) + lr0
+                step, start = step - warmup, float(target)
+            done = min(step, decay_steps) / decay_steps
             alpha = spec.get("alpha", 0.0)
-            return lr0 * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * done)) + alpha)
+            return start * ((1 - alpha) * 0.5 * (1 + math.cos(math.pi * done)) + alpha)
         if kind == "StepDecay":
             return lr0 * spec.get("factor", 0.5) ** (step // spec["step_size"])
     except OverflowError:
