@@ -26,6 +26,7 @@ LOSS_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "hube
                 "Huber": "huber", "CategoricalCrossentropy": "categorical_crossentropy",
                 "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
                 "BinaryCrossentropy": "binary_crossentropy"}
+SYMMETRIC_LOSSES = {"mean_squared_error", "mean_absolute_error", "huber"}  # (either argument may be the target)
 
 _COMMON = {"clipnorm": None, "clipvalue": None, "global_clipnorm": None}
 OPTIMIZERS = {
@@ -41,6 +42,8 @@ OPTIMIZERS = {
     "Adamax": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": None,
                **_COMMON},
     "Adadelta": {"learning_rate": 0.001, "rho": 0.95, "epsilon": 1e-7, "weight_decay": None, **_COMMON},
+    "Nadam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": None,
+              **_COMMON},
 }
 REQUIRED = object()  # a schedule argument without a default
 SCHEDULES = {
@@ -69,15 +72,18 @@ def _shown(e) -> str:
 
 
 # What each optimizer and schedule argument must be: Keras's ranges (SGD's momentum in [0, 1],
-# decay_steps > 0), and past them where a value can only give NaN or inf (a beta or rho of 1
-# divides by 1 - 1, an epsilon of 0 gives 0 / 0 on a zero gradient, a clip of 0 gives 0 / 0).
+# decay_steps > 0), and past them where a value gives NaN or inf (Adam's beta_1 of 1 divides by
+# 1 - 1, an epsilon of 0 gives 0 / 0 on a zero gradient, as does a clipnorm of 0) or trains
+# nothing useful (a rho or beta_2 of 1 never accumulates the squared gradients: steps of g / sqrt(eps)).
 _RANGES = {
     "learning_rate": ("a finite number >= 0", lambda v: _number(v) and v >= 0),
     "momentum": ("a number from 0 to 1", lambda v: _number(v) and 0 <= v <= 1),
     "beta_1": ("a number >= 0 and < 1", lambda v: _number(v) and 0 <= v < 1),
     "epsilon": ("a finite number > 0", lambda v: _number(v) and v > 0),
     "weight_decay": ("a finite number >= 0", lambda v: _number(v) and v >= 0),
-    "decay_steps": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "decay_steps": ("a finite number > 0", lambda v: _number(v) and v > 0),  # (Keras takes 1000.0)
+    "step_size": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "clipvalue": ("a finite number >= 0", lambda v: _number(v) and v >= 0),  # (0: every gradient 0, as Keras)
     "warmup_steps": ("a non-negative integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "alpha": ("a number from 0 to 1", lambda v: _number(v) and 0 <= v <= 1),
     "nesterov": ("true or false", lambda v: isinstance(v, bool)),
@@ -85,8 +91,8 @@ _RANGES = {
 _RANGES.update({name: _RANGES[like] for name, like in (
     ("initial_learning_rate", "learning_rate"), ("initial_accumulator_value", "learning_rate"),
     ("warmup_target", "learning_rate"),
-    ("beta_2", "beta_1"), ("rho", "beta_1"), ("clipnorm", "epsilon"), ("clipvalue", "epsilon"),
-    ("global_clipnorm", "epsilon"), ("decay_rate", "epsilon"), ("factor", "epsilon"), ("step_size", "decay_steps"),
+    ("beta_2", "beta_1"), ("rho", "beta_1"), ("clipnorm", "epsilon"),
+    ("global_clipnorm", "epsilon"), ("decay_rate", "epsilon"), ("factor", "epsilon"),
     ("centered", "nesterov"), ("amsgrad", "nesterov"), ("staircase", "nesterov"))})
 METRICS = {"accuracy", "categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy",
            "mae", "mse", "mean_absolute_error", "mean_squared_error", "precision", "recall", "auc"}
@@ -326,7 +332,11 @@ class _Checker:
                 self.error(f"{fn} compares {e.args[0].id} with itself", e.loc,
                            f"compare it with a target: {fn}({e.args[0].id}) or {fn}(TARGET, {e.args[0].id})")
             elif len(e.args) == 2:
-                self.compared += isinstance(e.args[0], ast.Name) and e.args[0].id in self.targets
+                first, second = (isinstance(a, ast.Name) and a.id in self.targets for a in e.args)
+                if second and not first and name not in SYMMETRIC_LOSSES:  # (the crossentropies are not)
+                    self.error(f"{fn} takes the target first: {fn}({e.args[1].id}, {unparse(e.args[0])})", e.loc)
+                    return
+                self.compared += first or second  # (mse(out, t) is mse(t, out))
                 target, pred = self.value_type(e.args[0]), self.value_type(e.args[1])
                 if target is not None and pred is not None:
                     self.pair_ok(name, target, pred, e.loc)

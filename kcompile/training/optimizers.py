@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass
 class Slot:
@@ -40,6 +42,8 @@ def slots(config: dict) -> list[Slot]:
         return [Slot("accumulator", a.get("initial_accumulator_value", 0.1))]
     if name == "Adamax":
         return [Slot("m", 0.0), Slot("u", 0.0)]
+    if name == "Nadam":
+        return [Slot("momentum", 0.0), Slot("velocity", 0.0)]
     if name == "Adadelta":
         return [Slot("accumulated_grad", 0.0), Slot("accumulated_delta_var", 0.0)]
     raise ValueError(f"unknown optimizer {name}")
@@ -187,6 +191,26 @@ def update(ctx, config, w, g, state: dict, lr, t):
         new["accumulator"] = acc
         step = ctx.op("Div", ctx.op("Mul", lr, g), ctx.op("Sqrt", ctx.op("Add", at_rows(acc), a["epsilon"])))
         return minus(w, step), new
+    if name == "Nadam":
+        # Keras 3: u_t = b1 (1 - 0.5 * 0.96^t), U_t = u_1 ... u_t (Keras keeps it as a variable);
+        # m_hat = u_{t+1} m / (1 - U_{t+1}) + (1 - u_t) g / (1 - U_t); w -= lr m_hat / (sqrt(v / (1 - b2^t)) + eps)
+        b1, b2 = a["beta_1"], a["beta_2"]
+        m = plus(ctx.op("Mul", state["momentum"], b1), ctx.op("Mul", g, 1 - b1))
+        v = plus(ctx.op("Mul", state["velocity"], b2), ctx.op("Mul", ctx.op("Mul", g, g), 1 - b2))
+        new["momentum"], new["velocity"] = m, v
+        step_dtype = ctx.type(t).dtype
+        u_t, u_next = (ctx.op("Mul", ctx.op("Sub", 1.0, ctx.op("Mul", ctx.op("Pow", ctx.const(0.96, step_dtype), s), 0.5)),
+                              b1) for s in (t, ctx.op("Add", t, 1.0)))
+        products = ctx.const(_nadam_products(step_dtype), step_dtype)
+        index = ctx.op("Sub", ctx.op("Cast", ctx.op("Min", t, float(len(_nadam_products(step_dtype)))), to="int64"), 1)
+        u_product = ctx.op("Mul", ctx.op("Gather", products, index, axis=0), ctx.op("Pow", ctx.const(b1, step_dtype), t))
+        u_product_next = ctx.op("Mul", u_product, u_next)
+        m_hat = plus(ctx.op("Mul", m, ctx.op("Div", u_next, ctx.op("Sub", 1.0, u_product_next))),
+                     ctx.op("Mul", g, ctx.op("Div", ctx.op("Sub", 1.0, u_t), ctx.op("Sub", 1.0, u_product))))
+        b2t = ctx.op("Pow", ctx.const(b2, step_dtype), t)
+        v_hat = ctx.op("Div", v, ctx.op("Sub", 1.0, b2t))
+        step = ctx.op("Div", ctx.op("Mul", m_hat, lr), ctx.op("Add", ctx.op("Sqrt", v_hat), a["epsilon"]))
+        return ctx.op("Sub", w, step), new
     if name == "Adamax":
         # m = b1 m + (1 - b1) g;  u = max(b2 u, |g|);  w -= lr m / ((1 - b1^t) (u + eps))
         b1, b2 = a["beta_1"], a["beta_2"]
@@ -212,3 +236,11 @@ def update(ctx, config, w, g, state: dict, lr, t):
                                             ctx.op("Mul", ctx.op("Mul", delta, delta), 1 - rho))
         return minus(w, ctx.op("Mul", lr, delta)), new
     raise ValueError(f"unknown optimizer {name}")
+
+
+def _nadam_products(dtype: str) -> np.ndarray:
+    """(1 - 0.5 * 0.96^1) ... (1 - 0.5 * 0.96^t) for t = 1 .. 2500, Nadam's momentum product without
+    its b1^t: past that, each factor rounds to 1 (0.96^2500 is about 1e-44), so a step reads
+    the table at min(t, 2500)."""
+    factors = 1.0 - 0.5 * 0.96 ** np.arange(1, 2501, dtype=np.float64)
+    return np.cumprod(factors).astype(dtype)

@@ -41,7 +41,8 @@ def train(optimizer, rows_from, monkeypatch):
     "RMSprop()", "RMSprop(centered=true, momentum=0.5)", "RMSprop(clipnorm=0.01)", "Adagrad(learning_rate=0.5)",
     "Adam()", "AdamW(amsgrad=true, clipvalue=0.001)", "Adam(global_clipnorm=0.01, weight_decay=0.1)",
     "Adamax(learning_rate=0.01)", "Adamax(clipnorm=0.01, weight_decay=0.1)", "Adadelta(learning_rate=1.0)",
-    "Adadelta(learning_rate=1.0, rho=0.5, clipvalue=0.001)"])
+    "Adadelta(learning_rate=1.0, rho=0.5, clipvalue=0.001)", "Nadam(learning_rate=0.01)",
+    "Nadam(beta_1=0.8, weight_decay=0.1, global_clipnorm=0.5)"])
 def test_row_update_matches_the_dense_update(optimizer, monkeypatch):
     rows, rows_losses = train(optimizer, ROWS_FROM, monkeypatch)
     dense, dense_losses = train(optimizer, 1 << 62, monkeypatch)
