@@ -296,7 +296,7 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
         "layers": [{"name": r.name, "kind": r.kind, "output_shapes": [list(t.shape) for t in r.output_types],
                     "params": r.params} for r in compiled.layers],
         "inner_layers": [{"name": name, "kind": kind, "output_shapes": shapes,
-                          "params": [p for p in g.params if p.rsplit("/", 1)[0] == name]}
+                          "params": [p for p in g.params if p.startswith(name + "/")]}
                          for name, kind, shapes in compiled.inner_layers],
         "passes": compiled.passes,
         "activation_bytes_per_sample": activation_bytes_per_sample(g),

@@ -161,11 +161,12 @@ class DepthwiseConv2D(_Conv):
         use_bias: true.
         depthwise_initializer: glorot_uniform. bias_initializer: zeros.
 
-    Weights: depthwise_kernel [kh, kw, in_channels, depth_multiplier], bias
-    [in_channels * depth_multiplier] (output channel c * depth_multiplier + m); Keras's
-    depthwise_regularizer and bias_regularizer.
+    Weights: kernel [kh, kw, in_channels, depth_multiplier] (Keras 3's name; Keras 2 called it
+    depthwise_kernel), bias [in_channels * depth_multiplier] (output channel c * depth_multiplier
+    + m); Keras's depthwise_regularizer and bias_regularizer.
     """
-    regularizer_arguments = {"depthwise_regularizer": "depthwise_kernel", "bias_regularizer": "bias"}
+    depthwise_weight = "kernel"
+    regularizer_arguments = {"depthwise_regularizer": "kernel", "bias_regularizer": "bias"}
 
     def __init__(self, kernel_size: Ints(2), strides: Ints(2) = (1, 1), padding: Choice("valid", "same") = "valid",
                  depth_multiplier: IntArg(1) = 1, dilation_rate: Ints(2) = (1, 1),
@@ -186,7 +187,7 @@ class DepthwiseConv2D(_Conv):
         self.check_input(x)
         channels = x.shape[-1]
         self.groups, self.filters = channels, channels * self.depth_multiplier
-        self.depthwise = ctx.add_weight(self, "depthwise_kernel", self.kernel_size + (channels, self.depth_multiplier),
+        self.depthwise = ctx.add_weight(self, self.depthwise_weight, self.kernel_size + (channels, self.depth_multiplier),
                                         x.dtype, self.kernel_initializer)
 
     def grouped_kernel(self, ctx):
@@ -213,6 +214,7 @@ class SeparableConv2D(DepthwiseConv2D):
     [1, 1, in_channels * depth_multiplier, filters], bias [filters]; Keras's
     depthwise_regularizer, pointwise_regularizer and bias_regularizer.
     """
+    depthwise_weight = "depthwise_kernel"
     regularizer_arguments = {"depthwise_regularizer": "depthwise_kernel", "pointwise_regularizer": "pointwise_kernel",
                              "bias_regularizer": "bias"}
 

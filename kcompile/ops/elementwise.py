@@ -174,6 +174,25 @@ _binary("Div", lambda ctx, a, b, y, dy: (ctx.op("Div", dy, b), ctx.op("Neg", ctx
 _binary("Pow", lambda ctx, a, b, y, dy: (
     ctx.op("Mul", dy, ctx.op("Mul", b, ctx.op("Pow", a, ctx.op("Sub", b, _c(ctx, 1.0, b))))),
     ctx.op("Mul", dy, ctx.op("Mul", y, ctx.op("Log", a)))))
+
+
+@register
+class SigmoidCrossEntropy(Binary):
+    """Binary cross-entropy on logits x against targets y, element-wise: the stable
+    ``max(x, 0) - x y + log(1 + exp(-|x|))``, whose gradient is stated here as ``sigmoid(x) - y``
+    (the composed form's subgradients at x = 0, Relu's and Abs's both 0, gave -y, where Keras's
+    gradient is 0.5 - y: a dead unit or a zero bias trained wrongly). inputs: x, y."""
+    name = "SigmoidCrossEntropy"
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, y = inputs
+        tail = ctx.emit("Softplus", [ctx.emit("Neg", [ctx.emit("Abs", [x])])])
+        ctx.emit("Add", [ctx.emit("Sub", [ctx.emit("Relu", [x]), ctx.emit("Mul", [x, y])]), tail], outputs)
+
+    def partials(self, ctx, x, y, out, dy):
+        return ctx.op("Mul", dy, ctx.op("Sub", ctx.op("Sigmoid", x), y)), ctx.op("Mul", dy, ctx.op("Neg", x))
+
+
 # Ties send the gradient to the first operand only, so it is counted once.
 _binary("Max", lambda ctx, a, b, y, dy: (
     ctx.op("Mul", dy, _mask(ctx, ctx.op("GreaterOrEqual", a, b), dy)),

@@ -35,10 +35,9 @@ def binary_crossentropy(ctx, y, p, from_logits=False, label_smoothing=0.0):
         y = ctx.op("Add", ctx.op("Mul", y, 1.0 - label_smoothing), 0.5 * label_smoothing)
     sigmoid = _producer_op(ctx, p, "Sigmoid")
     if from_logits or sigmoid is not None:
-        # Stable form on logits: max(x, 0) - x * y + log(1 + exp(-|x|)).
+        # on logits, stable, with the gradient sigmoid(x) - y (ops/elementwise.py)
         x = p if from_logits else sigmoid.inputs[0]
-        per = ctx.op("Add", ctx.op("Sub", ctx.op("Relu", x), ctx.op("Mul", x, y)),
-                     ctx.op("Softplus", ctx.op("Neg", ctx.op("Abs", x))))
+        per = ctx.op("SigmoidCrossEntropy", x, y)
     else:
         q = _clip(ctx, p, EPSILON, 1 - EPSILON)
         per = ctx.op("Neg", ctx.op("Add", ctx.op("Mul", y, ctx.op("Log", q)),

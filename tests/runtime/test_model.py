@@ -529,3 +529,42 @@ def test_load_weights_goes_by_name_where_the_file_has_names(tmp_path):
              names=np.array([n.replace("da/", "dz/") for n in old_order]))
     with pytest.raises(ValueError, match="holds weights of another model; it lacks da/bias, da/kernel; it has dz/"):
         kcompile.compile_string(BRANCHED).load_weights(tmp_path / "foreign.npz")
+
+
+def test_layers_with_nested_weights_inside_a_block_show_and_freeze_them():
+    """A MultiHeadAttention (query/kernel, ...) or Bidirectional (forward_lstm/kernel, ...) inside a
+    block: get_layer shows its weights, and trainable = False freezes them (it showed none, and
+    freezing silently did nothing)."""
+    m = kcompile.compile_string("""
+block Enc(d: int) {
+    input x
+    h = MultiHeadAttention(2, 4)(x, x)
+    output Bidirectional(LSTM(3))(h)
+}
+model m {
+    input x: float32[5, 6]
+    y = Dense(1)(Enc(4)(x))
+    output y
+    train {
+        loss = mse
+        optimizer = SGD(0.5)
+    }
+}
+""")
+    mha, bi = m.get_layer("enc/multi_head_attention"), m.get_layer("enc").get_layer("bidirectional")
+    assert len(mha.get_weights()) == 8 and len(bi.get_weights()) == 6
+    assert mha.count_params() == sum(w.size for w in mha.get_weights()) > 0
+    mha.trainable = False
+    before, bi_before = mha.get_weights(), bi.get_weights()
+    x = np.random.default_rng(0).standard_normal((4, 5, 6)).astype(np.float32)
+    m.fit(x, np.ones((4, 1), np.float32), verbose=0)
+    for a, b in zip(mha.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(bi.get_weights()[0], bi_before[0])  # (the rest still trains)
+
+
+def test_depthwise_conv2d_weights_have_keras_3_names():
+    m = kcompile.compile_string("model m {\n    input x: float32[6, 6, 2]\n    y = DepthwiseConv2D(3, depth_multiplier=2)(x)\n"
+                                "    z = SeparableConv2D(4, 3)(x)\n    output y, z\n}\n")
+    assert m.weight_names == ["depthwise_conv2d/kernel", "depthwise_conv2d/bias", "separable_conv2d/depthwise_kernel",
+                              "separable_conv2d/pointwise_kernel", "separable_conv2d/bias"]

@@ -399,9 +399,13 @@ def test_binary_crossentropy_gradient(from_logits, label_smoothing):
     loss = _batch_loss(ctx, losses.binary_crossentropy(ctx, "y", p, from_logits=from_logits,
                                                        label_smoothing=label_smoothing))
     y = np.random.default_rng(11).integers(0, 2, (N, 3)).astype(np.float64)
-    # logits away from 0 (the |x| in the stable formula has a kink there, though the sum is smooth)
-    z = _logits((N, 3), 12) + 0.3 if from_logits else _probs((N, 3), 12, normalized=False)
-    value, _ = _check_fd(g, loss, {"z": z, "y": y})
+    z = _logits((N, 3), 12) if from_logits else _probs((N, 3), 12, normalized=False)
+    if from_logits:  # (logits of exactly 0, a dead unit's: the stable form's |x| and max(x, 0) have
+        z[:2] = 0.0  # kinks there whose subgradients gave -y; the loss is smooth, its gradient 0.5 - y)
+    value, analytic = _check_fd(g, loss, {"z": z, "y": y})
+    if from_logits:
+        y_smooth = y * (1 - label_smoothing) + 0.5 * label_smoothing
+        np.testing.assert_allclose(analytic, (1 / (1 + np.exp(-z)) - y_smooth) / (N * 3), rtol=1e-10, atol=1e-15)
     assert value == pytest.approx(keras_binary_crossentropy(y, z, from_logits, label_smoothing).mean(), rel=1e-12)
 
 
@@ -412,6 +416,7 @@ def test_fused_sigmoid_binary_crossentropy_gradient():
     loss = _batch_loss(ctx, losses.binary_crossentropy(ctx, "y", p))
     y = np.random.default_rng(13).integers(0, 2, (N, 3)).astype(np.float64)
     z = _logits((N, 3), 14)
+    z[0] = 0.0  # (a zero bias on all-zero features)
     value, analytic = _check_fd(g, loss, {"z": z, "y": y})
     s = 1 / (1 + np.exp(-z))
     np.testing.assert_allclose(analytic, (s - y) / (N * 3), rtol=1e-10, atol=1e-15)

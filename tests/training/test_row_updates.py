@@ -54,7 +54,9 @@ def test_row_update_matches_the_dense_update(optimizer, monkeypatch):
     rows_state, dense_state = rows.optimizer_state(), dense.optimizer_state()
     assert rows_state.keys() == dense_state.keys()
     for name in rows_state:
-        np.testing.assert_allclose(rows_state[name], dense_state[name], rtol=1e-6, atol=1e-12, err_msg=name)
+        # (the rows path sums a table's gradient in another order: slots of ~1e-6 differ by a few
+        # float32 ulps of the gradient's terms, e.g. 4e-12 in Adamax's m)
+        np.testing.assert_allclose(rows_state[name], dense_state[name], rtol=1e-6, atol=1e-10, err_msg=name)
     # the table moved where the batch looked, and (SGD and Adagrad) only there
     table = rows.get_weights()[0]
     initial = kcompile.compile_string(MODEL.format(rows=BIG, optimizer=optimizer)).get_weights()[0]
