@@ -194,6 +194,10 @@ def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str) ->
     the one target (argmax of one-hot rows, else the rounded label), as Keras; else ones."""
     if sample_weight is not None and class_weight is not None:
         raise ValueError(f"{where}: give sample_weight or class_weight, not both (as Keras)")
+    if isinstance(sample_weight, (dict, list, tuple)) and len(ys) > 1 and \
+            not all(np.isscalar(v) for v in (sample_weight.values() if isinstance(sample_weight, dict) else sample_weight)):
+        raise ValueError(f"{where}: sample_weight per output (a {type(sample_weight).__name__}) is not supported "
+                         f"yet; give one array of {n} weights, which weights every output's loss")
     if sample_weight is not None:
         w = np.asarray(sample_weight)
         if w.ndim == 2 and w.shape[1] == 1:

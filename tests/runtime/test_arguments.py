@@ -133,3 +133,15 @@ def test_a_named_dimension_too_short_for_a_window_is_refused(layer, length):
     with pytest.raises(ShapeMismatch, match="fit: " + message):
         m.fit(np.ones((2, 5, 3), np.float32), np.ones((2, 1, m.outputs[0].shape[-1]), np.float32), verbose=0)
     assert m.predict(np.ones((2, 12, 3), np.float32)).shape[1] >= 1
+
+
+def test_per_output_sample_weight_says_it_is_not_supported():
+    """Keras takes {output: weights}; kcompile weights every output with one array, and says so
+    (it said 'expects shape (4,), got ()')."""
+    m = kcompile.compile(Path(__file__).resolve().parents[2] / "examples" / "two_heads.kdl")
+    x = {"image": np.zeros((4, 32, 32, 3), np.float32), "meta": np.zeros((4, 8), np.float32)}
+    y = {"kind": np.eye(5, dtype=np.float32)[[0, 1, 2, 3]], "score": np.zeros((4, 1), np.float32)}
+    with pytest.raises(ValueError, match=r"sample_weight per output \(a dict\) is not supported yet; give one "
+                                         r"array of 4 weights"):
+        m.fit(x, y, sample_weight={"kind": np.ones(4), "score": np.ones(4)}, verbose=0)
+    assert np.isfinite(m.fit(x, y, sample_weight=np.ones(4), verbose=0).history["loss"][0])
