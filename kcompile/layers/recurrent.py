@@ -180,17 +180,33 @@ class LSTM(_Recurrent):
 
 
 class GRU(_Recurrent):
-    __doc__ = """Gated recurrent unit, Keras's default ``reset_after=True`` form:
-    ``h' = z * h + (1 - z) * tanh(x W_h + b_h + r * (h R_h + b'_h))``.
+    __doc__ = """Gated recurrent unit, by default Keras's ``reset_after=True`` form:
+    ``h' = z * h + (1 - z) * tanh(x W_h + b_h + r * (h R_h + b'_h))``; with ``reset_after=false``
+    (Keras 1's and ONNX's default form) ``h' = z * h + (1 - z) * tanh(x W_h + b_h + (r * h) R_h)``.
 
     Args:
         units: size of the hidden state.""" + _ARGS_DOC + """
+        reset_after: true (the reset gate applied after the recurrent product, with its own bias);
+            false applies it to h before the product, with one bias.
 
     Weights: kernel [features, 3 * units], recurrent_kernel [units, 3 * units], bias [2, 3 * units]
-    (input and recurrent biases), gates in Keras's order z, r, h.
+    (input and recurrent biases; [3 * units] with reset_after=false), gates in Keras's order z, r, h.
     """
     op = "GRU"
     gates = 3
 
+    def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
+                 go_backwards: BoolArg() = False, return_state: BoolArg() = False,
+                 dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 recurrent_initializer: InitializerArg() = ("orthogonal", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ()), reset_after: BoolArg() = True):
+        self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
+                   bias_initializer, return_state, dropout, recurrent_dropout)
+        self.reset_after = reset_after
+
     def bias_shape(self):
-        return (2, 3 * self.units)
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+
+    def op_attrs(self):
+        return {} if self.reset_after else {"reset_after": False}

@@ -298,9 +298,10 @@ def _sequence_product(ctx, h_prev, recurrent, drop, units):
     return ctx.emit("Reshape", [per_gate, ctx.const([0, 0, -1], "int64")])
 
 
-def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output):
-    """dR = sum over steps of h_{t-1}^T dz_t (each gate's block with its own mask)."""
-    width = ctx.shape(recurrent)[1]
+def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output, width=None):
+    """dR = sum over steps of h_{t-1}^T dz_t (each gate's block with its own mask); ``width``:
+    the gates' units G*u where ``recurrent`` is not a graph value (whose shape says it)."""
+    width = width or ctx.shape(recurrent)[1]
     if drop is None:
         hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, units], "int64")])
         zh = ctx.emit("Reshape", [dz_h, ctx.const([-1, width], "int64")])
@@ -311,12 +312,12 @@ def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output):
     return ctx.emit("Reshape", [by_row, ctx.const([units, width], "int64")], [output])
 
 
-def _grad_op(ctx, op, node, ins, bias, drop, mask, seq_grad, initial=None):
+def _grad_op(ctx, op, node, ins, bias, drop, mask, seq_grad, initial=None, **more):
     """Emit a recurrent op's gradient op; returns the gradients of the op's inputs (None for the
-    dropout and step masks)."""
+    dropout and step masks). ``more``: further attributes of the gradient op."""
     initial = initial or []
     extra = ([bias] if bias is not None else []) + initial + [v for v in (drop, mask) if v is not None]
-    attrs = {"initial": len(initial)} if initial else {}
+    attrs = dict(more, **({"initial": len(initial)} if initial else {}))
     dx, dk, dr, db, *d_initial = ctx.op(op, *ins, *extra, units=node.attrs["units"], has_bias=bias is not None,
                                         rdrop=drop is not None, masked=mask is not None, seq_grad=seq_grad, **attrs)
     return [dx, dk, dr] + [db] * (bias is not None) + d_initial + [None for v in (drop, mask) if v is not None]
@@ -489,7 +490,11 @@ class _OneStateRecurrence(Op):
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys)
         return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask, dys[0] is not None,
-                        _initial_states(node.inputs, node.attrs))
+                        _initial_states(node.inputs, node.attrs), **self.grad_attrs(node.attrs))
+
+    def grad_attrs(self, attrs):
+        """Attributes the gradient op shares with the op."""
+        return {}
 
 
 def _fused_or_scan(ctx, op, inputs, outputs, attrs):
@@ -607,9 +612,12 @@ class SimpleRNNGrad(Op):
 
 @register
 class GRU(_OneStateRecurrence):
-    """Keras's GRU with reset_after=True. inputs: x [N, T, I], kernel [I, 3u], recurrent_kernel
-    [u, 3u], bias [2, 3u] (input and recurrent biases; optional), mask [N, T] (with attr masked).
-    Gates z, r, h (Keras order). outputs: sequence [N, T, u], last h [N, u]."""
+    """Keras's GRU. inputs: x [N, T, I], kernel [I, 3u], recurrent_kernel [u, 3u], bias (optional;
+    with reset_after [2, 3u], the input and recurrent biases, without it [3u]), mask [N, T] (with
+    attr masked). Gates z, r, h (Keras order). outputs: sequence [N, T, u], last h [N, u].
+    attrs: units, reset_after (absent: true, Keras 3's default, hh = tanh(x W_h + b_h + r * (h R_h
+    + b'_h)); false: the reset gate scales h before its product, hh = tanh(x W_h + b_h + (r * h) R_h),
+    ONNX's linear_before_reset=0), masked, initial, rdrop."""
     name = "GRU"
     gates = 3
     FUSED_MAX_BATCH = 16  # (measured: 16 rows 1.4 ms fused against 4.8 for a Scan's predict; 32 rows 5.4 against 4.4)
@@ -617,14 +625,24 @@ class GRU(_OneStateRecurrence):
     def infer(self, ins, attrs):
         b = _split_inputs(ins, attrs)[3]
         u = attrs["units"]
-        if b is not None and b.shape != (2, 3 * u):
-            raise ShapeError(f"GRU bias must be [2, {3 * u}] (reset_after), got {format_shape(b.shape)}")
+        reset_after = attrs.get("reset_after", True)
+        want = (2, 3 * u) if reset_after else (3 * u,)
+        if b is not None and b.shape != want:
+            raise ShapeError(f"GRU bias must be {format_shape(want)} (reset_after={str(reset_after).lower()}), "
+                             f"got {format_shape(b.shape)}")
         return super().infer(ins, attrs)
 
+    def grad_attrs(self, attrs):
+        return {} if attrs.get("reset_after", True) else {"reset_after": False}
+
     @staticmethod
-    def biases(ctx, bias):
+    def biases(ctx, bias, reset_after=True):
+        """(input bias [3u], recurrent bias [3u]) of the bias input; without reset_after the one
+        bias is the input bias and there is no recurrent one (None)."""
         if bias is None:
             return None, None
+        if not reset_after:
+            return bias, None
         b_in, b_rec = ctx.emit("Split", [bias, ctx.const([1, 1], "int64")],
                                [ctx.fresh("bias"), ctx.fresh("bias")], axis=0)
         squeeze = ctx.const([0], "int64")
@@ -632,32 +650,50 @@ class GRU(_OneStateRecurrence):
 
     def lower_fused(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, bias, _, _ = _split_inputs(inputs, attrs)
-        biases = None if bias is None else self.biases(ctx, bias)
+        u, reset_after = attrs["units"], attrs.get("reset_after", True)
+        if bias is None:
+            biases = None
+        elif reset_after:
+            biases = self.biases(ctx, bias)
+        else:  # (ONNX's recurrent bias R_bh is added after the reset gate: zero here)
+            biases = (bias, ctx.const([0.0] * (3 * u), ctx.dtype(x)))
         # (Keras's gates z, r, h are ONNX's; reset_after is its linear_before_reset)
-        _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs, attrs["units"], linear_before_reset=1,
+        _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs, u, linear_before_reset=int(reset_after),
                          initial=_initial_states(inputs, attrs),
                          activations=[attrs.get("recurrent_activation", "Sigmoid"), attrs.get("activation", "Tanh")])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
-        u = attrs["units"]
-        b_in, b_rec = self.biases(ctx, bias)
+        u, reset_after = attrs["units"], attrs.get("reset_after", True)
+        b_in, b_rec = self.biases(ctx, bias, reset_after)
         xw = ctx.emit("MatMul", [x, kernel])
         if b_in is not None:
             xw = ctx.emit("Add", [xw, b_in])
-        gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
         body = _Body(ctx.dtype(x), masked=mask is not None)
         one = body.const(1.0, "one")
-        hr = _step_product(body, "h_prev", recurrent, drop, gate_kernels)
-        if b_rec is not None:
-            hr = body("Add", hr, b_rec)
-        sizes = body.ints([u] * 3, "sizes")
         xz, xr, xh = "xz", "xr", "xh"
-        body.nodes.append(helper.make_node("Split", ["xw_t", sizes], [xz, xr, xh], axis=-1))
-        body.nodes.append(helper.make_node("Split", [hr, sizes], ["hz", "hr_", "hh_"], axis=-1))
-        z = body("Sigmoid", body("Add", xz, "hz"))
-        r = body("Sigmoid", body("Add", xr, "hr_"))
-        hh = body("Tanh", body("Add", xh, body("Mul", r, "hh_")))
+        body.nodes.append(helper.make_node("Split", ["xw_t", body.ints([u] * 3, "sizes")], [xz, xr, xh], axis=-1))
+        if reset_after:
+            gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
+            hr = _step_product(body, "h_prev", recurrent, drop, gate_kernels)
+            if b_rec is not None:
+                hr = body("Add", hr, b_rec)
+            body.nodes.append(helper.make_node("Split", [hr, "sizes"], ["hz", "hr_", "hh_"], axis=-1))
+            z = body("Sigmoid", body("Add", xz, "hz"))
+            r = body("Sigmoid", body("Add", xr, "hr_"))
+            pre_h = body("Add", xh, body("Mul", r, "hh_"))
+        else:  # z and r from h R_zr; hh from (r * h) R_h (with recurrent dropout, h times each gate's mask)
+            r_zr, r_h, drop_zr, drop_h, kernels_zr = _reset_before_parts(ctx, recurrent, drop, u)
+            hzr = _step_product(body, "h_prev", r_zr, drop_zr, kernels_zr)
+            body.nodes.append(helper.make_node("Split", [hzr, body.ints([u] * 2, "sizes_zr")], ["hz", "hr_"],
+                                               axis=-1))
+            z = body("Sigmoid", body("Add", xz, "hz"))
+            r = body("Sigmoid", body("Add", xr, "hr_"))
+            q = body("Mul", r, "h_prev")
+            if drop_h is not None:
+                q = body("Mul", q, drop_h)
+            pre_h = body("Add", xh, body("MatMul", q, r_h))
+        hh = body("Tanh", pre_h)
         h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
         h = body.blend(h, "h_prev")
         body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
@@ -666,18 +702,38 @@ class GRU(_OneStateRecurrence):
         _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
 
 
+def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):
+    """A reset_after=false GRU's recurrent kernel apart: (R_zr [u, 2u], R_h [u, u] (each transposed
+    if asked), and with recurrent dropout the z and r gates' masks [N, 2, u], the h gate's [N, u] and
+    the z and r gates' kernels [2, u, u] (transposed if asked); else None for those three)."""
+    def part(value, start, end, axis):
+        return ctx.emit("Slice", [value, ctx.const([start], "int64"), ctx.const([end], "int64"),
+                                  ctx.const([axis], "int64")])
+    r_zr, r_h = part(recurrent, 0, 2 * units, 1), part(recurrent, 2 * units, 3 * units, 1)
+    if transposed:
+        r_zr, r_h = (ctx.emit("Transpose", [v], perm=[1, 0]) for v in (r_zr, r_h))
+    if drop is None:
+        return r_zr, r_h, None, None, None
+    drop_h = ctx.emit("Squeeze", [part(drop, 2, 3, 1), ctx.const([1], "int64")])
+    kernels = part(_gate_kernels(ctx, recurrent, units, transposed=transposed), 0, 2, 0)
+    return r_zr, r_h, part(drop, 0, 2, 1), drop_h, kernels
+
+
 @register
 class GRUGrad(Op):
     """inputs: x, kernel, recurrent_kernel, sequence[, d_sequence], d_last_h[, bias][, drop][, mask];
-    outputs: dx, dW, dR, d_bias [2, 3u][, d_initial_h]. attrs: units, seq_grad, has_bias, initial, rdrop,
-    masked."""
+    outputs: dx, dW, dR, d_bias ([2, 3u], or [3u] without reset_after)[, d_initial_h]. attrs: units,
+    reset_after (as GRU's), seq_grad, has_bias, initial, rdrop, masked."""
     name = "GRUGrad"
 
     def infer(self, ins, attrs):
-        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, (2, 3 * attrs["units"]))] + \
-            _initial_grad_types(ins, attrs)
+        u = attrs["units"]
+        bias = (2, 3 * u) if attrs.get("reset_after", True) else (3 * u,)
+        return [ins[0], ins[1], ins[2], TensorType(ins[0].dtype, bias)] + _initial_grad_types(ins, attrs)
 
     def lower(self, ctx, inputs, outputs, attrs):
+        if not attrs.get("reset_after", True):
+            return self.lower_reset_before(ctx, inputs, outputs, attrs)
         x, kernel, recurrent, seq = inputs[:4]
         d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
@@ -721,3 +777,67 @@ class GRUGrad(Op):
         axis0 = ctx.const([0], "int64")
         sums = [ctx.emit("ReduceSum", [v, axis0], keepdims=1) for v in (zx, zh)]
         ctx.emit("Concat", sums, [outputs[3]], axis=0)
+
+    def lower_reset_before(self, ctx, inputs, outputs, attrs):
+        """reset_after=false: hh = tanh(x W_h + b_h + q R_h) with q = r * h_prev (* the h gate's
+        dropout mask m_h). With dh reaching a step's new h = z h_prev + (1 - z) hh, the gate
+        pre-activations get dz_z = dh z' (h_prev - hh), dz_h = dh a with a = (1 - z)(1 - hh^2),
+        and dz_r = dq r' h_prev m_h with dq = dz_h R_h^T; h_prev gets dh z + [dz_z, dz_r] R_zr^T
+        + dq r m_h. dq goes through R_h^T, so dz_r is computed in the reverse Scan's steps."""
+        x, kernel, recurrent, seq = inputs[:4]
+        d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 4, 1)
+        u, dtype = attrs["units"], ctx.dtype(x)
+        h_prev = _shift_right(ctx, seq, u, initial and initial[0])
+        r_zr, r_h, drop_zr, drop_h, kernels_zr = _reset_before_parts(ctx, recurrent, drop, u)
+        # Recompute every step's gates at once from the stored states.
+        xw = ctx.emit("MatMul", [x, kernel])
+        if bias is not None:
+            xw = ctx.emit("Add", [xw, bias])
+        xz, xr, xh = _gates(ctx, xw, u, 3)
+        if drop is None:
+            hzr = ctx.emit("MatMul", [h_prev, r_zr])
+        else:
+            hzr = ctx.emit("Reshape", [ctx.emit("Einsum", [h_prev, drop_zr, kernels_zr], equation="ntu,ngu,guv->ntgv"),
+                                       ctx.const([0, 0, -1], "int64")])
+        hz, hr_ = _gates(ctx, hzr, u, 2)
+        z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
+        r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
+        one, mul, dsigmoid = _elementwise(ctx, dtype)
+        m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([1], "int64")])  # [N, 1, u]
+        h_kept = h_prev if m_h is None else mul(h_prev, m_h)
+        q = mul(r, h_kept)
+        hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("MatMul", [q, r_h])])])
+        a = mul(ctx.emit("Sub", [one, z]), ctx.emit("Sub", [one, mul(hh, hh)]))
+        dz_z = mul(dsigmoid(z), ctx.emit("Sub", [h_prev, hh]))
+        dr_dq = mul(dsigmoid(r), h_kept)
+        dh_dq = r if m_h is None else mul(r, m_h)
+        r_zr_t, r_h_t, _, _, kernels_zr_t = _reset_before_parts(ctx, recurrent, drop, u, transposed=True)
+        body = _Body(dtype, masked=mask is not None)
+        dh_all, d_seq_input = _step_grads(body, d_seq)
+        dh = body.counted(dh_all)  # into the step's own new h; a masked step passes it to h_prev
+        dzz, dzh = body("Mul", dh, "dzz_t"), body("Mul", dh, "a_t")
+        dq = body("MatMul", dzh, r_h_t)
+        dzr = body("Concat", dzz, body("Mul", dq, "drdq_t"), axis=-1)
+        through_gates = _step_product_grad(body, dzr, r_zr_t, drop_zr, kernels_zr_t, u)
+        dh_prev = body("Add", body("Add", body("Mul", dh, "z_t"), through_gates), body("Mul", dq, "dhdq_t"))
+        dh_prev = body.passed(dh_prev, dh_all)
+        body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
+                       helper.make_node("Identity", [body("Concat", dzr, dzh, axis=-1)], ["dz_out"])]
+        graph = body.graph("gru_reset_before_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) +
+                           ["dzz_t", "a_t", "drdq_t", "dhdq_t", "z_t"], ["dh_prev", "dz_out"])
+        dh0, dz_seq = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dz_z, a, dr_dq, dh_dq, z] +
+                                     _step_mask(ctx, mask), 1, ["dh0", "dz"])
+        _initial_grads(ctx, [dh0], outputs[4:])
+        dx, dk, dr, db = outputs[:4]
+        ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
+        dz2 = ctx.emit("Reshape", [dz_seq, ctx.const([-1, 3 * u], "int64")])
+        features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
+        ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), dz2], [dk])
+        dz_zr, dz_h = ctx.emit("Split", [dz_seq, ctx.const([2 * u, u], "int64")], [ctx.fresh("dz_zr"),
+                                                                                    ctx.fresh("dz_h")], axis=-1)
+        d_r_zr = _recurrent_kernel_grad(ctx, h_prev, dz_zr, drop_zr, None, u, ctx.fresh("d_r_zr"), width=2 * u)
+        flat = ctx.const([-1, u], "int64")
+        d_r_h = ctx.emit("MatMul", [ctx.emit("Transpose", [ctx.emit("Reshape", [q, flat])], perm=[1, 0]),
+                                    ctx.emit("Reshape", [dz_h, flat])])
+        ctx.emit("Concat", [d_r_zr, d_r_h], [dr], axis=1)
+        ctx.emit("ReduceSum", [dz2, ctx.const([0], "int64")], [db], keepdims=0)

@@ -6,16 +6,21 @@ def sigmoid(z):
     return 1 / (1 + np.exp(-z))
 
 
-def recurrence(kind, x, weights, units, h0=None, c0=None, return_sequences=False, go_backwards=False):
-    """Keras's SimpleRNN, LSTM and GRU (reset_after) in numpy (batch-major), from the states h0
-    (and c0; zeros where not given): (output, last h, last c)."""
+def recurrence(kind, x, weights, units, h0=None, c0=None, return_sequences=False, go_backwards=False,
+               reset_after=True, mask=None, keep=None):
+    """Keras's SimpleRNN, LSTM and GRU in numpy (batch-major), from the states h0 (and c0; zeros
+    where not given): (output, last h, last c). ``reset_after``: the GRU's form (false: one bias
+    [3u], hh = tanh(x W_h + b_h + (r * h) R_h)); ``mask`` [N, T]: 0 at steps that keep the previous
+    state (and output), read in the order of the steps; ``keep`` [N, G, u]: recurrent dropout's
+    per-gate masks on h (GRU only, Keras 3: the blend uses the undropped h)."""
     kernel, recurrent = weights[0], weights[1]
     bias = weights[2] if len(weights) > 2 else None
     n, steps, _ = x.shape
     h, c = ((s if s is not None else np.zeros((n, units))).astype(np.float64) for s in (h0, c0))
     outputs = []
     for t in (range(steps - 1, -1, -1) if go_backwards else range(steps)):
-        xt = x[:, t]
+        xt, h_before = x[:, t], h
+        hg = [h * keep[:, g] for g in range(3)] if keep is not None else [h] * 3
         if kind == "SimpleRNN":
             h = np.tanh(xt @ kernel + h @ recurrent + (bias if bias is not None else 0))
         elif kind == "LSTM":
@@ -23,12 +28,22 @@ def recurrence(kind, x, weights, units, h0=None, c0=None, return_sequences=False
             i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
             c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
             h = sigmoid(o) * np.tanh(c)
+        elif not reset_after:  # GRU, reset_after=False
+            xw = xt @ kernel + (bias if bias is not None else 0)
+            z = sigmoid(xw[:, :units] + hg[0] @ recurrent[:, :units])
+            r = sigmoid(xw[:, units:2 * units] + hg[1] @ recurrent[:, units:2 * units])
+            hh = np.tanh(xw[:, 2 * units:] + (r * hg[2]) @ recurrent[:, 2 * units:])
+            h = z * h + (1 - z) * hh
         else:  # GRU, reset_after=True
+            assert keep is None
             b_in, b_rec = (bias[0], bias[1]) if bias is not None else (0, 0)
             xw, hr = xt @ kernel + b_in, h @ recurrent + b_rec
             z = sigmoid(xw[:, :units] + hr[:, :units])
             r = sigmoid(xw[:, units:2 * units] + hr[:, units:2 * units])
             hh = np.tanh(xw[:, 2 * units:] + r * hr[:, 2 * units:])
             h = z * h + (1 - z) * hh
+        if mask is not None:
+            m = mask[:, t:t + 1]
+            h = m * h + (1 - m) * h_before
         outputs.append(h)
     return (np.stack(outputs, 1) if return_sequences else h), h, c
