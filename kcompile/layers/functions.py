@@ -5,8 +5,10 @@ functions too, by their names.
 """
 import math
 
+import numpy as np
+
 from ..errors import ShapeError
-from ..ir.types import DTYPES
+from ..ir.types import DTYPES, normalize_axis
 from .activations import ACTIVATIONS, gelu, log_softmax, softmax
 from .base import ArgError, BoolArg
 
@@ -57,6 +59,16 @@ def _minimum(ctx, a, b):
     return ctx.op("Min", a, b)
 
 
+def _positions(ctx, x, axis=1):
+    """positions(x): 0, 1, ..., n-1 along x's ``axis`` (its steps by default), int64 [n] without
+    a batch axis: ``Embedding(maxlen, d)(positions(x))`` adds to [N, n, d] by broadcasting, as
+    Keras's ``Embedding(...)(ops.arange(maxlen))``; n may be a named size (T)."""
+    n = x.shape[normalize_axis(axis, x.rank)] if isinstance(axis, int) and not isinstance(axis, bool) else None
+    if isinstance(n, int):  # (a constant: the passes fold what reads it)
+        return ctx.const(np.arange(n, dtype=np.int64), "int64")
+    return ctx.op("Positions", x, axis=axis)
+
+
 def _transpose(ctx, x, perm=None):
     perm = tuple(perm) if perm is not None else (0,) + tuple(range(x.rank - 1, 0, -1))
     if perm[0] != 0:
@@ -84,6 +96,7 @@ FUNCTIONS = {
     "minimum": _minimum,
     "transpose": _transpose,
     "cast": _cast,
+    "positions": _positions,
 }
 
 # The same names on plain numbers (block parameters: ``sqrt(dim)``), computed at compile time.

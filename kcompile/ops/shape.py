@@ -306,6 +306,28 @@ class ExpandLike(Op):
 
 
 @register
+class Positions(Op):
+    """The positions 0 .. n-1 along ``axis`` of x, int64 [n] (no batch axis): a transformer's
+    position ids, n known at run time where the axis is a named size. attrs: axis."""
+    name = "Positions"
+
+    def infer(self, ins, attrs):
+        x = ins[0]
+        axis = normalize_axis(attrs["axis"], x.rank)
+        if axis == 0:
+            raise ShapeError("positions counts along a step or feature axis, not the batch")
+        return [TensorType("int64", (x.shape[axis],))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        axis = normalize_axis(attrs["axis"], len(ctx.shape(inputs[0])))
+        n = ctx.emit("Squeeze", [ctx.emit("Shape", [inputs[0]], start=axis, end=axis + 1), ctx.const([0], "int64")])
+        ctx.emit("Range", [ctx.const(0, "int64"), n, ctx.const(1, "int64")], outputs)
+
+    def grad(self, ctx, node, dys):
+        return [None]
+
+
+@register
 class Size(Op):
     """Number of elements, an int64 scalar."""
     name = "Size"

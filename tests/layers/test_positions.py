@@ -1,0 +1,45 @@
+"""positions(x): a transformer's position ids, 0 .. n-1 along x's steps (Keras's
+``Embedding(maxlen, d)(ops.arange(maxlen))``), for a fixed length or a named one (T)."""
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile.errors import KcompileError
+
+SOURCE = """model m {{
+    input ids: int64[{length}]
+    tok = Embedding(20, 4)(ids)
+    pos = Embedding(10, 4)(positions(ids))
+    y = tok + pos
+    output y
+    train {{
+        loss = mse
+        optimizer = SGD(0.5)
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("length,steps", [("6", [6]), ("T", [6, 3, 9])])
+def test_position_embeddings_add_to_token_embeddings(length, steps):
+    m = kcompile.compile_string(SOURCE.format(length=length), seed=0)
+    tok, pos = m.get_weights()
+    rng = np.random.default_rng(0)
+    for t in steps:
+        ids = rng.integers(0, 20, (3, t))
+        np.testing.assert_allclose(m.predict(ids), tok[ids] + pos[np.arange(t)][None], rtol=1e-6)
+    # the position table trains, on the rows of the positions seen (one SGD step of mse)
+    ids = rng.integers(0, 20, (2, steps[0]))
+    before = m.get_weights()
+    m.train_on_batch(ids, np.zeros((2, steps[0], 4), np.float32))
+    d_pos = 2 * (before[0][ids] + before[1][np.arange(steps[0])][None]) / (2 * steps[0] * 4)
+    np.testing.assert_allclose(m.get_weights()[1][:steps[0]], before[1][:steps[0]] - 0.5 * d_pos.sum(0),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(m.get_weights()[1][steps[0]:], before[1][steps[0]:])
+
+
+def test_positions_along_the_batch_is_a_located_error():
+    with pytest.raises(KcompileError, match="positions counts along a step or feature axis, not the batch") as info:
+        kcompile.compile_string("model m {\n    input x: float32[T, 3]\n    y = positions(x, axis=0)\n    output y\n}\n",
+                                file="t.kdl")
+    assert info.value.diagnostics[0].loc.line == 3
