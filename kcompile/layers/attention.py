@@ -28,8 +28,13 @@ class MultiHeadAttention(Layer):
     value/kernel [value_features, num_heads, value_dim], value/bias [num_heads, value_dim],
     attention_output/kernel [num_heads, value_dim, output], attention_output/bias [output]
     (biases only with use_bias).
+
+    Called with ``attention_mask=m`` (Keras's call argument), m [Tq, Tv] per sample (any dtype:
+    nonzero where query step i may attend to value step j), which joins the padding and causal
+    masks.
     """
     n_inputs = None  # two or three
+    call_keywords = ("attention_mask",)
 
     def __init__(self, num_heads: IntArg(1), key_dim: IntArg(1), value_dim: Optional(IntArg(1)) = None,
                  dropout: FloatArg(0.0, 1.0) = 0.0, use_bias: BoolArg() = True,
@@ -84,7 +89,7 @@ class MultiHeadAttention(Layer):
         y = ctx.op("Reshape", y, shape=(0, 0, h, size))
         return ctx.op("Transpose", y, perm=(0, 2, 1, 3))
 
-    def call(self, ctx, *inputs):
+    def call(self, ctx, *inputs, attention_mask=None):
         query, value, key = self._inputs(inputs)
         h, dk, dv = self.num_heads, self.key_dim, self.value_dim
         q = self._project(ctx, query, "query", dk)
@@ -93,6 +98,9 @@ class MultiHeadAttention(Layer):
         q = ctx.op("Mul", q, 1.0 / math.sqrt(dk))  # Keras scales the query before the product
         scores = ctx.op("MatMul", q, ctx.op("Transpose", k, perm=(0, 1, 3, 2)))  # [N, h, Tq, Tk]
         allowed = self._padding_mask(ctx, query, value, key, inputs)
+        if attention_mask is not None:
+            given = self._attention_mask(ctx, attention_mask, query, value)
+            allowed = given if allowed is None else ctx.op("Mul", allowed, given)
         if allowed is not None:  # (Keras's masked softmax: -1e9 added where attention is not allowed)
             scores = ctx.op("Add", scores, ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
         probs = ctx.op("Softmax", scores, axis=-1)
@@ -108,6 +116,18 @@ class MultiHeadAttention(Layer):
         if ctx.mask_of(query) is not None:  # (the output keeps the query's steps, and their mask)
             ctx.set_mask(y, ctx.mask_of(query))
         return y
+
+    @staticmethod
+    def _attention_mask(ctx, masks, query, value):
+        """Keras's attention_mask [N, Tq, Tv] as [N, 1, Tq, Tv] 0/1 numbers (nonzero: attend)."""
+        mask = masks[0] if isinstance(masks, (list, tuple)) and len(masks) == 1 else masks
+        want = (query.shape[1], value.shape[1])
+        if isinstance(mask, (list, tuple)) or mask.rank != 3 or tuple(mask.shape[1:]) != want:
+            got = f"{len(mask)} tensors" if isinstance(mask, (list, tuple)) else str(mask.type)
+            raise ShapeError(f"MultiHeadAttention's attention_mask takes one tensor [{want[0]}, {want[1]}] "
+                             f"(query steps, value steps), got {got}")
+        allowed = mask if mask.dtype == "bool" else ctx.op("Cast", mask, to="bool")
+        return ctx.op("Unsqueeze", ctx.op("Cast", allowed, to=query.dtype), axes=(1,))
 
     def _padding_mask(self, ctx, query, value, key, inputs):
         """Where each query step may attend ([N, 1, Tq, Tk] as 0/1 numbers, None where nothing

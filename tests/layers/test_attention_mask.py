@@ -1,0 +1,73 @@
+"""MultiHeadAttention's attention_mask call argument (Keras's): nonzero where query step i may
+attend to value step j, joined with the padding and causal masks; against a numpy reference
+(and Keras with copied weights where it is installed)."""
+import numpy as np
+import pytest
+
+import kcompile
+from kcompile.errors import KcompileError
+
+SOURCE = """model m {{
+    input q: float32[4, 6]
+    input v: float32[5, 6]
+    input mask: {dtype}[4, 5]
+    y = MultiHeadAttention(2, 3{args})(q, v, attention_mask=mask)
+    output y
+}}"""
+
+
+def reference(weights, q, v, mask, causal=False):
+    """Keras 3's MultiHeadAttention in numpy: -1e9 added to the scores where attention is not allowed."""
+    qk, qb, kk, kb, vk, vb, ok, ob = [w.astype(np.float64) for w in weights]
+    qh = np.einsum("ntf,fhd->nhtd", q, qk) + qb[None, :, None]
+    kh = np.einsum("ntf,fhd->nhtd", v, kk) + kb[None, :, None]
+    vh = np.einsum("ntf,fhd->nhtd", v, vk) + vb[None, :, None]
+    scores = np.einsum("nhqd,nhkd->nhqk", qh / np.sqrt(qk.shape[-1]), kh)
+    allowed = (mask != 0)[:, None].astype(np.float64)
+    if causal:
+        allowed = allowed * (np.arange(4)[:, None] >= np.arange(5)[None, :])
+    scores = scores + (1 - allowed) * -1e9
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("nhqd,hdo->nqo", np.einsum("nhqk,nhkd->nhqd", p, vh), ok) + ob
+
+
+@pytest.mark.parametrize("dtype,args", [("int32", ""), ("bool", ""), ("float32", ", use_causal_mask=true")])
+def test_attention_mask_against_numpy(dtype, args):
+    m = kcompile.compile_string(SOURCE.format(dtype=dtype, args=args))
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
+    m.set_weights(weights)
+    q, v = rng.standard_normal((3, 4, 6)).astype(np.float32), rng.standard_normal((3, 5, 6)).astype(np.float32)
+    mask = rng.integers(0, 2, (3, 4, 5))
+    mask[0, 1] = 0  # (a query step that may attend nowhere: a uniform softmax, as Keras)
+    mask[:, :, 0] = 1  # (so that the causal mask leaves each step something)
+    if dtype == "float32":
+        mask = mask * 3.0  # (any nonzero number allows)
+    got = m.predict({"q": q, "v": v, "mask": mask.astype(dtype)})
+    want = reference(weights, q.astype(np.float64), v.astype(np.float64), mask, causal="causal" in args)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_mask_matches_keras(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip("Keras was imported with another backend")
+    q_in, v_in, m_in = keras.Input((4, 6)), keras.Input((5, 6)), keras.Input((4, 5), dtype="int32")
+    layer = keras.layers.MultiHeadAttention(2, 3)
+    ref = keras.Model([q_in, v_in, m_in], layer(q_in, v_in, attention_mask=m_in))
+    rng = np.random.default_rng(1)
+    ref.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in ref.get_weights()])
+    m = kcompile.compile_string(SOURCE.format(dtype="int32", args=""))
+    m.set_weights(ref.get_weights())
+    q, v = rng.standard_normal((3, 4, 6)).astype(np.float32), rng.standard_normal((3, 5, 6)).astype(np.float32)
+    mask = rng.integers(0, 2, (3, 4, 5)).astype(np.int32)
+    np.testing.assert_allclose(m.predict({"q": q, "v": v, "mask": mask}),
+                               np.asarray(ref.predict([q, v, mask], verbose=0)), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_mask_of_the_wrong_shape_is_a_located_error():
+    with pytest.raises(KcompileError, match=r"MultiHeadAttention's attention_mask takes one tensor \[4, 5\] "
+                                            r"\(query steps, value steps\), got int32\[N, 5, 4\]"):
+        kcompile.compile_string(SOURCE.format(dtype="int32", args="").replace("int32[4, 5]", "int32[5, 4]"))
