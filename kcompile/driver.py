@@ -275,6 +275,22 @@ def embedding_id_ranges(g: Graph) -> dict:
     return ranges
 
 
+def position_ranges(g: Graph) -> list:
+    """[input, axis, rows] for each Embedding table looked up by positions(input) over a named
+    size: the runtime refuses an input whose steps outrun the table (onnxruntime's Gather fails,
+    or its optimized form clamps silently)."""
+    ranges = []
+    for node in g.nodes():
+        if node.op != "Gather" or node.inputs[0] not in g.params:
+            continue
+        producer = g.producer_of(node.inputs[1])
+        if producer is not None and producer.op == "Positions" and producer.inputs[0] in g.inputs:
+            x = producer.inputs[0]
+            axis = producer.attrs["axis"] % g.types[x].rank
+            ranges.append([x, axis, g.params[node.inputs[0]].type.shape[0]])
+    return ranges
+
+
 def manifest_for(compiled: Compiled, seed: int) -> dict:
     import onnx
     from .backend import IR_VERSION, OPSET
@@ -302,6 +318,7 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
         "activation_bytes_per_sample": activation_bytes_per_sample(g),
         "rows_independent": not mixes_samples(g, []),
         "id_ranges": embedding_id_ranges(g),
+        "position_ranges": position_ranges(g),
         "opt_level": compiled.opt_level,
         "seed": seed,
         "train": compiled.train,

@@ -101,8 +101,9 @@ class MultiHeadAttention(Layer):
         if attention_mask is not None:
             given = self._attention_mask(ctx, attention_mask, query, value)
             allowed = given if allowed is None else ctx.op("Mul", allowed, given)
-        if allowed is not None:  # (Keras's masked softmax: -1e9 added where attention is not allowed)
-            scores = ctx.op("Add", scores, ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
+        if allowed is not None:  # (Keras's masked softmax: where(allowed, scores, -1e9); a score masked out
+            # takes no gradient, so a query row masked everywhere trains nothing upstream, as in Keras)
+            scores = ctx.op("Add", ctx.op("Mul", scores, allowed), ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
         probs = ctx.op("Softmax", scores, axis=-1)
         if self.dropout > 0:
             probs = ctx.op("Dropout", probs, rate=self.dropout)

@@ -70,6 +70,11 @@ class Embedding(Layer):
                                          self.embeddings_initializer)
 
     def call(self, ctx, ids):
+        known = ctx.graph.consts.get(ids.name)  # (positions(x) of a fixed length: 0 .. n-1)
+        if known is not None and known.size and (known.min() < 0 or known.max() >= self.input_dim):
+            raise ShapeError(f"Embedding's ids run from {known.min()} to {known.max()}; its table has {self.input_dim} "
+                             f"rows (ids 0 to {self.input_dim - 1})",
+                             f"Embedding({known.max() + 1}, ...) or more rows" if known.min() >= 0 else None)
         if ids.dtype not in ("int32", "int64"):  # (uint8/int8 ids, as Keras takes them: ONNX's Gather does not)
             ids = ctx.op("Cast", ids, to="int32")
         out = ctx.op("Gather", self.embeddings, ids, axis=0)

@@ -186,7 +186,11 @@ class SigmoidCrossEntropy(Binary):
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, y = inputs
-        tail = ctx.emit("Softplus", [ctx.emit("Neg", [ctx.emit("Abs", [x])])])
+        negative = ctx.emit("Neg", [ctx.emit("Abs", [x])])
+        if ctx.dtype(x) == "float32":
+            tail = ctx.emit("Softplus", [negative])
+        else:  # (onnxruntime's CPU provider has Softplus for float32 only; exp(-|x|) <= 1 keeps this stable)
+            tail = ctx.emit("Log", [ctx.emit("Add", [ctx.const(1.0, ctx.dtype(x)), ctx.emit("Exp", [negative])])])
         ctx.emit("Add", [ctx.emit("Sub", [ctx.emit("Relu", [x]), ctx.emit("Mul", [x, y])]), tail], outputs)
 
     def partials(self, ctx, x, y, out, dy):

@@ -158,6 +158,11 @@ def check_lengths(arrays: dict, manifest: dict, where: str, seen: set) -> None:
     key = tuple(sorted(sizes.items()))
     if key in seen:
         return
+    for name, axis, rows in manifest.get("position_ranges", []):
+        steps = arrays[name].shape[axis] if name in arrays else 0
+        if steps > rows:
+            raise ShapeMismatch(f"{where}: input {name!r} has {steps} steps; positions({name}) look up an Embedding "
+                                f"table of {rows} rows (positions 0 to {rows - 1})")
     shapes = [(f"output {o['name']}", o["shape"]) for o in manifest["outputs"]] + \
              [(f"layer {layer['name']}'s output", shape) for layer in manifest.get("layers", [])
               for shape in layer.get("output_shapes", [])]

@@ -319,6 +319,7 @@ class Model(LayersMixin, TrainingMixin):
         if names is None:
             self.set_weights(ordered)
             return
+        names = _renamed_since(names, self._param_names)
         if sorted(names) != sorted(self._param_names) or len(names) != len(ordered):
             missing, extra = set(self._param_names) - set(names), set(names) - set(self._param_names)
             raise ValueError(f"load_weights: {path} holds weights of another model"
@@ -372,6 +373,19 @@ class Model(LayersMixin, TrainingMixin):
 
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+# Weight names earlier kcompile versions wrote, by the name that replaced them (Keras 3's).
+RENAMED = {"depthwise_kernel": "kernel"}  # (DepthwiseConv2D's kernel, renamed in 0.2.0's successor)
+
+
+def _renamed_since(names: list, current: list) -> list:
+    """A weights file's names, each old one the model lacks taken for its new name."""
+    have = set(current)
+    out = []
+    for name in names:
+        layer, _, short = name.rpartition("/")
+        new = f"{layer}/{RENAMED[short]}" if short in RENAMED else None
+        out.append(new if name not in have and new in have and new not in names else name)
+    return out
 
 
 def _refuse_keras_file(path: Path, where: str) -> None:

@@ -71,3 +71,29 @@ def test_attention_mask_of_the_wrong_shape_is_a_located_error():
     with pytest.raises(KcompileError, match=r"MultiHeadAttention's attention_mask takes one tensor \[4, 5\] "
                                             r"\(query steps, value steps\), got int32\[N, 5, 4\]"):
         kcompile.compile_string(SOURCE.format(dtype="int32", args="").replace("int32[4, 5]", "int32[5, 4]"))
+
+
+def test_a_query_masked_everywhere_trains_nothing_upstream_as_keras():
+    """Keras's masked softmax is where(mask, scores, -1e9): a masked score takes no gradient, so
+    a query step that may attend nowhere sends none to the query and key kernels (adding -1e9
+    to the scores passed the uniform softmax's gradient through)."""
+    m = kcompile.compile_string("""model m {
+    input q: float32[1, 6]
+    input v: float32[5, 6]
+    input mask: int32[1, 5]
+    y = MultiHeadAttention(2, 3)(q, v, attention_mask=mask)
+    output y
+    train {
+        loss = mse
+        optimizer = SGD(0.1)
+    }
+}""")
+    rng = np.random.default_rng(2)
+    before = dict(zip(m.weight_names, m.get_weights()))
+    m.train_on_batch({"q": rng.standard_normal((4, 1, 6)).astype(np.float32),
+                      "v": rng.standard_normal((4, 5, 6)).astype(np.float32), "mask": np.zeros((4, 1, 5), np.int32)},
+                     rng.standard_normal((4, 1, 6)).astype(np.float32))
+    after = dict(zip(m.weight_names, m.get_weights()))
+    for name in ("query/kernel", "query/bias", "key/kernel", "key/bias"):
+        np.testing.assert_array_equal(after[f"multi_head_attention/{name}"], before[f"multi_head_attention/{name}"])
+    assert not np.array_equal(after["multi_head_attention/value/kernel"], before["multi_head_attention/value/kernel"])

@@ -43,3 +43,18 @@ def test_positions_along_the_batch_is_a_located_error():
         kcompile.compile_string("model m {\n    input x: float32[T, 3]\n    y = positions(x, axis=0)\n    output y\n}\n",
                                 file="t.kdl")
     assert info.value.diagnostics[0].loc.line == 3
+
+
+def test_positions_past_the_table_are_refused():
+    """A fixed length at compile time; a named one at run time (onnxruntime's Gather failed, and
+    predict's optimized graph clamped the positions silently)."""
+    with pytest.raises(KcompileError, match=r"Embedding's ids run from 0 to 11; its table has 10 rows"):
+        kcompile.compile_string(SOURCE.format(length="12"))
+    m = kcompile.compile_string(SOURCE.format(length="T"))
+    ids = np.ones((2, 12), np.int64)
+    for run in (lambda: m.predict(ids), lambda: m.train_on_batch(ids, np.zeros((2, 12, 4), np.float32)),
+                lambda: m.evaluate(ids, np.zeros((2, 12, 4), np.float32), verbose=0)):
+        with pytest.raises(kcompile.ShapeMismatch, match=r"input 'ids' has 12 steps; positions\(ids\) look up an "
+                                                         r"Embedding table of 10 rows"):
+            run()
+    assert m.predict(ids[:, :10]).shape == (2, 10, 4)

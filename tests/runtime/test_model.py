@@ -568,3 +568,13 @@ def test_depthwise_conv2d_weights_have_keras_3_names():
                                 "    z = SeparableConv2D(4, 3)(x)\n    output y, z\n}\n")
     assert m.weight_names == ["depthwise_conv2d/kernel", "depthwise_conv2d/bias", "separable_conv2d/depthwise_kernel",
                               "separable_conv2d/pointwise_kernel", "separable_conv2d/bias"]
+
+
+def test_load_weights_takes_a_depthwise_kernel_saved_under_its_keras_2_name(tmp_path):
+    """Files written before DepthwiseConv2D's kernel took Keras 3's name load into it."""
+    m = kcompile.compile_string("model m {\n    input x: float32[6, 6, 2]\n    y = DepthwiseConv2D(3)(x)\n    output y\n}\n")
+    kernel, bias = (w + 1 for w in m.get_weights())
+    np.savez(tmp_path / "old.npz", **{"0000": kernel, "0001": bias},
+             names=np.array(["depthwise_conv2d/depthwise_kernel", "depthwise_conv2d/bias"]))
+    m.load_weights(tmp_path / "old.npz")
+    np.testing.assert_array_equal(m.get_weights()[0], kernel)

@@ -592,3 +592,19 @@ def test_depthwise_and_pointwise_regularizers_penalize_their_kernels():
     depthwise, pointwise = (w.astype(np.float64) for w in m.get_weights()[:2])
     expected = 0.5 * (depthwise ** 2).sum() + 0.25 * np.abs(pointwise).sum()  # (zero data: the loss is the penalties)
     assert m.evaluate(x, y, verbose=0) == pytest.approx(expected, rel=1e-5)
+
+
+def test_binary_crossentropy_trains_a_float64_model():
+    """onnxruntime's CPU provider has Softplus for float32 only: the float64 lowering uses
+    log(1 + exp(-|x|)); one SGD step against numpy."""
+    m = kcompile.compile_string("model m {\n    input x: float64[3]\n    p = Dense(1, activation=sigmoid)(x)\n"
+                                "    output p\n    train {\n        loss = binary_crossentropy\n"
+                                "        optimizer = SGD(0.5)\n    }\n}\n", seed=0)
+    kernel, bias = m.get_weights()
+    x = np.array([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])
+    y = np.array([[1.0], [0.0]])
+    z = x @ kernel + bias
+    p = 1 / (1 + np.exp(-z))
+    loss = m.train_on_batch(x, y)
+    assert loss == pytest.approx(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))), rel=1e-12)
+    np.testing.assert_allclose(m.get_weights()[0], kernel - 0.5 * x.T @ (p - y) / 2, rtol=1e-12)

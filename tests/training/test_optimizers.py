@@ -568,13 +568,13 @@ def test_nadam_momentum_product_at_any_step(steps_before):
     (a checkpoint resumed there) against Keras's formula with the product run step by step."""
     m = kcompile.compile_string("model m {\n    input x: float32[3]\n    y = Dense(2, use_bias=false)(x)\n"
                                 "    output y\n    train {\n        loss = mse\n"
-                                "        optimizer = Nadam(learning_rate=0.1, beta_1=0.99)\n    }\n}\n", seed=0)
+                                "        optimizer = Nadam(learning_rate=0.1, beta_1=0.9999)\n    }\n}\n", seed=0)
     m._iterations = steps_before  # (as a checkpoint saved after that many steps)
     w = m.get_weights()[0].astype(np.float64)
     x = np.array([[1.0, -2.0, 0.5]], np.float32)
     y = np.array([[0.3, -0.1]], np.float32)
     g = 2 * x.T.astype(np.float64) @ (x.astype(np.float64) @ w - y) / 2  # d mean((xw - y)^2) / dw
-    b1, b2, eps, lr, t = 0.99, 0.999, 1e-7, 0.1, steps_before + 1
+    b1, b2, eps, lr, t = 0.9999, 0.999, 1e-7, 0.1, steps_before + 1  # (b1^2500 = 0.78: the product counts)
     u_product = 1.0
     for i in range(1, t + 1):
         u_product *= b1 * (1 - 0.5 * 0.96 ** i)
