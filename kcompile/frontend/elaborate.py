@@ -696,6 +696,10 @@ class Elaborator:
         kwargs = dict(kwargs or {})
         # (a call's keyword arguments are tensors: a recurrent layer's initial_state=[h, c])
         extra = {k: kwargs.pop(k) for k in getattr(layer, "call_keywords", ()) if k in kwargs}
+        flags = {k: kwargs.pop(k) for k in getattr(layer, "call_flags", ()) if k in kwargs}  # (true/false ones)
+        for k, v in flags.items():
+            if not isinstance(v, bool):
+                raise _Fail(f"{layer.kind()}'s call argument {k} is true or false, got {self.describe(v)}", loc)
         if "initial_state" in kwargs:
             raise _Fail(f"{layer.kind()} does not take initial_state", loc,
                         "SimpleRNN, LSTM, GRU and Bidirectional do: LSTM(16)(x, initial_state=[h, c])")
@@ -740,7 +744,7 @@ class Elaborator:
             elif isinstance(layer, ModelLayer):
                 out = self.call_model_body(layer, inputs, loc, frame)
             else:
-                out = layer.call(b, *inputs, **extra)
+                out = layer.call(b, *inputs, **extra, **flags)
             if layer.propagates_mask and len(inputs) == 1 and isinstance(out, Tensor) and \
                     b.mask_of(inputs[0]) is not None and b.mask_of(out) is None:
                 b.set_mask(out, b.mask_of(inputs[0]))

@@ -31,10 +31,13 @@ class MultiHeadAttention(Layer):
 
     Called with ``attention_mask=m`` (Keras's call argument), m [Tq, Tv] per sample (any dtype:
     nonzero where query step i may attend to value step j), which joins the padding and causal
-    masks.
+    masks; with ``return_attention_scores=true`` it also gives the attention probabilities
+    [num_heads, Tq, Tv] per sample (``y, scores = MultiHeadAttention(2, 8)(q, v,
+    return_attention_scores=true)``); ``use_causal_mask=true`` in the call is the argument's.
     """
     n_inputs = None  # two or three
     call_keywords = ("attention_mask",)
+    call_flags = ("return_attention_scores", "use_causal_mask")
 
     def __init__(self, num_heads: IntArg(1), key_dim: IntArg(1), value_dim: Optional(IntArg(1)) = None,
                  dropout: FloatArg(0.0, 1.0) = 0.0, use_bias: BoolArg() = True,
@@ -47,7 +50,7 @@ class MultiHeadAttention(Layer):
         self.dropout, self.use_bias, self.output_shape = dropout, use_bias, output_shape
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
 
-    def _inputs(self, inputs):
+    def _inputs(self, inputs, causal=False):
         if len(inputs) not in (2, 3):
             raise ShapeError(f"MultiHeadAttention takes (query, value) or (query, value, key), got {len(inputs)} inputs")
         query, value = inputs[:2]
@@ -59,7 +62,7 @@ class MultiHeadAttention(Layer):
         if key.shape[1] != value.shape[1]:
             raise ShapeError(f"MultiHeadAttention key and value need one number of steps, got "
                              f"{key.shape[1]} and {value.shape[1]}")
-        if self.use_causal_mask and not (isinstance(query.shape[1], int) and isinstance(value.shape[1], int)):
+        if causal and not (isinstance(query.shape[1], int) and isinstance(value.shape[1], int)):
             raise ShapeError(f"MultiHeadAttention use_causal_mask needs known numbers of steps, got "
                              f"{query.shape[1]} and {value.shape[1]}")
         return query, value, key
@@ -89,22 +92,23 @@ class MultiHeadAttention(Layer):
         y = ctx.op("Reshape", y, shape=(0, 0, h, size))
         return ctx.op("Transpose", y, perm=(0, 2, 1, 3))
 
-    def call(self, ctx, *inputs, attention_mask=None):
-        query, value, key = self._inputs(inputs)
+    def call(self, ctx, *inputs, attention_mask=None, return_attention_scores=False, use_causal_mask=None):
+        causal = self.use_causal_mask if use_causal_mask is None else use_causal_mask  # (the call's, as Keras)
+        query, value, key = self._inputs(inputs, causal)
         h, dk, dv = self.num_heads, self.key_dim, self.value_dim
         q = self._project(ctx, query, "query", dk)
         k = self._project(ctx, key, "key", dk)
         v = self._project(ctx, value, "value", dv)
         q = ctx.op("Mul", q, 1.0 / math.sqrt(dk))  # Keras scales the query before the product
         scores = ctx.op("MatMul", q, ctx.op("Transpose", k, perm=(0, 1, 3, 2)))  # [N, h, Tq, Tk]
-        allowed = self._padding_mask(ctx, query, value, key, inputs)
+        allowed = self._padding_mask(ctx, query, value, key, inputs, causal)
         if attention_mask is not None:
             given = self._attention_mask(ctx, attention_mask, query, value)
             allowed = given if allowed is None else ctx.op("Mul", allowed, given)
         if allowed is not None:  # (Keras's masked softmax: where(allowed, scores, -1e9); a score masked out
             # takes no gradient, so a query row masked everywhere trains nothing upstream, as in Keras)
             scores = ctx.op("Add", ctx.op("Mul", scores, allowed), ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
-        probs = ctx.op("Softmax", scores, axis=-1)
+        scores = probs = ctx.op("Softmax", scores, axis=-1)  # (Keras returns them before the dropout)
         if self.dropout > 0:
             probs = ctx.op("Dropout", probs, rate=self.dropout)
         attended = ctx.op("MatMul", probs, v)  # [N, h, Tq, dv]
@@ -116,7 +120,7 @@ class MultiHeadAttention(Layer):
             y = ctx.op("Add", y, bias)
         if ctx.mask_of(query) is not None:  # (the output keeps the query's steps, and their mask)
             ctx.set_mask(y, ctx.mask_of(query))
-        return y
+        return (y, scores) if return_attention_scores else y
 
     @staticmethod
     def _attention_mask(ctx, masks, query, value):
@@ -130,7 +134,7 @@ class MultiHeadAttention(Layer):
         allowed = mask if mask.dtype == "bool" else ctx.op("Cast", mask, to="bool")
         return ctx.op("Unsqueeze", ctx.op("Cast", allowed, to=query.dtype), axes=(1,))
 
-    def _padding_mask(self, ctx, query, value, key, inputs):
+    def _padding_mask(self, ctx, query, value, key, inputs, causal):
         """Where each query step may attend ([N, 1, Tq, Tk] as 0/1 numbers, None where nothing
         is masked), from the inputs' step masks (Embedding(mask_zero=true)), as Keras 3's
         MultiHeadAttention: a masked query step attends nowhere (a uniform softmax), a masked
@@ -144,7 +148,7 @@ class MultiHeadAttention(Layer):
                 continue
             m = ctx.op("Unsqueeze", ctx.op("Cast", mask, to=query.dtype), axes=(axis,))  # [N, Tq, 1] or [N, 1, Tk]
             allowed = m if allowed is None else ctx.op("Mul", allowed, m)
-        if self.use_causal_mask:  # (Keras: query step i sees value steps j <= i)
+        if causal:  # (Keras: query step i sees value steps j <= i)
             rows, cols = query.shape[1], value.shape[1]
             causal = ctx.const((np.arange(rows)[:, None] >= np.arange(cols)[None, :])[None].astype(query.dtype),
                                query.dtype)

@@ -16,7 +16,7 @@ SOURCE = """model m {{
 }}"""
 
 
-def reference(weights, q, v, mask, causal=False):
+def reference(weights, q, v, mask, causal=False, with_probabilities=False):
     """Keras 3's MultiHeadAttention in numpy: -1e9 added to the scores where attention is not allowed."""
     qk, qb, kk, kb, vk, vb, ok, ob = [w.astype(np.float64) for w in weights]
     qh = np.einsum("ntf,fhd->nhtd", q, qk) + qb[None, :, None]
@@ -29,7 +29,8 @@ def reference(weights, q, v, mask, causal=False):
     scores = scores + (1 - allowed) * -1e9
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    return np.einsum("nhqd,hdo->nqo", np.einsum("nhqk,nhkd->nhqd", p, vh), ok) + ob
+    out = np.einsum("nhqd,hdo->nqo", np.einsum("nhqk,nhkd->nhqd", p, vh), ok) + ob
+    return (out, p) if with_probabilities else out
 
 
 @pytest.mark.parametrize("dtype,args", [("int32", ""), ("bool", ""), ("float32", ", use_causal_mask=true")])
@@ -97,3 +98,36 @@ def test_a_query_masked_everywhere_trains_nothing_upstream_as_keras():
     for name in ("query/kernel", "query/bias", "key/kernel", "key/bias"):
         np.testing.assert_array_equal(after[f"multi_head_attention/{name}"], before[f"multi_head_attention/{name}"])
     assert not np.array_equal(after["multi_head_attention/value/kernel"], before["multi_head_attention/value/kernel"])
+
+
+def test_return_attention_scores_and_use_causal_mask_in_the_call():
+    """y, scores = MultiHeadAttention(...)(q, v, return_attention_scores=true): the probabilities
+    [heads, Tq, Tv] before dropout, as Keras; use_causal_mask=true in the call as in the layer's
+    arguments (a shared layer keeps its own setting for its other calls)."""
+    m = kcompile.compile_string("""model m {
+    input q: float32[4, 6]
+    input v: float32[5, 6]
+    input mask: int32[4, 5]
+    layer att = MultiHeadAttention(2, 3, dropout=0.5)
+    y, s = att(q, v, attention_mask=mask, return_attention_scores=true, use_causal_mask=true)
+    z = att(q, v, attention_mask=mask)
+    output y, s, z
+}""")
+    rng = np.random.default_rng(3)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in m.get_weights()]
+    m.set_weights(weights)
+    q, v = rng.standard_normal((3, 4, 6)).astype(np.float32), rng.standard_normal((3, 5, 6)).astype(np.float32)
+    mask = rng.integers(0, 2, (3, 4, 5)).astype(np.int32)
+    mask[:, :, 0] = 1
+    y, s, z = m.predict({"q": q, "v": v, "mask": mask})
+    want_y, want_s = reference(weights, q.astype(np.float64), v.astype(np.float64), mask, causal=True,
+                               with_probabilities=True)
+    assert s.shape == (3, 2, 4, 5)
+    np.testing.assert_allclose(s, want_s, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(z, reference(weights, q.astype(np.float64), v.astype(np.float64), mask),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(KcompileError, match="MultiHeadAttention's call argument return_attention_scores is true "
+                                            "or false, got 1"):
+        kcompile.compile_string(SOURCE.format(dtype="int32", args="").replace(
+            "attention_mask=mask)", "attention_mask=mask, return_attention_scores=1)"))
