@@ -316,8 +316,11 @@ def _check_resumable(model, compiled, out, file):
     afresh = f"run without --resume to start afresh (replacing {out}), or give -o another folder"
     if model.name != compiled.graph.name:
         raise KcompileError(f"{out} holds a checkpoint of model {model.name}, not {compiled.graph.name}; {afresh}")
-    saved = {p["name"]: (list(p["shape"]), p["dtype"]) for p in model.manifest["parameters"]}
+    from .runtime.model import _renamed_since
     now = {p.name: (list(p.type.shape), p.type.dtype) for p in compiled.graph.params.values()}
+    params = model.manifest["parameters"]  # (under the names they have now: DepthwiseConv2D's kernel was renamed)
+    saved = dict(zip(_renamed_since([p["name"] for p in params], list(now)),
+                     ((list(p["shape"]), p["dtype"]) for p in params)))
     if saved != now:
         differ = sorted(n for n in set(saved) | set(now) if saved.get(n) != now.get(n))
         raise KcompileError(f"{out}'s weights do not fit {file}'s model {compiled.graph.name} any more (the source "

@@ -194,3 +194,23 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_
     assert main(["train", str(ROOT / "examples" / "iris_mlp.kdl"), "--data", iris_data(tmp_path), "-o", str(out)]) == 1
     text, err = capsys.readouterr()
     assert f"cannot write the checkpoint {out}" in err and "loss:" not in text, err
+
+
+def test_resume_takes_a_checkpoint_with_depthwise_conv2ds_old_kernel_name():
+    """A checkpoint written before DepthwiseConv2D's kernel took Keras 3's name still fits the
+    source (its weights are the same), so --resume goes on (it was refused)."""
+    import types
+
+    from kcompile.cli import _check_resumable
+    from kcompile.driver import compile_source
+    source = ("model m {\n    input x: float32[6, 6, 2]\n    y = DepthwiseConv2D(3)(x)\n    output y\n"
+              "    train {\n        loss = mse\n        optimizer = SGD(0.1)\n    }\n}\n")
+    compiled = compile_source(source, "m.kdl")
+    params = [{"name": p.name.replace("/kernel", "/depthwise_kernel"), "shape": list(p.type.shape),
+               "dtype": p.type.dtype} for p in compiled.graph.params.values()]
+    assert params[0]["name"] == "depthwise_conv2d/depthwise_kernel"
+    old = types.SimpleNamespace(name="m", manifest={"parameters": params, "source": {"sha256": ""}})
+    _check_resumable(old, compiled, "ck", "m.kdl")  # (a note that the source changed, no error)
+    params[0]["shape"] = [3, 3, 2, 2]
+    with pytest.raises(kcompile.KcompileError, match="weights do not fit m.kdl's model m any more"):
+        _check_resumable(old, compiled, "ck", "m.kdl")
