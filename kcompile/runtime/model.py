@@ -166,7 +166,7 @@ class Model(LayersMixin, TrainingMixin):
         the same results. ``steps``: the first that many batches only, as Keras. Returns an array
         for a one-output model, else a list in the model's output order."""
         batch_size = count(batch_size, "predict", "batch_size", none=True)
-        steps = count(steps, "predict", "steps", none=True)
+        steps = count(steps, "predict", "steps", 0, none=True) or None  # (0: all, as Keras)
         feeds = self._prepare(x, "predict")
         if steps is not None and batch_size is not None:
             feeds = {k: v[:steps * batch_size] for k, v in feeds.items()}

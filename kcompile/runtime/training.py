@@ -662,7 +662,7 @@ class TrainingMixin:
         ``steps``: the first that many batches only (None: all of them)."""
         self._require_training("evaluate")
         from ..callbacks import CallbackList
-        steps = count(steps, "evaluate", "steps", none=True)
+        steps = count(steps, "evaluate", "steps", 0, none=True) or None  # (0: all, as Keras)
         batches = Batches.of(self, x, y, batch_size, shuffle=False, seed=self.seed, where="evaluate",
                              steps=steps, sample_weight=sample_weight)
         verbose = 1 if verbose == "auto" else verbose

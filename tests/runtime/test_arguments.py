@@ -97,8 +97,12 @@ def test_metrics_names_and_steps_as_keras(model):
     first = model.evaluate(X[:4], Y[:4], batch_size=2, verbose=0)
     assert model.evaluate(X, Y, batch_size=2, steps=2, verbose=0) == pytest.approx(first)
     assert model.predict(X, batch_size=3, steps=2).shape == (6, 3)
-    with pytest.raises(ValueError, match="predict: steps must be a positive integer or None, got 0"):
-        model.predict(X, steps=0)
+    # (Keras takes steps=0 as all the batches)
+    assert model.predict(X, batch_size=3, steps=0).shape == model.predict(X, batch_size=3).shape
+    assert model.evaluate(X, Y, batch_size=2, steps=0, verbose=0) == pytest.approx(
+        model.evaluate(X, Y, batch_size=2, verbose=0))
+    with pytest.raises(ValueError, match="predict: steps must be an integer of at least 0 or None, got -1"):
+        model.predict(X, steps=-1)
 
 
 def test_kcompile_callbacks_is_an_attribute_after_import():
