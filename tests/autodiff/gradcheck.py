@@ -115,3 +115,12 @@ def check_gradients(src, feeds, model=None, seed=0, samples=12, h=1e-6, rtol=1e-
                 f"d loss / d {w}[{i}]: generated {got:.12g}, finite differences {numeric:.12g}"
             checked += 1
     return checked, forward_outputs
+
+
+def expected_checks(src, feeds, samples=12):
+    """How many entries check_gradients compares for ``src``: up to ``samples`` of every weight
+    and float input (tests assert it, so that no weight or input is left unchecked)."""
+    import kcompile
+    sizes = [w.size for w in kcompile.compile_string(src).get_weights()] + \
+        [v.size for v in feeds.values() if np.asarray(v).dtype.kind == "f"]
+    return sum(min(samples, n) for n in sizes)

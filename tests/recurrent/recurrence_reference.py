@@ -47,3 +47,10 @@ def recurrence(kind, x, weights, units, h0=None, c0=None, return_sequences=False
             h = m * h + (1 - m) * h_before
         outputs.append(h)
     return (np.stack(outputs, 1) if return_sequences else h), h, c
+
+
+def random_weights(m, rng, scale=0.5):
+    """Set m's weights to normal numbers (sd ``scale``) in its dtype; returns them."""
+    weights = [rng.normal(0, scale, w.shape).astype(w.dtype) for w in m.get_weights()]
+    m.set_weights(weights)
+    return weights

@@ -12,7 +12,7 @@ import pytest
 import kcompile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
-from gradcheck import check_gradients  # noqa: E402
+from gradcheck import check_gradients, expected_checks  # noqa: E402
 
 STATE_NAMES = {"SimpleRNN": ["h"], "GRU": ["h"], "LSTM": ["h", "c"]}
 
@@ -135,13 +135,6 @@ def test_bidirectional_encoder_starts_a_decoder_as_keras(kind, keras):
     tgt = np.array([[0, 1, 2, 0, 0], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0], [6, 0, 1, 0, 2]])
     want = np.asarray(reference_model.predict([IDS, tgt], verbose=0))
     np.testing.assert_allclose(m.predict({"source": IDS, "target": tgt}), want, rtol=1e-5, atol=2e-6)
-
-
-def expected_checks(src, feeds):
-    """check_gradients's count: up to 12 entries of every weight and float input."""
-    sizes = [w.size for w in kcompile.compile_string(src).get_weights()] + \
-        [v.size for v in feeds.values() if v.dtype.kind == "f"]
-    return sum(min(12, n) for n in sizes)
 
 
 @pytest.mark.parametrize("kind, options, merge_mode", [

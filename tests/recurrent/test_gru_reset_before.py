@@ -11,21 +11,8 @@ import pytest
 import kcompile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
-from gradcheck import check_gradients  # noqa: E402
-from recurrence_reference import recurrence  # noqa: E402
-
-
-def random_weights(m, rng, scale=0.5):
-    weights = [rng.normal(0, scale, w.shape).astype(w.dtype) for w in m.get_weights()]
-    m.set_weights(weights)
-    return weights
-
-
-def expected_checks(src, feeds):
-    """check_gradients's count: up to 12 entries of every weight and float input."""
-    sizes = [w.size for w in kcompile.compile_string(src).get_weights()] + \
-        [v.size for v in feeds.values() if np.asarray(v).dtype.kind == "f"]
-    return sum(min(12, n) for n in sizes)
+from gradcheck import check_gradients, expected_checks  # noqa: E402
+from recurrence_reference import recurrence, random_weights  # noqa: E402
 
 
 def test_weights_are_keras_reset_before_shapes():

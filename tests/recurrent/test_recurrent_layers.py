@@ -12,18 +12,11 @@ from kcompile.driver import compile_source
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
 from gradcheck import check_gradients  # noqa: E402
-from recurrence_reference import recurrence, sigmoid  # noqa: E402,F401
+from recurrence_reference import recurrence, sigmoid, random_weights  # noqa: E402,F401
 
 
 def reference(kind, x, weights, units, return_sequences, go_backwards):
     return recurrence(kind, x, weights, units, return_sequences=return_sequences, go_backwards=go_backwards)[0]
-
-
-def random_weights(m, rng):
-    """Set m's weights to normal numbers (sd 0.5) in its dtype; returns them."""
-    weights = [rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in m.get_weights()]
-    m.set_weights(weights)
-    return weights
 
 
 CASES = [(kind, units, rs, gb, bias) for kind in ("SimpleRNN", "LSTM", "GRU")
