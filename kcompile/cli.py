@@ -234,24 +234,8 @@ def _train(args, source) -> int:
     if not model.trainable:
         raise KcompileError(f"model {name} has no train section" if not model.manifest.get("training_error")
                             else f"model {name} cannot be trained yet: {model.manifest['training_error']}")
-    import zipfile
-    import zlib
-    try:
-        loaded = np.load(args.data)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        # (numpy takes a file it does not know for a pickle, and says so: the user's file is
-        # simply not numpy's)
-        reason = "not an .npz file (write one with np.savez(path, x=..., y=...))" if "pickled" in str(e) else e
-        raise KcompileError(f"cannot read {args.data}: {reason}") from None
-    if not isinstance(loaded, np.lib.npyio.NpzFile):  # (an .npy: one array, no names)
-        raise KcompileError(f"{args.data} holds one array, not named arrays: write it with "
-                            f"np.savez(path, x=..., y=...)")
-    try:
-        with loaded:
-            data = dict(loaded)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # (object arrays, a cut member)
-        reason = "it holds object arrays, which need pickle: save numbers" if "allow_pickle" in str(e) else e
-        raise KcompileError(f"cannot read {args.data}: {reason}") from None
+    from .runtime.checkpoint import read_npz
+    data = read_npz(Path(args.data))
     inputs = [s.name for s in model.inputs]
     targets = [t["name"] for t in model.manifest["training"]["targets"]]
 

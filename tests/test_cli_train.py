@@ -66,8 +66,9 @@ def test_train_data_problems_are_errors_with_exit_1(tmp_path, capsys):
     np.save(tmp_path / "one.npy", x)
     (tmp_path / "none.npz").write_bytes(b"")
     (tmp_path / "text.npz").write_text("model m {\n}\n")  # (numpy took it for a pickle, and said so)
-    for name, message in [("cut.npz", "cannot read"), ("one.npy", "holds one array, not named arrays"),
-                          ("none.npz", "cannot read"), ("text.npz", "not an .npz file (write one with np.savez(")]:
+    for name, message in [("cut.npz", "not a readable .npz file"), ("one.npy", "holds one array, not named arrays"),
+                          ("none.npz", "not a readable .npz file"),
+                          ("text.npz", "not an .npz file (write one with np.savez(")]:
         assert main(["train", model, "--data", str(tmp_path / name), "-o", str(tmp_path / "ck")]) == 1
         err = capsys.readouterr().err
         assert message in err and "internal error" not in err, (name, err)
@@ -132,7 +133,7 @@ def test_npz_members_that_cannot_be_read_are_errors_with_exit_1(tmp_path, capsys
     with zipfile.ZipFile(tmp_path / "cut.npz", "w") as z:  # (a member cut short: numpy's EOF on its header)
         z.writestr("x.npy", np.lib.format.magic(1, 0) + b"\x76\x00{'descr'")
         z.writestr("y.npy", whole[:10])
-    for name, message in [("obj.npz", "holds object arrays"), ("cut.npz", "cannot read")]:
+    for name, message in [("obj.npz", "holds object arrays"), ("cut.npz", "an array in it is truncated or damaged")]:
         assert main(["train", model, "--data", str(tmp_path / name), "-o", str(tmp_path / "ck")]) == 1
         err = capsys.readouterr().err
         assert message in err and "internal error" not in err, (name, err)

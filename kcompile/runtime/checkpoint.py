@@ -125,16 +125,23 @@ def read_onnx(path: Path, manifest: dict | None = None) -> bytes:
 
 
 def read_npz(path: Path) -> dict:
-    """Every array of an .npz file, by name (np.load's errors on damaged files said plainly)."""
+    """Every array of an .npz file, by name; np.load's errors on other and damaged files said
+    plainly (weights, checkpoints, and `kcompile train --data`)."""
     data = path.read_bytes()  # (a missing or unreadable file: its OSError)
     try:
-        with np.load(io.BytesIO(data)) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("one array, not named arrays")
+        npz = np.load(io.BytesIO(data))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        # (numpy takes a file it does not know for a pickle, and says so)
+        raise damaged(path, "not an .npz file (write one with np.savez(path, name=array, ...))" if "pickled" in str(e)
+                      else f"not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # (an .npy)
+        raise damaged(path, "it holds one array, not named arrays (write them with np.savez(path, name=array, ...))")
+    try:
+        with npz:
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        reason = "object arrays, which need pickle" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}"
-        raise damaged(path, f"not a readable .npz file of numeric arrays ({reason})") from None
+        raise damaged(path, "it holds object arrays, which need pickle: save numbers" if "allow_pickle" in str(e)
+                      else f"an array in it is truncated or damaged ({type(e).__name__}: {e})") from None
 
 
 def read_arrays(path: Path, specs: list, what: str) -> dict:
