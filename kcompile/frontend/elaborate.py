@@ -700,9 +700,10 @@ class Elaborator:
         for k, v in flags.items():
             if not isinstance(v, bool):
                 raise _Fail(f"{layer.kind()}'s call argument {k} is true or false, got {self.describe(v)}", loc)
-        if "initial_state" in kwargs:
-            raise _Fail(f"{layer.kind()} does not take initial_state", loc,
-                        "SimpleRNN, LSTM, GRU and Bidirectional do: LSTM(16)(x, initial_state=[h, c])")
+        for k in kwargs:  # (another layer's call argument: say which layers take it)
+            takers = [n for n, cls in LAYERS.items() if k in getattr(cls, "call_keywords", ()) + getattr(cls, "call_flags", ())]
+            if takers:
+                raise _Fail(f"{layer.kind()} does not take {k}", loc, f"{', '.join(takers)} do")
         if kwargs:
             raise _Fail(f"unexpected keyword argument {next(iter(kwargs))} when calling a layer", loc,
                         "layer arguments go in the first parentheses: Dense(10, activation=relu)(x)")

@@ -131,3 +131,10 @@ def test_return_attention_scores_and_use_causal_mask_in_the_call():
                                             "or false, got 1"):
         kcompile.compile_string(SOURCE.format(dtype="int32", args="").replace(
             "attention_mask=mask)", "attention_mask=mask, return_attention_scores=1)"))
+
+
+def test_another_layers_call_argument_says_which_layers_take_it():
+    with pytest.raises(KcompileError, match="Dense does not take attention_mask") as info:
+        kcompile.compile_string(SOURCE.format(dtype="int32", args="").replace(
+            "y = MultiHeadAttention(2, 3)(q, v, attention_mask=mask)", "y = Dense(2)(q, attention_mask=mask)"))
+    assert info.value.diagnostics[0].hint == "MultiHeadAttention do"
