@@ -100,7 +100,7 @@ class Masking(Layer):
     def call(self, ctx, x):
         if x.rank != 3:  # (the mask is one flag a step: what recurrent layers and the losses read)
             raise ShapeError(f"Masking needs steps of features, [steps, features], got {format_shape(x.shape[1:])}")
-        if x.dtype not in ("float16", "float32", "float64"):
+        if not x.type.is_float:
             raise ShapeError(f"Masking reads float features, got {x.dtype}", "cast(x, float32) first")
         differs = ctx.op("Sub", 1.0, ctx.op("Cast", ctx.op("Equal", x, ctx.const(self.mask_value, x.dtype)), to=x.dtype))
         keep = ctx.op("ReduceMax", differs, axes=(-1,), keepdims=1)  # [N, T, 1]: a feature differs

@@ -21,7 +21,7 @@ class Rescaling(Layer):
         self.scale, self.offset = scale, offset
 
     def call(self, ctx, x):
-        if x.dtype not in ("float16", "float32", "float64"):
+        if not x.type.is_float:
             x = ctx.op("Cast", x, to="float32")
         y = ctx.op("Mul", x, ctx.const(self.scale, x.dtype))
         return ctx.op("Add", y, ctx.const(self.offset, x.dtype)) if self.offset else y
@@ -56,7 +56,7 @@ class Normalization(Layer):
         self.invert = invert
 
     def build(self, ctx, x):
-        if x.dtype not in ("float16", "float32", "float64") or not x.rank or not isinstance(x.shape[-1], int):
+        if not x.type.is_float or not x.rank or not isinstance(x.shape[-1], int):
             raise ShapeError(f"Normalization needs float features with a known last axis, got {x.type}")
         features = x.shape[-1]
         if self.mean_value is None:

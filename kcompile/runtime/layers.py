@@ -22,25 +22,23 @@ class Layer:
     def __repr__(self):
         return f"<kcompile layer {self.name} ({self.class_name}), {len(self.weight_names)} weights>"
 
-    def _positions(self):
-        names = self._model.weight_names
-        return [names.index(n) for n in self.weight_names]
+    def _shapes(self) -> list[tuple]:
+        """Its weights' shapes, from the manifest (no copy of any weight)."""
+        shapes = {p["name"]: tuple(p["shape"]) for p in self._model.manifest["parameters"]}
+        return [shapes[n] for n in self.weight_names]
 
     def get_weights(self) -> list[np.ndarray]:
-        weights = self._model.get_weights()
-        return [weights[i] for i in self._positions()]
+        self._model._sync_state()
+        return [self._model._weights[n].copy() for n in self.weight_names]
 
     def set_weights(self, weights) -> None:
+        """Its weights replaced (the model's set_weights checks the shapes; the others stay)."""
         weights = list(weights)
         if len(weights) != len(self.weight_names):
             raise ValueError(f"set_weights: layer {self.name} has {len(self.weight_names)} weights, got {len(weights)}")
-        everything = self._model.get_weights()
-        for i, w, name in zip(self._positions(), weights, self.weight_names):
-            if tuple(np.shape(w)) != everything[i].shape:
-                raise ShapeMismatch(f"set_weights: weight {name} expects shape {everything[i].shape}, "
-                                    f"got {tuple(np.shape(w))}")
-            everything[i] = w
-        self._model.set_weights(everything)
+        self._model._sync_state()
+        mine = dict(zip(self.weight_names, weights))
+        self._model.set_weights([mine.get(n, self._model._weights[n]) for n in self._model.weight_names])
 
     def adapt(self, data) -> None:
         """A Normalization layer's mean and variance from ``data`` shaped like its input (each
@@ -48,7 +46,7 @@ class Layer:
         if self.class_name != "Normalization" or len(self.weight_names) != 2:
             raise ValueError(f"adapt: layer {self.name} ({self.class_name}) has nothing to adapt; a Normalization "
                              f"layer without mean= and variance= has")
-        features = self.get_weights()[0].shape[0]
+        features = self._shapes()[0][0]
         data = np.asarray(data, dtype=np.float64)
         if data.ndim < 1 or data.shape[-1] != features or data.size == 0:
             raise ShapeMismatch(f"adapt: layer {self.name} normalizes {features} features, got data of shape "
@@ -57,7 +55,7 @@ class Layer:
         self.set_weights([flat.mean(axis=0), flat.var(axis=0)])
 
     def count_params(self) -> int:
-        return int(sum(w.size for w in self.get_weights()))
+        return int(sum(np.prod(shape, dtype=np.int64) for shape in self._shapes()))
 
     def get_layer(self, name: str) -> "Layer":
         """A layer inside this block or called model, by its name there (as Keras's nested models)."""

@@ -169,8 +169,7 @@ class TrainingMixin:
         self._shared_seen = {}  # weight -> the SharedWeight's version this model last looked at
         self._generation = 0  # bumped whenever this model's weights change
         if spec:
-            self._slots = {s["name"]: np.full(self._weights[s["param"]].shape, s["init"],
-                                              dtype=self._weights[s["param"]].dtype) for s in spec["slots"]}
+            self._slots = self._fresh_slots(spec)
         else:
             self._slots = {}
 
@@ -512,14 +511,18 @@ class TrainingMixin:
         trainable_now = {p.name for p in graph.params.values() if p.trainable}
         for p in self.manifest["parameters"]:
             p["trainable"] = p["name"] in trainable_now
-        old = self._slots
-        self._slots = {s["name"]: old[s["name"]] if s["name"] in old else
-                       np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
-                       for s in spec["slots"]}
+        self._slots = self._fresh_slots(spec, keep=self._slots)
         self._drop_runner(keep_history=True)
         self._drop_step_sessions()
         self._eval_session = None
         return names
+
+    def _fresh_slots(self, spec, keep=None) -> dict:
+        """The optimizer's slots of ``spec`` at their initial values, those in ``keep`` kept."""
+        keep = keep or {}
+        return {s["name"]: keep[s["name"]] if s["name"] in keep else
+                np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
+                for s in spec["slots"]}
 
     def reset_optimizer(self) -> None:
         """Start the optimizer afresh: every slot at its initial value and the step count at 0,
@@ -529,8 +532,7 @@ class TrainingMixin:
         self._require_training("reset_optimizer")
         self._drop_runner()
         spec = self.manifest["training"]
-        self._slots = {s["name"]: np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
-                       for s in spec["slots"]}
+        self._slots = self._fresh_slots(spec)
         self._iterations = 0
 
     # ---- weights shared between models ----
