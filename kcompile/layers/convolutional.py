@@ -83,11 +83,19 @@ class _Conv(Layer):
                 for i in range(self.rank)]
         return tuple(b for b, _ in both) + tuple(e for _, e in both)
 
+    def onnx_kernel(self, ctx):
+        """The kernel as ONNX's Conv takes it ([out, in / groups, *window])."""
+        return kernel_to_onnx(ctx, self.kernel)
+
+    def after_conv(self, ctx, y):
+        """What follows the convolution, channels-first, before the bias (nothing here)."""
+        return y
+
     def call(self, ctx, x):
         self.check_input(x)
-        y = ctx.op("Conv", to_channels_first(ctx, x), kernel_to_onnx(ctx, self.kernel),
+        y = ctx.op("Conv", to_channels_first(ctx, x), self.onnx_kernel(ctx),
                    strides=self.strides, pads=self.pads(x), dilations=self.dilation_rate, group=self.groups)
-        y = to_channels_last(ctx, y)
+        y = to_channels_last(ctx, self.after_conv(ctx, y))
         if self.use_bias:
             y = ctx.op("Add", y, self.bias)
         return apply_activation(ctx, self.activation, y)
@@ -190,13 +198,9 @@ class DepthwiseConv2D(_Conv):
         self.depthwise = ctx.add_weight(self, self.depthwise_weight, self.kernel_size + (channels, self.depth_multiplier),
                                         x.dtype, self.kernel_initializer)
 
-    def grouped_kernel(self, ctx):
+    def onnx_kernel(self, ctx):
         """Keras's [kh, kw, in, multiplier] as the grouped convolution's [kh, kw, 1, in * multiplier]."""
-        return ctx.op("Reshape", self.depthwise, shape=self.kernel_size + (1, self.filters))
-
-    def call(self, ctx, x):
-        self.kernel = self.grouped_kernel(ctx)
-        return super().call(ctx, x)
+        return kernel_to_onnx(ctx, ctx.op("Reshape", self.depthwise, shape=self.kernel_size + (1, self.filters)))
 
 
 class SeparableConv2D(DepthwiseConv2D):
@@ -235,16 +239,9 @@ class SeparableConv2D(DepthwiseConv2D):
         if self.use_bias:
             self.bias = ctx.add_weight(self, "bias", (self.pointwise_filters,), x.dtype, self.bias_initializer)
 
-    def call(self, ctx, x):
-        self.check_input(x)
-        y = ctx.op("Conv", to_channels_first(ctx, x), kernel_to_onnx(ctx, self.grouped_kernel(ctx)), strides=self.strides,
-                   pads=self.pads(x), dilations=self.dilation_rate, group=self.groups)
-        y = ctx.op("Conv", y, kernel_to_onnx(ctx, self.pointwise), strides=(1, 1), pads=(0, 0, 0, 0),
-                   dilations=(1, 1), group=1)
-        y = to_channels_last(ctx, y)
-        if self.use_bias:
-            y = ctx.op("Add", y, self.bias)
-        return apply_activation(ctx, self.activation, y)
+    def after_conv(self, ctx, y):  # (the pointwise 1x1 convolution)
+        return ctx.op("Conv", y, kernel_to_onnx(ctx, self.pointwise), strides=(1, 1), pads=(0, 0, 0, 0),
+                      dilations=(1, 1), group=1)
 
 
 class Conv2DTranspose(_Conv):
