@@ -354,11 +354,20 @@ class Layer:
                     # Which argument was wrong, so the frontend can point at it.
                     err.param, err.position = p.name, (names.index(p.name) if p.name not in kwargs else None)
                     raise err from None
-        layer = cls(**converted)
-        layer.arguments = {p.name: converted.get(p.name, p.default) for p in params}
-        layer.regularizers = regularizers
-        layer.requested_name = str(requested) if requested is not None else None
+        return cls._made({p.name: converted.get(p.name, p.default) for p in params}, regularizers,
+                         str(requested) if requested is not None else None)
+
+    @classmethod
+    def _made(cls, arguments: dict, regularizers: dict, requested_name):
+        """A layer of these (converted) arguments, with what ``create`` records beside them."""
+        layer = cls(**arguments)
+        layer.arguments, layer.regularizers, layer.requested_name = arguments, regularizers, requested_name
         return layer
+
+    def with_arguments(self, **changes) -> "Layer":
+        """A new, unbuilt copy of this layer with some arguments changed (Bidirectional's backward
+        layer: go_backwards flipped), its regularizers and requested name kept."""
+        return type(self)._made({**self.arguments, **changes}, self.regularizers, self.requested_name)
 
     regularizers: dict = {}
 

@@ -83,11 +83,8 @@ class Bidirectional(Layer):
         if not isinstance(layer, _Recurrent):
             raise ArgError(f"Bidirectional wraps SimpleRNN, LSTM or GRU, got {layer.kind()}")
         self.forward = layer
-        arguments = dict(layer.arguments, go_backwards=not layer.arguments.get("go_backwards", False))
-        self.backward = type(layer)(**arguments)
-        self.backward.arguments = arguments
-        self.backward.regularizers = layer.regularizers
-        self.backward.requested_name = layer.requested_name  # (LSTM(..., name=l): forward_l and backward_l)
+        # (LSTM(..., name=l): forward_l and backward_l, its regularizers on both)
+        self.backward = layer.with_arguments(go_backwards=not layer.arguments.get("go_backwards", False))
         self.merge_mode = merge_mode
         for inner in (self.forward, self.backward):
             inner.zero_output_for_mask = layer.return_sequences
