@@ -2,7 +2,7 @@
 LeakyReLU, ReLU, ELU, PReLU and Softmax layers. Keras semantics and defaults."""
 
 from ..errors import ShapeError
-from .base import ActivationArg, ArgError, FloatArg, InitializerArg, IntArg, IntList, Layer, Optional
+from .base import ActivationArg, ArgError, BoolArg, FloatArg, InitializerArg, IntArg, IntList, Layer, Optional
 
 
 def _unary(op, **attrs):
@@ -33,7 +33,6 @@ def _hard_swish(ctx, x):
 def gelu(ctx, x, approximate=False):
     """Keras's gelu: exact, x * 0.5 * (1 + erf(x / sqrt(2))), or with ``approximate`` the tanh
     form 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))."""
-    from .base import BoolArg
     try:
         approximate = BoolArg()(approximate)
     except ArgError as e:

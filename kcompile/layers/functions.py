@@ -80,7 +80,7 @@ FUNCTIONS = {
     **{name: (lambda f: lambda ctx, x: f(ctx, x))(f) for name, f in ACTIVATIONS.items()},
     "softmax": lambda ctx, x, axis=-1: softmax(ctx, x, axis),
     "log_softmax": lambda ctx, x, axis=-1: log_softmax(ctx, x, axis),
-    "gelu": lambda ctx, x, approximate=False: gelu(ctx, x, approximate),
+    "gelu": gelu,
     "concat": _concat,
     "mean": _reduce("ReduceMean"),
     "sum": _reduce("ReduceSum"),
