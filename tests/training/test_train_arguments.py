@@ -116,8 +116,14 @@ def test_every_bad_argument_is_reported():
     # Keras takes these (the previous version did too): a float decay_steps, a clipvalue of 0
     "SGD(ExponentialDecay(0.1, decay_steps=1000.0, decay_rate=0.5))", "SGD(CosineDecay(0.1, 1e3))",
     "SGD(CosineDecay(0.1, 2.5))", "SGD(clipvalue=0.0)"])
-def test_arguments_at_the_ends_of_their_ranges_compile(optimizer):
-    compile_train(optimizer)
+def test_arguments_at_the_ends_of_their_ranges_compile_and_train(optimizer):
+    """Each compiles, records its optimizer, and takes steps whose loss and weights stay finite
+    (a range too wide would let NaN through here)."""
+    m = compile_train(optimizer)
+    assert m.manifest["training"]["optimizer"]["name"] == optimizer.split("(")[0]
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    losses = [m.train_on_batch(x, np.zeros((8, 3), np.float32)) for _ in range(3)]
+    assert all(np.isfinite(losses)) and all(np.isfinite(w).all() for w in m.get_weights())
 
 
 def test_schedule_arguments_in_the_manifest():
