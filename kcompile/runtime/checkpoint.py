@@ -175,6 +175,23 @@ def read_state(path: Path, manifest: dict) -> dict:
     return state
 
 
+def _check_weights_are_inputs(training: dict, params: list, manifest_path: Path) -> None:
+    """Every weight the manifest lists is an input of one of the training graphs (those hold no
+    weights, so they parse quickly): a manifest edited by hand otherwise fails deep inside fit."""
+    import onnx
+    if not training:
+        return
+    names = set()
+    for data in training.values():
+        proto = onnx.ModelProto()
+        proto.ParseFromString(data)
+        names.update(v.name for v in proto.graph.input)
+    missing = [p["name"] for p in params if p["name"] not in names]
+    if missing:
+        raise damaged(manifest_path, f"it lists weight {missing[0]}, which none of the folder's training graphs "
+                                     f"takes: the manifest no longer matches the graphs kcompile build wrote")
+
+
 def read_folder(manifest_path: Path) -> Folder:
     from ..driver import TRAINING_FILES
     folder = manifest_path.parent
@@ -184,6 +201,7 @@ def read_folder(manifest_path: Path) -> Folder:
     result = Folder(manifest=manifest, inference=read_onnx(folder / files["inference"], manifest),
                     weights=read_arrays(folder / files["weights"], params, "weight"),
                     training={k: read_onnx(folder / files[k]) for k in TRAINING_FILES if k in files}, source=None)
+    _check_weights_are_inputs(result.training, params, manifest_path)
     if "source" in files and (folder / files["source"]).exists():
         try:
             result.source = (folder / files["source"]).read_bytes().decode("utf-8")

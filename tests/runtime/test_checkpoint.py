@@ -64,6 +64,8 @@ CASES = {
     "truncated manifest": ("manifest.json", cut, "manifest.json: not valid JSON"),
     "reversed parameters": ("manifest.json", edit_manifest(lambda m: {**m, "parameters": m["parameters"][::-1]}),
                             "weights.npz: weight .* is float32\\[4, 8\\]; the manifest says float32\\[3\\]"),
+    "a weight renamed": ("manifest.json", lambda p: p.write_text(p.read_text().replace('"dense/bias"', '"dense/biasX"')),
+                         "it lists weight dense/biasX, which none of the folder's training graphs takes"),
     "float64 weights": ("weights.npz", rewrite_npz(lambda ws: [w.astype(np.float64) for w in ws]),
                         "weight dense/kernel is float64\\[4, 8\\]; the manifest says float32\\[4, 8\\]"),
     "wrong shape": ("weights.npz", rewrite_npz(lambda ws: [np.zeros((2, 2), np.float32)] + ws[1:]),
