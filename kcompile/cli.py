@@ -212,8 +212,6 @@ def _print_pass(pass_name, before, after):
 def _train(args, source) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from . import load
     from .driver import compile_source
     from .errors import KcompileError

@@ -43,7 +43,6 @@ def test_forward_matches_keras_equations(kind, units, return_sequences, go_backw
 @pytest.mark.parametrize("kind", ["SimpleRNN", "GRU"])
 def test_small_batches_run_the_fused_op_and_large_ones_the_scan_alike(kind):
     # (an If on the batch size: ONNX's RNN/GRU op up to FUSED_MAX_BATCH rows, a Scan beyond)
-    import onnx
     from kcompile.ops import OPS
     src = f"""model r {{
         input x: float32[7, 3]
