@@ -2,7 +2,8 @@
 from .base import Layer
 from .activations import ELU, Activation, LeakyReLU, PReLU, ReLU, Softmax
 from .attention import MultiHeadAttention
-from .convolutional import Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
+from .convolutional import (Conv1D, Conv1DTranspose, Conv2D, Conv2DTranspose, DepthwiseConv1D, DepthwiseConv2D,
+                            SeparableConv1D, SeparableConv2D)
 from .core import Dense, Embedding, Masking
 from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, GroupNormalization, LayerNormalization, UnitNormalization
@@ -19,6 +20,7 @@ from .functions import FUNCTIONS, NUMBER_FUNCTIONS
 LAYERS = {cls.__name__: cls for cls in [
     Dense, Embedding, Masking, Rescaling, Normalization,
     Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D,
+    Conv1DTranspose, DepthwiseConv1D, SeparableConv1D,
     MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D,
     GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D, GlobalMaxPooling2D,
     SimpleRNN, LSTM, GRU,

@@ -1,4 +1,5 @@
-"""Convolution layers: Conv1D, Conv2D, Conv2DTranspose (channels-last, Keras kernels).
+"""Convolution layers: Conv1D, Conv2D, their transposed, depthwise and separable forms
+(channels-last, Keras kernels). Each 1D layer is its 2D layer at ``rank = 1``.
 
 The language keeps images channels-last; ONNX convolves channels-first. Each
 layer wraps its Conv in transposes, and the transpose-sinking pass removes the
@@ -234,14 +235,14 @@ class SeparableConv2D(DepthwiseConv2D):
 
     def build(self, ctx, x):
         self.build_depthwise(ctx, x)
-        self.pointwise = ctx.add_weight(self, "pointwise_kernel", (1, 1, self.filters, self.pointwise_filters),
-                                        x.dtype, self.pointwise_initializer)
+        shape = (1,) * self.rank + (self.filters, self.pointwise_filters)
+        self.pointwise = ctx.add_weight(self, "pointwise_kernel", shape, x.dtype, self.pointwise_initializer)
         if self.use_bias:
             self.bias = ctx.add_weight(self, "bias", (self.pointwise_filters,), x.dtype, self.bias_initializer)
 
     def after_conv(self, ctx, y):  # (the pointwise 1x1 convolution)
-        return ctx.op("Conv", y, kernel_to_onnx(ctx, self.pointwise), strides=(1, 1), pads=(0, 0, 0, 0),
-                      dilations=(1, 1), group=1)
+        return ctx.op("Conv", y, kernel_to_onnx(ctx, self.pointwise), strides=(1,) * self.rank,
+                      pads=(0,) * (2 * self.rank), dilations=(1,) * self.rank, group=1)
 
 
 class Conv2DTranspose(_Conv):
@@ -284,11 +285,12 @@ class Conv2DTranspose(_Conv):
         """ONNX pads and output_padding reproducing Keras's output size (as TensorFlow's
         conv2d_transpose pads: the gradient of a forward conv with the same padding)."""
         begin, end, out_pad = [], [], []
-        for i in range(2):
+        for i in range(self.rank):
             size, s = x.shape[1 + i], self.strides[i]
             k = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1
             if not isinstance(size, int):
-                raise ShapeError("Conv2DTranspose needs known input height and width")
+                sizes = "height and width" if self.rank == 2 else "steps"
+                raise ShapeError(f"{self.kind()} needs known input {sizes}")
             extra = self.output_padding[i] if self.output_padding else None
             if extra is None:
                 out = size * s if self.padding == "same" else size * s + max(k - s, 0)
@@ -311,3 +313,87 @@ class Conv2DTranspose(_Conv):
         if self.use_bias:
             y = ctx.op("Add", y, self.bias)
         return apply_activation(ctx, self.activation, y)
+
+
+class Conv1DTranspose(Conv2DTranspose):
+    """Transposed 1-D convolution over [steps, channels] (the gradient of Conv1D), upsampling by ``strides``.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: an int.
+        strides: 1.
+        padding: valid (output = steps * stride + max(k - stride, 0)) or same (steps * stride).
+        output_padding: none, or an int (below strides) added to the output length.
+        dilation_rate: 1.
+        activation: linear by default.
+        use_bias: true.
+        kernel_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: kernel [k, filters, in_channels] (Keras's layout), bias [filters].
+    """
+    rank = 1
+    layout = "[steps, channels]"
+
+    def __init__(self, filters: IntArg(1), kernel_size: Ints(1), strides: Ints(1) = (1,),
+                 padding: Choice("valid", "same") = "valid", output_padding: Optional(Ints(1, 0)) = None,
+                 dilation_rate: Ints(1) = (1,), activation: ActivationArg() = "linear",
+                 use_bias: BoolArg() = True, kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(filters, kernel_size, strides, padding, output_padding, dilation_rate, activation, use_bias,
+                         kernel_initializer, bias_initializer)
+
+
+class DepthwiseConv1D(DepthwiseConv2D):
+    """Depthwise 1-D convolution over [steps, channels]: each input channel convolved with its
+    own ``depth_multiplier`` kernels, as Keras.
+
+    Args:
+        kernel_size: an int.
+        strides: 1.
+        padding: valid or same (Keras takes no causal here).
+        depth_multiplier: output channels per input channel; 1.
+        dilation_rate: 1.
+        activation: linear by default.
+        use_bias: true.
+        depthwise_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: kernel [k, in_channels, depth_multiplier], bias [in_channels * depth_multiplier]
+    (output channel c * depth_multiplier + m); Keras's depthwise_regularizer and bias_regularizer.
+    """
+    rank = 1
+    layout = "[steps, channels]"
+
+    def __init__(self, kernel_size: Ints(1), strides: Ints(1) = (1,), padding: Choice("valid", "same") = "valid",
+                 depth_multiplier: IntArg(1) = 1, dilation_rate: Ints(1) = (1,),
+                 activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
+                 depthwise_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(kernel_size, strides, padding, depth_multiplier, dilation_rate, activation, use_bias,
+                         depthwise_initializer, bias_initializer)
+
+
+class SeparableConv1D(SeparableConv2D):
+    """Depthwise then pointwise 1-D convolution over [steps, channels] (Keras's SeparableConv1D),
+    the bias and activation after both.
+
+    Args:
+        filters: number of output channels.
+        kernel_size, strides, padding (valid or same), depth_multiplier, dilation_rate: the depthwise step's.
+        activation: linear by default. use_bias: true.
+        depthwise_initializer, pointwise_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: depthwise_kernel [k, in_channels, depth_multiplier], pointwise_kernel
+    [1, in_channels * depth_multiplier, filters], bias [filters]; Keras's depthwise_regularizer,
+    pointwise_regularizer and bias_regularizer.
+    """
+    rank = 1
+    layout = "[steps, channels]"
+
+    def __init__(self, filters: IntArg(1), kernel_size: Ints(1), strides: Ints(1) = (1,),
+                 padding: Choice("valid", "same") = "valid", depth_multiplier: IntArg(1) = 1,
+                 dilation_rate: Ints(1) = (1,), activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
+                 depthwise_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 pointwise_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(filters, kernel_size, strides, padding, depth_multiplier, dilation_rate, activation,
+                         use_bias, depthwise_initializer, pointwise_initializer, bias_initializer)

@@ -236,3 +236,22 @@ def relu(x, max_value=None, negative_slope=0.0):
     if max_value is not None:
         y = np.where(x >= max_value, max_value, y)
     return y
+
+
+# ---------------------------------------------------------------- 1D transposed, depthwise, separable
+def conv1d_transpose(x, kernel, bias=None, strides=1, padding="valid", output_padding=None, dilation=1):
+    """Keras Conv1DTranspose: conv2d_transpose over images one pixel high. kernel [k, out, in]."""
+    op = None if output_padding is None else (0, output_padding)
+    return conv2d_transpose(np.asarray(x)[:, None], np.asarray(kernel)[None], bias, (1, strides), padding, op,
+                            (1, dilation))[:, 0]
+
+
+def depthwise_conv(x, kernel, bias=None, strides=1, padding="valid", dilation=1):
+    """Keras depthwise convolution, channel by channel: output channel c * multiplier + m is input
+    channel c convolved with kernel[..., c, m]. kernel [*k, in, multiplier]."""
+    x, kernel = f64(x, kernel)
+    cin, mult = kernel.shape[-2:]
+    ys = [conv(x[..., c:c + 1], kernel[..., c:c + 1, m:m + 1], None, strides, padding, dilation)
+          for c in range(cin) for m in range(mult)]
+    y = np.concatenate(ys, axis=-1)
+    return y if bias is None else y + np.asarray(bias, np.float64)
