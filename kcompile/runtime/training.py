@@ -342,7 +342,8 @@ class TrainingMixin:
             return {}
         sizes, _ = named_sizes(xb, self.manifest["inputs"])  # this batch's N, and T
         rng = np.random.default_rng([self.seed, 7919, self._iterations])
-        return {item["name"]: rng.random(tuple(evaluate_dim(d, sizes) for d in item["shape"]), dtype=np.float32)
+        return {item["name"]: rng.random(tuple(evaluate_dim(d, sizes) for d in item["shape"]),
+                                         dtype=np.dtype(item.get("dtype", "float32")))  # (a float64 model's: float64)
                 for item in spec}
 
     def _runner_for_training(self):

@@ -40,3 +40,13 @@ def test_batch_shared_dropout_mask():
         loss = m.train_on_batch(x, zeros)
         assert 0 < loss < 4
         np.testing.assert_allclose(loss * 32, round(loss * 32), atol=1e-4)
+
+
+def test_a_float64_model_draws_float64_noise():
+    """Its Dropout and GaussianNoise take their noise in float64 (the runtime drew float32, which
+    onnxruntime refused at the first step)."""
+    m = kcompile.compile_string(SRC.replace("float32", "float64"), seed=0)
+    assert {n["dtype"] for n in m.manifest["training"]["noise"]} == {"float64"}
+    x = np.ones((512, 4, 4, 8))
+    losses = [m.train_on_batch(x, x) for _ in range(5)]
+    np.testing.assert_allclose(np.mean(losses), 1.09, rtol=0.05)
