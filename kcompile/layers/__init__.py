@@ -7,7 +7,8 @@ from .convolutional import (Conv1D, Conv1DTranspose, Conv2D, Conv2DTranspose, De
 from .core import Dense, Embedding, Masking
 from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, GroupNormalization, LayerNormalization, UnitNormalization
-from .preprocessing import Normalization, Rescaling
+from .preprocessing import (CenterCrop, Normalization, RandomBrightness, RandomContrast, RandomCrop, RandomFlip,
+                            Rescaling, Resizing)
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
                       GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D)
 from .recurrent import GRU, LSTM, SimpleRNN
@@ -19,6 +20,7 @@ from .functions import FUNCTIONS, NUMBER_FUNCTIONS
 
 LAYERS = {cls.__name__: cls for cls in [
     Dense, Embedding, Masking, Rescaling, Normalization,
+    Resizing, CenterCrop, RandomFlip, RandomCrop, RandomContrast, RandomBrightness,
     Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D,
     Conv1DTranspose, DepthwiseConv1D, SeparableConv1D,
     MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D,
