@@ -1,7 +1,7 @@
 """Layers, grouped by family as in Keras. ``LAYERS`` maps the language's layer names to classes."""
 from .base import Layer
 from .activations import ELU, Activation, LeakyReLU, PReLU, ReLU, Softmax
-from .attention import MultiHeadAttention
+from .attention import AdditiveAttention, Attention, MultiHeadAttention
 from .convolutional import (Conv1D, Conv1DTranspose, Conv2D, Conv2DTranspose, DepthwiseConv1D, DepthwiseConv2D,
                             SeparableConv1D, SeparableConv2D)
 from .core import Dense, Embedding, Masking
@@ -32,7 +32,7 @@ LAYERS = {cls.__name__: cls for cls in [
     UpSampling1D, UpSampling2D,
     Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax,
     Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate, Dot,
-    TimeDistributed, Bidirectional, MultiHeadAttention,
+    TimeDistributed, Bidirectional, MultiHeadAttention, Attention, AdditiveAttention,
 ]}
 
 __all__ = ["Layer", "LAYERS", "FUNCTIONS", "NUMBER_FUNCTIONS"]

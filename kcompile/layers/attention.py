@@ -1,10 +1,37 @@
-"""Attention layers: MultiHeadAttention (Keras 3 weights and layouts)."""
+"""Attention layers: MultiHeadAttention, Attention and AdditiveAttention (Keras 3 weights and layouts)."""
 import math
 
 import numpy as np
 
 from ..errors import ShapeError, format_shape
-from .base import BoolArg, FloatArg, InitializerArg, IntArg, Layer, Optional
+from .base import BoolArg, Choice, FloatArg, InitializerArg, IntArg, Layer, Optional
+
+
+def masked_softmax(ctx, scores, allowed, subtract=False):
+    """softmax(scores) over the last axis, the scores pushed down where ``allowed`` (0/1 numbers
+    broadcasting to them; None: nothing masked) is 0, as Keras 3 does in each layer:
+    MultiHeadAttention's where(allowed, scores, -1e9) leaves a masked score no gradient (a query
+    row masked everywhere trains nothing upstream); Attention's (``subtract``) where(allowed,
+    scores, scores - 1e9) keeps it (a row masked everywhere is softmax(scores - 1e9), as Keras's)."""
+    if allowed is not None:
+        if subtract:
+            big = 65504.0 if scores.dtype == "float16" else 1e9  # (float16's largest, as Keras's Attention)
+            scores = ctx.op("Add", scores, ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -big))
+        else:
+            scores = ctx.op("Add", ctx.op("Mul", scores, allowed), ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
+    return ctx.op("Softmax", scores, axis=-1)
+
+
+def causal_mask(ctx, query, value):
+    """Keras's use_causal_mask as [1, Tq, Tv] 0/1 numbers: query step i sees value steps j <= i.
+    A constant where both step counts are known, else made from the steps at run time."""
+    rows, cols = query.shape[1], value.shape[1]
+    if isinstance(rows, int) and isinstance(cols, int):
+        return ctx.const((np.arange(rows)[:, None] >= np.arange(cols)[None, :])[None].astype(query.dtype),
+                         query.dtype)
+    i = ctx.op("Unsqueeze", ctx.op("Positions", query, axis=1), axes=(1,))
+    j = ctx.op("Unsqueeze", ctx.op("Positions", value, axis=1), axes=(0,))
+    return ctx.op("Unsqueeze", ctx.op("Cast", ctx.op("GreaterOrEqual", i, j), to=query.dtype), axes=(0,))
 
 
 class MultiHeadAttention(Layer):
@@ -105,10 +132,7 @@ class MultiHeadAttention(Layer):
         if attention_mask is not None:
             given = self._attention_mask(ctx, attention_mask, query, value)
             allowed = given if allowed is None else ctx.op("Mul", allowed, given)
-        if allowed is not None:  # (Keras's masked softmax: where(allowed, scores, -1e9); a score masked out
-            # takes no gradient, so a query row masked everywhere trains nothing upstream, as in Keras)
-            scores = ctx.op("Add", ctx.op("Mul", scores, allowed), ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
-        scores = probs = ctx.op("Softmax", scores, axis=-1)  # (Keras returns them before the dropout)
+        scores = probs = masked_softmax(ctx, scores, allowed)  # (Keras returns them before the dropout)
         if self.dropout > 0:
             probs = ctx.op("Dropout", probs, rate=self.dropout)
         attended = ctx.op("MatMul", probs, v)  # [N, h, Tq, dv]
@@ -148,9 +172,121 @@ class MultiHeadAttention(Layer):
                 continue
             m = ctx.op("Unsqueeze", ctx.op("Cast", mask, to=query.dtype), axes=(axis,))  # [N, Tq, 1] or [N, 1, Tk]
             allowed = m if allowed is None else ctx.op("Mul", allowed, m)
-        if causal:  # (Keras: query step i sees value steps j <= i)
-            rows, cols = query.shape[1], value.shape[1]
-            causal = ctx.const((np.arange(rows)[:, None] >= np.arange(cols)[None, :])[None].astype(query.dtype),
-                               query.dtype)
+        if causal:
+            causal = causal_mask(ctx, query, value)
             allowed = causal if allowed is None else ctx.op("Mul", allowed, causal)
         return None if allowed is None else ctx.op("Unsqueeze", allowed, axes=(1,))
+
+
+class Attention(Layer):
+    """Dot-product (Luong) attention, called on ``(query, value)`` or ``(query, value, key)`` (key
+    defaults to value), query ``[Tq, dim]``, key ``[Tv, dim]``, value ``[Tv, value_features]``:
+    ``softmax(scores(query, key)) value``, ``[Tq, value_features]``.
+
+    Args:
+        use_scale: false; true multiplies the scores by a trainable scalar ``scale`` (init 1).
+        score_mode: dot (``Q K^T``) or concat (``concat_score_weight * sum(tanh(Q_i + K_j))``,
+            with use_scale ``tanh(scale * (Q_i + K_j))``).
+        dropout: dropout rate on the attention weights (training only), 0.0.
+        seed: none (the model's seed decides).
+
+    Weights (Keras 3 order): scale [] (with use_scale), concat_score_weight [] (score_mode=concat,
+    init 1).
+
+    Call arguments (Keras's): ``return_attention_scores=true`` also gives the attention weights
+    [Tq, Tv] (after the dropout, as Keras: ``y, scores = Attention()(q, v,
+    return_attention_scores=true)``); ``use_causal_mask=true`` lets query step i attend to value
+    steps 0..i only. Masks come from the inputs, as Keras's call: the query's zeroes the output's
+    masked steps (and is the output's mask), the value's hides its masked steps (the key's mask is
+    not read, as in Keras).
+    """
+    n_inputs = None  # two or three
+    call_flags = ("return_attention_scores", "use_causal_mask")
+
+    def __init__(self, use_scale: BoolArg() = False, score_mode: Choice("dot", "concat") = "dot",
+                 dropout: FloatArg(0.0, 1.0) = 0.0, seed: Optional(IntArg(0)) = None):
+        self.use_scale, self.score_mode, self.dropout, self.seed = use_scale, score_mode, dropout, seed
+
+    def _inputs(self, inputs):
+        kind = self.kind()
+        if len(inputs) not in (2, 3):
+            raise ShapeError(f"{kind} takes (query, value) or (query, value, key), got {len(inputs)} input"
+                             f"{'s' * (len(inputs) != 1)}")
+        query, value = inputs[:2]
+        key = inputs[2] if len(inputs) == 3 else value
+        for what, t in (("query", query), ("value", value), ("key", key)):
+            if t.rank != 3 or not isinstance(t.shape[-1], int):
+                raise ShapeError(f"{kind} expects the {what} as [steps, features] with known features, "
+                                 f"got {format_shape(t.shape[1:])}")
+        if key.shape[1] != value.shape[1]:
+            raise ShapeError(f"{kind} key and value need one number of steps, got {key.shape[1]} and {value.shape[1]}")
+        if query.shape[-1] != key.shape[-1]:
+            raise ShapeError(f"{kind} needs the query and the key to have one number of features, got "
+                             f"{query.shape[-1]} and {key.shape[-1]}")
+        return query, value, key
+
+    def build(self, ctx, *inputs):
+        query = self._inputs(inputs)[0]
+        self.scale = ctx.add_weight(self, "scale", (), query.dtype, ("ones", ())) if self.use_scale else None
+        self.concat_score_weight = ctx.add_weight(self, "concat_score_weight", (), query.dtype, ("ones", ())) \
+            if self.score_mode == "concat" else None
+
+    def _scores(self, ctx, query, key):
+        """[N, Tq, Tv]."""
+        if self.score_mode == "dot":
+            scores = ctx.op("MatMul", query, ctx.op("Transpose", key, perm=(0, 2, 1)))
+            return scores if self.scale is None else ctx.op("Mul", scores, self.scale)
+        pairs = ctx.op("Add", ctx.op("Unsqueeze", query, axes=(2,)), ctx.op("Unsqueeze", key, axes=(1,)))
+        if self.scale is not None:
+            pairs = ctx.op("Mul", self.scale, pairs)
+        summed = ctx.op("ReduceSum", ctx.op("Tanh", pairs), axes=(-1,), keepdims=0)
+        return ctx.op("Mul", self.concat_score_weight, summed)
+
+    def call(self, ctx, *inputs, return_attention_scores=False, use_causal_mask=False):
+        query, value, key = self._inputs(inputs)
+        scores = self._scores(ctx, query, key)
+        allowed = ctx.mask_of(value)  # (Keras reads the query's and the value's masks, not the key's)
+        if allowed is not None:
+            allowed = ctx.op("Unsqueeze", ctx.op("Cast", allowed, to=query.dtype), axes=(1,))  # [N, 1, Tv]
+        if use_causal_mask:
+            causal = causal_mask(ctx, query, value)
+            allowed = causal if allowed is None else ctx.op("Mul", allowed, causal)
+        weights = masked_softmax(ctx, scores, allowed, subtract=True)
+        if self.dropout > 0:  # (Keras returns the weights after the dropout)
+            weights = ctx.op("Dropout", weights, rate=self.dropout)
+        y = ctx.op("MatMul", weights, value)
+        query_mask = ctx.mask_of(query)
+        if query_mask is not None:  # (Keras: where(query_mask, y, 0); the output keeps the query's mask)
+            y = ctx.op("Mul", y, ctx.op("Unsqueeze", ctx.op("Cast", query_mask, to=y.dtype), axes=(2,)))
+            ctx.set_mask(y, query_mask)
+        return (y, weights) if return_attention_scores else y
+
+
+class AdditiveAttention(Attention):
+    """Additive (Bahdanau) attention, called as Attention: the scores are
+    ``sum(scale * tanh(Q_i + K_j))`` over the features.
+
+    Args:
+        use_scale: true; the trainable ``scale`` [dim] (the query's features, glorot_uniform as
+            Keras); false sums ``tanh(Q_i + K_j)`` as it is.
+        dropout: dropout rate on the attention weights (training only), 0.0.
+        seed: none (the model's seed decides).
+
+    Weights: scale [dim] (with use_scale). Call arguments and masks as Attention's.
+    """
+
+    def __init__(self, use_scale: BoolArg() = True, dropout: FloatArg(0.0, 1.0) = 0.0,
+                 seed: Optional(IntArg(0)) = None):
+        super().__init__(use_scale, "dot", dropout, seed)
+
+    def build(self, ctx, *inputs):
+        query = self._inputs(inputs)[0]
+        self.scale = ctx.add_weight(self, "scale", (query.shape[-1],), query.dtype, ("glorot_uniform", ())) \
+            if self.use_scale else None
+
+    def _scores(self, ctx, query, key):
+        pairs = ctx.op("Add", ctx.op("Unsqueeze", query, axes=(2,)), ctx.op("Unsqueeze", key, axes=(1,)))
+        pairs = ctx.op("Tanh", pairs)  # [N, Tq, Tv, dim]
+        if self.scale is not None:
+            pairs = ctx.op("Mul", self.scale, pairs)
+        return ctx.op("ReduceSum", pairs, axes=(-1,), keepdims=0)

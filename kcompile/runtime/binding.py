@@ -28,7 +28,7 @@ def _device(providers) -> tuple[str, int]:
 def _ortvalue(ort, array, device, copy):
     """An OrtValue for ``array`` on ``device``: a numpy buffer shared with onnxruntime on the CPU
     (a copy of ``array``, or uninitialised), a device buffer on CUDA."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # (not ascontiguousarray: it makes a 0-d weight 1-d)
     if device[0] == "cpu":
         return ort.OrtValue.ortvalue_from_numpy(array.copy() if copy else np.empty_like(array))
     if copy:
@@ -67,7 +67,7 @@ class SharedWeight:
         return self.current().numpy()
 
     def assign(self, value: np.ndarray):
-        self.following().update_inplace(np.ascontiguousarray(value, dtype=self.dtype))
+        self.following().update_inplace(np.asarray(value, dtype=self.dtype, order="C"))
         self.advance()
 
 
@@ -113,7 +113,7 @@ class StateRunner:
             before = self.buffers[self.ROTATION - 1]
             for n, value in before.items():
                 if n in previous:
-                    value.update_inplace(np.ascontiguousarray(previous[n].T if n in self.transposed else previous[n]))
+                    value.update_inplace(np.asarray(previous[n].T if n in self.transposed else previous[n], order="C"))
                 else:
                     value.update_inplace(self.buffers[0][n].numpy())
             self.history = 1

@@ -31,7 +31,7 @@ class Model(LayersMixin, TrainingMixin):
         self.inputs = tensor_specs(manifest["inputs"])
         self.outputs = tensor_specs(manifest["outputs"])
         self._param_names = [p["name"] for p in manifest["parameters"]]
-        self._weights = {n: np.ascontiguousarray(weights[n]) for n in self._param_names}
+        self._weights = {n: np.asarray(weights[n], order="C") for n in self._param_names}
         self._providers = providers_for(device)
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = None
