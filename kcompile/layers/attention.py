@@ -47,7 +47,7 @@ class MultiHeadAttention(Layer):
         use_bias: true.
         output_shape: size of the output's last axis; none = the query's.
         use_causal_mask: false; true lets query step i attend to the value steps 0..i only
-            (Keras's call argument of that name; the query and value need known step counts).
+            (Keras's call argument of that name; named step counts too).
         kernel_initializer: glorot_uniform. bias_initializer: zeros.
 
     Weights (Keras 3 order): query/kernel [query_dim, num_heads, key_dim], query/bias
@@ -89,9 +89,6 @@ class MultiHeadAttention(Layer):
         if key.shape[1] != value.shape[1]:
             raise ShapeError(f"MultiHeadAttention key and value need one number of steps, got "
                              f"{key.shape[1]} and {value.shape[1]}")
-        if causal and not (isinstance(query.shape[1], int) and isinstance(value.shape[1], int)):
-            raise ShapeError(f"MultiHeadAttention use_causal_mask needs known numbers of steps, got "
-                             f"{query.shape[1]} and {value.shape[1]}")
         return query, value, key
 
     def build(self, ctx, *inputs):

@@ -138,3 +138,31 @@ def test_another_layers_call_argument_says_which_layers_take_it():
         kcompile.compile_string(SOURCE.format(dtype="int32", args="").replace(
             "y = MultiHeadAttention(2, 3)(q, v, attention_mask=mask)", "y = Dense(2)(q, attention_mask=mask)"))
     assert info.value.diagnostics[0].hint == "MultiHeadAttention do"
+
+
+def test_causal_self_attention_over_a_named_length():
+    """use_causal_mask over steps named in the source (a decoder over sequences of any length):
+    the same outputs as the fixed-length model with the same weights, and it trains."""
+    body = """    y = MultiHeadAttention(2, 3)(x, x, use_causal_mask=true)
+    output y
+    train {{
+        loss = mse
+        optimizer = SGD(learning_rate=0.1)
+    }}
+}}"""
+    named = kcompile.compile_string("model m {\n    input x: float32[T, 6]\n" + body.format())
+    fixed = kcompile.compile_string("model m {\n    input x: float32[5, 6]\n" + body.format())
+    rng = np.random.default_rng(4)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in fixed.get_weights()]
+    named.set_weights(weights)
+    fixed.set_weights(weights)
+    x = rng.standard_normal((3, 5, 6)).astype(np.float32)
+    np.testing.assert_allclose(named.predict(x), fixed.predict(x), rtol=1e-5, atol=1e-6)
+    mask = (np.arange(5)[:, None] >= np.arange(5)[None, :]).astype(np.int32)[None].repeat(3, 0)
+    np.testing.assert_allclose(fixed.predict(x), reference(weights, x.astype(np.float64), x.astype(np.float64),
+                                                           mask, causal=False), rtol=1e-4, atol=1e-5)
+    short = x[:, :3]  # (step i sees steps 0..i: a prefix's outputs are the longer sequence's)
+    np.testing.assert_allclose(named.predict(short), named.predict(x)[:, :3], rtol=1e-5, atol=1e-6)
+    y = rng.standard_normal((3, 5, 6)).astype(np.float32)
+    assert named.fit(x, y, epochs=2, verbose=0).history["loss"] == pytest.approx(
+        fixed.fit(x, y, epochs=2, verbose=0).history["loss"], rel=1e-5)
