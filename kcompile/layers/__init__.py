@@ -8,7 +8,7 @@ from .core import Dense, Embedding, Masking
 from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, GroupNormalization, LayerNormalization, UnitNormalization
 from .preprocessing import (CenterCrop, Normalization, RandomBrightness, RandomContrast, RandomCrop, RandomFlip,
-                            Rescaling, Resizing)
+                            RandomRotation, RandomTranslation, RandomZoom, Rescaling, Resizing)
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
                       GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D)
 from .recurrent import GRU, LSTM, SimpleRNN
@@ -21,6 +21,7 @@ from .functions import FUNCTIONS, NUMBER_FUNCTIONS
 LAYERS = {cls.__name__: cls for cls in [
     Dense, Embedding, Masking, Rescaling, Normalization,
     Resizing, CenterCrop, RandomFlip, RandomCrop, RandomContrast, RandomBrightness,
+    RandomTranslation, RandomRotation, RandomZoom,
     Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D,
     Conv1DTranspose, DepthwiseConv1D, SeparableConv1D,
     MaxPooling1D, MaxPooling2D, AveragePooling1D, AveragePooling2D,

@@ -1,6 +1,6 @@
 """Preprocessing layers inside the model (Keras's family of that name): Rescaling, Normalization,
 and the image layers (channels-last [height, width, channels]): Resizing, CenterCrop, RandomFlip,
-RandomCrop, RandomContrast, RandomBrightness."""
+RandomCrop, RandomContrast, RandomBrightness, RandomTranslation, RandomRotation, RandomZoom."""
 import numpy as np
 
 from ..errors import ShapeError, format_shape
@@ -367,3 +367,110 @@ class RandomBrightness(Layer):
     def call(self, ctx, x):
         return ctx.op("RandomBrightness", _float_image(ctx, "RandomBrightness", x), lower=self.factor[0],
                       upper=self.factor[1], low=self.value_range[0], high=self.value_range[1])
+
+
+class FractionArg(Converter):
+    """RandomTranslation's and RandomZoom's factors (Keras checks them apart from ``factor``): a
+    number f gives (-|f|, |f|), a pair (min, max); each number in [-1, 1], or with ``open_low``
+    in (-1, 1] (a zoom of 1 + f must stay above 0)."""
+
+    def __init__(self, open_low=False):
+        self.open_low = open_low
+        self.describe = f"a number or a pair of numbers in {'(' if open_low else '['}-1, 1]"
+
+    def __call__(self, v):
+        items = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+        if len(items) not in (1, 2) or any(isinstance(i, bool) or not isinstance(i, (int, float)) or i > 1
+                                           or i < -1 or (self.open_low and i == -1) for i in items):
+            raise ArgError(f"expected {self.describe}, got {show(v)}")
+        if len(items) == 1:
+            return (-abs(float(items[0])), abs(float(items[0])))
+        return tuple(sorted(float(i) for i in items))
+
+
+FILL_MODE = Choice("reflect", "wrap", "constant", "nearest")  # (Keras's; "mirror" its layers refuse too)
+SAMPLING = Choice("bilinear", "nearest")
+
+
+class _Affine(Layer):
+    """What RandomTranslation, RandomRotation and RandomZoom share: how they fill and sample."""
+
+    def __init__(self, fill_mode, interpolation, seed, fill_value):
+        self.fill_mode, self.interpolation, self.seed, self.fill_value = fill_mode, interpolation, seed, fill_value
+
+    def affine(self, ctx, x, **ranges):
+        name = type(self).__name__
+        return ctx.op(name, _float_image(ctx, name, x), fill_mode=self.fill_mode,
+                      interpolation=self.interpolation, fill_value=self.fill_value, **ranges)
+
+
+class RandomTranslation(_Affine):
+    """Shifts each image by a random fraction of its height and width in training (Keras 3 on
+    jax: its affine_transform, pixels read at (i - dy, j - dx), dy = f * height with f uniform in
+    height_factor's range, dx likewise), filling what comes in from outside by fill_mode; the
+    identity at inference.
+
+    Args:
+        height_factor, width_factor: a number f in [-1, 1] (the range (-|f|, |f|)) or a pair;
+            positive moves the image down (right).
+        fill_mode: reflect (d c b a | a b c d), or wrap, constant (fill_value), nearest.
+        interpolation: bilinear, or nearest.
+        seed: none (the model's seed decides).
+        fill_value: 0.0, read outside the image with fill_mode=constant.
+
+    Integer images become float32, as Keras. Weights: none.
+    """
+
+    def __init__(self, height_factor: FractionArg(), width_factor: FractionArg(), fill_mode: FILL_MODE = "reflect",
+                 interpolation: SAMPLING = "bilinear", seed: Optional(IntArg(0)) = None, fill_value: FloatArg() = 0.0):
+        super().__init__(fill_mode, interpolation, seed, fill_value)
+        self.height_factor, self.width_factor = height_factor, width_factor
+
+    def call(self, ctx, x):
+        return self.affine(ctx, x, height=self.height_factor, width=self.width_factor)
+
+
+class RandomRotation(_Affine):
+    """Rotates each image about its centre by a random angle in training (Keras 3 on jax), the
+    angle uniform in factor's range times 360 degrees, counter-clockwise when positive; fills
+    and samples as RandomTranslation; the identity at inference.
+
+    Args:
+        factor: a number f in [-1, 1] (the range (-|f|, |f|), in turns) or a pair.
+        fill_mode, interpolation, seed, fill_value: as RandomTranslation's.
+
+    Integer images become float32, as Keras. Weights: none.
+    """
+
+    def __init__(self, factor: FactorArg(), fill_mode: FILL_MODE = "reflect", interpolation: SAMPLING = "bilinear",
+                 seed: Optional(IntArg(0)) = None, fill_value: FloatArg() = 0.0):
+        super().__init__(fill_mode, interpolation, seed, fill_value)
+        self.factor = factor
+
+    def call(self, ctx, x):
+        return self.affine(ctx, x, factor=self.factor)
+
+
+class RandomZoom(_Affine):
+    """Zooms each image about its centre at random in training (Keras 3 on jax): pixels read at
+    zoom times their distance from the centre, the zoom 1 + f with f uniform in the factor's
+    range (positive zooms out, negative in), for the rows by height_factor and the columns by
+    width_factor (none: the rows' draw, keeping the aspect ratio); fills and samples as
+    RandomTranslation; the identity at inference.
+
+    Args:
+        height_factor: a number f in (-1, 1] (the range (-|f|, |f|)) or a pair.
+        width_factor: none, or as height_factor.
+        fill_mode, interpolation, seed, fill_value: as RandomTranslation's.
+
+    Integer images become float32, as Keras. Weights: none.
+    """
+
+    def __init__(self, height_factor: FractionArg(open_low=True),
+                 width_factor: Optional(FractionArg(open_low=True)) = None, fill_mode: FILL_MODE = "reflect",
+                 interpolation: SAMPLING = "bilinear", seed: Optional(IntArg(0)) = None, fill_value: FloatArg() = 0.0):
+        super().__init__(fill_mode, interpolation, seed, fill_value)
+        self.height_factor, self.width_factor = height_factor, width_factor
+
+    def call(self, ctx, x):
+        return self.affine(ctx, x, height=self.height_factor, width=self.width_factor)

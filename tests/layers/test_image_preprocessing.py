@@ -1,7 +1,8 @@
 """Image preprocessing and augmentation layers (channels-last): Resizing and CenterCrop against
 numpy and Keras 3 (jax backend), Resizing's gradient by finite differences; the random layers'
 inference (the identity) and training forms (valid transforms of each image, and their
-statistics), and a small CNN with augmentation first that trains."""
+statistics; RandomTranslation, RandomRotation and RandomZoom against Keras's own layers on the
+same draws), and small CNNs with augmentation first that train."""
 import os
 import sys
 
@@ -269,3 +270,150 @@ def test_a_cnn_with_augmentation_first_trains():
     assert losses[-1] < 0.5 * losses[0], losses
     assert m.evaluate(x.astype(np.uint8), labels, verbose=0)[1] > 0.9
     assert m.predict(x[:4].astype(np.uint8)).shape == (4, 2)
+
+
+# ---------------- RandomTranslation, RandomRotation, RandomZoom: Keras's affine transforms
+def keras_on_draws(keras, monkeypatch, layer, x, noise):
+    """Keras 3's layer (jax backend) run in training on images x with its uniform draws taken,
+    in the order it draws them, from our noise (jax.random.uniform's formula on them): the
+    whole Keras computation from the draws on, affine_transform included."""
+    import jax.numpy as jnp
+    import keras.src.backend.jax.random as jax_random
+    draws = list(noise)
+
+    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+        lo, hi = np.float32(minval), np.float32(maxval)
+        return jnp.maximum(lo, jnp.asarray(draws.pop(0)).reshape(shape) * (hi - lo) + lo)
+    monkeypatch.setattr(jax_random, "uniform", uniform)
+    y = np.asarray(layer(x, training=True))
+    assert not draws
+    return y
+
+
+# (the layer's source up to its fill arguments, and Keras's arguments; the second reads far outside the image)
+AFFINE = [("RandomTranslation(0.4, (-0.3, 0.5)", dict(height_factor=0.4, width_factor=(-0.3, 0.5))),
+          ("RandomTranslation((-1, 1), 1", dict(height_factor=(-1, 1), width_factor=1)),
+          ("RandomRotation(0.5", dict(factor=0.5)),
+          ("RandomRotation((-0.1, 0.3)", dict(factor=(-0.1, 0.3))),
+          ("RandomZoom((-0.5, 0.6)", dict(height_factor=(-0.5, 0.6))),
+          ("RandomZoom(0.5, (-0.4, 1)", dict(height_factor=0.5, width_factor=(-0.4, 1)))]
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+@pytest.mark.parametrize("fill_mode", ["reflect", "wrap", "constant", "nearest"])
+@pytest.mark.parametrize("layer,kwargs", AFFINE, ids=[a[0].split("(")[0] + str(i) for i, a in enumerate(AFFINE)])
+def test_affine_augmentations_match_keras_on_the_same_draws(keras, monkeypatch, layer, kwargs, fill_mode,
+                                                            interpolation):
+    options = dict(fill_mode=fill_mode, interpolation=interpolation, fill_value=7.5)
+    for shape in ((5, 7, 3), (3, 1, 2)):
+        x = images(shape, batch=6)
+        y, noise = training_run(f"{layer}, fill_mode={fill_mode}, interpolation={interpolation}, fill_value=7.5)", x,
+                                seed=3)
+        want = keras_on_draws(keras, monkeypatch, getattr(keras.layers, layer.split("(")[0])(**kwargs, **options),
+                              x, noise)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-3 if interpolation == "bilinear" else 0)
+
+
+def test_nearest_sampling_rounds_ties_away_from_zero_as_keras(keras, monkeypatch):
+    x = images((4, 5, 1), batch=2)
+    y, noise = training_run("RandomTranslation(0, (0.1, 0.1), interpolation=nearest, fill_mode=constant)", x)
+    # (columns read at j - 0.5 exactly: j - 0.5 rounds to j, and -0.5 to -1, outside)
+    np.testing.assert_array_equal(y[:, :, 1:], x[:, :, 1:])
+    np.testing.assert_array_equal(y[:, :, 0], 0)
+    layer = keras.layers.RandomTranslation(0, (0.1, 0.1), interpolation="nearest", fill_mode="constant")
+    np.testing.assert_array_equal(y, keras_on_draws(keras, monkeypatch, layer, x, noise))
+
+
+@pytest.mark.parametrize("layer", ["RandomTranslation(0.2, 0.3)", "RandomRotation(0.5, fill_mode=constant)",
+                                   "RandomZoom(0.3, interpolation=nearest)", "RandomZoom(0.2, (-0.1, 0.4))"])
+def test_affine_augmentations_are_the_identity_at_inference(layer):
+    x = images((6, 5, 3))
+    for level in (0, 1):
+        m = kcompile.compile_string(IMAGE.format(layer=layer, h=6, w=5, c=3, dtype="float32"), opt_level=level)
+        np.testing.assert_array_equal(m.predict(x), x)
+
+
+def ramps(n, batch):
+    """Images whose channels are each pixel's row and column: bilinear sampling inside the image
+    returns the coordinates it read at."""
+    return np.broadcast_to(np.indices((n, n), dtype=np.float32).transpose(1, 2, 0), (batch, n, n, 2)).copy()
+
+
+def test_affine_draws_are_uniform_in_keras_ranges():
+    n, batch, c = 21, 500, 10  # (pixel (10, 10) the centre; 500 draws: a range's ends within 2 %)
+    x = ramps(n, batch)
+
+    def check(value, u, lo, hi):
+        np.testing.assert_allclose(value, lo + u.ravel() * (hi - lo), atol=1e-4)
+        assert lo <= value.min() < lo + 0.02 * (hi - lo) and hi - 0.02 * (hi - lo) < value.max() <= hi
+        assert abs(value.mean() - (lo + hi) / 2) < 4 * (hi - lo) / np.sqrt(12 * batch)
+
+    y, (uy, ux) = training_run("RandomTranslation((-0.2, 0.3), 0.25)", x)  # shifts of fractions of 21 pixels
+    check(c - y[:, c, c, 0], uy, -0.2 * n, 0.3 * n)  # (positive: the image moves down, right)
+    check(c - y[:, c, c, 1], ux, -0.25 * n, 0.25 * n)
+    y, (u,) = training_run("RandomRotation((-0.2, 0.3))", x)  # turns: degrees in [-72, 108]
+    step = y[:, c, c + 1] - y[:, c, c]  # one column right reads (sin, cos) away: counter-clockwise
+    check(np.degrees(np.arctan2(step[:, 0], step[:, 1])), u, -72.0, 108.0)
+    np.testing.assert_allclose(y[:, c, c], c, atol=1e-4)  # about the centre
+    y, (u,) = training_run("RandomZoom(0.3)", x)  # one zoom for both axes, 1 + f, f in [-0.3, 0.3]
+    check(y[:, c, c + 1, 1] - y[:, c, c, 1], u, 0.7, 1.3)
+    np.testing.assert_allclose(y[:, c + 1, c, 0] - y[:, c, c, 0], y[:, c, c + 1, 1] - y[:, c, c, 1], atol=1e-4)
+    y, (uy, ux) = training_run("RandomZoom((0.1, 0.2), (-0.5, -0.4))", x)  # rows zoomed out, columns in
+    check(y[:, c + 1, c, 0] - y[:, c, c, 0], uy, 1.1, 1.2)
+    check(y[:, c, c + 1, 1] - y[:, c, c, 1], ux, 0.5, 0.6)
+
+
+def test_affine_augmentation_arguments_are_located_errors():
+    with pytest.raises(KcompileError, match=r"<string>:3:23: error: RandomTranslation argument 'height_factor': "
+                                            r"expected a number or a pair of numbers in \[-1, 1\], got 1.5"):
+        compiled("RandomTranslation(1.5, 0.1)")
+    with pytest.raises(KcompileError, match=r"<string>:3:28: error: RandomTranslation argument 'width_factor': "
+                                            r"expected .* got \(0.5, -2\)"):
+        compiled("RandomTranslation(0.1, (0.5, -2))")
+    with pytest.raises(KcompileError, match=r"<string>:3:16: error: RandomZoom argument 'height_factor': expected a "
+                                            r"number or a pair of numbers in \(-1, 1\], got -1"):
+        compiled("RandomZoom(-1)")
+    with pytest.raises(KcompileError, match=r"<string>:3:35: error: RandomRotation argument 'fill_mode': expected "
+                                            r"reflect or wrap or constant or nearest, got mirror"):
+        compiled("RandomRotation(0.1, fill_mode=mirror)")
+    with pytest.raises(KcompileError, match=r"<string>:3:35: error: RandomZoom argument 'interpolation': expected "
+                                            r"bilinear or nearest, got bicubic"):
+        compiled("RandomZoom(0.1, interpolation=bicubic)")
+    with pytest.raises(KcompileError, match=r"<string>:3:5: .*RandomRotation expects an input of shape \[height, "
+                                            r"width, channels\]"):
+        kcompile.compile_string("model m {\n    input x: float32[5, 4]\n    RandomRotation(0.1)\n}\n")
+    trained_first = "model m {\n    input x: float32[6, 6, 1]\n    Conv2D(2, 3)\n    RandomZoom(0.2)\n    Flatten()\n" \
+                    "    Dense(1)\n    train {\n        loss = mse\n        optimizer = SGD(0.1)\n    }\n}"
+    with pytest.raises(KcompileError, match=r"<string>:4:5: error: RandomZoom augments the model's input data"):
+        kcompile.compile_string(trained_first)
+
+
+AFFINE_CNN = """model aug {
+    input x: uint8[12, 12, 1]
+    Rescaling(1 / 255)
+    RandomTranslation(0.1, 0.1, fill_mode=constant)
+    RandomRotation(0.05, interpolation=nearest)
+    RandomZoom((-0.1, 0.1), fill_mode=nearest)
+    Conv2D(4, 3, activation=relu)
+    MaxPooling2D(2)
+    Flatten()
+    Dense(2, activation=softmax)
+    train {
+        loss = sparse_categorical_crossentropy
+        optimizer = Adam(0.01)
+        metrics = [accuracy]
+    }
+}"""
+
+
+def test_a_cnn_with_affine_augmentations_first_trains():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 256)
+    x = rng.integers(0, 60, (256, 12, 12, 1))
+    x[labels == 1, 4:8, 4:8] += 150  # a bright centre: class 1, however it is moved, turned and zoomed
+    m = kcompile.compile_string(AFFINE_CNN, seed=1)
+    history = m.fit(x.astype(np.uint8), labels, batch_size=32, epochs=8, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert m.evaluate(x.astype(np.uint8), labels, verbose=0)[1] > 0.9
+    np.testing.assert_array_equal(m.predict(x[:4].astype(np.uint8)).shape, (4, 2))
