@@ -750,6 +750,14 @@ class Elaborator:
                     b.mask_of(inputs[0]) is not None and b.mask_of(out) is None:
                 b.set_mask(out, b.mask_of(inputs[0]))
             outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            activity = getattr(layer, "activity_regularizer", None)
+            if activity is not None:  # (each call's outputs, as Keras: the loss adds their penalties)
+                for t in outs:
+                    if isinstance(t, Tensor):
+                        if not t.type.is_float:
+                            raise ShapeError(f"{layer.kind()}'s activity_regularizer needs a floating-point "
+                                             f"output, got {t.type}")
+                        self.graph.meta.setdefault("activity_regularizers", []).append((t.name,) + tuple(activity))
             if top:
                 self.calls.append(Call(layer.record, [t.name for t in inputs + sum(extra.values(), [])],
                                        [t.name for t in outs]))

@@ -4,7 +4,7 @@ from .activations import ELU, Activation, LeakyReLU, PReLU, ReLU, Softmax
 from .attention import AdditiveAttention, Attention, MultiHeadAttention
 from .convolutional import (Conv1D, Conv1DTranspose, Conv2D, Conv2DTranspose, DepthwiseConv1D, DepthwiseConv2D,
                             SeparableConv1D, SeparableConv2D)
-from .core import Dense, Embedding, Masking
+from .core import Dense, Embedding, Identity, Masking
 from .merging import Add, Average, Concatenate, Dot, Maximum, Minimum, Multiply, Subtract
 from .normalization import BatchNormalization, GroupNormalization, LayerNormalization, UnitNormalization
 from .preprocessing import (CenterCrop, Normalization, RandomBrightness, RandomContrast, RandomCrop, RandomFlip,
@@ -12,7 +12,8 @@ from .preprocessing import (CenterCrop, Normalization, RandomBrightness, RandomC
 from .pooling import (AveragePooling1D, AveragePooling2D, GlobalAveragePooling1D, GlobalAveragePooling2D,
                       GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D, MaxPooling2D)
 from .recurrent import GRU, LSTM, SimpleRNN
-from .regularization import Dropout, GaussianNoise, SpatialDropout1D, SpatialDropout2D
+from .regularization import (ActivityRegularization, AlphaDropout, Dropout, GaussianDropout, GaussianNoise,
+                             SpatialDropout1D, SpatialDropout2D)
 from .reshaping import (Cropping1D, Cropping2D, Flatten, Permute, RepeatVector, Reshape, UpSampling1D, UpSampling2D,
                         ZeroPadding1D, ZeroPadding2D)
 from .wrappers import Bidirectional, TimeDistributed
@@ -29,6 +30,7 @@ LAYERS = {cls.__name__: cls for cls in [
     SimpleRNN, LSTM, GRU,
     BatchNormalization, LayerNormalization, GroupNormalization, UnitNormalization,
     Dropout, SpatialDropout1D, SpatialDropout2D, GaussianNoise,
+    GaussianDropout, AlphaDropout, ActivityRegularization, Identity,
     Flatten, Reshape, Permute, RepeatVector, ZeroPadding1D, ZeroPadding2D, Cropping1D, Cropping2D,
     UpSampling1D, UpSampling2D,
     Activation, ReLU, LeakyReLU, PReLU, ELU, Softmax,

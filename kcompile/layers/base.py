@@ -136,6 +136,9 @@ class LayerArg(Converter):
                            "(blocks and models cannot be wrapped)")
         if not isinstance(layer, Layer):
             raise ArgError(f"expected a layer such as Dense(8), got {show(v)}")
+        if layer.activity_regularizer is not None:  # (a wrapper calls it directly: no output is recorded)
+            raise ArgError(f"the wrapped {layer.kind()}'s activity_regularizer is not supported",
+                           "give the wrapper the activity_regularizer instead")
         return layer
 
 
@@ -289,13 +292,18 @@ class Layer:
 
     Layers with a kernel (``regularizable = True``) also take Keras's ``kernel_regularizer``
     and ``bias_regularizer`` (e.g. ``Dense(64, kernel_regularizer=l2(0.01))``): the penalty
-    ``l1 * sum(|w|) + l2 * sum(w^2)`` is added to the training loss."""
+    ``l1 * sum(|w|) + l2 * sum(w^2)`` is added to the training loss.
+
+    Every layer takes Keras's ``activity_regularizer`` (``Dense(64, activity_regularizer=l2(0.01))``):
+    the same penalty of each output, divided by the batch size as Keras 3 does, is added to
+    the loss (the elaborator records the outputs; training.graphs adds the terms)."""
 
     n_inputs: int | None = 1  # None: any number (merging layers)
     regularizable = False
     # a regularizer argument -> the weight (short name) it penalizes, for regularizable layers
     regularizer_arguments = {"kernel_regularizer": "kernel", "bias_regularizer": "bias"}
     propagates_mask = False  # pass an input's step mask (Embedding(mask_zero=true)) on to the output
+    takes_activity_regularizer = True  # (ActivityRegularization sets its own from l1 and l2)
 
     def __init__(self):
         pass
@@ -328,13 +336,22 @@ class Layer:
                         regularizers[weight] = RegularizerArg()(kwargs.pop(key))
                     except ArgError as e:
                         raise ArgError(f"{cls.kind()} argument {key!r}: {e}", e.hint) from None
+        activity = None
+        if cls.takes_activity_regularizer and "activity_regularizer" in kwargs:
+            try:
+                activity = RegularizerArg()(kwargs.pop("activity_regularizer"))
+            except ArgError as e:
+                err = ArgError(f"{cls.kind()} argument 'activity_regularizer': {e}", e.hint)
+                err.param, err.position = "activity_regularizer", None
+                raise err from None
         names = [p.name for p in params]
         if len(args) > len(params):
             raise ArgError(f"{cls.kind()} takes at most {len(params)} positional arguments, got {len(args)}")
         bound = dict(zip(names, args))
         for k, v in kwargs.items():
             if k not in names:
-                known = names + (list(cls.regularizer_arguments) if cls.regularizable else [])
+                known = names + (list(cls.regularizer_arguments) if cls.regularizable else []) + \
+                    (["activity_regularizer"] if cls.takes_activity_regularizer else [])
                 raise ArgError(f"{cls.kind()} has no argument {k!r}", did_you_mean(k, known))
             if k in bound:
                 raise ArgError(f"{cls.kind()} got argument {k!r} twice")
@@ -355,21 +372,25 @@ class Layer:
                     err.param, err.position = p.name, (names.index(p.name) if p.name not in kwargs else None)
                     raise err from None
         return cls._made({p.name: converted.get(p.name, p.default) for p in params}, regularizers,
-                         str(requested) if requested is not None else None)
+                         str(requested) if requested is not None else None, activity)
 
     @classmethod
-    def _made(cls, arguments: dict, regularizers: dict, requested_name):
+    def _made(cls, arguments: dict, regularizers: dict, requested_name, activity=None):
         """A layer of these (converted) arguments, with what ``create`` records beside them."""
         layer = cls(**arguments)
         layer.arguments, layer.regularizers, layer.requested_name = arguments, regularizers, requested_name
+        if activity is not None:
+            layer.activity_regularizer = activity
         return layer
 
     def with_arguments(self, **changes) -> "Layer":
         """A new, unbuilt copy of this layer with some arguments changed (Bidirectional's backward
         layer: go_backwards flipped), its regularizers and requested name kept."""
-        return type(self)._made({**self.arguments, **changes}, self.regularizers, self.requested_name)
+        return type(self)._made({**self.arguments, **changes}, self.regularizers, self.requested_name,
+                                self.activity_regularizer if self.takes_activity_regularizer else None)
 
     regularizers: dict = {}
+    activity_regularizer: tuple | None = None  # (l1, l2) on the layer's outputs
 
     # Filled in by the frontend when the layer is first applied.
     name: str = ""

@@ -1,4 +1,4 @@
-"""Core layers: Dense, Embedding, Masking."""
+"""Core layers: Dense, Embedding, Masking, Identity."""
 from ..errors import ShapeError, format_shape
 from .activations import apply_activation
 from .base import ActivationArg, BoolArg, Choice, FloatArg, InitializerArg, IntArg, Layer
@@ -107,3 +107,11 @@ class Masking(Layer):
         y = ctx.op("Mul", x, keep)
         ctx.set_mask(y, ctx.op("Squeeze", keep, axes=(-1,)))
         return y
+
+
+class Identity(Layer):
+    """Returns its input as it is (a placeholder, as Keras's Identity). No arguments."""
+    propagates_mask = True
+
+    def call(self, ctx, x):
+        return x

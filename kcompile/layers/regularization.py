@@ -1,4 +1,7 @@
-"""Regularization layers: Dropout, SpatialDropout1D/2D, GaussianNoise."""
+"""Regularization layers: Dropout, SpatialDropout1D/2D, GaussianNoise, GaussianDropout,
+AlphaDropout, ActivityRegularization."""
+import math
+
 from ..errors import ShapeError, format_shape
 from .base import ArgError, Converter, FloatArg, IntArg, Layer, Optional, Symbol, expect_rank, show
 
@@ -21,11 +24,11 @@ class NoiseShapeArg(Converter):
         return tuple(None if is_none(i) else i for i in items)
 
 
-def dropout(ctx, x, rate, noise_shape=None, layer="Dropout"):
+def dropout(ctx, x, rate, noise_shape=None, layer="Dropout", **attrs):
     """A Dropout op; ``noise_shape`` (Keras's, ``None`` entries following x) becomes the op's
-    mask shape: x's dimensions, 1 where the mask is shared."""
+    mask shape: x's dimensions, 1 where the mask is shared. ``attrs``: the op's others (alpha)."""
     if noise_shape is None:
-        return ctx.op("Dropout", x, rate=rate)
+        return ctx.op("Dropout", x, rate=rate, **attrs)
     if len(noise_shape) != x.rank:
         raise ShapeError(f"{layer} noise_shape {show(noise_shape).replace('None', 'none')} has {len(noise_shape)} "
                          f"entries; the input {format_shape(x.shape)} (batch included) has rank {x.rank}")
@@ -36,8 +39,8 @@ def dropout(ctx, x, rate, noise_shape=None, layer="Dropout"):
                              f"{format_shape(x.shape)}); use none or 1")
         mask.append(xd if d is None else d)
     if tuple(mask) == tuple(x.shape):
-        return ctx.op("Dropout", x, rate=rate)
-    return ctx.op("Dropout", x, rate=rate, noise_shape=tuple(mask))
+        return ctx.op("Dropout", x, rate=rate, **attrs)
+    return ctx.op("Dropout", x, rate=rate, noise_shape=tuple(mask), **attrs)
 
 
 class Dropout(Layer):
@@ -113,3 +116,69 @@ class GaussianNoise(Layer):
         if not x.type.is_float:
             raise ShapeError(f"GaussianNoise needs a floating-point input, got {x.type}")
         return ctx.op("GaussianNoise", x, stddev=self.stddev)
+
+
+class GaussianDropout(Layer):
+    """Multiplies the inputs by 1-centred Gaussian noise of standard deviation
+    sqrt(rate / (1 - rate)) in training (Keras's GaussianDropout); the identity at inference.
+
+    Args:
+        rate: drop probability as Dropout's, in [0, 1).
+        seed: none (the model's seed decides).
+    """
+    propagates_mask = True
+
+    def __init__(self, rate: FloatArg(0.0, 1.0), seed: Optional(IntArg(0)) = None):
+        self.rate, self.seed = rate, seed
+
+    def call(self, ctx, x):
+        if not x.type.is_float:
+            raise ShapeError(f"GaussianDropout needs a floating-point input, got {x.type}")
+        return ctx.op("GaussianNoise", x, stddev=math.sqrt(self.rate / (1.0 - self.rate)), multiplicative=True)
+
+
+# SELU's constants: AlphaDropout sets dropped entries to SELU's negative saturation value.
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+class AlphaDropout(Layer):
+    """Dropout that keeps the inputs' mean and variance (for SELU networks), as Keras's: in
+    training, dropped entries are set to alpha_p = -selu_alpha * selu_scale and the result is
+    a * x + b with a = ((1 - rate) (1 + rate alpha_p^2))^-1/2 and b = -a alpha_p rate; the
+    identity at inference.
+
+    Args:
+        rate: fraction to drop, in [0, 1).
+        noise_shape: none, or the mask's shape as Dropout's.
+        seed: none (the model's seed decides).
+    """
+    propagates_mask = True
+
+    def __init__(self, rate: FloatArg(0.0, 1.0), noise_shape: NoiseShapeArg() = None,
+                 seed: Optional(IntArg(0)) = None):
+        self.rate, self.noise_shape, self.seed = rate, noise_shape, seed
+
+    def call(self, ctx, x):
+        if not x.type.is_float:
+            raise ShapeError(f"AlphaDropout needs a floating-point input, got {x.type}")
+        return dropout(ctx, x, self.rate, self.noise_shape, "AlphaDropout", alpha=-SELU_ALPHA * SELU_SCALE)
+
+
+class ActivityRegularization(Layer):
+    """Passes its input on and adds ``l1 * sum(|x|) + l2 * sum(x^2)``, divided by the batch
+    size, to the training loss (as any layer's activity_regularizer=l1_l2(l1, l2), which this
+    layer does not take besides).
+
+    Args:
+        l1: L1 factor (0.0), >= 0.
+        l2: L2 factor (0.0), >= 0.
+    """
+    propagates_mask = True
+    takes_activity_regularizer = False
+
+    def __init__(self, l1: FloatArg(0.0, math.inf) = 0.0, l2: FloatArg(0.0, math.inf) = 0.0):
+        self.l1, self.l2 = l1, l2
+        self.activity_regularizer = (l1, l2)
+
+    def call(self, ctx, x):
+        return x

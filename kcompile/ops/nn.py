@@ -789,9 +789,12 @@ class Dropout(Op):
     shared (SpatialDropout: [N, 1, 1, C]); noise_perm: set by transpose sinking, the noise's
     transpose from the layout it is drawn in (see ops.base.noise_input). Identity at inference
     (removed by a pass); in training, x * (noise >= rate) / (1 - rate) with a uniform noise
-    input."""
+    input. With ``alpha`` (AlphaDropout's alpha_p = -selu_alpha * selu_scale) dropped entries
+    become alpha instead of 0 and the result is a * x + b, as Keras's AlphaDropout, which keeps
+    the mean and variance of SELU activations. (One op with Dropout: the passes that remove,
+    keep apart and do not fold noise take it as it is.)"""
     name = "Dropout"
-    ir_only_attrs = ("rate", "noise_shape", "noise_perm")
+    ir_only_attrs = ("rate", "noise_shape", "noise_perm", "alpha")
 
     def infer(self, ins, attrs):
         x = ins[0]
@@ -819,7 +822,15 @@ class Dropout(Op):
             if mask[0] == 1:  # one mask for the whole batch: row 0 (ReduceMax keeps the typing)
                 u = ctx.op("ReduceMax", ctx.op("Slice", name, starts=(0,), ends=(1,), axes=(0,)), axes=(0,), keepdims=1)
         keep = ctx.op("Cast", ctx.op("GreaterOrEqual", u, rate), to=t.dtype)
-        replace_node(ctx, node, [ctx.op("Mul", ctx.op("Mul", x, keep), 1.0 / (1.0 - rate))])
+        alpha = node.attrs.get("alpha")
+        if alpha is None:
+            replace_node(ctx, node, [ctx.op("Mul", ctx.op("Mul", x, keep), 1.0 / (1.0 - rate))])
+            return [(name, x)], []
+        a = ((1 - rate) * (1 + rate * alpha ** 2)) ** -0.5
+        b = -a * alpha * rate
+        dropped = ctx.op("Mul", ctx.op("Sub", ctx.const(1.0, t.dtype), keep), alpha)
+        y = ctx.op("Add", ctx.op("Mul", x, keep), dropped)
+        replace_node(ctx, node, [ctx.op("Add", ctx.op("Mul", y, a), b)])
         return [(name, x)], []
 
     def grad(self, ctx, node, dys):
@@ -829,10 +840,11 @@ class Dropout(Op):
 @register
 class GaussianNoise(Op):
     """Additive zero-mean Gaussian noise of standard deviation ``stddev`` in training; the
-    identity at inference (removed by the remove-dropout pass). attrs: stddev. In training,
-    x + stddev * z, z standard-normal from two uniform noise inputs."""
+    identity at inference (removed by the remove-dropout pass). attrs: stddev, and
+    multiplicative (GaussianDropout's 1-centred noise). In training, x + stddev * z, or
+    x * (1 + stddev * z) when multiplicative, z standard-normal from two uniform noise inputs."""
     name = "GaussianNoise"
-    ir_only_attrs = ("stddev",)
+    ir_only_attrs = ("stddev", "multiplicative")
 
     def infer(self, ins, attrs):
         self.check_float(ins)
@@ -851,7 +863,10 @@ class GaussianNoise(Op):
         (n1, u1), (n2, u2) = noise_input(ctx, node, t), noise_input(ctx, node, t)
         radius = ctx.op("Sqrt", ctx.op("Mul", ctx.op("Log", ctx.op("Sub", ctx.const(1.0, t.dtype), u1)), -2.0))
         z = ctx.op("Mul", radius, ctx.op("Cos", ctx.op("Mul", u2, 2 * math.pi)))
-        replace_node(ctx, node, [ctx.op("Add", x, ctx.op("Mul", z, stddev))])
+        if node.attrs.get("multiplicative"):
+            replace_node(ctx, node, [ctx.op("Mul", x, ctx.op("Add", ctx.op("Mul", z, stddev), 1.0))])
+        else:
+            replace_node(ctx, node, [ctx.op("Add", x, ctx.op("Mul", z, stddev))])
         return [(n1, x), (n2, x)], []
 
     def grad(self, ctx, node, dys):

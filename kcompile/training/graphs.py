@@ -346,9 +346,44 @@ def evaluation_objective(graph: Graph, train: ast.Train, config: dict, env: dict
     metrics) on it): the evaluation graph's start, and kcompile check's test of what training will
     build (raises KcompileError at the statement that cannot be built)."""
     ev = graph.copy()
+    _pin_activity(ev)
     remove_dropout(ev)
+    _unpin_activity(ev)
     model_outputs = list(ev.outputs)  # after the removal, which may rename an output's value
     return ev, model_outputs, _objective(ev, train, config, env)
+
+
+ACTIVITY = "activity:"  # (the outputs that pin activity-regularized values through the passes)
+
+
+def _pin_activity(g):
+    """The values layers' activity_regularizer penalize (graph.meta, from the elaborator), pinned
+    as outputs while passes and training forms replace values (a Dropout by its masked value in
+    training, by its input in evaluation): Keras penalizes what the layer outputs in that mode."""
+    g.outputs += [(f"{ACTIVITY}{i}", v) for i, (v, _, _) in enumerate(g.meta.get("activity_regularizers", ()))]
+
+
+def _unpin_activity(g):
+    pinned = {int(o[len(ACTIVITY):]): v for o, v in g.outputs if o.startswith(ACTIVITY)}
+    g.meta["activity_regularizers"] = [(pinned[i], l1, l2)
+                                       for i, (_, l1, l2) in enumerate(g.meta.get("activity_regularizers", ()))]
+    g.outputs = [o for o in g.outputs if not o[0].startswith(ACTIVITY)]
+
+
+def activity_penalty(ctx, value, l1, l2):
+    """Keras 3's activity regularization loss of one layer output: (l1 * sum(|x|) + l2 *
+    sum(x^2)) / batch size (the output's first dimension), i.e. the batch mean of each sample's
+    penalty; a sum over the batch like the mean loss, so a step split into parts of the batch
+    adds the parts' terms weighted by their sizes to the same value."""
+    terms = ([ctx.op("Mul", ctx.op("Abs", value), l1)] if l1 else []) + \
+        ([ctx.op("Mul", ctx.op("Mul", value, value), l2)] if l2 else [])
+    if not terms:
+        return None
+    penalty = terms[0] if len(terms) == 1 else ctx.op("Add", *terms)
+    rank = ctx.type(value).rank
+    if rank > 1:
+        penalty = ctx.op("ReduceSum", penalty, axes=tuple(range(1, rank)), keepdims=0)
+    return ctx.op("ReduceMean" if rank else "ReduceSum", penalty, keepdims=0)
 
 
 def _objective(g, train, config, env):
@@ -368,6 +403,12 @@ def _objective(g, train, config, env):
                 loss = ctx.op("Add", loss, ctx.op("Mul", ctx.op("ReduceSum", ctx.op("Abs", name), keepdims=0), l1))
             if l2:
                 loss = ctx.op("Add", loss, ctx.op("Mul", ctx.op("ReduceSum", ctx.op("Mul", name, name), keepdims=0), l2))
+    for value, l1, l2 in g.meta.get("activity_regularizers", ()):  # activity_regularizer penalties
+        penalty = activity_penalty(ctx, value, l1, l2)
+        if penalty is not None:
+            if ctx.type(penalty).dtype != ctx.type(loss).dtype:
+                penalty = ctx.op("Cast", penalty, to=ctx.type(loss).dtype)
+            loss = ctx.op("Add", loss, penalty)
     metrics = []
     if len(objective.outputs) > 1:  # each output's loss, as Keras logs it (a_loss: before loss_weights)
         for output in objective.outputs:
@@ -514,6 +555,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
 
     # ---- training step ----
     g = graph.copy()
+    _pin_activity(g)  # (unpinned after the training forms)
     if opt_level >= 1:
         # Values the train section names stay what they are: pinned as outputs, no pass
         # rewrites them away, and the names follow any renaming.
@@ -528,6 +570,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     for node in graph.nodes():
         order.setdefault((node.layer, node.op), len(order))
     noise, stat_updates = training_form(g, order)
+    _unpin_activity(g)
     known = {d for n in graph.inputs for d in graph.types[n].shape if isinstance(d, str)}
     for n, _ in noise:  # the runtime draws noise at sizes it works out from the inputs' shapes
         for d in g.types[n].shape:

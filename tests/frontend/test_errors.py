@@ -216,7 +216,7 @@ CASES = [
     ("function_keyword_it_lacks", model("y = mean(x, axes=1)\noutput y"), 3, 17, "mean has no argument 'axes'",
      "did you mean axis?"),
     ("infinity_added_to_integers", model("y = cast(x, int32) + 1e309\noutput y"), 3, 26, "inf does not fit int32", None),
-    ("initializer_as_a_statement", model("Identity()"), 3, 5, "it is the initializer identity(...), which belongs in "
+    ("initializer_as_a_statement", model("GlorotUniform()"), 3, 5, "it is the initializer glorot_uniform(...), which belongs in "
      "a layer's *_initializer argument", None),
     ("layer_named_as_a_called_model", "model sub {\n    input q: float32[8]\n    output Dense(2)(q)\n}\n"
      + model("a = Dense(3, name=sub)(x)\nb = sub(x)\noutput a, b"), 8, 9, "a layer named sub already exists", None),
