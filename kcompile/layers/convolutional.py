@@ -1,5 +1,6 @@
-"""Convolution layers: Conv1D, Conv2D, their transposed, depthwise and separable forms
-(channels-last, Keras kernels). Each 1D layer is its 2D layer at ``rank = 1``.
+"""Convolution layers: Conv1D, Conv2D, Conv3D, their transposed forms, and the 1D and 2D
+depthwise and separable ones (channels-last, Keras kernels). Each 1D or 3D layer is its 2D
+layer at ``rank = 1`` or ``rank = 3``.
 
 The language keeps images channels-last; ONNX convolves channels-first. Each
 layer wraps its Conv in transposes, and the transpose-sinking pass removes the
@@ -57,8 +58,8 @@ class _Conv(Layer):
     def check_input(self, x):
         if x.rank != self.rank + 2:
             hint = None
-            if x.rank == 2 and self.rank == 2:
-                hint = "add Reshape((height, width, channels)) before it"
+            if x.rank == 2 and self.rank > 1:
+                hint = f"add Reshape({self.layout.replace('[', '(').replace(']', ')')}) before it"
             raise ShapeError(f"{self.kind()} expects an input of shape {self.layout} (without the batch), "
                              f"got {format_shape(x.shape[1:])}", hint)
         if not isinstance(x.shape[-1], int):
@@ -149,6 +150,34 @@ class Conv1D(_Conv):
 
     def __init__(self, filters: IntArg(1), kernel_size: Ints(1), strides: Ints(1) = (1,),
                  padding: Choice("valid", "same", "causal") = "valid", dilation_rate: Ints(1) = (1,),
+                 groups: IntArg(1) = 1, activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, groups, activation, use_bias,
+                         kernel_initializer, bias_initializer)
+
+
+class Conv3D(_Conv):
+    """3-D convolution over [depth, height, width, channels] volumes.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: an int or (kd, kh, kw).
+        strides: an int or (sd, sh, sw); 1.
+        padding: valid (no padding) or same (output = ceil(input / stride)).
+        dilation_rate: an int or (dd, dh, dw); 1.
+        groups: channel groups; 1.
+        activation: linear by default.
+        use_bias: true.
+        kernel_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: kernel [kd, kh, kw, in_channels / groups, filters], bias [filters].
+    """
+    rank = 3
+    layout = "[depth, height, width, channels]"
+
+    def __init__(self, filters: IntArg(1), kernel_size: Ints(3), strides: Ints(3) = (1, 1, 1),
+                 padding: Choice("valid", "same") = "valid", dilation_rate: Ints(3) = (1, 1, 1),
                  groups: IntArg(1) = 1, activation: ActivationArg() = "linear", use_bias: BoolArg() = True,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
@@ -289,7 +318,7 @@ class Conv2DTranspose(_Conv):
             size, s = x.shape[1 + i], self.strides[i]
             k = self.dilation_rate[i] * (self.kernel_size[i] - 1) + 1
             if not isinstance(size, int):
-                sizes = "height and width" if self.rank == 2 else "steps"
+                sizes = {1: "steps", 2: "height and width", 3: "depth, height and width"}[self.rank]
                 raise ShapeError(f"{self.kind()} needs known input {sizes}")
             extra = self.output_padding[i] if self.output_padding else None
             if extra is None:
@@ -337,6 +366,35 @@ class Conv1DTranspose(Conv2DTranspose):
     def __init__(self, filters: IntArg(1), kernel_size: Ints(1), strides: Ints(1) = (1,),
                  padding: Choice("valid", "same") = "valid", output_padding: Optional(Ints(1, 0)) = None,
                  dilation_rate: Ints(1) = (1,), activation: ActivationArg() = "linear",
+                 use_bias: BoolArg() = True, kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ())):
+        super().__init__(filters, kernel_size, strides, padding, output_padding, dilation_rate, activation, use_bias,
+                         kernel_initializer, bias_initializer)
+
+
+class Conv3DTranspose(Conv2DTranspose):
+    """Transposed 3-D convolution over [depth, height, width, channels] (the gradient of Conv3D),
+    upsampling by ``strides``.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: an int or (kd, kh, kw).
+        strides: an int or (sd, sh, sw); 1.
+        padding: valid (output = input * stride + max(k - stride, 0)) or same (input * stride).
+        output_padding: none, or an int or triple (each below strides) added to the output size.
+        dilation_rate: an int or (dd, dh, dw); 1.
+        activation: linear by default.
+        use_bias: true.
+        kernel_initializer: glorot_uniform. bias_initializer: zeros.
+
+    Weights: kernel [kd, kh, kw, filters, in_channels] (Keras's layout), bias [filters].
+    """
+    rank = 3
+    layout = "[depth, height, width, channels]"
+
+    def __init__(self, filters: IntArg(1), kernel_size: Ints(3), strides: Ints(3) = (1, 1, 1),
+                 padding: Choice("valid", "same") = "valid", output_padding: Optional(Ints(3, 0)) = None,
+                 dilation_rate: Ints(3) = (1, 1, 1), activation: ActivationArg() = "linear",
                  use_bias: BoolArg() = True, kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  bias_initializer: InitializerArg() = ("zeros", ())):
         super().__init__(filters, kernel_size, strides, padding, output_padding, dilation_rate, activation, use_bias,

@@ -1,4 +1,5 @@
-"""Pooling layers, channels-last: Max/AveragePooling1D/2D, GlobalAverage/GlobalMaxPooling1D/2D."""
+"""Pooling layers, channels-last: Max/AveragePooling1D/2D/3D, GlobalAverage/GlobalMaxPooling1D/2D/3D.
+Each 1D or 3D layer is its 2D layer at ``rank = 1`` or ``rank = 3``."""
 from ..errors import ShapeError, format_shape
 from .base import BoolArg, Choice, Ints, Layer, Optional
 from .convolutional import same_padding, to_channels_first, to_channels_last
@@ -73,17 +74,32 @@ class AveragePooling1D(MaxPooling1D):
     op = "AveragePool"
 
 
+class MaxPooling3D(_Pooling):
+    __doc__ = _POOL_DOC.format(what="Max", layout="[depth, height, width, channels]", default="(2, 2, 2)")
+    rank = 3
+    layout = "[depth, height, width, channels]"
+
+    def __init__(self, pool_size: Ints(3) = (2, 2, 2), strides: Optional(Ints(3)) = None,
+                 padding: Choice("valid", "same") = "valid"):
+        super().__init__(pool_size, strides, padding)
+
+
+class AveragePooling3D(MaxPooling3D):
+    __doc__ = _POOL_DOC.format(what="Average", layout="[depth, height, width, channels]", default="(2, 2, 2)")
+    op = "AveragePool"
+
+
 class _GlobalPooling(Layer):
     rank = 2
     op = "ReduceMean"
+    layout = "[height, width, channels]"
 
     def __init__(self, keepdims: BoolArg() = False):
         self.keepdims = keepdims
 
     def call(self, ctx, x):
         if x.rank != self.rank + 2:
-            layout = "[height, width, channels]" if self.rank == 2 else "[steps, channels]"
-            raise ShapeError(f"{self.kind()} expects an input of shape {layout} (without the batch), "
+            raise ShapeError(f"{self.kind()} expects an input of shape {self.layout} (without the batch), "
                              f"got {format_shape(x.shape[1:])}")
         return ctx.op(self.op, x, axes=tuple(range(1, self.rank + 1)), keepdims=int(self.keepdims))
 
@@ -101,6 +117,7 @@ class GlobalAveragePooling1D(_GlobalPooling):
     """Mean over steps: [steps, c] -> [c]; after ``Embedding(mask_zero=true)``, the mean of the
     unmasked steps only (Keras). Args: keepdims (false)."""
     rank = 1
+    layout = "[steps, channels]"
 
     def call(self, ctx, x):
         mask = ctx.mask_of(x)
@@ -115,4 +132,16 @@ class GlobalAveragePooling1D(_GlobalPooling):
 class GlobalMaxPooling1D(_GlobalPooling):
     """Max over steps: [steps, c] -> [c]. Args: keepdims (false)."""
     rank = 1
+    layout = "[steps, channels]"
+    op = "ReduceMax"
+
+
+class GlobalAveragePooling3D(_GlobalPooling):
+    """Mean over depth, height and width: [d, h, w, c] -> [c]. Args: keepdims (false)."""
+    rank = 3
+    layout = "[depth, height, width, channels]"
+
+
+class GlobalMaxPooling3D(GlobalAveragePooling3D):
+    """Max over depth, height and width: [d, h, w, c] -> [c]. Args: keepdims (false)."""
     op = "ReduceMax"

@@ -1,5 +1,5 @@
-"""Reshaping layers: Flatten, Reshape, Permute, RepeatVector, ZeroPadding1D/2D, Cropping1D/2D,
-UpSampling1D/2D (channels-last)."""
+"""Reshaping layers: Flatten, Reshape, Permute, RepeatVector, ZeroPadding1D/2D/3D,
+Cropping1D/2D/3D, UpSampling1D/2D/3D (channels-last)."""
 import numpy as np
 
 from ..errors import ShapeError, format_shape
@@ -115,6 +115,20 @@ class ZeroPadding2D(_ZeroPadding):
         self.padding = padding
 
 
+class ZeroPadding3D(_ZeroPadding):
+    """Pads the depth, rows and columns of ``[depth, height, width, channels]`` with zeros.
+
+    Args:
+        padding: (1, 1, 1); an int, a triple (depth, rows, columns) padded symmetrically, or
+            ((front, back), (top, bottom), (left, right)).
+    """
+    n = 3
+    layout = "[depth, height, width, channels]"
+
+    def __init__(self, padding: _Pairs(3) = ((1, 1), (1, 1), (1, 1))):
+        self.padding = padding
+
+
 class _Cropping(Layer):
     n = 2
     layout = "[height, width, channels]"
@@ -157,6 +171,20 @@ class Cropping2D(_Cropping):
     """
 
     def __init__(self, cropping: _Pairs(2) = ((0, 0), (0, 0))):
+        self.cropping = cropping
+
+
+class Cropping3D(_Cropping):
+    """Crops the depth, rows and columns of ``[depth, height, width, channels]``.
+
+    Args:
+        cropping: ((1, 1), (1, 1), (1, 1)); an int, a triple (depth, rows, columns) cropped
+            symmetrically, or ((front, back), (top, bottom), (left, right)).
+    """
+    n = 3
+    layout = "[depth, height, width, channels]"
+
+    def __init__(self, cropping: _Pairs(3) = ((1, 1), (1, 1), (1, 1))):
         self.cropping = cropping
 
 
@@ -204,6 +232,20 @@ class UpSampling2D(_UpSampling):
 
     def __init__(self, size: Ints(2) = (2, 2), interpolation: Choice("nearest") = "nearest"):
         self.size, self.interpolation = size, interpolation
+
+
+class UpSampling3D(_UpSampling):
+    """Repeats each depth slice, row and column (nearest neighbour):
+    ``[d, h, w, c] -> [d * size[0], h * size[1], w * size[2], c]``.
+
+    Args:
+        size: (2, 2, 2); an int or a triple.
+    """
+    n = 3
+    layout = "[depth, height, width, channels]"
+
+    def __init__(self, size: Ints(3) = (2, 2, 2)):
+        self.size = size
 
 
 class RepeatVector(Layer):

@@ -219,7 +219,7 @@ def _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations
     each kernel offset, dy [N, O, T'] times the input rows that offset reads, [N, C, T']
     sliced with static offsets from both ends, summed over the batch."""
     if len(kernel_spatial) != 1 or any(s != 1 for s in strides):
-        raise NotImplementedError("gradient of a strided or 2-d convolution over a named dimension "
+        raise NotImplementedError("gradient of a strided, 2-d or 3-d convolution over a named dimension "
                                   "(give it a number to train this model)")
     (k,), (d,) = kernel_spatial, dilations
     x = _pad_spatial(ctx, x, pads)
@@ -378,7 +378,8 @@ class MaxPoolTilesGrad(Op):
 
     The first maximum is at window position j (row-major) exactly when j is the first
     position whose corner rectangle, rows 0..a by columns 0..b of the window, holds the
-    maximum: every position of a smaller such rectangle comes before j. The rectangles'
+    maximum: every position of a smaller such rectangle comes before j (as for the corner
+    boxes of a 3-d window, or a 1-d one's prefixes: MaxPooling1D/3D use it too). The rectangles'
     maxima are MaxPools with smaller kernels and the same strides, their equality with y
     chooses each window's offset in a cascade of Where, and MaxUnpool places dy there.
     inputs: dy, y (the pool's output), x; attrs: kernel_shape."""

@@ -255,3 +255,37 @@ def depthwise_conv(x, kernel, bias=None, strides=1, padding="valid", dilation=1)
           for c in range(cin) for m in range(mult)]
     y = np.concatenate(ys, axis=-1)
     return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+# ---------------------------------------------------------------- N-d transposed convolution, upsampling
+def conv_transpose(x, kernel, bias=None, strides=1, padding="valid", output_padding=None, dilation=1):
+    """Keras ConvNDTranspose for any number of spatial axes (conv2d_transpose's arithmetic: every
+    input pixel scattered through the kernel, then the output window cropped). kernel [*k, out, in]."""
+    x, kernel = f64(x, kernel)
+    nsp = x.ndim - 2
+    strides = (strides,) * nsp if isinstance(strides, int) else tuple(strides)
+    dilation = (dilation,) * nsp if isinstance(dilation, int) else tuple(dilation)
+    if isinstance(output_padding, int):
+        output_padding = (output_padding,) * nsp
+    ksize, cout = kernel.shape[:nsp], kernel.shape[-2]
+    eff = [dilation[i] * (ksize[i] - 1) + 1 for i in range(nsp)]
+    outs = [deconv_length(x.shape[1 + i], ksize[i], strides[i], padding,
+                          None if output_padding is None else output_padding[i], dilation[i]) for i in range(nsp)]
+    full = [(x.shape[1 + i] - 1) * strides[i] + eff[i] for i in range(nsp)]
+    big = np.zeros((x.shape[0],) + tuple(max(f, o) + e for f, o, e in zip(full, outs, eff)) + (cout,))
+    for pos in np.ndindex(*x.shape[1:-1]):
+        for koff in np.ndindex(*ksize):
+            at = tuple(pos[i] * strides[i] + koff[i] * dilation[i] for i in range(nsp))
+            big[(slice(None),) + at] += x[(slice(None),) + pos] @ kernel[koff].T
+    begin = [max((x.shape[1 + i] - 1) * strides[i] + eff[i] - outs[i], 0) // 2 if padding == "same" else 0
+             for i in range(nsp)]
+    y = big[(slice(None),) + tuple(slice(b, b + o) for b, o in zip(begin, outs))]
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def upsample(x, size):
+    """Nearest-neighbour upsampling of every spatial axis (Keras's UpSampling1D/2D/3D)."""
+    (y,) = f64(x)
+    for axis, s in enumerate(size, start=1):
+        y = np.repeat(y, s, axis=axis)
+    return y
