@@ -17,6 +17,8 @@ it); any object providing it works, which is what the tests use:
 * ``model.get_weights()`` -> list of numpy arrays, ``model.set_weights(list)``
   (``EarlyStopping(restore_best_weights=True)``).
 * ``History`` also sets ``model.history`` to itself after each epoch, as Keras does.
+* ``BackupAndRestore`` needs a kcompile ``Model``: it restores a backup with ``model._restore(path)``
+  and tells ``fit`` where to go on with ``model._resume_at`` (as Keras's ``model._initial_epoch``).
 
 Calling convention (what ``fit`` must do, as Keras does)
 --------------------------------------------------------
@@ -35,15 +37,19 @@ from __future__ import annotations
 import csv
 import numbers
 import os
+import re
+import shutil
 import sys
 import warnings
 
 import numpy as np
 
+from .errors import KcompileError
+
 __all__ = [
     "Callback", "CallbackList", "History", "EarlyStopping", "ModelCheckpoint",
     "LearningRateScheduler", "ReduceLROnPlateau", "CSVLogger", "TerminateOnNaN", "LambdaCallback",
-    "ProgbarLogger",
+    "ProgbarLogger", "BackupAndRestore",
 ]
 
 
@@ -808,3 +814,121 @@ class ProgbarLogger(Callback):
             self.target = self.seen
             self.progbar.target = self.target
         self.progbar.update(self.target, list((logs or {}).items()), finalize=True)
+
+
+class BackupAndRestore(Callback):
+    """Back up the training state so that an interrupted ``fit`` goes on where it stopped (Keras 3).
+
+    Every epoch's end (or every ``save_freq`` batches, an int) the model is saved with
+    ``model.save`` into ``backup_dir``: weights, optimizer slots, step count and learning rate,
+    written atomically, so a crash mid-write leaves the previous backup whole. When ``fit`` starts
+    with a backup in ``backup_dir``, the model takes its state and ``fit`` runs only what is left:
+    from the backup's epoch, skipping the steps of that epoch it had taken. As the shuffling and
+    the dropout noise follow the seed and the step count, the resumed run ends with the weights
+    the uninterrupted one would have. ``double_checkpoint`` keeps the previous backup too, and
+    falls back to it when the latest cannot be read. ``delete_checkpoint`` removes the backups
+    when ``fit`` ends (not when it is interrupted by an exception). ``backup_dir`` holds the
+    backups alone: no other run's, nor another callback's files.
+
+    Each backup is a checkpoint folder named ``epoch-E-batch-B``: taken after B batches of the
+    (0-based) epoch E; an epoch-end backup is ``epoch-E+1-batch-0``.
+    """
+
+    _NAME = re.compile(r"epoch-(\d+)-batch-(\d+)")
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False, delete_checkpoint=True):
+        super().__init__()
+        if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(backup_dir):
+            raise ValueError(f"BackupAndRestore: backup_dir must be a non-empty path, got {backup_dir!r}")
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and not isinstance(save_freq, bool)
+                                         and save_freq > 0):
+            raise ValueError(f"BackupAndRestore: save_freq must be 'epoch' or a positive integer (a number of "
+                             f"batches), got {save_freq!r}")
+        for name, value in (("double_checkpoint", double_checkpoint), ("delete_checkpoint", delete_checkpoint)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"BackupAndRestore: {name} must be True or False, got {value!r}")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq
+        self.double_checkpoint = bool(double_checkpoint)
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._current_epoch = 0
+        self._batches_seen_since_last_saving = 0
+
+    def _backups(self) -> list:
+        """The backups in ``backup_dir``, oldest first, as ((epoch, batch), path). (A save that
+        stopped midway leaves only its hidden staging folder, never one of these names.)"""
+        if not os.path.isdir(self.backup_dir):
+            return []
+        found = []
+        for name in os.listdir(self.backup_dir):
+            match = self._NAME.fullmatch(name)
+            if match:
+                found.append(((int(match[1]), int(match[2])), os.path.join(self.backup_dir, name)))
+        return sorted(found)
+
+    def on_train_begin(self, logs=None):
+        self._current_epoch = 0
+        self._batches_seen_since_last_saving = 0
+        if os.path.exists(self.backup_dir) and not os.path.isdir(self.backup_dir):
+            raise NotADirectoryError(f"BackupAndRestore: backup_dir {self.backup_dir} is a file, not a folder")
+        backups = self._backups()
+        error = None
+        for i in range(len(backups) - 1, -1, -1):  # the latest first, then older ones
+            at, path = backups[i]
+            try:
+                state = self.model._restore(path)
+            except (OSError, ValueError, KcompileError) as e:  # (missing, damaged, another model's)
+                error = error or e
+                continue
+            if error is not None:
+                warnings.warn(f"BackupAndRestore: the latest backup could not be read ({error}); "
+                              f"going on from the previous one, {path}", stacklevel=2)
+                for _, newer in backups[i + 1:]:  # (unreadable, and ahead of where training goes on)
+                    shutil.rmtree(newer, ignore_errors=True)
+            if state.get("seed") != self.model.seed:
+                warnings.warn(f"BackupAndRestore: the backup was taken with seed {state.get('seed')}, this model "
+                              f"has seed {self.model.seed}: the data's order and the dropout noise will differ "
+                              f"from the interrupted run's", stacklevel=2)
+            self.model._resume_at = at  # (read by fit after on_train_begin, as Keras's model._initial_epoch)
+            return
+        if error is not None:
+            raise error
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches_seen_since_last_saving += 1  # (one call per batch here: no steps_per_execution)
+        if self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            self._save((self._current_epoch, batch + 1))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save((epoch + 1, 0))
+
+    def _save(self, at):
+        epoch, batch = at
+        path = self.model.save(os.path.join(self.backup_dir, f"epoch-{epoch}-batch-{batch}"))
+        # Only once the new backup is in place, the older ones go (all but one with double_checkpoint).
+        keep = 2 if self.double_checkpoint else 1
+        backups = [p for _, p in self._backups() if os.path.abspath(p) != os.path.abspath(path)]
+        for old in backups[:len(backups) - (keep - 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def on_train_end(self, logs=None):
+        if not self.delete_checkpoint:
+            return
+        # Only what this callback wrote goes (Keras removes backup_dir whole, whatever it holds).
+        for _, path in self._backups():
+            shutil.rmtree(path, ignore_errors=True)
+        if os.path.isdir(self.backup_dir):
+            for name in os.listdir(self.backup_dir):  # a stopped save's staging folder, .epoch-E-batch-B.*
+                if name.startswith(".") and self._NAME.match(name[1:]):
+                    shutil.rmtree(os.path.join(self.backup_dir, name), ignore_errors=True)
+            try:
+                os.rmdir(self.backup_dir)
+            except OSError:  # (other files in it: left with them)
+                pass

@@ -722,6 +722,10 @@ class TrainingMixin:
         running = RunningMetrics(self.manifest["training"]["metrics"])
         cbs.on_train_begin()
         batch_logs = cbs.reads_batch_logs()  # (after on_train_begin, which may attach a hook)
+        # A backup restored in on_train_begin (BackupAndRestore) says where training goes on: its
+        # epoch, and the steps of that epoch it had taken (skipped below, their batches drawn as before)
+        resume = self.__dict__.pop("_resume_at", None)
+        initial_epoch, skip = resume if resume is not None else (initial_epoch, 0)
         logs = {}
         try:
             for epoch in range(initial_epoch, epochs):
@@ -730,11 +734,13 @@ class TrainingMixin:
                 cbs.on_epoch_begin(epoch)
                 steps = 0
                 for step, (xb, yb, n) in enumerate(batches.epoch(epoch)):
+                    steps += 1
+                    if step < skip:  # (taken before the restored backup was saved)
+                        continue
                     self._step_in_epoch = step
                     cbs.on_train_batch_begin(step)
                     results = self._run_train_step(xb, yb)
                     running.update(results, n)
-                    steps += 1
                     cbs.on_train_batch_end(step, running.result() if batch_logs else None)
                     if self.stop_training:
                         break
@@ -744,8 +750,12 @@ class TrainingMixin:
                     print(f"kcompile: the training data ran out at epoch {epoch + 1}; training stopped (an "
                           f"iterable must give at least steps_per_epoch x epochs batches)")
                     self.stop_training = True
-                if not steps:  # (no epoch of made-up numbers)
-                    break
+                if steps <= skip:  # (no epoch of made-up numbers)
+                    if not steps or self.stop_training:
+                        break
+                    skip = 0  # (the restored backup had taken all of this epoch's steps)
+                    continue
+                skip = 0
                 logs = running.result()
                 if val is not None and validate_at(epoch):
                     logs.update({f"val_{k}": v for k, v in self._evaluate_batches(val, cbs).items()})
@@ -778,6 +788,23 @@ class TrainingMixin:
         return logs
 
     # ---- weights and checkpoints ----
+    def _restore(self, path) -> dict:
+        """Go on from the checkpoint folder ``path`` of this model (BackupAndRestore): its weights,
+        optimizer slots, step count (which seeds the dropout noise) and learning rate. Returns its
+        state.json (iterations, epoch, seed, ...)."""
+        from pathlib import Path
+        from .checkpoint import find_manifest, read_folder
+        folder = read_folder(find_manifest(Path(path)))
+        slots = folder.slots or {}
+        if folder.state is None or sorted(folder.weights) != sorted(self._param_names) \
+                or sorted(slots) != sorted(self._slots):
+            raise ValueError(f"{path} holds a checkpoint of another model or optimizer than this {self.name}")
+        self.set_weights([folder.weights[n] for n in self._param_names])  # (drops the training buffers)
+        self._slots = {n: slots[n] for n in self._slots}
+        self._iterations, self._epoch = folder.state["iterations"], folder.state["epoch"]
+        self._lr_override = folder.state.get("learning_rate_override")
+        return folder.state
+
     def optimizer_state(self) -> dict:
         self._sync_state()
         return {k: v.copy() for k, v in self._slots.items()}
