@@ -22,6 +22,18 @@ def masked_softmax(ctx, scores, allowed, subtract=False):
     return ctx.op("Softmax", scores, axis=-1)
 
 
+def _check_dtypes(kind, query, value, key):
+    """Floating-point inputs of one dtype (the products mix no dtypes)."""
+    for what, t in (("query", query), ("value", value), ("key", key)):
+        if not t.type.is_float:
+            raise ShapeError(f"{kind} needs floating-point inputs, got the {what} {t.type}",
+                             hint="Embedding maps ids to vectors; cast(x, float32) converts numbers")
+    for what, t in (("value", value), ("key", key)):
+        if t.dtype != query.dtype:
+            raise ShapeError(f"{kind} needs the query and the {what} to have one dtype, got {query.dtype} and "
+                             f"{t.dtype}", hint=f"cast the {what} with cast({what}, {query.dtype})")
+
+
 def causal_mask(ctx, query, value):
     """Keras's use_causal_mask as [1, Tq, Tv] 0/1 numbers: query step i sees value steps j <= i.
     A constant where both step counts are known, else made from the steps at run time."""
@@ -89,6 +101,7 @@ class MultiHeadAttention(Layer):
         if key.shape[1] != value.shape[1]:
             raise ShapeError(f"MultiHeadAttention key and value need one number of steps, got "
                              f"{key.shape[1]} and {value.shape[1]}")
+        _check_dtypes("MultiHeadAttention", query, value, key)
         return query, value, key
 
     def build(self, ctx, *inputs):
@@ -220,6 +233,7 @@ class Attention(Layer):
         if query.shape[-1] != key.shape[-1]:
             raise ShapeError(f"{kind} needs the query and the key to have one number of features, got "
                              f"{query.shape[-1]} and {key.shape[-1]}")
+        _check_dtypes(kind, query, value, key)
         return query, value, key
 
     def build(self, ctx, *inputs):

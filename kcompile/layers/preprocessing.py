@@ -145,11 +145,24 @@ def _float_image(ctx, layer, x):
     return x if x.type.is_float else ctx.op("Cast", x, to="float32")
 
 
+def _fits(layer, x, what, value, *computed):
+    """Refuse an argument (and the numbers computed from it) that the images' dtype cannot hold:
+    an infinity there would make the training form's outputs inf or nan."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not np.all(np.isfinite(np.hstack((value,) + computed).astype(np.float64).astype(x.dtype))):
+            raise ShapeError(f"{layer} {what} {show(value)} does not fit {x.dtype}, the images' dtype",
+                             hint=f"take a {what} within {x.dtype}'s range")
+
+
 def resize(ctx, x, height, width, interpolation="bilinear", antialias=False):
     """[N, H, W, C] -> [N, height, width, C]: a product with the rows' weights [height, H] on
     [N, H, W * C], then with the columns' [width, W] on [N, height, W, C] (each broadcast over the
     leading axes)."""
     _, h, w, c = x.shape
+    for n_in, n_out in ((h, height), (w, width)):  # (the weight's bound, before numpy tries to allocate it)
+        if n_in != n_out and n_in * n_out > 2 ** 31 - 1:
+            raise ShapeError(f"resizing {n_in} pixels to {n_out} takes a [{n_out}, {n_in}] interpolation matrix, "
+                             f"{n_in * n_out:,} numbers, too many for one tensor (at most 2^31 - 1)")
     if height != h:
         rows = ctx.const(resize_matrix(h, height, interpolation, antialias), x.dtype)
         x = ctx.op("MatMul", rows, ctx.op("Reshape", x, shape=(0, h, w * c)))
@@ -343,8 +356,10 @@ class RandomContrast(Layer):
 
     def call(self, ctx, x):
         lower, upper = self.factor
-        return ctx.op("RandomContrast", _float_image(ctx, "RandomContrast", x), lower=1.0 - lower,
-                      upper=1.0 + upper, low=self.value_range[0], high=self.value_range[1])
+        x = _float_image(ctx, "RandomContrast", x)
+        _fits("RandomContrast", x, "value_range", self.value_range, self.value_range[1] - self.value_range[0])
+        return ctx.op("RandomContrast", x, lower=1.0 - lower, upper=1.0 + upper, low=self.value_range[0],
+                      high=self.value_range[1])
 
 
 class RandomBrightness(Layer):
@@ -365,8 +380,10 @@ class RandomBrightness(Layer):
         self.factor, self.value_range, self.seed = factor, value_range, seed
 
     def call(self, ctx, x):
-        return ctx.op("RandomBrightness", _float_image(ctx, "RandomBrightness", x), lower=self.factor[0],
-                      upper=self.factor[1], low=self.value_range[0], high=self.value_range[1])
+        x = _float_image(ctx, "RandomBrightness", x)
+        _fits("RandomBrightness", x, "value_range", self.value_range, self.value_range[1] - self.value_range[0])
+        return ctx.op("RandomBrightness", x, lower=self.factor[0], upper=self.factor[1], low=self.value_range[0],
+                      high=self.value_range[1])
 
 
 class FractionArg(Converter):
@@ -400,7 +417,10 @@ class _Affine(Layer):
 
     def affine(self, ctx, x, **ranges):
         name = type(self).__name__
-        return ctx.op(name, _float_image(ctx, name, x), fill_mode=self.fill_mode,
+        x = _float_image(ctx, name, x)
+        if self.fill_mode == "constant":  # (read only then)
+            _fits(name, x, "fill_value", self.fill_value)
+        return ctx.op(name, x, fill_mode=self.fill_mode,
                       interpolation=self.interpolation, fill_value=self.fill_value, **ranges)
 
 

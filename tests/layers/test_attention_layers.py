@@ -301,3 +301,27 @@ def test_located_errors(body, message):
     d = info.value.diagnostics[0]
     assert message in d.message, d.render()
     assert d.loc is not None and d.loc.line == 6 and d.loc.col > 1, d.render()
+
+
+@pytest.mark.parametrize("decls,body,message", [
+    # (found by fuzzing: inputs of two float dtypes reached the ONNX checker, an internal error)
+    ("input q: float32[4, 6]\n    input v: float64[5, 6]", "y = Attention()(q, v)",
+     "Attention needs the query and the value to have one dtype, got float32 and float64"),
+    ("input q: float32[4, 6]\n    input v: float32[5, 3]\n    input k: float16[5, 6]", "y = AdditiveAttention()(q, v, k)",
+     "AdditiveAttention needs the query and the key to have one dtype, got float32 and float16"),
+    ("input q: float32[4, 6]\n    input v: float64[5, 6]", "y = MultiHeadAttention(2, 3)(q, v)",
+     "MultiHeadAttention needs the query and the value to have one dtype, got float32 and float64"),
+    # (integer inputs were refused by an inner op: "MatMul needs a floating-point tensor")
+    ("input q: int64[4, 6]\n    input v: int64[5, 6]", "y = Attention()(q, v)",
+     "Attention needs floating-point inputs, got the query int64[N, 4, 6]"),
+    ("input q: float32[4, 6]\n    input v: bool[5, 6]", "y = AdditiveAttention(use_scale=false)(q, v)",
+     "AdditiveAttention needs floating-point inputs, got the value bool[N, 5, 6]"),
+])
+def test_input_dtypes_are_located_errors(decls, body, message):
+    src = f"model m {{\n    {decls}\n    {body}\n    output y\n}}\n"
+    line = src.count("\n", 0, src.index(body)) + 1
+    with pytest.raises(KcompileError) as info:
+        kcompile.compile_string(src)
+    d = info.value.diagnostics[0]
+    assert d.message == message, d.render()
+    assert (d.loc.line, d.loc.col) == (line, 9), d.render()

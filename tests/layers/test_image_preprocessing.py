@@ -388,6 +388,45 @@ def test_affine_augmentation_arguments_are_located_errors():
         kcompile.compile_string(trained_first)
 
 
+@pytest.mark.parametrize("layer,dtype,message", [
+    ("RandomRotation(0.1, fill_mode=constant, fill_value=1e300)", "float32",
+     "RandomRotation fill_value 1e+300 does not fit float32, the images' dtype"),
+    ("RandomZoom(0.1, fill_mode=constant, fill_value=1e5)", "float16",
+     "RandomZoom fill_value 100000.0 does not fit float16, the images' dtype"),
+    ("RandomTranslation(0.1, 0.1, fill_mode=constant, fill_value=1e400)", "uint8",
+     "RandomTranslation fill_value inf does not fit float32, the images' dtype"),
+    ("RandomBrightness(0.5, value_range=(0, 1e300))", "float32",
+     "RandomBrightness value_range (0.0, 1e+300) does not fit float32, the images' dtype"),
+    ("RandomContrast(0.5, value_range=(-60000, 60000))", "float16",
+     "RandomContrast value_range (-60000.0, 60000.0) does not fit float16, the images' dtype"),
+])
+def test_numbers_beyond_the_images_dtype_are_located_errors(layer, dtype, message):
+    """(Found by fuzzing: they trained to a nan or inf loss.) A fill_value the images' dtype
+    cannot hold is refused with fill_mode=constant only, where it is read."""
+    with pytest.raises(KcompileError) as info:
+        compiled(layer, dtype=dtype)
+    d = info.value.diagnostics[0]
+    assert d.message == message, d.render()
+    assert (d.loc.line, d.loc.col) == (3, 5), d.render()
+    compiled("RandomRotation(0.1, fill_value=1e300)")  # (reflect reads no fill_value)
+    compiled("RandomRotation(0.1, fill_mode=constant, fill_value=1e300)", dtype="float64")
+
+
+@pytest.mark.parametrize("layer,message", [
+    ("Resizing(1000000000, 2)", "resizing 5 pixels to 1000000000 takes a [1000000000, 5] interpolation matrix, "
+                                "5,000,000,000 numbers, too many for one tensor (at most 2^31 - 1)"),
+    ("CenterCrop(2, 1000000000)", "resizing 7 pixels to 1000000000 takes a [1000000000, 7] interpolation matrix"),
+    ("RandomCrop(1000000000, 2)", "resizing 5 pixels to 1000000000 takes a [1000000000, 5] interpolation matrix"),
+])
+def test_a_huge_size_is_a_located_error(layer, message):
+    """(Found by fuzzing: numpy tried to allocate the interpolation matrix, 30 GiB, and failed or hung.)"""
+    with pytest.raises(KcompileError) as info:
+        compiled(layer)
+    d = info.value.diagnostics[0]
+    assert d.message.startswith(message), d.render()
+    assert (d.loc.line, d.loc.col) == (3, 5), d.render()
+
+
 AFFINE_CNN = """model aug {
     input x: uint8[12, 12, 1]
     Rescaling(1 / 255)
