@@ -38,6 +38,9 @@ class MatMul(Op):
         self.check_float(ins)
         if a.rank < 1 or b.rank < 1:
             raise ShapeError("MatMul needs operands of rank >= 1")
+        if a.dtype != b.dtype:
+            raise ShapeError(f"matmul of {a.dtype} and {b.dtype}: operands must have one dtype",
+                             "cast one: cast(x, float32)")
         sa = a.shape if a.rank > 1 else (1,) + a.shape
         sb = b.shape if b.rank > 1 else b.shape + (1,)
         if sa[-1] != sb[-2]:

@@ -215,6 +215,8 @@ CASES = [
                                     "    loss = mse(t, y)\n    optimizer = SGD()\n}"), 7, 16, "target t is declared twice", None),
     ("function_keyword_it_lacks", model("y = mean(x, axes=1)\noutput y"), 3, 17, "mean has no argument 'axes'",
      "did you mean axis?"),
+    ("matmul_of_two_dtypes", model("y = matmul(x, w)\noutput y", "    input x: float32[4, 8]\n    input w: float64[8, 2]\n"),
+     4, 9, "matmul of float32 and float64: operands must have one dtype", "cast one"),
     ("infinity_added_to_integers", model("y = cast(x, int32) + 1e309\noutput y"), 3, 26, "inf does not fit int32", None),
     ("initializer_as_a_statement", model("GlorotUniform()"), 3, 5, "it is the initializer glorot_uniform(...), which belongs in "
      "a layer's *_initializer argument", None),
