@@ -194,9 +194,6 @@ class Model(LayersMixin, TrainingMixin):
             if self._predictor is None or self._predictor.session is not session:
                 self._predictor = self._new_predictor(session)
             if self._rows_independent and n >= 2 * step and self._predict_parts(n, step) > 1:
-                # (runs of half the rows: each core's part keeps its activations in its own share
-                # of the cache; at 1,024 rows 39k samples/s in runs of 28 against 37k in runs of 56)
-                step = min(step, max(16, self._predict_rows // 2))
                 outs = self._predict_in_parts(session, graph, feeds, n, step, fixed)
             elif self._stops_spinning and devices.TURNS.follows_itself(session):
                 outs = self._spinning_predictor(session, graph).run(feeds, n, step, fixed)
@@ -233,6 +230,11 @@ class Model(LayersMixin, TrainingMixin):
         copied = self._copies.get(use)
         if copied is None or copied[0] is not session:
             data = graph()
+            if use == "parts":  # (one-core runs of a few rows: where Winograd's form measured faster)
+                from ..backend.winograd import use_winograd
+                data, tile_bytes = use_winograd(data)
+                activations = (self.manifest.get("activation_bytes_per_sample") or 0) + tile_bytes
+                self._part_rows = max(16, PREDICT_CACHE_BYTES // activations // 2) if activations else 2 ** 62
             copied = self._copies[use] = (session, [
                 self._new_predictor(self._new_session(data, "inference", threads, stop_spinning)) for _ in range(count)])
         return copied[1]
@@ -254,6 +256,9 @@ class Model(LayersMixin, TrainingMixin):
         far apart (backend/shards.py explains the two states)."""
         from .binding import core_pool
         predictors = self._copied_predictors("parts", session, graph, 2, threads=max(1, devices.cpu_cores() // 2))
+        # (runs of half predict's rows: each core's part keeps its activations in its own share of
+        # the cache; at 1,024 rows 39k samples/s in runs of 28 against 37k in runs of 56)
+        step = min(step, self._part_rows)
         half = -(-n // (2 * step)) * step  # (the first part's rows: whole runs)
         rest = {name: array[half:] for name, array in feeds.items()}
         second = core_pool().submit(predictors[1].run, rest, n - half, step, fixed)
