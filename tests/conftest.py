@@ -18,3 +18,14 @@ def taking_turns(turns):
     spinning after each run from the start, and never rebuilt for it."""
     turns.seen = True
     return turns
+
+
+@pytest.fixture
+def keras(monkeypatch):
+    """Keras on JAX, for the tests that compare against it with copied weights; they skip where
+    it is not installed (a benchmark extra, not a test dependency)."""
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "jax":
+        pytest.skip("Keras was imported with another backend")
+    return keras

@@ -72,3 +72,28 @@ def assert_close(actual, expected):
 @pytest.fixture
 def close():
     return assert_close
+
+
+@pytest.fixture
+def grouped_conv_transpose(monkeypatch):
+    """onnx's reference ConvTranspose (which gradcheck runs float64 graphs on) mishandles
+    group > 1 with several output channels per group (it slices the kernel by output channels):
+    give it one that runs each group as a group-1 ConvTranspose. Depthwise input gradients need it."""
+    import onnx.reference
+    from onnx.reference.ops import op_conv_transpose
+
+    class ConvTranspose(op_conv_transpose.ConvTranspose):  # (the evaluator takes the op's name from the class's)
+        op_domain = ""
+
+        def _run(self, X, W, B=None, group=None, **attrs):
+            if not group or group == 1:
+                return super()._run(X, W, B, group=1, **attrs)
+            c = X.shape[1] // group
+            parts = [super(ConvTranspose, self)._run(X[:, g * c:(g + 1) * c], W[g * c:(g + 1) * c], None,
+                                                            group=1, **attrs)[0] for g in range(group)]
+            y = np.concatenate(parts, axis=1)
+            return (y if B is None else y + B.reshape((1, -1) + (1,) * (y.ndim - 2)),)
+
+    original = onnx.reference.ReferenceEvaluator
+    monkeypatch.setattr(onnx.reference, "ReferenceEvaluator",
+                        lambda model, new_ops=(), **kw: original(model, new_ops=[*new_ops, ConvTranspose], **kw))

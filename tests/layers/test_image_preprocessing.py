@@ -75,15 +75,6 @@ def test_center_crop_against_numpy():
     assert y.dtype == np.float32 and y[0, :, :, 0].tolist() == [[5, 6], [9, 10]]
 
 
-@pytest.fixture
-def keras(monkeypatch):
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "jax":
-        pytest.skip("Keras was imported with another backend")
-    return keras
-
-
 @pytest.mark.parametrize("interpolation", ["bilinear", "nearest", "bicubic", "lanczos3", "lanczos5"])
 @pytest.mark.parametrize("args", ["9, 11", "3, 4", "2, 13", "6, 3, crop_to_aspect_ratio=true", "3, 2, antialias=true",
                                   "4, 17, antialias=true"])

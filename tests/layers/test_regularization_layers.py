@@ -227,13 +227,6 @@ def test_activity_regularizer_on_conv_and_rank3_outputs():
 
 
 # ---------------- against Keras ----------------
-@pytest.fixture
-def keras(monkeypatch):
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "jax":
-        pytest.skip("Keras was imported with another backend")
-    return keras
 
 
 @pytest.mark.parametrize("form", ["argument", "layer"])
