@@ -853,6 +853,7 @@ class BackupAndRestore(Callback):
         self.delete_checkpoint = bool(delete_checkpoint)
         self._current_epoch = 0
         self._batches_seen_since_last_saving = 0
+        self._save_at_epoch_end = False
 
     def _backups(self) -> list:
         """The backups in ``backup_dir``, oldest first, as ((epoch, batch), path). (A save that
@@ -869,6 +870,7 @@ class BackupAndRestore(Callback):
     def on_train_begin(self, logs=None):
         self._current_epoch = 0
         self._batches_seen_since_last_saving = 0
+        self._save_at_epoch_end = False
         if os.path.exists(self.backup_dir) and not os.path.isdir(self.backup_dir):
             raise NotADirectoryError(f"BackupAndRestore: backup_dir {self.backup_dir} is a file, not a folder")
         backups = self._backups()
@@ -902,11 +904,18 @@ class BackupAndRestore(Callback):
             return
         self._batches_seen_since_last_saving += 1  # (one call per batch here: no steps_per_execution)
         if self._batches_seen_since_last_saving >= self.save_freq:
+            if batch + 1 == (self.params or {}).get("steps"):
+                # the epoch's last batch: saved at the epoch's end, as epoch E+1, batch 0, so that a
+                # resumed run still validates and ends epoch E when the interruption came before
+                self._save_at_epoch_end = True
+                return
             self._batches_seen_since_last_saving = 0
             self._save((self._current_epoch, batch + 1))
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.save_freq == "epoch":
+        if self.save_freq == "epoch" or self._save_at_epoch_end:
+            self._save_at_epoch_end = False
+            self._batches_seen_since_last_saving = 0
             self._save((epoch + 1, 0))
 
     def _save(self, at):

@@ -110,12 +110,44 @@ def test_resumes_mid_epoch_with_save_freq_batches(tmp_path, straight):
 
 
 def test_resumes_after_a_backup_of_an_epochs_last_batch(tmp_path, straight):
-    """A batch backup that holds all of an epoch's steps: the resumed fit goes on with the next epoch."""
+    """A batch count that ends an epoch saves at the epoch's end, as the next epoch's start."""
     backup = BackupAndRestore(tmp_path / "backup", save_freq=5)
     interrupted(backup, epoch=2)
-    assert backups(tmp_path / "backup") == ["epoch-1-batch-5"]
+    assert backups(tmp_path / "backup") == ["epoch-2-batch-0"]
     model = kcompile.compile_string(SRC, seed=1)
     assert fit(model, backup).epoch == [2, 3, 4]
+    assert_same_weights(model, straight[1])
+
+
+class EpochEnds(Callback):
+    """Records on_epoch_begin/on_epoch_end; raises in on_epoch_end(``fail``)."""
+
+    def __init__(self, fail=None):
+        super().__init__()
+        self.fail, self.calls = fail, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.calls.append(("begin", epoch))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.fail:
+            raise RuntimeError("interrupted")
+        self.calls.append(("end", epoch))
+
+
+def test_an_epoch_whose_end_was_interrupted_ends_on_resume(tmp_path, straight):
+    """Interrupted in epoch 1's end (its validation, say) before the backup of its last batch
+    was saved: the resumed fit runs epoch 1's batches again and ends it, every begun epoch ending."""
+    backup = BackupAndRestore(tmp_path / "backup", save_freq=5)
+    model = kcompile.compile_string(SRC, seed=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(model, EpochEnds(fail=1), backup)  # (it raises before the backup callback's epoch end)
+    assert backups(tmp_path / "backup") == ["epoch-1-batch-0"]
+    log = EpochEnds()
+    model = kcompile.compile_string(SRC, seed=1)
+    history = fit(model, backup, log)
+    assert history.epoch == [1, 2, 3, 4]
+    assert log.calls == [(kind, e) for e in range(1, 5) for kind in ("begin", "end")]
     assert_same_weights(model, straight[1])
 
 

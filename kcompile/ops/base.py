@@ -31,6 +31,9 @@ class Op:
     onnx_types: str | None = None
     # Attributes that do not go to ONNX (compiler bookkeeping) are listed here.
     ir_only_attrs: tuple = ()
+    # Random in training and its last input at inference (Dropout, the noise layers, the image
+    # augmentations): the inference graph drops it, and no pass merges or folds it.
+    random: bool = False
 
     def infer(self, ins: list[TensorType], attrs: dict) -> list[TensorType]:
         raise NotImplementedError

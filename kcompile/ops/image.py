@@ -22,6 +22,7 @@ from .base import Op, noise_input, register, replace_node
 
 class Augmentation(Op):
     """Random in training; the value of the last input at inference."""
+    random = True
 
     def infer(self, ins, attrs):
         return [ins[-1]]
@@ -42,7 +43,8 @@ class Augmentation(Op):
 
     @staticmethod
     def per_sample_noise(ctx, node, x):
-        """Uniform [0, 1) noise [N, 1, 1, 1] (float32, as the runtime draws it): one draw per image."""
+        """Uniform [0, 1) noise [N, 1, 1, 1] (declared float32 whatever the images' dtype: it is
+        compared with and scaled by float32 constants): one draw per image."""
         return noise_input(ctx, node, TensorType("float32", (ctx.type(x).shape[0], 1, 1, 1)))
 
 

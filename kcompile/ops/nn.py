@@ -795,6 +795,7 @@ class Dropout(Op):
     the mean and variance of SELU activations. (One op with Dropout: the passes that remove,
     keep apart and do not fold noise take it as it is.)"""
     name = "Dropout"
+    random = True
     ir_only_attrs = ("rate", "noise_shape", "noise_perm", "alpha")
 
     def infer(self, ins, attrs):
@@ -845,6 +846,7 @@ class GaussianNoise(Op):
     multiplicative (GaussianDropout's 1-centred noise). In training, x + stddev * z, or
     x * (1 + stddev * z) when multiplicative, z standard-normal from two uniform noise inputs."""
     name = "GaussianNoise"
+    random = True
     ir_only_attrs = ("stddev", "multiplicative")
 
     def infer(self, ins, attrs):

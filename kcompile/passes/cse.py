@@ -1,5 +1,6 @@
 """Common-subexpression elimination: one node for each (op, inputs, attributes), one constant per value."""
 from ..ir import Graph
+from ..ops import OPS
 
 
 def _freeze(v):
@@ -20,7 +21,7 @@ def common_subexpression_elimination(g: Graph) -> Graph:
             consts[key] = name
     seen = {}
     for node in g.nodes():
-        if node.op in ("Dropout", "GaussianNoise"):  # random: two dropouts of one value differ in training
+        if OPS[node.op].random:  # (two dropouts of one value differ in training)
             continue
         key = (node.op, tuple(node.inputs), _freeze(node.attrs))
         if key in seen:

@@ -5,6 +5,7 @@ disagree with what the op computes at run time. Weights are not constants (they
 change in training); onnxruntime folds weight-only subgraphs when a session starts.
 """
 from ..ir import Graph
+from ..ops import OPS
 
 MAX_FOLDED_ELEMENTS = 1 << 22  # do not bloat the file with huge folded tensors
 
@@ -27,7 +28,7 @@ def evaluate(g: Graph, node) -> list:
 
 def constant_folding(g: Graph) -> Graph:
     for node in g.nodes():
-        if node.op in ("Dropout", "GaussianNoise") or not node.inputs or not all(g.kind(v) == "const" for v in node.inputs):
+        if OPS[node.op].random or not node.inputs or not all(g.kind(v) == "const" for v in node.inputs):
             continue
         types = [g.types[o] for o in node.outputs]
         if not all(t.is_static and t.size() <= MAX_FOLDED_ELEMENTS for t in types):

@@ -720,6 +720,7 @@ class TrainingMixin:
                            steps=batches.steps, verbose=verbose)
         self.stop_training = False
         running = RunningMetrics(self.manifest["training"]["metrics"])
+        self.__dict__.pop("_resume_at", None)  # (an earlier fit's, whose on_train_begin failed after it was set)
         cbs.on_train_begin()
         batch_logs = cbs.reads_batch_logs()  # (after on_train_begin, which may attach a hook)
         # A backup restored in on_train_begin (BackupAndRestore) says where training goes on: its
