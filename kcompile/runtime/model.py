@@ -296,18 +296,27 @@ class Model(LayersMixin, TrainingMixin):
 
     def save_weights(self, path) -> Path:
         """Write the weights (Keras order, 0000, 0001, ...) and their names (``names``) to an .npz
-        file, atomically."""
-        path = _file_path(path, "save_weights", ".npz")
-        buf = io.BytesIO()
-        np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(self.get_weights())}, names=np.array(self._param_names))
+        file, or to a Keras 3 weights file for a name ending .weights.h5 (keras_model.load_weights
+        reads it into the same model built in Keras; needs h5py), atomically."""
+        path = Path(path)
+        if path.name.lower().endswith(KERAS_WEIGHTS) and not path.is_dir():
+            from .keras_files import write_weights
+            data = write_weights(self.manifest, dict(zip(self._param_names, self.get_weights())))
+        else:
+            path = _file_path(path, "save_weights", ".npz")
+            buf = io.BytesIO()
+            np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(self.get_weights())}, names=np.array(self._param_names))
+            data = buf.getvalue()
         with _naming(path):
-            _write_file(path, buf.getvalue())
+            _write_file(path, data)
         return path
 
     def load_weights(self, path) -> None:
         """Read weights written by save_weights, or the weights of a build or checkpoint folder, by
         their names (so a file stays right where another kcompile orders the weights otherwise);
-        or a file without names (np.savez(path, *weights), or an older save_weights) in order."""
+        or a file without names (np.savez(path, *weights), or an older save_weights) in order; or
+        Keras 3's weights (keras_model.save_weights' .weights.h5, or a .keras archive's; needs
+        h5py: keras_files.py), matched to this model's layers (the optimizer's are not read)."""
         from .checkpoint import find_manifest, read_json, read_npz
         path = Path(path)
         names = None
@@ -315,8 +324,10 @@ class Model(LayersMixin, TrainingMixin):
             manifest = read_json(find_manifest(path))
             path = find_manifest(path).parent / "weights.npz"
             names = [p["name"] for p in manifest.get("parameters", [])]
-        else:
-            _refuse_keras_file(path, "load_weights")
+        elif path.name.lower().endswith(KERAS_SUFFIXES):
+            from .keras_files import read_weights
+            self.set_weights(read_weights(path, self.manifest))
+            return
         arrays = read_npz(path)  # (np.savez's arr_0, arr_1, ..., arr_10 in their order, as save_weights' 0000, ...)
         if "names" in arrays:
             names = [str(n) for n in arrays.pop("names")]
@@ -378,6 +389,7 @@ class Model(LayersMixin, TrainingMixin):
 
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+KERAS_WEIGHTS = ".weights.h5"  # (the Keras file save_weights writes, as keras_model.save_weights)
 # Weight names earlier kcompile versions wrote, by the name that replaced them (Keras 3's).
 RENAMED = {"depthwise_kernel": "kernel"}  # (DepthwiseConv2D's kernel, renamed in 0.2.0's successor)
 
@@ -394,11 +406,14 @@ def _renamed_since(names: list, current: list) -> list:
 
 
 def _refuse_keras_file(path: Path, where: str) -> None:
-    """Keras's HDF5 and .keras files are not kcompile's (no h5py here): say so, not what numpy says."""
+    """A Keras file name that ``where`` does not write (save_weights writes .weights.h5 only: a
+    .keras archive holds Keras's own config too, and a plain .h5 is Keras 2's full model): say
+    so, rather than write another format under Keras's name."""
     if path.name.lower().endswith(KERAS_SUFFIXES):
-        raise ValueError(f"{where}: {path} names a Keras file ({path.suffix}); kcompile reads and writes weights as "
-                         f".npz (give a name such as model.weights.npz; from Keras, "
-                         f"np.savez('w.npz', *keras_model.get_weights()) writes a file load_weights reads)")
+        keras = (" or Keras 3's weights as NAME.weights.h5 (keras_model.load_weights reads it; a .keras "
+                 "archive also holds Keras's model config, which kcompile does not write)") if where == "save_weights" else ""
+        raise ValueError(f"{where}: {path} names a Keras file ({path.suffix}); kcompile writes weights as "
+                         f".npz (give a name such as model.weights.npz){keras}")
 
 
 def _file_path(path, where: str, suffix: str) -> Path:
