@@ -413,10 +413,12 @@ class ModelCheckpoint(Callback):
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
-        from .runtime.model import KERAS_SUFFIXES
-        if save_weights_only and self.filepath.lower().endswith(KERAS_SUFFIXES):
-            raise ValueError(f"ModelCheckpoint: {self.filepath} names a Keras HDF5 file; kcompile saves weights as "
-                             f".npz: give a name such as model-{{epoch:02d}}.weights.npz")
+        from .runtime.model import KERAS_SUFFIXES, KERAS_WEIGHTS
+        name = self.filepath.lower()
+        if save_weights_only and name.endswith(KERAS_SUFFIXES) and not name.endswith(KERAS_WEIGHTS):
+            raise ValueError(f"ModelCheckpoint: {self.filepath} names a Keras file that holds more than weights; "
+                             f"kcompile saves weights as .npz or as Keras 3's .weights.h5: give a name such as "
+                             f"model-{{epoch:02d}}.weights.h5")
         self.save_freq = save_freq
         self.best = initial_value_threshold
         self._batches_seen_since_last_saving = 0

@@ -536,9 +536,33 @@ def test_progbar_logger_verbose1_non_tty_and_verbose0():
     assert out.getvalue() == ""
 
 
-def test_model_checkpoint_refuses_a_keras_weights_file_name():
-    """kcompile writes weights as .npz: an .h5 name would hold an npz under Keras's HDF5 name."""
+def test_model_checkpoint_takes_weights_files_only():
+    """Weights go to .npz or Keras 3's .weights.h5 (as Keras 3 asks of save_weights_only); a .keras
+    or plain .h5 name would promise Keras's model config too."""
     from kcompile.callbacks import ModelCheckpoint
-    with pytest.raises(ValueError, match="names a Keras HDF5 file; kcompile saves weights as .npz"):
-        ModelCheckpoint("ck/model-{epoch:02d}.weights.h5", save_weights_only=True)
+    for name in ("ck/model-{epoch:02d}.keras", "ck/model-{epoch:02d}.h5"):
+        with pytest.raises(ValueError, match="names a Keras file that holds more than weights"):
+            ModelCheckpoint(name, save_weights_only=True)
     ModelCheckpoint("ck/model-{epoch:02d}.weights.npz", save_weights_only=True)
+    ModelCheckpoint("ck/model-{epoch:02d}.weights.h5", save_weights_only=True)
+
+
+def test_model_checkpoint_writes_keras_weights_files(tmp_path):
+    pytest.importorskip("h5py")
+    import kcompile
+    from kcompile.callbacks import ModelCheckpoint
+    src = """model m {
+    input x: float32[3]
+    y = Dense(2)
+    output y
+    train { loss = mse
+            optimizer = SGD(0.1) }
+}"""
+    m = kcompile.compile_string(src)
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)
+    m.fit(x, y, epochs=2, verbose=0, callbacks=[ModelCheckpoint(str(tmp_path / "w-{epoch}.weights.h5"),
+                                                                 save_weights_only=True)])
+    other = kcompile.compile_string(src, seed=5)
+    other.load_weights(tmp_path / "w-2.weights.h5")
+    for a, b in zip(other.get_weights(), m.get_weights()):
+        np.testing.assert_array_equal(a, b)
