@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__
 from .errors import Diagnostic, KcompileError
 from .frontend import ast
-from .frontend.elaborate import Elaborator
+from .frontend.elaborate import NEXT_STATE, STATE, Elaborator
 from .frontend.parser import parse
 from .frontend.train import check_train
 from .initializers import make, seeded_rng
@@ -305,8 +305,14 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
         "format": "kcompile-build",
         "format_version": 1,
         "model": g.name,
-        "inputs": [{"name": n, "dtype": g.types[n].dtype, "shape": list(g.types[n].shape)} for n in g.inputs],
-        "outputs": [{"name": o, "dtype": g.types[v].dtype, "shape": list(g.types[v].shape)} for o, v in g.outputs],
+        "inputs": [{"name": n, "dtype": g.types[n].dtype, "shape": list(g.types[n].shape)} for n in g.inputs
+                   if not n.startswith(STATE)],
+        "outputs": [{"name": o, "dtype": g.types[v].dtype, "shape": list(g.types[v].shape)} for o, v in g.outputs
+                    if not o.startswith(NEXT_STATE)],
+        # stateful recurrent layers' states (graph inputs state:NAME, outputs next_state:NAME), which
+        # the runtime carries from batch to batch: not weights, not saved (as Keras 3)
+        "states": [{"name": n[len(STATE):], "dtype": g.types[n].dtype, "shape": list(g.types[n].shape)}
+                   for n in g.inputs if n.startswith(STATE)],
         "parameters": [{"name": p.name, "layer": p.layer, "shape": list(p.type.shape), "dtype": p.type.dtype,
                         "trainable": p.trainable, "initializer": p.initializer[0]} for p in g.params.values()],
         "layers": [{"name": r.name, "kind": r.kind, "output_shapes": [list(t.shape) for t in r.output_types],

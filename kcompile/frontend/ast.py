@@ -78,6 +78,7 @@ class TensorTypeExpr(Node):
 class InputDecl(Node):
     name: str
     type: TensorTypeExpr | None
+    option: tuple | None = None  # (name token's Name, value expr): `, batch_size=4`
 
 
 @dataclass

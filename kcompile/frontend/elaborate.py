@@ -42,6 +42,9 @@ class _Fail(Exception):
 
 
 POISON = object()
+# Stateful recurrent layers' states: graph inputs STATE + "<layer>/h", outputs NEXT_STATE + "<layer>/h"
+# (the manifest lists them under "states", apart from the model's inputs and outputs).
+STATE, NEXT_STATE = "state:", "next_state:"
 
 
 @dataclass
@@ -117,6 +120,25 @@ class Builder:
         self.layer: str | None = None
         self.record: LayerRecord | None = None
         self.trainable = True
+        self.batch_size = None  # the inputs' batch_size=..., where given
+        self.state_outputs = []  # (public name, Tensor): stateful layers' last states, the next batch's first
+
+    def state(self, layer, short: str, units: int, dtype: str) -> Tensor:
+        """A stateful recurrent layer's state ``short`` (h, c): a graph input ``state:<layer>/<short>``
+        [batch_size, units] the runtime feeds (Keras's stateful=True: the last batch's final states,
+        zeros after reset_states), not a weight: no gradient reaches it (truncated BPTT per batch)."""
+        name = f"{STATE}{layer.name}/{short}"
+        if name in self.graph.types:
+            raise ShapeError(f"{layer.kind()}(stateful=true) {layer.name} is called twice; a stateful layer keeps "
+                             f"one set of states, so it is called once")
+        self.graph.add_input(name, TensorType(dtype, (self.batch_size, units)))
+        return Tensor(name, self.graph.types[name])
+
+    def set_state(self, state: Tensor, last: Tensor) -> None:
+        """``last`` (the layer's final state) is what the runtime feeds as ``state`` next, published as
+        output ``next_state:<layer>/<short>`` [batch_size, units]."""
+        value = self.op("ReshapeLike", last, state)  # (the state's fixed batch in the graph's outputs)
+        self.state_outputs.append((NEXT_STATE + state.name[len(STATE):], value))
 
     def op(self, op: str, *inputs, **attrs):
         like = next((i for i in inputs if isinstance(i, Tensor)), None)
@@ -220,6 +242,7 @@ class Elaborator:
         if self.diagnostics:
             raise KcompileError(self.diagnostics)
         graph.outputs = [(public, t.name) for public, t in outputs]
+        graph.outputs += [(public, t.name) for public, t in self.builder.state_outputs]
         graph.layers = keras_layer_order(graph, self.calls, [t.name for _, t in outputs])
         params = {p: graph.params[p] for r in graph.layers for p in r.params}
         graph.params = {**params, **{k: v for k, v in graph.params.items() if k not in params}}
@@ -378,11 +401,29 @@ class Elaborator:
         if stmt.name in frame.env:
             raise _Fail(f"{stmt.name} is already defined", stmt.loc)
         self.check_rebind(stmt.name, stmt.loc, frame)
+        if stmt.option is not None:
+            self.input_batch_size(stmt)
         self.graph.add_input(stmt.name, t)
         tensor = Tensor(stmt.name, t)
         frame.env[stmt.name] = tensor
         frame.prev = tensor
         return None
+
+    def input_batch_size(self, stmt: ast.InputDecl):
+        """``input x: float32[10, 8], batch_size=4``: the model's fixed batch (Keras's Input
+        batch_size), which stateful recurrent layers keep their states for. The types keep the
+        batch symbolic; one model has one batch size."""
+        key, value = stmt.option
+        if key.id != "batch_size":
+            raise _Fail(f"an input takes batch_size=..., got {key.id}", key.loc, "write `input x: float32[10, 8], "
+                        "batch_size=4` (the fixed batch a stateful recurrent layer needs)")
+        v = self.expr(value, Frame())
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise _Fail(f"batch_size must be a positive integer, got {show(v)}", value.loc)
+        if self.builder.batch_size not in (None, v):
+            raise _Fail(f"input {stmt.name} has batch_size={v}, another input {self.builder.batch_size}", value.loc,
+                        "a model has one batch size")
+        self.builder.batch_size = v
 
     def tensor_type(self, texpr: ast.TensorTypeExpr, frame: Frame) -> TensorType:
         if texpr.dtype not in DTYPES:
@@ -850,6 +891,10 @@ class Elaborator:
             raise _Fail(f"block {block.name} uses itself ({cycle})", loc, "a block cannot call itself, "
                         "directly or through other blocks")
         decls = [s for s in block.body if isinstance(s, ast.InputDecl)]
+        for decl in decls:
+            if decl.option is not None:
+                raise _Fail(f"block {block.name}'s input {decl.name}: {decl.option[0].id}= belongs to a model's "
+                            f"input", decl.option[0].loc, "the model's inputs fix the batch")
         if len(decls) != len(inputs):
             raise ShapeError(f"{block.name} takes {len(decls)} input{'s' * (len(decls) != 1)}, got {len(inputs)}")
         inner = Frame(env=dict(layer.params), prefix=layer.name + "/", trainable=frame.trainable, owner=layer,

@@ -277,8 +277,12 @@ class _ToAst(Transformer):
     # ---- statements ----
     @v_args(meta=True)
     def input_decl(self, meta, items):
-        name, typ = items
-        return ast.InputDecl(self._tok(name), str(name), typ)
+        name, typ, option = items
+        return ast.InputDecl(self._tok(name), str(name), typ, option)
+
+    def input_option(self, items):
+        name, value = items
+        return ast.Name(self._tok(name), str(name)), value
 
     @v_args(meta=True)
     def output_decl(self, meta, items):

@@ -11,6 +11,7 @@ import math
 from ..errors import Diagnostic, KcompileError, did_you_mean, format_shape
 from ..ir import BATCH, DTYPES
 from . import ast
+from .elaborate import NEXT_STATE
 
 # loss name -> allowed keyword arguments (defaults as Keras)
 LOSSES = {
@@ -157,7 +158,7 @@ class _Checker:
         self.graph, self.model = graph, model
         self.diagnostics: list[Diagnostic] = []
         self.env = dict(graph.meta.get("env", {}))
-        self.outputs = {public: graph.types[v] for public, v in graph.outputs}
+        self.outputs = {public: graph.types[v] for public, v in graph.outputs if not public.startswith(NEXT_STATE)}
         self.targets = {}
         self.compared = 0  # loss terms that compare a prediction with a target
 

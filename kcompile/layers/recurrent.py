@@ -31,12 +31,12 @@ class _Recurrent(Layer):
                  dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ())):
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout)
+                   bias_initializer, return_state, dropout, recurrent_dropout, stateful)
 
     def setup(self, units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-              bias_initializer, return_state=False, dropout=0.0, recurrent_dropout=0.0):
+              bias_initializer, return_state=False, dropout=0.0, recurrent_dropout=0.0, stateful=False):
         if recurrent_dropout >= 1.0 or dropout >= 1.0:
             raise ArgError(f"{self.kind()}: dropout and recurrent_dropout must be below 1 (1 drops every unit)")
         self.units, self.use_bias, self.return_state = units, use_bias, return_state
@@ -44,6 +44,7 @@ class _Recurrent(Layer):
         self.return_sequences, self.go_backwards = return_sequences, go_backwards
         self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
         self.bias_initializer = bias_initializer
+        self.stateful = stateful
 
     def bias_shape(self):
         return (self.gates * self.units,)
@@ -78,6 +79,9 @@ class _Recurrent(Layer):
 
     def call(self, ctx, x, initial_state=None):
         initial = self.initial_states(x, initial_state) if initial_state is not None else []
+        states = self.carried_states(ctx, x) if self.stateful else []
+        if states and not initial:  # (an initial_state given starts the batch instead, as Keras)
+            initial = states
         mask = ctx.mask_of(x)
         # steps: the mask in the order the layer reads the sequence. Keras 3 hands a layer the
         # input's mask only where the input is the call's one tensor argument: with initial_state
@@ -99,6 +103,8 @@ class _Recurrent(Layer):
             inputs.append(steps)
             attrs["masked"] = True
         outs = ctx.op(self.op, *inputs, units=self.units, **attrs)
+        for state, last in zip(states, outs[1:self.states + 1]):
+            ctx.set_state(state, last)
         output = outs[0] if self.return_sequences else outs[1]
         if mask is not None and self.return_sequences:
             if self.zero_output_for_mask and steps is not None:  # 0 at masked steps, not the repeated output
@@ -107,6 +113,17 @@ class _Recurrent(Layer):
         if self.return_state:  # the output, then the last state(s): h (and c for an LSTM)
             return (output,) + tuple(outs[1:self.states + 1])
         return output
+
+    def carried_states(self, ctx, x):
+        """Keras's stateful=True: the states this layer carries from each batch to the next (row i
+        of a batch continues row i of the previous one), one graph input each, which the runtime
+        keeps; they need the model's fixed batch size."""
+        if ctx.batch_size is None:
+            raise ShapeError(f"{self.kind()}(stateful=true) keeps states for a fixed number of sequences; the "
+                             f"model's batch size is not fixed",
+                             "give the input a batch size, as Keras's Input(batch_size=...): "
+                             "`input x: float32[10, 8], batch_size=4`")
+        return [ctx.state(self, name, self.units, x.dtype) for name in self.state_names]
 
     def op_attrs(self):
         return {}
@@ -122,6 +139,10 @@ _ARGS_DOC = """
         return_state: false; true also returns the last state(s): ``out, h = GRU(8, return_state=true)(x)``
             (``out, h, c`` for an LSTM).
         kernel_initializer: glorot_uniform. recurrent_initializer: orthogonal. bias_initializer: zeros.
+
+        stateful: false; true carries the last states of each batch into the next (Keras's: row i
+            of a batch continues row i of the previous one) until reset_states(); the model's
+            input declares its fixed batch size (``input x: float32[10, 8], batch_size=4``).
 
     Called as ``layer(x, initial_state=[h])`` (``[h, c]`` for an LSTM), each [N, units], the
     recurrence starts from those states instead of zeros, and their gradients flow back
@@ -163,9 +184,9 @@ class LSTM(_Recurrent):
                  dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ())):
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout)
+                   bias_initializer, return_state, dropout, recurrent_dropout, stateful)
         self.activation, self.recurrent_activation = activation, recurrent_activation
         self.unit_forget_bias = unit_forget_bias
 
@@ -200,9 +221,10 @@ class GRU(_Recurrent):
                  dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ()), reset_after: BoolArg() = True):
+                 bias_initializer: InitializerArg() = ("zeros", ()), reset_after: BoolArg() = True,
+                 stateful: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout)
+                   bias_initializer, return_state, dropout, recurrent_dropout, stateful)
         self.reset_after = reset_after
 
     def bias_shape(self):

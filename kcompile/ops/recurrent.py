@@ -33,7 +33,9 @@ _ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
 
 def _check(x, k, r, b, gates, units, drop=None, initial=()):
     for s in initial:
-        if s.dtype != x.dtype or tuple(s.shape) != (x.shape[0], units):
+        # (a stateful layer's states have the model's fixed batch size where x's batch is symbolic)
+        batch_ok = s.shape[:1] == x.shape[:1] or (isinstance(s.shape[0], int) and not isinstance(x.shape[0], int))
+        if s.dtype != x.dtype or s.rank != 2 or not batch_ok or s.shape[1] != units:
             raise ShapeError(f"a recurrent layer's initial states must be {x.dtype}[{x.shape[0]}, {units}], "
                              f"got {s.dtype}{format_shape(s.shape)}")
     if drop is not None and tuple(drop.shape[1:]) != (gates, units):

@@ -17,6 +17,8 @@ import contextlib
 
 import numpy as np
 
+from ..errors import ShapeMismatch
+
 _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
 
@@ -354,6 +356,50 @@ def _direct_run(session, binding):
     return lambda: session.run_with_iobinding(binding)
 
 
+class RecurrentStates:
+    """The states of a model's stateful recurrent layers (Keras's ``stateful=True``), one [batch,
+    units] array each by name (``lstm/h``): every run of the model's graphs (a predict batch, an
+    evaluation batch, a training step) takes them as inputs ``state:<name>`` and gives the next
+    batch's as ``next_state:<name>``, so row i of a batch continues row i of the one before, in
+    training, evaluation and predict alike, until reset. They are not weights (no gradient
+    reaches them: the state a step starts from is a constant of that step), and are not saved."""
+
+    def __init__(self, specs: list, model: str):
+        self.specs = {e["name"]: e for e in specs}
+        self.model = model
+        self.batch = specs[0]["shape"][0]
+        self.values = {}
+        self.reset()
+
+    def reset(self, prefix: str = "") -> list[str]:
+        """Zero the states under ``prefix`` (a layer's name; "": all). Returns their names."""
+        names = [n for n in self.specs if n.startswith(prefix)]
+        for n in names:
+            e = self.specs[n]
+            self.values[n] = np.zeros(e["shape"], e["dtype"])
+        return names
+
+    def layers(self) -> str:
+        return ", ".join(sorted({n.rsplit("/", 1)[0] for n in self.specs}))
+
+    def check(self, rows: int, where: str, shape=None) -> None:
+        """A batch of ``rows`` rows (``shape``: one input's, for the message) must be the batch size."""
+        if rows != self.batch:
+            got = f"shape {tuple(shape)}" if shape is not None else f"{rows} rows"
+            raise ShapeMismatch(f"{where}: model {self.model} has stateful recurrent layers ({self.layers()}) that "
+                                f"keep states for batches of exactly {self.batch} rows (its input's batch_size); "
+                                f"got a batch of {got} (give batch_size={self.batch} and a number of rows that "
+                                f"is a multiple of {self.batch})")
+
+    def feeds(self) -> dict:
+        return {f"state:{n}": v for n, v in self.values.items()}
+
+    def update(self, results: dict) -> None:
+        """Keep a run's final states (copies: the results' buffers are reused)."""
+        for n in self.values:
+            self.values[n] = np.array(results[f"next_state:{n}"], order="C")
+
+
 class Predictor:
     """Inference with outputs written straight into slices of the result arrays (CPU), so a
     batch costs one bound run and no output copies."""
@@ -368,12 +414,31 @@ class Predictor:
         self.session = session
         self.binding = session.io_binding()
         self.outputs = [o.name for o in session.get_outputs()]
+        # a stateful model's (TrainingMixin._new_session tells the session): carried batch to batch
+        self.states = getattr(session, "kcompile_states", None)
         self.cpu = _device(providers)[0] == "cpu"
         # Non-batch dimensions of each output when all are static: results can be preallocated.
         self.output_dims = output_dims if output_dims and all(
             d is not None and all(isinstance(i, int) for i in d) for d in output_dims) else None
         self._row_size = sum(int(np.prod(d)) for d in self.output_dims) if self.output_dims else self.SMALL + 1
         self._small = None  # (binding, input buffers, output buffers) of the last small call
+
+    def _run_stateful(self, feeds, n, step, fixed):
+        """Batches of exactly the states' batch size, one after another, each starting from the
+        states the one before left (Keras's stateful predict)."""
+        states = self.states
+        first = next(iter(feeds.values()))
+        states.check(min(step, n), "predict", (min(step, n),) + first.shape[1:])
+        if n % step:
+            states.check(n % step, "predict", (n % step,) + first.shape[1:])
+        outputs = [o for o in self.outputs if not o.startswith("next_state:")]
+        chunks = []
+        for start in range(0, n, step):
+            batch = {name: array[start:start + step] for name, array in feeds.items()}
+            results = dict(zip(self.outputs, self.session.run(None, {**batch, **(fixed or {}), **states.feeds()})))
+            states.update(results)
+            chunks.append([results[o] for o in outputs])
+        return [np.concatenate([c[i] for c in chunks]) for i in range(len(outputs))]
 
     def _run_small(self, feeds: dict, n: int) -> list[np.ndarray]:
         small = self._small
@@ -395,6 +460,8 @@ class Predictor:
 
     def run(self, feeds: dict, n: int, step: int, fixed: dict | None = None) -> list[np.ndarray]:
         """``feeds`` are sliced into batches of ``step`` rows; ``fixed`` (weights) are bound whole."""
+        if self.states is not None:
+            return self._run_stateful(feeds, n, step, fixed)
         if self.cpu and fixed is None and n <= step and n * self._row_size <= self.SMALL:
             return self._run_small(feeds, n)
         b = self.binding

@@ -243,6 +243,7 @@ class Batches:
             self.steps = steps or (len(iterable) if hasattr(iterable, "__len__") else None)
         else:
             self.steps = steps or max(1, -(-n // batch_size))
+            model._check_state_batches(n, batch_size, shuffle, where)  # (stateful layers: whole batches, in order)
 
     @classmethod
     def of(cls, model, x, y, batch_size, shuffle, seed, where, steps=None, sample_weight=None, class_weight=None):

@@ -54,6 +54,24 @@ class Layer:
         flat = data.reshape(-1, features)
         self.set_weights([flat.mean(axis=0), flat.var(axis=0)])
 
+    @property
+    def states(self) -> list[np.ndarray]:
+        """A stateful recurrent layer's current states, [batch_size, units] each (h, then c for an
+        LSTM; a Bidirectional's forward ones, then its backward's), as Keras's ``layer.states``."""
+        states = self._model._states
+        names = [n for n in states.values if n.startswith(self.name + "/")] if states is not None else []
+        if not names:
+            raise AttributeError(f"layer {self.name} ({self.class_name}) is not stateful")
+        return [states.values[n].copy() for n in names]
+
+    def reset_states(self) -> None:
+        """Zero this stateful recurrent layer's states (those of a Bidirectional's two directions,
+        or of the stateful layers inside a block or called model), as Keras's reset_states."""
+        states = self._model._states
+        if states is None or not states.reset(self.name + "/"):
+            raise AttributeError(f"reset_states: layer {self.name} ({self.class_name}) is not stateful; "
+                                 f"SimpleRNN, LSTM and GRU with stateful=true are")
+
     def count_params(self) -> int:
         return int(sum(np.prod(shape, dtype=np.int64) for shape in self._shapes()))
 

@@ -182,6 +182,8 @@ class Model(LayersMixin, TrainingMixin):
         if self._rows_independent:
             step = min(step, self._predict_rows)
         if n == 0:
+            if self._states is not None:  # (stateful layers: batches of exactly their batch size)
+                self._states.check(0, "predict", next(iter(feeds.values())).shape)
             # the shapes of one row of zeros, cut to none: onnxruntime's recurrent kernels abort
             # the process on zero rows
             if not self._batched_outputs:

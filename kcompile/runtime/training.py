@@ -168,6 +168,10 @@ class TrainingMixin:
         self._shared = {}  # weight -> the SharedWeight it is, when other models hold it too
         self._shared_seen = {}  # weight -> the SharedWeight's version this model last looked at
         self._generation = 0  # bumped whenever this model's weights change
+        # stateful recurrent layers' states (binding.RecurrentStates), carried from batch to batch
+        from .binding import RecurrentStates
+        specs = self.manifest.get("states")
+        self._states = RecurrentStates(specs, self.name) if specs else None
         if spec:
             self._slots = self._fresh_slots(spec)
         else:
@@ -235,9 +239,34 @@ class TrainingMixin:
         if threads:
             options.intra_op_num_threads = threads
         environment = environment or NoFlush()
-        return create_session(lambda: environment.session(
+        session = create_session(lambda: environment.session(
             lambda o: ort.InferenceSession(graph, o, providers=self._providers), options), self.name, what,
             self._providers)
+        if self._states is not None:  # (predict's Predictor carries them: binding.Predictor)
+            session.kcompile_states = self._states
+        return session
+
+    # ---- stateful recurrent layers ----
+    def reset_states(self) -> None:
+        """Set the states of the stateful recurrent layers to zeros (Keras's reset_states); the
+        next batch starts afresh. Nothing happens for a model without stateful layers."""
+        if self._states is not None:
+            self._states.reset()
+
+    def _check_state_batches(self, n, batch_size, shuffle, where) -> None:
+        """fit's and evaluate's arrays with stateful layers: whole batches of the states' size,
+        in order (Keras's stateful training takes shuffle=False; kcompile refuses shuffle=True,
+        which would make row i of a batch continue another sequence than row i of the last)."""
+        states = self._states
+        if states is None:
+            return
+        if shuffle:
+            raise ValueError(f"{where}: model {self.name} has stateful recurrent layers ({states.layers()}), whose "
+                             f"row i of each batch continues row i of the batch before; shuffle=True would mix "
+                             f"the sequences: pass shuffle=False")
+        states.check(min(batch_size, n), where)
+        if n % batch_size:
+            states.check(n % batch_size, where)
 
     def _step_graph(self) -> bytes:
         """The training step as this model runs it: with its held-transposed state (below)."""
@@ -596,12 +625,15 @@ class TrainingMixin:
             self._weights[name] = weight.numpy()
         self._weights_changed()
 
-    def _run_train_step(self, xb, yb):
+    def _run_train_step(self, xb, yb, where="fit"):
         self._pull_shared()
         runner = self._runner_for_training()
         self._lr_buffer[...] = self.learning_rate
         self._step_buffer[...] = self._iterations + 1
         data = {**xb, **yb, **self._noise(xb)}  # (lr and step are bound in place)
+        if self._states is not None:
+            self._states.check(len(next(iter(xb.values()))), where, next(iter(xb.values())).shape)
+            data.update(self._states.feeds())
         results = runner.run(data)
         loss = float(results["loss"])
         if not math.isfinite(loss):
@@ -618,19 +650,26 @@ class TrainingMixin:
             raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss)
         self._iterations += 1
         self._state_stale = True
+        if self._states is not None:
+            self._states.update(results)
         self._weights_changed()  # (a predict between steps, a callback's, sees these weights)
         for name, weight in runner.shared_state.items():  # (this model's own writes)
             self._shared_seen[name] = weight.version
         self._ran(runner.session)
         return results
 
-    def _run_eval_step(self, xb, yb):
+    def _run_eval_step(self, xb, yb, where="evaluate"):
         self._sync_state()
         session = self._session_for("eval")
         names = [o.name for o in session.get_outputs()]
         feeds = self._step_feeds(xb, yb, training=False)
+        if self._states is not None:
+            self._states.check(len(next(iter(xb.values()))), where, next(iter(xb.values())).shape)
+            feeds.update(self._states.feeds())
         needed = {i.name for i in session.get_inputs()}
         results = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in needed})))
+        if self._states is not None:
+            self._states.update(results)
         self._ran(session)
         return results
 
@@ -640,7 +679,7 @@ class TrainingMixin:
         self._require_training("train_on_batch")
         xs, ys, n = self._check_xy(x, y, "train_on_batch", sample_weight, class_weight)
         self._step_in_epoch = 0
-        results = self._run_train_step(xs, ys)
+        results = self._run_train_step(xs, ys, "train_on_batch")
         running = RunningMetrics(self.manifest["training"]["metrics"])
         running.update(results, n)
         return self._format(running.result(), return_dict)
@@ -649,7 +688,7 @@ class TrainingMixin:
         self._require_training("test_on_batch")
         xs, ys, n = self._check_xy(x, y, "test_on_batch", sample_weight)
         running = RunningMetrics(self.manifest["training"]["metrics"])
-        running.update(self._run_eval_step(xs, ys), n)
+        running.update(self._run_eval_step(xs, ys, "test_on_batch"), n)
         return self._format(running.result(), return_dict)
 
     def _format(self, logs, return_dict):
@@ -780,7 +819,7 @@ class TrainingMixin:
         steps = 0
         for steps, (xb, yb, n) in enumerate(batches, 1):
             cbs.on_test_batch_begin(steps - 1)
-            running.update(self._run_eval_step(xb, yb), n)
+            running.update(self._run_eval_step(xb, yb, batches.where), n)
             cbs.on_test_batch_end(steps - 1, running.result() if batch_logs else None)
         if not steps:  # (an iterable that ran out: no made-up loss of 0)
             raise ValueError(f"{batches.where}: the data gave no batches")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ..autodiff import GradContext, gradients
 from ..errors import KcompileError, ShapeError, format_shape
 from ..frontend import ast
+from ..frontend.elaborate import NEXT_STATE, STATE
 from ..frontend.train import LOSS_ALIASES
 from ..ir import Graph, TensorType
 from ..ir.types import BATCH, dim_names
@@ -117,7 +118,7 @@ class _Objective:
     def __init__(self, g: Graph, train: ast.Train, config: dict, env: dict):
         self.g, self.config = g, config
         self.ctx = GradContext(g)
-        self.outputs = dict(g.outputs)
+        self.outputs = {o: v for o, v in g.outputs if not o.startswith(NEXT_STATE)}  # (the model's own)
         self.env = env
         self.targets: dict[str, str] = {}
         self.target_types: list = []
@@ -474,6 +475,8 @@ def mixes_samples(g: Graph, stat_updates) -> str:
     depends on a model input keeps the batch dimension (the inputs' first dimension) first."""
     if stat_updates:
         return "BatchNormalization normalizes by statistics of the whole batch"
+    if any(n.startswith(STATE) for n in g.inputs):  # (predict then runs exactly batch_size rows a run)
+        return "a stateful recurrent layer keeps states for whole batches"
     batch = {g.types[n].shape[0] for n in g.inputs if g.types[n].rank}
     if len(batch) != 1 or not isinstance(next(iter(batch)), str):
         return "the inputs do not share one named batch dimension"
@@ -550,7 +553,8 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     ev, model_outputs, (objective, loss, metrics) = evaluation_objective(graph, train, config, env)
     ev.outputs = [("loss", loss)]
     metric_specs = _metric_outputs(ev, metrics)
-    ev.outputs += [(f"output:{o}", v) for o, v in model_outputs]
+    ev.outputs += [(f"output:{o}", v) for o, v in model_outputs if not o.startswith(NEXT_STATE)]
+    ev.outputs += [o for o in model_outputs if o[0].startswith(NEXT_STATE)]  # (evaluation carries them too)
     ev, _ = optimize(ev, opt_level)
 
     # ---- training step ----
@@ -620,7 +624,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     pinned = [(f"grad:{name}", raw_grads[name]) for name in trainable]
     pinned += [(f"rows:{name}:{part}", getattr(grad, part)) for name, grad in grads.items()
                if isinstance(grad, optimizers.Rows) for part in ("updates", "ids")]
-    g.outputs = outputs + [o for o in g.outputs if o[0].startswith("metric:")] + pinned
+    g.outputs = outputs + [o for o in g.outputs if o[0].startswith(("metric:", NEXT_STATE))] + pinned
     g = _run_passes(g, STEP_PASSES if opt_level >= 1 else STEP_PASSES[-1:], "train-step", report)
     pinned_after = [o for o in g.outputs if o[0].startswith(("grad:", "rows:"))]
     g.outputs = [o for o in g.outputs if not o[0].startswith(("grad:", "rows:"))]
@@ -632,7 +636,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
             name, part = o[5:].rsplit(":", 1)
             row_gradients.setdefault(name, {})[part] = v
     assert [m.name for m in metric_specs] == [m.name for m in metric_specs_step]
-    return TrainingProgram(step=g, eval=ev, inputs=list(graph.inputs), targets=objective.target_types,
+    return TrainingProgram(step=g, eval=ev, inputs=[n for n in graph.inputs if not n.startswith(STATE)], targets=objective.target_types,
                            trainable=trainable, updated=[s for s, _ in stat_updates], slots=slots,
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
                            transposed=[n for n, p in g.params.items() if p.transposed],
