@@ -568,10 +568,6 @@ class Elaborator:
 
     def call(self, e: ast.Call, frame: Frame):
         callee = self.expr(e.func, frame)
-        if isinstance(callee, Unapplied) and not callee.layer.name:
-            # named when made, before the layers of its arguments, as Keras names a layer when it
-            # is constructed: Dense(7)(Dense(7)(x)) is dense(dense_1(x))
-            self.name_layer(callee.layer, frame, e.loc)
         args = [self.expr(a, frame) for a in e.args]
         kwargs = {}
         for k in e.kwargs:
@@ -728,11 +724,6 @@ class Elaborator:
         self.layer_names.add(base)
         return base
 
-    def name_layer(self, layer: Layer, frame: Frame, loc: Loc) -> None:
-        """The name= it was given, else Keras's automatic one (dense, dense_1, ...)."""
-        layer.name = self.unique_layer_name(frame.prefix + layer.requested_name, loc) \
-            if layer.requested_name else self.auto_layer_name(layer, frame)
-
     def auto_layer_name(self, layer: Layer, frame: Frame) -> str:
         base = frame.prefix + layer.auto_name()
         name, i = base, 0
@@ -769,7 +760,8 @@ class Elaborator:
         try:
             if not layer.built:
                 if not layer.name:
-                    self.name_layer(layer, frame, loc)
+                    layer.name = self.unique_layer_name(frame.prefix + layer.requested_name, loc) \
+                        if layer.requested_name else self.auto_layer_name(layer, frame)
                 if top:
                     b.record = LayerRecord(layer.name, layer.kind(), loc=loc)
                     self.graph.layers.append(b.record)

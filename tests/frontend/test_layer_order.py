@@ -89,21 +89,6 @@ def test_weights_in_keras_order(case):
         [tuple(p["shape"]) for name in expected for p in model.manifest["parameters"] if p["name"] == name]
 
 
-def test_nested_calls_name_the_outer_layer_first_as_keras():
-    """Keras names a layer when it is constructed, and Python constructs Dense(7)(Dense(7)(b))'s
-    outer layer before evaluating its argument: dense_1 is the inner layer, which comes first
-    (printed by Keras 3.15: [l.name for l in model.layers], [w.path for w in model.weights])."""
-    model = kcompile.compile_string(HEAD + """
-    y = Dense(7)(Dense(7)(b))
-    z = Dense(2)(Conv1D(2, 1)(Reshape((7, 1))(y)))
-    output z
-}
-""")
-    assert [layer.name for layer in model.layers] == ["dense_1", "dense", "reshape", "conv1d", "dense_2"]
-    assert model.weight_names == ["dense_1/kernel", "dense_1/bias", "dense/kernel", "dense/bias",
-                                  "conv1d/kernel", "conv1d/bias", "dense_2/kernel", "dense_2/bias"]
-
-
 def test_sequential_keeps_source_order():
     model = kcompile.compile_string("""
 model m {

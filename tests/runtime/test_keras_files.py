@@ -225,10 +225,8 @@ def test_kcompile_weights_h5_round_trips_without_keras(h5py, tmp_path):
     b.load_weights(a.save_weights(tmp_path / "w.weights.h5"))
     for x, y in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(x, y)
-    # (Keras's tree: groups by class and place, names kept; the first Dense of model.layers is the
-    # innermost of b's chain, named last as Keras names it)
-    with h5py.File(tmp_path / "w.weights.h5") as f:
-        assert f["layers/dense/vars"].attrs["name"] == "dense_3" and f["layers/dense/vars/0"].shape == (3, 7)
+    with h5py.File(tmp_path / "w.weights.h5") as f:  # (Keras's tree: groups by class and place, names kept)
+        assert f["layers/dense/vars"].attrs["name"] == "dense_1" and f["layers/dense/vars/0"].shape == (3, 7)
 
 
 def test_layers_in_another_order_load_by_name_where_their_places_do_not_fit(h5py, tmp_path):
