@@ -85,8 +85,9 @@ class _Recurrent(Layer):
         mask = ctx.mask_of(x)
         # steps: the mask in the order the layer reads the sequence. Keras 3 hands a layer the
         # input's mask only where the input is the call's one tensor argument: with initial_state
-        # the recurrence reads every step (and the mask still passes on), as Keras 3.
-        steps = mask if not initial else None
+        # the recurrence reads every step (and the mask still passes on), as Keras 3. (A stateful
+        # layer's carried states are not an initial_state argument: its mask applies.)
+        steps = mask if initial_state is None else None
         if self.dropout:  # Keras: one input mask per sequence, the same at every step
             from .regularization import dropout
             x = dropout(ctx, x, self.dropout, (None, 1, None), self.kind())

@@ -199,3 +199,19 @@ def test_an_empty_predict_is_the_batch_size_error():
 }""")
     with pytest.raises(kcompile.errors.ShapeMismatch, match="batches of exactly 2 rows"):
         m.predict(np.zeros((0, 3, 2), np.float32))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_masked_steps_are_skipped_as_without_stateful(kind):
+    """A stateful layer behind Masking reads its input's mask as the plain layer does (its carried
+    states are not an initial_state argument): the first batch equals the plain layer's outputs."""
+    body = "    input x: float32[5, 3]{batch}\n    h = Masking(mask_value=0.0)(x)\n    y = {kind}(4{opts})(h)\n"
+    m = kcompile.compile_string("model s {\n" + body.format(batch=", batch_size=2", kind=kind,
+                                                            opts=", stateful=true") + "}")
+    plain = kcompile.compile_string("model p {\n" + body.format(batch="", kind=kind, opts="") + "}")
+    rng = np.random.default_rng(5)
+    plain.set_weights([rng.normal(scale=0.5, size=a.shape).astype(np.float32) for a in plain.get_weights()])
+    m.set_weights(plain.get_weights())
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    x[0, 3:] = 0.0  # (row 0's last two steps masked)
+    np.testing.assert_allclose(m.predict(x, batch_size=2), plain.predict(x), rtol=1e-5, atol=1e-6)
