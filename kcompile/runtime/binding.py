@@ -385,7 +385,7 @@ class RecurrentStates:
     def check(self, rows: int, where: str, shape=None) -> None:
         """A batch of ``rows`` rows (``shape``: one input's, for the message) must be the batch size."""
         if rows != self.batch:
-            got = f"shape {tuple(shape)}" if shape is not None else f"{rows} rows"
+            got = f"shape {tuple(shape)}" if shape is not None else f"{rows} row{'s' * (rows != 1)}"
             raise ShapeMismatch(f"{where}: model {self.model} has stateful recurrent layers ({self.layers()}) that "
                                 f"keep states for batches of exactly {self.batch} rows (its input's batch_size); "
                                 f"got a batch of {got} (give batch_size={self.batch} and a number of rows that "
