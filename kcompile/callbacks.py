@@ -876,6 +876,8 @@ class BackupAndRestore(Callback):
         if os.path.exists(self.backup_dir) and not os.path.isdir(self.backup_dir):
             raise NotADirectoryError(f"BackupAndRestore: backup_dir {self.backup_dir} is a file, not a folder")
         backups = self._backups()
+        for _, path in backups:  # (before any is restored, or deleted as older than this model's)
+            self._refuse_another_models(path)
         error = None
         for i in range(len(backups) - 1, -1, -1):  # the latest first, then older ones
             at, path = backups[i]
@@ -897,6 +899,23 @@ class BackupAndRestore(Callback):
             return
         if error is not None:
             raise error
+
+    def _refuse_another_models(self, path):
+        """A backup of another model (two models' fits given one backup_dir) is refused: restored,
+        it would start this model from the other's weights (or fail in set_weights, for other
+        shapes), and this fit's backups would delete it."""
+        from pathlib import Path
+        from .runtime.checkpoint import find_manifest, read_json
+        try:
+            theirs = read_json(find_manifest(Path(path)))
+        except (OSError, ValueError, KcompileError):
+            return  # (unreadable: on_train_begin's restore says why, or falls back)
+        mine = self.model.manifest
+        shapes = [[(p.get("name"), list(p.get("shape", []))) for p in m.get("parameters", [])] for m in (theirs, mine)]
+        if theirs.get("model") != mine["model"] or shapes[0] != shapes[1]:
+            what = f"model {theirs.get('model')}" + (" (other weights)" if theirs.get("model") == mine["model"] else "")
+            raise ValueError(f"BackupAndRestore: {path} holds a backup of {what}, not of this model {mine['model']}; "
+                             f"a backup_dir holds one model's backups: give each model's fit a backup_dir of its own")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch

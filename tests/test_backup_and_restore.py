@@ -237,3 +237,18 @@ def test_a_file_as_backup_dir_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         fit(kcompile.compile_string(SRC, seed=1), BackupAndRestore(tmp_path / "file"))
+
+
+@pytest.mark.parametrize("other", ["model other", "width"], ids=["another-name", "other-weights"])
+def test_a_backup_of_another_model_in_backup_dir_is_refused(tmp_path, other):
+    """Two models' fits given one backup_dir: the other's backup is neither restored into this
+    model (its weights, or set_weights' shape error) nor deleted by this fit's backups."""
+    backup = BackupAndRestore(tmp_path / "shared")
+    interrupted(backup, epoch=2)
+    source = SRC.replace("model small", "model other") if other == "model other" else SRC.replace("Dense(16", "Dense(12")
+    model = kcompile.compile_string(source, seed=1)
+    with pytest.raises(ValueError, match=r"BackupAndRestore: .*epoch-2-batch-0 holds a backup of model small"
+                                         r".*give each model's fit a backup_dir of its own"):
+        fit(model, backup)
+    assert model.iterations == 0
+    assert backups(tmp_path / "shared") == ["epoch-2-batch-0"]

@@ -191,7 +191,15 @@ class Model(LayersMixin, TrainingMixin):
             one = {k: np.zeros((1,) + a.shape[1:], a.dtype) for k, a in feeds.items()}
             outs = [o[:0] for o in session.run(None, {**one, **(fixed or {})})]
         elif not self._batched_outputs:
-            outs = session.run(None, {**feeds, **(fixed or {})})
+            states = {}
+            if self._states is not None:  # (stateful layers: their states in, the next ones out)
+                self._states.check(n, "predict", next(iter(feeds.values())).shape)
+                states = self._states.feeds()
+            names = [o.name for o in session.get_outputs()]
+            results = dict(zip(names, session.run(None, {**feeds, **(fixed or {}), **states})))
+            if states:
+                self._states.update(results)
+            outs = [results[o] for o in names if not o.startswith("next_state:")]
         else:
             if self._predictor is None or self._predictor.session is not session:
                 self._predictor = self._new_predictor(session)
@@ -443,6 +451,7 @@ class _naming:
         return self
 
     def __exit__(self, kind, error, traceback):
-        if isinstance(error, OSError) and error.errno is not None and error.filename != str(self.path):
+        if isinstance(error, OSError) and error.errno is not None and error.filename != str(self.path) \
+                and Path(str(error.filename)).name.startswith(f".{self.path.name}."):  # (the temporary file's)
             raise type(error)(error.errno, error.strerror, str(self.path)) from None
         return False

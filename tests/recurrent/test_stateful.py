@@ -215,3 +215,21 @@ def test_masked_steps_are_skipped_as_without_stateful(kind):
     x = rng.normal(size=(2, 5, 3)).astype(np.float32)
     x[0, 3:] = 0.0  # (row 0's last two steps masked)
     np.testing.assert_allclose(m.predict(x, batch_size=2), plain.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_an_output_without_the_batch_axis_carries_the_states():
+    """An output reduced over the batch (mean(h)) runs all rows at once: the states go in and
+    come out there too (onnxruntime missed the state inputs)."""
+    m = kcompile.compile_string("""model m {
+    input x: float32[5, 3], batch_size=2
+    h = GRU(4, stateful=true)
+    y = mean(h)
+    output y
+}""")
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    first, second = m.predict(x, batch_size=2), m.predict(x, batch_size=2)
+    assert np.ndim(first) == 0 and first != second  # (the second starts from the first's states)
+    m.reset_states()
+    np.testing.assert_allclose(m.predict(x, batch_size=2), first, rtol=1e-6)
+    with pytest.raises(ShapeMismatch, match="batches of exactly 2 rows"):
+        m.predict(x[:1])

@@ -80,6 +80,14 @@ def test_save_paths_name_the_users_path(model, tmp_path):
         assert error.value.filename == "/proc/kcompile-test", error.value
 
 
+def test_an_error_about_another_path_keeps_its_name(model, tmp_path):
+    """A parent that is a file is that file's error, not one about the path written."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OSError) as error:
+        model.save_weights(tmp_path / "afile" / "w.npz")
+    assert "w.npz" not in str(error.value.filename), error.value
+
+
 def test_keras_files_save_weights_does_not_write_are_refused(model, tmp_path):
     """save_weights writes .npz and Keras 3's .weights.h5 (tests/runtime/test_keras_files.py); a
     plain .h5 (Keras 2's whole model) or .keras (Keras's config too) name is refused, writing nothing."""
@@ -139,13 +147,12 @@ def test_a_named_dimension_too_short_for_a_window_is_refused(layer, length):
     assert m.predict(np.ones((2, 12, 3), np.float32)).shape[1] >= 1
 
 
-def test_per_output_sample_weight_says_it_is_not_supported():
-    """Keras takes {output: weights}; kcompile weights every output with one array, and says so
-    (it said 'expects shape (4,), got ()')."""
-    m = kcompile.compile(Path(__file__).resolve().parents[2] / "examples" / "two_heads.kdl")
+def test_per_output_sample_weight_trains_as_one_array_where_they_agree():
+    """Keras's {output: weights} (tests/training/test_per_output_sample_weight.py compares it with
+    Keras); the same weights for every output train as the one array that weights them all."""
     x = {"image": np.zeros((4, 32, 32, 3), np.float32), "meta": np.zeros((4, 8), np.float32)}
     y = {"kind": np.eye(5, dtype=np.float32)[[0, 1, 2, 3]], "score": np.zeros((4, 1), np.float32)}
-    with pytest.raises(ValueError, match=r"sample_weight per output \(a dict\) is not supported yet; give one "
-                                         r"array of 4 weights"):
-        m.fit(x, y, sample_weight={"kind": np.ones(4), "score": np.ones(4)}, verbose=0)
-    assert np.isfinite(m.fit(x, y, sample_weight=np.ones(4), verbose=0).history["loss"][0])
+    w = np.array([0.5, 1.0, 2.0, 0.0], np.float32)
+    losses = [kcompile.compile(Path(__file__).resolve().parents[2] / "examples" / "two_heads.kdl", seed=0).fit(
+        x, y, sample_weight=weights, verbose=0).history["loss"][0] for weights in ({"kind": w, "score": w}, w)]
+    assert np.isfinite(losses[0]) and losses[0] == pytest.approx(losses[1], rel=1e-6)
