@@ -193,26 +193,57 @@ def check_ids(xs: dict, id_ranges: dict, where: str) -> None:
                                     f"{rows} rows (ids 0 to {rows - 1})")
 
 
-def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str) -> np.ndarray:
-    """The ``n`` samples' weights in the loss, float32 [n]: ``sample_weight`` ([n], or [n, 1]),
-    or ``class_weight`` ({class: weight}, 1 for a class it leaves out) by each sample's class in
-    the one target (argmax of one-hot rows, else the rounded label), as Keras; else ones."""
+def _weight_array(w, n: int, where: str, what: str) -> np.ndarray:
+    """One weight per sample, float32 [n], from [n] or [n, 1]."""
+    w = np.asarray(w)
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.ndim != 1 or len(w) != n:
+        raise ShapeMismatch(f"{where}: {what} expects shape ({n},), one weight per sample, got {tuple(w.shape)}")
+    if w.dtype.kind not in "biuf":
+        raise ShapeMismatch(f"{where}: {what} expects numbers, got dtype {w.dtype}")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def per_output(sample_weight, outputs: list) -> bool:
+    """Whether ``sample_weight`` is Keras's per-output form: a dict by output, or (for several
+    outputs) a list or tuple of arrays or None in output order; a list of numbers is one weight
+    per sample."""
+    if isinstance(sample_weight, dict):
+        return True
+    return isinstance(sample_weight, (list, tuple)) and len(outputs) > 1 and \
+        not all(np.isscalar(v) for v in sample_weight)
+
+
+def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str, outputs: list = ()):
+    """The ``n`` samples' weights in the loss, float32 [n], and each output's, {output: [n]}:
+    ``sample_weight`` ([n], or [n, 1]: every output's), or per output ({output: weights}, or a
+    list in the order of ``outputs``; None for an output unweighted; Keras refuses a dict that
+    leaves an output out); or ``class_weight`` ({class: weight}, 1 for a class it leaves out) by
+    each sample's class in the one target (argmax of one-hot rows, else the rounded label), as
+    Keras; else ones. Per output, the first is ones (for loss terms on other values)."""
     if sample_weight is not None and class_weight is not None:
         raise ValueError(f"{where}: give sample_weight or class_weight, not both (as Keras)")
-    if isinstance(sample_weight, (dict, list, tuple)) and len(ys) > 1 and \
-            not all(np.isscalar(v) for v in (sample_weight.values() if isinstance(sample_weight, dict) else sample_weight)):
-        raise ValueError(f"{where}: sample_weight per output (a {type(sample_weight).__name__}) is not supported "
-                         f"yet; give one array of {n} weights, which weights every output's loss")
+    ones = np.ones(n, np.float32)
+    if per_output(sample_weight, outputs):
+        if isinstance(sample_weight, dict):
+            missing = [o for o in outputs if o not in sample_weight]
+            unknown = [k for k in sample_weight if k not in outputs]
+            if missing or unknown:
+                raise ShapeMismatch(f"{where}: sample_weight by output: the model's outputs are {list(outputs)}; "
+                                    f"missing {missing}, unknown {unknown} (None leaves an output's loss unweighted)")
+            given = sample_weight
+        else:
+            if len(sample_weight) != len(outputs):
+                raise ShapeMismatch(f"{where}: sample_weight per output: the model has {len(outputs)} outputs "
+                                    f"({', '.join(outputs)}), got {len(sample_weight)} items")
+            given = dict(zip(outputs, sample_weight))
+        weights = {o: ones if given[o] is None else _weight_array(given[o], n, where, f"sample_weight {o!r}")
+                   for o in outputs}
+        return (weights[outputs[0]] if len(outputs) == 1 else ones), weights
     if sample_weight is not None:
-        w = np.asarray(sample_weight)
-        if w.ndim == 2 and w.shape[1] == 1:
-            w = w[:, 0]
-        if w.ndim != 1 or len(w) != n:
-            raise ShapeMismatch(f"{where}: sample_weight expects shape ({n},), one weight per sample, got "
-                                f"{tuple(w.shape)}")
-        if w.dtype.kind not in "biuf":
-            raise ShapeMismatch(f"{where}: sample_weight expects numbers, got dtype {w.dtype}")
-        return np.ascontiguousarray(w, dtype=np.float32)
+        w = _weight_array(sample_weight, n, where, "sample_weight")
+        return w, dict.fromkeys(outputs, w)
     if class_weight is not None:
         if not isinstance(class_weight, dict):
             raise ValueError(f"{where}: class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}")
@@ -227,8 +258,9 @@ def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str) ->
             y = np.argmax(y, axis=-1) if y.shape[1] != 1 else y[:, 0]
         classes, at = np.unique(np.round(y).astype(np.int64), return_inverse=True)
         table = {int(k): float(v) for k, v in class_weight.items()}
-        return np.array([table.get(int(c), 1.0) for c in classes], np.float32)[at.reshape(-1)]
-    return np.ones(n, np.float32)
+        w = np.array([table.get(int(c), 1.0) for c in classes], np.float32)[at.reshape(-1)]
+        return w, dict.fromkeys(outputs, w)
+    return ones, dict.fromkeys(outputs, ones)
 
 
 class Batches:

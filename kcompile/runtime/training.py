@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import ShapeMismatch
 from ..ir.types import evaluate_dim
 from .data import (Batches, as_arrays, check_arrays, check_ids, check_lengths, check_named_dims, count, named_sizes,
-                   sample_weights, tensor_specs)
+                   per_output, sample_weights, tensor_specs)
 from . import devices
 from .devices import TURNS, create_session, session_options
 from .fpenv import NoFlush, step_environment
@@ -301,8 +301,8 @@ class TrainingMixin:
 
     def _check_xy(self, x, y, where, sample_weight=None, class_weight=None):
         """(inputs, targets, rows), checked; the targets hold the samples' weights too (under
-        the step's input name: ones, ``sample_weight``, or ``class_weight`` by each sample's
-        class), where the training graphs take them."""
+        the step's input names: ones, ``sample_weight`` (one array, or per output), or
+        ``class_weight`` by each sample's class), where the training graphs take them."""
         xs = as_arrays(x, self.inputs, where, "input")
         targets = tensor_specs(self._targets_spec())
         ys = as_arrays(y, targets, where, "target") if y is not None else None
@@ -321,13 +321,25 @@ class TrainingMixin:
             if labels.size and (labels.min() < 0 or labels.max() >= classes):
                 raise ShapeMismatch(f"{where}: target {name!r} holds class labels from {labels.min()} to {labels.max()}; "
                                     f"its prediction has {classes} classes (0 to {classes - 1})")
-        weights_input = self.manifest["training"].get("sample_weight")
+        spec = self.manifest["training"]
+        weights_input = spec.get("sample_weight")
         if weights_input is None:  # (a build of kcompile 0.2.0 and before)
             if sample_weight is not None or class_weight is not None:
                 raise ValueError(f"{where}: this build's graphs take no sample weights; build it again")
             return xs, ys, n
-        ys[weights_input] = sample_weights(sample_weight, class_weight, ys, n, where)
+        outputs = [o.name for o in self.outputs]
+        if "output_sample_weights" not in spec and len(outputs) > 1 and per_output(sample_weight, outputs):
+            raise ValueError(f"{where}: this build's graphs take one weight per sample for every output, not "
+                             f"sample_weight per output; build it again")
+        ys[weights_input], by_output = sample_weights(sample_weight, class_weight, ys, n, where, outputs)
+        for output, name in spec.get("output_sample_weights", {}).items():
+            ys[name] = by_output[output]
         return xs, ys, n
+
+    def _sample_weight_inputs(self) -> list:
+        """The step's inputs of sample weights: the one for every loss term, then each output's."""
+        spec = self.manifest["training"]
+        return [n for n in [spec.get("sample_weight")] + list(spec.get("output_sample_weights", {}).values()) if n]
 
     def _check_unsized_targets(self, xs, ys, where):
         """Targets whose size the manifest cannot give (``?``: a Flatten of [2, T]) are checked
@@ -449,8 +461,8 @@ class TrainingMixin:
         update = StateRunner(sessions[1], {**self._weights, **self._slots}, self._providers, flush=self._flush,
                              transposed=self._held_transposed(), previous=self._previous_state)
         split = {s.name for s in self.inputs} | {t["name"] for t in spec["targets"]} | {
-            n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]} | {
-            spec.get("sample_weight")} - {None}
+            n["name"] for n in spec["noise"] if n["shape"] and n["shape"][0] == spec["targets"][0]["shape"][0]} | set(
+            self._sample_weight_inputs())
         return ShardedRunner(sessions[0], update, {**self._weights, **self._slots}, split, spec["metrics"],
                              flush=self._flush)
 
@@ -717,7 +729,8 @@ class TrainingMixin:
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
         """Train for ``epochs`` (Keras semantics). ``x``/``y``: arrays (dicts by name for several
         inputs/targets), or ``x`` an iterable of (x, y) or (x, y, sample_weight) batches.
-        ``sample_weight`` ([n]) or ``class_weight`` ({class: weight}) weigh each sample's loss.
+        ``sample_weight`` ([n], or per output: {output: [n]}) or ``class_weight`` ({class: weight})
+        weigh each sample's loss.
         Validation runs after every ``validation_freq``-th epoch (an int), or after the epochs
         listed (1-based). Returns a History."""
         self._require_training("fit")
@@ -732,13 +745,21 @@ class TrainingMixin:
         validate_at = _validation_epochs(validation_freq)
         if validation_split and validation_data is None:
             xs, ys, n = self._check_xy(x, y, "fit", sample_weight, class_weight)
-            weights = ys.pop(self.manifest["training"].get("sample_weight"), None)  # (class_weight's, say)
+            weights = [ys.pop(k) for k in self._sample_weight_inputs()]  # (class_weight's, say)
+            if any(w is not weights[0] for w in weights[1:]):  # (given per output; the first is ones)
+                weights = dict(zip(self.manifest["training"]["output_sample_weights"], weights[1:]))
+            else:  # (one array for every output: the same array under each input)
+                weights = weights[0] if weights else None
+
+            def split(rows):
+                return {o: w[rows] for o, w in weights.items()} if isinstance(weights, dict) else \
+                    None if weights is None else weights[rows]
             cut = int(n * (1 - validation_split))
             validation_data = ({k: v[cut:] for k, v in xs.items()}, {k: v[cut:] for k, v in ys.items()},
-                               None if weights is None or class_weight is not None else weights[cut:])
+                               None if class_weight is not None else split(slice(cut, None)))
             # (class_weight weighs the training samples alone, as Keras)
             x, y = {k: v[:cut] for k, v in xs.items()}, {k: v[:cut] for k, v in ys.items()}
-            sample_weight, class_weight = (None if weights is None else weights[:cut]), None
+            sample_weight, class_weight = split(slice(None, cut)), None
         batches = Batches.of(self, x, y, batch_size, shuffle=shuffle, seed=self.seed, where="fit",
                              steps=steps_per_epoch, sample_weight=sample_weight, class_weight=class_weight)
         val = None

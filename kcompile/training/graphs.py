@@ -37,7 +37,9 @@ from .metrics import METRIC_FUNCTIONS
 LR, STEP = "lr", "step"
 # Each sample's weight in the loss ([N], float32; ones unless fit/evaluate are given
 # sample_weight or class_weight): the losses' per-sample values are scaled by it, as Keras's.
-# (A name no model value can have: source names have no ':'.)
+# (A name no model value can have: source names have no ':'.) A model of several outputs
+# weighs each output's loss terms by its own input, SAMPLE_WEIGHT:<output> (Keras's
+# sample_weight={output: weights}); SAMPLE_WEIGHT then weighs only terms on other values.
 SAMPLE_WEIGHT = "loss:sample_weight"
 
 
@@ -68,6 +70,7 @@ class TrainingProgram:
     per_sample: str = ""  # why the step cannot be split into parts of a batch ("" where it can)
     macs_per_sample: int = 0  # multiply-adds of the forward pass's products and convolutions, per sample
     label_classes: dict = field(default_factory=dict)  # target of class labels -> the number of classes
+    output_weights: dict = field(default_factory=dict)  # output -> its loss terms' sample weight input
 
     def describe(self) -> dict:
         return {
@@ -85,6 +88,7 @@ class TrainingProgram:
             "row_gradients": self.row_gradients,
             "per_sample": self.per_sample or True,
             "sample_weight": SAMPLE_WEIGHT,  # (the step's and evaluation's input of per-sample weights)
+            "output_sample_weights": self.output_weights,
             "label_classes": self.label_classes,
             "macs_per_sample": self.macs_per_sample,
         }
@@ -134,6 +138,7 @@ class _Objective:
         self.masked_loss = False  # a loss term left masked steps out (normalized per batch)
         self.output_losses: dict[str, list] = {}  # output -> its loss terms' batch means (Keras's <output>_loss)
         self.label_classes: dict[str, int] = {}  # a target of class labels -> its prediction's classes
+        self.output_weights: dict[str, str] = {}  # output -> its SAMPLE_WEIGHT:<output> input (several outputs)
 
     def _target(self, name, t):
         if name not in self.g.types:
@@ -215,21 +220,28 @@ class _Objective:
         values = LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
         if output in self.masks:
             values = self.masked(values, self.masks[output])
-        values = self.weighted(values)
+        values = self.weighted(values, output)
         if output in self.outputs and len(self.outputs) > 1:  # (Keras logs <output>_loss for several outputs)
             mean = self.ctx.op("ReduceMean", values, keepdims=0) if self.ctx.type(values).rank else values
             self.output_losses.setdefault(output, []).append(mean)
         weight = self.loss_weights.get(output, 1.0)
         return values if weight == 1.0 else self.ctx.op("Mul", values, self.ctx.const(weight, self.ctx.type(values).dtype))
 
-    def weighted(self, values):
+    def weighted(self, values, output):
         """Per-sample loss values times the samples' weights (Keras's sample_weight: the batch
-        mean of the weighted values, divided by the batch size, not by the weights' sum)."""
+        mean of the weighted values, divided by the batch size, not by the weights' sum), those
+        of ``output`` where the model has several."""
         ctx = self.ctx
         rank, dtype = ctx.type(values).rank, ctx.type(values).dtype
         if not rank or ctx.type(values).shape[0] != BATCH:  # (no sample axis to weigh)
             return values
-        weights = SAMPLE_WEIGHT if dtype == "float32" else ctx.op("Cast", SAMPLE_WEIGHT, to=dtype)
+        weights = SAMPLE_WEIGHT
+        if output in self.outputs and len(self.outputs) > 1:
+            if output not in self.output_weights:
+                self.output_weights[output] = f"{SAMPLE_WEIGHT}:{output}"
+                self.g.add_input(self.output_weights[output], TensorType("float32", (BATCH,)))
+            weights = self.output_weights[output]
+        weights = weights if dtype == "float32" else ctx.op("Cast", weights, to=dtype)
         if rank > 1:
             weights = ctx.op("Unsqueeze", weights, axes=tuple(range(1, rank)))
         return ctx.op("Mul", values, weights)
@@ -641,5 +653,6 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
                            transposed=[n for n, p in g.params.items() if p.transposed],
                            gradients=gradient_values, row_gradients=row_gradients, per_sample=per_sample,
-                           macs_per_sample=macs_per_sample(graph), label_classes=objective.label_classes)
+                           macs_per_sample=macs_per_sample(graph), label_classes=objective.label_classes,
+                           output_weights=objective.output_weights)
 
