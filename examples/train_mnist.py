@@ -3,6 +3,7 @@
     python examples/train_mnist.py --model cnn                 # the 1,000-image sample shipped here
     kcompile build examples/mnist_cnn.kdl -o build && python examples/train_mnist.py --build build/mnist_cnn
     python examples/train_mnist.py --model mlp --data ../shared/datasets/mnist --epochs 5
+    python examples/train_mnist.py --model augmented --data ../shared/datasets/mnist --epochs 5
 
 With --data (a folder of MNIST IDX files or a Keras mnist.npz) the model trains on the
 first 8,000 images of the test set and is scored on the last 2,000 (the common split
@@ -38,7 +39,7 @@ def load(data):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=["mlp", "cnn"], default="cnn")
+    ap.add_argument("--model", choices=["mlp", "cnn", "augmented"], default="cnn")
     ap.add_argument("--data", help="MNIST IDX folder or mnist.npz (default: the sample in examples/data)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)

@@ -17,6 +17,7 @@ KDL_FILES = sorted(EXAMPLES.glob("*.kdl"))
 EXPECTED_OUTPUTS = {
     ("mnist_mlp.kdl", "mnist_mlp"): [(10,)],
     ("mnist_cnn.kdl", "mnist_cnn"): [(10,)],
+    ("mnist_augmented.kdl", "mnist_augmented"): [(10,)],
     ("two_heads.kdl", "two_heads"): [(5,), (1,)],
     ("tiny_resnet.kdl", "tiny_resnet"): [(10,)],
     ("sentiment.kdl", "sentiment"): [(1,)],
