@@ -408,14 +408,13 @@ class Predictor:
     # copies: copying a few floats is cheaper than wrapping fresh arrays for onnxruntime.
     SMALL = 4096
 
-    def __init__(self, session, providers, output_dims=None):
+    def __init__(self, session, providers, output_dims=None, states=None):
         import onnxruntime as ort
         self.ort = ort
         self.session = session
         self.binding = session.io_binding()
         self.outputs = [o.name for o in session.get_outputs()]
-        # a stateful model's (TrainingMixin._new_session tells the session): carried batch to batch
-        self.states = getattr(session, "kcompile_states", None)
+        self.states = states  # (a stateful model's RecurrentStates: carried batch to batch)
         self.cpu = _device(providers)[0] == "cpu"
         # Non-batch dimensions of each output when all are static: results can be preallocated.
         self.output_dims = output_dims if output_dims and all(

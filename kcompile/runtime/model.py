@@ -222,7 +222,8 @@ class Model(LayersMixin, TrainingMixin):
     def _new_predictor(self, session):
         from .binding import Predictor
         float_outputs = all(o["dtype"] == "float32" for o in self.manifest["outputs"])
-        return Predictor(session, self._providers, [o.shape for o in self.outputs] if float_outputs else None)
+        return Predictor(session, self._providers, [o.shape for o in self.outputs] if float_outputs else None,
+                         self._states)
 
     def _spinning_predictor(self, session, graph):
         """Predicts back to back, once this process's sessions take turns and so stop their pools

@@ -239,12 +239,9 @@ class TrainingMixin:
         if threads:
             options.intra_op_num_threads = threads
         environment = environment or NoFlush()
-        session = create_session(lambda: environment.session(
+        return create_session(lambda: environment.session(
             lambda o: ort.InferenceSession(graph, o, providers=self._providers), options), self.name, what,
             self._providers)
-        if self._states is not None:  # (predict's Predictor carries them: binding.Predictor)
-            session.kcompile_states = self._states
-        return session
 
     # ---- stateful recurrent layers ----
     def reset_states(self) -> None:
@@ -252,6 +249,14 @@ class TrainingMixin:
         next batch starts afresh. Nothing happens for a model without stateful layers."""
         if self._states is not None:
             self._states.reset()
+
+    def _state_feeds(self, xb, where) -> dict:
+        """A step's stateful-layer states, for a batch ``xb`` of the states' batch size ({} without them)."""
+        if self._states is None:
+            return {}
+        first = next(iter(xb.values()))
+        self._states.check(len(first), where, first.shape)
+        return self._states.feeds()
 
     def _check_state_batches(self, n, batch_size, shuffle, where) -> None:
         """fit's and evaluate's arrays with stateful layers: whole batches of the states' size,
@@ -642,10 +647,7 @@ class TrainingMixin:
         runner = self._runner_for_training()
         self._lr_buffer[...] = self.learning_rate
         self._step_buffer[...] = self._iterations + 1
-        data = {**xb, **yb, **self._noise(xb)}  # (lr and step are bound in place)
-        if self._states is not None:
-            self._states.check(len(next(iter(xb.values()))), where, next(iter(xb.values())).shape)
-            data.update(self._states.feeds())
+        data = {**xb, **yb, **self._noise(xb), **self._state_feeds(xb, where)}  # (lr and step are bound in place)
         results = runner.run(data)
         loss = float(results["loss"])
         if not math.isfinite(loss):
@@ -674,10 +676,7 @@ class TrainingMixin:
         self._sync_state()
         session = self._session_for("eval")
         names = [o.name for o in session.get_outputs()]
-        feeds = self._step_feeds(xb, yb, training=False)
-        if self._states is not None:
-            self._states.check(len(next(iter(xb.values()))), where, next(iter(xb.values())).shape)
-            feeds.update(self._states.feeds())
+        feeds = {**self._step_feeds(xb, yb, training=False), **self._state_feeds(xb, where)}
         needed = {i.name for i in session.get_inputs()}
         results = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in needed})))
         if self._states is not None:
