@@ -83,10 +83,8 @@ def write_weights(manifest: dict, weights: dict) -> bytes:
             # (the layer's name, as Keras writes it: load_weights falls back on matching by it)
             f.require_group(f"{group}/vars").attrs["name"] = layer
             f[f"{group}/{dataset}"] = weights[name]
-        for layer in manifest["layers"]:  # (Keras's Normalization keeps a sample count, vars/2, besides)
-            if layer["kind"] == "Normalization" and layer["params"]:
-                group = next(g for _, n, g, _ in locations(manifest) if n == layer["name"])
-                f[f"{group}/vars/2"] = np.int64(0)
+            if _class_of(group) == "normalization" and dataset == "vars/1":
+                f[f"{group}/vars/2"] = np.int64(0)  # (Keras's Normalization keeps a sample count besides)
     return buf.getvalue()
 
 
