@@ -2,6 +2,7 @@
 
 The expected orders were printed by Keras 3.15 (`[w.path for w in model.weights]`) for the
 same graphs written in Keras."""
+import numpy as np
 import pytest
 
 import kcompile
@@ -102,7 +103,6 @@ model m {
 
 
 def test_set_weights_from_keras_order_round_trips_through_predict():
-    import numpy as np
     body, _ = CASES["branches"]
     model = kcompile.compile_string(HEAD + body + "}\n")
     rng = np.random.default_rng(0)
@@ -122,6 +122,13 @@ def test_identity_layers_pass_their_input_on(body):
     first version of the order looped forever here)."""
     model = kcompile.compile_string(f"model m {{\n    input x: float32[4]\n    {body}\n}}\n")
     assert [layer.class_name for layer in model.layers] == [line.strip().split("(")[0] for line in body.split("\n")]
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    expected = x
+    for layer in model.layers:
+        if layer.class_name == "Dense":
+            kernel, bias = layer.get_weights()
+            expected = expected @ kernel + bias
+    np.testing.assert_allclose(model.predict(x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_identity_operation_between_layers():
@@ -135,3 +142,7 @@ model m {
 }
 """)
     assert [layer.name for layer in model.layers] == ["first", "last"]
+    a = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    k1, b1, k2, b2 = model.get_weights()
+    x = a @ k1 + b1
+    np.testing.assert_allclose(model.predict(a), (x + x) @ k2 + b2, rtol=1e-5, atol=1e-5)

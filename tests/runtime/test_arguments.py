@@ -131,7 +131,8 @@ def test_a_target_of_an_output_sized_at_run_time_is_checked():
                 lambda: m.train_on_batch(x, np.zeros((3, 7), np.float32))):
         with pytest.raises(ShapeMismatch, match=r"target 'y_target' expects shape \(None, 10\) .*got \(3, 7\)"):
             run()
-    m.fit(x, np.zeros((3, 10), np.float32), verbose=0)
+    # (no weights: the mse of ones against zeros)
+    assert m.fit(x, np.zeros((3, 10), np.float32), verbose=0).history["loss"] == [pytest.approx(1.0)]
 
 
 @pytest.mark.parametrize("layer, length", [("Cropping1D((3, 3))", "-1 \\(T-6\\)"), ("Conv1D(2, 10)", "-4"),

@@ -20,10 +20,13 @@ MLP = """model mlp {
 """
 
 
+X, Y = np.ones((4, 4), np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     model = kcompile.compile_string(MLP)
-    model.fit(np.ones((4, 4), np.float32), np.eye(3, dtype=np.float32)[[0, 1, 2, 0]], verbose=0)
+    model.fit(X, Y, verbose=0)
     return model.save(tmp_path_factory.mktemp("ck") / "mlp")
 
 
@@ -97,3 +100,11 @@ def test_a_damaged_folder_is_refused_at_load_naming_the_file(saved, tmp_path, ca
 def test_a_sound_checkpoint_loads_and_resumes(saved):
     model = kcompile.load(saved)
     assert model.iterations == 1 and model._epoch == 1 and set(model.optimizer_state()) == set(model._slots)
+    # A second step from the checkpoint (Adam's moments and step count restored) lands where two
+    # uninterrupted steps do.
+    straight = kcompile.compile_string(MLP)
+    straight.fit(X, Y, epochs=2, verbose=0)
+    model.fit(X, Y, verbose=0)
+    assert model.iterations == 2
+    for got, want in zip(model.get_weights(), straight.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

@@ -277,7 +277,12 @@ def test_without_h5py_keras_files_say_how_to_install_it(monkeypatch, tmp_path):
                  lambda: model.load_weights(tmp_path / "w.keras")):
         with pytest.raises(ImportError, match=r"pip install h5py"):
             call()
-    model.load_weights(model.save_weights(tmp_path / "w.npz"))  # (.npz needs no h5py)
+    saved = model.save_weights(tmp_path / "w.npz")  # (.npz needs no h5py)
+    weights = model.get_weights()
+    model.set_weights([w + 1 for w in weights])
+    model.load_weights(saved)
+    for got, want in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_model_called_in_the_model_is_refused_for_keras_files(h5py, tmp_path):
@@ -296,4 +301,9 @@ model m {
     with pytest.raises(ValueError, match="layer enc is a Model .* save_weights and load_weights take .npz files"):
         m.save_weights(tmp_path / "m.weights.h5")
     assert not (tmp_path / "m.weights.h5").exists()
-    m.save_weights(tmp_path / "m.weights.npz")
+    weights = m.get_weights()  # (.npz files take it, and give its weights back)
+    saved = m.save_weights(tmp_path / "m.weights.npz")
+    m.set_weights([w + 1 for w in weights])
+    m.load_weights(saved)
+    for got, want in zip(m.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)

@@ -118,10 +118,7 @@ def test_configured_loss_equals_the_explicit_form_and_numpy(case, data):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_configured_loss_equals_keras_loss_object(case, data):
-    import os
-    os.environ.setdefault("KERAS_BACKEND", "jax")
-    keras = pytest.importorskip("keras")
+def test_configured_loss_equals_keras_loss_object(case, data, keras):
     forms, _, kind, _, make = CASES[case]
     x, targets = data
     t = targets[kind]
