@@ -12,13 +12,15 @@ into a map. In standard ONNX ops (channels C -> O, T tiles a sample, N samples):
     -> MatMul by the 16 transformed kernels [16, C, O] -> [16, T*N, O]
     -> MatMul by A^T (x) A^T (4x16) -> [4, T*N*O] -> Split, Max -> + bias -> Relu -> [N, O, P, Q]
 
-On the MNIST CNN's second convolution (32 -> 64 channels) the products take 17 us a sample
-on one core where the blocked convolution takes 35, and the transforms 14-16 more. Its tiles
+On the MNIST CNN's second convolution (32 -> 64 channels) the products took 17 us a sample
+on one core where the blocked convolution took 35, and the transforms 14-16 more. Its tiles
 add 150 KB a sample to the activations, so predict's one-core parts of a large batch
-(runtime/model.py), which use it, run fewer rows at a time to stay in the cache: 1.09x the
-plain graph's samples/s at 1,024 rows (runs of 16 rows against the plain graph's 28; in runs
-of 28 it gained 1.01x). A two-thread session ran it at 0.89-0.97x and a batch of one at 0.87x
-(docs/performance.md), so nothing else uses it. The results equal the convolution's to
+(runtime/model.py), which may use it, run fewer rows at a time to stay in the cache: 1.09x
+the plain graph's samples/s at 1,024 rows on that machine (runs of 16 rows against the plain
+graph's 28; in runs of 28 it gained 1.01x). On a machine whose blocked convolution ran at
+about twice that rate (19 us a sample, both cores busy) it was 0.83x, so the parts time both
+forms and keep the faster (Model._parts_predictors). A two-thread session ran it at
+0.89-0.97x and a batch of one at 0.87x (docs/performance.md), so nothing else uses it. The results equal the convolution's to
 float32 rounding (the transforms add and subtract a few products). The files in a build
 folder keep the plain convolution.
 """

@@ -240,14 +240,9 @@ class Model(LayersMixin, TrainingMixin):
         once per session copied (kept in _copies, dropped with the session: _weights_changed)."""
         copied = self._copies.get(use)
         if copied is None or copied[0] is not session:
-            data = graph()
-            if use == "parts":  # (one-core runs of a few rows: where Winograd's form measured faster)
-                from ..backend.winograd import use_winograd
-                data, tile_bytes = use_winograd(data)
-                activations = (self.manifest.get("activation_bytes_per_sample") or 0) + tile_bytes
-                self._part_rows = max(16, PREDICT_CACHE_BYTES // activations // 2) if activations else 2 ** 62
             copied = self._copies[use] = (session, [
-                self._new_predictor(self._new_session(data, "inference", threads, stop_spinning)) for _ in range(count)])
+                self._new_predictor(self._new_session(graph(), "inference", threads, stop_spinning))
+                for _ in range(count)])
         return copied[1]
 
     def _predict_parts(self, n: int, step: int) -> int:
@@ -265,16 +260,64 @@ class Model(LayersMixin, TrainingMixin):
         on the MNIST CNN at 1,024 rows: 38-41k samples/s in both states of this 2-core machine,
         where the two-thread session gave 42k with its cores close together and 26-27k with them
         far apart (backend/shards.py explains the two states)."""
+        predictors, rows = self._parts_predictors(session, graph, feeds, n, fixed)
+        return self._run_halves(predictors, feeds, n, min(step, rows), fixed)
+
+    @staticmethod
+    def _run_halves(predictors, feeds, n, step, fixed):
+        """``feeds``' ``n`` rows run by two predictors at once, the second on core_pool's thread,
+        each half in whole runs of ``step`` rows; their outputs joined."""
         from .binding import core_pool
-        predictors = self._copied_predictors("parts", session, graph, 2, threads=max(1, devices.cpu_cores() // 2))
-        # (runs of half predict's rows: each core's part keeps its activations in its own share of
-        # the cache; at 1,024 rows 39k samples/s in runs of 28 against 37k in runs of 56)
-        step = min(step, self._part_rows)
         half = -(-n // (2 * step)) * step  # (the first part's rows: whole runs)
         rest = {name: array[half:] for name, array in feeds.items()}
         second = core_pool().submit(predictors[1].run, rest, n - half, step, fixed)
         first = predictors[0].run({name: array[:half] for name, array in feeds.items()}, half, step, fixed)
         return [np.concatenate([a, b]) for a, b in zip(first, second.result())]
+
+    def _parts_predictors(self, session, graph, feeds, n, fixed):
+        """The two one-thread Predictors of predict's parts and the rows of their runs, made once
+        per session copied. Each part's run takes half of PREDICT_CACHE_BYTES of activations, so
+        that both parts keep theirs in the cache (at 1,024 rows, 39k samples/s in runs of 28
+        rows against 37k in runs of 56, on an earlier machine). Where a convolution can run in
+        Winograd's form (backend/winograd.py), both forms are made, timed on ``feeds``' first
+        rows, and the faster kept: the form gave 1.11x the MNIST CNN's predict on one machine
+        and 0.83x on another (docs/performance.md)."""
+        copied = self._copies.get("parts")
+        if copied is not None and copied[0] is session:
+            return copied[1]
+        from ..backend.winograd import use_winograd
+        threads = max(1, devices.cpu_cores() // 2)
+        plain = graph()
+        rewritten, tile_bytes = use_winograd(plain)
+        activations = self.manifest.get("activation_bytes_per_sample") or 0
+        choices = []
+        for data, extra in [(plain, 0)] + ([(rewritten, tile_bytes)] if tile_bytes else []):
+            rows = max(16, PREDICT_CACHE_BYTES // (activations + extra) // 2) if activations + extra else 2 ** 62
+            choices.append(([self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)], rows))
+        chosen = choices[0] if len(choices) == 1 else self._faster_parts(choices, feeds, n, fixed)
+        self._copies["parts"] = (session, chosen)
+        return chosen
+
+    def _faster_parts(self, choices, feeds, n, fixed, rounds=3):
+        """Of [(predictors, rows)] (the plain graph's first), the one whose parts ran the first
+        rows of ``feeds`` (two runs a part) in the least time per row, the best of ``rounds``
+        alternating rounds after one to warm up; a later choice only where it was 3% faster
+        than the plain graph (its timing moves a few percent from round to round)."""
+        import time
+        times = [[] for _ in choices]
+        order = list(range(len(choices)))
+        for r in range(rounds + 1):
+            for i in order if r % 2 else order[::-1]:
+                predictors, rows = choices[i]
+                m = min(n, 4 * rows)
+                part = {name: array[:m] for name, array in feeds.items()}
+                start = time.perf_counter()
+                self._run_halves(predictors, part, m, rows, fixed)
+                if r:
+                    times[i].append((time.perf_counter() - start) / m)
+        best = [min(t) for t in times]
+        faster = min(range(1, len(choices)), key=best.__getitem__)
+        return choices[faster] if best[faster] < 0.97 * best[0] else choices[0]
 
     # ---------------- description and export ----------------
     def summary(self, print_fn=None) -> None:

@@ -117,25 +117,62 @@ def test_the_tiles_bytes_per_sample():
     assert winograd.use_winograd(conv_pool_model(c=8)[0]) == (conv_pool_model(c=8)[0], 0)
 
 
-def test_predict_in_parts_runs_it_and_gives_the_same_predictions(monkeypatch):
-    """The MNIST CNN's large predicts run in one-core parts with its second convolution in
-    Winograd's form, in runs of 16 rows (its tiles kept in the cache); smaller predicts run the
-    plain graph: the same predictions."""
+@pytest.mark.parametrize("winograd_faster", [True, False])
+def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeypatch, winograd_faster):
+    """The MNIST CNN's large predicts run in one-core parts. Both the plain graph and the one
+    with its second convolution in Winograd's form are made and timed; the one kept runs
+    (Winograd's in runs of 16 rows, its tiles kept in the cache, the plain graph in runs of 28),
+    with the same predictions either way; smaller predicts run the plain graph."""
     import kcompile
     from kcompile.runtime import devices
+    from kcompile.runtime.model import Model
     monkeypatch.setattr(devices, "cpu_cores", lambda: 2)  # (parts need two cores)
-    rewritten, runs = [], []
+    rewritten, runs, timed = [], [], []
     real = winograd.use_winograd
     monkeypatch.setattr(winograd, "use_winograd", lambda b: rewritten.append(real(b)) or rewritten[-1])
+    real_faster = Model._faster_parts
+
+    def faster(self, choices, feeds, n, fixed):
+        timed.append([rows for _, rows in choices])
+        real_faster(self, choices, feeds, n, fixed)  # (it runs both forms)
+        return choices[1] if winograd_faster else choices[0]
+    monkeypatch.setattr(Model, "_faster_parts", faster)
     model = kcompile.compile(Path(__file__).parents[2] / "examples" / "mnist_cnn.kdl")
     x = np.random.default_rng(0).random((1024, 28, 28, 1), dtype=np.float32)
     whole = model.predict(x, batch_size=1024)
     assert len(rewritten) == 1 and ops(rewritten[0][0]).count("Conv") == 1  # (the first is left: one input channel)
-    assert model._part_rows == 16
-    predictor = model._copies["parts"][1][0]
-    monkeypatch.setattr(predictor, "run", lambda feeds, n, step, fixed: runs.append(step) or real_run(feeds, n, step, fixed))
+    assert timed == [[28, 16]]
+    predictor = model._copies["parts"][1][0][0]
     real_run = type(predictor).run.__get__(predictor)
-    model.predict(x, batch_size=1024)
-    assert runs == [16]
+    monkeypatch.setattr(predictor, "run", lambda feeds, n, step, fixed: runs.append(step) or real_run(feeds, n, step, fixed))
+    again = model.predict(x, batch_size=1024)
+    assert runs == [16 if winograd_faster else 28]
+    np.testing.assert_allclose(again, whole, atol=1e-6)
     np.testing.assert_allclose(whole[:100], model.predict(x[:100]), atol=1e-6)  # (100 rows: one part)
-    assert len(rewritten) == 1
+    assert len(rewritten) == 1 and len(timed) == 1  # (made and timed once per session)
+
+
+class _Clocked:
+    """A stand-in Predictor whose runs advance a fake clock by ``cost`` per row."""
+    clock = [0.0]
+
+    def __init__(self, cost, first):
+        self.cost, self.first = cost, first
+
+    def run(self, feeds, n, step, fixed):
+        if self.first:  # (the second part runs on another thread: only the first moves the clock)
+            self.clock[0] += self.cost * n
+        return [np.zeros((n, 1), np.float32)]
+
+
+@pytest.mark.parametrize("costs, kept", [((1.0, 0.5), 1), ((1.0, 0.99), 0), ((1.0, 1.5), 0)])
+def test_the_faster_parts_are_chosen_by_time_per_row_and_winograd_needs_a_margin(monkeypatch, costs, kept):
+    """_faster_parts keeps the form whose parts ran in less time per row, over rows of runs of
+    each form's own size; a form other than the plain graph must be 3% faster to be kept."""
+    import time
+
+    from kcompile.runtime.model import Model
+    monkeypatch.setattr(time, "perf_counter", lambda: _Clocked.clock[0])
+    choices = [([_Clocked(c, True), _Clocked(c, False)], rows) for c, rows in zip(costs, (28, 16))]
+    feeds = {"x": np.zeros((1024, 3), np.float32)}
+    assert Model._faster_parts(Model.__new__(Model), choices, feeds, 1024, None) is choices[kept]
