@@ -548,19 +548,23 @@ def _train_feeds(m, session, xb, yb, extra=None):
     import numpy as np
     needed = {i.name for i in session.get_inputs()}
     extra = extra or {}
+    how = "built from the session inputs"
     try:
-        feeds = {**m._step_feeds(xb, yb, training=True), **extra}
-        if needed <= set(feeds):
-            return {k: v for k, v in feeds.items() if k in needed}, "model._step_feeds"
+        given = {**m._step_feeds(xb, yb, training=True), **extra}
+        how = "model._step_feeds"
     except Exception:
-        pass
+        given = {**xb, **yb, **extra}
     weights = dict(zip(m.weight_names, m.get_weights()))
     n = len(next(iter(xb.values())))
     types = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
     feeds, rng = {}, np.random.default_rng(0)
     for i in session.get_inputs():
-        if i.name in xb or i.name in yb or i.name in extra:
+        if i.name in given:
+            feeds[i.name] = given[i.name]
+        elif "sample_weight" in i.name:  # (fit feeds ones where no sample_weight is given)
+            feeds[i.name] = np.ones([d if isinstance(d, int) else n for d in i.shape], types.get(i.type, np.float32))
+        elif i.name in xb or i.name in yb or i.name in extra:
             feeds[i.name] = {**xb, **yb, **extra}[i.name]
         elif i.name in weights:
             feeds[i.name] = weights[i.name]
@@ -573,7 +577,7 @@ def _train_feeds(m, session, xb, yb, extra=None):
             dt = types.get(i.type, np.float32)
             feeds[i.name] = rng.random(shape).astype(dt) if "noise" in i.name or "mask" in i.name \
                 else np.zeros(shape, dt)
-    return feeds, "built from the session inputs"
+    return feeds, how
 
 
 def w_profile(fw, model, args):
