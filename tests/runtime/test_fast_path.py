@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 import kcompile
+from kcompile.errors import ShapeMismatch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +82,50 @@ def test_small_predicts_reuse_bound_buffers_but_return_fresh_arrays():
     m.predict(x[:1])
     session = ort.InferenceSession(m.onnx_model().SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(m.predict(x[:1]), session.run(None, {"image": x[:1]})[0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("seen", [False, True])
+def test_repeated_small_predicts_skip_the_checks_and_keep_every_rule(monkeypatch, turns, seen):
+    """A small predict shaped as the last one runs its bound buffers without predict's general
+    checks (batch-1 latency); every case the general path treats otherwise still takes it: a
+    batch size below the rows, another shape or dtype, a bool or numpy batch size, steps, a
+    dict, and new weights, whose first predict must see them. Once sessions take turns (seen),
+    the repeated predicts run on the spinning copy, as the general path's back to back."""
+    from kcompile.runtime.model import Model
+    turns.seen = seen
+    x, y = data(4)
+    m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+    plain = lambda v: ort.InferenceSession(m.onnx_model().SerializeToString(),  # noqa: E731
+                                           providers=["CPUExecutionProvider"]).run(None, {"image": v})[0]
+    want = plain(x)
+    general = []
+    real = Model._prepare
+    monkeypatch.setattr(Model, "_prepare", lambda self, v, where: general.append(where) or real(self, v, where))
+    np.testing.assert_allclose(m.predict(x[:1]), want[:1], rtol=1e-5, atol=1e-7)
+    assert general == ["predict"]
+    out = m.predict(x[1:2])
+    np.testing.assert_allclose(out, want[1:2], rtol=1e-5, atol=1e-7)
+    out[:] = 7  # (the caller's own array)
+    np.testing.assert_allclose(m.predict(x[1:2], batch_size=None), want[1:2], rtol=1e-5, atol=1e-7)
+    assert general == ["predict"] * (1 + seen)  # (repeated: no general checks; once seen, from the copy's first)
+    assert ("spinning" in m._copies) == seen
+    np.testing.assert_allclose(m.predict(x[:2], batch_size=1), want[:2], rtol=1e-5, atol=1e-7)  # (two runs)
+    np.testing.assert_allclose(m.predict(x[:2]), want[:2], rtol=1e-5, atol=1e-7)  # (new buffers)
+    np.testing.assert_allclose(m.predict(x[2:4]), want[2:4], rtol=1e-5, atol=1e-7)
+    assert len(general) == 3 + seen
+    for bad in (True, np.int64(0)):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            m.predict(x[:2], batch_size=bad)
+    with pytest.raises(ShapeMismatch):
+        m.predict(x[:2].astype(np.float64) + np.zeros((2, 28, 28, 2)))
+    np.testing.assert_allclose(m.predict(x[:2].astype(np.float64)), want[:2], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m.predict(x[:2], steps=1, batch_size=1), want[:1], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(m.predict({"image": x[:2]}), want[:2], rtol=1e-5, atol=1e-7)
+    count = len(general)
+    m.train_on_batch(x, y)  # (new weights: the first predict after binds them as inputs)
+    for _ in range(3):
+        np.testing.assert_allclose(m.predict(x[:2]), plain(x[:2]), rtol=1e-5, atol=1e-7)
+    assert len(general) - count >= 2  # (until the folded session's predicts repeat)
 
 
 def test_in_place_scalars_are_bound_again_where_binding_copies():
