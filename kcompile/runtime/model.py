@@ -292,9 +292,12 @@ class Model(LayersMixin, TrainingMixin):
     @staticmethod
     def _run_halves(predictors, feeds, n, step, fixed):
         """``feeds``' ``n`` rows run by two predictors at once, the second on core_pool's thread,
-        each half in whole runs of ``step`` rows; their outputs joined."""
+        each half in as many runs as ``step`` rows a run would take, of even sizes (so that both
+        take the same time: halves of whole runs of 28 rows, 532 and 492 of 1,024, were 1.6%
+        slower); their outputs joined."""
         from .binding import core_pool
-        half = -(-n // (2 * step)) * step  # (the first part's rows: whole runs)
+        half = -(-n // 2)
+        step = -(-half // -(-half // step))
         rest = {name: array[half:] for name, array in feeds.items()}
         second = core_pool().submit(predictors[1].run, rest, n - half, step, fixed)
         first = predictors[0].run({name: array[:half] for name, array in feeds.items()}, half, step, fixed)
