@@ -103,10 +103,11 @@ def conv_input_grad(ctx, x, w, attrs, dy):
 
 
 IM2COL_MAX_WINDOW = 25  # kernel elements; above this the unfolded input grows too large
-# Input and output channels from which the kernel gradient gathers its im2col channels-last.
+# Input and output channels from which the kernel gradient gathers its im2col (batch last).
 # Measured: 32 -> 64 channels at 12x12, 128 samples, 3.9 against 5.4 ms; 16 -> 64 the same
 # time either way; 16 -> 16 at 28x28 (tiny_resnet) 1.24x slower (a 16-row product runs at a
-# third of the machine's rate, and channels-last transposes of 16 channels are slow).
+# third of the machine's rate, and transposes of 16 channels are slow). (Measured with the
+# im2col channels-last, rows (n, position), on an earlier machine.)
 GATHER_MIN_CHANNELS = 32
 # ... on maps of at most this many output positions; on larger ones its one product reads an
 # im2col of N x positions rows that no longer stays in the caches, and the one-hot form is
@@ -126,9 +127,11 @@ SLICES_MIN_CHANNELS = 4
 def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     """d(loss)/d(kernel) [O, C, *k] of a group-1 convolution of x [N, C, *s] giving dy [N, O, *o].
 
-    Small kernels of many channels unfold x channels-last (im2col: one Gather of whole
-    channel vectors, rows (n, position), columns (offset, c)) and contract it with dy in one
-    matrix product over every sample and position at once (see GATHER_MIN_CHANNELS). With
+    Small kernels of many channels unfold x batch-last (im2col: one Gather of whole rows of
+    the batch, rows (c, offset), columns (position, n)) and contract it with dy in one matrix
+    product over every sample and position at once (see GATHER_MIN_CHANNELS); with rows
+    (n, position) instead, its product [O, N*P] x [N*P, window*C] packed the large im2col, and
+    the MNIST CNN's step was 1.05x the time (its product 1.8 against 1.35 ms at 64 samples). With
     fewer channels and stride 1, each window offset's input rows are one Slice of x, times dy
     sample by sample (SLICES_MIN_CHANNELS); otherwise a one-hot grouped convolution unfolds x
     and per-sample products are summed over the batch. These were measured about 1.5x faster
@@ -147,17 +150,17 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
             and positions <= GATHER_MAX_POSITIONS):
         x = _pad_spatial(ctx, x, pads)
         sizes = ctx.type(x).shape[2:]
-        flat = ctx.op("Transpose", x, perm=(0,) + tuple(range(2, n + 2)) + (1,))  # channels last
-        flat = ctx.op("Reshape", flat, shape=(0, int(np.prod(sizes)), channels))  # [N, positions, C]
-        # the input position that output position p reads at window offset k, for every (p, k)
+        flat = ctx.op("Transpose", x, perm=(1,) + tuple(range(2, n + 2)) + (0,))  # batch last
+        flat = ctx.op("Reshape", flat, shape=(channels, int(np.prod(sizes)), -1))  # [C, positions, N]
+        # the input position that output position p reads at window offset k, for every (k, p)
         picks = [np.ravel_multi_index(tuple(p[i] * strides[i] + k[i] * dilations[i] for i in range(n)), sizes)
-                 for p in np.ndindex(*outs) for k in np.ndindex(*kernel_spatial)]
-        cols = ctx.op("Gather", flat, ctx.const(np.array(picks, np.int64), "int64"), axis=1)  # [N, P * window, C]
-        cols = ctx.op("Reshape", cols, shape=(-1, window * channels))  # [N * P, window * C]
-        dy_rows = ctx.op("Transpose", ctx.op("Reshape", dy, shape=(0, out_channels, positions)), perm=(1, 0, 2))
-        dy_rows = ctx.op("Reshape", dy_rows, shape=(out_channels, -1))  # [O, N * P]
-        dw = ctx.op("Reshape", ctx.op("MatMul", dy_rows, cols), shape=(out_channels,) + tuple(kernel_spatial) + (channels,))
-        return ctx.op("Transpose", dw, perm=(0, n + 1) + tuple(range(1, n + 1)))
+                 for k in np.ndindex(*kernel_spatial) for p in np.ndindex(*outs)]
+        cols = ctx.op("Gather", flat, ctx.const(np.array(picks, np.int64), "int64"), axis=1)  # [C, window * P, N]
+        cols = ctx.op("Reshape", cols, shape=(channels * window, -1))  # [C * window, P * N]
+        dy_rows = ctx.op("Transpose", ctx.op("Reshape", dy, shape=(0, out_channels, positions)), perm=(2, 0, 1))
+        dy_rows = ctx.op("Reshape", dy_rows, shape=(-1, out_channels))  # [P * N, O]
+        dw = ctx.op("Reshape", ctx.op("MatMul", cols, dy_rows), shape=(channels,) + tuple(kernel_spatial) + (out_channels,))
+        return ctx.op("Transpose", dw, perm=(n + 1, 0) + tuple(range(1, n + 1)))
     if (window <= IM2COL_MAX_WINDOW and SLICES_MIN_CHANNELS <= channels and min(channels, out_channels) < GATHER_MIN_CHANNELS
             and all(s == 1 for s in strides)):
         # Each slice is multiplied while it is still in the cache; the sum over the batch comes last.

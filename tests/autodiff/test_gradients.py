@@ -119,7 +119,7 @@ def test_dense_rank3_no_bias_linear():
     ("Conv2D(2, 1)", (2, 3, 4, 4)),
     ("Conv1D(3, 3, padding=causal, dilation_rate=2)", (2, 9, 4)),
     ("Conv2DTranspose(4, 3, padding=same)", (2, 3, 3, 4)),
-    # 32 channels or more in and out: the kernel gradient gathers channels-last windows
+    # 32 channels or more in and out: the kernel gradient gathers its windows, batch last
     ("Conv2D(32, 3, strides=2, padding=same)", (2, 7, 6, 32)),
     ("Conv2D(33, (2, 3), dilation_rate=2)", (1, 6, 7, 34)),
     ("Conv1D(32, 3, strides=2, padding=causal)", (2, 8, 32)),
