@@ -20,9 +20,9 @@ the plain graph's samples/s at 1,024 rows on that machine (runs of 16 rows again
 graph's 28; in runs of 28 it gained 1.01x). On a machine whose blocked convolution ran at
 about twice that rate (19 us a sample, both cores busy) it was 0.83x, so the parts time both
 forms and keep the faster (Model._parts_predictors). A two-thread session ran it at
-0.89-0.97x and a batch of one at 0.87x (docs/performance.md), so nothing else uses it. The results equal the convolution's to
-float32 rounding (the transforms add and subtract a few products). The files in a build
-folder keep the plain convolution.
+0.89-0.97x and a batch of one at 0.87x (docs/performance.md), so nothing else uses it. The
+results equal the convolution's to float32 rounding (the transforms add and subtract a few
+products). The files in a build folder keep the plain convolution.
 """
 from __future__ import annotations
 
