@@ -542,41 +542,41 @@ def w_real_data(fw, model, args):
 
 
 def _train_feeds(m, session, xb, yb, extra=None):
-    """The training graph's feeds: through the model's private helper if it still has one,
-    else built from the session's declared inputs (weights by name, zeros for optimizer slots,
-    uniform noise for dropout masks, lr and step scalars); ``extra`` added (a part's share)."""
+    """The training graph's feeds: through the model's private helper if it still has one, each
+    input it does not give built from the session's declared inputs (ones for sample weights,
+    as fit feeds them; weights by name, zeros for optimizer slots, uniform noise for dropout
+    masks, lr and step scalars); ``extra`` added (a part's share)."""
     import numpy as np
-    needed = {i.name for i in session.get_inputs()}
     extra = extra or {}
-    how = "built from the session inputs"
     try:
-        given = {**m._step_feeds(xb, yb, training=True), **extra}
-        how = "model._step_feeds"
+        given, how = {**m._step_feeds(xb, yb, training=True), **extra}, "model._step_feeds"
     except Exception:
-        given = {**xb, **yb, **extra}
+        given, how = {**xb, **yb, **extra}, "built from the session inputs"
     weights = dict(zip(m.weight_names, m.get_weights()))
     n = len(next(iter(xb.values())))
     types = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
-    feeds, rng = {}, np.random.default_rng(0)
+    feeds, built, rng = {}, [], np.random.default_rng(0)
     for i in session.get_inputs():
         if i.name in given:
             feeds[i.name] = given[i.name]
-        elif "sample_weight" in i.name:  # (fit feeds ones where no sample_weight is given)
-            feeds[i.name] = np.ones([d if isinstance(d, int) else n for d in i.shape], types.get(i.type, np.float32))
-        elif i.name in xb or i.name in yb or i.name in extra:
-            feeds[i.name] = {**xb, **yb, **extra}[i.name]
+            continue
+        built.append(i.name)
+        shape = [d if isinstance(d, int) else n for d in i.shape]  # (the batch: the only free dimension here)
+        dt = types.get(i.type, np.float32)
+        if "sample_weight" in i.name:
+            feeds[i.name] = np.ones(shape, dt)
         elif i.name in weights:
             feeds[i.name] = weights[i.name]
         elif i.name == "lr":
-            feeds[i.name] = np.asarray(0.001, types.get(i.type, np.float32))
+            feeds[i.name] = np.asarray(0.001, dt)
         elif i.name == "step":
-            feeds[i.name] = np.asarray(1, types.get(i.type, np.float32))
+            feeds[i.name] = np.asarray(1, dt)
         else:
-            shape = [d if isinstance(d, int) else n for d in i.shape]
-            dt = types.get(i.type, np.float32)
             feeds[i.name] = rng.random(shape).astype(dt) if "noise" in i.name or "mask" in i.name \
                 else np.zeros(shape, dt)
+    if built and how == "model._step_feeds":
+        how += f" and built from the session inputs ({', '.join(built)})"
     return feeds, how
 
 

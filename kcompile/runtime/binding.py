@@ -420,8 +420,9 @@ class Predictor:
         self.output_dims = output_dims if output_dims and all(
             d is not None and all(isinstance(i, int) for i in d) for d in output_dims) else None
         self._row_size = sum(int(np.prod(d)) for d in self.output_dims) if self.output_dims else self.SMALL + 1
-        self._small = None  # (binding, input buffers, output buffers) of the last small call
-        self.small_input = None  # its input buffer, where it has one input (run_small_again)
+        # (run, input buffers, output buffers, the input buffer where there is one) of the last
+        # small call; replaced whole, so that a caller holding one sees one consistent call
+        self._small = None
 
     def _run_stateful(self, feeds, n, step, fixed):
         """Batches of exactly the states' batch size, one after another, each starting from the
@@ -451,18 +452,20 @@ class Predictor:
                 b.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(buf))
             for name, buf in zip(self.outputs, outputs):
                 b.bind_ortvalue_output(name, self.ort.OrtValue.ortvalue_from_numpy(buf))
-            small = self._small = (_direct_run(self.session, b), inputs, outputs)
-            self.small_input = next(iter(inputs.values())) if len(inputs) == 1 else None
-        run, inputs, outputs = small
+            small = self._small = (_direct_run(self.session, b), inputs, outputs,
+                                   next(iter(inputs.values())) if len(inputs) == 1 else None)
+        run, inputs, outputs, _ = small
         for name, a in feeds.items():
             np.copyto(inputs[name], a)
         run()
         return [o.copy() for o in outputs]
 
-    def run_small_again(self, x: np.ndarray) -> list[np.ndarray]:
-        """_run_small for the one input ``x``, of small_input's shape and dtype."""
-        run, _, outputs = self._small
-        np.copyto(self.small_input, x)
+    @staticmethod
+    def run_small_again(small: tuple, x: np.ndarray) -> list[np.ndarray]:
+        """_run_small's call ``small`` (a _small the caller read once) for the one input ``x``, of
+        the shape and dtype of that call's input buffer."""
+        run, _, outputs, buffer = small
+        np.copyto(buffer, x)
         run()
         return [o.copy() for o in outputs]
 

@@ -36,8 +36,9 @@ class Model(LayersMixin, TrainingMixin):
         self.device = "cuda" if self._providers[0] == "CUDAExecutionProvider" else "cpu"
         self._session = None
         self._predictor = None
-        # predict's copies of its session, by use ("parts": one-core halves of a large batch;
-        # "spinning": a pool that spins, for predicts back to back): (the session, Predictors)
+        # predict's copies of its session, by use ("parts": one-core halves of a large batch,
+        # (the session, (two Predictors, rows a run)); "spinning": a pool that spins, for
+        # predicts back to back, (the session, [Predictor]))
         self._copies = {}
         # predict runs at most this many rows at once: a model with large activations (a CNN's
         # first feature maps) then keeps them in the cache (measured on the MNIST CNN at batch
@@ -229,12 +230,13 @@ class Model(LayersMixin, TrainingMixin):
             predictor = copied[1][0]
         elif predictor.session is not session:
             return None
-        small = predictor.small_input
-        if (small is None or x.shape != small.shape or x.dtype != small.dtype
+        small = predictor._small  # (read once: another thread's predict may replace it)
+        buffer = small[3] if small is not None else None
+        if (buffer is None or x.shape != buffer.shape or x.dtype != buffer.dtype
                 or not (batch_size is None or (type(batch_size) is int and batch_size >= x.shape[0]))
                 or self._shared or self._id_ranges or self._states is not None):
             return None
-        outs = predictor.run_small_again(x)
+        outs = predictor.run_small_again(small, x)
         self._ran(session)
         return outs[0] if len(outs) == 1 else outs
 
@@ -281,7 +283,7 @@ class Model(LayersMixin, TrainingMixin):
         return 2
 
     def _predict_in_parts(self, session, graph, feeds, n, step, fixed):
-        """predict's rows in two halves at once (in whole runs of ``step`` rows), each on a core
+        """predict's rows in two halves at once (in runs of at most ``step`` rows), each on a core
         of its own with a one-thread copy of ``session``, whose graph ``graph()`` gives. Measured
         on the MNIST CNN at 1,024 rows: 38-41k samples/s in both states of this 2-core machine,
         where the two-thread session gave 42k with its cores close together and 26-27k with them
@@ -329,21 +331,22 @@ class Model(LayersMixin, TrainingMixin):
 
     def _faster_parts(self, choices, feeds, n, fixed, rounds=3):
         """Of [(predictors, rows)] (the plain graph's first), the one whose parts ran the first
-        rows of ``feeds`` (two runs a part) in the least time per row, the best of ``rounds``
-        alternating rounds after one to warm up; a later choice only where it was 3% faster
-        than the plain graph (its timing moves a few percent from round to round)."""
+        rows of ``feeds`` (the same rows for each: two runs a part of the largest run) in the
+        least time, each in its own runs, the best of ``rounds`` alternating rounds after one to
+        warm up; a later choice only where it was 3% faster than the plain graph (its timing
+        moves a few percent from round to round)."""
         import time
         times = [[] for _ in choices]
         order = list(range(len(choices)))
+        m = min(n, 4 * max(rows for _, rows in choices))
+        part = {name: array[:m] for name, array in feeds.items()}
         for r in range(rounds + 1):
             for i in order if r % 2 else order[::-1]:
                 predictors, rows = choices[i]
-                m = min(n, 4 * rows)
-                part = {name: array[:m] for name, array in feeds.items()}
                 start = time.perf_counter()
                 self._run_halves(predictors, part, m, rows, fixed)
                 if r:
-                    times[i].append((time.perf_counter() - start) / m)
+                    times[i].append(time.perf_counter() - start)
         best = [min(t) for t in times]
         faster = min(range(1, len(choices)), key=best.__getitem__)
         return choices[faster] if best[faster] < 0.97 * best[0] else choices[0]

@@ -148,7 +148,10 @@ def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeyp
     again = model.predict(x, batch_size=1024)
     assert runs == [16 if winograd_faster else 27]  # (512 rows a part: 32 runs of 16, or 19 of 27 rather than 28)
     np.testing.assert_allclose(again, whole, atol=1e-6)
-    np.testing.assert_allclose(whole[:100], model.predict(x[:100]), atol=1e-6)  # (100 rows: one part)
+    for rows in (slice(0, 100), slice(-100, None)):  # (100 rows: one part, the plain graph; both halves)
+        np.testing.assert_allclose(whole[rows], model.predict(x[rows]), atol=1e-6)
+    odd = model.predict(x[:1023], batch_size=1023)  # (halves of 512 and 511 rows)
+    np.testing.assert_allclose(odd, whole[:1023], atol=1e-6)
     assert len(rewritten) == 1 and len(timed) == 1  # (made and timed once per session)
 
 
@@ -157,18 +160,20 @@ class _Clocked:
     clock = [0.0]
 
     def __init__(self, cost, first):
-        self.cost, self.first = cost, first
+        self.cost, self.first, self.calls = cost, first, []
 
     def run(self, feeds, n, step, fixed):
         if self.first:  # (the second part runs on another thread: only the first moves the clock)
             self.clock[0] += self.cost * n
+            self.calls.append((n, step))
         return [np.zeros((n, 1), np.float32)]
 
 
 @pytest.mark.parametrize("costs, kept", [((1.0, 0.5), 1), ((1.0, 0.99), 0), ((1.0, 1.5), 0)])
-def test_the_faster_parts_are_chosen_by_time_per_row_and_winograd_needs_a_margin(monkeypatch, costs, kept):
-    """_faster_parts keeps the form whose parts ran in less time per row, over rows of runs of
-    each form's own size; a form other than the plain graph must be 3% faster to be kept."""
+def test_the_faster_parts_are_chosen_by_time_and_winograd_needs_a_margin(monkeypatch, costs, kept):
+    """_faster_parts keeps the form whose parts ran the same rows (two runs a part of the
+    largest run) in less time, each form in runs of its own size; a form other than the plain
+    graph must be 3% faster to be kept."""
     import time
 
     from kcompile.runtime.model import Model
@@ -176,3 +181,4 @@ def test_the_faster_parts_are_chosen_by_time_per_row_and_winograd_needs_a_margin
     choices = [([_Clocked(c, True), _Clocked(c, False)], rows) for c, rows in zip(costs, (28, 16))]
     feeds = {"x": np.zeros((1024, 3), np.float32)}
     assert Model._faster_parts(Model.__new__(Model), choices, feeds, 1024, None) is choices[kept]
+    assert [predictors[0].calls for predictors, _ in choices] == [[(56, 28)] * 4, [(56, 14)] * 4]  # (16 -> 4 even runs of 14)

@@ -128,6 +128,46 @@ def test_repeated_small_predicts_skip_the_checks_and_keep_every_rule(monkeypatch
     assert len(general) - count >= 2  # (until the folded session's predicts repeat)
 
 
+def test_repeated_small_predicts_of_strided_arrays_and_a_call_read_before_another_shape():
+    """A repeat may be any array of the shape (a strided view is copied in); and a call read
+    before another thread's predict of another shape rebinds the buffers still runs whole, on
+    its own buffers (the fast path reads Predictor._small once)."""
+    from kcompile.runtime.binding import Predictor
+    x, _ = data(4)
+    m = kcompile.compile(ROOT / "examples" / "mnist_mlp.kdl", seed=0)
+    want = ort.InferenceSession(m.onnx_model().SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    m.predict(x[:1])
+    strided = np.asfortranarray(x[1:2])[:, ::-1][:, ::-1]
+    assert not strided.flags.c_contiguous
+    np.testing.assert_allclose(m.predict(strided), want[1:2], rtol=1e-5, atol=1e-7)
+    call = m._predictor._small
+    m._predictor._run_small({"image": x[1:3]}, 2)  # (another thread's predict of two rows)
+    out = Predictor.run_small_again(call, x[2:3])
+    assert out[0].shape == (1, 10)
+    np.testing.assert_allclose(out[0], want[2:3], rtol=1e-5, atol=1e-7)
+
+
+def test_repeated_small_predicts_still_check_ids_and_see_shared_weights_change():
+    """Models with Embedding ids (checked every call) or shared weights (which another model's
+    training changes) take the general path on every predict."""
+    ids = kcompile.compile_string("model e {\n    input ids: int64[3]\n    y = Embedding(10, 4)(ids)\n"
+                                  "    output y\n}\n", seed=0)
+    table = ids.get_weights()[0]
+    for _ in range(2):
+        np.testing.assert_allclose(ids.predict(np.array([[1, 2, 9]])), table[[[1, 2, 9]]])
+    with pytest.raises(ShapeMismatch, match="input 'ids' holds ids from 1 to 10"):
+        ids.predict(np.array([[1, 2, 10]]))
+    src = "model {name} {{\n    input x: float32[4]\n    y = Dense(3)\n    output y\n}}\n"
+    a, b = (kcompile.compile_string(src.format(name=n), seed=i) for i, n in enumerate("ab"))
+    a.share_weights(b)
+    x = np.ones((1, 4), np.float32)
+    for _ in range(2):
+        a.predict(x)
+    b.set_weights([np.full((4, 3), 0.5, np.float32), np.arange(3, dtype=np.float32)])
+    np.testing.assert_allclose(a.predict(x), [[2, 3, 4]])
+
+
 def test_in_place_scalars_are_bound_again_where_binding_copies():
     """lr and step are bound once over their buffers on the CPU; where binding copies to the
     device at once (CUDA), the runner binds their current values each run. Both paths must see
