@@ -82,6 +82,7 @@ def check_module(module: ast.Module) -> list[Diagnostic]:
     for model in module.models():
         try:
             graph = Elaborator(module).model(model.name)
+            check_weights_fit(graph)
             config = check_train(graph, model, module)
             if config is not None:  # (and what training will build of it: the loss and metrics)
                 from .training.graphs import evaluation_objective
@@ -120,6 +121,7 @@ def compile_source(source: str, file: str = "<string>", model: str | None = None
     name = select_model(module, model)
     graph = elaborator.model(name)
     model_ast = next(m for m in module.models() if m.name == name)
+    check_weights_fit(graph)
     train = check_train(graph, model_ast, module)
     env = graph.meta.pop("env", {})
     train_ast = graph.meta.pop("train", None)
@@ -129,6 +131,30 @@ def compile_source(source: str, file: str = "<string>", model: str | None = None
     graph, applied = optimize(graph, opt_level, report)
     return Compiled(graph, file, source, opt_level, applied, train, layers, elaborated, train_ast, env,
                     report=report, inner_layers=inner_layers)
+
+
+# The inference file holds the weights, and an ONNX file is one protobuf message, which
+# protobuf refuses to write past 2 GiB; a little is left for the graph itself.
+MAX_WEIGHT_BYTES = 2 ** 31 - (16 << 20)
+
+
+def check_weights_fit(graph: Graph) -> None:
+    """A located error, before any weight is made, where the weights would not fit in an ONNX
+    file (Dense(700000) on 784 inputs took 22 s to fail inside protobuf's writer)."""
+    from .ir.types import DTYPES
+    sizes = {name: int(np.prod(p.type.shape, dtype=np.float64)) * np.dtype(DTYPES[p.type.dtype]).itemsize
+             for name, p in graph.params.items()}
+    total = sum(sizes.values())
+    if total <= MAX_WEIGHT_BYTES:
+        return
+    largest = max(sizes, key=sizes.get)
+    param = graph.params[largest]
+    layer = next((record for record in graph.layers if largest in record.params), None)
+    raise KcompileError(
+        f"model {graph.name}: its weights take {total / 2 ** 30:.2f} GiB ({largest} "
+        f"{param.type.dtype}{list(param.type.shape)} alone {sizes[largest] / 2 ** 30:.2f} GiB); an ONNX file, "
+        f"which holds the weights, cannot exceed 2 GiB", layer.loc if layer is not None else None,
+        hint="use fewer units or a smaller input, or float16 weights")
 
 
 def compile_file(path, model: str | None = None, opt_level: int = 1) -> Compiled:

@@ -185,6 +185,9 @@ CASES = [
      "a dimension must be a positive integer or a name, got a Dense layer", None),
     ("layer_name_in_a_tuple_argument", model("MaxPooling2D((Flatten, 2))", IMG), 3, 18, "got (the layer Flatten, 2)", None),
     ("weight_too_large", model("Dense(99999999999999999999)"), 3, 5, "too many for one tensor", None),
+    ("weights_past_an_onnx_file", model("y = Dense(4)(x)\nz = Dense(300000)(x)\nw = Dense(290000)(x)\noutput y, z, w",
+                                        "    input x: float32[1000]\n"), 4, 9,
+     "its weights take 2.20 GiB (dense_1/kernel float32[1000, 300000] alone 1.12 GiB); an ONNX file", "fewer units"),
     ("two_train_sections", model("y = Dense(1)\noutput y\ntrain {\n    loss = mse\n    optimizer = SGD()\n}\n"
                                  "train {\n    loss = mae\n    optimizer = SGD()\n}"), 9, 5, "a second train section", None),
     ("two_output_statements", model("a = Dense(3)\noutput a\nb = Dense(2)(a)\noutput b"), 6, 5,
