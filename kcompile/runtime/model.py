@@ -40,6 +40,9 @@ class Model(LayersMixin, TrainingMixin):
         # (the session, (two Predictors, rows a run)); "spinning": a pool that spins, for
         # predicts back to back, (the session, [Predictor]))
         self._copies = {}
+        # which form predict's parts run where Winograd's applies (0 the plain graph, 1 Winograd's),
+        # once timed: new weights do not change which is faster
+        self._parts_form = None
         # predict runs at most this many rows at once: a model with large activations (a CNN's
         # first feature maps) then keeps them in the cache (measured on the MNIST CNN at batch
         # 1024: about 60k samples/s in one run, 66k in runs of 48 rows)
@@ -311,8 +314,9 @@ class Model(LayersMixin, TrainingMixin):
         that both parts keep theirs in the cache (at 1,024 rows, 39k samples/s in runs of 28
         rows against 37k in runs of 56, on an earlier machine). Where a convolution can run in
         Winograd's form (backend/winograd.py), both forms are made, timed on ``feeds``' first
-        rows, and the faster kept: the form gave 1.11x the MNIST CNN's predict on one machine
-        and 0.83x on another (docs/performance.md)."""
+        rows, and the faster kept (and remembered: after new weights only that form is made):
+        the form gave 1.11x the MNIST CNN's predict on one machine and 0.83x on another
+        (docs/performance.md)."""
         copied = self._copies.get("parts")
         if copied is not None and copied[0] is session:
             return copied[1]
@@ -321,11 +325,17 @@ class Model(LayersMixin, TrainingMixin):
         plain = graph()
         rewritten, tile_bytes = use_winograd(plain)
         activations = self.manifest.get("activation_bytes_per_sample") or 0
+        forms = [(plain, 0)] + ([(rewritten, tile_bytes)] if tile_bytes else [])
+        if len(forms) > 1 and self._parts_form is not None:
+            forms = [forms[self._parts_form]]
         choices = []
-        for data, extra in [(plain, 0)] + ([(rewritten, tile_bytes)] if tile_bytes else []):
+        for data, extra in forms:
             rows = max(16, PREDICT_CACHE_BYTES // (activations + extra) // 2) if activations + extra else 2 ** 62
             choices.append(([self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)], rows))
-        chosen = choices[0] if len(choices) == 1 else self._faster_parts(choices, feeds, n, fixed)
+        chosen = choices[0]
+        if len(choices) > 1:
+            chosen = self._faster_parts(choices, feeds, n, fixed)
+            self._parts_form = choices.index(chosen)
         self._copies["parts"] = (session, chosen)
         return chosen
 

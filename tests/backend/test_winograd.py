@@ -122,7 +122,8 @@ def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeyp
     """The MNIST CNN's large predicts run in one-core parts. Both the plain graph and the one
     with its second convolution in Winograd's form are made and timed; the one kept runs
     (Winograd's in runs of 16 rows, its tiles kept in the cache, the plain graph in runs of up to
-    28), with the same predictions either way; smaller predicts run the plain graph."""
+    28), with the same predictions either way; smaller predicts run the plain graph. After new
+    weights only the form kept is made again."""
     import kcompile
     from kcompile.runtime import devices
     from kcompile.runtime.model import Model
@@ -153,6 +154,12 @@ def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeyp
     odd = model.predict(x[:1023], batch_size=1023)  # (halves of 512 and 511 rows)
     np.testing.assert_allclose(odd, whole[:1023], atol=1e-6)
     assert len(rewritten) == 1 and len(timed) == 1  # (made and timed once per session)
+    model.set_weights([w * 0.5 for w in model.get_weights()])  # (new weights: a new session, its parts ...)
+    model.predict(x, batch_size=1024)  # (... the first predict after binds the weights as inputs)
+    halved = model.predict(x, batch_size=1024)
+    assert len(rewritten) == 3 and len(timed) == 1  # (... made again, in the form timed before)
+    assert model._copies["parts"][1][1] == (16 if winograd_faster else 28)
+    np.testing.assert_allclose(halved[-100:], model.predict(x[-100:]), atol=1e-6)
 
 
 class _Clocked:
