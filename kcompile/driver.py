@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -141,9 +142,7 @@ MAX_WEIGHT_BYTES = 2 ** 31 - (16 << 20)
 def check_weights_fit(graph: Graph) -> None:
     """A located error, before any weight is made, where the weights would not fit in an ONNX
     file (Dense(700000) on 784 inputs took 22 s to fail inside protobuf's writer)."""
-    from .ir.types import DTYPES
-    sizes = {name: int(np.prod(p.type.shape, dtype=np.float64)) * np.dtype(DTYPES[p.type.dtype]).itemsize
-             for name, p in graph.params.items()}
+    sizes = {name: math.prod(p.type.shape) * np.dtype(p.type.dtype).itemsize for name, p in graph.params.items()}
     total = sum(sizes.values())
     if total <= MAX_WEIGHT_BYTES:
         return

@@ -46,6 +46,24 @@ def causal_mask(ctx, query, value):
     return ctx.op("Unsqueeze", ctx.op("Cast", ctx.op("GreaterOrEqual", i, j), to=query.dtype), axes=(0,))
 
 
+def _query_value_key(kind, inputs):
+    """An attention layer's (query, value[, key]) inputs, the key being the value where not
+    given: each [steps, features] with known features, key and value of one length, one dtype."""
+    if len(inputs) not in (2, 3):
+        raise ShapeError(f"{kind} takes (query, value) or (query, value, key), got {len(inputs)} input"
+                         f"{'s' * (len(inputs) != 1)}")
+    query, value = inputs[:2]
+    key = inputs[2] if len(inputs) == 3 else value
+    for what, t in (("query", query), ("value", value), ("key", key)):
+        if t.rank != 3 or not isinstance(t.shape[-1], int):
+            raise ShapeError(f"{kind} expects the {what} as [steps, features] with known features, "
+                             f"got {format_shape(t.shape[1:])}")
+    if key.shape[1] != value.shape[1]:
+        raise ShapeError(f"{kind} key and value need one number of steps, got {key.shape[1]} and {value.shape[1]}")
+    _check_dtypes(kind, query, value, key)
+    return query, value, key
+
+
 class MultiHeadAttention(Layer):
     """Multi-head scaled dot-product attention, called on ``(query, value)`` or
     ``(query, value, key)`` (key defaults to value), each ``[steps, features]``:
@@ -89,20 +107,8 @@ class MultiHeadAttention(Layer):
         self.dropout, self.use_bias, self.output_shape = dropout, use_bias, output_shape
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
 
-    def _inputs(self, inputs, causal=False):
-        if len(inputs) not in (2, 3):
-            raise ShapeError(f"MultiHeadAttention takes (query, value) or (query, value, key), got {len(inputs)} inputs")
-        query, value = inputs[:2]
-        key = inputs[2] if len(inputs) == 3 else value
-        for what, t in (("query", query), ("value", value), ("key", key)):
-            if t.rank != 3 or not isinstance(t.shape[-1], int):
-                raise ShapeError(f"MultiHeadAttention expects the {what} as [steps, features] with known features, "
-                                 f"got {format_shape(t.shape[1:])}")
-        if key.shape[1] != value.shape[1]:
-            raise ShapeError(f"MultiHeadAttention key and value need one number of steps, got "
-                             f"{key.shape[1]} and {value.shape[1]}")
-        _check_dtypes("MultiHeadAttention", query, value, key)
-        return query, value, key
+    def _inputs(self, inputs):
+        return _query_value_key(self.kind(), inputs)
 
     def build(self, ctx, *inputs):
         query, value, key = self._inputs(inputs)
@@ -131,7 +137,7 @@ class MultiHeadAttention(Layer):
 
     def call(self, ctx, *inputs, attention_mask=None, return_attention_scores=False, use_causal_mask=None):
         causal = self.use_causal_mask if use_causal_mask is None else use_causal_mask  # (the call's, as Keras)
-        query, value, key = self._inputs(inputs, causal)
+        query, value, key = self._inputs(inputs)
         h, dk, dv = self.num_heads, self.key_dim, self.value_dim
         q = self._project(ctx, query, "query", dk)
         k = self._project(ctx, key, "key", dk)
@@ -218,22 +224,10 @@ class Attention(Layer):
         self.use_scale, self.score_mode, self.dropout, self.seed = use_scale, score_mode, dropout, seed
 
     def _inputs(self, inputs):
-        kind = self.kind()
-        if len(inputs) not in (2, 3):
-            raise ShapeError(f"{kind} takes (query, value) or (query, value, key), got {len(inputs)} input"
-                             f"{'s' * (len(inputs) != 1)}")
-        query, value = inputs[:2]
-        key = inputs[2] if len(inputs) == 3 else value
-        for what, t in (("query", query), ("value", value), ("key", key)):
-            if t.rank != 3 or not isinstance(t.shape[-1], int):
-                raise ShapeError(f"{kind} expects the {what} as [steps, features] with known features, "
-                                 f"got {format_shape(t.shape[1:])}")
-        if key.shape[1] != value.shape[1]:
-            raise ShapeError(f"{kind} key and value need one number of steps, got {key.shape[1]} and {value.shape[1]}")
+        query, value, key = _query_value_key(self.kind(), inputs)
         if query.shape[-1] != key.shape[-1]:
-            raise ShapeError(f"{kind} needs the query and the key to have one number of features, got "
+            raise ShapeError(f"{self.kind()} needs the query and the key to have one number of features, got "
                              f"{query.shape[-1]} and {key.shape[-1]}")
-        _check_dtypes(kind, query, value, key)
         return query, value, key
 
     def build(self, ctx, *inputs):

@@ -141,7 +141,7 @@ class GaussianDropout(Layer):
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
 
-class AlphaDropout(Layer):
+class AlphaDropout(Dropout):
     """Dropout that keeps the inputs' mean and variance (for SELU networks), as Keras's: in
     training, dropped entries are set to alpha_p = -selu_alpha * selu_scale and the result is
     a * x + b with a = ((1 - rate) (1 + rate alpha_p^2))^-1/2 and b = -a alpha_p rate; the
@@ -152,11 +152,6 @@ class AlphaDropout(Layer):
         noise_shape: none, or the mask's shape as Dropout's.
         seed: none (the model's seed decides).
     """
-    propagates_mask = True
-
-    def __init__(self, rate: FloatArg(0.0, 1.0), noise_shape: NoiseShapeArg() = None,
-                 seed: Optional(IntArg(0)) = None):
-        self.rate, self.noise_shape, self.seed = rate, noise_shape, seed
 
     def call(self, ctx, x):
         if not x.type.is_float:

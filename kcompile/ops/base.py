@@ -39,7 +39,11 @@ class Op:
         raise NotImplementedError
 
     def lower(self, ctx, inputs, outputs, attrs) -> None:
-        """Emit ONNX nodes computing ``outputs`` from ``inputs``."""
+        """Emit ONNX nodes computing ``outputs`` from ``inputs`` (a random op: its last input;
+        its training form, made before lowering, draws the noise)."""
+        if self.random:
+            ctx.emit("Identity", inputs[-1:], outputs)
+            return
         attrs = {k: v for k, v in attrs.items() if k not in self.ir_only_attrs}
         ctx.emit(self.onnx_op or self.name, inputs, outputs, **attrs)
 

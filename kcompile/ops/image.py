@@ -27,9 +27,6 @@ class Augmentation(Op):
     def infer(self, ins, attrs):
         return [ins[-1]]
 
-    def lower(self, ctx, inputs, outputs, attrs):
-        ctx.emit("Identity", inputs[-1:], outputs)
-
     def grad(self, ctx, node, dys):  # (never reached: the training form replaces the node)
         raise NotImplementedError(f"{self.name} has no gradient")
 

@@ -810,9 +810,6 @@ class Dropout(Op):
                                  f"{format_shape(x.shape)}: each entry is the input's dimension or 1")
         return [ins[0]]
 
-    def lower(self, ctx, inputs, outputs, attrs):
-        ctx.emit("Identity", inputs[:1], outputs)
-
     def training_form(self, ctx, node):
         x, rate = node.inputs[0], node.attrs["rate"]
         if rate == 0:
@@ -856,9 +853,6 @@ class GaussianNoise(Op):
         self.check_float(ins)
         return [ins[0]]
 
-    def lower(self, ctx, inputs, outputs, attrs):
-        ctx.emit("Identity", inputs[:1], outputs)
-
     def training_form(self, ctx, node):
         x, stddev = node.inputs[0], node.attrs["stddev"]
         t = ctx.type(x)
@@ -876,7 +870,7 @@ class GaussianNoise(Op):
         return [(n1, x), (n2, x)], []
 
     def grad(self, ctx, node, dys):
-        return [dys[0]]  # additive noise: d(x + noise)/dx = 1
+        return [dys[0]]  # (the training form replaces the node before autodiff)
 
 
 @register

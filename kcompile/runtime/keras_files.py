@@ -21,17 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-H5_SUFFIX = ".weights.h5"
+from ..layers.base import snake_case  # (Keras's group names: the same as its own to_snake_case for every layer)
+
 ARCHIVE_WEIGHTS = "model.weights.h5"  # (the weights file inside a .keras archive)
 # MultiHeadAttention's weights, by kcompile's name part, live in these Keras sublayers
 ATTENTION_PARTS = {"query": "query_dense", "key": "key_dense", "value": "value_dense",
                    "attention_output": "output_dense"}
-
-
-def snake_case(name: str) -> str:
-    """Keras's own (keras.src.utils.naming.to_snake_case): its groups' names, byte for byte."""
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", re.sub(r"\W+", "", name))
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _h5py():

@@ -264,17 +264,11 @@ class Model(LayersMixin, TrainingMixin):
         first predict of a run of them, and every predict that follows another session's run,
         takes the stopping session. The copy is a second session (of the folded weights too, for
         the folded graph), dropped with the session it copies."""
-        return self._copied_predictors("spinning", session, graph, 1, stop_spinning=False)[0]
-
-    def _copied_predictors(self, use, session, graph, count, threads=0, stop_spinning=None):
-        """``count`` Predictors over copies of ``session`` (graph ``graph()``) for ``use``, made
-        once per session copied (kept in _copies, dropped with the session: _weights_changed)."""
-        copied = self._copies.get(use)
+        copied = self._copies.get("spinning")
         if copied is None or copied[0] is not session:
-            copied = self._copies[use] = (session, [
-                self._new_predictor(self._new_session(graph(), "inference", threads, stop_spinning))
-                for _ in range(count)])
-        return copied[1]
+            copied = self._copies["spinning"] = (
+                session, [self._new_predictor(self._new_session(graph(), "inference", stop_spinning=False))])
+        return copied[1][0]
 
     def _predict_parts(self, n: int, step: int) -> int:
         """Into how many parts a predict of ``n`` rows splits, one per core, each part's rows run
@@ -323,7 +317,8 @@ class Model(LayersMixin, TrainingMixin):
         from ..backend.winograd import use_winograd
         threads = max(1, devices.cpu_cores() // 2)
         plain = graph()
-        rewritten, tile_bytes = use_winograd(plain)
+        # (the rewrite costs some 30 ms: not made where the plain graph was timed faster)
+        rewritten, tile_bytes = (plain, 0) if self._parts_form == 0 else use_winograd(plain)
         activations = self.manifest.get("activation_bytes_per_sample") or 0
         forms = [(plain, 0)] + ([(rewritten, tile_bytes)] if tile_bytes else [])
         if len(forms) > 1 and self._parts_form is not None:

@@ -157,7 +157,8 @@ def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeyp
     model.set_weights([w * 0.5 for w in model.get_weights()])  # (new weights: a new session, its parts ...)
     model.predict(x, batch_size=1024)  # (... the first predict after binds the weights as inputs)
     halved = model.predict(x, batch_size=1024)
-    assert len(rewritten) == 3 and len(timed) == 1  # (... made again, in the form timed before)
+    # (... made again, in the form timed before; where that was the plain graph, without the rewrite)
+    assert len(rewritten) == (3 if winograd_faster else 1) and len(timed) == 1
     assert model._copies["parts"][1][1] == (16 if winograd_faster else 28)
     np.testing.assert_allclose(halved[-100:], model.predict(x[-100:]), atol=1e-6)
 
