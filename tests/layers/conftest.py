@@ -97,3 +97,16 @@ def grouped_conv_transpose(monkeypatch):
     original = onnx.reference.ReferenceEvaluator
     monkeypatch.setattr(onnx.reference, "ReferenceEvaluator",
                         lambda model, new_ops=(), **kw: original(model, new_ops=[*new_ops, ConvTranspose], **kw))
+
+
+@pytest.fixture
+def regularization_loss():
+    """(source, x) -> the evaluation loss of ``source``'s model (given an mse train section and
+    random weights) against its own predictions, which is its regularization penalty alone, and
+    the weights by name."""
+    def loss(source, x):
+        m = kcompile.compile_string(source.replace("\n}\n", "\n    train {\n        loss = mse\n"
+                                                   "        optimizer = SGD(0.0)\n    }\n}\n"))
+        m.set_weights(random_weights(m, np.random.default_rng(5)))
+        return m.evaluate(x, m.predict(x), verbose=0), dict(zip(m.weight_names, m.get_weights()))
+    return loss

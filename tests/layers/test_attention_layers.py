@@ -102,7 +102,9 @@ def test_scalar_weights_round_trip(tmp_path):
     loaded = kcompile.load(m.save(tmp_path / "m"))
     assert loaded.get_weights()[0].shape == () and loaded.get_weights()[0] == trained
     loaded.fit(x, x, verbose=0)
+    m.fit(x, x, verbose=0)  # (the same epoch from the same state: the same 0-d weight)
     assert loaded.get_weights()[0].shape == ()
+    np.testing.assert_allclose(loaded.get_weights()[0], m.get_weights()[0], rtol=1e-6)
 
 
 # ---------------------------------------------------------------- masks, causal, scores
@@ -253,7 +255,7 @@ def test_matches_keras_outputs_and_an_sgd_step(keras, layer, causal):
 @pytest.mark.parametrize("layer", ["Attention(use_scale=true)", "AdditiveAttention(dropout=0.1)"])
 def test_a_model_with_the_layer_trains(layer):
     """Whether a padded sequence holds token 4: causal self-attention over masked embeddings,
-    pooled, then a classifier; the loss falls."""
+    pooled, then a classifier, which learns it (the base rate, 77% positives, would not pass)."""
     m = kcompile.compile_string(f"""model has_four {{
     input ids: int64[6]
     e = Embedding(5, 8, mask_zero=true)(ids)
@@ -264,6 +266,7 @@ def test_a_model_with_the_layer_trains(layer):
     train {{
         loss = binary_crossentropy
         optimizer = Adam(0.03)
+        metrics = [accuracy]
     }}
 }}""")
     rng = np.random.default_rng(11)
@@ -273,7 +276,8 @@ def test_a_model_with_the_layer_trains(layer):
     y = (ids == 4).any(1).astype(np.float32)[:, None]
     history = m.fit(ids, y, batch_size=16, epochs=15, verbose=0)
     losses = history.history["loss"]
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert m.evaluate(ids, y, verbose=0)[1] >= 0.95
 
 
 # ---------------------------------------------------------------- errors

@@ -267,25 +267,31 @@ def test_an_image_input_is_a_located_error(layer):
     assert d.loc is not None and d.loc.line == 3, d.render()
 
 
-def test_the_regularizers_keras_names():
-    """Keras's regularizer arguments, each on its weight (the 2D layers' names)."""
-    m = kcompile.compile_string(SEQ % "SeparableConv1D(2, 3, depthwise_regularizer=l2(0.1), "
-                                      "pointwise_regularizer=l1(0.2), bias_regularizer=l2(0.3))")
-    assert m.weight_names == ["separable_conv1d/depthwise_kernel", "separable_conv1d/pointwise_kernel",
-                              "separable_conv1d/bias"]
-    for layer in ["DepthwiseConv1D(3, depthwise_regularizer=l2(0.1))",
-                  "Conv1DTranspose(2, 3, kernel_regularizer=l2(0.1))"]:
-        kcompile.compile_string(SEQ % layer)
+@pytest.mark.parametrize("layer, penalties", [
+    ("SeparableConv1D(2, 3, depthwise_regularizer=l2(0.1), pointwise_regularizer=l1(0.2), bias_regularizer=l2(0.3))",
+     {"separable_conv1d/depthwise_kernel": (0, 0.1), "separable_conv1d/pointwise_kernel": (0.2, 0),
+      "separable_conv1d/bias": (0, 0.3)}),
+    ("DepthwiseConv1D(3, depthwise_regularizer=l2(0.1))", {"depthwise_conv1d/kernel": (0, 0.1)}),
+    ("Conv1DTranspose(2, 3, kernel_regularizer=l2(0.1))", {"conv1d_transpose/kernel": (0, 0.1)}),
+])
+def test_the_regularizers_keras_names(regularization_loss, layer, penalties):
+    """Keras's regularizer arguments, each on its weight (the 2D layers' names): the loss gains
+    l1 * sum(|w|) + l2 * sum(w^2) for each."""
+    x = np.random.default_rng(0).normal(size=(4, 8, 3)).astype(np.float32)
+    loss, weights = regularization_loss(SEQ % layer, x)
+    want = sum(l1 * np.abs(weights[n]).sum() + l2 * (weights[n] ** 2).sum() for n, (l1, l2) in penalties.items())
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
 
 
-def test_named_steps():
+def test_named_steps(run, rng, close):
     """Depthwise and separable windows over a named dimension give expressions over it (as Conv1D);
     the transposed one needs the length (as Conv2DTranspose needs the height and width)."""
-    m = kcompile.compile_string("model m {\n    input x: float32[T, 3]\n"
-                                "    d = DepthwiseConv1D(3, depth_multiplier=2)(x)\n"
-                                "    s = SeparableConv1D(2, 3, padding=same)(x)\n    output d, s\n}\n")
-    d, s = m.predict(np.ones((2, 9, 3), np.float32))
-    assert d.shape == (2, 7, 6) and s.shape == (2, 9, 2)
+    x = random_input((9, 3), rng)
+    (d, s), (dk, db, sd, sp, sb) = run("model m {\n    input x: float32[T, 3]\n"
+                                       "    d = DepthwiseConv1D(3, depth_multiplier=2)(x)\n"
+                                       "    s = SeparableConv1D(2, 3, padding=same)(x)\n    output d, s\n}\n", x)
+    close(d, ref.depthwise_conv(x, dk, db))
+    close(s, ref.conv(ref.depthwise_conv(x, sd, None, padding="same"), sp, sb))
     with pytest.raises(KcompileError, match="Conv1DTranspose needs known input steps") as info:
         kcompile.compile_string(SEQ.replace("[8, 3]", "[T, 3]") % "Conv1DTranspose(2, 3)", file="t.kdl")
     assert info.value.diagnostics[0].loc.line == 3

@@ -405,8 +405,15 @@ def test_numbers_beyond_the_images_dtype_are_located_errors(layer, dtype, messag
     d = info.value.diagnostics[0]
     assert d.message == message, d.render()
     assert (d.loc.line, d.loc.col) == (3, 5), d.render()
-    compiled("RandomRotation(0.1, fill_value=1e300)")  # (reflect reads no fill_value)
-    compiled("RandomRotation(0.1, fill_mode=constant, fill_value=1e300)", dtype="float64")
+
+
+@pytest.mark.parametrize("layer, dtype", [("RandomRotation(0.1, fill_value=1e300)", "float32"),
+                                          ("RandomRotation(0.1, fill_mode=constant, fill_value=1e300)", "float64")])
+def test_numbers_the_images_dtype_holds_or_never_reads_are_taken(layer, dtype):
+    """reflect (the default fill_mode) reads no fill_value; float64 holds 1e300. Inference leaves
+    the images as they are."""
+    x = images((5, 7, 2)).astype(dtype)
+    np.testing.assert_array_equal(compiled(layer, dtype=dtype).predict(x), x)
 
 
 @pytest.mark.parametrize("layer,message", [

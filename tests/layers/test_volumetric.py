@@ -447,8 +447,7 @@ def test_a_3d_cnn_trains_at_o0_and_o1(head):
         after = m.evaluate(x, y, verbose=0)
         loss_before = before[0] if isinstance(before, (list, tuple)) else before
         loss_after = after[0] if isinstance(after, (list, tuple)) else after
-        assert loss_after < 0.6 * loss_before, (level, before, after)
-        assert history.history["loss"][-1] < history.history["loss"][0]
+        assert loss_after < 0.6 * loss_before and after[1] >= 0.95, (level, before, after)
         results.append((history.history["loss"], m.get_weights()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4)
     for a, b in zip(results[0][1], results[1][1]):
@@ -502,20 +501,24 @@ def test_a_flat_input_hints_at_a_reshape():
     assert "add Reshape((depth, height, width, channels)) before it" in info.value.diagnostics[0].render()
 
 
-def test_named_depth():
+def test_named_depth(run, rng, close):
     """A stride-1 window over a named depth gives an expression over it; the transposed
     convolution needs the sizes (as Conv2DTranspose)."""
-    m = kcompile.compile_string("model m {\n    input x: float32[D, 4, 4, 2]\n"
-                                "    y = MaxPooling3D((1, 2, 2))(Conv3D(3, 3, padding=same)(x))\n    output y\n}\n")
-    assert m.predict(np.ones((2, 5, 4, 4, 2), np.float32)).shape == (2, 5, 2, 2, 3)
+    x = random_input((5, 4, 4, 2), rng)
+    y, (k, b) = run("model m {\n    input x: float32[D, 4, 4, 2]\n"
+                    "    y = MaxPooling3D((1, 2, 2))(Conv3D(3, 3, padding=same)(x))\n    output y\n}\n", x)
+    close(y, ref.pool(ref.conv(x, k, b, padding="same"), "max", (1, 2, 2)))
     with pytest.raises(KcompileError, match="Conv3DTranspose needs known input depth, height and width") as info:
         kcompile.compile_string(VOLUME.replace("[4, 5, 6, 2]", "[D, 5, 6, 2]") % "Conv3DTranspose(2, 3)",
                                 file="t.kdl")
     assert info.value.diagnostics[0].loc.line == 3
 
 
-def test_automatic_names_are_keras():
+def test_automatic_names_are_keras(regularization_loss):
     m = kcompile.compile_string(VOLUME % "Conv3D(2, 1)\n    Conv3DTranspose(2, 1)\n    Conv3D(2, 1)")
     assert m.weight_names == ["conv3d/kernel", "conv3d/bias", "conv3d_transpose/kernel", "conv3d_transpose/bias",
                               "conv3d_1/kernel", "conv3d_1/bias"]
-    kcompile.compile_string(VOLUME % "Conv3D(2, 3, kernel_regularizer=l2(0.1), bias_regularizer=l1(0.2))")
+    source = VOLUME % "Conv3D(2, 3, kernel_regularizer=l2(0.1), bias_regularizer=l1(0.2))"
+    loss, w = regularization_loss(source, np.random.default_rng(0).normal(size=(2, 4, 5, 6, 2)).astype(np.float32))
+    np.testing.assert_allclose(loss, 0.1 * (w["conv3d/kernel"] ** 2).sum() + 0.2 * np.abs(w["conv3d/bias"]).sum(),
+                               rtol=1e-5)
