@@ -15,11 +15,12 @@ import numpy as np
 from . import __version__
 from .errors import Diagnostic, KcompileError
 from .frontend import ast
-from .frontend.elaborate import NEXT_STATE, STATE, Elaborator
+from .frontend.elaborate import Elaborator
 from .frontend.parser import parse
 from .frontend.train import check_train
 from .initializers import make, seeded_rng
 from .ir import Graph
+from .ir.types import NEXT_STATE, STATE
 from .passes import optimize
 from .training.graphs import mixes_samples
 

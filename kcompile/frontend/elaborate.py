@@ -22,6 +22,7 @@ from ..errors import Diagnostic, KcompileError, Loc, ShapeError, did_you_mean, f
 from ..initializers import ALIASES as INIT_ALIASES, INITIALIZERS
 from ..ir import BATCH, DTYPES, Graph, Param, Tensor, TensorType
 from ..ir.graph import LayerRecord
+from ..ir.types import NEXT_STATE, STATE
 from ..layers import FUNCTIONS, LAYERS, NUMBER_FUNCTIONS, Layer
 from ..layers.base import (REGULARIZER_NAMES, ArgError, InitializerArg, InitializerSpec, RegularizerSpec, Symbol,
                            is_source_name, show, snake_case)
@@ -42,9 +43,6 @@ class _Fail(Exception):
 
 
 POISON = object()
-# Stateful recurrent layers' states: graph inputs STATE + "<layer>/h", outputs NEXT_STATE + "<layer>/h"
-# (the manifest lists them under "states", apart from the model's inputs and outputs).
-STATE, NEXT_STATE = "state:", "next_state:"
 
 
 @dataclass

@@ -10,8 +10,8 @@ import math
 
 from ..errors import Diagnostic, KcompileError, did_you_mean, format_shape
 from ..ir import BATCH, DTYPES
+from ..ir.types import NEXT_STATE
 from . import ast
-from .elaborate import NEXT_STATE
 
 # loss name -> allowed keyword arguments (defaults as Keras)
 LOSSES = {

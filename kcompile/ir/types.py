@@ -11,6 +11,9 @@ import numpy as np
 from ..errors import ShapeError, format_shape
 
 BATCH = "N"  # the symbolic batch dimension, fixed only at run time
+# Stateful recurrent layers' states: graph inputs STATE + "<layer>/h", outputs NEXT_STATE + "<layer>/h"
+# (the manifest lists them under "states", apart from the model's inputs and outputs).
+STATE, NEXT_STATE = "state:", "next_state:"
 
 DTYPES = {
     "float32": np.float32, "float64": np.float64, "float16": np.float16,

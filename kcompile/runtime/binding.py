@@ -18,6 +18,7 @@ import contextlib
 import numpy as np
 
 from ..errors import ShapeMismatch
+from ..ir.types import NEXT_STATE, STATE
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32, "tensor(float16)": np.float16, "tensor(bool)": np.bool_}
@@ -392,12 +393,12 @@ class RecurrentStates:
                                 f"is a multiple of {self.batch})")
 
     def feeds(self) -> dict:
-        return {f"state:{n}": v for n, v in self.values.items()}
+        return {STATE + n: v for n, v in self.values.items()}
 
     def update(self, results: dict) -> None:
         """Keep a run's final states (copies: the results' buffers are reused)."""
         for n in self.values:
-            self.values[n] = np.array(results[f"next_state:{n}"], order="C")
+            self.values[n] = np.array(results[NEXT_STATE + n], order="C")
 
 
 class Predictor:
@@ -432,7 +433,7 @@ class Predictor:
         states.check(min(step, n), "predict", (min(step, n),) + first.shape[1:])
         if n % step:
             states.check(n % step, "predict", (n % step,) + first.shape[1:])
-        outputs = [o for o in self.outputs if not o.startswith("next_state:")]
+        outputs = [o for o in self.outputs if not o.startswith(NEXT_STATE)]
         chunks = []
         for start in range(0, n, step):
             batch = {name: array[start:start + step] for name, array in feeds.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ShapeMismatch
-from ..ir.types import BATCH, DTYPES
+from ..ir.types import BATCH, DTYPES, NEXT_STATE
 from . import devices
 from .devices import providers_for
 from .summary import format_summary
@@ -207,7 +207,7 @@ class Model(LayersMixin, TrainingMixin):
             results = dict(zip(names, session.run(None, {**feeds, **(fixed or {}), **states})))
             if states:
                 self._states.update(results)
-            outs = [results[o] for o in names if not o.startswith("next_state:")]
+            outs = [results[o] for o in names if not o.startswith(NEXT_STATE)]
         else:
             if self._predictor is None or self._predictor.session is not session:
                 self._predictor = self._new_predictor(session)

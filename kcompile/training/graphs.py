@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from ..autodiff import GradContext, gradients
 from ..errors import KcompileError, ShapeError, format_shape
 from ..frontend import ast
-from ..frontend.elaborate import NEXT_STATE, STATE
 from ..frontend.train import LOSS_ALIASES
 from ..ir import Graph, TensorType
-from ..ir.types import BATCH, dim_names
+from ..ir.types import BATCH, NEXT_STATE, STATE, dim_names
 from ..ops import OPS
 from ..passes import optimize
 from ..passes.cse import common_subexpression_elimination
@@ -383,20 +382,29 @@ def _unpin_activity(g):
     g.outputs = [o for o in g.outputs if not o[0].startswith(ACTIVITY)]
 
 
+def l1_l2_penalty(ctx, value, l1, l2, axes=None):
+    """l1 * sum(|value|) + l2 * sum(value^2), summed over ``axes`` (None: all of them, a scalar),
+    each sum scaled after it is taken; None where l1 and l2 are both 0."""
+    def scaled(v, factor):
+        summed = ctx.op("ReduceSum", v, keepdims=0) if axes is None else \
+            ctx.op("ReduceSum", v, axes=axes, keepdims=0) if axes else v
+        return ctx.op("Mul", summed, factor)
+    terms = ([scaled(ctx.op("Abs", value), l1)] if l1 else []) + ([scaled(ctx.op("Mul", value, value), l2)] if l2 else [])
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else ctx.op("Add", *terms)
+
+
 def activity_penalty(ctx, value, l1, l2):
     """Keras 3's activity regularization loss of one layer output: (l1 * sum(|x|) + l2 *
     sum(x^2)) / batch size (the output's first dimension), i.e. the batch mean of each sample's
     penalty; a sum over the batch like the mean loss, so a step split into parts of the batch
     adds the parts' terms weighted by their sizes to the same value."""
-    terms = ([ctx.op("Mul", ctx.op("Abs", value), l1)] if l1 else []) + \
-        ([ctx.op("Mul", ctx.op("Mul", value, value), l2)] if l2 else [])
-    if not terms:
-        return None
-    penalty = terms[0] if len(terms) == 1 else ctx.op("Add", *terms)
     rank = ctx.type(value).rank
-    if rank > 1:
-        penalty = ctx.op("ReduceSum", penalty, axes=tuple(range(1, rank)), keepdims=0)
-    return ctx.op("ReduceMean" if rank else "ReduceSum", penalty, keepdims=0)
+    penalty = l1_l2_penalty(ctx, value, l1, l2, axes=tuple(range(1, rank)) if rank else ())
+    if penalty is None or not rank:
+        return penalty
+    return ctx.op("ReduceMean", penalty, keepdims=0)
 
 
 def _objective(g, train, config, env):
@@ -410,12 +418,9 @@ def _objective(g, train, config, env):
     if ctx.type(loss).rank:
         loss = ctx.op("ReduceMean", loss, keepdims=0)
     for name, p in g.params.items():  # kernel_regularizer / bias_regularizer penalties
-        if p.regularizer and p.trainable:
-            l1, l2 = p.regularizer
-            if l1:
-                loss = ctx.op("Add", loss, ctx.op("Mul", ctx.op("ReduceSum", ctx.op("Abs", name), keepdims=0), l1))
-            if l2:
-                loss = ctx.op("Add", loss, ctx.op("Mul", ctx.op("ReduceSum", ctx.op("Mul", name, name), keepdims=0), l2))
+        penalty = l1_l2_penalty(ctx, name, *p.regularizer) if p.regularizer and p.trainable else None
+        if penalty is not None:
+            loss = ctx.op("Add", loss, penalty)
     for value, l1, l2 in g.meta.get("activity_regularizers", ()):  # activity_regularizer penalties
         penalty = activity_penalty(ctx, value, l1, l2)
         if penalty is not None:
