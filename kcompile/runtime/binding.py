@@ -400,6 +400,20 @@ class RecurrentStates:
         for n in self.values:
             self.values[n] = np.array(results[NEXT_STATE + n], order="C")
 
+    def check_batches(self, n: int, step: int, where: str, row_shape=None) -> None:
+        """``n`` rows run ``step`` at a time must make batches of exactly the batch size
+        (``row_shape``: one row's, for the message)."""
+        for rows in [min(step, n)] + ([n % step] if n % step else []):
+            self.check(rows, where, None if row_shape is None else (rows,) + tuple(row_shape))
+
+    def run(self, session, feeds: dict) -> list:
+        """One run of ``session`` from the current states (``feeds``: its other inputs), keeping
+        the states it ends with; its outputs in order, less the states'."""
+        names = [o.name for o in session.get_outputs()]
+        results = dict(zip(names, session.run(None, {**feeds, **self.feeds()})))
+        self.update(results)
+        return [results[o] for o in names if not o.startswith(NEXT_STATE)]
+
 
 class Predictor:
     """Inference with outputs written straight into slices of the result arrays (CPU), so a
@@ -428,19 +442,11 @@ class Predictor:
     def _run_stateful(self, feeds, n, step, fixed):
         """Batches of exactly the states' batch size, one after another, each starting from the
         states the one before left (Keras's stateful predict)."""
-        states = self.states
-        first = next(iter(feeds.values()))
-        states.check(min(step, n), "predict", (min(step, n),) + first.shape[1:])
-        if n % step:
-            states.check(n % step, "predict", (n % step,) + first.shape[1:])
-        outputs = [o for o in self.outputs if not o.startswith(NEXT_STATE)]
-        chunks = []
-        for start in range(0, n, step):
-            batch = {name: array[start:start + step] for name, array in feeds.items()}
-            results = dict(zip(self.outputs, self.session.run(None, {**batch, **(fixed or {}), **states.feeds()})))
-            states.update(results)
-            chunks.append([results[o] for o in outputs])
-        return [np.concatenate([c[i] for c in chunks]) for i in range(len(outputs))]
+        self.states.check_batches(n, step, "predict", next(iter(feeds.values())).shape[1:])
+        chunks = [self.states.run(self.session, {**{name: array[start:start + step] for name, array in feeds.items()},
+                                                 **(fixed or {})})
+                  for start in range(0, n, step)]
+        return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def _run_small(self, feeds: dict, n: int) -> list[np.ndarray]:
         small = self._small

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ShapeMismatch
-from ..ir.types import BATCH, DTYPES, NEXT_STATE
+from ..ir.types import BATCH, DTYPES
 from . import devices
 from .devices import providers_for
 from .summary import format_summary
@@ -199,15 +199,11 @@ class Model(LayersMixin, TrainingMixin):
             one = {k: np.zeros((1,) + a.shape[1:], a.dtype) for k, a in feeds.items()}
             outs = [o[:0] for o in session.run(None, {**one, **(fixed or {})})]
         elif not self._batched_outputs:
-            states = {}
             if self._states is not None:  # (stateful layers: their states in, the next ones out)
                 self._states.check(n, "predict", next(iter(feeds.values())).shape)
-                states = self._states.feeds()
-            names = [o.name for o in session.get_outputs()]
-            results = dict(zip(names, session.run(None, {**feeds, **(fixed or {}), **states})))
-            if states:
-                self._states.update(results)
-            outs = [results[o] for o in names if not o.startswith(NEXT_STATE)]
+                outs = self._states.run(session, {**feeds, **(fixed or {})})
+            else:
+                outs = session.run(None, {**feeds, **(fixed or {})})
         else:
             if self._predictor is None or self._predictor.session is not session:
                 self._predictor = self._new_predictor(session)

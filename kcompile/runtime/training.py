@@ -269,9 +269,7 @@ class TrainingMixin:
             raise ValueError(f"{where}: model {self.name} has stateful recurrent layers ({states.layers()}), whose "
                              f"row i of each batch continues row i of the batch before; shuffle=True would mix "
                              f"the sequences: pass shuffle=False")
-        states.check(min(batch_size, n), where)
-        if n % batch_size:
-            states.check(n % batch_size, where)
+        states.check_batches(n, batch_size, where)
 
     def _step_graph(self) -> bytes:
         """The training step as this model runs it: with its held-transposed state (below)."""
