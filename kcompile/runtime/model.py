@@ -86,11 +86,9 @@ class Model(LayersMixin, TrainingMixin):
         model = cls(folder.inference, folder.manifest, folder.weights, device, folder.training)
         model._source = folder.source
         if folder.state is not None:  # a checkpoint: optimizer slots, step and epoch
-            state = folder.state
             model._slots = folder.slots
-            model._iterations, model._epoch = state["iterations"], state["epoch"]
-            model._lr_override = state.get("learning_rate_override")
-            model.seed = state["seed"]
+            model._resume_from(folder.state)
+            model.seed = folder.state["seed"]
         return model
 
     # ---------------- weights ----------------

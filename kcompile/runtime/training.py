@@ -859,9 +859,14 @@ class TrainingMixin:
             raise ValueError(f"{path} holds a checkpoint of another model or optimizer than this {self.name}")
         self.set_weights([folder.weights[n] for n in self._param_names])  # (drops the training buffers)
         self._slots = {n: slots[n] for n in self._slots}
-        self._iterations, self._epoch = folder.state["iterations"], folder.state["epoch"]
-        self._lr_override = folder.state.get("learning_rate_override")
+        self._resume_from(folder.state)
         return folder.state
+
+    def _resume_from(self, state: dict) -> None:
+        """A checkpoint's step count (which seeds the dropout noise), epoch and learning-rate
+        override (its state.json), for Model.load and _restore."""
+        self._iterations, self._epoch = state["iterations"], state["epoch"]
+        self._lr_override = state.get("learning_rate_override")
 
     def optimizer_state(self) -> dict:
         self._sync_state()
