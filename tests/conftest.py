@@ -29,3 +29,21 @@ def keras(monkeypatch):
     if keras.backend.backend() != "jax":
         pytest.skip("Keras was imported with another backend")
     return keras
+
+
+@pytest.fixture
+def located():
+    """(source, line, message, col=None) -> the first diagnostic of compiling ``source`` (as t.kdl),
+    checked to be at t.kdl:line(:col), to say ``message`` and to show its line with a caret."""
+    def check(source, line, message, col=None):
+        import kcompile
+        from kcompile.errors import KcompileError
+        with pytest.raises(KcompileError) as info:
+            kcompile.compile_string(source, file="t.kdl")
+        d = info.value.diagnostics[0]
+        assert d.loc is not None and (d.loc.file, d.loc.line) == ("t.kdl", line), d.render()
+        assert col is None or d.loc.col == col, d.render()
+        assert message in d.message, d.render()
+        assert d.render().splitlines()[2].lstrip().startswith("^"), d.render()
+        return d
+    return check
