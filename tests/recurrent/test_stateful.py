@@ -11,6 +11,8 @@ import pytest
 import kcompile
 from kcompile.errors import KcompileError, ShapeMismatch
 
+from recurrence_reference import random_weights, recurrence
+
 KINDS = ["SimpleRNN", "LSTM", "GRU"]
 STATES = {"SimpleRNN": 1, "GRU": 1, "LSTM": 2}
 
@@ -179,6 +181,8 @@ def test_save_and_load_keep_the_states_spec_not_their_values(tmp_path):
 
 
 def test_bidirectional_carries_both_directions():
+    """Each direction carries its own last states into the next batch, as Keras's stateful
+    Bidirectional: the backward layer's are those after it read the batch's first step."""
     m = kcompile.compile_string("""model s {
     input x: float32[5, 3], batch_size=2
     y = Bidirectional(LSTM(4, stateful=true))
@@ -187,11 +191,20 @@ def test_bidirectional_carries_both_directions():
     assert [s["name"] for s in m.manifest["states"]] == [
         "bidirectional/forward_lstm/h", "bidirectional/forward_lstm/c",
         "bidirectional/backward_lstm/h", "bidirectional/backward_lstm/c"]
-    x = np.ones((2, 5, 3), np.float32)
-    first = m.predict(x, batch_size=2)
-    assert np.abs(m.predict(x, batch_size=2) - first).max() > 1e-4
+    rng = np.random.default_rng(5)
+    weights = random_weights(m, rng)
+    x = rng.normal(size=(2, 10, 3)).astype(np.float32)
+    got = [m.predict(x[:, :5], batch_size=2), m.predict(x[:, 5:], batch_size=2)]
+    f_states, b_states, want = (None, None), (None, None), []
+    for chunk in (x[:, :5], x[:, 5:]):
+        f, *f_states = recurrence("LSTM", chunk.astype(np.float64), weights[:3], 4, *f_states)
+        b, *b_states = recurrence("LSTM", chunk.astype(np.float64), weights[3:], 4, *b_states, go_backwards=True)
+        want.append(np.concatenate([f, b], axis=1))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-5)
+    assert np.abs(want[1][:, :4] - recurrence("LSTM", x[:, 5:], weights[:3], 4)[0]).max() > 1e-3  # (the states matter)
     m.get_layer("bidirectional").reset_states()
-    np.testing.assert_allclose(m.predict(x, batch_size=2), first, rtol=1e-6)
+    np.testing.assert_allclose(m.predict(x[:, :5], batch_size=2), got[0], rtol=1e-6)
     assert len(m.get_layer("bidirectional").states) == 4
 
 
