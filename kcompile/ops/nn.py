@@ -103,40 +103,61 @@ def conv_input_grad(ctx, x, w, attrs, dy):
 
 
 IM2COL_MAX_WINDOW = 25  # kernel elements; above this the unfolded input grows too large
-# Input and output channels from which the kernel gradient gathers its im2col (batch last).
-# Measured: 32 -> 64 channels at 12x12, 128 samples, 3.9 against 5.4 ms; 16 -> 64 the same
-# time either way; 16 -> 16 at 28x28 (tiny_resnet) 1.24x slower (a 16-row product runs at a
-# third of the machine's rate, and transposes of 16 channels are slow). (Measured with the
-# im2col channels-last, rows (n, position), on an earlier machine.)
-GATHER_MIN_CHANNELS = 32
-# ... on maps of at most this many output positions; on larger ones its one product reads an
-# im2col of N x positions rows that no longer stays in the caches, and the one-hot form is
-# faster (32 -> 32 channels at 32x32: 30 against 34 ms for 128 samples on two threads, 27 against
-# 30 for 64 on one; at 16x16 a tie, at 10x10 the gathered one 1.2-1.5x faster).
-GATHER_MAX_POSITIONS = 256
-# Input channels from which a stride-1 kernel gradient of fewer channels than the gathered
-# form's slices the window offsets out of the input instead of unfolding it with a one-hot
-# grouped convolution (which spends a window's worth of multiplications on each number it
-# copies). Measured at one thread, 64 samples:
-# 16 -> 16 at 28x28, 5.3 against 10.3 ms; 8 -> 16, 4.0 against 6.8; 4 -> 16, 2.2 against 2.6;
-# but 3 -> 32 at 32x32, 2.6 against 1.6 (3-row products are slow), and strided slices copy
-# number by number (1 -> 32 at stride 2: 0.59 against 0.29 ms).
-SLICES_MIN_CHANNELS = 4
+# The kernel gradient's form (kernel_grad_form) was chosen by timing fit's whole step in each
+# form on the AVX-512 machine (two cores, batch 128): Conv2D(O, 3, padding=same) on [H, H, C]
+# inputs, 98 shapes (H 8-32, C 3-64, O 16-128) and 20 others (strides 1 and 2, up to 128
+# channels) in the step's two one-core parts of 64 rows, as the runtime splits it, and 63
+# shapes whole, on two threads, as it runs steps that cannot be split (BatchNormalization).
+# In parts, this rule's step is on average 0.7% slower than the fastest form of each shape
+# (at most 19%); the earlier one, tuned on an AVX2 machine, 14.7% (at most 90%: it sliced 8 ->
+# 16 channels at 8x8 where gathering was 1.5x faster). Whole, 4.2% against 9.2%.
+# - More than UNFOLD_WIDENING output channels per input channel: the one-hot form (its
+#   per-sample products are wide; 3 -> 32 at 32x32: 9.6 against 14.1-15.6 ms in parts).
+UNFOLD_WIDENING = 2
+# - Else at least GATHER_MIN_CHANNELS in and out, and an input of at most GATHER_MAX_VALUES
+#   channels x output positions (16 channels at 28x28): the gathered im2col, batch last (12 ->
+#   24 at 10x10: 3.6 against 5.4-6.9 ms). Beyond it the im2col leaves the caches (32 -> 32 at
+#   32x32: 45.4 against 36.2 for the slices).
+GATHER_MIN_CHANNELS = 8
+GATHER_MAX_VALUES = 16 * 28 * 28
+# - Else, in a step split into parts, at stride 1 and from SLICES_MIN_CHANNELS input channels:
+#   each window offset's rows sliced out of the input (64 -> 16 at 24x24: 26.4 against 33.4
+#   gathered, 44.0 one-hot). Not in a whole two-thread step, where the one-hot form is as fast
+#   or faster (32 -> 32 at 32x32: 43.8 against 46.9 ms; a Conv-BN-ReLU CNN's step 1.01-1.03x
+#   the time with slices, in alternating rounds).
+SLICES_MIN_CHANNELS = 8
+# - Else the one-hot form.
+
+
+def kernel_grad_form(channels, out_channels, positions, window, strides, in_parts=True) -> str:
+    """How conv_weight_grad computes a kernel gradient: "gather", "slices", "onehot" or, for
+    windows too large to unfold, "transposed" (see the measurements above). ``in_parts``: the
+    step runs in one-core parts of the batch (else whole, on every core)."""
+    if window > IM2COL_MAX_WINDOW:
+        return "transposed"
+    if out_channels > UNFOLD_WIDENING * channels:
+        return "onehot"
+    values = channels * positions
+    if min(channels, out_channels) >= GATHER_MIN_CHANNELS and values <= GATHER_MAX_VALUES:
+        return "gather"
+    if in_parts and channels >= SLICES_MIN_CHANNELS and all(s == 1 for s in strides):
+        return "slices"
+    return "onehot"
 
 
 def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
-    """d(loss)/d(kernel) [O, C, *k] of a group-1 convolution of x [N, C, *s] giving dy [N, O, *o].
-
-    Small kernels of many channels unfold x batch-last (im2col: one Gather of whole rows of
-    the batch, rows (c, offset), columns (position, n)) and contract it with dy in one matrix
-    product over every sample and position at once (see GATHER_MIN_CHANNELS); with rows
-    (n, position) instead, its product [O, N*P] x [N*P, window*C] packed the large im2col, and
-    the MNIST CNN's step was 1.05x the time (its product 1.8 against 1.35 ms at 64 samples). With
-    fewer channels and stride 1, each window offset's input rows are one Slice of x, times dy
-    sample by sample (SLICES_MIN_CHANNELS); otherwise a one-hot grouped convolution unfolds x
-    and per-sample products are summed over the batch. These were measured about 1.5x faster
-    than the fallback for large kernels, a convolution of X^T [C, N, *s] with dY^T [O, N, *o]
-    as its kernel."""
+    """d(loss)/d(kernel) [O, C, *k] of a group-1 convolution of x [N, C, *s] giving dy [N, O, *o],
+    in the form kernel_grad_form chooses for small kernels:
+    - "gather": x unfolded batch-last (im2col: one Gather of whole rows of the batch, rows (c,
+      offset), columns (position, n)) and contracted with dy in one matrix product over every
+      sample and position at once. (With rows (n, position) instead, its product [O, N*P] x
+      [N*P, window*C] packed the large im2col, and the MNIST CNN's step was 1.05x the time.)
+    - "slices" (stride 1): each window offset's input rows are one Slice of x, times dy sample
+      by sample.
+    - "onehot": a one-hot grouped convolution unfolds x, and per-sample products are summed
+      over the batch.
+    These were measured about 1.5x faster than the form for large kernels ("transposed"), a
+    convolution of X^T [C, N, *s] with dY^T [O, N, *o] as its kernel."""
     import numpy as np
     n = len(kernel_spatial)
     tx, ty = ctx.type(x), ctx.type(dy)
@@ -146,8 +167,9 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     if not all(isinstance(d, int) for d in tx.shape[2:]):
         return _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations)
     positions = int(np.prod(outs))  # (all sizes are numbers)
-    if (window <= IM2COL_MAX_WINDOW and min(channels, out_channels) >= GATHER_MIN_CHANNELS
-            and positions <= GATHER_MAX_POSITIONS):
+    form = kernel_grad_form(channels, out_channels, positions, window, strides,
+                            in_parts=ctx.g.meta.get("step_in_parts", True))
+    if form == "gather":
         x = _pad_spatial(ctx, x, pads)
         sizes = ctx.type(x).shape[2:]
         flat = ctx.op("Transpose", x, perm=(1,) + tuple(range(2, n + 2)) + (0,))  # batch last
@@ -161,8 +183,7 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
         dy_rows = ctx.op("Reshape", dy_rows, shape=(-1, out_channels))  # [P * N, O]
         dw = ctx.op("Reshape", ctx.op("MatMul", cols, dy_rows), shape=(channels,) + tuple(kernel_spatial) + (out_channels,))
         return ctx.op("Transpose", dw, perm=(n + 1, 0) + tuple(range(1, n + 1)))
-    if (window <= IM2COL_MAX_WINDOW and SLICES_MIN_CHANNELS <= channels and min(channels, out_channels) < GATHER_MIN_CHANNELS
-            and all(s == 1 for s in strides)):
+    if form == "slices":
         # Each slice is multiplied while it is still in the cache; the sum over the batch comes last.
         x = _pad_spatial(ctx, x, pads)
         dy_t = _by_position(ctx, dy, positions)
@@ -179,8 +200,8 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
         summed = ctx.op("ReduceSum", stacked, axes=(0,), keepdims=0)
         dw = ctx.op("Reshape", summed, shape=tuple(kernel_spatial) + (channels, out_channels))
         return ctx.op("Transpose", dw, perm=(n + 1, n) + tuple(range(n)))
-    if window <= IM2COL_MAX_WINDOW:
-        # Few channels: unfold with a grouped convolution whose one-hot kernels each pick one
+    if form == "onehot":
+        # Unfold with a grouped convolution whose one-hot kernels each pick one
         # offset of the window (channel c * window + k of the result is x[c] shifted by offset
         # k), contracted with dy sample by sample and summed over the batch.
         picks = np.zeros((channels * window, 1) + tuple(kernel_spatial), dtype=tx.dtype)

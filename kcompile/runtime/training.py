@@ -21,15 +21,6 @@ from .devices import TURNS, create_session, session_options
 from .fpenv import NoFlush, step_environment
 
 
-# A step is split (see _batch_parts) from this many multiply-adds per sample, and this many per
-# trainable weight: measured in alternating processes on 2 cores, split against whole, the
-# MNIST CNN (2.6M per sample, 12 per weight) 16.4-17.0 against 17.2-17.6 ms a step, and
-# 27-28 ms when the cores were far apart; convolutional GAN halves (9-34 per weight)
-# 0.65-0.93x; tiny_resnet (762) 0.85-0.98x; but the MNIST MLP (1 per weight: its RMSprop
-# update over 400k weights is a quarter of its step) 1.3-2.2x slower, and the Iris MLP
-# (a 0.09 ms step) 2.5x.
-SPLIT_MIN_MACS = 1_000_000
-SPLIT_MIN_MACS_PER_WEIGHT = 4
 
 
 # ---------------- learning-rate schedules ----------------
@@ -411,7 +402,7 @@ class TrainingMixin:
         ``batch_parts`` chooses; None (the default) splits in two on a CPU of two or more cores
         a step that the compiler found splittable (its layers and loss work sample by sample),
         whose weights are this model's own, and whose products and convolutions outweigh its
-        optimizer update (SPLIT_MIN_MACS...)."""
+        optimizer update (training.graphs.worth_splitting)."""
         spec = self.manifest["training"]
         rows = spec.get("row_gradients", {})
         if self.device != "cpu" or self._shared or spec.get("per_sample") is not True or not (
@@ -423,7 +414,8 @@ class TrainingMixin:
         # as the batch, and its update is no larger split or whole)
         weights = sum(int(np.prod(self._weights[n].shape)) for n in spec["trainable"] if n not in rows)
         macs = spec.get("macs_per_sample", 0)
-        if devices.cpu_cores() < 2 or macs < SPLIT_MIN_MACS or macs < SPLIT_MIN_MACS_PER_WEIGHT * weights:
+        from ..training.graphs import worth_splitting  # (the compiler's rule, by which it chose the step's forms)
+        if devices.cpu_cores() < 2 or not worth_splitting(macs, weights):
             return 1
         return 2
 

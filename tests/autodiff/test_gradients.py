@@ -112,14 +112,10 @@ def test_dense_rank3_no_bias_linear():
     ("Conv2DTranspose(2, 3, strides=3, padding=same)", (1, 3, 2, 2)),
     ("Conv2DTranspose(2, 3, strides=2, output_padding=1)", (1, 3, 3, 2)),
     ("Conv2DTranspose(2, 3, strides=2, padding=same, output_padding=0)", (1, 3, 3, 2)),
-    # 4 channels or more at stride 1: the kernel gradient slices each window offset's rows
+    # more channels: the kernel gradient's forms as kernel_grad_form chooses them (each form on
+    # its own in test_kernel_gradient_forms)
     ("Conv2D(3, 3, padding=same)", (2, 5, 5, 4)),
-    ("Conv2D(2, (2, 3), padding=same)", (1, 5, 6, 5)),
-    ("Conv2D(3, 3, dilation_rate=2)", (2, 7, 6, 4)),
-    ("Conv2D(2, 1)", (2, 3, 4, 4)),
-    ("Conv1D(3, 3, padding=causal, dilation_rate=2)", (2, 9, 4)),
-    ("Conv2DTranspose(4, 3, padding=same)", (2, 3, 3, 4)),
-    # 32 channels or more in and out: the kernel gradient gathers its windows, batch last
+    ("Conv2D(8, 3, padding=same)", (2, 5, 4, 8)),
     ("Conv2D(32, 3, strides=2, padding=same)", (2, 7, 6, 32)),
     ("Conv2D(33, (2, 3), dilation_rate=2)", (1, 6, 7, 34)),
     ("Conv1D(32, 3, strides=2, padding=causal)", (2, 8, 32)),
@@ -129,19 +125,89 @@ def test_convolution(layer, shape):
     check(f"y = {layer}(x)\n    output y", shape)
 
 
-@pytest.mark.parametrize("layer,shape", [
-    ("Conv2D(32, 3, padding=same)", (2, 5, 4, 32)),
-    ("Conv2D(32, 3, strides=2, padding=same)", (1, 7, 6, 32)),
-])
-def test_convolution_of_many_channels_on_large_maps(layer, shape, monkeypatch):
-    """Above GATHER_MAX_POSITIONS output positions, 32 channels or more take the one-hot form
-    (the limit lowered here so that the maps stay small)."""
+FORM_CASES = [
+    ("Conv2D(3, 3, padding=same)", (2, 5, 5, 4)),
+    ("Conv2D(2, (2, 3), padding=same)", (1, 5, 6, 5)),
+    ("Conv2D(3, 3, dilation_rate=2)", (2, 7, 6, 4)),
+    ("Conv2D(2, 1)", (2, 3, 4, 4)),
+    ("Conv2D(3, 3, strides=2, padding=same)", (2, 7, 6, 3)),
+    ("Conv2D(2, (2, 3), strides=(2, 1), padding=same)", (1, 5, 4, 3)),
+    ("Conv1D(3, 3, padding=causal, dilation_rate=2)", (2, 9, 4)),
+    ("Conv1D(3, 3, strides=2, padding=same)", (2, 8, 2)),
+    ("Conv3D(2, 2, padding=same)", (1, 3, 3, 3, 2)),
+    ("Conv2DTranspose(4, 3, padding=same)", (2, 3, 3, 4)),
+    ("Conv2DTranspose(2, 3, strides=2)", (1, 3, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("form", ["gather", "slices", "onehot", "transposed"])
+@pytest.mark.parametrize("layer,shape", FORM_CASES)
+def test_kernel_gradient_forms(form, layer, shape, monkeypatch):
+    """Every form of the kernel gradient, whichever kernel_grad_form would choose (the slices
+    form takes stride 1 only)."""
     from kcompile.ops import nn
-    monkeypatch.setattr(nn, "GATHER_MAX_POSITIONS", 4)
-    original, unfolded = nn._by_position, []  # (the one-hot form's per-sample product; the gathered one has none)
-    monkeypatch.setattr(nn, "_by_position", lambda *a: unfolded.append(1) or original(*a))
+    asked = []
+    monkeypatch.setattr(nn, "kernel_grad_form", lambda *args, **kw: asked.append(args) or form)
+    strided = "strides=2" in layer or "strides=(2" in layer
+    if form == "slices" and strided:  # (a transposed convolution's kernel gradient is strided too)
+        pytest.skip("the slices form takes stride 1")
     check(f"y = {layer}(x)\n    output y", shape)
-    assert unfolded
+    assert asked
+
+
+@pytest.mark.parametrize("channels,out_channels,size,strides,form", [
+    (32, 64, 11, 1, "gather"),    # the MNIST CNN's second convolution
+    (1, 32, 26, 1, "onehot"),     # ... and its first
+    (3, 32, 32, 1, "onehot"),     # more than twice the channels out
+    (16, 128, 12, 1, "onehot"),
+    (12, 24, 10, 1, "gather"),
+    (16, 32, 28, 1, "gather"),    # 16 x 784 values: the largest gathered
+    (16, 16, 32, 1, "slices"),
+    (64, 16, 24, 1, "slices"),
+    (64, 64, 16, 1, "slices"),
+    (32, 64, 16, 2, "gather"),
+    (16, 16, 32, 2, "onehot"),    # too large to gather, strided: no slices
+    (4, 4, 28, 1, "onehot"),      # too few channels for the slices
+])
+def test_kernel_gradient_form_rule(channels, out_channels, size, strides, form):
+    """The measured rule (ops/nn.py): 3x3 kernels, square maps of ``size`` output positions a
+    side, in a step split into parts; a whole step (on every core) takes the one-hot form
+    where a split one slices."""
+    from kcompile.ops.nn import kernel_grad_form
+    args = (channels, out_channels, size * size, 9, (strides, strides))
+    assert kernel_grad_form(*args) == form
+    assert kernel_grad_form(*args, in_parts=False) == ("onehot" if form == "slices" else form)
+    assert kernel_grad_form(*args[:3], 49, args[4]) == "transposed"
+
+
+@pytest.mark.parametrize("source,in_parts,forms", [
+    ("examples/two_heads.kdl", True, ["slices", "onehot"]),
+    ("examples/mnist_cnn.kdl", True, ["gather"] + ["onehot"] * 4),  # (the first layer's four phases)
+])
+def test_kernel_gradient_forms_follow_the_split(source, in_parts, forms, monkeypatch):
+    """The compiler picks the forms for the step as the runtime will run it: in parts where the
+    runtime splits the batch (a model of per-sample layers and loss and enough arithmetic),
+    whole where BatchNormalization's statistics need the whole batch."""
+    from pathlib import Path
+    import kcompile
+    from kcompile.ops import nn
+    chosen, rule = [], nn.kernel_grad_form
+    monkeypatch.setattr(nn, "kernel_grad_form", lambda *a, **k: chosen.append((k["in_parts"], rule(*a, **k))) or chosen[-1][1])
+    m = kcompile.compile(Path(__file__).resolve().parents[2] / source)
+    assert m._batch_parts() == 2
+    assert chosen == [(in_parts, f) for f in forms]
+    chosen.clear()
+    whole = kcompile.compile_string("""model m {
+    input image: float32[32, 32, 3]
+    Conv2D(32, 3, padding=same)
+    BatchNormalization()
+    Conv2D(32, 3, padding=same)
+    GlobalAveragePooling2D()
+    y = Dense(2)
+    train { loss = mse; optimizer = SGD() }
+}""")
+    assert whole._batch_parts() == 1
+    assert chosen == [(False, "onehot"), (False, "onehot")]  # (32 -> 32 at 32x32: sliced in parts)
 
 
 @pytest.mark.parametrize("layer", ["Conv2D(4, 3, groups=2)", "DepthwiseConv2D(3, depth_multiplier=2, padding=same)",
