@@ -21,8 +21,6 @@ from .devices import TURNS, create_session, session_options
 from .fpenv import NoFlush, step_environment
 
 
-
-
 # ---------------- learning-rate schedules ----------------
 def learning_rate_at(spec, step: int) -> float:
     """Keras's schedules, by the optimizer's step count before the update (the arguments are

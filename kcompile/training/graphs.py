@@ -622,8 +622,9 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     trainable = [n for n, p in g.params.items() if p.trainable]
     # Whether the runtime will likely run the step in one-core parts (runtime: _batch_parts), as
     # some gradients' fastest form differs then (ops.nn.kernel_grad_form)
+    macs = macs_per_sample(graph)
     g.meta["step_in_parts"] = not per_sample and worth_splitting(
-        macs_per_sample(graph), sum(math.prod(g.types[n].shape) for n in trainable))
+        macs, sum(math.prod(g.types[n].shape) for n in trainable))
     before = len(g.nx)
     grads = gradients(g, loss, trainable)
     if report:
@@ -680,6 +681,6 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
                            transposed=[n for n, p in g.params.items() if p.transposed],
                            gradients=gradient_values, row_gradients=row_gradients, per_sample=per_sample,
-                           macs_per_sample=macs_per_sample(graph), label_classes=objective.label_classes,
+                           macs_per_sample=macs, label_classes=objective.label_classes,
                            output_weights=objective.output_weights)
 
