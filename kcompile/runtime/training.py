@@ -17,7 +17,7 @@ from ..ir.types import evaluate_dim
 from .data import (Batches, as_arrays, check_arrays, check_ids, check_lengths, check_named_dims, count, named_sizes,
                    per_output, sample_weights, tensor_specs)
 from . import devices
-from .devices import TURNS, create_session, session_options
+from .devices import TURNS, built_at_once, create_session, session_options
 from .fpenv import NoFlush, step_environment
 
 
@@ -437,10 +437,11 @@ class TrainingMixin:
             if graphs is not None:
                 environment = self._flush = step_environment(self.flush_denormals)
                 threads = max(1, devices.cpu_cores() // parts)
-                sessions = [self._new_session(graphs[0], "train step", threads, self._stops_spinning, environment)
-                            for _ in range(parts)]
                 # The update's pool stops spinning after each run: the parts that follow need every core.
-                self._split = (sessions, self._new_session(graphs[1], "train step", 0, True, environment))
+                made = built_at_once([lambda: self._new_session(graphs[0], "train step", threads, self._stops_spinning,
+                                                                environment)] * parts
+                                     + [lambda: self._new_session(graphs[1], "train step", 0, True, environment)])
+                self._split = (made[:parts], made[parts])
         return self._split or None
 
     def _sharded_runner(self, parts: int):

@@ -1,4 +1,6 @@
 """Session options and the turn-taking detector that chooses whether pools stop spinning."""
+import pytest
+
 from kcompile.runtime.devices import TurnTaking, session_options
 
 
@@ -45,3 +47,24 @@ def test_a_run_follows_itself_only_after_a_run_of_the_same_session_seen_or_not()
     assert d.seen and d.follows_itself("b") and not d.follows_itself("a")
     d.ran("a")
     assert d.follows_itself("a")
+
+
+def test_built_at_once_runs_the_makers_together_in_order(monkeypatch):
+    import threading
+
+    from kcompile.runtime import devices
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+    together = threading.Barrier(2, timeout=10)  # (broken, and the test failed, unless both run at once)
+
+    def maker(i):
+        return lambda: together.wait() * 0 + i
+    assert devices.built_at_once([maker(0), maker(1)]) == [0, 1]
+    assert devices.built_at_once([lambda: 5]) == [5]
+
+    def fails():
+        raise RuntimeError("no kernel")
+    with pytest.raises(RuntimeError, match="no kernel"):
+        devices.built_at_once([lambda: 1, fails])
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 1)  # (one core: one after the other, in order)
+    ran = []
+    assert devices.built_at_once([lambda: ran.append(1) or 1, lambda: ran.append(2) or 2]) == [1, 2] and ran == [1, 2]
