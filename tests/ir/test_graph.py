@@ -77,3 +77,48 @@ def test_blocks_and_models_inside_models_name_their_weights():
     assert list(g.params) == ["scale/gamma", "scale_1/gamma", "s/gamma", "inner/dense/kernel", "inner/dense/bias"]
     assert [p.trainable for p in g.params.values()] == [True, True, True, False, False]
     assert [r.name for r in g.layers] == ["scale", "scale_1", "s", "inner"]
+
+
+def test_readers_follow_every_edit():
+    """Graph.consumers (an index of each value's readers, kept through add_node, set_inputs,
+    replace_uses and remove_node) against a scan of every node, after random edits of a graph
+    of inputs, constants and nodes reading them (some one value twice)."""
+    import random
+
+    import numpy as np
+
+    from kcompile.ir import Graph
+
+    rng = random.Random(0)
+    g = Graph("g")
+    t = TensorType("float32", (3,))
+    values = [g.add_input(f"x{i}", t) for i in range(3)] + [g.add_const(np.ones(3, np.float32)) for _ in range(2)]
+    nodes = []
+    for step in range(300):
+        action = rng.random()
+        if action < 0.4 or not nodes:
+            inputs = [rng.choice(values) for _ in range(rng.randint(1, 4))]
+            node = g.add_node("Sum", inputs, [t])
+            nodes.append(node)
+            values += node.outputs
+        elif action < 0.7:  # (a node's inputs changed: some kept, one repeated)
+            node = rng.choice(nodes)
+            earlier = [v for v in values if v not in g.producer or g.node(g.producer[v]).seq < node.seq]
+            kept = node.inputs[:rng.randint(0, len(node.inputs))]
+            g.set_inputs(node, kept + [rng.choice(earlier)] * rng.randint(1, 2))
+        elif action < 0.85:
+            old = rng.choice(values)
+            new = rng.choice([v for v in values if v not in g.producer])  # (an input or constant: no cycle)
+            g.replace_uses(old, new)
+        else:
+            node = nodes.pop(rng.randrange(len(nodes)))
+            for other in nodes:  # (its readers read an input instead)
+                if set(node.outputs) & set(other.inputs):
+                    g.set_inputs(other, [values[0] if v in node.outputs else v for v in other.inputs])
+            g.remove_node(node)
+            values = [v for v in values if v not in node.outputs]
+        for v in values:
+            scanned = sorted((n for n in g.nodes() if v in n.inputs), key=lambda n: n.seq)
+            assert [n.name for n in g.consumers(v)] == [n.name for n in scanned], (step, v)
+            assert g.uses(v) == sum(n.inputs.count(v) for n in scanned) + sum(1 for _, o in g.outputs if o == v)
+    assert len(nodes) > 20
