@@ -111,7 +111,7 @@ IM2COL_MAX_WINDOW = 25  # kernel elements; above this the unfolded input grows t
 # In parts, this rule's step is on average 0.7% slower than the fastest form of each shape
 # (at most 19%); the earlier one, tuned on an AVX2 machine, 14.7% (12.1% on the 20 others, up
 # to 1.9x: it sliced 12 -> 24 channels at 10x10, where gathering was 1.9x faster). Whole,
-# 4.2% against 9.2%.
+# 4.2% against 9.2%. benchmarks/kernel_grads.py measures it again on any machine.
 # - More than UNFOLD_WIDENING output channels per input channel: the one-hot form (its
 #   per-sample products are wide; 3 -> 32 at 32x32: 9.6 against 14.1-15.6 ms in parts).
 UNFOLD_WIDENING = 2
