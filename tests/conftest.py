@@ -47,3 +47,18 @@ def located():
         assert d.render().splitlines()[2].lstrip().startswith("^"), d.render()
         return d
     return check
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("run")``: a script of benchmarks/ imported as a module of its own."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"kc_bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

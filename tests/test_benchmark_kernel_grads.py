@@ -1,19 +1,11 @@
 """benchmarks/kernel_grads.py on one small shape: every form timed, the rule's form named for the
 regime asked (the full grid runs for minutes and is not part of the suite)."""
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("kc_bench_kernel_grads", ROOT / "benchmarks" / "kernel_grads.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("kernel_grads")
 
 
 @pytest.mark.parametrize("regime,rule", [("parts", "slices"), ("whole", "onehot")])

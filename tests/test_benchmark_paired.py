@@ -1,21 +1,14 @@
 """benchmarks/paired.py: cycle-by-cycle ratios against the best peer, and the burst protocol
 with a real kcompile worker (the full benchmark runs for minutes and is not part of the suite)."""
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def paired():
+def paired(load_benchmark):
     path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("kc_bench_paired", ROOT / "benchmarks" / "paired.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # (puts benchmarks/ on sys.path to import run.py as "run")
-    yield module
+    yield load_benchmark("paired")  # (which puts benchmarks/ on sys.path to import run.py as "run")
     sys.path[:] = path
     sys.modules.pop("run", None)
 

@@ -1,6 +1,5 @@
 """benchmarks/run.py's report: ratios against the best peer, target verdicts, and the ratios
 round by round (the benchmark itself runs for minutes and is not part of the suite)."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -13,11 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("kc_bench_run", ROOT / "benchmarks" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("run")
 
 
 def rounds(*values):
