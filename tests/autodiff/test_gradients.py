@@ -210,14 +210,21 @@ def test_kernel_gradient_forms_follow_the_split(source, in_parts, forms, monkeyp
     assert chosen == [(False, "onehot"), (False, "onehot")]  # (32 -> 32 at 32x32: sliced in parts)
 
 
-@pytest.mark.parametrize("layer", ["Conv2D(4, 3, groups=2)", "DepthwiseConv2D(3, depth_multiplier=2, padding=same)",
-                                   "SeparableConv2D(3, 3, strides=2)"])
-def test_grouped_conv2d_float32(layer):
+@pytest.mark.parametrize("layer,shape", [
+    ("Conv2D(4, 3, groups=2)", (2, 5, 5, 2)),
+    ("DepthwiseConv2D(3, depth_multiplier=2, padding=same)", (2, 5, 5, 2)),
+    ("SeparableConv2D(3, 3, strides=2)", (2, 5, 5, 2)),
+    # more channels than a chunk of the depthwise kernel gradient (DEPTHWISE_CHUNK): 8 and 3
+    ("DepthwiseConv2D(3, depth_multiplier=2, dilation_rate=2, padding=same)", (2, 5, 5, 11)),
+    ("DepthwiseConv2D((2, 3), strides=2)", (1, 5, 6, 11)),
+    ("Conv2D(6, 3, groups=3)", (2, 5, 4, 6)),  # (two input channels a group: one kernel gradient each)
+])
+def test_grouped_conv2d_float32(layer, shape):
     # Grouped Conv in float64 has no onnxruntime CPU kernel, and onnx's ReferenceEvaluator
     # fails on grouped float64 convolutions ("cannot reshape array ..."), so these cases run
     # in float32 (onnxruntime), with a step and tolerances sized for float32 rounding.
-    src = model(f"y = {layer}(x)\n    output y", (2, 5, 5, 2), dtype="float32")
-    checked, _ = check_gradients(src, {"x": normal((2, 5, 5, 2), dtype="float32")}, h=1e-2, rtol=1e-2, atol=1e-3)
+    src = model(f"y = {layer}(x)\n    output y", shape, dtype="float32")
+    checked, _ = check_gradients(src, {"x": normal(shape, dtype="float32")}, h=1e-2, rtol=1e-2, atol=1e-3)
     assert checked > 0
 
 
