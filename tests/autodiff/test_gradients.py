@@ -218,6 +218,7 @@ def test_kernel_gradient_forms_follow_the_split(source, in_parts, forms, monkeyp
     ("DepthwiseConv2D(3, depth_multiplier=2, dilation_rate=2, padding=same)", (2, 5, 5, 11)),
     ("DepthwiseConv2D((2, 3), strides=2)", (1, 5, 6, 11)),
     ("Conv2D(6, 3, groups=3)", (2, 5, 4, 6)),  # (two input channels a group: one kernel gradient each)
+    ("DepthwiseConv1D(3, depth_multiplier=2, padding=same)", (2, 7, 10)),
 ])
 def test_grouped_conv2d_float32(layer, shape):
     # Grouped Conv in float64 has no onnxruntime CPU kernel, and onnx's ReferenceEvaluator
