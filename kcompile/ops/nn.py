@@ -234,7 +234,8 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
 # One channel at a time (the general per-group form), two DepthwiseConv2D of 512 channels made
 # a 10,474-node step whose first run took 9.8 s; 8 at a time, 2,156 nodes and 1.8 s, the steps
 # after 1.005-1.05x the time (alternating rounds: 392 against 384 ms; a 32-64 channel model at
-# 32x32 and 16x16, 122.2 against 121.6). 16 at a time: 1,196 nodes, 1.03-1.13x the time.
+# 32x32 and 16x16, 122.2 against 121.6; whole, with BatchNormalization, 210.0 against 213.1).
+# 16 at a time: 1,196 nodes, 1.03-1.13x the time.
 DEPTHWISE_CHUNK = 8
 
 
