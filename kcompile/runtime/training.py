@@ -19,6 +19,7 @@ from .data import (Batches, as_arrays, check_arrays, check_ids, check_lengths, c
 from . import devices
 from .devices import TURNS, built_at_once, create_session, session_options
 from .fpenv import NoFlush, step_environment
+from ..splitting import worth_splitting
 
 
 # ---------------- learning-rate schedules ----------------
@@ -400,7 +401,7 @@ class TrainingMixin:
         ``batch_parts`` chooses; None (the default) splits in two on a CPU of two or more cores
         a step that the compiler found splittable (its layers and loss work sample by sample),
         whose weights are this model's own, and whose products and convolutions outweigh its
-        optimizer update (training.graphs.worth_splitting)."""
+        optimizer update (splitting.worth_splitting, by which the compiler chose the step's forms)."""
         spec = self.manifest["training"]
         rows = spec.get("row_gradients", {})
         if self.device != "cpu" or self._shared or spec.get("per_sample") is not True or not (
@@ -412,7 +413,6 @@ class TrainingMixin:
         # as the batch, and its update is no larger split or whole)
         weights = sum(int(np.prod(self._weights[n].shape)) for n in spec["trainable"] if n not in rows)
         macs = spec.get("macs_per_sample", 0)
-        from ..training.graphs import worth_splitting  # (the compiler's rule, by which it chose the step's forms)
         if devices.cpu_cores() < 2 or not worth_splitting(macs, weights):
             return 1
         return 2

@@ -30,6 +30,7 @@ from ..passes.fusion import fuse_bias
 from ..passes.crop import crop_unread_borders
 from ..passes.reorder import conv_pool_phases, pool_before_activation
 from ..passes.transpose import feature_major_dense, sink_transposes, transpose_into_dense_weights
+from ..splitting import worth_splitting
 from . import optimizers
 from .losses import LOSS_FUNCTIONS
 from .metrics import METRIC_FUNCTIONS
@@ -511,23 +512,6 @@ def mixes_samples(g: Graph, stat_updates) -> str:
         if node.op in _AXIS_OPS and node.attrs.get("axis", -1) in (0, -g.types[node.inputs[0]].rank):
             return f"{node.op} over the batch axis ({node.layer or 'a model expression'})"
     return ""
-
-
-# A step is split (see _batch_parts) from this many multiply-adds per sample, and this many per
-# trainable weight: measured in alternating processes on 2 cores, split against whole, the
-# MNIST CNN (2.6M per sample, 12 per weight) 16.4-17.0 against 17.2-17.6 ms a step, and
-# 27-28 ms when the cores were far apart; convolutional GAN halves (9-34 per weight)
-# 0.65-0.93x; tiny_resnet (762) 0.85-0.98x; but the MNIST MLP (1 per weight: its RMSprop
-# update over 400k weights is a quarter of its step) 1.3-2.2x slower, and the Iris MLP
-# (a 0.09 ms step) 2.5x.
-SPLIT_MIN_MACS = 1_000_000
-SPLIT_MIN_MACS_PER_WEIGHT = 4
-
-
-def worth_splitting(macs: int, weights: int) -> bool:
-    """Whether a splittable step of ``macs`` multiply-adds per sample and ``weights`` trainable
-    weights (those updated whole) runs faster in one-core parts of its batch."""
-    return macs >= SPLIT_MIN_MACS and macs >= SPLIT_MIN_MACS_PER_WEIGHT * weights
 
 
 def macs_per_sample(g: Graph) -> int:

@@ -53,6 +53,20 @@ def test_inference_is_the_identity():
     assert ops <= {"Identity"}, ops  # (the remove-dropout pass deleted the noise)
 
 
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_noise_layers_pass_integers_and_bools_at_inference(dtype):
+    """Dropout (an Identity at inference) takes any element type, as it did before random ops
+    shared Op.lower: ONNX's own Dropout schema, which takes floats only, does not apply."""
+    m = kcompile.compile_string(f"""model m {{
+    input x: {dtype}[4]
+    a = Dropout(0.5)(x)
+    y = SpatialDropout1D(0.5)(Reshape((2, 2))(a))
+    output y
+}}""")
+    x = (np.arange(8).reshape(2, 4) % 3).astype(dtype)
+    np.testing.assert_array_equal(m.predict(x), x.reshape(2, 2, 2))
+
+
 # ---------------- training: the exact rule, and statistics ----------------
 def test_gaussian_dropout_multiplies_by_one_plus_stddev_z():
     rate = 0.3
