@@ -8,7 +8,7 @@ kernel_grad_form): a gathered im2col ("gather"), per-offset slices ("slices", st
 one-hot unfold ("onehot"). For each SHAPE, a one-convolution model (a convolution with
 `padding=same` and relu, a global average pool, Dense(10, softmax), Adam) is compiled once
 per form (the choice forced), and `fit`'s whole step at batch 128 is timed in each, the forms
-taking turns (--rounds of 6 steps, the median). ``--regime parts`` runs the step in two
+taking turns (--rounds of STEPS steps, the median). ``--regime parts`` runs the step in two
 one-core parts of the batch (as the runtime runs a per-sample step worth splitting), ``whole``
 on every core (as a BatchNormalization model's). Prints each form's ms a step, the form the
 rule picks, and its regret (its time over the fastest form's); then the mean and the largest
@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMS = ("gather", "slices", "onehot")
+STEPS = 6  # batches of 128 a timed fit
 GRID = [f"{h}x{c}x{o}" for h in (8, 12, 16, 24, 32) for c in (8, 16, 32, 64) for o in (16, 32, 64, 128)
         if h * h * c * o <= 4_194_304 and o <= 4 * c]
 
@@ -59,6 +60,9 @@ def measure(shape: str, regime: str, rounds: int, dims: int) -> dict:
     size, cin, cout = numbers[:3]
     kernel = numbers[3] if len(numbers) > 3 else 3
     stride = numbers[4] if len(numbers) > 4 else 1
+    if kernel ** dims > nn.IM2COL_MAX_WINDOW:
+        raise SystemExit(f"{shape}: a window of {kernel ** dims} numbers is above IM2COL_MAX_WINDOW "
+                         f"({nn.IM2COL_MAX_WINDOW}): its kernel gradient has one form only")
     rule = nn.kernel_grad_form
     chosen = []
     models = {}
@@ -72,7 +76,7 @@ def measure(shape: str, regime: str, rounds: int, dims: int) -> dict:
         nn.kernel_grad_form = rule
     rng = np.random.default_rng(0)
     dims_in = (size, cin) if dims == 1 else (size, size, cin)
-    x = rng.random((128 * 6,) + dims_in, dtype=np.float32)
+    x = rng.random((128 * STEPS,) + dims_in, dtype=np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, len(x))]
     times = {form: [] for form in models}
     for m in models.values():
@@ -81,9 +85,11 @@ def measure(shape: str, regime: str, rounds: int, dims: int) -> dict:
         for form, m in models.items():
             start = time.perf_counter()
             m.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=False)
-            times[form].append((time.perf_counter() - start) / 6 * 1e3)
+            times[form].append((time.perf_counter() - start) / STEPS * 1e3)
     ms = {form: statistics.median(t) for form, t in times.items()}
-    picked = chosen[0] if chosen else "gather"
+    if not chosen:
+        raise RuntimeError(f"{shape}: the compiler never asked kernel_grad_form (is the convolution trained?)")
+    picked = chosen[0]
     return {"shape": shape, "ms": ms, "rule": picked, "regret": ms[picked] / min(ms.values())}
 
 
@@ -94,7 +100,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dims", type=int, choices=(1, 2), default=2)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     rows = []
     for shape in args.shapes or GRID:
         row = measure(shape, args.regime, args.rounds, args.dims)

@@ -101,7 +101,6 @@ def test_dense_rank3_no_bias_linear():
     ("Conv2D(2, 2, padding=same, use_bias=false)", (1, 5, 5, 2)),
     ("Conv2D(3, 3, activation=relu)", (2, 5, 5, 2)),
     ("Conv1D(3, 3)", (2, 7, 2)),
-    ("Conv1D(3, 3, strides=2, padding=same)", (2, 8, 2)),
     ("Conv1D(3, 3, padding=causal, dilation_rate=2)", (2, 9, 2)),
     ("Conv1D(2, 2, padding=causal)", (2, 5, 3)),
     ("Conv2DTranspose(2, 3)", (2, 4, 3, 2)),
@@ -113,8 +112,7 @@ def test_dense_rank3_no_bias_linear():
     ("Conv2DTranspose(2, 3, strides=2, output_padding=1)", (1, 3, 3, 2)),
     ("Conv2DTranspose(2, 3, strides=2, padding=same, output_padding=0)", (1, 3, 3, 2)),
     # more channels: the kernel gradient's forms as kernel_grad_form chooses them (each form on
-    # its own in test_kernel_gradient_forms)
-    ("Conv2D(3, 3, padding=same)", (2, 5, 5, 4)),
+    # its own in test_kernel_gradient_forms, which also has Conv1D(3, 3, strides=2, padding=same))
     ("Conv2D(8, 3, padding=same)", (2, 5, 4, 8)),
     ("Conv2D(32, 3, strides=2, padding=same)", (2, 7, 6, 32)),
     ("Conv2D(33, (2, 3), dilation_rate=2)", (1, 6, 7, 34)),
@@ -140,17 +138,15 @@ FORM_CASES = [
 ]
 
 
-@pytest.mark.parametrize("form", ["gather", "slices", "onehot", "transposed"])
-@pytest.mark.parametrize("layer,shape", FORM_CASES)
+@pytest.mark.parametrize("form,layer,shape", [
+    (form, layer, shape) for layer, shape in FORM_CASES for form in ("gather", "slices", "onehot", "transposed")
+    # (the slices form takes stride 1; a transposed convolution's kernel gradient is strided too)
+    if not (form == "slices" and ("strides=2" in layer or "strides=(2" in layer))])
 def test_kernel_gradient_forms(form, layer, shape, monkeypatch):
-    """Every form of the kernel gradient, whichever kernel_grad_form would choose (the slices
-    form takes stride 1 only)."""
+    """Every form of the kernel gradient, whichever kernel_grad_form would choose."""
     from kcompile.ops import nn
     asked = []
     monkeypatch.setattr(nn, "kernel_grad_form", lambda *args, **kw: asked.append(args) or form)
-    strided = "strides=2" in layer or "strides=(2" in layer
-    if form == "slices" and strided:  # (a transposed convolution's kernel gradient is strided too)
-        pytest.skip("the slices form takes stride 1")
     check(f"y = {layer}(x)\n    output y", shape)
     assert asked
 
@@ -177,26 +173,43 @@ def test_kernel_gradient_form_rule(channels, out_channels, size, strides, form):
     args = (channels, out_channels, size * size, 9, (strides, strides))
     assert kernel_grad_form(*args) == form
     assert kernel_grad_form(*args, in_parts=False) == ("onehot" if form == "slices" else form)
-    assert kernel_grad_form(*args[:3], 49, args[4]) == "transposed"
 
 
-@pytest.mark.parametrize("source,in_parts,forms", [
-    ("examples/two_heads.kdl", True, ["slices", "onehot"]),
-    ("examples/mnist_cnn.kdl", True, ["gather"] + ["onehot"] * 4),  # (the first layer's four phases)
-])
-def test_kernel_gradient_forms_follow_the_split(source, in_parts, forms, monkeypatch):
-    """The compiler picks the forms for the step as the runtime will run it: in parts where the
-    runtime splits the batch (a model of per-sample layers and loss and enough arithmetic),
-    whole where BatchNormalization's statistics need the whole batch."""
-    from pathlib import Path
-    import kcompile
+def test_kernel_gradient_of_a_large_window_is_a_convolution():
+    from kcompile.ops.nn import kernel_grad_form
+    assert kernel_grad_form(32, 64, 121, 25, (1, 1)) == "gather"
+    assert kernel_grad_form(32, 64, 121, 49, (1, 1)) == "transposed"  # (7x7: too large to unfold)
+
+
+def _forms_chosen(monkeypatch):
+    """The (in_parts, form) of every kernel gradient the compiler builds from now on."""
     from kcompile.ops import nn
     chosen, rule = [], nn.kernel_grad_form
     monkeypatch.setattr(nn, "kernel_grad_form", lambda *a, **k: chosen.append((k["in_parts"], rule(*a, **k))) or chosen[-1][1])
+    return chosen
+
+
+@pytest.mark.parametrize("source,forms", [
+    ("examples/two_heads.kdl", ["slices", "onehot"]),
+    ("examples/mnist_cnn.kdl", ["gather"] + ["onehot"] * 4),  # (the first layer's four phases)
+])
+def test_kernel_gradient_forms_for_a_split_step(source, forms, monkeypatch):
+    """The compiler picks the forms for the step as the runtime will run it: in parts where the
+    runtime splits the batch (per-sample layers and loss, and enough arithmetic)."""
+    from pathlib import Path
+    import kcompile
+    from kcompile.runtime import devices
+    chosen = _forms_chosen(monkeypatch)
     m = kcompile.compile(Path(__file__).resolve().parents[2] / source)
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)  # (a one-core machine splits nothing)
     assert m._batch_parts() == 2
-    assert chosen == [(in_parts, f) for f in forms]
-    chosen.clear()
+    assert chosen == [(True, f) for f in forms]
+
+
+def test_kernel_gradient_forms_for_a_whole_step(monkeypatch):
+    """Whole where BatchNormalization's statistics need the whole batch: no slices there."""
+    import kcompile
+    chosen = _forms_chosen(monkeypatch)
     whole = kcompile.compile_string("""model m {
     input image: float32[32, 32, 3]
     Conv2D(32, 3, padding=same)

@@ -105,8 +105,9 @@ def test_repeated_small_predicts_skip_the_checks_and_keep_every_rule(monkeypatch
     assert general == ["predict"]
     out = m.predict(x[1:2])
     np.testing.assert_allclose(out, want[1:2], rtol=1e-5, atol=1e-7)
-    out[:] = 7  # (the caller's own array)
+    out[:] = 7  # (the caller's own array: not the bound output, which the next predict writes)
     np.testing.assert_allclose(m.predict(x[1:2], batch_size=None), want[1:2], rtol=1e-5, atol=1e-7)
+    assert (out == 7).all()
     assert general == ["predict"] * (1 + seen)  # (repeated: no general checks; once seen, from the copy's first)
     assert ("spinning" in m._copies) == seen
     np.testing.assert_allclose(m.predict(x[:2], batch_size=1), want[:2], rtol=1e-5, atol=1e-7)  # (two runs)
