@@ -157,7 +157,7 @@ class Graph:
 
     def uses(self, value: str) -> int:
         """How many node inputs and graph outputs read this value."""
-        return sum(n.inputs.count(value) for n in self.consumers(value)) + \
+        return sum(self.node(n).inputs.count(value) for n in self.readers.get(value, ())) + \
             sum(1 for _, v in self.outputs if v == value)
 
     def remove_node(self, node: Node) -> None:
@@ -197,7 +197,7 @@ class Graph:
 
     def prune_unused(self) -> None:
         """Drop constants and parameters no node reads (parameters stay: they are the model's weights)."""
-        used = {v for n in self.nodes() for v in n.inputs} | {v for _, v in self.outputs}
+        used = set(self.readers) | {v for _, v in self.outputs}
         for c in [c for c in self.consts if c not in used]:
             del self.consts[c]
             del self.types[c]

@@ -70,7 +70,7 @@ class Conv(Op):
         dx = conv_input_grad(ctx, x, w, node.attrs, dy)
         if group == 1:
             dw = conv_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
-        elif group == tx.shape[1] and DEPTHWISE_CHUNK > 1 and math.prod(kernel) <= IM2COL_MAX_WINDOW and all(
+        elif group == tx.shape[1] and math.prod(kernel) <= IM2COL_MAX_WINDOW and all(
                 isinstance(d, int) for d in tx.shape[2:]):
             dw = depthwise_weight_grad(ctx, x, dy, kernel, strides, pads, dilations)
         else:
@@ -205,18 +205,7 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
         dw = ctx.op("Reshape", summed, shape=tuple(kernel_spatial) + (channels, out_channels))
         return ctx.op("Transpose", dw, perm=(n + 1, n) + tuple(range(n)))
     if form == "onehot":
-        # Unfold with a grouped convolution whose one-hot kernels each pick one
-        # offset of the window (channel c * window + k of the result is x[c] shifted by offset
-        # k), contracted with dy sample by sample and summed over the batch.
-        picks = np.zeros((channels * window, 1) + tuple(kernel_spatial), dtype=tx.dtype)
-        for k, offset in enumerate(np.ndindex(*kernel_spatial)):
-            picks[(slice(k, None, window), 0) + offset] = 1.0
-        cols = ctx.op("Conv", x, ctx.const(picks, tx.dtype), strides=tuple(strides), pads=tuple(pads),
-                      dilations=tuple(dilations), group=channels)  # [N, C * window, *o]
-        cols = ctx.op("Reshape", cols, shape=(0, channels * window, positions))
-        # (dy transposed, not the window-times larger unfolded input: 5-20% faster)
-        per_sample = ctx.op("MatMul", cols, _by_position(ctx, dy, positions))  # [N, C * window, O]
-        summed = ctx.op("ReduceSum", per_sample, axes=(0,), keepdims=0)
+        summed = _unfolded_products(ctx, x, dy, kernel_spatial, strides, pads, dilations)  # [C * window, O]
         dw = ctx.op("Reshape", summed, shape=(channels,) + tuple(kernel_spatial) + (out_channels,))
         return ctx.op("Transpose", dw, perm=(n + 1, 0) + tuple(range(1, n + 1)))
     perm = (1, 0) + tuple(range(2, n + 2))
@@ -239,6 +228,24 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
 DEPTHWISE_CHUNK = 8
 
 
+def _unfolded_products(ctx, x, dy, kernel_spatial, strides, pads, dilations):
+    """x [N, C, *s] unfolded by a grouped convolution whose one-hot kernels each pick one offset
+    of the window (channel c * window + k of the result is x[c] shifted by offset k), times dy
+    [N, O, *o] sample by sample, summed over the batch: [C * window, O]."""
+    import numpy as np
+    tx = ctx.type(x)
+    channels, window = tx.shape[1], math.prod(kernel_spatial)
+    positions = math.prod(ctx.type(dy).shape[2:])
+    picks = np.zeros((channels * window, 1) + tuple(kernel_spatial), dtype=tx.dtype)
+    for k, offset in enumerate(np.ndindex(*kernel_spatial)):
+        picks[(slice(k, None, window), 0) + offset] = 1.0
+    cols = ctx.op("Conv", x, ctx.const(picks, tx.dtype), strides=tuple(strides), pads=tuple(pads),
+                  dilations=tuple(dilations), group=channels)  # [N, C * window, *o]
+    cols = ctx.op("Reshape", cols, shape=(0, channels * window, positions))
+    # (dy transposed, not the window-times larger unfolded input: 5-20% faster)
+    return ctx.op("ReduceSum", ctx.op("MatMul", cols, _by_position(ctx, dy, positions)), axes=(0,), keepdims=0)
+
+
 def depthwise_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     """d(loss)/d(kernel) [C * M, 1, *k] of a depthwise convolution (one group per input channel,
     M outputs each) of x [N, C, *s] giving dy [N, C * M, *o], DEPTHWISE_CHUNK channels at a
@@ -246,23 +253,16 @@ def depthwise_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     (every channel against every other of the chunk), summed over the batch, and the chunk's
     own pairs picked out."""
     import numpy as np
-    tx, ty = ctx.type(x), ctx.type(dy)
-    channels, out_channels = tx.shape[1], ty.shape[1]
-    mult = out_channels // channels
-    window = int(np.prod(kernel_spatial))
-    positions = int(np.prod(ty.shape[2:]))
+    channels, out_channels = ctx.type(x).shape[1], ctx.type(dy).shape[1]
+    mult, window = out_channels // channels, math.prod(kernel_spatial)
     parts = []
     for start in range(0, channels, DEPTHWISE_CHUNK):
         b = min(DEPTHWISE_CHUNK, channels - start)
-        picks = np.zeros((b * window, 1) + tuple(kernel_spatial), dtype=tx.dtype)
-        for k, offset in enumerate(np.ndindex(*kernel_spatial)):
-            picks[(slice(k, None, window), 0) + offset] = 1.0
-        xs = ctx.op("Slice", x, starts=(start,), ends=(start + b,), axes=(1,)) if b < channels else x
-        cols = ctx.op("Conv", xs, ctx.const(picks, tx.dtype), strides=tuple(strides), pads=tuple(pads),
-                      dilations=tuple(dilations), group=b)  # [N, b * window, *o]
-        cols = ctx.op("Reshape", cols, shape=(0, b * window, positions))
-        dys = ctx.op("Slice", dy, starts=(start * mult,), ends=((start + b) * mult,), axes=(1,)) if b < channels else dy
-        summed = ctx.op("ReduceSum", ctx.op("MatMul", cols, _by_position(ctx, dys, positions)), axes=(0,), keepdims=0)
+        xs, dys = x, dy
+        if b < channels:
+            xs = ctx.op("Slice", x, starts=(start,), ends=(start + b,), axes=(1,))
+            dys = ctx.op("Slice", dy, starts=(start * mult,), ends=((start + b) * mult,), axes=(1,))
+        summed = _unfolded_products(ctx, xs, dys, kernel_spatial, strides, pads, dilations)
         # [b * window, b * M]: rows (c, k), columns (c', m); the kernel's numbers are those of c == c', in order (c, m, k)
         own = [(c * window + k) * (b * mult) + c * mult + m for c in range(b) for m in range(mult) for k in range(window)]
         parts.append(ctx.op("Gather", ctx.op("Reshape", summed, shape=(-1,)), ctx.const(np.array(own, np.int64), "int64"),

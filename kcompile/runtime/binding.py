@@ -406,10 +406,11 @@ class RecurrentStates:
         for rows in [min(step, n)] + ([n % step] if n % step else []):
             self.check(rows, where, None if row_shape is None else (rows,) + tuple(row_shape))
 
-    def run(self, session, feeds: dict) -> list:
+    def run(self, session, feeds: dict, names=None) -> list:
         """One run of ``session`` from the current states (``feeds``: its other inputs), keeping
-        the states it ends with; its outputs in order, less the states'."""
-        names = [o.name for o in session.get_outputs()]
+        the states it ends with; its outputs in order, less the states' (``names``: the
+        session's output names, where the caller keeps them)."""
+        names = names or [o.name for o in session.get_outputs()]
         results = dict(zip(names, session.run(None, {**feeds, **self.feeds()})))
         self.update(results)
         return [results[o] for o in names if not o.startswith(NEXT_STATE)]
@@ -436,7 +437,8 @@ class Predictor:
             d is not None and all(isinstance(i, int) for i in d) for d in output_dims) else None
         self._row_size = sum(int(np.prod(d)) for d in self.output_dims) if self.output_dims else self.SMALL + 1
         # (run, input buffers, output buffers, the input buffer where there is one) of the last
-        # small call; replaced whole, so that a caller holding one sees one consistent call
+        # small call; replaced whole, so that a caller that read it once runs one call's binding
+        # (two threads predicting at once through one Predictor share its buffers, as before)
         self._small = None
 
     def _run_stateful(self, feeds, n, step, fixed):
@@ -444,7 +446,7 @@ class Predictor:
         states the one before left (Keras's stateful predict)."""
         self.states.check_batches(n, step, "predict", next(iter(feeds.values())).shape[1:])
         chunks = [self.states.run(self.session, {**{name: array[start:start + step] for name, array in feeds.items()},
-                                                 **(fixed or {})})
+                                                 **(fixed or {})}, self.outputs)
                   for start in range(0, n, step)]
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
@@ -461,7 +463,9 @@ class Predictor:
                 b.bind_ortvalue_output(name, self.ort.OrtValue.ortvalue_from_numpy(buf))
             small = self._small = (_direct_run(self.session, b), inputs, outputs,
                                    next(iter(inputs.values())) if len(inputs) == 1 else None)
-        run, inputs, outputs, _ = small
+        run, inputs, outputs, single = small
+        if single is not None:
+            return self.run_small_again(small, next(iter(feeds.values())))
         for name, a in feeds.items():
             np.copyto(inputs[name], a)
         run()

@@ -38,7 +38,7 @@ class Model(LayersMixin, TrainingMixin):
         self._predictor = None
         # predict's copies of its session, by use ("parts": one-core halves of a large batch,
         # (the session, (two Predictors, rows a run)); "spinning": a pool that spins, for
-        # predicts back to back, (the session, [Predictor]))
+        # predicts back to back, (the session, Predictor))
         self._copies = {}
         # which form predict's parts run where Winograd's applies (0 the plain graph, 1 Winograd's),
         # once timed: new weights do not change which is faster
@@ -224,7 +224,7 @@ class Model(LayersMixin, TrainingMixin):
             copied = self._copies.get("spinning")
             if copied is None or copied[0] is not session or not devices.TURNS.follows_itself(session):
                 return None
-            predictor = copied[1][0]
+            predictor = copied[1]
         elif predictor.session is not session:
             return None
         small = predictor._small  # (read once: another thread's predict may replace it)
@@ -261,8 +261,8 @@ class Model(LayersMixin, TrainingMixin):
         copied = self._copies.get("spinning")
         if copied is None or copied[0] is not session:
             copied = self._copies["spinning"] = (
-                session, [self._new_predictor(self._new_session(graph(), "inference", stop_spinning=False))])
-        return copied[1][0]
+                session, self._new_predictor(self._new_session(graph(), "inference", stop_spinning=False)))
+        return copied[1]
 
     def _predict_parts(self, n: int, step: int) -> int:
         """Into how many parts a predict of ``n`` rows splits, one per core, each part's rows run

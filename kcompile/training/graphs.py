@@ -385,12 +385,13 @@ def _unpin_activity(g):
 
 
 def l1_l2_penalty(ctx, value, l1, l2, axes=None):
-    """l1 * sum(|value|) + l2 * sum(value^2), summed over ``axes`` (None: all of them, a scalar),
-    each sum scaled after it is taken; None where l1 and l2 are both 0."""
+    """l1 * sum(|value|) + l2 * sum(value^2), each sum scaled after it is taken: summed over
+    ``axes``, or over all of them (a scalar) where ``axes`` is None; None where l1 and l2 are
+    both 0."""
     def scaled(v, factor):
-        summed = ctx.op("ReduceSum", v, keepdims=0) if axes is None else \
-            ctx.op("ReduceSum", v, axes=axes, keepdims=0) if axes else v
-        return ctx.op("Mul", summed, factor)
+        if axes is None or axes:  # (an empty tuple: nothing to sum, a value of rank 0 or 1)
+            v = ctx.op("ReduceSum", v, keepdims=0, **({} if axes is None else {"axes": axes}))
+        return ctx.op("Mul", v, factor)
     terms = ([scaled(ctx.op("Abs", value), l1)] if l1 else []) + ([scaled(ctx.op("Mul", value, value), l2)] if l2 else [])
     if not terms:
         return None

@@ -264,7 +264,7 @@ def test_predicts_back_to_back_once_sessions_take_turns_run_on_a_spinning_copy(t
     folded = m._session
     assert stops_spinning(folded) and "spinning" not in m._copies
     loop = [m.predict(x[i:i + 1]) for i in range(4)]
-    copied, (spinning,) = m._copies["spinning"]
+    copied, spinning = m._copies["spinning"]
     assert copied is folded and not stops_spinning(spinning.session)
     np.testing.assert_array_equal(loop[0], first)
     np.testing.assert_allclose(np.concatenate(loop), m.predict(x[:4], batch_size=4), rtol=1e-6, atol=1e-7)
