@@ -563,6 +563,22 @@ def _run_passes(g, passes, stage, report):
     return g
 
 
+def _row_tables(g: Graph, trainable: list[str]) -> set[str]:
+    """The weights whose gradients optimizers.as_rows will keep as rows, told before autodiff:
+    a table read by one Gather on axis 0 and nothing else (its gradient is then that Gather's
+    ScatterAdd), of static shape and at least ROWS_MIN_ELEMENTS numbers."""
+    tables = set()
+    for n in trainable:
+        readers = g.consumers(n)
+        shape = g.types[n].shape
+        if (len(readers) == 1 and readers[0].op == "Gather" and readers[0].inputs[0] == n
+                and readers[0].inputs.count(n) == 1 and readers[0].attrs.get("axis", 0) == 0
+                and not any(o == n for _, o in g.outputs)
+                and all(isinstance(d, int) for d in shape) and math.prod(shape) >= optimizers.ROWS_MIN_ELEMENTS):
+            tables.add(n)
+    return tables
+
+
 def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_level: int = 1,
                    report=None) -> TrainingProgram:
     """``graph``: the model's elaborated graph (no passes yet); ``train``/``config``: its train
@@ -607,9 +623,11 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     trainable = [n for n, p in g.params.items() if p.trainable]
     # Whether the runtime will likely run the step in one-core parts (runtime: _batch_parts), as
     # some gradients' fastest form differs then (ops.nn.kernel_grad_form)
+    # and the runtime counts the weights updated whole: not the tables updated on their rows
     macs = macs_per_sample(graph)
+    tables = _row_tables(g, trainable) if opt_level >= 1 else set()
     g.meta["step_in_parts"] = not per_sample and worth_splitting(
-        macs, sum(math.prod(g.types[n].shape) for n in trainable))
+        macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables))
     before = len(g.nx)
     grads = gradients(g, loss, trainable)
     if report:

@@ -206,6 +206,30 @@ def test_kernel_gradient_forms_for_a_split_step(source, forms, monkeypatch):
     assert chosen == [(True, f) for f in forms]
 
 
+@pytest.mark.parametrize("words, parts", [(20000, 2), (7500, 1)])
+def test_kernel_gradient_forms_leave_out_tables_updated_on_rows(words, parts, monkeypatch):
+    """A text model's table updated on the rows looked up is not counted against the split,
+    by the compiler as by the runtime: 3.9M multiply-adds per sample against 41k convolution
+    weights (split), where the 2.56M-number table counted whole would have kept the step whole;
+    a table of 960k numbers, under optimizers.ROWS_MIN_ELEMENTS, is updated whole and counted
+    (4 x 1.0M weights outweigh 3.9M)."""
+    import kcompile
+    from kcompile.runtime import devices
+    chosen = _forms_chosen(monkeypatch)
+    m = kcompile.compile_string(f"""model m {{
+    input tokens: int64[100]
+    Embedding({words}, 128)
+    Conv1D(64, 5, activation=relu)
+    GlobalMaxPooling1D()
+    y = Dense(1, activation=sigmoid)
+    train {{ loss = binary_crossentropy; optimizer = Adam() }}
+}}""")
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+    assert bool(m.manifest["training"]["row_gradients"]) == (parts == 2)
+    assert m._batch_parts() == parts
+    assert [in_parts for in_parts, _ in chosen] == [parts == 2]
+
+
 def test_kernel_gradient_forms_for_a_whole_step(monkeypatch):
     """Whole where BatchNormalization's statistics need the whole batch: no slices there."""
     import kcompile
