@@ -226,7 +226,7 @@ def _train(args, source) -> int:
     if args.resume and (out / "manifest.json").exists():
         model = load(out)
         _check_resumable(model, compiled, out, args.file)
-        print(f"resuming {name} from {out}/ at epoch {model._epoch}")
+        print(f"resuming {name} from {out}/ at epoch {model.epochs_done}")
     else:
         model = Model.from_compiled(compiled, seed=args.seed)
     if not model.trainable:
@@ -257,8 +257,8 @@ def _train(args, source) -> int:
             yt = {k: _encode_labels(model, k, v) for k, v in yt.items()}
             model._check_xy(xt, yt, "the test arrays")
         model.fit(x, y, epochs=args.epochs, batch_size=args.batch_size, validation_split=args.validation_split,
-                  verbose=args.verbose, initial_epoch=model._epoch,
-                  shuffle=model._states is None)  # (stateful layers read the sequences in order)
+                  verbose=args.verbose, initial_epoch=model.epochs_done,
+                  shuffle=not model.stateful)  # (stateful layers read the sequences in order)
         if test:
             logs = model.evaluate(xt, yt, verbose=0, return_dict=True)
             print("test: " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))

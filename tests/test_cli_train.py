@@ -172,7 +172,7 @@ def test_resume_refuses_a_changed_source_or_another_model(tmp_path, capsys):
     commented.write_text(source + "# a comment\n")
     assert main(["train", str(commented), "--data", data, "-o", out, "--resume", "--epochs", "2", "--verbose", "0"]) == 0
     assert f"note: {commented} changed since" in capsys.readouterr().out
-    assert kcompile.load(out)._epoch == 2
+    assert kcompile.load(out).epochs_done == 2
 
 
 def test_resume_from_a_damaged_checkpoint_is_an_error_with_exit_1(tmp_path, capsys):

@@ -184,6 +184,18 @@ class TrainingMixin:
         return self._iterations
 
     @property
+    def epochs_done(self) -> int:
+        """Epochs completed so far (a checkpoint's, after load): the ``initial_epoch`` that goes on
+        where training stopped."""
+        return self._epoch
+
+    @property
+    def stateful(self) -> bool:
+        """Whether a layer keeps its states from batch to batch (``stateful=true``): such a model
+        reads its sequences in order, in batches of exactly its batch size."""
+        return self._states is not None
+
+    @property
     def learning_rate(self) -> float:
         """The optimizer's rate at the current step: the schedule's, or the last one set."""
         self._require_training("learning_rate")

@@ -54,6 +54,7 @@ def test_predict_in_chunks_continues_the_sequence(kind, batch):
     m.evaluate(x[:, :5], want[:, :5], batch_size=batch, verbose=0)
     np.testing.assert_allclose(m.predict(x[:, 5:10], batch_size=batch), want[:, 5:10], rtol=1e-5, atol=1e-5)
     assert len(m.get_weights()) == len(w.get_weights())  # the states are not weights
+    assert m.stateful and not w.stateful
 
 
 @pytest.mark.parametrize("kind", KINDS)
