@@ -140,10 +140,10 @@ def test_resizing_arguments_are_located_errors():
 
 # ---------------- random layers: inference, and the training form run on given noise
 def training_run(layer, x, noise=None, seed=0):
-    """The layer's training-form output for images ``x``, drawing its noise from ``seed`` unless
-    given. Returns (output, noise fed)."""
+    """The layer's training-form output for images ``x`` (of their dtype), drawing its noise from
+    ``seed`` unless given. Returns (output, noise fed)."""
     h, w, c = x.shape[1:]
-    g = compile_source(IMAGE.format(layer=layer, h=h, w=w, c=c, dtype="float32"), "t.kdl", opt_level=0).graph
+    g = compile_source(IMAGE.format(layer=layer, h=h, w=w, c=c, dtype=x.dtype.name), "t.kdl", opt_level=0).graph
     names = [n for n, _ in training_form(g)[0]]
     rng = np.random.default_rng(seed)
     feeds = {"x": x}
@@ -414,6 +414,11 @@ def test_numbers_the_images_dtype_holds_or_never_reads_are_taken(layer, dtype):
     the images as they are."""
     x = images((5, 7, 2)).astype(dtype)
     np.testing.assert_array_equal(compiled(layer, dtype=dtype).predict(x), x)
+    if "constant" in layer:  # training reads the fill_value where a rotated image leaves the frame
+        y, _ = training_run(layer.replace("0.1,", "0.5, interpolation=nearest,"), x, seed=1)
+        outside = y == 1e300
+        assert y.dtype == np.float64 and 0 < outside.sum() < y.size
+        assert np.isin(y[~outside], x).all()
 
 
 @pytest.mark.parametrize("layer,message", [
