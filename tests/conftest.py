@@ -34,7 +34,8 @@ def keras(monkeypatch):
 @pytest.fixture
 def located():
     """(source, line, message, col=None) -> the first diagnostic of compiling ``source`` (as t.kdl),
-    checked to be at t.kdl:line(:col), to say ``message`` and to show its line with a caret."""
+    checked to be at t.kdl:line(:col), to say ``message``, to name its place first and to show
+    its line with a caret under that column."""
     def check(source, line, message, col=None):
         import kcompile
         from kcompile.errors import KcompileError
@@ -44,7 +45,10 @@ def located():
         assert d.loc is not None and (d.loc.file, d.loc.line) == ("t.kdl", line), d.render()
         assert col is None or d.loc.col == col, d.render()
         assert message in d.message, d.render()
-        assert d.render().splitlines()[2].lstrip().startswith("^"), d.render()
+        text = d.render().splitlines()
+        assert text[0].startswith(f"t.kdl:{line}:{d.loc.col}: error: "), d.render()
+        assert text[1].strip() == source.splitlines()[line - 1].strip(), d.render()
+        assert text[2].startswith("    " + " " * (d.loc.col - 1) + "^"), d.render()
         return d
     return check
 
