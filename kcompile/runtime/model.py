@@ -20,6 +20,12 @@ from .training import TrainingMixin
 PREDICT_CACHE_BYTES = 4 << 20  # activations per predict run (about a core's share of a CPU's last-level cache)
 
 
+def cache_rows(activation_bytes: int, share: int = 1) -> int:
+    """The rows of a predict run whose activations, ``activation_bytes`` a row, take 1/``share`` of
+    PREDICT_CACHE_BYTES (at least 16; unbounded where the manifest gives no size)."""
+    return max(16, PREDICT_CACHE_BYTES // activation_bytes // share) if activation_bytes else 2 ** 62
+
+
 class Model(LayersMixin, TrainingMixin):
     """A compiled model. Build it with :func:`kcompile.compile` or :func:`kcompile.load`."""
 
@@ -46,8 +52,7 @@ class Model(LayersMixin, TrainingMixin):
         # predict runs at most this many rows at once: a model with large activations (a CNN's
         # first feature maps) then keeps them in the cache (measured on the MNIST CNN at batch
         # 1024: about 60k samples/s in one run, 66k in runs of 48 rows)
-        activations = manifest.get("activation_bytes_per_sample")
-        self._predict_rows = max(16, PREDICT_CACHE_BYTES // activations) if activations else 2 ** 62
+        self._predict_rows = cache_rows(manifest.get("activation_bytes_per_sample") or 0)
         # an output that does not lead with the batch axis (`output mean(h)`) is computed over
         # all the rows at once: predict cannot run it in batches and join the results
         self._batched_outputs = all(o["shape"][:1] == [BATCH] for o in manifest["outputs"])
@@ -319,8 +324,8 @@ class Model(LayersMixin, TrainingMixin):
             forms = [forms[self._parts_form]]
         choices = []
         for data, extra in forms:
-            rows = max(16, PREDICT_CACHE_BYTES // (activations + extra) // 2) if activations + extra else 2 ** 62
-            choices.append(([self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)], rows))
+            choices.append(([self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)],
+                            cache_rows(activations + extra, share=2)))
         chosen = choices[0]
         if len(choices) > 1:
             chosen = self._faster_parts(choices, feeds, n, fixed)
@@ -329,26 +334,24 @@ class Model(LayersMixin, TrainingMixin):
         return chosen
 
     def _faster_parts(self, choices, feeds, n, fixed, rounds=3):
-        """Of [(predictors, rows)] (the plain graph's first), the one whose parts ran the first
-        rows of ``feeds`` (the same rows for each: two runs a part of the largest run) in the
-        least time, each in its own runs, the best of ``rounds`` alternating rounds after one to
-        warm up; a later choice only where it was 3% faster than the plain graph (its timing
-        moves a few percent from round to round)."""
+        """Of [(predictors, rows)] of the plain graph and Winograd's, the one whose parts ran the
+        first rows of ``feeds`` (the same rows for each: two runs a part of the larger run) in
+        less time, each in its own runs, the best of ``rounds`` alternating rounds after one to
+        warm up; Winograd's only where it was 3% faster (its timing moves a few percent from
+        round to round)."""
         import time
-        times = [[] for _ in choices]
-        order = list(range(len(choices)))
+        times = ([], [])
         m = min(n, 4 * max(rows for _, rows in choices))
         part = {name: array[:m] for name, array in feeds.items()}
         for r in range(rounds + 1):
-            for i in order if r % 2 else order[::-1]:
+            for i in (0, 1) if r % 2 else (1, 0):
                 predictors, rows = choices[i]
                 start = time.perf_counter()
                 self._run_halves(predictors, part, m, rows, fixed)
                 if r:
                     times[i].append(time.perf_counter() - start)
-        best = [min(t) for t in times]
-        faster = min(range(1, len(choices)), key=best.__getitem__)
-        return choices[faster] if best[faster] < 0.97 * best[0] else choices[0]
+        plain, winograd = (min(t) for t in times)
+        return choices[1] if winograd < 0.97 * plain else choices[0]
 
     # ---------------- description and export ----------------
     def summary(self, print_fn=None) -> None:
