@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from .devices import providers_for
 from .summary import format_summary
 from .data import as_arrays, check_arrays, check_ids, check_lengths, count, tensor_specs
 from .layers import LayersMixin
-from .training import TrainingMixin
+from .training import TrainingMixin, one_call_at_a_time
 
 
 PREDICT_CACHE_BYTES = 4 << 20  # activations per predict run (about a core's share of a CPU's last-level cache)
@@ -32,6 +33,7 @@ class Model(LayersMixin, TrainingMixin):
     def __init__(self, onnx_bytes: bytes, manifest: dict, weights: dict[str, np.ndarray], device: str = "cpu",
                  training_onnx: dict | None = None, seed: int | None = None):
         self._onnx = onnx_bytes
+        self._lock = threading.RLock()  # (one_call_at_a_time)
         self.manifest = manifest
         self.name = manifest["model"]
         self.inputs = tensor_specs(manifest["inputs"])
@@ -97,11 +99,13 @@ class Model(LayersMixin, TrainingMixin):
         return model
 
     # ---------------- weights ----------------
+    @one_call_at_a_time
     def get_weights(self) -> list[np.ndarray]:
         """All weights in Keras's order and layouts (Dense kernel [in, out], Conv2D kernel [kh, kw, in, out])."""
         self._sync_state()
         return [self._weights[n].copy() for n in self._param_names]
 
+    @one_call_at_a_time
     def set_weights(self, weights) -> None:
         weights = list(weights)
         if len(weights) != len(self._param_names):
@@ -172,10 +176,14 @@ class Model(LayersMixin, TrainingMixin):
         row's outputs depend on that row alone, it may run fewer rows at a time, for speed, with
         the same results. ``steps``: the first that many batches only, as Keras. Returns an array
         for a one-output model, else a list in the model's output order."""
-        if type(x) is np.ndarray and steps is None and self._predictor is not None:
-            outs = self._repeated_small_predict(x, batch_size)
-            if outs is not None:
-                return outs
+        with self._lock:  # (one_call_at_a_time, written out: a batch-1 predict takes some 15 us)
+            if type(x) is np.ndarray and steps is None and self._predictor is not None:
+                outs = self._repeated_small_predict(x, batch_size)
+                if outs is not None:
+                    return outs
+            return self._predict(x, batch_size, steps)
+
+    def _predict(self, x, batch_size, steps):
         batch_size = count(batch_size, "predict", "batch_size", none=True)
         steps = count(steps, "predict", "steps", 0, none=True) or None  # (0: all, as Keras)
         feeds = self._prepare(x, "predict")
@@ -359,6 +367,7 @@ class Model(LayersMixin, TrainingMixin):
         nothing is returned, so a REPL does not show the table twice)."""
         (print_fn or print)(format_summary(self.manifest))
 
+    @one_call_at_a_time
     def onnx_model(self):
         """The inference graph as an onnx.ModelProto holding the current weights."""
         import onnx
@@ -399,6 +408,7 @@ class Model(LayersMixin, TrainingMixin):
             _write_file(path, data)
         return path
 
+    @one_call_at_a_time
     def load_weights(self, path) -> None:
         """Read weights written by save_weights, or the weights of a build or checkpoint folder, by
         their names (so a file stays right where another kcompile orders the weights otherwise);
@@ -432,6 +442,7 @@ class Model(LayersMixin, TrainingMixin):
         by_name = dict(zip(names, ordered))
         self.set_weights([by_name[n] for n in self._param_names])
 
+    @one_call_at_a_time
     def save(self, path) -> Path:
         """A checkpoint folder: the build files with the current weights, plus the optimizer's
         slots, step and epoch, so that ``kcompile.load(path)`` resumes training exactly.

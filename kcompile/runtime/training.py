@@ -7,6 +7,7 @@ continues the exact trajectory), and keeps the running means of loss and metrics
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from dataclasses import dataclass
 
@@ -125,6 +126,17 @@ class NonFiniteLoss(Exception):
     def __str__(self):
         return (f"the loss became {self.value} at epoch {self.epoch + 1}, step {self.step + 1}; training stopped and "
                 f"the weights of the last finite step were kept")
+
+
+def one_call_at_a_time(method):
+    """A Model method that runs while no other thread runs one on the same model: predict,
+    evaluate and training reuse bound buffers (binding.py), which two calls at once would
+    share. Re-entrant: a callback of fit may predict."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 class TrainingMixin:
@@ -246,6 +258,7 @@ class TrainingMixin:
             self._providers)
 
     # ---- stateful recurrent layers ----
+    @one_call_at_a_time
     def reset_states(self) -> None:
         """Set the states of the stateful recurrent layers to zeros (Keras's reset_states); the
         next batch starts afresh. Nothing happens for a model without stateful layers."""
@@ -525,6 +538,7 @@ class TrainingMixin:
             self._copies = {}
 
     # ---- freezing ----
+    @one_call_at_a_time
     def set_trainable(self, layer: str, trainable: bool = True) -> list[str]:
         """Freeze (or unfreeze) the weights of a layer, or of every layer under a prefix such as a
         model used inside this one (``"discriminator"``). Only the training graphs are rebuilt,
@@ -572,6 +586,7 @@ class TrainingMixin:
                 np.full(self._weights[s["param"]].shape, s["init"], dtype=self._weights[s["param"]].dtype)
                 for s in spec["slots"]}
 
+    @one_call_at_a_time
     def reset_optimizer(self) -> None:
         """Start the optimizer afresh: every slot at its initial value and the step count at 0,
         as Keras's compile() with a new optimizer does (after changing what is trainable, say:
@@ -584,6 +599,7 @@ class TrainingMixin:
         self._iterations = 0
 
     # ---- weights shared between models ----
+    @one_call_at_a_time
     def share_weights(self, other, prefix: str = "") -> int:
         """Make this model's weights ``prefix + name`` and ``other``'s weights ``name`` one set of
         buffers (a model used inside another: ``gan.share_weights(generator, "generator/")``).
@@ -686,6 +702,7 @@ class TrainingMixin:
         return results
 
     # ---- public API ----
+    @one_call_at_a_time
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on one batch; returns the loss and metrics of that batch."""
         self._require_training("train_on_batch")
@@ -696,6 +713,7 @@ class TrainingMixin:
         running.update(results, n)
         return self._format(running.result(), return_dict)
 
+    @one_call_at_a_time
     def test_on_batch(self, x, y, sample_weight=None, return_dict=False):
         self._require_training("test_on_batch")
         xs, ys, n = self._check_xy(x, y, "test_on_batch", sample_weight)
@@ -709,6 +727,7 @@ class TrainingMixin:
         values = [logs["loss"]] + [logs[m["name"]] for m in self.manifest["training"]["metrics"]]
         return values[0] if len(values) == 1 else values
 
+    @one_call_at_a_time
     def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
         """Loss and metrics over (x, y) in inference mode (dropout off, moving statistics);
@@ -724,6 +743,7 @@ class TrainingMixin:
                            epochs=1, steps=batches.steps, verbose=verbose)
         return self._format(self._evaluate_batches(batches, cbs), return_dict)
 
+    @one_call_at_a_time
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
