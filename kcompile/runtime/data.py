@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ShapeMismatch
-from ..ir.types import DTYPES, dim_names, evaluate_dim
+from ..ir.types import BATCH, DTYPES, dim_names, evaluate_dim
 
 
 @dataclass(frozen=True)
@@ -17,16 +17,21 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple  # without the batch dimension; None for a symbolic dimension
+    batched: bool = True  # False: an output without the batch axis (`output mean(h, axis=0)`), shape whole
 
     def describe(self) -> str:
-        dims = ", ".join("None" if d is None else str(d) for d in (None,) + self.shape)
-        return f"({dims})"
+        dims = ", ".join("None" if d is None else str(d) for d in ((None,) if self.batched else ()) + self.shape)
+        return f"({dims}{',' if len(self.shape) == 1 and not self.batched else ''})"
 
 
 def tensor_specs(entries) -> list[TensorSpec]:
-    """The manifest's inputs, outputs or targets as specs without the batch dimension."""
-    return [TensorSpec(e["name"], e["dtype"], tuple(d if isinstance(d, int) else None for d in e["shape"][1:]))
-            for e in entries]
+    """The manifest's inputs, outputs or targets as specs without the batch dimension (where
+    they have it: an output may reduce over the batch)."""
+    def spec(e):
+        batched = e["shape"][:1] == [BATCH]
+        dims = e["shape"][1:] if batched else e["shape"]
+        return TensorSpec(e["name"], e["dtype"], tuple(d if isinstance(d, int) else None for d in dims), batched)
+    return [spec(e) for e in entries]
 
 
 def count(value, where: str, name: str, least: int = 1, none: bool = False):

@@ -147,15 +147,19 @@ def test_an_output_without_the_batch_axis_is_computed_over_all_rows():
 model reduced {
     input x: float32[4]
     h = Dense(3)(x)
-    output mean(h), h
+    output mean(h), h, sum(h, axis=0)
 }
 """)
     x = np.random.default_rng(3).random((70, 4), dtype=np.float32)
     kernel, bias = m.get_weights()
     for batch_size in (7, 32, None):
-        pooled, h = m.predict(x, batch_size=batch_size)
-        assert pooled.shape == () and h.shape == (70, 3)
+        pooled, h, summed = m.predict(x, batch_size=batch_size)
+        assert pooled.shape == () and h.shape == (70, 3) and summed.shape == (3,)
         np.testing.assert_allclose(pooled, (x @ kernel + bias).mean(), rtol=1e-5)
+        np.testing.assert_allclose(summed, (x @ kernel + bias).sum(axis=0), rtol=1e-5)
+    # the specs say which outputs have the batch axis (shape: without it, where it is there)
+    assert [(o.shape, o.batched, o.describe()) for o in m.outputs] == [
+        ((), False, "()"), ((3,), True, "(None, 3)"), ((3,), False, "(3,)")]
     with pytest.raises(kcompile.KcompileError, match=r"<string>:9:9: error: the loss: the prediction has no batch axis"):
         kcompile.compile_string("""
 model reduced {
