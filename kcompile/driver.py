@@ -218,9 +218,7 @@ def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
     folder = check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    umask = os.umask(0)  # (mkdtemp makes the folder 0700: give it the mode a new folder gets)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    os.chmod(staging, 0o777 & ~current_umask())  # (mkdtemp makes it 0700: the mode a new folder gets)
     try:
         for name, data in contents.items():
             with open(staging / name, "wb") as f:
@@ -379,11 +377,20 @@ def load(device="cpu"):
 '''
 
 
+def current_umask() -> int:
+    umask = os.umask(0)  # (the only way to read it is to set it)
+    os.umask(umask)
+    return umask
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    """Write via a temporary file and rename, so a crash never leaves a half-written file; the
+    file gets the mode a new file gets (mkstemp makes it 0600: a server running as another user
+    could not read an exported model)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -73,6 +73,9 @@ def fetch(url: str, filename: str, sha256: str, cache_dir: str | os.PathLike | N
         ) from e
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=folder)
+    umask = os.umask(0)  # (mkstemp makes it 0600: the cache is readable as a new file is)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()

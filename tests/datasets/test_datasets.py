@@ -5,6 +5,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import os
 import socket
 import struct
 import threading
@@ -108,10 +109,15 @@ def test_download_checksum_and_cache_reuse(server, tmp_path):
     digest = sha256(root / "mnist.npz")
     cache = tmp_path / "cache"
 
-    loaded = mnist.load_data(cache_dir=cache, base_url=url, sha256=digest)
+    umask = os.umask(0o022)
+    try:
+        loaded = mnist.load_data(cache_dir=cache, base_url=url, sha256=digest)
+    finally:
+        os.umask(umask)
     assert_same(loaded, data)
     assert hits == ["/mnist.npz"]
     assert leftovers(cache) == ["mnist.npz"]  # no temporary file left behind
+    assert (cache / "mnist.npz").stat().st_mode & 0o777 == 0o644  # (a new file's mode, not mkstemp's 0600)
 
     # Second call: served from the cache, the server sees no request.
     loaded = mnist.load_data(cache_dir=cache, base_url=url.rstrip("/"), sha256=digest)

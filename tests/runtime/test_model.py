@@ -332,9 +332,12 @@ def test_folders_get_the_mode_of_new_folders_and_symlinks_are_followed(tmp_path)
     umask = os.umask(0o022)
     try:
         folder = model.save(tmp_path / "shared")
+        files = [model.save_weights(tmp_path / "w.npz"), model.save_onnx(tmp_path / "m.onnx")]
     finally:
         os.umask(umask)
     assert folder.stat().st_mode & 0o777 == 0o755
+    # files written atomically get the mode of new files too (not mkstemp's 0600)
+    assert [f.stat().st_mode & 0o777 for f in files + [folder / "mlp.onnx"]] == [0o644] * 3
     real = model.save(tmp_path / "real")
     (tmp_path / "build").mkdir()
     (tmp_path / "build" / "mlp").symlink_to(real)
