@@ -413,12 +413,13 @@ class ModelCheckpoint(Callback):
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
-        from .runtime.model import KERAS_SUFFIXES, KERAS_WEIGHTS
+        from .runtime.model import KERAS_WEIGHTS, refuse_keras_folder_name
         name = self.filepath.lower()
-        if save_weights_only and name.endswith(KERAS_SUFFIXES) and not name.endswith(KERAS_WEIGHTS):
-            raise ValueError(f"ModelCheckpoint: {self.filepath} names a Keras file that holds more than weights; "
-                             f"kcompile saves weights as .npz or as Keras 3's .weights.h5: give a name such as "
-                             f"model-{{epoch:02d}}.weights.h5")
+        if save_weights_only and not name.endswith((".npz", KERAS_WEIGHTS)):
+            raise ValueError(f"ModelCheckpoint: {self.filepath}: kcompile saves weights as .npz or as Keras 3's "
+                             f".weights.h5: give a name such as model-{{epoch:02d}}.weights.h5")
+        if not save_weights_only:  # (a checkpoint folder)
+            refuse_keras_folder_name(self.filepath, "ModelCheckpoint")
         self.save_freq = save_freq
         self.best = initial_value_threshold
         self._batches_seen_since_last_saving = 0

@@ -540,11 +540,16 @@ def test_model_checkpoint_takes_weights_files_only():
     """Weights go to .npz or Keras 3's .weights.h5 (as Keras 3 asks of save_weights_only); a .keras
     or plain .h5 name would promise Keras's model config too."""
     from kcompile.callbacks import ModelCheckpoint
-    for name in ("ck/model-{epoch:02d}.keras", "ck/model-{epoch:02d}.h5"):
-        with pytest.raises(ValueError, match="names a Keras file that holds more than weights"):
+    for name in ("ck/model-{epoch:02d}.keras", "ck/model-{epoch:02d}.h5", "ck/model-{epoch:02d}.txt"):
+        with pytest.raises(ValueError, match="kcompile saves weights as .npz or as Keras 3's .weights.h5"):
             ModelCheckpoint(name, save_weights_only=True)
     ModelCheckpoint("ck/model-{epoch:02d}.weights.npz", save_weights_only=True)
     ModelCheckpoint("ck/model-{epoch:02d}.weights.h5", save_weights_only=True)
+    # a whole checkpoint is a folder: not under a Keras file's name, which Keras could not open
+    for name in ("ck/model-{epoch:02d}.keras", "ck/model.weights.h5"):
+        with pytest.raises(ValueError, match=r"names a Keras file .*save_weights_only=True to NAME\.weights\.h5"):
+            ModelCheckpoint(name)
+    ModelCheckpoint("ck/model-{epoch:02d}")
 
 
 def test_model_checkpoint_writes_keras_weights_files(tmp_path):

@@ -401,6 +401,9 @@ class Model(LayersMixin, TrainingMixin):
             data = write_weights(self.manifest, dict(zip(self._param_names, self.get_weights())))
         else:
             path = _file_path(path, "save_weights", ".npz")
+            if not path.name.lower().endswith(".npz"):  # (as Keras, which asks for its one suffix)
+                raise ValueError(f"save_weights: {path} must end in .npz (numpy's arrays) or .weights.h5 "
+                                 f"(Keras 3's weights file)")
             buf = io.BytesIO()
             np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(self.get_weights())}, names=np.array(self._param_names))
             data = buf.getvalue()
@@ -450,6 +453,7 @@ class Model(LayersMixin, TrainingMixin):
         in place of the previous one (one between the previous folder's rename aside and the new
         one's into place leaves the previous as ``.NAME.old``, which ``kcompile.load(path)`` reads)."""
         from ..driver import write_folder_atomic
+        refuse_keras_folder_name(path, "save")
         self._sync_state()
         manifest = dict(self.manifest)
         files = dict(manifest["files"])
@@ -513,6 +517,17 @@ def _refuse_keras_file(path: Path, where: str) -> None:
                  "archive also holds Keras's model config, which kcompile does not write)") if where == "save_weights" else ""
         raise ValueError(f"{where}: {path} names a Keras file ({path.suffix}); kcompile writes weights as "
                          f".npz (give a name such as model.weights.npz){keras}")
+
+
+def refuse_keras_folder_name(path, where: str) -> None:
+    """save writes a checkpoint folder: not under a Keras file's name, which Keras would then
+    fail to open as its archive."""
+    path = Path(path)
+    if path.name.lower().endswith(KERAS_SUFFIXES):
+        weights = "save_weights_only=True" if where == "ModelCheckpoint" else "save_weights"
+        raise ValueError(f"{where}: {path} names a Keras file ({path.suffix}); kcompile saves a checkpoint "
+                         f"folder (give a folder name such as {path.with_suffix('')}); for Keras, {weights} "
+                         f"to NAME.weights.h5 writes weights that keras_model.load_weights reads")
 
 
 def _file_path(path, where: str, suffix: str) -> Path:

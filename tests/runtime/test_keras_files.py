@@ -267,6 +267,12 @@ def test_save_weights_refuses_keras_names_it_does_not_write(tmp_path):
             model.save_weights(tmp_path / name)
     with pytest.raises(ValueError, match="names a Keras file"):
         model.save_onnx(tmp_path / "m.h5")
+    for name in ("m.keras", "m.h5", "m.weights.h5"):  # (a checkpoint folder under Keras's file name)
+        with pytest.raises(ValueError, match=r"save: .* names a Keras file .*kcompile saves a checkpoint folder"):
+            model.save(tmp_path / name)
+    for name in ("w.txt", "w"):  # (as Keras, which asks for its suffix: not an .npz under another name)
+        with pytest.raises(ValueError, match=r"must end in \.npz .* or \.weights\.h5"):
+            model.save_weights(tmp_path / name)
     assert not list(tmp_path.iterdir())
 
 
