@@ -147,9 +147,22 @@ class TrainingMixin:
     # (see runtime/fpenv.py). False gives IEEE denormals, as PyTorch computes by default, from
     # the next build of the step (the first training call, or set_trainable).
     flush_denormals = True
-    # Into how many parts the training step splits each batch, one per core (None: two on a
-    # CPU of two or more cores where the step allows it; 1: never). See _batch_parts.
-    batch_parts = None
+    _batch_parts_chosen = None
+
+    @property
+    def batch_parts(self) -> int | None:
+        """Into how many parts the training step splits each batch, one per core: None (the
+        default) two on a CPU of two or more cores where the step allows it, 1 never, 2 (or
+        more) wherever the step allows it. See _batch_parts. A change applies from the next step."""
+        return self._batch_parts_chosen
+
+    @batch_parts.setter
+    def batch_parts(self, value):
+        value = count(value, "model", "batch_parts", none=True)
+        if value != self._batch_parts_chosen:
+            self._batch_parts_chosen = value
+            if getattr(self, "_runner", None) is not None:  # (the step is made again, its state kept)
+                self._drop_runner(keep_history=True)
 
     # ---- state ----
     def _init_training(self, seed: int):
@@ -433,7 +446,7 @@ class TrainingMixin:
                 spec.get("gradients") or rows):
             return 1
         if self.batch_parts is not None:
-            return max(1, int(self.batch_parts))
+            return self.batch_parts
         # (a table updated on the rows a batch looked up is left out: its gradient is as small
         # as the batch, and its update is no larger split or whole)
         weights = sum(int(np.prod(self._weights[n].shape)) for n in spec["trainable"] if n not in rows)

@@ -243,3 +243,22 @@ def test_set_weights_keeps_the_split_sessions_and_trains_from_the_new_weights():
             assert m._runner.parts is sessions[0] and m._runner.update.session is sessions[1]
         runs.append((history, m.get_weights(), m))
     assert_same(runs)
+
+
+def test_batch_parts_is_checked_and_a_change_applies_from_the_next_step():
+    m = conv_model(parts=None)
+    for bad in (0, -1, 2.5, "2", True):
+        with pytest.raises(ValueError, match=r"model: batch_parts must be a positive integer or None, got"):
+            m.batch_parts = bad
+    assert m.batch_parts is None
+    x, y = data()
+    whole = conv_model(parts=1)
+    whole.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    m.batch_parts = 2
+    m.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert type(m._runner) is ShardedRunner
+    m.batch_parts = 1  # (the split step's state goes on in the whole step)
+    m.fit(x, y, epochs=2, initial_epoch=1, batch_size=16, shuffle=False, verbose=0)
+    assert type(m._runner) is StateRunner and m.iterations == whole.iterations == 10
+    for a, b in zip(m.get_weights(), whole.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
