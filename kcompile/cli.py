@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -115,6 +116,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def describe_os_error(e: OSError) -> str:
+    """An OSError in words, its path first (not Python's "[Errno 20] Not a directory: 'a/b'")."""
+    if e.filename is None or e.strerror is None:
+        return str(e)
+    say = {errno.EISDIR: "it is a folder, where a file is needed",
+           errno.ENOTDIR: "a part of this path is a file, where a folder is needed",
+           errno.ENOENT: "no such file or folder", errno.EACCES: "permission denied"}
+    return f"{e.filename}: {say.get(e.errno, e.strerror)}"
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command is None:
@@ -129,7 +140,7 @@ def main(argv=None) -> int:
         sys.stderr.close()
         return 0
     except OSError as e:  # a path that cannot be read or written: the user's to fix
-        print(f"kcompile: error: {e}", file=sys.stderr)
+        print(f"kcompile: error: {describe_os_error(e)}", file=sys.stderr)
         return 1
     except Exception as e:  # never a traceback for users; KCOMPILE_DEBUG=1 shows it
         from .errors import KcompileError

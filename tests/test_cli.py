@@ -82,6 +82,18 @@ def test_missing_file_is_a_clean_error(tmp_path, capsys):
         assert "Traceback" not in err and "internal error" not in err
 
 
+def test_paths_that_are_not_what_they_should_be_are_said_in_words(tmp_path, capsys):
+    source = str(Path(__file__).resolve().parents[1] / "examples" / "mnist_mlp.kdl")
+    (tmp_path / "afile").write_text("")
+    cases = [(["build", source, "-o", str(tmp_path / "afile" / "sub")],
+              f"kcompile: error: {tmp_path / 'afile' / 'sub'}: a part of this path is a file, where a folder is needed"),
+             (["train", source, "--data", str(tmp_path), "-o", str(tmp_path / "ck")],
+              f"kcompile: error: {tmp_path}: it is a folder, where a file is needed")]
+    for argv, message in cases:
+        assert main(argv) == 1
+        assert capsys.readouterr().err.strip() == message
+
+
 def test_non_utf8_file_is_a_clean_error(tmp_path, capsys):
     path = tmp_path / "latin1.kdl"
     path.write_bytes(b"model m {\n  # caf\xe9\n}\n")
