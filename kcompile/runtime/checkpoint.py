@@ -41,9 +41,13 @@ def find_manifest(folder: Path) -> Path:
         folder = old_folder(folder)
     if (folder / "manifest.json").exists():
         return folder / "manifest.json"
-    inner = list(folder.glob("*/manifest.json")) if folder.is_dir() else []
+    inner = sorted(folder.glob("*/manifest.json")) if folder.is_dir() else []
     if len(inner) == 1:
         return inner[0]
+    if inner:  # (`kcompile build gan.kdl -o build`: a folder per model)
+        names = [m.parent.name for m in inner]
+        raise FileNotFoundError(f"{folder} holds {len(names)} builds ({', '.join(names)}): load one of them, "
+                                f"such as {folder / names[0]}")
     raise FileNotFoundError(f"{folder} is not a kcompile build folder (no manifest.json)")
 
 
@@ -198,6 +202,10 @@ def read_folder(manifest_path: Path) -> Folder:
     manifest = check_manifest(read_json(manifest_path), manifest_path)
     files = manifest["files"]
     params = manifest["parameters"]
+    for key, name in files.items():
+        if key != "source" and not (folder / name).exists():  # (source.kdl: kept where there, not needed)
+            raise damaged(folder / name, f"the file is missing; the manifest lists it as the {key} file "
+                                         f"(build or save the folder again)")
     result = Folder(manifest=manifest, inference=read_onnx(folder / files["inference"], manifest),
                     weights=read_arrays(folder / files["weights"], params, "weight"),
                     training={k: read_onnx(folder / files[k]) for k in TRAINING_FILES if k in files}, source=None)

@@ -85,6 +85,9 @@ CASES = {
     "state without slots": ("state.json", lambda p: p.write_text('{"iterations": 1, "epoch": 1, "seed": 0}'),
                             "state.json: a checkpoint's state needs"),
     "truncated optimizer": ("optimizer.npz", cut, "optimizer.npz: not a readable .npz file"),
+    "no training graph": ("train_step.onnx", lambda p: p.unlink(),
+                          "train_step.onnx: the file is missing; the manifest lists it as the train_step file"),
+    "no optimizer slots": ("optimizer.npz", lambda p: p.unlink(), "optimizer.npz: the file is missing"),
 }
 
 
@@ -95,6 +98,14 @@ def test_a_damaged_folder_is_refused_at_load_naming_the_file(saved, tmp_path, ca
     named = message if message.split(":")[0].endswith((".json", ".npz", ".onnx")) else f"{name}: .*{message}"
     with pytest.raises(kcompile.KcompileError, match=f"cannot load {folder}/{named}"):
         kcompile.load(folder)
+
+
+def test_a_folder_of_several_builds_names_them(tmp_path):
+    for name in ("b", "a"):
+        kcompile.compile_string(f"model {name} {{\n input x: float32[2]\n y = Dense(1)(x)\n}}").save(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} holds 2 builds \\(a, b\\): load one of them, "
+                                                f"such as {tmp_path / 'a'}"):
+        kcompile.load(tmp_path)
 
 
 def test_a_sound_checkpoint_loads_and_resumes(saved):
