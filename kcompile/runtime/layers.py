@@ -48,9 +48,11 @@ class Layer:
                              f"layer without mean= and variance= has")
         features = self._shapes()[0][0]
         data = np.asarray(data, dtype=np.float64)
-        if data.ndim < 1 or data.shape[-1] != features or data.size == 0:
+        if data.ndim < 1 or data.shape[-1] != features:
             raise ShapeMismatch(f"adapt: layer {self.name} normalizes {features} features, got data of shape "
                                 f"{tuple(data.shape)}")
+        if data.size == 0:
+            raise ValueError(f"adapt: no data (shape {tuple(data.shape)}): a mean and variance need at least one sample")
         flat = data.reshape(-1, features)
         self.set_weights([flat.mean(axis=0), flat.var(axis=0)])
 

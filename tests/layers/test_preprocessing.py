@@ -37,6 +37,8 @@ def test_normalization_adapts_to_data_and_standardizes_as_keras():
     with pytest.raises(ShapeMismatch, match=r"adapt: layer normalization normalizes 3 features, got data of shape "
                                             r"\(5, 2\)"):
         layer.adapt(np.zeros((5, 2)))
+    with pytest.raises(ValueError, match=r"adapt: no data \(shape \(0, 3\)\): a mean and variance need at least one"):
+        layer.adapt(np.zeros((0, 3)))
     with pytest.raises(ValueError, match="layer dense \\(Dense\\) has nothing to adapt"):
         m.get_layer("dense").adapt(x)
 
