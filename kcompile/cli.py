@@ -260,10 +260,16 @@ def _train(args, source) -> int:
     x, y = pick(inputs, "x"), pick(targets, "y")
     if x is None or y is None:
         raise KcompileError(f"{args.data} needs arrays {inputs + targets} (or x and y); it has {sorted(data)}")
+    if model.epochs_done >= args.epochs:
+        print(f"note: {out}/ has trained {model.epochs_done} epochs already; --epochs {args.epochs} trains none "
+              f"(--epochs is the total: give more than {model.epochs_done})")
     try:  # (wrong shapes, dtypes, lengths or labels: said before the first step, test arrays too)
         y = {k: _encode_labels(model, k, v) for k, v in y.items()}
         xt, yt = pick(inputs, "x", "_test"), pick(targets, "y", "_test")
         test = xt is not None and yt is not None
+        if (xt is None) != (yt is None):  # (half of a test set: said, not silently skipped)
+            print(f"note: {args.data} has test {'inputs' if yt is None else 'targets'} without test "
+                  f"{'targets' if yt is None else 'inputs'}: no test evaluation")
         if test:
             yt = {k: _encode_labels(model, k, v) for k, v in yt.items()}
             model._check_xy(xt, yt, "the test arrays")
@@ -281,6 +287,11 @@ def _train(args, source) -> int:
         raise KcompileError(str(e)) from None
     model.save(out)
     print(f"saved {out}/")
+    stopped = getattr(model, "nonfinite", None)
+    if stopped is not None:  # (not a success: the data or the learning rate needs a look)
+        print(f"kcompile: error: the loss became {stopped.value} at epoch {stopped.epoch + 1}, step {stopped.step + 1}; "
+              f"{out}/ holds the weights of the last finite step", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -108,6 +108,38 @@ def test_bad_test_arrays_are_found_before_training(tmp_path, capsys):
     assert "the test arrays: input 'features' expects shape (None, 4), got (10, 5)" in err and "loss:" not in out
 
 
+def test_nan_data_saves_the_last_finite_weights_and_exits_1(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    x[7] = np.nan  # (the first batch's)
+    np.savez(tmp_path / "d.npz", x=x, y=rng.integers(0, 3, 30))
+    out = tmp_path / "ck"
+    args = ["train", str(ROOT / "examples" / "iris_mlp.kdl"), "--data", str(tmp_path / "d.npz"), "-o", str(out),
+            "--verbose", "0"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"kcompile: error: the loss became nan at epoch 1, step 1; {out}/ holds the weights of the last finite" in err
+    saved = kcompile.load(out)
+    assert saved.iterations == 0
+    for a, b in zip(saved.get_weights(), kcompile.compile(ROOT / "examples" / "iris_mlp.kdl").get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_half_a_test_set_and_epochs_already_trained_are_noted(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(30, 4)).astype(np.float32), y=rng.integers(0, 3, 30),
+             x_test=rng.normal(size=(10, 4)).astype(np.float32))
+    args = ["train", str(ROOT / "examples" / "iris_mlp.kdl"), "--data", str(tmp_path / "d.npz"),
+            "-o", str(tmp_path / "ck"), "--verbose", "0", "--epochs", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"note: {tmp_path / 'd.npz'} has test inputs without test targets: no test evaluation" in out
+    assert main(args + ["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {tmp_path / 'ck'}/ has trained 2 epochs already; --epochs 2 trains none" in out
+    assert kcompile.load(tmp_path / "ck").epochs_done == 2
+
+
 def test_bad_option_values_are_usage_errors(tmp_path, capsys):
     model = str(ROOT / "examples" / "iris_mlp.kdl")
     for args, message in [(["train", model, "--data", "d.npz", "--batch-size", "0"], "--batch-size: must be at least 1"),

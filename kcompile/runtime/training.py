@@ -821,6 +821,7 @@ class TrainingMixin:
         resume = self.__dict__.pop("_resume_at", None)
         initial_epoch, skip = resume if resume is not None else (initial_epoch, 0)
         logs = {}
+        self.nonfinite = None  # (the NonFiniteLoss that stopped this fit, if one did)
         try:
             for epoch in range(initial_epoch, epochs):
                 self._epoch = epoch
