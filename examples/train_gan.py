@@ -8,6 +8,7 @@ The three compiled models share their weights (`share_weights`), so the loop is 
 calls. A PNG grid of generated digits is written after every epoch.
 """
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -82,4 +83,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (kcompile.KcompileError, OSError, ValueError, RuntimeError) as e:  # (a path, a device: said, no traceback)
+        sys.exit(f"error: {e}")

@@ -12,6 +12,7 @@ when only the 10,000 test images are at hand); with a full mnist.npz it uses the
 (samples/s) and test accuracy, and saves a checkpoint.
 """
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -71,4 +72,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (kcompile.KcompileError, OSError, ValueError, RuntimeError) as e:  # (a path, a device: said, no traceback)
+        sys.exit(f"error: {e}")

@@ -111,3 +111,15 @@ def test_example_train_section_is_recorded(path, name):
         assert train["loss"] and train["optimizer"]["name"]
     else:
         assert train is None
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("train_mnist.py", ["--build", "/nonexistent-build"], "error: /nonexistent-build is not a kcompile build folder"),
+    ("train_mnist.py", ["--data", "/nonexistent-data"], "error: MNIST path /nonexistent-data does not exist"),
+    ("train_gan.py", ["--data", "/nonexistent-data"], "error: MNIST path /nonexistent-data does not exist"),
+])
+def test_example_scripts_say_a_users_mistake_without_a_traceback(script, args, message):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
