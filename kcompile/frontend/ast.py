@@ -154,3 +154,15 @@ class Module:
 
     def blocks(self) -> list[Block]:
         return [d for d in self.definitions if isinstance(d, Block)]
+
+
+def names_in(node) -> set:
+    """Every name an AST node (a train section, say) mentions."""
+    if isinstance(node, Name):
+        return {node.id}
+    found = set()
+    for value in (vars(node).values() if isinstance(node, Node) else ()):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, Node):
+                found |= names_in(item)
+    return found

@@ -27,7 +27,7 @@ from ..layers import FUNCTIONS, LAYERS, NUMBER_FUNCTIONS, Layer
 from ..layers.base import (REGULARIZER_NAMES, ArgError, InitializerArg, InitializerSpec, RegularizerSpec, Symbol,
                            is_source_name, show, snake_case)
 from . import ast
-from .layer_order import Call, keras_layer_order
+from .layer_order import Call, drop_unreached, keras_layer_order
 
 
 class _Poisoned(Exception):
@@ -241,10 +241,15 @@ class Elaborator:
             raise KcompileError(self.diagnostics)
         graph.outputs = [(public, t.name) for public, t in outputs]
         graph.outputs += [(public, t.name) for public, t in self.builder.state_outputs]
-        graph.layers = keras_layer_order(graph, self.calls, [t.name for _, t in outputs])
+        # (the values the train section names are kept too: a loss may read an inner value)
+        train = next((s for s in model.body if isinstance(s, ast.Train)), None)
+        live = [v for _, v in graph.outputs] + [frame.env[n].name for n in sorted(ast.names_in(train) if train else ())
+                                                if isinstance(frame.env.get(n), Tensor)]
+        graph.layers, unreached = keras_layer_order(graph, self.calls, [t.name for _, t in outputs])
+        graph.layers += drop_unreached(graph, live, unreached)
         params = {p: graph.params[p] for r in graph.layers for p in r.params}
         graph.params = {**params, **{k: v for k, v in graph.params.items() if k not in params}}
-        graph.meta["train"] = next((s for s in model.body if isinstance(s, ast.Train)), None)
+        graph.meta["train"] = train
         graph.meta["env"] = {k: v for k, v in frame.env.items() if isinstance(v, Tensor)}
         # each output's step mask (Embedding(mask_zero=true) through the layers that pass it on):
         # losses and metrics leave the masked steps out, as Keras 3

@@ -26,8 +26,8 @@ class Call:
     outputs: list
 
 
-def keras_layer_order(graph: Graph, calls: list[Call], outputs: list[str]) -> list[LayerRecord]:
-    """``graph.layers`` in Keras's order; layers no output depends on keep their place at the end."""
+def keras_layer_order(graph: Graph, calls: list[Call], outputs: list[str]) -> tuple[list, list]:
+    """(``graph.layers`` in Keras's order, the layers no value of ``outputs`` depends on)."""
     made_by: dict[str, int] = {}  # value -> the call that made it, among the calls so far
 
     def calls_behind(values) -> list[int]:
@@ -96,4 +96,33 @@ def keras_layer_order(graph: Graph, calls: list[Call], outputs: list[str]) -> li
     by_name = {r.name: r for r in graph.layers}
     reached = [by_name[name] for kind, name in ordered if kind == "layer"]
     seen = {r.name for r in reached}
-    return reached + [r for r in graph.layers if r.name not in seen]
+    return reached, [r for r in graph.layers if r.name not in seen]
+
+
+def drop_unreached(graph: Graph, live: list[str], unreached: list[LayerRecord]) -> list[LayerRecord]:
+    """Drop the nodes no value of ``live`` (the outputs, and the values a train section reads)
+    depends on, and of the layers ``unreached`` from the outputs those left without a node, with
+    their weights: as Keras's Model(inputs, outputs), which holds the layers between them only,
+    so that a layer written but never used does not add weights that a Keras model's
+    get_weights() would not give. Returns the unreached layers kept (a loss reads them)."""
+    needed, stack = {}, list(live)
+    while stack:
+        node = graph.producer_of(stack.pop())
+        if node is not None and node.name not in needed:
+            needed[node.name] = node
+            stack += node.inputs
+    for node in graph.nodes():
+        if node.name not in needed:
+            graph.remove_node(node)
+    layers = {n.layer for n in needed.values()}
+    kept = [r for r in unreached if any(n == r.name or n.startswith(f"{r.name}/") for n in layers if n)]
+    gone = [r for r in unreached if r not in kept]
+    for record in gone:
+        for p in record.params:
+            if p not in graph.readers:
+                del graph.params[p], graph.types[p]
+    graph.prune_unused()
+    dead = tuple(f"{r.name}/" for r in gone)
+    graph.meta["activity_regularizers"] = [a for a in graph.meta.get("activity_regularizers", ()) if a[0] in graph.types]
+    graph.meta["inner_layers"] = [e for e in graph.meta.get("inner_layers", ()) if not e[0].startswith(dead)]
+    return kept

@@ -472,18 +472,6 @@ STEP_PASSES = [("constant-folding", constant_folding), ("cse", common_subexpress
                ("transpose-sinking", sink_transposes), ("dead-code-elimination", dead_code_elimination)]
 
 
-def _names_in(node) -> set:
-    """Every name an AST node (a train section) mentions."""
-    if isinstance(node, ast.Name):
-        return {node.id}
-    found = set()
-    for value in (vars(node).values() if isinstance(node, ast.Node) else ()):
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, ast.Node):
-                found |= _names_in(item)
-    return found
-
-
 # ---------------- can a step be split into parts of its batch? ----------------
 # Ops that combine samples while keeping the batch axis first (softmax-like ops over axis 0).
 _AXIS_OPS = ("Softmax", "LogSoftmax", "CumSum", "Hardmax")
@@ -599,7 +587,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     if opt_level >= 1:
         # Values the train section names stay what they are: pinned as outputs, no pass
         # rewrites them away, and the names follow any renaming.
-        pinned = [(f"pin:{n}", env[n]) for n in sorted(_names_in(train) & set(env)) if env[n] in g.types]
+        pinned = [(f"pin:{n}", env[n]) for n in sorted(ast.names_in(train) & set(env)) if env[n] in g.types]
         pinned += [(f"mask:{o}", m) for o, m in g.meta.get("output_masks", {}).items()]  # (the losses' masks)
         g.outputs += pinned
         g = _run_passes(g, FORWARD_PASSES, "train-forward", report)

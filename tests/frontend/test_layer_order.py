@@ -146,3 +146,46 @@ model m {
     k1, b1, k2, b2 = model.get_weights()
     x = a @ k1 + b1
     np.testing.assert_allclose(model.predict(a), (x + x) @ k2 + b2, rtol=1e-5, atol=1e-5)
+
+
+def test_layers_no_output_uses_are_left_out_as_by_keras():
+    """Keras's Model(inputs, outputs) holds the layers between them only: a layer written but
+    not used (a functional one, or the end of a Sequential stack past the named output) adds
+    no weights, so the weights still port from Keras in order; a layer the loss reads stays
+    (after the layers the outputs reach, as before)."""
+    model = kcompile.compile_string(HEAD + """
+    unused = Dense(3, name="unused")(a)
+    also = Dense(3, name="also")(unused)
+    x = Dense(5, name="da")(a)
+    o = Dense(2, name="out")(Concatenate()([x, b]))
+    output o
+}
+""")
+    assert model.weight_names == ["da/kernel", "da/bias", "out/kernel", "out/bias"]
+    assert [layer.name for layer in model.layers] == ["da", "concatenate", "out"] and model.count_params() == 43
+    stack = kcompile.compile_string("""
+model m {
+    input x: float32[4]
+    Dense(3, name="h")
+    y = Dense(2, name="y")
+    Dense(5, name="past")
+    output y
+}
+""")
+    assert stack.weight_names == ["h/kernel", "h/bias", "y/kernel", "y/bias"]
+    aux = kcompile.compile_string(HEAD + """
+    h = Dense(3, name="h")(a)
+    side = Dense(2, name="side")(h)
+    o = Dense(2, name="o")(h)
+    output o
+    train { target t: float32[2]
+            loss = mse(o) + mse(t, side)
+            optimizer = SGD() }
+}
+""")
+    assert aux.weight_names == ["h/kernel", "h/bias", "o/kernel", "o/bias", "side/kernel", "side/bias"]
+    rng = np.random.default_rng(0)
+    a, t = rng.random((8, 4), dtype=np.float32), rng.random((8, 2), dtype=np.float32)
+    before = aux.get_layer("side").get_weights()[0].copy()
+    aux.fit({"a": a, "b": np.zeros((8, 3), np.float32)}, {"o_target": t, "t": t}, verbose=0)
+    assert not np.allclose(aux.get_layer("side").get_weights()[0], before)  # (it trains: the loss reads it)

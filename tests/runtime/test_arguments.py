@@ -74,10 +74,11 @@ def test_save_paths_name_the_users_path(model, tmp_path):
     assert list(tmp_path.iterdir()) == [] and not list(Path(tmp_path.anchor).glob(f".{tmp_path.name}.*"))
     if not os.path.isdir("/proc/self"):
         pytest.skip("needs Linux's /proc, where no file can be made")
-    for save in (model.save_onnx, model.save_weights, model.save):
+    for save, path in ((model.save_onnx, "/proc/kcompile-test"), (model.save_weights, "/proc/kcompile-test.npz"),
+                       (model.save, "/proc/kcompile-test")):
         with pytest.raises(OSError) as error:
-            save("/proc/kcompile-test")
-        assert error.value.filename == "/proc/kcompile-test", error.value
+            save(path)
+        assert error.value.filename == path, error.value
 
 
 def test_an_error_about_another_path_keeps_its_name(model, tmp_path):
