@@ -14,7 +14,9 @@ def _swish(ctx, x):
 
 
 def _relu6(ctx, x):
-    return ctx.op("Min", ctx.op("Relu", x), ctx.const(6.0, x.dtype))
+    # (the constant first: Min's gradient goes to its first operand on a tie, so relu6'(6) = 0,
+    # as Keras's relu6 on every backend, and PyTorch's)
+    return ctx.op("Min", ctx.const(6.0, x.dtype), ctx.op("Relu", x))
 
 
 def _mish(ctx, x):
@@ -133,9 +135,14 @@ class ReLU(Layer):
         self.max_value, self.negative_slope = max_value, negative_slope
 
     def call(self, ctx, x):
-        y = ctx.op("LeakyRelu", x, alpha=self.negative_slope) if self.negative_slope else ctx.op("Relu", x)
-        if self.max_value is not None:
-            y = ctx.op("Min", y, ctx.const(self.max_value, x.dtype))
+        # As Keras computes it, whose derivatives at the kinks these keep: relu6 for max_value=6
+        # (0 at 6), a clip otherwise (1 at max_value, as TensorFlow's); with both options,
+        # clip(relu(x)) - negative_slope * relu(-x) (0 at 0)
+        if self.max_value is None:
+            return ctx.op("LeakyRelu", x, alpha=self.negative_slope) if self.negative_slope else ctx.op("Relu", x)
+        y = _relu6(ctx, x) if self.max_value == 6 else ctx.op("Min", ctx.op("Relu", x), ctx.const(self.max_value, x.dtype))
+        if self.negative_slope:
+            y = ctx.op("Sub", y, ctx.op("Mul", ctx.const(self.negative_slope, x.dtype), ctx.op("Relu", ctx.op("Neg", x))))
         return y
 
 
@@ -189,5 +196,7 @@ class PReLU(Layer):
         self.alpha = ctx.add_weight(self, "alpha", shape, x.dtype, self.alpha_initializer)
 
     def call(self, ctx, x):
-        negative = ctx.op("Min", x, 0.0)
+        # (0 first: Min's gradient goes to its first operand on a tie, so the derivative at 0 is
+        # 0, as Keras's relu(x) - alpha * relu(-x))
+        negative = ctx.op("Min", 0.0, x)
         return ctx.op("Add", ctx.op("Relu", x), ctx.op("Mul", self.alpha, negative))

@@ -3,6 +3,8 @@ and the LeakyReLU, ReLU, ELU and Softmax layers."""
 import numpy as np
 import pytest
 
+import kcompile
+
 import reference as ref
 from reference import random_input
 
@@ -242,3 +244,30 @@ def test_gelu_approximate_is_kerass_tanh_form(run, rng, close):
     y, _ = run(src.replace("APPROX", "false"), x)
     close(y, ref.activation("gelu", x))
     assert np.abs(tanh_form - ref.activation("gelu", x)).max() > 1e-4
+
+
+def _slope_at(layer, k):
+    """The derivative training uses for ``layer`` at exactly ``k``: one SGD step of an mse loss
+    whose gradient at the output is 2, through a Dense that passes k on (kernel 1, bias 0)."""
+    m = kcompile.compile_string(f"""model m {{ input x: float32[1]
+    y = {layer}(Dense(1, kernel_initializer=ones, bias_initializer=zeros)(x))
+    output y
+    train {{ loss = mse; optimizer = SGD(0.5) }} }}""")
+    x = np.array([[k]], np.float32)
+    m.train_on_batch(x, m.predict(x) - 1)
+    return float(-m.get_weights()[1][0])
+
+
+@pytest.mark.parametrize("layer, k, slope", [
+    # as Keras computes them on every backend: relu6 (max_value=6) is 0 at 6; with both
+    # negative_slope and max_value, clip(relu(x)) - slope * relu(-x) is 0 at 0; PReLU's
+    # relu(x) - alpha * relu(-x) is 0 at 0
+    ("Activation(relu6)", 6, 0.0), ("Activation(relu6)", 0, 0.0), ("ReLU(max_value=6)", 6, 0.0),
+    ("ReLU(negative_slope=0.2, max_value=3)", 0, 0.0), ("ReLU(negative_slope=0.2, max_value=3)", -1, 0.2),
+    ("PReLU(alpha_initializer=Constant(0.25))", 0, 0.0), ("PReLU(alpha_initializer=Constant(0.25))", -2, 0.25),
+    # where the backends differ, TensorFlow's and PyTorch's: a clip is 1 at its bound, leaky_relu
+    # is alpha at 0 (JAX: 0.5 and 1), abs is 0 at 0
+    ("ReLU(max_value=3)", 3, 1.0), ("LeakyReLU(0.2)", 0, 0.2), ("abs", 0, 0.0), ("Activation(relu)", 0, 0.0),
+])
+def test_derivatives_at_the_kinks(layer, k, slope):
+    assert _slope_at(layer, k) == pytest.approx(slope)
