@@ -45,6 +45,7 @@ OPTIMIZERS = {
     "Adadelta": {"learning_rate": 0.001, "rho": 0.95, "epsilon": 1e-7, "weight_decay": None, **_COMMON},
     "Nadam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": None,
               **_COMMON},
+    "Lion": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.99, "weight_decay": None, **_COMMON},
 }
 REQUIRED = object()  # a schedule argument without a default
 SCHEDULES = {

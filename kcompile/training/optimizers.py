@@ -46,6 +46,8 @@ def slots(config: dict) -> list[Slot]:
         return [Slot("momentum", 0.0), Slot("velocity", 0.0)]
     if name == "Adadelta":
         return [Slot("accumulated_grad", 0.0), Slot("accumulated_delta_var", 0.0)]
+    if name == "Lion":
+        return [Slot("momentum", 0.0)]
     raise ValueError(f"unknown optimizer {name}")
 
 
@@ -235,6 +237,13 @@ def update(ctx, config, w, g, state: dict, lr, t):
         new["accumulated_delta_var"] = plus(ctx.op("Mul", state["accumulated_delta_var"], rho),
                                             ctx.op("Mul", ctx.op("Mul", delta, delta), 1 - rho))
         return minus(w, ctx.op("Mul", lr, delta)), new
+    if name == "Lion":
+        # w -= lr sign(b1 m + (1 - b1) g);  m = b2 m + (1 - b2) g  (every row moves: sign(m) is
+        # not zero where g is)
+        b1, b2 = a["beta_1"], a["beta_2"]
+        direction = ctx.op("Sign", plus(ctx.op("Mul", state["momentum"], b1), ctx.op("Mul", g, 1 - b1)))
+        new["momentum"] = plus(ctx.op("Mul", state["momentum"], b2), ctx.op("Mul", g, 1 - b2))
+        return ctx.op("Sub", w, ctx.op("Mul", direction, lr)), new
     raise ValueError(f"unknown optimizer {name}")
 
 

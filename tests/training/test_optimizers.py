@@ -112,6 +112,7 @@ class Reference:
         "Adamax": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
         "Adadelta": dict(learning_rate=0.001, rho=0.95, epsilon=1e-7),
         "Nadam": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
+        "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
     }
 
     def __init__(self, name, weights, schedule=None, **args):
@@ -143,6 +144,8 @@ class Reference:
         if name == "Nadam":
             self.slots["momentum"], self.slots["velocity"] = zeros(), zeros()
             self.u_product = 1.0  # (Keras's _u_product variable)
+        if name == "Lion":
+            self.slots["momentum"] = zeros()
 
     def sync(self, model):
         """Start the next step from kcompile's weights and slots (in float64).
@@ -228,6 +231,11 @@ class Reference:
             delta = -np.sqrt(s["accumulated_delta_var"][i] + eps) * g / np.sqrt(acc + eps)
             s["accumulated_delta_var"][i] = rho * s["accumulated_delta_var"][i] + (1 - rho) * delta * delta
             return w + lr * delta
+        if name == "Lion":  # keras/src/optimizers/lion.py
+            m = s["momentum"][i]
+            step = lr * np.sign(m * a["beta_1"] + g * (1 - a["beta_1"]))
+            s["momentum"][i] = m * a["beta_2"] + g * (1 - a["beta_2"])
+            return w - step
         raise AssertionError(name)
 
 
@@ -255,7 +263,8 @@ def run_and_compare(optimizer_src, name, batches, check_slots=True, schedule=Non
     assert_within)."""
     model = build(optimizer_src)
     ref = Reference(name, model.get_weights(), schedule=schedule, **args)
-    adam = name in ("Adam", "AdamW", "Adamax", "Nadam")  # (Adamax divides by |g| + epsilon: as sensitive)
+    # (Adamax divides by |g| + epsilon: as sensitive; Lion's step is the sign of a sum near 0 for some)
+    adam = name in ("Adam", "AdamW", "Adamax", "Nadam", "Lion")
     for step, (x, y) in enumerate(batches, start=1):
         if adam:
             ref.sync(model)
@@ -342,6 +351,9 @@ CASES = {
     "nadam_args": ("Nadam(learning_rate=0.01, beta_1=0.8, beta_2=0.5, epsilon=1e-3, weight_decay=0.1)", "Nadam",
                    dict(learning_rate=0.01, beta_1=0.8, beta_2=0.5, epsilon=1e-3, weight_decay=0.1)),
     "nadam_clipnorm": ("Nadam(learning_rate=0.01, clipnorm=0.05)", "Nadam", dict(learning_rate=0.01, clipnorm=0.05)),
+    "lion": ("Lion()", "Lion", {}),
+    "lion_args": ("Lion(learning_rate=0.01, beta_1=0.8, beta_2=0.95, weight_decay=0.1, clipnorm=0.05)", "Lion",
+                  dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95, weight_decay=0.1, clipnorm=0.05)),
     "rmsprop_global_clipnorm": ("RMSprop(learning_rate=0.001, momentum=0.5, global_clipnorm=0.01)", "RMSprop",
                                 dict(learning_rate=0.001, momentum=0.5, global_clipnorm=0.01)),
 }
@@ -402,12 +414,13 @@ def test_slot_names_and_initial_values():
     assert not any(v.any() for v in state.values())
     assert sorted(build("Nadam()").optimizer_state()) == sorted(f"nadam/{s}/{n}" for s in ("momentum", "velocity")
                                                                 for n in NAMES)
+    assert sorted(build("Lion()").optimizer_state()) == sorted(f"lion/momentum/{n}" for n in NAMES)
 
 
 def test_keras_default_learning_rates():
     for src, lr in (("SGD()", 0.01), ("RMSprop()", 0.001), ("Adam()", 0.001), ("AdamW()", 0.001),
                     ("Adagrad()", 0.001), ("Adamax()", 0.001), ("Adadelta()", 0.001),
-                    ("Nadam()", 0.001)):
+                    ("Nadam()", 0.001), ("Lion()", 0.001)):
         assert build(src).learning_rate == pytest.approx(lr, rel=1e-12), src
 
 
@@ -532,6 +545,8 @@ def test_learning_rate_can_be_changed_between_steps(batches):
      lambda k: k.optimizers.Nadam(beta_1=0.8, weight_decay=0.1, clipvalue=0.001)),
     ("Adadelta(learning_rate=0.5, rho=0.5, clipvalue=0.001)",
      lambda k: k.optimizers.Adadelta(learning_rate=0.5, rho=0.5, clipvalue=0.001)),
+    ("Lion(learning_rate=0.0005, beta_1=0.8, weight_decay=0.1)",
+     lambda k: k.optimizers.Lion(learning_rate=0.0005, beta_1=0.8, weight_decay=0.1)),
 ])
 def test_matches_keras(src, make, batches, keras):
     """Three steps of Keras 3 (JAX) and of kcompile from the same weights give the same losses and

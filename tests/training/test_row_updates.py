@@ -42,7 +42,8 @@ def train(optimizer, rows_from, monkeypatch):
     "Adam()", "AdamW(amsgrad=true, clipvalue=0.001)", "Adam(global_clipnorm=0.01, weight_decay=0.1)",
     "Adamax(learning_rate=0.01)", "Adamax(clipnorm=0.01, weight_decay=0.1)", "Adadelta(learning_rate=1.0)",
     "Adadelta(learning_rate=1.0, rho=0.5, clipvalue=0.001)", "Nadam(learning_rate=0.01)",
-    "Nadam(beta_1=0.8, weight_decay=0.1, global_clipnorm=0.5)"])
+    "Nadam(beta_1=0.8, weight_decay=0.1, global_clipnorm=0.5)", "Lion(learning_rate=0.01)",
+    "Lion(beta_2=0.5, weight_decay=0.1, clipvalue=0.001)"])
 def test_row_update_matches_the_dense_update(optimizer, monkeypatch):
     rows, rows_losses = train(optimizer, ROWS_FROM, monkeypatch)
     dense, dense_losses = train(optimizer, 1 << 62, monkeypatch)
