@@ -193,6 +193,9 @@ def _run(args) -> int:
         folder = write_build(compiled, args.output, seed=args.seed)
         if clash:
             print(f"kcompile: note: {clash}; load it with kcompile.load({str(folder)!r})", file=sys.stderr)
+        if compiled.training_error:  # (the inference graph is built; fit would refuse, so say it now)
+            print(f"kcompile: note: model {name} is built for inference, but cannot be trained yet: "
+                  f"{compiled.training_error}", file=sys.stderr)
         if not args.quiet:
             n = sum(1 for _ in compiled.graph.nodes())
             print(f"built {name} -> {folder}/ ({n} ops, -O{level}, {time.perf_counter() - start:.2f} s)")

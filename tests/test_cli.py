@@ -162,6 +162,21 @@ def test_build_notes_a_model_name_that_cannot_import_as_its_package(tmp_path, ca
         assert (note in err and "kcompile.load(" in err) if note else err == "", (name, err)
 
 
+def test_build_notes_a_model_it_cannot_train_yet(tmp_path, capsys):
+    source = write(tmp_path, """model m {
+    input x: float32[T, 3]
+    Conv1D(4, 3, strides=2)
+    GlobalAveragePooling1D()
+    y = Dense(1)
+    train { loss = mse; optimizer = SGD() }
+}
+""")
+    assert main(["build", source, "-o", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err.strip() == (
+        "kcompile: note: model m is built for inference, but cannot be trained yet: gradient of a strided "
+        "window over the named dimension T (give it a number to train this model)")
+
+
 def test_build_quiet_and_opt_levels(tmp_path, capsys):
     path = write(tmp_path, MLP.format(name="cli_test_quiet"))
     for level in ("-O0", "-O1", "-O2"):
