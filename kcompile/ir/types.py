@@ -156,6 +156,18 @@ def normalize_axis(axis: int, rank: int) -> int:
     return axis % rank
 
 
+def check_one_dtype(what: str, values, called: str = "inputs") -> None:
+    """``what``'s ``values`` (tensors or tensor types) share one dtype; where they do not, a
+    ShapeError naming the dtypes (not their shapes, which may well be equal) and the cast."""
+    dtypes = [v.dtype for v in values]
+    if len(set(dtypes)) > 1:
+        listed = ", ".join(dtypes[:-1]) + " and " + dtypes[-1]
+        to = next((d for d in dtypes if d in FLOAT_DTYPES), dtypes[0])
+        raise ShapeError(f"{what} of {listed}: {called} must have one dtype",
+                         f"cast one {called[:-1]} with cast(x, {to})" if len(dtypes) == 2 else
+                         f"cast the {called} to one dtype, e.g. with cast(x, {to})")
+
+
 def broadcast_shapes(a: tuple, b: tuple) -> tuple:
     """numpy broadcasting, with symbolic dimensions equal only to themselves."""
     out = []

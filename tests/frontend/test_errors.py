@@ -107,6 +107,8 @@ CASES = [
     ("concat_mismatch", model("c = concat(a, b, axis=-1)\noutput c",
                               "    input a: float32[4, 8]\n    input b: float32[5, 3]\n"),
      4, 9, "concat needs equal shapes except on the joined axis; got [N, 4, 8], [N, 5, 3]", None),
+    ("concat_of_two_dtypes", model("c = concat(a, b)\noutput c", "    input a: int64[2]\n    input b: float32[2]\n"),
+     4, 9, "concat of int64 and float32: operands must have one dtype", "cast one operand with cast(x, float32)"),
     ("reshape_incompatible", model("Reshape((3, 4))", "    input x: float32[10]\n"), 3, 5,
      "cannot reshape [N, 10] (10 elements per batch item) to [N, 3, 4]", None),
     ("pool_window_too_large", model("MaxPooling2D((5, 5))", "    input x: float32[4, 4, 1]\n"), 3, 5,
