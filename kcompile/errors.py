@@ -97,3 +97,22 @@ def did_you_mean(name: str, candidates) -> str | None:
 
 def format_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def show(v) -> str:
+    """A value as messages write it, in the language's terms: none, true, (3, 3), a tensor
+    float32[N, 4], a word as the source wrote it. Other values (a layer, an initializer) say
+    what they are by their ``__str__``."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, tuple):
+        return "(" + ", ".join(show(i) for i in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, list):
+        return "[" + ", ".join(show(i) for i in v) + "]"
+    if hasattr(v, "type"):
+        return f"a tensor {v.type}"
+    return str(v)

@@ -699,8 +699,6 @@ class Elaborator:
             return f"a tensor {v.type}"
         if isinstance(v, Unapplied):
             return f"a layer {v.layer.kind()}(...)"
-        if isinstance(v, Layer):
-            return f"the layer {v.name}"
         if isinstance(v, Ref):
             return f"the {v.kind} {v.name}"
         if isinstance(v, Symbol):
@@ -840,7 +838,7 @@ class Elaborator:
         requested = kwargs.pop("name", None) if "name" not in names else None  # (as every layer's name=)
         if requested is not None and not is_source_name(requested):
             raise _Fail(f"{block.name} argument 'name': expected a name such as res1, got {show(requested)}",
-                        next((a.loc for a in e.kwargs if a.name == "name"), e.loc))
+                        next((a.value.loc for a in e.kwargs if a.name == "name"), e.loc))
         if len(args) > len(names):
             raise _Fail(f"{block.name} takes {len(names)} argument{'s' * (len(names) != 1)}, got {len(args)}", e.loc)
         bound = dict(zip(names, args))

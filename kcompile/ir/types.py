@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ShapeError, format_shape
+from ..errors import ShapeError, format_shape, show
 
 BATCH = "N"  # the symbolic batch dimension, fixed only at run time
 # Stateful recurrent layers' states: graph inputs STATE + "<layer>/h", outputs NEXT_STATE + "<layer>/h"
@@ -148,9 +148,7 @@ def evaluate_dim(dim, sizes: dict) -> int:
 
 def normalize_axis(axis: int, rank: int) -> int:
     if isinstance(axis, bool) or not isinstance(axis, int):
-        shown = {True: "true", False: "false", None: "none"}.get(axis, axis) if not isinstance(axis, (int, float)) \
-            or isinstance(axis, bool) else axis
-        raise ShapeError(f"an axis must be an integer, got {shown}")
+        raise ShapeError(f"an axis must be an integer, got {show(axis)}")
     if not -rank <= axis < rank:
         raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}")
     return axis % rank

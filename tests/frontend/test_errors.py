@@ -537,3 +537,37 @@ def test_initializers_take_keras_positional_arguments():
                                       "bias_initializer=RandomUniform(0.5, 1.0))(x)\noutput y"))
     kernel, bias = m.get_weights()
     assert (kernel == 2.0).all() and ((0.5 <= bias) & (bias <= 1.0)).all()
+
+
+BOUND_LAYER = "block B(n: int) {\n    input h\n    output Dense(n)(h)\n}\n" + \
+    "model m {\n    input x: float32[4]\n    layer d = Dense(3)\n    %s\n    output y\n}\n"
+
+
+@pytest.mark.parametrize("statement, col, message", [
+    ("y = Dropout(d)(x)", 17, "Dropout argument 'rate': expected a number in [0.0, 1.0), got the layer d (Dense)"),
+    ("y = Dense(3, activation=d)(x)", 29,
+     "Dense argument 'activation': expected an activation name, got the layer d (Dense)"),
+    ("y = Dense(3, kernel_initializer=d)(x)", 37,
+     "Dense argument 'kernel_initializer': expected an initializer, got the layer d (Dense)"),
+    ("y = Reshape(d)(x)", 17,
+     "Reshape argument 'target_shape': expected a shape tuple such as (7, 7, 128), got the layer d (Dense)"),
+    ("y = B(d)(x)", 11, "B parameter n is int, got the layer d (Dense)"),
+    ("y = concat(x, x, axis=d)", 9, "concat: an axis must be an integer, got the layer d (Dense)"),
+    ("y = mean(x, axis=x)", 9, "mean: an axis must be an integer, got a tensor float32[N, 4]"),
+    ("y = transpose(x, perm=d)", 9,
+     "transpose: perm: expected an integer or a tuple of integers, got the layer d (Dense)"),
+    ("y = Dense(3, activation=l2(0.1))(x)", 29,
+     "Dense argument 'activation': expected an activation name, got the regularizer l1_l2(l1=0.0, l2=0.1)"),
+    ("y = Dense(3, bias_initializer=x)(x)", 35,
+     "Dense argument 'bias_initializer': expected an initializer, got a tensor float32[N, 4]"),
+    # (a layer's name= and a regularizer pointed at the keyword: at the value, as other arguments)
+    ("y = Dense(3, name=d)(x)", 23, "Dense argument 'name': expected a name such as priority, got the layer d (Dense)"),
+    ("y = B(3, name=d)(x)", 19, "B argument 'name': expected a name such as res1, got the layer d (Dense)"),
+    ("y = Dense(3, kernel_regularizer=3)(x)", 37,
+     "Dense argument 'kernel_regularizer': expected a regularizer such as l2(0.01), got 3"),
+])
+def test_values_are_described_in_the_languages_terms(located, statement, col, message):
+    """(a layer showed as <kcompile.layers.core.Dense object at 0x7f...>, a tensor as
+    Tensor(name='x', type=TensorType(...)), a regularizer or initializer as its Python object)"""
+    d = located(BOUND_LAYER % statement, 8, message, col)
+    assert d.message == message
