@@ -47,6 +47,9 @@ def _parser() -> lark.Lark:
 
 
 def parse(source: str, file: str = "<string>") -> ast.Module:
+    # (the byte-order mark Windows editors write first is no character of the program: left in,
+    # it was an unexpected character at 1:1)
+    source = source.removeprefix("\ufeff")
     # (lines as lark counts them, at "\n" only: str.splitlines also breaks at form feeds and other
     # separators the grammar reads as spaces, which would show an error under the wrong line)
     lines = [line.rstrip("\r") for line in source.split("\n")]

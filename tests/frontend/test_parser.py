@@ -97,6 +97,15 @@ def test_empty_file_and_crlf():
     assert len(m.body) == 1
 
 
+def test_a_byte_order_mark_is_read_past():
+    """(Windows editors start a UTF-8 file with one: it was "1:1: unexpected character '\\ufeff'")"""
+    (m,) = parse("\ufeffmodel m {\n    input x: float32[8]\n}\n", "t.kdl").definitions
+    assert (m.loc.line, m.loc.col) == (1, 7)
+    d = syntax_error("\ufeffmodel m@ {\n}\n")
+    assert (d.loc.line, d.loc.col) == (1, 8) and d.message == "unexpected character '@'"
+    assert d.render().splitlines()[1:3] == ["    model m@ {", "    " + " " * 7 + "^"]
+
+
 # ---- syntax errors: position, message, hint ----
 @pytest.mark.parametrize("source,line,col,message,hint", [
     ("model m {\n    Dense(10\n}\n", 3, 1, "unexpected '}'; expected ')' or ','", "'(' at line 2, column 10"),
