@@ -87,11 +87,10 @@ class ShapeMismatch(ValueError):
 
 
 def did_you_mean(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in candidates}
-        if name.lower() in lowered:
-            close = [lowered[name.lower()]]
+    # the name in another case first: Relu is relu, not the closer-spelled elu
+    lowered = {c.lower(): c for c in candidates}
+    close = [lowered[name.lower()]] if name.lower() in lowered else \
+        difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"did you mean {close[0]}?" if close else None
 
 

@@ -81,6 +81,8 @@ CASES = [
      "did you mean activation?"),
     ("unknown_activation", model("Dense(10, activation=rellu)"), 3, 26, "unknown activation rellu",
      "did you mean relu?"),
+    ("activation_in_another_case", model("Dense(10, activation=Relu)"), 3, 26, "unknown activation Relu",
+     "did you mean relu?"),  # (it suggested elu, closer in spelling)
     ("unknown_padding", model("Conv2D(8, 3, padding=sme)", IMG), 3, 26, "expected valid or same, got sme",
      "did you mean same?"),
     ("unknown_dtype", model("Dense(2)", "    input x: flot32[8]\n"), 2, 14, "unknown dtype flot32",
