@@ -100,14 +100,15 @@ def format_shape(shape) -> str:
 
 def show(v) -> str:
     """A value as messages write it, in the language's terms: none, true, (3, 3), a tensor
-    float32[N, 4], a word as the source wrote it. Other values (a layer, an initializer) say
-    what they are by their ``__str__``."""
+    float32[N, 4], a word as the source wrote it; text that would not read as one word (empty,
+    or holding a space, a tab or a newline) quoted with escapes: 'my\\tname'. Other values (a
+    layer, an initializer) say what they are by their ``__str__``."""
     if v is None:
         return "none"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return str(v)
+        return str(v) if v and all(c.isprintable() and not c.isspace() for c in v) else repr(str(v))
     if isinstance(v, tuple):
         return "(" + ", ".join(show(i) for i in v) + ("," if len(v) == 1 else "") + ")"
     if isinstance(v, list):

@@ -636,7 +636,7 @@ class Elaborator:
         if isinstance(callee, Symbol):
             candidates = list(LAYERS) + list(self.blocks) + list(self.models) + list(FUNCTIONS) + \
                 [k for k, v in frame.env.items() if isinstance(v, Layer)]
-            raise _Fail(f"unknown layer or function {callee}", e.loc,
+            raise _Fail(f"unknown layer or function {show(callee)}", e.loc,
                         did_you_mean(callee, candidates))
         raise _Fail(f"{self.describe(callee)} cannot be called", e.loc)
 
@@ -683,7 +683,7 @@ class Elaborator:
             return v[0]
         if isinstance(v, Symbol):
             known = [k for k, x in frame.env.items() if isinstance(x, Tensor)]
-            raise _Fail(f"unknown name {v}", loc, self.unknown_hint(v, frame) or
+            raise _Fail(f"unknown name {show(v)}", loc, self.unknown_hint(v, frame) or
                         ("defined here: " + ", ".join(known) if known else None))
         raise _Fail(f"expected a tensor, got {self.describe(v)}", loc)
 
@@ -702,7 +702,7 @@ class Elaborator:
         if isinstance(v, Ref):
             return f"the {v.kind} {v.name}"
         if isinstance(v, Symbol):
-            return f"the name {v}"
+            return f"the name {show(v)}"
         if isinstance(v, InitializerSpec):
             return f"the initializer {v.name}(...), which belongs in a layer's *_initializer argument"
         return show(v)

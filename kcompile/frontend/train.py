@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import Diagnostic, KcompileError, did_you_mean, format_shape
+from ..errors import Diagnostic, KcompileError, did_you_mean, format_shape, show
 from ..ir import BATCH, DTYPES
 from ..ir.types import NEXT_STATE
 from . import ast
@@ -275,7 +275,7 @@ class _Checker:
         if isinstance(e, ast.Name):
             name = LOSS_ALIASES.get(e.id, e.id)
             if name not in LOSSES:
-                self.error(f"unknown loss {e.id}", e.loc, did_you_mean(e.id, list(LOSSES) + list(LOSS_ALIASES)))
+                self.error(f"unknown loss {show(e.id)}", e.loc, did_you_mean(e.id, list(LOSSES) + list(LOSS_ALIASES)))
             elif len(self.outputs) != 1:
                 self.error(f"the model has {len(self.outputs)} outputs; say which this loss is for", e.loc,
                            f"write {e.id}({next(iter(self.outputs))})")
@@ -436,7 +436,7 @@ class _Checker:
         name = e.id if isinstance(e, ast.Name) else \
             e.func.id if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) else None
         if name not in OPTIMIZERS:
-            self.error(f"unknown optimizer {name or unparse(e)}", e.loc,
+            self.error(f"unknown optimizer {show(name) if name else unparse(e)}", e.loc,
                        did_you_mean(name, OPTIMIZERS) if name else "e.g. Adam()")
             return {}
         allowed = OPTIMIZERS[name]
@@ -487,7 +487,7 @@ class _Checker:
             name = m.id if isinstance(m, ast.Name) else m.func.id if isinstance(m, ast.Call) and \
                 isinstance(m.func, ast.Name) else None
             if name not in METRICS:
-                self.error(f"unknown metric {name or unparse(m)}", m.loc,
+                self.error(f"unknown metric {show(name) if name else unparse(m)}", m.loc,
                            did_you_mean(name, METRICS) if name else None)
                 continue
             if isinstance(m, ast.Call):

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import DTYPES, normalize_axis
 from .activations import ACTIVATIONS, gelu, log_softmax, softmax
-from .base import ArgError, BoolArg, IntList
+from .base import ArgError, BoolArg, IntList, show
 
 
 def _concat(ctx, *xs, axis=-1):
@@ -47,7 +47,7 @@ def _matmul(ctx, a, b):
 
 def _cast(ctx, x, dtype):
     if str(dtype) not in DTYPES:
-        raise ArgError(f"unknown dtype {dtype}")
+        raise ArgError(f"unknown dtype {show(dtype)}")
     return ctx.op("Cast", x, to=str(dtype))
 
 

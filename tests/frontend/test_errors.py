@@ -573,3 +573,30 @@ def test_values_are_described_in_the_languages_terms(located, statement, col, me
     Tensor(name='x', type=TensorType(...)), a regularizer or initializer as its Python object)"""
     d = located(BOUND_LAYER % statement, 8, message, col)
     assert d.message == message
+
+
+@pytest.mark.parametrize("statement, col, message", [
+    ('y = Dense(3, name="my\\tname")(x)', 23, "Dense argument 'name': expected a name such as priority, got 'my\\tname'"),
+    ('y = Dense(3, activation="re\\tlu")(x)', 29, "Dense argument 'activation': unknown activation 're\\tlu'"),
+    ('y = Dense(3)("a\\tb")', 18, "unknown name 'a\\tb'"),
+    ('y = cast(x, "float\\n32")', 9, "cast: unknown dtype 'float\\n32'"),
+    ('y = Dense(3, name="a b")(x)', 23, "Dense argument 'name': expected a name such as priority, got 'a b'"),
+    ('y = Dense(3, name="")(x)', 23, "Dense argument 'name': expected a name such as priority, got ''"),
+    ('y = Dense(3, activation="r\u00e9lu")(x)', 29, "Dense argument 'activation': unknown activation r\u00e9lu"),
+])
+def test_text_that_is_not_one_word_is_quoted_with_escapes(located, statement, col, message):
+    """(a tab or newline in a string was printed as it is, inside the message)"""
+    d = located(model(f"{statement}\noutput y"), 3, message, col)
+    assert d.message == message
+
+
+@pytest.mark.parametrize("loss, optimizer, metrics, line, col, message", [
+    ('"ms\\te"', "SGD()", "[mae]", 6, 16, "unknown loss 'ms\\te'"),
+    ("mse", '"sg\\td"', "[mae]", 7, 21, "unknown optimizer 'sg\\td'"),
+    ("mse", "SGD()", '["ma\\te"]', 8, 20, "unknown metric 'ma\\te'"),
+])
+def test_train_names_that_are_not_one_word_are_quoted_with_escapes(located, loss, optimizer, metrics, line, col,
+                                                                   message):
+    d = located(model(f"y = Dense(3)\noutput y\ntrain {{\n    loss = {loss}\n    optimizer = {optimizer}\n"
+                      f"    metrics = {metrics}\n}}"), line, message, col)
+    assert d.message == message
