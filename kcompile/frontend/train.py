@@ -483,6 +483,7 @@ class _Checker:
     def metrics(self, e) -> list:
         items = e.items if isinstance(e, ast.List) else [e]
         out = []
+        labels = set()  # (as fit's history and metrics_names name them)
         for m in items:
             name = m.id if isinstance(m, ast.Name) else m.func.id if isinstance(m, ast.Call) and \
                 isinstance(m.func, ast.Name) else None
@@ -496,6 +497,12 @@ class _Checker:
             elif len(self.outputs) != 1:
                 self.error(f"the model has {len(self.outputs)} outputs; say which this metric is for", m.loc,
                            f"write {name}({next(iter(self.outputs))})")
+            # (Keras 3 computes a duplicate again as mae_1; here one name is one metric)
+            label = name if len(self.outputs) == 1 else \
+                f"{unparse(m.args[-1])}_{name}" if isinstance(m, ast.Call) and m.args else None
+            if label is not None and label in labels:
+                self.error(f"metric {label} is listed twice", m.loc)
+            labels.add(label)
             out.append(unparse(m))
         return out
 
