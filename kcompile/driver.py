@@ -102,6 +102,11 @@ def select_model(module: ast.Module, name: str | None) -> str:
     if name is not None:
         if name not in names:
             from .errors import did_you_mean
+            if name in (b.name for b in module.blocks()):  # (it said "has no model 'B'", as of a misspelling)
+                raise KcompileError(f"{name} is a block in {module.file}, which a model calls, not a model; "
+                                    + (f"its models: {', '.join(names)}" if names else "it defines no model"),
+                                    hint=None if names else f"define a model that calls it: model m {{ input x: "
+                                    f"float32[...]; {name}(...) }}")
             raise KcompileError(f"{module.file} has no model {name!r}; it defines: {', '.join(names) or 'none'}",
                                 hint=did_you_mean(name, names))
         return name

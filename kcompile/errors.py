@@ -87,13 +87,32 @@ class ShapeMismatch(ValueError):
 
 
 def did_you_mean(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in candidates}
-        if name.lower() in lowered:
-            close = [lowered[name.lower()]]
+    # the name in another case first: Relu is relu, not the closer-spelled elu
+    lowered = {c.lower(): c for c in candidates}
+    close = [lowered[name.lower()]] if name.lower() in lowered else \
+        difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"did you mean {close[0]}?" if close else None
 
 
 def format_shape(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def show(v) -> str:
+    """A value as messages write it, in the language's terms: none, true, (3, 3), a tensor
+    float32[N, 4], a word as the source wrote it; text that would not read as one word (empty,
+    or holding a space, a tab or a newline) quoted with escapes: 'my\\tname'. Other values (a
+    layer, an initializer) say what they are by their ``__str__``."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return str(v) if v and all(c.isprintable() and not c.isspace() for c in v) else repr(str(v))
+    if isinstance(v, tuple):
+        return "(" + ", ".join(show(i) for i in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, list):
+        return "[" + ", ".join(show(i) for i in v) + "]"
+    if hasattr(v, "type"):
+        return f"a tensor {v.type}"
+    return str(v)

@@ -124,6 +124,19 @@ def test_summary_selects_a_model(tmp_path, capsys):
     assert "has no model 'thrid'; it defines: first, second" in capsys.readouterr().err
 
 
+def test_a_block_given_as_the_model_is_named_a_block(tmp_path, capsys):
+    """(it said "has no model 'B'", as of a misspelled model)"""
+    block = "block B(n: int) {\n    input h\n    output Dense(n)(h)\n}\n"
+    path = write(tmp_path, block + MLP.format(name="first") + MLP.format(name="second"))
+    assert main(["build", path, "--model", "B", "-o", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"error: B is a block in {path}, which a model calls, not a model; " \
+        "its models: first, second\n"
+    path = write(tmp_path, block, "blocks.kdl")
+    assert main(["build", path, "--model", "B", "-o", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"error: B is a block in {path}, which a model calls, not a model; it " \
+        "defines no model\nhint: define a model that calls it: model m { input x: float32[...]; B(...) }\n"
+
+
 # ---- build ----
 def test_build_writes_an_importable_package(tmp_path, capsys, monkeypatch):
     name = "cli_test_build_mlp"

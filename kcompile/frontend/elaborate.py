@@ -641,7 +641,7 @@ class Elaborator:
         if isinstance(callee, Symbol):
             candidates = list(LAYERS) + list(self.blocks) + list(self.models) + list(FUNCTIONS) + \
                 [k for k, v in frame.env.items() if isinstance(v, Layer)]
-            raise _Fail(f"unknown layer or function {callee}", e.loc,
+            raise _Fail(f"unknown layer or function {show(callee)}", e.loc,
                         did_you_mean(callee, candidates))
         raise _Fail(f"{self.describe(callee)} cannot be called", e.loc)
 
@@ -688,7 +688,7 @@ class Elaborator:
             return v[0]
         if isinstance(v, Symbol):
             known = [k for k, x in frame.env.items() if isinstance(x, Tensor)]
-            raise _Fail(f"unknown name {v}", loc, self.unknown_hint(v, frame) or
+            raise _Fail(f"unknown name {show(v)}", loc, self.unknown_hint(v, frame) or
                         ("defined here: " + ", ".join(known) if known else None))
         raise _Fail(f"expected a tensor, got {self.describe(v)}", loc)
 
@@ -704,12 +704,10 @@ class Elaborator:
             return f"a tensor {v.type}"
         if isinstance(v, Unapplied):
             return f"a layer {v.layer.kind()}(...)"
-        if isinstance(v, Layer):
-            return f"the layer {v.name}"
         if isinstance(v, Ref):
             return f"the {v.kind} {v.name}"
         if isinstance(v, Symbol):
-            return f"the name {v}"
+            return f"the name {show(v)}"
         if isinstance(v, InitializerSpec):
             return f"the initializer {v.name}(...), which belongs in a layer's *_initializer argument"
         return show(v)
@@ -845,7 +843,7 @@ class Elaborator:
         requested = kwargs.pop("name", None) if "name" not in names else None  # (as every layer's name=)
         if requested is not None and not is_source_name(requested):
             raise _Fail(f"{block.name} argument 'name': expected a name such as res1, got {show(requested)}",
-                        next((a.loc for a in e.kwargs if a.name == "name"), e.loc))
+                        next((a.value.loc for a in e.kwargs if a.name == "name"), e.loc))
         if len(args) > len(names):
             raise _Fail(f"{block.name} takes {len(names)} argument{'s' * (len(names) != 1)}, got {len(args)}", e.loc)
         bound = dict(zip(names, args))

@@ -11,7 +11,7 @@ from importlib import resources
 import lark
 from lark import Transformer, v_args
 
-from ..errors import Diagnostic, KcompileError, Loc
+from ..errors import Diagnostic, KcompileError, Loc, did_you_mean
 from . import ast
 
 # What the user sees instead of lark's terminal names.
@@ -47,6 +47,9 @@ def _parser() -> lark.Lark:
 
 
 def parse(source: str, file: str = "<string>") -> ast.Module:
+    # (the byte-order mark Windows editors write first is no character of the program: left in,
+    # it was an unexpected character at 1:1)
+    source = source.removeprefix("\ufeff")
     # (lines as lark counts them, at "\n" only: str.splitlines also breaks at form feeds and other
     # separators the grammar reads as spaces, which would show an error under the wrong line)
     lines = [line.rstrip("\r") for line in source.split("\n")]
@@ -109,6 +112,7 @@ _EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FAL
 _STATEMENT_START = {"INPUT", "OUTPUT", "WEIGHT", "LAYER", "TRAIN"}
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH"}
 _KEYWORDS = {"model", "block", "input", "output", "weight", "layer", "train", "target", "true", "false"}
+_STATEMENT_KEYWORDS = ("input", "output", "weight", "layer", "train", "target")
 _CLOSER = {"(": ")", "[": "]", "{": "}"}
 
 
@@ -215,12 +219,24 @@ def _syntax_diagnostic(e, source: str, loc) -> Diagnostic:
         closer = {"(": "RPAR", "[": "RSQB", "{": "RBRACE"}
         at_eof = token is None or token.type == "$END"
         kind = None if at_eof else token.type
-        if opened and closer[opened[-1][0]] in accepts and (opened[-1][0] != "{" or at_eof or
-                                                            kind in ("MODEL", "BLOCK")):
+        # the words before the token on its line: a misspelled keyword, where it is one word
+        before = source[source.rfind("\n", 0, pos) + 1:pos].strip()
+        if kind == "COMMA" and prev.endswith((",", "(", "[")):  # `Dense(3,, 4)`: an empty item, not an open bracket
+            call = opened and opened[-1][0] == "(" and source[:opened[-1][1]].rstrip()[-1:].isidentifier()
+            what = "a parameter" if not _EXPR_START <= set(accepts) else "an argument" if call else "a value"
+            hint = f"{what} is missing between the two commas" if prev.endswith(",") else \
+                f"{what} is missing before the ','"
+        elif opened and closer[opened[-1][0]] in accepts and (opened[-1][0] != "{" or at_eof or
+                                                              kind in ("MODEL", "BLOCK")):
             ch, at = opened[-1]
             hint = "the {!r} at line {}, column {} is not closed".format(ch, *_line_col(source, at))
         elif kind in ("RPAR", "RSQB", "RBRACE") and not (opened and closer[opened[-1][0]] == kind):
             hint = f"this {str(token)!r} has no matching opening bracket"
+        elif kind == "NAME" and {"MODEL", "BLOCK"} <= set(accepts):  # (a word where a definition starts)
+            hint = did_you_mean(str(token), ("model", "block")) or \
+                "a file holds models and blocks; statements go inside one: model name { ... }"
+        elif before.isidentifier() and before not in _KEYWORDS and did_you_mean(before, _STATEMENT_KEYWORDS):
+            hint = did_you_mean(before, _STATEMENT_KEYWORDS)
         elif prev_word in _KEYWORDS and kind == "EQUAL":
             hint = f"{prev_word} is a keyword; it cannot be used as a name"
         elif prev.endswith("=") and _EXPR_START <= set(accepts):

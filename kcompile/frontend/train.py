@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import Diagnostic, KcompileError, did_you_mean, format_shape
+from ..errors import Diagnostic, KcompileError, did_you_mean, format_shape, show
 from ..ir import BATCH, DTYPES
 from ..ir.types import NEXT_STATE
 from . import ast
@@ -276,7 +276,7 @@ class _Checker:
         if isinstance(e, ast.Name):
             name = LOSS_ALIASES.get(e.id, e.id)
             if name not in LOSSES:
-                self.error(f"unknown loss {e.id}", e.loc, did_you_mean(e.id, list(LOSSES) + list(LOSS_ALIASES)))
+                self.error(f"unknown loss {show(e.id)}", e.loc, did_you_mean(e.id, list(LOSSES) + list(LOSS_ALIASES)))
             elif len(self.outputs) != 1:
                 self.error(f"the model has {len(self.outputs)} outputs; say which this loss is for", e.loc,
                            f"write {e.id}({next(iter(self.outputs))})")
@@ -437,7 +437,7 @@ class _Checker:
         name = e.id if isinstance(e, ast.Name) else \
             e.func.id if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) else None
         if name not in OPTIMIZERS:
-            self.error(f"unknown optimizer {name or unparse(e)}", e.loc,
+            self.error(f"unknown optimizer {show(name) if name else unparse(e)}", e.loc,
                        did_you_mean(name, OPTIMIZERS) if name else "e.g. Adam()")
             return {}
         allowed = OPTIMIZERS[name]
@@ -484,11 +484,12 @@ class _Checker:
     def metrics(self, e) -> list:
         items = e.items if isinstance(e, ast.List) else [e]
         out = []
+        labels = set()  # (as fit's history and metrics_names name them)
         for m in items:
             name = m.id if isinstance(m, ast.Name) else m.func.id if isinstance(m, ast.Call) and \
                 isinstance(m.func, ast.Name) else None
             if name not in METRICS:
-                self.error(f"unknown metric {name or unparse(m)}", m.loc,
+                self.error(f"unknown metric {show(name) if name else unparse(m)}", m.loc,
                            did_you_mean(name, METRICS) if name else None)
                 continue
             if isinstance(m, ast.Call):
@@ -497,6 +498,12 @@ class _Checker:
             elif len(self.outputs) != 1:
                 self.error(f"the model has {len(self.outputs)} outputs; say which this metric is for", m.loc,
                            f"write {name}({next(iter(self.outputs))})")
+            # (Keras 3 computes a duplicate again as mae_1; here one name is one metric)
+            label = name if len(self.outputs) == 1 else \
+                f"{unparse(m.args[-1])}_{name}" if isinstance(m, ast.Call) and m.args else None
+            if label is not None and label in labels:
+                self.error(f"metric {label} is listed twice", m.loc)
+            labels.add(label)
             out.append(unparse(m))
         return out
 

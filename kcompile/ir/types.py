@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ShapeError, format_shape
+from ..errors import ShapeError, format_shape, show
 
 BATCH = "N"  # the symbolic batch dimension, fixed only at run time
 # Stateful recurrent layers' states: graph inputs STATE + "<layer>/h", outputs NEXT_STATE + "<layer>/h"
@@ -148,12 +148,22 @@ def evaluate_dim(dim, sizes: dict) -> int:
 
 def normalize_axis(axis: int, rank: int) -> int:
     if isinstance(axis, bool) or not isinstance(axis, int):
-        shown = {True: "true", False: "false", None: "none"}.get(axis, axis) if not isinstance(axis, (int, float)) \
-            or isinstance(axis, bool) else axis
-        raise ShapeError(f"an axis must be an integer, got {shown}")
+        raise ShapeError(f"an axis must be an integer, got {show(axis)}")
     if not -rank <= axis < rank:
         raise ShapeError(f"axis {axis} is out of range for a tensor of rank {rank}")
     return axis % rank
+
+
+def check_one_dtype(what: str, values, called: str = "inputs") -> None:
+    """``what``'s ``values`` (tensors or tensor types) share one dtype; where they do not, a
+    ShapeError naming the dtypes (not their shapes, which may well be equal) and the cast."""
+    dtypes = [v.dtype for v in values]
+    if len(set(dtypes)) > 1:
+        listed = ", ".join(dtypes[:-1]) + " and " + dtypes[-1]
+        to = next((d for d in dtypes if d in FLOAT_DTYPES), dtypes[0])
+        raise ShapeError(f"{what} of {listed}: {called} must have one dtype",
+                         f"cast one {called[:-1]} with cast(x, {to})" if len(dtypes) == 2 else
+                         f"cast the {called} to one dtype, e.g. with cast(x, {to})")
 
 
 def broadcast_shapes(a: tuple, b: tuple) -> tuple:

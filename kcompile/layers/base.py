@@ -10,7 +10,7 @@ import inspect
 import math
 import re
 
-from ..errors import ShapeError, did_you_mean
+from ..errors import ShapeError, did_you_mean, show  # (show: layers and the frontend import it from here)
 from .. import initializers as inits
 
 
@@ -166,9 +166,11 @@ class ActivationArg(Converter):
         from .activations import ACTIVATIONS
         if v is None:
             return "linear"
-        if not isinstance(v, str) or v not in ACTIVATIONS:
-            hint = did_you_mean(v, ACTIVATIONS) if isinstance(v, str) else None
-            raise ArgError(f"unknown activation {show(v)}", hint or "known: " + ", ".join(sorted(ACTIVATIONS)))
+        known = "known: " + ", ".join(sorted(ACTIVATIONS))
+        if not isinstance(v, str):
+            raise ArgError(f"expected {self.describe}, got {show(v)}", known)
+        if v not in ACTIVATIONS:
+            raise ArgError(f"unknown activation {show(v)}", did_you_mean(v, ACTIVATIONS) or known)
         return str(v)
 
 
@@ -207,23 +209,8 @@ class InitializerSpec:
             raise ArgError(f"initializer {name}: stddev {given['stddev']} is negative")
         self.name, self.kwargs = name, tuple(sorted((k, float(v)) for k, v in kwargs.items()))
 
-
-def show(v) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, Symbol):
-        return str(v)
-    if isinstance(v, str):
-        return repr(v)
-    if isinstance(v, tuple):
-        return "(" + ", ".join(show(i) for i in v) + ("," if len(v) == 1 else "") + ")"
-    if isinstance(v, list):
-        return "[" + ", ".join(show(i) for i in v) + "]"
-    if hasattr(v, "type"):
-        return f"a tensor {v.type}"
-    return str(v)
+    def __str__(self) -> str:  # (as error messages show it)
+        return f"the initializer {self.name}(...)"
 
 
 def is_source_name(v) -> bool:
@@ -269,6 +256,9 @@ class RegularizerSpec:
     def spec(self):
         return (self.l1, self.l2)
 
+    def __str__(self) -> str:  # (as error messages show it)
+        return f"the regularizer l1_l2(l1={self.l1}, l2={self.l2})"
+
 
 REGULARIZER_NAMES = ("l1", "l2", "l1_l2", "L1", "L2", "L1L2")
 
@@ -312,6 +302,9 @@ class Layer:
     def kind(cls) -> str:
         return cls.__name__
 
+    def __str__(self) -> str:  # (as error messages show it: `layer d = Dense(3)` is the layer d)
+        return f"the layer {self.name} ({self.kind()})" if self.name else f"a {self.kind()} layer"
+
     @classmethod
     def auto_name(cls) -> str:
         return snake_case(cls.__name__)
@@ -327,7 +320,9 @@ class Layer:
         params = [p for p in cls.signature().parameters.values() if p.name != "self"]
         requested = kwargs.pop("name", None)  # (every layer's, as Keras: Dense(1, name=priority))
         if requested is not None and not is_source_name(requested):
-            raise ArgError(f"{cls.kind()} argument 'name': expected a name such as priority, got {show(requested)}")
+            err = ArgError(f"{cls.kind()} argument 'name': expected a name such as priority, got {show(requested)}")
+            err.param, err.position = "name", None  # (the frontend points at the value)
+            raise err
         regularizers = {}
         if cls.regularizable:
             for key, weight in cls.regularizer_arguments.items():
@@ -335,7 +330,9 @@ class Layer:
                     try:
                         regularizers[weight] = RegularizerArg()(kwargs.pop(key))
                     except ArgError as e:
-                        raise ArgError(f"{cls.kind()} argument {key!r}: {e}", e.hint) from None
+                        err = ArgError(f"{cls.kind()} argument {key!r}: {e}", e.hint)
+                        err.param, err.position = key, None
+                        raise err from None
         activity = None
         if cls.takes_activity_regularizer and "activity_regularizer" in kwargs:
             try:

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..ir.types import DTYPES, normalize_axis
 from .activations import ACTIVATIONS, gelu, log_softmax, softmax
-from .base import ArgError, BoolArg
+from .base import ArgError, BoolArg, IntList, show
 
 
 def _concat(ctx, *xs, axis=-1):
@@ -47,7 +47,7 @@ def _matmul(ctx, a, b):
 
 def _cast(ctx, x, dtype):
     if str(dtype) not in DTYPES:
-        raise ArgError(f"unknown dtype {dtype}")
+        raise ArgError(f"unknown dtype {show(dtype)}")
     return ctx.op("Cast", x, to=str(dtype))
 
 
@@ -70,7 +70,13 @@ def _positions(ctx, x, axis=1):
 
 
 def _transpose(ctx, x, perm=None):
-    perm = tuple(perm) if perm is not None else (0,) + tuple(range(x.rank - 1, 0, -1))
+    if perm is None:
+        perm = (0,) + tuple(range(x.rank - 1, 0, -1))
+    else:
+        try:
+            perm = IntList()(perm)
+        except ArgError as e:
+            raise ArgError(f"perm: {e}") from None
     if perm[0] != 0:
         raise ShapeError("transpose cannot move the batch axis")
     return ctx.op("Transpose", x, perm=perm)

@@ -8,6 +8,7 @@ joins the masks (an input without one counts at every step).
 from functools import reduce
 
 from ..errors import ShapeError, format_shape
+from ..ir.types import check_one_dtype
 from .base import ArgError, BoolArg, IntArg, IntList, Layer, show
 
 
@@ -22,6 +23,7 @@ class _Merge(Layer):
         if len(shapes) > 1:
             raise ShapeError(f"{self.kind()} needs inputs of one shape, got " +
                              ", ".join(format_shape(x.shape[1:]) for x in xs))
+        check_one_dtype(self.kind(), xs)
         masks = [ctx.mask_of(x) for x in xs]
         out = self.merge(ctx, xs, masks)
         if all(m is not None for m in masks):
@@ -122,6 +124,7 @@ class Concatenate(Layer):
     def call(self, ctx, *xs):
         if len(xs) < 2:
             raise ShapeError(f"Concatenate needs at least two inputs, got {len(xs)}")
+        check_one_dtype("Concatenate", xs)
         out = ctx.op("Concat", *xs, axis=self.axis)
         masks = [ctx.mask_of(x) for x in xs]
         if any(m is not None for m in masks) and out.rank >= 3:
@@ -156,6 +159,7 @@ class Dot(Layer):
         self.axes, self.normalize = axes, normalize
 
     def call(self, ctx, a, b):
+        check_one_dtype("Dot", (a, b))
         axes = []
         for x, axis in zip((a, b), self.axes * 2 if len(self.axes) == 1 else self.axes):
             if x.rank not in (2, 3):

@@ -6,7 +6,7 @@ from onnx import numpy_helper
 
 from ..errors import ShapeError, format_shape
 from ..ir import TensorType
-from ..ir.types import BATCH, normalize_axis, offset_dim
+from ..ir.types import BATCH, check_one_dtype, normalize_axis, offset_dim
 from .base import Op, register
 
 
@@ -108,9 +108,10 @@ class Concat(Op):
     def infer(self, ins, attrs):
         first = ins[0]
         axis = normalize_axis(attrs["axis"], first.rank)
+        check_one_dtype("concat", ins, "operands")
         total = 0
         for t in ins:
-            if t.rank != first.rank or t.dtype != first.dtype or \
+            if t.rank != first.rank or \
                     any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != axis):
                 raise ShapeError("concat needs equal shapes except on the joined axis; got " +
                                  ", ".join(format_shape(t.shape) for t in ins) + f" on axis {attrs['axis']}")

@@ -81,6 +81,8 @@ CASES = [
      "did you mean activation?"),
     ("unknown_activation", model("Dense(10, activation=rellu)"), 3, 26, "unknown activation rellu",
      "did you mean relu?"),
+    ("activation_in_another_case", model("Dense(10, activation=Relu)"), 3, 26, "unknown activation Relu",
+     "did you mean relu?"),  # (it suggested elu, closer in spelling)
     ("unknown_padding", model("Conv2D(8, 3, padding=sme)", IMG), 3, 26, "expected valid or same, got sme",
      "did you mean same?"),
     ("unknown_dtype", model("Dense(2)", "    input x: flot32[8]\n"), 2, 14, "unknown dtype flot32",
@@ -107,6 +109,8 @@ CASES = [
     ("concat_mismatch", model("c = concat(a, b, axis=-1)\noutput c",
                               "    input a: float32[4, 8]\n    input b: float32[5, 3]\n"),
      4, 9, "concat needs equal shapes except on the joined axis; got [N, 4, 8], [N, 5, 3]", None),
+    ("concat_of_two_dtypes", model("c = concat(a, b)\noutput c", "    input a: int64[2]\n    input b: float32[2]\n"),
+     4, 9, "concat of int64 and float32: operands must have one dtype", "cast one operand with cast(x, float32)"),
     ("reshape_incompatible", model("Reshape((3, 4))", "    input x: float32[10]\n"), 3, 5,
      "cannot reshape [N, 10] (10 elements per batch item) to [N, 3, 4]", None),
     ("pool_window_too_large", model("MaxPooling2D((5, 5))", "    input x: float32[4, 4, 1]\n"), 3, 5,
@@ -535,3 +539,64 @@ def test_initializers_take_keras_positional_arguments():
                                       "bias_initializer=RandomUniform(0.5, 1.0))(x)\noutput y"))
     kernel, bias = m.get_weights()
     assert (kernel == 2.0).all() and ((0.5 <= bias) & (bias <= 1.0)).all()
+
+
+BOUND_LAYER = "block B(n: int) {\n    input h\n    output Dense(n)(h)\n}\n" + \
+    "model m {\n    input x: float32[4]\n    layer d = Dense(3)\n    %s\n    output y\n}\n"
+
+
+@pytest.mark.parametrize("statement, col, message", [
+    ("y = Dropout(d)(x)", 17, "Dropout argument 'rate': expected a number in [0.0, 1.0), got the layer d (Dense)"),
+    ("y = Dense(3, activation=d)(x)", 29,
+     "Dense argument 'activation': expected an activation name, got the layer d (Dense)"),
+    ("y = Dense(3, kernel_initializer=d)(x)", 37,
+     "Dense argument 'kernel_initializer': expected an initializer, got the layer d (Dense)"),
+    ("y = Reshape(d)(x)", 17,
+     "Reshape argument 'target_shape': expected a shape tuple such as (7, 7, 128), got the layer d (Dense)"),
+    ("y = B(d)(x)", 11, "B parameter n is int, got the layer d (Dense)"),
+    ("y = concat(x, x, axis=d)", 9, "concat: an axis must be an integer, got the layer d (Dense)"),
+    ("y = mean(x, axis=x)", 9, "mean: an axis must be an integer, got a tensor float32[N, 4]"),
+    ("y = transpose(x, perm=d)", 9,
+     "transpose: perm: expected an integer or a tuple of integers, got the layer d (Dense)"),
+    ("y = Dense(3, activation=l2(0.1))(x)", 29,
+     "Dense argument 'activation': expected an activation name, got the regularizer l1_l2(l1=0.0, l2=0.1)"),
+    ("y = Dense(3, bias_initializer=x)(x)", 35,
+     "Dense argument 'bias_initializer': expected an initializer, got a tensor float32[N, 4]"),
+    # (a layer's name= and a regularizer pointed at the keyword: at the value, as other arguments)
+    ("y = Dense(3, name=d)(x)", 23, "Dense argument 'name': expected a name such as priority, got the layer d (Dense)"),
+    ("y = B(3, name=d)(x)", 19, "B argument 'name': expected a name such as res1, got the layer d (Dense)"),
+    ("y = Dense(3, kernel_regularizer=3)(x)", 37,
+     "Dense argument 'kernel_regularizer': expected a regularizer such as l2(0.01), got 3"),
+])
+def test_values_are_described_in_the_languages_terms(located, statement, col, message):
+    """(a layer showed as <kcompile.layers.core.Dense object at 0x7f...>, a tensor as
+    Tensor(name='x', type=TensorType(...)), a regularizer or initializer as its Python object)"""
+    d = located(BOUND_LAYER % statement, 8, message, col)
+    assert d.message == message
+
+
+@pytest.mark.parametrize("statement, col, message", [
+    ('y = Dense(3, name="my\\tname")(x)', 23, "Dense argument 'name': expected a name such as priority, got 'my\\tname'"),
+    ('y = Dense(3, activation="re\\tlu")(x)', 29, "Dense argument 'activation': unknown activation 're\\tlu'"),
+    ('y = Dense(3)("a\\tb")', 18, "unknown name 'a\\tb'"),
+    ('y = cast(x, "float\\n32")', 9, "cast: unknown dtype 'float\\n32'"),
+    ('y = Dense(3, name="a b")(x)', 23, "Dense argument 'name': expected a name such as priority, got 'a b'"),
+    ('y = Dense(3, name="")(x)', 23, "Dense argument 'name': expected a name such as priority, got ''"),
+    ('y = Dense(3, activation="r\u00e9lu")(x)', 29, "Dense argument 'activation': unknown activation r\u00e9lu"),
+])
+def test_text_that_is_not_one_word_is_quoted_with_escapes(located, statement, col, message):
+    """(a tab or newline in a string was printed as it is, inside the message)"""
+    d = located(model(f"{statement}\noutput y"), 3, message, col)
+    assert d.message == message
+
+
+@pytest.mark.parametrize("loss, optimizer, metrics, line, col, message", [
+    ('"ms\\te"', "SGD()", "[mae]", 6, 16, "unknown loss 'ms\\te'"),
+    ("mse", '"sg\\td"', "[mae]", 7, 21, "unknown optimizer 'sg\\td'"),
+    ("mse", "SGD()", '["ma\\te"]', 8, 20, "unknown metric 'ma\\te'"),
+])
+def test_train_names_that_are_not_one_word_are_quoted_with_escapes(located, loss, optimizer, metrics, line, col,
+                                                                   message):
+    d = located(model(f"y = Dense(3)\noutput y\ntrain {{\n    loss = {loss}\n    optimizer = {optimizer}\n"
+                      f"    metrics = {metrics}\n}}"), line, message, col)
+    assert d.message == message

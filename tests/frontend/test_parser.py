@@ -97,6 +97,15 @@ def test_empty_file_and_crlf():
     assert len(m.body) == 1
 
 
+def test_a_byte_order_mark_is_read_past():
+    """(Windows editors start a UTF-8 file with one: it was "1:1: unexpected character '\\ufeff'")"""
+    (m,) = parse("\ufeffmodel m {\n    input x: float32[8]\n}\n", "t.kdl").definitions
+    assert (m.loc.line, m.loc.col) == (1, 7)
+    d = syntax_error("\ufeffmodel m@ {\n}\n")
+    assert (d.loc.line, d.loc.col) == (1, 8) and d.message == "unexpected character '@'"
+    assert d.render().splitlines()[1:3] == ["    model m@ {", "    " + " " * 7 + "^"]
+
+
 # ---- syntax errors: position, message, hint ----
 @pytest.mark.parametrize("source,line,col,message,hint", [
     ("model m {\n    Dense(10\n}\n", 3, 1, "unexpected '}'; expected ')' or ','", "'(' at line 2, column 10"),
@@ -130,6 +139,33 @@ def test_syntax_errors(source, line, col, message, hint):
     else:
         assert d.hint and hint in d.hint, d.render()
     assert d.render().startswith(f"t.kdl:{line}:{col}: error: ")
+
+
+TOP_LEVEL = "; expected ';', 'block', 'model', end of file or end of line"
+
+
+@pytest.mark.parametrize("source, line, col, message, hint", [
+    # (a misspelled keyword was told to "separate two statements with a new line or ';'")
+    ("mdoel m {\n}\n", 1, 1, "unexpected 'mdoel'" + TOP_LEVEL, "did you mean model?"),
+    ("blokc B() {\n}\n", 1, 1, "unexpected 'blokc'" + TOP_LEVEL, "did you mean block?"),
+    ("Model m {\n}\n", 1, 1, "unexpected 'Model'" + TOP_LEVEL, "did you mean model?"),
+    ("Dense(3)\n", 1, 1, "unexpected 'Dense'" + TOP_LEVEL,
+     "a file holds models and blocks; statements go inside one: model name { ... }"),
+    ("model m {\n    ouput x\n}\n", 2, 11, "unexpected 'x'", "did you mean output?"),
+    ("model m {\n    trian {\n    }\n}\n", 2, 11, "unexpected '{'", "did you mean train?"),
+    # (an empty argument was told "the '(' at line 2, column 10 is not closed")
+    ("model m {\n    Dense(3,, 4)\n}\n", 2, 13, "unexpected ','; expected a value or ')'",
+     "an argument is missing between the two commas"),
+    ("model m {\n    Dense(,3)\n}\n", 2, 11, "unexpected ','; expected a value or ')'",
+     "an argument is missing before the ','"),
+    ("model m {\n    Reshape((2,,2))\n}\n", 2, 16, "unexpected ','; expected a value or ')'",
+     "a value is missing between the two commas"),
+    ("block B(n: int,, k: int) {\n}\n", 1, 16, "unexpected ','; expected ')' or a name",
+     "a parameter is missing between the two commas"),
+])
+def test_hints_name_the_likely_mistake(source, line, col, message, hint):
+    d = syntax_error(source)
+    assert ((d.loc.line, d.loc.col), d.message, d.hint) == ((line, col), message, hint)
 
 
 def test_expected_tokens_are_words_not_terminal_names():

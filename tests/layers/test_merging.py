@@ -150,3 +150,21 @@ model m {
     (s, d), _ = run(src, {"a": a, "b": b})
     close(s, a.astype(np.float64) + b)
     close(d, a.astype(np.float64) - b)
+
+
+@pytest.mark.parametrize("layer", [*MERGES, "Concatenate", "Dot"])
+def test_inputs_of_two_dtypes_are_a_located_error(located, layer):
+    """(Concatenate said "concat needs equal shapes except on the joined axis; got [N, 2], [N, 2]
+    on axis -1" of equal shapes; the others named the op they emit: "Mul of int64 and float32")"""
+    call = "Dot(1)" if layer == "Dot" else f"{layer}()"
+    d = located(f"model m {{\n    input a: int64[2]\n    input b: float32[2]\n    c = {call}(a, b)\n    output c\n}}\n",
+                4, f"{layer} of int64 and float32", col=9)
+    assert d.message == f"{layer} of int64 and float32: inputs must have one dtype"
+    assert d.hint == "cast one input with cast(x, float32)"
+
+
+def test_three_inputs_of_two_dtypes_are_a_located_error(located):
+    d = located("model m {\n    input a: float64[2]\n    input b: float32[2]\n    c = Concatenate()([a, b, b])\n"
+                "    output c\n}\n", 4, "Concatenate of float64, float32 and float32", col=9)
+    assert d.message == "Concatenate of float64, float32 and float32: inputs must have one dtype"
+    assert d.hint == "cast the inputs to one dtype, e.g. with cast(x, float64)"

@@ -382,3 +382,26 @@ def test_fit_without_validation_has_no_val_keys():
     history = m.fit(x, labels, epochs=2, batch_size=BATCH, verbose=0)
     assert set(history.history) == {"loss", "accuracy"}
     assert len(history.history["loss"]) == 2
+
+
+@pytest.mark.parametrize("metrics, col, message", [
+    ("[mae, mae, accuracy]", 25, "metric mae is listed twice"),
+    ('["mae", mae]', 27, "metric mae is listed twice"),
+    ("[mae, mae(y)]", 25, "metric mae is listed twice"),  # (one output: both are named mae)
+])
+def test_a_metric_listed_twice_is_a_located_error(located, metrics, col, message):
+    """(metrics_names had mae twice and evaluate returned 4 numbers, where fit's history had one
+    mae; Keras 3 computes the second again as mae_1: one name is one metric here)"""
+    d = located("model m {\n    input x: float32[4]\n    y = Dense(3)(x)\n    output y\n    train {\n        loss = mse\n"
+                f"        optimizer = SGD()\n        metrics = {metrics}\n    }}\n}}\n", 8, message, col)
+    assert d.message == message
+
+
+def test_one_metric_on_two_outputs_is_two_metrics(located):
+    """mae(kind) and mae(score) are kind_mae and score_mae; mae(score) twice is refused."""
+    both = TWO_OUTPUTS.replace("[accuracy(kind), mae(score)]", "[mae(kind), mae(score)]")
+    assert kcompile.compile_string(both, seed=0).metrics_names == ["loss", "kind_loss", "score_loss", "kind_mae",
+                                                                   "score_mae"]
+    d = located(TWO_OUTPUTS.replace("[accuracy(kind), mae(score)]", "[mae(score), mae(kind), mae(score)]"), 11,
+                "metric score_mae is listed twice", col=43)
+    assert d.message == "metric score_mae is listed twice"
