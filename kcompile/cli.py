@@ -290,7 +290,7 @@ def _train(args, source) -> int:
         raise KcompileError(str(e)) from None
     model.save(out)
     print(f"saved {out}/")
-    stopped = getattr(model, "nonfinite", None)
+    stopped = model.nonfinite
     if stopped is not None:  # (not a success: the data or the learning rate needs a look)
         print(f"kcompile: error: the loss became {stopped.value} at epoch {stopped.epoch + 1}, step {stopped.step + 1}; "
               f"{out}/ holds the weights of the last finite step", file=sys.stderr)

@@ -148,6 +148,7 @@ class TrainingMixin:
     # the next build of the step (the first training call, or set_trainable).
     flush_denormals = True
     _batch_parts_chosen = None
+    nonfinite = None  # the NonFiniteLoss that stopped the last fit, if one did (None: it ran to its end)
 
     @property
     def batch_parts(self) -> int | None:
