@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_count(1), default=32, help="batch size (default: 32)")
     train.add_argument("--validation-split", type=_fraction, default=0.0, metavar="F",
                        help="fraction of the data held out for validation (default: 0)")
-    train.add_argument("--seed", type=_count(0), default=0, help="seed of the initial weights, shuffling and dropout")
+    train.add_argument("--seed", type=_count(0), default=None,
+                       help="seed of the initial weights, shuffling and dropout (default: 0; a resumed checkpoint's own)")
     train.add_argument("-o", "--output", metavar="DIR", help="checkpoint folder (default: checkpoints/<model>)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint folder if it exists")
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2,
@@ -234,15 +235,18 @@ def _train(args, source) -> int:
     compiled = compile_source(source, args.file, args.model)
     name = compiled.graph.name
     out = Path(args.output or Path("checkpoints") / name)
-    from .driver import check_replaceable
+    from .driver import check_replaceable, old_folder
     check_replaceable(out)  # (before training, not after it)
     _check_writable(out)
-    if args.resume and (out / "manifest.json").exists():
+    # (.NAME.old: a save stopped between its two renames left the checkpoint there; load reads it)
+    if args.resume and ((out / "manifest.json").exists() or (old_folder(out) / "manifest.json").exists()):
         model = load(out)
         _check_resumable(model, compiled, out, args.file)
         print(f"resuming {name} from {out}/ at epoch {model.epochs_done}")
+        if args.seed is not None and args.seed != model.seed:  # (the checkpoint's goes on: its shuffles, dropout)
+            print(f"note: --seed {args.seed} is not used: the checkpoint goes on with its seed, {model.seed}")
     else:
-        model = Model.from_compiled(compiled, seed=args.seed)
+        model = Model.from_compiled(compiled, seed=args.seed or 0)
     if not model.trainable:
         raise KcompileError(f"model {name} has no train section" if not model.manifest.get("training_error")
                             else f"model {name} cannot be trained yet: {model.manifest['training_error']}")
@@ -339,12 +343,15 @@ def _check_resumable(model, compiled, out, file):
 
 
 def _encode_labels(model, target, y):
-    """Integer labels for a target that expects one-hot rows are one-hot encoded."""
+    """Integer labels for a target that expects one-hot rows are one-hot encoded (labels as [n]
+    or [n, 1], as cifar10.load_data gives them)."""
     import numpy as np
 
     from .utils import to_categorical
     spec = next(t for t in model.manifest["training"]["targets"] if t["name"] == target)
     y = np.asarray(y)
+    if y.dtype.kind in "iu" and len(spec["shape"]) == 2 and y.ndim == 2 and y.shape[1] == 1 and spec["shape"][-1] > 1:
+        y = y[:, 0]
     if y.dtype.kind in "iu" and len(spec["shape"]) == y.ndim + 1 and spec["shape"][-1] > 1:
         return to_categorical(y, spec["shape"][-1])
     return y

@@ -1,12 +1,14 @@
 """The compiler driver: source file -> checked graph -> optimized graph -> ONNX and a build folder."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,10 +249,32 @@ def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             staging.rename(folder)
+            # (a save stopped between its two renames left the previous folder as .NAME.old: the
+            # new one replaces it now)
+            shutil.rmtree(old_folder(folder), ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _remove_stale_staging(folder)
     return folder
+
+
+STALE_STAGING_S = 600
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """The staging folders (mkdtemp's .NAME.xxxxxxxx) of saves of ``folder`` that a killed process
+    left beside it, untouched for STALE_STAGING_S seconds (a save in flight in another process
+    is younger): each holds a whole checkpoint's bytes."""
+    now = time.time()
+    for path in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
+        suffix = path.name[len(folder.name) + 2:]
+        if len(suffix) == 8 and suffix != "old" and path.is_dir() and not path.is_symlink():
+            try:
+                if now - path.stat().st_mtime > STALE_STAGING_S:
+                    shutil.rmtree(path)
+            except OSError:  # (another process's, or gone meanwhile: left as it is)
+                pass
 
 
 def check_replaceable(folder) -> Path:

@@ -247,3 +247,22 @@ def test_resume_takes_a_checkpoint_with_depthwise_conv2ds_old_kernel_name():
     params[0]["shape"] = [3, 3, 2, 2]
     with pytest.raises(kcompile.KcompileError, match="weights do not fit m.kdl's model m any more"):
         _check_resumable(old, compiled, "ck", "m.kdl")
+
+
+def test_resume_reads_a_checkpoint_a_save_left_between_its_renames(tmp_path, capsys):
+    """A save stopped between its two renames leaves the checkpoint as .NAME.old: --resume goes
+    on from it (it started over), and the next save leaves no .old behind. --seed on a resumed
+    checkpoint is noted as not used (the checkpoint's seed goes on)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(30, 4)).astype(np.float32), y=rng.integers(0, 3, (30, 1)))
+    out = tmp_path / "ck"
+    args = ["train", str(ROOT / "examples" / "iris_mlp.kdl"), "--data", str(tmp_path / "d.npz"), "-o", str(out),
+            "--verbose", "0"]
+    assert main(args + ["--epochs", "1"]) == 0  # (labels as [n, 1]: one-hot encoded as [n] ones)
+    capsys.readouterr()
+    out.rename(tmp_path / ".ck.old")
+    assert main(args + ["--epochs", "2", "--resume", "--seed", "7"]) == 0
+    text = capsys.readouterr().out
+    assert f"resuming iris_mlp from {out}/ at epoch 1" in text
+    assert "note: --seed 7 is not used: the checkpoint goes on with its seed, 0" in text
+    assert kcompile.load(out).epochs_done == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["ck", "d.npz"]

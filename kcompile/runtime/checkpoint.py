@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,9 +130,12 @@ def read_npz(path: Path) -> dict:
     """Every array of an .npz file, by name; np.load's errors on other and damaged files said
     plainly (weights, checkpoints, and `kcompile train --data`)."""
     data = path.read_bytes()  # (a missing or unreadable file: its OSError)
+    # (any exception: a damaged file reaches numpy's and zipfile's decoders, which raise what
+    # they meet, tokenize.TokenError from an array's header or NotImplementedError from a
+    # compression method byte among them)
     try:
         npz = np.load(io.BytesIO(data))
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except Exception as e:
         # (numpy takes a file it does not know for a pickle, and says so)
         raise damaged(path, "not an .npz file (write one with np.savez(path, name=array, ...))" if "pickled" in str(e)
                       else f"not a readable .npz file ({type(e).__name__}: {e})") from None
@@ -143,7 +144,7 @@ def read_npz(path: Path) -> dict:
     try:
         with npz:
             return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except Exception as e:
         raise damaged(path, "it holds object arrays, which need pickle: save numbers" if "allow_pickle" in str(e)
                       else f"an array in it is truncated or damaged ({type(e).__name__}: {e})") from None
 

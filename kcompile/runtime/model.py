@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 from pathlib import Path
@@ -170,22 +171,54 @@ class Model(LayersMixin, TrainingMixin):
             check_lengths(xs, self.manifest, where, self._lengths_checked)
         return xs
 
-    def predict(self, x, batch_size: int | None = 32, verbose: int = 0, steps: int | None = None):
-        """Outputs for ``x`` (an array, or a dict by input name), computed ``batch_size`` rows at a time
-        (None: all at once; always all at once where an output has no batch axis). Where each
-        row's outputs depend on that row alone, it may run fewer rows at a time, for speed, with
-        the same results. ``steps``: the first that many batches only, as Keras. Returns an array
-        for a one-output model, else a list in the model's output order."""
+    def predict(self, x, batch_size: int | None = 32, verbose: int = 0, steps: int | None = None, callbacks=None):
+        """Outputs for ``x`` (an array, a dict by input name, or an iterable of such batches),
+        computed ``batch_size`` rows at a time (None: all at once; always all at once where an
+        output has no batch axis). Where each row's outputs depend on that row alone, it may run
+        fewer rows at a time, for speed, with the same results. ``steps``: the first that many
+        batches only, as Keras. ``callbacks`` see on_predict_begin, each batch's begin and end
+        (``logs["outputs"]``) and on_predict_end, as Keras's. Returns an array for a one-output
+        model, else a list in the model's output order."""
         with self._lock:  # (one_call_at_a_time, written out: a batch-1 predict takes some 15 us)
+            if callbacks is not None:
+                return self._predict_with_callbacks(x, batch_size, steps, callbacks)
             if type(x) is np.ndarray and steps is None and self._predictor is not None:
                 outs = self._repeated_small_predict(x, batch_size)
                 if outs is not None:
                     return outs
             return self._predict(x, batch_size, steps)
 
+    def _predict_with_callbacks(self, x, batch_size, steps, callbacks):
+        """predict batch by batch, the callbacks' hooks around each (Keras's batches: ``batch_size``
+        rows, or the iterable's)."""
+        from ..callbacks import CallbackList
+        if _batches_of_inputs(x):
+            batches = (b[0] if isinstance(b, tuple) else b for b in itertools.islice(x, steps))
+        else:
+            feeds = self._prepare(x, "predict")
+            n = next(iter(feeds.values())).shape[0]
+            step = count(batch_size, "predict", "batch_size", none=True) or max(n, 1)
+            batches = ({k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step))
+            batches = itertools.islice(batches, count(steps, "predict", "steps", 0, none=True) or None)
+        cbs = CallbackList(callbacks, model=self, verbose=0)
+        cbs.on_predict_begin()
+        outs = []
+        for i, batch in enumerate(batches):
+            cbs.on_predict_batch_begin(i)
+            outs.append(self._predict(batch, None, None))
+            cbs.on_predict_batch_end(i, {"outputs": outs[-1]})
+        cbs.on_predict_end()
+        if not outs:
+            raise ValueError("predict: no batches")
+        if not isinstance(outs[0], list):
+            return np.concatenate(outs)
+        return [np.concatenate(parts) for parts in zip(*outs)]
+
     def _predict(self, x, batch_size, steps):
         batch_size = count(batch_size, "predict", "batch_size", none=True)
         steps = count(steps, "predict", "steps", 0, none=True) or None  # (0: all, as Keras)
+        if _batches_of_inputs(x):  # (as Keras: each batch predicted, the outputs joined)
+            return self._predict_with_callbacks(x, None, steps, [])
         feeds = self._prepare(x, "predict")
         if steps is not None and batch_size is not None:
             feeds = {k: v[:steps * batch_size] for k, v in feeds.items()}
@@ -517,6 +550,18 @@ def _refuse_keras_file(path: Path, where: str) -> None:
                  "archive also holds Keras's model config, which kcompile does not write)") if where == "save_weights" else ""
         raise ValueError(f"{where}: {path} names a Keras file ({path.suffix}); kcompile writes weights as "
                          f".npz (give a name such as model.weights.npz){keras}")
+
+
+def _batches_of_inputs(x) -> bool:
+    """Whether predict's ``x`` is an iterable of batches (a generator, a dataset: each an input
+    array, a dict of them, or an (x, ...) tuple whose first item is taken, as Keras), not arrays."""
+    if isinstance(x, (np.ndarray, dict, list, tuple, str, bytes)) or hasattr(x, "__array__"):
+        return False
+    try:
+        iter(x)
+    except TypeError:
+        return False
+    return True
 
 
 def refuse_keras_folder_name(path, where: str) -> None:

@@ -139,6 +139,39 @@ def one_call_at_a_time(method):
     return locked
 
 
+class OptimizerView:
+    """``model.optimizer``, for code written against Keras's (a callback's
+    ``self.model.optimizer.learning_rate``): the train section's optimizer by name, its rate
+    (read and set: the model's ``learning_rate``), its step count and arguments. The update
+    itself is part of the compiled step."""
+
+    def __init__(self, model):
+        self._model = model
+
+    @property
+    def name(self) -> str:
+        return self._model.manifest["training"]["optimizer"]["name"]
+
+    @property
+    def learning_rate(self) -> float:
+        return self._model.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value: float):
+        self._model.learning_rate = value
+
+    @property
+    def iterations(self) -> int:
+        return self._model.iterations
+
+    def get_config(self) -> dict:
+        """Keras's config: name and arguments (a schedule's as its description)."""
+        return {"name": self.name, **self._model.manifest["training"]["optimizer"]["args"]}
+
+    def __repr__(self) -> str:
+        return f"<{self.name} optimizer of model {self._model.name}>"
+
+
 class TrainingMixin:
     """fit/evaluate/... for :class:`kcompile.runtime.model.Model` (which holds the sessions and weights)."""
 
@@ -208,6 +241,11 @@ class TrainingMixin:
     def iterations(self) -> int:
         """Optimizer steps taken so far."""
         return self._iterations
+
+    @property
+    def optimizer(self) -> OptimizerView | None:
+        """The optimizer, as Keras's ``model.optimizer`` (None without a train section)."""
+        return OptimizerView(self) if self.trainable else None
 
     @property
     def epochs_done(self) -> int:
@@ -805,8 +843,11 @@ class TrainingMixin:
                 val = Batches.of(self, validation_data[0], validation_data[1], validation_batch_size or batch_size,
                                  shuffle=False, seed=self.seed, where="fit validation_data", steps=validation_steps,
                                  sample_weight=validation_data[2] if len(validation_data) == 3 else None)
-            else:  # (a one-shot iterator's batches are kept, to validate every epoch on them)
-                items = list(validation_data) if iter(validation_data) is validation_data else validation_data
+            else:  # (a one-shot iterator's batches are kept, to validate every epoch on them; with
+                # validation_steps, as Keras, each validation draws that many from it, going on where
+                # the last stopped: an endless generator is never read to its end)
+                one_shot = iter(validation_data) is validation_data
+                items = list(validation_data) if one_shot and validation_steps is None else validation_data
                 val = Batches(self, None, None, None, validation_batch_size or batch_size, False, self.seed,
                               "fit validation_data", iterable=items, steps=validation_steps)
         verbose = 1 if verbose == "auto" else verbose
@@ -823,46 +864,53 @@ class TrainingMixin:
         initial_epoch, skip = resume if resume is not None else (initial_epoch, 0)
         logs = {}
         self.nonfinite = None  # (the NonFiniteLoss that stopped this fit, if one did)
-        try:
-            for epoch in range(initial_epoch, epochs):
-                self._epoch = epoch
-                running.reset()
-                cbs.on_epoch_begin(epoch)
-                steps = 0
-                for step, (xb, yb, n) in enumerate(batches.epoch(epoch)):
-                    steps += 1
-                    if step < skip:  # (taken before the restored backup was saved)
-                        continue
-                    self._step_in_epoch = step
-                    cbs.on_train_batch_begin(step)
-                    results = self._run_train_step(xb, yb)
-                    running.update(results, n)
-                    cbs.on_train_batch_end(step, running.result() if batch_logs else None)
-                    if self.stop_training:
-                        break
-                ran_out = batches.iterable is not None and not self.stop_training and (
-                    not steps or (batches.steps is not None and steps < batches.steps))
-                if ran_out:  # (as Keras: the epoch's steps so far count, and training stops)
-                    print(f"kcompile: the training data ran out at epoch {epoch + 1}; training stopped (an "
-                          f"iterable must give at least steps_per_epoch x epochs batches)")
-                    self.stop_training = True
-                if steps <= skip:  # (no epoch of made-up numbers)
-                    if not steps or self.stop_training:
-                        break
-                    skip = 0  # (the restored backup had taken all of this epoch's steps)
+        for epoch in range(initial_epoch, epochs):
+            self._epoch = epoch
+            running.reset()
+            cbs.on_epoch_begin(epoch)
+            steps = 0
+            for step, (xb, yb, n) in enumerate(batches.epoch(epoch)):
+                steps += 1
+                if step < skip:  # (taken before the restored backup was saved)
                     continue
-                skip = 0
-                logs = running.result()
-                if val is not None and validate_at(epoch):
-                    logs.update({f"val_{k}": v for k, v in self._evaluate_batches(val, cbs).items()})
-                self._epoch = epoch + 1  # (the epochs done, as a checkpoint saved at the epoch's end records)
-                cbs.on_epoch_end(epoch, logs)
+                self._step_in_epoch = step
+                cbs.on_train_batch_begin(step)
+                try:
+                    results = self._run_train_step(xb, yb)
+                except NonFiniteLoss as e:  # (the weights went back to the last finite step's)
+                    print(f"kcompile: {e}")
+                    self.stop_training, self.nonfinite = True, e
+                    # the callbacks see the loss, as Keras's (TerminateOnNaN's batch end, the epoch's
+                    # end in the History), and the epoch ends there, not counted as done
+                    logs = {**running.result(), "loss": e.value}
+                    cbs.on_train_batch_end(step, logs)
+                    cbs.on_epoch_end(epoch, logs)
+                    break
+                running.update(results, n)
+                cbs.on_train_batch_end(step, running.result() if batch_logs else None)
                 if self.stop_training:
                     break
-        except NonFiniteLoss as e:
-            print(f"kcompile: {e}")
-            self.stop_training = True
-            self.nonfinite = e
+            if self.nonfinite is not None:
+                break
+            ran_out = batches.iterable is not None and not self.stop_training and (
+                not steps or (batches.steps is not None and steps < batches.steps))
+            if ran_out:  # (as Keras: the epoch's steps so far count, and training stops)
+                print(f"kcompile: the training data ran out at epoch {epoch + 1}; training stopped (an "
+                      f"iterable must give at least steps_per_epoch x epochs batches)")
+                self.stop_training = True
+            if steps <= skip:  # (no epoch of made-up numbers)
+                if not steps or self.stop_training:
+                    break
+                skip = 0  # (the restored backup had taken all of this epoch's steps)
+                continue
+            skip = 0
+            logs = running.result()
+            if val is not None and validate_at(epoch):
+                logs.update({f"val_{k}": v for k, v in self._evaluate_batches(val, cbs).items()})
+            self._epoch = epoch + 1  # (the epochs done, as a checkpoint saved at the epoch's end records)
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
         cbs.on_train_end(logs)
         return cbs.history
 

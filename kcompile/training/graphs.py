@@ -104,16 +104,22 @@ def training_form(g: Graph, order: dict | None = None) -> tuple[list, list]:
     would change: the runtime draws them in this order, so the masks are those of -O0."""
     ctx = GradContext(g)
     order = order or {}
-    noise, updates = [], []
+    noise, updates = [], {}
     for node in g.nodes():
         ctx.node = node
+        before = {n.name for n in g.nodes()} if any(ctx.g.kind(i) == "param" for i in node.inputs) else None
         form = OPS[node.op].training_form(ctx, node)
         if form is not None:
             rank = order.get((node.layer, node.op), len(order))
             noise += [(rank, item) for item in form[0]]
-            updates += form[1]
+            for stat, value in form[1]:
+                if stat in updates:  # (a layer called twice, a shared BatchNormalization: Keras updates
+                    # its statistic at each call in turn, so this call's update starts from the last one's)
+                    for made in [n for n in g.nodes() if n.name not in before and stat in n.inputs]:
+                        g.set_inputs(made, [updates[stat] if i == stat else i for i in made.inputs])
+                updates[stat] = value
     noise.sort(key=lambda ranked: ranked[0])  # (stable: one node's inputs stay in order)
-    return [item for _, item in noise], updates
+    return [item for _, item in noise], list(updates.items())
 
 
 # ---------------- loss and metrics from the train section ----------------

@@ -85,6 +85,9 @@ CASES = {
     "state without slots": ("state.json", lambda p: p.write_text('{"iterations": 1, "epoch": 1, "seed": 0}'),
                             "state.json: a checkpoint's state needs"),
     "truncated optimizer": ("optimizer.npz", cut, "optimizer.npz: not a readable .npz file"),
+    "scrambled weights": ("weights.npz", lambda p: p.write_bytes(p.read_bytes()[:100] + b"garbage!" * 10
+                                                               + p.read_bytes()[180:]),
+                          "weights.npz: (an array in it is truncated or damaged|not a readable .npz file)"),
     "no training graph": ("train_step.onnx", lambda p: p.unlink(),
                           "train_step.onnx: the file is missing; the manifest lists it as the train_step file"),
     "no optimizer slots": ("optimizer.npz", lambda p: p.unlink(), "optimizer.npz: the file is missing"),

@@ -585,3 +585,34 @@ def test_load_weights_takes_a_depthwise_kernel_saved_under_its_keras_2_name(tmp_
              names=np.array(["depthwise_conv2d/depthwise_kernel", "depthwise_conv2d/bias"]))
     m.load_weights(tmp_path / "old.npz")
     np.testing.assert_array_equal(m.get_weights()[0], kernel)
+
+
+def test_predict_takes_a_list_of_one_array_an_iterable_of_batches_and_callbacks():
+    """As Keras: [x] for a one-input model, a generator of batches (or of (x, ...) tuples), and
+    callbacks that see each batch's outputs; a generator where arrays go is said plainly."""
+    from kcompile.callbacks import Callback
+    m = kcompile.compile_string(MLP)
+    x = np.random.default_rng(4).random((40, 28, 28, 1), dtype=np.float32)
+    want = m.predict(x)
+    np.testing.assert_allclose(m.predict([x]), want, rtol=1e-6)
+    np.testing.assert_allclose(m.predict(iter([x[:15], x[15:]])), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(m.predict((b, None) for b in (x[:15], x[15:])), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(m.predict(iter([x[:15], x[15:]]), steps=1), want[:15], rtol=1e-6, atol=1e-7)
+    seen = []
+
+    class Hooks(Callback):
+        def on_predict_begin(self, logs=None):
+            seen.append("begin")
+
+        def on_predict_batch_end(self, batch, logs=None):
+            seen.append((batch, logs["outputs"].shape))
+
+        def on_predict_end(self, logs=None):
+            seen.append("end")
+    np.testing.assert_allclose(m.predict(x, batch_size=16, callbacks=[Hooks()]), want, rtol=1e-6, atol=1e-7)
+    assert seen == ["begin", (0, (16, 10)), (1, (16, 10)), (2, (8, 10)), "end"]
+    from pathlib import Path
+    trainable = kcompile.compile(Path(__file__).resolve().parents[2] / "examples" / "mnist_mlp.kdl")
+    with pytest.raises(ShapeMismatch, match=r"fit: input is an iterator; arrays go here \(fit and evaluate take an "
+                                            r"iterable of \(x, y\) batches as x alone"):
+        trainable.fit(iter([x]), np.zeros((40, 10), np.float32))

@@ -385,9 +385,30 @@ def test_checkpoint_swap_cut_off_between_its_renames_keeps_the_previous_one(tmp_
     path.rename(tmp_path / ".ckpt.old")  # as a crash between the renames leaves it
     for a, b in zip(kcompile.load(path).get_weights(), good):
         np.testing.assert_array_equal(a, b)
-    m.save(path)  # and the next save writes the new one in its place
+    m.save(path)  # and the next save writes the new one in its place, the .old one gone
     for a, b in zip(kcompile.load(path).get_weights(), m.get_weights()):
         np.testing.assert_array_equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_save_removes_the_staging_folders_killed_saves_left(tmp_path, monkeypatch):
+    """A save killed while writing leaves its staging folder (.NAME.xxxxxxxx, a whole checkpoint's
+    bytes) beside the checkpoint: the next save of it removes those untouched for a while (a
+    younger one may be another process's save in flight)."""
+    import os
+    import time
+    from kcompile import driver
+    m, path, _ = checkpointed_then_trained(tmp_path)
+    stale, fresh = tmp_path / ".ckpt.k1lled00", tmp_path / ".ckpt.inflight"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / "weights.npz").write_bytes(b"x" * 1000)
+    old = time.time() - driver.STALE_STAGING_S - 60
+    os.utime(stale, (old, old))
+    (tmp_path / ".other.k1lled00").mkdir()  # (another checkpoint's: not this save's to remove)
+    os.utime(tmp_path / ".other.k1lled00", (old, old))
+    m.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ckpt.inflight", ".other.k1lled00", "ckpt"]
 
 
 def test_model_checkpoint_callback_writes_loadable_checkpoints(tmp_path):
@@ -942,3 +963,82 @@ def test_reset_optimizer_trains_as_a_fresh_model_from_the_same_weights():
     np.testing.assert_allclose(a, b, rtol=1e-6)
     for p, q in zip(m.get_weights(), fresh.get_weights()):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_a_batchnorm_called_twice_updates_its_statistics_at_each_call_in_turn():
+    """A shared BatchNormalization (a layer called twice, or a model holding one called twice):
+    its moving statistics update at each call, the second from the first's, as Keras's do (the
+    step wrote the statistic twice: an invalid ONNX graph)."""
+    shared = """model shared {
+        input x: float32[3]
+        layer bn = BatchNormalization(momentum=0.9)
+        a = bn(x)
+        b = bn(x * 2.0)
+        y = concat(a, b)
+        train { loss = mse; optimizer = SGD(learning_rate=0.0) }
+    }"""
+    inner = """model sub { input x: float32[3]; y = BatchNormalization(momentum=0.9); output y }
+    model twice {
+        input x: float32[3]
+        y = concat(sub(x), sub(x * 2.0))
+        train { loss = mse; optimizer = SGD(learning_rate=0.0) }
+    }"""
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(64, 3)).astype(np.float32)
+    mean = 0.9 * (0.1 * x.mean(0)) + 0.1 * (2 * x).mean(0)
+    var = 0.9 * (0.9 + 0.1 * x.var(0)) + 0.1 * (2 * x).var(0)
+    for src, model in ((shared, None), (inner, "twice")):
+        m = kcompile.compile_string(src, model=model)
+        m.train_on_batch(x, np.zeros((64, 6), np.float32))
+        gamma, beta, got_mean, got_var = m.get_weights()
+        np.testing.assert_allclose(got_mean, mean, rtol=1e-5)
+        np.testing.assert_allclose(got_var, var, rtol=1e-5)
+
+
+def test_an_endless_validation_generator_with_validation_steps_is_drawn_from_in_turn():
+    """As Keras: each validation takes validation_steps batches from the iterator, going on where
+    the last stopped (it was read whole first, forever, for an endless generator)."""
+    x, y = small_data(96)
+    drawn = []
+
+    def batches():
+        i = 0
+        while True:
+            drawn.append(i)
+            yield x[64 + 8 * (i % 4):72 + 8 * (i % 4)], y[64 + 8 * (i % 4):72 + 8 * (i % 4)]
+            i += 1
+    m = kcompile.compile_string(SMALL, seed=0)
+    vals = []
+
+    class Val(Callback):  # (each epoch's validation, as evaluate gives it on the two batches drawn)
+        def on_epoch_end(self, epoch, logs=None):
+            rows = slice(64, 80) if epoch == 0 else slice(80, 96)
+            vals.append(self.model.evaluate(x[rows], y[rows], batch_size=8, verbose=0))
+
+    history = m.fit(x[:64], y[:64], batch_size=16, epochs=2, verbose=0, validation_data=batches(),
+                    validation_steps=2, callbacks=[Val()])
+    assert drawn == [0, 1, 2, 3]
+    np.testing.assert_allclose(history.history["val_loss"], [v[0] for v in vals], rtol=1e-6)
+
+
+def test_a_nonfinite_loss_reaches_the_callbacks_as_keras(capsys):
+    """The step goes back to the last finite weights and training stops, and the callbacks see the
+    loss first, as Keras's: TerminateOnNaN at the batch's end, the History at the epoch's."""
+    from kcompile.callbacks import TerminateOnNaN
+    x, y = small_data()
+    x[20, 0] = np.nan  # (the second batch's, unshuffled)
+    m = kcompile.compile_string(SMALL, seed=0)
+    history = m.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, callbacks=[TerminateOnNaN()])
+    assert np.isnan(history.history["loss"]).tolist() == [True]
+    out = capsys.readouterr().out
+    assert "the loss became nan at epoch 1, step 2" in out and "Invalid loss" in out
+    assert m.iterations == 0 and m.epochs_done == 0 and m.nonfinite is not None  # (back before the step that wrote)
+
+
+def test_model_optimizer_as_keras_callbacks_use_it():
+    m = kcompile.compile_string(SMALL, seed=0)
+    assert m.optimizer.name == "Adam" and m.optimizer.learning_rate == pytest.approx(0.01)
+    m.optimizer.learning_rate = 0.005
+    assert m.learning_rate == pytest.approx(0.005) and m.optimizer.iterations == 0
+    assert m.optimizer.get_config()["beta_1"] == 0.9
+    plain = kcompile.compile_string("model p { input x: float32[2]\n y = Dense(1)(x) }")
+    assert plain.optimizer is None
