@@ -112,6 +112,10 @@ def read_onnx(path: Path, manifest: dict | None = None) -> bytes:
         raise damaged(path, f"not a readable ONNX file ({type(e).__name__}: {e}): truncated or damaged") from None
     if not proto.opset_import or not proto.graph.output:
         raise damaged(path, "not a complete ONNX model (no opset or no outputs): truncated or damaged")
+    try:  # (a byte changed inside a graph parses, and failed only at its first run: Relu as Relx)
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise damaged(path, f"its graph is not valid ONNX ({str(e).strip().splitlines()[0][:300]}): damaged") from None
     if manifest is not None:
         def shapes(values):
             return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param

@@ -115,7 +115,8 @@ def test_a_nonfinite_loss_goes_back_to_the_last_finite_weights(capsys, turns):
     class Poison(Callback):
         def on_train_batch_end(self, batch, logs=None):
             seen.append(self.model.get_weights())
-            assert isinstance(self.model._runner, ShardedRunner)
+            # (the step runs split; the non-finite step's batch end comes after its runner is dropped)
+            assert isinstance(self.model._runner, ShardedRunner) or not np.isfinite(logs["loss"])
             if batch == 1:
                 self.model._lr_override = float("nan")  # (a poisoned step: the public setter refuses NaN)
 

@@ -88,6 +88,8 @@ CASES = {
     "scrambled weights": ("weights.npz", lambda p: p.write_bytes(p.read_bytes()[:100] + b"garbage!" * 10
                                                                + p.read_bytes()[180:]),
                           "weights.npz: (an array in it is truncated or damaged|not a readable .npz file)"),
+    "an op renamed": ("train_step.onnx", lambda p: p.write_bytes(p.read_bytes().replace(b"Relu", b"Relx")),
+                      "train_step.onnx: its graph is not valid ONNX \\(.*Relx.*\\): damaged"),
     "no training graph": ("train_step.onnx", lambda p: p.unlink(),
                           "train_step.onnx: the file is missing; the manifest lists it as the train_step file"),
     "no optimizer slots": ("optimizer.npz", lambda p: p.unlink(), "optimizer.npz: the file is missing"),
