@@ -83,7 +83,10 @@ def _one_shot(data) -> bool:
 
 
 def _check(spec, a, where, what):
-    a = np.asarray(a)
+    try:
+        a = np.asarray(a)
+    except ValueError as e:  # (ragged lists: numpy's "inhomogeneous shape", said for this input)
+        raise ShapeMismatch(f"{where}: {what} {spec.name!r} is not an array of one shape ({e})") from None
     if a.dtype.kind not in "biuf":
         raise ShapeMismatch(f"{where}: {what} {spec.name!r} expects {spec.dtype} numbers, got dtype {a.dtype}")
     want_rank = len(spec.shape) + 1

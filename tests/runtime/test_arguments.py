@@ -41,6 +41,8 @@ def model():
     (dict(validation_split=1.0), "validation_split must be a number at least 0 and below 1, got 1.0"),
     (dict(validation_data=(X, Y), validation_steps=0), "fit: validation_steps must be a positive integer"),
     (dict(callbacks=[3]), "callbacks must be a list of Callback instances .*got \\[3\\]"),
+    # (a list of batches for validation_data: Keras takes a list as (x, y), whose x is ragged here)
+    (dict(validation_data=[(X, Y), (X, Y)]), "fit validation_data: input 'x' is not an array of one shape"),
 ])
 def test_fit_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
