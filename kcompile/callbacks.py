@@ -413,9 +413,9 @@ class ModelCheckpoint(Callback):
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
-        from .runtime.model import KERAS_WEIGHTS, refuse_keras_folder_name
+        from .runtime.model import WEIGHTS_FILES, refuse_keras_folder_name
         name = self.filepath.lower()
-        if save_weights_only and not name.endswith((".npz", KERAS_WEIGHTS)):
+        if save_weights_only and not name.endswith(WEIGHTS_FILES):
             raise ValueError(f"ModelCheckpoint: {self.filepath}: kcompile saves weights as .npz or as Keras 3's "
                              f".weights.h5: give a name such as model-{{epoch:02d}}.weights.h5")
         if not save_weights_only:  # (a checkpoint folder)
@@ -483,6 +483,8 @@ class ModelCheckpoint(Callback):
             self.model.save(filepath)
 
     def _save_model(self, epoch, batch, logs):
+        if _stopped_on_a_nonfinite_loss(self.model):
+            return
         logs = logs or {}
         filepath = self._get_file_path(epoch, batch, logs)
         dirname = os.path.dirname(filepath)
@@ -513,6 +515,13 @@ class ModelCheckpoint(Callback):
             self._write(filepath)
         elif self.verbose > 0:
             _print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+
+
+def _stopped_on_a_nonfinite_loss(model) -> bool:
+    """The hooks fit calls for a non-finite step (the loss shown to the callbacks) come after its
+    weights went back to an earlier step: a checkpoint or backup then would say a place in
+    training its state is not at, so none is written (the last one stays)."""
+    return getattr(model, "nonfinite", None) is not None
 
 
 def _get_lr_owner(model):
@@ -941,6 +950,8 @@ class BackupAndRestore(Callback):
             self._save((epoch + 1, 0))
 
     def _save(self, at):
+        if _stopped_on_a_nonfinite_loss(self.model):
+            return
         epoch, batch = at
         path = self.model.save(os.path.join(self.backup_dir, f"epoch-{epoch}-batch-{batch}"))
         # Only once the new backup is in place, the older ones go (all but one with double_checkpoint).

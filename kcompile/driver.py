@@ -16,6 +16,7 @@ import numpy as np
 
 from . import __version__
 from .errors import Diagnostic, KcompileError
+from .fileio import current_umask
 from .frontend import ast
 from .frontend.elaborate import Elaborator
 from .frontend.parser import parse
@@ -224,7 +225,7 @@ def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
     has its target replaced."""
     folder = check_replaceable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=staging_prefix(folder)))
     os.chmod(staging, 0o777 & ~current_umask())  # (mkdtemp makes it 0700: the mode a new folder gets)
     try:
         for name, data in contents.items():
@@ -262,14 +263,19 @@ def write_folder_atomic(folder: Path, contents: dict[str, bytes]) -> Path:
 STALE_STAGING_S = 600
 
 
+def staging_prefix(folder: Path) -> str:
+    """The name a save's staging folder for ``folder`` starts with (mkdtemp adds 8 characters): one
+    no other folder has, so that stale ones are told apart from another checkpoint's .NAME.old."""
+    return f".{folder.name}.kcstage-"
+
+
 def _remove_stale_staging(folder: Path) -> None:
-    """The staging folders (mkdtemp's .NAME.xxxxxxxx) of saves of ``folder`` that a killed process
-    left beside it, untouched for STALE_STAGING_S seconds (a save in flight in another process
-    is younger): each holds a whole checkpoint's bytes."""
+    """The staging folders of saves of ``folder`` that a killed process left beside it, untouched
+    for STALE_STAGING_S seconds (a save in flight in another process is younger): each holds a
+    whole checkpoint's bytes."""
     now = time.time()
-    for path in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
-        suffix = path.name[len(folder.name) + 2:]
-        if len(suffix) == 8 and suffix != "old" and path.is_dir() and not path.is_symlink():
+    for path in folder.parent.glob(glob.escape(staging_prefix(folder)) + "*"):
+        if path.is_dir() and not path.is_symlink():
             try:
                 if now - path.stat().st_mtime > STALE_STAGING_S:
                     shutil.rmtree(path)
@@ -406,10 +412,6 @@ def load(device="cpu"):
 '''
 
 
-def current_umask() -> int:
-    umask = os.umask(0)  # (the only way to read it is to set it)
-    os.umask(umask)
-    return umask
 
 
 def write_atomic(path: Path, data: bytes) -> None:

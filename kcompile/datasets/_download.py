@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..fileio import current_umask
+
 __all__ = ["DatasetUnavailable", "ChecksumMismatch", "fetch", "default_cache_dir", "sha256_of"]
 
 DEFAULT_TIMEOUT = 30.0
@@ -73,9 +75,7 @@ def fetch(url: str, filename: str, sha256: str, cache_dir: str | os.PathLike | N
         ) from e
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".part", dir=folder)
-    umask = os.umask(0)  # (mkstemp makes it 0600: the cache is readable as a new file is)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    os.fchmod(fd, 0o666 & ~current_umask())  # (mkstemp makes it 0600: the cache is readable as a new file is)
     tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()

@@ -241,20 +241,21 @@ class Elaborator:
             raise KcompileError(self.diagnostics)
         graph.outputs = [(public, t.name) for public, t in outputs]
         graph.outputs += [(public, t.name) for public, t in self.builder.state_outputs]
-        # (the values the train section names are kept too: a loss may read an inner value)
+        # each output's step mask (Embedding(mask_zero=true) through the layers that pass it on):
+        # losses and metrics leave the masked steps out, as Keras 3
+        graph.meta["output_masks"] = {public: self.builder.mask_of(t).name for public, t in outputs
+                                      if self.builder.mask_of(t) is not None}
+        # (kept besides the outputs: their masks, and the values the train section names, which a
+        # loss may read)
         train = next((s for s in model.body if isinstance(s, ast.Train)), None)
-        live = [v for _, v in graph.outputs] + [frame.env[n].name for n in sorted(ast.names_in(train) if train else ())
-                                                if isinstance(frame.env.get(n), Tensor)]
+        live = [v for _, v in graph.outputs] + list(graph.meta["output_masks"].values()) + \
+            [frame.env[n].name for n in sorted(ast.names_in(train) if train else ()) if isinstance(frame.env.get(n), Tensor)]
         graph.layers, unreached = keras_layer_order(graph, self.calls, [t.name for _, t in outputs])
         graph.layers += drop_unreached(graph, live, unreached)
         params = {p: graph.params[p] for r in graph.layers for p in r.params}
         graph.params = {**params, **{k: v for k, v in graph.params.items() if k not in params}}
         graph.meta["train"] = train
-        graph.meta["env"] = {k: v for k, v in frame.env.items() if isinstance(v, Tensor)}
-        # each output's step mask (Embedding(mask_zero=true) through the layers that pass it on):
-        # losses and metrics leave the masked steps out, as Keras 3
-        graph.meta["output_masks"] = {public: self.builder.mask_of(t).name for public, t in outputs
-                                      if self.builder.mask_of(t) is not None}
+        graph.meta["env"] = {k: v for k, v in frame.env.items() if isinstance(v, Tensor) and v.name in graph.types}
         return graph
 
     def body(self, statements, frame: Frame, top=False):

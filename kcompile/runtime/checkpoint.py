@@ -139,6 +139,8 @@ def read_npz(path: Path) -> dict:
     # compression method byte among them)
     try:
         npz = np.load(io.BytesIO(data))
+    except MemoryError:
+        raise
     except Exception as e:
         # (numpy takes a file it does not know for a pickle, and says so)
         raise damaged(path, "not an .npz file (write one with np.savez(path, name=array, ...))" if "pickled" in str(e)
@@ -148,6 +150,8 @@ def read_npz(path: Path) -> dict:
     try:
         with npz:
             return {k: npz[k] for k in npz.files}
+    except MemoryError:
+        raise
     except Exception as e:
         raise damaged(path, "it holds object arrays, which need pickle: save numbers" if "allow_pickle" in str(e)
                       else f"an array in it is truncated or damaged ({type(e).__name__}: {e})") from None

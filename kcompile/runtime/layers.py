@@ -28,17 +28,19 @@ class Layer:
         return [shapes[n] for n in self.weight_names]
 
     def get_weights(self) -> list[np.ndarray]:
-        self._model._sync_state()
-        return [self._model._weights[n].copy() for n in self.weight_names]
+        with self._model._lock:  # (the model's calls take turns: runtime/training.py, one_call_at_a_time)
+            self._model._sync_state()
+            return [self._model._weights[n].copy() for n in self.weight_names]
 
     def set_weights(self, weights) -> None:
         """Its weights replaced (the model's set_weights checks the shapes; the others stay)."""
         weights = list(weights)
         if len(weights) != len(self.weight_names):
             raise ValueError(f"set_weights: layer {self.name} has {len(self.weight_names)} weights, got {len(weights)}")
-        self._model._sync_state()
-        mine = dict(zip(self.weight_names, weights))
-        self._model.set_weights([mine.get(n, self._model._weights[n]) for n in self._model.weight_names])
+        with self._model._lock:  # (the other layers' weights read and written back in one turn)
+            self._model._sync_state()
+            mine = dict(zip(self.weight_names, weights))
+            self._model.set_weights([mine.get(n, self._model._weights[n]) for n in self._model.weight_names])
 
     def adapt(self, data) -> None:
         """A Normalization layer's mean and variance from ``data`` shaped like its input (each

@@ -74,6 +74,15 @@ class Model(LayersMixin, TrainingMixin):
         self._source = None  # the .kdl text it was compiled from, where known (save writes it again)
         self._init_training(manifest.get("seed", 0) if seed is None else seed)
 
+    def __getstate__(self):  # (copy.deepcopy and pickle: the lock is made again, not copied)
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     # ---------------- construction ----------------
     @classmethod
     def from_compiled(cls, compiled, seed: int = 0, device: str = "cpu") -> "Model":
@@ -172,44 +181,54 @@ class Model(LayersMixin, TrainingMixin):
         return xs
 
     def predict(self, x, batch_size: int | None = 32, verbose: int = 0, steps: int | None = None, callbacks=None):
-        """Outputs for ``x`` (an array, a dict by input name, or an iterable of such batches),
-        computed ``batch_size`` rows at a time (None: all at once; always all at once where an
-        output has no batch axis). Where each row's outputs depend on that row alone, it may run
+        """Outputs for ``x`` (an array, a dict by input name, or an iterable of such batches: each
+        predicted, the outputs joined), computed ``batch_size`` rows at a time (None: all at once;
+        always all at once where an output has no batch axis, which batches cannot give). Where each row's outputs depend on that row alone, it may run
         fewer rows at a time, for speed, with the same results. ``steps``: the first that many
         batches only, as Keras. ``callbacks`` see on_predict_begin, each batch's begin and end
         (``logs["outputs"]``) and on_predict_end, as Keras's. Returns an array for a one-output
         model, else a list in the model's output order."""
+        if callbacks is not None or (type(x) is not np.ndarray and _batches_of_inputs(x)):
+            return self._predict_in_batches(x, batch_size, steps, callbacks)
         with self._lock:  # (one_call_at_a_time, written out: a batch-1 predict takes some 15 us)
-            if callbacks is not None:
-                return self._predict_with_callbacks(x, batch_size, steps, callbacks)
             if type(x) is np.ndarray and steps is None and self._predictor is not None:
                 outs = self._repeated_small_predict(x, batch_size)
                 if outs is not None:
                     return outs
             return self._predict(x, batch_size, steps)
 
-    def _predict_with_callbacks(self, x, batch_size, steps, callbacks):
-        """predict batch by batch, the callbacks' hooks around each (Keras's batches: ``batch_size``
-        rows, or the iterable's)."""
+    def _predict_in_batches(self, x, batch_size, steps, callbacks):
+        """predict batch by batch, with the callbacks' hooks around each (Keras's batches:
+        ``batch_size`` rows, or an iterable's own), each batch's run one call at a time, the
+        callbacks and the iterable's code outside the lock (they may use the model too)."""
         from ..callbacks import CallbackList
+        steps = count(steps, "predict", "steps", 0, none=True) or None  # (0: all, as Keras)
         if _batches_of_inputs(x):
+            if not self._batched_outputs:
+                raise ValueError("predict: an output without the batch axis is computed over all the rows at "
+                                 "once; give the arrays, not batches of them")
             batches = (b[0] if isinstance(b, tuple) else b for b in itertools.islice(x, steps))
         else:
             feeds = self._prepare(x, "predict")
             n = next(iter(feeds.values())).shape[0]
             step = count(batch_size, "predict", "batch_size", none=True) or max(n, 1)
-            batches = ({k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step))
-            batches = itertools.islice(batches, count(steps, "predict", "steps", 0, none=True) or None)
+            if not self._batched_outputs:  # (computed over all the rows: one batch)
+                step = max(n, 1)
+            batches = itertools.islice(({k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)),
+                                       steps)
         cbs = CallbackList(callbacks, model=self, verbose=0)
         cbs.on_predict_begin()
         outs = []
         for i, batch in enumerate(batches):
             cbs.on_predict_batch_begin(i)
-            outs.append(self._predict(batch, None, None))
+            with self._lock:
+                outs.append(self._predict(batch, None, None))
             cbs.on_predict_batch_end(i, {"outputs": outs[-1]})
         cbs.on_predict_end()
         if not outs:
             raise ValueError("predict: no batches")
+        if len(outs) == 1:
+            return outs[0]
         if not isinstance(outs[0], list):
             return np.concatenate(outs)
         return [np.concatenate(parts) for parts in zip(*outs)]
@@ -217,8 +236,6 @@ class Model(LayersMixin, TrainingMixin):
     def _predict(self, x, batch_size, steps):
         batch_size = count(batch_size, "predict", "batch_size", none=True)
         steps = count(steps, "predict", "steps", 0, none=True) or None  # (0: all, as Keras)
-        if _batches_of_inputs(x):  # (as Keras: each batch predicted, the outputs joined)
-            return self._predict_with_callbacks(x, None, steps, [])
         feeds = self._prepare(x, "predict")
         if steps is not None and batch_size is not None:
             feeds = {k: v[:steps * batch_size] for k, v in feeds.items()}
@@ -434,7 +451,7 @@ class Model(LayersMixin, TrainingMixin):
             data = write_weights(self.manifest, dict(zip(self._param_names, self.get_weights())))
         else:
             path = _file_path(path, "save_weights", ".npz")
-            if not path.name.lower().endswith(".npz"):  # (as Keras, which asks for its one suffix)
+            if not path.name.lower().endswith(WEIGHTS_FILES):  # (as Keras, which asks for its one suffix)
                 raise ValueError(f"save_weights: {path} must end in .npz (numpy's arrays) or .weights.h5 "
                                  f"(Keras 3's weights file)")
             buf = io.BytesIO()
@@ -526,6 +543,7 @@ class Model(LayersMixin, TrainingMixin):
 
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 KERAS_WEIGHTS = ".weights.h5"  # (the Keras file save_weights writes, as keras_model.save_weights)
+WEIGHTS_FILES = (".npz", KERAS_WEIGHTS)  # the names save_weights takes
 # Weight names earlier kcompile versions wrote, by the name that replaced them (Keras 3's).
 RENAMED = {"depthwise_kernel": "kernel"}  # (DepthwiseConv2D's kernel, renamed in 0.2.0's successor)
 

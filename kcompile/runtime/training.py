@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -131,7 +132,9 @@ class NonFiniteLoss(Exception):
 def one_call_at_a_time(method):
     """A Model method that runs while no other thread runs one on the same model: predict,
     evaluate and training reuse bound buffers (binding.py), which two calls at once would
-    share. Re-entrant: a callback of fit may predict."""
+    share. fit and evaluate take turns step by step (their loops run callbacks and the data's
+    own code, which may use the model from another thread: a batch producer that predicts).
+    Re-entrant: a callback may predict."""
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
         with self._lock:
@@ -193,10 +196,11 @@ class TrainingMixin:
     @batch_parts.setter
     def batch_parts(self, value):
         value = count(value, "model", "batch_parts", none=True)
-        if value != self._batch_parts_chosen:
-            self._batch_parts_chosen = value
-            if getattr(self, "_runner", None) is not None:  # (the step is made again, its state kept)
-                self._drop_runner(keep_history=True)
+        with self._lock:
+            if value != self._batch_parts_chosen:
+                self._batch_parts_chosen = value
+                if getattr(self, "_runner", None) is not None:  # (the step is made again, its state kept)
+                    self._drop_runner(keep_history=True)
 
     # ---- state ----
     def _init_training(self, seed: int):
@@ -658,10 +662,14 @@ class TrainingMixin:
         Both models' training steps read and write those buffers directly, so a step of either
         is seen by the other without a copy. Starts from ``other``'s values. Returns the number
         of weights tied."""
-        from .binding import SharedWeight
         if not isinstance(other, TrainingMixin) or not isinstance(prefix, str):
             raise ValueError(f"share_weights: expects a kcompile model and a prefix (a str), got "
                              f"{type(other).__name__} and {prefix!r}")
+        with other._lock:  # (its buffers change too)
+            return self._tie_weights(other, prefix)
+
+    def _tie_weights(self, other, prefix: str) -> int:
+        from .binding import SharedWeight
         pairs = [(prefix + n, n) for n in other.weight_names if prefix + n in self._weights]
         if not pairs:
             raise ValueError(f"no weight of {self.name} is named {prefix}<a weight of {other.name}>")
@@ -711,6 +719,7 @@ class TrainingMixin:
             self._weights[name] = weight.numpy()
         self._weights_changed()
 
+    @one_call_at_a_time
     def _run_train_step(self, xb, yb, where="fit"):
         self._pull_shared()
         runner = self._runner_for_training()
@@ -741,6 +750,7 @@ class TrainingMixin:
         self._ran(runner.session)
         return results
 
+    @one_call_at_a_time
     def _run_eval_step(self, xb, yb, where="evaluate"):
         self._sync_state()
         session = self._session_for("eval")
@@ -779,7 +789,6 @@ class TrainingMixin:
         values = [logs["loss"]] + [logs[m["name"]] for m in self.manifest["training"]["metrics"]]
         return values[0] if len(values) == 1 else values
 
-    @one_call_at_a_time
     def evaluate(self, x=None, y=None, batch_size=32, verbose="auto", sample_weight=None, steps=None,
                  callbacks=None, return_dict=False):
         """Loss and metrics over (x, y) in inference mode (dropout off, moving statistics);
@@ -795,7 +804,6 @@ class TrainingMixin:
                            epochs=1, steps=batches.steps, verbose=verbose)
         return self._format(self._evaluate_batches(batches, cbs), return_dict)
 
-    @one_call_at_a_time
     def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
             steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
@@ -843,17 +851,20 @@ class TrainingMixin:
                 val = Batches.of(self, validation_data[0], validation_data[1], validation_batch_size or batch_size,
                                  shuffle=False, seed=self.seed, where="fit validation_data", steps=validation_steps,
                                  sample_weight=validation_data[2] if len(validation_data) == 3 else None)
-            else:  # (a one-shot iterator's batches are kept, to validate every epoch on them; with
-                # validation_steps, as Keras, each validation draws that many from it, going on where
-                # the last stopped: an endless generator is never read to its end)
-                one_shot = iter(validation_data) is validation_data
-                items = list(validation_data) if one_shot and validation_steps is None else validation_data
+            else:  # (a one-shot iterator's batches are kept, to validate every epoch on them, as
+                # Keras: its first validation_steps batches where given, so an endless generator
+                # is not read to its end)
+                items = validation_data
+                if iter(validation_data) is validation_data:
+                    items = list(itertools.islice(validation_data, count(validation_steps, "fit", "validation_steps",
+                                                                         none=True)))
                 val = Batches(self, None, None, None, validation_batch_size or batch_size, False, self.seed,
                               "fit validation_data", iterable=items, steps=validation_steps)
         verbose = 1 if verbose == "auto" else verbose
         cbs = CallbackList(callbacks, add_history=True, add_progbar=verbose != 0, model=self, epochs=epochs,
                            steps=batches.steps, verbose=verbose)
         self.stop_training = False
+        self.nonfinite = None  # (the NonFiniteLoss that stops this fit, if one does)
         running = RunningMetrics(self.manifest["training"]["metrics"])
         self.__dict__.pop("_resume_at", None)  # (an earlier fit's, whose on_train_begin failed after it was set)
         cbs.on_train_begin()
@@ -863,7 +874,6 @@ class TrainingMixin:
         resume = self.__dict__.pop("_resume_at", None)
         initial_epoch, skip = resume if resume is not None else (initial_epoch, 0)
         logs = {}
-        self.nonfinite = None  # (the NonFiniteLoss that stopped this fit, if one did)
         for epoch in range(initial_epoch, epochs):
             self._epoch = epoch
             running.reset()
@@ -954,6 +964,7 @@ class TrainingMixin:
         self._iterations, self._epoch = state["iterations"], state["epoch"]
         self._lr_override = state.get("learning_rate_override")
 
+    @one_call_at_a_time
     def optimizer_state(self) -> dict:
         self._sync_state()
         return {k: v.copy() for k, v in self._slots.items()}

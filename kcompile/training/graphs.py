@@ -560,7 +560,7 @@ def _run_passes(g, passes, stage, report):
 def _row_tables(g: Graph, trainable: list[str]) -> set[str]:
     """The weights whose gradients optimizers.as_rows will keep as rows, told before autodiff:
     a table read by one Gather on axis 0 and nothing else (its gradient is then that Gather's
-    ScatterAdd), of static shape and at least ROWS_MIN_ELEMENTS numbers."""
+    ScatterAdd), large enough for it (optimizers.updated_on_rows)."""
     tables = set()
     for n in trainable:
         readers = g.consumers(n)
@@ -568,7 +568,7 @@ def _row_tables(g: Graph, trainable: list[str]) -> set[str]:
         if (len(readers) == 1 and readers[0].op == "Gather" and readers[0].inputs[0] == n
                 and readers[0].inputs.count(n) == 1 and readers[0].attrs.get("axis", 0) == 0
                 and not any(o == n for _, o in g.outputs)
-                and all(isinstance(d, int) for d in shape) and math.prod(shape) >= optimizers.ROWS_MIN_ELEMENTS):
+                and optimizers.updated_on_rows(shape)):
             tables.add(n)
     return tables
 

@@ -73,6 +73,11 @@ class Rows:
 ROWS_MIN_ELEMENTS = 1 << 20
 
 
+def updated_on_rows(shape) -> bool:
+    """Whether a table of ``shape`` whose gradient is a ScatterAdd is updated on its rows."""
+    return all(isinstance(d, int) for d in shape) and math.prod(shape) >= ROWS_MIN_ELEMENTS
+
+
 def as_rows(ctx, g: str):
     """``g`` as Rows where it is an Embedding table's gradient (rows scattered into zeros) of at
     least ROWS_MIN_ELEMENTS numbers; else ``g``."""
@@ -81,7 +86,7 @@ def as_rows(ctx, g: str):
         return g
     updates, idx, table = node.inputs
     shape = ctx.type(table).shape
-    if not all(isinstance(d, int) for d in shape) or math.prod(shape) < ROWS_MIN_ELEMENTS:
+    if not updated_on_rows(shape):
         return g
     ids = ctx.op("Reshape", idx if ctx.type(idx).dtype == "int64" else ctx.op("Cast", idx, to="int64"), shape=(-1,))
     updates = ctx.op("Reshape", updates, shape=(-1,) + tuple(shape[1:]))

@@ -189,3 +189,20 @@ model m {
     before = aux.get_layer("side").get_weights()[0].copy()
     aux.fit({"a": a, "b": np.zeros((8, 3), np.float32)}, {"o_target": t, "t": t}, verbose=0)
     assert not np.allclose(aux.get_layer("side").get_weights()[0], before)  # (it trains: the loss reads it)
+
+
+def test_an_outputs_mask_is_kept_with_the_layers():
+    """The mask an output carries (Embedding(mask_zero=true) through a Dense) is no value an output
+    is computed from, yet its loss reads it: kept (a review found it dropped)."""
+    m = kcompile.compile_string("""model s {
+    input t: int64[5]
+    Embedding(8, 3, mask_zero=true)
+    p = Dense(3, activation=softmax)
+    train { loss = sparse_categorical_crossentropy; optimizer = SGD(learning_rate=1.0) }
+}""")
+    ids = np.array([[1, 2, 0, 0, 3], [0, 3, 4, 0, 5]])
+    y = np.zeros((2, 5), np.int64)
+    probs = m.predict(ids)
+    kept = ids != 0
+    want = -np.log(probs[..., 0][kept]).mean()  # (the mean over the unmasked steps)
+    assert m.evaluate(ids, y, verbose=0) == pytest.approx(want, rel=1e-5)

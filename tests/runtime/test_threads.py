@@ -1,6 +1,7 @@
 """One model called from several threads: its calls take turns (runtime/training.py,
 one_call_at_a_time), so predicts running at once give each caller its own outputs (they share
-the bound buffers of runtime/binding.py, and wrote into each other's before)."""
+the bound buffers of runtime/binding.py, and wrote into each other's before); fit takes its
+turns step by step."""
 import threading
 from pathlib import Path
 
@@ -46,32 +47,35 @@ def test_predicts_at_once_on_one_model_each_get_their_own_outputs(example, rows,
     run_in_threads(predicts)
 
 
-def test_training_and_predicts_at_once_take_turns():
-    """A thread predicting while another trains sees the weights of some step, whole: its
-    outputs are those of the weights before or after a call of train_on_batch, never a mix."""
-    m = kcompile.compile(EXAMPLES / "mnist_mlp.kdl", seed=0)
-    rng = np.random.default_rng(1)
-    x = rng.random((32, 28, 28, 1), dtype=np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]
-    seen, steps = [], 20
+def test_fit_takes_turns_step_by_step_so_its_data_may_use_the_model():
+    """fit and evaluate take the model's turn for each step, not for their whole loop, which runs
+    the data's own code: batches made on a worker thread that labels them with the model's own
+    predict (a prefetch of pseudo-labels) finish, where a lock held through fit waited forever;
+    each label is the model's output at some step, whole."""
+    import queue
+    m = kcompile.compile_string("""model r {
+    input x: float32[4]
+    y = Dense(1)(x)
+    train { loss = mse; optimizer = SGD(learning_rate=0.01) }
+}""", seed=0)
+    x = np.random.default_rng(0).random((64, 4), dtype=np.float32)
+    labels = []
 
-    def work(k):
-        if k == 0:
-            for _ in range(steps):
-                m.train_on_batch(x, y)
-                seen.append(("weights", m.get_weights()))
-        else:
-            for _ in range(200):
-                seen.append(("predict", m.predict(x[:2])))
-    run_in_threads(work, threads=2)
-    assert m.iterations == steps
-    # every predict equals the outputs of the weights of one step (the first predicts: the initial ones)
-    fresh = kcompile.compile(EXAMPLES / "mnist_mlp.kdl", seed=0)
-    outputs = [fresh.predict(x[:2])]
-    for kind, value in seen:
-        if kind == "weights":
-            fresh.set_weights(value)
-            outputs.append(fresh.predict(x[:2]))
-    for kind, value in seen:
-        if kind == "predict":
-            assert min(np.abs(value - o).max() for o in outputs) < 1e-6
+    def prefetched(steps):
+        q = queue.Queue(maxsize=2)
+
+        def work():
+            for i in range(steps):
+                xb = x[(i % 4) * 16:(i % 4 + 1) * 16]
+                labels.append(m.predict(xb, verbose=0))
+                q.put((xb, labels[-1] * 0.5))
+        threading.Thread(target=work, daemon=True).start()
+        for _ in range(steps):
+            yield q.get(timeout=60)
+    done = []
+    trainer = threading.Thread(target=lambda: done.append(m.fit(prefetched(8), epochs=2, steps_per_epoch=4,
+                                                                 verbose=0).history))
+    trainer.start()
+    trainer.join(timeout=120)
+    assert done and len(done[0]["loss"]) == 2 and m.iterations == 8
+    assert all(np.isfinite(label).all() and label.shape == (16, 1) for label in labels)
