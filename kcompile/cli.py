@@ -199,7 +199,7 @@ def _run(args) -> int:
                   f"{compiled.training_error}", file=sys.stderr)
         if not args.quiet:
             n = sum(1 for _ in compiled.graph.nodes())
-            print(f"built {name} -> {folder}/ ({n} ops, -O{level}, {time.perf_counter() - start:.2f} s)")
+            print(f"built {name} -> {folder}/ ({n} IR ops, -O{level}, {time.perf_counter() - start:.2f} s)")
     return 0
 
 
@@ -219,8 +219,9 @@ def _package_name_clash(name: str, out_dir) -> str | None:
     return None
 
 
-def _print_pass(pass_name, before, after):
-    change = "no change" if before == after else f"{before} -> {after} ({after - before:+d})"
+def _print_pass(pass_name, before, after, changed):
+    change = "no change" if not changed else f"{before} -> {after} ({after - before:+d})" if before != after \
+        else f"{before} nodes, rewritten"
     print(f"  {pass_name:<44} {change}")
 
 

@@ -123,7 +123,8 @@ def select_model(module: ast.Module, name: str | None) -> str:
 
 def compile_source(source: str, file: str = "<string>", model: str | None = None, opt_level: int = 1,
                    report=None) -> Compiled:
-    """Parse, check and optimize one model; ``report(pass, nodes_before, nodes_after)`` sees each pass."""
+    """Parse, check and optimize one model; ``report(pass, nodes_before, nodes_after, changed)`` sees
+    each pass."""
     module = parse_source(source, file)
     elaborator = Elaborator(module)
     if elaborator.diagnostics:

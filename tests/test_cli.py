@@ -457,3 +457,14 @@ def test_check_never_crashes_on_random_text(fuzz_file, text):
 def test_spec_examples_are_valid(tmp_path, capsys):
     for i, text in enumerate(SPEC_EXAMPLES):
         assert main(["check", write(tmp_path, text, f"spec{i}.kdl")]) == 0, capsys.readouterr().err
+
+
+def test_build_report_says_what_each_pass_changed(tmp_path, capsys):
+    """Node counts before and after each pass; "rewritten" where a pass changed nodes but not their
+    number (it said "no change" there: pool-before-activation swaps the pool and the ReLU)."""
+    assert main(["build", str(Path(__file__).resolve().parents[1] / "examples" / "mnist_cnn.kdl"),
+                 "-o", str(tmp_path), "--report"]) == 0
+    lines = {line.split()[0]: " ".join(line.split()[1:]) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("  ")}
+    assert lines["remove-dropout"] == "26 -> 25 (-1)" and lines["constant-folding"] == "no change"
+    assert lines["train-forward:pool-before-activation"] == "25 nodes, rewritten"

@@ -27,14 +27,20 @@ PIPELINE = [
 
 def optimize(graph, level: int = 1, report=None):
     """Run the pipeline at ``-O<level>``; returns (graph, names of the passes applied).
-    ``report``, if given, is called as report(pass_name, nodes_before, nodes_after)."""
+    ``report``, if given, is called as report(pass_name, nodes_before, nodes_after, changed)."""
     applied = []
     for name, fn, minimum in PIPELINE:
         if level < minimum:
             continue
-        before = len(graph.nx)
+        before = shape_of(graph) if report else None
         graph = fn(graph)
         applied.append(name)
         if report:
-            report(name, before, len(graph.nx))
+            report(name, len(before), len(graph.nx), before != shape_of(graph))
     return graph, applied
+
+
+def shape_of(graph) -> list:
+    """The graph's nodes as (op, inputs, outputs), sorted: what a pass changed, where it rewrote
+    nodes and left their count (--report said "no change" there)."""
+    return sorted((n.op, tuple(n.inputs), tuple(n.outputs)) for n in graph.nodes())

@@ -21,7 +21,7 @@ from ..frontend.train import LOSS_ALIASES
 from ..ir import Graph, TensorType
 from ..ir.types import BATCH, NEXT_STATE, STATE, dim_names
 from ..ops import OPS
-from ..passes import optimize
+from ..passes import optimize, shape_of
 from ..passes.cse import common_subexpression_elimination
 from ..passes.dce import dead_code_elimination
 from ..passes.fold import constant_folding
@@ -550,10 +550,10 @@ def _loss_mixes_samples(train: ast.Train) -> str:
 
 def _run_passes(g, passes, stage, report):
     for name, fn in passes:
-        before = len(g.nx)
+        before = shape_of(g) if report else None
         g = fn(g)
         if report:
-            report(f"{stage}:{name}", before, len(g.nx))
+            report(f"{stage}:{name}", len(before), len(g.nx), before != shape_of(g))
     return g
 
 
@@ -577,7 +577,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                    report=None) -> TrainingProgram:
     """``graph``: the model's elaborated graph (no passes yet); ``train``/``config``: its train
     section and the checked description of it; ``env``: the model's named values.
-    ``report(pass, nodes_before, nodes_after)`` sees each pass of the training step."""
+    ``report(pass, nodes_before, nodes_after, changed)`` sees each pass of the training step."""
 
     # ---- evaluation: inference mode + loss + metrics ----
     ev, model_outputs, (objective, loss, metrics) = evaluation_objective(graph, train, config, env)
@@ -625,7 +625,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     before = len(g.nx)
     grads = gradients(g, loss, trainable)
     if report:
-        report("train:autodiff", before, len(g.nx))
+        report("train:autodiff", before, len(g.nx), True)
     trainable = [n for n in trainable if grads[n] is not None]
     ctx = GradContext(g)
     opt = config["optimizer"]
@@ -637,7 +637,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     grads = {n: optimizers.as_rows(ctx, v) for n, v in raw_grads.items()} if opt_level >= 1 else raw_grads
     rows = [n for n, v in grads.items() if isinstance(v, optimizers.Rows)]
     if report and rows:
-        report(f"train:row-updates ({', '.join(rows)})", before, len(g.nx))
+        report(f"train:row-updates ({', '.join(rows)})", before, len(g.nx), True)
     grads = optimizers.clip(ctx, opt, grads)
     slot_list = optimizers.slots(opt)
     slots = []

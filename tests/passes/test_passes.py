@@ -288,7 +288,7 @@ def test_pipeline_o1_equals_o0_and_is_smaller():
 
 def test_optimize_reports_each_pass():
     seen = []
-    _, applied = optimize(graph_of(CNN), 1, report=lambda name, b, a: seen.append((name, b, a)))
+    _, applied = optimize(graph_of(CNN), 1, report=lambda name, b, a, changed: seen.append((name, b, a)))
     assert [s[0] for s in seen] == applied == [p[0] for p in PIPELINE]
     assert optimize(graph_of(CNN), 0)[1] == []
 

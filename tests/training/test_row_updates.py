@@ -105,7 +105,7 @@ def test_only_a_large_table_takes_the_rows_path():
     for rows in (100, optimizers.ROWS_MIN_ELEMENTS // 16):
         report = []
         compiled = compile_source(MODEL.format(rows=rows, optimizer="Adam()"), "m.kdl",
-                                  report=lambda name, before, after: report.append(name))
+                                  report=lambda name, before, after, changed: report.append(name))
         grads.append(compiled.training().gradients)
         passes.append(report)
     assert "embedding/embeddings" in grads[0] and "embedding/embeddings" not in grads[1]
