@@ -68,13 +68,13 @@ def as_arrays(data, specs, where: str, what: str) -> dict:
         raise ShapeMismatch(f"{where}: the model has {len(specs)} {what}s ({', '.join(names)}); pass a dict by name")
     if isinstance(data, (list, tuple)) and len(data) == 1 and isinstance(data[0], np.ndarray):
         return {names[0]: data[0]}  # ([x] for a one-input model: a list of the inputs, as Keras takes it)
-    if _one_shot(data):  # (a generator where arrays go: fit(gen, y), predict(gen) said "dtype object")
+    if one_shot(data):  # (a generator where arrays go: fit(gen, y), predict(gen) said "dtype object")
         raise ShapeMismatch(f"{where}: {what} is an iterator; arrays go here (fit and evaluate take an iterable of "
                             f"(x, y) batches as x alone, without y, validation_split or sample weights)")
     return {names[0]: data}
 
 
-def _one_shot(data) -> bool:
+def one_shot(data) -> bool:
     """Whether ``data`` is an iterator (a generator, say), which numpy would take for one object."""
     try:
         return iter(data) is data

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ShapeMismatch
 from ..ir.types import evaluate_dim
 from .data import (Batches, as_arrays, check_arrays, check_ids, check_lengths, check_named_dims, count, named_sizes,
-                   per_output, sample_weights, tensor_specs)
+                   one_shot, per_output, sample_weights, tensor_specs)
 from . import devices
 from .devices import TURNS, built_at_once, create_session, session_options
 from .fpenv import NoFlush, step_environment
@@ -855,7 +855,7 @@ class TrainingMixin:
                 # Keras: its first validation_steps batches where given, so an endless generator
                 # is not read to its end)
                 items = validation_data
-                if iter(validation_data) is validation_data:
+                if one_shot(validation_data):
                     items = list(itertools.islice(validation_data, count(validation_steps, "fit", "validation_steps",
                                                                          none=True)))
                 val = Batches(self, None, None, None, validation_batch_size or batch_size, False, self.seed,

@@ -107,7 +107,8 @@ def training_form(g: Graph, order: dict | None = None) -> tuple[list, list]:
     noise, updates = [], {}
     for node in g.nodes():
         ctx.node = node
-        before = {n.name for n in g.nodes()} if any(ctx.g.kind(i) == "param" for i in node.inputs) else None
+        # (the readers of a statistic updated already, before this node's form adds its own)
+        readers = {i: set(g.readers.get(i, ())) for i in node.inputs if i in updates}
         form = OPS[node.op].training_form(ctx, node)
         if form is not None:
             rank = order.get((node.layer, node.op), len(order))
@@ -115,7 +116,7 @@ def training_form(g: Graph, order: dict | None = None) -> tuple[list, list]:
             for stat, value in form[1]:
                 if stat in updates:  # (a layer called twice, a shared BatchNormalization: Keras updates
                     # its statistic at each call in turn, so this call's update starts from the last one's)
-                    for made in [n for n in g.nodes() if n.name not in before and stat in n.inputs]:
+                    for made in [n for n in g.consumers(stat) if n.name not in readers[stat]]:
                         g.set_inputs(made, [updates[stat] if i == stat else i for i in made.inputs])
                 updates[stat] = value
     noise.sort(key=lambda ranked: ranked[0])  # (stable: one node's inputs stay in order)
