@@ -125,6 +125,32 @@ def test_nan_data_saves_the_last_finite_weights_and_exits_1(tmp_path, capsys):
         np.testing.assert_array_equal(a, b)
 
 
+def test_nan_data_in_a_later_step_saves_the_weights_of_the_step_before(tmp_path, capsys):
+    """The weights saved are the last that gave a finite loss (those step k - 1 started from,
+    where step k's loss is not finite), not the initial ones: the same weights as the Python
+    API's fit leaves on the same data and seed."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(320, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 320)
+    x[200] = np.nan  # (one row: its batch, after shuffling, is one of epoch 1's ten)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out, source = tmp_path / "ck", ROOT / "examples" / "iris_mlp.kdl"
+    args = ["train", str(source), "--data", str(tmp_path / "d.npz"), "-o", str(out), "--verbose", "0"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    step = int(err.split("the loss became nan at epoch 1, step ")[1].split(";")[0])
+    assert step > 2  # (a later step: seed 0's shuffle)
+    saved = kcompile.load(out)
+    assert saved.iterations == step - 2
+    api = kcompile.compile(source, seed=0)
+    api.fit(x, np.eye(3, dtype=np.float32)[y], batch_size=32, epochs=1, verbose=0)
+    assert api.nonfinite is not None and api.iterations == step - 2
+    initial = kcompile.compile(source, seed=0).get_weights()
+    for a, b, c in zip(saved.get_weights(), api.get_weights(), initial):
+        assert np.isfinite(a).all() and not np.array_equal(a, c)
+        np.testing.assert_array_equal(a, b)
+
+
 def test_half_a_test_set_and_epochs_already_trained_are_noted(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(30, 4)).astype(np.float32), y=rng.integers(0, 3, 30),
