@@ -16,6 +16,7 @@ from .devices import providers_for
 from .summary import format_summary
 from .data import as_arrays, check_arrays, check_ids, check_lengths, count, tensor_specs
 from .layers import LayersMixin
+from .fpenv import NoFlush
 from .training import TrainingMixin, one_call_at_a_time
 
 
@@ -74,9 +75,18 @@ class Model(LayersMixin, TrainingMixin):
         self._source = None  # the .kdl text it was compiled from, where known (save writes it again)
         self._init_training(manifest.get("seed", 0) if seed is None else seed)
 
-    def __getstate__(self):  # (copy.deepcopy and pickle: the lock is made again, not copied)
-        state = dict(self.__dict__)
-        state.pop("_lock", None)
+    def __getstate__(self):
+        """copy.deepcopy and pickle: the weights, optimizer slots, step and history, brought up to
+        date from the training buffers; onnxruntime's sessions and the buffers bound to them are
+        made again when the copy first needs them, and the lock is made anew. A weight shared
+        with other models (share_weights) is the copy's own."""
+        with self._lock:
+            self._sync_state()
+            state = dict(self.__dict__)
+        del state["_lock"]
+        state.update(_session=None, _predictor=None, _copies={}, _runner=None, _train_session=None,
+                     _eval_session=None, _weights_session=None, _flush=NoFlush(), _shared={}, _shared_seen={},
+                     _split=None if state["_split"] is not False else False, _state_stale=False)
         return state
 
     def __setstate__(self, state):
