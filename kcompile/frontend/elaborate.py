@@ -588,7 +588,14 @@ class Elaborator:
                     return Unapplied(cache[id(e)])
                 # A bare word naming a function is an enum here: activation=relu.
                 args = [Symbol(a.name) if isinstance(a, Ref) else a for a in args]
-                kwargs = {k: Symbol(v.name) if isinstance(v, Ref) else v for k, v in kwargs.items()}
+                kwargs = {k: Symbol(v.name) if isinstance(v, Ref) else
+                          InitializerSpec(INIT_ALIASES[v.layer.kind()], {}) if k.endswith("_initializer")
+                          and isinstance(v, Unapplied) and v.layer.kind() in INIT_ALIASES else v  # Identity()
+                          for k, v in kwargs.items()}
+                if callee.kind == "layer" and callee.name in INIT_ALIASES and (args or kwargs) and \
+                        all(k in INITIALIZERS[INIT_ALIASES[callee.name]] for k in kwargs):
+                    # Identity(gain=2.0): Keras's initializer of that name (its layer takes no arguments)
+                    return self.initializer(INIT_ALIASES[callee.name], args, kwargs, e)
                 if callee.kind == "layer":
                     try:
                         layer = callee.target.create(args, kwargs)

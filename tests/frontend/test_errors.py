@@ -5,6 +5,7 @@ its message and (where one is promised) a substring of its hint.
 """
 import textwrap
 
+import numpy as np
 import pytest
 
 import kcompile
@@ -539,6 +540,20 @@ def test_initializers_take_keras_positional_arguments():
                                       "bias_initializer=RandomUniform(0.5, 1.0))(x)\noutput y"))
     kernel, bias = m.get_weights()
     assert (kernel == 2.0).all() and ((0.5 <= bias) & (bias <= 1.0)).all()
+
+
+def test_identity_names_the_initializer_where_one_is_expected_and_the_layer_elsewhere():
+    """Keras has a layer and an initializer called Identity: called with the initializer's
+    arguments, or given as an initializer argument, it is the initializer."""
+    m = kcompile.compile_string(model(
+        "a = Dense(3, kernel_initializer=Identity(), use_bias=false)(x)\n"
+        "b = Dense(3, kernel_initializer=Identity(gain=2.0), use_bias=false)(a)\n"
+        "c = Dense(3, kernel_initializer=Identity(0.5), use_bias=false)(b)\n"
+        "d = Dense(3, kernel_initializer=Identity, use_bias=false)(c)\n"
+        "y = Identity()(d)\noutput y", "    input x: float32[3]\n"))
+    for kernel, gain in zip(m.get_weights(), [1.0, 2.0, 0.5, 1.0]):
+        np.testing.assert_array_equal(kernel, gain * np.eye(3, dtype=np.float32))
+    assert [layer.class_name for layer in m.layers][-1] == "Identity"
 
 
 BOUND_LAYER = "block B(n: int) {\n    input h\n    output Dense(n)(h)\n}\n" + \
