@@ -118,7 +118,14 @@ def _check(spec, a, where, what):
             if low < info.min or high > info.max:
                 raise ShapeMismatch(f"{where}: {what} {spec.name!r} is {spec.dtype}, whose values run from "
                                     f"{info.min} to {info.max}; got values from {low} to {high}")
-        a = a.astype(want)
+        with np.errstate(over="ignore"):  # (said below, as an error)
+            cast = a.astype(want)
+        if np.dtype(want).kind == "f" and a.size and (a.dtype.kind in "iu" or cast.itemsize < a.itemsize):
+            overflow = np.isinf(cast) & np.isfinite(a)  # (a cast would make them inf)
+            if overflow.any():
+                raise ShapeMismatch(f"{where}: {what} {spec.name!r} is {spec.dtype}, whose finite values reach "
+                                    f"{np.finfo(want).max:.4g}; got {a[overflow].flat[0]:.4g}")
+        a = cast
     return np.ascontiguousarray(a)
 
 

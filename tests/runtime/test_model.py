@@ -133,6 +133,16 @@ model ints {
         m.predict({"ids": ids, "pixels": np.array([[300.0, -1.0]])})  # (it was 44)
 
 
+def test_floats_beyond_the_input_dtypes_range_are_refused_not_made_inf(recwarn):
+    m = kcompile.compile_string("model f {\n    input x: float32[2]\n    output Dense(1)(x)\n}\n")
+    with pytest.raises(ShapeMismatch, match=r"input 'x' is float32, whose finite values reach 3.403e\+38; got -1e\+300"):
+        m.predict(np.array([[1.0, -1e300]]))  # (float64; it was -inf, and the output nan)
+    assert not [w for w in recwarn if "overflow" in str(w.message)]  # (said once, as the error)
+    # inf and nan given as such pass through, as numbers the user chose; float64 within range is cast
+    out = m.predict(np.array([[np.inf, 0.0], [1e30, 2.0]]))
+    assert np.isfinite(out[1]).all() and np.allclose(m.predict(np.array([[1e30, 2.0]], np.float32)), out[1])
+
+
 def test_predict_batches_and_dynamic_batch():
     m = kcompile.compile_string(MLP)
     x = np.random.default_rng(2).random((70, 28, 28, 1), dtype=np.float32)
