@@ -274,6 +274,10 @@ class TrainingMixin:
     @learning_rate.setter
     def learning_rate(self, value: float):
         self._require_training("learning_rate")
+        schedule = self.manifest["training"]["optimizer"]["args"]["learning_rate"]
+        if isinstance(schedule, dict):  # (as Keras: a rate set would silently end the schedule)
+            raise TypeError(f"learning_rate: this optimizer's rate follows a schedule ({schedule['schedule']}) and "
+                            f"cannot be set, as in Keras; give the optimizer a number as its learning_rate to set it")
         try:
             rate = float(value)
         except (TypeError, ValueError):

@@ -152,6 +152,13 @@ def test_fit_moves_the_weights_by_the_scheduled_rate(case):
     got_w, got_b = model.get_weights()
     np.testing.assert_allclose(got_w, w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_b, b, rtol=1e-5, atol=1e-6)
+    # as Keras, a scheduled rate is not settable (setting it ended the schedule, silently)
+    with pytest.raises(TypeError, match=r"learning_rate: this optimizer's rate follows a schedule \(\w+\) and "
+                                        r"cannot be set, as in Keras"):
+        model.learning_rate = 0.3
+    with pytest.raises(TypeError, match="follows a schedule"):
+        model.optimizer.learning_rate = 0.3
+    assert model.learning_rate == pytest.approx(f(5), rel=1e-12, abs=1e-15)
 
 
 # ---------------- located errors ----------------
