@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -83,11 +84,12 @@ def write_weights(manifest: dict, weights: dict) -> bytes:
     return buf.getvalue()
 
 
-def read_weights(path: Path, manifest: dict) -> list[np.ndarray]:
-    """The weights of a Keras 3 .weights.h5 file or .keras archive, in the model's order. Layers
-    match as Keras's own load_weights matches them (the n-th layer of each class), else, where
-    that does not fit and the file's weighted layers have exactly this model's names, by name;
-    any layer, weight or shape that does not fit is a ValueError saying which."""
+def read_weights(path: Path, manifest: dict, skip_mismatch: bool = False) -> dict[str, np.ndarray]:
+    """The weights of a Keras 3 .weights.h5 file or .keras archive, by this model's weight names.
+    Layers match as Keras's own load_weights matches them (the n-th layer of each class), else,
+    where that does not fit and the file's weighted layers have exactly this model's names, by
+    name; any layer, weight or shape that does not fit is a ValueError saying which, or, with
+    ``skip_mismatch`` (Keras's), a warning, that layer's weights left out."""
     path = Path(path)
     groups = _read_layers(path)
     mine = {}  # layer name -> (its group by class and place, {dataset: (weight, shape)})
@@ -106,9 +108,12 @@ def read_weights(path: Path, manifest: dict) -> list[np.ndarray]:
         problems, how = (named, how + ", nor by layer name") if named else ([], "")
     if problems:
         more = f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
-        raise ValueError(f"load_weights: {path} holds the weights of another model (layers matched {how}): "
-                         + "; ".join(problems[:6]) + more)
-    return [out[p["name"]] for p in manifest["parameters"]]
+        if not skip_mismatch:
+            raise ValueError(f"load_weights: {path} holds the weights of another model (layers matched {how}): "
+                             + "; ".join(problems[:6]) + more)
+        warnings.warn(f"load_weights: skipped what does not fit in {path} (skip_mismatch=True; layers matched "
+                      f"{how}): " + "; ".join(problems[:6]) + more, stacklevel=3)
+    return out
 
 
 def _match(groups: dict, mine: dict, group_of: dict) -> tuple[list[str], dict]:
@@ -132,11 +137,11 @@ def _match(groups: dict, mine: dict, group_of: dict) -> tuple[list[str], dict]:
                             + (f" (the file lacks {', '.join(missing[:4])})" if missing else "")
                             + (f" (the file has {', '.join(extra[:4])} too)" if extra else ""))
             continue
-        for dataset, (name, shape) in expected.items():
-            if datasets[dataset].shape != shape:
-                problems.append(f"weight {name} has shape {shape} here, {datasets[dataset].shape} in the file's "
-                                f"{found}/{dataset}")
-            out[name] = datasets[dataset]
+        wrong = [f"weight {name} has shape {shape} here, {datasets[dataset].shape} in the file's {found}/{dataset}"
+                 for dataset, (name, shape) in expected.items() if datasets[dataset].shape != shape]
+        problems += wrong
+        if not wrong:  # (a layer's weights come all together, or not at all)
+            out.update({name: datasets[dataset] for dataset, (name, _) in expected.items()})
     extra = sorted(set(groups) - set(group_of.values()))
     if extra:
         problems.append("the file has weights of layers this model lacks: "

@@ -5,6 +5,7 @@ import io
 import itertools
 import json
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -431,10 +432,14 @@ class Model(LayersMixin, TrainingMixin):
         return choices[1] if winograd < 0.97 * plain else choices[0]
 
     # ---------------- description and export ----------------
-    def summary(self, print_fn=None) -> None:
-        """Print the layer table (as Keras: ``print_fn`` takes the text instead of ``print``, and
-        nothing is returned, so a REPL does not show the table twice)."""
-        (print_fn or print)(format_summary(self.manifest))
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,
+                layer_range=None) -> None:
+        """Print the layer table, with Keras's arguments: ``print_fn`` takes the text instead of
+        ``print`` (nothing is returned, so a REPL does not show the table twice); the others as
+        summary.format_summary says (``expand_nested`` lists the layers inside blocks and called
+        models, ``show_trainable`` adds a Trainable column, ``layer_range`` picks rows)."""
+        (print_fn or print)(format_summary(self.manifest, line_length, positions, expand_nested, show_trainable,
+                                           layer_range))
 
     @one_call_at_a_time
     def onnx_model(self):
@@ -460,11 +465,13 @@ class Model(LayersMixin, TrainingMixin):
         np.savez(buf, **{f"{i:04d}": w for i, w in enumerate(self.get_weights())})
         return buf.getvalue()
 
-    def save_weights(self, path) -> Path:
+    def save_weights(self, filepath, overwrite: bool = True) -> Path:
         """Write the weights (Keras order, 0000, 0001, ...) and their names (``names``) to an .npz
         file, or to a Keras 3 weights file for a name ending .weights.h5 (keras_model.load_weights
-        reads it into the same model built in Keras; needs h5py), atomically."""
-        path = Path(path)
+        reads it into the same model built in Keras; needs h5py), atomically. ``overwrite=False``:
+        a FileExistsError where the file exists (Keras asks at a prompt)."""
+        path = Path(filepath)
+        _keep_unless_overwrite(path, overwrite, "save_weights")
         if path.name.lower().endswith(KERAS_WEIGHTS) and not path.is_dir():
             from .keras_files import write_weights
             data = write_weights(self.manifest, dict(zip(self._param_names, self.get_weights())))
@@ -481,14 +488,17 @@ class Model(LayersMixin, TrainingMixin):
         return path
 
     @one_call_at_a_time
-    def load_weights(self, path) -> None:
+    def load_weights(self, filepath, skip_mismatch: bool = False) -> None:
         """Read weights written by save_weights, or the weights of a build or checkpoint folder, by
         their names (so a file stays right where another kcompile orders the weights otherwise);
         or a file without names (np.savez(path, *weights), or an older save_weights) in order; or
         Keras 3's weights (keras_model.save_weights' .weights.h5, or a .keras archive's; needs
-        h5py: keras_files.py), matched to this model's layers (the optimizer's are not read)."""
+        h5py: keras_files.py), matched to this model's layers (the optimizer's are not read).
+        What does not fit (a weight missing, of another shape, or one this model lacks) is a
+        ValueError; with ``skip_mismatch`` (Keras's), a warning, and the weights that fit are
+        read (of a Keras file, whole layers), the others kept."""
         from .checkpoint import find_manifest, read_json, read_npz
-        path = Path(path)
+        path = Path(filepath)
         names = None
         if path.is_dir():
             manifest = read_json(find_manifest(path))
@@ -496,33 +506,55 @@ class Model(LayersMixin, TrainingMixin):
             names = [p["name"] for p in manifest.get("parameters", [])]
         elif path.name.lower().endswith(KERAS_SUFFIXES):
             from .keras_files import read_weights
-            self.set_weights(read_weights(path, self.manifest))
+            self._set_some_weights(read_weights(path, self.manifest, skip_mismatch))
             return
         arrays = read_npz(path)  # (np.savez's arr_0, arr_1, ..., arr_10 in their order, as save_weights' 0000, ...)
         if "names" in arrays:
             names = [str(n) for n in arrays.pop("names")]
         ordered = [arrays[k] for k in sorted(arrays, key=lambda k: (len(k), k))]
         if names is None:
-            self.set_weights(ordered)
-            return
+            if not skip_mismatch:
+                self.set_weights(ordered)
+                return
+            names = self._param_names[:len(ordered)]  # (in order: as far as both go)
+            ordered = ordered[:len(names)]
         names = _renamed_since(names, self._param_names)
-        if sorted(names) != sorted(self._param_names) or len(names) != len(ordered):
-            missing, extra = set(self._param_names) - set(names), set(names) - set(self._param_names)
-            raise ValueError(f"load_weights: {path} holds weights of another model"
-                             + (f"; it lacks {', '.join(sorted(missing)[:5])}" if missing else "")
-                             + (f"; it has {', '.join(sorted(extra)[:5])}, which this model does not" if extra else ""))
+        shapes = {p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]}
         by_name = dict(zip(names, ordered))
-        self.set_weights([by_name[n] for n in self._param_names])
+        missing, extra = set(self._param_names) - set(names), set(names) - set(self._param_names)
+        wrong = [f"{n} has shape {shapes[n]} here, {tuple(np.shape(a))} in the file" for n, a in by_name.items()
+                 if n in shapes and tuple(np.shape(a)) != shapes[n]]
+        if missing or extra or len(names) != len(ordered) or wrong:
+            message = ((f"; it lacks {', '.join(sorted(missing)[:5])}" if missing else "")
+                       + (f"; it has {', '.join(sorted(extra)[:5])}, which this model does not" if extra else "")
+                       + (f"; {'; '.join(wrong[:5])}" if wrong else ""))
+            if not skip_mismatch:
+                raise ValueError(f"load_weights: {path} holds weights of another model" + message)
+            warnings.warn(f"load_weights: skipped what does not fit in {path} (skip_mismatch=True){message}",
+                          stacklevel=3)
+        self._set_some_weights({n: a for n, a in by_name.items() if n in shapes and tuple(np.shape(a)) == shapes[n]})
+
+    def _set_some_weights(self, by_name: dict) -> None:
+        """set_weights with the weights ``by_name`` gives, the others as they are."""
+        self._sync_state()
+        self.set_weights([by_name.get(n, self._weights[n]) for n in self._param_names])
 
     @one_call_at_a_time
-    def save(self, path) -> Path:
+    def save(self, filepath, overwrite: bool = True, zipped=None) -> Path:
         """A checkpoint folder: the build files with the current weights, plus the optimizer's
-        slots, step and epoch, so that ``kcompile.load(path)`` resumes training exactly.
+        slots, step and epoch, so that ``kcompile.load(filepath)`` resumes training exactly.
         Written to a temporary folder and renamed: a crash never leaves a half-written checkpoint
         in place of the previous one (one between the previous folder's rename aside and the new
-        one's into place leaves the previous as ``.NAME.old``, which ``kcompile.load(path)`` reads)."""
+        one's into place leaves the previous as ``.NAME.old``, which ``kcompile.load`` reads).
+        ``overwrite=False``: a FileExistsError where the folder exists (Keras asks at a prompt);
+        ``zipped``: a folder is never zipped (True is a ValueError)."""
         from ..driver import write_folder_atomic
+        path = Path(filepath)
         refuse_keras_folder_name(path, "save")
+        if zipped:
+            raise ValueError("save: kcompile writes a checkpoint folder, not an archive; zipped=True is not "
+                             "available (save_weights writes a Keras .weights.h5)")
+        _keep_unless_overwrite(path, overwrite, "save")
         self._sync_state()
         manifest = dict(self.manifest)
         files = dict(manifest["files"])
@@ -546,8 +578,8 @@ class Model(LayersMixin, TrainingMixin):
             files.pop("source", None)
         contents["manifest.json"] = (json.dumps(manifest, indent=2) + "\n").encode()
         contents["__init__.py"] = PACKAGE_INIT.format(name=self.name).encode()
-        with _naming(Path(path)):
-            return write_folder_atomic(Path(path), contents)
+        with _naming(path):
+            return write_folder_atomic(path, contents)
 
     @property
     def metrics_names(self) -> list[str]:
@@ -610,6 +642,14 @@ def refuse_keras_folder_name(path, where: str) -> None:
         raise ValueError(f"{where}: {path} names a Keras file ({path.suffix}); kcompile saves a checkpoint "
                          f"folder (give a folder name such as {path.with_suffix('')}); for Keras, {weights} "
                          f"to NAME.weights.h5 writes weights that keras_model.load_weights reads")
+
+
+def _keep_unless_overwrite(path: Path, overwrite, where: str) -> None:
+    """Keras's ``overwrite=False``: an existing file or folder is kept (an error, where Keras asks)."""
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise ValueError(f"{where}: overwrite must be True or False, got {overwrite!r}")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise FileExistsError(f"{where}: {path} exists, and overwrite=False keeps it")
 
 
 def _file_path(path, where: str, suffix: str) -> Path:

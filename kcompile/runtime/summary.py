@@ -1,7 +1,12 @@
 """Keras-style model summary from a build manifest."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+HEADER = ("Layer (type)", "Output Shape", "Param #", "Trainable")
+MIN_WIDTHS = (30, 24, 12, 11)
 
 
 def _shape(s) -> str:
@@ -16,40 +21,68 @@ def _size(n_bytes: int) -> str:
     return ""
 
 
-def format_summary(manifest: dict) -> str:
+def format_summary(manifest: dict, line_length=None, positions=None, expand_nested=False, show_trainable=False,
+                   layer_range=None) -> str:
+    """The table Keras's ``model.summary`` prints, with its options: ``line_length`` (the width),
+    ``positions`` (each column's right end: fractions of the width, or characters),
+    ``expand_nested`` (the layers inside blocks and called models, indented under them),
+    ``show_trainable`` (a Trainable column: Y, N, or - for a layer without weights) and
+    ``layer_range`` (two names or regular expressions: the rows from the first layer the first
+    matches to the last the second matches)."""
     params = {p["name"]: p for p in manifest["parameters"]}
 
     def count(names):
-        total = 0
-        for n in names:
-            k = 1
-            for d in params[n]["shape"]:
-                k *= d
-            total += k
-        return total
+        return sum(int(np.prod(params[n]["shape"], dtype=np.int64)) for n in names)
 
-    rows = [("Layer (type)", "Output Shape", "Param #")]
-    for inp in manifest["inputs"]:
-        rows.append((f"{inp['name']} (InputLayer)", _shape(inp["shape"]), "0"))
+    def row(entry, depth=0):
+        flags = {params[n]["trainable"] for n in entry["params"]}
+        trainable = "-" if not flags else "Y" if flags == {True} else "N"
+        shapes = [_shape(s) for s in entry["output_shapes"]] or ["?"]
+        label = "  " * depth + f"{entry['name'].rpartition('/')[2] if depth else entry['name']} ({entry['kind']})"
+        return entry["name"], [label, shapes[0], f"{count(entry['params']):,}", trainable], shapes[1:]
+
+    inner = {}
+    for entry in manifest.get("inner_layers", []):
+        inner.setdefault(entry["name"].rpartition("/")[0], []).append(entry)
+
+    def with_nested(entry, depth=0):
+        out = [row(entry, depth)]
+        if expand_nested:
+            for sub in inner.get(entry["name"], []):
+                out += with_nested(sub, depth + 1)
+        return out
+
+    rows = [(i["name"], [f"{i['name']} (InputLayer)", _shape(i["shape"]), "0", "-"], []) for i in manifest["inputs"]]
     for layer in manifest["layers"]:
-        shapes = [_shape(s) for s in layer["output_shapes"]] or ["?"]
-        rows.append((f"{layer['name']} ({layer['kind']})", shapes[0], f"{count(layer['params']):,}"))
-        for extra in shapes[1:]:
-            rows.append(("", extra, ""))
-    widths = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
-    widths[0] = max(widths[0], 30)
-    widths[1] = max(widths[1], 24)
-    widths[2] = max(widths[2], 12)
-    line = "─" * sum(widths)
-    out = [f'Model: "{manifest["model"]}"', "━" * sum(widths)]
-    header = rows[0]
-    out.append(header[0].ljust(widths[0]) + header[1].ljust(widths[1]) + header[2].rjust(widths[2]))
-    out.append("━" * sum(widths))
-    for i, r in enumerate(rows[1:]):
-        out.append(r[0].ljust(widths[0]) + r[1].ljust(widths[1]) + r[2].rjust(widths[2]))
-        if i < len(rows) - 2:
-            out.append(line)
-    out.append("━" * sum(widths))
+        rows += with_nested(layer)
+    if layer_range is not None:
+        rows = _in_range(rows, layer_range)
+    columns = 4 if show_trainable else 3
+    cells = [HEADER[:columns]] + [r[1][:columns] for r in rows]
+    widths = [max(max(len(c[i]) for c in cells) + 2, MIN_WIDTHS[i]) for i in range(columns)]
+    if positions is not None or line_length is not None:
+        widths = _widths(widths, positions, line_length)
+    thin, thick = "─" * sum(widths), "━" * sum(widths)
+
+    def line(values):
+        parts = [_fold(str(v), w - (1 if i == 0 else 0)) for i, (v, w) in enumerate(zip(values, widths))]
+        out = []
+        for k in range(max(len(p) for p in parts)):
+            text = ""
+            for i, (p, w) in enumerate(zip(parts, widths)):
+                piece = p[k] if k < len(p) else ""
+                text += piece.rjust(w) if i == 2 else piece.center(w) if i == 3 else piece.ljust(w)
+            out.append(text.rstrip())
+        return out
+
+    out = [f'Model: "{manifest["model"]}"', thick] + line(HEADER[:columns]) + [thick]
+    for i, (_, values, more) in enumerate(rows):
+        out += line(values)
+        for extra in more:
+            out += line(["", extra, "", ""][:columns])
+        if i < len(rows) - 1:
+            out.append(thin)
+    out.append(thick)
     total = count(params)
     trainable = count([n for n, p in params.items() if p["trainable"]])
     size = {n: count([n]) * np.dtype(p["dtype"]).itemsize for n, p in params.items()}  # (bytes)
@@ -59,3 +92,44 @@ def format_summary(manifest: dict) -> str:
     out.append(f" Trainable params: {trainable:,} ({_size(tb)})")
     out.append(f" Non-trainable params: {total - trainable:,} ({_size(nbytes - tb)})")
     return "\n".join(out)
+
+
+def _widths(natural: list, positions, line_length) -> list:
+    """Column widths from Keras's ``positions`` (right ends, fractions of ``line_length`` where
+    all are at most 1) and ``line_length`` (the total: the natural widths scaled to it)."""
+    total = int(line_length) if line_length is not None else sum(natural)
+    if total < 4 * len(natural):
+        raise ValueError(f"summary: line_length must be at least {4 * len(natural)}, got {line_length!r}")
+    if positions is None:
+        ends = np.cumsum(natural) / sum(natural)
+    else:
+        ends = [float(p) for p in positions]
+        if len(ends) != len(natural) or any(b <= a for a, b in zip([0.0] + ends, ends)):
+            raise ValueError(f"summary: positions must be {len(natural)} increasing right ends of the columns "
+                             f"(fractions of line_length, or characters), got {positions!r}")
+    ends = [round(e * total) if max(ends) <= 1 else int(e) for e in ends]
+    widths = [b - a for a, b in zip([0] + ends, ends)]
+    if min(widths) < 1:
+        raise ValueError(f"summary: positions {positions!r} leave a column no width")
+    return widths
+
+
+def _fold(text: str, width: int) -> list[str]:
+    """``text`` in pieces of at most ``width`` characters (a narrow column wraps, as Keras's)."""
+    width = max(width, 1)
+    return [text[i:i + width] for i in range(0, len(text), width)] or [""]
+
+
+def _in_range(rows: list, layer_range) -> list:
+    """The rows from the first whose layer name matches ``layer_range[0]`` to the last that
+    matches ``layer_range[1]`` (Keras's regular expressions, by re.match)."""
+    if not (isinstance(layer_range, (list, tuple)) and len(layer_range) == 2
+            and all(isinstance(p, str) for p in layer_range)):
+        raise ValueError(f"summary: layer_range must be two layer names (or patterns), got {layer_range!r}")
+    names = [name for name, _, _ in rows]
+    first = next((i for i, n in enumerate(names) if re.match(layer_range[0], n)), None)
+    last = next((i for i in reversed(range(len(names))) if re.match(layer_range[1], names[i])), None)
+    if first is None or last is None or last < first:
+        raise ValueError(f"summary: layer_range {list(layer_range)} matches no range of layers; the layers are "
+                         f"{', '.join(names)}")
+    return rows[first:last + 1]

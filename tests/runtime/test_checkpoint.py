@@ -124,3 +124,37 @@ def test_a_sound_checkpoint_loads_and_resumes(saved):
     assert model.iterations == 2
     for got, want in zip(model.get_weights(), straight.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_keras_keywords_of_save_save_weights_and_load_weights(tmp_path):
+    """filepath=, overwrite=False (an existing file or folder kept: an error, where Keras asks),
+    zipped= (a folder is never zipped) and skip_mismatch= for an .npz by names and in order."""
+    import warnings
+    m = kcompile.compile_string(MLP, seed=0)
+    folder = m.save(filepath=tmp_path / "ck", overwrite=False, zipped=False)
+    with pytest.raises(FileExistsError, match=r"save: .*ck exists, and overwrite=False keeps it"):
+        m.save(tmp_path / "ck", overwrite=False)
+    with pytest.raises(ValueError, match="zipped=True is not available"):
+        m.save(tmp_path / "other", zipped=True)
+    assert not (tmp_path / "other").exists() and (folder / "manifest.json").exists()
+    weights = m.save_weights(filepath=tmp_path / "w.npz", overwrite=False)
+    with pytest.raises(FileExistsError, match="save_weights: .*w.npz exists"):
+        m.save_weights(weights, overwrite=False)
+    m.save_weights(weights)  # (overwrite=True, the default, as Keras)
+
+    other = kcompile.compile_string(MLP.replace("Dense(8", "Dense(5"), seed=1)
+    before = other.get_weights()
+    with pytest.raises(ValueError, match=r"holds weights of another model; .*has shape"):
+        other.load_weights(weights)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other.load_weights(filepath=weights, skip_mismatch=True)
+    assert any("skip_mismatch=True" in str(w.message) for w in caught)
+    for got, was, mine, shape in zip(other.get_weights(), before, m.get_weights(), [p["shape"] for p in
+                                                                                   other.manifest["parameters"]]):
+        np.testing.assert_array_equal(got, mine if list(mine.shape) == shape else was)
+    assert any(list(w.shape) != s for w, s in zip(m.get_weights(), [p["shape"] for p in other.manifest["parameters"]]))
+    np.savez(tmp_path / "ordered.npz", *m.get_weights()[:-1])  # (no names: in order, as far as both go)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        other.load_weights(tmp_path / "ordered.npz", skip_mismatch=True)

@@ -313,3 +313,21 @@ model m {
     m.load_weights(saved)
     for got, want in zip(m.get_weights(), weights):
         np.testing.assert_array_equal(got, want)
+
+
+def test_skip_mismatch_reads_the_layers_that_fit_and_warns_of_the_others(h5py, tmp_path):
+    """Keras's load_weights(skip_mismatch=True): a kcompile .weights.h5 of a model whose first
+    layer is wider loads the second layer (it fits) and keeps the first (kernel and bias: a layer
+    comes whole or not at all), with a warning naming the weight."""
+    wide = kcompile.compile_string(HEAD + "input x: float32[8]\nDense(16)\nDense(4)\n}\n", seed=0)
+    path = wide.save_weights(filepath=tmp_path / "w.weights.h5")
+    narrow = kcompile.compile_string(HEAD + "input x: float32[8]\nDense(12)\nDense(4)\n}\n", seed=1)
+    before = narrow.get_weights()
+    with pytest.raises(ValueError, match=r"weight dense/kernel has shape \(8, 12\) here"):
+        narrow.load_weights(path)
+    with pytest.warns(UserWarning, match=r"skip_mismatch=True.*weight dense/kernel has shape \(8, 12\) here"):
+        narrow.load_weights(filepath=path, skip_mismatch=True)
+    got = narrow.get_weights()
+    np.testing.assert_array_equal(got[0], before[0]), np.testing.assert_array_equal(got[1], before[1])
+    np.testing.assert_array_equal(got[3], wide.get_weights()[3])  # (dense_1's bias: [4] either way)
+    assert got[2].shape == (12, 4) and np.array_equal(got[2], before[2])  # (dense_1's kernel [12, 4] against [16, 4])

@@ -1,4 +1,6 @@
 """The Python API: weights, seeds, input checks, ONNX export, build folders, devices."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -252,6 +254,40 @@ def test_summary_counts_like_keras(capsys):
     assert "Total params: 25,450" in text
     model.summary()
     assert capsys.readouterr().out == text + "\n"
+
+
+def test_summary_takes_keras_arguments():
+    """expand_nested (a called model's layers under it), show_trainable (Y, N, - without
+    weights), layer_range (re.match, first to last), line_length and positions (the columns'
+    right ends: fractions, or characters; a narrow column wraps)."""
+    gan = kcompile.compile(Path(__file__).resolve().parents[2] / "examples" / "gan.kdl", model="gan")
+    lines = summary_text(gan).splitlines()
+    assert not any("conv2d_transpose" in line for line in lines)
+    nested = summary_text_of(gan, expand_nested=True, show_trainable=True).splitlines()
+    assert nested[2].split() == ["Layer", "(type)", "Output", "Shape", "Param", "#", "Trainable"]
+    rows = [line.split() for line in nested if "(" in line and not any(w in line for w in ("Model:", "(type)", "params"))]
+    assert rows[0] == ["z", "(InputLayer)", "(None,", "100)", "0", "-"]
+    assert rows[1] == ["generator", "(Model)", "(None,", "28,", "28,", "1)", "765,633", "Y"]
+    assert rows[2] == ["dense", "(Dense)", "(None,", "6272)", "633,472", "Y"]
+    assert next(line for line in nested if "reshape" in line).startswith("  reshape (Reshape)")
+    assert [r for r in rows if r[0] == "discriminator"][0][-2:] == ["138,561", "N"]  # (frozen in the gan)
+    assert len(rows) == 3 + 4 + 6
+    picked = summary_text_of(gan, layer_range=["gen", "disc"])
+    assert "z (InputLayer)" not in picked and "generator (Model)" in picked and "discriminator (Model)" in picked
+    assert "Total params: 904,194" in picked  # (the totals stay the model's)
+    narrow = summary_text_of(gan, line_length=45, positions=[0.45, 0.8, 1.0]).splitlines()
+    assert max(len(line) for line in narrow[:-3]) == 45 and narrow[1] == "━" * 45
+    assert "discriminator (Mode" in summary_text_of(gan, positions=[20, 35, 45])  # (wrapped at 20)
+    with pytest.raises(ValueError, match="layer_range .* matches no range of layers"):
+        gan.summary(layer_range=["nothing", "gen"])
+    with pytest.raises(ValueError, match="positions must be 3 increasing right ends"):
+        gan.summary(positions=[0.5, 0.4, 1.0])
+
+
+def summary_text_of(model, **options) -> str:
+    lines = []
+    model.summary(print_fn=lines.append, **options)
+    return "\n".join(lines)
 
 
 def test_devices():
