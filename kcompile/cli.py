@@ -267,7 +267,8 @@ def _train(args, source) -> int:
 
     x, y = pick(inputs, "x"), pick(targets, "y")
     if x is None or y is None:
-        raise KcompileError(f"{args.data} needs arrays {inputs + targets} (or x and y); it has {sorted(data)}")
+        either = " (or x and y)" if len(inputs) == len(targets) == 1 else ""  # (x and y: one input, one target)
+        raise KcompileError(f"{args.data} needs arrays {inputs + targets}{either}; it has {sorted(data)}")
     if model.epochs_done >= args.epochs:
         print(f"note: {out}/ has trained {model.epochs_done} epochs already; --epochs {args.epochs} trains none "
               f"(--epochs is the total: give more than {model.epochs_done})")

@@ -40,6 +40,9 @@ def test_train_reports_missing_arrays_and_untrainable_models(tmp_path, capsys):
     np.savez(bad, a=np.zeros(3))
     assert main(["train", str(ROOT / "examples" / "mnist_mlp.kdl"), "--data", str(bad)]) == 1
     assert "needs arrays ['image', 'probs_target'] (or x and y)" in capsys.readouterr().err
+    assert main(["train", str(ROOT / "examples" / "two_heads.kdl"), "--data", str(bad)]) == 1
+    err = capsys.readouterr().err  # (x and y name one input and one target: not offered for two)
+    assert "needs arrays ['image', 'meta', 'kind_target', 'score_target']; it has ['a']" in err
     src = tmp_path / "plain.kdl"
     src.write_text("model plain {\n  input x: float32[2]\n  y = Dense(1)\n  output y\n}\n")
     assert main(["train", str(src), "--data", str(bad)]) == 1
