@@ -222,11 +222,12 @@ def check_ids(xs: dict, id_ranges: dict, where: str) -> None:
 
 
 def _weight_array(w, n: int, where: str, what: str) -> np.ndarray:
-    """One weight per sample, float32 [n], from [n] or [n, 1]."""
+    """One weight per sample, float32 [n], from [n] or [n, 1]; or weights per step, [n, T, ...]
+    (the caller checks them against the loss's steps)."""
     w = np.asarray(w)
     if w.ndim == 2 and w.shape[1] == 1:
         w = w[:, 0]
-    if w.ndim != 1 or len(w) != n:
+    if w.ndim < 1 or len(w) != n:
         raise ShapeMismatch(f"{where}: {what} expects shape ({n},), one weight per sample, got {tuple(w.shape)}")
     if w.dtype.kind not in "biuf":
         raise ShapeMismatch(f"{where}: {what} expects numbers, got dtype {w.dtype}")

@@ -412,12 +412,45 @@ class TrainingMixin:
         ys[weights_input], by_output = sample_weights(sample_weight, class_weight, ys, n, where, outputs)
         for output, name in spec.get("output_sample_weights", {}).items():
             ys[name] = by_output[output]
+        self._place_weights_per_step(ys, n, where)
         return xs, ys, n
 
-    def _sample_weight_inputs(self) -> list:
-        """The step's inputs of sample weights: the one for every loss term, then each output's."""
+    def _place_weights_per_step(self, ys: dict, n: int, where: str) -> None:
+        """Weights of more axes than the samples' ([n, T]: Keras's per-step sample_weight) go to
+        their STEPS input, the per-sample ones then being ones; a STEPS input not given gets ones
+        ([n, 1] along a dimension that is not fixed, which broadcasts)."""
         spec = self.manifest["training"]
-        return [n for n in [spec.get("sample_weight")] + list(spec.get("output_sample_weights", {}).values()) if n]
+        steps = {e["weights"]: e for e in spec.get("step_sample_weights", [])}
+        outputs = {name: output for output, name in spec.get("output_sample_weights", {}).items()}
+        for key in [spec["sample_weight"], *outputs]:
+            w, e = ys[key], steps.get(key)
+            if w.ndim == 1:
+                if e is not None:
+                    ys[e["name"]] = np.ones((n, *(d if isinstance(d, int) else 1 for d in e["shape"])), np.float32)
+                continue
+            what = f"sample_weight {outputs[key]!r}" if key in outputs else "sample_weight"
+            if "step_sample_weights" not in spec:  # (a build made before weights per step)
+                raise ShapeMismatch(f"{where}: {what} expects shape ({n},): this build's graphs take one weight per "
+                                    f"sample; build it again for weights per step, got {tuple(w.shape)}")
+            if e is None or not e["every_term"]:
+                raise ShapeMismatch(f"{where}: {what} expects shape ({n},), one weight per sample (the loss terms "
+                                    f"it weighs give " + ("one value per sample" if e is None else
+                                                          "values of several shapes") + f"), got {tuple(w.shape)}")
+            like = ys.get(e["target"]) if e["target"] else None
+            want = tuple(d if isinstance(d, int) else like.shape[1 + i] if like is not None and like.ndim > 1 + i
+                         else None for i, d in enumerate(e["shape"]))
+            if w.ndim != 1 + len(want) or any(d is not None and d != g for d, g in zip(want, w.shape[1:])):
+                shown = ", ".join(str(d) if d is not None else "?" for d in (n, *want))
+                raise ShapeMismatch(f"{where}: {what} expects shape ({n},), one weight per sample, or ({shown}), "
+                                    f"one per step of its loss, got {tuple(w.shape)}")
+            ys[e["name"]], ys[key] = w, np.ones(n, np.float32)
+
+    def _sample_weight_inputs(self) -> list:
+        """The step's inputs of sample weights: the one for every loss term, then each output's,
+        then the weights per step."""
+        spec = self.manifest["training"]
+        return [n for n in [spec.get("sample_weight")] + list(spec.get("output_sample_weights", {}).values()) if n] + \
+            [e["name"] for e in spec.get("step_sample_weights", [])]
 
     def _check_unsized_targets(self, xs, ys, where):
         """Targets whose size the manifest cannot give (``?``: a Flatten of [2, T]) are checked
@@ -829,21 +862,23 @@ class TrainingMixin:
         validate_at = _validation_epochs(validation_freq)
         if validation_split and validation_data is None:
             xs, ys, n = self._check_xy(x, y, "fit", sample_weight, class_weight)
-            weights = [ys.pop(k) for k in self._sample_weight_inputs()]  # (class_weight's, say)
-            if any(w is not weights[0] for w in weights[1:]):  # (given per output; the first is ones)
-                weights = dict(zip(self.manifest["training"]["output_sample_weights"], weights[1:]))
-            else:  # (one array for every output: the same array under each input)
-                weights = weights[0] if weights else None
+            for k in self._sample_weight_inputs():  # (each part's are made again from sample_weight)
+                ys.pop(k, None)
+            outputs = [o.name for o in self.outputs]
 
             def split(rows):
-                return {o: w[rows] for o, w in weights.items()} if isinstance(weights, dict) else \
-                    None if weights is None else weights[rows]
+                if sample_weight is None:
+                    return None
+                if not per_output(sample_weight, outputs):
+                    return np.asarray(sample_weight)[rows]
+                given = sample_weight if isinstance(sample_weight, dict) else dict(zip(outputs, sample_weight))
+                return {o: None if w is None else np.asarray(w)[rows] for o, w in given.items()}
             cut = int(n * (1 - validation_split))
-            validation_data = ({k: v[cut:] for k, v in xs.items()}, {k: v[cut:] for k, v in ys.items()},
-                               None if class_weight is not None else split(slice(cut, None)))
             # (class_weight weighs the training samples alone, as Keras)
+            validation_data = ({k: v[cut:] for k, v in xs.items()}, {k: v[cut:] for k, v in ys.items()},
+                               split(slice(cut, None)))
             x, y = {k: v[:cut] for k, v in xs.items()}, {k: v[:cut] for k, v in ys.items()}
-            sample_weight, class_weight = split(slice(None, cut)), None
+            sample_weight = split(slice(None, cut))
         batches = Batches.of(self, x, y, batch_size, shuffle=shuffle, seed=self.seed, where="fit",
                              steps=steps_per_epoch, sample_weight=sample_weight, class_weight=class_weight)
         val = None

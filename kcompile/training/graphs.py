@@ -42,6 +42,10 @@ LR, STEP = "lr", "step"
 # weighs each output's loss terms by its own input, SAMPLE_WEIGHT:<output> (Keras's
 # sample_weight={output: weights}); SAMPLE_WEIGHT then weighs only terms on other values.
 SAMPLE_WEIGHT = "loss:sample_weight"
+# A loss whose values have more axes than the sample's ([N, T]: a per-step loss) also takes
+# weights of that shape (Keras's sample_weight [N, T]), as its weights' input + STEPS, of the
+# values' shape (ones, or [N, 1] where a dimension is not fixed, unless given).
+STEPS = ":steps"
 
 
 @dataclass
@@ -72,6 +76,7 @@ class TrainingProgram:
     macs_per_sample: int = 0  # multiply-adds of the forward pass's products and convolutions, per sample
     label_classes: dict = field(default_factory=dict)  # target of class labels -> the number of classes
     output_weights: dict = field(default_factory=dict)  # output -> its loss terms' sample weight input
+    step_weights: list = field(default_factory=list)  # the inputs of weights per step (Objective.step_weights)
 
     def describe(self) -> dict:
         return {
@@ -90,6 +95,7 @@ class TrainingProgram:
             "per_sample": self.per_sample or True,
             "sample_weight": SAMPLE_WEIGHT,  # (the step's and evaluation's input of per-sample weights)
             "output_sample_weights": self.output_weights,
+            "step_sample_weights": self.step_weights,
             "label_classes": self.label_classes,
             "macs_per_sample": self.macs_per_sample,
         }
@@ -147,6 +153,9 @@ class _Objective:
         self.output_losses: dict[str, list] = {}  # output -> its loss terms' batch means (Keras's <output>_loss)
         self.label_classes: dict[str, int] = {}  # a target of class labels -> its prediction's classes
         self.output_weights: dict[str, str] = {}  # output -> its SAMPLE_WEIGHT:<output> input (several outputs)
+        # a weights input -> {name: its STEPS input, shape: the values' per-sample shape, target,
+        # shapes: every weighted term's per-sample shape (more than one: no weights per step)}
+        self.steps: dict[str, dict] = {}
 
     def _target(self, name, t):
         if name not in self.g.types:
@@ -228,17 +237,18 @@ class _Objective:
         values = LOSS_FUNCTIONS[loss](self.ctx, target, prediction, **kwargs)
         if output in self.masks:
             values = self.masked(values, self.masks[output])
-        values = self.weighted(values, output)
+        values = self.weighted(values, output, target)
         if output in self.outputs and len(self.outputs) > 1:  # (Keras logs <output>_loss for several outputs)
             mean = self.ctx.op("ReduceMean", values, keepdims=0) if self.ctx.type(values).rank else values
             self.output_losses.setdefault(output, []).append(mean)
         weight = self.loss_weights.get(output, 1.0)
         return values if weight == 1.0 else self.ctx.op("Mul", values, self.ctx.const(weight, self.ctx.type(values).dtype))
 
-    def weighted(self, values, output):
+    def weighted(self, values, output, target):
         """Per-sample loss values times the samples' weights (Keras's sample_weight: the batch
         mean of the weighted values, divided by the batch size, not by the weights' sum), those
-        of ``output`` where the model has several."""
+        of ``output`` where the model has several; per-step values ([N, T]) times the weights
+        per step too (the STEPS input)."""
         ctx = self.ctx
         rank, dtype = ctx.type(values).rank, ctx.type(values).dtype
         if not rank or ctx.type(values).shape[0] != BATCH:  # (no sample axis to weigh)
@@ -249,10 +259,28 @@ class _Objective:
                 self.output_weights[output] = f"{SAMPLE_WEIGHT}:{output}"
                 self.g.add_input(self.output_weights[output], TensorType("float32", (BATCH,)))
             weights = self.output_weights[output]
+        shape = tuple(ctx.type(values).shape[1:])
+        steps = self.steps.setdefault(weights, {"name": weights + STEPS, "shape": None, "target": None, "shapes": []})
+        steps["shapes"].append(shape)
+        if rank > 1 and steps["shape"] in (None, shape):
+            if steps["shape"] is None:
+                steps.update(shape=shape, target=target if target in self.targets.values() else None)
+                self.g.add_input(steps["name"], TensorType("float32", (BATCH,) + shape))
+            values = ctx.op("Mul", values, steps["name"] if dtype == "float32" else ctx.op("Cast", steps["name"], to=dtype))
         weights = weights if dtype == "float32" else ctx.op("Cast", weights, to=dtype)
         if rank > 1:
             weights = ctx.op("Unsqueeze", weights, axes=tuple(range(1, rank)))
         return ctx.op("Mul", values, weights)
+
+    @property
+    def step_weights(self) -> list[dict]:
+        """The STEPS inputs, for the manifest: each one's name, the weights input it goes with,
+        the per-sample shape it has (a dimension not fixed: its name, or None), the target its
+        values compare with (where it is one), and whether every term weighed by those weights
+        has that shape (where not, the runtime refuses weights per step for them)."""
+        return [{"name": e["name"], "weights": weights, "shape": list(e["shape"]), "target": e["target"],
+                 "every_term": all(s == e["shape"] for s in e["shapes"])}
+                for weights, e in self.steps.items() if e["shape"] is not None]
 
     def masked(self, values, mask):
         """Per-step loss values [N, T] with the masked steps out, as Keras 3 reduces them
@@ -680,5 +708,5 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                            transposed=[n for n, p in g.params.items() if p.transposed],
                            gradients=gradient_values, row_gradients=row_gradients, per_sample=per_sample,
                            macs_per_sample=macs, label_classes=objective.label_classes,
-                           output_weights=objective.output_weights)
+                           output_weights=objective.output_weights, step_weights=objective.step_weights)
 
