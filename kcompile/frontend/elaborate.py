@@ -651,6 +651,11 @@ class Elaborator:
                 [k for k, v in frame.env.items() if isinstance(v, Layer)]
             raise _Fail(f"unknown layer or function {show(callee)}", e.loc,
                         did_you_mean(callee, candidates))
+        layer = next((k for k, v in INIT_ALIASES.items() if isinstance(callee, InitializerSpec) and v == callee.name
+                      and k in LAYERS), None)
+        if layer:  # Identity(3)(x): the initializer's arguments, then applied as the layer
+            raise _Fail(f"{layer}(...) with arguments is Keras's {callee.name} initializer, and the {layer} layer "
+                        f"takes none", e.loc, f"as a layer, write {layer}()(...)")
         raise _Fail(f"{self.describe(callee)} cannot be called", e.loc)
 
     @staticmethod
