@@ -374,7 +374,8 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
         "states": [{"name": n[len(STATE):], "dtype": g.types[n].dtype, "shape": list(g.types[n].shape)}
                    for n in g.inputs if n.startswith(STATE)],
         "parameters": [{"name": p.name, "layer": p.layer, "shape": list(p.type.shape), "dtype": p.type.dtype,
-                        "trainable": p.trainable, "initializer": p.initializer[0]} for p in g.params.values()],
+                        "trainable": p.trainable, "statistic": p.statistic, "initializer": p.initializer[0]}
+                       for p in g.params.values()],
         "layers": [{"name": r.name, "kind": r.kind, "output_shapes": [list(t.shape) for t in r.output_types],
                     "params": r.params} for r in compiled.layers],
         "inner_layers": [{"name": name, "kind": kind, "output_shapes": shapes,

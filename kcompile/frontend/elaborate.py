@@ -173,6 +173,11 @@ class Builder:
         if math.prod(shape) >= 2 ** 31:  # (ONNX's and numpy's limits)
             raise ShapeError(f"weight {name} {list(shape)} holds {math.prod(shape):,} numbers, too many for one "
                              f"tensor (at most 2^31 - 1)")
+        if initializer[0] in ("identity", "orthogonal") and len(shape) < 2 or initializer[0] == "identity" and \
+                len(shape) > 2:  # (as Keras: matrices, and orthogonal's stacks of them)
+            kind = "a 2-D weight" if initializer[0] == "identity" else "a weight of 2 or more dimensions"
+            raise ShapeError(f"the {initializer[0]} initializer needs {kind}; {name} is {format_shape(shape)}",
+                             "give this weight another initializer")
         regularizer = getattr(layer, "regularizers", {}).get(short)
         self.graph.add_param(Param(name, t, initializer, trainable and self.trainable, self.record.name, regularizer,
                                    statistic=not trainable))
@@ -593,7 +598,7 @@ class Elaborator:
                           and isinstance(v, Unapplied) and v.layer.kind() in INIT_ALIASES else v  # Identity()
                           for k, v in kwargs.items()}
                 if callee.kind == "layer" and callee.name in INIT_ALIASES and (args or kwargs) and \
-                        all(k in INITIALIZERS[INIT_ALIASES[callee.name]] for k in kwargs):
+                        (not kwargs or any(k in INITIALIZERS[INIT_ALIASES[callee.name]] for k in kwargs)):
                     # Identity(gain=2.0): Keras's initializer of that name (its layer takes no arguments)
                     return self.initializer(INIT_ALIASES[callee.name], args, kwargs, e)
                 if callee.kind == "layer":

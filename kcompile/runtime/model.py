@@ -1,6 +1,7 @@
 """The user-facing Model: predict, summary, weights, ONNX export, on ONNX Runtime."""
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
@@ -81,9 +82,11 @@ class Model(LayersMixin, TrainingMixin):
         date from the training buffers; onnxruntime's sessions and the buffers bound to them are
         made again when the copy first needs them, and the lock is made anew. A weight shared
         with other models (share_weights) is the copy's own."""
-        with self._lock:
+        with self._lock:  # (the values of one step: another thread's call may change them after)
             self._sync_state()
             state = dict(self.__dict__)
+            state.update(_weights=dict(self._weights), _slots=dict(self._slots), _states=copy.deepcopy(self._states),
+                         _previous_state=self._runner.previous() if self._runner is not None else self._previous_state)
         del state["_lock"]
         state.update(_session=None, _predictor=None, _copies={}, _runner=None, _train_session=None,
                      _eval_session=None, _weights_session=None, _flush=NoFlush(), _shared={}, _shared_seen={},
@@ -512,10 +515,13 @@ class Model(LayersMixin, TrainingMixin):
         if "names" in arrays:
             names = [str(n) for n in arrays.pop("names")]
         ordered = [arrays[k] for k in sorted(arrays, key=lambda k: (len(k), k))]
+        surplus = ""
         if names is None:
             if not skip_mismatch:
                 self.set_weights(ordered)
                 return
+            if len(ordered) > len(self._param_names):
+                surplus = f"; it has {len(ordered)} arrays, this model {len(self._param_names)} weights"
             names = self._param_names[:len(ordered)]  # (in order: as far as both go)
             ordered = ordered[:len(names)]
         names = _renamed_since(names, self._param_names)
@@ -524,8 +530,8 @@ class Model(LayersMixin, TrainingMixin):
         missing, extra = set(self._param_names) - set(names), set(names) - set(self._param_names)
         wrong = [f"{n} has shape {shapes[n]} here, {tuple(np.shape(a))} in the file" for n, a in by_name.items()
                  if n in shapes and tuple(np.shape(a)) != shapes[n]]
-        if missing or extra or len(names) != len(ordered) or wrong:
-            message = ((f"; it lacks {', '.join(sorted(missing)[:5])}" if missing else "")
+        if missing or extra or len(names) != len(ordered) or wrong or surplus:
+            message = ((f"; it lacks {', '.join(sorted(missing)[:5])}" if missing else "") + surplus
                        + (f"; it has {', '.join(sorted(extra)[:5])}, which this model does not" if extra else "")
                        + (f"; {'; '.join(wrong[:5])}" if wrong else ""))
             if not skip_mismatch:

@@ -35,11 +35,13 @@ def format_summary(manifest: dict, line_length=None, positions=None, expand_nest
         return sum(int(np.prod(params[n]["shape"], dtype=np.int64)) for n in names)
 
     def row(entry, depth=0):
-        flags = {params[n]["trainable"] for n in entry["params"]}
-        trainable = "-" if not flags else "Y" if flags == {True} else "N"
+        # Keras shows layer.trainable: N where the layer's learned weights are frozen (its
+        # statistics, BatchNormalization's moving ones, never train), - without weights
+        learned = [params[n]["trainable"] for n in entry["params"] if not params[n].get("statistic")]
+        trainable = "-" if not entry["params"] else "N" if learned and not any(learned) else "Y"
         shapes = [_shape(s) for s in entry["output_shapes"]] or ["?"]
-        label = "  " * depth + f"{entry['name'].rpartition('/')[2] if depth else entry['name']} ({entry['kind']})"
-        return entry["name"], [label, shapes[0], f"{count(entry['params']):,}", trainable], shapes[1:]
+        label = f"{'   ' * depth}└ {entry['name'].rpartition('/')[2]}" if depth else entry["name"]  # (Keras's)
+        return [f"{label} ({entry['kind']})", shapes[0], f"{count(entry['params']):,}", trainable], shapes[1:]
 
     inner = {}
     for entry in manifest.get("inner_layers", []):
@@ -52,31 +54,34 @@ def format_summary(manifest: dict, line_length=None, positions=None, expand_nest
                 out += with_nested(sub, depth + 1)
         return out
 
-    rows = [(i["name"], [f"{i['name']} (InputLayer)", _shape(i["shape"]), "0", "-"], []) for i in manifest["inputs"]]
-    for layer in manifest["layers"]:
-        rows += with_nested(layer)
-    if layer_range is not None:
-        rows = _in_range(rows, layer_range)
+    layers = [(i["name"], [([f"{i['name']} (InputLayer)", _shape(i["shape"]), "0", "-"], [])])
+              for i in manifest["inputs"]] + [(layer["name"], with_nested(layer)) for layer in manifest["layers"]]
+    if layer_range is not None:  # (the model's own layers, each with the rows nested in it)
+        layers = _in_range(layers, layer_range)
+    rows = [r for _, nested in layers for r in nested]
     columns = 4 if show_trainable else 3
-    cells = [HEADER[:columns]] + [r[1][:columns] for r in rows]
+    cells = [HEADER[:columns]] + [r[0][:columns] for r in rows]
     widths = [max(max(len(c[i]) for c in cells) + 2, MIN_WIDTHS[i]) for i in range(columns)]
+    if positions is not None and show_trainable and len(positions) == 3:  # (Keras's: the Trainable column added)
+        positions = [float(p) * 0.9 for p in positions] + [1.0] if max(positions) <= 1 else \
+            list(positions) + [max(positions) + widths[3]]
     if positions is not None or line_length is not None:
         widths = _widths(widths, positions, line_length)
     thin, thick = "─" * sum(widths), "━" * sum(widths)
 
-    def line(values):
-        parts = [_fold(str(v), w - (1 if i == 0 else 0)) for i, (v, w) in enumerate(zip(values, widths))]
+    def line(values):  # (each cell within its column, a space before the next one; a long one wraps)
+        parts = [_fold(str(v), w - 1) for v, w in zip(values, widths)]
         out = []
         for k in range(max(len(p) for p in parts)):
             text = ""
             for i, (p, w) in enumerate(zip(parts, widths)):
                 piece = p[k] if k < len(p) else ""
-                text += piece.rjust(w) if i == 2 else piece.center(w) if i == 3 else piece.ljust(w)
+                text += (piece.rjust(w - 1) if i == 2 else piece.center(w - 1) if i == 3 else piece.ljust(w - 1)) + " "
             out.append(text.rstrip())
         return out
 
     out = [f'Model: "{manifest["model"]}"', thick] + line(HEADER[:columns]) + [thick]
-    for i, (_, values, more) in enumerate(rows):
+    for i, (values, more) in enumerate(rows):
         out += line(values)
         for extra in more:
             out += line(["", extra, "", ""][:columns])
@@ -120,16 +125,19 @@ def _fold(text: str, width: int) -> list[str]:
     return [text[i:i + width] for i in range(0, len(text), width)] or [""]
 
 
-def _in_range(rows: list, layer_range) -> list:
-    """The rows from the first whose layer name matches ``layer_range[0]`` to the last that
-    matches ``layer_range[1]`` (Keras's regular expressions, by re.match)."""
+def _in_range(layers: list, layer_range) -> list:
+    """The (name, rows) of the layers from the first whose name matches ``layer_range[0]`` to the
+    last that matches ``layer_range[1]`` (Keras's: regular expressions by re.match; where every
+    match of the first comes after every match of the second, the range between them)."""
     if not (isinstance(layer_range, (list, tuple)) and len(layer_range) == 2
             and all(isinstance(p, str) for p in layer_range)):
         raise ValueError(f"summary: layer_range must be two layer names (or patterns), got {layer_range!r}")
-    names = [name for name, _, _ in rows]
-    first = next((i for i, n in enumerate(names) if re.match(layer_range[0], n)), None)
-    last = next((i for i in reversed(range(len(names))) if re.match(layer_range[1], names[i])), None)
-    if first is None or last is None or last < first:
-        raise ValueError(f"summary: layer_range {list(layer_range)} matches no range of layers; the layers are "
-                         f"{', '.join(names)}")
-    return rows[first:last + 1]
+    names = [name for name, _ in layers]
+    lower = [i for i, n in enumerate(names) if re.match(layer_range[0], n)]
+    upper = [i for i, n in enumerate(names) if re.match(layer_range[1], n)]
+    if not lower or not upper:
+        raise ValueError(f"summary: layer_range {list(layer_range)} matches no layer "
+                         f"{'name' if lower or upper else 'names'}; the layers are {', '.join(names)}")
+    if min(lower) > max(upper):
+        return layers[min(upper):max(lower) + 1]
+    return layers[min(lower):max(upper) + 1]

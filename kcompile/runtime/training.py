@@ -422,8 +422,14 @@ class TrainingMixin:
         spec = self.manifest["training"]
         steps = {e["weights"]: e for e in spec.get("step_sample_weights", [])}
         outputs = {name: output for output, name in spec.get("output_sample_weights", {}).items()}
+        in_use = spec.get("sample_weights_in_use")
         for key in [spec["sample_weight"], *outputs]:
             w, e = ys[key], steps.get(key)
+            if in_use is not None and key not in in_use:  # (it weighs no term: one array for several outputs)
+                ys[key] = np.ones(n, np.float32)
+                continue
+            if e is not None and w.ndim == len(e["shape"]) + 2 and w.shape[-1] == 1:
+                w = w[..., 0]  # ([n, T, 1] as [n, T], as Keras)
             if w.ndim == 1:
                 if e is not None:
                     ys[e["name"]] = np.ones((n, *(d if isinstance(d, int) else 1 for d in e["shape"])), np.float32)

@@ -77,6 +77,7 @@ class TrainingProgram:
     label_classes: dict = field(default_factory=dict)  # target of class labels -> the number of classes
     output_weights: dict = field(default_factory=dict)  # output -> its loss terms' sample weight input
     step_weights: list = field(default_factory=list)  # the inputs of weights per step (Objective.step_weights)
+    weights_in_use: list = field(default_factory=list)  # the sample-weight inputs that weigh a loss term
 
     def describe(self) -> dict:
         return {
@@ -96,6 +97,7 @@ class TrainingProgram:
             "sample_weight": SAMPLE_WEIGHT,  # (the step's and evaluation's input of per-sample weights)
             "output_sample_weights": self.output_weights,
             "step_sample_weights": self.step_weights,
+            "sample_weights_in_use": self.weights_in_use,  # (one model of several outputs: the per-output ones)
             "label_classes": self.label_classes,
             "macs_per_sample": self.macs_per_sample,
         }
@@ -708,5 +710,6 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                            transposed=[n for n, p in g.params.items() if p.transposed],
                            gradients=gradient_values, row_gradients=row_gradients, per_sample=per_sample,
                            macs_per_sample=macs, label_classes=objective.label_classes,
-                           output_weights=objective.output_weights, step_weights=objective.step_weights)
+                           output_weights=objective.output_weights, step_weights=objective.step_weights,
+                           weights_in_use=list(objective.steps))
 

@@ -556,6 +556,19 @@ def test_identity_names_the_initializer_where_one_is_expected_and_the_layer_else
     assert [layer.class_name for layer in m.layers][-1] == "Identity"
 
 
+
+@pytest.mark.parametrize("layer, message", [
+    ("Dense(3, bias_initializer=Identity())", "the identity initializer needs a 2-D weight; dense/bias is [3]"),
+    ("Conv1D(3, 2, kernel_initializer=identity)", "the identity initializer needs a 2-D weight; conv1d/kernel is "
+                                                  "[2, 3, 3]"),
+    ("Dense(3, bias_initializer=orthogonal)", "the orthogonal initializer needs a weight of 2 or more dimensions"),
+    ("Dense(3, kernel_initializer=Identity(gain=2.0, seed=1))", "initializer identity has no argument 'seed'"),
+])
+def test_initializers_that_do_not_fit_their_weight_are_located_errors(layer, message):
+    d = first_error(model(f"y = {layer}(x)\noutput y", "    input x: float32[4, 3]\n"))
+    assert message in d.message and d.loc.line == 3
+
+
 BOUND_LAYER = "block B(n: int) {\n    input h\n    output Dense(n)(h)\n}\n" + \
     "model m {\n    input x: float32[4]\n    layer d = Dense(3)\n    %s\n    output y\n}\n"
 

@@ -155,6 +155,13 @@ def test_keras_keywords_of_save_save_weights_and_load_weights(tmp_path):
         np.testing.assert_array_equal(got, mine if list(mine.shape) == shape else was)
     assert any(list(w.shape) != s for w, s in zip(m.get_weights(), [p["shape"] for p in other.manifest["parameters"]]))
     np.savez(tmp_path / "ordered.npz", *m.get_weights()[:-1])  # (no names: in order, as far as both go)
-    with warnings.catch_warnings(record=True):
+    before = other.get_weights()
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         other.load_weights(tmp_path / "ordered.npz", skip_mismatch=True)
+    assert any("it lacks dense_1/bias" in str(w.message) for w in caught)
+    for got, was, mine in zip(other.get_weights(), before, m.get_weights()[:-1] + [None]):
+        np.testing.assert_array_equal(got, mine if mine is not None and mine.shape == was.shape else was)
+    np.savez(tmp_path / "more.npz", *(m.get_weights() + [np.zeros(2)]))  # (an array more than the weights)
+    with pytest.warns(UserWarning, match="it has 5 arrays, this model 4 weights"):
+        m.load_weights(tmp_path / "more.npz", skip_mismatch=True)

@@ -268,8 +268,8 @@ def test_summary_takes_keras_arguments():
     rows = [line.split() for line in nested if "(" in line and not any(w in line for w in ("Model:", "(type)", "params"))]
     assert rows[0] == ["z", "(InputLayer)", "(None,", "100)", "0", "-"]
     assert rows[1] == ["generator", "(Model)", "(None,", "28,", "28,", "1)", "765,633", "Y"]
-    assert rows[2] == ["dense", "(Dense)", "(None,", "6272)", "633,472", "Y"]
-    assert next(line for line in nested if "reshape" in line).startswith("  reshape (Reshape)")
+    assert rows[2] == ["└", "dense", "(Dense)", "(None,", "6272)", "633,472", "Y"]
+    assert next(line for line in nested if "reshape" in line).startswith("   └ reshape (Reshape)")  # (Keras's)
     assert [r for r in rows if r[0] == "discriminator"][0][-2:] == ["138,561", "N"]  # (frozen in the gan)
     assert len(rows) == 3 + 4 + 6
     picked = summary_text_of(gan, layer_range=["gen", "disc"])
@@ -278,10 +278,23 @@ def test_summary_takes_keras_arguments():
     narrow = summary_text_of(gan, line_length=45, positions=[0.45, 0.8, 1.0]).splitlines()
     assert max(len(line) for line in narrow[:-3]) == 45 and narrow[1] == "━" * 45
     assert "discriminator (Mode" in summary_text_of(gan, positions=[20, 35, 45])  # (wrapped at 20)
-    with pytest.raises(ValueError, match="layer_range .* matches no range of layers"):
+    assert summary_text_of(gan, layer_range=["disc", "gen"]) == picked  # (the ends swapped, as Keras)
+    # a range takes the model's own layers, each with the rows nested in it
+    nested_range = summary_text_of(gan, layer_range=["generator$", "generator$"], expand_nested=True)
+    assert "└ conv2d_transpose_1 (Conv2DTranspose)" in nested_range and "discriminator" not in nested_range
+    # three positions with show_trainable: Keras's, times 0.9, the Trainable column after them
+    four = summary_text_of(gan, positions=[0.45, 0.8, 1.0], line_length=100, show_trainable=True).splitlines()
+    assert four[2].index("Output Shape") == 40 and four[1] == "━" * 100
+    with pytest.raises(ValueError, match="layer_range .* matches no layer name"):
         gan.summary(layer_range=["nothing", "gen"])
     with pytest.raises(ValueError, match="positions must be 3 increasing right ends"):
         gan.summary(positions=[0.5, 0.4, 1.0])
+    bn = kcompile.compile_string("model m {\n    input x: float32[3]\n    Dense(3)\n    BatchNormalization()\n"
+                                 "    train { loss = mse; optimizer = SGD() }\n}\n")
+    bn.set_trainable("dense", False)
+    rows = {line.split()[0]: line.split()[-1] for line in summary_text_of(bn, show_trainable=True).splitlines()
+            if line.startswith(("dense", "batch_normalization"))}
+    assert rows == {"dense": "N", "batch_normalization": "Y"}  # (its moving statistics never train; Keras: Y)
 
 
 def summary_text_of(model, **options) -> str:

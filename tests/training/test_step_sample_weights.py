@@ -116,3 +116,26 @@ def test_a_training_step_with_weights_per_step_equals_keras(keras):
     assert got == pytest.approx(float(want if np.ndim(want) == 0 else want[0]), rel=1e-5)
     for a, b in zip(m.get_weights(), k.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_one_array_per_step_weighs_every_output_of_a_model_of_several():
+    """As Keras: one sample_weight array for every output, [n, T] too (the same as the dict of it
+    by output); [n, T, 1] is taken as [n, T]."""
+    m = kcompile.compile_string("""model two {
+    input ids: int64[6]
+    h = SimpleRNN(5, return_sequences=true)(Embedding(20, 8)(ids))
+    a = Dense(3, activation=softmax)(h)
+    b = Dense(2, activation=softmax)(h)
+    output a, b
+    train { loss = sparse_categorical_crossentropy(a) + sparse_categorical_crossentropy(b); optimizer = SGD(0.1) }
+}""", seed=0)
+    ids, labels, weights = data()
+    y = [labels, labels % 2]
+    one = m.evaluate(ids, y, sample_weight=weights, verbose=0)
+    by_output = m.evaluate(ids, y, sample_weight={"a": weights, "b": weights}, verbose=0)
+    np.testing.assert_allclose(one, by_output, rtol=1e-6)
+    np.testing.assert_allclose(m.evaluate(ids, y, sample_weight=weights[..., None], verbose=0), one, rtol=1e-6)
+    pa, pb = m.predict(ids)
+    want = sum(-(np.log(np.take_along_axis(p.astype(np.float64), t[..., None], -1)[..., 0]) * weights).mean()
+               for p, t in ((pa, labels), (pb, labels % 2)))
+    assert (one[0] if isinstance(one, list) else one) == pytest.approx(want, rel=1e-5)
