@@ -169,7 +169,8 @@ def _run(args) -> int:
         return _train(args, source)
     names = [args.model] if getattr(args, "model", None) else [m.name for m in module.models()]
     if not names:
-        raise KcompileError(f"{args.file} defines no model")
+        from .driver import select_model
+        select_model(module, None)  # (the located error of a file without models)
     if args.command == "summary":
         from .driver import manifest_for
         from .runtime.summary import format_summary

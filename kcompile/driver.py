@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import Diagnostic, KcompileError
+from .errors import Diagnostic, KcompileError, Loc
 from .fileio import current_umask
 from .frontend import ast
 from .frontend.elaborate import Elaborator
@@ -90,14 +90,22 @@ def check_module(module: ast.Module) -> list[Diagnostic]:
             check_weights_fit(graph)
             config = check_train(graph, model, module)
             if config is not None:  # (and what training will build of it: the loss and metrics)
+                from .ops.image import refuse_trained_inputs
                 from .training.graphs import evaluation_objective
+                refuse_trained_inputs(graph)
                 env = {k: v.name for k, v in graph.meta.get("env", {}).items()}
                 evaluation_objective(graph, graph.meta["train"], config, env)
         except KcompileError as e:
             diagnostics.extend(e.diagnostics)
     if not module.models():
-        diagnostics.append(Diagnostic("no model in this file", None, "define one: model name { ... }"))
+        diagnostics.append(Diagnostic("no model in this file", _file_start(module), "define one: model name { ... }"))
     return diagnostics
+
+
+def _file_start(module: ast.Module) -> Loc:
+    """The place an error about the whole file points at: its first line."""
+    first = module.source.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    return Loc(module.file, 1, 1, max(1, len(first)), first)
 
 
 def select_model(module: ast.Module, name: str | None) -> str:
@@ -116,7 +124,7 @@ def select_model(module: ast.Module, name: str | None) -> str:
     if len(names) == 1:
         return names[0]
     if not names:
-        raise KcompileError(f"{module.file} defines no model")
+        raise KcompileError("no model in this file", _file_start(module), "define one: model name { ... }")
     raise KcompileError(f"{module.file} defines {len(names)} models ({', '.join(names)}); choose one",
                         hint="pass model=NAME (Python) or --model NAME (CLI)")
 

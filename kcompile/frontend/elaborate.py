@@ -549,6 +549,9 @@ class Elaborator:
                     raise _Fail("the quotient is too large for a number", e.loc) from None
             return {"+": a + b, "-": a - b, "*": a * b}[e.op]
         op = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div"}[e.op]
+        if op == "Div" and isinstance(b, numbers) and not isinstance(b, bool) and b == 0:
+            # (every element inf or nan: a mistake, said here rather than as nan losses)
+            raise _Fail("division by zero", e.right.loc, "every element would be inf or nan")
         if not isinstance(a, Tensor) and not isinstance(b, Tensor):
             raise _Fail(f"cannot apply {e.op} to {self.describe(a)} and {self.describe(b)}", e.loc,
                         self.unknown_hint(a if isinstance(a, Symbol) else b, frame))

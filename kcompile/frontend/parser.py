@@ -93,11 +93,11 @@ def _first_token(node):
 
 def _check_nesting(tree, loc):
     """A located error where the parse tree is deeper than MAX_NESTING (found without recursion)."""
-    stack = [(tree, 1)]
+    stack = [(tree, 1, None)]  # (with each node, a token of its nearest ancestor that has one)
     while stack:
-        node, depth = stack.pop()
+        node, depth, anchor = stack.pop()
         if depth > MAX_NESTING:
-            token = _first_token(node)
+            token = _first_token(node) or anchor  # (nested empty lists hold no token: the statement's)
             where = None
             if token is not None:  # the line's start: the deep token itself may sit far to the right
                 text = loc(token.line, 1).source_line
@@ -105,7 +105,8 @@ def _check_nesting(tree, loc):
             raise KcompileError(Diagnostic(f"the expression nests too deeply (over {MAX_NESTING} levels)", where,
                                            "split it into several statements")) from None
         if isinstance(node, lark.Tree):
-            stack += [(child, depth + 1) for child in node.children]
+            anchor = next((c for c in node.children if isinstance(c, lark.Token)), anchor)
+            stack += [(child, depth + 1, anchor) for child in node.children]
 
 
 _EXPR_START = {"NAME", "NUMBER", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE"}

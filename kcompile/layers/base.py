@@ -401,6 +401,17 @@ class Layer:
         raise NotImplementedError
 
 
+def expect_size(layer: str, shape) -> None:
+    """A layer's output of ``shape`` (without the batch) must fit one tensor's numbers a sample
+    (2^31 - 1, as a weight's: ONNX's and numpy's limits), checked before the layer builds any
+    constant of that size."""
+    import math
+    if math.prod(shape) >= 2 ** 31:
+        from ..errors import format_shape
+        raise ShapeError(f"{layer} would give an output of shape {format_shape(shape)}, {math.prod(shape):,} numbers "
+                         f"a sample, too many for one tensor (at most 2^31 - 1)")
+
+
 def expect_rank(layer: str, x, rank: int, layout: str, hint: str | None = None):
     if x.rank != rank:
         from ..errors import format_shape

@@ -3,7 +3,7 @@ Cropping1D/2D/3D, UpSampling1D/2D/3D (channels-last)."""
 import numpy as np
 
 from ..errors import ShapeError, format_shape
-from .base import ArgError, Choice, Converter, IntArg, Ints, Layer, ShapeArg, expect_rank, show
+from .base import ArgError, Choice, Converter, IntArg, Ints, Layer, ShapeArg, expect_rank, expect_size, show
 
 
 class Flatten(Layer):
@@ -200,11 +200,12 @@ class _UpSampling(Layer):
         # Nearest neighbour: a unit axis after each spatial axis, broadcast to the factor by a
         # product with ones, then merged into the spatial axis. [N, H, W, C] -> [N, H, 1, W, 1, C]
         # -> [N, H, sh, W, sw, C] -> [N, H * sh, W * sw, C].
+        target = tuple(d * s for d, s in zip(spatial, self.size)) + (x.shape[-1],)
+        expect_size(self.kind(), target)
         axes = tuple(2 + 2 * i for i in range(self.n))
         y = ctx.op("Unsqueeze", x, axes=axes)
         ones = np.ones(tuple(d for s in self.size for d in (1, s)) + (1,), x.dtype)
         y = ctx.op("Mul", y, ctx.const(ones, x.dtype))
-        target = tuple(d * s for d, s in zip(spatial, self.size)) + (x.shape[-1],)
         return ctx.op("Reshape", y, shape=(0,) + target)
 
 
@@ -260,5 +261,6 @@ class RepeatVector(Layer):
 
     def call(self, ctx, x):
         expect_rank("RepeatVector", x, 2, "[features]")
+        expect_size("RepeatVector", (self.n, x.shape[1]) if isinstance(x.shape[1], int) else (self.n,))
         y = ctx.op("Unsqueeze", x, axes=(1,))
         return ctx.op("Mul", y, ctx.const(np.ones((self.n, 1), x.dtype), x.dtype))

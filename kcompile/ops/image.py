@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import KcompileError
 from ..ir import TensorType
-from .base import Op, noise_input, register, replace_node
+from .base import OPS, Op, noise_input, register, replace_node
 
 
 class Augmentation(Op):
@@ -32,7 +32,7 @@ class Augmentation(Op):
 
     def training_form(self, ctx, node):
         if node.attrs.get("random", True):
-            _refuse_trained_input(ctx, node)
+            _refuse_trained_input(ctx.g, node)
         return self.train(ctx, node)
 
     def train(self, ctx, node):
@@ -45,8 +45,16 @@ class Augmentation(Op):
         return noise_input(ctx, node, TensorType("float32", (ctx.type(x).shape[0], 1, 1, 1)))
 
 
-def _refuse_trained_input(ctx, node):
-    g, seen, stack = ctx.g, set(), [node.inputs[0]]
+def refuse_trained_inputs(g) -> None:
+    """The training graph's check, made by `kcompile check` too: every random augmentation
+    reads the model's input data, not a value a trained weight makes."""
+    for node in g.nodes():
+        if isinstance(OPS.get(node.op), Augmentation) and node.attrs.get("random", True):
+            _refuse_trained_input(g, node)
+
+
+def _refuse_trained_input(g, node):
+    seen, stack = set(), [node.inputs[0]]
     while stack:
         v = stack.pop()
         if v in seen:

@@ -500,9 +500,13 @@ class TrainingMixin:
             return {}
         sizes, _ = named_sizes(xb, self.manifest["inputs"])  # this batch's N, and T
         rng = np.random.default_rng([self.seed, 7919, self._iterations])
-        return {item["name"]: rng.random(tuple(evaluate_dim(d, sizes) for d in item["shape"]),
-                                         dtype=np.dtype(item.get("dtype", "float32")))  # (a float64 model's: float64)
-                for item in spec}
+        noise = {}
+        for item in spec:  # (a float64 model's: float64; a float16 model's drawn as float32, numpy's least)
+            dtype = np.dtype(item.get("dtype", "float32"))
+            shape = tuple(evaluate_dim(d, sizes) for d in item["shape"])
+            noise[item["name"]] = rng.random(shape, dtype=dtype) if dtype.itemsize >= 4 else \
+                rng.random(shape, dtype=np.float32).astype(dtype)
+        return noise
 
     def _runner_for_training(self):
         if self._runner is None:

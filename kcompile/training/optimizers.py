@@ -114,7 +114,7 @@ def clip(ctx, config, grads: dict) -> dict:
             v = _values(g)
             norm = ctx.op("Sqrt", ctx.op("ReduceSum", ctx.op("Mul", v, v), keepdims=0))
             out[k] = _like(g, ctx.op("Mul", v, ctx.op("Div", c, ctx.op("Max", norm, c))))
-    if a.get("global_clipnorm") is not None:
+    if a.get("global_clipnorm") is not None and out:  # (a model without trainable weights has no gradients)
         c = float(a["global_clipnorm"])
         squares = [ctx.op("ReduceSum", ctx.op("Mul", _values(g), _values(g)), keepdims=0) for g in out.values()]
         total = squares[0]

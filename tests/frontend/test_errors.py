@@ -506,8 +506,24 @@ def test_model_without_input_also_lacks_output():
 
 
 def test_file_without_model():
+    """Located at the file's first line, in check and in compile alike (an empty file too)."""
     ds = diagnostics("# nothing here\n")
-    assert len(ds) == 1 and ds[0].message == "no model in this file" and ds[0].loc is None
+    assert len(ds) == 1 and ds[0].message == "no model in this file"
+    assert (ds[0].loc.line, ds[0].loc.col, ds[0].loc.source_line) == (1, 1, "# nothing here")
+    for source in ("", "  \n\n", "# only\r\n# comments\r\n"):
+        with pytest.raises(KcompileError) as e:
+            kcompile.compile_string(source, file="empty.kdl")
+        assert str(e.value).startswith("empty.kdl:1:1: error: no model in this file")
+
+
+def test_deeply_nested_empty_lists_are_located_at_their_statement():
+    d = first_error(model("h = " + "[" * 450 + "]" * 450 + "\noutput x"))
+    assert "nests too deeply" in d.message and (d.loc.line, d.loc.col) == (3, 5)
+
+
+def test_division_by_a_zero_number_is_a_located_error():
+    d = first_error(model("y = Dense(1)(x / 0)\noutput y"))
+    assert d.message == "division by zero" and (d.loc.line, d.loc.col) == (3, 22)  # (the 0)
 
 
 def test_error_has_hint_line_in_render():

@@ -228,6 +228,9 @@ def test_an_augmentation_after_trained_weights_is_a_located_error():
     with pytest.raises(KcompileError, match=r"<string>:4:5: error: RandomFlip augments the model's input data in "
                                             r"training; its input here depends on the trained weight conv2d/"):
         kcompile.compile_string(src)
+    from kcompile.driver import check_module, parse_source  # (kcompile check says it too, not only build)
+    ds = check_module(parse_source(src, "m.kdl"))
+    assert [(d.loc.line, d.loc.col) for d in ds] == [(4, 5)] and "RandomFlip augments" in ds[0].message
 
 
 CNN = """model aug {

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
+import kcompile
 import reference as ref
+from kcompile.errors import KcompileError
 from reference import random_input
 
 
@@ -253,3 +255,20 @@ model m {
     x = rng.uniform(-1, 1, (3,)).astype(np.float32)
     y, _ = run(src, x)
     close(y, x.reshape(3, 1))
+
+
+@pytest.mark.parametrize("layer, shape, numbers", [
+    ("UpSampling2D(65536)", "[524288, 524288, 3]", "824,633,720,832"),
+    ("UpSampling3D(65536)", None, None),
+    ("RepeatVector(10000000000000)", "[10000000000000, 8]", "80,000,000,000,000"),
+])
+def test_outputs_too_large_for_a_tensor_are_located_errors_before_any_constant_is_built(layer, shape, numbers):
+    """(UpSampling and RepeatVector build constants of their factors' size: a MemoryError, or
+    gigabytes and a minute, before this)"""
+    inputs = {"UpSampling2D": "float16[8, 8, 3]", "UpSampling3D": "float32[4, 4, 4, 2]", "RepeatVector": "float32[8]"}
+    src = f"model m {{\n    input x: {inputs[layer.split('(')[0]]}\n    y = {layer}(x)\n    output y\n}}\n"
+    with pytest.raises(KcompileError) as e:
+        kcompile.compile_string(src, file="big.kdl")
+    assert "big.kdl:3:9: error: " in str(e.value) and "too many for one tensor (at most 2^31 - 1)" in str(e.value)
+    if shape:
+        assert f"output of shape {shape}, {numbers} numbers a sample" in str(e.value)

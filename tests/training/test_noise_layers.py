@@ -1,6 +1,7 @@
 """Training forms of the noise layers: SpatialDropout draws one mask entry per channel,
 GaussianNoise adds stddev * N(0, 1); both are the identity in evaluation."""
 import numpy as np
+import pytest
 
 import kcompile
 
@@ -50,3 +51,17 @@ def test_a_float64_model_draws_float64_noise():
     x = np.ones((512, 4, 4, 8))
     losses = [m.train_on_batch(x, x) for _ in range(5)]
     np.testing.assert_allclose(np.mean(losses), 1.09, rtol=0.05)
+
+
+@pytest.mark.parametrize("layer", ["Dropout(0.5)", "GaussianDropout(0.3)"])
+def test_a_float16_model_with_dropout_trains(layer):
+    """(numpy draws no float16 noise: drawn as float32, then rounded)"""
+    m = kcompile.compile_string(f"""model h {{
+    input x: float16[8]
+    {layer}
+    out = Dense(1)
+    train {{ loss = mse; optimizer = SGD(0.01) }}
+}}""")
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float16)
+    first = m.train_on_batch(x, np.ones((16, 1), np.float16))
+    assert np.isfinite(first) and m.iterations == 1

@@ -594,3 +594,13 @@ def test_nadam_momentum_product_at_any_step(steps_before):
     expected = w - lr * m_hat / (np.sqrt(v / (1 - b2 ** t)) + eps)
     m.train_on_batch(x, y)
     np.testing.assert_allclose(m.get_weights()[0], expected, rtol=2e-5, atol=1e-7)
+
+
+def test_global_clipnorm_on_a_model_without_trainable_weights_trains():
+    m = kcompile.compile_string("""model g {
+    input x: float32[4]
+    out = Flatten()(x)
+    train { loss = mse; optimizer = Adam(global_clipnorm=1.0) }
+}""")
+    x = np.ones((3, 4), np.float32)
+    assert m.train_on_batch(x, x + 1) == pytest.approx(1.0) and m.iterations == 1
