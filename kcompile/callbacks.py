@@ -427,14 +427,8 @@ class ModelCheckpoint(Callback):
         self._current_epoch = 0
         mode = _check_mode(mode, "ModelCheckpoint")
         self.mode = mode
-        if mode == "max" or (mode == "auto" and _auto_mode_is_max(monitor)):
-            self.monitor_op = np.greater
-            if self.best is None:
-                self.best = -np.inf
-        else:
-            self.monitor_op = np.less
-            if self.best is None:
-                self.best = np.inf
+        # (the best value so far: initial_value_threshold, or None until the first, as Keras 3)
+        self.monitor_op = np.greater if mode == "max" or (mode == "auto" and _auto_mode_is_max(monitor)) else np.less
         if save_freq != "epoch" and not (isinstance(save_freq, int) and not isinstance(save_freq, bool)
                                          and save_freq > 0):
             raise ValueError(
@@ -476,11 +470,13 @@ class ModelCheckpoint(Callback):
                 f'Failed to format this callback filepath: "{self.filepath}". '
                 f"Reason: {e}") from e
 
-    def _write(self, filepath):
+    def _write(self, filepath, epoch):
         if self.save_weights_only:
             self.model.save_weights(filepath)
         else:
             self.model.save(filepath)
+        if self.verbose > 0:
+            _print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
     def _save_model(self, epoch, batch, logs):
         if _stopped_on_a_nonfinite_loss(self.model):
@@ -493,28 +489,29 @@ class ModelCheckpoint(Callback):
         if not self.save_best_only:
             if self.verbose > 0:
                 _print(f"\nEpoch {epoch + 1}: saving model to {filepath}")
-            self._write(filepath)
+            self._write(filepath, epoch)
             return
         current = logs.get(self.monitor)
         if current is None:  # Keras 3 warns and saves (Keras 2 skipped the save)
             warnings.warn(f"Can save best model only with {self.monitor} available.", stacklevel=2)
-            self._write(filepath)
+            self._write(filepath, epoch)
             return
         value = _scalar(current)
         if value is None:
             warnings.warn(f"Can save best model only when `monitor` is a scalar value. "
                           f"Received: {current}. Falling back to `save_best_only=False`.",
                           stacklevel=2)
-            self._write(filepath)
+            self._write(filepath, epoch)
             return
-        if self.monitor_op(value, self.best):
+        best = "None" if self.best is None else f"{self.best:.5f}"
+        if self.best is None or self.monitor_op(value, self.best):
             if self.verbose > 0:
-                _print(f"\nEpoch {epoch + 1}: {self.monitor} improved from "
-                       f"{self.best:.5f} to {value:.5f}, saving model to {filepath}")
+                _print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {best} to {value:.5f}, saving model to "
+                       f"{filepath}")
             self.best = value
-            self._write(filepath)
+            self._write(filepath, epoch)
         elif self.verbose > 0:
-            _print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+            _print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best}")
 
 
 def _stopped_on_a_nonfinite_loss(model) -> bool:
@@ -682,7 +679,7 @@ class CSVLogger(Callback):
 
         if self.writer is None:
             self.writer = csv.DictWriter(self.csv_file, fieldnames=["epoch"] + self.keys,
-                                         delimiter=self.sep, lineterminator="\n")
+                                         delimiter=self.sep, lineterminator="\r\n")  # (as Keras: csv.excel)
             if self.append_header:
                 self.writer.writeheader()
 

@@ -200,10 +200,12 @@ class Model(LayersMixin, TrainingMixin):
         always all at once where an output has no batch axis, which batches cannot give). Where each row's outputs depend on that row alone, it may run
         fewer rows at a time, for speed, with the same results. ``steps``: the first that many
         batches only, as Keras. ``callbacks`` see on_predict_begin, each batch's begin and end
-        (``logs["outputs"]``) and on_predict_end, as Keras's. Returns an array for a one-output
-        model, else a list in the model's output order."""
-        if callbacks is not None or (type(x) is not np.ndarray and _batches_of_inputs(x)):
-            return self._predict_in_batches(x, batch_size, steps, callbacks)
+        (``logs["outputs"]``) and on_predict_end, as Keras's. ``verbose``: 1 (or "auto") prints
+        Keras's progress bar over the batches, 2 one line; 0, the default here (Keras's is
+        "auto"), prints nothing, as a predict of one sample takes some 15 us. Returns an array
+        for a one-output model, else a list in the model's output order."""
+        if callbacks is not None or verbose != 0 or (type(x) is not np.ndarray and _batches_of_inputs(x)):
+            return self._predict_in_batches(x, batch_size, steps, callbacks, verbose)
         with self._lock:  # (one_call_at_a_time, written out: a batch-1 predict takes some 15 us)
             if type(x) is np.ndarray and steps is None and self._predictor is not None:
                 outs = self._repeated_small_predict(x, batch_size)
@@ -211,12 +213,16 @@ class Model(LayersMixin, TrainingMixin):
                     return outs
             return self._predict(x, batch_size, steps)
 
-    def _predict_in_batches(self, x, batch_size, steps, callbacks):
+    def _predict_in_batches(self, x, batch_size, steps, callbacks, verbose=0):
         """predict batch by batch, with the callbacks' hooks around each (Keras's batches:
         ``batch_size`` rows, or an iterable's own), each batch's run one call at a time, the
         callbacks and the iterable's code outside the lock (they may use the model too)."""
         from ..callbacks import CallbackList
+        verbose = 1 if verbose == "auto" else verbose
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"predict: verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
         steps = count(steps, "predict", "steps", 0, none=True) or None  # (0: all, as Keras)
+        total = None  # (the batches, where known: the progress bar's target and params["steps"])
         if _batches_of_inputs(x):
             if not self._batched_outputs:
                 raise ValueError("predict: an output without the batch axis is computed over all the rows at "
@@ -230,7 +236,8 @@ class Model(LayersMixin, TrainingMixin):
                 step = max(n, 1)
             batches = itertools.islice(({k: v[i:i + step] for k, v in feeds.items()} for i in range(0, n, step)),
                                        steps)
-        cbs = CallbackList(callbacks, model=self, verbose=0)
+            total = min(-(-n // step), steps or n) if n else 0
+        cbs = CallbackList(callbacks, add_progbar=verbose != 0, model=self, verbose=verbose, epochs=1, steps=total)
         cbs.on_predict_begin()
         outs = []
         for i, batch in enumerate(batches):

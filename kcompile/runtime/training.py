@@ -10,7 +10,7 @@ import bisect
 import functools
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -123,6 +123,7 @@ class NonFiniteLoss(Exception):
     epoch: int
     step: int
     value: float
+    results: dict = field(default=None, repr=False, compare=False)  # (the step's outputs: its metrics' statistics)
 
     def __str__(self):
         return (f"the loss became {self.value} at epoch {self.epoch + 1}, step {self.step + 1}; training stopped and "
@@ -786,7 +787,7 @@ class TrainingMixin:
             self._state_stale = True
             self._drop_runner()
             self._weights_changed()  # (a predict since the last step may have folded the weights undone)
-            raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss)
+            raise NonFiniteLoss(self._epoch, self._step_in_epoch, loss, results)
         self._iterations += 1
         self._state_stale = True
         if self._states is not None:
@@ -939,10 +940,15 @@ class TrainingMixin:
                 except NonFiniteLoss as e:  # (the weights went back to the last finite step's)
                     print(f"kcompile: {e}")
                     self.stop_training, self.nonfinite = True, e
-                    # the callbacks see the loss, as Keras's (TerminateOnNaN's batch end, the epoch's
-                    # end in the History), and the epoch ends there, not counted as done
+                    # the callbacks see the loss and that batch's metrics, as Keras's (TerminateOnNaN's
+                    # batch end; the epoch's end in the History, after the validation Keras runs too, here
+                    # of the weights kept), and the epoch ends there, not counted as done
+                    if e.results is not None:
+                        running.update(e.results, n)
                     logs = {**running.result(), "loss": e.value}
                     cbs.on_train_batch_end(step, logs)
+                    if val is not None and validate_at(epoch):
+                        logs.update({f"val_{k}": v for k, v in self._evaluate_batches(val, cbs).items()})
                     cbs.on_epoch_end(epoch, logs)
                     break
                 running.update(results, n)

@@ -670,6 +670,28 @@ def test_predict_takes_a_list_of_one_array_an_iterable_of_batches_and_callbacks(
             seen.append("end")
     np.testing.assert_allclose(m.predict(x, batch_size=16, callbacks=[Hooks()]), want, rtol=1e-6, atol=1e-7)
     assert seen == ["begin", (0, (16, 10)), (1, (16, 10)), (2, (8, 10)), "end"]
+
+
+
+def test_predict_verbose_prints_keras_progress_and_callbacks_get_keras_params(capsys):
+    from kcompile.callbacks import Callback
+    m = kcompile.compile_string(MLP)
+    x = np.random.default_rng(4).random((40, 28, 28, 1), dtype=np.float32)
+    want = m.predict(x)
+    assert capsys.readouterr().out == ""  # (verbose=0, the default here: nothing)
+    np.testing.assert_allclose(m.predict(x, batch_size=16, verbose=1), want, rtol=1e-6, atol=1e-7)
+    assert "3/3 ━" in capsys.readouterr().out
+    np.testing.assert_allclose(m.predict(x, batch_size=16, verbose=2), want, rtol=1e-6, atol=1e-7)
+    assert capsys.readouterr().out.startswith("3/3 - ")
+    params = []
+
+    class Params(Callback):
+        def on_predict_begin(self, logs=None):
+            params.append(dict(self.params))
+    m.predict(x, batch_size=16, steps=2, callbacks=[Params()])
+    assert params == [{"verbose": 0, "epochs": 1, "steps": 2}]  # (Keras's params)
+    with pytest.raises(ValueError, match="predict: verbose must be 0, 1, 2 or 'auto', got 3"):
+        m.predict(x, verbose=3)
     from pathlib import Path
     trainable = kcompile.compile(Path(__file__).resolve().parents[2] / "examples" / "mnist_mlp.kdl")
     with pytest.raises(ShapeMismatch, match=r"fit: input is an iterator; arrays go here \(fit and evaluate take an "

@@ -1034,6 +1034,28 @@ def test_a_nonfinite_loss_reaches_the_callbacks_as_keras(capsys):
     assert m.iterations == 0 and m.epochs_done == 0 and m.nonfinite is not None  # (back before the step that wrote)
 
 
+
+def test_the_epoch_of_a_nonfinite_loss_logs_that_batch_and_validates_as_keras():
+    """As Keras: the batch's metrics count in the logs, and the epoch's validation still runs
+    (here of the weights kept, so History has every val_* key for every epoch it logged)."""
+    x, y = small_data()
+    x[20, 0] = np.nan  # (the second batch's, unshuffled)
+    m = kcompile.compile_string(SMALL, seed=0)
+    seen = []
+
+    class Spy(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(dict(logs))
+    history = m.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0, validation_data=(x[64:], y[64:]),
+                    callbacks=[Spy()])
+    assert sorted(history.history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert np.isnan(history.history["loss"][0]) and np.isfinite(history.history["val_loss"][0])
+    want = m.evaluate(x[64:], y[64:], verbose=0, return_dict=True)  # (the weights kept)
+    assert history.history["val_loss"][0] == pytest.approx(want["loss"], rel=1e-6)
+    first = seen[0]["accuracy"]  # (the second batch's accuracy counts: the mean of both batches)
+    assert seen[1]["accuracy"] != first and 0.0 <= seen[1]["accuracy"] <= 1.0
+
+
 def test_model_optimizer_as_keras_callbacks_use_it():
     m = kcompile.compile_string(SMALL, seed=0)
     assert m.optimizer.name == "Adam" and m.optimizer.learning_rate == pytest.approx(0.01)
