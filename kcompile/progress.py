@@ -116,7 +116,7 @@ class ProgressBar:
         clock: a ``() -> seconds`` function (for tests); default ``time.time``.
     """
 
-    def __init__(self, target, verbose=1, width=30, stateful_metrics=None,
+    def __init__(self, target, verbose=1, width=20, stateful_metrics=None,
                  unit_name="step", interval=0.05, stream=None, *, clock=None):
         if verbose == "auto":
             verbose = 1

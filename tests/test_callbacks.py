@@ -532,7 +532,7 @@ def test_progbar_logger_verbose1_non_tty_and_verbose0():
     out = io.StringIO()
     fit(FakeModel(), [ProgbarLogger(stream=out, clock=_StillClock())],
         val_losses(0.5), steps=3, verbose=1)
-    assert out.getvalue() == "3/3 " + "━" * 30 + " 0s 0s/step - loss: 1.0000 - val_loss: 0.5000\n"
+    assert out.getvalue() == "3/3 " + "━" * 20 + " 0s 0s/step - loss: 1.0000 - val_loss: 0.5000\n"
     out = io.StringIO()
     fit(FakeModel(), [ProgbarLogger(stream=out)], val_losses(0.5, 0.4), steps=3, verbose=0)
     assert out.getvalue() == ""

@@ -81,7 +81,7 @@ def test_verbose1_non_tty_prints_only_final_line():
     text = out.getvalue()
     assert "\r" not in text
     # elapsed 1 + 468 * 0.005 = 3.34s; time per step after the first: 5ms
-    assert text == ("469/469 " + "━" * 30 +
+    assert text == ("469/469 " + "━" * 20 +
                     " 3s 5ms/step - accuracy: 0.8123 - loss: 0.5432\n")
 
 
