@@ -7,19 +7,22 @@ from ..errors import ShapeError, format_shape
 from .base import BoolArg, Choice, FloatArg, InitializerArg, IntArg, Layer, Optional
 
 
-def masked_softmax(ctx, scores, allowed, subtract=False):
+def masked_softmax(ctx, scores, allowed, subtract=False, zero_masked=False):
     """softmax(scores) over the last axis, the scores pushed down where ``allowed`` (0/1 numbers
     broadcasting to them; None: nothing masked) is 0, as Keras 3 does in each layer:
     MultiHeadAttention's where(allowed, scores, -1e9) leaves a masked score no gradient (a query
-    row masked everywhere trains nothing upstream); Attention's (``subtract``) where(allowed,
-    scores, scores - 1e9) keeps it (a row masked everywhere is softmax(scores - 1e9), as Keras's)."""
-    if allowed is not None:
-        if subtract:
-            big = 65504.0 if scores.dtype == "float16" else 1e9  # (float16's largest, as Keras's Attention)
-            scores = ctx.op("Add", scores, ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -big))
-        else:
-            scores = ctx.op("Add", ctx.op("Mul", scores, allowed), ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
-    return ctx.op("Softmax", scores, axis=-1)
+    row masked everywhere, uniform, trains nothing upstream), and with ``zero_masked`` the
+    probabilities are where(allowed, p, 0) too (such a row attends nowhere); Attention's
+    (``subtract``) where(allowed, scores, scores - 1e9) keeps a masked score's gradient (a row
+    masked everywhere is softmax(scores - 1e9))."""
+    if allowed is None:
+        return ctx.op("Softmax", scores, axis=-1)
+    if subtract:
+        big = 65504.0 if scores.dtype == "float16" else 1e9  # (float16's largest, as Keras's Attention)
+        return ctx.op("Softmax", ctx.op("Add", scores, ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -big)), axis=-1)
+    scores = ctx.op("Add", ctx.op("Mul", scores, allowed), ctx.op("Mul", ctx.op("Sub", 1.0, allowed), -1e9))
+    probs = ctx.op("Softmax", scores, axis=-1)
+    return ctx.op("Mul", probs, allowed) if zero_masked else probs
 
 
 def _check_dtypes(kind, query, value, key):
@@ -148,7 +151,11 @@ class MultiHeadAttention(Layer):
         if attention_mask is not None:
             given = self._attention_mask(ctx, attention_mask, query, value)
             allowed = given if allowed is None else ctx.op("Mul", allowed, given)
-        scores = probs = masked_softmax(ctx, scores, allowed)  # (Keras returns them before the dropout)
+        # Keras 3.15 computes the attention two ways: with dropout or the scores returned, its
+        # Softmax layer, which zeroes the masked probabilities (a query step masked everywhere
+        # attends nowhere); else dot_product_attention, where such a step attends uniformly
+        zero = self.dropout > 0 or return_attention_scores
+        scores = probs = masked_softmax(ctx, scores, allowed, zero_masked=zero)  # (returned before the dropout)
         if self.dropout > 0:
             probs = ctx.op("Dropout", probs, rate=self.dropout)
         attended = ctx.op("MatMul", probs, v)  # [N, h, Tq, dv]
@@ -177,8 +184,8 @@ class MultiHeadAttention(Layer):
     def _padding_mask(self, ctx, query, value, key, inputs, causal):
         """Where each query step may attend ([N, 1, Tq, Tk] as 0/1 numbers, None where nothing
         is masked), from the inputs' step masks (Embedding(mask_zero=true)), as Keras 3's
-        MultiHeadAttention: a masked query step attends nowhere (a uniform softmax), a masked
-        value (or key) step is attended by no query step."""
+        MultiHeadAttention: a masked query step attends uniformly, or nowhere (masked_softmax's
+        zero_masked), a masked value (or key) step is attended by no query step."""
         masks = [(ctx.mask_of(query), -1), (ctx.mask_of(value), 1)]
         if len(inputs) == 3:
             masks.append((ctx.mask_of(key), 1))

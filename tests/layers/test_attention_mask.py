@@ -162,3 +162,32 @@ def test_causal_self_attention_over_a_named_length():
     y = rng.standard_normal((3, 5, 6)).astype(np.float32)
     assert named.fit(x, y, epochs=2, verbose=0).history["loss"] == pytest.approx(
         fixed.fit(x, y, epochs=2, verbose=0).history["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("how", ["scores", "dropout"])
+def test_a_query_step_allowed_nowhere_attends_nowhere_where_keras_uses_its_softmax(keras, how):
+    """Keras 3.15 computes MultiHeadAttention with its masked Softmax (which zeroes masked
+    probabilities) where the layer has dropout or returns its scores, else with
+    dot_product_attention (uniform over a row masked everywhere: the test above); kcompile
+    follows both."""
+    q_in, v_in, m_in = keras.Input((4, 6)), keras.Input((5, 6)), keras.Input((4, 5), dtype="int32")
+    layer = keras.layers.MultiHeadAttention(2, 3, dropout=0.25 if how == "dropout" else 0.0)
+    out = layer(q_in, v_in, attention_mask=m_in, return_attention_scores=how == "scores")
+    ref = keras.Model([q_in, v_in, m_in], out)
+    rng = np.random.default_rng(5)
+    ref.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in ref.get_weights()])
+    m = kcompile.compile_string(SOURCE.format(dtype="int32", args=", dropout=0.25" if how == "dropout" else "")
+                                if how == "dropout" else SOURCE.format(dtype="int32", args="").replace(
+                                    "y = MultiHeadAttention(2, 3)(q, v, attention_mask=mask)\n    output y",
+                                    "y, s = MultiHeadAttention(2, 3)(q, v, attention_mask=mask, "
+                                    "return_attention_scores=true)\n    output y, s"))
+    m.set_weights(ref.get_weights())
+    q, v = rng.standard_normal((3, 4, 6)).astype(np.float32), rng.standard_normal((3, 5, 6)).astype(np.float32)
+    mask = rng.integers(0, 2, (3, 4, 5)).astype(np.int32)
+    mask[1, 3] = 0  # (a query step allowed nowhere)
+    got, want = m.predict({"q": q, "v": v, "mask": mask}), ref.predict([q, v, mask], verbose=0)
+    got, want = (got, want) if how == "scores" else ([got], [want])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-6)
+    if how == "scores":
+        assert not got[1][1, :, 3].any()  # (all its probabilities 0)
