@@ -244,7 +244,8 @@ def per_output(sample_weight, outputs: list) -> bool:
         not all(np.isscalar(v) for v in sample_weight)
 
 
-def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str, outputs: list = ()):
+def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str, outputs: list = (),
+                   labels: bool = False):
     """The ``n`` samples' weights in the loss, float32 [n], and each output's, {output: [n]}:
     ``sample_weight`` ([n], or [n, 1]: every output's), or per output ({output: weights}, or a
     list in the order of ``outputs``; None for an output unweighted; Keras refuses a dict that
@@ -279,15 +280,18 @@ def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str, ou
         if len(ys) != 1:
             raise ValueError(f"{where}: class_weight is for a model with one target; this one has {len(ys)} "
                              f"({', '.join(ys)}): give sample_weight")
-        y = next(iter(ys.values()))
+        y = target = next(iter(ys.values()))
+        if labels:  # (class labels: [n], [n, 1] or, one per step, [n, T])
+            y = y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
+        elif y.ndim >= 2:  # (as Keras: one-hot rows' argmax, or a last axis of 1 dropped)
+            y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[..., 0]
         if y.ndim > 2:
-            raise ValueError(f"{where}: class_weight needs one class per sample; the target has shape "
-                             f"{tuple(y.shape)}: give sample_weight")
-        if y.ndim == 2:
-            y = np.argmax(y, axis=-1) if y.shape[1] != 1 else y[:, 0]
+            raise ValueError(f"{where}: class_weight needs one class per sample, or per step; the target has "
+                             f"shape {tuple(target.shape)}: give sample_weight")
+        # (a class per step, [n, T]: each step weighs by its class, as weights per step)
         classes, at = np.unique(np.round(y).astype(np.int64), return_inverse=True)
         table = {int(k): float(v) for k, v in class_weight.items()}
-        w = np.array([table.get(int(c), 1.0) for c in classes], np.float32)[at.reshape(-1)]
+        w = np.array([table.get(int(c), 1.0) for c in classes], np.float32)[at.reshape(-1)].reshape(y.shape)
         return w, dict.fromkeys(outputs, w)
     return ones, dict.fromkeys(outputs, ones)
 

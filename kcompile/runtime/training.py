@@ -410,7 +410,8 @@ class TrainingMixin:
         if "output_sample_weights" not in spec and len(outputs) > 1 and per_output(sample_weight, outputs):
             raise ValueError(f"{where}: this build's graphs take one weight per sample for every output, not "
                              f"sample_weight per output; build it again")
-        ys[weights_input], by_output = sample_weights(sample_weight, class_weight, ys, n, where, outputs)
+        labels = bool(set(spec.get("label_classes", {})) & set(ys))  # (class labels, not one-hot rows)
+        ys[weights_input], by_output = sample_weights(sample_weight, class_weight, ys, n, where, outputs, labels)
         for output, name in spec.get("output_sample_weights", {}).items():
             ys[name] = by_output[output]
         self._place_weights_per_step(ys, n, where)

@@ -139,3 +139,24 @@ def test_one_array_per_step_weighs_every_output_of_a_model_of_several():
     want = sum(-(np.log(np.take_along_axis(p.astype(np.float64), t[..., None], -1)[..., 0]) * weights).mean()
                for p, t in ((pa, labels), (pb, labels % 2)))
     assert (one[0] if isinstance(one, list) else one) == pytest.approx(want, rel=1e-5)
+
+
+def test_class_weight_of_a_class_per_step_weighs_each_step_by_its_class():
+    """(It took the argmax over the steps of the labels, a step's place, for a class.) One-hot
+    targets per step, [n, T, classes], weigh each step by its row's class too."""
+    m = kcompile.compile_string(TAGGER.format(steps=T, mask=""), seed=0)
+    ids, labels, _ = data()
+    table = {0: 0.5, 1: 2.0, 2: 0.0}
+    per_step = np.vectorize(table.get)(labels).astype(np.float32)
+    want = m.evaluate(ids, labels, sample_weight=per_step, verbose=0)
+    assert want == pytest.approx(reference_loss(m, ids, labels, per_step), rel=1e-5)
+    a, b = (kcompile.compile_string(TAGGER.format(steps=T, mask=""), seed=0) for _ in range(2))
+    np.testing.assert_allclose(a.train_on_batch(ids, labels, class_weight=table),
+                               b.train_on_batch(ids, labels, sample_weight=per_step), rtol=1e-6)
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    one_hot = kcompile.compile_string(TAGGER.format(steps=T, mask="").replace("sparse_categorical_crossentropy",
+                                                                              "categorical_crossentropy"), seed=0)
+    np.testing.assert_allclose(one_hot.train_on_batch(ids, np.eye(3, dtype=np.float32)[labels], class_weight=table),
+                               kcompile.compile_string(TAGGER.format(steps=T, mask=""), seed=0).train_on_batch(
+                                   ids, labels, sample_weight=per_step), rtol=1e-5)
