@@ -342,6 +342,7 @@ class Elaborator:
             if not value.layer.name:
                 value.layer.name = self.unique_layer_name(frame.prefix + (value.layer.requested_name or stmt.name),
                                                           stmt.loc)
+                self.name_wrapped(value.layer, frame)
             self.check_rebind(stmt.name, stmt.loc, frame)
             frame.env[stmt.name] = value.layer
             return None
@@ -753,7 +754,16 @@ class Elaborator:
             i += 1
             name = f"{base}_{i}"
         self.layer_names.add(name)
+        self.name_wrapped(layer, frame)
         return name
+
+    def name_wrapped(self, wrapper: Layer, frame: Frame) -> None:
+        """The layers a wrapper wraps take automatic names from the model's count too, as Keras
+        names them when they are made: LSTM after Bidirectional(LSTM(...)) is lstm_1."""
+        for attr in wrapper.wraps:
+            inner = getattr(wrapper, attr)
+            if not inner.name and not inner.requested_name and inner.wrapped_name is None:
+                inner.wrapped_name = self.auto_layer_name(inner, frame)[len(frame.prefix):]
 
     def apply(self, layer: Layer, inputs: list, loc: Loc, frame: Frame, kwargs=None):
         kwargs = dict(kwargs or {})
@@ -782,8 +792,11 @@ class Elaborator:
         try:
             if not layer.built:
                 if not layer.name:
-                    layer.name = self.unique_layer_name(frame.prefix + layer.requested_name, loc) \
-                        if layer.requested_name else self.auto_layer_name(layer, frame)
+                    if layer.requested_name:
+                        layer.name = self.unique_layer_name(frame.prefix + layer.requested_name, loc)
+                        self.name_wrapped(layer, frame)
+                    else:
+                        layer.name = self.auto_layer_name(layer, frame)
                 if top:
                     b.record = LayerRecord(layer.name, layer.kind(), loc=loc)
                     self.graph.layers.append(b.record)

@@ -392,6 +392,14 @@ class Layer:
     # Filled in by the frontend when the layer is first applied.
     name: str = ""
     requested_name: str | None = None  # the source's name=..., which the layer then takes
+    # a wrapper's attributes holding the layers it wraps (TimeDistributed's layer), and a wrapped
+    # layer's automatic name, taken from the model's count of names as Keras's (lstm, lstm_1, ...)
+    wraps: tuple = ()
+    wrapped_name: str | None = None
+
+    def base_name(self) -> str:
+        """The name a wrapper gives this wrapped layer (under its own)."""
+        return self.requested_name or self.wrapped_name or self.auto_name()
     built: bool = False
 
     def build(self, ctx, *inputs) -> None:

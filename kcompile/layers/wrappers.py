@@ -18,6 +18,7 @@ class TimeDistributed(Layer):
     """
 
     propagates_mask = True
+    wraps = ("layer",)
 
     def __init__(self, layer: LayerArg()):
         if layer.n_inputs != 1:
@@ -41,7 +42,7 @@ class TimeDistributed(Layer):
         step = self._step(ctx, x)
         if not inner.built:
             if not inner.name:
-                inner.name = f"{self.name}/{inner.requested_name or inner.auto_name()}"
+                inner.name = f"{self.name}/{inner.base_name()}"
             inner.input_types = [step.type]
             inner.build(ctx, step)
             inner.built = True
@@ -77,6 +78,7 @@ class Bidirectional(Layer):
     the second the backward one, as Keras.
     """
     call_keywords = ("initial_state",)
+    wraps = ("forward",)  # (the backward copy takes the forward layer's name)
 
     def __init__(self, layer: LayerArg(), merge_mode: Optional(Choice("concat", "sum", "mul", "ave")) = "concat"):
         from .recurrent import _Recurrent
@@ -95,7 +97,7 @@ class Bidirectional(Layer):
 
     def build(self, ctx, x):
         for direction, inner in (("forward", self.forward), ("backward", self.backward)):
-            inner.name = f"{self.name}/{direction}_{inner.requested_name or inner.auto_name()}"
+            inner.name = f"{self.name}/{direction}_{self.forward.base_name()}"
             inner.input_types = [x.type]
             inner.build(ctx, x)
             inner.built = True

@@ -537,6 +537,14 @@ class Model(LayersMixin, TrainingMixin):
         missing, extra = set(self._param_names) - set(names), set(names) - set(self._param_names)
         wrong = [f"{n} has shape {shapes[n]} here, {tuple(np.shape(a))} in the file" for n, a in by_name.items()
                  if n in shapes and tuple(np.shape(a)) != shapes[n]]
+        if (missing or extra) and len(names) == len(self._param_names) and not wrong and not surplus and all(
+                tuple(np.shape(a)) == shapes[n] for a, n in zip(ordered, self._param_names)):
+            # (other names, the same shapes in the same order: layers named otherwise since, as a
+            # wrapped layer's count of names did before stop 25; read in order, and said)
+            warnings.warn(f"load_weights: {path} names its weights otherwise ({', '.join(sorted(extra)[:3])}, ...); "
+                          f"they have this model's shapes in its order, and are read in that order", stacklevel=3)
+            self.set_weights(ordered)
+            return
         if missing or extra or len(names) != len(ordered) or wrong or surplus:
             message = ((f"; it lacks {', '.join(sorted(missing)[:5])}" if missing else "") + surplus
                        + (f"; it has {', '.join(sorted(extra)[:5])}, which this model does not" if extra else "")

@@ -886,6 +886,10 @@ class TrainingMixin:
                 given = sample_weight if isinstance(sample_weight, dict) else dict(zip(outputs, sample_weight))
                 return {o: None if w is None else np.asarray(w)[rows] for o, w in given.items()}
             cut = int(n * (1 - validation_split))
+            if cut in (0, n):  # (as Keras: neither part may be empty)
+                raise ValueError(f"fit: {n} samples cannot be split into training and validation samples at "
+                                 f"validation_split={validation_split} ({cut} and {n - cut}); give more data or "
+                                 f"another validation_split")
             # (class_weight weighs the training samples alone, as Keras)
             validation_data = ({k: v[cut:] for k, v in xs.items()}, {k: v[cut:] for k, v in ys.items()},
                                split(slice(cut, None)))

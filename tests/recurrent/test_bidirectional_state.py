@@ -224,3 +224,32 @@ def test_initial_state_splits_between_the_directions_as_keras(kind, keras):
     feeds64 = {k: v.astype(np.float64) for k, v in feeds.items()}
     checked, _ = check_gradients(src64, feeds64)
     assert checked == expected_checks(src64, feeds64)
+
+
+def test_wrapped_layers_take_names_from_the_models_count_as_keras(tmp_path):
+    """Keras names a wrapped layer when it is made: LSTM after Bidirectional(LSTM(...)) is
+    lstm_1, Dense after TimeDistributed(Dense(...)) dense_1. A weights file of the names before
+    (the same shapes in the same order) still loads, in order, with a warning."""
+    source = """model m {
+    input x: float32[5, 3]
+    h = Bidirectional(LSTM(4, return_sequences=true))(x)
+    layer b = Bidirectional(GRU(2, return_sequences=true))
+    h = b(h)
+    h = LSTM(3, return_sequences=true)(h)
+    h = TimeDistributed(Dense(2))(h)
+    y = Dense(1)(h)
+    output y
+}"""
+    m = kcompile.compile_string(source)
+    names = [layer.name for layer in m.layers]
+    assert names == ["bidirectional", "b", "lstm_1", "time_distributed", "dense_1"]
+    assert "b/forward_gru/kernel" in m.weight_names and "time_distributed/dense/kernel" in m.weight_names
+    assert m.get_layer("lstm_1").class_name == "LSTM"
+    old = {n.replace("lstm_1/", "lstm/").replace("dense_1/", "dense/"): w
+           for n, w in zip(m.weight_names, m.get_weights())}
+    np.savez(tmp_path / "old.npz", **{f"{i:04d}": w for i, w in enumerate(old.values())}, names=np.array(list(old)))
+    other = kcompile.compile_string(source, seed=1)
+    with pytest.warns(UserWarning, match="names its weights otherwise .* read in that order"):
+        other.load_weights(tmp_path / "old.npz")
+    for a, b in zip(other.get_weights(), m.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -39,6 +39,9 @@ def model():
     (dict(steps_per_epoch=-1), "fit: steps_per_epoch must be a positive integer or None, got -1"),
     (dict(validation_split="a"), "fit: validation_split must be a number at least 0 and below 1, got 'a'"),
     (dict(validation_split=1.0), "validation_split must be a number at least 0 and below 1, got 1.0"),
+    (dict(validation_split=0.95), r"fit: 10 samples cannot be split into training and validation samples at "
+                                  r"validation_split=0.95 \(0 and 10\)"),  # (it said: no samples)
+    (dict(validation_split=1e-17), r"validation_split=1e-17 \(10 and 0\)"),  # (1 - 1e-17 is 1.0)
     (dict(validation_data=(X, Y), validation_steps=0), "fit: validation_steps must be a positive integer"),
     (dict(callbacks=[3]), "callbacks must be a list of Callback instances .*got \\[3\\]"),
     # (a list of batches for validation_data: Keras takes a list as (x, y), whose x is ragged here)
