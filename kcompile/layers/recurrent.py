@@ -151,14 +151,29 @@ _ARGS_DOC = """
 
 
 class SimpleRNN(_Recurrent):
-    __doc__ = """Fully connected recurrence: ``h_t = tanh(x_t W + h_{t-1} R + b)``.
+    __doc__ = """Fully connected recurrence: ``h_t = activation(x_t W + h_{t-1} R + b)``.
 
     Args:
-        units: size of the hidden state.""" + _ARGS_DOC + """
+        units: size of the hidden state.
+        activation: tanh (or sigmoid, relu; all three train).""" + _ARGS_DOC + """
 
     Weights: kernel [features, units], recurrent_kernel [units, units], bias [units].
     """
     op = "SimpleRNN"
+
+    def __init__(self, units: IntArg(1), activation: Choice("tanh", "sigmoid", "relu") = "tanh",
+                 use_bias: BoolArg() = True, return_sequences: BoolArg() = False, go_backwards: BoolArg() = False,
+                 return_state: BoolArg() = False, dropout: FloatArg(0.0, 1.0) = 0.0,
+                 recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
+                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
+                 recurrent_initializer: InitializerArg() = ("orthogonal", ()),
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False):
+        self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
+                   bias_initializer, return_state, dropout, recurrent_dropout, stateful)
+        self.activation = activation
+
+    def op_attrs(self):
+        return {"activation": _ONNX_ACTIVATIONS[self.activation]} if self.activation != "tanh" else {}
 
 
 class LSTM(_Recurrent):

@@ -102,6 +102,8 @@ def test_keras_weight_shapes_and_initial_values():
 @pytest.mark.parametrize("body, shape", [
     ("y = SimpleRNN(4, return_sequences=true)(x)", (2, 5, 3)),
     ("y = SimpleRNN(3, go_backwards=true)(x)", (3, 6, 2)),
+    ("y = SimpleRNN(4, activation=relu, return_sequences=true)(x)", (2, 5, 3)),
+    ("y = SimpleRNN(3, activation=sigmoid, use_bias=false, go_backwards=true)(x)", (3, 6, 2)),
     ("y = LSTM(4, return_sequences=true)(x)", (2, 5, 3)),
     ("y = LSTM(3)(x)", (3, 6, 2)),
     ("y = LSTM(3, use_bias=false, go_backwards=true, return_sequences=true)(x)", (2, 4, 2)),
@@ -426,3 +428,27 @@ print(a.shape, b.shape, a.dtype)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(0, 5, 3) (0, 4) float32"
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_simple_rnn_activations_match_keras_and_train_as_keras(activation, keras):
+    """SimpleRNN(units, activation) as Keras's second argument, through the fused op (a few rows)
+    and the Scan, and one SGD step equal to Keras's."""
+    m = kcompile.compile_string(f"""model r {{
+    input x: float32[7, 3]
+    y = SimpleRNN(4, {activation}, return_sequences=true)(x)
+    output y
+    train {{ loss = mse; optimizer = SGD(0.1) }}
+}}""")
+    k = keras.Sequential([keras.Input((7, 3)), keras.layers.SimpleRNN(4, activation, return_sequences=True)])
+    k.compile(loss="mse", optimizer=keras.optimizers.SGD(0.1))
+    rng = np.random.default_rng(5)
+    k.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in k.get_weights()])
+    m.set_weights(k.get_weights())
+    for n in (2, 16):
+        x = rng.normal(size=(n, 7, 3)).astype(np.float32)
+        np.testing.assert_allclose(m.predict(x), k.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    y = rng.normal(size=(16, 7, 4)).astype(np.float32)
+    np.testing.assert_allclose(m.train_on_batch(x, y), float(k.train_on_batch(x, y)), rtol=1e-5)
+    for a, b in zip(m.get_weights(), k.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
