@@ -5,6 +5,7 @@ import copy
 import io
 import itertools
 import json
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -537,12 +538,13 @@ class Model(LayersMixin, TrainingMixin):
         missing, extra = set(self._param_names) - set(names), set(names) - set(self._param_names)
         wrong = [f"{n} has shape {shapes[n]} here, {tuple(np.shape(a))} in the file" for n, a in by_name.items()
                  if n in shapes and tuple(np.shape(a)) != shapes[n]]
-        if (missing or extra) and len(names) == len(self._param_names) and not wrong and not surplus and all(
-                tuple(np.shape(a)) == shapes[n] for a, n in zip(ordered, self._param_names)):
-            # (other names, the same shapes in the same order: layers named otherwise since, as a
-            # wrapped layer's count of names did before stop 25; read in order, and said)
-            warnings.warn(f"load_weights: {path} names its weights otherwise ({', '.join(sorted(extra)[:3])}, ...); "
-                          f"they have this model's shapes in its order, and are read in that order", stacklevel=3)
+        if (missing or extra) and [_unnumbered(n) for n in names] == [_unnumbered(n) for n in self._param_names] \
+                and all(tuple(np.shape(a)) == shapes[n] for a, n in zip(ordered, self._param_names)):
+            # (the same layers in the same order, numbered otherwise: dense for dense_1, as a wrapped
+            # layer's count of names did before stop 25; read in order, and said)
+            warnings.warn(f"load_weights: {path} numbers its layers otherwise ({', '.join(sorted(extra)[:3])}, ...); "
+                          f"its weights have this model's layers and shapes in order, and are read in that order",
+                          stacklevel=3)
             self.set_weights(ordered)
             return
         if missing or extra or len(names) != len(ordered) or wrong or surplus:
@@ -618,6 +620,11 @@ KERAS_WEIGHTS = ".weights.h5"  # (the Keras file save_weights writes, as keras_m
 WEIGHTS_FILES = (".npz", KERAS_WEIGHTS)  # the names save_weights takes
 # Weight names earlier kcompile versions wrote, by the name that replaced them (Keras 3's).
 RENAMED = {"depthwise_kernel": "kernel"}  # (DepthwiseConv2D's kernel, renamed in 0.2.0's successor)
+
+
+def _unnumbered(name: str) -> str:
+    """A weight's name without its layers' numbers (lstm_1/kernel -> lstm/kernel)."""
+    return re.sub(r"_\d+(?=/)", "", name)
 
 
 def _renamed_since(names: list, current: list) -> list:

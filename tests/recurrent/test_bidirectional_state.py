@@ -249,7 +249,7 @@ def test_wrapped_layers_take_names_from_the_models_count_as_keras(tmp_path):
            for n, w in zip(m.weight_names, m.get_weights())}
     np.savez(tmp_path / "old.npz", **{f"{i:04d}": w for i, w in enumerate(old.values())}, names=np.array(list(old)))
     other = kcompile.compile_string(source, seed=1)
-    with pytest.warns(UserWarning, match="names its weights otherwise .* read in that order"):
+    with pytest.warns(UserWarning, match="numbers its layers otherwise .* read in that order"):
         other.load_weights(tmp_path / "old.npz")
     for a, b in zip(other.get_weights(), m.get_weights()):
         np.testing.assert_array_equal(a, b)
