@@ -605,20 +605,20 @@ class SimpleRNNGrad(Op):
         activation = attrs.get("activation", "Tanh")
         fresh = ctx.emit(activation, [z])
         one = ctx.const(1.0, dtype)
-        dtanh = {"Tanh": lambda: ctx.emit("Sub", [one, ctx.emit("Mul", [fresh, fresh])]),
+        dact = {"Tanh": lambda: ctx.emit("Sub", [one, ctx.emit("Mul", [fresh, fresh])]),
                  "Sigmoid": lambda: ctx.emit("Mul", [fresh, ctx.emit("Sub", [one, fresh])]),
                  "Relu": lambda: ctx.emit("Cast", [ctx.emit("Greater", [z, ctx.const(0.0, dtype)])],
                                           to=_ELEM[dtype])}[activation]()
         rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
         body = _Body(dtype, masked=mask is not None)
         dh_all, d_seq_input = _step_grads(body, d_seq)
-        dz = body("Mul", body.counted(dh_all), "dtanh_t")
+        dz = body("Mul", body.counted(dh_all), "dact_t")
         dh_prev = body.passed(_step_product_grad(body, dz, rt, drop, rgt, u), dh_all)
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dz], ["dz_out"])]
-        graph = body.graph("rnn_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dtanh_t"],
+        graph = body.graph("rnn_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dact_t"],
                            ["dh_prev", "dz_out"])
-        dh0, dz = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dtanh] + _step_mask(ctx, mask), 1, ["dh0", "dz"])
+        dh0, dz = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dact] + _step_mask(ctx, mask), 1, ["dh0", "dz"])
         _initial_grads(ctx, [dh0], outputs[4:])
         zx, _ = _weight_grads(ctx, x, h_prev, dz, dz, kernel, recurrent, drop, u, outputs)
         ctx.emit("ReduceSum", [zx, ctx.const([0], "int64")], [outputs[3]], keepdims=0)

@@ -120,7 +120,8 @@ def _check(spec, a, where, what):
                                     f"{info.min} to {info.max}; got values from {low} to {high}")
         with np.errstate(over="ignore"):  # (said below, as an error)
             cast = a.astype(want)
-        if np.dtype(want).kind == "f" and a.size and (a.dtype.kind in "iu" or cast.itemsize < a.itemsize):
+        narrowed = np.dtype(want).kind == "f" and a.size and (a.dtype.kind in "iu" or cast.itemsize < a.itemsize)
+        if narrowed and not np.isfinite(cast.sum(dtype=np.float64)):  # (one pass; the values only where it fails)
             overflow = np.isinf(cast) & np.isfinite(a)  # (a cast would make them inf)
             if overflow.any():
                 raise ShapeMismatch(f"{where}: {what} {spec.name!r} is {spec.dtype}, whose finite values reach "

@@ -53,15 +53,21 @@ def test_a_float64_model_draws_float64_noise():
     np.testing.assert_allclose(np.mean(losses), 1.09, rtol=0.05)
 
 
-@pytest.mark.parametrize("layer", ["Dropout(0.5)", "GaussianDropout(0.3)"])
-def test_a_float16_model_with_dropout_trains(layer):
-    """(numpy draws no float16 noise: drawn as float32, then rounded)"""
-    m = kcompile.compile_string(f"""model h {{
+def test_a_float16_model_with_dropout_trains_on_its_drawn_mask():
+    """(numpy draws no float16 noise: drawn as float32, then rounded.) The step's loss is the
+    mean squared error through the mask its noise gives, x * (u >= rate) / (1 - rate)."""
+    m = kcompile.compile_string("""model h {
     input x: float16[8]
-    {layer}
-    out = Dense(1)
-    train {{ loss = mse; optimizer = SGD(0.01) }}
-}}""")
-    x = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float16)
-    first = m.train_on_batch(x, np.ones((16, 1), np.float16))
-    assert np.isfinite(first) and m.iterations == 1
+    Dropout(0.5)
+    out = Dense(1, use_bias=false)
+    train { loss = mse; optimizer = SGD(0.0) }
+}""")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 8)).astype(np.float16), rng.normal(size=(16, 1)).astype(np.float16)
+    (u,) = m._noise({"x": x}).values()  # (the first step's noise, seeded by the step count)
+    assert u.dtype == np.float16 and 0.3 < (u >= 0.5).mean() < 0.7
+    kernel = m.get_weights()[0].astype(np.float64)
+    want = np.mean((x.astype(np.float64) * (u >= 0.5) * 2.0 @ kernel - y) ** 2)
+    loss = m.train_on_batch(x, y)
+    assert loss == pytest.approx(want, rel=5e-3)  # (float16 arithmetic)
+    assert loss != pytest.approx(m.evaluate(x, y, verbose=0), rel=5e-3)  # (the mask applied in training only)
