@@ -101,11 +101,25 @@ class _Body:
         return self("Add", d_prev, self("Mul", self._skipped(), d))
 
     def graph(self, name, inputs, outputs):
+        """The body, its ``outputs`` given by Identity nodes that name the step's values. Each value
+        the step computes takes its first output's name instead, so that the Scan's output or next
+        state is written where it is computed: an Identity in a Scan body copies, 2-6 us a step for
+        [64, 256] (a small LSTM's step has ten)."""
         if self.masked:
             inputs = inputs + ["m_t"]
+        nodes = list(self.nodes)
+        made = {o for n in nodes if n.op_type != "Identity" for o in n.output}
+        for out in [n for n in nodes if n.op_type == "Identity" and n.output[0] in outputs]:
+            value = out.input[0]
+            if value in made and value not in outputs:
+                nodes.remove(out)
+                for n in nodes:
+                    n.input[:] = [out.output[0] if i == value else i for i in n.input]
+                    n.output[:] = [out.output[0] if o == value else o for o in n.output]
+                made.add(out.output[0])
         info = [helper.make_tensor_value_info(n, _ELEM[self.dtype], None) for n in inputs]
         outs = [helper.make_tensor_value_info(n, _ELEM[self.dtype], None) for n in outputs]
-        return helper.make_graph(self.nodes, name, info, outs)
+        return helper.make_graph(nodes, name, info, outs)
 
 
 def _recurrence_macs(ins):
@@ -162,8 +176,12 @@ def _gates(ctx, z, units, count):
 class LSTM(Op):
     """inputs: x [N, T, I], kernel [I, 4u], recurrent_kernel [u, 4u], bias [4u] (optional),
     mask [N, T] (with attr masked: 0 at steps that keep the previous state).
-    outputs: sequence [N, T, u], last h [N, u], last c [N, u], cell sequence [N, T, u].
-    attrs: units, activation/recurrent_activation (ONNX names; training needs Tanh/Sigmoid), masked."""
+    outputs: sequence [N, T, u], last h [N, u], last c [N, u], cell sequence [N, T, u], and in
+    training (attr ``saved``) each step's gates i, f, g, o and tanh(c), [N, T, u] each, for the
+    gradient op (recomputing them took a fifth of a small LSTM's step: two products over all
+    steps and five passes over [N, T, 4u]).
+    attrs: units, activation/recurrent_activation (ONNX names; training needs Tanh/Sigmoid), masked,
+    saved."""
     name = "LSTM"
 
     def infer(self, ins, attrs):
@@ -173,14 +191,14 @@ class LSTM(Op):
         _check(x, k, r, b, 4, u, drop, _initial_states(ins, attrs) or ())
         n, t = x.shape[0], x.shape[1]
         seq, last = TensorType(x.dtype, (n, t, u)), TensorType(x.dtype, (n, u))
-        return [seq, last, last, seq]
+        return [seq, last, last, seq] + [seq] * (5 * bool(attrs.get("saved")))
 
     def macs(self, ins, outs, attrs):
         return _recurrence_macs(ins)
 
     def lower(self, ctx, inputs, outputs, attrs):
         # (onnxruntime's LSTM computes float32 only: "LSTM operator does not support double yet")
-        if ctx.used(outputs[3]) or attrs.get("masked") or attrs.get("rdrop") or ctx.dtype(inputs[0]) != "float32":
+        if ctx.used(outputs[3]) or attrs.get("saved") or attrs.get("masked") or attrs.get("rdrop") or ctx.dtype(inputs[0]) != "float32":
             return self.lower_scan(ctx, inputs, outputs, attrs)
         x, kernel, recurrent, bias, _, _ = _split_inputs(inputs, attrs)
         u = attrs["units"]
@@ -208,44 +226,49 @@ class LSTM(Op):
         i, f, o = body("Sigmoid", i), body("Sigmoid", f), body("Sigmoid", o)
         g = body("Tanh", g)
         c = body("Add", body("Mul", f, "c_prev"), body("Mul", i, g))
-        h = body("Mul", o, body("Tanh", c))
+        tanh_c = body("Tanh", c)
+        h = body("Mul", o, tanh_c)
+        saved = [(i, "i_out"), (f, "f_out"), (g, "g_out"), (o, "o_out"), (tanh_c, "tanh_c_out")][:len(outputs) - 4]
         c, h = body.blend(c, "c_prev"), body.blend(h, "h_prev")
-        body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [c], ["c_next"]),
-                       helper.make_node("Identity", [h], ["h_out"]), helper.make_node("Identity", [c], ["c_out"])]
-        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"], ["h_next", "c_next", "h_out", "c_out"])
+        body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in
+                       [(h, "h_next"), (c, "c_next"), (h, "h_out"), (c, "c_out")] + saved]
+        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"],
+                           ["h_next", "c_next", "h_out", "c_out"] + [name for _, name in saved])
         _scan_forward(ctx, graph, [h0, c0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2], outputs[0],
-                                                                                outputs[3]], 2)
+                                                                                outputs[3]] + outputs[4:], 2)
 
     def training_form(self, ctx, node):
-        return _recurrent_dropout_form(ctx, node)
+        return _recurrent_dropout_form(ctx, node, saved=True)
 
     def grad(self, ctx, node, dys):
         if node.attrs.get("activation", "Tanh") != "Tanh" or node.attrs.get("recurrent_activation",
                                                                             "Sigmoid") != "Sigmoid":
             raise NotImplementedError("LSTM training supports activation=tanh, recurrent_activation=sigmoid")
-        seq, _, _, cells = node.outputs
+        seq, _, _, cells, *saved = node.outputs
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
-        ins = [x, k, r, seq, cells] + _output_grads(ctx, node.outputs[:3], dys[:3])
+        ins = [x, k, r, seq, cells] + saved + _output_grads(ctx, node.outputs[:3], dys[:3])
         return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask, dys[0] is not None,
-                        _initial_states(node.inputs, node.attrs))
+                        _initial_states(node.inputs, node.attrs), **({"saved": True} if saved else {}))
 
 
-def _recurrent_dropout_form(ctx, node):
+def _recurrent_dropout_form(ctx, node, **more):
     """Training form of recurrent dropout: one keep-mask per sequence and gate over the previous
     state's units, the same at every step, drawn from a noise input [N, gates, units] and given
-    to the op as its ``drop`` input."""
+    to the op as its ``drop`` input. ``more``: further attributes of the training form."""
     rate, units = node.attrs.get("recurrent_dropout"), node.attrs["units"]
-    if not rate:
+    if not rate and not more:
         return None
-    x, recurrent = node.inputs[0], node.inputs[2]
-    t = ctx.type(x)
-    name, u = noise_input(ctx, node, t.with_shape((t.shape[0], ctx.type(recurrent).shape[1] // units, units)))
-    keep = ctx.op("Mul", ctx.op("Cast", ctx.op("GreaterOrEqual", u, rate), to=t.dtype), 1.0 / (1.0 - rate))
-    inputs = list(node.inputs)
-    inputs.insert(len(inputs) - 1 if node.attrs.get("masked") else len(inputs), keep)  # before the step mask
-    attrs = {k: v for k, v in node.attrs.items() if k != "recurrent_dropout"}
-    replace_node(ctx, node, ctx.op(node.op, *inputs, rdrop=True, **attrs))
-    return [(name, x)], []
+    inputs, noise = list(node.inputs), []
+    attrs = dict({k: v for k, v in node.attrs.items() if k != "recurrent_dropout"}, **more)
+    if rate:
+        x, recurrent = node.inputs[0], node.inputs[2]
+        t = ctx.type(x)
+        name, u = noise_input(ctx, node, t.with_shape((t.shape[0], ctx.type(recurrent).shape[1] // units, units)))
+        keep = ctx.op("Mul", ctx.op("Cast", ctx.op("GreaterOrEqual", u, rate), to=t.dtype), 1.0 / (1.0 - rate))
+        inputs.insert(len(inputs) - 1 if node.attrs.get("masked") else len(inputs), keep)  # before the step mask
+        attrs["rdrop"], noise = True, [(name, x)]
+    replace_node(ctx, node, ctx.op(node.op, *inputs, **attrs))
+    return noise, []
 
 
 def _split_inputs(inputs, attrs):
@@ -356,10 +379,10 @@ def _shift_right(ctx, seq, units, initial=None):
 
 @register
 class LSTMGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, cells[, d_sequence], d_last_h, d_last_c[, bias]
-    [, initial_h, initial_c][, drop][, mask]; outputs: dx, d_kernel, d_recurrent_kernel, d_bias
-    [, d_initial_h, d_initial_c]. attrs: units, seq_grad (the loss reads the sequence), has_bias,
-    initial, rdrop, masked."""
+    """inputs: x, kernel, recurrent_kernel, sequence, cells[, i, f, g, o, tanh(c)][, d_sequence], d_last_h,
+    d_last_c[, bias][, initial_h, initial_c][, drop][, mask]; outputs: dx, d_kernel, d_recurrent_kernel,
+    d_bias[, d_initial_h, d_initial_c]. attrs: units, seq_grad (the loss reads the sequence), has_bias,
+    initial, rdrop, masked, saved (the forward pass's gates are inputs; else they are recomputed)."""
     name = "LSTMGrad"
 
     def infer(self, ins, attrs):
@@ -368,20 +391,23 @@ class LSTMGrad(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, seq, cells = inputs[:5]
-        d_seq, (d_h, d_c), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 5, 2)
+        first = 10 if attrs.get("saved") else 5
+        d_seq, (d_h, d_c), bias, drop, mask, initial = _grad_inputs(inputs, attrs, first, 2)
         u, dtype = attrs["units"], ctx.dtype(x)
         h0, c0 = initial or (None, None)
         h_prev = _shift_right(ctx, seq, u, h0)
         c_prev = _shift_right(ctx, cells, u, c0)
-        # Recompute the gates of every step at once from the stored states.
-        z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
-        if bias is not None:
-            z = ctx.emit("Add", [z, bias])
-        zi, zf, zg, zo = _gates(ctx, z, u, 4)
-        i, f, o = (ctx.emit("Sigmoid", [v]) for v in (zi, zf, zo))
-        g = ctx.emit("Tanh", [zg])
-        # The step's own new cell (before a mask keeps the old one).
-        tanh_c = ctx.emit("Tanh", [ctx.emit("Add", [ctx.emit("Mul", [f, c_prev]), ctx.emit("Mul", [i, g])])])
+        if attrs.get("saved"):  # the forward Scan's gates, and its own new cells' tanh
+            i, f, g, o, tanh_c = inputs[5:10]
+        else:  # recompute the gates of every step at once from the stored states
+            z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
+            if bias is not None:
+                z = ctx.emit("Add", [z, bias])
+            zi, zf, zg, zo = _gates(ctx, z, u, 4)
+            i, f, o = (ctx.emit("Sigmoid", [v]) for v in (zi, zf, zo))
+            g = ctx.emit("Tanh", [zg])
+            # The step's own new cell (before a mask keeps the old one).
+            tanh_c = ctx.emit("Tanh", [ctx.emit("Add", [ctx.emit("Mul", [f, c_prev]), ctx.emit("Mul", [i, g])])])
         # What a step's gradient does not owe to the next step's, for every step at once: with dh
         # and dc reaching the step's new h and c, dc gains dh o (1 - tanh(c)^2), and the gates'
         # pre-activations get dz = [dc, dc, dc, dh] * [g i', c_prev f', i (1 - g^2), tanh(c) o'],
@@ -469,15 +495,21 @@ def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, ou
 
 class _OneStateRecurrence(Op):
     """A recurrence whose state is h alone (SimpleRNN, GRU): outputs sequence [N, T, u] and
-    last h [N, u]; its gradient is the op ``<name>Grad``."""
+    last h [N, u], and in training (attr ``saved``) ``saved(attrs)`` more sequences [N, T, u], the
+    steps' gates, which its gradient op ``<name>Grad`` reads instead of recomputing them."""
     gates = 1
+
+    def saved(self, attrs) -> int:
+        """How many gate sequences the training form gives its gradient op."""
+        return 0
 
     def infer(self, ins, attrs):
         x, k, r, b, drop, mask = _split_inputs(ins, attrs)
         self.check_float([x, k, r])
         u = attrs["units"]
         _check(x, k, r, b, self.gates, u, drop, _initial_states(ins, attrs) or ())
-        return [TensorType(x.dtype, (x.shape[0], x.shape[1], u)), TensorType(x.dtype, (x.shape[0], u))]
+        seq = TensorType(x.dtype, (x.shape[0], x.shape[1], u))
+        return [seq, TensorType(x.dtype, (x.shape[0], u))] + [seq] * (self.saved(attrs) * bool(attrs.get("saved")))
 
     def lower(self, ctx, inputs, outputs, attrs):  # (onnxruntime's fused op for a few rows, a Scan beyond)
         _fused_or_scan(ctx, self, inputs, outputs, attrs)
@@ -486,13 +518,15 @@ class _OneStateRecurrence(Op):
         return _recurrence_macs(ins)
 
     def training_form(self, ctx, node):
-        return _recurrent_dropout_form(ctx, node)
+        return _recurrent_dropout_form(ctx, node, **({"saved": True} if self.saved(node.attrs) else {}))
 
     def grad(self, ctx, node, dys):
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
-        ins = [x, k, r, node.outputs[0]] + _output_grads(ctx, node.outputs, dys)
+        seq, last, *saved = node.outputs
+        ins = [x, k, r, seq] + saved + _output_grads(ctx, [seq, last], dys[:2])
         return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask, dys[0] is not None,
-                        _initial_states(node.inputs, node.attrs), **self.grad_attrs(node.attrs))
+                        _initial_states(node.inputs, node.attrs), **self.grad_attrs(node.attrs),
+                        **({"saved": True} if saved else {}))
 
     def grad_attrs(self, attrs):
         """Attributes the gradient op shares with the op."""
@@ -508,7 +542,7 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
     against 2.4 ms). Masked steps, recurrent dropout and float64 (which onnxruntime's fused ops
     do not compute) keep the Scan."""
     x, _, _, _, drop, mask = _split_inputs(inputs, attrs)
-    if mask is not None or drop is not None or ctx.dtype(x) != "float32":
+    if mask is not None or drop is not None or attrs.get("saved") or ctx.dtype(x) != "float32":
         return op.lower_scan(ctx, inputs, outputs, attrs)
     batch = ctx.emit("Squeeze", [ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"),
                                                      ctx.const([1], "int64")])])
@@ -597,18 +631,14 @@ class SimpleRNNGrad(Op):
         d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u, initial and initial[0])
-        # Each step's own new h (before a mask keeps the old one), recomputed at once, and the
-        # factor by which its gradient reaches the pre-activation z: 1 - h^2 (tanh), h (1 - h)
-        # (sigmoid), or 1 where z > 0 (relu: 0 at 0, as Keras's)
-        z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
-        z = ctx.emit("Add", [z, bias]) if bias is not None else z
-        activation = attrs.get("activation", "Tanh")
-        fresh = ctx.emit(activation, [z])
+        # The factor by which a step's gradient reaches its pre-activation z, from the step's new h
+        # (the sequence): 1 - h^2 (tanh), h (1 - h) (sigmoid), or 1 where h = relu(z) > 0 (0 at 0, as
+        # Keras's). A masked step's h is the state it kept, but its factor multiplies no gradient.
         one = ctx.const(1.0, dtype)
-        dact = {"Tanh": lambda: ctx.emit("Sub", [one, ctx.emit("Mul", [fresh, fresh])]),
-                 "Sigmoid": lambda: ctx.emit("Mul", [fresh, ctx.emit("Sub", [one, fresh])]),
-                 "Relu": lambda: ctx.emit("Cast", [ctx.emit("Greater", [z, ctx.const(0.0, dtype)])],
-                                          to=_ELEM[dtype])}[activation]()
+        dact = {"Tanh": lambda: ctx.emit("Sub", [one, ctx.emit("Mul", [seq, seq])]),
+                "Sigmoid": lambda: ctx.emit("Mul", [seq, ctx.emit("Sub", [one, seq])]),
+                "Relu": lambda: ctx.emit("Cast", [ctx.emit("Greater", [seq, ctx.const(0.0, dtype)])],
+                                         to=_ELEM[dtype])}[attrs.get("activation", "Tanh")]()
         rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
         body = _Body(dtype, masked=mask is not None)
         dh_all, d_seq_input = _step_grads(body, d_seq)
@@ -648,6 +678,10 @@ class GRU(_OneStateRecurrence):
 
     def grad_attrs(self, attrs):
         return {} if attrs.get("reset_after", True) else {"reset_after": False}
+
+    def saved(self, attrs):
+        """z, r and hh, and with reset_after the recurrent product's h part hh_ (h R_h + b'_h)."""
+        return 4 if attrs.get("reset_after", True) else 3
 
     @staticmethod
     def biases(ctx, bias, reset_after=True):
@@ -696,6 +730,7 @@ class GRU(_OneStateRecurrence):
             z = body("Sigmoid", body("Add", xz, "hz"))
             r = body("Sigmoid", body("Add", xr, "hr_"))
             pre_h = body("Add", xh, body("Mul", r, "hh_"))
+            hh_ = [("hh_", "hh__out")]
         else:  # z and r from h R_zr; hh from (r * h) R_h (with recurrent dropout, h times each gate's mask)
             r_zr, r_h, drop_zr, drop_h, kernels_zr = _reset_before_parts(ctx, recurrent, drop, u)
             hzr = _step_product(body, "h_prev", r_zr, drop_zr, kernels_zr)
@@ -707,13 +742,15 @@ class GRU(_OneStateRecurrence):
             if drop_h is not None:
                 q = body("Mul", q, drop_h)
             pre_h = body("Add", xh, body("MatMul", q, r_h))
+            hh_ = []
         hh = body("Tanh", pre_h)
+        saved = ([(z, "z_out"), (r, "r_out"), (hh, "hh_out")] + hh_)[:len(outputs) - 2]
         h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
         h = body.blend(h, "h_prev")
-        body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
-        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
+        body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next"), (h, "h_out")] + saved]
+        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"] + [name for _, name in saved])
         h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
-        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
+        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]] + outputs[2:], 1)
 
 
 def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):
@@ -735,9 +772,10 @@ def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):
 
 @register
 class GRUGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence[, d_sequence], d_last_h[, bias][, drop][, mask];
-    outputs: dx, dW, dR, d_bias ([2, 3u], or [3u] without reset_after)[, d_initial_h]. attrs: units,
-    reset_after (as GRU's), seq_grad, has_bias, initial, rdrop, masked."""
+    """inputs: x, kernel, recurrent_kernel, sequence[, z, r, hh[, hh_]][, d_sequence], d_last_h[, bias]
+    [, drop][, mask]; outputs: dx, dW, dR, d_bias ([2, 3u], or [3u] without reset_after)[, d_initial_h].
+    attrs: units, reset_after (as GRU's), seq_grad, has_bias, initial, rdrop, masked, saved (the
+    forward pass's gates, hh_ with reset_after only, are inputs; else they are recomputed)."""
     name = "GRUGrad"
 
     def infer(self, ins, attrs):
@@ -749,20 +787,22 @@ class GRUGrad(Op):
         if not attrs.get("reset_after", True):
             return self.lower_reset_before(ctx, inputs, outputs, attrs)
         x, kernel, recurrent, seq = inputs[:4]
-        d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 4, 1)
+        d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 8 if attrs.get("saved") else 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
-        b_in, b_rec = GRU.biases(ctx, bias)
         h_prev = _shift_right(ctx, seq, u, initial and initial[0])
-        # Recompute every step's gates at once from the stored states.
-        xw = ctx.emit("MatMul", [x, kernel])
-        hr = _sequence_product(ctx, h_prev, recurrent, drop, u)
-        if b_in is not None:
-            xw, hr = ctx.emit("Add", [xw, b_in]), ctx.emit("Add", [hr, b_rec])
-        xz, xr, xh = _gates(ctx, xw, u, 3)
-        hz, hr_, hh_ = _gates(ctx, hr, u, 3)
-        z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
-        r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
-        hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])])
+        if attrs.get("saved"):  # the forward Scan's gates
+            z, r, hh, hh_ = inputs[4:8]
+        else:  # recompute every step's gates at once from the stored states
+            b_in, b_rec = GRU.biases(ctx, bias)
+            xw = ctx.emit("MatMul", [x, kernel])
+            hr = _sequence_product(ctx, h_prev, recurrent, drop, u)
+            if b_in is not None:
+                xw, hr = ctx.emit("Add", [xw, b_in]), ctx.emit("Add", [hr, b_rec])
+            xz, xr, xh = _gates(ctx, xw, u, 3)
+            hz, hr_, hh_ = _gates(ctx, hr, u, 3)
+            z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
+            r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
+            hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])])
         # With dh reaching a step's new h = z h_prev + (1 - z) hh, the gradients of its gates'
         # input and recurrent pre-activations are dh times, for every step at once:
         # z' (h_prev - hh), with a = (1 - z)(1 - hh^2): r' hh_ a, and a (r a on the recurrent side).
@@ -799,28 +839,31 @@ class GRUGrad(Op):
         and dz_r = dq r' h_prev m_h with dq = dz_h R_h^T; h_prev gets dh z + [dz_z, dz_r] R_zr^T
         + dq r m_h. dq goes through R_h^T, so dz_r is computed in the reverse Scan's steps."""
         x, kernel, recurrent, seq = inputs[:4]
-        d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 4, 1)
+        d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 7 if attrs.get("saved") else 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u, initial and initial[0])
         r_zr, r_h, drop_zr, drop_h, kernels_zr = _reset_before_parts(ctx, recurrent, drop, u)
-        # Recompute every step's gates at once from the stored states.
-        xw = ctx.emit("MatMul", [x, kernel])
-        if bias is not None:
-            xw = ctx.emit("Add", [xw, bias])
-        xz, xr, xh = _gates(ctx, xw, u, 3)
-        if drop is None:
-            hzr = ctx.emit("MatMul", [h_prev, r_zr])
-        else:
-            hzr = ctx.emit("Reshape", [ctx.emit("Einsum", [h_prev, drop_zr, kernels_zr], equation="ntu,ngu,guv->ntgv"),
-                                       ctx.const([0, 0, -1], "int64")])
-        hz, hr_ = _gates(ctx, hzr, u, 2)
-        z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
-        r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
         one, mul, dsigmoid = _elementwise(ctx, dtype)
         m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([1], "int64")])  # [N, 1, u]
         h_kept = h_prev if m_h is None else mul(h_prev, m_h)
-        q = mul(r, h_kept)
-        hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("MatMul", [q, r_h])])])
+        if attrs.get("saved"):  # the forward Scan's gates
+            z, r, hh = inputs[4:7]
+            q = mul(r, h_kept)
+        else:  # recompute every step's gates at once from the stored states
+            xw = ctx.emit("MatMul", [x, kernel])
+            if bias is not None:
+                xw = ctx.emit("Add", [xw, bias])
+            xz, xr, xh = _gates(ctx, xw, u, 3)
+            if drop is None:
+                hzr = ctx.emit("MatMul", [h_prev, r_zr])
+            else:
+                hzr = ctx.emit("Reshape", [ctx.emit("Einsum", [h_prev, drop_zr, kernels_zr],
+                                                    equation="ntu,ngu,guv->ntgv"), ctx.const([0, 0, -1], "int64")])
+            hz, hr_ = _gates(ctx, hzr, u, 2)
+            z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
+            r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
+            q = mul(r, h_kept)
+            hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("MatMul", [q, r_h])])])
         a = mul(ctx.emit("Sub", [one, z]), ctx.emit("Sub", [one, mul(hh, hh)]))
         dz_z = mul(dsigmoid(z), ctx.emit("Sub", [h_prev, hh]))
         dr_dq = mul(dsigmoid(r), h_kept)

@@ -173,7 +173,8 @@ def test_masked_backwards_encoder_decoder_matches_keras(kind, keras):
     ("GRU", ", return_sequences=true, go_backwards=true", (2, 6, 3)),
     ("GRU", ", use_bias=false", (3, 6, 3)),
 ])
-def test_gradients_of_initial_states_and_weights(kind, options, shape):
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+def test_gradients_of_initial_states_and_weights(kind, options, shape, training):
     states = STATES[kind]
     last = ", ".join(["h", "c"][:len(states)])
     src = ("model m {\n input x: float64[6, 3]\n" + "".join(f" input {s}: float64[3]\n" for s in states) +
@@ -181,12 +182,13 @@ def test_gradients_of_initial_states_and_weights(kind, options, shape):
            f" output y, {last}\n}}")
     rng = np.random.default_rng(5)
     feeds = {"x": rng.normal(size=shape), **{s: rng.normal(size=(shape[0], 3)) for s in states}}
-    checked, _ = check_gradients(src, feeds)
+    checked, _ = check_gradients(src, feeds, training=training)
     assert checked == expected_checks(src, feeds)
 
 
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
-def test_gradients_on_a_masked_input_with_initial_states(kind):
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+def test_gradients_on_a_masked_input_with_initial_states(kind, training):
     states = STATES[kind]
     src = ("model m {\n input ids: int64[5]\n" + "".join(f" input {s}: float64[3]\n" for s in states) +
            " x = Embedding(8, 3, mask_zero=true, dtype=float64)(ids)\n"
@@ -194,7 +196,7 @@ def test_gradients_on_a_masked_input_with_initial_states(kind):
     ids = np.array([[0, 2, 0, 0, 1], [0, 0, 0, 0, 0], [6, 7, 1, 2, 3]])
     rng = np.random.default_rng(6)
     feeds = {"ids": ids, **{s: rng.normal(size=(3, 3)) for s in states}}
-    checked, _ = check_gradients(src, feeds)
+    checked, _ = check_gradients(src, feeds, training=training)
     assert checked == expected_checks(src, feeds)
 
 

@@ -113,9 +113,10 @@ def test_keras_weight_shapes_and_initial_values():
     ("h = LSTM(4, return_sequences=true)(x)\n y = GRU(2)(h)", (2, 5, 3)),
     ("Flatten()\n Dense(12)\n Reshape((4, 3))\n y = SimpleRNN(2)", (2, 6)),
 ])
-def test_gradients_match_finite_differences(body, shape):
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+def test_gradients_match_finite_differences(body, shape, training):
     src = "model m {\n input x: float64[%s]\n %s\n output y\n}" % (", ".join(map(str, shape[1:])), body)
-    checked, _ = check_gradients(src, {"x": np.random.default_rng(3).normal(size=shape)})
+    checked, _ = check_gradients(src, {"x": np.random.default_rng(3).normal(size=shape)}, training=training)
     assert checked > 0
 
 
@@ -302,11 +303,12 @@ def test_bidirectional_sequences_are_zero_at_masked_steps(kind, merge_mode):
 @pytest.mark.parametrize("layer", ["SimpleRNN(3, return_sequences=true)", "LSTM(3, return_sequences=true)",
                                    "GRU(3)", "LSTM(2, go_backwards=true)", "Bidirectional(GRU(2))",
                                    "Bidirectional(LSTM(2, return_sequences=true), merge_mode=mul)"])
-def test_masked_gradients(layer):
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+def test_masked_gradients(layer, training):
     src = ("model m {\n input tokens: int64[5]\n Embedding(8, 3, mask_zero=true, dtype=float64)\n"
            f" y = {layer}\n output y\n}}")
     ids = np.array([[1, 2, 0, 0, 0], [0, 3, 4, 0, 5], [6, 7, 1, 2, 3]])
-    checked, _ = check_gradients(src, {"tokens": ids})
+    checked, _ = check_gradients(src, {"tokens": ids}, training=training)
     assert checked > 0
 
 
