@@ -181,8 +181,8 @@ class LSTM(_Recurrent):
 
     Args:
         units: size of the hidden state.
-        activation: tanh (sigmoid and relu run at inference; training needs tanh).
-        recurrent_activation: sigmoid (likewise).
+        activation: tanh (or sigmoid, relu; all train).
+        recurrent_activation: sigmoid (or tanh, relu).
         unit_forget_bias: true (the forget gate's bias starts at 1, as Keras).""" + _ARGS_DOC + """
 
     Weights: kernel [features, 4 * units], recurrent_kernel [units, 4 * units], bias [4 * units],

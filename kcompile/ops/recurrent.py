@@ -180,7 +180,7 @@ class LSTM(Op):
     training (attr ``saved``) each step's gates i, f, g, o and tanh(c), [N, T, u] each, for the
     gradient op (recomputing them took a fifth of a small LSTM's step: two products over all
     steps and five passes over [N, T, 4u]).
-    attrs: units, activation/recurrent_activation (ONNX names; training needs Tanh/Sigmoid), masked,
+    attrs: units, activation/recurrent_activation (ONNX names: Tanh, Sigmoid or Relu), masked,
     saved."""
     name = "LSTM"
 
@@ -223,10 +223,11 @@ class LSTM(Op):
         z = body("Add", "xw_t", _step_product(body, "h_prev", recurrent, drop, gate_kernels))
         i, f, g, o = (f"g{k}" for k in range(4))
         body.nodes.append(helper.make_node("Split", [z, body.ints([u] * 4, "split_sizes")], [i, f, g, o], axis=-1))
-        i, f, o = body("Sigmoid", i), body("Sigmoid", f), body("Sigmoid", o)
-        g = body("Tanh", g)
+        act, gate_act = _lstm_activations(attrs)
+        i, f, o = body(gate_act, i), body(gate_act, f), body(gate_act, o)
+        g = body(act, g)
         c = body("Add", body("Mul", f, "c_prev"), body("Mul", i, g))
-        tanh_c = body("Tanh", c)
+        tanh_c = body(act, c)  # (named for the default activation)
         h = body("Mul", o, tanh_c)
         saved = [(i, "i_out"), (f, "f_out"), (g, "g_out"), (o, "o_out"), (tanh_c, "tanh_c_out")][:len(outputs) - 4]
         c, h = body.blend(c, "c_prev"), body.blend(h, "h_prev")
@@ -241,14 +242,28 @@ class LSTM(Op):
         return _recurrent_dropout_form(ctx, node, saved=True)
 
     def grad(self, ctx, node, dys):
-        if node.attrs.get("activation", "Tanh") != "Tanh" or node.attrs.get("recurrent_activation",
-                                                                            "Sigmoid") != "Sigmoid":
-            raise NotImplementedError("LSTM training supports activation=tanh, recurrent_activation=sigmoid")
         seq, _, _, cells, *saved = node.outputs
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         ins = [x, k, r, seq, cells] + saved + _output_grads(ctx, node.outputs[:3], dys[:3])
         return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask, dys[0] is not None,
-                        _initial_states(node.inputs, node.attrs), **({"saved": True} if saved else {}))
+                        _initial_states(node.inputs, node.attrs), **({"saved": True} if saved else {}),
+                        **{k: node.attrs[k] for k in ("activation", "recurrent_activation") if k in node.attrs})
+
+
+def _lstm_activations(attrs):
+    """An LSTM's (activation, recurrent_activation), ONNX's names."""
+    return attrs.get("activation", "Tanh"), attrs.get("recurrent_activation", "Sigmoid")
+
+
+def _derivative(ctx, activation, a, dtype):
+    """act'(z) from a = act(z), for every element at once: 1 - a^2 (Tanh), a (1 - a) (Sigmoid), or 1
+    where a = relu(z) > 0 (Relu; 0 at 0, as Keras's)."""
+    one = ctx.const(1.0, dtype)
+    if activation == "Tanh":
+        return ctx.emit("Sub", [one, ctx.emit("Mul", [a, a])])
+    if activation == "Sigmoid":
+        return ctx.emit("Mul", [a, ctx.emit("Sub", [one, a])])
+    return ctx.emit("Cast", [ctx.emit("Greater", [a, ctx.const(0.0, dtype)])], to=_ELEM[dtype])
 
 
 def _recurrent_dropout_form(ctx, node, **more):
@@ -382,7 +397,8 @@ class LSTMGrad(Op):
     """inputs: x, kernel, recurrent_kernel, sequence, cells[, i, f, g, o, tanh(c)][, d_sequence], d_last_h,
     d_last_c[, bias][, initial_h, initial_c][, drop][, mask]; outputs: dx, d_kernel, d_recurrent_kernel,
     d_bias[, d_initial_h, d_initial_c]. attrs: units, seq_grad (the loss reads the sequence), has_bias,
-    initial, rdrop, masked, saved (the forward pass's gates are inputs; else they are recomputed)."""
+    initial, rdrop, masked, saved (the forward pass's gates are inputs; else they are recomputed),
+    activation and recurrent_activation (the LSTM's)."""
     name = "LSTMGrad"
 
     def infer(self, ins, attrs):
@@ -397,6 +413,7 @@ class LSTMGrad(Op):
         h0, c0 = initial or (None, None)
         h_prev = _shift_right(ctx, seq, u, h0)
         c_prev = _shift_right(ctx, cells, u, c0)
+        act, gate_act = _lstm_activations(attrs)
         if attrs.get("saved"):  # the forward Scan's gates, and its own new cells' tanh
             i, f, g, o, tanh_c = inputs[5:10]
         else:  # recompute the gates of every step at once from the stored states
@@ -404,18 +421,19 @@ class LSTMGrad(Op):
             if bias is not None:
                 z = ctx.emit("Add", [z, bias])
             zi, zf, zg, zo = _gates(ctx, z, u, 4)
-            i, f, o = (ctx.emit("Sigmoid", [v]) for v in (zi, zf, zo))
-            g = ctx.emit("Tanh", [zg])
+            i, f, o = (ctx.emit(gate_act, [v]) for v in (zi, zf, zo))
+            g = ctx.emit(act, [zg])
             # The step's own new cell (before a mask keeps the old one).
-            tanh_c = ctx.emit("Tanh", [ctx.emit("Add", [ctx.emit("Mul", [f, c_prev]), ctx.emit("Mul", [i, g])])])
+            tanh_c = ctx.emit(act, [ctx.emit("Add", [ctx.emit("Mul", [f, c_prev]), ctx.emit("Mul", [i, g])])])
         # What a step's gradient does not owe to the next step's, for every step at once: with dh
-        # and dc reaching the step's new h and c, dc gains dh o (1 - tanh(c)^2), and the gates'
-        # pre-activations get dz = [dc, dc, dc, dh] * [g i', c_prev f', i (1 - g^2), tanh(c) o'],
-        # s' = s (1 - s) for a sigmoid s.
-        one, mul, dsigmoid = _elementwise(ctx, dtype)
-        dc_dh = mul(o, ctx.emit("Sub", [one, mul(tanh_c, tanh_c)]))
-        dz_scale = ctx.emit("Concat", [mul(g, dsigmoid(i)), mul(c_prev, dsigmoid(f)),
-                                       mul(i, ctx.emit("Sub", [one, mul(g, g)])), mul(tanh_c, dsigmoid(o))], axis=-1)
+        # and dc reaching the step's new h and c, dc gains dh o act'(c), and the gates'
+        # pre-activations get dz = [dc, dc, dc, dh] * [g i', c_prev f', i g', act(c) o'] (by default
+        # act = tanh and the gates' sigmoids, s' = s (1 - s)), each derivative from its output.
+        _, mul, _ = _elementwise(ctx, dtype)
+        dgate = {v: _derivative(ctx, gate_act, v, dtype) for v in (i, f, o)}
+        dc_dh = mul(o, _derivative(ctx, act, tanh_c, dtype))
+        dz_scale = ctx.emit("Concat", [mul(g, dgate[i]), mul(c_prev, dgate[f]), mul(i, _derivative(ctx, act, g, dtype)),
+                                       mul(tanh_c, dgate[o])], axis=-1)
         # Reverse scan: carry (dh, dc) from step t+1 to step t, starting from the gradients of the
         # returned last h and c; emit dz_t, the gradient of the gate pre-activations.
         rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
@@ -634,11 +652,7 @@ class SimpleRNNGrad(Op):
         # The factor by which a step's gradient reaches its pre-activation z, from the step's new h
         # (the sequence): 1 - h^2 (tanh), h (1 - h) (sigmoid), or 1 where h = relu(z) > 0 (0 at 0, as
         # Keras's). A masked step's h is the state it kept, but its factor multiplies no gradient.
-        one = ctx.const(1.0, dtype)
-        dact = {"Tanh": lambda: ctx.emit("Sub", [one, ctx.emit("Mul", [seq, seq])]),
-                "Sigmoid": lambda: ctx.emit("Mul", [seq, ctx.emit("Sub", [one, seq])]),
-                "Relu": lambda: ctx.emit("Cast", [ctx.emit("Greater", [seq, ctx.const(0.0, dtype)])],
-                                         to=_ELEM[dtype])}[attrs.get("activation", "Tanh")]()
+        dact = _derivative(ctx, attrs.get("activation", "Tanh"), seq, dtype)
         rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
         body = _Body(dtype, masked=mask is not None)
         dh_all, d_seq_input = _step_grads(body, d_seq)

@@ -6,28 +6,33 @@ def sigmoid(z):
     return 1 / (1 + np.exp(-z))
 
 
+ACTIVATIONS = {"tanh": np.tanh, "sigmoid": sigmoid, "relu": lambda z: np.maximum(z, 0)}
+
+
 def recurrence(kind, x, weights, units, h0=None, c0=None, return_sequences=False, go_backwards=False,
-               reset_after=True, mask=None, keep=None):
+               reset_after=True, mask=None, keep=None, activation="tanh", recurrent_activation="sigmoid"):
     """Keras's SimpleRNN, LSTM and GRU in numpy (batch-major), from the states h0 (and c0; zeros
     where not given): (output, last h, last c). ``reset_after``: the GRU's form (false: one bias
     [3u], hh = tanh(x W_h + b_h + (r * h) R_h)); ``mask`` [N, T]: 0 at steps that keep the previous
     state (and output), read in the order of the steps; ``keep`` [N, G, u]: recurrent dropout's
-    per-gate masks on h (GRU only, Keras 3: the blend uses the undropped h)."""
+    per-gate masks on h (GRU only, Keras 3: the blend uses the undropped h). ``activation`` and
+    ``recurrent_activation``: the LSTM's (names in ACTIVATIONS)."""
+    act, gate = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     kernel, recurrent = weights[0], weights[1]
     bias = weights[2] if len(weights) > 2 else None
     n, steps, _ = x.shape
     h, c = ((s if s is not None else np.zeros((n, units))).astype(np.float64) for s in (h0, c0))
     outputs = []
     for t in (range(steps - 1, -1, -1) if go_backwards else range(steps)):
-        xt, h_before = x[:, t], h
+        xt, h_before, c_before = x[:, t], h, c
         hg = [h * keep[:, g] for g in range(3)] if keep is not None else [h] * 3
         if kind == "SimpleRNN":
             h = np.tanh(xt @ kernel + h @ recurrent + (bias if bias is not None else 0))
         elif kind == "LSTM":
             z = xt @ kernel + h @ recurrent + (bias if bias is not None else 0)
             i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
-            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-            h = sigmoid(o) * np.tanh(c)
+            c = gate(f) * c + gate(i) * act(g)
+            h = gate(o) * act(c)
         elif not reset_after:  # GRU, reset_after=False
             xw = xt @ kernel + (bias if bias is not None else 0)
             z = sigmoid(xw[:, :units] + hg[0] @ recurrent[:, :units])
@@ -44,7 +49,7 @@ def recurrence(kind, x, weights, units, h0=None, c0=None, return_sequences=False
             h = z * h + (1 - z) * hh
         if mask is not None:
             m = mask[:, t:t + 1]
-            h = m * h + (1 - m) * h_before
+            h, c = m * h + (1 - m) * h_before, m * c + (1 - m) * c_before  # (both of an LSTM's states kept)
         outputs.append(h)
     return (np.stack(outputs, 1) if return_sequences else h), h, c
 
