@@ -31,12 +31,12 @@ class _Recurrent(Layer):
                  dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False):
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False, unroll: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout, stateful)
+                   bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
 
     def setup(self, units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-              bias_initializer, return_state=False, dropout=0.0, recurrent_dropout=0.0, stateful=False):
+              bias_initializer, return_state=False, dropout=0.0, recurrent_dropout=0.0, stateful=False, unroll=False):
         if recurrent_dropout >= 1.0 or dropout >= 1.0:
             raise ArgError(f"{self.kind()}: dropout and recurrent_dropout must be below 1 (1 drops every unit)")
         self.units, self.use_bias, self.return_state = units, use_bias, return_state
@@ -44,7 +44,7 @@ class _Recurrent(Layer):
         self.return_sequences, self.go_backwards = return_sequences, go_backwards
         self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
         self.bias_initializer = bias_initializer
-        self.stateful = stateful
+        self.stateful, self.unroll = stateful, unroll
 
     def bias_shape(self):
         return (self.gates * self.units,)
@@ -56,6 +56,9 @@ class _Recurrent(Layer):
         if x.rank != 3 or not isinstance(x.shape[2], int):
             raise ShapeError(f"{self.kind()} expects an input of shape [timesteps, features] (without the batch), "
                              f"got {format_shape(x.shape[1:])}", "an Embedding before it makes [timesteps, dim]")
+        if self.unroll and not isinstance(x.shape[1], int):
+            raise ShapeError(f"{self.kind()}(unroll=true) needs a fixed number of timesteps, as Keras; got "
+                             f"{format_shape(x.shape[1:])}", "leave unroll out: the recurrence runs the same")
         width = self.gates * self.units
         self.kernel = ctx.add_weight(self, "kernel", (x.shape[2], width), x.dtype, self.kernel_initializer)
         self.recurrent_kernel = ctx.add_weight(self, "recurrent_kernel", (self.units, width), x.dtype,
@@ -140,6 +143,8 @@ _ARGS_DOC = """
         return_state: false; true also returns the last state(s): ``out, h = GRU(8, return_state=true)(x)``
             (``out, h, c`` for an LSTM).
         kernel_initializer: glorot_uniform. recurrent_initializer: orthogonal. bias_initializer: zeros.
+        unroll: false; Keras's hint, accepted: the recurrence is the same Scan either way (an LSTM of
+            50 steps written out step by step trained no faster here); true needs fixed timesteps.
 
         stateful: false; true carries the last states of each batch into the next (Keras's: row i
             of a batch continues row i of the previous one) until reset_states(); the model's
@@ -167,9 +172,9 @@ class SimpleRNN(_Recurrent):
                  recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False):
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False, unroll: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout, stateful)
+                   bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
         self.activation = activation
 
     def op_attrs(self):
@@ -200,9 +205,9 @@ class LSTM(_Recurrent):
                  dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False):
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False, unroll: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout, stateful)
+                   bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
         self.activation, self.recurrent_activation = activation, recurrent_activation
         self.unit_forget_bias = unit_forget_bias
 
@@ -238,9 +243,9 @@ class GRU(_Recurrent):
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
                  bias_initializer: InitializerArg() = ("zeros", ()), reset_after: BoolArg() = True,
-                 stateful: BoolArg() = False):
+                 stateful: BoolArg() = False, unroll: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout, stateful)
+                   bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
         self.reset_after = reset_after
 
     def bias_shape(self):

@@ -498,3 +498,16 @@ def test_lstm_activations_in_every_form(activation, recurrent_activation, masked
             grad[index] = (up - loss(weights, y)[1]) / 2e-6
             w[index] = keep
         np.testing.assert_allclose(after, before - 0.5 * grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
+def test_unroll_is_accepted_as_keras_and_needs_fixed_timesteps(kind):
+    """Keras's unroll=True: the same outputs (the recurrence runs as the same Scan); like Keras,
+    it refuses a sequence whose number of timesteps is not fixed."""
+    src = "model m {\n input x: float32[5, 3]\n y = %s(4%s)\n output y\n}"
+    plain, unrolled = (kcompile.compile_string(src % (kind, extra)) for extra in ("", ", unroll=true"))
+    unrolled.set_weights(plain.get_weights())
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(unrolled.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    with pytest.raises(kcompile.KcompileError, match=f"{kind}\\(unroll=true\\) needs a fixed number of timesteps"):
+        kcompile.compile_string(f"model m {{\n input x: float32[T, 3]\n y = {kind}(4, unroll=true)\n output y\n}}")
