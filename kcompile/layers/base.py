@@ -62,6 +62,8 @@ class BoolArg(Converter):
     describe = "true or false"
 
     def __call__(self, v):
+        if isinstance(v, str) and v.lower() in ("true", "false"):  # ("true" in quotes, True)
+            raise ArgError(f"expected true or false, got {v!r}", f"write {v.lower()} (lowercase, no quotes)")
         if not isinstance(v, bool):
             raise ArgError(f"expected true or false, got {show(v)}")
         return v

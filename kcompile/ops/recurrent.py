@@ -5,11 +5,11 @@ bias [4u]. Outputs: the hidden sequence [N, T, u], the last h and c [N, u], and 
 cell sequence [N, T, u].
 
 Inference lowers to ONNX's fused LSTM op (gates reordered to its i, o, f, c; float32, the only
-type onnxruntime's LSTM computes). When a
-gradient reads the cell sequence, the forward pass is an ONNX ``Scan`` over time and the
-backward pass (``LSTMGrad``) a reverse ``Scan`` that carries (dh, dc) and emits each step's
-gate gradients; the weight and input gradients are then a few large matrix products over
-all steps at once. The graph's size does not depend on the sequence length.
+type onnxruntime's LSTM computes). In training the forward pass is an ONNX ``Scan`` over time
+that also emits each step's gates (the op's training form, attr ``saved``), and the backward
+pass (``LSTMGrad``) a reverse ``Scan`` that carries (dh, dc) and emits each step's gate
+gradients; the weight and input gradients are then a few large matrix products over all steps
+at once. The graph's size does not depend on the sequence length.
 
 Recurrent dropout (training only) is an input ``drop`` [N, G, u] of keep-masks, one per
 gate, the same at every step (Keras 3: each gate's block of the recurrent kernel sees the
@@ -177,7 +177,7 @@ class LSTM(Op):
     """inputs: x [N, T, I], kernel [I, 4u], recurrent_kernel [u, 4u], bias [4u] (optional),
     mask [N, T] (with attr masked: 0 at steps that keep the previous state).
     outputs: sequence [N, T, u], last h [N, u], last c [N, u], cell sequence [N, T, u], and in
-    training (attr ``saved``) each step's gates i, f, g, o and tanh(c), [N, T, u] each, for the
+    training (attr ``saved``) each step's gates i, f, g, o and act(c), [N, T, u] each, for the
     gradient op (recomputing them took a fifth of a small LSTM's step: two products over all
     steps and five passes over [N, T, 4u]).
     attrs: units, activation/recurrent_activation (ONNX names: Tanh, Sigmoid or Relu), masked,
@@ -198,7 +198,10 @@ class LSTM(Op):
 
     def lower(self, ctx, inputs, outputs, attrs):
         # (onnxruntime's LSTM computes float32 only: "LSTM operator does not support double yet")
-        if ctx.used(outputs[3]) or attrs.get("saved") or attrs.get("masked") or attrs.get("rdrop") or ctx.dtype(inputs[0]) != "float32":
+        # (the training form's gates: emitted where the gradient reads them, not for a frozen layer)
+        outputs = outputs if any(ctx.used(o) for o in outputs[4:]) else outputs[:4]
+        if len(outputs) > 4 or ctx.used(outputs[3]) or attrs.get("masked") or attrs.get("rdrop") or \
+                ctx.dtype(inputs[0]) != "float32":
             return self.lower_scan(ctx, inputs, outputs, attrs)
         x, kernel, recurrent, bias, _, _ = _split_inputs(inputs, attrs)
         u = attrs["units"]
@@ -414,7 +417,7 @@ class LSTMGrad(Op):
         h_prev = _shift_right(ctx, seq, u, h0)
         c_prev = _shift_right(ctx, cells, u, c0)
         act, gate_act = _lstm_activations(attrs)
-        if attrs.get("saved"):  # the forward Scan's gates, and its own new cells' tanh
+        if attrs.get("saved"):  # the forward Scan's gates, and its own new cells' act(c)
             i, f, g, o, tanh_c = inputs[5:10]
         else:  # recompute the gates of every step at once from the stored states
             z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
@@ -560,7 +563,10 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
     against 2.4 ms). Masked steps, recurrent dropout and float64 (which onnxruntime's fused ops
     do not compute) keep the Scan."""
     x, _, _, _, drop, mask = _split_inputs(inputs, attrs)
-    if mask is not None or drop is not None or attrs.get("saved") or ctx.dtype(x) != "float32":
+    # (the training form's gates: emitted where the gradient reads them, not for a frozen layer;
+    # the fused op's branch computes them from its sequence, for every step at once)
+    outputs = outputs if any(ctx.used(o) for o in outputs[2:]) else outputs[:2]
+    if mask is not None or drop is not None or ctx.dtype(x) != "float32":
         return op.lower_scan(ctx, inputs, outputs, attrs)
     batch = ctx.emit("Squeeze", [ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"),
                                                      ctx.const([1], "int64")])])
@@ -720,9 +726,14 @@ class GRU(_OneStateRecurrence):
         else:  # (ONNX's recurrent bias R_bh is added after the reset gate: zero here)
             biases = (bias, ctx.const([0.0] * (3 * u), ctx.dtype(x)))
         # (Keras's gates z, r, h are ONNX's; reset_after is its linear_before_reset)
-        _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs, u, linear_before_reset=int(reset_after),
-                         initial=_initial_states(inputs, attrs),
+        initial = _initial_states(inputs, attrs)
+        _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs[:2], u, linear_before_reset=int(reset_after),
+                         initial=initial,
                          activations=[attrs.get("recurrent_activation", "Sigmoid"), attrs.get("activation", "Tanh")])
+        if len(outputs) > 2:  # the training form's gates, from the states the fused op returned
+            h_prev = _shift_right(ctx, outputs[0], u, initial[0] if initial else _zeros_like_state(ctx, x, u))
+            for gate, output in zip(_gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u, reset_after), outputs[2:]):
+                ctx.emit("Identity", [gate], [output])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
@@ -784,6 +795,36 @@ def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):
     return r_zr, r_h, part(drop, 0, 2, 1), drop_h, kernels
 
 
+def _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, units, reset_after, drop=None, h_kept=None):
+    """A GRU's gates for every step at once, from its inputs and previous states h_prev [N, T, u]:
+    z, r, hh and (reset_after) the recurrent product's h part hh_ = h R_h + b'_h, each [N, T, u].
+    With recurrent dropout ``drop``; ``h_kept``: reset_after=false's h_prev times the h gate's
+    dropout mask (h_prev without dropout)."""
+    u = units
+    b_in, b_rec = GRU.biases(ctx, bias, reset_after)
+    xw = ctx.emit("MatMul", [x, kernel])
+    xw = ctx.emit("Add", [xw, b_in]) if b_in is not None else xw
+    xz, xr, xh = _gates(ctx, xw, u, 3)
+    if reset_after:
+        hr = _sequence_product(ctx, h_prev, recurrent, drop, u)
+        hr = ctx.emit("Add", [hr, b_rec]) if b_rec is not None else hr
+        hz, hr_, hh_ = _gates(ctx, hr, u, 3)
+    else:
+        r_zr, r_h, drop_zr, _, kernels_zr = _reset_before_parts(ctx, recurrent, drop, u)
+        if drop is None:
+            hzr = ctx.emit("MatMul", [h_prev, r_zr])
+        else:
+            hzr = ctx.emit("Reshape", [ctx.emit("Einsum", [h_prev, drop_zr, kernels_zr], equation="ntu,ngu,guv->ntgv"),
+                                       ctx.const([0, 0, -1], "int64")])
+        hz, hr_ = _gates(ctx, hzr, u, 2)
+    z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
+    r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
+    if reset_after:
+        return z, r, ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])]), hh_
+    q = ctx.emit("Mul", [r, h_kept if h_kept is not None else h_prev])
+    return z, r, ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("MatMul", [q, r_h])])])
+
+
 @register
 class GRUGrad(Op):
     """inputs: x, kernel, recurrent_kernel, sequence[, z, r, hh[, hh_]][, d_sequence], d_last_h[, bias]
@@ -804,19 +845,9 @@ class GRUGrad(Op):
         d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 8 if attrs.get("saved") else 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u, initial and initial[0])
-        if attrs.get("saved"):  # the forward Scan's gates
-            z, r, hh, hh_ = inputs[4:8]
-        else:  # recompute every step's gates at once from the stored states
-            b_in, b_rec = GRU.biases(ctx, bias)
-            xw = ctx.emit("MatMul", [x, kernel])
-            hr = _sequence_product(ctx, h_prev, recurrent, drop, u)
-            if b_in is not None:
-                xw, hr = ctx.emit("Add", [xw, b_in]), ctx.emit("Add", [hr, b_rec])
-            xz, xr, xh = _gates(ctx, xw, u, 3)
-            hz, hr_, hh_ = _gates(ctx, hr, u, 3)
-            z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
-            r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
-            hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])])
+        # the forward pass's gates, or recomputed for every step at once from the stored states
+        z, r, hh, hh_ = inputs[4:8] if attrs.get("saved") else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
+                                                                          True, drop)
         # With dh reaching a step's new h = z h_prev + (1 - z) hh, the gradients of its gates'
         # input and recurrent pre-activations are dh times, for every step at once:
         # z' (h_prev - hh), with a = (1 - z)(1 - hh^2): r' hh_ a, and a (r a on the recurrent side).
@@ -860,24 +891,10 @@ class GRUGrad(Op):
         one, mul, dsigmoid = _elementwise(ctx, dtype)
         m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([1], "int64")])  # [N, 1, u]
         h_kept = h_prev if m_h is None else mul(h_prev, m_h)
-        if attrs.get("saved"):  # the forward Scan's gates
-            z, r, hh = inputs[4:7]
-            q = mul(r, h_kept)
-        else:  # recompute every step's gates at once from the stored states
-            xw = ctx.emit("MatMul", [x, kernel])
-            if bias is not None:
-                xw = ctx.emit("Add", [xw, bias])
-            xz, xr, xh = _gates(ctx, xw, u, 3)
-            if drop is None:
-                hzr = ctx.emit("MatMul", [h_prev, r_zr])
-            else:
-                hzr = ctx.emit("Reshape", [ctx.emit("Einsum", [h_prev, drop_zr, kernels_zr],
-                                                    equation="ntu,ngu,guv->ntgv"), ctx.const([0, 0, -1], "int64")])
-            hz, hr_ = _gates(ctx, hzr, u, 2)
-            z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
-            r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
-            q = mul(r, h_kept)
-            hh = ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("MatMul", [q, r_h])])])
+        # the forward pass's gates, or recomputed for every step at once from the stored states
+        z, r, hh = inputs[4:7] if attrs.get("saved") else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
+                                                                     False, drop, h_kept)
+        q = mul(r, h_kept)
         a = mul(ctx.emit("Sub", [one, z]), ctx.emit("Sub", [one, mul(hh, hh)]))
         dz_z = mul(dsigmoid(z), ctx.emit("Sub", [h_prev, hh]))
         dr_dq = mul(dsigmoid(r), h_kept)

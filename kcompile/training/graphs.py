@@ -621,21 +621,22 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     # ---- training step ----
     g = graph.copy()
     _pin_activity(g)  # (unpinned after the training forms)
+    # Values the train section names stay what they are: pinned as outputs, no pass rewrites
+    # them away, and the names follow any renaming, also by the training forms (a Dropout's
+    # output becomes its masked value; a recurrent layer's op gives its training form's outputs).
+    pinned = [(f"pin:{n}", env[n]) for n in sorted(ast.names_in(train) & set(env)) if env[n] in g.types]
+    pinned += [(f"mask:{o}", m) for o, m in g.meta.get("output_masks", {}).items()]  # (the losses' masks)
+    g.outputs += pinned
     if opt_level >= 1:
-        # Values the train section names stay what they are: pinned as outputs, no pass
-        # rewrites them away, and the names follow any renaming.
-        pinned = [(f"pin:{n}", env[n]) for n in sorted(ast.names_in(train) & set(env)) if env[n] in g.types]
-        pinned += [(f"mask:{o}", m) for o, m in g.meta.get("output_masks", {}).items()]  # (the losses' masks)
-        g.outputs += pinned
         g = _run_passes(g, FORWARD_PASSES, "train-forward", report)
-        env = {**env, **{o[4:]: v for o, v in g.outputs if o.startswith("pin:")}}
-        g.meta["output_masks"] = {o[5:]: v for o, v in g.outputs if o.startswith("mask:")}
-        g.outputs = [o for o in g.outputs if not o[0].startswith(("pin:", "mask:"))]
     order = {}
     for node in graph.nodes():
         order.setdefault((node.layer, node.op), len(order))
     noise, stat_updates = training_form(g, order)
     _unpin_activity(g)
+    env = {**env, **{o[4:]: v for o, v in g.outputs if o.startswith("pin:")}}
+    g.meta["output_masks"] = {o[5:]: v for o, v in g.outputs if o.startswith("mask:")}
+    g.outputs = [o for o in g.outputs if not o[0].startswith(("pin:", "mask:"))]
     known = {d for n in graph.inputs for d in graph.types[n].shape if isinstance(d, str)}
     for n, _ in noise:  # the runtime draws noise at sizes it works out from the inputs' shapes
         for d in g.types[n].shape:

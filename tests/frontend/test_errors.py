@@ -164,6 +164,10 @@ CASES = [
      "stddev must be a number, got a", None),
     ("keepdims_not_a_bool", model('y = mean(x, keepdims="yes")\noutput y'), 3, 9,
      "mean: keepdims: expected true or false, got yes", None),
+    ("bool_in_quotes", model('LSTM(4, unroll="true")'), 3, 20, "argument 'unroll': expected true or false, got 'true'",
+     "write true (lowercase, no quotes)"),
+    ("bool_capitalised", model("Dense(3, use_bias=False)"), 3, 23, "expected true or false, got 'False'",
+     "write false (lowercase, no quotes)"),
     ("loss_on_a_value_not_an_output", model("h = Dense(4)\ny = Dense(3)\noutput y\ntrain {\n    loss = mse(h)\n"
                                             "    optimizer = SGD()\n}"), 7, 9,
      "the loss: 'h' is not an output or a declared target", "outputs and the train section's targets"),

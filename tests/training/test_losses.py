@@ -608,3 +608,30 @@ def test_binary_crossentropy_trains_a_float64_model():
     loss = m.train_on_batch(x, y)
     assert loss == pytest.approx(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))), rel=1e-12)
     np.testing.assert_allclose(m.get_weights()[0], kernel - 0.5 * x.T @ (p - y) / 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("opt_level", [0, 1])
+@pytest.mark.parametrize("layer", ["LSTM(4)", "GRU(4)", "GRU(4, reset_after=false)", "SimpleRNN(4)",
+                                   "Bidirectional(LSTM(2))", "LSTM(4, recurrent_dropout=0.3)"])
+def test_a_loss_on_a_layer_whose_training_form_differs(layer, opt_level):
+    """A loss may read any named value, also one whose op the training form replaces (a
+    recurrent layer's op gives its gates to the gradient in training; recurrent dropout draws
+    masks): the step's loss is the evaluation's where no noise enters."""
+    src = f"""model m {{
+        input x: float32[5, 3]
+        h = {layer}(x)
+        y = Dense(1)(h)
+        output y
+        train {{ target t: float32[4]; loss = mse(y) + mse(t, h); optimizer = SGD(learning_rate=0.1) }}
+    }}"""
+    m = kcompile.compile_string(src, opt_level=opt_level)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5, 3)).astype(np.float32)
+    targets = {"y": rng.normal(size=(6, 1)).astype(np.float32), "t": rng.normal(size=(6, 4)).astype(np.float32)}
+    before = m.evaluate(x, targets, verbose=0)
+    step = m.train_on_batch(x, targets)
+    if "dropout" in layer:
+        assert np.isfinite(step) and step != pytest.approx(before, rel=1e-6)
+    else:
+        np.testing.assert_allclose(step, before, rtol=1e-5)
+    assert m.evaluate(x, targets, verbose=0) < before  # the step went down the loss's slope
