@@ -227,7 +227,9 @@ class GRU(_Recurrent):
     (Keras 1's and ONNX's default form) ``h' = z * h + (1 - z) * tanh(x W_h + b_h + (r * h) R_h)``.
 
     Args:
-        units: size of the hidden state.""" + _ARGS_DOC + """
+        units: size of the hidden state.
+        activation: tanh (or sigmoid, relu), of the candidate state hh.
+        recurrent_activation: sigmoid (or tanh, relu), of the gates z and r.""" + _ARGS_DOC + """
         reset_after: true (the reset gate applied after the recurrent product, with its own bias);
             false applies it to h before the product, with one bias.
 
@@ -237,7 +239,9 @@ class GRU(_Recurrent):
     op = "GRU"
     gates = 3
 
-    def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
+    def __init__(self, units: IntArg(1), activation: Choice("tanh", "sigmoid", "relu") = "tanh",
+                 recurrent_activation: Choice("sigmoid", "tanh", "relu") = "sigmoid", use_bias: BoolArg() = True,
+                 return_sequences: BoolArg() = False,
                  go_backwards: BoolArg() = False, return_state: BoolArg() = False,
                  dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
@@ -246,10 +250,15 @@ class GRU(_Recurrent):
                  stateful: BoolArg() = False, unroll: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
                    bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
+        self.activation, self.recurrent_activation = activation, recurrent_activation
         self.reset_after = reset_after
 
     def bias_shape(self):
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
 
     def op_attrs(self):
-        return {} if self.reset_after else {"reset_after": False}
+        attrs = {} if self.reset_after else {"reset_after": False}
+        if (self.activation, self.recurrent_activation) != ("tanh", "sigmoid"):
+            attrs.update(activation=_ONNX_ACTIVATIONS[self.activation],
+                         recurrent_activation=_ONNX_ACTIVATIONS[self.recurrent_activation])
+        return attrs

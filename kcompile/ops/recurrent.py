@@ -129,12 +129,10 @@ def _recurrence_macs(ins):
 
 
 def _elementwise(ctx, dtype):
-    """(1, a * b, s * (1 - s)) as ONNX ops, for the gradient factors computed outside a Scan."""
-    one = ctx.const(1.0, dtype)
-
+    """(1, a * b) as ONNX ops, for the gradient factors computed outside a Scan."""
     def mul(a, b):
         return ctx.emit("Mul", [a, b])
-    return one, mul, lambda s: mul(s, ctx.emit("Sub", [one, s]))
+    return ctx.const(1.0, dtype), mul
 
 
 def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units, order=None, initial=None,
@@ -226,7 +224,7 @@ class LSTM(Op):
         z = body("Add", "xw_t", _step_product(body, "h_prev", recurrent, drop, gate_kernels))
         i, f, g, o = (f"g{k}" for k in range(4))
         body.nodes.append(helper.make_node("Split", [z, body.ints([u] * 4, "split_sizes")], [i, f, g, o], axis=-1))
-        act, gate_act = _lstm_activations(attrs)
+        act, gate_act = _activations(attrs)
         i, f, o = body(gate_act, i), body(gate_act, f), body(gate_act, o)
         g = body(act, g)
         c = body("Add", body("Mul", f, "c_prev"), body("Mul", i, g))
@@ -253,8 +251,9 @@ class LSTM(Op):
                         **{k: node.attrs[k] for k in ("activation", "recurrent_activation") if k in node.attrs})
 
 
-def _lstm_activations(attrs):
-    """An LSTM's (activation, recurrent_activation), ONNX's names."""
+def _activations(attrs):
+    """A gated recurrence's (activation, recurrent_activation), ONNX's names (Keras's defaults tanh
+    and sigmoid)."""
     return attrs.get("activation", "Tanh"), attrs.get("recurrent_activation", "Sigmoid")
 
 
@@ -416,7 +415,7 @@ class LSTMGrad(Op):
         h0, c0 = initial or (None, None)
         h_prev = _shift_right(ctx, seq, u, h0)
         c_prev = _shift_right(ctx, cells, u, c0)
-        act, gate_act = _lstm_activations(attrs)
+        act, gate_act = _activations(attrs)
         if attrs.get("saved"):  # the forward Scan's gates, and its own new cells' act(c)
             i, f, g, o, tanh_c = inputs[5:10]
         else:  # recompute the gates of every step at once from the stored states
@@ -432,7 +431,7 @@ class LSTMGrad(Op):
         # and dc reaching the step's new h and c, dc gains dh o act'(c), and the gates'
         # pre-activations get dz = [dc, dc, dc, dh] * [g i', c_prev f', i g', act(c) o'] (by default
         # act = tanh and the gates' sigmoids, s' = s (1 - s)), each derivative from its output.
-        _, mul, _ = _elementwise(ctx, dtype)
+        _, mul = _elementwise(ctx, dtype)
         dgate = {v: _derivative(ctx, gate_act, v, dtype) for v in (i, f, o)}
         dc_dh = mul(o, _derivative(ctx, act, tanh_c, dtype))
         dz_scale = ctx.emit("Concat", [mul(g, dgate[i]), mul(c_prev, dgate[f]), mul(i, _derivative(ctx, act, g, dtype)),
@@ -697,7 +696,8 @@ class GRU(_OneStateRecurrence):
         return super().infer(ins, attrs)
 
     def grad_attrs(self, attrs):
-        return {} if attrs.get("reset_after", True) else {"reset_after": False}
+        return dict({k: attrs[k] for k in ("activation", "recurrent_activation") if k in attrs},
+                    **({} if attrs.get("reset_after", True) else {"reset_after": False}))
 
     def saved(self, attrs):
         """z, r and hh, and with reset_after the recurrent product's h part hh_ (h R_h + b'_h)."""
@@ -729,10 +729,11 @@ class GRU(_OneStateRecurrence):
         initial = _initial_states(inputs, attrs)
         _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs[:2], u, linear_before_reset=int(reset_after),
                          initial=initial,
-                         activations=[attrs.get("recurrent_activation", "Sigmoid"), attrs.get("activation", "Tanh")])
+                         activations=list(_activations(attrs))[::-1])
         if len(outputs) > 2:  # the training form's gates, from the states the fused op returned
             h_prev = _shift_right(ctx, outputs[0], u, initial[0] if initial else _zeros_like_state(ctx, x, u))
-            for gate, output in zip(_gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u, reset_after), outputs[2:]):
+            for gate, output in zip(_gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u, reset_after,
+                                               _activations(attrs)), outputs[2:]):
                 ctx.emit("Identity", [gate], [output])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
@@ -744,6 +745,7 @@ class GRU(_OneStateRecurrence):
             xw = ctx.emit("Add", [xw, b_in])
         body = _Body(ctx.dtype(x), masked=mask is not None)
         one = body.const(1.0, "one")
+        act, gate_act = _activations(attrs)
         xz, xr, xh = "xz", "xr", "xh"
         body.nodes.append(helper.make_node("Split", ["xw_t", body.ints([u] * 3, "sizes")], [xz, xr, xh], axis=-1))
         if reset_after:
@@ -752,8 +754,8 @@ class GRU(_OneStateRecurrence):
             if b_rec is not None:
                 hr = body("Add", hr, b_rec)
             body.nodes.append(helper.make_node("Split", [hr, "sizes"], ["hz", "hr_", "hh_"], axis=-1))
-            z = body("Sigmoid", body("Add", xz, "hz"))
-            r = body("Sigmoid", body("Add", xr, "hr_"))
+            z = body(gate_act, body("Add", xz, "hz"))
+            r = body(gate_act, body("Add", xr, "hr_"))
             pre_h = body("Add", xh, body("Mul", r, "hh_"))
             hh_ = [("hh_", "hh__out")]
         else:  # z and r from h R_zr; hh from (r * h) R_h (with recurrent dropout, h times each gate's mask)
@@ -761,14 +763,14 @@ class GRU(_OneStateRecurrence):
             hzr = _step_product(body, "h_prev", r_zr, drop_zr, kernels_zr)
             body.nodes.append(helper.make_node("Split", [hzr, body.ints([u] * 2, "sizes_zr")], ["hz", "hr_"],
                                                axis=-1))
-            z = body("Sigmoid", body("Add", xz, "hz"))
-            r = body("Sigmoid", body("Add", xr, "hr_"))
+            z = body(gate_act, body("Add", xz, "hz"))
+            r = body(gate_act, body("Add", xr, "hr_"))
             q = body("Mul", r, "h_prev")
             if drop_h is not None:
                 q = body("Mul", q, drop_h)
             pre_h = body("Add", xh, body("MatMul", q, r_h))
             hh_ = []
-        hh = body("Tanh", pre_h)
+        hh = body(act, pre_h)
         saved = ([(z, "z_out"), (r, "r_out"), (hh, "hh_out")] + hh_)[:len(outputs) - 2]
         h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
         h = body.blend(h, "h_prev")
@@ -795,12 +797,12 @@ def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):
     return r_zr, r_h, part(drop, 0, 2, 1), drop_h, kernels
 
 
-def _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, units, reset_after, drop=None, h_kept=None):
+def _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, units, reset_after, activations, drop=None, h_kept=None):
     """A GRU's gates for every step at once, from its inputs and previous states h_prev [N, T, u]:
     z, r, hh and (reset_after) the recurrent product's h part hh_ = h R_h + b'_h, each [N, T, u].
     With recurrent dropout ``drop``; ``h_kept``: reset_after=false's h_prev times the h gate's
-    dropout mask (h_prev without dropout)."""
-    u = units
+    dropout mask (h_prev without dropout). ``activations``: (activation, recurrent_activation)."""
+    u, (act, gate_act) = units, activations
     b_in, b_rec = GRU.biases(ctx, bias, reset_after)
     xw = ctx.emit("MatMul", [x, kernel])
     xw = ctx.emit("Add", [xw, b_in]) if b_in is not None else xw
@@ -817,12 +819,12 @@ def _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, units, reset_after, drop
             hzr = ctx.emit("Reshape", [ctx.emit("Einsum", [h_prev, drop_zr, kernels_zr], equation="ntu,ngu,guv->ntgv"),
                                        ctx.const([0, 0, -1], "int64")])
         hz, hr_ = _gates(ctx, hzr, u, 2)
-    z = ctx.emit("Sigmoid", [ctx.emit("Add", [xz, hz])])
-    r = ctx.emit("Sigmoid", [ctx.emit("Add", [xr, hr_])])
+    z = ctx.emit(gate_act, [ctx.emit("Add", [xz, hz])])
+    r = ctx.emit(gate_act, [ctx.emit("Add", [xr, hr_])])
     if reset_after:
-        return z, r, ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])]), hh_
+        return z, r, ctx.emit(act, [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])]), hh_
     q = ctx.emit("Mul", [r, h_kept if h_kept is not None else h_prev])
-    return z, r, ctx.emit("Tanh", [ctx.emit("Add", [xh, ctx.emit("MatMul", [q, r_h])])])
+    return z, r, ctx.emit(act, [ctx.emit("Add", [xh, ctx.emit("MatMul", [q, r_h])])])
 
 
 @register
@@ -847,13 +849,15 @@ class GRUGrad(Op):
         h_prev = _shift_right(ctx, seq, u, initial and initial[0])
         # the forward pass's gates, or recomputed for every step at once from the stored states
         z, r, hh, hh_ = inputs[4:8] if attrs.get("saved") else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
-                                                                          True, drop)
+                                                                          True, _activations(attrs), drop)
         # With dh reaching a step's new h = z h_prev + (1 - z) hh, the gradients of its gates'
         # input and recurrent pre-activations are dh times, for every step at once:
         # z' (h_prev - hh), with a = (1 - z)(1 - hh^2): r' hh_ a, and a (r a on the recurrent side).
-        one, mul, dsigmoid = _elementwise(ctx, dtype)
-        a = mul(ctx.emit("Sub", [one, z]), ctx.emit("Sub", [one, mul(hh, hh)]))
-        dz_z, dz_r = mul(dsigmoid(z), ctx.emit("Sub", [h_prev, hh])), mul(mul(dsigmoid(r), hh_), a)
+        one, mul = _elementwise(ctx, dtype)
+        act, gate_act = _activations(attrs)
+        a = mul(ctx.emit("Sub", [one, z]), _derivative(ctx, act, hh, dtype))
+        dz_z = mul(_derivative(ctx, gate_act, z, dtype), ctx.emit("Sub", [h_prev, hh]))
+        dz_r = mul(mul(_derivative(ctx, gate_act, r, dtype), hh_), a)
         dzx_scale = ctx.emit("Concat", [dz_z, dz_r, a], axis=-1)
         dzh_scale = ctx.emit("Concat", [dz_z, dz_r, mul(a, r)], axis=-1)
         rt, rgt = _recurrent_transposed(ctx, recurrent, drop, u)
@@ -888,16 +892,17 @@ class GRUGrad(Op):
         u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u, initial and initial[0])
         r_zr, r_h, drop_zr, drop_h, kernels_zr = _reset_before_parts(ctx, recurrent, drop, u)
-        one, mul, dsigmoid = _elementwise(ctx, dtype)
+        one, mul = _elementwise(ctx, dtype)
         m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([1], "int64")])  # [N, 1, u]
         h_kept = h_prev if m_h is None else mul(h_prev, m_h)
         # the forward pass's gates, or recomputed for every step at once from the stored states
         z, r, hh = inputs[4:7] if attrs.get("saved") else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
-                                                                     False, drop, h_kept)
+                                                                     False, _activations(attrs), drop, h_kept)
         q = mul(r, h_kept)
-        a = mul(ctx.emit("Sub", [one, z]), ctx.emit("Sub", [one, mul(hh, hh)]))
-        dz_z = mul(dsigmoid(z), ctx.emit("Sub", [h_prev, hh]))
-        dr_dq = mul(dsigmoid(r), h_kept)
+        act, gate_act = _activations(attrs)
+        a = mul(ctx.emit("Sub", [one, z]), _derivative(ctx, act, hh, dtype))
+        dz_z = mul(_derivative(ctx, gate_act, z, dtype), ctx.emit("Sub", [h_prev, hh]))
+        dr_dq = mul(_derivative(ctx, gate_act, r, dtype), h_kept)
         dh_dq = r if m_h is None else mul(r, m_h)
         r_zr_t, r_h_t, _, _, kernels_zr_t = _reset_before_parts(ctx, recurrent, drop, u, transposed=True)
         body = _Body(dtype, masked=mask is not None)

@@ -16,7 +16,7 @@ def recurrence(kind, x, weights, units, h0=None, c0=None, return_sequences=False
     [3u], hh = tanh(x W_h + b_h + (r * h) R_h)); ``mask`` [N, T]: 0 at steps that keep the previous
     state (and output), read in the order of the steps; ``keep`` [N, G, u]: recurrent dropout's
     per-gate masks on h (GRU only, Keras 3: the blend uses the undropped h). ``activation`` and
-    ``recurrent_activation``: the LSTM's (names in ACTIVATIONS)."""
+    ``recurrent_activation``: the LSTM's and GRU's (names in ACTIVATIONS)."""
     act, gate = ACTIVATIONS[activation], ACTIVATIONS[recurrent_activation]
     kernel, recurrent = weights[0], weights[1]
     bias = weights[2] if len(weights) > 2 else None
@@ -35,17 +35,17 @@ def recurrence(kind, x, weights, units, h0=None, c0=None, return_sequences=False
             h = gate(o) * act(c)
         elif not reset_after:  # GRU, reset_after=False
             xw = xt @ kernel + (bias if bias is not None else 0)
-            z = sigmoid(xw[:, :units] + hg[0] @ recurrent[:, :units])
-            r = sigmoid(xw[:, units:2 * units] + hg[1] @ recurrent[:, units:2 * units])
-            hh = np.tanh(xw[:, 2 * units:] + (r * hg[2]) @ recurrent[:, 2 * units:])
+            z = gate(xw[:, :units] + hg[0] @ recurrent[:, :units])
+            r = gate(xw[:, units:2 * units] + hg[1] @ recurrent[:, units:2 * units])
+            hh = act(xw[:, 2 * units:] + (r * hg[2]) @ recurrent[:, 2 * units:])
             h = z * h + (1 - z) * hh
         else:  # GRU, reset_after=True
             assert keep is None
             b_in, b_rec = (bias[0], bias[1]) if bias is not None else (0, 0)
             xw, hr = xt @ kernel + b_in, h @ recurrent + b_rec
-            z = sigmoid(xw[:, :units] + hr[:, :units])
-            r = sigmoid(xw[:, units:2 * units] + hr[:, units:2 * units])
-            hh = np.tanh(xw[:, 2 * units:] + r * hr[:, 2 * units:])
+            z = gate(xw[:, :units] + hr[:, :units])
+            r = gate(xw[:, units:2 * units] + hr[:, units:2 * units])
+            hh = act(xw[:, 2 * units:] + r * hr[:, 2 * units:])
             h = z * h + (1 - z) * hh
         if mask is not None:
             m = mask[:, t:t + 1]

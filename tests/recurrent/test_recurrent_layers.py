@@ -113,6 +113,8 @@ def test_keras_weight_shapes_and_initial_values():
     ("h = LSTM(4, return_sequences=true)(x)\n y = GRU(2)(h)", (2, 5, 3)),
     ("y = LSTM(3, activation=relu, recurrent_activation=tanh, return_sequences=true)(x)", (2, 5, 3)),
     ("y = LSTM(3, activation=sigmoid, recurrent_activation=relu, go_backwards=true)(x)", (3, 6, 2)),
+    ("y = GRU(3, activation=relu, recurrent_activation=tanh, return_sequences=true)(x)", (2, 5, 3)),
+    ("y = GRU(3, activation=sigmoid, recurrent_activation=relu, reset_after=false)(x)", (3, 6, 2)),
     ("Flatten()\n Dense(12)\n Reshape((4, 3))\n y = SimpleRNN(2)", (2, 6)),
 ])
 @pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
@@ -305,7 +307,8 @@ def test_bidirectional_sequences_are_zero_at_masked_steps(kind, merge_mode):
 @pytest.mark.parametrize("layer", ["SimpleRNN(3, return_sequences=true)", "LSTM(3, return_sequences=true)",
                                    "GRU(3)", "LSTM(2, go_backwards=true)", "Bidirectional(GRU(2))",
                                    "Bidirectional(LSTM(2, return_sequences=true), merge_mode=mul)",
-                                   "LSTM(3, activation=relu, recurrent_activation=tanh, return_sequences=true)"])
+                                   "LSTM(3, activation=relu, recurrent_activation=tanh, return_sequences=true)",
+                                   "GRU(3, activation=relu, recurrent_activation=tanh, return_sequences=true)"])
 @pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
 def test_masked_gradients(layer, training):
     src = ("model m {\n input tokens: int64[5]\n Embedding(8, 3, mask_zero=true, dtype=float64)\n"
@@ -459,16 +462,18 @@ def test_simple_rnn_activations_match_keras_and_train_as_keras(activation, keras
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("layer", ["LSTM(4", "GRU(4", "GRU(4, reset_after=false"])
 @pytest.mark.parametrize("activation, recurrent_activation", [("relu", "tanh"), ("sigmoid", "relu")])
 @pytest.mark.parametrize("masked", [False, True])
-def test_lstm_activations_in_every_form(activation, recurrent_activation, masked):
+def test_gated_activations_in_every_form(layer, activation, recurrent_activation, masked):
     """Keras's activation and recurrent_activation in the fused op, the Scan (a masked input) and
-    training: predict matches numpy's recurrence, and one SGD step moves the weights as the
-    finite-difference gradient of the loss says (a masked LSTM once computed tanh and sigmoid)."""
+    training (3 rows: a GRU's fused op): predict matches numpy's recurrence, and one SGD step
+    moves the weights as the finite-difference gradient of the loss says (a masked LSTM once
+    computed tanh and sigmoid)."""
     src = f"""model m {{
         input ids: int64[5]
         Embedding(9, 3, mask_zero={str(masked).lower()})
-        y = LSTM(4, activation={activation}, recurrent_activation={recurrent_activation})
+        y = {layer}, activation={activation}, recurrent_activation={recurrent_activation})
         output y
         train {{ loss = mse; optimizer = SGD(learning_rate=0.5) }}
     }}"""
@@ -480,7 +485,8 @@ def test_lstm_activations_in_every_form(activation, recurrent_activation, masked
     mask = (ids != 0).astype(np.float64) if masked else None
 
     def loss(weights, y):
-        want = recurrence("LSTM", weights[0][ids], weights[1:], 4, mask=mask, activation=activation,
+        want = recurrence(layer[:layer.index("(")], weights[0][ids], weights[1:], 4, mask=mask,
+                          reset_after="reset_after=false" not in layer, activation=activation,
                           recurrent_activation=recurrent_activation)[0]
         return want, np.mean((want - y) ** 2)
     weights = [table, kernel, recurrent, bias]
