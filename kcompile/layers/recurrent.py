@@ -31,7 +31,8 @@ class _Recurrent(Layer):
                  dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False, unroll: BoolArg() = False):
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False,
+                 unroll: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
                    bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
 
@@ -172,7 +173,8 @@ class SimpleRNN(_Recurrent):
                  recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False, unroll: BoolArg() = False):
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False,
+                 unroll: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
                    bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
         self.activation = activation
@@ -205,7 +207,8 @@ class LSTM(_Recurrent):
                  dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
                  kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
                  recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False, unroll: BoolArg() = False):
+                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False,
+                 unroll: BoolArg() = False):
         self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
                    bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
         self.activation, self.recurrent_activation = activation, recurrent_activation

@@ -248,7 +248,7 @@ class LSTM(Op):
         ins = [x, k, r, seq, cells] + saved + _output_grads(ctx, node.outputs[:3], dys[:3])
         return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask, dys[0] is not None,
                         _initial_states(node.inputs, node.attrs), **({"saved": True} if saved else {}),
-                        **{k: node.attrs[k] for k in ("activation", "recurrent_activation") if k in node.attrs})
+                        **{a: node.attrs[a] for a in ("activation", "recurrent_activation") if a in node.attrs})
 
 
 def _activations(attrs):
@@ -396,7 +396,7 @@ def _shift_right(ctx, seq, units, initial=None):
 
 @register
 class LSTMGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, cells[, i, f, g, o, tanh(c)][, d_sequence], d_last_h,
+    """inputs: x, kernel, recurrent_kernel, sequence, cells[, i, f, g, o, act(c)][, d_sequence], d_last_h,
     d_last_c[, bias][, initial_h, initial_c][, drop][, mask]; outputs: dx, d_kernel, d_recurrent_kernel,
     d_bias[, d_initial_h, d_initial_c]. attrs: units, seq_grad (the loss reads the sequence), has_bias,
     initial, rdrop, masked, saved (the forward pass's gates are inputs; else they are recomputed),
@@ -852,7 +852,8 @@ class GRUGrad(Op):
                                                                           True, _activations(attrs), drop)
         # With dh reaching a step's new h = z h_prev + (1 - z) hh, the gradients of its gates'
         # input and recurrent pre-activations are dh times, for every step at once:
-        # z' (h_prev - hh), with a = (1 - z)(1 - hh^2): r' hh_ a, and a (r a on the recurrent side).
+        # z' (h_prev - hh), with a = (1 - z) act'(hh): r' hh_ a, and a (r a on the recurrent side)
+        # (by default act = tanh, act' = 1 - hh^2, and the gates' sigmoids; each derivative from its output).
         one, mul = _elementwise(ctx, dtype)
         act, gate_act = _activations(attrs)
         a = mul(ctx.emit("Sub", [one, z]), _derivative(ctx, act, hh, dtype))

@@ -175,7 +175,8 @@ GRAD_LAYERS = [
 
 
 @pytest.mark.parametrize("layer", GRAD_LAYERS)
-@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+# (saved: the gates the training form keeps)
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])
 def test_gradients_match_finite_differences(layer, training):
     src = f"model m {{\n input x: float64[5, 3]\n y = {layer}\n output y\n}}"
     feeds = {"x": np.random.default_rng(4).normal(size=(2, 5, 3))}
@@ -186,7 +187,8 @@ def test_gradients_match_finite_differences(layer, training):
 @pytest.mark.parametrize("layer", ["GRU(3, reset_after=false, return_sequences=true)",
                                    "GRU(3, reset_after=false, go_backwards=true)",
                                    "Bidirectional(GRU(2, reset_after=false))"])
-@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+# (saved: the gates the training form keeps)
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])
 def test_masked_gradients(layer, training):
     src = ("model m {\n input tokens: int64[5]\n Embedding(8, 3, mask_zero=true, dtype=float64)\n"
            f" y = {layer}\n output y\n}}")

@@ -173,7 +173,8 @@ def test_masked_backwards_encoder_decoder_matches_keras(kind, keras):
     ("GRU", ", return_sequences=true, go_backwards=true", (2, 6, 3)),
     ("GRU", ", use_bias=false", (3, 6, 3)),
 ])
-@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+# (saved: the gates the training form keeps)
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])
 def test_gradients_of_initial_states_and_weights(kind, options, shape, training):
     states = STATES[kind]
     last = ", ".join(["h", "c"][:len(states)])
@@ -187,7 +188,8 @@ def test_gradients_of_initial_states_and_weights(kind, options, shape, training)
 
 
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
-@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+# (saved: the gates the training form keeps)
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])
 def test_gradients_on_a_masked_input_with_initial_states(kind, training):
     states = STATES[kind]
     src = ("model m {\n input ids: int64[5]\n" + "".join(f" input {s}: float64[3]\n" for s in states) +

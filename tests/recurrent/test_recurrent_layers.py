@@ -117,7 +117,8 @@ def test_keras_weight_shapes_and_initial_values():
     ("y = GRU(3, activation=sigmoid, recurrent_activation=relu, reset_after=false)(x)", (3, 6, 2)),
     ("Flatten()\n Dense(12)\n Reshape((4, 3))\n y = SimpleRNN(2)", (2, 6)),
 ])
-@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+# (saved: the gates the training form keeps)
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])
 def test_gradients_match_finite_differences(body, shape, training):
     src = "model m {\n input x: float64[%s]\n %s\n output y\n}" % (", ".join(map(str, shape[1:])), body)
     checked, _ = check_gradients(src, {"x": np.random.default_rng(3).normal(size=shape)}, training=training)
@@ -309,7 +310,8 @@ def test_bidirectional_sequences_are_zero_at_masked_steps(kind, merge_mode):
                                    "Bidirectional(LSTM(2, return_sequences=true), merge_mode=mul)",
                                    "LSTM(3, activation=relu, recurrent_activation=tanh, return_sequences=true)",
                                    "GRU(3, activation=relu, recurrent_activation=tanh, return_sequences=true)"])
-@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])  # (saved: the gates the training form keeps)
+# (saved: the gates the training form keeps)
+@pytest.mark.parametrize("training", [False, True], ids=["recomputed", "saved"])
 def test_masked_gradients(layer, training):
     src = ("model m {\n input tokens: int64[5]\n Embedding(8, 3, mask_zero=true, dtype=float64)\n"
            f" y = {layer}\n output y\n}}")
