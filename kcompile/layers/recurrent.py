@@ -25,17 +25,6 @@ class _Recurrent(Layer):
     call_keywords = ("initial_state",)
     state_names = ("h",)
 
-    # SimpleRNN's and GRU's arguments (LSTM adds its own).
-    def __init__(self, units: IntArg(1), use_bias: BoolArg() = True, return_sequences: BoolArg() = False,
-                 go_backwards: BoolArg() = False, return_state: BoolArg() = False,
-                 dropout: FloatArg(0.0, 1.0) = 0.0, recurrent_dropout: FloatArg(0.0, 1.0) = 0.0,
-                 kernel_initializer: InitializerArg() = ("glorot_uniform", ()),
-                 recurrent_initializer: InitializerArg() = ("orthogonal", ()),
-                 bias_initializer: InitializerArg() = ("zeros", ()), stateful: BoolArg() = False,
-                 unroll: BoolArg() = False):
-        self.setup(units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
-                   bias_initializer, return_state, dropout, recurrent_dropout, stateful, unroll)
-
     def setup(self, units, use_bias, return_sequences, go_backwards, kernel_initializer, recurrent_initializer,
               bias_initializer, return_state=False, dropout=0.0, recurrent_dropout=0.0, stateful=False, unroll=False):
         if recurrent_dropout >= 1.0 or dropout >= 1.0:

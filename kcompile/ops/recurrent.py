@@ -892,7 +892,7 @@ class GRUGrad(Op):
         d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 7 if attrs.get("saved") else 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
         h_prev = _shift_right(ctx, seq, u, initial and initial[0])
-        r_zr, r_h, drop_zr, drop_h, kernels_zr = _reset_before_parts(ctx, recurrent, drop, u)
+        r_zr_t, r_h_t, drop_zr, drop_h, kernels_zr_t = _reset_before_parts(ctx, recurrent, drop, u, transposed=True)
         one, mul = _elementwise(ctx, dtype)
         m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([1], "int64")])  # [N, 1, u]
         h_kept = h_prev if m_h is None else mul(h_prev, m_h)
@@ -905,7 +905,6 @@ class GRUGrad(Op):
         dz_z = mul(_derivative(ctx, gate_act, z, dtype), ctx.emit("Sub", [h_prev, hh]))
         dr_dq = mul(_derivative(ctx, gate_act, r, dtype), h_kept)
         dh_dq = r if m_h is None else mul(r, m_h)
-        r_zr_t, r_h_t, _, _, kernels_zr_t = _reset_before_parts(ctx, recurrent, drop, u, transposed=True)
         body = _Body(dtype, masked=mask is not None)
         dh_all, d_seq_input = _step_grads(body, d_seq)
         dh = body.counted(dh_all)  # into the step's own new h; a masked step passes it to h_prev

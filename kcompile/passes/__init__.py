@@ -32,12 +32,19 @@ def optimize(graph, level: int = 1, report=None):
     for name, fn, minimum in PIPELINE:
         if level < minimum:
             continue
-        before = shape_of(graph) if report else None
-        graph = fn(graph)
+        graph = run_pass(graph, name, fn, report)
         applied.append(name)
-        if report:
-            report(name, len(before), len(graph.nx), before != shape_of(graph))
     return graph, applied
+
+
+def run_pass(graph, name, fn, report=None):
+    """``fn(graph)``; ``report``, if given, is called as report(name, nodes_before, nodes_after,
+    changed)."""
+    before = shape_of(graph) if report else None
+    graph = fn(graph)
+    if report:
+        report(name, len(before), len(graph.nx), before != shape_of(graph))
+    return graph
 
 
 def shape_of(graph) -> list:

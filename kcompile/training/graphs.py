@@ -21,7 +21,7 @@ from ..frontend.train import LOSS_ALIASES
 from ..ir import Graph, TensorType
 from ..ir.types import BATCH, NEXT_STATE, STATE, dim_names
 from ..ops import OPS
-from ..passes import optimize, shape_of
+from ..passes import optimize, run_pass
 from ..passes.cse import common_subexpression_elimination
 from ..passes.dce import dead_code_elimination
 from ..passes.fold import constant_folding
@@ -581,10 +581,7 @@ def _loss_mixes_samples(train: ast.Train) -> str:
 
 def _run_passes(g, passes, stage, report):
     for name, fn in passes:
-        before = shape_of(g) if report else None
-        g = fn(g)
-        if report:
-            report(f"{stage}:{name}", len(before), len(g.nx), before != shape_of(g))
+        g = run_pass(g, f"{stage}:{name}", fn, report)
     return g
 
 
