@@ -71,13 +71,21 @@ def _model(source, graph) -> bytes:
 
 
 def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict | None = None
-               ) -> tuple[bytes, bytes] | None:
-    """(gradient graph, apply graph) of ``step`` for ``parts`` parts of a batch; ``gradients``:
-    weight -> the value of its gradient in the step; ``row_gradients``: weight -> {"updates",
-    "ids"}, the values its rows' gradient is found from (training.optimizers.Rows), which each
-    part gives for its own samples (``rows:<weight>:<updates|ids>``, the updates times its
-    share) and the update concatenates. None if the update reads anything but the weights,
-    the slots, ``lr``, ``step`` and the gradients."""
+               ) -> tuple[list[bytes], bytes] | None:
+    """(the parts' graphs, phase by phase; the apply graph) of ``step`` for ``parts`` parts of a
+    batch; ``gradients``: weight -> the value of its gradient in the step; ``row_gradients``:
+    weight -> {"updates", "ids"}, the values its rows' gradient is found from
+    (training.optimizers.Rows), which each part gives for its own samples
+    (``rows:<weight>:<updates|ids>``, the updates times its share) and the update concatenates.
+
+    A step without exchanges is one phase. A step with them (BatchNormalization's sums,
+    ops.nn.emit_exchange) is cut at each: the parts run a phase each, every part sends what it
+    exchanges (``xchg:<value>``, times its share where the value is in the units of its loss),
+    and the next phase reads every part's (``xchg:<value>:<part>``) and adds them up; a value
+    that a later phase reads keeps its name, an output of the phase that makes it. Values that
+    the update reads from the step besides its state, and that every part computes alike from
+    exchanged sums (the moving statistics' batch values), are outputs of the parts (the update
+    reads the first part's). None if the update reads anything else."""
     model = onnx.load_from_string(step)
     g = model.graph
     inputs = {i.name: i for i in g.input}
@@ -108,26 +116,209 @@ def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict
         grad_outputs += [helper.make_tensor_value_info(f"rows:{w}:updates", elem[w], ["rows"] + _dims(inputs[w])[1:]),
                          helper.make_tensor_value_info(f"rows:{w}:ids", onnx.TensorProto.INT64, ["rows"])]
     cuts = list(gradients.values()) + [v for cut in row_gradients.values() for v in cut.values()]
-    nodes = _needed(g, [o.name for o in results] + cuts) + scaled
-    part = _graph(g, f"{g.name}_part", nodes, list(g.input) + [share], results + grad_outputs)
 
     # ---- the update: the parts' gradients summed where the step had its gradients ----
     new = [n for n in outputs if n.startswith("new:")]
-    made = set(cuts)
-    kept = [node for node in _needed(g, new) if not set(node.output) & made]
+    producer = {o: node for node in g.node for o in node.output}
+    alike = _alike_in_every_part(g, state | {"lr", "step"})
+    from_data = _reading(g, {n for n in inputs if n not in state and n not in ("lr", "step")})
+    made, read_from_parts, kept = set(cuts), [], set()
+    stack, seen = list(new), set()
+    while stack:  # (what made the gradients goes: the update keeps only what it reads besides them)
+        v = stack.pop()
+        if v in seen or v in made or v not in producer:
+            continue
+        seen.add(v)
+        if v in alike and v in from_data and v not in outputs:
+            read_from_parts.append(v)
+            continue
+        kept.add(id(producer[v]))
+        stack.extend(_reads(producer[v]))
     joins = [helper.make_node("Sum", [f"grad:{w}:{k}" for k in range(parts)], [value])
              for w, value in gradients.items()]
     joins += [helper.make_node("Concat", [f"rows:{w}:{what}:{k}" for k in range(parts)], [cut[what]], axis=0)
               for w, cut in row_gradients.items() for what in ("updates", "ids")]
-    # (what made the gradients goes: the update keeps only what it reads besides them)
-    update_nodes = _needed(helper.make_graph(joins + kept, "update", [], []), new)
+    update_nodes = joins + [node for node in g.node if id(node) in kept]
     grad_inputs = [helper.make_tensor_value_info(f"grad:{w}:{k}", elem[w], _dims(inputs[w]))
                    for w in gradients for k in range(parts)]
     grad_inputs += [info for w in row_gradients for k in range(parts) for info in (
         helper.make_tensor_value_info(f"rows:{w}:updates:{k}", elem[w], ["rows"] + _dims(inputs[w])[1:]),
         helper.make_tensor_value_info(f"rows:{w}:ids:{k}", onnx.TensorProto.INT64, ["rows"]))]
-    reads = {v for node in update_nodes for v in _reads(node)} - {o for node in update_nodes for o in node.output}
-    if reads - state - {"lr", "step", ""} - {i.name for i in grad_inputs} - {i.name for i in g.initializer}:
+    exchanges = _exchanges(g)
+    types = _value_types(model) if exchanges else {}
+    if any(v not in types for v in read_from_parts):
         return None
-    apply = _graph(g, f"{g.name}_apply", update_nodes, list(g.input) + grad_inputs, [outputs[n] for n in new])
-    return _model(model, part), _model(model, apply)
+    reads = {v for node in update_nodes for v in _reads(node)} - {o for node in update_nodes for o in node.output}
+    if reads - state - {"lr", "step", ""} - {i.name for i in grad_inputs} - {i.name for i in g.initializer} \
+            - set(read_from_parts):
+        return None
+    stats = [types[v] for v in read_from_parts]
+    apply = _graph(g, f"{g.name}_apply", update_nodes, list(g.input) + grad_inputs + stats, [outputs[n] for n in new])
+
+    nodes = _needed(g, [o.name for o in results] + cuts + read_from_parts) + scaled
+    wanted = results + grad_outputs + stats
+    if not exchanges:
+        part = _graph(g, f"{g.name}_part", nodes, list(g.input) + [share], wanted)
+        return [_model(model, part)], _model(model, apply)
+    if row_gradients:
+        return None  # (rows of a size that changes, carried across phases: not made)
+    types.update({n.output[0]: helper.make_tensor_value_info(n.output[0], n.attribute[0].i, [])
+                  for n in scaled if n.op_type == "Cast"})  # (the share in a weight's type)
+    phases = _phases(g, nodes, wanted, share, types, exchanges, parts)
+    return None if phases is None else ([_model(model, p) for p in phases], _model(model, apply))
+
+
+def _exchanges(graph) -> dict:
+    """The step's exchanges (ops.nn.emit_exchange): output value -> (kind, input value)."""
+    from ..ops.nn import EXCHANGE
+    return {node.output[0]: (node.name[len(EXCHANGE):].split("/", 1)[0], node.input[0])
+            for node in graph.node if node.op_type == "Identity" and node.name.startswith(EXCHANGE)}
+
+
+def _alike_in_every_part(graph, state) -> set:
+    """The values every part computes alike: from the step's state, constants and the sums that
+    the parts exchange (of kind ``sum``) alone."""
+    alike = set(state) | {i.name for i in graph.initializer} | {""}
+    kinds = _exchanges(graph)
+    for node in graph.node:
+        if (node.output[0] in kinds and kinds[node.output[0]][0] == "sum") or set(_reads(node)) <= alike:
+            alike.update(node.output)
+    return alike
+
+
+def _reading(graph, sources) -> set:
+    """The values computed from any of ``sources``, and those."""
+    found = set(sources)
+    for node in graph.node:
+        if set(_reads(node)) & found:
+            found.update(node.output)
+    return found
+
+
+def _value_types(model) -> dict:
+    """Every value's type (onnx's shape inference; the batch dimension stays symbolic)."""
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    return {i.name: i for i in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+            if i.type.tensor_type.elem_type}
+
+
+def _phases(g, nodes, wanted, share, types, exchanges, parts):
+    """The part graph of ``nodes`` (giving ``wanted``) cut at its ``exchanges`` into phases (see
+    split_step): a node runs in the phase of its last-made input, an exchange's sum in the phase
+    after the one that made its value. None where a value crossing phases has no known type."""
+    phase, consumers = {}, {}
+    for node in nodes:
+        for v in _reads(node):
+            consumers.setdefault(v, []).append(node)
+        before = max((phase.get(v, 0) for v in _reads(node)), default=0)
+        for o in node.output:
+            phase[o] = before + 1 if o in exchanges else before
+    count = max(phase.values(), default=0) + 1
+    # Then each node as late as what reads it allows: a value made just before its use is still
+    # in the cache (a kernel gradient's slices made in the forward phase and read in the
+    # backward one cost 1.6x), and fewer values are carried.
+    wanted_names = {o.name for o in wanted}
+    latest = {}
+    for node in reversed(nodes):
+        out = node.output[0]
+        if out in exchanges:
+            latest[out] = phase[out]
+            continue
+        bound = [count - 1] if any(o in wanted_names for o in node.output) else []
+        for o in node.output:
+            for reader in consumers.get(o, ()):
+                r = reader.output[0]
+                bound.append(phase[r] - 1 if r in exchanges else latest[r])
+        for o in node.output:
+            phase[o] = max(phase[o], min(bound, default=count - 1))
+        latest[out] = phase[out]
+    # A view (a Reshape, say) whose value a later phase reads is made again there from its input:
+    # onnxruntime copies a view that is a graph's output.
+    readers = {}
+    for node in nodes:
+        for v in _reads(node):
+            readers.setdefault(v, set()).add(phase[node.output[0]])
+    views = [[] for _ in range(count)]
+    for node in nodes:
+        if node.op_type in _VIEWS and node.output[0] not in exchanges:
+            for q in readers.get(node.output[0], ()):
+                if q != phase[node.output[0]]:
+                    views[q].append(node)
+    staged = [list(v) for v in views]  # each phase's nodes, the sums of what it receives first
+    casts = [set() for _ in range(count)]
+
+    def share_as(elem, q):  # the share in the type of the values it scales, in phase q
+        if elem == onnx.TensorProto.FLOAT:
+            return "share"
+        if elem not in casts[q]:
+            casts[q].add(elem)
+            staged[q].insert(0, helper.make_node("Cast", ["share"], [f"share:{elem}"], to=elem))
+        return f"share:{elem}"
+    for node in nodes:
+        out = node.output[0]
+        if out not in exchanges:
+            staged[phase[out]].append(node)
+            continue
+        kind, value = exchanges[out]
+        q = phase[out]
+        received = [f"xchg:{out}:{k}" for k in range(parts)]
+        if kind == "loss":  # (each part's value times its share; the sum seen in the part's units)
+            if value not in types:
+                return None
+            elem = types[value].type.tensor_type.elem_type
+            staged[q - 1].append(helper.make_node("Mul", [value, share_as(elem, q - 1)], [f"xchg:{out}"]))
+            staged[q].insert(0, helper.make_node("Div", [f"{out}:total", share_as(elem, q)], [out]))
+            staged[q].insert(0, helper.make_node("Sum", received, [f"{out}:total"]))
+        else:
+            staged[q - 1].append(helper.make_node("Identity", [value], [f"xchg:{out}"]))
+            staged[q].insert(0, helper.make_node("Sum", received, [out]))
+    given = {i.name for i in g.input} | {i.name for i in g.initializer} | {"share", ""}
+    graphs = []
+    for q in range(count):
+        made = {o for n in staged[q] for o in n.output}
+        staged[q] = _in_order(staged[q])
+        later = {v for r in range(q + 1, count) for n in staged[r] for v in _reads(n)} - {
+            o for r in range(q + 1, count) for n in staged[r] for o in n.output}  # (a share cast: in each phase)
+        ins, outs = list(g.input) + [share], [o for o in wanted if o.name in made]
+        sent = {v for v in made if v.startswith("xchg:")}
+        for v in sorted((made & later - wanted_names) | sent):
+            info = types.get(exchanges[v[5:]][1] if v in sent else v)
+            if info is None:
+                return None
+            outs.append(_renamed(info, v))
+        for v in sorted({v for n in staged[q] for v in _reads(n)} - made - given):
+            info = types.get(exchanges[v[5:v.rindex(":")]][1] if v.startswith("xchg:") else v)
+            if info is None:
+                return None
+            ins.append(_renamed(info, v))
+        graphs.append(_graph(g, f"{g.name}_part{q}", staged[q], ins, outs))
+    return graphs
+
+
+_VIEWS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
+def _in_order(nodes) -> list:
+    """``nodes`` in an order where each comes after the nodes that make what it reads."""
+    made = {o: i for i, node in enumerate(nodes) for o in node.output}
+    done, ordered = set(), []
+    for first in range(len(nodes)):
+        stack = [(first, False)]
+        while stack:  # (depth first, without recursion: a phase may hold thousands of nodes)
+            i, ready = stack.pop()
+            if ready:
+                ordered.append(nodes[i])
+                continue
+            if i in done:
+                continue
+            done.add(i)
+            stack.append((i, True))
+            stack.extend((made[v], False) for v in _reads(nodes[i]) if v in made and made[v] not in done)
+    return ordered
+
+
+def _renamed(info, name):
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    copy.name = name
+    return copy

@@ -681,7 +681,7 @@ class BatchNormalization(Op):
             y, batch_mean, batch_var = _masked_batch_norm(ctx, x, gamma, beta, node.inputs[5], axis,
                                                           float_attr(node.attrs, "epsilon", 1e-3))
         else:
-            y, batch_mean, batch_var = ctx.op("BatchNormTrain", x, gamma, beta, axis=axis, epsilon=epsilon)
+            y, batch_mean, batch_var, _ = ctx.op("BatchNormTrain", x, gamma, beta, axis=axis, epsilon=epsilon)
         replace_node(ctx, node, [y])
         momentum = node.attrs.get("momentum", 0.99)
         updates = []
@@ -728,29 +728,66 @@ def _masked_batch_norm(ctx, x, scale, bias, mask, axis, epsilon):
     return y, ctx.op("Reshape", mean, shape=(-1,)), ctx.op("Reshape", var, shape=(-1,))
 
 
+EXCHANGE = "exchange:"  # the name of each exchange's node begins exchange:<kind>/
+
+
+def emit_exchange(ctx, value: str, kind: str, outputs=None) -> str:
+    """An ONNX ``Identity`` of ``value`` named exchange:<kind>/...: in a whole step the value
+    itself; in a step split into parts of its batch (backend/shards.py), a point where the
+    parts exchange it. ``sum``: every part sees the sum of the parts' values (sums over the
+    whole batch: its statistics). ``loss``: the same for values in the units of a part's loss
+    (sums of gradients): each part's weighted by its share of the batch, and the sum seen in
+    the part's own units (divided by its share)."""
+    out = ctx.emit("Identity", [value], outputs)
+    ctx.nodes[-1].name = ctx.fresh(f"{EXCHANGE}{kind}/{out}")
+    return out
+
+
+@register
+class Exchange(Op):
+    """A value that a step split into parts of its batch adds up across the parts (see
+    emit_exchange); in a whole step, the value itself. attrs: kind ("sum" or "loss")."""
+    name = "Exchange"
+
+    def infer(self, ins, attrs):
+        return [ins[0]]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        emit_exchange(ctx, inputs[0], attrs["kind"], outputs)
+
+
 @register
 class BatchNormTrain(Op):
     """BatchNormalization as it trains: x normalized by its own batch statistics along channel
     ``axis``, (x - mean) / sqrt(var + epsilon) * scale + bias. inputs: x, scale, bias.
-    outputs: y, the batch mean and the batch (biased) variance, each [C]. attrs: axis, epsilon.
+    outputs: y, the batch mean and the batch (biased) variance, each [C], and x - mean (made where
+    read: the gradient in parts reads it, the whole one makes it again). attrs: axis, epsilon,
+    parts (the step may run in parts of its batch: the statistics and the gradient's sums are
+    exchanged between them, see emit_exchange).
 
     One op with its own gradient rule, where the composed form (ReduceMean, Sub, Mul, ...)
-    differentiated op by op made some twenty passes over x. Channels-first, it lowers to
-    onnxruntime's training-mode BatchNormalization with momentum 0, whose "running" outputs are
-    then the batch's own (forward of [128, 32, 32, 32] in 2.0 ms against 6.5 for the composed
-    ops)."""
+    differentiated op by op made some twenty passes over x. Channels-first and whole, it lowers
+    to onnxruntime's training-mode BatchNormalization with momentum 0, whose "running" outputs
+    are then the batch's own (forward of [128, 32, 32, 32] in 2.0 ms against 6.5 for the
+    composed ops)."""
     name = "BatchNormTrain"
 
     def infer(self, ins, attrs):
         self.check_float(ins)
         stat = ins[0].with_shape((_check_per_channel(ins, attrs),))
-        return [ins[0], stat, stat]
+        return [ins[0], stat, stat, ins[0]]
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, scale, bias = inputs
         shape = ctx.shape(x)
         axis = normalize_axis(attrs.get("axis", 1), len(shape))
         t = ctx.dtype(x)
+        if attrs.get("parts"):
+            _lower_batch_norm_in_parts(ctx, x, scale, bias, axis, float_attr(attrs, "epsilon", 1e-3), outputs)
+            return
+        if ctx.used(outputs[3]):  # (x - mean: made from the mean below)
+            keep = [-1 if i == axis else 1 for i in range(len(shape))]
+            ctx.emit("Sub", [x, ctx.emit("Reshape", [outputs[1], ctx.const(keep, "int64")])], [outputs[3]])
         if axis == 1:
             # onnxruntime writes each running statistic into its input's buffer, even a constant's
             # or one it folded (after one batch holding inf, every later step gave NaN), and into
@@ -759,7 +796,7 @@ class BatchNormTrain(Op):
             # lest onnxruntime merge them.
             channels = ctx.emit("Shape", [x], start=1, end=2)
             mean, var = ctx.full(channels, t, 0), ctx.full(channels, t, 1)
-            ctx.emit("BatchNormalization", [x, scale, bias, mean, var], outputs, epsilon=attrs.get("epsilon", 1e-3),
+            ctx.emit("BatchNormalization", [x, scale, bias, mean, var], outputs[:3], epsilon=attrs.get("epsilon", 1e-3),
                      momentum=0.0, training_mode=1)
             return
         axes = [i for i in range(len(shape)) if i != axis]
@@ -780,26 +817,61 @@ class BatchNormTrain(Op):
         if any(d is not None for d in dys[1:]):
             raise NotImplementedError("gradient through BatchNormalization's batch statistics")
         x, scale, _ = node.inputs
-        _, mean, var = node.outputs
+        _, mean, var, centered = node.outputs
         dy = dys[0]
         t = ctx.type(x)
         axis = node.attrs.get("axis", 1) % t.rank
         axes = tuple(i for i in range(t.rank) if i != axis)
         shape = (-1,) + (1,) * (t.rank - axis - 1)
         inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, float_attr(node.attrs, "epsilon", 1e-3))))
-        centered = ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape))
+        if not node.attrs.get("parts"):  # (one op less in the step's forward)
+            centered = ctx.op("Sub", x, ctx.op("Reshape", mean, shape=shape))
         sum_dy = ctx.op("ReduceSum", dy, axes=axes, keepdims=0)
         sum_dyc = ctx.op("ReduceSum", ctx.op("Mul", dy, centered), axes=axes, keepdims=0)
         count = ctx.op("Cast", ctx.op("Div", ctx.op("Size", x), ctx.op("Size", mean)), to=t.dtype)  # M
-        dscale = ctx.op("Mul", sum_dyc, inv_std)
+        dscale, dbias = ctx.op("Mul", sum_dyc, inv_std), sum_dy
+        if node.attrs.get("parts"):  # (dscale and dbias are each part's own: the update adds them)
+            count = ctx.op("Exchange", count, kind="sum")
+            sum_dy, sum_dyc = (ctx.op("Exchange", v, kind="loss") for v in (sum_dy, sum_dyc))
         a = ctx.op("Mul", scale, inv_std)
-        slope = ctx.op("Neg", ctx.op("Div", ctx.op("Mul", ctx.op("Mul", a, inv_std), dscale), count))
+        slope = ctx.op("Neg", ctx.op("Div", ctx.op("Mul", ctx.op("Mul", a, inv_std),
+                                                   ctx.op("Mul", sum_dyc, inv_std)), count))
         offset = ctx.op("Neg", ctx.op("Div", ctx.op("Mul", a, sum_dy), count))
         channels = t.shape[axis]
         affine = ctx.op("BatchNormalization", centered, slope, offset, ctx.const(np.zeros(channels), t.dtype),
                         ctx.const(np.ones(channels), t.dtype), axis=axis, epsilon=0.0)
         dx = ctx.op("Add", ctx.op("Mul", dy, ctx.op("Reshape", a, shape=shape)), affine)
-        return [dx, dscale, sum_dy]
+        return [dx, dscale, dbias]
+
+
+def _lower_batch_norm_in_parts(ctx, x, scale, bias, axis, eps, outputs):
+    """BatchNormTrain's forward in a step that may run in parts of its batch: the mean from the
+    parts' sums and counts, then the (biased) variance from their sums of squares about it (two
+    exchanges: the two-pass form, exact where E[x^2] - E[x]^2 would cancel), then x normalized."""
+    import numpy as np
+    rank = len(ctx.shape(x))
+    t = ctx.dtype(x)
+    axes = [i for i in range(rank) if i != axis]
+    channels = ctx.shape(x)[axis]
+    keep = [channels if i == axis else 1 for i in range(rank)]
+    count = ctx.emit("Div", [ctx.emit("Cast", [ctx.emit("Size", [x])], to=ctx.onnx_dtype(t)), ctx.const(channels, t)])
+    count = emit_exchange(ctx, count, "sum")
+    total = emit_exchange(ctx, ctx.emit("ReduceSum", [x, ctx.const(axes, "int64")], keepdims=1), "sum")
+    mean = ctx.emit("Div", [total, count])  # [1, C, 1, 1] for axis 1
+    centered = ctx.emit("Sub", [x, mean], [outputs[3]])
+    squares = emit_exchange(ctx, ctx.emit("ReduceSumSquare", [centered], axes=axes, keepdims=1), "sum")
+    var = ctx.emit("Div", [squares, count])
+    flat = ctx.const([-1], "int64")
+    ctx.emit("Reshape", [mean, flat], [outputs[1]])
+    ctx.emit("Reshape", [var, flat], [outputs[2]])
+    if axis == 1:  # (one pass: an inference BatchNormalization of the centered values)
+        ctx.emit("BatchNormalization", [centered, scale, bias, ctx.const(np.zeros(channels), t), outputs[2]],
+                 [outputs[0]], epsilon=eps)
+        return
+    s = ctx.emit("Div", [scale, ctx.emit("Sqrt", [ctx.emit("Add", [outputs[2], ctx.const(eps, t)])])])
+    shape = ctx.const(keep, "int64")
+    ctx.emit("Add", [ctx.emit("Mul", [centered, ctx.emit("Reshape", [s, shape])]), ctx.emit("Reshape", [bias, shape])],
+             [outputs[0]])
 
 
 def _check_per_channel(ins, attrs) -> int:

@@ -224,92 +224,161 @@ class ShardedRunner:
     """A training step as parts of the batch run at once, one per core, then the update
     (backend/shards.py); used as a StateRunner. The update's runner holds the weights and slots;
     each part reads the current weights from its buffers and writes its loss, metrics and
-    gradients into arrays of its own, which the update reads in place."""
+    gradients into arrays of its own, which the update reads in place. A step whose parts
+    exchange sums (BatchNormalization's) runs phase by phase: every part runs a phase, then all
+    run the next, which reads the sums every part sent into arrays bound once, and the values
+    its own part made in earlier phases."""
 
-    def __init__(self, parts: list, update: StateRunner, state: dict, split: set, metrics: list, flush=None):
-        """``parts``: one session of the gradient graph per part; ``update``: the runner of the
-        apply graph; ``state``: every weight by input name (the ones the update does not change
-        are bound once); ``split``: the per-step inputs cut along their first axis (the batch,
-        the targets, per-sample noise); ``metrics``: the manifest's metric specs. The parts after the
-        first run on core_pool's threads."""
+    def __init__(self, phases: list, update: StateRunner, state: dict, split: set, metrics: list, flush=None):
+        """``phases``: [phase][part] the sessions of the parts' graphs (one phase where nothing is
+        exchanged); ``update``: the runner of the apply graph; ``state``: every weight by input
+        name (the ones the update does not change are bound once); ``split``: the per-step
+        inputs cut along their first axis (the batch, the targets, per-sample noise);
+        ``metrics``: the manifest's metric specs. The parts after the first run on core_pool's
+        threads."""
         import onnxruntime as ort
-        self.parts, self.update = parts, update
+        self.phases, self.update = phases, update
+        self.parts = phases[0]
         self.session = update.session
         self.shared_state = {}
         self.split = split
         # (means are weighted by the parts' sizes; counts and sums are added)
         self.weighted = {"loss"} | {out for m in metrics if m["kind"] == "mean" for out in m["outputs"].values()}
         self.flush = flush if flush is not None else contextlib.nullcontext()
-        inputs = [i.name for i in parts[0].get_inputs()]
-        outputs = {o.name: o for o in parts[0].get_outputs()}
-        weights = [n for n in inputs if n in state]
-        self.data_names = [n for n in inputs if n not in state and n != "share"]
+        count = len(phases[0])
+        inputs = [[i.name for i in ss[0].get_inputs()] for ss in phases]
+        outputs = [{o.name: o for o in ss[0].get_outputs()} for ss in phases]
+        made_in = {n: q for q, outs in enumerate(outputs) for n in outs}
+        read_later = {n for ins in inputs for n in ins if n in made_in} | {i.name for i in update.session.get_inputs()}
+        weights = {n for ins in inputs for n in ins if n in state}
+        self.data_names = [[n for n in ins if n not in state and n != "share" and n not in made_in
+                            and not n.startswith("xchg:")] for ins in inputs]
         own = [n for n in weights if n not in update.buffers[0]]
         fixed = {n: _ortvalue(ort, state[n], update.device, copy=True) for n in own}
         # The rows a part looked up in a table and their gradients (shards.split_step) are as
-        # many as its ids: onnxruntime allocates them each run, and the update reads them so.
-        self.rows = [n for n in outputs if n.startswith("rows:")]
-        self.no_rows = {n: np.zeros([0] + [d if isinstance(d, int) else 1 for d in outputs[n].shape[1:]],
-                                    _DTYPES[outputs[n].type]) for n in self.rows}
-        self.outputs = [{n: np.zeros([d if isinstance(d, int) else 1 for d in o.shape], _DTYPES[o.type])
-                         for n, o in outputs.items() if n not in self.rows} for _ in parts]
-        self.shares = [np.zeros((), np.float32) for _ in parts]
+        # many as its ids: onnxruntime allocates them each run, and the update reads them so;
+        # so do values of the batch's size that a later phase reads.
+        self.rows = [n for n in outputs[-1] if n.startswith("rows:")]
+        self.no_rows = {n: np.zeros([0] + [d if isinstance(d, int) else 1 for d in outputs[-1][n].shape[1:]],
+                                    _DTYPES[outputs[-1][n].type]) for n in self.rows}
+        sized = {n: o for outs in outputs for n, o in outs.items() if all(isinstance(d, int) for d in o.shape)
+                 and n not in self.rows}
+        self.carried = [[n for n in outs if n not in sized and n not in self.rows] for outs in outputs]
+        self.outputs = [{n: np.zeros(o.shape, _DTYPES[o.type]) for n, o in sized.items()} for _ in range(count)]
+        self.shares = [np.zeros((), np.float32) for _ in range(count)]
         self._keep = []  # (OrtValues over the arrays above, alive as long as the bindings)
-        self.bindings = []  # [position][part]
+        values = [{n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in self.outputs[k].items()} for k in range(count)]
+        shares = [ort.OrtValue.ortvalue_from_numpy(a) for a in self.shares]
+        self._keep += [v for vs in values for v in vs.values()] + shares
+        self.bindings = []  # [position][phase][part]
         for position in range(update.ROTATION):
             current = update.buffers[position]
-            row = []
-            for k, session in enumerate(parts):
-                b = session.io_binding()
-                for n in weights:
-                    b.bind_ortvalue_input(n, current[n] if n in current else fixed[n])
-                share = ort.OrtValue.ortvalue_from_numpy(self.shares[k])
-                b.bind_ortvalue_input("share", share)
-                for n, a in self.outputs[k].items():
-                    value = ort.OrtValue.ortvalue_from_numpy(a)
-                    b.bind_ortvalue_output(n, value)
-                    self._keep.append(value)
-                for n in self.rows:
-                    b.bind_output(n)
-                self._keep.append(share)
-                row.append(b)
-            self.bindings.append(row)
-        update.bind_in_place({f"{n}:{k}": self.outputs[k][n] for k in range(len(parts))
+            table = []
+            for q, sessions in enumerate(phases):
+                row = []
+                for k, session in enumerate(sessions):
+                    b = session.io_binding()
+                    for n in inputs[q]:
+                        if n in weights:
+                            b.bind_ortvalue_input(n, current[n] if n in current else fixed[n])
+                        elif n == "share":
+                            b.bind_ortvalue_input(n, shares[k])
+                        elif n.startswith("xchg:"):  # (what part j sent: xchg:<value>:<j>)
+                            sent, j = n.rsplit(":", 1)
+                            b.bind_ortvalue_input(n, values[int(j)][sent])
+                        elif n in values[k]:
+                            b.bind_ortvalue_input(n, values[k][n])
+                    for n in outputs[q]:
+                        if n in values[k]:
+                            b.bind_ortvalue_output(n, values[k][n])
+                    row.append(b)
+                table.append(row)
+            self.bindings.append(table)
+        # (values read later that are carried across phases: read from the last run's outputs)
+        self.carried_reads = [[n for n in ins if n in made_in and n not in sized] for ins in inputs]
+        self._carried = [dict() for _ in range(count)]  # [part] {rows: (number, {value: OrtValue})}
+        self._bound = {}  # (position, phase, part) -> the number of the carried buffers its binding holds
+        self._made = 0
+        update.bind_in_place({f"{n}:{k}": self.outputs[k][n] for k in range(count)
                               for n in self.outputs[k] if n.startswith("grad:")})
+        # The values the update reads from the parts besides their gradients (the batch statistics
+        # that BatchNormalization's moving ones take: every part has them alike): the first part's.
+        stats = {n for n in self.outputs[0] if n in read_later and not n.startswith(("grad:", "xchg:"))
+                 and n in {i.name for i in update.session.get_inputs()}}
+        update.bind_in_place({n: self.outputs[0][n] for n in stats})
         self._pool = core_pool()
-        self.results = {n: np.zeros_like(a) for n, a in self.outputs[0].items() if not n.startswith("grad:")}
+        self.results = {n: np.zeros_like(a) for n, a in self.outputs[0].items()
+                        if not n.startswith(("grad:", "xchg:")) and n not in read_later}
 
     def bind_in_place(self, arrays):
         self.update.bind_in_place(arrays)
 
-    def _run_part(self, k):
-        b = self.bindings[self.update.position][k]
-        for n in self.rows:  # (bound anew: a bound output keeps the size of the run that made it)
-            b.bind_output(n)
+    def _run_part(self, q, k, rows):
+        b = self.bindings[self.update.position][q][k]
+        carried = self.carried[q]
+        serial, buffers = self._carried_buffers(k, rows)
+        if self._bound.get((self.update.position, q, k)) != serial:
+            # (bound anew for another row count: a bound output keeps the size of the run that made it)
+            for n in carried:
+                if n in buffers:
+                    b.bind_ortvalue_output(n, buffers[n])
+                else:
+                    b.bind_output(n)
+            for n in self.carried_reads[q]:
+                b.bind_ortvalue_input(n, buffers[n])
+            complete = all(n in buffers for n in carried)
+            self._bound[(self.update.position, q, k)] = serial if complete else None
+        last = q == len(self.phases) - 1
+        if last:
+            for n in self.rows:
+                b.bind_output(n)
         with self.flush:
-            self.parts[k].run_with_iobinding(b)
+            self.phases[q][k].run_with_iobinding(b)
+        if any(n not in buffers for n in carried):
+            # Kept for the next runs of as many rows: onnxruntime's own outputs are new memory each
+            # run, whose first touch costs more than the op. (A binding's outputs come in the
+            # order they were first bound: the carried ones last, then the rows.)
+            made = b.get_outputs()
+            first = len(made) - len(carried) - (len(self.rows) if last else 0)
+            for i, n in enumerate(carried):
+                buffers.setdefault(n, made[first + i])
+
+    def _carried_buffers(self, k, rows) -> tuple[int, dict]:
+        """(a number told to no other, part ``k``'s buffers of the values carried across phases)
+        for runs of ``rows`` rows (those of the last two row counts kept: a batch's, and an
+        epoch's last batch's)."""
+        kept = self._carried[k]
+        if rows not in kept:
+            if len(kept) >= 2:
+                kept.pop(next(iter(kept)))
+            self._made += 1
+            kept[rows] = (self._made, {})
+        return kept[rows]
 
     def run(self, data: dict) -> dict:
-        n = len(next(data[name] for name in self.data_names if name in self.split))
+        n = len(next(data[name] for names in self.data_names for name in names if name in self.split))
         count = len(self.parts)
         sizes = [n // count + (k < n % count) for k in range(count)]
-        start = 0
+        for q in range(len(self.phases)):
+            start = 0
+            for k, size in enumerate(sizes):
+                b = self.bindings[self.update.position][q][k]
+                for name in self.data_names[q]:
+                    value = data[name]
+                    b.bind_cpu_input(name, value[start:start + size] if name in self.split else value)
+                start += size
         for k, size in enumerate(sizes):
-            b = self.bindings[self.update.position][k]
-            for name in self.data_names:
-                value = data[name]
-                b.bind_cpu_input(name, value[start:start + size] if name in self.split else value)
             self.shares[k][...] = size / n
-            start += size
         busy = [k for k in range(count) if sizes[k]]
         for k in range(count):
             if not sizes[k]:  # (a batch smaller than the parts: an empty part adds nothing)
                 for name, a in self.outputs[k].items():
                     a[...] = 0
-        waiting = [self._pool.submit(self._run_part, k) for k in busy[1:]]
-        self._run_part(busy[0])
-        for w in waiting:
-            w.result()
+        for q in range(len(self.phases)):
+            waiting = [self._pool.submit(self._run_part, q, k, sizes[k]) for k in busy[1:]]
+            self._run_part(q, busy[0], sizes[busy[0]])
+            for w in waiting:
+                w.result()
         self.update.run(self._rows(sizes))
         return self._combined(sizes, n)
 
@@ -320,7 +389,7 @@ class ShardedRunner:
             if not self.rows:
                 break
             # (a binding's outputs come in the order they were first bound: the rows last)
-            made = self.bindings[self.update.position][k].get_outputs()[-len(self.rows):] if size else None
+            made = self.bindings[self.update.position][-1][k].get_outputs()[-len(self.rows):] if size else None
             for i, n in enumerate(self.rows):
                 out[f"{n}:{k}"] = made[i] if size else self.no_rows[n]
         return out

@@ -548,30 +548,34 @@ class TrainingMixin:
         return 2
 
     def _split_graphs(self, parts: int):
-        """(one part's graph, the update's graph) of the training step as this model runs it, cut
-        into ``parts`` parts of the batch (backend/shards.py, blocked convolutions on the CPU);
-        None where the update reads more than the weights, slots and gradients."""
+        """([a part's graph of each phase], the update's graph) of the training step as this model
+        runs it, cut into ``parts`` parts of the batch (backend/shards.py, blocked convolutions
+        on the CPU); None where the update reads more than the weights, slots, gradients and
+        the batch statistics the parts exchange."""
         from ..backend.nchwc import use_nchwc
         from ..backend.shards import split_step
         spec = self.manifest["training"]
         graphs = split_step(self._step_graph(), spec["gradients"], parts, spec.get("row_gradients"))
-        return None if graphs is None else (use_nchwc(graphs[0]) if self.device == "cpu" else graphs[0], graphs[1])
+        if graphs is None:
+            return None
+        return [use_nchwc(g) if self.device == "cpu" else g for g in graphs[0]], graphs[1]
 
     def _split_sessions(self, parts: int):
         """(the parts' sessions, the update's session) of the split step, made once and kept
         like the whole step's session (a new runner, after set_weights say, reuses them); None
         where the step cannot be cut so."""
-        if self._split is None or (self._split and len(self._split[0]) != parts):
+        if self._split is None or (self._split and len(self._split[0][0]) != parts):
             graphs = self._split_graphs(parts)
             self._split = False
             if graphs is not None:
                 environment = self._flush = step_environment(self.flush_denormals)
                 threads = max(1, devices.cpu_cores() // parts)
                 # The update's pool stops spinning after each run: the parts that follow need every core.
-                made = built_at_once([lambda: self._new_session(graphs[0], "train step", threads, self._stops_spinning,
-                                                                environment)] * parts
-                                     + [lambda: self._new_session(graphs[1], "train step", 0, True, environment)])
-                self._split = (made[:parts], made[parts])
+                makers = [lambda g=g: self._new_session(g, "train step", threads, self._stops_spinning, environment)
+                          for g in graphs[0] for _ in range(parts)]
+                made = built_at_once(makers + [lambda: self._new_session(graphs[1], "train step", 0, True,
+                                                                         environment)])
+                self._split = ([made[q * parts:(q + 1) * parts] for q in range(len(graphs[0]))], made[-1])
         return self._split or None
 
     def _sharded_runner(self, parts: int):

@@ -518,8 +518,9 @@ def mixes_samples(g: Graph, stat_updates) -> str:
     """Why the model ``g`` is not computed sample by sample in training ("" if it is): a
     step split into parts of the batch must give the same per-sample values. Every value that
     depends on a model input keeps the batch dimension (the inputs' first dimension) first."""
-    if stat_updates:
-        return "BatchNormalization normalizes by statistics of the whole batch"
+    if stat_updates and any(n.op == "BatchNormalization" and len(n.inputs) == 6 and n.attrs.get("trainable", True)
+                            for n in g.nodes()):
+        return "a masked BatchNormalization normalizes by statistics of the whole batch"
     if any(n.startswith(STATE) for n in g.inputs):  # (predict then runs exactly batch_size rows a run)
         return "a stateful recurrent layer keeps states for whole batches"
     batch = {g.types[n].shape[0] for n in g.inputs if g.types[n].rank}
@@ -649,8 +650,17 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     # and the runtime counts the weights updated whole: not the tables updated on their rows
     macs = macs_per_sample(graph)
     tables = _row_tables(g, trainable) if opt_level >= 1 else set()
+    normalizations = [n for n in g.nodes() if n.op == "BatchNormTrain"]
     g.meta["step_in_parts"] = not per_sample and worth_splitting(
-        macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables))
+        macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables), len(normalizations))
+    if stat_updates:
+        # A step split into parts exchanges BatchNormalization's sums between them (ops.nn,
+        # emit_exchange); a step that will not be split normalizes as one, as it can then
+        # only be run whole.
+        if not g.meta["step_in_parts"]:
+            per_sample = per_sample or "BatchNormalization normalizes by statistics of the whole batch"
+        for node in normalizations:
+            node.attrs["parts"] = g.meta["step_in_parts"]
     before = len(g.nx)
     grads = gradients(g, loss, trainable)
     if report:

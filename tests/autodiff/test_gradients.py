@@ -230,11 +230,19 @@ def test_kernel_gradient_forms_leave_out_tables_updated_on_rows(words, parts, mo
     assert [in_parts for in_parts, _ in chosen] == [parts == 2]
 
 
-def test_kernel_gradient_forms_for_a_whole_step(monkeypatch):
-    """Whole where BatchNormalization's statistics need the whole batch: no slices there."""
+@pytest.mark.parametrize("per_exchange,parts", [(None, 2), (10**9, 1)])
+def test_kernel_gradient_forms_of_a_normalizing_step(per_exchange, parts, monkeypatch):
+    """A step with BatchNormalization runs in parts where its arithmetic outweighs the exchanges
+    of the batch's statistics (splitting.SPLIT_MIN_MACS_PER_EXCHANGE), else whole: no slices
+    there."""
     import kcompile
+    from kcompile import splitting
+    from kcompile.runtime import devices
+    if per_exchange:
+        monkeypatch.setattr(splitting, "SPLIT_MIN_MACS_PER_EXCHANGE", per_exchange)
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
     chosen = _forms_chosen(monkeypatch)
-    whole = kcompile.compile_string("""model m {
+    m = kcompile.compile_string("""model m {
     input image: float32[32, 32, 3]
     Conv2D(32, 3, padding=same)
     BatchNormalization()
@@ -243,8 +251,9 @@ def test_kernel_gradient_forms_for_a_whole_step(monkeypatch):
     y = Dense(2)
     train { loss = mse; optimizer = SGD() }
 }""")
-    assert whole._batch_parts() == 1
-    assert chosen == [(False, "onehot"), (False, "onehot")]  # (32 -> 32 at 32x32: sliced in parts)
+    assert m._batch_parts() == parts
+    # (32 -> 32 at 32x32: sliced in parts)
+    assert chosen == ([(True, "slices"), (True, "onehot")] if parts == 2 else [(False, "onehot"), (False, "onehot")])
 
 
 @pytest.mark.parametrize("layer,shape", [

@@ -34,7 +34,7 @@ def test_the_parts_gradients_add_up_to_the_steps_update():
     weights = rng.random(7).astype(np.float32)  # (each sample's weight in the loss: cut with the rows)
     feeds = m._step_feeds({"x": x}, {"y_target": y, "loss:sample_weight": weights}, training=True)
     whole = run(step, feeds)
-    part, update = split_step(step, m.manifest["training"]["gradients"], parts=2)
+    (part,), update = split_step(step, m.manifest["training"]["gradients"], parts=2)
     grads, losses = {}, []
     for rows in (slice(0, 4), slice(4, 7)):
         out = run(part, {**feeds, "x": x[rows], "y_target": y[rows], "loss:sample_weight": weights[rows],

@@ -241,7 +241,7 @@ def test_set_weights_keeps_the_split_sessions_and_trains_from_the_new_weights():
         history = m.fit(x, y, epochs=1, batch_size=32, verbose=0).history
         assert m._split is sessions and (parts == 1) == (sessions is None)
         if parts == 2:
-            assert m._runner.parts is sessions[0] and m._runner.update.session is sessions[1]
+            assert m._runner.phases is sessions[0] and m._runner.update.session is sessions[1]
         runs.append((history, m.get_weights(), m))
     assert_same(runs)
 
@@ -263,3 +263,111 @@ def test_batch_parts_is_checked_and_a_change_applies_from_the_next_step():
     assert type(m._runner) is StateRunner and m.iterations == whole.iterations == 10
     for a, b in zip(m.get_weights(), whole.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ---------------- BatchNormalization: parts that exchange the batch's sums ----------------
+NORMALIZED = """
+model normalized {{
+    input image: {dtype}[{image}]
+    {conv}
+    BatchNormalization()
+    ReLU()
+    Flatten()
+    Dense(5)
+    BatchNormalization(momentum=0.9, center=false)
+    probs = Dense(3, activation=softmax)
+    output probs
+    train {{
+        loss = categorical_crossentropy
+        optimizer = {optimizer}
+        metrics = [accuracy]
+    }}
+}}
+"""
+
+
+def normalized_model(parts, optimizer="SGD(learning_rate=0.1, momentum=0.9)", dtype="float32"):
+    """A small model whose steps the compiler makes for parts of the batch (the rule would keep so
+    small a step whole); float64 without the convolution (onnxruntime has none for it)."""
+    image, conv = ("6, 6, 2", "Conv2D(4, 3, padding=same, use_bias=false)") if dtype == "float32" else ("7", "Dense(6)")
+    m = kcompile.compile_string(NORMALIZED.format(image=image, conv=conv, optimizer=optimizer, dtype=dtype), seed=0)
+    m.batch_parts = parts
+    return m
+
+
+@pytest.fixture
+def worth_splitting(monkeypatch):
+    import kcompile.training.graphs as graphs
+    monkeypatch.setattr(graphs, "worth_splitting", lambda *args: True)
+
+
+def normalized_data(n, dtype="float32", seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (n, 6, 6, 2) if dtype == "float32" else (n, 7)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)  # (a mean away from zero: the variance's two passes)
+    return x, np.eye(3, dtype=dtype)[rng.integers(0, 3, n)]
+
+
+@pytest.mark.parametrize("parts,batch_size", [(2, 32), (3, 33)])
+def test_normalizing_parts_train_like_the_whole_step(parts, batch_size, worth_splitting):
+    """Each BatchNormalization's statistics come from the parts' sums (the mean, then the
+    squares about it), and its gradient from their gradient sums: the losses, metrics, weights
+    and moving statistics of the whole step, over uneven parts."""
+    x, y = normalized_data(70)
+    runs = []
+    for p in (1, parts):
+        m = normalized_model(p)
+        history = m.fit(x, y, epochs=2, batch_size=batch_size, shuffle=False, verbose=0).history
+        assert type(m._runner) is (StateRunner if p == 1 else ShardedRunner)
+        runs.append((history, m.get_weights(), m))
+    assert len(runs[1][2]._runner.phases) == 7  # (two exchanges forward and one back for each, then the rest)
+    assert_same(runs)
+    moving = dict(zip(runs[1][2].weight_names, runs[1][2].get_weights()))["batch_normalization/moving_mean"]
+    assert np.abs(moving).max() > 1e-3  # (the moving statistics moved)
+
+
+@pytest.mark.parametrize("parts,batch_size", [(2, 32), (3, 2)])  # (batches of 2 rows in 3 parts: one empty)
+def test_normalizing_parts_in_float64_match_the_whole_step_to_rounding(parts, batch_size, worth_splitting):
+    """In float64, where float32's rounding does not blur them (a normalization over two samples
+    turns rounding into differences of 1e-2 in float32): equal to 1e-11."""
+    x, y = normalized_data(64 if batch_size > 2 else 7, "float64")
+    runs = []
+    for p in (1, parts):
+        m = normalized_model(p, dtype="float64")
+        history = m.fit(x, y, epochs=3, batch_size=batch_size, shuffle=False, verbose=0).history
+        runs.append((history, m.get_weights()))
+    assert type(m._runner) is ShardedRunner
+    np.testing.assert_allclose(runs[0][0]["loss"], runs[1][0]["loss"], rtol=1e-12)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("image,channels,parts", [("32, 32, 3", 32, 2), ("16, 16, 3", 16, 1)])
+def test_a_normalizing_step_is_split_where_its_arithmetic_outweighs_the_exchanges(image, channels, parts, monkeypatch):
+    """From splitting.SPLIT_MIN_MACS_PER_EXCHANGE multiply-adds per sample per BatchNormalization
+    (5.1M here, at 32x32; 0.3M at 16x16 with half the channels); a step kept whole normalizes
+    with onnxruntime's training-mode op and has no exchanges to cut at."""
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+    m = kcompile.compile_string(f"""model m {{
+    input image: float32[{image}]
+    Conv2D({channels}, 3, padding=same, use_bias=false)
+    BatchNormalization()
+    ReLU()
+    Conv2D(32, 3, padding=same, use_bias=false)
+    BatchNormalization()
+    ReLU()
+    GlobalAveragePooling2D()
+    y = Dense(2)
+    train {{ loss = mse; optimizer = SGD() }}
+}}""")
+    assert m._batch_parts() == parts
+    import onnx
+    step = onnx.load_from_string(m._step_graph()).graph
+    exchanges = [n for n in step.node if n.name.startswith("exchange:")]
+    training_mode = [n for n in step.node if n.op_type == "BatchNormalization" and any(
+        a.name == "training_mode" and a.i == 1 for a in n.attribute)]
+    assert (len(exchanges), len(training_mode)) == ((12, 0) if parts == 2 else (0, 2))
+    if parts == 1:
+        assert "BatchNormalization" in m.manifest["training"]["per_sample"]
+        m.batch_parts = 2  # (asked for, a step without exchanges still runs whole)
+        assert m._batch_parts() == 1

@@ -36,7 +36,26 @@ CNN = """model bn_cnn {
 }"""
 
 
-def test_batch_statistics_gradients_inside_a_conv_net():
+@pytest.fixture(params=["whole", "in parts"])
+def form(request, monkeypatch):
+    """The training form as a whole step computes it, and as a step that may run in parts of its
+    batch does (the statistics and the gradient's sums through exchanges: ops.nn.emit_exchange,
+    identities in a graph run whole)."""
+    if request.param == "in parts":
+        from kcompile.ops import nn
+        made = nn.BatchNormalization.training_form
+
+        def training_form(self, ctx, node):
+            out = made(self, ctx, node)
+            for n in ctx.g.nodes():
+                if n.op == "BatchNormTrain":
+                    n.attrs["parts"] = True
+            return out
+        monkeypatch.setattr(nn.BatchNormalization, "training_form", training_form)
+    return request.param
+
+
+def test_batch_statistics_gradients_inside_a_conv_net(form):
     src = """model m {
         input x: float64[5, 5, 2]
         h = Conv2D(3, 3)(x)
@@ -54,9 +73,9 @@ def test_batch_statistics_gradients_inside_a_conv_net():
     ("y = Conv2D(2, 2)(relu(BatchNormalization(axis=1)(x * 2.0 + 1.0)))", (3, 3, 4, 4)),  # channels first
     ("y = Dense(2)(relu(BatchNormalization(center=false)(x)))", (3, 4, 3)),              # channels last, rank 3
 ])
-def test_batch_statistics_gradients(body, shape):
-    """Both lowerings of the training form: onnxruntime's training-mode BatchNormalization
-    (channels on axis 1) and the composed ops (channels elsewhere)."""
+def test_batch_statistics_gradients(body, shape, form):
+    """Every lowering of the training form: onnxruntime's training-mode BatchNormalization
+    (channels on axis 1), the composed ops (channels elsewhere), and the form in parts."""
     dims = ", ".join(map(str, shape[1:]))
     src = f"model m {{\n    input x: float64[{dims}]\n    {body}\n    output y\n}}"
     x = np.random.default_rng(0).normal(size=shape)
