@@ -120,7 +120,7 @@ def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict
     # ---- the update: the parts' gradients summed where the step had its gradients ----
     new = [n for n in outputs if n.startswith("new:")]
     producer = {o: node for node in g.node for o in node.output}
-    alike = _alike_in_every_part(g, state | {"lr", "step"})
+    alike = _alike_in_every_part(g)
     from_data = _reading(g, {n for n in inputs if n not in state and n not in ("lr", "step")})
     made, read_from_parts, kept = set(cuts), [], set()
     stack, seen = list(new), set()
@@ -152,6 +152,8 @@ def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict
     if reads - state - {"lr", "step", ""} - {i.name for i in grad_inputs} - {i.name for i in g.initializer} \
             - set(read_from_parts):
         return None
+    if any(f"new:{n}" in outputs and n not in reads for n in state):
+        return None  # (the update would not carry that state from step to step)
     stats = [types[v] for v in read_from_parts]
     apply = _graph(g, f"{g.name}_apply", update_nodes, list(g.input) + grad_inputs + stats, [outputs[n] for n in new])
 
@@ -175,10 +177,12 @@ def _exchanges(graph) -> dict:
             for node in graph.node if node.op_type == "Identity" and node.name.startswith(EXCHANGE)}
 
 
-def _alike_in_every_part(graph, state) -> set:
-    """The values every part computes alike: from the step's state, constants and the sums that
-    the parts exchange (of kind ``sum``) alone."""
-    alike = set(state) | {i.name for i in graph.initializer} | {""}
+def _alike_in_every_part(graph) -> set:
+    """The values every part computes alike from the sums that the parts exchange (of kind
+    ``sum``) and constants alone. (Not from the state too: a shared BatchNormalization's second
+    moving-statistics update reads the first, whose own reading of the state the update must
+    keep.)"""
+    alike = {i.name for i in graph.initializer} | {""}
     kinds = _exchanges(graph)
     for node in graph.node:
         if (node.output[0] in kinds and kinds[node.output[0]][0] == "sum") or set(_reads(node)) <= alike:

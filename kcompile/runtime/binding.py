@@ -14,6 +14,7 @@ them directly, so a step of one model is the next step's input of the others, un
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import wait
 
 import numpy as np
 
@@ -340,6 +341,7 @@ class ShardedRunner:
             # order they were first bound: the carried ones last, then the rows.)
             made = b.get_outputs()
             first = len(made) - len(carried) - (len(self.rows) if last else 0)
+            assert first >= 0 and len(made) == len(self.phases[q][k].get_outputs())
             for i, n in enumerate(carried):
                 buffers.setdefault(n, made[first + i])
 
@@ -376,7 +378,10 @@ class ShardedRunner:
                     a[...] = 0
         for q in range(len(self.phases)):
             waiting = [self._pool.submit(self._run_part, q, k, sizes[k]) for k in busy[1:]]
-            self._run_part(q, busy[0], sizes[busy[0]])
+            try:
+                self._run_part(q, busy[0], sizes[busy[0]])
+            finally:  # (no part left running into the next step's buffers)
+                wait(waiting)
             for w in waiting:
                 w.result()
         self.update.run(self._rows(sizes))

@@ -651,9 +651,13 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     macs = macs_per_sample(graph)
     tables = _row_tables(g, trainable) if opt_level >= 1 else set()
     normalizations = [n for n in g.nodes() if n.op == "BatchNormTrain"]
+    if normalizations and tables:  # (rows of a size that changes are not carried across phases)
+        per_sample = per_sample or "BatchNormalization beside a table updated on its rows"
+    if any(g.types[n.inputs[0]].dtype not in ("float32", "float64") for n in normalizations):
+        per_sample = per_sample or "BatchNormalization's sums overflow float16 between parts"
     g.meta["step_in_parts"] = not per_sample and worth_splitting(
         macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables), len(normalizations))
-    if stat_updates:
+    if normalizations:
         # A step split into parts exchanges BatchNormalization's sums between them (ops.nn,
         # emit_exchange); a step that will not be split normalizes as one, as it can then
         # only be run whole.

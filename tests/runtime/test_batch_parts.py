@@ -329,7 +329,8 @@ def test_normalizing_parts_train_like_the_whole_step(parts, batch_size, worth_sp
 @pytest.mark.parametrize("parts,batch_size", [(2, 32), (3, 2)])  # (batches of 2 rows in 3 parts: one empty)
 def test_normalizing_parts_in_float64_match_the_whole_step_to_rounding(parts, batch_size, worth_splitting):
     """In float64, where float32's rounding does not blur them (a normalization over two samples
-    turns rounding into differences of 1e-2 in float32): equal to 1e-11."""
+    turns rounding into differences of 1e-2 in float32): equal to 1e-11. (Shares exact in binary:
+    the share is a float32 in every split step, so 3 parts of 10 rows differ by some 1e-8.)"""
     x, y = normalized_data(64 if batch_size > 2 else 7, "float64")
     runs = []
     for p in (1, parts):
@@ -371,3 +372,52 @@ def test_a_normalizing_step_is_split_where_its_arithmetic_outweighs_the_exchange
         assert "BatchNormalization" in m.manifest["training"]["per_sample"]
         m.batch_parts = 2  # (asked for, a step without exchanges still runs whole)
         assert m._batch_parts() == 1
+
+
+def test_a_shared_normalization_updates_its_moving_statistics_twice_in_parts(worth_splitting):
+    """A BatchNormalization layer called twice: its second update reads the first, which reads the
+    state; the update graph still carries the moving statistics from step to step."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((32, 6, 6, 2)) * 3 + 2).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 32)]
+    source = """model m {
+    input x: float32[6, 6, 2]
+    layer bn = BatchNormalization(momentum=0.8)
+    a = bn(Conv2D(4, 3, padding=same)(x))
+    b = bn(Conv2D(4, 1)(x) * 2.0 + 1.0)
+    probs = Dense(3, activation=softmax)(Flatten()(relu(a) + b))
+    output probs
+    train { loss = categorical_crossentropy; optimizer = SGD(learning_rate=0.01) }
+}"""
+    runs = []
+    for parts in (1, 2):
+        m = kcompile.compile_string(source, seed=0)
+        m.batch_parts = parts
+        m.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+        assert type(m._runner) is (StateRunner if parts == 1 else ShardedRunner)
+        runs.append((dict(zip(m.weight_names, m.get_weights())), m.predict(x)))
+    (whole, p1), (split, p2) = runs
+    assert np.abs(whole["bn/moving_mean"]).max() > 0.1
+    for name in ("bn/moving_mean", "bn/moving_variance"):
+        np.testing.assert_allclose(split[name], whole[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p2, p1, atol=1e-5)
+
+
+@pytest.mark.parametrize("body,reason", [
+    ("input x: float16[8]\n    h = Dense(4)(x)", "overflow float16"),
+    ("input x: int64[5]\n    h = Flatten()(Embedding(65536, 16)(x))", "table updated on its rows"),
+])
+def test_normalizing_steps_that_stay_whole(body, reason, worth_splitting, monkeypatch):
+    """float16 sums overflow between sessions (80,000 numbers of 1 exceed float16's 65,504),
+    and a table's looked-up rows are not carried across phases: such steps keep onnxruntime's
+    training-mode BatchNormalization, whole."""
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+    m = kcompile.compile_string(f"""model m {{
+    {body}
+    y = Dense(2)(BatchNormalization()(h))
+    output y
+    train {{ loss = mse; optimizer = SGD() }}
+}}""")
+    assert reason in m.manifest["training"]["per_sample"]
+    m.batch_parts = 2
+    assert m._batch_parts() == 1
