@@ -296,6 +296,8 @@ class Layer:
     regularizer_arguments = {"kernel_regularizer": "kernel", "bias_regularizer": "bias"}
     propagates_mask = False  # pass an input's step mask (Embedding(mask_zero=true)) on to the output
     takes_activity_regularizer = True  # (ActivityRegularization sets its own from l1 and l2)
+    # Hints for arguments a layer does not take but users coming from another layer write
+    missing_argument_hints: dict = {}
 
     def __init__(self):
         pass
@@ -351,7 +353,8 @@ class Layer:
             if k not in names:
                 known = names + (list(cls.regularizer_arguments) if cls.regularizable else []) + \
                     (["activity_regularizer"] if cls.takes_activity_regularizer else [])
-                raise ArgError(f"{cls.kind()} has no argument {k!r}", did_you_mean(k, known))
+                raise ArgError(f"{cls.kind()} has no argument {k!r}",
+                               cls.missing_argument_hints.get(k) or did_you_mean(k, known))
             if k in bound:
                 raise ArgError(f"{cls.kind()} got argument {k!r} twice")
             bound[k] = v

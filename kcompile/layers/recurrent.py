@@ -155,6 +155,8 @@ class SimpleRNN(_Recurrent):
     Weights: kernel [features, units], recurrent_kernel [units, units], bias [units].
     """
     op = "SimpleRNN"
+    missing_argument_hints = {"recurrent_activation": "SimpleRNN has one activation, `activation`; "
+                                                      "LSTM and GRU take recurrent_activation for their gates"}
 
     def __init__(self, units: IntArg(1), activation: Choice("tanh", "sigmoid", "relu") = "tanh",
                  use_bias: BoolArg() = True, return_sequences: BoolArg() = False, go_backwards: BoolArg() = False,

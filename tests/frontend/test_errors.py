@@ -236,6 +236,8 @@ CASES = [
      + model("a = Dense(3, name=sub)(x)\nb = sub(x)\noutput a, b"), 8, 9, "a layer named sub already exists", None),
     ("regularizer_a_depthwise_kernel_lacks", model("DepthwiseConv2D(3, kernel_regularizer=l2(0.1))", IMG), 3, 24,
      "DepthwiseConv2D has no argument 'kernel_regularizer'", "depthwise_regularizer"),
+    ("recurrent_activation_on_a_simple_rnn", model("SimpleRNN(4, recurrent_activation=sigmoid)", "    input x: float32[5, 3]\n"),
+     3, 18, "SimpleRNN has no argument 'recurrent_activation'", "LSTM and GRU take recurrent_activation"),
     ("block_parameter_twice", "block B(n: int, n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, 2)"), 1, 17,
      "B has two parameters named n", None),
     ("block_argument_by_position_and_name", "block B(n: int) {\n    input x\n    Dense(n)\n}\n" + model("B(1, n=2)"),
