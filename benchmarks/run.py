@@ -599,11 +599,12 @@ def w_profile(fw, model, args):
     parts, extra = 1, {}
     try:  # the step as the model runs it (its private helpers: blocked convolutions on the CPU)
         parts = m._batch_parts()
-        if parts > 1:  # a split step: one of its one-core parts, on its share of the batch
-            graph = m._split_graphs(parts)[0]
+        phases = m._split_graphs(parts)[0] if parts > 1 else []
+        if len(phases) == 1:  # a split step: one of its one-core parts, on its share of the batch
+            graph = phases[0]
             x, y, extra = x[:BATCH // parts], y[:BATCH // parts], {"share": np.asarray(1 / parts, np.float32)}
-        else:
-            graph = m._graph_for("train_step")
+        else:  # (parts that exchange sums run in phases: the whole step is profiled instead)
+            graph, parts = m._graph_for("train_step"), 1
     except Exception as e:
         out["profile"] = f"unavailable ({type(e).__name__}: {e})"
         return out

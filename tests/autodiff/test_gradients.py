@@ -123,6 +123,53 @@ def test_convolution(layer, shape):
     check(f"y = {layer}(x)\n    output y", shape)
 
 
+@pytest.mark.parametrize("body,shape,small", [
+    ("y = Conv2D(3, 3, padding=same)(UpSampling2D(2)(x))", (2, 3, 3, 2), True),
+    ("y = Conv2D(2, (3, 5), padding=same)(UpSampling2D((2, 3))(x))", (1, 2, 3, 3), True),
+    ("y = Conv1D(2, 3, padding=same)(UpSampling1D(3)(x))", (2, 4, 2), True),
+    ("y = Conv3D(2, 3, padding=same)(UpSampling3D(2)(x))", (1, 2, 2, 2, 1), True),
+    ("y = Conv2D(2, 3)(UpSampling2D(2)(x))", (1, 3, 3, 2), False),  # (valid padding: the usual forms)
+    ("y = Conv2D(2, 3, padding=same, strides=2)(UpSampling2D(2)(x))", (1, 3, 3, 2), False),
+    ("y = Conv2D(2, 2, padding=same)(UpSampling2D(2)(x))", (1, 3, 3, 2), False),  # (even kernel)
+])
+def test_kernel_gradient_of_an_upsampled_map(body, shape, small, monkeypatch):
+    """A stride-1 "same" convolution of a nearest-upsampled map takes its kernel gradient from the
+    small map (the output gradient summed over each offset's repeated positions): against finite
+    differences, and the form used exactly where it applies."""
+    from kcompile.ops import nn
+    used = []
+    made = nn._upsampled_conv_weight_grad
+    monkeypatch.setattr(nn, "_upsampled_conv_weight_grad", lambda *a: used.append(1) or made(*a))
+    check(f"{body}\n    output y", shape)
+    assert bool(used) == small
+
+
+def test_a_decoder_takes_the_small_maps_kernel_gradient(monkeypatch):
+    """In the training step as compiled (the passes' layouts), and training like the usual form."""
+    import kcompile
+    from kcompile.ops import nn
+    source = """model ae {
+    input image: float32[8, 8, 1]
+    Conv2D(4, 3, strides=2, padding=same, activation=relu)
+    UpSampling2D(2)
+    Conv2D(3, 3, padding=same, activation=relu)
+    y = Conv2D(1, 3, padding=same)
+    train { loss = mse; optimizer = SGD(learning_rate=0.1) }
+}"""
+    x = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    weights, made, match = [], nn._upsampled_conv_weight_grad, nn._nearest_upsampled
+    for small in (True, False):
+        used = []
+        monkeypatch.setattr(nn, "_nearest_upsampled", match if small else lambda *a: None)
+        monkeypatch.setattr(nn, "_upsampled_conv_weight_grad", lambda *a: used.append(1) or made(*a))
+        m = kcompile.compile_string(source, seed=0)
+        m.fit(x, x, epochs=3, batch_size=8, verbose=0)
+        assert len(used) == small
+        weights.append(m.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 FORM_CASES = [
     ("Conv2D(3, 3, padding=same)", (2, 5, 5, 4)),
     ("Conv2D(2, (2, 3), padding=same)", (1, 5, 6, 5)),
