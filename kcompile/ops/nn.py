@@ -329,11 +329,12 @@ def _upsampled_conv_weight_grad(ctx, small, factors, dy, kernel_spatial):
     import numpy as np
     n = len(kernel_spatial)
     ty = ctx.type(dy)
-    out_channels, spatial = ty.shape[1], ty.shape[2:]
+    out_channels = ty.shape[1]
     small_t = ctx.type(small)
     channels, small_spatial = small_t.shape[1], small_t.shape[2:]
-    # Along each axis, the sums for offset k read dy at f i - (k_size - 1 - k) + u, u < f + k_size - 1 ... as
-    # taps k_size - 1 - k + t (t < f) of a window of f + k_size - 1 positions at stride f.
+    # Along an axis of kernel size k (padding k // 2 each side), offset j meets small[i] at the
+    # outputs f i - j + k // 2 + t (t < f): taps k - 1 - j + t of a window of f + k - 1
+    # positions at stride f, padded by k - 1 - k // 2 before and k // 2 after.
     taps = []
     for f, k in zip(factors, kernel_spatial):
         t = np.zeros((k, f + k - 1), ty.dtype)
