@@ -391,7 +391,7 @@ def manifest_for(compiled: Compiled, seed: int) -> dict:
                          for name, kind, shapes in compiled.inner_layers],
         "passes": compiled.passes,
         "activation_bytes_per_sample": activation_bytes_per_sample(g),
-        "rows_independent": not mixes_samples(g, []),
+        "rows_independent": not mixes_samples(g),
         "id_ranges": embedding_id_ranges(g),
         "position_ranges": position_ranges(g),
         "opt_level": compiled.opt_level,

@@ -120,7 +120,8 @@ def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict
     # ---- the update: the parts' gradients summed where the step had its gradients ----
     new = [n for n in outputs if n.startswith("new:")]
     producer = {o: node for node in g.node for o in node.output}
-    alike = _alike_in_every_part(g)
+    exchanges = _exchanges(g)
+    alike = _alike_in_every_part(g, exchanges)
     from_data = _reading(g, {n for n in inputs if n not in state and n not in ("lr", "step")})
     made, read_from_parts, kept = set(cuts), [], set()
     stack, seen = list(new), set()
@@ -144,7 +145,6 @@ def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict
     grad_inputs += [info for w in row_gradients for k in range(parts) for info in (
         helper.make_tensor_value_info(f"rows:{w}:updates:{k}", elem[w], ["rows"] + _dims(inputs[w])[1:]),
         helper.make_tensor_value_info(f"rows:{w}:ids:{k}", onnx.TensorProto.INT64, ["rows"]))]
-    exchanges = _exchanges(g)
     types = _value_types(model) if exchanges else {}
     if any(v not in types for v in read_from_parts):
         return None
@@ -177,13 +177,12 @@ def _exchanges(graph) -> dict:
             for node in graph.node if node.op_type == "Identity" and node.name.startswith(EXCHANGE)}
 
 
-def _alike_in_every_part(graph) -> set:
-    """The values every part computes alike from the sums that the parts exchange (of kind
-    ``sum``) and constants alone. (Not from the state too: a shared BatchNormalization's second
+def _alike_in_every_part(graph, kinds) -> set:
+    """The values every part computes alike from the sums that the parts exchange (``kinds``:
+    _exchanges; of kind ``sum``) and constants alone. (Not from the state too: a shared BatchNormalization's second
     moving-statistics update reads the first, whose own reading of the state the update must
     keep.)"""
     alike = {i.name for i in graph.initializer} | {""}
-    kinds = _exchanges(graph)
     for node in graph.node:
         if (node.output[0] in kinds and kinds[node.output[0]][0] == "sum") or set(_reads(node)) <= alike:
             alike.update(node.output)

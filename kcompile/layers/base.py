@@ -401,11 +401,11 @@ class Layer:
     # layer's automatic name, taken from the model's count of names as Keras's (lstm, lstm_1, ...)
     wraps: tuple = ()
     wrapped_name: str | None = None
+    built: bool = False
 
     def base_name(self) -> str:
         """The name a wrapper gives this wrapped layer (under its own)."""
         return self.requested_name or self.wrapped_name or self.auto_name()
-    built: bool = False
 
     def build(self, ctx, *inputs) -> None:
         """Create weights with ``ctx.add_weight``; inputs are Tensors (use their types)."""

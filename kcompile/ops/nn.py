@@ -175,8 +175,7 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
         k % 2 and pads[i] == pads[n + i] == k // 2 for i, k in enumerate(kernel_spatial))
     upsampled = _nearest_upsampled(ctx, x, n) if same else None
     if upsampled and _small_map_pays(channels, upsampled[1], kernel_spatial):
-        return _upsampled_conv_weight_grad(ctx, ctx.op("Transpose", upsampled[0], perm=(0, n + 1) + tuple(
-            range(1, n + 1))) if upsampled[2] else upsampled[0], upsampled[1], dy, kernel_spatial)
+        return _upsampled_conv_weight_grad(ctx, *upsampled, dy, kernel_spatial)
     form = kernel_grad_form(channels, out_channels, positions, window, strides,
                             in_parts=ctx.g.meta.get("step_in_parts", True))
     if form == "gather":
@@ -334,16 +333,19 @@ def _nearest_upsampled(ctx, x, n):
     return unit.inputs[0], factors, True
 
 
-def _upsampled_conv_weight_grad(ctx, small, factors, dy, kernel_spatial):
+def _upsampled_conv_weight_grad(ctx, small, factors, channels_last, dy, kernel_spatial):
     """The kernel gradient of a stride-1 "same" convolution of a nearest-upsampled map, from the
     small map: upsampled position f i + t (t < f) holds small[i], so kernel offset k meets small[i]
     wherever output position y has f i <= y + k - k // 2 < f (i + 1). The output gradient is first
     summed over those f^n positions for each offset (one convolution of dy, a channel at a time,
     with a fixed kernel of ones, stride f), then contracted with the small map: f^n times fewer
     multiplications than at the upsampled size, and no copies of its shifted windows (a conv
-    autoencoder's 64 -> 32 layer at 28x28 from 14x14: 9 against 31 ms a part)."""
+    autoencoder's 64 -> 32 layer at 28x28 from 14x14: 9 against 31 ms a part). ``small``,
+    ``factors``, ``channels_last``: as _nearest_upsampled gives them."""
     import numpy as np
     n = len(kernel_spatial)
+    if channels_last:
+        small = ctx.op("Transpose", small, perm=(0, n + 1) + tuple(range(1, n + 1)))
     ty = ctx.type(dy)
     out_channels = ty.shape[1]
     small_t = ctx.type(small)

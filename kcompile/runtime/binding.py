@@ -318,7 +318,8 @@ class ShardedRunner:
         b = self.bindings[self.update.position][q][k]
         carried = self.carried[q]
         serial, buffers = self._carried_buffers(k, rows)
-        if self._bound.get((self.update.position, q, k)) != serial:
+        bound = self._bound.get((self.update.position, q, k)) == serial  # (all bound: nothing to do)
+        if not bound:
             # (bound anew for another row count: a bound output keeps the size of the run that made it)
             for n in carried:
                 if n in buffers:
@@ -335,7 +336,7 @@ class ShardedRunner:
                 b.bind_output(n)
         with self.flush:
             self.phases[q][k].run_with_iobinding(b)
-        if any(n not in buffers for n in carried):
+        if not bound and any(n not in buffers for n in carried):
             # Kept for the next runs of as many rows: onnxruntime's own outputs are new memory each
             # run, whose first touch costs more than the op. (A binding's outputs come in the
             # order they were first bound: the carried ones last, then the rows.)

@@ -514,13 +514,11 @@ STEP_PASSES = [("constant-folding", constant_folding), ("cse", common_subexpress
 _AXIS_OPS = ("Softmax", "LogSoftmax", "CumSum", "Hardmax")
 
 
-def mixes_samples(g: Graph, stat_updates) -> str:
-    """Why the model ``g`` is not computed sample by sample in training ("" if it is): a
-    step split into parts of the batch must give the same per-sample values. Every value that
-    depends on a model input keeps the batch dimension (the inputs' first dimension) first."""
-    if stat_updates and any(n.op == "BatchNormalization" and len(n.inputs) == 6 and n.attrs.get("trainable", True)
-                            for n in g.nodes()):
-        return "a masked BatchNormalization normalizes by statistics of the whole batch"
+def mixes_samples(g: Graph) -> str:
+    """Why the model ``g`` is not computed sample by sample ("" if it is): a step split into
+    parts of the batch must give the same per-sample values. Every value that depends on a model
+    input keeps the batch dimension (the inputs' first dimension) first. (BatchNormalization's
+    statistics in training: build_training, whose parts exchange their sums.)"""
     if any(n.startswith(STATE) for n in g.inputs):  # (predict then runs exactly batch_size rows a run)
         return "a stateful recurrent layer keeps states for whole batches"
     batch = {g.types[n].shape[0] for n in g.inputs if g.types[n].rank}
@@ -642,7 +640,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                 raise NotImplementedError(f"noise of a size ({d}) that the inputs' shapes do not give")
     # (judged on the model as written: the layout passes above move the batch axis on purpose)
     objective, loss, metrics = _objective(g, train, config, env)
-    per_sample = mixes_samples(graph, stat_updates) or _loss_mixes_samples(train) or (
+    per_sample = mixes_samples(graph) or _loss_mixes_samples(train) or (
         "a masked output's loss is divided by the batch's count of unmasked steps" if objective.masked_loss else "")
     trainable = [n for n, p in g.params.items() if p.trainable]
     # Whether the runtime will likely run the step in one-core parts (runtime: _batch_parts), as
@@ -651,13 +649,16 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     macs = macs_per_sample(graph)
     tables = _row_tables(g, trainable) if opt_level >= 1 else set()
     normalizations = [n for n in g.nodes() if n.op == "BatchNormTrain"]
+    if any(n.op == "BatchNormalization" and len(n.inputs) == 6 and n.attrs.get("trainable", True)
+           for n in graph.nodes()):  # (its training form is composed ops, without exchanges)
+        per_sample = per_sample or "a masked BatchNormalization normalizes by statistics of the whole batch"
     if normalizations and tables:  # (rows of a size that changes are not carried across phases)
         per_sample = per_sample or "BatchNormalization beside a table updated on its rows"
     if any(g.types[n.inputs[0]].dtype not in ("float32", "float64") for n in normalizations):
         per_sample = per_sample or "BatchNormalization's sums overflow float16 between parts"
     g.meta["step_in_parts"] = not per_sample and worth_splitting(
         macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables), len(normalizations))
-    if normalizations:
+    if stat_updates:
         # A step split into parts exchanges BatchNormalization's sums between them (ops.nn,
         # emit_exchange); a step that will not be split normalizes as one, as it can then
         # only be run whole.

@@ -421,3 +421,19 @@ def test_normalizing_steps_that_stay_whole(body, reason, worth_splitting, monkey
     assert reason in m.manifest["training"]["per_sample"]
     m.batch_parts = 2
     assert m._batch_parts() == 1
+
+
+def test_a_masked_normalization_stays_whole(worth_splitting, monkeypatch):
+    """A BatchNormalization over masked steps takes statistics of the unmasked steps, composed ops
+    with no exchanges: its step is never split."""
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+    m = kcompile.compile_string("""model m {
+    input x: int64[5]
+    h = GlobalAveragePooling1D()(BatchNormalization()(Embedding(50, 8, mask_zero=true)(x)))
+    y = Dense(2)(h)
+    output y
+    train { loss = mse; optimizer = SGD() }
+}""")
+    assert m.manifest["training"]["per_sample"] == "a masked BatchNormalization normalizes by statistics of the whole batch"
+    m.batch_parts = 2
+    assert m._batch_parts() == 1
