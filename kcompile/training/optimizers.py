@@ -181,8 +181,11 @@ def update(ctx, config, w, g, state: dict, lr, t):
         return minus(w, increment), new
     if name in ("Adam", "AdamW"):
         b1, b2 = a["beta_1"], a["beta_2"]
-        m = plus(ctx.op("Mul", state["m"], b1), ctx.op("Mul", g, 1 - b1))
-        v = plus(ctx.op("Mul", state["v"], b2), ctx.op("Mul", ctx.op("Mul", g, g), 1 - b2))
+        # (g~ = sqrt(1 - b2) g, as RMSprop's: (1 - b2) g^2 one product, (1 - b1) g one too)
+        scale = math.sqrt(1 - b2)
+        gs = ctx.op("Mul", g, scale)
+        m = plus(ctx.op("Mul", state["m"], b1), ctx.op("Mul", gs, (1 - b1) / scale))
+        v = plus(ctx.op("Mul", state["v"], b2), ctx.op("Mul", gs, gs))
         new["m"], new["v"] = m, v
         # lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t)
         b1t = ctx.op("Pow", ctx.const(b1, ctx.type(t).dtype), t)
@@ -202,8 +205,10 @@ def update(ctx, config, w, g, state: dict, lr, t):
         # Keras 3: u_t = b1 (1 - 0.5 * 0.96^t), U_t = u_1 ... u_t (Keras keeps it as a variable);
         # m_hat = u_{t+1} m / (1 - U_{t+1}) + (1 - u_t) g / (1 - U_t); w -= lr m_hat / (sqrt(v / (1 - b2^t)) + eps)
         b1, b2 = a["beta_1"], a["beta_2"]
-        m = plus(ctx.op("Mul", state["momentum"], b1), ctx.op("Mul", g, 1 - b1))
-        v = plus(ctx.op("Mul", state["velocity"], b2), ctx.op("Mul", ctx.op("Mul", g, g), 1 - b2))
+        scale = math.sqrt(1 - b2)  # (g~ = sqrt(1 - b2) g, as Adam's)
+        g = ctx.op("Mul", g, scale)
+        m = plus(ctx.op("Mul", state["momentum"], b1), ctx.op("Mul", g, (1 - b1) / scale))
+        v = plus(ctx.op("Mul", state["velocity"], b2), ctx.op("Mul", g, g))
         new["momentum"], new["velocity"] = m, v
         step_dtype = ctx.type(t).dtype
         u_t, u_next = (ctx.op("Mul", ctx.op("Sub", 1.0, ctx.op("Mul", ctx.op("Pow", ctx.const(0.96, step_dtype), s), 0.5)),
@@ -213,7 +218,8 @@ def update(ctx, config, w, g, state: dict, lr, t):
         u_product = ctx.op("Mul", ctx.op("Gather", products, index, axis=0), ctx.op("Pow", ctx.const(b1, step_dtype), t))
         u_product_next = ctx.op("Mul", u_product, u_next)
         m_hat = plus(ctx.op("Mul", m, ctx.op("Div", u_next, ctx.op("Sub", 1.0, u_product_next))),
-                     ctx.op("Mul", g, ctx.op("Div", ctx.op("Sub", 1.0, u_t), ctx.op("Sub", 1.0, u_product))))
+                     ctx.op("Mul", g, ctx.op("Div", ctx.op("Sub", 1.0, u_t),
+                                             ctx.op("Mul", ctx.op("Sub", 1.0, u_product), scale))))
         b2t = ctx.op("Pow", ctx.const(b2, step_dtype), t)
         v_hat = ctx.op("Div", v, ctx.op("Sub", 1.0, b2t))
         step = ctx.op("Div", ctx.op("Mul", m_hat, lr), ctx.op("Add", ctx.op("Sqrt", v_hat), a["epsilon"]))

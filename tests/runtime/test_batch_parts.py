@@ -224,6 +224,76 @@ def test_three_parts_train_like_the_whole_step():
     assert_same(runs)
 
 
+MLP = """
+model mlp {{
+    input image: float32[6, 6, 1]
+    Flatten()
+    Dense(16, activation=relu)
+    probs = Dense(3, activation=softmax)
+    output probs
+    train {{
+        loss = categorical_crossentropy
+        optimizer = {optimizer}
+        metrics = [accuracy]
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("optimizer", ["RMSprop(learning_rate=0.01)", "Adam(learning_rate=0.01)",
+                                       "RMSprop(learning_rate=0.01, clipnorm=0.05)"])
+def test_parts_scale_their_products_small_side_and_the_update_adds_them(optimizer):
+    """Each part's kernel gradients come straight from their products, their share (and
+    RMSprop's constant sqrt(1 - rho), which the update would multiply by) put on the product's
+    [rows, units] side; the update adds the parts' gradients with Add (onnxruntime's Sum runs on
+    one thread). Training matches the whole step."""
+    import onnx
+    from kcompile.backend.shards import split_step
+    make = lambda parts: _with_parts(kcompile.compile_string(MLP.format(optimizer=optimizer), seed=0), parts)
+    m = make(2)
+    gradients = m.manifest["training"]["gradients"]
+    (part,), update = split_step(m._step_graph(), gradients, parts=2)
+    part, update = onnx.load_from_string(part).graph, onnx.load_from_string(update).graph
+    made = {o: n for n in part.node for o in n.output}
+    for w in ("dense/kernel", "dense_1/kernel"):
+        assert made[f"grad:{w}"].op_type == "MatMul"
+    assert {n.op_type for n in update.node if any(i.startswith("grad:") for i in n.input)} == {"Add"}
+    # (the parts' sum stands for the step's gradient times that constant, where that is all the
+    # step does with it; clipping reads the gradient itself)
+    summed = {n.input[0].split(":")[1]: n.output[0] for n in update.node if n.input[0].startswith("grad:")}
+    assert (summed["dense/kernel"] != gradients["dense/kernel"]) == ("clipnorm" not in optimizer)
+    x = np.random.default_rng(0).random((70, 6, 6, 1), dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(70) % 3]
+    for batch_size in (32, 33):
+        runs = [(m.fit(x, y, epochs=3, batch_size=batch_size, verbose=0).history, m.get_weights(), m)
+                for m in (make(1), make(2))]
+        assert type(runs[1][2]._runner) is ShardedRunner
+        assert_same(runs)
+        assert runs[0][0]["loss"][-1] < 0.9 * runs[0][0]["loss"][0]
+
+
+@pytest.mark.parametrize("optimizer", ["RMSprop(learning_rate=0.01)", "Adam(learning_rate=0.01)"])
+def test_folded_shares_in_float64_match_the_whole_step_to_rounding(optimizer):
+    """The share cast to float64 and multiplied by the update's float64 constant: equal to float64
+    rounding (halves of even batches, shares exact in binary), which these optimizers magnify
+    where a gradient is near zero (they divide it by its own size): 1e-16 -> 1e-8 relative."""
+    make = lambda parts: _with_parts(kcompile.compile_string(
+        MLP.format(optimizer=optimizer).replace("float32[6, 6, 1]", "float64[6, 6, 1]"), seed=0), parts)
+    rng = np.random.default_rng(1)
+    x, y = rng.random((64, 6, 6, 1)), np.eye(3)[np.arange(64) % 3]
+    runs = [(m.fit(x, y, epochs=3, batch_size=16, verbose=0).history, m.get_weights(), m) for m in (make(1), make(2))]
+    assert type(runs[1][2]._runner) is ShardedRunner
+    np.testing.assert_allclose(runs[0][0]["loss"], runs[1][0]["loss"], rtol=1e-9)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert a.dtype == np.float64
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def _with_parts(m, parts):
+    m.batch_parts = parts
+    return m
+
+
 def test_set_weights_keeps_the_split_sessions_and_trains_from_the_new_weights():
     """A new runner (after set_weights, say) binds new buffers but reuses the split step's
     sessions, as the whole step's session is reused: rebuilding them took some 0.1 s each time
