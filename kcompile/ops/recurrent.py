@@ -1,4 +1,5 @@
-"""Recurrent ops, batch-major ([N, T, features]) with Keras's weight layouts.
+"""Recurrent ops, batch-major ([N, T, features]) with Keras's weight layouts (the LSTM's
+sequences for its own gradient op alone are time-major, [T, N, features]: see LSTM.lower_scan).
 
 LSTM gates are in Keras's order i, f, c, o: kernel [I, 4u], recurrent kernel [u, 4u],
 bias [4u]. Outputs: the hidden sequence [N, T, u], the last h and c [N, u], and the
@@ -175,9 +176,9 @@ class LSTM(Op):
     """inputs: x [N, T, I], kernel [I, 4u], recurrent_kernel [u, 4u], bias [4u] (optional),
     mask [N, T] (with attr masked: 0 at steps that keep the previous state).
     outputs: sequence [N, T, u], last h [N, u], last c [N, u], cell sequence [N, T, u], and in
-    training (attr ``saved``) each step's gates i, f, g, o and act(c), [N, T, u] each, for the
-    gradient op (recomputing them took a fifth of a small LSTM's step: two products over all
-    steps and five passes over [N, T, 4u]).
+    training (attr ``saved``) each step's gates i, f, g, o and act(c) for the gradient op
+    (recomputing them took a fifth of a small LSTM's step: two products over all steps and five
+    passes over [N, T, 4u]); in training the cell sequence and these are time-major, [T, N, u].
     attrs: units, activation/recurrent_activation (ONNX names: Tanh, Sigmoid or Relu), masked,
     saved."""
     name = "LSTM"
@@ -189,7 +190,10 @@ class LSTM(Op):
         _check(x, k, r, b, 4, u, drop, _initial_states(ins, attrs) or ())
         n, t = x.shape[0], x.shape[1]
         seq, last = TensorType(x.dtype, (n, t, u)), TensorType(x.dtype, (n, u))
-        return [seq, last, last, seq] + [seq] * (5 * bool(attrs.get("saved")))
+        if not attrs.get("saved"):
+            return [seq, last, last, seq]
+        steps = TensorType(x.dtype, (t, n, u))  # (time-major: see lower_scan)
+        return [seq, last, last, steps] + [steps] * 5
 
     def macs(self, ins, outs, attrs):
         return _recurrence_macs(ins)
@@ -211,10 +215,18 @@ class LSTM(Op):
                          activations=[attrs.get("recurrent_activation", "Sigmoid"), activation, activation])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
-        """Forward pass as a Scan over time, also giving the cell sequence."""
+        """Forward pass as a Scan over time, also giving the cell sequence. In the training form
+        (``saved``) the cell sequence and the gates, read by the gradient op alone, are
+        time-major, [T, N, u]: a Scan writes (and the gradient's reverse Scan reads) those in
+        place, where a batch-major sequence costs a transpose of it each way (the sentiment
+        LSTM's part step: 12 of the 21 [N, T, u] transposes its two Scans made)."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u, dtype = attrs["units"], ctx.dtype(x)
-        xw = ctx.emit("MatMul", [x, kernel])  # [N, T, 4u]: the input projection of every step at once
+        # The input projection of every step at once, [N, T, 4u]; or [T, N, 4u] from the input
+        # transposed, where it has fewer features than 4u: the narrower of the two is transposed
+        # (the Scan would transpose the projection itself to read it step by step).
+        time_major = ctx.shape(x)[2] < 4 * u
+        xw = ctx.emit("MatMul", [ctx.emit("Transpose", [x], perm=[1, 0, 2]) if time_major else x, kernel])
         if bias is not None:
             xw = ctx.emit("Add", [xw, bias])
         h0, c0 = _initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)] * 2
@@ -237,7 +249,8 @@ class LSTM(Op):
         graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"],
                            ["h_next", "c_next", "h_out", "c_out"] + [name for _, name in saved])
         _scan_forward(ctx, graph, [h0, c0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2], outputs[0],
-                                                                                outputs[3]] + outputs[4:], 2)
+                                                                                outputs[3]] + outputs[4:], 2,
+                      time_major=len(outputs) - 3 if attrs.get("saved") else 0, input_time_major=time_major)
 
     def training_form(self, ctx, node):
         return _recurrent_dropout_form(ctx, node, saved=True)
@@ -385,13 +398,20 @@ def _zeros_like_state(ctx, x, units):
     return ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), ctx.dtype(x))
 
 
-def _shift_right(ctx, seq, units, initial=None):
-    """[N, T, u] -> [N, T, u] with step t holding step t-1 (at t = 0 ``initial`` [N, u], or
-    zeros): the previous states."""
-    start = initial if initial is not None else _zeros_like_state(ctx, seq, units)
-    first = ctx.emit("Unsqueeze", [start, ctx.const([1], "int64")])
-    head = ctx.emit("Slice", [seq, ctx.const([0], "int64"), ctx.const([-1], "int64"), ctx.const([1], "int64")])
-    return ctx.emit("Concat", [first, head], axis=1)
+def _shift_right(ctx, seq, units, initial=None, time_major=False):
+    """[N, T, u] -> [N, T, u] (or [T, N, u] -> [T, N, u]) with step t holding step t-1 (at t = 0
+    ``initial`` [N, u], or zeros): the previous states."""
+    axis = 0 if time_major else 1
+    if initial is not None:
+        start = initial
+    elif time_major:  # ([N, u] zeros: the batch from the sequence's second axis)
+        n = ctx.emit("Slice", [ctx.emit("Shape", [seq]), ctx.const([1], "int64"), ctx.const([2], "int64")])
+        start = ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), ctx.dtype(seq))
+    else:
+        start = _zeros_like_state(ctx, seq, units)
+    first = ctx.emit("Unsqueeze", [start, ctx.const([axis], "int64")])
+    head = ctx.emit("Slice", [seq, ctx.const([0], "int64"), ctx.const([-1], "int64"), ctx.const([axis], "int64")])
+    return ctx.emit("Concat", [first, head], axis=axis)
 
 
 @register
@@ -414,9 +434,10 @@ class LSTMGrad(Op):
         u, dtype = attrs["units"], ctx.dtype(x)
         h0, c0 = initial or (None, None)
         h_prev = _shift_right(ctx, seq, u, h0)
-        c_prev = _shift_right(ctx, cells, u, c0)
+        saved = bool(attrs.get("saved"))  # (then the cells and gates come time-major: LSTM.lower_scan)
+        c_prev = _shift_right(ctx, cells, u, c0, time_major=saved)
         act, gate_act = _activations(attrs)
-        if attrs.get("saved"):  # the forward Scan's gates, and its own new cells' act(c)
+        if saved:  # the forward Scan's gates, and its own new cells' act(c)
             i, f, g, o, tanh_c = inputs[5:10]
         else:  # recompute the gates of every step at once from the stored states
             z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
@@ -451,8 +472,10 @@ class LSTMGrad(Op):
                        helper.make_node("Identity", [dz], ["dz_out"])]
         graph = body.graph("lstm_step_grad", ["dh_next", "dc_next"] + ["dh_t"] * bool(d_seq_input) +
                            ["dcdh_t", "dzs_t", "f_t"], ["dh_prev", "dc_prev", "dz_out"])
-        dh0, dc0, dz_seq = _scan_backward(ctx, graph, [d_h, d_c] + d_seq_input + [dc_dh, dz_scale, f] +
-                                          _step_mask(ctx, mask), 2, ["dh0", "dc0", "dz"])
+        sequences = d_seq_input + [dc_dh, dz_scale, f] + _step_mask(ctx, mask)
+        dh0, dc0, dz_seq = _scan_backward(ctx, graph, [d_h, d_c] + sequences, 2, ["dh0", "dc0", "dz"],
+                                          time_major=[len(d_seq_input) <= k < len(d_seq_input) + 3 and saved
+                                                      for k in range(len(sequences))])
         _initial_grads(ctx, [dh0, dc0], outputs[4:])
         dx, dk, dr, db = outputs[:4]
         ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
@@ -482,19 +505,25 @@ def _recurrent_transposed(ctx, recurrent, drop, units):
     return rt, (_gate_kernels(ctx, recurrent, units, transposed=True) if drop is not None else None)
 
 
-def _scan_forward(ctx, body, inputs, outputs, state_count):
-    """Emit a batch-major Scan over axis 1: ``inputs`` the initial states, then the sequences."""
-    scans = len(inputs) - state_count
-    ctx.emit("Scan", inputs, outputs, body=body, num_scan_inputs=scans, scan_input_axes=[1] * scans,
-             scan_output_axes=[1] * (len(outputs) - state_count))
+def _scan_forward(ctx, body, inputs, outputs, state_count, time_major=0, input_time_major=False):
+    """Emit a Scan over time: ``inputs`` the initial states, then the sequences [N, T, ...] (the
+    first [T, N, ...] where ``input_time_major``); its sequence outputs are [N, T, ...] but for
+    the last ``time_major`` ones, [T, N, ...]."""
+    scans, emitted = len(inputs) - state_count, len(outputs) - state_count
+    ctx.emit("Scan", inputs, outputs, body=body, num_scan_inputs=scans,
+             scan_input_axes=[0 if input_time_major else 1] + [1] * (scans - 1),
+             scan_output_axes=[1] * (emitted - time_major) + [0] * time_major)
 
 
-def _scan_backward(ctx, body, inputs, state_count, outputs):
-    """Emit a batch-major Scan over axis 1 from the last step to the first; returns its outputs
-    (the states' gradients at the first step, then the sequences it emits, in step order)."""
+def _scan_backward(ctx, body, inputs, state_count, outputs, time_major=()):
+    """Emit a Scan over time from the last step to the first, its sequences [N, T, ...] (those
+    that ``time_major``, one flag per sequence input, marks: [T, N, ...]); returns its outputs
+    (the states' gradients at the first step, then the sequences it emits, [N, T, ...] in step
+    order)."""
     scans = len(inputs) - state_count
+    axes = [0 if k < len(time_major) and time_major[k] else 1 for k in range(scans)]
     return ctx.emit("Scan", inputs, [ctx.fresh(name) for name in outputs], body=body, num_scan_inputs=scans,
-                    scan_input_axes=[1] * scans, scan_input_directions=[1] * scans,
+                    scan_input_axes=axes, scan_input_directions=[1] * scans,
                     scan_output_axes=[1] * (len(outputs) - state_count),
                     scan_output_directions=[1] * (len(outputs) - state_count))
 

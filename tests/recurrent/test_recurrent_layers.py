@@ -107,6 +107,7 @@ def test_keras_weight_shapes_and_initial_values():
     ("y = LSTM(4, return_sequences=true)(x)", (2, 5, 3)),
     ("y = LSTM(3)(x)", (3, 6, 2)),
     ("y = LSTM(3, use_bias=false, go_backwards=true, return_sequences=true)(x)", (2, 4, 2)),
+    ("y = LSTM(2, return_sequences=true)(x)", (4, 4, 9)),  # (more features than 4u; as many rows as steps)
     ("y = GRU(4, return_sequences=true)(x)", (2, 5, 3)),
     ("y = GRU(3, go_backwards=true)(x)", (3, 6, 2)),
     ("y = GRU(3, use_bias=false)(x)", (2, 4, 2)),
@@ -123,6 +124,27 @@ def test_gradients_match_finite_differences(body, shape, training):
     src = "model m {\n input x: float64[%s]\n %s\n output y\n}" % (", ".join(map(str, shape[1:])), body)
     checked, _ = check_gradients(src, {"x": np.random.default_rng(3).normal(size=shape)}, training=training)
     assert checked > 0
+
+
+def test_the_lstm_training_form_keeps_its_gradients_sequences_time_major():
+    """The sequences the LSTM's training form keeps for its gradient op are [T, N, u], so that
+    neither Scan transposes them (an input of fewer features than 4u is transposed instead of its
+    projection); the gradients match finite differences above."""
+    import onnx
+    src = """model s {
+        input x: float32[7, 3]
+        h = LSTM(4, return_sequences=true)(x)
+        y = Dense(1)(h)
+        output y
+        train { loss = mse; optimizer = SGD() }
+    }"""
+    m = kcompile.compile_string(src)
+    scans = [n for n in onnx.load_from_string(m._step_graph()).graph.node if n.op_type == "Scan"]
+    axes = [{a.name: list(a.ints) for a in n.attribute if a.name.endswith("_axes")} for n in scans]
+    forward, backward = axes
+    assert forward == {"scan_input_axes": [0], "scan_output_axes": [1] + [0] * 6}
+    # (the sequence's gradient from the loss, then the three the forward kept)
+    assert backward["scan_input_axes"] == [1, 0, 0, 0] and backward["scan_output_axes"] == [1]
 
 
 def step_graph_size(kind, steps):
