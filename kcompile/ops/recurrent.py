@@ -360,11 +360,23 @@ def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output, wi
     if drop is None:
         hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, units], "int64")])
         zh = ctx.emit("Reshape", [dz_h, ctx.const([-1, width], "int64")])
-        return ctx.emit("MatMul", [ctx.emit("Transpose", [hp], perm=[1, 0]), zh], [output])
+        return _summed_product(ctx, hp, zh, (units, width), output)
     dz4 = ctx.emit("Reshape", [dz_h, ctx.const([0, 0, width // units, units], "int64")])
     per_gate = ctx.emit("Einsum", [h_prev, drop, dz4], equation="ntu,ngu,ntgv->guv")
     by_row = ctx.emit("Transpose", [per_gate], perm=[1, 0, 2])
     return ctx.emit("Reshape", [by_row, ctx.const([units, width], "int64")], [output])
+
+
+def _summed_product(ctx, a, b, widths, output=None):
+    """a^T b for ``a`` [K, m] and ``b`` [K, n] (a weight's gradient summed over every step and
+    sample), ``widths`` (m, n): as (b^T a)^T where a is the narrower, so that the product's second
+    operand, which onnxruntime packs on every run, is the narrower one (the sentiment LSTM's
+    kernel gradient, [6400, 128] by [6400, 256], 2.51 against 2.83 ms; its recurrent kernel's
+    1.51 against 1.67)."""
+    if widths[0] >= widths[1]:
+        return ctx.emit("MatMul", [ctx.emit("Transpose", [a], perm=[1, 0]), b], [output] if output else None)
+    swapped = ctx.emit("MatMul", [ctx.emit("Transpose", [b], perm=[1, 0]), a])
+    return ctx.emit("Transpose", [swapped], [output] if output else None, perm=[1, 0])
 
 
 def _grad_op(ctx, op, node, ins, bias, drop, mask, seq_grad, initial=None, **more):
@@ -482,7 +494,7 @@ class LSTMGrad(Op):
         flat = ctx.const([-1, 4 * u], "int64")
         dz2 = ctx.emit("Reshape", [dz_seq, flat])
         features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
-        ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), dz2], [dk])
+        _summed_product(ctx, features, dz2, (ctx.shape(x)[2], 4 * u), dk)
         _recurrent_kernel_grad(ctx, h_prev, dz_seq, drop, recurrent, u, dr)
         ctx.emit("ReduceSum", [dz2, ctx.const([0], "int64")], [db], keepdims=0)
 
@@ -537,7 +549,7 @@ def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, ou
     flat = ctx.const([-1, width], "int64")
     zx, zh = ctx.emit("Reshape", [dz_x, flat]), ctx.emit("Reshape", [dz_h, flat])
     features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
-    ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), zx], [dk])
+    _summed_product(ctx, features, zx, (ctx.shape(x)[2], width), dk)
     _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, dr)
     return zx, zh
 
@@ -954,12 +966,11 @@ class GRUGrad(Op):
         ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
         dz2 = ctx.emit("Reshape", [dz_seq, ctx.const([-1, 3 * u], "int64")])
         features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
-        ctx.emit("MatMul", [ctx.emit("Transpose", [features], perm=[1, 0]), dz2], [dk])
+        _summed_product(ctx, features, dz2, (ctx.shape(x)[2], 3 * u), dk)
         dz_zr, dz_h = ctx.emit("Split", [dz_seq, ctx.const([2 * u, u], "int64")], [ctx.fresh("dz_zr"),
                                                                                     ctx.fresh("dz_h")], axis=-1)
         d_r_zr = _recurrent_kernel_grad(ctx, h_prev, dz_zr, drop_zr, None, u, ctx.fresh("d_r_zr"), width=2 * u)
         flat = ctx.const([-1, u], "int64")
-        d_r_h = ctx.emit("MatMul", [ctx.emit("Transpose", [ctx.emit("Reshape", [q, flat])], perm=[1, 0]),
-                                    ctx.emit("Reshape", [dz_h, flat])])
+        d_r_h = _summed_product(ctx, ctx.emit("Reshape", [q, flat]), ctx.emit("Reshape", [dz_h, flat]), (u, u))
         ctx.emit("Concat", [d_r_zr, d_r_h], [dr], axis=1)
         ctx.emit("ReduceSum", [dz2, ctx.const([0], "int64")], [db], keepdims=0)
