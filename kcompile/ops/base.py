@@ -65,6 +65,11 @@ class Op:
         ops whose arithmetic is a network's bulk (products, convolutions); () for the rest."""
         return ()
 
+    def sequential_steps(self, ins: list[TensorType], attrs: dict) -> int:
+        """How many steps a sample goes through one after another (a recurrence's time steps,
+        each a handful of small ops in its training Scan); 0 for the rest."""
+        return 0
+
     def check_float(self, ins, n=None):
         for t in ins[:n]:
             if not t.is_float:

@@ -129,6 +129,12 @@ def _recurrence_macs(ins):
     return (x.shape[1], kernel.shape[0] + recurrent.shape[0], kernel.shape[1])
 
 
+def _time_steps(ins) -> int:
+    """A recurrence's steps, T of its input [N, T, I] (0 where only the run knows it)."""
+    steps = ins[0].shape[1]
+    return steps if isinstance(steps, int) else 0
+
+
 def _elementwise(ctx, dtype):
     """(1, a * b) as ONNX ops, for the gradient factors computed outside a Scan."""
     def mul(a, b):
@@ -197,6 +203,9 @@ class LSTM(Op):
 
     def macs(self, ins, outs, attrs):
         return _recurrence_macs(ins)
+
+    def sequential_steps(self, ins, attrs):
+        return _time_steps(ins)
 
     def lower(self, ctx, inputs, outputs, attrs):
         # (onnxruntime's LSTM computes float32 only: "LSTM operator does not support double yet")
@@ -577,6 +586,9 @@ class _OneStateRecurrence(Op):
 
     def macs(self, ins, outs, attrs):
         return _recurrence_macs(ins)
+
+    def sequential_steps(self, ins, attrs):
+        return _time_steps(ins)
 
     def training_form(self, ctx, node):
         return _recurrent_dropout_form(ctx, node, **({"saved": True} if self.saved(node.attrs) else {}))

@@ -510,10 +510,11 @@ class TrainingMixin:
                 rng.random(shape, dtype=np.float32).astype(dtype)
         return noise
 
-    def _runner_for_training(self):
+    def _runner_for_training(self, rows: int | None = None):
+        """The training step's runner, made for batches of ``rows`` rows (None: not known)."""
         if self._runner is None:
             from .binding import StateRunner
-            parts = self._batch_parts()
+            parts = self._batch_parts(rows)
             if parts > 1:
                 self._runner = self._sharded_runner(parts)
             if self._runner is None:
@@ -526,24 +527,26 @@ class TrainingMixin:
             self._runner.bind_in_place({"lr": self._lr_buffer, "step": self._step_buffer})
         return self._runner
 
-    def _batch_parts(self) -> int:
+    def _batch_parts(self, rows: int | None = None) -> int:
         """Into how many parts, one per core, the training step splits its batch (1: not split).
         ``batch_parts`` chooses; None (the default) splits in two on a CPU of two or more cores
         a step that the compiler found splittable (its layers and loss work sample by sample),
         whose weights are this model's own, and whose products and convolutions outweigh its
-        optimizer update (splitting.worth_splitting, by which the compiler chose the step's forms)."""
+        optimizer update (splitting.worth_splitting, by which the compiler chose the step's forms;
+        a step through recurrences also by its batches' ``rows``, where known)."""
         spec = self.manifest["training"]
-        rows = spec.get("row_gradients", {})
+        tables = spec.get("row_gradients", {})
         if self.device != "cpu" or self._shared or spec.get("per_sample") is not True or not (
-                spec.get("gradients") or rows):
+                spec.get("gradients") or tables):
             return 1
         if self.batch_parts is not None:
             return self.batch_parts
         # (a table updated on the rows a batch looked up is left out: its gradient is as small
         # as the batch, and its update is no larger split or whole)
-        weights = sum(int(np.prod(self._weights[n].shape)) for n in spec["trainable"] if n not in rows)
+        weights = sum(int(np.prod(self._weights[n].shape)) for n in spec["trainable"] if n not in tables)
         macs = spec.get("macs_per_sample", 0)
-        if devices.cpu_cores() < 2 or not worth_splitting(macs, weights):
+        if devices.cpu_cores() < 2 or not worth_splitting(macs, weights, steps=spec.get("recurrent_steps", 0),
+                                                          rows=rows):
             return 1
         return 2
 
@@ -775,7 +778,7 @@ class TrainingMixin:
     @one_call_at_a_time
     def _run_train_step(self, xb, yb, where="fit"):
         self._pull_shared()
-        runner = self._runner_for_training()
+        runner = self._runner_for_training(len(next(iter(xb.values()))) if xb else None)
         self._lr_buffer[...] = self.learning_rate
         self._step_buffer[...] = self._iterations + 1
         data = {**xb, **yb, **self._noise(xb), **self._state_feeds(xb, where)}  # (lr and step are bound in place)

@@ -74,6 +74,7 @@ class TrainingProgram:
     row_gradients: dict = field(default_factory=dict)
     per_sample: str = ""  # why the step cannot be split into parts of a batch ("" where it can)
     macs_per_sample: int = 0  # multiply-adds of the forward pass's products and convolutions, per sample
+    recurrent_steps: int = 0  # the time steps of its recurrences, added up (sequential_steps)
     label_classes: dict = field(default_factory=dict)  # target of class labels -> the number of classes
     output_weights: dict = field(default_factory=dict)  # output -> its loss terms' sample weight input
     step_weights: list = field(default_factory=list)  # the inputs of weights per step (Objective.step_weights)
@@ -100,6 +101,7 @@ class TrainingProgram:
             "sample_weights_in_use": self.weights_in_use,  # (one model of several outputs: the per-output ones)
             "label_classes": self.label_classes,
             "macs_per_sample": self.macs_per_sample,
+            "recurrent_steps": self.recurrent_steps,
         }
 
 
@@ -539,6 +541,11 @@ def mixes_samples(g: Graph) -> str:
     return ""
 
 
+def recurrent_steps(g: Graph) -> int:
+    """The time steps of ``g``'s recurrences, added up (each op's ``sequential_steps``)."""
+    return sum(OPS[node.op].sequential_steps([g.types[v] for v in node.inputs], node.attrs) for node in g.nodes())
+
+
 def macs_per_sample(g: Graph) -> int:
     """Multiply-adds per sample of ``g``'s products and convolutions (each op's ``macs``), those
     whose sizes are all numbers besides the batch: the bulk of a network's arithmetic."""
@@ -722,7 +729,8 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
                            transposed=[n for n, p in g.params.items() if p.transposed],
                            gradients=gradient_values, row_gradients=row_gradients, per_sample=per_sample,
-                           macs_per_sample=macs, label_classes=objective.label_classes,
+                           macs_per_sample=macs, recurrent_steps=recurrent_steps(graph),
+                           label_classes=objective.label_classes,
                            output_weights=objective.output_weights, step_weights=objective.step_weights,
                            weights_in_use=list(objective.steps))
 

@@ -141,6 +141,44 @@ def test_the_runtime_splits_convolutional_steps_only(monkeypatch):
     assert kcompile.compile(EXAMPLES / "mnist_cnn.kdl")._batch_parts() == 1
 
 
+RECURRENT = """
+model rnn {
+    input x: float32[25, 3]
+    GRU(8)
+    y = Dense(1, activation=sigmoid)
+    output y
+    train {
+        loss = binary_crossentropy
+        optimizer = Adam(learning_rate=0.01)
+    }
+}
+"""
+
+
+def test_recurrent_steps_split_by_their_batches_rows_times_steps(monkeypatch):
+    """A recurrence's step (2k multiply-adds a sample here, far below the rule's million) splits
+    for batches of 64 rows or more whose rows times time steps reach 2,500; the runner is made
+    for the first batch's rows, and trains as the whole step does."""
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+    m = kcompile.compile_string(RECURRENT, seed=0)
+    assert m.manifest["training"]["recurrent_steps"] == 25
+    assert [m._batch_parts(rows) for rows in (None, 32, 64, 99, 100, 128)] == [1, 1, 1, 1, 2, 2]
+    stacked = kcompile.compile_string(RECURRENT.replace("GRU(8)", "LSTM(4, return_sequences=true)\n    GRU(8)"))
+    assert stacked.manifest["training"]["recurrent_steps"] == 50 and stacked._batch_parts(64) == 2
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((300, 25, 3)).astype(np.float32), (rng.random((300, 1)) > 0.5).astype(np.float32)
+    runs = []
+    for parts in (1, None):
+        m = kcompile.compile_string(RECURRENT, seed=0)
+        m.batch_parts = parts
+        runs.append((m.fit(x, y, epochs=2, batch_size=128, verbose=0).history, m.get_weights(), m))
+    assert type(runs[0][2]._runner) is StateRunner and type(runs[1][2]._runner) is ShardedRunner
+    assert_same(runs)
+    small = kcompile.compile_string(RECURRENT, seed=0)
+    small.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    assert type(small._runner) is StateRunner
+
+
 def test_a_loaded_build_folder_splits_its_step(tmp_path):
     x, y = data()
     m = conv_model()
