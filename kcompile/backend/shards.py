@@ -94,6 +94,12 @@ def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict
     if any(v in inputs for cut in row_gradients.values() for v in cut.values()):
         return None  # (the update would make a value that is also the step's input)
     state = {n for n in inputs if f"new:{n}" in outputs}
+    # (weights whose gradients are one value, as two biases added up: the parts give it once, and
+    # the update's nodes of each read it)
+    first = {}
+    for w, value in gradients.items():
+        first.setdefault(value, w)
+    gradients = {w: value for value, w in first.items()}
     elem = {n: inputs[n].type.tensor_type.elem_type for n in list(gradients) + list(row_gradients)}
 
     # ---- a part: its loss, metrics and share of the gradients ----
@@ -296,10 +302,18 @@ def _reading(graph, sources) -> set:
 
 
 def _value_types(model) -> dict:
-    """Every value's type (onnx's shape inference; the batch dimension stays symbolic)."""
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    return {i.name: i for i in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
-            if i.type.tensor_type.elem_type}
+    """Every value's type (onnx's shape inference, with sizes read from shapes computed in the
+    graph; the batch dimension stays symbolic), those of an unknown rank left out (a graph's
+    input or output needs one: a phase crossed by such a value is not made)."""
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    types = {i.name: i for i in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+             if i.type.tensor_type.elem_type and i.type.tensor_type.HasField("shape")}
+    for node in model.graph.node:  # (MaxUnpool given its output's shape at run time: its input's rank)
+        if node.op_type == "MaxUnpool" and node.output[0] not in types and node.input[0] in types:
+            known = types[node.input[0]].type.tensor_type
+            types[node.output[0]] = helper.make_tensor_value_info(node.output[0], known.elem_type,
+                                                                  [None] * len(known.shape.dim))
+    return types
 
 
 def _phases(g, nodes, wanted, share, types, exchanges, parts):

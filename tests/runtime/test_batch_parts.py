@@ -531,6 +531,51 @@ def test_normalizing_steps_that_stay_whole(body, reason, worth_splitting, monkey
     assert m._batch_parts() == 1
 
 
+@pytest.mark.parametrize("pool", [3, 4])
+def test_a_normalization_before_a_pool_that_leaves_rows_over_splits(pool, worth_splitting):
+    """A pool whose windows leave x's last rows out (7 rows, windows of 3 or 4) routes its
+    gradient by MaxUnpool to x's shape read at run time, of which onnx infers no rank unless
+    told: the values crossing the phases need one (this step used to fail to build)."""
+    src = NORMALIZED.replace("    ReLU()\n", f"    ReLU()\n    MaxPooling2D({pool})\n", 1).format(
+        image="7, 7, 2", conv="Conv2D(4, 3, padding=same, use_bias=false)",
+        optimizer="SGD(learning_rate=0.1, momentum=0.9)", dtype="float32")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((40, 7, 7, 2)) * 3 + 2).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 40)]
+    runs = []
+    for p in (1, 2):
+        m = kcompile.compile_string(src, seed=0)
+        m.batch_parts = p
+        runs.append((m.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0).history, m.get_weights(), m))
+    assert type(runs[1][2]._runner) is ShardedRunner and len(runs[1][2]._runner.phases) > 1
+    assert_same(runs)
+
+
+def test_weights_of_one_gradient_value_split():
+    """Two biases added up get one gradient value (the graph computes it once); the parts give it
+    once and the update reads it for both (this step used to fail to build)."""
+    src = """model twin {
+        input x: float32[6]
+        h = Dense(8, activation=relu)(x)
+        a = Dense(3)(h)
+        b = Dense(3)(h)
+        y = Add()(a, b)
+        output y
+        train { loss = mse; optimizer = Adam(learning_rate=0.01) }
+    }"""
+    gradients = kcompile.compile_string(src).manifest["training"]["gradients"]
+    assert gradients["dense_1/bias"] == gradients["dense_2/bias"]
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((70, 6)).astype(np.float32), rng.standard_normal((70, 3)).astype(np.float32)
+    runs = []
+    for p in (1, 2):
+        m = kcompile.compile_string(src, seed=0)
+        m.batch_parts = p
+        runs.append((m.fit(x, y, epochs=3, batch_size=32, verbose=0).history, m.get_weights(), m))
+    assert type(runs[1][2]._runner) is ShardedRunner
+    assert_same(runs)
+
+
 def test_a_masked_normalization_stays_whole(worth_splitting, monkeypatch):
     """A BatchNormalization over masked steps takes statistics of the unmasked steps, composed ops
     with no exchanges: its step is never split."""
