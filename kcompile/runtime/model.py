@@ -392,9 +392,12 @@ class Model(LayersMixin, TrainingMixin):
 
     def _parts_predictors(self, session, graph, feeds, n, fixed):
         """The two one-thread Predictors of predict's parts and the rows of their runs, made once
-        per session copied. Each part's run takes half of PREDICT_CACHE_BYTES of activations, so
-        that both parts keep theirs in the cache (at 1,024 rows, 39k samples/s in runs of 28
-        rows against 37k in runs of 56, on an earlier machine). Where a convolution can run in
+        per session copied. Each part's run takes a quarter of PREDICT_CACHE_BYTES of activations
+        (its largest value), about half a core's 2 MB L2, so that a layer's input and output stay in
+        it (at 1,024 rows: 39k samples/s in runs of 28 rows against 37k in runs of 56 on an earlier
+        machine; on the AVX-512 one, 72.2k in runs of 16 against 69.5-70.4k in runs of 28, 71.4-71.9k
+        in runs of 12-14, for the MNIST CNN; tiny_resnet 17.5k in runs of 20 against 17.0k in runs of
+        40). Where a convolution can run in
         Winograd's form (backend/winograd.py), both forms are made, timed on ``feeds``' first
         rows, and the faster kept (and remembered: after new weights only that form is made):
         the form gave 1.11x the MNIST CNN's predict on one machine and 0.83x on another
@@ -414,7 +417,7 @@ class Model(LayersMixin, TrainingMixin):
         choices = []
         for data, extra in forms:
             choices.append(([self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)],
-                            cache_rows(activations + extra, share=2)))
+                            cache_rows(activations + extra, share=4)))
         chosen = choices[0]
         if len(choices) > 1:
             chosen = self._faster_parts(choices, feeds, n, fixed)
