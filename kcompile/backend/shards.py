@@ -107,22 +107,21 @@ def split_step(step: bytes, gradients: dict, parts: int = 2, row_gradients: dict
     share = helper.make_tensor_value_info("share", onnx.TensorProto.FLOAT, [])
     scaled, grad_outputs = [], []
     folded = _constant_factors(g, gradients, elem, outputs)
-
     factors = set()
 
+    def factor(name, op, inputs, **attrs):  # (a scalar factor, made once for every weight it scales)
+        if name not in factors:
+            factors.add(name)
+            scaled.append(helper.make_node(op, inputs, [name], **attrs))
+        return name
+
     def times_share(w, value, output):
-        factor = "share"
+        scale = "share"
         if elem[w] != onnx.TensorProto.FLOAT:
-            factor = f"share:as:{elem[w]}"
-            if factor not in factors:
-                scaled.append(helper.make_node("Cast", ["share"], [factor], to=elem[w]))
-        factors.add(factor)
+            scale = factor(f"share:as:{elem[w]}", "Cast", [scale], to=elem[w])
         if w in folded:  # (the update's constant factor, taken by each part on its share)
-            constant, factor = folded[w][1], f"{factor}:{folded[w][1]}"
-            if factor not in factors:
-                scaled.append(helper.make_node("Mul", [factor.rsplit(":", 1)[0], constant], [factor]))
-            factors.add(factor)
-        scaled.append(helper.make_node("Mul", [value, factor], [output]))
+            scale = factor(f"{scale}:{folded[w][1]}", "Mul", [scale, folded[w][1]])
+        scaled.append(helper.make_node("Mul", [value, scale], [output]))
     for w, value in gradients.items():
         times_share(w, value, f"grad:{w}")
         grad_outputs.append(helper.make_tensor_value_info(f"grad:{w}", elem[w], _dims(inputs[w])))
