@@ -362,16 +362,18 @@ def _sequence_product(ctx, h_prev, recurrent, drop, units):
     return ctx.emit("Reshape", [per_gate, ctx.const([0, 0, -1], "int64")])
 
 
-def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output, width=None):
+def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output, width=None, time_major=False):
     """dR = sum over steps of h_{t-1}^T dz_t (each gate's block with its own mask); ``width``:
-    the gates' units G*u where ``recurrent`` is not a graph value (whose shape says it)."""
+    the gates' units G*u where ``recurrent`` is not a graph value (whose shape says it);
+    ``time_major``: h_prev and dz_h are [T, N, ...]."""
     width = width or ctx.shape(recurrent)[1]
     if drop is None:
         hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, units], "int64")])
         zh = ctx.emit("Reshape", [dz_h, ctx.const([-1, width], "int64")])
         return _summed_product(ctx, hp, zh, (units, width), output)
     dz4 = ctx.emit("Reshape", [dz_h, ctx.const([0, 0, width // units, units], "int64")])
-    per_gate = ctx.emit("Einsum", [h_prev, drop, dz4], equation="ntu,ngu,ntgv->guv")
+    per_gate = ctx.emit("Einsum", [h_prev, drop, dz4],
+                        equation="tnu,ngu,tngv->guv" if time_major else "ntu,ngu,ntgv->guv")
     by_row = ctx.emit("Transpose", [per_gate], perm=[1, 0, 2])
     return ctx.emit("Reshape", [by_row, ctx.const([units, width], "int64")], [output])
 
@@ -419,15 +421,15 @@ def _zeros_like_state(ctx, x, units):
     return ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), ctx.dtype(x))
 
 
-def _shift_right(ctx, seq, units, initial=None, time_major=False):
+def _shift_right(ctx, seq, units, initial=None, time_major=False, dtype=None):
     """[N, T, u] -> [N, T, u] (or [T, N, u] -> [T, N, u]) with step t holding step t-1 (at t = 0
-    ``initial`` [N, u], or zeros): the previous states."""
+    ``initial`` [N, u], or zeros of ``dtype``, by default the sequence's): the previous states."""
     axis = 0 if time_major else 1
     if initial is not None:
         start = initial
     elif time_major:  # ([N, u] zeros: the batch from the sequence's second axis)
         n = ctx.emit("Slice", [ctx.emit("Shape", [seq]), ctx.const([1], "int64"), ctx.const([2], "int64")])
-        start = ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), ctx.dtype(seq))
+        start = ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), dtype or ctx.dtype(seq))
     else:
         start = _zeros_like_state(ctx, seq, units)
     first = ctx.emit("Unsqueeze", [start, ctx.const([axis], "int64")])
@@ -536,30 +538,37 @@ def _scan_forward(ctx, body, inputs, outputs, state_count, time_major=0, input_t
              scan_output_axes=[1] * (emitted - time_major) + [0] * time_major)
 
 
-def _scan_backward(ctx, body, inputs, state_count, outputs, time_major=()):
+def _scan_backward(ctx, body, inputs, state_count, outputs, time_major=(), outputs_time_major=False):
     """Emit a Scan over time from the last step to the first, its sequences [N, T, ...] (those
     that ``time_major``, one flag per sequence input, marks: [T, N, ...]); returns its outputs
-    (the states' gradients at the first step, then the sequences it emits, [N, T, ...] in step
-    order)."""
+    (the states' gradients at the first step, then the sequences it emits in step order,
+    [N, T, ...], or [T, N, ...] where ``outputs_time_major``)."""
     scans = len(inputs) - state_count
     axes = [0 if k < len(time_major) and time_major[k] else 1 for k in range(scans)]
+    emitted = len(outputs) - state_count
     return ctx.emit("Scan", inputs, [ctx.fresh(name) for name in outputs], body=body, num_scan_inputs=scans,
                     scan_input_axes=axes, scan_input_directions=[1] * scans,
-                    scan_output_axes=[1] * (len(outputs) - state_count),
-                    scan_output_directions=[1] * (len(outputs) - state_count))
+                    scan_output_axes=[0 if outputs_time_major else 1] * emitted,
+                    scan_output_directions=[1] * emitted)
 
 
-def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, outputs):
+def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, outputs, time_major=False):
     """dx = dz_x W^T, dW = X^T dz_x, dR = H_prev^T dz_h over all steps at once; returns the
-    flattened dz_x and dz_h for the bias gradients."""
+    flattened dz_x and dz_h for the bias gradients. ``time_major``: h_prev, dz_x and dz_h are
+    [T, N, ...] (x and dx [N, T, ...] still)."""
     dx, dk, dr = outputs[:3]
     width = ctx.shape(kernel)[1]
-    ctx.emit("MatMul", [dz_x, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
+    if time_major:
+        x = ctx.emit("Transpose", [x], perm=[1, 0, 2])
+        dx_t = ctx.emit("MatMul", [dz_x, ctx.emit("Transpose", [kernel], perm=[1, 0])])
+        ctx.emit("Transpose", [dx_t], [dx], perm=[1, 0, 2])
+    else:
+        ctx.emit("MatMul", [dz_x, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
     flat = ctx.const([-1, width], "int64")
     zx, zh = ctx.emit("Reshape", [dz_x, flat]), ctx.emit("Reshape", [dz_h, flat])
-    features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
-    _summed_product(ctx, features, zx, (ctx.shape(x)[2], width), dk)
-    _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, dr)
+    features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(kernel)[0]], "int64")])
+    _summed_product(ctx, features, zx, (ctx.shape(kernel)[0], width), dk)
+    _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, dr, time_major=time_major)
     return zx, zh
 
 
@@ -746,7 +755,11 @@ class GRU(_OneStateRecurrence):
         if b is not None and b.shape != want:
             raise ShapeError(f"GRU bias must be {format_shape(want)} (reset_after={str(reset_after).lower()}), "
                              f"got {format_shape(b.shape)}")
-        return super().infer(ins, attrs)
+        types = super().infer(ins, attrs)
+        if reset_after and len(types) > 2:  # (the training form's gates: time-major, see lower_scan)
+            seq = types[0]
+            types[2:] = [seq.with_shape((seq.shape[1], seq.shape[0], u))] * (len(types) - 2)
+        return types
 
     def grad_attrs(self, attrs):
         return dict({k: attrs[k] for k in ("activation", "recurrent_activation") if k in attrs},
@@ -784,16 +797,26 @@ class GRU(_OneStateRecurrence):
                          initial=initial,
                          activations=list(_activations(attrs))[::-1])
         if len(outputs) > 2:  # the training form's gates, from the states the fused op returned
-            h_prev = _shift_right(ctx, outputs[0], u, initial[0] if initial else _zeros_like_state(ctx, x, u))
+            if reset_after:  # (time-major: see lower_scan)
+                h_prev = _shift_right(ctx, ctx.emit("Transpose", [outputs[0]], perm=[1, 0, 2]), u,
+                                      initial[0] if initial else None, time_major=True, dtype=ctx.dtype(x))
+                x = ctx.emit("Transpose", [x], perm=[1, 0, 2])
+            else:
+                h_prev = _shift_right(ctx, outputs[0], u, initial[0] if initial else _zeros_like_state(ctx, x, u))
             for gate, output in zip(_gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u, reset_after,
                                                _activations(attrs)), outputs[2:]):
                 ctx.emit("Identity", [gate], [output])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
+        """A Scan over time. In the training form with reset_after, the gates the gradient op
+        reads are time-major, [T, N, u], as the LSTM's (LSTM.lower_scan: no transposes of them
+        by either Scan); an input of fewer features than 3u is transposed for the Scan instead
+        of its projection."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u, reset_after = attrs["units"], attrs.get("reset_after", True)
         b_in, b_rec = self.biases(ctx, bias, reset_after)
-        xw = ctx.emit("MatMul", [x, kernel])
+        time_major = ctx.shape(x)[2] < 3 * u
+        xw = ctx.emit("MatMul", [ctx.emit("Transpose", [x], perm=[1, 0, 2]) if time_major else x, kernel])
         if b_in is not None:
             xw = ctx.emit("Add", [xw, b_in])
         body = _Body(ctx.dtype(x), masked=mask is not None)
@@ -830,7 +853,8 @@ class GRU(_OneStateRecurrence):
         body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next"), (h, "h_out")] + saved]
         graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"] + [name for _, name in saved])
         h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
-        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]] + outputs[2:], 1)
+        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]] + outputs[2:], 1,
+                      time_major=len(outputs) - 2 if reset_after else 0, input_time_major=time_major)
 
 
 def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):
@@ -899,10 +923,15 @@ class GRUGrad(Op):
         x, kernel, recurrent, seq = inputs[:4]
         d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 8 if attrs.get("saved") else 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
-        h_prev = _shift_right(ctx, seq, u, initial and initial[0])
+        saved = bool(attrs.get("saved"))  # (then the gates come time-major: GRU.lower_scan)
+        if saved:
+            h_prev = _shift_right(ctx, ctx.emit("Transpose", [seq], perm=[1, 0, 2]), u, initial and initial[0],
+                                  time_major=True, dtype=dtype)
+        else:
+            h_prev = _shift_right(ctx, seq, u, initial and initial[0])
         # the forward pass's gates, or recomputed for every step at once from the stored states
-        z, r, hh, hh_ = inputs[4:8] if attrs.get("saved") else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
-                                                                          True, _activations(attrs), drop)
+        z, r, hh, hh_ = inputs[4:8] if saved else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
+                                                             True, _activations(attrs), drop)
         # With dh reaching a step's new h = z h_prev + (1 - z) hh, the gradients of its gates'
         # input and recurrent pre-activations are dh times, for every step at once:
         # z' (h_prev - hh), with a = (1 - z) act'(hh): r' hh_ a, and a (r a on the recurrent side)
@@ -925,12 +954,14 @@ class GRUGrad(Op):
                        helper.make_node("Identity", [dh], ["dh_out"])]
         graph = body.graph("gru_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dzhs_t", "z_t"],
                            ["dh_prev", "dh_out"])
-        dh0, dh_seq = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dzh_scale, z] + _step_mask(ctx, mask), 1,
-                                     ["dh0", "dh"])
+        sequences = d_seq_input + [dzh_scale, z] + _step_mask(ctx, mask)
+        dh0, dh_seq = _scan_backward(ctx, graph, [d_h] + sequences, 1, ["dh0", "dh"],
+                                     time_major=[len(d_seq_input) <= k < len(d_seq_input) + 2 and saved
+                                                 for k in range(len(sequences))], outputs_time_major=saved)
         _initial_grads(ctx, [dh0], outputs[4:])
         dh3 = ctx.emit("Concat", [dh_seq, dh_seq, dh_seq], axis=-1)
         zx, zh = _weight_grads(ctx, x, h_prev, mul(dh3, dzx_scale), mul(dh3, dzh_scale), kernel, recurrent, drop, u,
-                               outputs)
+                               outputs, time_major=saved)
         axis0 = ctx.const([0], "int64")
         sums = [ctx.emit("ReduceSum", [v, axis0], keepdims=1) for v in (zx, zh)]
         ctx.emit("Concat", sums, [outputs[3]], axis=0)

@@ -126,25 +126,34 @@ def test_gradients_match_finite_differences(body, shape, training):
     assert checked > 0
 
 
-def test_the_lstm_training_form_keeps_its_gradients_sequences_time_major():
-    """The sequences the LSTM's training form keeps for its gradient op are [T, N, u], so that
-    neither Scan transposes them (an input of fewer features than 4u is transposed instead of its
-    projection); the gradients match finite differences above."""
+@pytest.mark.parametrize("layer, kept, read, emitted", [("LSTM", 6, 3, [1]), ("GRU", 4, 2, [0])])
+def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, kept, read, emitted):
+    """The sequences the LSTM's and GRU's training forms keep for their gradient ops are [T, N, u],
+    so that neither Scan transposes them (an input of fewer features than the gates' units is
+    transposed instead of its projection); the gradients match finite differences above."""
     import onnx
-    src = """model s {
+    src = f"""model s {{
         input x: float32[7, 3]
-        h = LSTM(4, return_sequences=true)(x)
+        h = {layer}(4, return_sequences=true)(x)
         y = Dense(1)(h)
         output y
-        train { loss = mse; optimizer = SGD() }
-    }"""
+        train {{ loss = mse; optimizer = SGD() }}
+    }}"""
     m = kcompile.compile_string(src)
-    scans = [n for n in onnx.load_from_string(m._step_graph()).graph.node if n.op_type == "Scan"]
-    axes = [{a.name: list(a.ints) for a in n.attribute if a.name.endswith("_axes")} for n in scans]
+
+    def scans(graph):  # (a GRU's forward Scan is the else branch of an If: fused for few rows)
+        for n in graph.node:
+            if n.op_type == "Scan":
+                yield n
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH and n.op_type == "If":
+                    yield from scans(a.g)
+    axes = [{a.name: list(a.ints) for a in n.attribute if a.name.endswith("_axes")}
+            for n in scans(onnx.load_from_string(m._step_graph()).graph)]
     forward, backward = axes
-    assert forward == {"scan_input_axes": [0], "scan_output_axes": [1] + [0] * 6}
-    # (the sequence's gradient from the loss, then the three the forward kept)
-    assert backward["scan_input_axes"] == [1, 0, 0, 0] and backward["scan_output_axes"] == [1]
+    assert forward == {"scan_input_axes": [0], "scan_output_axes": [1] + [0] * kept}
+    # (the sequence's gradient from the loss, then those the forward kept)
+    assert backward["scan_input_axes"] == [1] + [0] * read and backward["scan_output_axes"] == emitted
 
 
 def step_graph_size(kind, steps):
