@@ -1,5 +1,6 @@
-"""Recurrent ops, batch-major ([N, T, features]) with Keras's weight layouts (the LSTM's
-sequences for its own gradient op alone are time-major, [T, N, features]: see LSTM.lower_scan).
+"""Recurrent ops, batch-major ([N, T, features]) with Keras's weight layouts (the LSTM's and
+GRU's sequences for their own gradient ops alone are time-major, [T, N, features]: see
+LSTM.lower_scan).
 
 LSTM gates are in Keras's order i, f, c, o: kernel [I, 4u], recurrent kernel [u, 4u],
 bias [4u]. Outputs: the hidden sequence [N, T, u], the last h and c [N, u], and the
