@@ -35,6 +35,7 @@ class LoweringContext:
         self._names = set(graph.types) | set(rename.values())
         self._const_cache: dict = {}
         self._count = 0
+        self.declared: list = []  # (graph values whose types the graph states: declare)
 
     def fresh(self, base: str) -> str:
         name = base
@@ -43,6 +44,12 @@ class LoweringContext:
             name = f"{base}_{self._count}"
         self._names.add(name)
         return name
+
+    def declare(self, value: str):
+        """State graph value ``value``'s type in the ONNX graph, where ONNX's shape inference finds
+        none (MaxUnpool given its output's shape at run time): the values after it then get
+        theirs, which a step cut into phases needs for those crossing them."""
+        self.declared.append(value)
 
     def emit(self, op_type: str, inputs, outputs=None, **attrs):
         """Append one ONNX node; returns its output name (or the list, for several)."""
@@ -135,7 +142,8 @@ def to_onnx(graph: Graph, weights: dict[str, np.ndarray] | None = None, params_a
                 raise ValueError(f"no value for weight {name}")
             initializers.append(numpy_helper.from_array(np.asarray(weights[name], dtype=p.type.dtype), name))
     outputs = [value_info(public, graph.types[value]) for public, value in graph.outputs]
-    onnx_graph = helper.make_graph(ctx.nodes, graph.name, inputs, outputs, initializers)
+    declared = [value_info(ctx.rename.get(v, v), graph.types[v]) for v in ctx.declared]
+    onnx_graph = helper.make_graph(ctx.nodes, graph.name, inputs, outputs, initializers, value_info=declared)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="kcompile", producer_version=__version__, doc_string=doc)
     model.ir_version = IR_VERSION

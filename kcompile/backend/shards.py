@@ -305,14 +305,8 @@ def _value_types(model) -> dict:
     graph; the batch dimension stays symbolic), those of an unknown rank left out (a graph's
     input or output needs one: a phase crossed by such a value is not made)."""
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
-    types = {i.name: i for i in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
-             if i.type.tensor_type.elem_type and i.type.tensor_type.HasField("shape")}
-    for node in model.graph.node:  # (MaxUnpool given its output's shape at run time: its input's rank)
-        if node.op_type == "MaxUnpool" and node.output[0] not in types and node.input[0] in types:
-            known = types[node.input[0]].type.tensor_type
-            types[node.output[0]] = helper.make_tensor_value_info(node.output[0], known.elem_type,
-                                                                  [None] * len(known.shape.dim))
-    return types
+    return {i.name: i for i in list(inferred.value_info) + list(inferred.input) + list(inferred.output)
+            if i.type.tensor_type.elem_type and i.type.tensor_type.HasField("shape")}
 
 
 def _phases(g, nodes, wanted, share, types, exchanges, parts):

@@ -607,13 +607,10 @@ class MaxPoolTilesGrad(Op):
         indices = ctx.emit("Add", [offset, starts])
         # (no output_shape input where the windows cover x: reading x's shape would make
         # onnxruntime convert x out of the blocked layout of the convolution that made it)
-        if tiled is x:
-            ctx.emit("MaxUnpool", [dy, indices], outputs, kernel_shape=k, strides=k)
-            return
-        # (x's shape read at run time: ONNX infers no rank for MaxUnpool's output then, which a
-        # step cut into phases needs for the values crossing them; the Reshape states it)
-        shape = ctx.emit("Shape", [x])
-        ctx.emit("Reshape", [ctx.emit("MaxUnpool", [dy, indices, shape], kernel_shape=k, strides=k), shape], outputs)
+        shape = [] if tiled is x else [ctx.emit("Shape", [x])]
+        ctx.emit("MaxUnpool", [dy, indices] + shape, outputs, kernel_shape=k, strides=k)
+        if shape:  # (of which ONNX infers no rank)
+            ctx.declare(outputs[0])
 
 
 @register
