@@ -37,6 +37,15 @@ def _reads(node) -> set:
     return names
 
 
+def _readers(nodes) -> dict:
+    """value -> the nodes of ``nodes`` that read it, each once."""
+    readers = {}
+    for node in nodes:
+        for v in _reads(node):
+            readers.setdefault(v, []).append(node)
+    return readers
+
+
 def _needed(graph, outputs) -> list:
     """The nodes the values ``outputs`` depend on, in graph order."""
     producer = {o: i for i, node in enumerate(graph.node) for o in node.output}
@@ -204,10 +213,7 @@ def _constant_factors(graph, gradients, elem, outputs) -> dict:
     and the update adds them up into that value, one pass over the weights fewer."""
     scalars = {i.name: i.data_type for i in graph.initializer if len(i.dims) <= 1 and
                all(d == 1 for d in i.dims)}
-    readers = {}
-    for node in graph.node:
-        for v in set(_reads(node)):
-            readers.setdefault(v, []).append(node)
+    readers = _readers(graph.node)
     found = {}
     for w, value in gradients.items():
         reader = readers.get(value, [])
@@ -227,10 +233,7 @@ def _scaled_operands(model, nodes, scalings) -> list:
     whose scaling took 105 of a part's 727 us. Only where the product's summed dimension is the
     batch's: a convolution's sums over the batch's positions too, where the product is smaller."""
     made = {o: node for node in nodes for o in node.output}
-    readers = {}
-    for node in nodes:
-        for v in set(_reads(node)):
-            readers[v] = readers.get(v, 0) + 1
+    readers = _readers(nodes)
     inputs = list(model.graph.input)
     batch = inputs[0].type.tensor_type.shape.dim[0].dim_param if inputs and \
         inputs[0].type.tensor_type.shape.dim else ""
@@ -239,11 +242,11 @@ def _scaled_operands(model, nodes, scalings) -> list:
         value, factor = scaling.input
         chain, v = [], value
         while v in made and made[v].op_type in ("Reshape", "Transpose", "Squeeze", "Unsqueeze") and \
-                readers.get(v) == 1:
+                len(readers.get(v, ())) == 1:
             chain.append(made[v])
             v = made[v].input[0]
         product = made.get(v)
-        if product is None or product.op_type != "MatMul" or readers.get(v) != 1 or not batch:
+        if product is None or product.op_type != "MatMul" or len(readers.get(v, ())) != 1 or not batch:
             continue
         if types is None:
             types = _value_types(model)
@@ -341,14 +344,11 @@ def _phases(g, nodes, wanted, share, types, exchanges, parts):
         latest[out] = phase[out]
     # A view (a Reshape, say) whose value a later phase reads is made again there from its input:
     # onnxruntime copies a view that is a graph's output.
-    readers = {}
-    for node in nodes:
-        for v in _reads(node):
-            readers.setdefault(v, set()).add(phase[node.output[0]])
+    readers = _readers(nodes)
     views = [[] for _ in range(count)]
     for node in nodes:
         if node.op_type in _VIEWS and node.output[0] not in exchanges:
-            for q in readers.get(node.output[0], ()):
+            for q in {phase[r.output[0]] for r in readers.get(node.output[0], ())}:
                 if q != phase[node.output[0]]:
                     views[q].append(node)
     staged = [list(v) for v in views]  # each phase's nodes, the sums of what it receives first

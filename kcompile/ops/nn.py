@@ -517,13 +517,11 @@ class MaxPoolGrad(Op):
         strides, _, pads = _spatial_attrs(attrs, len(k))
         if all(s >= kk for s, kk in zip(strides, k)) and not any(pads):
             shape = ctx.emit("Shape", [x])
-            if all(isinstance(d, int) for d in ctx.shape(x)):
-                ctx.emit("MaxUnpool", [dy, indices, shape], outputs, kernel_shape=k, strides=tuple(strides))
-                return
-            # (a size known only at run time: ONNX infers no rank for MaxUnpool's output, and a
-            # recurrent layer's Scan before it needs one; the Reshape states it)
-            placed = ctx.emit("MaxUnpool", [dy, indices, shape], kernel_shape=k, strides=tuple(strides))
-            ctx.emit("Reshape", [placed, shape], outputs)
+            ctx.emit("MaxUnpool", [dy, indices, shape], outputs, kernel_shape=k, strides=tuple(strides))
+            if not all(isinstance(d, int) for d in ctx.shape(x)):
+                # (a size known only at run time: ONNX infers no rank for MaxUnpool's output,
+                # which a recurrent layer's Scan before it needs)
+                ctx.declare(outputs[0])
             return
         flat = ctx.const([-1], "int64")
         zeros = ctx.zeros(ctx.emit("Shape", [ctx.emit("Reshape", [x, flat])]), ctx.dtype(dy))

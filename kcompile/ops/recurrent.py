@@ -416,23 +416,19 @@ def _output_grads(ctx, outputs, dys):
     return ([dys[0]] if dys[0] is not None else []) + states
 
 
-def _zeros_like_state(ctx, x, units):
-    """[N, u] zeros for a batch-major x [N, T, I] (the batch is known at run time only)."""
-    n = ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"), ctx.const([1], "int64")])
-    return ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), ctx.dtype(x))
+def _zeros_like_state(ctx, x, units, batch_axis=0, dtype=None):
+    """[N, u] zeros of ``dtype`` (by default x's) for x whose axis ``batch_axis`` is the batch
+    (known at run time only): [N, T, I] batch-major, [T, N, u] time-major with batch_axis 1."""
+    axis = [ctx.const([batch_axis], "int64"), ctx.const([batch_axis + 1], "int64")]
+    n = ctx.emit("Slice", [ctx.emit("Shape", [x])] + axis)
+    return ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), dtype or ctx.dtype(x))
 
 
 def _shift_right(ctx, seq, units, initial=None, time_major=False, dtype=None):
     """[N, T, u] -> [N, T, u] (or [T, N, u] -> [T, N, u]) with step t holding step t-1 (at t = 0
     ``initial`` [N, u], or zeros of ``dtype``, by default the sequence's): the previous states."""
     axis = 0 if time_major else 1
-    if initial is not None:
-        start = initial
-    elif time_major:  # ([N, u] zeros: the batch from the sequence's second axis)
-        n = ctx.emit("Slice", [ctx.emit("Shape", [seq]), ctx.const([1], "int64"), ctx.const([2], "int64")])
-        start = ctx.zeros(ctx.emit("Concat", [n, ctx.const([units], "int64")], axis=0), dtype or ctx.dtype(seq))
-    else:
-        start = _zeros_like_state(ctx, seq, units)
+    start = initial if initial is not None else _zeros_like_state(ctx, seq, units, 1 - axis, dtype)
     first = ctx.emit("Unsqueeze", [start, ctx.const([axis], "int64")])
     head = ctx.emit("Slice", [seq, ctx.const([0], "int64"), ctx.const([-1], "int64"), ctx.const([axis], "int64")])
     return ctx.emit("Concat", [first, head], axis=axis)
