@@ -214,6 +214,27 @@ def summarize(workload, bursts, batch=bench.BATCH):
     return out
 
 
+def machine_rate(frameworks, quick=True) -> dict:
+    """The machine's attainable float32 matmul GFLOP/s now ({engine: best of a few 2048^3
+    products}, run.py's matmul workload, each engine in a process of its own): numpy, the
+    onnxruntime kcompile runs on, and torch where it is measured. The paired ratios compare
+    bursts seconds apart; this says how fast the machine was while they ran."""
+    from types import SimpleNamespace
+    args = SimpleNamespace(mnist=bench.DEFAULT_MNIST, quick=quick, device="cpu")
+    engines = ["numpy", "onnxruntime"] + [f for f in ("torch",) if f in frameworks]
+    out = {}
+    for engine in engines:
+        result = bench.run_worker(engine, "matmul", args, timeout=120)
+        if result.get("ok"):
+            out[engine] = result["gflops"]
+    return out
+
+
+def rate_line(when: str, rates: dict) -> str:
+    return f"matmul at the {when}: " + (", ".join(f"{e} {g:.0f}" for e, g in rates.items()) + " GFLOP/s"
+                                        if rates else "not measured")
+
+
 def report(rows, frameworks):
     lines = []
     head = f"{'workload':<34}" + "".join(f"{f:>14}" for f in frameworks) + f"{'kc/best peer':>14}  target"
@@ -259,15 +280,18 @@ def main():
     for f in sorted(wanted - set(frameworks)):
         print(f"{f}: not installed (pip install -e '.[bench]'); skipped")
     start = time.perf_counter()
-    rows, raw = measure_all(workloads, frameworks, args.cycles,
-                            say=lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}", flush=True),
-                            batch=args.batch)
+    say = lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}", flush=True)  # noqa: E731
+    rates = {"start": machine_rate(frameworks)}
+    say(rate_line("start", rates["start"]))
+    rows, raw = measure_all(workloads, frameworks, args.cycles, say=say, batch=args.batch)
+    rates["end"] = machine_rate(frameworks)
     print(f"\npaired bursts, {args.cycles} cycles, training batch {args.batch}, {os.cpu_count()} CPU cores, "
           f"total {time.perf_counter() - start:.0f} s; each framework's median burst, and kcompile's median "
           f"ratio to the best peer's burst of the same cycle (its quartiles after 'cycles')\n")
     print(report(rows, frameworks))
-    Path(args.json).write_text(json.dumps({"cycles": args.cycles, "batch": args.batch, "rows": rows, "bursts": raw},
-                                          indent=1, default=float))
+    print(f"\nthe machine's float32 {rate_line('start', rates['start'])}; {rate_line('end', rates['end'])}")
+    Path(args.json).write_text(json.dumps({"cycles": args.cycles, "batch": args.batch, "matmul_gflops": rates,
+                                           "rows": rows, "bursts": raw}, indent=1, default=float))
     print(f"\nevery burst: {args.json}")
 
 

@@ -118,3 +118,12 @@ def test_a_worker_that_has_ended_says_why_at_its_next_burst(paired, tmp_path):
             worker.burst()
     finally:
         worker.close()
+
+
+def test_the_machine_rate_is_measured_by_each_engine_in_its_own_process(paired):
+    rates = paired.machine_rate(["kcompile", "keras_jax"])  # (no torch among them: numpy and onnxruntime)
+    assert set(rates) == {"numpy", "onnxruntime"}
+    assert all(1.0 < g < 1e5 for g in rates.values())  # GFLOP/s of a 2048^3 product: seconds, not hours
+    line = paired.rate_line("start", rates)
+    assert line.startswith("matmul at the start: numpy ") and line.endswith(" GFLOP/s")
+    assert paired.rate_line("end", {}) == "matmul at the end: not measured"
