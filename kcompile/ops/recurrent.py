@@ -183,7 +183,7 @@ class LSTM(Op):
     """inputs: x [N, T, I], kernel [I, 4u], recurrent_kernel [u, 4u], bias [4u] (optional),
     mask [N, T] (with attr masked: 0 at steps that keep the previous state).
     outputs: sequence [N, T, u], last h [N, u], last c [N, u], cell sequence [N, T, u], and in
-    training (attr ``saved``) each step's gates i, f, g, o and act(c) for the gradient op
+    training (attr ``saved``) each step's gates i, f, g, o, act(c) and h for the gradient op
     (recomputing them took a fifth of a small LSTM's step: two products over all steps and five
     passes over [N, T, 4u]); in training the cell sequence and these are time-major, [T, N, u].
     attrs: units, activation/recurrent_activation (ONNX names: Tanh, Sigmoid or Relu), masked,
@@ -200,7 +200,7 @@ class LSTM(Op):
         if not attrs.get("saved"):
             return [seq, last, last, seq]
         steps = TensorType(x.dtype, (t, n, u))  # (time-major: see lower_scan)
-        return [seq, last, last, steps] + [steps] * 5
+        return [seq, last, last, steps] + [steps] * 6
 
     def macs(self, ins, outs, attrs):
         return _recurrence_macs(ins)
@@ -226,10 +226,11 @@ class LSTM(Op):
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         """Forward pass as a Scan over time, also giving the cell sequence. In the training form
-        (``saved``) the cell sequence and the gates, read by the gradient op alone, are
-        time-major, [T, N, u]: a Scan writes (and the gradient's reverse Scan reads) those in
-        place, where a batch-major sequence costs a transpose of it each way (the sentiment
-        LSTM's part step: 12 of the 21 [N, T, u] transposes its two Scans made)."""
+        (``saved``) the cell sequence, the gates and h, read by the gradient op, are time-major,
+        [T, N, u]: a Scan writes (and the gradient's reverse Scan reads) those in place, where a
+        batch-major sequence costs a transpose of it each way (the sentiment LSTM's part step:
+        12 of the 21 [N, T, u] transposes its two Scans made); the batch-major sequence is then
+        made from h only where something else reads it (return_sequences)."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u, dtype = attrs["units"], ctx.dtype(x)
         # The input projection of every step at once, [N, T, 4u]; or [T, N, 4u] from the input
@@ -252,15 +253,21 @@ class LSTM(Op):
         c = body("Add", body("Mul", f, "c_prev"), body("Mul", i, g))
         tanh_c = body(act, c)  # (named for the default activation)
         h = body("Mul", o, tanh_c)
-        saved = [(i, "i_out"), (f, "f_out"), (g, "g_out"), (o, "o_out"), (tanh_c, "tanh_c_out")][:len(outputs) - 4]
         c, h = body.blend(c, "c_prev"), body.blend(h, "h_prev")
+        saved = [(i, "i_out"), (f, "f_out"), (g, "g_out"), (o, "o_out"), (tanh_c, "tanh_c_out"),
+                 (h, "h_out")][:len(outputs) - 4]
+        emitted = [(c, "c_out")] + saved if saved else [(h, "h_out"), (c, "c_out")]
         body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in
-                       [(h, "h_next"), (c, "c_next"), (h, "h_out"), (c, "c_out")] + saved]
-        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"],
-                           ["h_next", "c_next", "h_out", "c_out"] + [name for _, name in saved])
-        _scan_forward(ctx, graph, [h0, c0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2], outputs[0],
-                                                                                outputs[3]] + outputs[4:], 2,
-                      time_major=len(outputs) - 3 if attrs.get("saved") else 0, input_time_major=time_major)
+                       [(h, "h_next"), (c, "c_next")] + emitted]
+        graph = body.graph("lstm_step", ["h_prev", "c_prev", "xw_t"], ["h_next", "c_next"] + [n for _, n in emitted])
+        if not saved:
+            _scan_forward(ctx, graph, [h0, c0, xw] + _step_mask(ctx, mask), outputs[1:3] + [outputs[0], outputs[3]],
+                          2, input_time_major=time_major)
+            return
+        _scan_forward(ctx, graph, [h0, c0, xw] + _step_mask(ctx, mask), outputs[1:], 2,
+                      time_major=len(outputs) - 3, input_time_major=time_major)
+        if ctx.used(outputs[0]):  # (the sequence batch-major, for what reads it besides the gradient op)
+            ctx.emit("Transpose", [outputs[-1]], [outputs[0]], perm=[1, 0, 2])
 
     def training_form(self, ctx, node):
         return _recurrent_dropout_form(ctx, node, saved=True)
@@ -268,6 +275,8 @@ class LSTM(Op):
     def grad(self, ctx, node, dys):
         seq, _, _, cells, *saved = node.outputs
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
+        if saved:  # (the time-major h the training form keeps, as the sequence)
+            seq, saved = saved[-1], saved[:-1]
         ins = [x, k, r, seq, cells] + saved + _output_grads(ctx, node.outputs[:3], dys[:3])
         return _grad_op(ctx, "LSTMGrad", node, ins, b, drop, mask, dys[0] is not None,
                         _initial_states(node.inputs, node.attrs), **({"saved": True} if saved else {}),
@@ -436,8 +445,9 @@ def _shift_right(ctx, seq, units, initial=None, time_major=False, dtype=None):
 
 @register
 class LSTMGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence, cells[, i, f, g, o, act(c)][, d_sequence], d_last_h,
-    d_last_c[, bias][, initial_h, initial_c][, drop][, mask]; outputs: dx, d_kernel, d_recurrent_kernel,
+    """inputs: x, kernel, recurrent_kernel, sequence (time-major where saved), cells[, i, f, g, o,
+    act(c)][, d_sequence], d_last_h, d_last_c[, bias][, initial_h, initial_c][, drop][, mask];
+    outputs: dx, d_kernel, d_recurrent_kernel,
     d_bias[, d_initial_h, d_initial_c]. attrs: units, seq_grad (the loss reads the sequence), has_bias,
     initial, rdrop, masked, saved (the forward pass's gates are inputs; else they are recomputed),
     activation and recurrent_activation (the LSTM's)."""
@@ -453,8 +463,10 @@ class LSTMGrad(Op):
         d_seq, (d_h, d_c), bias, drop, mask, initial = _grad_inputs(inputs, attrs, first, 2)
         u, dtype = attrs["units"], ctx.dtype(x)
         h0, c0 = initial or (None, None)
-        h_prev = _shift_right(ctx, seq, u, h0)
-        saved = bool(attrs.get("saved"))  # (then the cells and gates come time-major: LSTM.lower_scan)
+        saved = bool(attrs.get("saved"))  # (then the sequence, cells and gates come time-major: LSTM.lower_scan,
+        # and the reverse Scan emits its dz [T, N, 4u] in place, where a batch-major one costs it a
+        # transpose of dz, four times the sequence's size)
+        h_prev = _shift_right(ctx, seq, u, h0, time_major=saved, dtype=dtype)
         c_prev = _shift_right(ctx, cells, u, c0, time_major=saved)
         act, gate_act = _activations(attrs)
         if saved:  # the forward Scan's gates, and its own new cells' act(c)
@@ -495,16 +507,10 @@ class LSTMGrad(Op):
         sequences = d_seq_input + [dc_dh, dz_scale, f] + _step_mask(ctx, mask)
         dh0, dc0, dz_seq = _scan_backward(ctx, graph, [d_h, d_c] + sequences, 2, ["dh0", "dc0", "dz"],
                                           time_major=[len(d_seq_input) <= k < len(d_seq_input) + 3 and saved
-                                                      for k in range(len(sequences))])
+                                                      for k in range(len(sequences))], outputs_time_major=saved)
         _initial_grads(ctx, [dh0, dc0], outputs[4:])
-        dx, dk, dr, db = outputs[:4]
-        ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
-        flat = ctx.const([-1, 4 * u], "int64")
-        dz2 = ctx.emit("Reshape", [dz_seq, flat])
-        features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
-        _summed_product(ctx, features, dz2, (ctx.shape(x)[2], 4 * u), dk)
-        _recurrent_kernel_grad(ctx, h_prev, dz_seq, drop, recurrent, u, dr)
-        ctx.emit("ReduceSum", [dz2, ctx.const([0], "int64")], [db], keepdims=0)
+        dz2, _ = _weight_grads(ctx, x, h_prev, dz_seq, dz_seq, kernel, recurrent, drop, u, outputs, time_major=saved)
+        ctx.emit("ReduceSum", [dz2, ctx.const([0], "int64")], [outputs[3]], keepdims=0)
 
 
 def _initial_grad_types(ins, attrs):

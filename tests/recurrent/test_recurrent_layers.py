@@ -126,11 +126,13 @@ def test_gradients_match_finite_differences(body, shape, training):
     assert checked > 0
 
 
-@pytest.mark.parametrize("layer, kept, read, emitted", [("LSTM", 6, 3, [1]), ("GRU", 4, 2, [0])])
-def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, kept, read, emitted):
-    """The sequences the LSTM's and GRU's training forms keep for their gradient ops are [T, N, u],
-    so that neither Scan transposes them (an input of fewer features than the gates' units is
-    transposed instead of its projection); the gradients match finite differences above."""
+@pytest.mark.parametrize("layer, forward, read, emitted", [("LSTM", [0] * 7, 3, [0]), ("GRU", [1] + [0] * 4, 2, [0])])
+def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forward, read, emitted):
+    """The sequences the LSTM's and GRU's training forms keep for their gradient ops are [T, N, u]
+    (the LSTM's h too: its batch-major sequence is then a Transpose, made for what reads it), and
+    the gate gradients their reverse Scans emit too, so that neither Scan transposes them (an
+    input of fewer features than the gates' units is transposed instead of its projection); the
+    gradients match finite differences above."""
     import onnx
     src = f"""model s {{
         input x: float32[7, 3]
@@ -150,10 +152,26 @@ def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, kept,
                     yield from scans(a.g)
     axes = [{a.name: list(a.ints) for a in n.attribute if a.name.endswith("_axes")}
             for n in scans(onnx.load_from_string(m._step_graph()).graph)]
-    forward, backward = axes
-    assert forward == {"scan_input_axes": [0], "scan_output_axes": [1] + [0] * kept}
+    backward = axes[1]
+    assert axes[0] == {"scan_input_axes": [0], "scan_output_axes": forward}
     # (the sequence's gradient from the loss, then those the forward kept)
     assert backward["scan_input_axes"] == [1] + [0] * read and backward["scan_output_axes"] == emitted
+
+
+def test_an_lstm_whose_sequence_only_its_gradient_reads_makes_no_batch_major_sequence():
+    import onnx
+    m = kcompile.compile_string("""model s {
+        input x: float32[7, 3]
+        y = Dense(1)(LSTM(4)(x))
+        output y
+        train { loss = mse; optimizer = SGD() }
+    }""")
+    graph = onnx.load_from_string(m._step_graph()).graph
+    forward = next(n for n in graph.node if n.op_type == "Scan")
+    assert len(forward.output) == 2 + 7  # the last h and c; the cells, five gate sequences and h, time-major
+    h = forward.output[-1]
+    readers = {n.op_type for n in graph.node if h in n.input}
+    assert readers and "Transpose" not in readers  # (the gradient's h_prev: a shift of it by a step)
 
 
 def step_graph_size(kind, steps):
