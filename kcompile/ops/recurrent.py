@@ -146,7 +146,8 @@ def _elementwise(ctx, dtype):
 def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units, order=None, initial=None,
                      **attrs):
     """ONNX's fused recurrence (RNN, GRU, LSTM), batch-major in and out: ``biases`` the input and
-    recurrent biases [G*u] each, or None; ``outputs`` the sequence, then the last states;
+    recurrent biases [G*u] each, or None; ``outputs`` the sequence (or None), then the last states
+    (returns the sequence time-major, [T, N, u]);
     ``order``: ONNX's gates as positions among Keras's, where they differ (the LSTM's);
     ``initial``: the initial states [N, u] (h, then c), or None (zeros)."""
     def gates(w, axis):
@@ -167,9 +168,11 @@ def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units,
     y, *states = ctx.emit(onnx_op, ins, [ctx.fresh("rnn_y")] + [ctx.fresh("rnn_state") for _ in outputs[1:]],
                           hidden_size=units, **attrs)
     y = ctx.emit("Squeeze", [y, ctx.const([1], "int64")])  # [T, 1, N, u] -> [T, N, u]
-    ctx.emit("Transpose", [y], [outputs[0]], perm=[1, 0, 2])
+    if outputs[0]:  # (None: no batch-major sequence wanted)
+        ctx.emit("Transpose", [y], [outputs[0]], perm=[1, 0, 2])
     for state, output in zip(states, outputs[1:]):
         ctx.emit("Squeeze", [state, ctx.const([0], "int64")], [output])
+    return y
 
 
 def _gates(ctx, z, units, count):
@@ -582,8 +585,14 @@ class _OneStateRecurrence(Op):
     gates = 1
 
     def saved(self, attrs) -> int:
-        """How many gate sequences the training form gives its gradient op."""
+        """How many sequences the training form gives its gradient op (the last of them h, where
+        ``keeps_h``)."""
         return 0
+
+    def keeps_h(self, attrs) -> bool:
+        """Whether the training form's last sequence for the gradient op is h, time-major: the
+        op's batch-major sequence is then made only where something else reads it."""
+        return False
 
     def infer(self, ins, attrs):
         x, k, r, b, drop, mask = _split_inputs(ins, attrs)
@@ -608,7 +617,10 @@ class _OneStateRecurrence(Op):
     def grad(self, ctx, node, dys):
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         seq, last, *saved = node.outputs
-        ins = [x, k, r, seq] + saved + _output_grads(ctx, [seq, last], dys[:2])
+        grads = _output_grads(ctx, [seq, last], dys[:2])
+        if saved and self.keeps_h(node.attrs):  # (the time-major h, as the sequence)
+            seq, saved = saved[-1], saved[:-1]
+        ins = [x, k, r, seq] + saved + grads
         return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask, dys[0] is not None,
                         _initial_states(node.inputs, node.attrs), **self.grad_attrs(node.attrs),
                         **({"saved": True} if saved else {}))
@@ -630,6 +642,8 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
     # (the training form's gates: emitted where the gradient reads them, not for a frozen layer;
     # the fused op's branch computes them from its sequence, for every step at once)
     outputs = outputs if any(ctx.used(o) for o in outputs[2:]) else outputs[:2]
+    if len(outputs) > 2 and op.keeps_h(attrs) and not ctx.used(outputs[0]):
+        outputs = [None] + outputs[1:]  # (the gradient reads h time-major: no batch-major sequence)
     if mask is not None or drop is not None or ctx.dtype(x) != "float32":
         return op.lower_scan(ctx, inputs, outputs, attrs)
     batch = ctx.emit("Squeeze", [ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"),
@@ -639,12 +653,12 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
 
     def branch(lower):
         def build():
-            fresh = [ctx.fresh(f"{o}_branch") for o in outputs]
+            fresh = [o and ctx.fresh(f"{o}_branch") for o in outputs]
             lower(ctx, inputs, fresh, attrs)
-            return fresh
+            return [f for f in fresh if f]
         return build
     name = op.name.lower()
-    ctx.emit("If", [small], outputs, then_branch=ctx.subgraph(f"{name}_fused", branch(op.lower_fused), dtype),
+    ctx.emit("If", [small], [o for o in outputs if o], then_branch=ctx.subgraph(f"{name}_fused", branch(op.lower_fused), dtype),
              else_branch=ctx.subgraph(f"{name}_scan", branch(op.lower_scan), dtype))
 
 
@@ -769,8 +783,11 @@ class GRU(_OneStateRecurrence):
                     **({} if attrs.get("reset_after", True) else {"reset_after": False}))
 
     def saved(self, attrs):
-        """z, r and hh, and with reset_after the recurrent product's h part hh_ (h R_h + b'_h)."""
-        return 4 if attrs.get("reset_after", True) else 3
+        """z, r and hh, and with reset_after the recurrent product's h part hh_ (h R_h + b'_h) and h."""
+        return 5 if attrs.get("reset_after", True) else 3
+
+    def keeps_h(self, attrs):
+        return attrs.get("reset_after", True)
 
     @staticmethod
     def biases(ctx, bias, reset_after=True):
@@ -796,14 +813,15 @@ class GRU(_OneStateRecurrence):
             biases = (bias, ctx.const([0.0] * (3 * u), ctx.dtype(x)))
         # (Keras's gates z, r, h are ONNX's; reset_after is its linear_before_reset)
         initial = _initial_states(inputs, attrs)
-        _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs[:2], u, linear_before_reset=int(reset_after),
-                         initial=initial,
-                         activations=list(_activations(attrs))[::-1])
+        h_steps = _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs[:2], u,
+                                   linear_before_reset=int(reset_after), initial=initial,
+                                   activations=list(_activations(attrs))[::-1])
         if len(outputs) > 2:  # the training form's gates, from the states the fused op returned
-            if reset_after:  # (time-major: see lower_scan)
-                h_prev = _shift_right(ctx, ctx.emit("Transpose", [outputs[0]], perm=[1, 0, 2]), u,
-                                      initial[0] if initial else None, time_major=True, dtype=ctx.dtype(x))
+            if reset_after:  # (time-major, h too: see lower_scan)
+                h_prev = _shift_right(ctx, h_steps, u, initial[0] if initial else None, time_major=True,
+                                      dtype=ctx.dtype(x))
                 x = ctx.emit("Transpose", [x], perm=[1, 0, 2])
+                ctx.emit("Identity", [h_steps], [outputs[-1]])
             else:
                 h_prev = _shift_right(ctx, outputs[0], u, initial[0] if initial else _zeros_like_state(ctx, x, u))
             for gate, output in zip(_gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u, reset_after,
@@ -811,10 +829,11 @@ class GRU(_OneStateRecurrence):
                 ctx.emit("Identity", [gate], [output])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
-        """A Scan over time. In the training form with reset_after, the gates the gradient op
-        reads are time-major, [T, N, u], as the LSTM's (LSTM.lower_scan: no transposes of them
-        by either Scan); an input of fewer features than 3u is transposed for the Scan instead
-        of its projection."""
+        """A Scan over time. In the training form with reset_after, the gates and h the gradient
+        op reads are time-major, [T, N, u], as the LSTM's (LSTM.lower_scan: no transposes of them
+        by either Scan), and the batch-major sequence is emitted only where something else reads
+        it (outputs[0] None: _fused_or_scan); an input of fewer features than 3u is transposed
+        for the Scan instead of its projection."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u, reset_after = attrs["units"], attrs.get("reset_after", True)
         b_in, b_rec = self.biases(ctx, bias, reset_after)
@@ -850,14 +869,16 @@ class GRU(_OneStateRecurrence):
             pre_h = body("Add", xh, body("MatMul", q, r_h))
             hh_ = []
         hh = body(act, pre_h)
-        saved = ([(z, "z_out"), (r, "r_out"), (hh, "hh_out")] + hh_)[:len(outputs) - 2]
         h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
         h = body.blend(h, "h_prev")
-        body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next"), (h, "h_out")] + saved]
-        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next", "h_out"] + [name for _, name in saved])
+        saved = ([(z, "z_out"), (r, "r_out"), (hh, "hh_out")] + hh_ + [(h, "h_steps_out")] * reset_after
+                 )[:len(outputs) - 2]
+        sequence = [(h, "h_out")] if outputs[0] else []  # (None: only the gradient reads h, time-major)
+        body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next")] + sequence + saved]
+        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next"] + [name for _, name in sequence + saved])
         h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
-        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]] + outputs[2:], 1,
-                      time_major=len(outputs) - 2 if reset_after else 0, input_time_major=time_major)
+        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1]] + [o for o in outputs[:1] if o] +
+                      outputs[2:], 1, time_major=len(outputs) - 2 if reset_after else 0, input_time_major=time_major)
 
 
 def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):
@@ -909,7 +930,8 @@ def _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, units, reset_after, acti
 
 @register
 class GRUGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence[, z, r, hh[, hh_]][, d_sequence], d_last_h[, bias]
+    """inputs: x, kernel, recurrent_kernel, sequence (time-major with reset_after's gates)[, z, r, hh[, hh_]]
+    [, d_sequence], d_last_h[, bias]
     [, drop][, mask]; outputs: dx, dW, dR, d_bias ([2, 3u], or [3u] without reset_after)[, d_initial_h].
     attrs: units, reset_after (as GRU's), seq_grad, has_bias, initial, rdrop, masked, saved (the
     forward pass's gates, hh_ with reset_after only, are inputs; else they are recomputed)."""
@@ -926,12 +948,8 @@ class GRUGrad(Op):
         x, kernel, recurrent, seq = inputs[:4]
         d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 8 if attrs.get("saved") else 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
-        saved = bool(attrs.get("saved"))  # (then the gates come time-major: GRU.lower_scan)
-        if saved:
-            h_prev = _shift_right(ctx, ctx.emit("Transpose", [seq], perm=[1, 0, 2]), u, initial and initial[0],
-                                  time_major=True, dtype=dtype)
-        else:
-            h_prev = _shift_right(ctx, seq, u, initial and initial[0])
+        saved = bool(attrs.get("saved"))  # (then the sequence and gates come time-major: GRU.lower_scan)
+        h_prev = _shift_right(ctx, seq, u, initial and initial[0], time_major=saved, dtype=dtype)
         # the forward pass's gates, or recomputed for every step at once from the stored states
         z, r, hh, hh_ = inputs[4:8] if saved else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
                                                              True, _activations(attrs), drop)
