@@ -618,12 +618,12 @@ class _OneStateRecurrence(Op):
         x, k, r, b, drop, mask = _split_inputs(node.inputs, node.attrs)
         seq, last, *saved = node.outputs
         grads = _output_grads(ctx, [seq, last], dys[:2])
+        kept = {"saved": True} if saved else {}
         if saved and self.keeps_h(node.attrs):  # (the time-major h, as the sequence)
             seq, saved = saved[-1], saved[:-1]
         ins = [x, k, r, seq] + saved + grads
         return _grad_op(ctx, f"{self.name}Grad", node, ins, b, drop, mask, dys[0] is not None,
-                        _initial_states(node.inputs, node.attrs), **self.grad_attrs(node.attrs),
-                        **({"saved": True} if saved else {}))
+                        _initial_states(node.inputs, node.attrs), **self.grad_attrs(node.attrs), **kept)
 
     def grad_attrs(self, attrs):
         """Attributes the gradient op shares with the op."""
@@ -673,26 +673,50 @@ class SimpleRNN(_OneStateRecurrence):
         return {"activation": attrs["activation"]} if "activation" in attrs else {}
     FUSED_MAX_BATCH = 4  # (measured: 4 rows 0.29 ms fused against 0.32 for a Scan's predict; 8 rows 0.74 against 0.47)
 
+    def saved(self, attrs):
+        """h, time-major (keeps_h): the gradient's derivative and previous states come from it."""
+        return 1
+
+    def keeps_h(self, attrs):
+        return True
+
+    def infer(self, ins, attrs):
+        types = super().infer(ins, attrs)
+        if len(types) > 2:  # (the training form's h: time-major, see lower_scan)
+            n, t, u = types[0].shape
+            types[2] = types[0].with_shape((t, n, u))
+        return types
+
     def lower_fused(self, ctx, inputs, outputs, attrs):
         x, kernel, recurrent, bias, _, _ = _split_inputs(inputs, attrs)
         biases = None if bias is None else (bias, ctx.const([0.0] * attrs["units"], ctx.dtype(x)))
-        _onnx_recurrence(ctx, "RNN", x, kernel, recurrent, biases, outputs, attrs["units"],
-                         initial=_initial_states(inputs, attrs), activations=[attrs.get("activation", "Tanh")])
+        h_steps = _onnx_recurrence(ctx, "RNN", x, kernel, recurrent, biases, outputs[:2], attrs["units"],
+                                   initial=_initial_states(inputs, attrs),
+                                   activations=[attrs.get("activation", "Tanh")])
+        if len(outputs) > 2:  # (ONNX's sequence is time-major already)
+            ctx.emit("Identity", [h_steps], [outputs[2]])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
+        """A Scan over time. In the training form h, which the gradient op reads, is time-major,
+        [T, N, u], and the batch-major sequence is emitted only where something else reads it
+        (as the GRU's: GRU.lower_scan)."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u = attrs["units"]
-        xw = ctx.emit("MatMul", [x, kernel])
+        saved = len(outputs) > 2
+        time_major = saved and ctx.shape(x)[2] < u  # (the narrower of the input and its projection transposed)
+        xw = ctx.emit("MatMul", [ctx.emit("Transpose", [x], perm=[1, 0, 2]) if time_major else x, kernel])
         if bias is not None:
             xw = ctx.emit("Add", [xw, bias])
         gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
         body = _Body(ctx.dtype(x), masked=mask is not None)
         hr = _step_product(body, "h_prev", recurrent, drop, gate_kernels)
         h = body.blend(body(attrs.get("activation", "Tanh"), body("Add", "xw_t", hr)), "h_prev")
-        body.nodes += [helper.make_node("Identity", [h], ["h_next"]), helper.make_node("Identity", [h], ["h_out"])]
-        graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", "h_out"])
+        emitted = ["h_out"] * bool(outputs[0]) + ["h_steps_out"] * saved
+        body.nodes += [helper.make_node("Identity", [h], [name]) for name in ["h_next"] + emitted]
+        graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next"] + emitted)
         h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
-        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[0]], 1)
+        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1]] + [o for o in outputs[:1] if o] +
+                      outputs[2:], 1, time_major=int(saved), input_time_major=time_major)
 
 
 def _grad_inputs(inputs, attrs, first, states):
@@ -720,9 +744,9 @@ def _step_grads(body, d_seq):
 
 @register
 class SimpleRNNGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence[, d_sequence], d_last_h[, bias][, drop][, mask];
-    outputs: dx, dW, dR, db[, d_initial_h]. attrs: units, seq_grad, has_bias, initial, rdrop, masked,
-    activation (SimpleRNN's)."""
+    """inputs: x, kernel, recurrent_kernel, sequence (time-major where saved)[, d_sequence], d_last_h
+    [, bias][, drop][, mask]; outputs: dx, dW, dR, db[, d_initial_h]. attrs: units, seq_grad,
+    has_bias, initial, rdrop, masked, activation (SimpleRNN's), saved (the training form's)."""
     name = "SimpleRNNGrad"
 
     def infer(self, ins, attrs):
@@ -732,7 +756,8 @@ class SimpleRNNGrad(Op):
         x, kernel, recurrent, seq = inputs[:4]
         d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
-        h_prev = _shift_right(ctx, seq, u, initial and initial[0])
+        saved = bool(attrs.get("saved"))  # (the sequence time-major: the reverse Scan reads and emits so)
+        h_prev = _shift_right(ctx, seq, u, initial and initial[0], time_major=saved, dtype=dtype)
         # The factor by which a step's gradient reaches its pre-activation z, from the step's new h
         # (the sequence): 1 - h^2 (tanh), h (1 - h) (sigmoid), or 1 where h = relu(z) > 0 (0 at 0, as
         # Keras's). A masked step's h is the state it kept, but its factor multiplies no gradient.
@@ -746,9 +771,10 @@ class SimpleRNNGrad(Op):
                        helper.make_node("Identity", [dz], ["dz_out"])]
         graph = body.graph("rnn_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dact_t"],
                            ["dh_prev", "dz_out"])
-        dh0, dz = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dact] + _step_mask(ctx, mask), 1, ["dh0", "dz"])
+        dh0, dz = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dact] + _step_mask(ctx, mask), 1, ["dh0", "dz"],
+                                 time_major=[False] * len(d_seq_input) + [saved], outputs_time_major=saved)
         _initial_grads(ctx, [dh0], outputs[4:])
-        zx, _ = _weight_grads(ctx, x, h_prev, dz, dz, kernel, recurrent, drop, u, outputs)
+        zx, _ = _weight_grads(ctx, x, h_prev, dz, dz, kernel, recurrent, drop, u, outputs, time_major=saved)
         ctx.emit("ReduceSum", [zx, ctx.const([0], "int64")], [outputs[3]], keepdims=0)
 
 

@@ -126,11 +126,12 @@ def test_gradients_match_finite_differences(body, shape, training):
     assert checked > 0
 
 
-@pytest.mark.parametrize("layer, forward, read, emitted", [("LSTM", [0] * 7, 3, [0]), ("GRU", [1] + [0] * 5, 2, [0])])
+@pytest.mark.parametrize("layer, forward, read, emitted", [("LSTM", [0] * 7, 3, [0]), ("GRU", [1] + [0] * 5, 2, [0]),
+                                                           ("SimpleRNN", [1, 0], 1, [0])])
 def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forward, read, emitted):
-    """The sequences the LSTM's and GRU's training forms keep for their gradient ops are [T, N, u]
-    (the LSTM's h too: its batch-major sequence is then a Transpose, made for what reads it), and
-    the gate gradients their reverse Scans emit too, so that neither Scan transposes them (an
+    """The sequences the recurrences' training forms keep for their gradient ops are [T, N, u]
+    (h too: the LSTM's batch-major sequence is then a Transpose, made for what reads it), and the
+    gate gradients their reverse Scans emit too, so that neither Scan transposes them (an
     input of fewer features than the gates' units is transposed instead of its projection); the
     gradients match finite differences above."""
     import onnx
@@ -143,7 +144,7 @@ def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forwa
     }}"""
     m = kcompile.compile_string(src)
 
-    def scans(graph):  # (a GRU's forward Scan is the else branch of an If: fused for few rows)
+    def scans(graph):  # (a GRU's or SimpleRNN's forward Scan is the else branch of an If: fused for few rows)
         for n in graph.node:
             if n.op_type == "Scan":
                 yield n
@@ -158,9 +159,9 @@ def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forwa
     assert backward["scan_input_axes"] == [1] + [0] * read and backward["scan_output_axes"] == emitted
 
 
-@pytest.mark.parametrize("layer, kept", [("LSTM", 7), ("GRU", 5)])
+@pytest.mark.parametrize("layer, kept", [("LSTM", 7), ("GRU", 5), ("SimpleRNN", 1)])
 def test_a_sequence_only_the_gradient_reads_is_kept_time_major_alone(layer, kept):
-    """Where the loss reads only the last state, the LSTM's and GRU's training forms make no
+    """Where the loss reads only the last state, the recurrences' training forms make no
     batch-major sequence: the forward Scan emits what the gradient reads, h too, time-major."""
     import onnx
     m = kcompile.compile_string(f"""model s {{
