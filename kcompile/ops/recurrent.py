@@ -450,8 +450,8 @@ def _shift_right(ctx, seq, units, initial=None, time_major=False, dtype=None):
 class LSTMGrad(Op):
     """inputs: x, kernel, recurrent_kernel, sequence (time-major where saved), cells[, i, f, g, o,
     act(c)][, d_sequence], d_last_h, d_last_c[, bias][, initial_h, initial_c][, drop][, mask];
-    outputs: dx, d_kernel, d_recurrent_kernel,
-    d_bias[, d_initial_h, d_initial_c]. attrs: units, seq_grad (the loss reads the sequence), has_bias,
+    outputs: dx, d_kernel, d_recurrent_kernel, d_bias[, d_initial_h, d_initial_c]. attrs: units,
+    seq_grad (the loss reads the sequence), has_bias,
     initial, rdrop, masked, saved (the forward pass's gates are inputs; else they are recomputed),
     activation and recurrent_activation (the LSTM's)."""
     name = "LSTMGrad"
@@ -658,7 +658,8 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
             return [f for f in fresh if f]
         return build
     name = op.name.lower()
-    ctx.emit("If", [small], [o for o in outputs if o], then_branch=ctx.subgraph(f"{name}_fused", branch(op.lower_fused), dtype),
+    ctx.emit("If", [small], [o for o in outputs if o],
+             then_branch=ctx.subgraph(f"{name}_fused", branch(op.lower_fused), dtype),
              else_branch=ctx.subgraph(f"{name}_scan", branch(op.lower_scan), dtype))
 
 
@@ -956,9 +957,8 @@ def _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, units, reset_after, acti
 
 @register
 class GRUGrad(Op):
-    """inputs: x, kernel, recurrent_kernel, sequence (time-major with reset_after's gates)[, z, r, hh[, hh_]]
-    [, d_sequence], d_last_h[, bias]
-    [, drop][, mask]; outputs: dx, dW, dR, d_bias ([2, 3u], or [3u] without reset_after)[, d_initial_h].
+    """inputs: x, kernel, recurrent_kernel, sequence (time-major with reset_after's gates)[, z, r, hh
+    [, hh_]][, d_sequence], d_last_h[, bias][, drop][, mask]; outputs: dx, dW, dR, d_bias ([2, 3u], or [3u] without reset_after)[, d_initial_h].
     attrs: units, reset_after (as GRU's), seq_grad, has_bias, initial, rdrop, masked, saved (the
     forward pass's gates, hh_ with reset_after only, are inputs; else they are recomputed)."""
     name = "GRUGrad"

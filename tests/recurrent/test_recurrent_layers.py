@@ -126,6 +126,22 @@ def test_gradients_match_finite_differences(body, shape, training):
     assert checked > 0
 
 
+def scan_axes(source):
+    """Each Scan's *_axes attributes in a training step, in order (a GRU's or SimpleRNN's
+    forward Scan is the else branch of an If: fused for few rows)."""
+    import onnx
+
+    def scans(graph):
+        for n in graph.node:
+            if n.op_type == "Scan":
+                yield n
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH and n.op_type == "If":
+                    yield from scans(a.g)
+    graph = onnx.load_from_string(kcompile.compile_string(source)._step_graph()).graph
+    return [{a.name: list(a.ints) for a in n.attribute if a.name.endswith("_axes")} for n in scans(graph)]
+
+
 @pytest.mark.parametrize("layer, forward, read, emitted", [("LSTM", [0] * 7, 3, [0]), ("GRU", [1] + [0] * 5, 2, [0]),
                                                            ("SimpleRNN", [1, 0], 1, [0])])
 def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forward, read, emitted):
@@ -134,25 +150,13 @@ def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forwa
     gate gradients their reverse Scans emit too, so that neither Scan transposes them (an
     input of fewer features than the gates' units is transposed instead of its projection); the
     gradients match finite differences above."""
-    import onnx
-    src = f"""model s {{
+    axes = scan_axes(f"""model s {{
         input x: float32[7, 3]
         h = {layer}(4, return_sequences=true)(x)
         y = Dense(1)(h)
         output y
         train {{ loss = mse; optimizer = SGD() }}
-    }}"""
-    m = kcompile.compile_string(src)
-
-    def scans(graph):  # (a GRU's or SimpleRNN's forward Scan is the else branch of an If: fused for few rows)
-        for n in graph.node:
-            if n.op_type == "Scan":
-                yield n
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH and n.op_type == "If":
-                    yield from scans(a.g)
-    axes = [{a.name: list(a.ints) for a in n.attribute if a.name.endswith("_axes")}
-            for n in scans(onnx.load_from_string(m._step_graph()).graph)]
+    }}""")
     backward = axes[1]
     assert axes[0] == {"scan_input_axes": [0], "scan_output_axes": forward}
     # (the sequence's gradient from the loss, then those the forward kept)
@@ -163,24 +167,13 @@ def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forwa
 def test_a_sequence_only_the_gradient_reads_is_kept_time_major_alone(layer, kept):
     """Where the loss reads only the last state, the recurrences' training forms make no
     batch-major sequence: the forward Scan emits what the gradient reads, h too, time-major."""
-    import onnx
-    m = kcompile.compile_string(f"""model s {{
+    axes = scan_axes(f"""model s {{
         input x: float32[7, 3]
         y = Dense(1)({layer}(4)(x))
         output y
         train {{ loss = mse; optimizer = SGD() }}
     }}""")
-
-    def scans(graph):  # (a GRU's forward Scan is the else branch of an If: fused for few rows)
-        for n in graph.node:
-            if n.op_type == "Scan":
-                yield n
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH and n.op_type == "If":
-                    yield from scans(a.g)
-    forward = next(scans(onnx.load_from_string(m._step_graph()).graph))
-    axes = next(list(a.ints) for a in forward.attribute if a.name == "scan_output_axes")
-    assert axes == [0] * kept
+    assert axes[0]["scan_output_axes"] == [0] * kept
 
 
 def step_graph_size(kind, steps):
