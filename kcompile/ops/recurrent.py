@@ -168,11 +168,18 @@ def _onnx_recurrence(ctx, onnx_op, x, kernel, recurrent, biases, outputs, units,
     y, *states = ctx.emit(onnx_op, ins, [ctx.fresh("rnn_y")] + [ctx.fresh("rnn_state") for _ in outputs[1:]],
                           hidden_size=units, **attrs)
     y = ctx.emit("Squeeze", [y, ctx.const([1], "int64")])  # [T, 1, N, u] -> [T, N, u]
-    if outputs[0]:  # (None: no batch-major sequence wanted)
-        ctx.emit("Transpose", [y], [outputs[0]], perm=[1, 0, 2])
+    _batch_major(ctx, y, outputs[0])
     for state, output in zip(states, outputs[1:]):
         ctx.emit("Squeeze", [state, ctx.const([0], "int64")], [output])
     return y
+
+
+def _batch_major(ctx, steps, sequence):
+    """The batch-major sequence ``sequence`` [N, T, u] of the time-major ``steps`` [T, N, u], where
+    it is wanted: None where nothing but the gradient op reads it (which reads ``steps``; a
+    training form's outputs[0] is None then: LSTM.lower, _fused_or_scan)."""
+    if sequence:
+        ctx.emit("Transpose", [steps], [sequence], perm=[1, 0, 2])
 
 
 def _gates(ctx, z, units, count):
@@ -215,6 +222,8 @@ class LSTM(Op):
         # (onnxruntime's LSTM computes float32 only: "LSTM operator does not support double yet")
         # (the training form's gates: emitted where the gradient reads them, not for a frozen layer)
         outputs = outputs if any(ctx.used(o) for o in outputs[4:]) else outputs[:4]
+        if len(outputs) > 4 and not ctx.used(outputs[0]):
+            outputs = [None] + outputs[1:]  # (the gradient reads h time-major: no batch-major sequence)
         if len(outputs) > 4 or ctx.used(outputs[3]) or attrs.get("masked") or attrs.get("rdrop") or \
                 ctx.dtype(inputs[0]) != "float32":
             return self.lower_scan(ctx, inputs, outputs, attrs)
@@ -233,7 +242,7 @@ class LSTM(Op):
         [T, N, u]: a Scan writes (and the gradient's reverse Scan reads) those in place, where a
         batch-major sequence costs a transpose of it each way (the sentiment LSTM's part step:
         12 of the 21 [N, T, u] transposes its two Scans made); the batch-major sequence is then
-        made from h only where something else reads it (return_sequences)."""
+        h's Transpose, made only where something else reads it (_batch_major)."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u, dtype = attrs["units"], ctx.dtype(x)
         # The input projection of every step at once, [N, T, 4u]; or [T, N, 4u] from the input
@@ -269,8 +278,7 @@ class LSTM(Op):
             return
         _scan_forward(ctx, graph, [h0, c0, xw] + _step_mask(ctx, mask), outputs[1:], 2,
                       time_major=len(outputs) - 3, input_time_major=time_major)
-        if ctx.used(outputs[0]):  # (the sequence batch-major, for what reads it besides the gradient op)
-            ctx.emit("Transpose", [outputs[-1]], [outputs[0]], perm=[1, 0, 2])
+        _batch_major(ctx, outputs[-1], outputs[0])
 
     def training_form(self, ctx, node):
         return _recurrent_dropout_form(ctx, node, saved=True)
@@ -699,8 +707,8 @@ class SimpleRNN(_OneStateRecurrence):
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         """A Scan over time. In the training form h, which the gradient op reads, is time-major,
-        [T, N, u], and the batch-major sequence is emitted only where something else reads it
-        (as the GRU's: GRU.lower_scan)."""
+        [T, N, u], and the batch-major sequence is its Transpose, made only where something else
+        reads it (_batch_major), as the LSTM's and GRU's."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u = attrs["units"]
         saved = len(outputs) > 2
@@ -712,12 +720,14 @@ class SimpleRNN(_OneStateRecurrence):
         body = _Body(ctx.dtype(x), masked=mask is not None)
         hr = _step_product(body, "h_prev", recurrent, drop, gate_kernels)
         h = body.blend(body(attrs.get("activation", "Tanh"), body("Add", "xw_t", hr)), "h_prev")
-        emitted = ["h_out"] * bool(outputs[0]) + ["h_steps_out"] * saved
-        body.nodes += [helper.make_node("Identity", [h], [name]) for name in ["h_next"] + emitted]
-        graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next"] + emitted)
+        emitted = "h_steps_out" if saved else "h_out"
+        body.nodes += [helper.make_node("Identity", [h], [name]) for name in ("h_next", emitted)]
+        graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", emitted])
         h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
-        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1]] + [o for o in outputs[:1] if o] +
-                      outputs[2:], 1, time_major=int(saved), input_time_major=time_major)
+        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2 if saved else 0]], 1,
+                      time_major=int(saved), input_time_major=time_major)
+        if saved:
+            _batch_major(ctx, outputs[2], outputs[0])
 
 
 def _grad_inputs(inputs, attrs, first, states):
@@ -858,9 +868,9 @@ class GRU(_OneStateRecurrence):
     def lower_scan(self, ctx, inputs, outputs, attrs):
         """A Scan over time. In the training form with reset_after, the gates and h the gradient
         op reads are time-major, [T, N, u], as the LSTM's (LSTM.lower_scan: no transposes of them
-        by either Scan), and the batch-major sequence is emitted only where something else reads
-        it (outputs[0] None: _fused_or_scan); an input of fewer features than 3u is transposed
-        for the Scan instead of its projection."""
+        by either Scan), and the batch-major sequence is h's Transpose, made only where something
+        else reads it (_batch_major); an input of fewer features than 3u is transposed for the
+        Scan instead of its projection."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
         u, reset_after = attrs["units"], attrs.get("reset_after", True)
         b_in, b_rec = self.biases(ctx, bias, reset_after)
@@ -900,12 +910,15 @@ class GRU(_OneStateRecurrence):
         h = body.blend(h, "h_prev")
         saved = ([(z, "z_out"), (r, "r_out"), (hh, "hh_out")] + hh_ + [(h, "h_steps_out")] * reset_after
                  )[:len(outputs) - 2]
-        sequence = [(h, "h_out")] if outputs[0] else []  # (None: only the gradient reads h, time-major)
-        body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next")] + sequence + saved]
-        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next"] + [name for _, name in sequence + saved])
+        keeps_h = bool(saved) and reset_after  # (then h time-major, the batch-major sequence from it)
+        emitted = saved if keeps_h else [(h, "h_out")] + saved
+        body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next")] + emitted]
+        graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next"] + [name for _, name in emitted])
         h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
-        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1]] + [o for o in outputs[:1] if o] +
+        _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1]] + [outputs[0]] * (not keeps_h) +
                       outputs[2:], 1, time_major=len(outputs) - 2 if reset_after else 0, input_time_major=time_major)
+        if keeps_h:
+            _batch_major(ctx, outputs[-1], outputs[0])
 
 
 def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):

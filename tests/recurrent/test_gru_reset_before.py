@@ -255,35 +255,3 @@ def test_training_steps_match_keras(keras):
     np.testing.assert_allclose(got, want, rtol=1e-4)
     for g, w in zip(m.get_weights(), reference_model.get_weights()):
         np.testing.assert_allclose(g, np.asarray(w), rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("reset_after", ["true", "false"])
-@pytest.mark.parametrize("initial", [False, True])
-def test_a_small_batch_trains_through_the_fused_op_as_through_the_scan(reset_after, initial, monkeypatch):
-    """At most GRU.FUSED_MAX_BATCH rows run onnxruntime's fused GRU, whose branch computes the
-    gates the gradient reads from the sequence it returns; the step moves the weights as the
-    Scan's branch does."""
-    from kcompile.ops import recurrent
-    start = "(x, initial_state=[h0])" if initial else "(x)"
-    src = f"""model g {{
-        input x: float32[6, 3]
-        input h0: float32[4]
-        s = GRU(4, reset_after={reset_after}, return_sequences=true){start}
-        y = Dense(2)(s)
-        output y
-        train {{ loss = mse; optimizer = SGD(learning_rate=0.5) }}
-    }}"""
-    rng = np.random.default_rng(3)
-    x, h0 = rng.normal(size=(4, 6, 3)).astype(np.float32), rng.normal(size=(4, 4)).astype(np.float32)
-    y = rng.normal(size=(4, 6, 2)).astype(np.float32)
-    fused = kcompile.compile_string(src)
-    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in fused.get_weights()]
-    fused.set_weights(weights)
-    monkeypatch.setattr(recurrent.GRU, "FUSED_MAX_BATCH", 0)
-    scanned = kcompile.compile_string(src)
-    scanned.set_weights(weights)
-    for m in (fused, scanned):
-        m.train_on_batch({"x": x, "h0": h0}, y)
-    for a, b, before in zip(fused.get_weights(), scanned.get_weights(), weights):
-        assert not np.allclose(a, before)
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

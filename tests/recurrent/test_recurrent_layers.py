@@ -142,11 +142,11 @@ def scan_axes(source):
     return [{a.name: list(a.ints) for a in n.attribute if a.name.endswith("_axes")} for n in scans(graph)]
 
 
-@pytest.mark.parametrize("layer, forward, read, emitted", [("LSTM", [0] * 7, 3, [0]), ("GRU", [1] + [0] * 5, 2, [0]),
-                                                           ("SimpleRNN", [1, 0], 1, [0])])
+@pytest.mark.parametrize("layer, forward, read, emitted", [("LSTM", [0] * 7, 3, [0]), ("GRU", [0] * 5, 2, [0]),
+                                                           ("SimpleRNN", [0], 1, [0])])
 def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forward, read, emitted):
     """The sequences the recurrences' training forms keep for their gradient ops are [T, N, u]
-    (h too: the LSTM's batch-major sequence is then a Transpose, made for what reads it), and the
+    (h too: the batch-major sequence is then its Transpose, made for what reads it), and the
     gate gradients their reverse Scans emit too, so that neither Scan transposes them (an
     input of fewer features than the gates' units is transposed instead of its projection); the
     gradients match finite differences above."""
@@ -174,6 +174,39 @@ def test_a_sequence_only_the_gradient_reads_is_kept_time_major_alone(layer, kept
         train {{ loss = mse; optimizer = SGD() }}
     }}""")
     assert axes[0]["scan_output_axes"] == [0] * kept
+
+
+@pytest.mark.parametrize("layer", ["GRU(4, reset_after=true", "GRU(4, reset_after=false", "SimpleRNN(4"])
+@pytest.mark.parametrize("sequences", ["true", "false"])
+@pytest.mark.parametrize("initial", [False, True])
+def test_a_small_batch_trains_through_the_fused_op_as_through_the_scan(layer, sequences, initial, monkeypatch):
+    """At most FUSED_MAX_BATCH rows run onnxruntime's fused GRU or RNN, whose branch takes h and
+    the gates the gradient reads from the sequence it returns (time-major); the step moves the
+    weights as the Scan's branch does, with the sequence read by the loss or by the gradient alone."""
+    from kcompile.ops import recurrent
+    start = "(x, initial_state=[h0])" if initial else "(x)"
+    src = f"""model g {{
+        input x: float32[6, 3]
+        input h0: float32[4]
+        s = {layer}, return_sequences={sequences}){start}
+        y = Dense(2)(s)
+        output y
+        train {{ loss = mse; optimizer = SGD(learning_rate=0.5) }}
+    }}"""
+    rng = np.random.default_rng(3)
+    x, h0 = rng.normal(size=(4, 6, 3)).astype(np.float32), rng.normal(size=(4, 4)).astype(np.float32)
+    y = rng.normal(size=(4, 6, 2) if sequences == "true" else (4, 2)).astype(np.float32)
+    fused = kcompile.compile_string(src)
+    weights = [rng.normal(0, 0.5, w.shape).astype(np.float32) for w in fused.get_weights()]
+    fused.set_weights(weights)
+    monkeypatch.setattr(getattr(recurrent, layer.split("(")[0]), "FUSED_MAX_BATCH", 0)
+    scanned = kcompile.compile_string(src)
+    scanned.set_weights(weights)
+    losses = [m.train_on_batch({"x": x, "h0": h0}, y) for m in (fused, scanned)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+    for a, b, before in zip(fused.get_weights(), scanned.get_weights(), weights):
+        assert not np.allclose(a, before)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def step_graph_size(kind, steps):
