@@ -570,7 +570,16 @@ def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, ou
     """dx = dz_x W^T, dW = X^T dz_x, dR = H_prev^T dz_h over all steps at once; returns the
     flattened dz_x and dz_h for the bias gradients. ``time_major``: h_prev, dz_x and dz_h are
     [T, N, ...] (x and dx [N, T, ...] still)."""
-    dx, dk, dr = outputs[:3]
+    zx = _input_grads(ctx, x, dz_x, kernel, outputs, time_major)
+    zh = ctx.emit("Reshape", [dz_h, ctx.const([-1, ctx.shape(kernel)[1]], "int64")])
+    _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, outputs[2], time_major=time_major)
+    return zx, zh
+
+
+def _input_grads(ctx, x, dz_x, kernel, outputs, time_major=False):
+    """dx = dz_x W^T and dW = X^T dz_x over all steps at once (outputs[0] and [1]); returns dz_x
+    flattened, for the bias gradient. ``time_major``: dz_x is [T, N, ...] (x and dx [N, T, ...])."""
+    dx, dk = outputs[:2]
     width = ctx.shape(kernel)[1]
     if time_major:
         x = ctx.emit("Transpose", [x], perm=[1, 0, 2])
@@ -578,12 +587,10 @@ def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, ou
         ctx.emit("Transpose", [dx_t], [dx], perm=[1, 0, 2])
     else:
         ctx.emit("MatMul", [dz_x, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
-    flat = ctx.const([-1, width], "int64")
-    zx, zh = ctx.emit("Reshape", [dz_x, flat]), ctx.emit("Reshape", [dz_h, flat])
+    zx = ctx.emit("Reshape", [dz_x, ctx.const([-1, width], "int64")])
     features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(kernel)[0]], "int64")])
     _summed_product(ctx, features, zx, (ctx.shape(kernel)[0], width), dk)
-    _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, dr, time_major=time_major)
-    return zx, zh
+    return zx
 
 
 class _OneStateRecurrence(Op):
@@ -810,7 +817,7 @@ class GRU(_OneStateRecurrence):
             raise ShapeError(f"GRU bias must be {format_shape(want)} (reset_after={str(reset_after).lower()}), "
                              f"got {format_shape(b.shape)}")
         types = super().infer(ins, attrs)
-        if reset_after and len(types) > 2:  # (the training form's gates: time-major, see lower_scan)
+        if len(types) > 2:  # (the training form's gates and h: time-major, see lower_scan)
             seq = types[0]
             types[2:] = [seq.with_shape((seq.shape[1], seq.shape[0], u))] * (len(types) - 2)
         return types
@@ -820,11 +827,12 @@ class GRU(_OneStateRecurrence):
                     **({} if attrs.get("reset_after", True) else {"reset_after": False}))
 
     def saved(self, attrs):
-        """z, r and hh, and with reset_after the recurrent product's h part hh_ (h R_h + b'_h) and h."""
-        return 5 if attrs.get("reset_after", True) else 3
+        """z, r and hh, with reset_after the recurrent product's h part hh_ (h R_h + b'_h), and h
+        (keeps_h)."""
+        return 5 if attrs.get("reset_after", True) else 4
 
     def keeps_h(self, attrs):
-        return attrs.get("reset_after", True)
+        return True
 
     @staticmethod
     def biases(ctx, bias, reset_after=True):
@@ -853,21 +861,18 @@ class GRU(_OneStateRecurrence):
         h_steps = _onnx_recurrence(ctx, "GRU", x, kernel, recurrent, biases, outputs[:2], u,
                                    linear_before_reset=int(reset_after), initial=initial,
                                    activations=list(_activations(attrs))[::-1])
-        if len(outputs) > 2:  # the training form's gates, from the states the fused op returned
-            if reset_after:  # (time-major, h too: see lower_scan)
-                h_prev = _shift_right(ctx, h_steps, u, initial[0] if initial else None, time_major=True,
-                                      dtype=ctx.dtype(x))
-                x = ctx.emit("Transpose", [x], perm=[1, 0, 2])
-                ctx.emit("Identity", [h_steps], [outputs[-1]])
-            else:
-                h_prev = _shift_right(ctx, outputs[0], u, initial[0] if initial else _zeros_like_state(ctx, x, u))
+        if len(outputs) > 2:  # the training form's gates and h, time-major (see lower_scan), from its states
+            h_prev = _shift_right(ctx, h_steps, u, initial[0] if initial else None, time_major=True,
+                                  dtype=ctx.dtype(x))
+            x = ctx.emit("Transpose", [x], perm=[1, 0, 2])
+            ctx.emit("Identity", [h_steps], [outputs[-1]])
             for gate, output in zip(_gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u, reset_after,
                                                _activations(attrs)), outputs[2:]):
                 ctx.emit("Identity", [gate], [output])
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
-        """A Scan over time. In the training form with reset_after, the gates and h the gradient
-        op reads are time-major, [T, N, u], as the LSTM's (LSTM.lower_scan: no transposes of them
+        """A Scan over time. In the training form, the gates and h the gradient op reads are
+        time-major, [T, N, u], as the LSTM's (LSTM.lower_scan: no transposes of them
         by either Scan), and the batch-major sequence is h's Transpose, made only where something
         else reads it (_batch_major); an input of fewer features than 3u is transposed for the
         Scan instead of its projection."""
@@ -908,15 +913,14 @@ class GRU(_OneStateRecurrence):
         hh = body(act, pre_h)
         h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
         h = body.blend(h, "h_prev")
-        saved = ([(z, "z_out"), (r, "r_out"), (hh, "hh_out")] + hh_ + [(h, "h_steps_out")] * reset_after
-                 )[:len(outputs) - 2]
-        keeps_h = bool(saved) and reset_after  # (then h time-major, the batch-major sequence from it)
+        saved = ([(z, "z_out"), (r, "r_out"), (hh, "hh_out")] + hh_ + [(h, "h_steps_out")])[:len(outputs) - 2]
+        keeps_h = bool(saved)  # (then h time-major, the batch-major sequence from it)
         emitted = saved if keeps_h else [(h, "h_out")] + saved
         body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next")] + emitted]
         graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next"] + [name for _, name in emitted])
         h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
         _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1]] + [outputs[0]] * (not keeps_h) +
-                      outputs[2:], 1, time_major=len(outputs) - 2 if reset_after else 0, input_time_major=time_major)
+                      outputs[2:], 1, time_major=len(outputs) - 2, input_time_major=time_major)
         if keeps_h:
             _batch_major(ctx, outputs[-1], outputs[0])
 
@@ -1035,14 +1039,15 @@ class GRUGrad(Op):
         x, kernel, recurrent, seq = inputs[:4]
         d_seq, (d_h,), bias, drop, mask, initial = _grad_inputs(inputs, attrs, 7 if attrs.get("saved") else 4, 1)
         u, dtype = attrs["units"], ctx.dtype(x)
-        h_prev = _shift_right(ctx, seq, u, initial and initial[0])
+        saved = bool(attrs.get("saved"))  # (then the sequence and gates come time-major: GRU.lower_scan)
+        h_prev = _shift_right(ctx, seq, u, initial and initial[0], time_major=saved, dtype=dtype)
         r_zr_t, r_h_t, drop_zr, drop_h, kernels_zr_t = _reset_before_parts(ctx, recurrent, drop, u, transposed=True)
         one, mul = _elementwise(ctx, dtype)
-        m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([1], "int64")])  # [N, 1, u]
-        h_kept = h_prev if m_h is None else mul(h_prev, m_h)
+        m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([int(not saved)], "int64")])
+        h_kept = h_prev if m_h is None else mul(h_prev, m_h)  # (m_h [1, N, u] time-major, else [N, 1, u])
         # the forward pass's gates, or recomputed for every step at once from the stored states
-        z, r, hh = inputs[4:7] if attrs.get("saved") else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
-                                                                     False, _activations(attrs), drop, h_kept)
+        z, r, hh = inputs[4:7] if saved else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u, False,
+                                                        _activations(attrs), drop, h_kept)
         q = mul(r, h_kept)
         act, gate_act = _activations(attrs)
         a = mul(ctx.emit("Sub", [one, z]), _derivative(ctx, act, hh, dtype))
@@ -1062,17 +1067,17 @@ class GRUGrad(Op):
                        helper.make_node("Identity", [body("Concat", dzr, dzh, axis=-1)], ["dz_out"])]
         graph = body.graph("gru_reset_before_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) +
                            ["dzz_t", "a_t", "drdq_t", "dhdq_t", "z_t"], ["dh_prev", "dz_out"])
-        dh0, dz_seq = _scan_backward(ctx, graph, [d_h] + d_seq_input + [dz_z, a, dr_dq, dh_dq, z] +
-                                     _step_mask(ctx, mask), 1, ["dh0", "dz"])
+        sequences = d_seq_input + [dz_z, a, dr_dq, dh_dq, z] + _step_mask(ctx, mask)
+        dh0, dz_seq = _scan_backward(ctx, graph, [d_h] + sequences, 1, ["dh0", "dz"],
+                                     time_major=[len(d_seq_input) <= k < len(d_seq_input) + 5 and saved
+                                                 for k in range(len(sequences))], outputs_time_major=saved)
         _initial_grads(ctx, [dh0], outputs[4:])
-        dx, dk, dr, db = outputs[:4]
-        ctx.emit("MatMul", [dz_seq, ctx.emit("Transpose", [kernel], perm=[1, 0])], [dx])
-        dz2 = ctx.emit("Reshape", [dz_seq, ctx.const([-1, 3 * u], "int64")])
-        features = ctx.emit("Reshape", [x, ctx.const([-1, ctx.shape(x)[2]], "int64")])
-        _summed_product(ctx, features, dz2, (ctx.shape(x)[2], 3 * u), dk)
+        dr, db = outputs[2:4]
+        dz2 = _input_grads(ctx, x, dz_seq, kernel, outputs, time_major=saved)
         dz_zr, dz_h = ctx.emit("Split", [dz_seq, ctx.const([2 * u, u], "int64")], [ctx.fresh("dz_zr"),
                                                                                     ctx.fresh("dz_h")], axis=-1)
-        d_r_zr = _recurrent_kernel_grad(ctx, h_prev, dz_zr, drop_zr, None, u, ctx.fresh("d_r_zr"), width=2 * u)
+        d_r_zr = _recurrent_kernel_grad(ctx, h_prev, dz_zr, drop_zr, None, u, ctx.fresh("d_r_zr"), width=2 * u,
+                                        time_major=saved)
         flat = ctx.const([-1, u], "int64")
         d_r_h = _summed_product(ctx, ctx.emit("Reshape", [q, flat]), ctx.emit("Reshape", [dz_h, flat]), (u, u))
         ctx.emit("Concat", [d_r_zr, d_r_h], [dr], axis=1)

@@ -142,8 +142,9 @@ def scan_axes(source):
     return [{a.name: list(a.ints) for a in n.attribute if a.name.endswith("_axes")} for n in scans(graph)]
 
 
-@pytest.mark.parametrize("layer, forward, read, emitted", [("LSTM", [0] * 7, 3, [0]), ("GRU", [0] * 5, 2, [0]),
-                                                           ("SimpleRNN", [0], 1, [0])])
+@pytest.mark.parametrize("layer, forward, read, emitted", [("LSTM(4", [0] * 7, 3, [0]), ("GRU(4", [0] * 5, 2, [0]),
+                                                           ("GRU(4, reset_after=false", [0] * 4, 5, [0]),
+                                                           ("SimpleRNN(4", [0], 1, [0])])
 def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forward, read, emitted):
     """The sequences the recurrences' training forms keep for their gradient ops are [T, N, u]
     (h too: the batch-major sequence is then its Transpose, made for what reads it), and the
@@ -152,7 +153,7 @@ def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forwa
     gradients match finite differences above."""
     axes = scan_axes(f"""model s {{
         input x: float32[7, 3]
-        h = {layer}(4, return_sequences=true)(x)
+        h = {layer}, return_sequences=true)(x)
         y = Dense(1)(h)
         output y
         train {{ loss = mse; optimizer = SGD() }}
@@ -163,13 +164,14 @@ def test_the_training_form_keeps_its_gradients_sequences_time_major(layer, forwa
     assert backward["scan_input_axes"] == [1] + [0] * read and backward["scan_output_axes"] == emitted
 
 
-@pytest.mark.parametrize("layer, kept", [("LSTM", 7), ("GRU", 5), ("SimpleRNN", 1)])
+@pytest.mark.parametrize("layer, kept", [("LSTM(4", 7), ("GRU(4", 5), ("GRU(4, reset_after=false", 4),
+                                         ("SimpleRNN(4", 1)])
 def test_a_sequence_only_the_gradient_reads_is_kept_time_major_alone(layer, kept):
     """Where the loss reads only the last state, the recurrences' training forms make no
     batch-major sequence: the forward Scan emits what the gradient reads, h too, time-major."""
     axes = scan_axes(f"""model s {{
         input x: float32[7, 3]
-        y = Dense(1)({layer}(4)(x))
+        y = Dense(1)({layer})(x))
         output y
         train {{ loss = mse; optimizer = SGD() }}
     }}""")
