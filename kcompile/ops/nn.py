@@ -181,8 +181,13 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     if form == "gather":
         x = _pad_spatial(ctx, x, pads)
         sizes = ctx.type(x).shape[2:]
-        flat = ctx.op("Transpose", x, perm=(1,) + tuple(range(2, n + 2)) + (0,))  # batch last
-        flat = ctx.op("Reshape", flat, shape=(channels, int(np.prod(sizes)), -1))  # [C, positions, N]
+        # batch last, as a 2-D transpose of [N, C * positions]: the Reshape keeps onnxruntime from
+        # merging this Transpose with one that made x (a Conv1D's channels-last input) into one
+        # general permutation, which it runs element by element (3.7 against 1.9 ms for
+        # [128, 50, 64], with the convolution)
+        rows = ctx.op("Reshape", x, shape=(0, -1))
+        flat = ctx.op("Reshape", ctx.op("Transpose", rows, perm=(1, 0)),
+                      shape=(channels, int(np.prod(sizes)), -1))  # [C, positions, N]
         # the input position that output position p reads at window offset k, for every (k, p)
         picks = [np.ravel_multi_index(tuple(p[i] * strides[i] + k[i] * dilations[i] for i in range(n)), sizes)
                  for k in np.ndindex(*kernel_spatial) for p in np.ndindex(*outs)]

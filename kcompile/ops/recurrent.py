@@ -424,7 +424,8 @@ def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output, wi
         zh = ctx.emit("Reshape", [dz_h, ctx.const([-1, width], "int64")])
         return _summed_product(ctx, hp, zh, (units, width), output)
     dz4 = ctx.emit("Reshape", [dz_h, ctx.const([0, 0, width // units, units], "int64")])
-    dz_gates = ctx.emit("Reshape", [ctx.emit("Transpose", [dz4], perm=[2, 0, 1, 3]), ctx.const([0, -1, units], "int64")])
+    dz_gates = ctx.emit("Reshape", [ctx.emit("Transpose", [dz4], perm=[2, 0, 1, 3]),
+                                    ctx.const([0, -1, units], "int64")])
     masked = _masked_per_gate(ctx, h_prev, drop, units, time_major)
     per_gate = ctx.emit("MatMul", [ctx.emit("Transpose", [masked], perm=[0, 2, 1]), dz_gates])  # [G, u, u]
     by_row = ctx.emit("Transpose", [per_gate], perm=[1, 0, 2])
@@ -1043,8 +1044,8 @@ class GRUGrad(Op):
         dh_all, d_seq_input = _step_grads(body, d_seq)
         dh = body.counted(dh_all)  # into the step's own new h; a masked step passes it to h_prev
         dzh = body("Mul", body("Concat", dh, dh, dh, axis=-1), "dzhs_t")
-        dh_prev = body.passed(body("Add", body("Mul", dh, "z_t"), _step_product_grad(body, dzh, rt, _gate_major(ctx, drop), rgt, u)),
-                              dh_all)
+        through_gates = _step_product_grad(body, dzh, rt, _gate_major(ctx, drop), rgt, u)
+        dh_prev = body.passed(body("Add", body("Mul", dh, "z_t"), through_gates), dh_all)
         body.nodes += [helper.make_node("Identity", [dh_prev], ["dh_prev"]),
                        helper.make_node("Identity", [dh], ["dh_out"])]
         graph = body.graph("gru_step_grad", ["dh_next"] + ["dh_t"] * bool(d_seq_input) + ["dzhs_t", "z_t"],
