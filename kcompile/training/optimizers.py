@@ -217,12 +217,14 @@ def update(ctx, config, w, g, state: dict, lr, t):
         index = ctx.op("Sub", ctx.op("Cast", ctx.op("Min", t, float(len(_nadam_products(step_dtype)))), to="int64"), 1)
         u_product = ctx.op("Mul", ctx.op("Gather", products, index, axis=0), ctx.op("Pow", ctx.const(b1, step_dtype), t))
         u_product_next = ctx.op("Mul", u_product, u_next)
-        m_hat = plus(ctx.op("Mul", m, ctx.op("Div", u_next, ctx.op("Sub", 1.0, u_product_next))),
-                     ctx.op("Mul", g, ctx.op("Div", ctx.op("Sub", 1.0, u_t),
-                                             ctx.op("Mul", ctx.op("Sub", 1.0, u_product), scale))))
-        b2t = ctx.op("Pow", ctx.const(b2, step_dtype), t)
-        v_hat = ctx.op("Div", v, ctx.op("Sub", 1.0, b2t))
-        step = ctx.op("Div", ctx.op("Mul", m_hat, lr), ctx.op("Add", ctx.op("Sqrt", v_hat), a["epsilon"]))
+        # lr m_hat / (sqrt(v / (1 - b2^t)) + eps) = lr c m_hat / (sqrt(v) + eps c), c = sqrt(1 - b2^t):
+        # the scalars go into m_hat's two coefficients (two passes over the parameter fewer)
+        c = ctx.op("Sqrt", ctx.op("Sub", 1.0, ctx.op("Pow", ctx.const(b2, step_dtype), t)))
+        lr_c = ctx.op("Mul", lr, c)
+        m_hat = plus(ctx.op("Mul", m, ctx.op("Mul", ctx.op("Div", u_next, ctx.op("Sub", 1.0, u_product_next)), lr_c)),
+                     ctx.op("Mul", g, ctx.op("Mul", ctx.op("Div", ctx.op("Sub", 1.0, u_t),
+                                                           ctx.op("Mul", ctx.op("Sub", 1.0, u_product), scale)), lr_c)))
+        step = ctx.op("Div", m_hat, ctx.op("Add", ctx.op("Sqrt", v), ctx.op("Mul", c, a["epsilon"])))
         return ctx.op("Sub", w, step), new
     if name == "Adamax":
         # m = b1 m + (1 - b1) g;  u = max(b2 u, |g|);  w -= lr m / ((1 - b1^t) (u + eps))
@@ -252,8 +254,10 @@ def update(ctx, config, w, g, state: dict, lr, t):
         # w -= lr sign(b1 m + (1 - b1) g);  m = b2 m + (1 - b2) g  (every row moves: sign(m) is
         # not zero where g is)
         b1, b2 = a["beta_1"], a["beta_2"]
-        direction = ctx.op("Sign", plus(ctx.op("Mul", state["momentum"], b1), ctx.op("Mul", g, 1 - b1)))
-        new["momentum"] = plus(ctx.op("Mul", state["momentum"], b2), ctx.op("Mul", g, 1 - b2))
+        g1 = ctx.op("Mul", g, 1 - b1)  # (g read once: onnxruntime folds the factor into g's product)
+        direction = ctx.op("Sign", plus(ctx.op("Mul", state["momentum"], b1), g1))
+        g2 = ctx.op("Mul", g1, (1 - b2) / (1 - b1)) if b1 != 1 else ctx.op("Mul", g, 1 - b2)
+        new["momentum"] = plus(ctx.op("Mul", state["momentum"], b2), g2)
         return ctx.op("Sub", w, ctx.op("Mul", direction, lr)), new
     raise ValueError(f"unknown optimizer {name}")
 
