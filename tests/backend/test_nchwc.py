@@ -46,6 +46,12 @@ CASES = [  # node, x shape, kernel shape, y shape, bias
     (helper.make_node("Conv", ["x", "w", "b"], ["y"]), (2, 3, 6, 6), (32, 3, 2, 2), (2, 32, 5, 5), 32),
     (helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], pads=[1, 0, 2, 1]), (2, 16, 7, 6), (16, 32, 3, 4),
      (2, 32, 6, 8), 32),
+    # 1-D: the 2-D blocked form over one row
+    (helper.make_node("Conv", ["x", "w"], ["y"]), (3, 32, 20), (16, 32, 3), (3, 16, 18), None),
+    (helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[2, 1], strides=[2], dilations=[2]), (2, 16, 21),
+     (32, 16, 5), (2, 32, 8), 32),
+    (helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1]), (4, 3, 10), (16, 3, 3), (4, 16, 10), None),
+    (helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], pads=[1, 2]), (2, 32, 12), (32, 16, 5), (2, 16, 13), 16),
 ]
 
 
@@ -70,6 +76,8 @@ def test_blocked_convolutions_compute_what_the_standard_ones_do(case):
     (helper.make_node("Conv", ["x", "w"], ["y"], group=2), (1, 32, 5, 5), (32, 16, 3, 3), (1, 32, 3, 3)),
     (helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2]), (1, 16, 3, 3), (16, 16, 3, 3),
      (1, 16, 7, 7)),
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2]), (1, 16, 5), (16, 16, 3), (1, 16, 11)),
+    (helper.make_node("Conv", ["x", "w"], ["y"]), (1, 20, 5), (16, 20, 3), (1, 16, 3)),  # 1-D, 20 channels in
 ])
 def test_other_convolutions_are_left_as_they_are(node, x_shape, w_shape, y_shape):
     standard = _graph(node, x_shape, w_shape, y_shape)
@@ -102,6 +110,42 @@ def test_the_cnn_trains_to_the_same_numbers_with_blocked_convolutions(monkeypatc
         m.batch_parts = 1  # (the whole step; tests/runtime/test_batch_parts.py splits it)
         runs.append((m.fit(x, y, epochs=2, batch_size=64, verbose=0).history["loss"], m.get_weights()))
     assert rewritten == [True, False]  # the training step, once per model
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+CONV1D = """model c {
+    input x: float32[30, 8]
+    h = Dense(16, activation=relu)(x)
+    h = Conv1D(32, 3, padding=same, activation=relu)(h)
+    h = Conv1D(16, 5, strides=2)(h)
+    y = Dense(3, activation=softmax)(GlobalAveragePooling1D()(h))
+    output y
+    train { loss = categorical_crossentropy; optimizer = Adam(learning_rate=0.01) }
+}"""
+
+
+@needs_blocks
+def test_a_conv1d_model_trains_to_the_same_numbers_with_blocked_convolutions(monkeypatch):
+    """1-D convolutions run as the blocked 2-D ones over one row, their input gradients too (the
+    stride-1 ConvTranspose); two epochs give the losses and weights of the standard graph."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((96, 30, 8)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 96)]
+    runs, blocked_convs = [], []
+    real = nchwc.use_nchwc
+    for blocked in (True, False):
+        def spy(graph, block=None):
+            out = real(graph, block) if blocked else graph
+            blocked_convs.append(sum(n.domain == nchwc.DOMAIN and n.op_type == "Conv"
+                                     for n in onnx.load_from_string(out).graph.node))
+            return out
+        monkeypatch.setattr(nchwc, "use_nchwc", spy)
+        m = kcompile.compile_string(CONV1D, seed=0)
+        m.batch_parts = 1
+        runs.append((m.fit(x, y, epochs=2, batch_size=32, verbose=0).history["loss"], m.get_weights()))
+    assert blocked_convs[0] >= 3 and blocked_convs[-1] == 0  # (both forwards and an input gradient at least)
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
