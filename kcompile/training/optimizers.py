@@ -145,8 +145,8 @@ def update(ctx, config, w, g, state: dict, lr, t):
     def at_rows(v):  # a parameter-sized value where the gradient is
         return ctx.op("Gather", v, rows) if rows else v
 
-    if a.get("weight_decay"):  # decoupled, before the step, as Keras 3
-        w = ctx.op("Sub", w, ctx.op("Mul", w, ctx.op("Mul", lr, float(a["weight_decay"]))))
+    if a.get("weight_decay"):  # decoupled, before the step, as Keras 3: w - w lr wd, one pass
+        w = ctx.op("Mul", w, ctx.op("Sub", 1.0, ctx.op("Mul", lr, float(a["weight_decay"]))))
     if name == "SGD":
         step = ctx.op("Mul", lr, g)
         mu = a.get("momentum", 0.0)
