@@ -80,6 +80,10 @@ CASES = {
                            "GlobalAveragePooling2D()",
                       "L.Conv2D(32, 3, padding='same'), L.GroupNormalization(groups=8), L.ReLU(), L.MaxPooling2D(2), "
                       "L.GlobalAveragePooling2D()", "Adam(learning_rate=0.001)"),
+    "cnn_layernorm": (RGB, "Conv2D(32, 3, padding=same); LayerNormalization(); ReLU(); MaxPooling2D(2); "
+                           "GlobalAveragePooling2D()",
+                      "L.Conv2D(32, 3, padding='same'), L.LayerNormalization(), L.ReLU(), L.MaxPooling2D(2), "
+                      "L.GlobalAveragePooling2D()", "Adam(learning_rate=0.001)"),
     "separable": (RGB, "Conv2D(32, 3, padding=same, activation=relu); SeparableConv2D(64, 3, padding=same, activation=relu); "
                        "DepthwiseConv2D(3, padding=same, activation=relu); GlobalAveragePooling2D()",
                   "L.Conv2D(32, 3, padding='same', activation='relu'), L.SeparableConv2D(64, 3, padding='same', "

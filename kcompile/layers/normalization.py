@@ -119,6 +119,11 @@ class LayerNormalization(Layer):
 
     def call(self, ctx, x):
         axes = self.axes(x)
+        source = _channels_first_source(ctx, x, axes[0]) if len(axes) == 1 else None
+        if source is not None:  # (over a convolution's channels: as GroupNormalization.call)
+            y = _scale_shift(ctx, self, _normalize(ctx, source, (1,), self.epsilon),
+                             (x.shape[-1],) + (1,) * (x.rank - 2))
+            return ctx.op("Transpose", y, perm=(0,) + tuple(range(2, x.rank)) + (1,))
         y = _normalize(ctx, x, axes, self.epsilon)
         return _scale_shift(ctx, self, y, tuple(x.shape[i] if i in axes else 1 for i in range(1, x.rank)))
 

@@ -59,12 +59,12 @@ def test_group_normalization(args, shape):
     check(f"y = GroupNormalization({args})(x)\n    output y", {"x": shape})
 
 
+@pytest.mark.parametrize("layer", ["GroupNormalization(groups=3)", "LayerNormalization()"])
 @pytest.mark.parametrize("bias", ["true", "false"])
-def test_group_normalization_of_a_convolution(bias):
-    """After a convolution it normalizes the channels-first map (then transposed), with the
-    convolution's bias added channels-first too."""
-    check(f"h = Conv2D(6, 2, use_bias={bias})(x)\n    y = Dense(2)(GroupNormalization(groups=3)(h))\n    output y",
-          {"x": (2, 4, 3, 2)})
+def test_normalization_of_a_convolution(bias, layer):
+    """After a convolution Group- and LayerNormalization normalize the channels-first map (then
+    transposed), with the convolution's bias added channels-first too."""
+    check(f"h = Conv2D(6, 2, use_bias={bias})(x)\n    y = Dense(2)({layer}(h))\n    output y", {"x": (2, 4, 3, 2)})
 
 
 @pytest.mark.parametrize("layer,shape", [("SpatialDropout1D(0.3)", (2, 4, 3)), ("SpatialDropout2D(0.5)", (2, 2, 3, 2)),

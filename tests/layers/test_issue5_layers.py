@@ -160,25 +160,29 @@ def test_group_normalization(run, rng, close, shape, groups, axis):
     close(y, group_norm(x, c if groups == -1 else groups, gamma, beta, 1e-3, axis))
 
 
+@pytest.mark.parametrize("layer", ["GroupNormalization(groups=4)", "LayerNormalization()"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_group_normalization_of_a_convolution_runs_channels_first(run, rng, close, bias):
-    """After a Conv2D (its bias too) the layer normalizes the channels-first map: no transpose is
-    left around it in the training step, and the values are the reference's of the
-    convolution's channels-last output."""
+def test_normalization_of_a_convolution_runs_channels_first(run, rng, close, bias, layer):
+    """After a Conv2D (its bias too) Group- and LayerNormalization normalize the channels-first
+    map: no transpose is left around them in the training step, and the values are the
+    reference's of the convolution's channels-last output."""
     import onnx
     src = model([("x", (6, 5, 3))], f"h = Conv2D(8, 3, use_bias={str(bias).lower()})(x)\n"
-                                     "    y = ReLU()(GroupNormalization(groups=4)(h))\n    output y")
+                                     f"    y = ReLU()({layer}(h))\n    output y")
     x = random_input((6, 5, 3), rng)
     y, weights = run(src, x)
     windows = np.lib.stride_tricks.sliding_window_view(np.asarray(x, np.float64), (3, 3), axis=(1, 2))
     conv = np.einsum("nhwcij,ijco->nhwo", windows, np.asarray(weights[0], np.float64))
     if bias:
         conv = conv + np.asarray(weights[1], np.float64)
-    close(y, np.maximum(group_norm(conv, 4, weights[-2], weights[-1], 1e-3), 0))
+    normalized = (group_norm(conv, 4, weights[-2], weights[-1], 1e-3) if layer.startswith("Group") else
+                  layer_norm(conv, (3,), weights[-2], weights[-1], 1e-3))
+    close(y, np.maximum(normalized, 0))
     src_train = src.replace("output y", "output y\n    train { loss = mse; optimizer = SGD() }")
     step = onnx.load_from_string(kcompile.compile_string(src_train)._step_graph())
     made_by = {o: n for n in step.graph.node for o in n.output}
-    read = {i for n in step.graph.node if n.name.startswith("group_normalization/") for i in n.input}
+    read = {i for n in step.graph.node if n.name.split("/")[0] in ("group_normalization", "layer_normalization")
+            for i in n.input}
     assert not any(made_by[v].op_type == "Transpose" for v in read if v in made_by)
     assert sum(n.op_type == "Transpose" and n.input[0] == "x" for n in step.graph.node) == 1
 
