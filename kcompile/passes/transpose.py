@@ -3,7 +3,8 @@
 Layers wrap each channels-first op (Conv, pooling) in a pair of transposes so the
 language can stay channels-last. This pass moves each transpose down through the
 ops that do not care about layout (element-wise ops, bias adds with weights,
-batch normalization, reductions) until it meets the next layer's inverse
+batch normalization, reductions, a Concat of operands transposed alike) until it meets the
+next layer's inverse
 transpose, where both cancel. What remains are transposes at the edges (e.g.
 before a Flatten, whose element order Keras defines channels-last).
 """
@@ -120,6 +121,16 @@ def _step(g: Graph, t) -> bool:
             return False
         operands = [x, other_new] if i == 0 else [other_new, x]
         moved = add(g, user, user.op, operands, **user.attrs)
+        replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
+        return True
+    if user.op == "Concat":
+        # every operand transposed alike (convolutions' outputs joined on their channels): the
+        # sources joined on the axis that becomes the joined one, then one transpose
+        producers = [g.producer_of(v) for v in user.inputs]
+        if not all(p is not None and p.op == "Transpose" and tuple(p.attrs["perm"]) == perm for p in producers):
+            return False
+        axis = user.attrs["axis"] % len(perm)
+        moved = add(g, user, "Concat", [p.inputs[0] for p in producers], axis=perm[axis])
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True
     if user.op == "BatchNormalization" and user.inputs[0] == out and len(user.inputs) == 5:  # (not a step mask's)

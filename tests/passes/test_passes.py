@@ -163,6 +163,26 @@ def test_transpose_through_global_pooling_disappears():
     assert_same(before, after, {"image": image((2, 6, 6, 2))})
 
 
+def test_a_concat_of_convolutions_joins_their_channels_first_maps():
+    """Two convolutions' outputs joined on their channels: the Concat moves before the transposes
+    (joining the channels-first maps on axis 1), which then cancel with the next convolution's."""
+    src = """model m {
+        input image: float32[6, 6, 2]
+        a = Conv2D(3, 3, padding=same, activation=relu)(image)
+        b = Conv2D(4, 3, padding=same)(a)
+        c = Concatenate()([a, b])
+        y = Dense(2)(GlobalAveragePooling2D()(Conv2D(5, 3)(c)))
+        output y
+    }"""
+    before = graph_of(src)
+    after = dead_code_elimination(sink_transposes(before.copy()))
+    concat, = [n for n in after.nodes() if n.op == "Concat"]
+    assert concat.attrs["axis"] == 1 and all(after.producer_of(v).op != "Transpose" for v in concat.inputs)
+    data_after = [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
+    assert len(data_after) == 1  # only the image's way in
+    assert_same(before, after, {"image": image((2, 6, 6, 2))})
+
+
 def test_a_transpose_of_unit_axes_becomes_a_reshape():
     """A one-channel image goes channels-first by a Reshape (no copy in onnxruntime); a
     three-channel one keeps its Transpose."""
