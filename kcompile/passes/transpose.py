@@ -3,8 +3,8 @@
 Layers wrap each channels-first op (Conv, pooling) in a pair of transposes so the
 language can stay channels-last. This pass moves each transpose down through the
 ops that do not care about layout (element-wise ops, bias adds with weights,
-batch normalization, reductions, a Concat of operands transposed alike) until it meets the
-next layer's inverse
+batch normalization, reductions, a Concat of operands transposed alike, Pad, Slice and
+Softmax on their axes) until it meets the next layer's inverse
 transpose, where both cancel. What remains are transposes at the edges (e.g.
 before a Flatten, whose element order Keras defines channels-last).
 """
@@ -133,6 +133,11 @@ def _step(g: Graph, t) -> bool:
         moved = add(g, user, "Concat", [p.inputs[0] for p in producers], axis=perm[axis])
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True
+    moved_attrs = _axes_moved(user, perm)
+    if moved_attrs is not None:  # ops of data axes named in their attributes: the same on the source's axes
+        moved = add(g, user, user.op, [x] + user.inputs[1:], **moved_attrs)
+        replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
+        return True
     if user.op == "BatchNormalization" and user.inputs[0] == out and len(user.inputs) == 5:  # (not a step mask's)
         axis = user.attrs["axis"] % len(perm)
         moved = add(g, user, user.op, [x] + user.inputs[1:], **{**user.attrs, "axis": perm[axis]})
@@ -152,6 +157,24 @@ def _step(g: Graph, t) -> bool:
         replace(g, user.outputs[0], result)
         return True
     return False
+
+
+def _axes_moved(user, perm):
+    """The attributes of ``user`` (reading a transpose by ``perm``) for reading the transpose's
+    source instead, where its attributes name the data's axes: Pad (ZeroPadding2D), Slice
+    (Cropping2D), Softmax and LogSoftmax over one axis; else None."""
+    n = len(perm)
+    if user.op == "Pad" and len(user.inputs) == 1:
+        pads = user.attrs["pads"]
+        moved = [0] * (2 * n)
+        for i, axis in enumerate(perm):
+            moved[axis], moved[n + axis] = pads[i], pads[n + i]
+        return {**user.attrs, "pads": tuple(moved)}
+    if user.op == "Slice" and len(user.inputs) == 1:
+        return {**user.attrs, "axes": tuple(perm[a % n] for a in user.attrs["axes"])}
+    if user.op in ("Softmax", "LogSoftmax"):
+        return {**user.attrs, "axis": perm[user.attrs.get("axis", -1) % n]}
+    return None
 
 
 def transpose_into_dense_weights(g: Graph) -> Graph:

@@ -183,6 +183,27 @@ def test_a_concat_of_convolutions_joins_their_channels_first_maps():
     assert_same(before, after, {"image": image((2, 6, 6, 2))})
 
 
+@pytest.mark.parametrize("between", ["ZeroPadding2D(((1, 0), (2, 1)))", "Cropping2D(((1, 0), (0, 2)))",
+                                     "Softmax()", "Activation(log_softmax)"])
+def test_padding_cropping_and_softmax_between_convolutions_keep_them_channels_first(between):
+    """Pad, Slice and Softmax name the data's axes in their attributes: the transposes move past
+    them on the source's axes and cancel with the next convolution's."""
+    src = f"""model m {{
+        input image: float32[7, 6, 2]
+        Conv2D(3, 3, padding=same)
+        {between}
+        Conv2D(4, 2)
+        GlobalAveragePooling2D()
+        y = Dense(2)
+        output y
+    }}"""
+    before = graph_of(src)
+    after = dead_code_elimination(sink_transposes(before.copy()))
+    data_after = [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
+    assert len(data_after) == 1  # only the image's way in
+    assert_same(before, after, {"image": image((2, 7, 6, 2))})
+
+
 def test_a_transpose_of_unit_axes_becomes_a_reshape():
     """A one-channel image goes channels-first by a Reshape (no copy in onnxruntime); a
     three-channel one keeps its Transpose."""
