@@ -11,8 +11,8 @@ epochs of ten batches after one to warm up, a few seconds a case. Each case runs
 of its own for each framework (`survey.py --worker FRAMEWORK --cases CASE`: a model left alive
 in the process, its thread pools spinning, slowed the next case's steps up to 2x), the two
 frameworks one after the other in alternating order, ``--rounds`` times; a case's time is its
-best over the rounds. The table gives ms a step and
-the ratio Keras's time / kcompile's (above 1: kcompile faster), marking those below 0.8x.
+best over the rounds. The table gives ms a step and the ratio Keras's time / kcompile's
+(above 1: kcompile faster), marking those below 0.8x.
 Differences of 10-20% are this machine's noise between processes; paired.py's method is the
 one for those. Keras runs where it is installed (`pip install -e '.[bench]'`).
 """
