@@ -228,11 +228,6 @@ def run(fw, names):
     return out
 
 
-def installed(fw):
-    import importlib.util
-    return fw == "kcompile" or all(importlib.util.find_spec(m) for m in ("keras", "jax"))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(NAMES), help=f"comma-separated, of: {', '.join(NAMES)}")
@@ -246,6 +241,8 @@ def main():
         parser.error(f"unknown cases: {', '.join(unknown)} (known: {', '.join(NAMES)})")
     if args.worker:
         return worker(args.worker, names)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import installed  # (run.py's: a framework's modules importable)
     frameworks = [fw for fw in ("kcompile", "keras_jax") if installed(fw)]
     best = {fw: {} for fw in frameworks}
     errors = {fw: {} for fw in frameworks}
