@@ -388,36 +388,11 @@ def _step_product_grad(body, dz, recurrent_t, drop, gate_kernels_t, units):
     return body("ReduceSum", masked, body.ints([0], f"gate_sum_{body.count}"), keepdims=0)
 
 
-def _masked_per_gate(ctx, h_prev, drop, units, time_major):
-    """h_prev [N, T, u] (or [T, N, u]) times each gate's mask of ``drop`` [N, G, u], gate-major:
-    [G, N*T, u] (or [G, T*N, u])."""
-    gates = ctx.emit("Mul", [ctx.emit("Unsqueeze", [h_prev, ctx.const([2], "int64")]),
-                             ctx.emit("Unsqueeze", [drop, ctx.const([0 if time_major else 1], "int64")])])
-    return ctx.emit("Reshape", [ctx.emit("Transpose", [gates], perm=[2, 0, 1, 3]), ctx.const([0, -1, units], "int64")])
-
-
-def _sequence_product(ctx, h_prev, recurrent, drop, units):
-    """h_{t-1} R for every step at once ([N, T, u] -> [N, T, G*u]), for the backward pass."""
-    if drop is None:
-        return ctx.emit("MatMul", [h_prev, recurrent])
-    return _per_gate_steps(ctx, h_prev, drop, _gate_kernels(ctx, recurrent, units), units)
-
-
-def _per_gate_steps(ctx, h_prev, drop, gate_kernels, units):
-    """Every step's masked recurrent product at once: h_prev [N, T, u] times each gate's mask of
-    ``drop`` [N, G, u], by that gate's kernel of ``gate_kernels`` [G, u, u]; [N, T, G*u]."""
-    per_gate = ctx.emit("MatMul", [_masked_per_gate(ctx, h_prev, drop, units, False), gate_kernels])  # [G, N*T, u]
-    n_t = ctx.emit("Slice", [ctx.emit("Shape", [h_prev]), ctx.const([0], "int64"), ctx.const([2], "int64")])
-    by_gate = ctx.emit("Reshape", [per_gate, ctx.emit("Concat", [ctx.const([-1], "int64"), n_t,
-                                                                  ctx.const([units], "int64")], axis=0)])
-    steps = ctx.emit("Transpose", [by_gate], perm=[1, 2, 0, 3])  # [N, T, G, u]
-    return ctx.emit("Reshape", [steps, ctx.const([0, 0, -1], "int64")])
-
-
-def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output, width=None, time_major=False):
+def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output, width=None):
     """dR = sum over steps of h_{t-1}^T dz_t (each gate's block with its own mask, one batched
     product over the gates); ``width``: the gates' units G*u where ``recurrent`` is not a graph
-    value (whose shape says it); ``time_major``: h_prev and dz_h are [T, N, ...]."""
+    value (whose shape says it). h_prev and dz_h are [N, T, ...] or both [T, N, ...]; with
+    recurrent dropout ``drop`` [N, G, u], [T, N, ...] (the training form's: _grad_inputs)."""
     width = width or ctx.shape(recurrent)[1]
     if drop is None:
         hp = ctx.emit("Reshape", [h_prev, ctx.const([-1, units], "int64")])
@@ -426,7 +401,11 @@ def _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, output, wi
     dz4 = ctx.emit("Reshape", [dz_h, ctx.const([0, 0, width // units, units], "int64")])
     dz_gates = ctx.emit("Reshape", [ctx.emit("Transpose", [dz4], perm=[2, 0, 1, 3]),
                                     ctx.const([0, -1, units], "int64")])
-    masked = _masked_per_gate(ctx, h_prev, drop, units, time_major)
+    # h_prev [T, N, u] times each gate's mask, gate-major: [G, T*N, u]
+    per_step = ctx.emit("Mul", [ctx.emit("Unsqueeze", [h_prev, ctx.const([2], "int64")]),
+                                ctx.emit("Unsqueeze", [drop, ctx.const([0], "int64")])])
+    masked = ctx.emit("Reshape", [ctx.emit("Transpose", [per_step], perm=[2, 0, 1, 3]),
+                                  ctx.const([0, -1, units], "int64")])
     per_gate = ctx.emit("MatMul", [ctx.emit("Transpose", [masked], perm=[0, 2, 1]), dz_gates])  # [G, u, u]
     by_row = ctx.emit("Transpose", [per_gate], perm=[1, 0, 2])
     return ctx.emit("Reshape", [by_row, ctx.const([units, width], "int64")], [output])
@@ -515,8 +494,8 @@ class LSTMGrad(Op):
         act, gate_act = _activations(attrs)
         if saved:  # the forward Scan's gates, and its own new cells' act(c)
             i, f, g, o, tanh_c = inputs[5:10]
-        else:  # recompute the gates of every step at once from the stored states
-            z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), _sequence_product(ctx, h_prev, recurrent, drop, u)])
+        else:  # recompute the gates of every step at once from the stored states (no dropout: _grad_inputs)
+            z = ctx.emit("Add", [ctx.emit("MatMul", [x, kernel]), ctx.emit("MatMul", [h_prev, recurrent])])
             if bias is not None:
                 z = ctx.emit("Add", [z, bias])
             zi, zf, zg, zo = _gates(ctx, z, u, 4)
@@ -605,7 +584,7 @@ def _weight_grads(ctx, x, h_prev, dz_x, dz_h, kernel, recurrent, drop, units, ou
     [T, N, ...] (x and dx [N, T, ...] still)."""
     zx = _input_grads(ctx, x, dz_x, kernel, outputs, time_major)
     zh = ctx.emit("Reshape", [dz_h, ctx.const([-1, ctx.shape(kernel)[1]], "int64")])
-    _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, outputs[2], time_major=time_major)
+    _recurrent_kernel_grad(ctx, h_prev, dz_h, drop, recurrent, units, outputs[2])
     return zx, zh
 
 
@@ -781,6 +760,8 @@ def _grad_inputs(inputs, attrs, first, states):
     initial = [extra.pop(0) for _ in range(attrs.get("initial", 0))] or None
     drop = extra.pop(0) if attrs.get("rdrop") else None
     mask = extra.pop(0) if attrs.get("masked") else None
+    if drop is not None and not attrs.get("saved"):  # (the ops' gate recomputation has no masks)
+        raise ValueError("recurrent dropout's gradient reads the gates its training form saved (attr saved)")
     return d_seq, d_states, bias, drop, mask, initial
 
 
@@ -975,32 +956,28 @@ def _reset_before_parts(ctx, recurrent, drop, units, transposed=False):
     return r_zr, r_h, part(drop, 0, 2, 1), drop_h, kernels
 
 
-def _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, units, reset_after, activations, drop=None, h_kept=None):
-    """A GRU's gates for every step at once, from its inputs and previous states h_prev [N, T, u]:
-    z, r, hh and (reset_after) the recurrent product's h part hh_ = h R_h + b'_h, each [N, T, u].
-    With recurrent dropout ``drop``; ``h_kept``: reset_after=false's h_prev times the h gate's
-    dropout mask (h_prev without dropout). ``activations``: (activation, recurrent_activation)."""
+def _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, units, reset_after, activations):
+    """A GRU's gates for every step at once, from its inputs and previous states h_prev [N, T, u]
+    (or both [T, N, ...]): z, r, hh and (reset_after) the recurrent product's h part
+    hh_ = h R_h + b'_h, each [N, T, u]. No recurrent dropout: its training form saves the gates.
+    ``activations``: (activation, recurrent_activation)."""
     u, (act, gate_act) = units, activations
     b_in, b_rec = GRU.biases(ctx, bias, reset_after)
     xw = ctx.emit("MatMul", [x, kernel])
     xw = ctx.emit("Add", [xw, b_in]) if b_in is not None else xw
     xz, xr, xh = _gates(ctx, xw, u, 3)
     if reset_after:
-        hr = _sequence_product(ctx, h_prev, recurrent, drop, u)
+        hr = ctx.emit("MatMul", [h_prev, recurrent])
         hr = ctx.emit("Add", [hr, b_rec]) if b_rec is not None else hr
         hz, hr_, hh_ = _gates(ctx, hr, u, 3)
     else:
-        r_zr, r_h, drop_zr, _, kernels_zr = _reset_before_parts(ctx, recurrent, drop, u)
-        if drop is None:
-            hzr = ctx.emit("MatMul", [h_prev, r_zr])
-        else:
-            hzr = _per_gate_steps(ctx, h_prev, drop_zr, kernels_zr, u)
-        hz, hr_ = _gates(ctx, hzr, u, 2)
+        r_zr, r_h = _reset_before_parts(ctx, recurrent, None, u)[:2]
+        hz, hr_ = _gates(ctx, ctx.emit("MatMul", [h_prev, r_zr]), u, 2)
     z = ctx.emit(gate_act, [ctx.emit("Add", [xz, hz])])
     r = ctx.emit(gate_act, [ctx.emit("Add", [xr, hr_])])
     if reset_after:
         return z, r, ctx.emit(act, [ctx.emit("Add", [xh, ctx.emit("Mul", [r, hh_])])]), hh_
-    q = ctx.emit("Mul", [r, h_kept if h_kept is not None else h_prev])
+    q = ctx.emit("Mul", [r, h_prev])
     return z, r, ctx.emit(act, [ctx.emit("Add", [xh, ctx.emit("MatMul", [q, r_h])])])
 
 
@@ -1027,7 +1004,7 @@ class GRUGrad(Op):
         h_prev = _shift_right(ctx, seq, u, initial and initial[0], time_major=saved, dtype=dtype)
         # the forward pass's gates, or recomputed for every step at once from the stored states
         z, r, hh, hh_ = inputs[4:8] if saved else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u,
-                                                             True, _activations(attrs), drop)
+                                                             True, _activations(attrs))
         # With dh reaching a step's new h = z h_prev + (1 - z) hh, the gradients of its gates'
         # input and recurrent pre-activations are dh times, for every step at once:
         # z' (h_prev - hh), with a = (1 - z) act'(hh): r' hh_ a, and a (r a on the recurrent side)
@@ -1075,11 +1052,11 @@ class GRUGrad(Op):
         h_prev = _shift_right(ctx, seq, u, initial and initial[0], time_major=saved, dtype=dtype)
         r_zr_t, r_h_t, drop_zr, drop_h, kernels_zr_t = _reset_before_parts(ctx, recurrent, drop, u, transposed=True)
         one, mul = _elementwise(ctx, dtype)
-        m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([int(not saved)], "int64")])
-        h_kept = h_prev if m_h is None else mul(h_prev, m_h)  # (m_h [1, N, u] time-major, else [N, 1, u])
+        m_h = None if drop_h is None else ctx.emit("Unsqueeze", [drop_h, ctx.const([0], "int64")])
+        h_kept = h_prev if m_h is None else mul(h_prev, m_h)  # (m_h [1, N, u]: with dropout h_prev is time-major)
         # the forward pass's gates, or recomputed for every step at once from the stored states
         z, r, hh = inputs[4:7] if saved else _gru_gates(ctx, x, kernel, recurrent, bias, h_prev, u, False,
-                                                        _activations(attrs), drop, h_kept)
+                                                        _activations(attrs))
         q = mul(r, h_kept)
         act, gate_act = _activations(attrs)
         a = mul(ctx.emit("Sub", [one, z]), _derivative(ctx, act, hh, dtype))
@@ -1108,8 +1085,7 @@ class GRUGrad(Op):
         dz2 = _input_grads(ctx, x, dz_seq, kernel, outputs, time_major=saved)
         dz_zr, dz_h = ctx.emit("Split", [dz_seq, ctx.const([2 * u, u], "int64")], [ctx.fresh("dz_zr"),
                                                                                     ctx.fresh("dz_h")], axis=-1)
-        d_r_zr = _recurrent_kernel_grad(ctx, h_prev, dz_zr, drop_zr, None, u, ctx.fresh("d_r_zr"), width=2 * u,
-                                        time_major=saved)
+        d_r_zr = _recurrent_kernel_grad(ctx, h_prev, dz_zr, drop_zr, None, u, ctx.fresh("d_r_zr"), width=2 * u)
         flat = ctx.const([-1, u], "int64")
         d_r_h = _summed_product(ctx, ctx.emit("Reshape", [q, flat]), ctx.emit("Reshape", [dz_h, flat]), (u, u))
         ctx.emit("Concat", [d_r_zr, d_r_h], [dr], axis=1)
