@@ -197,16 +197,8 @@ class _UpSampling(Layer):
         spatial = x.shape[1:self.n + 1]
         if not all(isinstance(d, int) for d in x.shape[1:]):
             raise ShapeError(f"{self.kind()} needs known sizes, got {format_shape(x.shape[1:])}")
-        # Nearest neighbour: a unit axis after each spatial axis, broadcast to the factor by a
-        # product with ones, then merged into the spatial axis. [N, H, W, C] -> [N, H, 1, W, 1, C]
-        # -> [N, H, sh, W, sw, C] -> [N, H * sh, W * sw, C].
-        target = tuple(d * s for d, s in zip(spatial, self.size)) + (x.shape[-1],)
-        expect_size(self.kind(), target)
-        axes = tuple(2 + 2 * i for i in range(self.n))
-        y = ctx.op("Unsqueeze", x, axes=axes)
-        ones = np.ones(tuple(d for s in self.size for d in (1, s)) + (1,), x.dtype)
-        y = ctx.op("Mul", y, ctx.const(ones, x.dtype))
-        return ctx.op("Reshape", y, shape=(0,) + target)
+        expect_size(self.kind(), tuple(d * s for d, s in zip(spatial, self.size)) + (x.shape[-1],))
+        return ctx.op("Upsample", x, axes=tuple(range(1, self.n + 1)), factors=tuple(self.size))
 
 
 class UpSampling1D(_UpSampling):

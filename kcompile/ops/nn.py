@@ -308,34 +308,21 @@ def _small_map_pays(channels, factors, kernel_spatial) -> bool:
 
 def _nearest_upsampled(ctx, x, n):
     """(the map that ``x`` [N, C, *spatial] repeats, the factors, whether that map is channels-last
-    [N, *small, C] rather than [N, C, *small]) where x is an UpSampling layer's output
-    (layers.reshaping: a unit axis after each spatial axis of the channels-last map, a product
-    with ones, a Reshape), moved channels-first; else None."""
-    import numpy as np
-    first = ctx.g.producer_of(x)
-    if first is None or first.op != "Transpose" or tuple(first.attrs["perm"]) != (0, n + 1) + tuple(range(1, n + 1)):
+    [N, *small, C] rather than [N, C, *small]) where x is an UpSampling layer's output: an Upsample
+    of its spatial axes (the transpose-sinking pass moved it channels-first), or a channels-last
+    one before the Transpose to channels-first (-O0); else None."""
+    node = ctx.g.producer_of(x)
+    channels_last = node is not None and node.op == "Transpose" and \
+        tuple(node.attrs["perm"]) == (0, n + 1) + tuple(range(1, n + 1))
+    if channels_last:
+        node = ctx.g.producer_of(node.inputs[0])
+    if node is None or node.op != "Upsample":
         return None
-    merged = ctx.g.producer_of(first.inputs[0])
-    if merged is None or merged.op != "Reshape":
+    spatial = tuple(range(1, n + 1)) if channels_last else tuple(range(2, n + 2))
+    repeat = dict(zip((a % (n + 2) for a in node.attrs["axes"]), node.attrs["factors"]))
+    if set(repeat) != set(spatial):
         return None
-    repeated = ctx.g.producer_of(merged.inputs[0])
-    if repeated is None or repeated.op != "Mul" or len(repeated.inputs) != 2:
-        return None
-    ones = ctx.g.consts.get(repeated.inputs[1])
-    unit = ctx.g.producer_of(repeated.inputs[0])
-    if ones is None or unit is None or unit.op != "Unsqueeze" or tuple(unit.attrs["axes"]) != tuple(
-            2 + 2 * i for i in range(n)) or ones.ndim != 2 * n + 1 or not np.all(ones == 1) or \
-            any(ones.shape[2 * i] != 1 for i in range(n + 1)):  # ([1, f1, 1, f2, 1]: repeats, no broadcast)
-        return None
-    small = ctx.type(unit.inputs[0]).shape  # [N, *small, C]
-    factors = tuple(int(ones.shape[2 * i + 1]) for i in range(n))
-    if ctx.type(x).shape[1:] != (small[-1],) + tuple(d * f for d, f in zip(small[1:-1], factors)) or \
-            not all(isinstance(d, int) for d in small[1:]):
-        return None
-    source = ctx.g.producer_of(unit.inputs[0])  # (the channels-first map, where the layout pass left one)
-    if source is not None and source.op == "Transpose" and tuple(source.attrs["perm"]) == (0,) + tuple(range(2, n + 2)) + (1,):
-        return source.inputs[0], factors, False
-    return unit.inputs[0], factors, True
+    return node.inputs[0], tuple(repeat[a] for a in spatial), channels_last
 
 
 def _upsampled_conv_weight_grad(ctx, small, factors, channels_last, dy, kernel_spatial):

@@ -408,6 +408,58 @@ class Pad(Op):
 
 
 @register
+class Upsample(Op):
+    """Nearest-neighbour upsampling (UpSampling1D/2D/3D): axis ``axes[i]`` repeats each of its
+    entries ``factors[i]`` times. attrs: axes, factors. One op, so that the transpose-sinking pass
+    moves it with a convolution's channels-first map (its axes follow the layout) and a
+    convolution's kernel gradient can take the small map it repeats (ops/nn.py)."""
+    name = "Upsample"
+
+    def infer(self, ins, attrs):
+        x, = ins
+        repeat = dict(zip((normalize_axis(a, x.rank) for a in attrs["axes"]), attrs["factors"]))
+        if any(not isinstance(x.shape[a], int) for a in repeat):
+            raise ShapeError(f"Upsample needs known sizes on its axes, got {format_shape(x.shape)}")
+        return [x.with_shape(d * repeat.get(i, 1) for i, d in enumerate(x.shape))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        shape = ctx.shape(inputs[0])
+        repeat = dict(zip((a % len(shape) for a in attrs["axes"]), attrs["factors"]))
+        if len(shape) - 1 in repeat and ctx.dtype(inputs[0]) in ("float32", "float16"):
+            # The last axis repeated (a channels-first map): onnxruntime's nearest Resize, where the
+            # product below broadcasts element by element ([128, 32, 14, 14] doubled: 0.7 against
+            # 10.8 ms; channels-last the product is faster, 1.7 against 2.0; no Resize for float64).
+            scales = ctx.const([float(repeat.get(i, 1)) for i in range(len(shape))], "float32")
+            ctx.emit("Resize", [inputs[0], "", scales], outputs, mode="nearest",
+                     coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+            return
+        # A unit axis after each repeated one, broadcast to the factor by a product with ones,
+        # then merged into it: [N, H, W, C] -> [N, H, 1, W, 1, C] -> [N, H, f, W, f, C] -> [N, fH, fW, C].
+        wide = [d for i, d in enumerate(shape) for d in ((1, 1) if i in repeat else (1,))]
+        units = []
+        for i in sorted(repeat):
+            units.append(i + 1 + len(units))
+            wide[units[-1]] = repeat[i]
+        y = ctx.emit("Unsqueeze", [inputs[0], ctx.const(units, "int64")])
+        y = ctx.emit("Mul", [y, ctx.const(np.ones(wide), ctx.dtype(inputs[0]))])
+        target = [d * repeat.get(i, 1) if isinstance(d, int) else -1 for i, d in enumerate(shape)]
+        ctx.emit("Reshape", [y, ctx.const(target, "int64")], outputs)
+
+    def grad(self, ctx, node, dys):
+        # each repeated axis of dy split into (size, factor), the factors summed
+        x = ctx.type(node.inputs[0])
+        repeat = dict(zip((normalize_axis(a, x.rank) for a in node.attrs["axes"]), node.attrs["factors"]))
+        split, summed = [], []
+        for i, d in enumerate(x.shape):
+            split.append(d if isinstance(d, int) else (0 if len(split) == i else -1))
+            if i in repeat:
+                split.append(repeat[i])
+                summed.append(len(split) - 1)
+        blocks = ctx.op("Reshape", dys[0], shape=tuple(split))
+        return [ctx.op("ReduceSum", blocks, axes=tuple(summed), keepdims=0)]
+
+
+@register
 class Flip(Op):
     """Reverse the order along ``axis`` (go_backwards of recurrent layers)."""
     name = "Flip"

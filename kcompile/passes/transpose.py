@@ -3,8 +3,8 @@
 Layers wrap each channels-first op (Conv, pooling) in a pair of transposes so the
 language can stay channels-last. This pass moves each transpose down through the
 ops that do not care about layout (element-wise ops, bias adds with weights,
-batch normalization, reductions, a Concat of operands transposed alike, Pad, Slice and
-Softmax on their axes) until it meets the next layer's inverse
+batch normalization, reductions, a Concat of operands transposed alike, Pad, Slice,
+Softmax and Upsample on their axes) until it meets the next layer's inverse
 transpose, where both cancel. What remains are transposes at the edges (e.g.
 before a Flatten, whose element order Keras defines channels-last).
 """
@@ -162,7 +162,7 @@ def _step(g: Graph, t) -> bool:
 def _axes_moved(user, perm):
     """The attributes of ``user`` (reading a transpose by ``perm``) for reading the transpose's
     source instead, where its attributes name the data's axes: Pad (ZeroPadding2D), Slice
-    (Cropping2D), Softmax and LogSoftmax over one axis; else None."""
+    (Cropping2D), Softmax and LogSoftmax over one axis, Upsample (UpSampling2D); else None."""
     n = len(perm)
     if user.op == "Pad" and len(user.inputs) == 1:
         pads = user.attrs["pads"]
@@ -174,6 +174,8 @@ def _axes_moved(user, perm):
         return {**user.attrs, "axes": tuple(perm[a % n] for a in user.attrs["axes"])}
     if user.op in ("Softmax", "LogSoftmax"):
         return {**user.attrs, "axis": perm[user.attrs.get("axis", -1) % n]}
+    if user.op == "Upsample":
+        return {**user.attrs, "axes": tuple(perm[a % n] for a in user.attrs["axes"])}
     return None
 
 

@@ -184,10 +184,10 @@ def test_a_concat_of_convolutions_joins_their_channels_first_maps():
 
 
 @pytest.mark.parametrize("between", ["ZeroPadding2D(((1, 0), (2, 1)))", "Cropping2D(((1, 0), (0, 2)))",
-                                     "Softmax()", "Activation(log_softmax)"])
+                                     "Softmax()", "Activation(log_softmax)", "UpSampling2D((2, 3))"])
 def test_padding_cropping_and_softmax_between_convolutions_keep_them_channels_first(between):
-    """Pad, Slice and Softmax name the data's axes in their attributes: the transposes move past
-    them on the source's axes and cancel with the next convolution's."""
+    """Pad, Slice, Softmax and Upsample name the data's axes in their attributes: the transposes
+    move past them on the source's axes and cancel with the next convolution's."""
     src = f"""model m {{
         input image: float32[7, 6, 2]
         Conv2D(3, 3, padding=same)
