@@ -1,13 +1,18 @@
 """benchmarks/survey.py: each case is the same model in kcompile and in Keras (as many weights,
-of the same shapes), and a worker reports a case's time, or its error, as a JSON line (the full
-survey runs for minutes)."""
+of the same shapes) and, where torch has a faithful counterpart, in PyTorch (as many trainable
+weights, torch's known extra RNN bias apart); a worker reports a case's time, or its error, as
+a JSON line (the full survey runs for minutes)."""
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
 
 import kcompile
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+WITHOUT_TWIN = {"mlp_lion", "gru_reset_before", "gru_dropout", "lstm_dropout", "masked_lstm"}
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +55,96 @@ def test_random_ids_leave_padding_for_masks(survey):
     assert x.dtype == np.int64 and x.shape == (64, 20) and y.shape == (64, 10)
     assert (x[:, :10] > 0).all() and (x[:, 10:] == 0).any() and x.max() < 50
     assert np.array_equal(y.sum(axis=1), np.ones(64))
+
+
+def _spec(survey, name):
+    return (survey.CASES.get(name) or survey.FUNCTIONAL[name])[0]
+
+
+def _twins(survey):
+    return [name for name in survey.NAMES if name not in WITHOUT_TWIN]
+
+
+@needs_torch
+def test_every_torch_twin_takes_its_cases_input_and_gives_ten_logits(survey):
+    import torch
+    for name in _twins(survey):
+        net, opt = survey.torch_model(name)
+        x, y = survey.torch_inputs(_spec(survey, name), *survey.data(_spec(survey, name), 4))
+        assert x.dtype == (torch.int64 if _spec(survey, name)[0] == "ids" else torch.float32), name
+        assert tuple(net(x).shape) == (4, 10) and tuple(y.shape) == (4, 10), name
+        assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in net.parameters()}, name
+        for m in net.modules():  # Keras's constants
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                assert (m.eps, m.momentum) == (1e-3, 0.01), name
+            if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                assert m.eps == 1e-3, name
+    x = survey.torch_inputs(survey.RGB, survey.data(survey.RGB, 2)[0])
+    assert tuple(x.shape) == (2, 3, 32, 32) and x.is_contiguous()  # (channels-first, as torch's convolutions)
+
+
+def _keras_grouped_sizes(net):
+    """The sizes of a twin's parameters grouped as Keras's weights: torch's two GRU biases one
+    weight (Keras's GRU bias is [2, 3 units]), MultiheadAttention's packed query/key/value
+    projection three, and torch's second LSTM/SimpleRNN bias (b_hh; Keras's have one) apart."""
+    from torch import nn
+    sizes, extra = [], 0
+    for m in net.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if isinstance(m, (nn.LSTM, nn.RNN)) and name.startswith("bias_hh"):
+                extra += p.numel()
+            elif isinstance(m, nn.GRU) and name.startswith("bias_"):
+                sizes += [2 * p.numel()] if name.startswith("bias_ih") else []
+            elif isinstance(m, nn.MultiheadAttention) and name.startswith("in_proj"):
+                sizes += [p.numel() // 3] * 3
+            else:
+                sizes.append(p.numel())
+    return sorted(sizes), extra
+
+
+@needs_torch
+def test_each_torch_twin_has_kcompiles_trainable_weights(survey):
+    from torch import nn
+    extras = {}
+    for name in _twins(survey):
+        m = kcompile.compile_string(survey.kdl_source(name), seed=0)
+        ours = [tuple(p["shape"]) for p in m.manifest["parameters"] if p["trainable"]]  # (no moving mean/variance)
+        net = survey.torch_model(name)[0]
+        sizes, extras[name] = _keras_grouped_sizes(net)
+        assert sizes == sorted(int(np.prod(s)) for s in ours), name
+        assert sum(p.numel() for p in net.parameters()) == sum(sizes) + extras[name], name
+        for rnn in (r for r in net.modules() if isinstance(r, nn.RNNBase)):  # the kernels, [in, gates x units] in Keras
+            for weight in (p for n, p in rnn.named_parameters() if n.startswith("weight_")):
+                assert tuple(weight.T.shape) in ours, name
+    # the known difference: torch's second bias, 4 x 64 for each LSTM(64), 64 for SimpleRNN(64)
+    assert {n: e for n, e in extras.items() if e} == {"lstm": 256, "lstm_stacked": 512, "simple_rnn": 64}
+
+
+def test_the_cases_without_a_torch_twin_are_those_named_each_with_its_reason(survey):
+    without = {name: survey.no_torch_twin(name) for name in survey.NAMES if survey.no_torch_twin(name)}
+    assert set(without) == WITHOUT_TWIN
+    assert "Lion" in without["mlp_lion"] and "reset_after" in without["gru_reset_before"]
+    assert all("recurrent_dropout" in without[n] for n in ("gru_dropout", "lstm_dropout"))
+    assert "mask" in without["masked_lstm"]
+
+
+@needs_torch
+def test_no_twin_is_built_for_them_even_unlisted(survey, monkeypatch):
+    for name in WITHOUT_TWIN:
+        with pytest.raises(survey.NoTwin, match=re.escape(survey.no_torch_twin(name))):
+            survey.torch_model(name)
+    monkeypatch.setattr(survey, "NO_TWIN", {})  # the mapping itself refuses their options
+    for name in WITHOUT_TWIN:
+        with pytest.raises(survey.NoTwin):
+            survey.torch_model(name)
+
+
+@needs_torch
+def test_a_torch_worker_reports_a_case_time_and_its_errors_as_json_lines(survey, capsys):
+    survey.worker("torch", ["nope", "mlp_lion"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows == [{"case": "nope", "error": "KeyError: 'nope'"},
+                    {"case": "mlp_lion", "error": f"NoTwin: {survey.no_torch_twin('mlp_lion')}"}]
+    rows = survey.run("torch", ["mlp_sgd_nesterov"])
+    assert list(rows) == ["mlp_sgd_nesterov"] and set(rows["mlp_sgd_nesterov"]) == {"case", "ms"}
+    assert rows["mlp_sgd_nesterov"]["ms"] > 0
