@@ -60,7 +60,10 @@ class BatchNormalization(Layer):
 
 
 def _normalize(ctx, x, axes, epsilon):
-    """(x - mean) / sqrt(var + epsilon), the (population) moments over ``axes``."""
+    """(x - mean) / sqrt(var + epsilon), the (population) moments over ``axes``: one Normalize
+    where they are the trailing axes (of known sizes), else composed."""
+    if tuple(axes) == tuple(range(axes[0], x.rank)) and all(isinstance(x.shape[a], int) for a in axes):
+        return ctx.op("Normalize", x, axis=axes[0], epsilon=epsilon)[0]
     mean = ctx.op("ReduceMean", x, axes=axes, keepdims=1)
     centered = ctx.op("Sub", x, mean)
     var = ctx.op("ReduceMean", ctx.op("Mul", centered, centered), axes=axes, keepdims=1)

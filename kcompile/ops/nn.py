@@ -931,6 +931,56 @@ class BatchNormTrain(Op):
         return [dx, dscale, dbias]
 
 
+@register
+class Normalize(Op):
+    """Each batch item's trailing axes from ``axis`` on normalized by their own (population)
+    moments, (x - mean) / sqrt(var + epsilon): LayerNormalization's and GroupNormalization's core,
+    before gamma and beta. outputs: y, and 1 / sqrt(var + epsilon) [d0..d_{axis-1}, 1, ...] for
+    the gradient. attrs: axis, epsilon.
+
+    One op with its own gradient rule, dx = r (dy - mean(dy) - y mean(dy y)), lowered to ONNX's
+    LayerNormalization (one pass; onnxruntime's moments as exact as the two-pass form's, 3e-5
+    against 7e-5 off for rows of 4,096 numbers around 1,000): the composed moments differentiated
+    op by op made some fifteen passes over x, forward and backward."""
+    name = "Normalize"
+
+    def infer(self, ins, attrs):
+        self.check_float(ins)
+        x, = ins
+        axis = normalize_axis(attrs["axis"], x.rank)
+        if axis == 0 or not all(isinstance(d, int) for d in x.shape[axis:]):
+            raise ShapeError(f"Normalize needs known sizes after the batch, from axis {axis} of {format_shape(x.shape)}")
+        return [x, x.with_shape(tuple(x.shape[:axis]) + (1,) * (x.rank - axis))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        import numpy as np
+        x, = inputs
+        shape, t = ctx.shape(x), ctx.dtype(x)
+        axis = normalize_axis(attrs["axis"], len(shape))
+        eps = float_attr(attrs, "epsilon", 1e-3)
+        if t == "float32":
+            ones, zeros = (ctx.const(np.full(shape[axis:], v), t) for v in (1.0, 0.0))
+            ctx.emit("LayerNormalization", [x, ones, zeros], [outputs[0], "", outputs[1]], axis=axis, epsilon=eps)
+            return
+        # (onnxruntime's LayerNormalization: float32 and float16 only; the two-pass moments)
+        axes = list(range(axis, len(shape)))
+        centered = ctx.emit("Sub", [x, ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)])
+        var = ctx.emit("ReduceMean", [ctx.emit("Mul", [centered, centered])], axes=axes, keepdims=1)
+        r = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])], [outputs[1]])
+        ctx.emit("Mul", [centered, r], [outputs[0]])
+
+    def grad(self, ctx, node, dys):
+        if dys[1] is not None:
+            raise NotImplementedError("gradient through Normalize's 1 / sqrt(var + epsilon)")
+        dy = dys[0]
+        y, r = node.outputs
+        rank = ctx.type(y).rank
+        axes = tuple(range(normalize_axis(node.attrs["axis"], rank), rank))
+        m1 = ctx.op("ReduceMean", dy, axes=axes, keepdims=1)
+        m2 = ctx.op("ReduceMean", ctx.op("Mul", dy, y), axes=axes, keepdims=1)
+        return [ctx.op("Mul", ctx.op("Sub", ctx.op("Sub", dy, m1), ctx.op("Mul", y, m2)), r)]
+
+
 def _lower_batch_norm_in_parts(ctx, x, scale, bias, axis, eps, outputs):
     """BatchNormTrain's forward in a step that may run in parts of its batch: the mean from the
     parts' sums and counts, then the (biased) variance from their sums of squares about it (two

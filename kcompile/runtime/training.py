@@ -19,7 +19,7 @@ from ..ir.types import evaluate_dim
 from .data import (Batches, as_arrays, check_arrays, check_ids, check_lengths, check_named_dims, count, named_sizes,
                    one_shot, per_output, sample_weights, tensor_specs)
 from . import devices
-from .devices import TURNS, built_at_once, create_session, session_options
+from .devices import DISABLED_OPTIMIZERS, TURNS, built_at_once, create_session, session_options
 from .fpenv import NoFlush, step_environment
 from ..splitting import worth_splitting
 
@@ -315,8 +315,9 @@ class TrainingMixin:
             options.intra_op_num_threads = threads
         environment = environment or NoFlush()
         return create_session(lambda: environment.session(
-            lambda o: ort.InferenceSession(graph, o, providers=self._providers), options), self.name, what,
-            self._providers)
+            lambda o: ort.InferenceSession(graph, o, providers=self._providers,
+                                           disabled_optimizers=DISABLED_OPTIMIZERS if self.device == "cpu" else []),
+            options), self.name, what, self._providers)
 
     # ---- stateful recurrent layers ----
     @one_call_at_a_time

@@ -1,0 +1,82 @@
+"""Normalize (Layer- and GroupNormalization's core over trailing axes): ONNX's LayerNormalization in
+float32, the two-pass moments in float64, both numpy's (population) moments; the layers use it
+where their axes are trailing; and the runtime's sessions keep onnxruntime from fusing a
+residual Add into its slow SkipLayerNormalization."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import kcompile
+from kcompile.backend import to_onnx
+from kcompile.driver import compile_source
+from kcompile.ir import Graph, TensorType
+from kcompile.ops import emit
+
+
+def normalize(x, axis, eps):
+    g = Graph("t")
+    v = g.add_input("x", TensorType(str(x.dtype), ("N",) + x.shape[1:]))
+    y, r = emit(g, "Normalize", [v], {"axis": axis, "epsilon": eps})
+    g.outputs = [("y", y), ("r", r)]
+    model = to_onnx(g)
+    outs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return {n.op_type for n in model.graph.node}, outs
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape,axis", [((3, 7), 1), ((2, 3, 4, 5), 2), ((2, 3, 4), 1)])
+def test_normalize_matches_numpys_moments(dtype, shape, axis):
+    x = (100 + np.random.default_rng(0).normal(size=shape)).astype(dtype)  # (a mean far from 0)
+    ops, (y, r) = normalize(x, axis, 1e-3)
+    assert ("LayerNormalization" in ops) == (dtype == "float32")
+    axes = tuple(range(axis, len(shape)))
+    x64 = x.astype(np.float64)
+    var = x64.var(axis=axes, keepdims=True)
+    tol = 1e-5 if dtype == "float32" else 1e-9  # (epsilon is a float32 attribute)
+    np.testing.assert_allclose(r, 1 / np.sqrt(var + 1e-3), rtol=tol)
+    np.testing.assert_allclose(y, (x64 - x64.mean(axis=axes, keepdims=True)) / np.sqrt(var + 1e-3), atol=10 * tol)
+
+
+@pytest.mark.parametrize("layer,shape,normalizes", [
+    ("LayerNormalization()", (3, 4), True), ("LayerNormalization(axis=(1, 2))", (3, 4), True),
+    ("LayerNormalization(axis=1)", (3, 4), False),  # (not the trailing axes: composed)
+    ("GroupNormalization(groups=2)", (5, 4), False),  # (channels-last groups: [.., G, C/G] is not trailing)
+])
+def test_layers_use_it_over_trailing_axes(layer, shape, normalizes):
+    g = compile_source(f"model m {{\n input x: float32[{', '.join(map(str, shape))}]\n y = {layer}(x)\n output y\n}}",
+                       "t.kdl").graph
+    assert ("Normalize" in {n.op for n in g.nodes()}) == normalizes
+
+
+def test_group_normalization_after_a_convolution_normalizes_its_channels_first_groups():
+    g = compile_source("model m {\n input x: float32[6, 6, 2]\n h = Conv2D(8, 3)(x)\n"
+                       " y = GroupNormalization(groups=4)(h)\n output y\n}", "t.kdl").graph
+    node, = [n for n in g.nodes() if n.op == "Normalize"]
+    assert g.types[node.inputs[0]].shape[1:] == (4, 2, 4, 4) and node.attrs["axis"] == 2
+
+
+def test_training_sessions_do_not_fuse_the_residual_add_into_skip_layer_normalization(tmp_path, monkeypatch):
+    """(onnxruntime's SkipLayerNormalization ran 3-6x the time of the Add and LayerNormalization apart)"""
+    from kcompile.runtime import training
+    written = []
+    original = training.session_options
+
+    def keeping_the_optimized_graph(*args, **kwargs):
+        options = original(*args, **kwargs)
+        options.optimized_model_filepath = str(tmp_path / f"optimized{len(written)}.onnx")
+        written.append(options.optimized_model_filepath)
+        return options
+    monkeypatch.setattr(training, "session_options", keeping_the_optimized_graph)
+    m = kcompile.compile_string("""model m {
+        input x: float32[5, 8]
+        h = Dense(8)(x)
+        y = Dense(2, activation=softmax)(GlobalAveragePooling1D()(LayerNormalization()(h + x)))
+        output y
+        train { loss = categorical_crossentropy; optimizer = Adam() }
+    }""")
+    rng = np.random.default_rng(0)
+    m.fit(rng.random((8, 5, 8), dtype=np.float32), np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)],
+          batch_size=8, epochs=1, verbose=0)
+    ops = {n.op_type for path in written for n in onnx.load(path).graph.node}
+    assert written and "LayerNormalization" in ops and "SkipLayerNormalization" not in ops
