@@ -197,3 +197,59 @@ def test_max_pools_read_a_blocked_convolution_directly(with_relu):
              "w": rng.standard_normal((32, 32, 3, 3)).astype(np.float32)}
     for got, want in zip(_run_all(blocked, feeds), _run_all(standard, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _channels_last_graph(dims, transpose_in, transpose_out, extra_reader=False):
+    """x channels-last [2, (8,) 10, 32] -> (Transpose to channels-first, or x given so) -> Conv of
+    a kernel input -> (Transpose back to channels-last) -> y; ``extra_reader``: a Relu reads the
+    channels-first input too."""
+    spatial = (8, 10)[-dims:]
+    to_first = [0, dims + 1] + list(range(1, dims + 1))
+    to_last = [0] + list(range(2, dims + 2)) + [1]
+    nodes, x_shape = [], (2,) + spatial + (32,)
+    if transpose_in:
+        nodes.append(helper.make_node("Transpose", ["x"], ["xf"], perm=to_first))
+    else:
+        x_shape = (2, 32) + spatial
+    nodes.append(helper.make_node("Conv", ["xf" if transpose_in else "x", "w"], ["c"], pads=[1] * 2 * dims))
+    y_shape = (2, 16) + spatial
+    if transpose_out:
+        nodes.append(helper.make_node("Transpose", ["c"], ["y"], perm=to_last))
+        y_shape = (2,) + spatial + (16,)
+    else:
+        nodes[-1].output[0] = "y"
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)]
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", ["xf"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, (2, 32) + spatial))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape),
+                                           helper.make_tensor_value_info("w", TensorProto.FLOAT, (16, 32) + (3,) * dims)],
+                              outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString(), x_shape, dims
+
+
+@needs_blocks
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("transpose_in,transpose_out,extra_reader", [
+    (True, True, False), (False, True, False), (True, False, False), (True, True, True)])
+def test_transposes_to_and_from_channels_last_go_into_the_reorders(dims, transpose_in, transpose_out, extra_reader):
+    """A blocked convolution's output transposed channels-last, and its input transposed from
+    channels-last for it alone, convert between blocks and channels-last in their ReorderOutput
+    and ReorderInput (channels_last=1) without the Transpose; an input another node reads
+    keeps its Transpose."""
+    standard, x_shape, dims = _channels_last_graph(dims, transpose_in, transpose_out, extra_reader)
+    blocked = nchwc.use_nchwc(standard)
+    nodes = onnx.load_from_string(blocked).graph.node
+    last = {n.op_type for n in nodes if n.domain == nchwc.DOMAIN and
+            any(a.name == "channels_last" and a.i == 1 for a in n.attribute)}
+    assert last == ({"ReorderInput"} if transpose_in and not extra_reader else set()) | \
+        ({"ReorderOutput"} if transpose_out else set())
+    assert sum(n.op_type == "Transpose" and (n.input[0] == "x" or n.output[0] == "y") for n in nodes) == int(extra_reader)
+    rng = np.random.default_rng(dims)
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32),
+             "w": rng.standard_normal((16, 32) + (3,) * dims).astype(np.float32)}
+    for got, want in zip(_run_all(blocked, feeds), _run_all(standard, feeds)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
