@@ -244,15 +244,17 @@ def _rewrite(node, kernel_shape, block, name):
         out_channels, in_channels = kernel_shape[:2]
         conv = {k: a[k] for k in ("strides", "pads", "dilations") if k in a}
     else:  # ConvTranspose, stride 1: the convolution of the flipped kernel, transposed to [O, I]
-        if any(s != 1 for s in a.get("strides", (1, 1))) or any(d != 1 for d in a.get("dilations", (1, 1))) \
-                or any(a.get("output_padding", (0, 0))) or "output_shape" in a:
+        # (dilated too: the convolution at the same dilation, padded by d (k - 1) less the pads)
+        if any(s != 1 for s in a.get("strides", (1, 1))) or any(a.get("output_padding", (0, 0))) \
+                or "output_shape" in a:
             return None
         in_channels, out_channels = kernel_shape[:2]
         pads = a.get("pads", (0, 0, 0, 0))
-        full = (kh - 1, kw - 1, kh - 1, kw - 1)
+        dh, dw = a.get("dilations", (1, 1))
+        full = (dh * (kh - 1), dw * (kw - 1), dh * (kh - 1), dw * (kw - 1))
         if any(p > f for p, f in zip(pads, full)):
             return None
-        conv = {"pads": [f - p for p, f in zip(pads, full)]}
+        conv = {"pads": [f - p for p, f in zip(pads, full)], "dilations": [dh, dw]}
         reverse = _constants(new, name, "flip", [-1, -1], [-(2 ** 62), -(2 ** 62)], [2, 3], [-1, -1])
         new += [helper.make_node("Transpose", [kernel], [f"{name}/swapped"], perm=[1, 0, 2, 3]),
                 helper.make_node("Slice", [f"{name}/swapped", *reverse], [f"{name}/flipped"])]

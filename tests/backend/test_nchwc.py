@@ -46,6 +46,9 @@ CASES = [  # node, x shape, kernel shape, y shape, bias
     (helper.make_node("Conv", ["x", "w", "b"], ["y"]), (2, 3, 6, 6), (32, 3, 2, 2), (2, 32, 5, 5), 32),
     (helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], pads=[1, 0, 2, 1]), (2, 16, 7, 6), (16, 32, 3, 4),
      (2, 32, 6, 8), 32),
+    # dilated (a dilated convolution's input gradient): the convolution at the same dilation
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], dilations=[2, 3], pads=[1, 2, 0, 3]), (2, 32, 6, 7),
+     (32, 16, 3, 3), (2, 16, 9, 8), None),
     # 1-D: the 2-D blocked form over one row
     (helper.make_node("Conv", ["x", "w"], ["y"]), (3, 32, 20), (16, 32, 3), (3, 16, 18), None),
     (helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[2, 1], strides=[2], dilations=[2]), (2, 16, 21),
