@@ -935,8 +935,10 @@ class BatchNormTrain(Op):
 class Normalize(Op):
     """Each batch item's trailing axes from ``axis`` on normalized by their own (population)
     moments, (x - mean) / sqrt(var + epsilon): LayerNormalization's and GroupNormalization's core,
-    before gamma and beta. outputs: y, and 1 / sqrt(var + epsilon) [d0..d_{axis-1}, 1, ...] for
-    the gradient. attrs: axis, epsilon.
+    before gamma and beta. inputs: x[, scale, bias], scale and bias shaped like the normalized
+    axes (inference graphs: passes.fusion.fuse_normalize_affine folds gamma and beta in). outputs:
+    y (times scale, plus bias), and 1 / sqrt(var + epsilon) [d0..d_{axis-1}, 1, ...] for the
+    gradient. attrs: axis, epsilon.
 
     One op with its own gradient rule, dx = r (dy - mean(dy) - y mean(dy y)), lowered to ONNX's
     LayerNormalization (one pass; onnxruntime's moments as exact as the two-pass form's, 3e-5
@@ -946,32 +948,40 @@ class Normalize(Op):
 
     def infer(self, ins, attrs):
         self.check_float(ins)
-        x, = ins
+        x = ins[0]
         axis = normalize_axis(attrs["axis"], x.rank)
         if axis == 0 or not all(isinstance(d, int) for d in x.shape[axis:]):
             raise ShapeError(f"Normalize needs known sizes after the batch, from axis {axis} of {format_shape(x.shape)}")
+        if len(ins) not in (1, 3) or any(t.shape != x.shape[axis:] or t.dtype != x.dtype for t in ins[1:]):
+            raise ShapeError(f"Normalize's scale and bias must be {x.dtype}{format_shape(x.shape[axis:])}, got "
+                             + ", ".join(str(t) for t in ins[1:]))
         return [x, x.with_shape(tuple(x.shape[:axis]) + (1,) * (x.rank - axis))]
 
     def lower(self, ctx, inputs, outputs, attrs):
         import numpy as np
-        x, = inputs
+        x, affine = inputs[0], inputs[1:]
         shape, t = ctx.shape(x), ctx.dtype(x)
         axis = normalize_axis(attrs["axis"], len(shape))
         eps = float_attr(attrs, "epsilon", 1e-3)
         if t == "float32":
-            ones, zeros = (ctx.const(np.full(shape[axis:], v), t) for v in (1.0, 0.0))
-            ctx.emit("LayerNormalization", [x, ones, zeros], [outputs[0], "", outputs[1]], axis=axis, epsilon=eps)
+            affine = affine or [ctx.const(np.full(shape[axis:], v), t) for v in (1.0, 0.0)]
+            ctx.emit("LayerNormalization", [x] + affine, [outputs[0], "", outputs[1]], axis=axis, epsilon=eps)
             return
         # (onnxruntime's LayerNormalization: float32 and float16 only; the two-pass moments)
         axes = list(range(axis, len(shape)))
         centered = ctx.emit("Sub", [x, ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)])
         var = ctx.emit("ReduceMean", [ctx.emit("Mul", [centered, centered])], axes=axes, keepdims=1)
         r = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])], [outputs[1]])
-        ctx.emit("Mul", [centered, r], [outputs[0]])
+        if not affine:
+            ctx.emit("Mul", [centered, r], [outputs[0]])
+            return
+        ctx.emit("Add", [ctx.emit("Mul", [ctx.emit("Mul", [centered, r]), affine[0]]), affine[1]], [outputs[0]])
 
     def grad(self, ctx, node, dys):
         if dys[1] is not None:
             raise NotImplementedError("gradient through Normalize's 1 / sqrt(var + epsilon)")
+        if len(node.inputs) > 1:  # (training graphs keep gamma and beta apart: fuse_normalize_affine is for inference)
+            raise NotImplementedError("gradient of Normalize with its scale and bias folded in")
         dy = dys[0]
         y, r = node.outputs
         rank = ctx.type(y).rank

@@ -1,5 +1,6 @@
 """Fusions for inference: bias adds into Conv/Gemm, BatchNormalization into the
-preceding Conv/Gemm, and an element-wise activation into Conv/Gemm.
+preceding Conv/Gemm, an element-wise activation into Conv/Gemm, and LayerNormalization's gamma
+and beta into its Normalize.
 
 Folded weights are computed by graph ops on the weights themselves (so the model's
 weights stay in Keras layout and ``set_weights`` keeps working); onnxruntime
@@ -104,4 +105,39 @@ def fuse_activation(g: Graph) -> Graph:
         activation = (user.op, tuple(sorted(user.attrs.items())))
         fused = add(g, node, node.op, node.inputs, **{**node.attrs, "activation": activation})
         replace(g, user.outputs[0], fused)
+    return g
+
+
+def fuse_normalize_affine(g: Graph) -> Graph:
+    """Normalize -> Mul(gamma) [-> Add(beta)] -> one Normalize with gamma and beta as its scale and
+    bias (ONNX LayerNormalization's), where they are weights or constants shaped like the
+    normalized axes (LayerNormalization over its trailing axes: GroupNormalization's gamma is per
+    channel, not per normalized position): two passes over the values fewer. Inference only: a
+    training step's gradient reads the normalized values themselves."""
+    for node in g.nodes():
+        if node.name not in g.nx or node.op != "Normalize" or len(node.inputs) != 1 or g.uses(node.outputs[1]):
+            continue
+        x, = node.inputs
+        t = g.types[x]
+        trailing = tuple(t.shape[node.attrs["axis"] % t.rank:])
+        weights = []
+        value = node.outputs[0]
+        for op in ("Mul", "Add"):
+            user = sole_consumer(g, value)
+            if user is None or user.op != op:
+                break
+            other = user.inputs[1] if user.inputs[0] == value else user.inputs[0]
+            shape = tuple(g.types[other].shape)
+            lead = len(shape) - len(trailing)  # (gamma [1, F] for a [N, T, F] input: ones before)
+            if not is_static(g, other) or g.types[other].dtype != t.dtype or lead < 0 or \
+                    shape[lead:] != trailing or any(d != 1 for d in shape[:lead]):
+                break
+            weights.append(add(g, user, "Reshape", [other], shape=trailing) if lead else other)
+            value = user.outputs[0]
+        if not weights:
+            continue
+        scale = weights[0]
+        bias = weights[1] if len(weights) == 2 else g.add_const(np.zeros(trailing, t.dtype))
+        fused = add(g, node, "Normalize", [x, scale, bias], **node.attrs)
+        replace(g, value, fused)
     return g

@@ -10,8 +10,8 @@ from kcompile.backend import to_onnx
 from kcompile.driver import compile_source, initial_weights
 from kcompile.passes.util import is_static
 from kcompile.passes import (PIPELINE, common_subexpression_elimination, constant_folding,
-                             dead_code_elimination, fold_batchnorm, fuse_activation, fuse_bias, optimize,
-                             remove_dropout, sink_transposes)
+                             dead_code_elimination, fold_batchnorm, fuse_activation, fuse_bias,
+                             fuse_normalize_affine, optimize, remove_dropout, sink_transposes)
 from kcompile.passes.transpose import feature_major_dense, transpose_into_dense_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
@@ -351,3 +351,39 @@ def test_pipeline_preserves_outputs(src_input):
 def test_initial_weights_feed_every_param():
     g = graph_of(CNN, 1)
     assert set(initial_weights(g)) == set(g.params)
+
+
+@pytest.mark.parametrize("layer,shape,fused", [
+    ("LayerNormalization()", (5,), True), ("LayerNormalization()", (3, 4), True),
+    ("LayerNormalization(center=false)", (3, 4), True), ("LayerNormalization(scale=false)", (6,), False),
+    ("LayerNormalization(axis=(1, 2))", (3, 4), True),
+])
+def test_layer_normalizations_gamma_and_beta_fold_into_its_normalize(layer, shape, fused):
+    """Inference: Normalize then gamma's Mul and beta's Add become one Normalize (ONNX
+    LayerNormalization's scale and bias), where gamma is shaped like the normalized axes; the
+    same outputs."""
+    src = f"""model m {{
+        input x: float32[{', '.join(map(str, shape))}]
+        y = {layer}(Dense({shape[-1]})(x))
+        output y
+    }}"""
+    before = graph_of(src)
+    after = dead_code_elimination(fuse_normalize_affine(before.copy()))
+    normalize, = [n for n in after.nodes() if n.op == "Normalize"]
+    assert len(normalize.inputs) == (3 if fused else 1)
+    assert (ops(after).count("Mul") < ops(before).count("Mul")) == fused
+    x = np.random.default_rng(0).normal(size=(4,) + shape).astype(np.float32)
+    assert_same(before, after, {"x": x}, random_weights(before))  # (gamma and beta away from ones and zeros)
+
+
+def test_group_normalizations_per_channel_gamma_stays_apart():
+    """GroupNormalization's gamma is per channel, not per normalized position: not ONNX
+    LayerNormalization's scale, so its Normalize keeps gamma and beta after it."""
+    src = """model m {
+        input x: float32[6, 6, 2]
+        y = GroupNormalization(groups=4)(Conv2D(8, 3)(x))
+        output y
+    }"""
+    before = graph_of(src, level=1)
+    normalize, = [n for n in before.nodes() if n.op == "Normalize"]
+    assert len(normalize.inputs) == 1 and "Mul" in ops(before)
