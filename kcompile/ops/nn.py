@@ -983,6 +983,8 @@ class Normalize(Op):
         if len(node.inputs) > 1:  # (training graphs keep gamma and beta apart: fuse_normalize_affine is for inference)
             raise NotImplementedError("gradient of Normalize with its scale and bias folded in")
         dy = dys[0]
+        if dy is None:
+            return [None]
         y, r = node.outputs
         rank = ctx.type(y).rank
         axes = tuple(range(normalize_axis(node.attrs["axis"], rank), rank))
