@@ -60,14 +60,8 @@ class BatchNormalization(Layer):
 
 
 def _normalize(ctx, x, axes, epsilon):
-    """(x - mean) / sqrt(var + epsilon), the (population) moments over ``axes``: one Normalize
-    where they are the trailing axes (of known sizes), else composed."""
-    if tuple(axes) == tuple(range(axes[0], x.rank)) and all(isinstance(x.shape[a], int) for a in axes):
-        return ctx.op("Normalize", x, axis=axes[0], epsilon=epsilon)[0]
-    mean = ctx.op("ReduceMean", x, axes=axes, keepdims=1)
-    centered = ctx.op("Sub", x, mean)
-    var = ctx.op("ReduceMean", ctx.op("Mul", centered, centered), axes=axes, keepdims=1)
-    return ctx.op("Mul", centered, ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, epsilon))))
+    """(x - mean) / sqrt(var + epsilon), the (population) moments over ``axes``."""
+    return ctx.op("Normalize", x, axes=tuple(axes), epsilon=epsilon)[0]
 
 
 def _scale_shift(ctx, layer, y, shape):

@@ -933,42 +933,44 @@ class BatchNormTrain(Op):
 
 @register
 class Normalize(Op):
-    """Each batch item's trailing axes from ``axis`` on normalized by their own (population)
-    moments, (x - mean) / sqrt(var + epsilon): LayerNormalization's and GroupNormalization's core,
-    before gamma and beta. inputs: x[, scale, bias], scale and bias shaped like the normalized
-    axes (inference graphs: passes.fusion.fuse_normalize_affine folds gamma and beta in). outputs:
-    y (times scale, plus bias), and 1 / sqrt(var + epsilon) [d0..d_{axis-1}, 1, ...] for the
-    gradient. attrs: axis, epsilon.
+    """Each batch item normalized over ``axes`` by its own (population) moments,
+    (x - mean) / sqrt(var + epsilon): LayerNormalization's and GroupNormalization's core, before
+    gamma and beta. inputs: x[, scale, bias], scale and bias shaped like the normalized axes, which
+    are then the trailing ones (inference graphs: passes.fusion.fuse_normalize_affine folds gamma
+    and beta in). outputs: y (times scale, plus bias), and 1 / sqrt(var + epsilon) (x's shape, 1
+    on ``axes``) for the gradient. attrs: axes, epsilon.
 
-    One op with its own gradient rule, dx = r (dy - mean(dy) - y mean(dy y)), lowered to ONNX's
-    LayerNormalization (one pass; onnxruntime's moments as exact as the two-pass form's, 3e-5
-    against 7e-5 off for rows of 4,096 numbers around 1,000): the composed moments differentiated
-    op by op made some fifteen passes over x, forward and backward."""
+    One op with its own gradient rule, dx = r (dy - mean(dy) - y mean(dy y)), where the composed
+    moments differentiated op by op made some fifteen passes over x, forward and backward. Over
+    trailing axes of known sizes in float32 it lowers to ONNX's LayerNormalization (one pass;
+    onnxruntime's moments as exact as the two-pass form's, 3e-5 against 7e-5 off for rows of 4,096
+    numbers around 1,000); else to the two-pass moments."""
     name = "Normalize"
 
     def infer(self, ins, attrs):
         self.check_float(ins)
         x = ins[0]
-        axis = normalize_axis(attrs["axis"], x.rank)
-        if axis == 0 or not all(isinstance(d, int) for d in x.shape[axis:]):
-            raise ShapeError(f"Normalize needs known sizes after the batch, from axis {axis} of {format_shape(x.shape)}")
-        if len(ins) not in (1, 3) or any(t.shape != x.shape[axis:] or t.dtype != x.dtype for t in ins[1:]):
-            raise ShapeError(f"Normalize's scale and bias must be {x.dtype}{format_shape(x.shape[axis:])}, got "
-                             + ", ".join(str(t) for t in ins[1:]))
-        return [x, x.with_shape(tuple(x.shape[:axis]) + (1,) * (x.rank - axis))]
+        axes = sorted({normalize_axis(a, x.rank) for a in attrs["axes"]})
+        if not axes or axes[0] == 0:
+            raise ShapeError(f"Normalize's axes {tuple(attrs['axes'])} must leave the batch axis of {format_shape(x.shape)}")
+        if len(ins) > 1 and (len(ins) != 3 or axes != list(range(axes[0], x.rank))
+                             or any(t.shape != x.shape[axes[0]:] or t.dtype != x.dtype for t in ins[1:])):
+            raise ShapeError(f"Normalize's scale and bias must be {x.dtype}{format_shape(x.shape[axes[0]:])} over "
+                             f"trailing axes, got " + ", ".join(str(t) for t in ins[1:]))
+        return [x, x.with_shape(1 if i in axes else d for i, d in enumerate(x.shape))]
 
     def lower(self, ctx, inputs, outputs, attrs):
         import numpy as np
         x, affine = inputs[0], inputs[1:]
         shape, t = ctx.shape(x), ctx.dtype(x)
-        axis = normalize_axis(attrs["axis"], len(shape))
+        axes = trailing_axes(attrs["axes"], len(shape))
         eps = float_attr(attrs, "epsilon", 1e-3)
-        if t == "float32":
-            affine = affine or [ctx.const(np.full(shape[axis:], v), t) for v in (1.0, 0.0)]
-            ctx.emit("LayerNormalization", [x] + affine, [outputs[0], "", outputs[1]], axis=axis, epsilon=eps)
+        if axes and t == "float32" and all(isinstance(d, int) for d in shape[axes[0]:]):
+            affine = affine or [ctx.const(np.full(shape[axes[0]:], v), t) for v in (1.0, 0.0)]
+            ctx.emit("LayerNormalization", [x] + affine, [outputs[0], "", outputs[1]], axis=axes[0], epsilon=eps)
             return
-        # (onnxruntime's LayerNormalization: float32 and float16 only; the two-pass moments)
-        axes = list(range(axis, len(shape)))
+        # (onnxruntime's LayerNormalization: trailing axes, float32 and float16 only)
+        axes = sorted(a % len(shape) for a in attrs["axes"])
         centered = ctx.emit("Sub", [x, ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)])
         var = ctx.emit("ReduceMean", [ctx.emit("Mul", [centered, centered])], axes=axes, keepdims=1)
         r = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])], [outputs[1]])
@@ -986,11 +988,16 @@ class Normalize(Op):
         if dy is None:
             return [None]
         y, r = node.outputs
-        rank = ctx.type(y).rank
-        axes = tuple(range(normalize_axis(node.attrs["axis"], rank), rank))
+        axes = tuple(sorted(a % ctx.type(y).rank for a in node.attrs["axes"]))
         m1 = ctx.op("ReduceMean", dy, axes=axes, keepdims=1)
         m2 = ctx.op("ReduceMean", ctx.op("Mul", dy, y), axes=axes, keepdims=1)
         return [ctx.op("Mul", ctx.op("Sub", ctx.op("Sub", dy, m1), ctx.op("Mul", y, m2)), r)]
+
+
+def trailing_axes(axes, rank) -> list:
+    """``axes`` sorted, where they are the last ones of a rank-``rank`` tensor; else []."""
+    axes = sorted(a % rank for a in axes)
+    return axes if axes == list(range(rank - len(axes), rank)) else []
 
 
 def _lower_batch_norm_in_parts(ctx, x, scale, bias, axis, eps, outputs):

@@ -11,6 +11,7 @@ import numpy as np
 from ..ir import Graph
 from ..ops import OPS
 from ..ops.elementwise import Unary
+from ..ops.nn import trailing_axes
 from .util import add, is_static, replace, sole_consumer
 
 _FUSABLE = ("Conv", "ConvTranspose", "Gemm")
@@ -119,7 +120,10 @@ def fuse_normalize_affine(g: Graph) -> Graph:
             continue
         x, = node.inputs
         t = g.types[x]
-        trailing = tuple(t.shape[node.attrs["axis"] % t.rank:])
+        axes = trailing_axes(node.attrs["axes"], t.rank)
+        if not axes:
+            continue
+        trailing = tuple(t.shape[axes[0]:])
         weights = []
         value = node.outputs[0]
         for op in ("Mul", "Add"):

@@ -134,7 +134,7 @@ def _step(g: Graph, t) -> bool:
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True
     moved_attrs = _axes_moved(user, perm)
-    if moved_attrs is not None:  # ops of data axes named in their attributes: the same on the source's axes
+    if moved_attrs is not None and not any(g.uses(o) for o in user.outputs[1:]):  # (Normalize's r: unread)  # ops of data axes named in their attributes: the same on the source's axes
         moved = add(g, user, user.op, [x] + user.inputs[1:], **moved_attrs)
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True
@@ -162,7 +162,8 @@ def _step(g: Graph, t) -> bool:
 def _axes_moved(user, perm):
     """The attributes of ``user`` (reading a transpose by ``perm``) for reading the transpose's
     source instead, where its attributes name the data's axes: Pad (ZeroPadding2D), Slice
-    (Cropping2D), Softmax and LogSoftmax over one axis, Upsample (UpSampling2D); else None."""
+    (Cropping2D), Softmax and LogSoftmax over one axis, Upsample (UpSampling2D), Normalize (Layer-
+    and GroupNormalization's moments); else None."""
     n = len(perm)
     if user.op == "Pad" and len(user.inputs) == 1:
         pads = user.attrs["pads"]
@@ -176,6 +177,8 @@ def _axes_moved(user, perm):
         return {**user.attrs, "axis": perm[user.attrs.get("axis", -1) % n]}
     if user.op == "Upsample":
         return {**user.attrs, "axes": tuple(perm[a % n] for a in user.attrs["axes"])}
+    if user.op == "Normalize" and len(user.inputs) == 1:
+        return {**user.attrs, "axes": tuple(sorted(perm[a % n] for a in user.attrs["axes"]))}
     return None
 
 

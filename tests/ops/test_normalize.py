@@ -1,6 +1,6 @@
-"""Normalize (Layer- and GroupNormalization's core over trailing axes): ONNX's LayerNormalization in
-float32, the two-pass moments in float64, both numpy's (population) moments; the layers use it
-where their axes are trailing; and the runtime's sessions keep onnxruntime from fusing a
+"""Normalize (Layer- and GroupNormalization's core): ONNX's LayerNormalization over trailing axes in
+float32, the two-pass moments elsewhere, both numpy's (population) moments; the layers use it
+over their axes; and the runtime's sessions keep onnxruntime from fusing a
 residual Add into its slow SkipLayerNormalization."""
 import numpy as np
 import onnx
@@ -14,10 +14,10 @@ from kcompile.ir import Graph, TensorType
 from kcompile.ops import emit
 
 
-def normalize(x, axis, eps):
+def normalize(x, axes, eps):
     g = Graph("t")
     v = g.add_input("x", TensorType(str(x.dtype), ("N",) + x.shape[1:]))
-    y, r = emit(g, "Normalize", [v], {"axis": axis, "epsilon": eps})
+    y, r = emit(g, "Normalize", [v], {"axes": axes, "epsilon": eps})
     g.outputs = [("y", y), ("r", r)]
     model = to_onnx(g)
     outs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
@@ -25,12 +25,13 @@ def normalize(x, axis, eps):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape,axis", [((3, 7), 1), ((2, 3, 4, 5), 2), ((2, 3, 4), 1)])
-def test_normalize_matches_numpys_moments(dtype, shape, axis):
+@pytest.mark.parametrize("shape,axes,trailing", [((3, 7), (1,), True), ((2, 3, 4, 5), (2, 3), True),
+                                                 ((2, 3, 4), (1, 2), True), ((2, 3, 4, 5), (1,), False),
+                                                 ((2, 3, 4, 5), (1, 3), False)])
+def test_normalize_matches_numpys_moments(dtype, shape, axes, trailing):
     x = (100 + np.random.default_rng(0).normal(size=shape)).astype(dtype)  # (a mean far from 0)
-    ops, (y, r) = normalize(x, axis, 1e-3)
-    assert ("LayerNormalization" in ops) == (dtype == "float32")
-    axes = tuple(range(axis, len(shape)))
+    ops, (y, r) = normalize(x, axes, 1e-3)
+    assert ("LayerNormalization" in ops) == (dtype == "float32" and trailing)
     x64 = x.astype(np.float64)
     var = x64.var(axis=axes, keepdims=True)
     tol = 1e-5 if dtype == "float32" else 1e-9  # (epsilon is a float32 attribute)
@@ -38,22 +39,23 @@ def test_normalize_matches_numpys_moments(dtype, shape, axis):
     np.testing.assert_allclose(y, (x64 - x64.mean(axis=axes, keepdims=True)) / np.sqrt(var + 1e-3), atol=10 * tol)
 
 
-@pytest.mark.parametrize("layer,shape,normalizes", [
-    ("LayerNormalization()", (3, 4), True), ("LayerNormalization(axis=(1, 2))", (3, 4), True),
-    ("LayerNormalization(axis=1)", (3, 4), False),  # (not the trailing axes: composed)
-    ("GroupNormalization(groups=2)", (5, 4), False),  # (channels-last groups: [.., G, C/G] is not trailing)
+@pytest.mark.parametrize("layer,shape,axes", [
+    ("LayerNormalization()", (3, 4), (2,)), ("LayerNormalization(axis=(1, 2))", (3, 4), (1, 2)),
+    ("LayerNormalization(axis=1)", (3, 4), (1,)),
+    ("GroupNormalization(groups=2)", (5, 4), (1, 3)),  # (channels-last groups: [N, 5, G, C/G], G apart)
 ])
-def test_layers_use_it_over_trailing_axes(layer, shape, normalizes):
+def test_layers_normalize_over_their_axes(layer, shape, axes):
     g = compile_source(f"model m {{\n input x: float32[{', '.join(map(str, shape))}]\n y = {layer}(x)\n output y\n}}",
                        "t.kdl").graph
-    assert ("Normalize" in {n.op for n in g.nodes()}) == normalizes
+    node, = [n for n in g.nodes() if n.op == "Normalize"]
+    assert tuple(node.attrs["axes"]) == axes and "ReduceMean" not in {n.op for n in g.nodes()}
 
 
 def test_group_normalization_after_a_convolution_normalizes_its_channels_first_groups():
     g = compile_source("model m {\n input x: float32[6, 6, 2]\n h = Conv2D(8, 3)(x)\n"
                        " y = GroupNormalization(groups=4)(h)\n output y\n}", "t.kdl").graph
     node, = [n for n in g.nodes() if n.op == "Normalize"]
-    assert g.types[node.inputs[0]].shape[1:] == (4, 2, 4, 4) and node.attrs["axis"] == 2
+    assert g.types[node.inputs[0]].shape[1:] == (4, 2, 4, 4) and tuple(node.attrs["axes"]) == (2, 3, 4)
 
 
 def test_training_sessions_do_not_fuse_the_residual_add_into_skip_layer_normalization(tmp_path, monkeypatch):
