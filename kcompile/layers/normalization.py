@@ -1,6 +1,6 @@
 """Normalization layers: BatchNormalization, LayerNormalization, GroupNormalization."""
 from ..errors import ShapeError, format_shape
-from ..ir.types import Tensor, normalize_axis
+from ..ir.types import normalize_axis
 from .base import BoolArg, FloatArg, InitializerArg, IntArg, IntList, Layer
 
 
@@ -116,11 +116,6 @@ class LayerNormalization(Layer):
 
     def call(self, ctx, x):
         axes = self.axes(x)
-        source = _channels_first_source(ctx, x, axes[0]) if len(axes) == 1 else None
-        if source is not None:  # (over a convolution's channels: as GroupNormalization.call)
-            y = _scale_shift(ctx, self, _normalize(ctx, source, (1,), self.epsilon),
-                             (x.shape[-1],) + (1,) * (x.rank - 2))
-            return ctx.op("Transpose", y, perm=(0,) + tuple(range(2, x.rank)) + (1,))
         y = _normalize(ctx, x, axes, self.epsilon)
         return _scale_shift(ctx, self, y, tuple(x.shape[i] if i in axes else 1 for i in range(1, x.rank)))
 
@@ -170,16 +165,7 @@ class GroupNormalization(Layer):
             self.beta = ctx.add_weight(self, "beta", (channels,), x.dtype, self.beta_initializer)
 
     def call(self, ctx, x):
-        axis = normalize_axis(self.axis, x.rank)
-        source = _channels_first_source(ctx, x, axis)
-        if source is not None:
-            # x is a convolution's or pool's channels-first output made channels-last: normalize
-            # that, and make the result channels-last, a transpose the transpose-sinking pass moves
-            # on until it cancels with the next layer's (it stops at x, whose moments read it
-            # twice: a GroupNormalization CNN spent 12 of 95 ms profiled in such transposes)
-            y = self._normalized(ctx, source, 1)
-            return ctx.op("Transpose", y, perm=(0,) + tuple(range(2, x.rank)) + (1,))
-        return self._normalized(ctx, x, axis)
+        return self._normalized(ctx, x, normalize_axis(self.axis, x.rank))
 
     def _normalized(self, ctx, x, axis):
         channels, groups = x.shape[axis], self.n_groups
@@ -190,27 +176,6 @@ class GroupNormalization(Layer):
         y = _normalize(ctx, grouped, axes, self.epsilon)
         y = ctx.op("Reshape", y, shape=(0,) + tuple(x.shape[1:]))
         return _scale_shift(ctx, self, y, tuple(channels if i == axis else 1 for i in range(1, x.rank)))
-
-
-def _channels_first_source(ctx, x, axis):
-    """The channels-first value [N, C, ...] whose transpose to channels-last is ``x``, where ``axis``
-    is x's last (channel) axis, perhaps through the bias a convolution adds channels-last (then
-    added channels-first here); else None."""
-    g = ctx.graph
-    if x.rank < 3 or axis != x.rank - 1:
-        return None
-    node, bias = g.producer_of(x.name), None
-    if node is not None and node.op == "Add" and len(node.inputs) == 2:  # (a Conv2D's bias [C])
-        value, other = node.inputs
-        if g.kind(other) in ("param", "const") and g.types[other].shape == (x.shape[-1],):
-            node, bias = g.producer_of(value), other
-    if node is None or node.op != "Transpose" or tuple(node.attrs["perm"]) != (0,) + tuple(range(2, x.rank)) + (1,):
-        return None
-    source = Tensor(node.inputs[0], g.types[node.inputs[0]])
-    if bias is not None:
-        per_channel = ctx.op("Reshape", Tensor(bias, g.types[bias]), shape=(x.shape[-1],) + (1,) * (x.rank - 2))
-        source = ctx.op("Add", source, per_channel)
-    return source
 
 
 class UnitNormalization(Layer):

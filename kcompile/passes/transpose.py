@@ -4,7 +4,8 @@ Layers wrap each channels-first op (Conv, pooling) in a pair of transposes so th
 language can stay channels-last. This pass moves each transpose down through the
 ops that do not care about layout (element-wise ops, bias adds with weights,
 batch normalization, reductions, a Concat of operands transposed alike, Pad, Slice,
-Softmax and Upsample on their axes) until it meets the next layer's inverse
+Softmax, Upsample and Normalize on their axes, a Reshape that splits or merges axes the
+source holds in the same order) until it meets the next layer's inverse
 transpose, where both cancel. What remains are transposes at the edges (e.g.
 before a Flatten, whose element order Keras defines channels-last).
 """
@@ -133,6 +134,14 @@ def _step(g: Graph, t) -> bool:
         moved = add(g, user, "Concat", [p.inputs[0] for p in producers], axis=perm[axis])
         replace(g, user.outputs[0], add(g, t, "Transpose", [moved], perm=perm))
         return True
+    if user.op == "Reshape" and user.inputs[0] == out:
+        moved = _reshape_moved(perm, g.types[out].shape, g.types[user.outputs[0]].shape)
+        if moved is not None:  # (GroupNormalization's channels split into groups, and joined back)
+            shape, after = moved
+            reshaped = add(g, user, "Reshape", [x], shape=shape)
+            replace(g, user.outputs[0], reshaped if _is_identity(after) else
+                    add(g, t, "Transpose", [reshaped], perm=after))
+            return True
     moved_attrs = _axes_moved(user, perm)
     if moved_attrs is not None and not any(g.uses(o) for o in user.outputs[1:]):  # (Normalize's r: unread)  # ops of data axes named in their attributes: the same on the source's axes
         moved = add(g, user, user.op, [x] + user.inputs[1:], **moved_attrs)
@@ -157,6 +166,60 @@ def _step(g: Graph, t) -> bool:
         replace(g, user.outputs[0], result)
         return True
     return False
+
+
+def _reshape_moved(perm, before, after):
+    """A Reshape of a transpose by ``perm`` (shape ``before``) to ``after`` as a Reshape of the
+    transpose's source, then a transpose: (its shape attribute, the transpose's perm), where the
+    Reshape splits axes and merges runs of axes that the source holds next to each other in
+    the same order; else None. A dimension whose size is not known (the batch) must stay
+    where it is, on axis 0 of both."""
+    groups, i, j = [], 0, 0  # groups: (axes of ``before``, axes of ``after``) with equal products
+    while i < len(before) or j < len(after):
+        if j < len(after) and after[j] == 1 and (i == len(before) or before[i] != 1):
+            groups.append(([], [j]))  # a unit axis put in
+            j += 1
+            continue
+        if i < len(before) and before[i] == 1 and (j == len(after) or after[j] != 1):
+            groups.append(([i], []))  # a unit axis taken out
+            i += 1
+            continue
+        if i == len(before) or j == len(after):
+            return None
+        if isinstance(before[i], str) or isinstance(after[j], str):
+            if (i, j) != (0, 0) or before[0] != after[0] or perm[0] != 0:
+                return None
+            groups.append(([0], [0]))
+            i, j = 1, 1
+            continue
+        first_i, first_j, a, b = i, j, before[i], after[j]
+        i, j = i + 1, j + 1
+        while a != b:
+            if a < b and i < len(before) and isinstance(before[i], int):
+                a, i = a * before[i], i + 1
+            elif b < a and j < len(after) and isinstance(after[j], int):
+                b, j = b * after[j], j + 1
+            else:
+                return None
+        groups.append((list(range(first_i, i)), list(range(first_j, j))))
+    for ins, outs in groups:
+        if len(ins) > 1 and (len(outs) > 1 or any(perm[k + 1] != perm[k] + 1 for k in ins[:-1])):
+            return None  # (neither a split nor a merge of axes in the source's order)
+    # The groups in the source's order; a unit axis put in goes with the group before it.
+    keys, key = [], -1
+    for ins, outs in groups:
+        key = perm[ins[0]] if ins else key + 1e-3
+        keys.append(key)
+    order = [group for _, group in sorted(zip(keys, groups), key=lambda kg: kg[0]) if group[1]]
+    shape, start = [], {}
+    for ins, outs in order:
+        start[outs[0]] = len(shape)
+        shape += [0 if isinstance(after[k], str) else after[k] for k in outs]  # (0: the batch, as it is)
+    moved = [None] * len(after)
+    for _, outs in order:
+        for k, axis in enumerate(outs):
+            moved[axis] = start[outs[0]] + k
+    return tuple(shape), tuple(moved)
 
 
 def _axes_moved(user, perm):

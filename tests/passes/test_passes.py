@@ -184,10 +184,13 @@ def test_a_concat_of_convolutions_joins_their_channels_first_maps():
 
 
 @pytest.mark.parametrize("between", ["ZeroPadding2D(((1, 0), (2, 1)))", "Cropping2D(((1, 0), (0, 2)))",
-                                     "Softmax()", "Activation(log_softmax)", "UpSampling2D((2, 3))"])
+                                     "Softmax()", "Activation(log_softmax)", "UpSampling2D((2, 3))",
+                                     "GroupNormalization(groups=3)", "GroupNormalization(groups=-1)",
+                                     "LayerNormalization()", "LayerNormalization(axis=(-2, -1))"])
 def test_padding_cropping_and_softmax_between_convolutions_keep_them_channels_first(between):
-    """Pad, Slice, Softmax and Upsample name the data's axes in their attributes: the transposes
-    move past them on the source's axes and cancel with the next convolution's."""
+    """Pad, Slice, Softmax, Upsample and Normalize name the data's axes in their attributes: the
+    transposes move past them on the source's axes (and past GroupNormalization's Reshapes, which
+    split the channels into groups and join them back) and cancel with the next convolution's."""
     src = f"""model m {{
         input image: float32[7, 6, 2]
         Conv2D(3, 3, padding=same)
@@ -201,6 +204,33 @@ def test_padding_cropping_and_softmax_between_convolutions_keep_them_channels_fi
     after = dead_code_elimination(sink_transposes(before.copy()))
     data_after = [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
     assert len(data_after) == 1  # only the image's way in
+    assert_same(before, after, {"image": image((2, 7, 6, 2))})
+
+
+@pytest.mark.parametrize("target, moved", [((42, 3), True), ((7, 18), False), ((7, 6, 3, 1), True),
+                                           ((1, 7, 6, 3), True), ((7, 3, 6, 1), False)])
+def test_a_transpose_moves_past_a_reshape_that_splits_or_merges_axes_in_the_sources_order(target, moved):
+    """Reshape((42, 3)) of a convolution's [7, 6, 3] output merges rows and columns, which its
+    channels-first source holds next to each other: the Reshape runs on the source and the
+    transpose after it cancels with the Conv1D's. Merging columns and channels (7, 18) is no
+    such merge and keeps its transposes, as does a Reshape that regroups axes (6, 3 -> 3, 6); unit
+    axes put in go anywhere. The numbers are the same either way."""
+    rest = "Conv1D(2, 2)\n        GlobalAveragePooling1D()" if len(target) == 2 else "Flatten()"
+    src = f"""model m {{
+        input image: float32[7, 6, 2]
+        Conv2D(3, 3, padding=same)
+        Reshape({target})
+        {rest}
+        y = Dense(2)
+        output y
+    }}"""
+    before = graph_of(src)
+    after = dead_code_elimination(sink_transposes(before.copy()))
+    on_data = [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
+    if len(target) == 2:
+        assert len(on_data) == (1 if moved else 3)  # (the image's way in; unmoved, the Reshape's two)
+    else:  # before a Flatten the transpose stays: moved past the Reshape, or not
+        assert any(getattr(after.producer_of(n.inputs[0]), "op", None) == "Reshape" for n in on_data) == moved
     assert_same(before, after, {"image": image((2, 7, 6, 2))})
 
 
