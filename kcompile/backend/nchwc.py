@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .reads import readers as readers_of
+
 DOMAIN = "com.microsoft.nchwc"
 
 
@@ -106,10 +108,7 @@ def _pool_blocked(nodes: list, graph_outputs: set) -> list:
     onnxruntime converts the convolution's output back to blocks for each pool it rewrites
     itself (the MNIST CNN's second convolution and the four pools of its tiled gradient:
     ReorderOutput then ReorderInput of [64, 64, 10, 10] per part of its training step)."""
-    readers = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = readers_of(nodes)
     replaced = {}  # id(MaxPool node) -> its blocked form
     dropped = set()  # ids of ReorderOutput nodes no longer read
     for node in nodes:
@@ -142,10 +141,7 @@ def _channels_last_edges(nodes: list, graph_outputs: set) -> list:
     between blocks and either layout in one pass, where the transpose was one more (a [128, 50, 64]
     one 0.46-0.61 ms, a seventh of a TimeDistributed(Dense) + Conv1D model's step)."""
     producer = {o: n for n in nodes for o in n.output}
-    readers = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = readers_of(nodes)
 
     def sole(value):
         users = readers.get(value, [])

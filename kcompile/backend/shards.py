@@ -24,26 +24,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-
-def _reads(node) -> set:
-    """The values a node reads: its inputs, and what the graphs of its attributes (a Scan's or
-    Loop's body) read from outside them."""
-    names = set(node.input)
-    for attribute in node.attribute:
-        for body in list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else []):
-            inner = {o for n in body.node for o in n.output} | {i.name for i in body.input} | \
-                {i.name for i in body.initializer}
-            names |= {v for n in body.node for v in _reads(n)} - inner
-    return names
-
-
-def _readers(nodes) -> dict:
-    """value -> the nodes of ``nodes`` that read it, each once."""
-    readers = {}
-    for node in nodes:
-        for v in _reads(node):
-            readers.setdefault(v, []).append(node)
-    return readers
+from .reads import readers as _readers, reads as _reads
 
 
 def _needed(graph, outputs) -> list:

@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .reads import readers as readers_of
+
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 _G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float64)
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
@@ -47,10 +49,7 @@ def use_winograd(model_bytes: bytes) -> tuple[bytes, int]:
     if not any(n.op_type == "Conv" and n.domain == "" and len(n.input) > 1 and n.input[1] in weights
                for n in graph.node):
         return model_bytes, 0
-    readers = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = readers_of(graph.node)
     kept = {o.name for o in graph.output}
     shapes = _shapes(model)
     replaced, dropped, added, tile_bytes = {}, set(), [], 0

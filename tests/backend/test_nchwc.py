@@ -179,22 +179,30 @@ def _conv_then(readers, outputs):
 
 
 @needs_blocks
-@pytest.mark.parametrize("with_relu", [False, True])
-def test_max_pools_read_a_blocked_convolution_directly(with_relu):
+@pytest.mark.parametrize("other", [None, "relu", "branch"])
+def test_max_pools_read_a_blocked_convolution_directly(other):
     """Max pools that are all that reads a blocked convolution run blocked on its output, with no
     conversion back to NCHW and into blocks again in between (the tiled max-pool gradient's
-    pools); with another reader, the convolution's output is converted as before."""
+    pools); with another reader, the convolution's output is converted as before (a reader
+    inside an If's branch too)."""
     readers = [helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
                helper.make_node("MaxPool", ["c"], ["q"], kernel_shape=[1, 2], strides=[2, 2])]
     outputs = [("p", (2, 32, 3, 3)), ("q", (2, 32, 3, 3))]
-    if with_relu:
+    if other == "relu":
         readers.append(helper.make_node("Relu", ["c"], ["r"]))
+        outputs.append(("r", (2, 32, 6, 6)))
+    elif other == "branch":
+        def branch(op):
+            return helper.make_graph([helper.make_node(op, ["c"], [f"{op}_out"])], op, [],
+                                     [helper.make_tensor_value_info(f"{op}_out", TensorProto.FLOAT, (2, 32, 6, 6))])
+        readers += [helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("t", TensorProto.BOOL, (), [True])),
+                    helper.make_node("If", ["cond"], ["r"], then_branch=branch("Relu"), else_branch=branch("Neg"))]
         outputs.append(("r", (2, 32, 6, 6)))
     standard = _conv_then(readers, outputs)
     blocked = nchwc.use_nchwc(standard)
     nodes = onnx.load_from_string(blocked).graph.node
     pools = [n for n in nodes if n.op_type == "MaxPool"]
-    assert all(n.domain == ("" if with_relu else nchwc.DOMAIN) for n in pools) and len(pools) == 2
+    assert all(n.domain == (nchwc.DOMAIN if other is None else "") for n in pools) and len(pools) == 2
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((2, 32, 8, 8)).astype(np.float32),
              "w": rng.standard_normal((32, 32, 3, 3)).astype(np.float32)}
