@@ -178,7 +178,11 @@ class Model(LayersMixin, TrainingMixin):
         # The weights go into the model bytes rather than SessionOptions.add_initializer:
         # onnxruntime folds weight-only subgraphs (layout transposes, folded BatchNorm)
         # from the file's own initializers, before any override would apply.
-        return self._onnx if self._onnx_weights_current else self.onnx_model().SerializeToString()
+        graph = self._onnx if self._onnx_weights_current else self.onnx_model().SerializeToString()
+        if self.device == "cpu":  # (1-D convolutions and pools over maps of one row, which it blocks)
+            from ..backend.nchwc import one_row_maps
+            graph = one_row_maps(graph)
+        return graph
 
     def _prepare(self, x, where: str) -> dict[str, np.ndarray]:
         """Check and convert inputs: one array for one input, else a dict by name or a list in order."""

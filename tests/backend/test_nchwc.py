@@ -264,3 +264,97 @@ def test_transposes_to_and_from_channels_last_go_into_the_reorders(dims, transpo
     for got, want in zip(_run_all(blocked, feeds), _run_all(standard, feeds)):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _one_d_graph(kernel_as_input=False):
+    """x [2, 32, 20] -> Conv1D (a kernel folded from an initializer by a Transpose, or an input)
+    -> Relu -> MaxPool 2 -> Conv1D (pads, stride, dilation, bias) -> Sigmoid -> AveragePool 3,
+    with the Relu's 3-D output a graph output too, and the mean over steps."""
+    rng = np.random.default_rng(0)
+    k1 = onnx.numpy_helper.from_array(rng.standard_normal((5, 32, 32)).astype(np.float32), "k1_klo")  # [k, in, out]
+    k2 = onnx.numpy_helper.from_array(rng.standard_normal((16, 32, 3)).astype(np.float32) * 0.2, "k2")
+    b2 = onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b2")
+    nodes = [] if kernel_as_input else [helper.make_node("Transpose", ["k1_klo"], ["k1"], perm=[2, 1, 0])]
+    nodes += [helper.make_node("Conv", ["x", "k1"], ["c1"], pads=[2, 2]),
+              helper.make_node("Relu", ["c1"], ["r1"]),
+              helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2], strides=[2]),
+              helper.make_node("Conv", ["p1", "k2", "b2"], ["c2"], pads=[1, 2], strides=[2], dilations=[2]),
+              helper.make_node("Sigmoid", ["c2"], ["s2"]),
+              helper.make_node("AveragePool", ["s2"], ["a2"], kernel_shape=[3], strides=[1], pads=[1, 1],
+                               count_include_pad=0),
+              helper.make_node("ReduceMean", ["a2"], ["y"], axes=[2], keepdims=0)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ("N", 32, 20))]
+    if kernel_as_input:
+        inputs.append(helper.make_tensor_value_info("k1", TensorProto.FLOAT, (32, 32, 5)))
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ("N", 16)),
+                                                   helper.make_tensor_value_info("r1", TensorProto.FLOAT, ("N", 32, 20))],
+                              initializer=([] if kernel_as_input else [k1]) + [k2, b2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+@needs_blocks
+def test_one_dimensional_convolutions_and_pools_of_inference_run_over_one_row_blocked():
+    """An inference graph's 1-D convolutions of constant kernels, its pools and the activations
+    between them run as 2-D ops over a map of one row, which onnxruntime's optimizer blocks
+    (com.microsoft.nchwc ops in the session's graph); the outputs are the same, a 3-D value the
+    graph outputs included."""
+    standard = _one_d_graph()
+    rows = nchwc.one_row_maps(standard)
+    nodes = onnx.load_from_string(rows).graph.node
+    convs = [n for n in nodes if n.op_type in ("Conv", "MaxPool", "AveragePool")]
+    assert len(convs) == 4 and all(len(_attr(n, "kernel_shape") or [1, 1]) == 2 for n in convs if n.op_type != "Conv")
+    assert [n.op_type for n in nodes if n.op_type in ("Relu", "Sigmoid")] == ["Relu", "Sigmoid"]
+    squeezed = {n.output[0] for n in nodes if n.op_type == "Squeeze"}
+    assert squeezed == {"r1", "a2"}  # (the graph's 3-D output, and the mean's input)
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((3, 32, 20)).astype(np.float32)}
+    for got, want in zip(_run_all(rows, feeds), _run_all(standard, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        ort.InferenceSession(rows, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath).graph.node
+    assert sum(n.domain == nchwc.DOMAIN and n.op_type == "Conv" for n in optimized) == 2
+
+
+def _attr(node, name):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
+
+
+def test_one_row_maps_leave_other_graphs_as_they_are():
+    """A 1-D convolution whose kernel is an input (the training graphs', rewritten by use_nchwc)
+    and a graph without 1-D ops keep their bytes."""
+    with_input_kernel = _one_d_graph(kernel_as_input=True)
+    rewritten = onnx.load_from_string(nchwc.one_row_maps(with_input_kernel)).graph.node
+    assert [n for n in rewritten if n.op_type == "Conv"][0].input[0] == "x"  # (the first conv: as it was)
+    node, x_shape, w_shape, y_shape, bias = CASES[0]
+    plain = _graph(node, x_shape, w_shape, y_shape, bias)
+    assert nchwc.one_row_maps(plain) == plain
+
+
+def test_a_conv1d_model_predicts_the_same_with_its_maps_in_one_row(monkeypatch):
+    """Model.predict of a Conv1D model: the same numbers as the standard graph's (the rewrite is the
+    CPU session's only: the saved folder's m.onnx keeps its 1-D convolutions)."""
+    src = """model m {
+        input x: float32[24, 8]
+        Conv1D(16, 3, padding=same, activation=relu)
+        MaxPooling1D(2)
+        Conv1D(16, 3, strides=2, activation=tanh)
+        AveragePooling1D(2)
+        Flatten()
+        y = Dense(3)
+        output y
+    }"""
+    x = np.random.default_rng(0).standard_normal((40, 24, 8)).astype(np.float32)
+    got = kcompile.compile_string(src, seed=1).predict(x)
+    monkeypatch.setattr(nchwc, "one_row_maps", lambda graph: graph)
+    model = kcompile.compile_string(src, seed=1)
+    want = model.predict(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save(folder)
+        convs = [n for n in onnx.load(str(Path(folder) / "m.onnx")).graph.node if n.op_type == "Conv"]
+    assert convs and all(len(_attr(n, "strides") or [1]) == 1 for n in convs)
