@@ -111,11 +111,13 @@ _ROW_WISE = ("Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid
 def one_row_maps(model_bytes: bytes) -> bytes:
     """``model_bytes`` (an inference graph, its weights folded in) with each 1-D Conv of a constant
     kernel, MaxPool and AveragePool as the 2-D one over a map of one row, and the element-wise
-    ops between them on that row. onnxruntime's own graph optimizer blocks 2-D convolutions of
-    constant kernels, and the pools and activations between them, but runs 1-D ones in the
-    generic im2col form: the survey's conv1d_text (two Conv1D(64, 5) and a MaxPooling1D over
-    100 steps) predicted 1,024 rows in 21.7-22.9 ms this way against 31.2 (alternating
-    processes). Unchanged where nothing qualifies or onnxruntime has no blocked convolutions."""
+    ops between them on that row; a channels-last map transposed for them, or from them, is
+    transposed as a 4-D NHWC map, which onnxruntime takes into its ReorderInput or ReorderOutput.
+    onnxruntime's own graph optimizer blocks 2-D convolutions of constant kernels, and the pools
+    and activations between them, but runs 1-D ones in the generic im2col form: the survey's
+    conv1d_text (two Conv1D(64, 5) and a MaxPooling1D over 100 steps) predicted 1,024 rows in
+    17.2-18.7 ms this way against 27.8-28.5 (alternating processes). Unchanged where nothing
+    qualifies or onnxruntime has no blocked convolutions."""
     model = onnx.load_from_string(model_bytes)
     graph = model.graph
     ranks = _float32_ranks(model)
@@ -131,15 +133,29 @@ def one_row_maps(model_bytes: bytes) -> bytes:
                 and (node.op_type != "Conv" or node.input[1] in constant))
     if not any(one_d(node) for node in graph.node) or block_size() is None:
         return model_bytes
-    nodes, rows, squeezed = [], {}, set()  # rows: a 3-D value -> its one-row map [N, C, 1, W]
-    axis, = _constants(nodes, "one_row", "axis", [2])
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes, rows, squeezed, orphans = [], {}, set(), set()  # rows: a 3-D value -> its one-row map [N, C, 1, W]
+    axis, nwc_axis = _constants(nodes, "one_row", "axis", [2], [1])
 
     def row(value):
         if value not in rows:
             rows[value] = f"{value}/row"
-            nodes.append(helper.make_node("Unsqueeze", [value, axis], [rows[value]]))
+            before = producer.get(value)
+            if before is not None and before.op_type == "Transpose" and list(_attrs(before)["perm"]) == [0, 2, 1]:
+                # a channels-last [N, W, C] transposed for this: [N, 1, W, C] then NHWC -> NCHW, which
+                # onnxruntime takes into its ReorderInput (one pass fewer)
+                nodes.extend([helper.make_node("Unsqueeze", [before.input[0], nwc_axis], [f"{value}/nwc_row"]),
+                              helper.make_node("Transpose", [f"{value}/nwc_row"], [rows[value]], perm=[0, 3, 1, 2])])
+                orphans.add(value)
+            else:
+                nodes.append(helper.make_node("Unsqueeze", [value, axis], [rows[value]]))
         return rows[value]
     for node in graph.node:
+        if node.op_type == "Transpose" and node.input[0] in squeezed and list(_attrs(node)["perm"]) == [0, 2, 1]:
+            # going back to channels-last: NCHW -> NHWC, taken into onnxruntime's ReorderOutput
+            nodes += [helper.make_node("Transpose", [rows[node.input[0]]], [f"{node.output[0]}/nwc_row"], perm=[0, 2, 3, 1]),
+                      helper.make_node("Squeeze", [f"{node.output[0]}/nwc_row", nwc_axis], list(node.output))]
+            continue
         if one_d(node):
             inputs = [row(node.input[0])]
             if node.op_type == "Conv":
@@ -163,8 +179,10 @@ def one_row_maps(model_bytes: bytes) -> bytes:
                   helper.make_node("Squeeze", [rows[out], axis], [out])]
         squeezed.add(out)
     # the 3-D values still read (by the rest of the graph, or as its outputs) squeezed back
+    # (and the channels-last transposes that only they read, dropped)
     read = set(readers_of(nodes)) | {o.name for o in graph.output}
-    nodes = [n for n in nodes if not (n.op_type == "Squeeze" and n.output[0] in squeezed and n.output[0] not in read)]
+    nodes = [n for n in nodes if not (n.output and n.output[0] in (squeezed | orphans) and n.output[0] not in read
+                                      and n.op_type in ("Squeeze", "Transpose"))]
     del graph.node[:]
     graph.node.extend(nodes)
     return model.SerializeToString()

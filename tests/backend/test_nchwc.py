@@ -267,28 +267,32 @@ def test_transposes_to_and_from_channels_last_go_into_the_reorders(dims, transpo
 
 
 def _one_d_graph(kernel_as_input=False):
-    """x [2, 32, 20] -> Conv1D (a kernel folded from an initializer by a Transpose, or an input)
-    -> Relu -> MaxPool 2 -> Conv1D (pads, stride, dilation, bias) -> Sigmoid -> AveragePool 3,
-    with the Relu's 3-D output a graph output too, and the mean over steps."""
+    """x [N, 20, 32] channels-last -> Transpose -> Conv1D (a kernel folded from an initializer by a
+    Transpose, or an input) -> Relu -> MaxPool 2 -> Conv1D (pads, stride, dilation, bias) ->
+    Sigmoid -> AveragePool 3, transposed back channels-last as an output and averaged over the
+    steps as another, with the Relu's 3-D output a graph output too."""
     rng = np.random.default_rng(0)
     k1 = onnx.numpy_helper.from_array(rng.standard_normal((5, 32, 32)).astype(np.float32), "k1_klo")  # [k, in, out]
     k2 = onnx.numpy_helper.from_array(rng.standard_normal((16, 32, 3)).astype(np.float32) * 0.2, "k2")
     b2 = onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b2")
     nodes = [] if kernel_as_input else [helper.make_node("Transpose", ["k1_klo"], ["k1"], perm=[2, 1, 0])]
-    nodes += [helper.make_node("Conv", ["x", "k1"], ["c1"], pads=[2, 2]),
+    nodes += [helper.make_node("Transpose", ["x_nwc"], ["x"], perm=[0, 2, 1]),
+              helper.make_node("Conv", ["x", "k1"], ["c1"], pads=[2, 2]),
               helper.make_node("Relu", ["c1"], ["r1"]),
               helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2], strides=[2]),
               helper.make_node("Conv", ["p1", "k2", "b2"], ["c2"], pads=[1, 2], strides=[2], dilations=[2]),
               helper.make_node("Sigmoid", ["c2"], ["s2"]),
               helper.make_node("AveragePool", ["s2"], ["a2"], kernel_shape=[3], strides=[1], pads=[1, 1],
                                count_include_pad=0),
-              helper.make_node("ReduceMean", ["a2"], ["y"], axes=[2], keepdims=0)]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ("N", 32, 20))]
+              helper.make_node("ReduceMean", ["a2"], ["y"], axes=[2], keepdims=0),
+              helper.make_node("Transpose", ["a2"], ["a2_nwc"], perm=[0, 2, 1])]
+    inputs = [helper.make_tensor_value_info("x_nwc", TensorProto.FLOAT, ("N", 20, 32))]
     if kernel_as_input:
         inputs.append(helper.make_tensor_value_info("k1", TensorProto.FLOAT, (32, 32, 5)))
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ("N", 16)),
-                                                   helper.make_tensor_value_info("r1", TensorProto.FLOAT, ("N", 32, 20))],
-                              initializer=([] if kernel_as_input else [k1]) + [k2, b2])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ("N", 16)),
+               helper.make_tensor_value_info("a2_nwc", TensorProto.FLOAT, ("N", 5, 16)),
+               helper.make_tensor_value_info("r1", TensorProto.FLOAT, ("N", 32, 20))]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=([] if kernel_as_input else [k1]) + [k2, b2])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model.SerializeToString()
@@ -298,7 +302,8 @@ def _one_d_graph(kernel_as_input=False):
 def test_one_dimensional_convolutions_and_pools_of_inference_run_over_one_row_blocked():
     """An inference graph's 1-D convolutions of constant kernels, its pools and the activations
     between them run as 2-D ops over a map of one row, which onnxruntime's optimizer blocks
-    (com.microsoft.nchwc ops in the session's graph); the outputs are the same, a 3-D value the
+    (com.microsoft.nchwc ops in the session's graph), converting from and to the channels-last
+    maps transposed around them in its reorders; the outputs are the same, a 3-D value the
     graph outputs included."""
     standard = _one_d_graph()
     rows = nchwc.one_row_maps(standard)
@@ -307,9 +312,11 @@ def test_one_dimensional_convolutions_and_pools_of_inference_run_over_one_row_bl
     assert len(convs) == 4 and all(len(_attr(n, "kernel_shape") or [1, 1]) == 2 for n in convs if n.op_type != "Conv")
     assert [n.op_type for n in nodes if n.op_type in ("Relu", "Sigmoid")] == ["Relu", "Sigmoid"]
     squeezed = {n.output[0] for n in nodes if n.op_type == "Squeeze"}
-    assert squeezed == {"r1", "a2"}  # (the graph's 3-D output, and the mean's input)
+    assert squeezed == {"r1", "a2", "a2_nwc"}  # (the graph's 3-D outputs, and the mean's input)
+    assert [list(_attr(n, "perm")) for n in nodes if n.op_type == "Transpose" and n.input[0] != "k1_klo"] == \
+        [[0, 3, 1, 2], [0, 2, 3, 1]]  # (the channels-last ends as 4-D NHWC <-> NCHW)
     rng = np.random.default_rng(1)
-    feeds = {"x": rng.standard_normal((3, 32, 20)).astype(np.float32)}
+    feeds = {"x_nwc": rng.standard_normal((3, 20, 32)).astype(np.float32)}
     for got, want in zip(_run_all(rows, feeds), _run_all(standard, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     with tempfile.TemporaryDirectory() as folder:
@@ -318,6 +325,9 @@ def test_one_dimensional_convolutions_and_pools_of_inference_run_over_one_row_bl
         ort.InferenceSession(rows, options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(options.optimized_model_filepath).graph.node
     assert sum(n.domain == nchwc.DOMAIN and n.op_type == "Conv" for n in optimized) == 2
+    assert not [n for n in optimized if n.op_type == "Transpose"]  # (taken into the reorders)
+    assert any(n.op_type == "ReorderInput" and _attr(n, "channels_last") for n in optimized)
+    assert any(n.op_type == "ReorderOutput" and _attr(n, "channels_last") for n in optimized)
 
 
 def _attr(node, name):
