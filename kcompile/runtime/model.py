@@ -179,9 +179,9 @@ class Model(LayersMixin, TrainingMixin):
         # onnxruntime folds weight-only subgraphs (layout transposes, folded BatchNorm)
         # from the file's own initializers, before any override would apply.
         graph = self._onnx if self._onnx_weights_current else self.onnx_model().SerializeToString()
-        if self.device == "cpu":  # (1-D convolutions and pools over maps of one row, which it blocks)
-            from ..backend.nchwc import one_row_maps
-            graph = one_row_maps(graph)
+        if self.device == "cpu":  # (in the forms onnxruntime blocks: backend/nchwc.py)
+            from ..backend.nchwc import global_pools, one_row_maps
+            graph = global_pools(one_row_maps(graph))
         return graph
 
     def _prepare(self, x, where: str) -> dict[str, np.ndarray]:

@@ -368,3 +368,45 @@ def test_a_conv1d_model_predicts_the_same_with_its_maps_in_one_row(monkeypatch):
         model.save(folder)
         convs = [n for n in onnx.load(str(Path(folder) / "m.onnx")).graph.node if n.op_type == "Conv"]
     assert convs and all(len(_attr(n, "strides") or [1]) == 1 for n in convs)
+
+
+@needs_blocks
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_global_means_and_maxima_of_maps_become_global_pools(keepdims):
+    """A mean or maximum over a map's spatial axes (GlobalAveragePooling2D's ReduceMean over axes 2
+    and 3; a Conv1D's GlobalAveragePooling1D over its map of one row) becomes ONNX's global pool,
+    which onnxruntime runs blocked on the convolution's blocked output: the map is never
+    converted back to NCHW. The numbers are the same."""
+    rng = np.random.default_rng(0)
+    k2 = onnx.numpy_helper.from_array(rng.standard_normal((32, 16, 3, 3)).astype(np.float32), "k2")
+    nodes = [helper.make_node("Conv", ["x2", "k2"], ["c2"]),
+             helper.make_node("ReduceMean", ["c2"], ["mean2"], axes=[2, 3], keepdims=keepdims),
+             helper.make_node("ReduceMax", ["c2"], ["max2"], axes=[3, 2], keepdims=keepdims),
+             helper.make_node("Transpose", ["k1_klo"], ["k1"], perm=[2, 1, 0]),
+             helper.make_node("Conv", ["x1", "k1"], ["c1"]),
+             helper.make_node("ReduceMean", ["c1"], ["mean1"], axes=[2], keepdims=keepdims)]
+    k1 = onnx.numpy_helper.from_array(rng.standard_normal((3, 16, 32)).astype(np.float32), "k1_klo")
+    inputs = [helper.make_tensor_value_info("x2", TensorProto.FLOAT, ("N", 16, 9, 8)),
+              helper.make_tensor_value_info("x1", TensorProto.FLOAT, ("N", 16, 12))]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("mean2", "max2", "mean1")]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=[k1, k2]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    standard = model.SerializeToString()
+    pooled = nchwc.global_pools(nchwc.one_row_maps(standard))
+    ops = [n.op_type for n in onnx.load_from_string(pooled).graph.node]
+    assert "ReduceMean" not in ops and "ReduceMax" not in ops
+    assert ops.count("GlobalAveragePool") == 2 and ops.count("GlobalMaxPool") == 1
+    feeds = {"x2": rng.standard_normal((3, 16, 9, 8)).astype(np.float32),
+             "x1": rng.standard_normal((3, 16, 12)).astype(np.float32)}
+    for got, want in zip(_run_all(pooled, feeds), _run_all(standard, feeds)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        ort.InferenceSession(pooled, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath).graph.node
+    blocked = [n.op_type for n in optimized if n.domain == nchwc.DOMAIN]
+    assert blocked.count("GlobalAveragePool") == 2 and blocked.count("GlobalMaxPool") == 1
+    assert nchwc.global_pools(_graph(*CASES[0][:4])) == _graph(*CASES[0][:4])  # (nothing to pool: the same bytes)
