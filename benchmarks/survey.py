@@ -1,6 +1,6 @@
 """A survey of many small models, kcompile against Keras 3 on JAX and PyTorch: where is kcompile slow?
 
-    .venv/bin/python benchmarks/survey.py [--cases lstm,gru_dropout] [--rounds 2] [--json out.json]
+    .venv/bin/python benchmarks/survey.py [--cases lstm,gru_dropout] [--rounds 2] [--json out.json] [--predict]
 
 The targets (run.py, paired.py) measure two models closely; this measures some thirty others
 roughly, to find cliffs: a layer, option or optimizer whose training step is far slower than
@@ -15,7 +15,9 @@ in the process, its thread pools spinning, slowed the next case's steps up to 2x
 frameworks one after the other in an order rotated from case to case and round to round,
 ``--rounds`` times; a case's time is its best over the rounds. The table gives ms a step and
 the ratios Keras's time / kcompile's and torch's / kcompile's (above 1: kcompile faster),
-marking where kcompile is below 0.8x the faster peer.
+marking where kcompile is below 0.8x the faster peer. ``--predict`` times inference instead:
+ms for 1,024 rows (kcompile's and Keras's predict, the faster of Keras's predict and
+predict_on_batch, torch's module in eval mode without gradients), the best of five after two.
 Differences of 10-20% are this machine's noise between processes; paired.py's method is the
 one for those. Keras and torch run where they are installed (`pip install -e '.[bench]'`).
 """
@@ -34,6 +36,7 @@ from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, BATCHES = 128, 10
+PREDICT_ROWS = 1024
 TRAIN = "categorical_crossentropy"
 
 # name: (input: shape, or ("ids", length, vocabulary)), kcompile's layers, Keras's layers
@@ -465,6 +468,37 @@ class TorchTwin:
             loss.item()
 
 
+def time_predict(fw, name):
+    """ms a predict of PREDICT_ROWS rows: the best of five, after two to warm up."""
+    spec = (CASES.get(name) or FUNCTIONAL[name])[0]
+    x, _ = data(spec, PREDICT_ROWS)
+    if fw == "kcompile":
+        import kcompile
+        model = kcompile.compile_string(kdl_source(name), seed=0)
+        calls = [lambda: model.predict(x, batch_size=PREDICT_ROWS)]
+    elif fw == "torch":
+        import torch
+        net = torch_model(name)[0].eval()
+        torch.set_num_threads(os.cpu_count() or 1)
+        xt = torch_inputs(spec, x)
+
+        def forward():
+            with torch.no_grad():
+                return net(xt)
+        calls = [forward]
+    else:
+        model = keras_model(name)
+        calls = [lambda: model.predict(x, batch_size=PREDICT_ROWS, verbose=0), lambda: model.predict_on_batch(x)]
+    best = float("inf")
+    for call in calls:
+        call(), call()
+        for _ in range(5):
+            start = time.perf_counter()
+            call()
+            best = min(best, (time.perf_counter() - start) * 1e3)
+    return best
+
+
 def time_case(fw, name):
     """ms a step: the best of three epochs of BATCHES batches, after one to warm up."""
     spec = (CASES.get(name) or FUNCTIONAL[name])[0]
@@ -486,21 +520,22 @@ def time_case(fw, name):
     return best
 
 
-def worker(fw, names):
+def worker(fw, names, predict=False):
     if fw == "keras_jax":
         os.environ.setdefault("KERAS_BACKEND", "jax")
     sys.path.insert(0, str(ROOT))
     for name in names:
         try:
-            result = {"case": name, "ms": time_case(fw, name)}
+            result = {"case": name, "ms": (time_predict if predict else time_case)(fw, name)}
         except Exception as e:  # (a case one framework cannot build is reported, the rest still run)
             result = {"case": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
         print(json.dumps(result), flush=True)
 
 
-def run(fw, names):
+def run(fw, names, predict=False):
     env = dict(os.environ, KERAS_BACKEND="jax")
-    proc = subprocess.run([sys.executable, __file__, "--worker", fw, "--cases", ",".join(names)],
+    proc = subprocess.run([sys.executable, __file__, "--worker", fw, "--cases", ",".join(names)] +
+                          (["--predict"] if predict else []),
                           capture_output=True, text=True, env=env, timeout=3600)
     out = {}
     for line in proc.stdout.splitlines():
@@ -517,6 +552,8 @@ def main():
     parser.add_argument("--cases", default=",".join(NAMES), help=f"comma-separated, of: {', '.join(NAMES)}")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "survey.json"))
+    parser.add_argument("--predict", action="store_true",
+                        help=f"time predict of {PREDICT_ROWS} rows instead of a training step")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = [n for n in args.cases.split(",") if n]
@@ -524,7 +561,7 @@ def main():
     if unknown:
         parser.error(f"unknown cases: {', '.join(unknown)} (known: {', '.join(NAMES)})")
     if args.worker:
-        return worker(args.worker, names)
+        return worker(args.worker, names, args.predict)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from run import installed  # (run.py's: a framework's modules importable)
     frameworks = [fw for fw in ("kcompile", "keras_jax", "torch") if installed(fw)]
@@ -536,13 +573,15 @@ def main():
             for fw in frameworks[turn:] + frameworks[:turn]:
                 if fw == "torch" and no_torch_twin(name):
                     continue
-                row = run(fw, [name]).get(name, {"error": "no result"})
+                row = run(fw, [name], args.predict).get(name, {"error": "no result"})
                 if "ms" in row:
                     best[fw][name] = min(best[fw].get(name, float("inf")), row["ms"])
                 else:
                     errors[fw][name] = row["error"]
-    print(f"\nsurvey: ms a training step at batch {BATCH} (best of 3 epochs x {args.rounds} rounds); "
-          f"vs = the peer's time / kcompile's, marked below 0.8x the faster peer's\n")
+    what = (f"ms a predict of {PREDICT_ROWS} rows (best of 5" if args.predict else
+            f"ms a training step at batch {BATCH} (best of 3 epochs")
+    print(f"\nsurvey: {what} x {args.rounds} rounds); vs = the peer's time / kcompile's, marked below 0.8x the "
+          f"faster peer's\n")
     print(f"{'case':22s} {'kcompile':>10s} {'keras_jax':>10s} {'torch':>10s} {'vs keras':>9s} {'vs torch':>9s}")
     rows = []
     cell = lambda v, f="{:10.2f}", w=10: f.format(v) if v is not None else f"{'-':>{w}s}"  # noqa: E731
@@ -560,7 +599,9 @@ def main():
             [f"torch: no twin, {row['torch_no_twin']}"] if "torch_no_twin" in row else [])
         print(f"{name:22s} {cell(kc)} {cell(ke)} {cell(to)} {cell(ratio, '{:8.2f}x', 9)} "
               f"{cell(torch_ratio, '{:8.2f}x', 9)}{flag}" + (f"  {'; '.join(notes)[:90]}" if notes else ""))
-    Path(args.json).write_text(json.dumps({"batch": BATCH, "rounds": args.rounds, "cases": rows}, indent=1))
+    Path(args.json).write_text(json.dumps({"mode": "predict" if args.predict else "train",
+                                           "batch": PREDICT_ROWS if args.predict else BATCH, "rounds": args.rounds,
+                                           "cases": rows}, indent=1))
     print(f"\nevery case: {args.json}")
 
 

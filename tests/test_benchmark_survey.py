@@ -50,6 +50,19 @@ def test_the_parent_reads_a_worker_process_time(survey):
     assert rows["mlp_sgd_nesterov"]["ms"] > 0
 
 
+def test_the_predict_survey_times_a_predict_of_its_rows(survey, monkeypatch):
+    """--predict: a worker process times predict; each predict takes PREDICT_ROWS rows at once,
+    two to warm up and five timed."""
+    rows = survey.run("kcompile", ["time_distributed"], predict=True)
+    assert set(rows["time_distributed"]) == {"case", "ms"} and rows["time_distributed"]["ms"] > 0
+    seen = []
+    monkeypatch.setattr(survey, "PREDICT_ROWS", 8)
+    monkeypatch.setattr(kcompile.runtime.model.Model, "predict",
+                        lambda self, x, batch_size=None, **kw: seen.append((len(x), batch_size)))
+    assert survey.time_predict("kcompile", "cnn_strided") >= 0
+    assert set(seen) == {(8, 8)} and len(seen) == 7  # (two to warm up, five timed)
+
+
 def test_random_ids_leave_padding_for_masks(survey):
     x, y = survey.data(("ids", 20, 50), 64)
     assert x.dtype == np.int64 and x.shape == (64, 20) and y.shape == (64, 10)
@@ -148,3 +161,4 @@ def test_a_torch_worker_reports_a_case_time_and_its_errors_as_json_lines(survey,
     rows = survey.run("torch", ["mlp_sgd_nesterov"])
     assert list(rows) == ["mlp_sgd_nesterov"] and set(rows["mlp_sgd_nesterov"]) == {"case", "ms"}
     assert rows["mlp_sgd_nesterov"]["ms"] > 0
+    assert survey.time_predict("torch", "cnn_strided") > 0
