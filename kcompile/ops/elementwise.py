@@ -105,13 +105,16 @@ class Identity(Op):
 
 @register
 class Gelu(Unary):
-    """Keras's exact gelu: x * 0.5 * (1 + erf(x / sqrt(2))); opset 17 has no Gelu op."""
+    """Keras's exact gelu: x * 0.5 * (1 + erf(x / sqrt(2))); opset 17 has no Gelu op. Lowered in
+    the form onnxruntime fuses into its own Gelu kernel (x divided by sqrt(2), not multiplied by
+    its inverse, which it does not match): 0.17 against 0.44 ms for [512, 512] on one thread,
+    the same numbers to 4e-7."""
     name = "Gelu"
 
     def lower(self, ctx, inputs, outputs, attrs):
         x, = inputs
         t = ctx.dtype(outputs[0])  # x may be a lowering-time name (a fused Conv/Gemm's result)
-        scaled = ctx.emit("Mul", [x, ctx.const(1 / math.sqrt(2), t)])
+        scaled = ctx.emit("Div", [x, ctx.const(math.sqrt(2), t)])
         erf = ctx.emit("Erf", [scaled])
         one_plus = ctx.emit("Add", [erf, ctx.const(1.0, t)])
         half_x = ctx.emit("Mul", [x, ctx.const(0.5, t)])
