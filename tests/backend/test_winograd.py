@@ -118,12 +118,14 @@ def test_the_tiles_bytes_per_sample():
 
 
 @pytest.mark.parametrize("winograd_faster", [True, False])
-def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeypatch, winograd_faster):
+def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeypatch, winograd_faster, turns):
     """The MNIST CNN's large predicts run in one-core parts. Both the plain graph and the one
     with its second convolution in Winograd's form are made and timed; the one kept runs
     (in runs of 16 rows, the floor: a quarter of predict's cache share over the largest value,
     Winograd's tiles added to it, is fewer), with the same predictions either way; smaller
-    predicts run the plain graph. After new weights only the form kept is made again."""
+    predicts run the plain graph. After new weights only the form kept is made again. (A fresh
+    turn-taking detector: had earlier tests' models been seen taking turns, this model's
+    sessions and their copies would be dropped to stop spinning, which is not this test's.)"""
     import kcompile
     from kcompile.runtime import devices
     from kcompile.runtime.model import Model
