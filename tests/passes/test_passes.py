@@ -130,6 +130,14 @@ def test_cse_merges_identical_nodes():
     assert_same(before, after, {"x": image((3, 5))})
 
 
+def _sunk(src):
+    """(the graph of ``src``, that graph after transpose sinking, the transposes of data (of
+    batch-first values) left in it)."""
+    before = graph_of(src)
+    after = dead_code_elimination(sink_transposes(before.copy()))
+    return before, after, [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
+
+
 def test_transpose_sinking_leaves_one_transpose_per_edge():
     before = remove_dropout(graph_of(CNN))
     after = dead_code_elimination(sink_transposes(before.copy()))
@@ -156,9 +164,7 @@ def test_transpose_through_global_pooling_disappears():
         y = Dense(2)
         output y
     }"""
-    before = graph_of(src)
-    after = dead_code_elimination(sink_transposes(before.copy()))
-    data_after = [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
+    before, after, data_after = _sunk(src)
     assert len(data_after) == 1  # only the image's way in
     assert_same(before, after, {"image": image((2, 6, 6, 2))})
 
@@ -200,9 +206,7 @@ def test_padding_cropping_and_softmax_between_convolutions_keep_them_channels_fi
         y = Dense(2)
         output y
     }}"""
-    before = graph_of(src)
-    after = dead_code_elimination(sink_transposes(before.copy()))
-    data_after = [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
+    before, after, data_after = _sunk(src)
     assert len(data_after) == 1  # only the image's way in
     assert_same(before, after, {"image": image((2, 7, 6, 2))})
 
@@ -224,9 +228,7 @@ def test_a_transpose_moves_past_a_reshape_that_splits_or_merges_axes_in_the_sour
         y = Dense(2)
         output y
     }}"""
-    before = graph_of(src)
-    after = dead_code_elimination(sink_transposes(before.copy()))
-    on_data = [n for n in after.nodes() if n.op == "Transpose" and after.types[n.inputs[0]].shape[0] == "N"]
+    before, after, on_data = _sunk(src)
     if len(target) == 2:
         assert len(on_data) == (1 if moved else 3)  # (the image's way in; unmoved, the Reshape's two)
     else:  # before a Flatten the transpose stays: moved past the Reshape, or not
