@@ -1064,3 +1064,33 @@ def test_model_optimizer_as_keras_callbacks_use_it():
     assert m.optimizer.get_config()["beta_1"] == 0.9
     plain = kcompile.compile_string("model p { input x: float32[2]\n y = Dense(1)(x) }")
     assert plain.optimizer is None
+
+
+def test_evaluate_runs_a_large_batch_in_even_runs_with_the_same_loss_and_metrics(monkeypatch):
+    """A batch larger than _eval_rows runs in even runs (300 rows at most 64: five of 60), whose
+    loss and metric sums add up to the whole batch's: the same numbers, sample weights and the
+    batch-size-weighted loss included, as in one run and as numpy's reference."""
+    src = SMALL.replace("metrics = [accuracy]", "metrics = [accuracy, mae]")
+    model = kcompile.compile_string(src, seed=3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 6)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 300)]
+    w = rng.random(300).astype(np.float32)
+    runs = []
+    monkeypatch.setattr(type(model), "_eval_rows", lambda self: 64)
+    seen = type(model)._run_eval_step
+
+    def counted(self, xb, yb, where="evaluate"):
+        runs.append(len(next(iter(xb.values()))))
+        return seen(self, xb, yb, where)
+    monkeypatch.setattr(type(model), "_run_eval_step", counted)
+    chunked = model.evaluate(x, y, batch_size=300, sample_weight=w, verbose=0)
+    assert runs == [60] * 5
+    monkeypatch.setattr(type(model), "_eval_rows", lambda self: None)
+    whole = model.evaluate(x, y, batch_size=300, sample_weight=w, verbose=0)
+    assert runs[5:] == [300]
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+    p = model.predict(x)
+    loss = -(y * np.log(np.clip(p, 1e-7, 1 - 1e-7))).sum(axis=1)
+    want = [float((loss * w).mean()), float((p.argmax(1) == y.argmax(1)).mean()), float(np.abs(p - y).mean())]
+    np.testing.assert_allclose(chunked, want, rtol=1e-5)
