@@ -573,11 +573,19 @@ class MaxPoolTilesGrad(Op):
         # Offsets within a sample in int32 (onnxruntime's Where over int32 and one Cast took 0.41
         # against 0.76 ms in int64 for the MNIST CNN's 128 samples), the batch's in int64.
         within_dtype = "int32" if channels * size < 2 ** 31 else "int64"
-        offset = ctx.const(flat(positions[-1]), within_dtype)  # (a window's maximum is somewhere in it)
-        for position in reversed(positions[:-1]):
-            corner = ctx.emit("MaxPool", [tiled], kernel_shape=[p + 1 for p in position], strides=k)
-            holds = ctx.emit("Equal", [corner, y])
-            offset = ctx.emit("Where", [holds, ctx.const(flat(position), within_dtype), offset])
+        # offset = p_0 + e_0 (p_1 - p_0 + e_1 (p_2 - p_1 + ...)), e_j = 1 where corner j misses the
+        # window's maximum (a corner's maximum is at most the window's): products and sums, where
+        # a cascade of Where took 0.8 ms a Where for [128, 32, 16, 16] on two threads, a Mul 0.23
+        offset = None
+        for j in reversed(range(len(positions) - 1)):
+            corner = ctx.emit("MaxPool", [tiled], kernel_shape=[p + 1 for p in positions[j]], strides=k)
+            missed = ctx.emit("Cast", [ctx.emit("Less", [corner, y])], to=ctx.onnx_dtype(within_dtype))
+            gap = ctx.const(flat(positions[j + 1]) - flat(positions[j]), within_dtype)
+            offset = ctx.emit("Mul", [missed, gap if offset is None else ctx.emit("Add", [offset, gap])])
+        if offset is None:  # (a window of one position)
+            offset = ctx.const(0, within_dtype)
+        elif flat(positions[0]):
+            offset = ctx.emit("Add", [offset, ctx.const(flat(positions[0]), within_dtype)])
         # + each window's first element in x, flattened over the whole tensor as MaxUnpool reads it:
         # n*C*S + c*S + sum_i p_i*k_i*step_i, the batch's share computed at run time
         # (per-axis vectors, which onnxruntime folds into one constant when it loads the graph)
