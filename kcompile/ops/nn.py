@@ -535,8 +535,8 @@ class MaxPoolTilesGrad(Op):
     position whose corner rectangle, rows 0..a by columns 0..b of the window, holds the
     maximum: every position of a smaller such rectangle comes before j (as for the corner
     boxes of a 3-d window, or a 1-d one's prefixes: MaxPooling1D/3D use it too). The rectangles'
-    maxima are MaxPools with smaller kernels and the same strides, their equality with y
-    chooses each window's offset in a cascade of Where, and MaxUnpool places dy there.
+    maxima are MaxPools with smaller kernels and the same strides; where each falls short of y
+    chooses each window's offset (in products and sums), and MaxUnpool places dy there.
     inputs: dy, y (the pool's output), x; attrs: kernel_shape."""
     name = "MaxPoolTilesGrad"
 
