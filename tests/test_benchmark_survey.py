@@ -162,3 +162,16 @@ def test_a_torch_worker_reports_a_case_time_and_its_errors_as_json_lines(survey,
     assert list(rows) == ["mlp_sgd_nesterov"] and set(rows["mlp_sgd_nesterov"]) == {"case", "ms"}
     assert rows["mlp_sgd_nesterov"]["ms"] > 0
     assert survey.time_predict("torch", "cnn_strided") > 0
+
+
+def test_every_case_predicts_the_same_through_its_folded_graph_as_with_weights_as_inputs(survey):
+    """predict's folded graph (weights as constants, rewritten for the CPU session: 1-D maps in one
+    row, global pools, onnxruntime's blocking) against the graph reading the weights as inputs,
+    which the first predict after new weights runs: the same outputs for all 31 models."""
+    for name in survey.NAMES:
+        spec = (survey.CASES.get(name) or survey.FUNCTIONAL[name])[0]
+        x, _ = survey.data(spec, 64, seed=3)
+        model = kcompile.compile_string(survey.kdl_source(name), seed=1)
+        folded = model.predict(x, batch_size=64)
+        model.set_weights(model.get_weights())
+        np.testing.assert_allclose(model.predict(x, batch_size=64), folded, atol=2e-6, err_msg=name)
