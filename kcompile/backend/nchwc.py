@@ -99,6 +99,7 @@ def use_nchwc(model_bytes: bytes, block: int | None = None) -> bytes:
         changed |= rewritten is not None
     if not changed:
         return model_bytes
+    nodes = _relu_fused(nodes, {o.name for o in graph.output})
     nodes = _pool_blocked(nodes, {o.name for o in graph.output})
     nodes = _channels_last_edges(nodes, {o.name for o in graph.output})
     del graph.node[:]
@@ -256,6 +257,31 @@ def _constant_ints(node, producer) -> list | None:
     if const is None or const.op_type != "Constant":
         return None
     return numpy_helper.to_array(const.attribute[0].t).reshape(-1).tolist()
+
+
+def _relu_fused(nodes: list, graph_outputs: set) -> list:
+    """A Relu that is all that reads a rewritten convolution's output runs inside the blocked
+    convolution (its ``activation``), whose ReorderOutput then gives the Relu's values: one pass
+    over the map fewer, and the max pools after it read the blocked map directly
+    (_pool_blocked)."""
+    readers = readers_of(nodes)
+    producer = {o: n for n in nodes for o in n.output}
+    fused, dropped = {}, set()  # fused: id(ReorderOutput) -> the Relu's output
+    for node in nodes:
+        if node.domain != DOMAIN or node.op_type != "ReorderOutput" or node.output[0] in graph_outputs:
+            continue
+        users, conv = readers.get(node.output[0], []), producer.get(node.input[0])
+        if len(users) != 1 or users[0].op_type != "Relu" or users[0].domain != "" or conv is None \
+                or conv.op_type != "Conv" or conv.domain != DOMAIN or "activation" in _attrs(conv) \
+                or len(readers.get(conv.output[0], [])) != 1:
+            continue
+        conv.attribute.append(helper.make_attribute("activation", "Relu"))
+        fused[id(node)] = users[0].output[0]
+        dropped.add(id(users[0]))
+    for node in nodes:
+        if id(node) in fused:
+            node.output[0] = fused[id(node)]
+    return [n for n in nodes if id(n) not in dropped]
 
 
 def _pool_blocked(nodes: list, graph_outputs: set) -> list:

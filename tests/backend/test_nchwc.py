@@ -412,3 +412,29 @@ def test_global_means_and_maxima_of_maps_become_global_pools(keepdims):
     blocked = [n.op_type for n in optimized if n.domain == nchwc.DOMAIN]
     assert blocked.count("GlobalAveragePool") == 2 and blocked.count("GlobalMaxPool") == 1
     assert nchwc.global_pools(_graph(*CASES[0][:4])) == _graph(*CASES[0][:4])  # (nothing to pool: the same bytes)
+
+
+@needs_blocks
+@pytest.mark.parametrize("other_reader", [False, True])
+def test_a_relu_that_alone_reads_a_blocked_convolution_runs_inside_it(other_reader):
+    """Conv -> Relu -> MaxPool: the Relu becomes the blocked convolution's activation, and the pool
+    then reads the blocked map directly (no ReorderOutput, Relu and ReorderInput in between);
+    where something else reads the convolution's output too, the Relu stays. Same numbers."""
+    readers = [helper.make_node("Relu", ["c"], ["r"]),
+               helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2])]
+    outputs = [("p", (2, 32, 3, 3))]
+    if other_reader:
+        readers.append(helper.make_node("Neg", ["c"], ["n"]))
+        outputs.append(("n", (2, 32, 6, 6)))
+    standard = _conv_then(readers, outputs)
+    blocked = nchwc.use_nchwc(standard)
+    nodes = onnx.load_from_string(blocked).graph.node
+    conv, = [n for n in nodes if n.op_type == "Conv"]
+    assert (_attr(conv, "activation") == b"Relu") != other_reader
+    assert ("Relu" in [n.op_type for n in nodes]) == other_reader
+    assert [n.domain for n in nodes if n.op_type == "MaxPool"] == ["" if other_reader else nchwc.DOMAIN]
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 32, 8, 8)).astype(np.float32),
+             "w": rng.standard_normal((32, 32, 3, 3)).astype(np.float32)}
+    for got, want in zip(_run_all(blocked, feeds), _run_all(standard, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
