@@ -169,13 +169,7 @@ def one_row_maps(model_bytes: bytes) -> bytes:
             inputs = [row(node.input[0])]
             if node.op_type == "Conv":
                 inputs += [row(node.input[1])] + list(node.input[2:])
-            attrs = {}
-            for key, value in _attrs(node).items():
-                if key == "pads":
-                    value = [0, value[0], 0, value[1]]
-                elif key in ("strides", "dilations", "kernel_shape"):
-                    value = [1] + list(value)
-                attrs[key] = value
+            attrs = _one_row_attrs(_attrs(node))
         elif node.op_type in _ROW_WISE and node.domain == "" and node.input[0] in rows and ranks.get(node.input[0]) == 3 \
                 and len(node.output) == 1:
             inputs, attrs = [rows[node.input[0]]] + list(node.input[1:]), _attrs(node)
@@ -464,21 +458,26 @@ def _rewrite(node, kernel_shape, block, name):
     return new
 
 
+def _one_row_attrs(attrs: dict) -> dict:
+    """A 1-D Conv's, ConvTranspose's or pool's attributes for the 2-D op over a map of one row
+    [N, C, 1, W]: nothing padded, strided, dilated or output-padded along the row axis."""
+    two_d = {}
+    for key, value in attrs.items():
+        if key == "pads":
+            value = [0, value[0], 0, value[1]]
+        elif key in ("strides", "dilations", "kernel_shape", "output_shape", "output_padding"):
+            value = [0 if key == "output_padding" else 1] + list(value)
+        two_d[key] = value
+    return two_d
+
+
 def _rewrite_1d(node, kernel_shape, block, name):
     """A 1-D Conv or ConvTranspose as the blocked 2-D one over a map of one row: its input and
     kernel unsqueezed, its output squeezed (onnxruntime's 1-D convolutions run the generic
     im2col form: a Conv1D of 64 -> 32 channels over 50 steps, 64 rows, one thread, 0.61 ms
     forward and 0.92 for its input gradient, against 0.49 and 0.55 blocked; 64 -> 64 over 48
     steps, window 5: 1.90 and 2.19 against 1.33 and 1.44; over 100 and 400 steps 1.02-1.14x)."""
-    a = _attrs(node)
-    two_d = {"strides": [1] + list(a.get("strides", [1])), "dilations": [1] + list(a.get("dilations", [1]))}
-    pads = list(a.get("pads", [0, 0]))
-    two_d["pads"] = [0, pads[0], 0, pads[1]]
-    if "output_padding" in a:
-        two_d["output_padding"] = [0] + list(a["output_padding"])
-    for key in ("group", "auto_pad", "output_shape"):
-        if key in a:
-            two_d[key] = a[key]
+    two_d = _one_row_attrs(_attrs(node))
     new = []
     axis, = _constants(new, name, "row_axis", [2])
     rows = [f"{name}/x_rows", f"{name}/w_rows"]

@@ -297,6 +297,12 @@ def sample_weights(sample_weight, class_weight, ys: dict, n: int, where: str, ou
     return ones, dict.fromkeys(outputs, ones)
 
 
+def even_runs(n: int, most: int) -> int:
+    """Rows a run, for ``n`` rows in as few runs of at most ``most`` rows as can be, of even sizes
+    (a short last run takes as long as a full one)."""
+    return -(-n // -(-n // most))
+
+
 class Batches:
     """Batches of arrays (shuffled per epoch with a seeded generator) or of a user iterable."""
 

@@ -17,7 +17,7 @@ from ..ir.types import BATCH, DTYPES
 from . import devices
 from .devices import providers_for
 from .summary import format_summary
-from .data import as_arrays, check_arrays, check_ids, check_lengths, count, tensor_specs
+from .data import as_arrays, check_arrays, check_ids, check_lengths, count, even_runs, tensor_specs
 from .layers import LayersMixin
 from .fpenv import NoFlush
 from .training import TrainingMixin, one_call_at_a_time
@@ -388,7 +388,7 @@ class Model(LayersMixin, TrainingMixin):
         slower); their outputs joined."""
         from .binding import core_pool
         half = -(-n // 2)
-        step = -(-half // -(-half // step))
+        step = even_runs(half, step)
         rest = {name: array[half:] for name, array in feeds.items()}
         second = core_pool().submit(predictors[1].run, rest, n - half, step, fixed)
         first = predictors[0].run({name: array[:half] for name, array in feeds.items()}, half, step, fixed)

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import ShapeMismatch
 from ..ir.types import evaluate_dim
-from .data import (Batches, as_arrays, check_arrays, check_ids, check_lengths, check_named_dims, count, named_sizes,
-                   one_shot, per_output, sample_weights, tensor_specs)
+from .data import (Batches, as_arrays, check_arrays, check_ids, check_lengths, check_named_dims, count, even_runs,
+                   named_sizes, one_shot, per_output, sample_weights, tensor_specs)
 from . import devices
 from .devices import DISABLED_OPTIMIZERS, TURNS, built_at_once, create_session, session_options
 from .fpenv import NoFlush, step_environment
@@ -1003,8 +1003,8 @@ class TrainingMixin:
             cbs.on_test_batch_begin(steps - 1)
             if most is None or n <= most:
                 running.update(self._run_eval_step(xb, yb, batches.where), n)
-            else:  # runs of even sizes (a short last one runs slowly); the loss and metrics are sums over rows
-                rows = -(-n // -(-n // most))
+            else:  # (the loss and metrics are sums over the rows)
+                rows = even_runs(n, most)
                 for start in range(0, n, rows):
                     cut = slice(start, min(n, start + rows))
                     running.update(self._run_eval_step({k: v[cut] for k, v in xb.items()},
