@@ -165,17 +165,11 @@ class GroupNormalization(Layer):
             self.beta = ctx.add_weight(self, "beta", (channels,), x.dtype, self.beta_initializer)
 
     def call(self, ctx, x):
-        return self._normalized(ctx, x, normalize_axis(self.axis, x.rank))
-
-    def _normalized(self, ctx, x, axis):
-        channels, groups = x.shape[axis], self.n_groups
-        # [N, ..., C, ...] -> [N, ..., G, C / G, ...]; moments over every axis but the batch and G.
-        dims = tuple(x.shape[1:axis]) + (groups, channels // groups) + tuple(x.shape[axis + 1:])
-        grouped = ctx.op("Reshape", x, shape=(0,) + dims)
-        axes = tuple(i for i in range(1, len(dims) + 1) if i != axis)
-        y = _normalize(ctx, grouped, axes, self.epsilon)
-        y = ctx.op("Reshape", y, shape=(0,) + tuple(x.shape[1:]))
-        return _scale_shift(ctx, self, y, tuple(channels if i == axis else 1 for i in range(1, x.rank)))
+        channels = x.shape[normalize_axis(self.axis, x.rank)]
+        gamma = self.gamma if self.scale else ctx.const([1.0] * channels, x.dtype)
+        beta = self.beta if self.center else ctx.const([0.0] * channels, x.dtype)
+        return ctx.op("GroupNormalize", x, gamma, beta, axis=normalize_axis(self.axis, x.rank),
+                      groups=self.n_groups, epsilon=self.epsilon)[0]
 
 
 class UnitNormalization(Layer):

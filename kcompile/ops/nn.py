@@ -968,24 +968,8 @@ class Normalize(Op):
         return [x, x.with_shape(1 if i in axes else d for i, d in enumerate(x.shape))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        import numpy as np
-        x, affine = inputs[0], inputs[1:]
-        shape, t = ctx.shape(x), ctx.dtype(x)
-        axes = trailing_axes(attrs["axes"], len(shape))
-        eps = float_attr(attrs, "epsilon", 1e-3)
-        if axes and t == "float32" and all(isinstance(d, int) for d in shape[axes[0]:]):
-            affine = affine or [ctx.const(np.full(shape[axes[0]:], v), t) for v in (1.0, 0.0)]
-            ctx.emit("LayerNormalization", [x] + affine, [outputs[0], "", outputs[1]], axis=axes[0], epsilon=eps)
-            return
-        # (onnxruntime's LayerNormalization: trailing axes, float32 and float16 only)
-        axes = sorted(a % len(shape) for a in attrs["axes"])
-        centered = ctx.emit("Sub", [x, ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)])
-        var = ctx.emit("ReduceMean", [ctx.emit("Mul", [centered, centered])], axes=axes, keepdims=1)
-        r = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])], [outputs[1]])
-        if not affine:
-            ctx.emit("Mul", [centered, r], [outputs[0]])
-            return
-        ctx.emit("Add", [ctx.emit("Mul", [ctx.emit("Mul", [centered, r]), affine[0]]), affine[1]], [outputs[0]])
+        emit_normalize(ctx, inputs[0], ctx.shape(inputs[0]), ctx.dtype(inputs[0]), attrs["axes"],
+                       float_attr(attrs, "epsilon", 1e-3), outputs, inputs[1:])
 
     def grad(self, ctx, node, dys):
         if dys[1] is not None:
@@ -1000,6 +984,109 @@ class Normalize(Op):
         m1 = ctx.op("ReduceMean", dy, axes=axes, keepdims=1)
         m2 = ctx.op("ReduceMean", ctx.op("Mul", dy, y), axes=axes, keepdims=1)
         return [ctx.op("Mul", ctx.op("Sub", ctx.op("Sub", dy, m1), ctx.op("Mul", y, m2)), r)]
+
+
+@register
+class GroupNormalize(Op):
+    """GroupNormalization: the channels on ``axis`` split into ``groups``, each batch item's group
+    normalized by its own (population) moments over the group's channels and every other axis
+    but the batch, then times gamma plus beta. inputs: x, gamma [C], beta [C]. outputs: y, x
+    normalized (before gamma and beta) and 1 / sqrt(var + epsilon) [N, groups], the last two for
+    the gradient. attrs: axis, groups, epsilon.
+
+    One op, not Normalize between Reshapes then gamma and beta, so that its gradient sees gamma:
+    with P and Q the sums of dy x^ and of dy per item and channel over the spatial axes, dgamma,
+    dbeta and the group means of gamma dy and gamma dy x^ all come from those [N, C] numbers,
+    and dx = gamma r dy - r mean(gamma dy x^) x^ - r mean(gamma dy) is one affine map per item
+    and channel: seven passes over the map where the composed ops' gradients made eleven."""
+    name = "GroupNormalize"
+
+    def infer(self, ins, attrs):
+        self.check_float(ins)
+        x = ins[0]
+        axis = normalize_axis(attrs["axis"], x.rank)
+        channels, groups = x.shape[axis], attrs["groups"]
+        if axis == 0 or not all(isinstance(d, int) for d in x.shape[1:]) or channels % groups:
+            raise ShapeError(f"GroupNormalize of {format_shape(x.shape)}: {groups} groups on axis {axis}")
+        if any(t.shape != (channels,) or t.dtype != x.dtype for t in ins[1:3]) or len(ins) != 3:
+            raise ShapeError(f"GroupNormalize's gamma and beta must be {x.dtype}[{channels}], got "
+                             + ", ".join(str(t) for t in ins[1:]))
+        return [x, x, x.with_shape((x.shape[0], groups))]
+
+    def lower(self, ctx, inputs, outputs, attrs):
+        x, gamma, beta = inputs
+        shape, t = ctx.shape(x), ctx.dtype(x)
+        axis, groups = attrs["axis"] % len(shape), attrs["groups"]
+        # [N, ..., C, ...] -> [N, ..., G, C / G, ...]; moments over every axis but the batch and G.
+        dims = ("N",) + tuple(shape[1:axis]) + (groups, shape[axis] // groups) + tuple(shape[axis + 1:])
+        grouped = ctx.emit("Reshape", [x, ctx.const((0,) + dims[1:], "int64")])
+        normalized, r = ctx.fresh("grouped_normalized"), ctx.fresh("grouped_inv_std")
+        emit_normalize(ctx, grouped, dims, t, [i for i in range(1, len(dims)) if i != axis],
+                       float_attr(attrs, "epsilon", 1e-3), [normalized, r])
+        ctx.emit("Reshape", [normalized, ctx.const((0,) + tuple(shape[1:]), "int64")], [outputs[1]])
+        if ctx.used(outputs[2]):
+            ctx.emit("Reshape", [r, ctx.const((0, groups), "int64")], [outputs[2]])
+        keep = ctx.const([shape[axis] if i == axis else 1 for i in range(1, len(shape))], "int64")
+        scaled = ctx.emit("Mul", [outputs[1], ctx.emit("Reshape", [gamma, keep])])
+        ctx.emit("Add", [scaled, ctx.emit("Reshape", [beta, keep])], [outputs[0]])
+
+    def grad(self, ctx, node, dys):
+        if dys[1] is not None or dys[2] is not None:
+            raise NotImplementedError("gradient through GroupNormalize's normalized x or 1 / sqrt(var + epsilon)")
+        import numpy as np
+        dy = dys[0]
+        if dy is None:
+            return [None, None, None]
+        x, gamma, _ = node.inputs
+        _, normalized, r = node.outputs
+        t = ctx.type(x)
+        axis, groups = node.attrs["axis"] % t.rank, node.attrs["groups"]
+        channels = t.shape[axis]
+        spatial = tuple(i for i in range(1, t.rank) if i != axis)
+        per_group = (groups, channels // groups)
+        dy_x = ctx.op("Mul", dy, normalized)
+        if spatial:  # P and Q, [N, C]
+            dy_x, dy_sum = (ctx.op("ReduceSum", v, axes=spatial, keepdims=0) for v in (dy_x, dy))
+        else:
+            dy_sum = dy
+        dgamma, dbeta = (ctx.op("ReduceSum", v, axes=(0,), keepdims=0) for v in (dy_x, dy_sum))
+        count = ctx.const(math.prod(t.shape[1:]) // groups, t.dtype)
+        gamma_g = ctx.op("Reshape", gamma, shape=per_group)
+        mean_dy, mean_dy_x = (ctx.op("Div", ctx.op("ReduceSum", ctx.op("Mul", ctx.op("Reshape", v, shape=(0,) + per_group),
+                                                                       gamma_g), axes=(2,), keepdims=1), count)
+                              for v in (dy_sum, dy_x))  # [N, G, 1]
+        r = ctx.op("Reshape", r, shape=(0, groups, 1))
+        ones = ctx.const(np.ones(per_group), t.dtype)
+        keep = (0,) + tuple(channels if i == axis else 1 for i in range(1, t.rank))
+
+        def per_channel(v):  # [N, G, 1] or [N, G, C / G] -> one number per item and channel, on axis
+            return ctx.op("Reshape", v, shape=keep)
+        scale = per_channel(ctx.op("Mul", gamma_g, r))
+        slope = per_channel(ctx.op("Mul", ctx.op("Neg", ctx.op("Mul", r, mean_dy_x)), ones))
+        offset = per_channel(ctx.op("Mul", ctx.op("Neg", ctx.op("Mul", r, mean_dy)), ones))
+        dx = ctx.op("Add", ctx.op("Mul", dy, scale), ctx.op("Add", ctx.op("Mul", normalized, slope), offset))
+        return [dx, dgamma, dbeta]
+
+
+def emit_normalize(ctx, x, shape, t, axes, eps, outputs, affine=()):
+    """Normalize's ONNX nodes for ``x`` of ``shape`` and dtype ``t`` (the shape given: GroupNormalize
+    normalizes a grouped view that the graph has no type for); ``outputs``: y, 1 / sqrt(var + eps)."""
+    import numpy as np
+    affine = list(affine)
+    trailing = trailing_axes(axes, len(shape))
+    if trailing and t == "float32" and all(isinstance(d, int) for d in shape[trailing[0]:]):
+        affine = affine or [ctx.const(np.full(shape[trailing[0]:], v), t) for v in (1.0, 0.0)]
+        ctx.emit("LayerNormalization", [x] + affine, [outputs[0], "", outputs[1]], axis=trailing[0], epsilon=eps)
+        return
+    # (onnxruntime's LayerNormalization: trailing axes, float32 and float16 only)
+    axes = sorted(a % len(shape) for a in axes)
+    centered = ctx.emit("Sub", [x, ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)])
+    var = ctx.emit("ReduceMean", [ctx.emit("Mul", [centered, centered])], axes=axes, keepdims=1)
+    r = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])], [outputs[1]])
+    if not affine:
+        ctx.emit("Mul", [centered, r], [outputs[0]])
+        return
+    ctx.emit("Add", [ctx.emit("Mul", [ctx.emit("Mul", [centered, r]), affine[0]]), affine[1]], [outputs[0]])
 
 
 def trailing_axes(axes, rank) -> list:

@@ -4,7 +4,7 @@ Layers wrap each channels-first op (Conv, pooling) in a pair of transposes so th
 language can stay channels-last. This pass moves each transpose down through the
 ops that do not care about layout (element-wise ops, bias adds with weights,
 batch normalization, reductions, a Concat of operands transposed alike, Pad, Slice,
-Softmax, Upsample and Normalize on their axes, a Reshape that splits or merges axes the
+Softmax, Upsample, Normalize and GroupNormalize on their axes, a Reshape that splits or merges axes the
 source holds in the same order) until it meets the next layer's inverse
 transpose, where both cancel. What remains are transposes at the edges (e.g.
 before a Flatten, whose element order Keras defines channels-last).
@@ -225,8 +225,8 @@ def _reshape_moved(perm, before, after):
 def _axes_moved(user, perm):
     """The attributes of ``user`` (reading a transpose by ``perm``) for reading the transpose's
     source instead, where its attributes name the data's axes: Pad (ZeroPadding2D), Slice
-    (Cropping2D), Softmax and LogSoftmax over one axis, Upsample (UpSampling2D), Normalize (Layer-
-    and GroupNormalization's moments); else None."""
+    (Cropping2D), Softmax and LogSoftmax over one axis, Upsample (UpSampling2D), Normalize (LayerNormalization's
+    moments), GroupNormalize (its channel axis); else None."""
     n = len(perm)
     if user.op == "Pad" and len(user.inputs) == 1:
         pads = user.attrs["pads"]
@@ -242,6 +242,8 @@ def _axes_moved(user, perm):
         return {**user.attrs, "axes": tuple(perm[a % n] for a in user.attrs["axes"])}
     if user.op == "Normalize" and len(user.inputs) == 1:
         return {**user.attrs, "axes": tuple(sorted(perm[a % n] for a in user.attrs["axes"]))}
+    if user.op == "GroupNormalize" and perm[0] == 0:  # (its moments: all axes but the batch, channels in groups)
+        return {**user.attrs, "axis": perm[user.attrs["axis"] % n]}
     return None
 
 

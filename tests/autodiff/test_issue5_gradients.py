@@ -54,7 +54,8 @@ def test_layer_normalization(args, shape):
 
 
 @pytest.mark.parametrize("args,shape", [("groups=2", (2, 6)), ("groups=3", (2, 2, 2, 6)), ("groups=-1", (2, 3, 4)),
-                                        ("groups=2, axis=1, center=false", (2, 4, 3))])
+                                        ("groups=2, axis=1, center=false", (2, 4, 3)),
+                                        ("groups=1, scale=false", (2, 3, 4))])
 def test_group_normalization(args, shape):
     check(f"y = GroupNormalization({args})(x)\n    output y", {"x": shape})
 

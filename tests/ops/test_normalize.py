@@ -1,6 +1,6 @@
-"""Normalize (Layer- and GroupNormalization's core): ONNX's LayerNormalization over trailing axes in
-float32, the two-pass moments elsewhere, both numpy's (population) moments; the layers use it
-over their axes; and the runtime's sessions keep onnxruntime from fusing a
+"""Normalize (LayerNormalization's core) and GroupNormalize: ONNX's LayerNormalization over
+trailing axes in float32, the two-pass moments elsewhere, both numpy's (population) moments; the
+layers use them over their axes; and the runtime's sessions keep onnxruntime from fusing a
 residual Add into its slow SkipLayerNormalization."""
 import numpy as np
 import onnx
@@ -42,7 +42,6 @@ def test_normalize_matches_numpys_moments(dtype, shape, axes, trailing):
 @pytest.mark.parametrize("layer,shape,axes", [
     ("LayerNormalization()", (3, 4), (2,)), ("LayerNormalization(axis=(1, 2))", (3, 4), (1, 2)),
     ("LayerNormalization(axis=1)", (3, 4), (1,)),
-    ("GroupNormalization(groups=2)", (5, 4), (1, 3)),  # (channels-last groups: [N, 5, G, C/G], G apart)
 ])
 def test_layers_normalize_over_their_axes(layer, shape, axes):
     g = compile_source(f"model m {{\n input x: float32[{', '.join(map(str, shape))}]\n y = {layer}(x)\n output y\n}}",
@@ -51,11 +50,20 @@ def test_layers_normalize_over_their_axes(layer, shape, axes):
     assert tuple(node.attrs["axes"]) == axes and "ReduceMean" not in {n.op for n in g.nodes()}
 
 
-def test_group_normalization_after_a_convolution_normalizes_its_channels_first_groups():
-    g = compile_source("model m {\n input x: float32[6, 6, 2]\n h = Conv2D(8, 3)(x)\n"
-                       " y = GroupNormalization(groups=4)(h)\n output y\n}", "t.kdl").graph
-    node, = [n for n in g.nodes() if n.op == "Normalize"]
-    assert g.types[node.inputs[0]].shape[1:] == (4, 2, 4, 4) and tuple(node.attrs["axes"]) == (2, 3, 4)
+@pytest.mark.parametrize("conv", [True, False])
+def test_group_normalization_normalizes_its_groups_with_layer_normalization_where_they_are_trailing(conv):
+    """One GroupNormalize op; after a convolution it normalizes the channels-first map, whose
+    groups [N, G, C/G, H, W] are trailing (ONNX's LayerNormalization); on a channels-last map
+    [N, H, W, G, C/G] the moments are the two-pass ones."""
+    src = ("model m {\n input x: float32[6, 6, 2]\n h = Conv2D(8, 3)(x)\n y = GroupNormalization(groups=4)(h)\n"
+           " output y\n}" if conv else
+           "model m {\n input x: float32[6, 6, 8]\n y = GroupNormalization(groups=4)(x)\n output y\n}")
+    g = compile_source(src, "t.kdl").graph
+    node, = [n for n in g.nodes() if n.op == "GroupNormalize"]
+    assert g.types[node.inputs[0]].shape[1:] == ((8, 4, 4) if conv else (6, 6, 8))
+    assert node.attrs["axis"] == (1 if conv else 3) and node.attrs["groups"] == 4
+    ops = {n.op_type for n in to_onnx(g, params_as_inputs=True).graph.node}
+    assert ("LayerNormalization" in ops) == conv and ("ReduceMean" in ops) != conv
 
 
 def test_training_sessions_do_not_fuse_the_residual_add_into_skip_layer_normalization(tmp_path, monkeypatch):

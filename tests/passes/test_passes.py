@@ -407,15 +407,3 @@ def test_layer_normalizations_gamma_and_beta_fold_into_its_normalize(layer, shap
     x = np.random.default_rng(0).normal(size=(4,) + shape).astype(np.float32)
     assert_same(before, after, {"x": x}, random_weights(before))  # (gamma and beta away from ones and zeros)
 
-
-def test_group_normalizations_per_channel_gamma_stays_apart():
-    """GroupNormalization's gamma is per channel, not per normalized position: not ONNX
-    LayerNormalization's scale, so its Normalize keeps gamma and beta after it."""
-    src = """model m {
-        input x: float32[6, 6, 2]
-        y = GroupNormalization(groups=4)(Conv2D(8, 3)(x))
-        output y
-    }"""
-    before = graph_of(src, level=1)
-    normalize, = [n for n in before.nodes() if n.op == "Normalize"]
-    assert len(normalize.inputs) == 1 and "Mul" in ops(before)
