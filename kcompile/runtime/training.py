@@ -301,8 +301,8 @@ class TrainingMixin:
         """The graph a session of ``key`` (train_step, eval, predict_weights) runs here."""
         graph = self._step_graph() if key == "train_step" else self._training_onnx[key]
         if self.device == "cpu":  # blocked convolutions for the kernels that are inputs here
-            from ..backend.nchwc import use_nchwc
-            graph = use_nchwc(graph)
+            from ..backend.nchwc import global_pools, use_nchwc
+            graph = use_nchwc(graph if key == "train_step" else global_pools(graph))
         return graph
 
     def _new_session(self, graph: bytes, what: str, threads: int = 0, stop_spinning=None, environment=None):

@@ -55,6 +55,15 @@ CASES = [  # node, x shape, kernel shape, y shape, bias
      (32, 16, 5), (2, 32, 8), 32),
     (helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1]), (4, 3, 10), (16, 3, 3), (4, 16, 10), None),
     (helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], pads=[1, 2]), (2, 32, 12), (32, 16, 5), (2, 16, 13), 16),
+    # depthwise (DepthwiseConv2D, SeparableConv2D): one channel a group; its input gradient, a
+    # depthwise ConvTranspose, as the depthwise convolution of the flipped kernel
+    (helper.make_node("Conv", ["x", "w", "b"], ["y"], group=32, pads=[1, 1, 1, 1]), (2, 32, 9, 8), (32, 1, 3, 3),
+     (2, 32, 9, 8), 32),
+    (helper.make_node("Conv", ["x", "w"], ["y"], group=16, strides=[2, 1], dilations=[1, 2]), (3, 16, 9, 8),
+     (16, 1, 3, 3), (3, 16, 4, 4), None),
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=32, pads=[1, 0, 1, 2]), (2, 32, 7, 6),
+     (32, 1, 3, 3), (2, 32, 7, 6), None),
+    (helper.make_node("Conv", ["x", "w"], ["y"], group=32), (2, 32, 20), (32, 1, 5), (2, 32, 16), None),
 ]
 
 
@@ -81,6 +90,8 @@ def test_blocked_convolutions_compute_what_the_standard_ones_do(case):
      (1, 16, 7, 7)),
     (helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2]), (1, 16, 5), (16, 16, 3), (1, 16, 11)),
     (helper.make_node("Conv", ["x", "w"], ["y"]), (1, 20, 5), (16, 20, 3), (1, 16, 3)),  # 1-D, 20 channels in
+    (helper.make_node("Conv", ["x", "w"], ["y"], group=16), (1, 16, 5, 5), (32, 1, 3, 3), (1, 32, 3, 3)),  # 2 a group
+    (helper.make_node("Conv", ["x", "w"], ["y"], group=20), (1, 20, 5, 5), (20, 1, 3, 3), (1, 20, 3, 3)),  # 20 channels
 ])
 def test_other_convolutions_are_left_as_they_are(node, x_shape, w_shape, y_shape):
     standard = _graph(node, x_shape, w_shape, y_shape)
@@ -149,6 +160,44 @@ def test_a_conv1d_model_trains_to_the_same_numbers_with_blocked_convolutions(mon
         m.batch_parts = 1
         runs.append((m.fit(x, y, epochs=2, batch_size=32, verbose=0).history["loss"], m.get_weights()))
     assert blocked_convs[0] >= 3 and blocked_convs[-1] == 0  # (both forwards and an input gradient at least)
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+SEPARABLE = """model s {
+    input x: float32[10, 10, 3]
+    h = Conv2D(32, 3, padding=same, activation=relu)(x)
+    h = SeparableConv2D(32, 3, padding=same, activation=relu)(h)
+    h = DepthwiseConv2D(3, padding=same, activation=relu)(h)
+    y = Dense(3, activation=softmax)(GlobalAveragePooling2D()(h))
+    output y
+    train { loss = categorical_crossentropy; optimizer = Adam(learning_rate=0.01) }
+}"""
+
+
+@needs_blocks
+def test_a_separable_model_trains_and_evaluates_to_the_same_numbers_with_blocked_convolutions(monkeypatch):
+    """Depthwise convolutions and their input gradients run blocked too, and the evaluation graph's
+    global pool reads the blocked map: two epochs with validation give the losses, validation
+    losses and weights of the standard graphs."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((96, 10, 10, 3)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 96)]
+    runs, depthwise = [], []
+    real = nchwc.use_nchwc
+    for blocked in (True, False):
+        def spy(graph, block=None):
+            out = real(graph, block) if blocked else graph
+            depthwise.append(sum(n.domain == nchwc.DOMAIN and n.op_type == "Conv" and _attr(n, "group") > 1
+                                 for n in onnx.load_from_string(out).graph.node))
+            return out
+        monkeypatch.setattr(nchwc, "use_nchwc", spy)
+        m = kcompile.compile_string(SEPARABLE, seed=0)
+        m.batch_parts = 1
+        h = m.fit(x[:64], y[:64], epochs=2, batch_size=32, validation_data=(x[64:], y[64:]), verbose=0).history
+        runs.append((h["loss"] + h["val_loss"], m.get_weights()))
+    assert max(depthwise[:len(depthwise) // 2]) >= 4 and max(depthwise[len(depthwise) // 2:]) == 0
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -438,3 +487,57 @@ def test_a_relu_that_alone_reads_a_blocked_convolution_runs_inside_it(other_read
              "w": rng.standard_normal((32, 32, 3, 3)).astype(np.float32)}
     for got, want in zip(_run_all(blocked, feeds), _run_all(standard, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def _chain(ops, channels=32):
+    """x [2, C, 8, 8] -> ops, each (op type, attributes, kernel input or None) in turn -> y."""
+    nodes, inputs, value = [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, channels, 8, 8))], "x"
+    for i, (op, attrs, kernel) in enumerate(ops):
+        if kernel is not None:
+            inputs.append(helper.make_tensor_value_info(f"w{i}", TensorProto.FLOAT, kernel))
+        nodes.append(helper.make_node(op, [value] + ([f"w{i}"] if kernel is not None else []), [f"v{i}"], **attrs))
+        value = f"v{i}"
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(value, TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def _same_numbers(standard, blocked, seed=0):
+    rng = np.random.default_rng(seed)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in onnx.load_from_string(standard).graph.input}
+    for got, want in zip(_run_all(blocked, feeds), _run_all(standard, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@needs_blocks
+@pytest.mark.parametrize("pool", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_separable_convolutions_and_a_global_pool_stay_blocked_between_them(pool):
+    """A pointwise convolution, then a depthwise one, a Relu and a global pool (SeparableConv2D's
+    and DepthwiseConv2D's evaluation graph, kernels as inputs): the map stays blocked from the
+    first convolution to the pool (no ReorderOutput then ReorderInput between the convolutions,
+    the pool onnxruntime's blocked one); same numbers."""
+    standard = _chain([("Conv", {}, (32, 32, 1, 1)), ("Conv", {"group": 32, "pads": [1, 1, 1, 1]}, (32, 1, 3, 3)),
+                       ("Relu", {}, None), (pool, {}, None)])
+    blocked = nchwc.use_nchwc(standard)
+    nodes = onnx.load_from_string(blocked).graph.node
+    assert [n.op_type for n in nodes if n.domain == nchwc.DOMAIN] == [
+        "ReorderInput", "Conv", "Conv", pool, "ReorderOutput"]
+    _same_numbers(standard, blocked)
+
+
+@needs_blocks
+def test_a_blocked_map_read_in_nchw_too_keeps_its_conversion():
+    """Where something besides the next blocked convolution reads a blocked convolution's output,
+    that output is still converted to NCHW for it, and the next convolution reads the blocks."""
+    standard = _chain([("Conv", {}, (32, 32, 3, 3)), ("Neg", {}, None), ("Conv", {}, (32, 32, 1, 1))])
+    graph = onnx.load_from_string(standard)
+    graph.graph.node[2].input[0] = "v0"  # (the second convolution reads the first's output; Neg is an output too)
+    graph.graph.output.append(helper.make_tensor_value_info("v1", TensorProto.FLOAT, None))
+    standard = graph.SerializeToString()
+    blocked = nchwc.use_nchwc(standard)
+    nodes = onnx.load_from_string(blocked).graph.node
+    assert [n.op_type for n in nodes if n.domain == nchwc.DOMAIN].count("ReorderInput") == 1  # (x's alone)
+    assert [n.op_type for n in nodes if n.domain == nchwc.DOMAIN].count("ReorderOutput") == 2
+    _same_numbers(standard, blocked)
