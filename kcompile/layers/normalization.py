@@ -165,11 +165,10 @@ class GroupNormalization(Layer):
             self.beta = ctx.add_weight(self, "beta", (channels,), x.dtype, self.beta_initializer)
 
     def call(self, ctx, x):
-        channels = x.shape[normalize_axis(self.axis, x.rank)]
-        gamma = self.gamma if self.scale else ctx.const([1.0] * channels, x.dtype)
-        beta = self.beta if self.center else ctx.const([0.0] * channels, x.dtype)
-        return ctx.op("GroupNormalize", x, gamma, beta, axis=normalize_axis(self.axis, x.rank),
-                      groups=self.n_groups, epsilon=self.epsilon)[0]
+        axis = normalize_axis(self.axis, x.rank)
+        gamma = self.gamma if self.scale else ctx.const([1.0] * x.shape[axis], x.dtype)
+        beta = self.beta if self.center else ctx.const([0.0] * x.shape[axis], x.dtype)
+        return ctx.op("GroupNormalize", x, gamma, beta, axis=axis, groups=self.n_groups, epsilon=self.epsilon)[0]
 
 
 class UnitNormalization(Layer):

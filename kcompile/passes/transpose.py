@@ -4,8 +4,8 @@ Layers wrap each channels-first op (Conv, pooling) in a pair of transposes so th
 language can stay channels-last. This pass moves each transpose down through the
 ops that do not care about layout (element-wise ops, bias adds with weights,
 batch normalization, reductions, a Concat of operands transposed alike, Pad, Slice,
-Softmax, Upsample, Normalize and GroupNormalize on their axes, a Reshape that splits or merges axes the
-source holds in the same order) until it meets the next layer's inverse
+Softmax, Upsample, Normalize and GroupNormalize on their axes, a Reshape that splits or
+merges axes the source holds in the same order) until it meets the next layer's inverse
 transpose, where both cancel. What remains are transposes at the edges (e.g.
 before a Flatten, whose element order Keras defines channels-last).
 """
@@ -225,8 +225,8 @@ def _reshape_moved(perm, before, after):
 def _axes_moved(user, perm):
     """The attributes of ``user`` (reading a transpose by ``perm``) for reading the transpose's
     source instead, where its attributes name the data's axes: Pad (ZeroPadding2D), Slice
-    (Cropping2D), Softmax and LogSoftmax over one axis, Upsample (UpSampling2D), Normalize (LayerNormalization's
-    moments), GroupNormalize (its channel axis); else None."""
+    (Cropping2D), Softmax and LogSoftmax over one axis, Upsample (UpSampling2D), Normalize
+    (LayerNormalization's moments), GroupNormalize (its channel axis); else None."""
     n = len(perm)
     if user.op == "Pad" and len(user.inputs) == 1:
         pads = user.attrs["pads"]
