@@ -140,6 +140,32 @@ CONV1D = """model c {
 }"""
 
 
+def _fit_blocked_and_standard(monkeypatch, source, x, y, count, **fit):
+    """``source`` trained twice from seed 0 (whole steps), its sessions' graphs with use_nchwc and
+    without: each run's (history, weights), and ``count``(nodes) of each graph the sessions got
+    (the blocked run's first)."""
+    runs, counts = [], []
+    real = nchwc.use_nchwc
+    for blocked in (True, False):
+        def spy(graph, block=None):
+            out = real(graph, block) if blocked else graph
+            counts.append(count(onnx.load_from_string(out).graph.node))
+            return out
+        monkeypatch.setattr(nchwc, "use_nchwc", spy)
+        m = kcompile.compile_string(source, seed=0)
+        m.batch_parts = 1
+        runs.append((m.fit(x, y, verbose=0, **fit).history, m.get_weights()))
+    return runs, counts
+
+
+def _assert_same_training(runs, keys=("loss",)):
+    (history, weights), (standard_history, standard_weights) = runs
+    for key in keys:
+        np.testing.assert_allclose(history[key], standard_history[key], rtol=1e-5)
+    for a, b in zip(weights, standard_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 @needs_blocks
 def test_a_conv1d_model_trains_to_the_same_numbers_with_blocked_convolutions(monkeypatch):
     """1-D convolutions run as the blocked 2-D ones over one row, their input gradients too (the
@@ -147,22 +173,11 @@ def test_a_conv1d_model_trains_to_the_same_numbers_with_blocked_convolutions(mon
     rng = np.random.default_rng(1)
     x = rng.standard_normal((96, 30, 8)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 96)]
-    runs, blocked_convs = [], []
-    real = nchwc.use_nchwc
-    for blocked in (True, False):
-        def spy(graph, block=None):
-            out = real(graph, block) if blocked else graph
-            blocked_convs.append(sum(n.domain == nchwc.DOMAIN and n.op_type == "Conv"
-                                     for n in onnx.load_from_string(out).graph.node))
-            return out
-        monkeypatch.setattr(nchwc, "use_nchwc", spy)
-        m = kcompile.compile_string(CONV1D, seed=0)
-        m.batch_parts = 1
-        runs.append((m.fit(x, y, epochs=2, batch_size=32, verbose=0).history["loss"], m.get_weights()))
+    runs, blocked_convs = _fit_blocked_and_standard(
+        monkeypatch, CONV1D, x, y, lambda nodes: sum(n.domain == nchwc.DOMAIN and n.op_type == "Conv" for n in nodes),
+        epochs=2, batch_size=32)
     assert blocked_convs[0] >= 3 and blocked_convs[-1] == 0  # (both forwards and an input gradient at least)
-    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
-    for a, b in zip(runs[0][1], runs[1][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    _assert_same_training(runs)
 
 
 SEPARABLE = """model s {
@@ -184,23 +199,13 @@ def test_a_separable_model_trains_and_evaluates_to_the_same_numbers_with_blocked
     rng = np.random.default_rng(2)
     x = rng.standard_normal((96, 10, 10, 3)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 96)]
-    runs, depthwise = [], []
-    real = nchwc.use_nchwc
-    for blocked in (True, False):
-        def spy(graph, block=None):
-            out = real(graph, block) if blocked else graph
-            depthwise.append(sum(n.domain == nchwc.DOMAIN and n.op_type == "Conv" and _attr(n, "group") > 1
-                                 for n in onnx.load_from_string(out).graph.node))
-            return out
-        monkeypatch.setattr(nchwc, "use_nchwc", spy)
-        m = kcompile.compile_string(SEPARABLE, seed=0)
-        m.batch_parts = 1
-        h = m.fit(x[:64], y[:64], epochs=2, batch_size=32, validation_data=(x[64:], y[64:]), verbose=0).history
-        runs.append((h["loss"] + h["val_loss"], m.get_weights()))
-    assert max(depthwise[:len(depthwise) // 2]) >= 4 and max(depthwise[len(depthwise) // 2:]) == 0
-    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
-    for a, b in zip(runs[0][1], runs[1][1]):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    runs, depthwise = _fit_blocked_and_standard(
+        monkeypatch, SEPARABLE, x[:64], y[:64],
+        lambda nodes: sum(n.domain == nchwc.DOMAIN and n.op_type == "Conv" and _attr(n, "group") > 1 for n in nodes),
+        epochs=2, batch_size=32, validation_data=(x[64:], y[64:]))
+    half = len(depthwise) // 2
+    assert max(depthwise[:half]) >= 4 and max(depthwise[half:]) == 0  # (two forwards, two input gradients)
+    _assert_same_training(runs, ("loss", "val_loss"))
 
 
 def test_without_a_temporary_folder_the_convolutions_stay_standard(monkeypatch):
