@@ -70,6 +70,22 @@ def test_split_steps_train_like_the_whole_step(batch_size):
     assert runs[0][2].iterations == runs[1][2].iterations == 9
 
 
+@pytest.mark.parametrize("layers", ["GroupNormalization(groups=4)\n    ReLU()",
+                                    "DepthwiseConv2D(3, padding=same, activation=relu)"])
+def test_split_steps_of_per_sample_normalization_and_depthwise_convolutions_train_like_the_whole_step(layers):
+    """GroupNormalize's gamma and beta gradients are sums over the batch (each part's, added by the
+    update); a depthwise convolution of 16 channels runs blocked in each part, its gradients too."""
+    source = CONV.replace("Conv2D(8, 3, activation=relu)", f"Conv2D(16, 3, padding=same)\n    {layers}").format(
+        loss="categorical_crossentropy", optimizer="Adam(learning_rate=0.01)", metrics="accuracy")
+
+    def make(parts):
+        m = kcompile.compile_string(source, seed=0)
+        m.batch_parts = parts
+        return m
+    x, y = data()
+    assert_same(fit_both(make, x, y, epochs=2, batch_size=32))
+
+
 def test_split_steps_weigh_their_samples_as_the_whole_step():
     """sample_weight and class_weight are cut with the rows, so that the parts' losses still add
     up to the batch's (and weights change the trajectory: the check is not vacuous)."""
