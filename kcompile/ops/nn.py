@@ -1018,7 +1018,7 @@ class GroupNormalize(Op):
         shape, t = ctx.shape(x), ctx.dtype(x)
         axis, groups = attrs["axis"] % len(shape), attrs["groups"]
         # [N, ..., C, ...] -> [N, ..., G, C / G, ...]; moments over every axis but the batch and G.
-        dims = ("N",) + tuple(shape[1:axis]) + (groups, shape[axis] // groups) + tuple(shape[axis + 1:])
+        dims = tuple(shape[:axis]) + (groups, shape[axis] // groups) + tuple(shape[axis + 1:])
         grouped = ctx.emit("Reshape", [x, ctx.const((0,) + dims[1:], "int64")])
         normalized, r = ctx.fresh("grouped_normalized"), ctx.fresh("grouped_inv_std")
         emit_normalize(ctx, grouped, dims, t, [i for i in range(1, len(dims)) if i != axis],
@@ -1052,9 +1052,11 @@ class GroupNormalize(Op):
         dgamma, dbeta = (ctx.op("ReduceSum", v, axes=(0,), keepdims=0) for v in (dy_x, dy_sum))
         count = ctx.const(math.prod(t.shape[1:]) // groups, t.dtype)
         gamma_g = ctx.op("Reshape", gamma, shape=per_group)
-        mean_dy, mean_dy_x = (ctx.op("Div", ctx.op("ReduceSum", ctx.op("Mul", ctx.op("Reshape", v, shape=(0,) + per_group),
-                                                                       gamma_g), axes=(2,), keepdims=1), count)
-                              for v in (dy_sum, dy_x))  # [N, G, 1]
+
+        def group_mean(v):  # [N, C] -> the mean of gamma v over each group, [N, G, 1]
+            weighted = ctx.op("Mul", ctx.op("Reshape", v, shape=(0,) + per_group), gamma_g)
+            return ctx.op("Div", ctx.op("ReduceSum", weighted, axes=(2,), keepdims=1), count)
+        mean_dy, mean_dy_x = group_mean(dy_sum), group_mean(dy_x)
         r = ctx.op("Reshape", r, shape=(0, groups, 1))
         ones = ctx.const(np.ones(per_group), t.dtype)
         keep = (0,) + tuple(channels if i == axis else 1 for i in range(1, t.rank))
