@@ -8,6 +8,7 @@ import pytest
 import kcompile
 from kcompile import ShapeMismatch
 from kcompile.callbacks import Callback, ModelCheckpoint
+from kcompile.runtime import devices
 from kcompile.utils import to_categorical
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1066,10 +1067,13 @@ def test_model_optimizer_as_keras_callbacks_use_it():
     assert plain.optimizer is None
 
 
-def test_evaluate_runs_a_large_batch_in_even_runs_with_the_same_loss_and_metrics(monkeypatch):
+@pytest.mark.parametrize("most, halves", [(64, False), (32, True)])
+def test_evaluate_runs_a_large_batch_in_even_runs_with_the_same_loss_and_metrics(monkeypatch, most, halves):
     """A batch larger than _eval_rows runs in even runs (300 rows at most 64: five of 60), whose
     loss and metric sums add up to the whole batch's: the same numbers, sample weights and the
-    batch-size-weighted loss included, as in one run and as numpy's reference."""
+    batch-size-weighted loss included, as in one run and as numpy's reference. With four runs a
+    half or more (at most 32: halves of 150, five runs of 30 each), the halves run at once on two
+    one-thread copies of the evaluation session, each its own."""
     src = SMALL.replace("metrics = [accuracy]", "metrics = [accuracy, mae]")
     model = kcompile.compile_string(src, seed=3)
     rng = np.random.default_rng(0)
@@ -1077,18 +1081,25 @@ def test_evaluate_runs_a_large_batch_in_even_runs_with_the_same_loss_and_metrics
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 300)]
     w = rng.random(300).astype(np.float32)
     runs = []
-    monkeypatch.setattr(type(model), "_eval_rows", lambda self: 64)
-    seen = type(model)._run_eval_step
+    monkeypatch.setattr(type(model), "_eval_rows", lambda self: most)
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+    seen = type(model)._eval_run
 
-    def counted(self, xb, yb, where="evaluate"):
-        runs.append(len(next(iter(xb.values()))))
-        return seen(self, xb, yb, where)
-    monkeypatch.setattr(type(model), "_run_eval_step", counted)
+    def counted(self, session, xb, yb, where):
+        runs.append((session, len(next(iter(xb.values())))))
+        return seen(self, session, xb, yb, where)
+    monkeypatch.setattr(type(model), "_eval_run", counted)
     chunked = model.evaluate(x, y, batch_size=300, sample_weight=w, verbose=0)
-    assert runs == [60] * 5
+    sessions = {id(s) for s, _ in runs}
+    if halves:
+        copies = model._copies["eval_parts"][1]
+        assert sorted(n for _, n in runs) == [30] * 10 and sessions == {id(copies[0]), id(copies[1])}
+        assert [n for s, n in runs if s is copies[0]] == [30] * 5
+    else:
+        assert [n for _, n in runs] == [60] * 5 and sessions == {id(model._eval_session)}
     monkeypatch.setattr(type(model), "_eval_rows", lambda self: None)
     whole = model.evaluate(x, y, batch_size=300, sample_weight=w, verbose=0)
-    assert runs[5:] == [300]
+    assert runs[-1][1] == 300
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
     p = model.predict(x)
     loss = -(y * np.log(np.clip(p, 1e-7, 1 - 1e-7))).sum(axis=1)
