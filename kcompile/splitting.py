@@ -2,13 +2,19 @@
 choose the step's forms (training/graphs.py) and the runtime to split it (runtime/training.py,
 _batch_parts), kept apart from both so that neither imports the other."""
 
-# A step is split (see _batch_parts) from this many multiply-adds per sample, and this many per
-# trainable weight: measured in alternating processes on 2 cores, split against whole, the
-# MNIST CNN (2.6M per sample, 12 per weight) 16.4-17.0 against 17.2-17.6 ms a step, and
-# 27-28 ms when the cores were far apart; convolutional GAN halves (9-34 per weight)
-# 0.65-0.93x; tiny_resnet (762) 0.85-0.98x; but the MNIST MLP (1 per weight: its RMSprop
-# update over 400k weights is a quarter of its step) 1.3-2.2x slower, and the Iris MLP
-# (a 0.09 ms step) 2.5x.
+# A step is split (see _batch_parts) from this many multiply-adds per trainable weight: measured
+# in alternating processes on 2 cores, split against whole, the MNIST CNN (2.6M per sample, 12
+# per weight) 16.4-17.0 against 17.2-17.6 ms a step, and 27-28 ms when the cores were far apart;
+# convolutional GAN halves (9-34 per weight) 0.65-0.93x; tiny_resnet (762) 0.85-0.98x; but the
+# MNIST MLP (1 per weight: its RMSprop update over 400k weights is a quarter of its step)
+# 1.3-2.2x slower, and the Iris MLP (a 0.09 ms step) 2.5x. A step without recurrences splits
+# at any size past that (stop 35, on the AVX-512 machine: a 9x9x2 Conv2D(8) model of 7k
+# multiply-adds a sample 0.62-0.67 against 0.98-1.02 ms a step at batch 128; 16x16x1 Conv2D(8),
+# 18k, 0.86-0.88 against 0.85-0.87; Dense(64) over 50 steps of 16 features, 52k, 0.86-1.01
+# against 1.02-1.03; Conv2D + GroupNormalization on 8x8x3, 28k, 1.02 against 1.26-1.30, and on
+# 32x32x3, 885k, 19.5-20.1 against 22.4-22.9; Conv2D + LayerNormalization on 32x32x3 21.8-22.3
+# against 27.2-28.2), once 1M made the floor for every step; one through recurrences from
+# this many (or by its rows, below).
 SPLIT_MIN_MACS = 1_000_000
 SPLIT_MIN_MACS_PER_WEIGHT = 4
 # A step whose parts exchange BatchNormalization's sums runs in phases, two for each such
@@ -41,5 +47,7 @@ def worth_splitting(macs: int, weights: int, normalizations: int = 0, steps: int
     of ``rows`` (None: unknown)."""
     if macs < SPLIT_MIN_MACS_PER_WEIGHT * weights or macs < SPLIT_MIN_MACS_PER_EXCHANGE * normalizations:
         return False
-    return macs >= SPLIT_MIN_MACS or (steps > 0 and rows is not None and rows >= SPLIT_MIN_RECURRENT_ROWS
+    if not steps:
+        return True
+    return macs >= SPLIT_MIN_MACS or (rows is not None and rows >= SPLIT_MIN_RECURRENT_ROWS
                                       and rows * steps >= SPLIT_MIN_RECURRENT_ROWS_X_STEPS)

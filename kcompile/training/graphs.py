@@ -664,7 +664,8 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     if any(g.types[n.inputs[0]].dtype not in ("float32", "float64") for n in normalizations):
         per_sample = per_sample or "BatchNormalization's sums overflow float16 between parts"
     g.meta["step_in_parts"] = not per_sample and worth_splitting(
-        macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables), len(normalizations))
+        macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables), len(normalizations),
+        recurrent_steps(graph))
     if stat_updates:
         # A step split into parts exchanges BatchNormalization's sums between them (ops.nn,
         # emit_exchange); a step that will not be split normalizes as one, as it can then
