@@ -653,7 +653,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     # Whether the runtime will likely run the step in one-core parts (runtime: _batch_parts), as
     # some gradients' fastest form differs then (ops.nn.kernel_grad_form)
     # and the runtime counts the weights updated whole: not the tables updated on their rows
-    macs = macs_per_sample(graph)
+    macs, steps = macs_per_sample(graph), recurrent_steps(graph)
     tables = _row_tables(g, trainable) if opt_level >= 1 else set()
     normalizations = [n for n in g.nodes() if n.op == "BatchNormTrain"]
     if any(n.op == "BatchNormalization" and len(n.inputs) == 6 and n.attrs.get("trainable", True)
@@ -664,8 +664,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
     if any(g.types[n.inputs[0]].dtype not in ("float32", "float64") for n in normalizations):
         per_sample = per_sample or "BatchNormalization's sums overflow float16 between parts"
     g.meta["step_in_parts"] = not per_sample and worth_splitting(
-        macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables), len(normalizations),
-        recurrent_steps(graph))
+        macs, sum(math.prod(g.types[n].shape) for n in trainable if n not in tables), len(normalizations), steps)
     if stat_updates:
         # A step split into parts exchanges BatchNormalization's sums between them (ops.nn,
         # emit_exchange); a step that will not be split normalizes as one, as it can then
@@ -730,7 +729,7 @@ def build_training(graph: Graph, train: ast.Train, config: dict, env: dict, opt_
                            noise=[(n, like) for n, like in noise], metrics=metric_specs_step, optimizer=opt,
                            transposed=[n for n, p in g.params.items() if p.transposed],
                            gradients=gradient_values, row_gradients=row_gradients, per_sample=per_sample,
-                           macs_per_sample=macs, recurrent_steps=recurrent_steps(graph),
+                           macs_per_sample=macs, recurrent_steps=steps,
                            label_classes=objective.label_classes,
                            output_weights=objective.output_weights, step_weights=objective.step_weights,
                            weights_in_use=list(objective.steps))
