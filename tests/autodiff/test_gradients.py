@@ -405,6 +405,26 @@ def test_embedding_repeated_ids_accumulate():
     assert np.all(got[[2, 3, 5]] == 0)  # ids never looked up get no gradient
 
 
+def test_embedding_bag_gradient_repeats_by_gather():
+    """An average over the embedded steps: its gradient reaches the table's scatter as a Gather
+    of the pooled gradient's one entry along the steps (not an Expand; faster there), and each
+    looked-up row gets r / steps per occurrence."""
+    src = "model m {\n    input ids: int64[4]\n    Embedding(6, 3)\n    y = GlobalAveragePooling1D()\n    output y\n}\n"
+    ids = np.array([[1, 1, 4, 1], [4, 0, 1, 4]], dtype=np.int64)
+    got, r = _embedding_gradient(src, ids)
+    expected = np.zeros((6, 3))
+    np.add.at(expected, ids.reshape(-1), np.broadcast_to(r / 4, (8, 3)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    g = compile_source(src, "grad.kdl", opt_level=0).graph
+    (_, out), = g.outputs
+    loss = emit(g, "ReduceSum", [out], {"keepdims": 0})[0]
+    table = next(n for n in g.params if n.endswith("embeddings"))
+    scatter = g.producer_of(gradients(g, loss, [table])[table])
+    assert scatter.op == "ScatterAdd"
+    repeat = g.producer_of(scatter.inputs[0])
+    assert repeat.op == "Gather" and repeat.attrs["axis"] == 1
+
+
 def test_embedding_finite_differences():
     # The Embedding table is created float32 (there is no float input to take a dtype from);
     # the loss is linear in the table, so a large step is exact up to float32 rounding.
