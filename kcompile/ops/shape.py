@@ -292,7 +292,12 @@ class ReshapeLike(Op):
 
 @register
 class ExpandLike(Op):
-    """Broadcast x to the (run-time) shape of like."""
+    """Broadcast x to the (run-time) shape of like. Where only trailing axes of x grow, to fixed
+    sizes (a pooled gradient spread back over the pooled positions), it is a Mul by ones of those
+    sizes: onnxruntime's Expand of [128, 32, 1] to [128, 32, 48] took 456 us on two threads and
+    232 on one, the Mul 103 and 155; [64, 16, 1, 1] to [64, 16, 28, 28] 543 and 437 against 155
+    and 392. (Growing a middle axis, [128, 1, 64] to [128, 50, 64], the Mul took 268 us on one
+    thread against Expand's 136, so that stays an Expand.)"""
     name = "ExpandLike"
 
     def infer(self, ins, attrs):
@@ -300,6 +305,13 @@ class ExpandLike(Op):
         return [ins[0].with_shape(broadcast_shapes(ins[0].shape, ins[1].shape))]
 
     def lower(self, ctx, inputs, outputs, attrs):
+        have, want = ctx.shape(inputs[0]), ctx.shape(outputs[0])
+        grown = [i for i, (a, b) in enumerate(zip(have, want)) if a != b]
+        if ctx.graph.types[outputs[0]].is_float and len(have) == len(want) and grown and all(have[i] == 1 and isinstance(want[i], int)
+                                                    for i in range(grown[0], len(want))):
+            ones = np.ones(want[grown[0]:], dtype=ctx.dtype(outputs[0]))
+            ctx.emit("Mul", [inputs[0], ctx.const(ones, ctx.dtype(outputs[0]))], outputs)
+            return
         ctx.emit("Expand", [inputs[0], ctx.emit("Shape", [inputs[1]])], outputs)
 
     def grad(self, ctx, node, dys):
