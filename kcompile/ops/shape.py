@@ -305,12 +305,12 @@ class ExpandLike(Op):
         return [ins[0].with_shape(broadcast_shapes(ins[0].shape, ins[1].shape))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        have, want = ctx.shape(inputs[0]), ctx.shape(outputs[0])
+        have, want, dtype = ctx.shape(inputs[0]), ctx.shape(outputs[0]), ctx.dtype(outputs[0])
         grown = [i for i, (a, b) in enumerate(zip(have, want)) if a != b]
-        if ctx.graph.types[outputs[0]].is_float and len(have) == len(want) and grown and all(have[i] == 1 and isinstance(want[i], int)
-                                                    for i in range(grown[0], len(want))):
-            ones = np.ones(want[grown[0]:], dtype=ctx.dtype(outputs[0]))
-            ctx.emit("Mul", [inputs[0], ctx.const(ones, ctx.dtype(outputs[0]))], outputs)
+        trailing = len(have) == len(want) and grown and all(
+            have[i] == 1 and isinstance(want[i], int) for i in range(grown[0], len(want)))
+        if trailing and dtype in ("float32", "float64"):  # (x * 1 is x, -0 and NaN included)
+            ctx.emit("Mul", [inputs[0], ctx.const(np.ones(want[grown[0]:]), dtype)], outputs)
             return
         ctx.emit("Expand", [inputs[0], ctx.emit("Shape", [inputs[1]])], outputs)
 
