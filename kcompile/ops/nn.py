@@ -9,6 +9,7 @@ from ..ir import TensorType
 from ..ir.types import normalize_axis, offset_dim, window_output_dim
 from .base import Op, float_attr, noise_input, register, replace_node
 from .linalg import lower_fused
+from .shape import grown_axes
 
 
 def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation=1):
@@ -1298,11 +1299,12 @@ def _repeated_by_gather(ctx, dy):
     src = ctx.g.producer_of(dy)
     if src is None or src.op != "ExpandLike":
         return dy
-    have, want = ctx.type(src.inputs[0]).shape, ctx.type(dy).shape
-    axes = [i for i, (a, b) in enumerate(zip(have, want)) if a != b]
-    if len(have) != len(want) or len(axes) != 1 or have[axes[0]] != 1 or not isinstance(want[axes[0]], int):
+    want = ctx.type(dy).shape
+    grown = grown_axes(ctx.type(src.inputs[0]).shape, want)
+    if grown is None or len(grown) != 1:
         return dy
-    return ctx.op("Gather", src.inputs[0], ctx.const([0] * want[axes[0]], "int64"), axis=axes[0])
+    axis, = grown
+    return ctx.op("Gather", src.inputs[0], ctx.const([0] * want[axis], "int64"), axis=axis)
 
 
 @register

@@ -290,6 +290,15 @@ class ReshapeLike(Op):
         return [reshape_like(ctx, dys[0], node.inputs[0]), None]
 
 
+def grown_axes(have: tuple, want: tuple) -> list | None:
+    """The axes along which a value of shape ``have`` broadcasts to ``want``, each from 1 to a
+    fixed size; None where it broadcasts otherwise (another rank, a run-time size)."""
+    if len(have) != len(want):
+        return None
+    grown = [i for i, (a, b) in enumerate(zip(have, want)) if a != b]
+    return grown if all(have[i] == 1 and isinstance(want[i], int) for i in grown) else None
+
+
 @register
 class ExpandLike(Op):
     """Broadcast x to the (run-time) shape of like. Where only trailing axes of x grow, to fixed
@@ -305,11 +314,10 @@ class ExpandLike(Op):
         return [ins[0].with_shape(broadcast_shapes(ins[0].shape, ins[1].shape))]
 
     def lower(self, ctx, inputs, outputs, attrs):
-        have, want, dtype = ctx.shape(inputs[0]), ctx.shape(outputs[0]), ctx.dtype(outputs[0])
-        grown = [i for i, (a, b) in enumerate(zip(have, want)) if a != b]
-        trailing = len(have) == len(want) and grown and all(
-            have[i] == 1 and isinstance(want[i], int) for i in range(grown[0], len(want)))
-        if trailing and dtype in ("float32", "float64"):  # (x * 1 is x, -0 and NaN included)
+        want, dtype = ctx.shape(outputs[0]), ctx.dtype(outputs[0])
+        grown = grown_axes(ctx.shape(inputs[0]), want)
+        if grown and grown == list(range(grown[0], len(want))) and dtype in ("float32", "float64"):
+            # (x * 1 is x, -0 and NaN included)
             ctx.emit("Mul", [inputs[0], ctx.const(np.ones(want[grown[0]:]), dtype)], outputs)
             return
         ctx.emit("Expand", [inputs[0], ctx.emit("Shape", [inputs[1]])], outputs)
