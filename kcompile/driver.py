@@ -25,7 +25,7 @@ from .initializers import make, seeded_rng
 from .ir import Graph
 from .ir.types import NEXT_STATE, STATE
 from .passes import optimize
-from .training.graphs import mixes_samples
+from .training.graphs import mixes_samples, sample_rows
 
 
 @dataclass
@@ -314,15 +314,17 @@ def activation_bytes_per_sample(g: Graph) -> int | None:
     """The largest value the inference graph computes, in bytes per batch item (None when a
     dimension besides the batch is symbolic): the runtime sizes predict's batches by it."""
     from .ir import BATCH
+    rows = sample_rows(g)  # (TimeDistributed's values hold several rows a sample)
+    rows = rows if isinstance(rows, dict) else {BATCH: 1}
     sizes = []
     for node in g.nodes():
         for v in node.outputs:
             t = g.types[v]
-            if not t.shape or t.shape[0] != BATCH:
+            if not t.shape or t.shape[0] not in rows:
                 continue
             if not all(isinstance(d, int) for d in t.shape[1:]):
                 return None
-            sizes.append(int(np.prod(t.shape[1:], dtype=np.int64)) * np.dtype(t.dtype).itemsize)
+            sizes.append(int(np.prod(t.shape[1:], dtype=np.int64)) * np.dtype(t.dtype).itemsize * rows[t.shape[0]])
     return max(sizes, default=0)
 
 

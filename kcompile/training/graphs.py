@@ -516,29 +516,41 @@ STEP_PASSES = [("constant-folding", constant_folding), ("cse", common_subexpress
 _AXIS_OPS = ("Softmax", "LogSoftmax", "CumSum", "Hardmax")
 
 
-def mixes_samples(g: Graph) -> str:
-    """Why the model ``g`` is not computed sample by sample ("" if it is): a step split into
-    parts of the batch must give the same per-sample values. Every value that depends on a model
-    input keeps the batch dimension (the inputs' first dimension) first. (BatchNormalization's
-    statistics in training: build_training, whose parts exchange their sums.)"""
+def sample_rows(g: Graph) -> dict | str:
+    """{first dimension: rows a sample} of the values that depend on a model input, when each such
+    value holds whole samples along its first axis, in order: the batch (1 row a sample), or the
+    batch merged with fixed axes after it (TimeDistributed's FoldBatch: [N, T, ...] -> [N*T, ...],
+    T rows a sample, kept together); else why not. (BatchNormalization's statistics in
+    training: build_training, whose parts exchange their sums.)"""
     if any(n.startswith(STATE) for n in g.inputs):  # (predict then runs exactly batch_size rows a run)
         return "a stateful recurrent layer keeps states for whole batches"
     batch = {g.types[n].shape[0] for n in g.inputs if g.types[n].rank}
     if len(batch) != 1 or not isinstance(next(iter(batch)), str):
         return "the inputs do not share one named batch dimension"
-    batch = batch.pop()
+    rows = {batch.pop(): 1}
     data = set(g.inputs)
     for node in g.nodes():
         if not any(v in data for v in node.inputs):
             continue
         data.update(node.outputs)
+        if node.op == "FoldBatch":
+            shape, k = g.types[node.inputs[0]].shape, node.attrs.get("axes", 2)
+            if shape[0] in rows and all(isinstance(d, int) for d in shape[1:k]):
+                rows[g.types[node.outputs[0]].shape[0]] = rows[shape[0]] * math.prod(shape[1:k])
         for out in node.outputs:
             t = g.types[out]
-            if not t.rank or t.shape[0] != batch:
+            if not t.rank or t.shape[0] not in rows:
                 return f"{node.op} ({node.layer or 'a model expression'}) combines samples"
         if node.op in _AXIS_OPS and node.attrs.get("axis", -1) in (0, -g.types[node.inputs[0]].rank):
             return f"{node.op} over the batch axis ({node.layer or 'a model expression'})"
-    return ""
+    return rows
+
+
+def mixes_samples(g: Graph) -> str:
+    """Why the model ``g`` is not computed sample by sample ("" if it is): a step split into
+    parts of the batch must give the same per-sample values (sample_rows)."""
+    rows = sample_rows(g)
+    return rows if isinstance(rows, str) else ""
 
 
 def recurrent_steps(g: Graph) -> int:
@@ -550,11 +562,14 @@ def macs_per_sample(g: Graph) -> int:
     """Multiply-adds per sample of ``g``'s products and convolutions (each op's ``macs``), those
     whose sizes are all numbers besides the batch: the bulk of a network's arithmetic."""
     import numpy as np
+    rows = sample_rows(g)
+    rows = {} if isinstance(rows, str) else rows
     total = 0
     for node in g.nodes():
-        dims = OPS[node.op].macs([g.types[v] for v in node.inputs], [g.types[v] for v in node.outputs], node.attrs)
-        if dims and all(isinstance(d, int) for d in dims):
-            total += int(np.prod(dims, dtype=np.int64))
+        outs = [g.types[v] for v in node.outputs]
+        dims = OPS[node.op].macs([g.types[v] for v in node.inputs], outs, node.attrs)
+        if dims and all(isinstance(d, int) for d in dims):  # (per row: times a sample's rows)
+            total += int(np.prod(dims, dtype=np.int64)) * rows.get(outs[0].shape[0] if outs[0].rank else None, 1)
     return total
 
 

@@ -195,6 +195,57 @@ def test_recurrent_steps_split_by_their_batches_rows_times_steps(monkeypatch):
     assert type(small._runner) is StateRunner
 
 
+TIME_DISTRIBUTED = """
+model frames {{
+    input x: float32[{shape}]
+    TimeDistributed({inner})
+    {then}
+    y = Dense(3, activation=softmax)
+    output y
+    train {{
+        loss = categorical_crossentropy
+        optimizer = Adam(learning_rate=0.01)
+        metrics = [accuracy]
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("shape, inner, then", [
+    ("6, 5", "Dense(8, activation=relu)", "Conv1D(4, 3)\n    GlobalAveragePooling1D()"),
+    ("3, 6, 6, 2", "Conv2D(4, 3, activation=relu)", "Flatten()")])
+def test_time_distributed_steps_split_and_train_like_the_whole_step(shape, inner, then, monkeypatch):
+    """TimeDistributed merges the batch with time ([N, T, ...] -> [N*T, ...]): each sample's T
+    rows stay together, so its step splits by samples, and its products count T times a sample."""
+    source = TIME_DISTRIBUTED.format(shape=shape, inner=inner, then=then)
+    spec = kcompile.compile_string(source).manifest["training"]
+    assert spec["per_sample"] is True
+    if inner.startswith("Dense"):  # 6 steps of Dense 5 -> 8; Conv1D over 4 steps, 8 x 3 -> 4; Dense 4 -> 3
+        assert spec["macs_per_sample"] == 6 * 5 * 8 + 4 * 4 * 8 * 3 + 4 * 3
+    else:  # predict sizes its batches by the largest value a sample: the frames merged, 3 x 6x6x2 floats
+        assert kcompile.compile_string(source).manifest["activation_bytes_per_sample"] == 3 * 6 * 6 * 2 * 4
+
+    def make(parts):
+        m = kcompile.compile_string(source, seed=0)
+        m.batch_parts = parts
+        return m
+    rng = np.random.default_rng(0)
+    n = 70
+    x = rng.random((n, *map(int, shape.split(","))), dtype=np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+    runs = fit_both(make, x, y, epochs=2, batch_size=33)
+    assert_same(runs)
+    m = runs[0][2]  # predict too runs its rows in cache-sized runs, split between the cores
+    whole = m.predict(x, batch_size=None)
+    monkeypatch.setattr(type(m), "_predict_parts", lambda self, n, step: 2)
+    in_parts = type(m)._predict_in_parts
+    calls = []
+    monkeypatch.setattr(type(m), "_predict_in_parts", lambda self, *a: calls.append(a[3]) or in_parts(self, *a))
+    m._predict_rows = 8
+    np.testing.assert_allclose(m.predict(x, batch_size=None), whole, rtol=1e-5, atol=1e-6)
+    assert calls == [70]
+
+
 def test_a_loaded_build_folder_splits_its_step(tmp_path):
     x, y = data()
     m = conv_model()
