@@ -11,7 +11,6 @@ import numpy as np
 from ..ir import Graph
 from ..ops import OPS
 from ..ops.elementwise import Unary
-from ..ops.nn import trailing_axes
 from .util import add, is_static, replace, sole_consumer
 
 _FUSABLE = ("Conv", "ConvTranspose", "Gemm")
@@ -111,19 +110,19 @@ def fuse_activation(g: Graph) -> Graph:
 
 def fuse_normalize_affine(g: Graph) -> Graph:
     """Normalize -> Mul(gamma) [-> Add(beta)] -> one Normalize with gamma and beta as its scale and
-    bias (ONNX LayerNormalization's), where they are weights or constants shaped like the
-    normalized axes (LayerNormalization over its trailing axes: GroupNormalization's gamma is per
-    channel, not per normalized position): two passes over the values fewer. Inference only: a
-    training step's gradient reads the normalized values themselves."""
+    bias, where they are weights or constants with a number for each position of the normalized
+    axes and none along the others (LayerNormalization's; not GroupNormalization's, per channel
+    where it normalizes over groups and positions): over trailing axes they go into ONNX's
+    LayerNormalization, over a channels-first map's channels (LayerNormalization after a
+    Conv2D, its gamma [1, C, 1, 1]) into one per-channel pass; two passes over the values fewer,
+    or one. Inference only: a training step's gradient reads the normalized values themselves."""
     for node in g.nodes():
         if node.name not in g.nx or node.op != "Normalize" or len(node.inputs) != 1 or g.uses(node.outputs[1]):
             continue
         x, = node.inputs
         t = g.types[x]
-        axes = trailing_axes(node.attrs["axes"], t.rank)
-        if not axes:
-            continue
-        trailing = tuple(t.shape[axes[0]:])
+        axes = {a % t.rank for a in node.attrs["axes"]}
+        inner = tuple(t.shape[a] for a in sorted(axes))
         weights = []
         value = node.outputs[0]
         for op in ("Mul", "Add"):
@@ -132,16 +131,16 @@ def fuse_normalize_affine(g: Graph) -> Graph:
                 break
             other = user.inputs[1] if user.inputs[0] == value else user.inputs[0]
             shape = tuple(g.types[other].shape)
-            lead = len(shape) - len(trailing)  # (gamma [1, F] for a [N, T, F] input: ones before)
-            if not is_static(g, other) or g.types[other].dtype != t.dtype or lead < 0 or \
-                    shape[lead:] != trailing or any(d != 1 for d in shape[:lead]):
+            padded = (1,) * (t.rank - len(shape)) + shape  # (as it broadcasts against x)
+            if not is_static(g, other) or g.types[other].dtype != t.dtype or len(shape) > t.rank or \
+                    any(d != (t.shape[i] if i in axes else 1) for i, d in enumerate(padded)):
                 break
-            weights.append(add(g, user, "Reshape", [other], shape=trailing) if lead else other)
+            weights.append(add(g, user, "Reshape", [other], shape=inner) if shape != inner else other)
             value = user.outputs[0]
         if not weights:
             continue
         scale = weights[0]
-        bias = weights[1] if len(weights) == 2 else g.add_const(np.zeros(trailing, t.dtype))
+        bias = weights[1] if len(weights) == 2 else g.add_const(np.zeros(inner, t.dtype))
         fused = add(g, node, "Normalize", [x, scale, bias], **node.attrs)
         replace(g, value, fused)
     return g

@@ -407,3 +407,31 @@ def test_layer_normalizations_gamma_and_beta_fold_into_its_normalize(layer, shap
     x = np.random.default_rng(0).normal(size=(4,) + shape).astype(np.float32)
     assert_same(before, after, {"x": x}, random_weights(before))  # (gamma and beta away from ones and zeros)
 
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_layer_normalization_after_a_convolution_folds_gamma_and_beta_into_one_channel_pass(dtype):
+    """After transpose sinking a Conv2D's LayerNormalization normalizes the channels-first map over
+    axis 1, its gamma and beta [1, C, 1, 1]: they fold into the Normalize, which lowers them as one
+    per-channel pass (an inference BatchNormalization of scale gamma, bias beta, mean 0, variance
+    1, epsilon 0) after the moments; the same outputs."""
+    src = f"""model m {{
+        input x: {dtype}[6, 5, 3]
+        y = LayerNormalization()(Conv2D(4, 3)(x))
+        output y
+    }}"""
+    before = sink_transposes(graph_of(src))
+    normalize, = [n for n in before.nodes() if n.op == "Normalize"]
+    assert normalize.attrs["axes"] in ([1], (1,)) and before.types[normalize.inputs[0]].shape[1] == 4
+    after = dead_code_elimination(fuse_normalize_affine(before.copy()))
+    normalize, = [n for n in after.nodes() if n.op == "Normalize"]
+    assert [after.types[v].shape for v in normalize.inputs[1:]] == [(4,), (4,)]
+    weights = random_weights(before)
+    onnx_ops = [n.op_type for n in to_onnx(after, weights).graph.node]
+    assert onnx_ops.count("BatchNormalization") == 1 and "LayerNormalization" not in onnx_ops
+    x = np.random.default_rng(0).normal(size=(3, 6, 5, 3)).astype(dtype)
+    if dtype == "float32":
+        assert_same(before, after, {"x": x}, weights)
+    else:
+        for a, b in zip(run(before, weights, {"x": x}), run(after, weights, {"x": x})):
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-2)
+
