@@ -365,32 +365,42 @@ def test_mask_zero_skips_padded_steps(kind, return_sequences):
         np.testing.assert_allclose(m.predict(ids[:1]), short.predict(ids[:1, :2]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind, fused", [("LSTM", "LSTM"), ("GRU", "GRU"), ("SimpleRNN", "RNN")])
 @pytest.mark.parametrize("return_sequences", [False, True])
-def test_masked_lstm_inference_runs_onnx_lstm_over_each_rows_counted_steps(return_sequences):
-    """In inference a masked LSTM is ONNX's LSTM over each row's counted steps moved first, its
-    sequence_lens the counts (no Scan): a row of no counted steps gives zeros, masked steps
-    before the first counted one output zeros, and the others repeat the last counted output;
-    the sequence length is known only at run time."""
+def test_masked_inference_runs_the_fused_op_over_each_rows_counted_steps(kind, fused, return_sequences):
+    """In inference a masked recurrence is onnxruntime's fused op over each row's counted steps
+    moved first, its sequence_lens their counts (the LSTM always, no Scan; the GRU and
+    SimpleRNN for the few rows where they take the fused op): a row of no counted steps gives
+    zeros, masked steps before the first counted one output zeros, and the others repeat the
+    last counted output; the sequence length is known only at run time."""
     src = f"""model m {{
         input x: float32[T, 3]
         h = Masking(mask_value=0.0)(x)
-        y = LSTM(4, return_sequences={str(return_sequences).lower()})(h)
+        y = {kind}(4, return_sequences={str(return_sequences).lower()})(h)
         output y
     }}"""
     m = kcompile.compile_string(src)
     import onnx
-    ops = {n.op_type for n in onnx.load_from_string(m._inference_graph()).graph.node}
-    assert "LSTM" in ops and "Scan" not in ops
+
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from nodes(attr.g)
+    graph = onnx.load_from_string(m._inference_graph()).graph
+    recurrence, = [n for n in nodes(graph) if n.op_type == fused]
+    assert recurrence.input[4]  # (sequence_lens)
+    assert kind != "LSTM" or "Scan" not in {n.op_type for n in graph.node}
     rng = np.random.default_rng(4)
     weights = random_weights(m, rng)
-    x = rng.normal(size=(5, 7, 3))
-    counted = np.ones((5, 7))
+    x = rng.normal(size=(4, 7, 3))
+    counted = np.ones((4, 7))
     counted[0] = 0  # nothing counted
     counted[1, :4] = 0  # the first steps masked
     counted[2, [1, 2, 5]] = 0  # steps in the middle and at the end
-    counted[3, 6] = 0
     x = x * counted[..., None]
-    want = masked_reference("LSTM", x, counted, weights, 4, return_sequences)
+    want = masked_reference(kind, x, counted, weights, 4, return_sequences)
     got = m.predict(x.astype(np.float32))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not got[0].any()
