@@ -284,10 +284,11 @@ class LSTM(Op):
         if mask is None:
             _onnx_recurrence(ctx, "LSTM", x, kernel, recurrent, biases, outputs[:3], u, **fused)
         else:
+            def counted_steps(x_steps, lengths, states):
+                return _onnx_recurrence(ctx, "LSTM", x_steps, kernel, recurrent, biases, [None] + states, u,
+                                        lengths=lengths, time_major=True, **fused)
             sequence = outputs[0] if ctx.used(outputs[0]) else None
-            _masked_by_lengths(ctx, x, mask, [sequence] + outputs[1:3], initial, lambda x_steps, lengths, states: _onnx_recurrence(
-                ctx, "LSTM", x_steps, kernel, recurrent, biases, [None] + states, u, lengths=lengths,
-                time_major=True, **fused))
+            _masked_by_lengths(ctx, x, mask, [sequence] + outputs[1:3], initial, counted_steps)
 
     def lower_scan(self, ctx, inputs, outputs, attrs):
         """Forward pass as a Scan over time, also giving the cell sequence. In the training form
@@ -717,8 +718,9 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
     steps: one row 0.19 ms fused against 1.1 ms for the whole predict as a Scan; 32 rows 5.4
     against 2.4 ms). Masked steps run the fused op over each row's counted steps
     (_masked_by_lengths; inference only: over 100 steps, half of the second half masked, one
-    row of a GRU(32) 3.1 -> 0.26 ms, of a SimpleRNN(32) 1.8 -> 0.27). Recurrent dropout, the masked training form and float64 (which onnxruntime's fused
-    ops do not compute) keep the Scan."""
+    row of a GRU(32) 3.1 -> 0.26 ms, of a SimpleRNN(32) 1.8 -> 0.27). Recurrent dropout, the
+    masked training form and float64 (which onnxruntime's fused ops do not compute) keep the
+    Scan."""
     x, _, _, _, drop, mask = _split_inputs(inputs, attrs)
     # (the training form's gates: emitted where the gradient reads them, not for a frozen layer;
     # the fused op's branch computes them from its sequence, for every step at once)
@@ -738,6 +740,7 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
             lower(ctx, inputs, fresh, attrs)
             return [f for f in fresh if f]
         return build
+
     def masked_fused(ctx, inputs, outputs, attrs):
         _masked_by_lengths(ctx, x, mask, outputs, _initial_states(inputs, attrs), lambda x_steps, lengths, states:
                            op.lower_fused(ctx, inputs, [None] + states, attrs, steps=(x_steps, lengths)))
