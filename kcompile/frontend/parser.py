@@ -6,7 +6,10 @@ errors become :class:`KcompileError` with ``file:line:col``, the line and a care
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
 from importlib import resources
+from pathlib import Path
 
 import lark
 from lark import Transformer, v_args
@@ -53,9 +56,6 @@ def _table_cache(grammar: str) -> str | bool:
     or first training step pays it once). lark checks the file's hash of the grammar, its options
     and its version, and builds afresh (and rewrites it) from a file it cannot read or that does
     not match; a folder that cannot be made leaves the tables uncached."""
-    import hashlib
-    import os
-    from pathlib import Path
     try:
         folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kcompile"
         folder.mkdir(parents=True, exist_ok=True)

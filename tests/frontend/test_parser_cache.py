@@ -51,9 +51,13 @@ def test_a_damaged_cache_file_is_rebuilt(tmp_path, monkeypatch, fresh_parser):
 
 
 def test_an_unwritable_cache_folder_leaves_the_tables_uncached(tmp_path, monkeypatch, fresh_parser):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fresh_parser()
+    want = parser.parse(SOURCE)
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
     assert parser._table_cache("grammar") is False
+    built = builds(monkeypatch)
     fresh_parser()
-    assert parser.parse(SOURCE).models
+    assert parser.parse(SOURCE) == want and built == [1] and blocker.read_text() == "not a folder"
