@@ -127,6 +127,8 @@ CASES = {
                           "Adam(learning_rate=0.001)"),
     "masked_lstm": (IDS, "Embedding(5000, 32, mask_zero=true); LSTM(32)", "L.Embedding(5000, 32, mask_zero=True), L.LSTM(32)",
                     "Adam(learning_rate=0.001)"),
+    "masked_gru": (IDS, "Embedding(5000, 32, mask_zero=true); GRU(32)", "L.Embedding(5000, 32, mask_zero=True), L.GRU(32)",
+                   "Adam(learning_rate=0.001)"),
     "time_distributed": (SEQ, "TimeDistributed(Dense(64, activation=relu)); Conv1D(32, 3); GlobalAveragePooling1D()",
                          "L.TimeDistributed(L.Dense(64, activation='relu')), L.Conv1D(32, 3), L.GlobalAveragePooling1D()",
                          "Adam(learning_rate=0.001)"),
@@ -205,7 +207,7 @@ NO_TWIN = {  # text in a case's Keras spelling or optimizer: why torch has no tw
     "Lion(": "Lion: torch.optim has none (torch 2.13)",
     "reset_after=False": "GRU(reset_after=False): torch's GRU is Keras's reset_after=True only",
     "recurrent_dropout": "recurrent_dropout: torch's RNNs have none (their dropout is between stacked layers)",
-    "mask_zero=True": "mask_zero: nn.LSTM has no per-step mask (Keras skips masked steps, carrying the state; "
+    "mask_zero=True": "mask_zero: torch's RNNs have no per-step mask (Keras skips masked steps, carrying the state; "
                       "packed sequences drop trailing padding only, and these ids' zeros are scattered)",
 }
 # Keras's optimizers in torch: torch's class and Keras's defaults in torch's spelling. RMSprop

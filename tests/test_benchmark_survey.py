@@ -12,7 +12,7 @@ import pytest
 import kcompile
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
-WITHOUT_TWIN = {"mlp_lion", "gru_reset_before", "gru_dropout", "lstm_dropout", "masked_lstm"}
+WITHOUT_TWIN = {"mlp_lion", "gru_reset_before", "gru_dropout", "lstm_dropout", "masked_lstm", "masked_gru"}
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_the_cases_without_a_torch_twin_are_those_named_each_with_its_reason(sur
     assert set(without) == WITHOUT_TWIN
     assert "Lion" in without["mlp_lion"] and "reset_after" in without["gru_reset_before"]
     assert all("recurrent_dropout" in without[n] for n in ("gru_dropout", "lstm_dropout"))
-    assert "mask" in without["masked_lstm"]
+    assert all("mask" in without[n] for n in ("masked_lstm", "masked_gru"))
 
 
 @needs_torch

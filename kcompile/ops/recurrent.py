@@ -220,6 +220,26 @@ def _masked_by_lengths(ctx, x, mask, outputs, initial, recurrence):
         ctx.emit("Where", [ctx.emit("Unsqueeze", [before, ctx.const([2], "int64")]), start, repeated], [outputs[0]])
 
 
+def _scan_over_counted_steps(ctx, body, h0, xw, lengths, last):
+    """An unmasked one-state Scan (``body``: h_prev, xw_t -> h_next, h_out) over ``xw`` [T, N, G*u],
+    each row's counted steps first (_masked_by_lengths), into its sequence [T, N, u] (returned), and
+    ``last``, h after each row's ``lengths`` steps (int32 [N]; h0 [N, u] where none). Against the
+    Scan that blends each step's state by the mask (with the steps' Gemm, stop 38, alternating in one
+    process): masked_gru predicts 1,024 rows 1.05x as fast; GRU(32) and SimpleRNN(32) over 64 rows
+    1.2-1.6x (alternating processes)."""
+    y = ctx.fresh("counted_h")
+    _scan_forward(ctx, body, [h0, xw], [ctx.fresh("h_after_all"), y], 1, time_major=1, input_time_major=True)
+    n_rows = ctx.emit("Gather", [ctx.emit("Shape", [h0]), ctx.const(0, "int64")])
+    steps = ctx.emit("Cast", [lengths], to=ctx.onnx_dtype("int64"))
+    before = ctx.emit("Max", [ctx.emit("Sub", [steps, ctx.const(1, "int64")]), ctx.const(0, "int64")])
+    index = ctx.emit("Add", [ctx.emit("Mul", [before, n_rows]), ctx.emit("Range", [ctx.const(0, "int64"), n_rows,
+                                                                                   ctx.const(1, "int64")])])
+    at_length = ctx.emit("Gather", [ctx.emit("Flatten", [y], axis=2), index], axis=0)  # [N, u] of [T*N, u]
+    none = ctx.emit("Unsqueeze", [ctx.emit("Equal", [steps, ctx.const(0, "int64")]), ctx.const([1], "int64")])
+    ctx.emit("Where", [none, h0, at_length], [last])
+    return y
+
+
 def _batch_major(ctx, steps, sequence):
     """The batch-major sequence ``sequence`` [N, T, u] of the time-major ``steps`` [T, N, u], where
     it is wanted: None where nothing but the gradient op reads it (which reads ``steps``; a
@@ -309,7 +329,7 @@ class LSTM(Op):
         gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
         body = _Body(dtype, masked=mask is not None)
         # (the kernels and dropout masks are read from the outer graph)
-        z = body("Add", "xw_t", _step_product(body, "h_prev", recurrent, _gate_major(ctx, drop), gate_kernels))
+        z = _step_product(body, "h_prev", recurrent, _gate_major(ctx, drop), gate_kernels, plus="xw_t")
         i, f, g, o = (f"g{k}" for k in range(4))
         body.nodes.append(helper.make_node("Split", [z, body.ints([u] * 4, "split_sizes")], [i, f, g, o], axis=-1))
         act, gate_act = _activations(attrs)
@@ -418,16 +438,18 @@ def _gate_major(ctx, drop):
     return None if drop is None else ctx.emit("Transpose", [drop], perm=[1, 0, 2])
 
 
-def _step_product(body, h, recurrent, drop, gate_kernels):
-    """h_{t-1} R inside a step; with recurrent dropout (``drop`` gate-major, [G, N, u]:
+def _step_product(body, h, recurrent, drop, gate_kernels, plus=None):
+    """h_{t-1} R inside a step, plus ``plus`` where given ([N, G*u] or [G*u]: one Gemm, an op less
+    a step); with recurrent dropout (``drop`` gate-major, [G, N, u]:
     _gate_major) each gate's block sees h times its own mask: one batched MatMul of the masked
     states [G, N, u] by the gates' kernels [G, u, u]. (onnxruntime's Einsum nu,ngu,guv->ngv took
     some 0.6 ms a step for a GRU(64) at 64 rows.)"""
     if drop is None:
-        return body("MatMul", h, recurrent)
+        return body("MatMul", h, recurrent) if plus is None else body("Gemm", h, recurrent, plus)
     masked = body("Mul", body("Unsqueeze", h, body.ints([0], f"gate_axis_{body.count}")), drop)
     per_gate = body("Transpose", body("MatMul", masked, gate_kernels), perm=[1, 0, 2])  # [N, G, u]
-    return body("Reshape", per_gate, body.ints([0, -1], f"flat_{body.count}"))
+    product = body("Reshape", per_gate, body.ints([0, -1], f"flat_{body.count}"))
+    return product if plus is None else body("Add", product, plus)
 
 
 def _step_product_grad(body, dz, recurrent_t, drop, gate_kernels_t, units):
@@ -728,6 +750,8 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
         outputs = [None] + outputs[1:]  # (the gradient reads h time-major: no batch-major sequence)
     if (mask is not None and len(outputs) > 2) or drop is not None or ctx.dtype(x) != "float32":
         return op.lower_scan(ctx, inputs, outputs, attrs)
+    if mask is not None and not ctx.used(outputs[0]):
+        outputs = [None] + outputs[1:]  # (the masked sequence's repeats are gathered only where read)
     batch = ctx.emit("Squeeze", [ctx.emit("Slice", [ctx.emit("Shape", [x]), ctx.const([0], "int64"),
                                                      ctx.const([1], "int64")])])
     small = ctx.emit("LessOrEqual", [batch, ctx.const(op.FUSED_MAX_BATCH, "int64")])
@@ -740,13 +764,15 @@ def _fused_or_scan(ctx, op, inputs, outputs, attrs):
             return [f for f in fresh if f]
         return build
 
-    def masked_fused(ctx, inputs, outputs, attrs):
-        _masked_by_lengths(ctx, x, mask, outputs, _initial_states(inputs, attrs), lambda x_steps, lengths, states:
-                           op.lower_fused(ctx, inputs, [None] + states, attrs, steps=(x_steps, lengths)))
+    def counted_steps(lower):
+        def masked(ctx, inputs, outputs, attrs):
+            _masked_by_lengths(ctx, x, mask, outputs, _initial_states(inputs, attrs), lambda x_steps, lengths, states:
+                               lower(ctx, inputs, [None] + states, attrs, steps=(x_steps, lengths)))
+        return lower if mask is None else masked
     name = op.name.lower()
     ctx.emit("If", [small], [o for o in outputs if o],
-             then_branch=ctx.subgraph(f"{name}_fused", branch(op.lower_fused if mask is None else masked_fused), dtype),
-             else_branch=ctx.subgraph(f"{name}_scan", branch(op.lower_scan), dtype))
+             then_branch=ctx.subgraph(f"{name}_fused", branch(counted_steps(op.lower_fused)), dtype),
+             else_branch=ctx.subgraph(f"{name}_scan", branch(counted_steps(op.lower_scan)), dtype))
 
 
 @register
@@ -787,11 +813,15 @@ class SimpleRNN(_OneStateRecurrence):
             ctx.emit("Identity", [h_steps], [outputs[2]])
         return h_steps
 
-    def lower_scan(self, ctx, inputs, outputs, attrs):
+    def lower_scan(self, ctx, inputs, outputs, attrs, steps=None):
         """A Scan over time. In the training form h, which the gradient op reads, is time-major,
         [T, N, u], and the batch-major sequence is its Transpose, made only where something else
-        reads it (_batch_major), as the LSTM's and GRU's."""
+        reads it (_batch_major), as the LSTM's and GRU's. ``steps``: (x time-major, lengths) in
+        place of x and its mask (_scan_over_counted_steps)."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
+        dtype = ctx.dtype(x)
+        if steps:
+            x, mask = steps[0], None
         u = attrs["units"]
         saved = len(outputs) > 2
         time_major = saved and ctx.shape(x)[2] < u  # (the narrower of the input and its projection transposed)
@@ -799,13 +829,15 @@ class SimpleRNN(_OneStateRecurrence):
         if bias is not None:
             xw = ctx.emit("Add", [xw, bias])
         gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
-        body = _Body(ctx.dtype(x), masked=mask is not None)
-        hr = _step_product(body, "h_prev", recurrent, _gate_major(ctx, drop), gate_kernels)
-        h = body.blend(body(attrs.get("activation", "Tanh"), body("Add", "xw_t", hr)), "h_prev")
+        body = _Body(dtype, masked=mask is not None)
+        z = _step_product(body, "h_prev", recurrent, _gate_major(ctx, drop), gate_kernels, plus="xw_t")
+        h = body.blend(body(attrs.get("activation", "Tanh"), z), "h_prev")
         emitted = "h_steps_out" if saved else "h_out"
         body.nodes += [helper.make_node("Identity", [h], [name]) for name in ("h_next", emitted)]
         graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", emitted])
-        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
+        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u, batch_axis=int(bool(steps)), dtype=dtype)])[0]
+        if steps:
+            return _scan_over_counted_steps(ctx, graph, h0, xw, steps[1], outputs[1])
         _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2 if saved else 0]], 1,
                       time_major=int(saved), input_time_major=time_major)
         if saved:
@@ -951,29 +983,30 @@ class GRU(_OneStateRecurrence):
                 ctx.emit("Identity", [gate], [output])
         return h_steps
 
-    def lower_scan(self, ctx, inputs, outputs, attrs):
+    def lower_scan(self, ctx, inputs, outputs, attrs, steps=None):
         """A Scan over time. In the training form, the gates and h the gradient op reads are
         time-major, [T, N, u], as the LSTM's (LSTM.lower_scan: no transposes of them
         by either Scan), and the batch-major sequence is h's Transpose, made only where something
         else reads it (_batch_major); an input of fewer features than 3u is transposed for the
-        Scan instead of its projection."""
+        Scan instead of its projection. ``steps``: (x time-major, lengths) in place of x and its
+        mask (_scan_over_counted_steps)."""
         x, kernel, recurrent, bias, drop, mask = _split_inputs(inputs, attrs)
+        dtype = ctx.dtype(x)
+        if steps:
+            x, mask = steps[0], None
         u, reset_after = attrs["units"], attrs.get("reset_after", True)
         b_in, b_rec = self.biases(ctx, bias, reset_after)
-        time_major = ctx.shape(x)[2] < 3 * u
+        time_major = not steps and ctx.shape(x)[2] < 3 * u
         xw = ctx.emit("MatMul", [ctx.emit("Transpose", [x], perm=[1, 0, 2]) if time_major else x, kernel])
         if b_in is not None:
             xw = ctx.emit("Add", [xw, b_in])
-        body = _Body(ctx.dtype(x), masked=mask is not None)
-        one = body.const(1.0, "one")
+        body = _Body(dtype, masked=mask is not None)
         act, gate_act = _activations(attrs)
         xz, xr, xh = "xz", "xr", "xh"
         body.nodes.append(helper.make_node("Split", ["xw_t", body.ints([u] * 3, "sizes")], [xz, xr, xh], axis=-1))
         if reset_after:
             gate_kernels = _gate_kernels(ctx, recurrent, u) if drop is not None else None
-            hr = _step_product(body, "h_prev", recurrent, _gate_major(ctx, drop), gate_kernels)
-            if b_rec is not None:
-                hr = body("Add", hr, b_rec)
+            hr = _step_product(body, "h_prev", recurrent, _gate_major(ctx, drop), gate_kernels, plus=b_rec)
             body.nodes.append(helper.make_node("Split", [hr, "sizes"], ["hz", "hr_", "hh_"], axis=-1))
             z = body(gate_act, body("Add", xz, "hz"))
             r = body(gate_act, body("Add", xr, "hr_"))
@@ -989,17 +1022,19 @@ class GRU(_OneStateRecurrence):
             q = body("Mul", r, "h_prev")
             if drop_h is not None:
                 q = body("Mul", q, drop_h)
-            pre_h = body("Add", xh, body("MatMul", q, r_h))
+            pre_h = body("Gemm", q, r_h, xh)
             hh_ = []
         hh = body(act, pre_h)
-        h = body("Add", body("Mul", z, "h_prev"), body("Mul", body("Sub", one, z), hh))
+        h = body("Add", hh, body("Mul", z, body("Sub", "h_prev", hh)))  # (z h + (1 - z) hh, an op less)
         h = body.blend(h, "h_prev")
         saved = ([(z, "z_out"), (r, "r_out"), (hh, "hh_out")] + hh_ + [(h, "h_steps_out")])[:len(outputs) - 2]
         keeps_h = bool(saved)  # (then h time-major, the batch-major sequence from it)
         emitted = saved if keeps_h else [(h, "h_out")] + saved
         body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next")] + emitted]
         graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next"] + [name for _, name in emitted])
-        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u)])[0]
+        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u, batch_axis=int(bool(steps)), dtype=dtype)])[0]
+        if steps:
+            return _scan_over_counted_steps(ctx, graph, h0, xw, steps[1], outputs[1])
         _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1]] + [outputs[0]] * (not keeps_h) +
                       outputs[2:], 1, time_major=len(outputs) - 2, input_time_major=time_major)
         if keeps_h:

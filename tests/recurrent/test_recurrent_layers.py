@@ -406,6 +406,41 @@ def test_masked_inference_runs_the_fused_op_over_each_rows_counted_steps(kind, f
     assert not got[0].any()
 
 
+@pytest.mark.parametrize("kind", ["GRU", "SimpleRNN"])
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_masked_inference_over_many_rows_scans_each_rows_counted_steps_unmasked(kind, return_sequences):
+    """Beyond the fused op's few rows, a masked GRU's or SimpleRNN's inference is a Scan without
+    the mask's blending over each row's counted steps moved first; each row's last state is the
+    Scan's after its own count of steps (none counted: zeros)."""
+    src = f"""model m {{
+        input x: float32[T, 3]
+        h = Masking(mask_value=0.0)(x)
+        y = {kind}(5, return_sequences={str(return_sequences).lower()})(h)
+        output y
+    }}"""
+    m = kcompile.compile_string(src)
+    import onnx
+    graph = onnx.load_from_string(m._inference_graph()).graph
+    branch, = [a.g for n in graph.node if n.op_type == "If" for a in n.attribute if a.name == "else_branch"]
+    scan, = [n for n in branch.node if n.op_type == "Scan"]
+    body, = [a.g for a in scan.attribute if a.name == "body"]
+    assert [i.name for i in body.input] == ["h_prev", "xw_t"]  # (no step mask)
+    rng = np.random.default_rng(6)
+    weights = random_weights(m, rng)
+    rows, steps = 40, 9
+    counted = (rng.random((rows, steps)) < 0.6).astype(np.float64)
+    counted[0] = 0  # nothing counted
+    counted[1] = 1  # every step
+    counted[2, :6] = 0  # the first steps masked
+    counted[3, 1:] = 0  # the first step alone
+    x = rng.normal(size=(rows, steps, 3)) * counted[..., None]
+    want = masked_reference(kind, x, counted, weights, 5, return_sequences)
+    got = m.predict(x.astype(np.float32), batch_size=rows)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not got[0].any()
+    np.testing.assert_allclose(m.predict(x[:3].astype(np.float32)), want[:3], rtol=1e-5, atol=1e-6)  # (fused)
+
+
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("merge_mode", ["concat", "sum", "mul", "ave"])
 def test_bidirectional_sequences_are_zero_at_masked_steps(kind, merge_mode):

@@ -235,22 +235,26 @@ def test_masked_steps_are_skipped_as_without_stateful(kind):
     np.testing.assert_allclose(m.predict(x, batch_size=2), plain.predict(x), rtol=1e-5, atol=1e-6)
 
 
-def test_a_masked_lstms_carried_states_pass_rows_with_no_counted_steps():
-    """The masked LSTM's inference form starts from the carried states (ONNX LSTM's initial_h and
-    initial_c) and keeps them for a row whose steps are all masked (onnxruntime's own last
-    states are zeros there); three batches' outputs are those of one sequence of their steps."""
-    body = "    input x: float32[4, 3]{batch}\n    h = Masking(mask_value=0.0)(x)\n    y = LSTM(3{opts})(h)\n"
-    m = kcompile.compile_string("model s {\n" + body.format(batch=", batch_size=3",
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", [3, 20])
+def test_a_masked_recurrences_carried_states_pass_rows_with_no_counted_steps(kind, rows):
+    """A masked layer's inference form starts from the carried states (as the fused ops' initial
+    states, or the Scan's over each row's counted steps beyond their few rows) and keeps them for
+    a row whose steps are all masked (onnxruntime's own last states are zeros there); three
+    batches' outputs are those of one sequence of their steps."""
+    body = "    input x: float32[4, 3]{batch}\n    h = Masking(mask_value=0.0)(x)\n    y = {kind}(3{opts})(h)\n"
+    m = kcompile.compile_string("model s {\n" + body.format(batch=f", batch_size={rows}", kind=kind,
                                                             opts=", stateful=true, return_sequences=true") + "}")
-    whole = kcompile.compile_string("model w {\n" + body.format(batch="", opts=", return_sequences=true")
+    whole = kcompile.compile_string("model w {\n" + body.format(batch="", kind=kind, opts=", return_sequences=true")
                                     .replace("float32[4, 3]", "float32[12, 3]") + "}")
     rng = np.random.default_rng(2)
     m.set_weights([rng.normal(scale=0.5, size=a.shape).astype(np.float32) for a in m.get_weights()])
     whole.set_weights(m.get_weights())
-    x = rng.normal(size=(3, 12, 3)).astype(np.float32)
+    x = rng.normal(size=(rows, 12, 3)).astype(np.float32)
     x[0, 4:8] = 0.0  # row 0: nothing counted in the second batch
     x[1, 5:7] = 0.0
-    batches = [m.predict(x[:, i:i + 4], batch_size=3) for i in (0, 4, 8)]
+    x[2:] *= rng.random((rows - 2, 12, 1)) < 0.7
+    batches = [m.predict(x[:, i:i + 4], batch_size=rows) for i in (0, 4, 8)]
     np.testing.assert_allclose(np.concatenate(batches, 1), whole.predict(x), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(batches[1][0], np.repeat(batches[0][0, -1:], 4, axis=0))
 
