@@ -835,7 +835,7 @@ class SimpleRNN(_OneStateRecurrence):
         emitted = "h_steps_out" if saved else "h_out"
         body.nodes += [helper.make_node("Identity", [h], [name]) for name in ("h_next", emitted)]
         graph = body.graph("rnn_step", ["h_prev", "xw_t"], ["h_next", emitted])
-        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u, batch_axis=int(bool(steps)), dtype=dtype)])[0]
+        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u, int(bool(steps)), dtype)])[0]
         if steps:
             return _scan_over_counted_steps(ctx, graph, h0, xw, steps[1], outputs[1])
         _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1], outputs[2 if saved else 0]], 1,
@@ -1032,7 +1032,7 @@ class GRU(_OneStateRecurrence):
         emitted = saved if keeps_h else [(h, "h_out")] + saved
         body.nodes += [helper.make_node("Identity", [v], [name]) for v, name in [(h, "h_next")] + emitted]
         graph = body.graph("gru_step", ["h_prev", "xw_t"], ["h_next"] + [name for _, name in emitted])
-        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u, batch_axis=int(bool(steps)), dtype=dtype)])[0]
+        h0 = (_initial_states(inputs, attrs) or [_zeros_like_state(ctx, x, u, int(bool(steps)), dtype)])[0]
         if steps:
             return _scan_over_counted_steps(ctx, graph, h0, xw, steps[1], outputs[1])
         _scan_forward(ctx, graph, [h0, xw] + _step_mask(ctx, mask), [outputs[1]] + [outputs[0]] * (not keeps_h) +
