@@ -82,6 +82,14 @@ class LoweringContext:
             self._const_cache[key] = name
         return self._const_cache[key]
 
+    def own_const(self, name: str, value, dtype: str) -> str:
+        """A constant of its own (never shared with an equal one), named ``name`` or a fresh name
+        that begins with it: a rewrite of the built graph finds it by that name and may change it
+        (ops/recurrent.py's fused-op threshold)."""
+        name = self.fresh(name)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
     def used(self, value: str) -> bool:
         """Whether a node or a graph output reads this value (optional ONNX outputs are
         left out when nothing does)."""

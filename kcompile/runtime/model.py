@@ -53,8 +53,9 @@ class Model(LayersMixin, TrainingMixin):
         # (the session, (two Predictors, rows a run)); "spinning": a pool that spins, for
         # predicts back to back, (the session, Predictor))
         self._copies = {}
-        # which form predict's parts run where Winograd's applies (0 the plain graph, 1 Winograd's),
-        # once timed: new weights do not change which is faster
+        # which form predict's parts run where another applies (0 the plain graph, then Winograd's
+        # and the recurrences' fused ops where each applies), once timed: new weights do not change
+        # which is faster
         self._parts_form = None
         # predict runs at most this many rows at once: a model with large activations (a CNN's
         # first feature maps) then keeps them in the cache (measured on the MNIST CNN at batch
@@ -402,26 +403,30 @@ class Model(LayersMixin, TrainingMixin):
         machine; on the AVX-512 one, 72.2k in runs of 16 against 69.5-70.4k in runs of 28, 71.4-71.9k
         in runs of 12-14, for the MNIST CNN; tiny_resnet 17.5k in runs of 20 against 17.0k in runs of
         40). Where a convolution can run in
-        Winograd's form (backend/winograd.py), both forms are made, timed on ``feeds``' first
-        rows, and the faster kept (and remembered: after new weights only that form is made):
-        the form gave 1.11x the MNIST CNN's predict on one machine and 0.83x on another
-        (docs/performance.md)."""
+        Winograd's form (backend/winograd.py), or a recurrence's fused op at any batch
+        (ops/recurrent.py, fused_at_any_batch), each form is made, timed on ``feeds``' first rows,
+        and the fastest kept (and remembered: after new weights only that form is made): Winograd's
+        gave 1.11x the MNIST CNN's predict on one machine and 0.83x on another, the fused GRU 1.2x
+        on one and 0.81x on another (docs/performance.md)."""
         copied = self._copies.get("parts")
         if copied is not None and copied[0] is session:
             return copied[1]
         from ..backend.winograd import use_winograd
+        from ..ops.recurrent import fused_at_any_batch
         threads = max(1, devices.cpu_cores() // 2)
         plain = graph()
-        # (the rewrite costs some 30 ms: not made where the plain graph was timed faster)
-        rewritten, tile_bytes = (plain, 0) if self._parts_form == 0 else use_winograd(plain)
         activations = self.manifest.get("activation_bytes_per_sample") or 0
-        forms = [(plain, 0)] + ([(rewritten, tile_bytes)] if tile_bytes else [])
+        rows = cache_rows(activations, share=4)
+        forms = [(plain, rows)]  # (graph, rows a run)
+        if self._parts_form != 0:  # (the rewrites cost up to some 30 ms: not made once the plain graph won)
+            rewritten, tile_bytes = use_winograd(plain)
+            forms += [(rewritten, cache_rows(activations + tile_bytes, share=4))] if tile_bytes else []
+            fused = fused_at_any_batch(plain, rows)
+            forms += [(fused, rows)] if fused is not plain else []
         if len(forms) > 1 and self._parts_form is not None:
             forms = [forms[self._parts_form]]
-        choices = []
-        for data, extra in forms:
-            choices.append(([self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)],
-                            cache_rows(activations + extra, share=4)))
+        choices = [([self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)], run_rows)
+                   for data, run_rows in forms]
         chosen = choices[0]
         if len(choices) > 1:
             chosen = self._faster_parts(choices, feeds, n, fixed)
@@ -430,24 +435,26 @@ class Model(LayersMixin, TrainingMixin):
         return chosen
 
     def _faster_parts(self, choices, feeds, n, fixed, rounds=3):
-        """Of [(predictors, rows)] of the plain graph and Winograd's, the one whose parts ran the
-        first rows of ``feeds`` (the same rows for each: two runs a part of the larger run) in
-        less time, each in its own runs, the best of ``rounds`` alternating rounds after one to
-        warm up; Winograd's only where it was 3% faster (its timing moves a few percent from
-        round to round)."""
+        """Of [(predictors, rows)], the plain graph's first, the one whose parts ran the first rows
+        of ``feeds`` (the same rows for each: two runs a part of the largest run) in the least
+        time, each in its own runs, the best of ``rounds`` rounds (the forms' order reversed every
+        other round) after one to warm up; another form only where it was 3% faster than the
+        plain graph (a form's timing moves a few percent from round to round)."""
         import time
-        times = ([], [])
+        times = [[] for _ in choices]
         m = min(n, 4 * max(rows for _, rows in choices))
         part = {name: array[:m] for name, array in feeds.items()}
+        order = list(range(len(choices)))
         for r in range(rounds + 1):
-            for i in (0, 1) if r % 2 else (1, 0):
+            for i in order if r % 2 else order[::-1]:
                 predictors, rows = choices[i]
                 start = time.perf_counter()
                 self._run_halves(predictors, part, m, rows, fixed)
                 if r:
                     times[i].append(time.perf_counter() - start)
-        plain, winograd = (min(t) for t in times)
-        return choices[1] if winograd < 0.97 * plain else choices[0]
+        best = [min(t) for t in times]
+        fastest = min(order[1:], key=best.__getitem__)
+        return choices[fastest] if best[fastest] < 0.97 * best[0] else choices[0]
 
     # ---------------- description and export ----------------
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False, show_trainable=False,

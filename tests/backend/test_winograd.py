@@ -192,3 +192,17 @@ def test_the_faster_parts_are_chosen_by_time_and_winograd_needs_a_margin(monkeyp
     feeds = {"x": np.zeros((1024, 3), np.float32)}
     assert Model._faster_parts(Model.__new__(Model), choices, feeds, 1024, None) is choices[kept]
     assert [predictors[0].calls for predictors, _ in choices] == [[(56, 28)] * 4, [(56, 14)] * 4]  # (16 -> 4 even runs of 14)
+
+
+@pytest.mark.parametrize("costs, kept", [((1.0, 0.9, 0.5), 2), ((1.0, 0.9, 0.99), 1), ((1.0, 0.99, 0.985), 0)])
+def test_of_three_forms_the_fastest_is_kept_if_3_percent_faster_than_the_plain_graph(monkeypatch, costs, kept):
+    """With Winograd's form and a recurrence's fused form both made, _faster_parts times all three,
+    each in every round, and keeps the fastest where it beats the plain graph by 3%."""
+    import time
+
+    from kcompile.runtime.model import Model
+    monkeypatch.setattr(time, "perf_counter", lambda: _Clocked.clock[0])
+    choices = [([_Clocked(c, True), _Clocked(c, False)], 16) for c in costs]
+    feeds = {"x": np.zeros((1024, 3), np.float32)}
+    assert Model._faster_parts(Model.__new__(Model), choices, feeds, 1024, None) is choices[kept]
+    assert [predictors[0].calls for predictors, _ in choices] == [[(32, 16)] * 4] * 3

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 import kcompile
 from kcompile.driver import compile_source
@@ -439,6 +440,88 @@ def test_masked_inference_over_many_rows_scans_each_rows_counted_steps_unmasked(
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not got[0].any()
     np.testing.assert_allclose(m.predict(x[:3].astype(np.float32)), want[:3], rtol=1e-5, atol=1e-6)  # (fused)
+
+
+STACKED_MASKED = """model m {{
+    input x: float32[9, 3]
+    h = Masking(mask_value=0.0)(x)
+    s = Bidirectional({kind}(5, return_sequences=true))(h)
+    y = {kind}(4)(s)
+    output y
+}}"""
+
+
+@pytest.mark.parametrize("kind", ["GRU", "SimpleRNN"])
+def test_fused_at_any_batch_runs_every_recurrence_fused_with_the_scans_results(kind):
+    """fused_at_any_batch raises each fused-or-Scan threshold below the rows it is given past any
+    batch (masked and unmasked, in a Bidirectional too), so that 40 rows run the fused ops, with the
+    Scans' results; where no threshold is below the rows, the bytes come back unchanged."""
+    import onnx
+    import onnxruntime as ort
+
+    from kcompile.ops import OPS
+    from kcompile.ops.recurrent import FUSED_ROWS, fused_at_any_batch
+    m = kcompile.compile_string(STACKED_MASKED.format(kind=kind))
+    rng = np.random.default_rng(8)
+    random_weights(m, rng)
+    plain = m._inference_graph()
+    limit = OPS[kind].FUSED_MAX_BATCH
+
+    def thresholds(model_bytes):
+        return [int(numpy_helper.to_array(t)) for t in onnx.load_from_string(model_bytes).graph.initializer
+                if t.name.startswith(FUSED_ROWS)]
+    assert thresholds(plain) == [limit] * 3
+    assert fused_at_any_batch(plain, limit) is plain
+    fused = fused_at_any_batch(plain, limit + 1)
+    assert thresholds(fused) == [2 ** 62] * 3
+    counted = (rng.random((40, 9)) < 0.7).astype(np.float32)
+    counted[0] = 0
+    x = rng.normal(size=(40, 9, 3)).astype(np.float32) * counted[..., None]
+    scanned = m.predict(x, batch_size=40)
+    session = ort.InferenceSession(fused, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], scanned, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused_faster", [True, False])
+def test_predict_in_parts_times_the_fused_recurrence_against_the_scan(monkeypatch, turns, fused_faster):
+    """A large predict's one-core parts run more rows a run than the fused GRU's threshold: the plain
+    graph (a Scan there) and the one with the fused op at any batch are both made and timed, once;
+    the one kept gives the same predictions, and after new weights only it is made again."""
+    from kcompile.ops import recurrent
+    from kcompile.runtime import devices, model as runtime_model
+    from kcompile.runtime.model import Model
+    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)  # (parts need two cores)
+    monkeypatch.setattr(runtime_model, "PREDICT_CACHE_BYTES", 1 << 16)  # (parts at a few hundred rows)
+    rewritten, timed = [], []
+    real = recurrent.fused_at_any_batch
+    monkeypatch.setattr(recurrent, "fused_at_any_batch",
+                        lambda b, rows: rewritten.append(real(b, rows)) or rewritten[-1])
+    real_faster = Model._faster_parts
+
+    def faster(self, choices, feeds, n, fixed):
+        timed.append([rows for _, rows in choices])
+        real_faster(self, choices, feeds, n, fixed)  # (it runs both forms)
+        return choices[1] if fused_faster else choices[0]
+    monkeypatch.setattr(Model, "_faster_parts", faster)
+    m = kcompile.compile_string(STACKED_MASKED.format(kind="GRU"))
+    random_weights(m, np.random.default_rng(9))
+    rows = runtime_model.cache_rows(m.manifest["activation_bytes_per_sample"], share=4)
+    assert rows > recurrent.GRU.FUSED_MAX_BATCH
+    counted = (np.random.default_rng(1).random((800, 9)) < 0.7).astype(np.float32)
+    x = np.random.default_rng(2).normal(size=(800, 9, 3)).astype(np.float32) * counted[..., None]
+    whole = m.predict(x, batch_size=800)
+    assert timed == [[rows, rows]] and len(rewritten) == 1
+    assert m._parts_form == (1 if fused_faster else 0)
+    np.testing.assert_allclose(m.predict(x[:10]), whole[:10], rtol=1e-5, atol=1e-6)  # (one run: the plain graph)
+    np.testing.assert_allclose(m.predict(x, batch_size=800), whole, rtol=1e-5, atol=1e-6)
+    assert len(timed) == 1
+    made = len(rewritten)  # (once for the weights as inputs, once for the folded session that follows)
+    m.set_weights([w * 0.5 for w in m.get_weights()])  # (new weights: a new session, its parts ...)
+    m.predict(x, batch_size=800)  # (... the first predict after binds the weights as inputs)
+    halved = m.predict(x, batch_size=800)
+    # (... made again, in the form timed before; where that was the plain graph, without the rewrite)
+    assert len(rewritten) == made + (2 if fused_faster else 0) and len(timed) == 1
+    np.testing.assert_allclose(halved[:10], m.predict(x[:10]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
