@@ -947,7 +947,8 @@ class Normalize(Op):
     gamma and beta. inputs: x[, scale, bias], scale and bias shaped like the normalized axes
     (inference graphs: passes.fusion.fuse_normalize_affine folds gamma and beta in). outputs: y
     (times scale, plus bias), and 1 / sqrt(var + epsilon) (x's shape, 1 on ``axes``) for the
-    gradient. attrs: axes, epsilon.
+    gradient. attrs: axes, epsilon, centered (inference graphs: passes.fusion.center_before_normalize
+    made x's mean over ``axes`` zero, so none is subtracted).
 
     One op with its own gradient rule, dx = r (dy - mean(dy) - y mean(dy y)), where the composed
     moments differentiated op by op made some fifteen passes over x, forward and backward. Over
@@ -971,13 +972,13 @@ class Normalize(Op):
     def lower(self, ctx, inputs, outputs, attrs):
         emit_normalize(ctx, inputs[0], ctx.shape(inputs[0]), ctx.dtype(inputs[0]), attrs["axes"],
                        float_attr(attrs, "epsilon", 1e-3), [outputs[0], outputs[1] if ctx.used(outputs[1]) else ""],
-                       inputs[1:])
+                       inputs[1:], mean_zero=attrs.get("centered", 0))
 
     def grad(self, ctx, node, dys):
         if dys[1] is not None:
             raise NotImplementedError("gradient through Normalize's 1 / sqrt(var + epsilon)")
-        if len(node.inputs) > 1:  # (training graphs keep gamma and beta apart: fuse_normalize_affine is for inference)
-            raise NotImplementedError("gradient of Normalize with its scale and bias folded in")
+        if len(node.inputs) > 1 or node.attrs.get("centered"):  # (inference passes: passes/fusion.py)
+            raise NotImplementedError("gradient of Normalize with its scale and bias folded in, or centered")
         dy = dys[0]
         if dy is None:
             return [None]
@@ -1072,10 +1073,11 @@ class GroupNormalize(Op):
         return [dx, dgamma, dbeta]
 
 
-def emit_normalize(ctx, x, shape, t, axes, eps, outputs, affine=()):
+def emit_normalize(ctx, x, shape, t, axes, eps, outputs, affine=(), mean_zero=False):
     """Normalize's ONNX nodes for ``x`` of ``shape`` and dtype ``t`` (the shape given: GroupNormalize
     normalizes a grouped view that the graph has no type for); ``outputs``: y, 1 / sqrt(var + eps)
-    ("" where nothing reads it); ``affine``: scale and bias shaped like the axes."""
+    ("" where nothing reads it); ``affine``: scale and bias shaped like the axes; ``mean_zero``: x's
+    mean over ``axes`` is zero (no mean taken, none subtracted: two passes over x of six)."""
     import numpy as np
     rank = len(shape)
     axes = sorted(a % rank for a in axes)
@@ -1089,7 +1091,12 @@ def emit_normalize(ctx, x, shape, t, axes, eps, outputs, affine=()):
     # Over other axes onnxruntime's LayerNormalization between transposes that move them last was
     # slower: on a channels-first map's 32 channels ([16, 32, 32, 32], one thread) 1.28 ms for it
     # alone against 1.04 for these moments, gamma and beta.
-    centered = ctx.emit("Sub", [x, ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)])
+    if mean_zero:  # (x through a Reshape to its own shape: onnxruntime reorders a blocked convolution's map
+        # back once for both readers, where Mul(x, x) ran blocked and had its square reordered too:
+        # cnn_layernorm's one-thread run of 16 rows 2.77 ms before centering, 3.05 without the Reshape, 2.58)
+        centered = ctx.emit("Reshape", [x, ctx.const([0] * rank, "int64")])
+    else:
+        centered = ctx.emit("Sub", [x, ctx.emit("ReduceMean", [x], axes=axes, keepdims=1)])
     var = ctx.emit("ReduceMean", [ctx.emit("Mul", [centered, centered])], axes=axes, keepdims=1)
     r = ctx.emit("Reciprocal", [ctx.emit("Sqrt", [ctx.emit("Add", [var, ctx.const(eps, t)])])], [r] if r else None)
     if not affine:

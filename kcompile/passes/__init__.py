@@ -7,7 +7,7 @@ from .dropout import remove_dropout
 from .fold import constant_folding
 from .cse import common_subexpression_elimination
 from .transpose import sink_transposes
-from .fusion import fold_batchnorm, fuse_activation, fuse_bias, fuse_normalize_affine
+from .fusion import center_before_normalize, fold_batchnorm, fuse_activation, fuse_bias, fuse_normalize_affine
 from .crop import crop_unread_borders
 
 # (name, function, minimum -O level)
@@ -19,6 +19,7 @@ PIPELINE = [
     ("bias-fusion", fuse_bias, 1),
     ("batchnorm-folding", fold_batchnorm, 1),
     ("normalize-affine-fusion", fuse_normalize_affine, 1),
+    ("normalize-centering", center_before_normalize, 1),
     ("activation-fusion", fuse_activation, 1),
     ("crop-unread-borders", crop_unread_borders, 1),
     ("cse", common_subexpression_elimination, 1),

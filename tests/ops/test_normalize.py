@@ -14,14 +14,14 @@ from kcompile.ir import Graph, TensorType
 from kcompile.ops import emit
 
 
-def normalize(x, axes, eps):
+def normalize(x, axes, eps, centered=False):
     g = Graph("t")
     v = g.add_input("x", TensorType(str(x.dtype), ("N",) + x.shape[1:]))
-    y, r = emit(g, "Normalize", [v], {"axes": axes, "epsilon": eps})
+    y, r = emit(g, "Normalize", [v], {"axes": axes, "epsilon": eps, **({"centered": 1} if centered else {})})
     g.outputs = [("y", y), ("r", r)]
     model = to_onnx(g)
     outs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    return {n.op_type for n in model.graph.node}, outs
+    return [n.op_type for n in model.graph.node], outs
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -37,6 +37,20 @@ def test_normalize_matches_numpys_moments(dtype, shape, axes, trailing):
     tol = 1e-5 if dtype == "float32" else 1e-9  # (epsilon is a float32 attribute)
     np.testing.assert_allclose(r, 1 / np.sqrt(var + 1e-3), rtol=tol)
     np.testing.assert_allclose(y, (x64 - x64.mean(axis=axes, keepdims=True)) / np.sqrt(var + 1e-3), atol=10 * tol)
+
+
+@pytest.mark.parametrize("axes", [(1,), (1, 3)])
+def test_a_centered_normalize_takes_no_mean_of_its_zero_mean_input(axes):
+    """A Normalize told its input's mean over its axes is zero (passes/fusion.py's
+    center_before_normalize makes it so) takes one ReduceMean (the variance's) and subtracts
+    nothing; over such an input it gives the moments' numbers."""
+    x = np.random.default_rng(1).normal(size=(2, 6, 4, 5))
+    x = (x - x.mean(axis=axes, keepdims=True)).astype(np.float32)
+    ops, (y, r) = normalize(x, axes, 1e-3, centered=True)
+    assert ops.count("ReduceMean") == 1 and "Sub" not in ops
+    var = x.astype(np.float64).var(axis=axes, keepdims=True)
+    np.testing.assert_allclose(r, 1 / np.sqrt(var + 1e-3), rtol=1e-5)
+    np.testing.assert_allclose(y, x / np.sqrt(var + 1e-3), atol=1e-5)
 
 
 @pytest.mark.parametrize("layer,shape,axes", [

@@ -10,8 +10,8 @@ from kcompile.backend import to_onnx
 from kcompile.driver import compile_source, initial_weights
 from kcompile.passes.util import is_static
 from kcompile.passes import (PIPELINE, common_subexpression_elimination, constant_folding,
-                             dead_code_elimination, fold_batchnorm, fuse_activation, fuse_bias,
-                             fuse_normalize_affine, optimize, remove_dropout, sink_transposes)
+                             center_before_normalize, dead_code_elimination, fold_batchnorm, fuse_activation,
+                             fuse_bias, fuse_normalize_affine, optimize, remove_dropout, sink_transposes)
 from kcompile.passes.transpose import feature_major_dense, transpose_into_dense_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "autodiff"))
@@ -435,3 +435,31 @@ def test_layer_normalization_after_a_convolution_folds_gamma_and_beta_into_one_c
         for a, b in zip(run(before, weights, {"x": x}), run(after, weights, {"x": x})):
             np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-2)
 
+
+
+@pytest.mark.parametrize("body, centered", [
+    ("y = LayerNormalization()(Conv2D(5, 3, padding=same)(x))", True),
+    ("y = LayerNormalization(center=false, scale=false)(Conv2D(5, 3, use_bias=false)(x))", True),
+    ("y = LayerNormalization()(Conv2D(5, 3, activation=relu)(x))", False),  # (not linear in the filters)
+    ("y = LayerNormalization()(DepthwiseConv2D(3)(x))", False),  # (each channel its own filter)
+    ("h = Conv2D(5, 3)(x)\n y = Add()([LayerNormalization()(h), h])", False),  # (the map read elsewhere too)
+    ("y = LayerNormalization(axis=(1, 2, 3))(Conv2D(5, 3)(x))", False),  # (not over the channels alone)
+])
+def test_a_normalize_over_a_convolutions_channels_reads_the_convolution_by_centered_filters(body, centered):
+    """Inference: the mean over channels of a convolution's map is the convolution by the filters'
+    mean (plus the biases' mean), so a Normalize over a Conv2D's channels reads the convolution by
+    filters and bias less their means, and takes no mean itself; the same outputs (a bias far from
+    zero: the mean it no longer subtracts is large)."""
+    src = f"""model m {{
+        input x: float32[7, 6, 5]
+        {body}
+        output y
+    }}"""
+    before = dead_code_elimination(fuse_normalize_affine(fuse_bias(sink_transposes(graph_of(src)))))
+    after = dead_code_elimination(center_before_normalize(before.copy()))
+    normalize = [n for n in after.nodes() if n.op == "Normalize"]
+    assert [bool(n.attrs.get("centered")) for n in normalize] == [centered]
+    assert (ops(after).count("Sub") == ops(before).count("Sub") + 2 - ("use_bias=false" in body)) == centered
+    weights = {name: w + (4.0 if w.ndim == 1 and "conv" in name else 0.0) for name, w in random_weights(before).items()}
+    x = np.random.default_rng(0).normal(1.0, 1.0, size=(3, 7, 6, 5)).astype(np.float32)
+    assert_same(before, after, {"x": x}, weights)
