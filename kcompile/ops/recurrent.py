@@ -213,9 +213,7 @@ def _masked_by_lengths(ctx, x, mask, outputs, initial, recurrence):
         count = ctx.emit("Cast", [ctx.emit("CumSum", [mask, one])], to=int64)  # [N, T]
         before = ctx.emit("Equal", [count, zero])
         last = ctx.emit("Max", [ctx.emit("Sub", [count, one]), zero])
-        index = ctx.emit("Add", [ctx.emit("Mul", [last, n_rows]),
-                                 ctx.emit("Unsqueeze", [row, ctx.const([1], "int64")])])  # [N, T]
-        repeated = ctx.emit("Gather", [ctx.emit("Flatten", [y], axis=2), index], axis=0)  # [N, T, u] of [T*N, u]
+        repeated = _at_step_of_each_row(ctx, y, last, n_rows, ctx.emit("Unsqueeze", [row, ctx.const([1], "int64")]))
         start = ctx.emit("Unsqueeze", [initial[0], ctx.const([1], "int64")]) if initial else ctx.const(0.0, dtype)
         ctx.emit("Where", [ctx.emit("Unsqueeze", [before, ctx.const([2], "int64")]), start, repeated], [outputs[0]])
 
@@ -229,15 +227,22 @@ def _scan_over_counted_steps(ctx, body, h0, xw, lengths, last):
     1.2-1.6x (alternating processes)."""
     y = ctx.fresh("counted_h")
     _scan_forward(ctx, body, [h0, xw], [ctx.fresh("h_after_all"), y], 1, time_major=1, input_time_major=True)
-    n_rows = ctx.emit("Gather", [ctx.emit("Shape", [h0]), ctx.const(0, "int64")])
+    zero, one = ctx.const(0, "int64"), ctx.const(1, "int64")
+    n_rows = ctx.emit("Gather", [ctx.emit("Shape", [h0]), zero])
     steps = ctx.emit("Cast", [lengths], to=ctx.onnx_dtype("int64"))
-    before = ctx.emit("Max", [ctx.emit("Sub", [steps, ctx.const(1, "int64")]), ctx.const(0, "int64")])
-    index = ctx.emit("Add", [ctx.emit("Mul", [before, n_rows]), ctx.emit("Range", [ctx.const(0, "int64"), n_rows,
-                                                                                   ctx.const(1, "int64")])])
-    at_length = ctx.emit("Gather", [ctx.emit("Flatten", [y], axis=2), index], axis=0)  # [N, u] of [T*N, u]
-    none = ctx.emit("Unsqueeze", [ctx.emit("Equal", [steps, ctx.const(0, "int64")]), ctx.const([1], "int64")])
+    before = ctx.emit("Max", [ctx.emit("Sub", [steps, one]), zero])
+    at_length = _at_step_of_each_row(ctx, y, before, n_rows, ctx.emit("Range", [zero, n_rows, one]))  # [N, u]
+    none = ctx.emit("Unsqueeze", [ctx.emit("Equal", [steps, zero]), ctx.const([1], "int64")])
     ctx.emit("Where", [none, h0, at_length], [last])
     return y
+
+
+def _at_step_of_each_row(ctx, y, steps, n_rows, rows):
+    """The time-major ``y`` [T, N, u] at step ``steps`` of row ``rows`` (int64 of one shape, or
+    broadcasting: [N] and [N] give [N, u], [N, T] and [N, 1] give [N, T, u]), one Gather of y's
+    rows as [T*N, u]."""
+    index = ctx.emit("Add", [ctx.emit("Mul", [steps, n_rows]), rows])
+    return ctx.emit("Gather", [ctx.emit("Flatten", [y], axis=2), index], axis=0)
 
 
 def _batch_major(ctx, steps, sequence):
