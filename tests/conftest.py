@@ -21,6 +21,29 @@ def taking_turns(turns):
 
 
 @pytest.fixture
+def forced_parts_form(monkeypatch):
+    """``force(module, name, kept)`` -> (rewrites, timed): predict's one-core parts on two cores;
+    each graph the rewrite ``module.name`` makes is recorded in rewrites (its return value);
+    Model._faster_parts still runs every form, and appends their runs' rows to timed, but keeps
+    form ``kept`` (0 the plain graph)."""
+    def force(module, name, kept):
+        from kcompile.runtime import devices
+        from kcompile.runtime.model import Model
+        monkeypatch.setattr(devices, "cpu_cores", lambda: 2)
+        rewrites, timed = [], []
+        real, real_faster = getattr(module, name), Model._faster_parts
+        monkeypatch.setattr(module, name, lambda *args: rewrites.append(real(*args)) or rewrites[-1])
+
+        def faster(self, choices, feeds, n, fixed):
+            timed.append([rows for _, rows in choices])
+            real_faster(self, choices, feeds, n, fixed)
+            return choices[kept]
+        monkeypatch.setattr(Model, "_faster_parts", faster)
+        return rewrites, timed
+    return force
+
+
+@pytest.fixture
 def keras(monkeypatch):
     """Keras on JAX, for the tests that compare against it with copied weights; they skip where
     it is not installed (a benchmark extra, not a test dependency)."""

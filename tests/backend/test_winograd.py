@@ -118,7 +118,8 @@ def test_the_tiles_bytes_per_sample():
 
 
 @pytest.mark.parametrize("winograd_faster", [True, False])
-def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeypatch, winograd_faster, turns):
+def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeypatch, winograd_faster, turns,
+                                                                         forced_parts_form):
     """The MNIST CNN's large predicts run in one-core parts. Both the plain graph and the one
     with its second convolution in Winograd's form are made and timed; the one kept runs
     (in runs of 16 rows, the floor: a quarter of predict's cache share over the largest value,
@@ -127,19 +128,8 @@ def test_predict_in_parts_keeps_the_faster_form_and_the_same_predictions(monkeyp
     turn-taking detector: had earlier tests' models been seen taking turns, this model's
     sessions and their copies would be dropped to stop spinning, which is not this test's.)"""
     import kcompile
-    from kcompile.runtime import devices
-    from kcompile.runtime.model import Model
-    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)  # (parts need two cores)
-    rewritten, runs, timed = [], [], []
-    real = winograd.use_winograd
-    monkeypatch.setattr(winograd, "use_winograd", lambda b: rewritten.append(real(b)) or rewritten[-1])
-    real_faster = Model._faster_parts
-
-    def faster(self, choices, feeds, n, fixed):
-        timed.append([rows for _, rows in choices])
-        real_faster(self, choices, feeds, n, fixed)  # (it runs both forms)
-        return choices[1] if winograd_faster else choices[0]
-    monkeypatch.setattr(Model, "_faster_parts", faster)
+    rewritten, timed = forced_parts_form(winograd, "use_winograd", int(winograd_faster))
+    runs = []
     model = kcompile.compile(Path(__file__).parents[2] / "examples" / "mnist_cnn.kdl")
     x = np.random.default_rng(0).random((1024, 28, 28, 1), dtype=np.float32)
     whole = model.predict(x, batch_size=1024)

@@ -483,26 +483,15 @@ def test_fused_at_any_batch_runs_every_recurrence_fused_with_the_scans_results(k
 
 
 @pytest.mark.parametrize("fused_faster", [True, False])
-def test_predict_in_parts_times_the_fused_recurrence_against_the_scan(monkeypatch, turns, fused_faster):
+def test_predict_in_parts_times_the_fused_recurrence_against_the_scan(monkeypatch, turns, forced_parts_form,
+                                                                     fused_faster):
     """A large predict's one-core parts run more rows a run than the fused GRU's threshold: the plain
     graph (a Scan there) and the one with the fused op at any batch are both made and timed, once;
     the one kept gives the same predictions, and after new weights only it is made again."""
     from kcompile.ops import recurrent
-    from kcompile.runtime import devices, model as runtime_model
-    from kcompile.runtime.model import Model
-    monkeypatch.setattr(devices, "cpu_cores", lambda: 2)  # (parts need two cores)
+    from kcompile.runtime import model as runtime_model
     monkeypatch.setattr(runtime_model, "PREDICT_CACHE_BYTES", 1 << 16)  # (parts at a few hundred rows)
-    rewritten, timed = [], []
-    real = recurrent.fused_at_any_batch
-    monkeypatch.setattr(recurrent, "fused_at_any_batch",
-                        lambda b, rows: rewritten.append(real(b, rows)) or rewritten[-1])
-    real_faster = Model._faster_parts
-
-    def faster(self, choices, feeds, n, fixed):
-        timed.append([rows for _, rows in choices])
-        real_faster(self, choices, feeds, n, fixed)  # (it runs both forms)
-        return choices[1] if fused_faster else choices[0]
-    monkeypatch.setattr(Model, "_faster_parts", faster)
+    rewritten, timed = forced_parts_form(recurrent, "fused_at_any_batch", int(fused_faster))
     m = kcompile.compile_string(STACKED_MASKED.format(kind="GRU"))
     random_weights(m, np.random.default_rng(9))
     rows = runtime_model.cache_rows(m.manifest["activation_bytes_per_sample"], share=4)
