@@ -110,25 +110,28 @@ def fuse_activation(g: Graph) -> Graph:
 
 
 def center_before_normalize(g: Graph) -> Graph:
-    """Conv (one group, no activation) read only by a Normalize over its channels (LayerNormalization
-    after a Conv2D, axis 1 once transposes sink) -> the Conv with each filter and bias less the
-    filters' mean and bias, and a Normalize told its input is centered. A convolution is linear in
-    its filters, padding included, so the mean over channels of its map is the convolution by the
-    filters' mean, and the centered filters give x - mean(x) at once: the Normalize no longer
-    takes the mean nor subtracts it, two passes over the map of its six (cnn_layernorm's one-thread
-    run of 16 rows 2.77 -> 2.58 ms). Inference only: a training step's gradient reads the filters."""
+    """Conv or ConvTranspose (one group, no activation) read only by a Normalize over its channels
+    (LayerNormalization after a Conv2D, axis 1 once transposes sink) -> it with each filter and
+    bias less the filters' mean and bias, and a Normalize told its input is centered. A
+    convolution is linear in its filters, padding included, so the mean over channels of its map
+    is the convolution by the filters' mean, and the centered filters give x - mean(x) at once:
+    the Normalize no longer takes the mean nor subtracts it, two passes over the map of its six
+    (cnn_layernorm's one-thread run of 16 rows 2.77 -> 2.58 ms). Inference only: a training
+    step's gradient reads the filters."""
     for norm in g.nodes():
         if norm.name not in g.nx or norm.op != "Normalize" or norm.attrs.get("centered") or g.uses(norm.outputs[1]):
             continue
         x = norm.inputs[0]
         conv = g.producer_of(x)
-        if conv is None or conv.op != "Conv" or conv.attrs.get("activation") or conv.attrs.get("group", 1) != 1 or \
-                sole_consumer(g, x) is not norm or {a % g.types[x].rank for a in norm.attrs["axes"]} != {1} or \
+        if conv is None or conv.op not in ("Conv", "ConvTranspose") or conv.attrs.get("activation") or \
+                conv.attrs.get("group", 1) != 1 or sole_consumer(g, x) is not norm or \
+                {a % g.types[x].rank for a in norm.attrs["axes"]} != {1} or \
                 not all(is_static(g, v) for v in conv.inputs[1:]):
             continue
-        centered = [add(g, conv, "Sub", [v, add(g, conv, "ReduceMean", [v], axes=(0,), keepdims=1)])
-                    for v in conv.inputs[1:]]  # (filters [O, C, k...] and bias [O]: the mean over O)
-        mapped = add(g, conv, "Conv", [conv.inputs[0]] + centered, **conv.attrs)
+        # (the mean over the output channels O: Conv's filters [O, C, k...], ConvTranspose's [C, O, k...], bias [O])
+        centered = [add(g, conv, "Sub", [v, add(g, conv, "ReduceMean", [v], axes=(axis,), keepdims=1)])
+                    for v, axis in zip(conv.inputs[1:], (int(conv.op == "ConvTranspose"), 0))]
+        mapped = add(g, conv, conv.op, [conv.inputs[0]] + centered, **conv.attrs)
         fused = add(g, norm, "Normalize", [mapped] + norm.inputs[1:], **{**norm.attrs, "centered": 1})
         replace(g, norm.outputs[0], fused)
     return g

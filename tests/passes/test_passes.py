@@ -440,6 +440,8 @@ def test_layer_normalization_after_a_convolution_folds_gamma_and_beta_into_one_c
 @pytest.mark.parametrize("body, centered", [
     ("y = LayerNormalization()(Conv2D(5, 3, padding=same)(x))", True),
     ("y = LayerNormalization(center=false, scale=false)(Conv2D(5, 3, use_bias=false)(x))", True),
+    ("y = LayerNormalization()(Conv2DTranspose(5, 3, strides=2, padding=same)(x))", True),
+    ("y = LayerNormalization()(Conv1D(5, 3, dilation_rate=2)(Reshape((42, 5))(x)))", True),
     ("y = LayerNormalization()(Conv2D(5, 3, activation=relu)(x))", False),  # (not linear in the filters)
     ("y = LayerNormalization()(DepthwiseConv2D(3)(x))", False),  # (each channel its own filter)
     ("h = Conv2D(5, 3)(x)\n y = Add()([LayerNormalization()(h), h])", False),  # (the map read elsewhere too)
