@@ -366,6 +366,16 @@ def test_mask_zero_skips_padded_steps(kind, return_sequences):
         np.testing.assert_allclose(m.predict(ids[:1]), short.predict(ids[:1, :2]), rtol=1e-5, atol=1e-6)
 
 
+def masked_source(kind, units, return_sequences):
+    """A recurrence of ``kind`` over sequences of any length (T) whose all-zero steps are masked."""
+    return f"""model m {{
+        input x: float32[T, 3]
+        h = Masking(mask_value=0.0)(x)
+        y = {kind}({units}, return_sequences={str(return_sequences).lower()})(h)
+        output y
+    }}"""
+
+
 @pytest.mark.parametrize("kind, fused", [("LSTM", "LSTM"), ("GRU", "GRU"), ("SimpleRNN", "RNN")])
 @pytest.mark.parametrize("return_sequences", [False, True])
 def test_masked_inference_runs_the_fused_op_over_each_rows_counted_steps(kind, fused, return_sequences):
@@ -374,13 +384,7 @@ def test_masked_inference_runs_the_fused_op_over_each_rows_counted_steps(kind, f
     SimpleRNN for the few rows where they take the fused op): a row of no counted steps gives
     zeros, masked steps before the first counted one output zeros, and the others repeat the
     last counted output; the sequence length is known only at run time."""
-    src = f"""model m {{
-        input x: float32[T, 3]
-        h = Masking(mask_value=0.0)(x)
-        y = {kind}(4, return_sequences={str(return_sequences).lower()})(h)
-        output y
-    }}"""
-    m = kcompile.compile_string(src)
+    m = kcompile.compile_string(masked_source(kind, 4, return_sequences))
     import onnx
 
     def nodes(graph):
@@ -413,13 +417,7 @@ def test_masked_inference_over_many_rows_scans_each_rows_counted_steps_unmasked(
     """Beyond the fused op's few rows, a masked GRU's or SimpleRNN's inference is a Scan without
     the mask's blending over each row's counted steps moved first; each row's last state is the
     Scan's after its own count of steps (none counted: zeros)."""
-    src = f"""model m {{
-        input x: float32[T, 3]
-        h = Masking(mask_value=0.0)(x)
-        y = {kind}(5, return_sequences={str(return_sequences).lower()})(h)
-        output y
-    }}"""
-    m = kcompile.compile_string(src)
+    m = kcompile.compile_string(masked_source(kind, 5, return_sequences))
     import onnx
     graph = onnx.load_from_string(m._inference_graph()).graph
     branch, = [a.g for n in graph.node if n.op_type == "If" for a in n.attribute if a.name == "else_branch"]
