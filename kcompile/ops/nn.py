@@ -947,8 +947,8 @@ class Normalize(Op):
     gamma and beta. inputs: x[, scale, bias], scale and bias shaped like the normalized axes
     (inference graphs: passes.fusion.fuse_normalize_affine folds gamma and beta in). outputs: y
     (times scale, plus bias), and 1 / sqrt(var + epsilon) (x's shape, 1 on ``axes``) for the
-    gradient. attrs: axes, epsilon, centered (inference graphs: passes.fusion.center_before_normalize
-    made x's mean over ``axes`` zero, so none is subtracted).
+    gradient. attrs: axes, epsilon, centered (passes.fusion.center_before_normalize made x's mean
+    over ``axes`` zero, so none is subtracted: y = x r, whose gradient is r (dy - y mean(dy y))).
 
     One op with its own gradient rule, dx = r (dy - mean(dy) - y mean(dy y)), where the composed
     moments differentiated op by op made some fifteen passes over x, forward and backward. Over
@@ -977,15 +977,19 @@ class Normalize(Op):
     def grad(self, ctx, node, dys):
         if dys[1] is not None:
             raise NotImplementedError("gradient through Normalize's 1 / sqrt(var + epsilon)")
-        if len(node.inputs) > 1 or node.attrs.get("centered"):  # (inference passes: passes/fusion.py)
-            raise NotImplementedError("gradient of Normalize with its scale and bias folded in, or centered")
+        if len(node.inputs) > 1:  # (an inference pass: passes/fusion.py)
+            raise NotImplementedError("gradient of Normalize with its scale and bias folded in")
         dy = dys[0]
         if dy is None:
             return [None]
         y, r = node.outputs
         axes = tuple(sorted(a % ctx.type(y).rank for a in node.attrs["axes"]))
-        m1 = ctx.op("ReduceMean", dy, axes=axes, keepdims=1)
         m2 = ctx.op("ReduceMean", ctx.op("Mul", dy, y), axes=axes, keepdims=1)
+        if node.attrs.get("centered"):
+            # y = x r with r = 1 / sqrt(mean(x^2) + epsilon): no mean(dy) term. The convolution's
+            # centered filters take the gradient's mean over channels away (x - mean(x) exactly).
+            return [ctx.op("Mul", ctx.op("Sub", dy, ctx.op("Mul", y, m2)), r)]
+        m1 = ctx.op("ReduceMean", dy, axes=axes, keepdims=1)
         return [ctx.op("Mul", ctx.op("Sub", ctx.op("Sub", dy, m1), ctx.op("Mul", y, m2)), r)]
 
 

@@ -98,3 +98,36 @@ def test_multi_head_attention(args, key):
         inputs["k"] = (2, 2, 5)
     call = "(q, v, k)" if key else "(q, v)"
     check(f"y = MultiHeadAttention({args}){call}\n    output y", inputs)
+
+
+@pytest.mark.parametrize("conv,shape", [("Conv2D(6, 2, use_bias={bias})", (2, 4, 3, 2)),
+                                        ("Conv1D(5, 3, padding=same, use_bias={bias})", (2, 6, 3)),
+                                        ("Conv2DTranspose(4, 2, strides=2, use_bias={bias})", (2, 3, 2, 3))])
+@pytest.mark.parametrize("bias", ["true", "false"])
+def test_layer_normalization_of_a_convolution_by_centered_filters(conv, shape, bias):
+    """The training step's normalize-centering (passes/fusion.py): the convolution reads its filters
+    and bias less their mean over output channels, and the Normalize, told its input is centered,
+    takes the gradient r (dy - y mean(dy y)) without mean(dy): the filters' centering removes it."""
+    from kcompile.passes.fusion import center_before_normalize, fuse_bias
+    from kcompile.passes.transpose import sink_transposes
+
+    def centering(g):
+        g = center_before_normalize(g)
+        assert [n.attrs.get("centered") for n in g.nodes() if n.op == "Normalize"] == [1]
+        return g
+    check(f"h = {conv.format(bias=bias)}(x)\n    y = Dense(2)(LayerNormalization()(h))\n    output y", {"x": shape},
+          passes=[sink_transposes, fuse_bias, centering])
+
+
+@pytest.mark.parametrize("axis,shape", [("1", (2, 4, 3)), ("(1, 2)", (2, 3, 2, 2)), ("-1", (2, 5))])
+def test_a_centered_normalize_has_the_gradient_of_what_it_computes(axis, shape):
+    """A Normalize told its input is centered computes x / sqrt(mean(x^2) + epsilon) whatever its
+    input: its gradient rule is that function's, checked here on inputs that are not centered
+    (the rule with LayerNormalization's mean(dy) term fails this)."""
+    def centered(g):
+        for node in g.nodes():
+            if node.op == "Normalize":
+                node.attrs["centered"] = 1
+        return g
+    check(f"y = LayerNormalization(axis={axis}, center=false, scale=false)(x)\n    output y", {"x": shape},
+          passes=[centered])
