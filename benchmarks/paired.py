@@ -74,7 +74,8 @@ def _trainer(a, model):
 
 def _predictor(fw, a, model):
     """A burst: 5 predicts of 1,024 samples and 200 of one, for each of the framework's
-    predict paths (kcompile: its public predict(); a peer: each path, the best one counts)."""
+    predict paths (kcompile: its public predict(); a peer: each path, the one of the best
+    median over the cycles counts: _best_path)."""
     import numpy as np
     x, _, _ = bench.synthetic(1024, a.layout)
     x1 = np.ascontiguousarray(x[:1])
@@ -201,17 +202,33 @@ def summarize(workload, bursts, batch=bench.BATCH):
             continue
         if wl.endswith("_train") and batch != bench.BATCH:
             target = None
-        medians = {fw: statistics.median(b[key] for b in runs) for fw, runs in bursts.items()}
+        values, paths = {}, {}
+        for fw, runs in bursts.items():
+            values[fw], paths[fw] = _best_path(runs, key, higher)
+        medians = {fw: statistics.median(v) for fw, v in values.items()}
         peers = {fw: v for fw, v in medians.items() if fw != "kcompile"}
-        row = {"workload": wl, "key": key, "target": target, "medians": medians}
+        row = {"workload": wl, "key": key, "target": target, "medians": medians,
+               "paths": {fw: p for fw, p in paths.items() if p}}
         if peers:
             best = (max if higher else min)(peers, key=peers.get)
-            ratios = [k[key] / p[key] for k, p in zip(bursts["kcompile"], bursts[best])]
+            ratios = [k / p for k, p in zip(values["kcompile"], values[best])]
             ratio = statistics.median(ratios)
             row.update(best_peer=best, cycle_ratios=ratios, ratio=ratio,
                        met=None if target is None else ratio >= target if higher else ratio <= target)
         out.append(row)
     return out
+
+
+def _best_path(runs, key, higher):
+    """A framework's bursts' values of ``key`` and the predict path they are of (None for one
+    path): of several paths, the one of the best median over all bursts, not each burst's best,
+    whose noise would favour a framework of more paths (one of three paths a few percent apart
+    wins every burst by its luck)."""
+    names = [name for name in runs[0].get("paths", {}) if all(name in b.get("paths", {}) for b in runs)]
+    if len(names) < 2:
+        return [b[key] for b in runs], None
+    best = (max if higher else min)(names, key=lambda name: statistics.median(b["paths"][name][key] for b in runs))
+    return [b["paths"][best][key] for b in runs], best
 
 
 def machine_rate(frameworks, quick=True) -> dict:
@@ -247,7 +264,8 @@ def report(rows, frameworks):
             q1, q3 = spread[len(spread) // 4], spread[(3 * len(spread)) // 4]
             verdict = "no target" if r["target"] is None else \
                 f"{'>=' if r['key'] != 'batch1_latency_us' else '<='} {r['target']}x: {'met' if r['met'] else 'NOT met'}"
-            verdict += f" (cycles {q1:.2f}-{q3:.2f}x, vs {r['best_peer']})"
+            path = r.get("paths", {}).get(r["best_peer"])
+            verdict += f" (cycles {q1:.2f}-{q3:.2f}x, vs {r['best_peer']}{f' {path}' if path else ''})"
             lines.append(f"{label:<34}{cells}{r['ratio']:>13.2f}x  {verdict}")
         else:
             lines.append(f"{label:<34}{cells}{'-':>14}  no peer")

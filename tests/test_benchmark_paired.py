@@ -48,6 +48,28 @@ def test_latency_is_lower_better(paired):
     assert "NOT met" in paired.report(rows, ["kcompile", "torch", "keras_jax"])
 
 
+def test_a_peer_of_several_predict_paths_counts_the_path_of_the_best_median(paired):
+    """Not each burst's best path: of two paths within the noise of each other, the luckier one
+    each burst would make the peer faster than either path is."""
+    def burst(a, b, lat_a, lat_b):
+        paths = {"predict": {"batch1024_samples_per_s": a, "batch1_latency_us": lat_a},
+                 "predict_on_batch": {"batch1024_samples_per_s": b, "batch1_latency_us": lat_b}}
+        return {"batch1024_samples_per_s": max(a, b), "batch1_latency_us": min(lat_a, lat_b), "paths": paths}
+    kc = {"batch1024_samples_per_s": 100.0, "batch1_latency_us": 50.0}
+    rows = paired.summarize("mlp_predict", {
+        "kcompile": [dict(kc) for _ in range(3)],
+        "keras_jax": [burst(110.0, 90.0, 300.0, 200.0), burst(90.0, 100.0, 300.0, 200.0),
+                      burst(95.0, 105.0, 100.0, 200.0)],  # each burst's best: 110, 100, 105 (median 105)
+    })
+    throughput, latency = rows
+    assert throughput["paths"] == {"keras_jax": "predict_on_batch"}  # (median 100 against predict's 95)
+    assert throughput["medians"]["keras_jax"] == pytest.approx(100.0)
+    assert throughput["cycle_ratios"] == pytest.approx([100 / 90, 1.0, 100 / 105])
+    assert throughput["ratio"] == pytest.approx(1.0) and throughput["met"] is True
+    assert latency["paths"] == {"keras_jax": "predict_on_batch"} and latency["ratio"] == pytest.approx(0.25)
+    assert "vs keras_jax predict_on_batch" in paired.report(rows, ["kcompile", "keras_jax"])
+
+
 def test_a_workload_without_a_target_gets_its_ratio_and_no_verdict(paired):
     row, = paired.summarize("lstm_train", {"kcompile": bursts("samples_per_s", 12.0, 10.0, 11.0),
                                            "torch": bursts("samples_per_s", 10.0, 10.0, 10.0)})
