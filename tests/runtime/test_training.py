@@ -78,6 +78,24 @@ def trained_at_o1_and_o0(src, train):
     return models
 
 
+def small_cnn(shape, layers):
+    """A classifier of ``shape`` images: ``layers`` (separated by "; "), a 2x2 max pool, then a
+    softmax Dense of 3 classes, trained with Adam."""
+    body = "\n        ".join(layers.split("; "))
+    return f"""model c {{
+        input x: float32[{shape}]
+        {body}
+        MaxPooling2D(2)
+        Flatten()
+        probs = Dense(3, activation=softmax)
+        output probs
+        train {{
+            loss = categorical_crossentropy
+            optimizer = Adam(learning_rate=0.01)
+        }}
+    }}"""
+
+
 def small_data(n=96, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype(np.float32)
@@ -255,20 +273,7 @@ def test_dropout_after_a_convolution_draws_the_unoptimized_masks(dropout, noise)
     is still drawn channels-last, as at -O0, and transposed: -O1 trains with -O0's masks. (It
     stops at a SpatialDropout2D, whose noise_shape is per axis: that compiles and trains as at
     -O0 too.)"""
-    src = f"""model c {{
-        input x: float32[8, 8, 2]
-        Conv2D(4, 3, activation=relu)
-        {dropout}
-        Conv2D(4, 3, padding=same)
-        MaxPooling2D(2)
-        Flatten()
-        probs = Dense(3, activation=softmax)
-        output probs
-        train {{
-            loss = categorical_crossentropy
-            optimizer = Adam(learning_rate=0.01)
-        }}
-    }}"""
+    src = small_cnn("8, 8, 2", f"Conv2D(4, 3, activation=relu); {dropout}; Conv2D(4, 3, padding=same)")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 8, 8, 2)).astype(np.float32)
     y = to_categorical(rng.integers(0, 3, 48), 3)
@@ -1113,20 +1118,7 @@ def test_layer_normalization_after_a_convolution_trains_by_centered_filters_as_a
     their mean over output channels and the LayerNormalization takes no mean of its map, forward
     or backward (cnn_layernorm's step 69-72 -> 61-67 ms); the losses and weights are -O0's."""
     from kcompile.driver import compile_source
-    src = f"""model c {{
-        input x: float32[6, 6, 3]
-        {conv}
-        LayerNormalization()
-        ReLU()
-        MaxPooling2D(2)
-        Flatten()
-        probs = Dense(3, activation=softmax)
-        output probs
-        train {{
-            loss = categorical_crossentropy
-            optimizer = Adam(learning_rate=0.01)
-        }}
-    }}"""
+    src = small_cnn("6, 6, 3", f"{conv}; LayerNormalization(); ReLU()")
     changed = {}
     compile_source(src, report=lambda name, before, after, change: changed.setdefault(name, change)).training()
     assert changed["train-forward:normalize-centering"]
