@@ -98,7 +98,6 @@ def test_cores_py_pingpong_times_the_round_trip_between_two_cores():
     assert f"cores 0 and 1: close in {close} of 4 samples, far in {4 - close}" in done.stdout
 
 
-
 @pytest.mark.parametrize("fw", ["kcompile", "torch", "keras_jax"])
 def test_every_predict_path_of_a_framework_returns_its_finished_result(bench, fw):
     """A path timed must end with the result computed: JAX's eager call returns an asynchronous
