@@ -53,9 +53,8 @@ class Model(LayersMixin, TrainingMixin):
         # (the session, (two Predictors, rows a run)); "spinning": a pool that spins, for
         # predicts back to back, (the session, Predictor))
         self._copies = {}
-        # which form predict's parts run where another applies (0 the plain graph, then Winograd's
-        # and the recurrences' fused ops where each applies), once timed: new weights do not change
-        # which is faster
+        # which form predict's parts run ("plain", "winograd" or "fused": _parts_forms), once timed:
+        # new weights do not change which is faster
         self._parts_form = None
         # predict runs at most this many rows at once: a model with large activations (a CNN's
         # first feature maps) then keeps them in the cache (measured on the MNIST CNN at batch
@@ -411,28 +410,36 @@ class Model(LayersMixin, TrainingMixin):
         copied = self._copies.get("parts")
         if copied is not None and copied[0] is session:
             return copied[1]
-        from ..backend.winograd import use_winograd
-        from ..ops.recurrent import fused_at_any_batch
         threads = max(1, devices.cpu_cores() // 2)
-        plain = graph()
-        activations = self.manifest.get("activation_bytes_per_sample") or 0
-        rows = cache_rows(activations, share=4)
-        forms = [(plain, rows)]  # (graph, rows a run)
-        if self._parts_form != 0:  # (the rewrites cost up to some 30 ms: not made once the plain graph won)
-            rewritten, tile_bytes = use_winograd(plain)
-            forms += [(rewritten, cache_rows(activations + tile_bytes, share=4))] if tile_bytes else []
-            fused = fused_at_any_batch(plain, rows)
-            forms += [(fused, rows)] if fused is not plain else []
-        if len(forms) > 1 and self._parts_form is not None:
-            forms = [forms[self._parts_form]]
+        forms = self._parts_forms(graph(), self.manifest.get("activation_bytes_per_sample") or 0, self._parts_form)
         choices = [([self._new_predictor(self._new_session(data, "inference", threads)) for _ in range(2)], run_rows)
-                   for data, run_rows in forms]
+                   for _, data, run_rows in forms]
         chosen = choices[0]
-        if len(choices) > 1:
+        if len(choices) > 1:  # (one form: nothing to learn, as for weights bound as inputs, which Winograd's needs folded)
             chosen = self._faster_parts(choices, feeds, n, fixed)
-            self._parts_form = choices.index(chosen)
+            self._parts_form = forms[choices.index(chosen)][0]
         self._copies["parts"] = (session, chosen)
         return chosen
+
+    @staticmethod
+    def _parts_forms(plain: bytes, activation_bytes: int, only: str | None = None) -> list:
+        """[(name, graph, rows a run)] of predict's parts: the plain graph, then where each applies
+        Winograd's form ("winograd") and the recurrences' fused op at any batch ("fused"); with
+        ``only`` (the form timed faster before) that form alone, without the other rewrites (each
+        costs up to some 30 ms)."""
+        from ..backend.winograd import use_winograd
+        from ..ops.recurrent import fused_at_any_batch
+        rows = cache_rows(activation_bytes, share=4)
+        forms = [("plain", plain, rows)]
+        if only in (None, "winograd"):
+            rewritten, tile_bytes = use_winograd(plain)
+            if tile_bytes:  # (its tiles add to the activations: fewer rows a run)
+                forms.append(("winograd", rewritten, cache_rows(activation_bytes + tile_bytes, share=4)))
+        if only in (None, "fused"):
+            fused = fused_at_any_batch(plain, rows)
+            if fused is not plain:
+                forms.append(("fused", fused, rows))
+        return forms if only is None else forms[-1:]
 
     def _faster_parts(self, choices, feeds, n, fixed, rounds=3):
         """Of [(predictors, rows)], the plain graph's first, the one whose parts ran the first rows
