@@ -63,6 +63,29 @@ def test_the_predict_survey_times_a_predict_of_its_rows(survey, monkeypatch):
     assert set(seen) == {(8, 8)} and len(seen) == 7  # (two to warm up, five timed)
 
 
+def test_a_case_where_kcompile_is_slower_runs_recheck_rounds_more(survey, monkeypatch, tmp_path, capsys):
+    """A case where kcompile's best is above the faster peer's runs --recheck rounds more and keeps
+    each framework's best over all its rounds; a case where kcompile is faster runs --rounds only."""
+    times = {("kcompile", "mlp_rmsprop"): [5.0, 9.0], ("keras_jax", "mlp_rmsprop"): [6.0, 9.0],
+             ("kcompile", "mlp_adamw"): [9.0, 4.0], ("keras_jax", "mlp_adamw"): [8.0, 7.0]}
+    calls = []
+
+    def fake_run(fw, names, predict=False):
+        calls.append((fw, names[0]))
+        return {names[0]: {"case": names[0], "ms": times[fw, names[0]].pop(0)}}
+    monkeypatch.setattr(survey, "run", fake_run)
+    monkeypatch.setattr("sys.argv", ["survey.py", "--cases", "mlp_rmsprop,mlp_adamw",
+                                     "--json", str(tmp_path / "s.json")])
+    monkeypatch.setattr(survey, "installed_frameworks", lambda: ["kcompile", "keras_jax"])
+    survey.main()
+    rows = {r["case"]: r for r in json.loads((tmp_path / "s.json").read_text())["cases"]}
+    assert calls.count(("kcompile", "mlp_rmsprop")) == 1 and calls.count(("kcompile", "mlp_adamw")) == 2
+    assert rows["mlp_rmsprop"]["rounds"] == 1 and rows["mlp_adamw"]["rounds"] == 2
+    assert rows["mlp_adamw"]["kcompile_ms"] == 4.0 and rows["mlp_adamw"]["keras_jax_ms"] == 7.0
+    assert rows["mlp_adamw"]["ratio"] == pytest.approx(7.0 / 4.0)
+    assert "1 case(s) slower than the faster peer" in capsys.readouterr().out
+
+
 def test_random_ids_leave_padding_for_masks(survey):
     x, y = survey.data(("ids", 20, 50), 64)
     assert x.dtype == np.int64 and x.shape == (64, 20) and y.shape == (64, 10)
