@@ -9,6 +9,7 @@ from .cse import common_subexpression_elimination
 from .transpose import sink_transposes
 from .fusion import center_before_normalize, fold_batchnorm, fuse_activation, fuse_bias, fuse_normalize_affine
 from .crop import crop_unread_borders
+from .upsample import upsampled_conv_as_transposed
 
 # (name, function, minimum -O level)
 PIPELINE = [
@@ -17,6 +18,7 @@ PIPELINE = [
     ("cse", common_subexpression_elimination, 1),
     ("transpose-sinking", sink_transposes, 1),
     ("bias-fusion", fuse_bias, 1),
+    ("upsampled-conv-as-transposed", upsampled_conv_as_transposed, 1),
     ("batchnorm-folding", fold_batchnorm, 1),
     ("normalize-affine-fusion", fuse_normalize_affine, 1),
     ("normalize-centering", center_before_normalize, 1),
