@@ -617,16 +617,17 @@ def main():
             rounds[name] += more[2][name]
     what = (f"ms a predict of {PREDICT_ROWS} rows (best of 5" if args.predict else
             f"ms a training step at batch {BATCH} (best of 3 epochs")
-    print(f"\nsurvey: {what} x {args.rounds} rounds, {args.rounds + args.recheck} where kcompile was slower); "
-          f"vs = the peer's time / kcompile's, marked below 0.8x the faster peer's\n")
+    rechecked = f", {args.rounds + args.recheck} where kcompile was slower" if args.recheck else ""
+    print(f"\nsurvey: {what} x {args.rounds} rounds{rechecked}); vs = the peer's time / kcompile's, marked below 0.8x "
+          f"the faster peer's\n")
     print(f"{'case':22s} {'kcompile':>10s} {'keras_jax':>10s} {'torch':>10s} {'vs keras':>9s} {'vs torch':>9s}")
     rows = []
     cell = lambda v, f="{:10.2f}", w=10: f.format(v) if v is not None else f"{'-':>{w}s}"  # noqa: E731
     for name in names:
         kc, ke, to = (best.get(fw, {}).get(name) for fw in ("kcompile", "keras_jax", "torch"))
         ratio, torch_ratio = (peer / kc if kc and peer else None for peer in (ke, to))
-        row = {"case": name, "rounds": rounds[name], "kcompile_ms": kc, "keras_jax_ms": ke, "torch_ms": to, "ratio": ratio,
-               "torch_ratio": torch_ratio, "errors": {fw: errors[fw][name] for fw in frameworks if name in errors[fw]}}
+        row = {"case": name, "rounds": rounds[name], "kcompile_ms": kc, "keras_jax_ms": ke, "torch_ms": to,
+               "ratio": ratio, "torch_ratio": torch_ratio, "errors": {fw: errors[fw][name] for fw in frameworks if name in errors[fw]}}
         if "torch" in frameworks and no_torch_twin(name):
             row["torch_no_twin"] = no_torch_twin(name)
         rows.append(row)
