@@ -15,42 +15,51 @@ training step differentiates through it to the layer's own kernel, and an infere
 computes it once. Measured on onnxruntime's CPU provider (forward, 14x14 doubled, one thread,
 batch 64): 32 -> 8 channels 15.7 -> 5.1 ms, 64 -> 32 57.8 -> 32.8, 32 -> 32 30.5 -> 19.7;
 128 -> 64 at 16x16, batch 32, 138 -> 72 ms. In `fit`: a conv autoencoder's step 243 -> 189 ms,
-the survey's conv_transpose case 173 -> 115 ms. 2-D only: that is what was measured (1-D and
-3-D convolutions of an upsampled map keep ops/nn.py's kernel gradient from the small map).
-The results equal the convolution's to float rounding (the summed taps).
+the survey's conv_transpose case 173 -> 115 ms. 1-D maps in training only, 3-D maps not at
+all (below: what was measured). The results equal the convolution's to float rounding (the summed taps).
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 
 from ..ir import Graph
 from .util import add, replace
 
+# Where it was measured faster (3-D keeps ops/nn.py's kernel gradient from the small map): 2-D
+# maps everywhere; 1-D maps in training steps only (a Conv1D decoder, 64 -> 64 channels at 50 ->
+# 100 steps: fit 25.4 -> 22.5 ms a step, but predict of 1,024 rows 57.2 -> 59.9 ms, where the
+# bare forward ops measured 1.36-1.71x faster alone).
+INFERENCE_DIMS = (2,)
+TRAINING_DIMS = (1, 2)
 
-def upsampled_conv_as_transposed(g: Graph) -> Graph:
+
+def upsampled_conv_as_transposed(g: Graph, dims=INFERENCE_DIMS) -> Graph:
     for conv in g.nodes():
         if conv.name not in g.nx or conv.op != "Conv":
             continue
-        found = _small_map(g, conv.inputs[0])
+        found = _small_map(g, conv.inputs[0], dims)
         if found is None:
             continue
         x, repeat, channels_last = found
-        small = g.types[x].shape[1:3] if channels_last else g.types[x].shape[2:]
+        n = g.types[x].rank - 2
+        small = g.types[x].shape[1:n + 1] if channels_last else g.types[x].shape[2:]
         w = conv.inputs[1]
         tw = g.types[w]
-        n = tw.rank - 2
         kernel = tw.shape[2:]
         a = conv.attrs
-        if n != 2 or set(repeat) != {2, 3} or a.get("activation") or a.get("group", 1) != 1 \
+        if set(repeat) != set(range(2, n + 2)) or a.get("activation") or a.get("group", 1) != 1 \
                 or any(s != 1 for s in a.get("strides", (1,) * n)) or any(d != 1 for d in a.get("dilations", (1,) * n)) \
                 or not all(isinstance(k, int) and k % 2 == 1 and k > 1 for k in kernel) \
                 or tuple(a.get("pads", (0,) * 2 * n)) != tuple(k // 2 for k in kernel) * 2 \
                 or not all(isinstance(d, int) for d in small):
             continue
         if channels_last:
-            x = add(g, conv, "Transpose", [x], perm=(0, 3, 1, 2))
+            x = add(g, conv, "Transpose", [x], perm=(0, n + 1) + tuple(range(1, n + 1)))
         factors = tuple(repeat[2 + i] for i in range(n))
-        # tap k' of the transposed kernel sums taps k - 1 - k' ... k - 1 - k' + f - 1 of the kernel
+        # tap k' of the transposed kernel sums taps k - 1 - k' ... k - 2 - k' + f of the kernel
         maps = []
         for k, f in zip(kernel, factors):
             m = np.zeros((k + f - 1, k))
@@ -58,34 +67,40 @@ def upsampled_conv_as_transposed(g: Graph) -> Graph:
                 for t in range(max(0, k - 1 - k2), min(k, k - 1 - k2 + f)):
                     m[k2, t] = 1
             maps.append(m)
-        both = np.kron(maps[0], maps[1]).T  # [kh * kw, K'h * K'w]: row-major taps of both axes
+        taps = functools.reduce(np.kron, maps).T  # [prod(kernel), prod(new kernel)]: taps row-major
         out, cin = tw.shape[:2]
-        flat = add(g, conv, "Reshape", [w], shape=(out * cin, kernel[0] * kernel[1]))
-        summed = add(g, conv, "MatMul", [flat, g.add_const(both.astype(tw.dtype), "upsampled_taps")])
+        flat = add(g, conv, "Reshape", [w], shape=(out * cin, math.prod(kernel)))
+        summed = add(g, conv, "MatMul", [flat, g.add_const(taps.astype(tw.dtype), "upsampled_taps")])
         big = tuple(k + f - 1 for k, f in zip(kernel, factors))
         transposed = add(g, conv, "Transpose", [add(g, conv, "Reshape", [summed], shape=(out, cin) + big)],
-                         perm=(1, 0, 2, 3))  # (ConvTranspose's kernel is [C, O, k...])
+                         perm=(1, 0) + tuple(range(2, n + 2)))  # (ConvTranspose's kernel is [C, O, k...])
         y = add(g, conv, "ConvTranspose", [x, transposed] + conv.inputs[2:], strides=factors,
                 pads=tuple(k // 2 for k in kernel) * 2)
         replace(g, conv.outputs[0], y)
     return g
 
 
-def _small_map(g: Graph, value: str):
-    """(the map that ``value`` [N, C, H, W] repeats, {axis of [N, C, H, W]: factor}, whether
-    that map is channels-last) where ``value`` is an Upsample's output, channels-first (the
-    transposes sank) or channels-last before a Transpose to channels-first (a model's input
-    upsampled); else None."""
+def upsampled_conv_as_transposed_in_training(g: Graph) -> Graph:
+    return upsampled_conv_as_transposed(g, TRAINING_DIMS)
+
+
+def _small_map(g: Graph, value: str, dims):
+    """(the map that ``value`` [N, C, *spatial] repeats, {axis of [N, C, *spatial]: factor},
+    whether that map is channels-last) where ``value`` is a map of ``dims`` dimensions upsampled: an
+    Upsample's output, channels-first (the transposes sank), or channels-last before a
+    Transpose to channels-first (a model's input upsampled); else None."""
     node = g.producer_of(value)
-    channels_last = node is not None and node.op == "Transpose" and tuple(node.attrs["perm"]) == (0, 3, 1, 2)
+    rank = g.types[value].rank
+    n = rank - 2
+    if n not in dims:
+        return None
+    channels_last = node is not None and node.op == "Transpose" and \
+        tuple(node.attrs["perm"]) == (0, n + 1) + tuple(range(1, n + 1))
     if channels_last:
         node = g.producer_of(node.inputs[0])
     if node is None or node.op != "Upsample":
         return None
-    rank = g.types[node.inputs[0]].rank
-    if rank != 4:
-        return None
     axes = [ax % rank for ax in node.attrs["axes"]]
-    if channels_last:  # (channels-last axes 1, 2 are channels-first axes 2, 3)
-        axes = [{1: 2, 2: 3}.get(ax, -1) for ax in axes]
+    if channels_last:  # (channels-last axes 1 ... n are channels-first axes 2 ... n + 1)
+        axes = [ax + 1 if 1 <= ax <= n else -1 for ax in axes]
     return node.inputs[0], dict(zip(axes, node.attrs["factors"])), channels_last

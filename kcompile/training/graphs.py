@@ -28,7 +28,7 @@ from ..passes.fold import constant_folding
 from ..passes.dropout import remove_dropout
 from ..passes.fusion import center_before_normalize, fuse_bias
 from ..passes.crop import crop_unread_borders
-from ..passes.upsample import upsampled_conv_as_transposed
+from ..passes.upsample import upsampled_conv_as_transposed_in_training
 from ..passes.reorder import conv_pool_phases, pool_before_activation
 from ..passes.transpose import feature_major_dense, sink_transposes, transpose_into_dense_weights
 from ..splitting import worth_splitting
@@ -503,7 +503,7 @@ def _metric_outputs(g, metrics) -> list:
 # Passes of the training step, in order: on the forward graph before differentiation (so the
 # generated backward graph inherits the layout and the fused biases), then on the whole step.
 FORWARD_PASSES = [("transpose-sinking", sink_transposes), ("bias-fusion", fuse_bias),
-                  ("upsampled-conv-as-transposed", upsampled_conv_as_transposed),
+                  ("upsampled-conv-as-transposed", upsampled_conv_as_transposed_in_training),
                   ("normalize-centering", center_before_normalize),
                   ("transpose-into-dense-weights", transpose_into_dense_weights),
                   ("feature-major-dense", feature_major_dense),

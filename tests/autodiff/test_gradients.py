@@ -158,18 +158,18 @@ def test_the_small_maps_form_where_it_pays(channels, factors, kernel, pays):
 
 def test_a_decoder_takes_the_small_maps_kernel_gradient(monkeypatch):
     """In the training step as compiled (the passes' layouts), and training like the usual form.
-    (1-D: in 2-D the pass upsampled-conv-as-transposed takes the convolution to the small map.)"""
+    (3-D: in 1-D and 2-D the pass upsampled-conv-as-transposed takes the convolution to the small map.)"""
     import kcompile
     from kcompile.ops import nn
     source = """model ae {
-    input signal: float32[8, 1]
-    Conv1D(4, 3, strides=2, padding=same, activation=relu)
-    UpSampling1D(2)
-    Conv1D(3, 3, padding=same, activation=relu)
-    y = Conv1D(1, 3, padding=same)
+    input volume: float32[4, 4, 4, 1]
+    Conv3D(4, 3, strides=2, padding=same, activation=relu)
+    UpSampling3D(2)
+    Conv3D(3, 3, padding=same, activation=relu)
+    y = Conv3D(1, 3, padding=same)
     train { loss = mse; optimizer = SGD(learning_rate=0.1) }
 }"""
-    x = np.random.default_rng(0).random((16, 8, 1), dtype=np.float32)
+    x = np.random.default_rng(0).random((16, 4, 4, 4, 1), dtype=np.float32)
     weights, made, match = [], nn._upsampled_conv_weight_grad, nn._nearest_upsampled
     monkeypatch.setattr(nn, "_small_map_pays", lambda *a: True)
     for small in (True, False):
