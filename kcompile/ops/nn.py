@@ -172,9 +172,8 @@ def conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations):
     if not all(isinstance(d, int) for d in tx.shape[2:]):
         return _named_conv_weight_grad(ctx, x, dy, kernel_spatial, strides, pads, dilations)
     positions = int(np.prod(outs))  # (all sizes are numbers)
-    same = all(s == 1 for s in strides) and all(d == 1 for d in dilations) and all(
-        k % 2 and pads[i] == pads[n + i] == k // 2 for i, k in enumerate(kernel_spatial))
-    upsampled = _nearest_upsampled(ctx, x, n) if same else None
+    same = stride1_same(kernel_spatial, strides, pads, dilations)
+    upsampled = nearest_upsampled(ctx.g, x, n) if same else None
     if upsampled and _small_map_pays(channels, upsampled[1], kernel_spatial):
         return _upsampled_conv_weight_grad(ctx, *upsampled, dy, kernel_spatial)
     form = kernel_grad_form(channels, out_channels, positions, window, strides,
@@ -307,16 +306,25 @@ def _small_map_pays(channels, factors, kernel_spatial) -> bool:
     return 4 * taps < (math.prod(factors) - 1) * channels
 
 
-def _nearest_upsampled(ctx, x, n):
-    """(the map that ``x`` [N, C, *spatial] repeats, the factors, whether that map is channels-last
-    [N, *small, C] rather than [N, C, *small]) where x is an UpSampling layer's output: an Upsample
-    of its spatial axes (the transpose-sinking pass moved it channels-first), or a channels-last
-    one before the Transpose to channels-first (-O0); else None."""
-    node = ctx.g.producer_of(x)
+def stride1_same(kernel_spatial, strides, pads, dilations) -> bool:
+    """Whether a convolution is stride-1, undilated and "same" with an odd kernel (k // 2 padding
+    each side): each output sits on the input position it is centred on."""
+    n = len(kernel_spatial)
+    return all(s == 1 for s in strides) and all(d == 1 for d in dilations) and all(
+        isinstance(k, int) and k % 2 and pads[i] == pads[n + i] == k // 2 for i, k in enumerate(kernel_spatial))
+
+
+def nearest_upsampled(g, x, n):
+    """(the map that ``x`` [N, C, *spatial] of graph ``g`` repeats, the factors, whether that map is
+    channels-last [N, *small, C] rather than [N, C, *small]) where x is an UpSampling layer's
+    output: an Upsample of its spatial axes (the transpose-sinking pass moved it channels-first),
+    or a channels-last one before the Transpose to channels-first (-O0, or a model's input
+    upsampled); else None. (Also passes/upsample.py's pattern.)"""
+    node = g.producer_of(x)
     channels_last = node is not None and node.op == "Transpose" and \
         tuple(node.attrs["perm"]) == (0, n + 1) + tuple(range(1, n + 1))
     if channels_last:
-        node = ctx.g.producer_of(node.inputs[0])
+        node = g.producer_of(node.inputs[0])
     if node is None or node.op != "Upsample":
         return None
     spatial = tuple(range(1, n + 1)) if channels_last else tuple(range(2, n + 2))
@@ -334,7 +342,7 @@ def _upsampled_conv_weight_grad(ctx, small, factors, channels_last, dy, kernel_s
     with a fixed kernel of ones, stride f), then contracted with the small map: f^n times fewer
     multiplications than at the upsampled size, and no copies of its shifted windows (a conv
     autoencoder's 64 -> 32 layer at 28x28 from 14x14: 9 against 31 ms a part). ``small``,
-    ``factors``, ``channels_last``: as _nearest_upsampled gives them."""
+    ``factors``, ``channels_last``: as nearest_upsampled gives them."""
     import numpy as np
     n = len(kernel_spatial)
     if channels_last:

@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from ..ir import Graph
+from ..ops.nn import _spatial_attrs, nearest_upsampled, stride1_same
 from .util import add, replace
 
 # Where it was measured faster (3-D keeps ops/nn.py's kernel gradient from the small map): 2-D
@@ -40,33 +41,26 @@ def upsampled_conv_as_transposed(g: Graph, dims=INFERENCE_DIMS) -> Graph:
     for conv in g.nodes():
         if conv.name not in g.nx or conv.op != "Conv":
             continue
-        found = _small_map(g, conv.inputs[0], dims)
+        n = g.types[conv.inputs[0]].rank - 2
+        found = nearest_upsampled(g, conv.inputs[0], n) if n in dims else None
         if found is None:
             continue
-        x, repeat, channels_last = found
-        n = g.types[x].rank - 2
-        small = g.types[x].shape[1:n + 1] if channels_last else g.types[x].shape[2:]
+        x, factors, channels_last = found
         w = conv.inputs[1]
         tw = g.types[w]
         kernel = tw.shape[2:]
         a = conv.attrs
-        if set(repeat) != set(range(2, n + 2)) or a.get("activation") or a.get("group", 1) != 1 \
-                or any(s != 1 for s in a.get("strides", (1,) * n)) or any(d != 1 for d in a.get("dilations", (1,) * n)) \
-                or not all(isinstance(k, int) and k % 2 == 1 and k > 1 for k in kernel) \
-                or tuple(a.get("pads", (0,) * 2 * n)) != tuple(k // 2 for k in kernel) * 2 \
-                or not all(isinstance(d, int) for d in small):
+        strides, dilations, pads = _spatial_attrs(a, n)
+        if a.get("activation") or a.get("group", 1) != 1 or not stride1_same(kernel, strides, pads, dilations) \
+                or 1 in kernel:  # (a 1x1 kernel: no taps to sum)
             continue
         if channels_last:
             x = add(g, conv, "Transpose", [x], perm=(0, n + 1) + tuple(range(1, n + 1)))
-        factors = tuple(repeat[2 + i] for i in range(n))
-        # tap k' of the transposed kernel sums taps k - 1 - k' ... k - 2 - k' + f of the kernel
+        # along each axis, tap k' of the transposed kernel sums taps k - 1 - k' ... k - 2 - k' + f
         maps = []
         for k, f in zip(kernel, factors):
-            m = np.zeros((k + f - 1, k))
-            for k2 in range(k + f - 1):
-                for t in range(max(0, k - 1 - k2), min(k, k - 1 - k2 + f)):
-                    m[k2, t] = 1
-            maps.append(m)
+            new_tap, tap = np.arange(k + f - 1)[:, None], np.arange(k)
+            maps.append((k - 1 - new_tap <= tap) & (tap <= k - 2 + f - new_tap))
         taps = functools.reduce(np.kron, maps).T  # [prod(kernel), prod(new kernel)]: taps row-major
         out, cin = tw.shape[:2]
         flat = add(g, conv, "Reshape", [w], shape=(out * cin, math.prod(kernel)))
@@ -74,33 +68,10 @@ def upsampled_conv_as_transposed(g: Graph, dims=INFERENCE_DIMS) -> Graph:
         big = tuple(k + f - 1 for k, f in zip(kernel, factors))
         transposed = add(g, conv, "Transpose", [add(g, conv, "Reshape", [summed], shape=(out, cin) + big)],
                          perm=(1, 0) + tuple(range(2, n + 2)))  # (ConvTranspose's kernel is [C, O, k...])
-        y = add(g, conv, "ConvTranspose", [x, transposed] + conv.inputs[2:], strides=factors,
-                pads=tuple(k // 2 for k in kernel) * 2)
+        y = add(g, conv, "ConvTranspose", [x, transposed] + conv.inputs[2:], strides=factors, pads=pads)
         replace(g, conv.outputs[0], y)
     return g
 
 
 def upsampled_conv_as_transposed_in_training(g: Graph) -> Graph:
     return upsampled_conv_as_transposed(g, TRAINING_DIMS)
-
-
-def _small_map(g: Graph, value: str, dims):
-    """(the map that ``value`` [N, C, *spatial] repeats, {axis of [N, C, *spatial]: factor},
-    whether that map is channels-last) where ``value`` is a map of ``dims`` dimensions upsampled: an
-    Upsample's output, channels-first (the transposes sank), or channels-last before a
-    Transpose to channels-first (a model's input upsampled); else None."""
-    node = g.producer_of(value)
-    rank = g.types[value].rank
-    n = rank - 2
-    if n not in dims:
-        return None
-    channels_last = node is not None and node.op == "Transpose" and \
-        tuple(node.attrs["perm"]) == (0, n + 1) + tuple(range(1, n + 1))
-    if channels_last:
-        node = g.producer_of(node.inputs[0])
-    if node is None or node.op != "Upsample":
-        return None
-    axes = [ax % rank for ax in node.attrs["axes"]]
-    if channels_last:  # (channels-last axes 1 ... n are channels-first axes 2 ... n + 1)
-        axes = [ax + 1 if 1 <= ax <= n else -1 for ax in axes]
-    return node.inputs[0], dict(zip(axes, node.attrs["factors"])), channels_last

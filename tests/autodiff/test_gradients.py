@@ -170,11 +170,11 @@ def test_a_decoder_takes_the_small_maps_kernel_gradient(monkeypatch):
     train { loss = mse; optimizer = SGD(learning_rate=0.1) }
 }"""
     x = np.random.default_rng(0).random((16, 4, 4, 4, 1), dtype=np.float32)
-    weights, made, match = [], nn._upsampled_conv_weight_grad, nn._nearest_upsampled
+    weights, made, match = [], nn._upsampled_conv_weight_grad, nn.nearest_upsampled
     monkeypatch.setattr(nn, "_small_map_pays", lambda *a: True)
     for small in (True, False):
         used = []
-        monkeypatch.setattr(nn, "_nearest_upsampled", match if small else lambda *a: None)
+        monkeypatch.setattr(nn, "nearest_upsampled", match if small else lambda *a: None)
         monkeypatch.setattr(nn, "_upsampled_conv_weight_grad", lambda *a: used.append(1) or made(*a))
         m = kcompile.compile_string(source, seed=0)
         m.fit(x, x, epochs=3, batch_size=8, verbose=0)

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import kcompile
@@ -74,6 +75,8 @@ def test_outputs_equal_the_upsampled_convolution(factors, kernel, extra):
     """Against numpy: nearest upsampling, then a 'same' cross-correlation, bias and activation."""
     src = model("5, 4, 3", f"y = Conv2D(4, {kernel}, padding=same{extra})(UpSampling2D({factors})(x))\n    output y")
     m = kcompile.compile_string(src, seed=3)
+    onnx_ops = Counter(n.op_type for n in onnx.load_from_string(m._inference_graph()).graph.node)
+    assert onnx_ops["ConvTranspose"] == 1 and onnx_ops["Conv"] == 0 and onnx_ops["Resize"] == 0  # (the pass ran)
     x = np.random.default_rng(0).normal(size=(2, 5, 4, 3)).astype(np.float32)
     f = (int(factors), int(factors)) if factors.isdigit() else tuple(int(v) for v in factors.strip("()").split(","))
     up = np.repeat(np.repeat(x.astype(np.float64), f[0], axis=1), f[1], axis=2)
